@@ -1,0 +1,307 @@
+"""Conventions every script shares: exit codes, errors that name the fix, --json, safe output files.
+
+Agents read stdout, people read stderr: with --json exactly one JSON object goes to stdout (also on
+failure); logs and progress bars always go to stderr. No traceback reaches the user unless --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import enum
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+log = logging.getLogger("producer")
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    FAILED = 1  # generation or an internal step failed
+    USAGE = 2  # bad arguments or bad input files
+    MISSING_MODEL = 3  # weights not installed: run setup_diffusers.py
+    OUT_OF_MEMORY = 4  # GPU or host memory ran out: the message names the next plan to try
+    BUSY = 5  # another run holds the lock on this output
+    PARTIAL = 6  # a batch finished with some jobs failed (the JSON lists them)
+    INTERRUPTED = 130  # Ctrl-C
+    TERMINATED = 143  # SIGTERM
+
+
+EXIT_CODE_HELP = (
+    "exit codes: 0 ok, 1 generation failed, 2 bad arguments or input, 3 model not installed, "
+    "4 out of memory, 5 output locked by another run, 6 batch partly failed, 130 interrupted, 143 terminated"
+)
+
+
+class CliError(Exception):
+    """A failure the user can fix: what went wrong, and what to do next."""
+
+    def __init__(self, message: str, fix: str = "", code: ExitCode = ExitCode.USAGE, **details: Any):
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+        self.code = ExitCode(code)
+        self.details = details
+
+    def to_dict(self) -> dict:
+        d = {"status": "error", "error": self.message, "fix": self.fix, "exit_code": int(self.code)}
+        d.update(self.details)
+        return d
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is so that cleanup code (temp files, locks) runs."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises CliError instead of exiting, so --json can report usage errors too."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise CliError(message, fix=f"see `{self.prog} --help`", code=ExitCode.USAGE)
+
+
+def build_parser(prog: str, description: str, epilog: str = "") -> ArgumentParser:
+    epilog = (epilog.rstrip() + "\n\n" if epilog else "") + EXIT_CODE_HELP
+    return ArgumentParser(prog=prog, description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_output_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("output and logging")
+    g.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs stay on stderr)")
+    g.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+    g.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")
+    g.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+
+
+def add_memory_args(parser: argparse.ArgumentParser) -> None:
+    from .memory import OFFLOAD_CHOICES, WEIGHT_CHOICES
+
+    g = parser.add_argument_group("memory and device")
+    g.add_argument("--offload", choices=OFFLOAD_CHOICES, default="auto",
+                   help="override the memory plan: none (all on GPU), model (one model on the GPU at a time), "
+                        "group (block-level offload with prefetch), sequential (layer by layer, slowest)")
+    g.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto",
+                   help="override the weight form: bf16, fp8 (fp8 storage), gguf-q8, gguf-q4 (GGUF files)")
+    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the best available)")
+
+
+def resolve_seed(seed: int | None) -> int:
+    """A seed is always chosen, used, printed and stored. 0 is an ordinary seed, not 'random'."""
+    return secrets.randbelow(2**32) if seed is None else seed
+
+
+def seed_arg(value: str) -> int:
+    try:
+        seed = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed must be a whole number, not {value!r}") from None
+    if not 0 <= seed < 2**64:
+        raise argparse.ArgumentTypeError(f"seed must be between 0 and 2^64-1, not {seed}")
+    return seed
+
+
+# ---------------------------------------------------------------- output files
+
+
+def check_output(path: str | os.PathLike, overwrite: bool, what: str = "output") -> Path:
+    """Refuse an existing output (unless --overwrite) or a missing directory, before any work starts."""
+    p = Path(path)
+    if p.is_dir():
+        raise CliError(f"{what} {p} is a directory", fix="give a file name, e.g. " + str(p / "out.png"))
+    if not p.parent.is_dir():
+        raise CliError(f"the folder for {what} {p} does not exist", fix=f"create it: mkdir -p {p.parent}")
+    if p.exists() and not overwrite:
+        raise CliError(f"{what} {p} already exists", fix="pass --overwrite to replace it, or choose another name")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds.
+
+    The temp name keeps the extension so writers can infer the format. A failure, Ctrl-C or SIGTERM
+    removes the temp file, so a truncated file never sits under the final name.
+    """
+    final = Path(path)
+    tmp = final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        if exc.errno == 28:  # ENOSPC
+            raise CliError(f"the disk is full while writing {final}", fix="free disk space and run again; "
+                           "earlier outputs are intact", code=ExitCode.FAILED) from None
+        raise
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _remove_quietly(p: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        p.unlink()
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------- timing and memory
+
+
+class Stopwatch:
+    """Seconds per stage, for the JSON report and the benchmark."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+def peak_memory() -> dict:
+    """Peak reserved VRAM (what a card must hold) and peak resident host RAM of this process, in GiB."""
+    out = {"peak_vram_gib": None, "peak_ram_gib": None}
+    try:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            out["peak_vram_gib"] = round(torch.cuda.max_memory_reserved() / 1024**3, 2)
+    except ImportError:
+        pass
+    try:
+        import resource
+
+        # ru_maxrss is KiB on Linux, bytes on macOS
+        scale = 1 if sys.platform == "darwin" else 1024
+        out["peak_ram_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1024**3, 2)
+    except ImportError:  # Windows
+        import psutil
+
+        out["peak_ram_gib"] = round(psutil.Process().memory_info().peak_wset / 1024**3, 2)
+    return out
+
+
+# ---------------------------------------------------------------- running a script
+
+
+def setup_logging(quiet: bool = False, debug: bool = False) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+    if not debug:
+        # Library chatter (deprecations, "Loading pipeline components") is not for the user.
+        for name in ("diffusers", "transformers", "huggingface_hub", "accelerate", "peft"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        try:
+            from diffusers.utils import logging as dlog
+
+            dlog.set_verbosity_error()
+        except ImportError:
+            pass
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. a test runner thread): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    try:
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+    except ImportError:
+        pass
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+def run_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], dict],
+             argv: list[str] | None = None, describe: Callable[[dict], str] | None = None) -> int:
+    """Parse, run, report. Returns the exit code (scripts call sys.exit(main()))."""
+    as_json = "--json" in (argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    started = time.perf_counter()
+    try:
+        with _sigterm_raises():
+            try:
+                args = parser.parse_args(argv)
+            except SystemExit as exc:  # --help / --version
+                return int(exc.code or 0)
+            setup_logging(args.quiet, args.debug)
+            result = run(args)
+    except CliError as err:
+        return _fail(err, as_json)
+    except KeyboardInterrupt:
+        return _fail(CliError("interrupted (Ctrl-C); no partial output was kept", "run the same command again; "
+                              "--batch runs continue where they stopped", ExitCode.INTERRUPTED), as_json)
+    except Terminated:
+        return _fail(CliError("terminated (SIGTERM); no partial output was kept", "run the same command again",
+                              ExitCode.TERMINATED), as_json)
+    except Exception as exc:  # the last line of defence: a message, never a traceback
+        if debug:
+            log.exception("unexpected error")
+        if _is_oom(exc):
+            err = CliError(f"out of memory: {_first_line(exc)}", "retry with a more frugal plan: --offload group "
+                           "(or sequential), a smaller size, or fewer frames", ExitCode.OUT_OF_MEMORY)
+        else:
+            err = CliError(f"{type(exc).__name__}: {_first_line(exc)}",
+                           "rerun with --debug for details; if it persists, report it with that output",
+                           ExitCode.FAILED)
+        return _fail(err, as_json)
+    code = int(result.pop("exit_code", ExitCode.OK))
+    result.setdefault("status", "ok" if code == 0 else "partial")
+    result.setdefault("seconds_total", round(time.perf_counter() - started, 3))
+    result.update({k: v for k, v in peak_memory().items() if k not in result})
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False, default=str), flush=True)
+    elif describe is not None:
+        print(describe(result), flush=True)
+    return code
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]
+
+
+def _fail(err: CliError, as_json: bool) -> int:
+    print(f"error: {err.message}", file=sys.stderr)
+    if err.fix:
+        print(f"  fix: {err.fix}", file=sys.stderr)
+    if as_json:
+        print(json.dumps(err.to_dict(), ensure_ascii=False, default=str), flush=True)
+    return int(err.code)

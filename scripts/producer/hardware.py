@@ -1,0 +1,86 @@
+"""What this machine has: accelerator, VRAM, RAM, disk. Read once, passed around as a value."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict, dataclass
+
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: str  # "cuda", "mps" or "cpu"
+    gpu_name: str | None
+    vram_total: int  # bytes; 0 without an accelerator
+    vram_free: int
+    ram_total: int
+    ram_available: int
+    disk_free: int  # where the models live
+    compute_capability: tuple[int, int] | None = None  # (9, 0) for Hopper; fp8 matmuls need >= (8, 9)
+
+    @property
+    def has_gpu(self) -> bool:
+        return self.device != "cpu"
+
+    def describe(self) -> str:
+        ram = f"{self.ram_total / GiB:.0f} GiB RAM"
+        if not self.has_gpu:
+            return f"no GPU, {ram}"
+        return f"{self.gpu_name} ({self.vram_total / GiB:.0f} GiB, {self.vram_free / GiB:.1f} free), {ram}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _ram() -> tuple[int, int]:
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return int(vm.total), int(vm.available)
+
+
+def _cuda_cap_bytes() -> int | None:
+    """A per-process CUDA memory cap (set_per_process_memory_fraction), as bytes, if one is set.
+
+    The benchmark emulates a small card this way; the plan must see the cap, not the card.
+    """
+    cap = os.environ.get("PRODUCER_VRAM_CAP_GB")
+    return int(float(cap) * GiB) if cap else None
+
+
+def probe(models_dir: str | None = None, device: str | None = None) -> Hardware:
+    """Probe the machine. `device` forces "cpu" (or a CUDA index such as "cuda:1")."""
+    import torch
+
+    ram_total, ram_available = _ram()
+    disk_dir = models_dir or os.environ.get("HF_HOME") or os.path.expanduser("~")
+    while not os.path.exists(disk_dir):
+        disk_dir = os.path.dirname(disk_dir) or "."
+    disk_free = shutil.disk_usage(disk_dir).free
+
+    want = (device or "auto").lower()
+    if want != "cpu" and torch.cuda.is_available():
+        index = int(want.split(":")[1]) if want.startswith("cuda:") else torch.cuda.current_device()
+        free, total = torch.cuda.mem_get_info(index)
+        cap = _cuda_cap_bytes()
+        if cap is not None and cap < total:
+            free, total = min(free, cap), cap
+        props = torch.cuda.get_device_properties(index)
+        return Hardware("cuda", props.name, int(total), int(free), ram_total, ram_available, disk_free,
+                        (props.major, props.minor))
+    if want in ("auto", "mps") and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        # Apple silicon shares RAM with the GPU: count what Metal recommends as its working set.
+        total = int(torch.mps.recommended_max_memory())
+        return Hardware("mps", "Apple GPU (MPS)", total, total, ram_total, ram_available, disk_free)
+    return Hardware("cpu", None, 0, 0, ram_total, ram_available, disk_free)
+
+
+def from_sizes(vram_gb: float, ram_gb: float, disk_gb: float = 500.0, name: str = "GPU",
+               capability: tuple[int, int] | None = (8, 6)) -> Hardware:
+    """A hypothetical machine, for the plan table, `setup --check --assume` and tests."""
+    vram = int(vram_gb * GiB)
+    device = "cuda" if vram else "cpu"
+    return Hardware(device, name if vram else None, vram, vram, int(ram_gb * GiB), int(ram_gb * GiB),
+                    int(disk_gb * GiB), capability if vram else None)

@@ -1,0 +1,328 @@
+"""The memory plan: one pure function from (hardware, model, workload, overrides) to a plan.
+
+Nothing here touches torch or the disk, so the plan can be computed for any machine (the plan table in
+docs/memory-plan.md, `setup_diffusers.py --check`) and unit-tested as a table. `offload.apply_plan`
+carries a plan out on a loaded pipeline.
+
+Vocabulary
+- placement of a component: `gpu` (resident), `model_offload` (moved to the GPU whole while it runs),
+  `group_offload` (block by block, prefetched on a CUDA stream), `sequential` (layer by layer, no
+  prefetch: the last resort), `cpu` (runs on the CPU).
+- weights of a denoiser: `bf16`, `fp8` (fp8 storage, bf16 compute: diffusers layerwise casting),
+  `gguf-q8`, `gguf-q4` (GGUF files, dequantised per layer), `fp32` (tiny models on a CPU).
+- experts_in_ram (Wan): 2 keeps both experts in host RAM; 1 reloads each from disk at its turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from . import registry
+from .hardware import GiB, Hardware
+
+OFFLOAD_CHOICES = ("auto", "none", "model", "group", "sequential")
+WEIGHT_CHOICES = ("auto", "bf16", "fp8", "gguf-q8", "gguf-q4")
+
+# Bytes per parameter of each weight form. GGUF figures are file size / parameters of the published
+# files (Wan Q4_K_M 9.65 GB and Qwen Q4_K_M 13.2 GB mix 4- and 6-bit blocks; Q8_0 is 8.5 bits).
+BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "fp8": 1.0, "gguf-q8": 1.066, "gguf-q4": 0.67}
+# Which forms trade quality for memory, best first. GGUF Q8_0 keeps a scale per 32 weights, so it is
+# closer to bf16 than plain fp8 storage (diffusers casts without a scale); fp8 needs no extra download.
+QUALITY_ORDER = ("bf16", "gguf-q8", "fp8", "gguf-q4")
+
+RAM_RESERVE = 4 * GiB  # OS, Python, torch and CUDA host state
+VRAM_RESERVE = int(0.8 * GiB)  # CUDA context and allocator fragmentation
+BLOCKS_IN_FLIGHT = 2  # group offload with streams holds the running block and the prefetched one
+TEXT_ENCODER_ACTIVATIONS = int(0.5 * GiB)
+LOAD_OVERHEAD = int(1.5 * GiB)  # a safetensors shard being read while loading
+
+
+@dataclass(frozen=True)
+class ModelFootprint:
+    """Sizes of one model family's components, as parameter counts (weights form applied later)."""
+
+    family: str  # "wan" or "qwen"
+    denoisers: tuple[str, ...]  # ("transformer", "transformer_2") for Wan
+    denoiser_params: int  # each
+    denoiser_blocks: int
+    hidden: int  # transformer width, for activation estimates
+    activation_factor: int  # bytes per token = hidden * 2 * factor (fit to measurements, see below)
+    text_encoder_params: int
+    vae_params: int
+    vae_bytes_per_pixel: int  # untiled decode peak per output pixel (per frame for video)
+    vae_tiled_bytes: int  # tiled decode peak
+
+
+# Activation factors: a Wan expert forward at 832x480x81 (32,760 tokens) peaked 3.6-3.9 GiB above its
+# weights on an H200 (full-size-models.md), i.e. ~12 hidden-state copies; Qwen at 1024^2 + 2 refs
+# (~12.5k tokens) stayed near 1.6 GiB above two offloaded blocks, ~24 copies of its narrower state.
+WAN_FOOTPRINT = ModelFootprint(
+    family="wan", denoisers=("transformer", "transformer_2"), denoiser_params=registry.WAN_EXPERT_PARAMS,
+    denoiser_blocks=registry.WAN_EXPERT_LAYERS, hidden=5120, activation_factor=12,
+    text_encoder_params=registry.WAN_TEXT_ENCODER_PARAMS, vae_params=registry.WAN_VAE_PARAMS,
+    vae_bytes_per_pixel=6000, vae_tiled_bytes=int(1.5 * GiB))
+QWEN_FOOTPRINT = ModelFootprint(
+    family="qwen", denoisers=("transformer",), denoiser_params=registry.QWEN_TRANSFORMER_PARAMS,
+    denoiser_blocks=registry.QWEN_TRANSFORMER_LAYERS, hidden=3072, activation_factor=24,
+    text_encoder_params=registry.QWEN_TEXT_ENCODER_PARAMS, vae_params=registry.QWEN_VAE_PARAMS,
+    vae_bytes_per_pixel=2500, vae_tiled_bytes=int(1.0 * GiB))
+
+
+@dataclass(frozen=True)
+class Workload:
+    tokens: int  # sequence length of one denoiser forward
+    decode_pixels: int  # pixels of one decoded frame
+
+
+def wan_workload(width: int, height: int, frames: int) -> Workload:
+    latent_frames = (frames - 1) // registry.WAN.frame_multiple + 1
+    return Workload(tokens=latent_frames * (height // 16) * (width // 16), decode_pixels=width * height)
+
+
+def qwen_workload(width: int, height: int, references: int) -> Workload:
+    # Each reference enters as ~1024^2 of latent tokens whatever the output size; text adds a few hundred.
+    target = (height // 16) * (width // 16)
+    return Workload(tokens=target + references * 4096 + 512, decode_pixels=width * height)
+
+
+@dataclass(frozen=True)
+class ComponentPlan:
+    placement: str
+    weights: str = "bf16"
+
+    def __str__(self) -> str:
+        return f"{self.placement} ({self.weights})"
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    name: str  # resident | expert-swap | model-offload | group-offload | sequential | cpu
+    device: str
+    dtype: str  # compute dtype: bfloat16 on accelerators and for real models on a CPU
+    components: dict[str, ComponentPlan]
+    weights: str  # form of the denoiser weights (bf16, fp8, gguf-q8, gguf-q4, fp32)
+    experts_in_ram: int
+    vae_tiling: bool
+    text_encoder: str  # where prompts are encoded: gpu | group_offload | cpu (freed once prompts are encoded)
+    peak_vram: int
+    peak_ram: int
+    fits: bool
+    reason: str
+    advice: str = ""  # what to change when it does not fit
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def summary(self) -> str:
+        parts = [f"plan {self.name}", f"weights {self.weights}"]
+        if self.experts_in_ram == 1 and "transformer_2" in self.components:
+            parts.append("one expert in RAM at a time")
+        parts.append("VAE tiled" if self.vae_tiling else "VAE untiled")
+        parts.append(f"peak ~{self.peak_vram / GiB:.1f} GiB VRAM, ~{self.peak_ram / GiB:.1f} GiB RAM")
+        return ", ".join(parts) + f": {self.reason}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["components"] = {k: str(v) for k, v in self.components.items()}
+        d["peak_vram_gib"] = round(self.peak_vram / GiB, 2)
+        d["peak_ram_gib"] = round(self.peak_ram / GiB, 2)
+        d["summary"] = self.summary()
+        return d
+
+
+def _bytes(params: int, weights: str) -> int:
+    return int(params * BYTES_PER_PARAM[weights])
+
+
+def activation_bytes(model: ModelFootprint, work: Workload) -> int:
+    return work.tokens * model.hidden * 2 * model.activation_factor
+
+
+def decode_bytes(model: ModelFootprint, work: Workload, tiled: bool) -> int:
+    return model.vae_tiled_bytes if tiled else work.decode_pixels * model.vae_bytes_per_pixel
+
+
+def _denoise_vram(model: ModelFootprint, offload: str, weights: str, act: int) -> int:
+    """VRAM held while denoising, for one offload strategy."""
+    one = _bytes(model.denoiser_params, weights)
+    vae = _bytes(model.vae_params, "bf16")
+    if offload == "none":
+        return len(model.denoisers) * one + act + vae
+    if offload == "model":
+        return one + act + vae
+    block = one // model.denoiser_blocks
+    if offload == "group":
+        # Embeddings, norms and the head stay outside the blocks: ~1% of the weights.
+        return BLOCKS_IN_FLIGHT * block + one // 100 + act + vae
+    # sequential: layer by layer; the largest layer is an FFN matrix (~1/6 of a block)
+    return block // 6 + one // 100 + act + vae
+
+
+def _text_on_gpu(model: ModelFootprint, budget: int) -> bool:
+    """Prompts are encoded first and the encoder freed before the denoisers load, so it only has to fit alone."""
+    return _bytes(model.text_encoder_params, "bf16") + TEXT_ENCODER_ACTIVATIONS <= budget
+
+
+def _host_ram(model: ModelFootprint, offload: str, weights: str, experts_in_ram: int, text_on_gpu: bool) -> int:
+    """Peak host RAM: the larger of the encode stage (text encoder) and the denoise stage."""
+    one = _bytes(model.denoiser_params, weights)
+    # An encoder that fits the GPU loads straight onto it; one that streams from RAM is held there.
+    text = LOAD_OVERHEAD if text_on_gpu else _bytes(model.text_encoder_params, "bf16")
+    if offload == "none":
+        # Loaded straight onto the GPU; GGUF and fp8 pass through the host one denoiser at a time.
+        held = 0 if weights == "bf16" else one
+    else:
+        held = experts_in_ram * one
+    if weights == "fp8":
+        # fp8 storage is made from the bf16 files: one denoiser exists in bf16 while it is cast.
+        held += _bytes(model.denoiser_params, "bf16") - one
+    return max(text, held + LOAD_OVERHEAD) + RAM_RESERVE
+
+
+def _candidates(model: ModelFootprint, offload: str, weights: str, installed: frozenset[str] | None):
+    """(experts_in_ram, form, offload) in order of preference.
+
+    Both experts in RAM before one (a disk reload per clip is slow); then best quality first; then the
+    fastest offload. Sequential offload comes only after every form failed without it.
+    """
+    n = len(model.denoisers)
+    forms = QUALITY_ORDER if weights == "auto" else (weights,)
+    if installed is not None and weights == "auto":
+        forms = tuple(f for f in forms if f in installed) or forms
+    if offload != "auto":
+        tiers, last = (offload,), ()
+    else:
+        tiers = ("none", "model", "group") if n > 1 else ("none", "group")
+        last = ("sequential",)
+    for offloads in (tiers, last):
+        for experts in ((n, 1) if n > 1 else (1,)):
+            for form in forms:
+                for off in offloads:
+                    if off == "none" and experts < n:
+                        continue  # resident weights are all loaded; RAM holds none of them
+                    yield experts, form, off
+
+
+def plan_memory(hw: Hardware, model: ModelFootprint, work: Workload, offload: str = "auto",
+                weights: str = "auto", installed: frozenset[str] | None = None) -> MemoryPlan:
+    """Choose where every component lives and in what form. Pure: same inputs, same plan.
+
+    `installed` narrows automatic weight choices to the forms present on disk (None: any form, which is
+    what `setup_diffusers.py` asks when deciding what to download).
+    """
+    if offload not in OFFLOAD_CHOICES:
+        raise ValueError(f"offload must be one of {OFFLOAD_CHOICES}, not {offload!r}")
+    if weights not in WEIGHT_CHOICES:
+        raise ValueError(f"weights must be one of {WEIGHT_CHOICES}, not {weights!r}")
+    if not hw.has_gpu:
+        return _cpu_plan(hw, model, weights)
+
+    act = activation_bytes(model, work)
+    vram_budget = hw.vram_total - VRAM_RESERVE
+    text_gpu = _text_on_gpu(model, vram_budget)
+    failed = []
+    for rank, (experts, form, off) in enumerate(_candidates(model, offload, weights, installed)):
+        vram_ok = _denoise_vram(model, off, form, act) <= vram_budget
+        ram = _host_ram(model, off, form, experts, text_gpu)
+        if vram_ok and ram <= hw.ram_total:
+            return _build_plan(hw, model, work, experts, form, off, True, True)
+        failed.append((not vram_ok, ram, rank, (experts, form, off, vram_ok, False)))
+    # Nothing fits: describe the candidate that comes closest (fits the GPU, least RAM, fastest).
+    experts, form, off, vram_ok, ram_ok = min(failed)[3]
+    ram_ok = _host_ram(model, off, form, experts, text_gpu) <= hw.ram_total
+    return _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok)
+
+
+def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok) -> MemoryPlan:
+    act = activation_bytes(model, work)
+    vram_budget = hw.vram_total - VRAM_RESERVE
+    denoise_vram = _denoise_vram(model, off, form, act)
+    text_placement = "gpu" if _text_on_gpu(model, vram_budget) else "group_offload"
+    resident = denoise_vram - act if off == "none" else 0
+    tiled = resident + decode_bytes(model, work, tiled=False) > vram_budget
+    decode_vram = resident + decode_bytes(model, work, tiled)
+    text = _bytes(model.text_encoder_params, "bf16")
+    encode_vram = (text if text_placement == "gpu" else text // 10) + TEXT_ENCODER_ACTIVATIONS
+    peak_vram = max(denoise_vram, decode_vram, encode_vram)
+    peak_ram = _host_ram(model, off, form, experts, text_placement == "gpu")
+    fits = vram_ok and ram_ok
+
+    notes = []
+    if experts == 1 and len(model.denoisers) > 1:
+        notes.append("each expert is read from disk at its turn (RAM cannot hold both)")
+    if form == "fp8":
+        notes.append("fp8 weight storage: small numerical change against bf16")
+    name = {"none": "resident", "model": "expert-swap", "group": "group-offload", "sequential": "sequential"}[off]
+    if off == "model" and len(model.denoisers) == 1:
+        name = "model-offload"
+    components = {d: ComponentPlan("gpu" if off == "none" else {"model": "model_offload", "group": "group_offload",
+                                                                  "sequential": "sequential"}[off], form)
+                  for d in model.denoisers}
+    components["text_encoder"] = ComponentPlan(text_placement, "bf16")
+    components["vae"] = ComponentPlan("gpu", "bf16")
+    return MemoryPlan(name=name, device=hw.device, dtype="bfloat16", components=components, weights=form,
+                      experts_in_ram=experts, vae_tiling=tiled, text_encoder=text_placement,
+                      peak_vram=int(peak_vram), peak_ram=int(peak_ram), fits=fits,
+                      reason=_reason(hw, model, name, form, act, fits, vram_ok, ram_ok),
+                      advice="" if fits else _advice(model, vram_ok, ram_ok, peak_ram), notes=tuple(notes))
+
+
+def _cpu_plan(hw: Hardware, model: ModelFootprint, weights: str) -> MemoryPlan:
+    total = len(model.denoisers) * model.denoiser_params + model.text_encoder_params + model.vae_params
+    # Small models (the test stand-ins) run in fp32 on a CPU, where bf16 kernels are patchy; real ones in bf16.
+    dtype, form = ("float32", "fp32") if total * 4 <= hw.ram_total // 4 else ("bfloat16", "bf16")
+    if weights not in ("auto", "bf16") and form != "fp32":
+        form = weights
+    need = max(_bytes(model.text_encoder_params, "bf16"),
+               len(model.denoisers) * _bytes(model.denoiser_params, form)) + RAM_RESERVE
+    if form == "fp32":
+        need = total * 4 + RAM_RESERVE // 4
+    fits = need <= hw.ram_total
+    components = {d: ComponentPlan("cpu", form) for d in model.denoisers}
+    components["text_encoder"] = ComponentPlan("cpu", "bf16" if form != "fp32" else "fp32")
+    components["vae"] = ComponentPlan("cpu", "bf16" if form != "fp32" else "fp32")
+    reason = "no GPU: everything runs on the CPU" + ("" if form == "fp32" else " (hours per item with the real models)")
+    return MemoryPlan(name="cpu", device="cpu", dtype=dtype, components=components, weights=form,
+                      experts_in_ram=len(model.denoisers), vae_tiling=False, text_encoder="cpu", peak_vram=0,
+                      peak_ram=int(need), fits=fits, reason=reason,
+                      advice="" if fits else f"needs ~{need / GiB:.0f} GiB of RAM; use a machine with a GPU")
+
+
+def _reason(hw, model, name, form, act, fits, vram_ok, ram_ok) -> str:
+    card = f"{hw.vram_total / GiB:.0f} GiB GPU, {hw.ram_total / GiB:.0f} GiB RAM"
+    one = _bytes(model.denoiser_params, form) / GiB
+    what = {
+        "resident": f"all weights stay on the GPU ({len(model.denoisers)} x {one:.1f} GiB {form})",
+        "expert-swap": f"one {one:.1f} GiB expert on the GPU at a time, swapped at the boundary",
+        "model-offload": f"the {one:.1f} GiB transformer moves to the GPU for denoising only",
+        "group-offload": f"{one:.1f} GiB {form} weights stream block by block from RAM ({act / GiB:.1f} GiB activations)",
+        "sequential": "layer-by-layer offload (slow): nothing else fits",
+    }[name]
+    if fits:
+        return f"{card}: {what}"
+    lacking = [x for x, ok in (("VRAM", vram_ok), ("RAM", ram_ok)) if not ok]
+    return f"{card}: does not fit ({' and '.join(lacking)}) even with {name}"
+
+
+def _advice(model: ModelFootprint, vram_ok: bool, ram_ok: bool, peak_ram: int) -> str:
+    tips = []
+    if not vram_ok:
+        tips.append("use a smaller size (e.g. --preset 480p or fewer frames)" if model.family == "wan"
+                    else "use a smaller --size or fewer references")
+    if not ram_ok:
+        tips.append(f"free RAM or use a machine with >= {peak_ram / GiB:.0f} GiB (GGUF Q4 weights need the least: "
+                    "setup_diffusers.py --download)")
+    return "; ".join(tips)
+
+
+FRUGALITY = ("none", "model", "group", "sequential")
+
+
+def next_offload(plan: MemoryPlan) -> str | None:
+    """The next more frugal --offload value after an out-of-memory error, or None at the end of the line."""
+    current = {"resident": "none", "expert-swap": "model", "model-offload": "model", "group-offload": "group",
+               "sequential": "sequential", "cpu": "sequential"}[plan.name]
+    i = FRUGALITY.index(current)
+    return FRUGALITY[i + 1] if i + 1 < len(FRUGALITY) else None
+
+
+def with_tiling(plan: MemoryPlan) -> MemoryPlan:
+    return replace(plan, vae_tiling=True)

@@ -1,0 +1,353 @@
+"""The one place that knows every model the skill uses.
+
+Every other module reads repo ids, revisions, file lists, sizes and sampling
+defaults from here. Sizes are bytes on disk of the files we fetch (public file
+pages, 2026-11; approximate where marked). Revisions are commit hashes where a
+public source gave one, otherwise the branch `main`; `setup_diffusers.py`
+records the commit it actually downloaded and generation metadata carries it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GB = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class WanSampling:
+    """How a Wan 2.2 I2V clip is sampled (one schedule: full or step-distilled)."""
+
+    steps: int
+    guidance: float  # high-noise expert
+    guidance_2: float  # low-noise expert
+    shift: float
+    scheduler: str  # "unipc" (official) or "euler" (what the distill LoRAs were trained with)
+
+
+@dataclass(frozen=True)
+class WanVideoFacts:
+    boundary_ratio: float = 0.9  # switch high -> low noise expert at t = 0.9 * 1000 (I2V)
+    fps: int = 16
+    frames: int = 81  # about 5 s; Wan needs 4n + 1 frames (the VAE packs 4 frames per latent)
+    frame_multiple: int = 4
+    size_multiple: int = 16  # VAE 8x spatial x patch 2
+    # Presets (width, height) for landscape; portrait swaps them, square uses the smaller side.
+    presets: dict = field(default_factory=lambda: {"480p": (832, 480), "720p": (1280, 720)})
+    full: WanSampling = WanSampling(steps=40, guidance=3.5, guidance_2=3.5, shift=5.0, scheduler="unipc")
+    # Lightning / LightX2V: timesteps 1000, 750, 500, 250 shifted by 5 -> two steps on each expert.
+    distilled: WanSampling = WanSampling(steps=4, guidance=1.0, guidance_2=1.0, shift=5.0, scheduler="euler")
+
+
+@dataclass(frozen=True)
+class QwenSampling:
+    steps: int
+    cfg: float  # true_cfg_scale; the pipeline runs CFG only with a negative prompt
+
+
+@dataclass(frozen=True)
+class QwenImageFacts:
+    max_references: int = 3  # Qwen-Image-Edit-2509/2511 are trained on 1-3 input images
+    size_multiple: int = 16  # the pipeline floors sizes to vae_scale_factor * 2
+    default_size: tuple = (1024, 1024)
+    full: QwenSampling = QwenSampling(steps=40, cfg=4.0)
+    lightning_4: QwenSampling = QwenSampling(steps=4, cfg=1.0)
+    lightning_8: QwenSampling = QwenSampling(steps=8, cfg=1.0)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One downloadable thing: a pipeline repo, a set of expert files, a LoRA, an annotator."""
+
+    name: str  # registry key used on the command line (`--only NAME`)
+    title: str
+    kind: str  # pipeline | components | gguf | lora | controlnet | annotator
+    repo_id: str
+    revision: str  # commit hash or branch
+    files: tuple[str, ...]  # allow-patterns, relative to the repo root
+    size_bytes: int  # on disk, for the files above
+    loader: str  # how the scripts load it
+    license: str
+    gated: bool = False
+    required: bool = False  # part of `setup_diffusers.py --download` on machines that use this form
+    notes: str = ""
+    # LoRA facts
+    targets: tuple[str, ...] = ()  # transformer / transformer_2 for Wan LoRAs
+    strength: float = 1.0  # default strength in a loader that honours the stored alpha
+    rank: int | None = None
+    # Files by role, when an entry holds several (e.g. a GGUF high/low pair, a LoRA high/low pair)
+    roles: dict = field(default_factory=dict)
+    approximate_size: bool = True
+
+    @property
+    def pinned(self) -> bool:
+        return len(self.revision) == 40 and all(c in "0123456789abcdef" for c in self.revision)
+
+
+WAN_REPO = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
+QWEN_REPO = "Qwen/Qwen-Image-Edit-2511"
+WAN_SMALL_COMPONENTS = (
+    "model_index.json",
+    "scheduler/*",
+    "tokenizer/*",
+    "text_encoder/*",
+    "vae/*",
+    "transformer/config.json",
+    "transformer_2/config.json",
+)
+
+_ENTRIES = [
+    ModelEntry(
+        name="wan-i2v",
+        title="Wan 2.2 I2V A14B (diffusers, two fp32 experts)",
+        kind="pipeline",
+        repo_id=WAN_REPO,
+        revision="2ec9bda285536cab0b8f3372a62bbedafcb7fe3c",
+        files=("*.json", "*.txt", "*.model", "scheduler/*", "tokenizer/*", "text_encoder/*", "vae/*",
+               "transformer/*", "transformer_2/*"),
+        size_bytes=126 * GB,
+        loader="WanImageToVideoPipeline.from_pretrained(dtype=bfloat16)",
+        license="apache-2.0",
+        required=True,
+        notes="High-noise expert `transformer`, low-noise `transformer_2`, boundary_ratio 0.9. The experts are "
+        "stored in fp32 (~57 GB each); they load as bf16.",
+    ),
+    ModelEntry(
+        name="wan-i2v-components",
+        title="Wan 2.2 I2V A14B small components (text encoder, VAE, tokenizer, configs)",
+        kind="components",
+        repo_id=WAN_REPO,
+        revision="2ec9bda285536cab0b8f3372a62bbedafcb7fe3c",
+        files=WAN_SMALL_COMPONENTS,
+        size_bytes=12 * GB,
+        loader="WanImageToVideoPipeline.from_pretrained(transformer=<gguf>, transformer_2=<gguf>)",
+        license="apache-2.0",
+        required=True,
+        notes="Everything but the experts: used with the GGUF experts on machines with little RAM.",
+    ),
+    ModelEntry(
+        name="wan-i2v-gguf-q4",
+        title="Wan 2.2 I2V A14B experts, GGUF Q4_K_M (high + low noise)",
+        kind="gguf",
+        repo_id="QuantStack/Wan2.2-I2V-A14B-GGUF",
+        revision="main",
+        files=("HighNoise/Wan2.2-I2V-A14B-HighNoise-Q4_K_M.gguf", "LowNoise/Wan2.2-I2V-A14B-LowNoise-Q4_K_M.gguf"),
+        size_bytes=19_300_000_000,
+        loader="WanTransformer3DModel.from_single_file(GGUFQuantizationConfig, config=wan-i2v-components)",
+        license="apache-2.0",
+        required=True,
+        roles={"transformer": "HighNoise/Wan2.2-I2V-A14B-HighNoise-Q4_K_M.gguf",
+               "transformer_2": "LowNoise/Wan2.2-I2V-A14B-LowNoise-Q4_K_M.gguf"},
+        notes="9.65 GB each; original Wan key names (ComfyUI-GGUF format).",
+    ),
+    ModelEntry(
+        name="wan-i2v-gguf-q8",
+        title="Wan 2.2 I2V A14B experts, GGUF Q8_0 (high + low noise)",
+        kind="gguf",
+        repo_id="QuantStack/Wan2.2-I2V-A14B-GGUF",
+        revision="main",
+        files=("HighNoise/Wan2.2-I2V-A14B-HighNoise-Q8_0.gguf", "LowNoise/Wan2.2-I2V-A14B-LowNoise-Q8_0.gguf"),
+        size_bytes=30_400_000_000,
+        loader="WanTransformer3DModel.from_single_file(GGUFQuantizationConfig, config=wan-i2v-components)",
+        license="apache-2.0",
+        required=True,
+        roles={"transformer": "HighNoise/Wan2.2-I2V-A14B-HighNoise-Q8_0.gguf",
+               "transformer_2": "LowNoise/Wan2.2-I2V-A14B-LowNoise-Q8_0.gguf"},
+        notes="~15.2 GB each (inferred: 8.5 bits a weight); near-bf16 quality.",
+    ),
+    ModelEntry(
+        name="wan-lightning",
+        title="Wan 2.2 Lightning I2V A14B 4-step LoRAs (high + low noise)",
+        kind="lora",
+        repo_id="lightx2v/Wan2.2-Distill-Loras",
+        revision="main",
+        files=("wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1022.safetensors",
+               "wan2.2_i2v_A14b_low_noise_lora_rank64_lightx2v_4step_1022.safetensors"),
+        size_bytes=1_374_000_000,
+        loader="pipe.load_lora_weights (high -> transformer, low -> transformer_2)",
+        license="apache-2.0",
+        required=True,
+        targets=("transformer", "transformer_2"),
+        strength=1.0,
+        rank=64,
+        roles={"transformer": "wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1022.safetensors",
+               "transformer_2": "wan2.2_i2v_A14b_low_noise_lora_rank64_lightx2v_4step_1022.safetensors"},
+        notes="4 steps (2 + 2), CFG 1, shift 5, Euler. Carries non-LoRA `.diff_m` keys, applied as weight deltas.",
+    ),
+    ModelEntry(
+        name="wan21-lightx2v",
+        title="LightX2V Wan 2.1 I2V 14B 480P step+CFG distill LoRA (rank 64)",
+        kind="lora",
+        repo_id="lightx2v/Wan2.1-I2V-14B-480P-StepDistill-CfgDistill-Lightx2v",
+        revision="main",
+        files=("loras/Wan21_I2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors",),
+        size_bytes=705_000_000,
+        loader="pipe.load_lora_weights into both experts",
+        license="apache-2.0",
+        targets=("transformer", "transformer_2"),
+        strength=1.0,
+        rank=64,
+        roles={"transformer": "loras/Wan21_I2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors",
+               "transformer_2": "loras/Wan21_I2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors"},
+        notes="The LoRA the original skill named; an alternative to wan-lightning, applied to both experts. Its "
+        "Wan 2.1 image-encoder keys (k_img, v_img, img_emb) have no target in Wan 2.2 and are reported as such.",
+    ),
+    ModelEntry(
+        name="qwen-edit",
+        title="Qwen-Image-Edit-2511 (diffusers, bf16)",
+        kind="pipeline",
+        repo_id=QWEN_REPO,
+        revision="main",
+        files=("*.json", "scheduler/*", "tokenizer/*", "processor/*", "text_encoder/*", "vae/*", "transformer/*"),
+        size_bytes=57_700_000_000,
+        loader="QwenImageEditPlusPipeline.from_pretrained(dtype=bfloat16)",
+        license="apache-2.0",
+        required=True,
+        notes="Transformer 40.9 GB (zero_cond_t), Qwen2.5-VL-7B text encoder 16.6 GB.",
+    ),
+    ModelEntry(
+        name="qwen-edit-components",
+        title="Qwen-Image-Edit-2511 small components (text encoder, VAE, tokenizer, processor, configs)",
+        kind="components",
+        repo_id=QWEN_REPO,
+        revision="main",
+        files=("model_index.json", "scheduler/*", "tokenizer/*", "processor/*", "text_encoder/*", "vae/*",
+               "transformer/config.json"),
+        size_bytes=16_900_000_000,
+        loader="QwenImageEditPlusPipeline.from_pretrained(transformer=<gguf>)",
+        license="apache-2.0",
+        required=True,
+        notes="Everything but the transformer: used with the GGUF transformer on machines with little RAM.",
+    ),
+    ModelEntry(
+        name="qwen-edit-gguf-q4",
+        title="Qwen-Image-Edit-2511 transformer, GGUF Q4_K_M",
+        kind="gguf",
+        repo_id="unsloth/Qwen-Image-Edit-2511-GGUF",
+        revision="0d33d9692b4b26212297240d87b0d4719aa4fd06",
+        files=("qwen-image-edit-2511-Q4_K_M.gguf",),
+        size_bytes=13_200_000_000,
+        loader="QwenImageTransformer2DModel.from_single_file(GGUFQuantizationConfig, config=qwen-edit-components)",
+        license="apache-2.0",
+        required=True,
+        roles={"transformer": "qwen-image-edit-2511-Q4_K_M.gguf"},
+    ),
+    ModelEntry(
+        name="qwen-edit-gguf-q8",
+        title="Qwen-Image-Edit-2511 transformer, GGUF Q8_0",
+        kind="gguf",
+        repo_id="unsloth/Qwen-Image-Edit-2511-GGUF",
+        revision="0d33d9692b4b26212297240d87b0d4719aa4fd06",
+        files=("qwen-image-edit-2511-Q8_0.gguf",),
+        size_bytes=21_800_000_000,
+        loader="QwenImageTransformer2DModel.from_single_file(GGUFQuantizationConfig, config=qwen-edit-components)",
+        license="apache-2.0",
+        required=True,
+        roles={"transformer": "qwen-image-edit-2511-Q8_0.gguf"},
+    ),
+    ModelEntry(
+        name="qwen-lightning",
+        title="Qwen-Image-Edit-2511 Lightning LoRAs (4-step and 8-step, bf16)",
+        kind="lora",
+        repo_id="lightx2v/Qwen-Image-Edit-2511-Lightning",
+        revision="d74eba145674fd7e31b949324e148e21e7118abd",
+        files=("Qwen-Image-Edit-2511-Lightning-4steps-V1.0-bf16.safetensors",
+               "Qwen-Image-Edit-2511-Lightning-8steps-V1.0-bf16.safetensors"),
+        size_bytes=1_699_216_592,
+        loader="pipe.load_lora_weights into transformer",
+        license="apache-2.0",
+        required=True,
+        targets=("transformer",),
+        strength=1.0,
+        roles={"4": "Qwen-Image-Edit-2511-Lightning-4steps-V1.0-bf16.safetensors",
+               "8": "Qwen-Image-Edit-2511-Lightning-8steps-V1.0-bf16.safetensors"},
+        notes="4 or 8 steps with true CFG off (cfg 1). Use a bf16 or GGUF base: an fp8 base plus this LoRA is "
+        "reported to give line artifacts.",
+    ),
+    ModelEntry(
+        name="qwen-anypose",
+        title="AnyPose LoRA for Qwen-Image-Edit-2511 (base + helper)",
+        kind="lora",
+        repo_id="lilylilith/AnyPose",
+        revision="main",
+        files=("2511-AnyPose-base-000006250.safetensors", "2511-AnyPose-helper-00006000.safetensors"),
+        size_bytes=590_000_000,
+        loader="pipe.load_lora_weights into transformer (both files)",
+        license="apache-2.0",
+        targets=("transformer",),
+        strength=0.7,
+        roles={"base": "2511-AnyPose-base-000006250.safetensors",
+               "helper": "2511-AnyPose-helper-00006000.safetensors"},
+        notes="Pose transfer: character image + pose reference image; both files at 0.7 with the 4-step Lightning "
+        "LoRA. Weak on 2D art. License inferred from the model card family; check the card.",
+    ),
+    ModelEntry(
+        name="qwen-image-t2i",
+        title="Qwen-Image (text-to-image base for the ControlNet Union pose path)",
+        kind="pipeline",
+        repo_id="Qwen/Qwen-Image",
+        revision="main",
+        files=("*.json", "scheduler/*", "tokenizer/*", "text_encoder/*", "vae/*", "transformer/*"),
+        size_bytes=57_700_000_000,
+        loader="QwenImageControlNetPipeline.from_pretrained(controlnet=...)",
+        license="apache-2.0",
+        notes="Only for the optional pose-guided text-to-image path: the ControlNet Union works with this model, "
+        "not with the Edit model.",
+    ),
+    ModelEntry(
+        name="qwen-controlnet-union",
+        title="InstantX Qwen-Image ControlNet Union (canny, soft edge, depth, pose)",
+        kind="controlnet",
+        repo_id="InstantX/Qwen-Image-ControlNet-Union",
+        revision="main",
+        files=("config.json", "diffusion_pytorch_model.safetensors"),
+        size_bytes=3_540_000_000,
+        loader="QwenImageControlNetModel.from_pretrained",
+        license="apache-2.0",
+        notes="Loads onto Qwen/Qwen-Image (qwen-image-t2i), never onto the Edit model.",
+    ),
+    ModelEntry(
+        name="openpose-annotators",
+        title="OpenPose annotator weights (body, hand, face)",
+        kind="annotator",
+        repo_id="lllyasviel/Annotators",
+        revision="main",
+        files=("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
+        size_bytes=510_000_000,
+        loader="controlnet_aux OpenposeDetector (pickles, loaded with torch.load(weights_only=True))",
+        license="apache-2.0",
+        roles={"body": "body_pose_model.pth", "hand": "hand_pose_model.pth", "face": "facenet.pth"},
+        notes="Only needed to turn a photo or figure into a pose skeleton; skeleton PNGs and keypoint JSON need no "
+        "weights.",
+    ),
+]
+
+REGISTRY: dict[str, ModelEntry] = {e.name: e for e in _ENTRIES}
+WAN = WanVideoFacts()
+QWEN = QwenImageFacts()
+
+# Component sizes in bf16 bytes, for the memory plan (parameter counts from the public configs).
+WAN_EXPERT_PARAMS = 14_290_000_000
+WAN_EXPERT_LAYERS = 40
+WAN_TEXT_ENCODER_PARAMS = 5_700_000_000
+WAN_VAE_PARAMS = 127_000_000
+QWEN_TRANSFORMER_PARAMS = 20_430_000_000
+QWEN_TRANSFORMER_LAYERS = 60
+QWEN_TEXT_ENCODER_PARAMS = 8_300_000_000
+QWEN_VAE_PARAMS = 127_000_000
+
+
+class UnknownModel(KeyError):
+    pass
+
+
+def get(name: str) -> ModelEntry:
+    """Return the registry entry `name`; an unknown name lists the valid ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownModel(f"unknown model '{name}'; known: {', '.join(sorted(REGISTRY))}") from None
+
+
+def entries(kind: str | None = None) -> list[ModelEntry]:
+    return [e for e in _ENTRIES if kind is None or e.kind == kind]
