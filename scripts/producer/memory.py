@@ -326,3 +326,36 @@ def next_offload(plan: MemoryPlan) -> str | None:
 
 def with_tiling(plan: MemoryPlan) -> MemoryPlan:
     return replace(plan, vae_tiling=True)
+
+
+# ---------------------------------------------------------------- the plan table (docs/memory-plan.md)
+
+TABLE_VRAM_GB = (0, 8, 10, 12, 16, 24, 48, 80, 141)
+TABLE_RAM_GB = (16, 32, 64, 128)
+TABLE_WORKLOADS = {"wan": ("Wan 2.2 I2V, 832x480x81", WAN_FOOTPRINT, wan_workload(832, 480, 81)),
+                   "qwen": ("Qwen-Image-Edit-2511, 1024x1024, 1 reference", QWEN_FOOTPRINT,
+                            qwen_workload(1024, 1024, 1))}
+
+
+def plan_table(family: str) -> list[tuple[int, int, MemoryPlan]]:
+    from .hardware import from_sizes
+
+    _, footprint, work = TABLE_WORKLOADS[family]
+    return [(v, r, plan_memory(from_sizes(v, r), footprint, work)) for v in TABLE_VRAM_GB for r in TABLE_RAM_GB]
+
+
+def plan_table_markdown(family: str) -> str:
+    title = TABLE_WORKLOADS[family][0]
+    rows = [f"| VRAM GB | RAM GB | plan | weights | experts in RAM | text encoder | VAE | peak VRAM GiB | "
+            f"peak RAM GiB | fits |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for v, r, p in plan_table(family):
+        experts = str(p.experts_in_ram) if "transformer_2" in p.components else "-"
+        rows.append(f"| {v} | {r} | {p.name} | {p.weights} | {experts} | {p.text_encoder} | "
+                    f"{'tiled' if p.vae_tiling else 'whole'} | {p.peak_vram / GiB:.1f} | {p.peak_ram / GiB:.1f} | "
+                    f"{'yes' if p.fits else 'no'} |")
+    return f"<!-- plan-table:{family} ({title}) -->\n" + "\n".join(rows) + f"\n<!-- /plan-table:{family} -->"
+
+
+if __name__ == "__main__":  # python -m producer.memory: print the tables for docs/memory-plan.md
+    for fam in TABLE_WORKLOADS:
+        print(plan_table_markdown(fam), end="\n\n")

@@ -1,0 +1,186 @@
+"""Carry out a memory plan on a loaded pipeline with diffusers' own mechanisms.
+
+- resident: `.to(device)`
+- expert swap (Wan, one expert on the GPU at a time): a forward pre-hook moves the called expert in
+  and the other one out, so the switch happens exactly at the boundary step.
+- group offload: `enable_group_offload(block_level, streams)`; host copies are pinned *in place*
+  first (one page-locked buffer per model), because diffusers otherwise keeps a second, pinned copy of
+  every weight rounded up to a power of two (99.5 GiB of host RAM for the 41 GB Qwen transformer).
+- sequential: group offload at leaf level, no streams (the last resort).
+- fp8 storage: `enable_layerwise_casting(float8_e4m3fn -> bfloat16)`.
+- text encoders: on the GPU whole, or group-offloaded through their block lists; freed after encoding.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+import torch
+
+from .memory import MemoryPlan
+
+log = logging.getLogger("producer")
+
+DENOISERS = ("transformer", "transformer_2")
+
+# Children that group offloading should descend into to find the layer lists of each text encoder
+# (diffusers only looks at direct ModuleList children otherwise, and would move a whole encoder at once).
+TEXT_ENCODER_BLOCK_MODULES = {
+    "UMT5EncoderModel": ["encoder"],
+    "T5EncoderModel": ["encoder"],
+    "Qwen2_5_VLForConditionalGeneration": ["model", "visual", "language_model"],
+}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[name]
+
+
+def apply_plan(pipe, plan: MemoryPlan, device: str | torch.device | None = None) -> None:
+    """Place every component of `pipe` as the plan says. Call once, after loading (and LoRAs)."""
+    device = torch.device(device or plan.device)
+    compute = torch_dtype(plan.dtype)
+    for name in DENOISERS:
+        module = getattr(pipe, name, None)
+        if module is None:
+            continue
+        component = plan.components[name]
+        if component.weights == "fp8":
+            module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
+        place_module(module, component.placement, device)
+    if plan.components.get("transformer_2") and plan.components["transformer_2"].placement == "model_offload":
+        install_expert_swap(pipe, device)
+    if getattr(pipe, "vae", None) is not None:
+        pipe.vae.to(device)
+        if plan.vae_tiling:
+            pipe.vae.enable_tiling()
+    text_encoder = getattr(pipe, "text_encoder", None)
+    if text_encoder is not None:
+        place_module(text_encoder, plan.text_encoder, device)
+
+
+def place_module(module: torch.nn.Module, placement: str, device: torch.device) -> None:
+    if placement == "gpu":
+        module.to(device)
+    elif placement == "group_offload":
+        _group_offload(module, device, leaf=False)
+    elif placement == "sequential":
+        _group_offload(module, device, leaf=True)
+    elif placement in ("model_offload", "cpu"):
+        module.to("cpu")
+    else:
+        raise ValueError(f"unknown placement {placement!r}")
+
+
+def _group_offload(module: torch.nn.Module, device: torch.device, leaf: bool) -> None:
+    from diffusers.hooks import apply_group_offloading
+
+    streams = device.type == "cuda" and not leaf
+    if streams:
+        pin_in_place(module)
+    apply_group_offloading(
+        module,
+        onload_device=device,
+        offload_device=torch.device("cpu"),
+        offload_type="leaf_level" if leaf else "block_level",
+        num_blocks_per_group=None if leaf else 1,
+        use_stream=streams,
+        # record_stream gave garbage images with QwenImage (diffusers issue 12673): synchronise instead.
+        record_stream=False,
+        block_modules=TEXT_ENCODER_BLOCK_MODULES.get(type(module).__name__),
+    )
+
+
+def pin_in_place(module: torch.nn.Module) -> int:
+    """Move a module's CPU tensors into one page-locked buffer, so group offload makes no second copy.
+
+    Returns the bytes pinned. Tensor subclasses (GGUF quantized parameters) keep diffusers' own path.
+    """
+    tensors = [t for t in _plain_cpu_tensors(module)]
+    if not tensors or not torch.cuda.is_available():
+        return 0
+    align = 4096
+    sizes = [(t.numel() * t.element_size() + align - 1) // align * align for t in tensors]
+    total = sum(sizes)
+    buffer = torch.empty(total + align, dtype=torch.uint8)
+    # cudaHostRegister page-locks memory we already own: no power-of-two rounding, no copy of the model.
+    start = (-buffer.data_ptr()) % align
+    flat = buffer[start:start + total]
+    status = torch.cuda.cudart().cudaHostRegister(flat.data_ptr(), total, 0)
+    if int(status) != 0:
+        log.warning("could not page-lock %.1f GiB of weights (cudaHostRegister %s); using diffusers' pinned copies",
+                    total / 1024**3, status)
+        return 0
+    offset = 0
+    for tensor, size in zip(tensors, sizes):
+        nbytes = tensor.numel() * tensor.element_size()
+        view = flat[offset:offset + nbytes].view(tensor.dtype).view(tensor.shape)
+        view.copy_(tensor.data)
+        tensor.data = view
+        offset += size
+    module._producer_pinned = _PinnedBuffer(buffer, flat.data_ptr())
+    return total
+
+
+class _PinnedBuffer:
+    """Owns a page-locked buffer: unregisters it before the memory goes back to the allocator."""
+
+    def __init__(self, buffer: torch.Tensor, registered_ptr: int):
+        self.buffer = buffer
+        self.registered_ptr = registered_ptr
+
+    def __del__(self):
+        torch.cuda.cudart().cudaHostUnregister(self.registered_ptr)
+
+
+def _plain_cpu_tensors(module: torch.nn.Module):
+    seen = set()
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        if id(tensor) in seen or tensor.device.type != "cpu" or type(tensor.data) is not torch.Tensor:
+            continue
+        if tensor.data.is_pinned():
+            continue
+        seen.add(id(tensor))
+        yield tensor
+
+
+def install_expert_swap(pipe, device: torch.device) -> None:
+    """Keep one Wan expert on the GPU: the expert about to run comes in, the other goes back to RAM."""
+    experts = [pipe.transformer, pipe.transformer_2]
+
+    def make_hook(mine, other):
+        def bring_in(module, args, kwargs):
+            if _device_of(other).type != "cpu":
+                other.to("cpu", non_blocking=True)
+            if _device_of(mine) != device:
+                mine.to(device)
+            return None
+
+        return bring_in
+
+    for mine, other in ((experts[0], experts[1]), (experts[1], experts[0])):
+        if getattr(mine, "_producer_swap_hook", None) is None:
+            mine._producer_swap_hook = mine.register_forward_pre_hook(make_hook(mine, other), with_kwargs=True)
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def release(pipe, name: str) -> None:
+    """Drop a component (e.g. the text encoder once every prompt is encoded) and give its memory back."""
+    module = getattr(pipe, name, None)
+    if module is None:
+        return
+    from diffusers.hooks import HookRegistry
+
+    if hasattr(module, "_diffusers_hook"):
+        HookRegistry.check_if_exists_or_initialize(module).remove_hook("group_offloading", recurse=True)
+    setattr(pipe, name, None)
+    del module
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,185 @@
+"""The memory plan as a table: every (VRAM, RAM) row of the grid has its expected plan written down.
+
+docs/memory-plan.md explains each row; the test also checks that the page's tables are the ones the
+code produces, so the page cannot drift.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from producer import memory
+from producer.hardware import GiB, from_sizes
+
+# (VRAM GB, RAM GB) -> "plan weights experts_in_ram fits". Read a row as: on this machine, this is
+# how the 832x480x81 clip / the 1024^2 one-reference edit runs.
+WAN_EXPECTED = """
+0 16 cpu bf16 2 no        | no GPU: 57 GB of bf16 experts do not fit 16 GB
+0 32 cpu bf16 2 no
+0 64 cpu bf16 2 yes       | fits, but hours per clip: the reason says so
+0 128 cpu bf16 2 yes
+8 16 group-offload gguf-q4 1 yes   | 16 GB RAM cannot hold both Q4 experts: one is read at its turn
+8 32 group-offload gguf-q4 2 yes   | both Q4 experts (19 GB) in RAM, streamed block by block
+8 64 group-offload bf16 2 yes      | both bf16 experts (57 GB) pinned in RAM
+8 128 group-offload bf16 2 yes
+10 16 group-offload gguf-q4 1 yes
+10 32 group-offload gguf-q4 2 yes
+10 64 group-offload bf16 2 yes
+10 128 group-offload bf16 2 yes
+12 16 group-offload gguf-q4 1 yes
+12 32 group-offload gguf-q4 2 yes
+12 64 group-offload bf16 2 yes
+12 128 group-offload bf16 2 yes
+16 16 expert-swap gguf-q4 1 yes    | a 9.7 GB Q4 expert plus activations fits 16 GB whole
+16 32 expert-swap gguf-q4 2 yes
+16 64 group-offload bf16 2 yes     | quality first: bf16 streamed beats Q4 resident
+16 128 group-offload bf16 2 yes
+24 16 resident gguf-q4 2 yes       | both Q4 experts fit on the card: RAM only passes them through
+24 32 resident gguf-q4 2 yes
+24 64 group-offload bf16 2 yes
+24 128 group-offload bf16 2 yes
+48 16 resident gguf-q4 2 yes
+48 32 resident gguf-q8 2 yes       | Q8 experts (30 GB) fit a 48 GB card
+48 64 expert-swap bf16 2 yes       | one 28.6 GB bf16 expert on the card at a time
+48 128 expert-swap bf16 2 yes
+80 16 resident bf16 2 yes          | both bf16 experts load straight onto the card
+80 32 resident bf16 2 yes
+80 64 resident bf16 2 yes
+80 128 resident bf16 2 yes
+141 16 resident bf16 2 yes
+141 32 resident bf16 2 yes
+141 64 resident bf16 2 yes
+141 128 resident bf16 2 yes
+"""
+
+QWEN_EXPECTED = """
+0 16 cpu bf16 1 no
+0 32 cpu bf16 1 no
+0 64 cpu bf16 1 yes
+0 128 cpu bf16 1 yes
+8 16 group-offload gguf-q4 1 no    | the 16.6 GB text encoder alone does not fit 16 GB of RAM
+8 32 group-offload gguf-q8 1 yes
+8 64 group-offload bf16 1 yes
+8 128 group-offload bf16 1 yes
+10 16 group-offload gguf-q4 1 no
+10 32 group-offload gguf-q8 1 yes  | Q8 (21.8 GB) fits 32 GB RAM once the encoder is freed
+10 64 group-offload bf16 1 yes
+10 128 group-offload bf16 1 yes
+12 16 group-offload gguf-q4 1 no
+12 32 group-offload gguf-q8 1 yes
+12 64 group-offload bf16 1 yes
+12 128 group-offload bf16 1 yes
+16 16 resident gguf-q4 1 no
+16 32 group-offload gguf-q8 1 yes
+16 64 group-offload bf16 1 yes
+16 128 group-offload bf16 1 yes
+24 16 resident gguf-q4 1 no
+24 32 resident gguf-q8 1 yes       | Q8 transformer resident on a 24 GB card
+24 64 group-offload bf16 1 yes
+24 128 group-offload bf16 1 yes
+48 16 resident bf16 1 yes          | the 41 GB bf16 transformer loads straight onto the card
+48 32 resident bf16 1 yes
+48 64 resident bf16 1 yes
+48 128 resident bf16 1 yes
+80 16 resident bf16 1 yes
+80 32 resident bf16 1 yes
+80 64 resident bf16 1 yes
+80 128 resident bf16 1 yes
+141 16 resident bf16 1 yes
+141 32 resident bf16 1 yes
+141 64 resident bf16 1 yes
+141 128 resident bf16 1 yes
+"""
+
+
+def _rows(text):
+    for line in text.strip().splitlines():
+        fields = line.split("|")[0].split()
+        vram, ram, name, weights, experts, fits = fields
+        yield int(vram), int(ram), name, weights, int(experts), fits == "yes"
+
+
+@pytest.mark.parametrize("family,expected", [("wan", WAN_EXPECTED), ("qwen", QWEN_EXPECTED)])
+def test_plan_table(family, expected):
+    table = {(v, r): p for v, r, p in memory.plan_table(family)}
+    rows = list(_rows(expected))
+    assert len(rows) == len(table) == len(memory.TABLE_VRAM_GB) * len(memory.TABLE_RAM_GB)
+    for vram, ram, name, weights, experts, fits in rows:
+        plan = table[(vram, ram)]
+        got = (plan.name, plan.weights, plan.experts_in_ram, plan.fits)
+        assert got == (name, weights, experts, fits), f"{family} {vram} GB VRAM / {ram} GB RAM: {plan.summary()}"
+
+
+@pytest.mark.parametrize("family", ["wan", "qwen"])
+def test_plans_respect_their_budgets(family):
+    for vram, ram, plan in memory.plan_table(family):
+        if plan.fits:
+            assert plan.peak_ram <= ram * GiB
+            if vram:
+                assert plan.peak_vram <= vram * GiB - memory.VRAM_RESERVE
+        else:
+            assert plan.advice, "a plan that does not fit must say what to change"
+
+
+def test_ten_gb_card_never_holds_both_wan_experts():
+    for ram in memory.TABLE_RAM_GB:
+        plan = memory.plan_memory(from_sizes(10, ram), memory.WAN_FOOTPRINT, memory.wan_workload(832, 480, 81))
+        assert plan.components["transformer"].placement != "gpu"
+        assert plan.components["transformer_2"].placement != "gpu"
+        assert plan.peak_vram <= 9.5 * GiB
+
+
+def test_docs_page_shows_the_tables_the_code_produces():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "memory-plan.md").read_text()
+    for family in memory.TABLE_WORKLOADS:
+        assert memory.plan_table_markdown(family) in page, (
+            f"docs/memory-plan.md is out of date: regenerate with `python -m producer.memory` (family {family})")
+
+
+def test_overrides_are_honoured():
+    hw = from_sizes(141, 128)
+    work = memory.wan_workload(832, 480, 81)
+    assert memory.plan_memory(hw, memory.WAN_FOOTPRINT, work, offload="group").name == "group-offload"
+    assert memory.plan_memory(hw, memory.WAN_FOOTPRINT, work, offload="sequential").name == "sequential"
+    assert memory.plan_memory(hw, memory.WAN_FOOTPRINT, work, weights="gguf-q8").weights == "gguf-q8"
+    forced = memory.plan_memory(from_sizes(10, 32), memory.WAN_FOOTPRINT, work, offload="none")
+    assert forced.name == "resident" and not forced.fits and "smaller size" in forced.advice
+
+
+def test_installed_forms_narrow_the_automatic_choice():
+    hw, work = from_sizes(10, 128), memory.wan_workload(832, 480, 81)
+    plan = memory.plan_memory(hw, memory.WAN_FOOTPRINT, work, installed=frozenset({"gguf-q4"}))
+    assert plan.weights == "gguf-q4"
+
+
+def test_bad_override_names_are_rejected():
+    with pytest.raises(ValueError):
+        memory.plan_memory(from_sizes(10, 32), memory.WAN_FOOTPRINT, memory.wan_workload(832, 480, 81),
+                           offload="fast")
+
+
+def test_larger_clip_needs_more_vram_and_tiles_when_tight():
+    small = memory.plan_memory(from_sizes(141, 128), memory.WAN_FOOTPRINT, memory.wan_workload(832, 480, 81))
+    large = memory.plan_memory(from_sizes(141, 128), memory.WAN_FOOTPRINT, memory.wan_workload(1280, 720, 81))
+    assert large.peak_vram > small.peak_vram
+    # A resident plan that leaves no room for an untiled decode must tile the VAE.
+    tight = memory.plan_memory(from_sizes(24, 128), memory.WAN_FOOTPRINT, memory.wan_workload(1280, 720, 81),
+                               offload="none", weights="gguf-q4")
+    assert tight.vae_tiling
+
+
+def test_cpu_plan_uses_fp32_for_tiny_models():
+    tiny = memory.ModelFootprint(
+        family="wan", denoisers=("transformer", "transformer_2"), denoiser_params=100_000, denoiser_blocks=2,
+        hidden=32, activation_factor=12, text_encoder_params=50_000, vae_params=10_000,
+        vae_bytes_per_pixel=100, vae_tiled_bytes=1000)
+    plan = memory.plan_memory(from_sizes(0, 16), tiny, memory.wan_workload(64, 64, 9))
+    assert (plan.name, plan.dtype, plan.fits) == ("cpu", "float32", True)
+
+
+def test_next_offload_walks_towards_frugality():
+    plan = memory.plan_memory(from_sizes(141, 128), memory.WAN_FOOTPRINT, memory.wan_workload(832, 480, 81))
+    assert memory.next_offload(plan) == "model"
+    seq = memory.plan_memory(from_sizes(10, 32), memory.WAN_FOOTPRINT, memory.wan_workload(832, 480, 81),
+                             offload="sequential")
+    assert memory.next_offload(seq) is None
