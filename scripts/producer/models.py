@@ -1,0 +1,166 @@
+"""Where the registry's models are on this machine, and what they weigh.
+
+Models live in the Hugging Face cache (`HF_HOME`, or `--models-dir`) under their real repo ids and
+the registry's revisions, so `from_pretrained` works offline. Nothing here downloads: a missing model
+is a CliError that names the `setup_diffusers.py` command that fetches it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from . import registry
+from .cli import CliError, ExitCode
+from .memory import QWEN_FOOTPRINT, WAN_FOOTPRINT, ModelFootprint
+
+STANDIN_MARKER = "producer_standin.json"
+
+# Which registry entries make up each weight form of a family.
+FORMS = {
+    "wan": {"bf16": ("wan-i2v",), "fp8": ("wan-i2v",), "gguf-q8": ("wan-i2v-components", "wan-i2v-gguf-q8"),
+            "gguf-q4": ("wan-i2v-components", "wan-i2v-gguf-q4")},
+    "qwen": {"bf16": ("qwen-edit",), "fp8": ("qwen-edit",), "gguf-q8": ("qwen-edit-components", "qwen-edit-gguf-q8"),
+             "gguf-q4": ("qwen-edit-components", "qwen-edit-gguf-q4")},
+}
+
+
+def use_models_dir(models_dir: str | None) -> None:
+    """`--models-dir DIR` means HF_HOME=DIR for this process (set before huggingface_hub is imported)."""
+    if models_dir:
+        os.environ["HF_HOME"] = str(Path(models_dir).expanduser().resolve())
+        os.environ.pop("HF_HUB_CACHE", None)
+
+
+def hub_cache() -> Path:
+    from huggingface_hub import constants
+
+    return Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", constants.HF_HOME)) / "hub")
+
+
+def repo_folder(repo_id: str) -> Path:
+    return hub_cache() / ("models--" + repo_id.replace("/", "--"))
+
+
+def snapshot_dir(entry: registry.ModelEntry) -> Path | None:
+    """The cached snapshot folder of an entry's revision, or None."""
+    folder = repo_folder(entry.repo_id)
+    commit = entry.revision
+    if not entry.pinned:
+        ref = folder / "refs" / entry.revision
+        if not ref.is_file():
+            return None
+        commit = ref.read_text().strip()
+    snap = folder / "snapshots" / commit
+    return snap if snap.is_dir() else None
+
+
+def _has_files(snap: Path, entry: registry.ModelEntry) -> bool:
+    """Every explicit file is there, and every pattern matches something."""
+    for pattern in entry.files:
+        if not any(snap.glob(pattern)):
+            return False
+    return True
+
+
+def is_present(entry: registry.ModelEntry) -> bool:
+    snap = snapshot_dir(entry)
+    return snap is not None and _has_files(snap, entry)
+
+
+def setup_command(*names: str) -> str:
+    return "python scripts/setup_diffusers.py --download --only " + " ".join(names)
+
+
+def locate(entry: registry.ModelEntry) -> Path:
+    snap = snapshot_dir(entry)
+    if snap is None or not _has_files(snap, entry):
+        raise CliError(f"{entry.title} ({entry.repo_id}) is not installed in {hub_cache()}",
+                       fix=f"download it: {setup_command(entry.name)}  (or point --models-dir / HF_HOME at the "
+                           "folder that holds it)", code=ExitCode.MISSING_MODEL)
+    return snap
+
+
+def locate_file(entry: registry.ModelEntry, role: str) -> Path:
+    path = locate(entry) / entry.roles[role]
+    if not path.is_file():
+        raise CliError(f"{path.name} of {entry.repo_id} is missing", fix=setup_command(entry.name),
+                       code=ExitCode.MISSING_MODEL)
+    return path
+
+
+def installed_forms(family: str) -> frozenset[str]:
+    return frozenset(form for form, names in FORMS[family].items()
+                     if all(is_present(registry.get(n)) for n in names))
+
+
+def entries_for_form(family: str, form: str) -> tuple[registry.ModelEntry, ...]:
+    return tuple(registry.get(n) for n in FORMS[family][form])
+
+
+def standin_facts(snap: Path) -> dict | None:
+    """The tiny test models carry a marker with the facts that differ from the real model."""
+    marker = snap / STANDIN_MARKER
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
+# ---------------------------------------------------------------- sizes from the installed configs
+
+
+def footprint(family: str, snap: Path | None) -> ModelFootprint:
+    """Parameter counts from the installed configs (exact for the real models and the stand-ins alike);
+    the registry's published counts when nothing is installed yet."""
+    base = WAN_FOOTPRINT if family == "wan" else QWEN_FOOTPRINT
+    if snap is None:
+        return base
+    transformer = _count_params(snap, "transformer")
+    if transformer is None:
+        return base
+    text = _count_params(snap, "text_encoder") or base.text_encoder_params
+    vae = _count_params(snap, "vae") or base.vae_params
+    blocks = _config(snap, "transformer").get("num_layers", base.denoiser_blocks)
+    hidden = _hidden(snap) or base.hidden
+    return replace(base, denoiser_params=transformer, denoiser_blocks=blocks, hidden=hidden,
+                   text_encoder_params=text, vae_params=vae)
+
+
+def _config(snap: Path, sub: str) -> dict:
+    path = snap / sub / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _hidden(snap: Path) -> int | None:
+    cfg = _config(snap, "transformer")
+    if "num_attention_heads" in cfg and "attention_head_dim" in cfg:
+        return cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    return None
+
+
+def _count_params(snap: Path, sub: str) -> int | None:
+    """Build the component on the meta device from its config (no weights read) and count parameters."""
+    cfg = _config(snap, sub)
+    if not cfg:
+        return None
+    import torch
+
+    with torch.device("meta"):
+        model = _instantiate(cfg, snap / sub)
+    return None if model is None else sum(p.numel() for p in model.parameters())
+
+
+def _instantiate(cfg: dict, folder: Path):
+    if "_class_name" in cfg:  # a diffusers model
+        import diffusers
+
+        cls = getattr(diffusers, cfg["_class_name"], None)
+        return None if cls is None else cls.from_config(cfg)
+    import transformers
+
+    archs = cfg.get("architectures") or []
+    cls = getattr(transformers, archs[0], None) if archs else None
+    if cls is None:
+        return None
+    config = transformers.AutoConfig.from_pretrained(folder)
+    return cls._from_config(config)

@@ -1,0 +1,119 @@
+"""What every output was made from: its recipe.
+
+A recipe records the script, the resolved settings (prompt, seed, steps, size, LoRAs...), the content
+hash of every input file and the model revision. PNGs carry it inside (a tEXt chunk, see media.py);
+other outputs carry it in a sidecar `<output>.provenance.json`. Two uses:
+- `--batch` skips a job whose output exists with the same recipe;
+- the project tool marks an output stale when anything it was made from changed.
+The comparison key ignores input *paths* (only their content counts), so moving a production folder
+does not make everything stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .cli import write_json_atomic
+
+RECIPE_VERSION = 1
+SIDECAR_SUFFIX = ".provenance.json"
+PNG_KEY = "producer"  # the PNG text chunk that holds the recipe
+
+_digest_cache: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's content; cached per (path, size, mtime) for the life of the process."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _digest_cache:
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _digest_cache[key] = h.hexdigest()
+    return _digest_cache[key]
+
+
+def make_recipe(script: str, settings: dict[str, Any], inputs: dict[str, Any], model: dict[str, Any]) -> dict:
+    """inputs: role -> path or list of paths (references, frames, LoRA files, style.json)."""
+    return {
+        "recipe_version": RECIPE_VERSION,
+        "script": script,
+        "settings": settings,
+        "inputs": {role: _describe_inputs(value) for role, value in inputs.items() if value},
+        "model": model,
+    }
+
+
+def _describe_inputs(value):
+    if isinstance(value, (list, tuple)):
+        return [_describe_inputs(v) for v in value]
+    return {"path": str(value), "sha256": file_digest(value)}
+
+
+def recipe_key(recipe: dict, ignore_seed: bool = False) -> str:
+    """A hash of what determines the output: settings, input contents and model revision."""
+    settings = dict(recipe.get("settings", {}))
+    if ignore_seed:
+        settings.pop("seed", None)
+    core = {
+        "script": recipe.get("script"),
+        "settings": settings,
+        "inputs": _strip_paths(recipe.get("inputs", {})),
+        "model": recipe.get("model", {}),
+    }
+    return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _strip_paths(value):
+    if isinstance(value, dict):
+        if "sha256" in value:
+            return value["sha256"]
+        return {k: _strip_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strip_paths(v) for v in value]
+    return value
+
+
+def sidecar_path(output: str | os.PathLike) -> Path:
+    return Path(str(output) + SIDECAR_SUFFIX)
+
+
+def read_recipe(output: str | os.PathLike) -> dict | None:
+    """The recipe stored with an output (inside a PNG, else in its sidecar), or None."""
+    p = Path(output)
+    if p.suffix.lower() == ".png" and p.is_file():
+        from .media import read_png_metadata
+
+        meta = read_png_metadata(p)
+        if meta:
+            return meta
+    side = sidecar_path(p)
+    if side.is_file():
+        try:
+            return json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def write_sidecar(output: str | os.PathLike, recipe: dict) -> Path:
+    side = sidecar_path(output)
+    write_json_atomic(side, recipe)
+    return side
+
+
+def is_up_to_date(output: str | os.PathLike, recipe: dict, seed_given: bool) -> bool:
+    """The output exists and was made from the same recipe (any seed, when the job named none)."""
+    if not Path(output).is_file():
+        return False
+    existing = read_recipe(output)
+    if existing is None:
+        return False
+    return recipe_key(existing, ignore_seed=not seed_given) == recipe_key(recipe, ignore_seed=not seed_given)
