@@ -1,0 +1,101 @@
+"""Shared test setup: an offline Hugging Face hub, a fresh HF_HOME per test, tiny stand-in models.
+
+Fixtures:
+- `offline_hf_home` (autouse): HF_HUB_OFFLINE=1 and HF_HOME pointed at an empty temp folder for every
+  test, undone afterwards. Nothing can reach the Hub or the real cache in ~/.cache.
+- `standin_install` (session): every stand-in built and installed once into a temp HF_HOME; its
+  `.hf_home` and `.manifest` (see producer.standins.install_standins). Treat it as read-only: a test
+  that writes models installs its own with `install_standins(tmp_path, [...])`.
+- `standin_hf_home`: points HF_HOME at that install for one test and returns the folder.
+- `tiny_wan_pipeline`, `tiny_qwen_edit_pipeline`, `tiny_qwen_t2i_pipeline`, `tiny_qwen_controlnet`:
+  fresh in-memory stand-ins (a few tens of milliseconds each), safe to modify (e.g. load a LoRA).
+- `qwen_standin_areas`: shrinks the Qwen edit pipeline's reference sizes for one test.
+"""
+
+import os
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+# huggingface_hub reads HF_HUB_OFFLINE once, when it is imported, and diffusers copies the value at
+# its own import: set it before any test module imports them. The autouse fixture below also patches
+# the module constant, which is what `huggingface_hub.is_offline_mode()` reads at call time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+if str(SCRIPTS) not in sys.path:  # pyproject's pythonpath covers pytest runs; this covers other runners
+    sys.path.insert(0, str(SCRIPTS))
+
+from producer import standins  # after the offline switch and the path, on purpose
+
+
+def use_hf_home(monkeypatch: pytest.MonkeyPatch, hf_home: Path) -> None:
+    """Offline, with `hf_home` as the cache, for the environment (subprocesses, our scripts) and for
+    huggingface_hub's constants (computed at import, so changing the environment alone does nothing)."""
+    from huggingface_hub import constants
+
+    hub = Path(hf_home) / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    for overriding in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):  # would win over HF_HOME
+        monkeypatch.delenv(overriding, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HOME", str(hf_home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(constants, "HUGGINGFACE_HUB_CACHE", str(hub))
+
+
+@pytest.fixture(autouse=True)
+def offline_hf_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    hf_home = tmp_path_factory.mktemp("hf-home")  # not inside tmp_path: tests may expect that one empty
+    use_hf_home(monkeypatch, hf_home)
+    return hf_home
+
+
+class StandinInstall(NamedTuple):
+    hf_home: Path
+    manifest: dict
+
+
+@pytest.fixture(scope="session")
+def standin_install(tmp_path_factory: pytest.TempPathFactory) -> StandinInstall:
+    hf_home = tmp_path_factory.mktemp("standin-hf-home")
+    return StandinInstall(hf_home, standins.install_standins(hf_home, seed=0))
+
+
+@pytest.fixture
+def standin_hf_home(standin_install: StandinInstall, monkeypatch: pytest.MonkeyPatch) -> Path:
+    use_hf_home(monkeypatch, standin_install.hf_home)
+    return standin_install.hf_home
+
+
+@pytest.fixture
+def qwen_standin_areas(monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    """What the generation script does when it finds the stand-in marker: small reference areas."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as edit_plus
+
+    monkeypatch.setattr(edit_plus, "VAE_IMAGE_SIZE", standins.QWEN_REFERENCE_AREA)
+    monkeypatch.setattr(edit_plus, "CONDITION_IMAGE_SIZE", standins.QWEN_CONDITION_AREA)
+    return standins.QWEN_REFERENCE_AREA, standins.QWEN_CONDITION_AREA
+
+
+@pytest.fixture
+def tiny_wan_pipeline():
+    return standins.build_wan_pipeline(seed=0)
+
+
+@pytest.fixture
+def tiny_qwen_edit_pipeline(qwen_standin_areas):
+    return standins.build_qwen_edit_pipeline(seed=0)
+
+
+@pytest.fixture
+def tiny_qwen_t2i_pipeline():
+    return standins.build_qwen_t2i_pipeline(seed=0)
+
+
+@pytest.fixture
+def tiny_qwen_controlnet():
+    return standins.build_qwen_controlnet(seed=0)
