@@ -28,16 +28,26 @@ FORMS = {
 
 
 def use_models_dir(models_dir: str | None) -> None:
-    """`--models-dir DIR` means HF_HOME=DIR for this process (set before huggingface_hub is imported)."""
-    if models_dir:
-        os.environ["HF_HOME"] = str(Path(models_dir).expanduser().resolve())
-        os.environ.pop("HF_HUB_CACHE", None)
+    """`--models-dir DIR` means HF_HOME=DIR for this process.
+
+    huggingface_hub reads its paths when imported, so its constants are updated too.
+    """
+    if not models_dir:
+        return
+    home = Path(models_dir).expanduser().resolve()
+    os.environ["HF_HOME"] = str(home)
+    os.environ.pop("HF_HUB_CACHE", None)
+    os.environ.pop("HUGGINGFACE_HUB_CACHE", None)
+    from huggingface_hub import constants
+
+    constants.HF_HOME = str(home)
+    constants.HF_HUB_CACHE = str(home / "hub")
 
 
 def hub_cache() -> Path:
     from huggingface_hub import constants
 
-    return Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", constants.HF_HOME)) / "hub")
+    return Path(constants.HF_HUB_CACHE)
 
 
 def repo_folder(repo_id: str) -> Path:
@@ -57,12 +67,25 @@ def snapshot_dir(entry: registry.ModelEntry) -> Path | None:
     return snap if snap.is_dir() else None
 
 
+def snapshot_files(snap: Path) -> list[str]:
+    return sorted(p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file())
+
+
+def matching_files(files: list[str], patterns) -> list[str]:
+    """The files a download with these allow-patterns fetches (huggingface_hub's own matching)."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    return list(filter_repo_objects(list(files), allow_patterns=list(patterns)))
+
+
 def _has_files(snap: Path, entry: registry.ModelEntry) -> bool:
-    """Every explicit file is there, and every pattern matches something."""
-    for pattern in entry.files:
-        if not any(snap.glob(pattern)):
-            return False
-    return True
+    """Every literal file of the entry is there and its patterns select something.
+
+    (Whether each file is complete is setup_diffusers.py's business: it records sizes at download.)
+    """
+    files = snapshot_files(snap)
+    literals = [f for f in entry.files if not any(c in f for c in "*?[")]
+    return all((snap / f).is_file() for f in literals) and bool(matching_files(files, entry.files))
 
 
 def is_present(entry: registry.ModelEntry) -> bool:
@@ -100,10 +123,13 @@ def entries_for_form(family: str, form: str) -> tuple[registry.ModelEntry, ...]:
     return tuple(registry.get(n) for n in FORMS[family][form])
 
 
-def standin_facts(snap: Path) -> dict | None:
-    """The tiny test models carry a marker with the facts that differ from the real model."""
-    marker = snap / STANDIN_MARKER
-    return json.loads(marker.read_text()) if marker.is_file() else None
+def standin_facts(snap: str | os.PathLike) -> dict | None:
+    """The marker the tiny test models carry (facts in which they differ from the real model), or None."""
+    marker = Path(snap) / STANDIN_MARKER
+    if not marker.is_file():
+        return None
+    facts = json.loads(marker.read_text())
+    return facts if isinstance(facts, dict) and facts.get("standin") is True else None
 
 
 # ---------------------------------------------------------------- sizes from the installed configs

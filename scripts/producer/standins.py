@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import registry
+from .models import STANDIN_MARKER, matching_files, standin_facts  # noqa: F401 - one reader of the marker
 
 if TYPE_CHECKING:  # pragma: no cover - for annotations only; numpy is imported where it is used
     import numpy as np
 
-MARKER_NAME = "producer_standin.json"
+MARKER_NAME = STANDIN_MARKER
 MARKER_FORMAT = 1
 
 # The Qwen edit pipeline resizes every reference to ~1024^2 pixels for the VAE and ~384^2 for the
@@ -704,11 +705,7 @@ def _repo_files(folder: Path) -> list[str]:
 
 
 def _matching(files: Iterable[str], patterns: Sequence[str]) -> list[str]:
-    """The files a download with these allow-patterns fetches (huggingface_hub's own matching:
-    fnmatch, `*` crosses folders)."""
-    from huggingface_hub.utils import filter_repo_objects
-
-    return list(filter_repo_objects(list(files), allow_patterns=list(patterns)))
+    return matching_files(list(files), patterns)
 
 
 def _select_files(built: Path, entries: list[registry.ModelEntry]) -> list[str]:
@@ -780,15 +777,6 @@ def _entry_manifest(entry: registry.ModelEntry, revision: str, snapshot: Path) -
         "total_bytes": sum(files.values()),
         "marker": MARKER_NAME,
     }
-
-
-def standin_facts(snapshot_dir: str | os.PathLike) -> dict | None:
-    """The stand-in marker of a snapshot folder, or None for a real model."""
-    marker = Path(snapshot_dir) / MARKER_NAME
-    if not marker.is_file():
-        return None
-    facts = json.loads(marker.read_text())
-    return facts if isinstance(facts, dict) and facts.get("standin") is True else None
 
 
 # ---------------------------------------------------------------- command line
