@@ -592,12 +592,12 @@ _WRITERS: dict[str, Writer] = {
 
 
 def _lora_writers() -> dict[str, Writer]:
-    """The one place where LoRA stand-ins join the installer.
+    """The one place where LoRA stand-ins join the installer: a writer per LoRA entry
+    (`wan-lightning`, `wan21-lightx2v`, `qwen-lightning`, `qwen-anypose`). Imported here because
+    standin_loras imports this module."""
+    from . import standin_loras
 
-    producer.standin_loras (written separately) is to provide a writer per LoRA entry
-    (`wan-lightning`, `wan21-lightx2v`, `qwen-lightning`, `qwen-anypose`) with the Writer signature;
-    return its mapping here. Until then LoRA entries have no stand-in and the default install skips them."""
-    return {}
+    return standin_loras.lora_writers()
 
 
 def writers() -> dict[str, Writer]:
