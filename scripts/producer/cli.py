@@ -179,13 +179,9 @@ class Stopwatch:
 def peak_memory() -> dict:
     """Peak reserved VRAM (what a card must hold) and peak resident host RAM of this process, in GiB."""
     out = {"peak_vram_gib": None, "peak_ram_gib": None}
-    try:
-        import torch
-
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            out["peak_vram_gib"] = round(torch.cuda.max_memory_reserved() / 1024**3, 2)
-    except ImportError:
-        pass
+    torch = sys.modules.get("torch")  # a script that never imported torch used no VRAM
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["peak_vram_gib"] = round(torch.cuda.max_memory_reserved() / 1024**3, 2)
     try:
         import resource
 
@@ -210,16 +206,16 @@ def setup_logging(quiet: bool = False, debug: bool = False) -> None:
     log.setLevel(level)
     log.propagate = False
     if not debug:
-        # Library chatter (deprecations, "Loading pipeline components") is not for the user.
+        # Library chatter (deprecations, "Loading pipeline components") is not for the user. The libraries
+        # read these variables when imported; setting them costs nothing when they never are.
         for name in ("diffusers", "transformers", "huggingface_hub", "accelerate", "peft"):
             logging.getLogger(name).setLevel(logging.ERROR)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        try:
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        if "diffusers" in sys.modules:
             from diffusers.utils import logging as dlog
 
             dlog.set_verbosity_error()
-        except ImportError:
-            pass
 
 
 @contextlib.contextmanager
@@ -239,13 +235,9 @@ def _sigterm_raises() -> Iterator[None]:
 
 
 def _is_oom(exc: BaseException) -> bool:
-    try:
-        import torch
-
-        if isinstance(exc, torch.OutOfMemoryError):
-            return True
-    except ImportError:
-        pass
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.OutOfMemoryError):
+        return True
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
 
