@@ -36,6 +36,7 @@ from PIL import Image
 from . import media
 from .cli import CliError
 from .clips import ClipInfo, scan_clip
+from .layout import clip_path, keyframe_path  # noqa: F401 - the layout's one home; re-exported for callers
 from .scenes import SceneBreakdown, load_scene_breakdown, shared_keyframe
 
 ANALYSIS_SIDE = 256  # seams are judged at the scale a viewer sees a jump, not VAE texture
@@ -190,17 +191,6 @@ def _judge_clips(r: SeamReport, s: SeamInput) -> None:
 
 
 # ================================================================ a production folder
-
-
-def clip_path(root: Path, number: int) -> Path:
-    """scene-01/video.mp4 (SKILL.md's layout); scene-1/video.mp4 is accepted when that is what exists."""
-    path = root / f"scene-{number:02d}" / "video.mp4"
-    loose = root / f"scene-{number}" / "video.mp4"
-    return loose if not path.exists() and loose.exists() else path
-
-
-def keyframe_path(root: Path, kf_id: str) -> Path:
-    return root / "keyframes" / f"{kf_id}.png"
 
 
 def production_inputs(root: Path, plan: SceneBreakdown, infos: dict[int, ClipInfo | None],
