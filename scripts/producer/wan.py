@@ -1,0 +1,487 @@
+"""Wan 2.2 I2V A14B under a memory plan: load, encode, denoise expert by expert, decode.
+
+Stages, each timed (`Clip.seconds`):
+1. encode: the text encoder is loaded alone (placed per `plan.text_encoder`), every prompt of the run or
+   batch is encoded, and the encoder is freed before any expert is read, so host RAM never holds both.
+2. experts: each expert is brought in from the diffusers repo (bf16, or fp8 storage through diffusers'
+   layerwise casting) or from its GGUF file (with the repo's config, so diffusers does not take it for
+   Wan 2.1), gets its own LoRAs (fused unless quantized), then its fp8 casting, then its placement. One
+   expert at a time, so fp8 casting never holds two bf16 experts. With `plan.experts_in_ram == 1` only one
+   expert is ever in memory: the high-noise expert runs its steps, is freed at the boundary step, and the
+   low-noise expert is read for the rest (a `callback_on_step_end` does the swap).
+3. denoise to latents (`output_type="latent"`), counting steps and forward time per expert with hooks.
+4. decode ourselves: an out-of-memory error at decode keeps the latents and retries with VAE tiling,
+   then on the CPU; a finished denoise is never thrown away.
+
+The seam the benchmark uses: `WanSession.from_components(pipe, plan)` runs prebuilt components (e.g.
+full-size models with random weights) through exactly this code; `generate(job)` returns the frames,
+seconds per stage and the steps each expert ran.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import (FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanImageToVideoPipeline,
+                       WanTransformer3DModel)
+
+from . import lora, memory, models, offload, registry
+from .cli import CliError, ExitCode, Stopwatch
+
+log = logging.getLogger("producer")
+
+DENOISERS = ("transformer", "transformer_2")
+EXPERT_NAMES = {"transformer": "high_expert", "transformer_2": "low_expert"}
+MAX_SEQUENCE_LENGTH = 512  # UMT5 prompts are padded to 512 tokens, as in training and the pipeline's own call
+
+
+# ---------------------------------------------------------------- schedules
+
+
+class DistillEulerScheduler(FlowMatchEulerDiscreteScheduler):
+    """Euler on the schedule the Wan step-distill LoRAs were trained with.
+
+    Lightning / LightX2V sample at timesteps 1000, 750, 500, 250 shifted by 5, i.e. sigmas
+    [1, 0.9375, 0.8333, 0.625]: two steps on each expert with boundary 0.9. The stock scheduler's
+    `set_timesteps(4)` spaces the *already shifted* training sigmas instead and gives 1000, 909, 717, 24,
+    and the Wan pipeline calls `set_timesteps(num_inference_steps)` without sigmas. So when no sigmas are
+    given this uses the evenly spaced unshifted sigmas linspace(1, 0, n + 1)[:-1] and lets diffusers shift them.
+    """
+
+    def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None, timesteps=None):
+        if sigmas is None and timesteps is None and num_inference_steps:
+            sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
+        super().set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu, timesteps=timesteps)
+
+
+def make_scheduler(sampling: registry.WanSampling, base_config: Any):
+    """The scheduler for a schedule: official UniPC (flow matching), or the distill Euler one."""
+    if sampling.scheduler == "unipc":
+        # The repo's scheduler config says flow_shift 3.0; the official I2V sampling uses 5 (registry).
+        return UniPCMultistepScheduler.from_config(base_config, prediction_type="flow_prediction",
+                                                   use_flow_sigmas=True, flow_shift=sampling.shift)
+    if sampling.scheduler == "euler":
+        return DistillEulerScheduler(num_train_timesteps=1000, shift=sampling.shift)
+    raise ValueError(f"unknown scheduler {sampling.scheduler!r}")
+
+
+# ---------------------------------------------------------------- what to load
+
+
+@dataclass(frozen=True)
+class WanFiles:
+    """The installed files for one weight form."""
+
+    snapshot: Path  # the diffusers folder: configs, tokenizer, text encoder, VAE (and bf16 experts)
+    weights: str  # bf16 | fp8 | fp32 | gguf-q8 | gguf-q4
+    gguf: dict[str, Path] | None = None  # expert -> .gguf file
+    provenance: dict = field(default_factory=dict)
+
+
+def locate_files(weights: str) -> WanFiles:
+    """Find the files of a weight form (fp32, used for tiny models on a CPU, reads the bf16 repo)."""
+    form = "bf16" if weights == "fp32" else weights
+    entries = models.entries_for_form("wan", form)
+    snapshot = models.locate(entries[0])
+    prov = {"repo": entries[0].repo_id, "revision": snapshot.name, "weights": weights}
+    if not form.startswith("gguf"):
+        return WanFiles(snapshot, weights, None, prov)
+    gguf = {c: models.locate_file(entries[1], c) for c in DENOISERS}
+    prov["gguf"] = {"repo": entries[1].repo_id, "revision": models.snapshot_dir(entries[1]).name,
+                    "files": [entries[1].roles[c] for c in DENOISERS]}
+    return WanFiles(snapshot, weights, gguf, prov)
+
+
+def components_snapshot() -> Path:
+    """The diffusers folder every form needs (configs, text encoder, VAE), for the plan's footprint."""
+    entry = registry.get("wan-i2v-components")
+    try:
+        return models.locate(entry)
+    except CliError:
+        raise CliError(f"Wan 2.2 I2V A14B is not installed in {models.hub_cache()}",
+                       f"download it: {models.setup_command('wan-i2v')}  (small machines: "
+                       f"{models.setup_command('wan-i2v-components', 'wan-i2v-gguf-q4')}); or point --models-dir "
+                       "at the folder that holds it", ExitCode.MISSING_MODEL) from None
+
+
+def plan_for(hw, snapshot: Path, workloads: list[memory.Workload], offload_choice: str,
+             weights: str) -> memory.MemoryPlan:
+    """The memory plan for the largest workload of the run (a batch is planned once)."""
+    work = memory.Workload(tokens=max(w.tokens for w in workloads),
+                           decode_pixels=max(w.decode_pixels for w in workloads))
+    plan = memory.plan_memory(hw, models.footprint("wan", snapshot), work, offload_choice, weights,
+                              models.installed_forms("wan"))
+    if plan.name == "cpu" and weights not in ("auto", plan.weights):
+        # The CPU plan keeps tiny models (the stand-ins) in fp32 whatever was asked; a forced form is honoured
+        # (computed in the plan's dtype) so that e.g. GGUF experts can be exercised on any machine.
+        components = {k: replace(v, weights=weights) if k in DENOISERS else v for k, v in plan.components.items()}
+        plan = replace(plan, weights=weights, components=components)
+    return plan
+
+
+# ---------------------------------------------------------------- one clip
+
+
+@dataclass
+class ClipJob:
+    """A clip with every setting resolved (see wan_settings)."""
+
+    image: Any  # PIL start keyframe, already width x height
+    prompt: str
+    width: int
+    height: int
+    frames: int
+    sampling: registry.WanSampling
+    seed: int
+    negative_prompt: str = ""
+    last_image: Any = None  # PIL end keyframe (first-last-frame mode)
+
+    @property
+    def cfg(self) -> bool:
+        return self.sampling.guidance > 1
+
+    @property
+    def prompt_key(self) -> tuple:
+        return (self.prompt, self.negative_prompt if self.cfg else "", self.cfg)
+
+
+@dataclass
+class ExpertRun:
+    steps: int
+    timesteps: list[float]
+    forwards: int  # two per step with CFG
+    seconds: float  # forward time, synchronised
+
+
+@dataclass
+class Clip:
+    frames: np.ndarray  # N x H x W x 3 float in [0, 1]
+    latents: torch.Tensor
+    seconds: dict[str, float]
+    experts: dict[str, ExpertRun]
+    decode: str  # whole | tiled | tiled on the CPU
+
+
+class ExpertCounter:
+    """Forward hooks on an expert: which timesteps it ran and how long its forwards took."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.timesteps: list[float] = []
+        self.forwards = 0
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def attach(self, module: torch.nn.Module) -> None:
+        module.register_forward_pre_hook(self._before, with_kwargs=True)
+        module.register_forward_hook(self._after)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _before(self, module, args, kwargs):
+        self._sync()
+        self._start = time.perf_counter()
+        t = kwargs.get("timestep")
+        if t is not None:
+            self.timesteps.append(round(float(t.flatten()[0]), 3))
+        return None
+
+    def _after(self, module, args, output):
+        self._sync()
+        self.seconds += time.perf_counter() - self._start
+        self.forwards += 1
+        return None
+
+    def result(self) -> ExpertRun:
+        steps = [t for i, t in enumerate(self.timesteps) if i == 0 or t != self.timesteps[i - 1]]
+        return ExpertRun(len(steps), steps, self.forwards, round(self.seconds, 3))
+
+
+# ---------------------------------------------------------------- where experts come from
+
+
+class _ExpertsOnDisk:
+    """Reads an expert from the installed files each time it is needed."""
+
+    keeps_modules = False
+
+    def __init__(self, files: WanFiles, dtype: torch.dtype, device: torch.device, plan: memory.MemoryPlan):
+        self.files, self.dtype, self.device, self.plan = files, dtype, device, plan
+
+    def get(self, component: str) -> torch.nn.Module:
+        if self.files.gguf:
+            from diffusers import GGUFQuantizationConfig
+
+            # config= + subfolder= give diffusers the Wan 2.2 I2V config; without them it guesses Wan 2.1 I2V.
+            return WanTransformer3DModel.from_single_file(
+                str(self.files.gguf[component]), quantization_config=GGUFQuantizationConfig(compute_dtype=self.dtype),
+                config=str(self.files.snapshot), subfolder=component, dtype=self.dtype)
+        kwargs = {}
+        straight_to_gpu = self.plan.components[component].placement == "gpu" and self.files.weights == "bf16"
+        if straight_to_gpu and self.device.type == "cuda":
+            kwargs["device_map"] = self.device  # resident weights never pass through host RAM
+        return WanTransformer3DModel.from_pretrained(self.files.snapshot, subfolder=component, dtype=self.dtype,
+                                                     **kwargs)
+
+
+class _ExpertsInMemory:
+    """Experts handed over already built (the benchmark's full-size random-weight models, tests)."""
+
+    keeps_modules = True
+
+    def __init__(self, modules: dict[str, torch.nn.Module]):
+        self.modules = modules
+
+    def get(self, component: str) -> torch.nn.Module:
+        return self.modules[component]
+
+
+def _lora_view(component: str, module: torch.nn.Module) -> WanImageToVideoPipeline:
+    """A pipeline holding `module` in its slot, for producer.lora, one expert at a time.
+
+    lora.load_loras refuses a pipeline that already holds adapters (unfused LoRAs stay on GGUF experts),
+    and diffusers' Wan loader reads `pipe.transformer.config` even when loading into transformer_2; the
+    other slot therefore holds a weightless (meta device) model of the same config.
+    """
+    with torch.device("meta"):
+        placeholder = WanTransformer3DModel.from_config(module.config)
+    slots = {name: placeholder for name in DENOISERS}
+    slots[component] = module
+    return WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None,
+                                   boundary_ratio=registry.WAN.boundary_ratio, **slots)
+
+
+# ---------------------------------------------------------------- the session
+
+
+class WanSession:
+    """One loaded model, many clips. Build with `from_files` (the scripts) or `from_components` (benchmark)."""
+
+    def __init__(self, pipe: WanImageToVideoPipeline, plan: memory.MemoryPlan, device: torch.device, experts,
+                 lora_specs=(), allow_partial: bool = False, progress: bool = True):
+        self.pipe, self.plan, self.device, self._experts = pipe, plan, torch.device(device), experts
+        self.dtype = offload.torch_dtype(plan.dtype)
+        self._lora_specs, self._allow_partial = list(lora_specs), allow_partial
+        self.lora_reports: dict[str, list[dict]] = {}
+        self.counters = {c: ExpertCounter(self.device) for c in DENOISERS}
+        self.boundary_ratio = pipe.config.boundary_ratio or registry.WAN.boundary_ratio
+        self._scheduler_config = pipe.scheduler.config
+        self._embeds: dict[tuple, tuple] = {}
+        self.seconds: dict[str, float] = {}  # load and encode, once per session
+        pipe.set_progress_bar_config(disable=not progress, leave=False)
+        self._place_vae()
+
+    # -------------------------------------------------------- building
+
+    @classmethod
+    def from_files(cls, files: WanFiles, plan: memory.MemoryPlan, device=None, **kwargs) -> "WanSession":
+        """Load the text encoder (placed per plan), tokenizer, VAE and scheduler; experts come at generate()."""
+        from transformers import UMT5EncoderModel
+
+        device = torch.device(device or plan.device)
+        dtype = offload.torch_dtype(plan.dtype)
+        watch = Stopwatch()
+        with watch.stage("load_text_encoder"):
+            direct = plan.text_encoder == "gpu" and device.type == "cuda"
+            text_encoder = UMT5EncoderModel.from_pretrained(files.snapshot, subfolder="text_encoder", dtype=dtype,
+                                                            **({"device_map": {"": device}} if direct else {}))
+            if not direct:
+                offload.place_module(text_encoder, plan.text_encoder, device)
+            pipe = WanImageToVideoPipeline.from_pretrained(files.snapshot, text_encoder=text_encoder,
+                                                           transformer=None, transformer_2=None, dtype=dtype)
+        session = cls(pipe, plan, device, _ExpertsOnDisk(files, dtype, device, plan), **kwargs)
+        session.seconds.update(watch.seconds)
+        return session
+
+    @classmethod
+    def from_components(cls, pipe: WanImageToVideoPipeline, plan: memory.MemoryPlan, device=None,
+                        **kwargs) -> "WanSession":
+        """Run prebuilt components through this code: the experts are taken out of `pipe` and brought in per
+        plan (LoRAs, fp8 casting, placement) like loaded ones; the text encoder is placed per plan."""
+        device = torch.device(device or plan.device)
+        experts = {c: getattr(pipe, c) for c in DENOISERS}
+        for c in DENOISERS:
+            setattr(pipe, c, None)
+        if pipe.text_encoder is not None:
+            offload.place_module(pipe.text_encoder, plan.text_encoder, device)
+        return cls(pipe, plan, device, _ExpertsInMemory(experts), **kwargs)
+
+    def _place_vae(self) -> None:
+        self.pipe.vae.to(self.device)
+        if self.plan.vae_tiling:
+            self.pipe.vae.enable_tiling()
+
+    # -------------------------------------------------------- prompts
+
+    def encode(self, jobs: list[ClipJob]) -> None:
+        """Encode every prompt the jobs need, then free the text encoder (call once with all jobs)."""
+        todo = list(dict.fromkeys(j.prompt_key for j in jobs if j.prompt_key not in self._embeds))
+        if not todo:
+            return
+        if self.pipe.text_encoder is None:
+            raise RuntimeError("the text encoder was freed already: pass every job to encode() first")
+        watch = Stopwatch()
+        with watch.stage("encode"), torch.no_grad():
+            for prompt, negative, cfg in todo:
+                self._embeds[(prompt, negative, cfg)] = self.pipe.encode_prompt(
+                    prompt, negative if cfg else None, do_classifier_free_guidance=cfg,
+                    max_sequence_length=MAX_SEQUENCE_LENGTH, device=self.device, dtype=self.dtype)
+        offload.release(self.pipe, "text_encoder")
+        self.seconds["encode"] = round(self.seconds.get("encode", 0.0) + watch.seconds["encode"], 3)
+        log.info("encoded %d prompt(s) in %.1f s; text encoder freed", len(todo), watch.seconds["encode"])
+
+    # -------------------------------------------------------- experts
+
+    @property
+    def one_expert_at_a_time(self) -> bool:
+        return self.plan.experts_in_ram < len(DENOISERS)
+
+    def _placement(self, component: str) -> str:
+        placement = self.plan.components[component].placement
+        # Alone in memory, an expert that would be swapped onto the GPU simply lives there.
+        return "gpu" if placement == "model_offload" and self.one_expert_at_a_time else placement
+
+    def _bring_in(self, component: str) -> None:
+        if getattr(self.pipe, component) is not None:
+            return
+        module = self._experts.get(component)
+        if not getattr(module, "_producer_prepared", False):
+            self._load_loras(component, module)
+            if self.plan.components[component].weights == "fp8":
+                module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=self.dtype)
+            self.counters[component].attach(module)
+            module._producer_prepared = True
+        setattr(self.pipe, component, module)
+        placement = self._placement(component)
+        if placement == "gpu":
+            module.to(self.device)
+        elif not getattr(module, "_producer_placed", False):
+            offload.place_module(module, placement, self.device)
+            module._producer_placed = True
+        if placement == "model_offload" and all(getattr(self.pipe, c) is not None for c in DENOISERS):
+            offload.install_expert_swap(self.pipe, self.device)
+
+    def _let_go(self, component: str) -> None:
+        module = getattr(self.pipe, component)
+        if module is None:
+            return
+        if self._experts.keeps_modules:
+            setattr(self.pipe, component, None)
+            if self._placement(component) == "gpu":
+                module.to("cpu")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        else:
+            del module
+            offload.release(self.pipe, component)
+
+    def _load_loras(self, component: str, module: torch.nn.Module) -> None:
+        specs = [replace(s, components=(component,)) for s in self._lora_specs if component in s.components]
+        if not specs:
+            return
+        report = lora.load_loras(_lora_view(component, module), specs, "wan", allow_partial=self._allow_partial,
+                                 fuse=True)
+        self.lora_reports.setdefault(component, report.to_dict()["loras"])
+
+    def _experts_for_start(self) -> None:
+        if self.one_expert_at_a_time:
+            self._let_go("transformer_2")
+            self._bring_in("transformer")
+        else:
+            for component in DENOISERS:
+                self._bring_in(component)
+
+    def _swap_at_boundary(self, watch: Stopwatch):
+        boundary = self.boundary_ratio * self.pipe.scheduler.config.num_train_timesteps
+
+        def callback(pipe, i, t, callback_kwargs):
+            timesteps = pipe.scheduler.timesteps
+            if i + 1 < len(timesteps) and t >= boundary > timesteps[i + 1]:
+                with watch.stage("expert_swap"):
+                    self._let_go("transformer")
+                    self._bring_in("transformer_2")
+            return callback_kwargs
+
+        return callback
+
+    def loaded_experts(self) -> list[str]:
+        return [c for c in DENOISERS if getattr(self.pipe, c) is not None]
+
+    # -------------------------------------------------------- generating
+
+    def generate(self, job: ClipJob) -> Clip:
+        """Denoise one clip to latents, then decode. Prompts are encoded here if encode() did not see them."""
+        self.encode([job])
+        prompt_embeds, negative_embeds = self._embeds[job.prompt_key]
+        watch = Stopwatch()
+        with watch.stage("load_experts"):
+            self._experts_for_start()
+        self.pipe.scheduler = make_scheduler(job.sampling, self._scheduler_config)
+        for counter in self.counters.values():
+            counter.reset()
+        generator = torch.Generator("cpu").manual_seed(job.seed)  # the same noise on every device
+        callback = self._swap_at_boundary(watch) if self.one_expert_at_a_time else None
+        with watch.stage("denoise"):
+            latents = self.pipe(
+                image=job.image, last_image=job.last_image, prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_embeds if job.cfg else None, height=job.height, width=job.width,
+                num_frames=job.frames, num_inference_steps=job.sampling.steps, guidance_scale=job.sampling.guidance,
+                guidance_scale_2=job.sampling.guidance_2, generator=generator, output_type="latent",
+                callback_on_step_end=callback).frames
+        with watch.stage("decode"):
+            frames, how = self.decode(latents)
+        experts = {c: self.counters[c].result() for c in DENOISERS}
+        seconds = dict(watch.seconds)
+        seconds.update({EXPERT_NAMES[c]: run.seconds for c, run in experts.items()})
+        return Clip(frames=frames, latents=latents, seconds=seconds, experts=experts, decode=how)
+
+    # -------------------------------------------------------- decoding
+
+    def decode(self, latents: torch.Tensor) -> tuple[np.ndarray, str]:
+        """Latents -> N x H x W x 3 floats in [0, 1]. Out of memory: tiling, then the CPU; latents are kept."""
+        vae = self.pipe.vae
+        try:
+            return self._decode_on(latents, self.device), "tiled" if vae.use_tiling else "whole"
+        except torch.OutOfMemoryError:
+            _free_cuda()
+            if not vae.use_tiling:
+                log.warning("out of memory decoding %s untiled; retrying with VAE tiling (the denoised latents are "
+                            "kept)", "x".join(map(str, latents.shape[-3:])))
+                vae.enable_tiling()
+                try:
+                    return self._decode_on(latents, self.device), "tiled"
+                except torch.OutOfMemoryError:
+                    _free_cuda()
+        log.warning("out of memory decoding with tiling; decoding on the CPU (slow; the latents are kept)")
+        vae.to("cpu")
+        try:
+            return self._decode_on(latents, torch.device("cpu")), "tiled on the CPU"
+        finally:
+            vae.to(self.device)
+
+    def _decode_on(self, latents: torch.Tensor, device: torch.device) -> np.ndarray:
+        vae = self.pipe.vae
+        shape = (1, vae.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(vae.config.latents_mean, device=device, dtype=vae.dtype).view(shape)
+        std = torch.tensor(vae.config.latents_std, device=device, dtype=vae.dtype).view(shape)
+        with torch.no_grad():
+            video = vae.decode(latents.to(device=device, dtype=vae.dtype) * std + mean, return_dict=False)[0]
+        return self.pipe.video_processor.postprocess_video(video, output_type="np")[0]
+
+
+def _free_cuda() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

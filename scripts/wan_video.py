@@ -1,0 +1,435 @@
+#!/usr/bin/env python3
+"""Scene clips with Wan 2.2 I2V A14B: image-to-video and first-last-frame, with review images for agents."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from producer import batch, lora, media, models, provenance, registry, review  # noqa: E402
+from producer import wan_settings as ws  # noqa: E402
+from producer.cli import (CliError, ExitCode, Stopwatch, add_memory_args, add_output_args,  # noqa: E402
+                          build_parser, check_output, log, resolve_seed, run_main, seed_arg)
+from producer.style import apply_style, load_style, style_prompts  # noqa: E402
+
+SCRIPT = "wan_video.py"
+FPS = registry.WAN.fps
+
+DESCRIPTION = f"""\
+Animate approved keyframes into a scene clip with Wan 2.2 I2V A14B (two experts: high-noise, then
+low-noise, switched at boundary {registry.WAN.boundary_ratio}).
+
+Modes
+  I2V   --start-frame KF.png: the clip starts on the keyframe and moves as --prompt describes.
+  FLF   --start-frame A.png --end-frame B.png: the clip starts on A and ends on B (first-last-frame).
+        Both keyframes must be the same size (make the end keyframe at the start keyframe's size).
+
+Frames and size
+  {registry.WAN.frames} frames at {FPS} fps (~5 s) by default. --frames must be 4n+1 (others are rounded to
+  the nearest, with a warning), or give --duration SECONDS. --preset 480p (832x480) or 720p (1280x720)
+  turns to the keyframe: landscape, portrait (480x832) or square (480x480), whichever crops least;
+  --size WxH takes multiples of 16. A keyframe of another aspect is never stretched: --fit crop
+  (default) scales it to cover the frame and cuts the overflow from the centre; --fit pad fits it
+  inside and fills the bars with its edge colour.
+
+Speed: step-distill LoRAs
+  With a step-distill LoRA installed (--distill auto), a clip takes 4 steps (2 per expert, guidance 1,
+  Euler, shift 5) instead of 40 (guidance 3.5/3.5, UniPC, shift 5). lightning: Wan 2.2 Lightning,
+  the high-noise file into the high-noise expert and the low-noise file into the low-noise one;
+  lightx2v: the Wan 2.1 LightX2V LoRA into both. Strength 1.0 each (this loader applies the file's
+  alpha/rank itself; tools that ignore alpha need alpha/rank, e.g. 0.125); --distill-strength HIGH[:LOW].
+  Your LoRAs: --lora FILE[:STRENGTH[:high|low|both]] (.safetensors; diffusers, ComfyUI/Kijai/LightX2V,
+  musubi key formats; .diff/.diff_b/.diff_m deltas are applied or reported). Every load prints what
+  applied to each expert; a LoRA that applies to nothing, or only in part, is an error unless
+  --allow-partial-lora.
+
+Outputs (an agent cannot watch a video)
+  OUT.mp4 (H.264, yuv420p), OUT.first.png and OUT.last.png (first and last frames), OUT.contact.png
+  (8 frames with numbers and times), OUT.mp4.provenance.json (the recipe). --json adds continuity
+  figures: first frame vs start keyframe and (FLF) last frame vs end keyframe, as CIEDE2000 colour
+  difference, colour cast and SSIM. --color-match auto (default) pulls an FLF clip's colours back
+  towards its keyframes when they drift (FLF clips darken or shift colour towards the end); on/off
+  force it; the figures are reported before and after.
+
+Memory: one plan for this machine (GPU, RAM, installed weight forms), printed once; override with
+  --offload and --weights. Out of memory at decode retries with VAE tiling, keeping the denoised clip.
+
+Batch: --batch FILE.json runs many clips with one model load: every prompt is encoded first, outputs
+  that exist with the same recipe are skipped (unless --overwrite), a failing clip does not stop the
+  others. Jobs use this script's option names: {{"start_frame": "keyframes/KF-A.png", "prompt": "...",
+  "output": "scene-01/video.mp4"}}; paths are relative to the batch file; LoRA, distill and memory
+  options apply to the whole batch."""
+
+EPILOG = """\
+examples:
+  # I2V: one keyframe, 81 frames at 16 fps, 480p turned to the keyframe
+  wan_video.py --start-frame keyframes/KF-A.png --prompt "she turns her head and smiles, hair moving in the wind" \\
+      -o scene-01/video.mp4
+  # FLF: from one keyframe to the next, 3 seconds, 720p, fixed seed, report as JSON
+  wan_video.py --start-frame keyframes/KF-A.png --end-frame keyframes/KF-B.png --duration 3 --preset 720p \\
+      --prompt "the camera dollies forward as she walks to the door" --seed 7 -o scene-02/video.mp4 --json
+  # style from style.json, padded instead of cropped, a LoRA on the low-noise expert only
+  wan_video.py --start-frame kf.png --prompt "slow pan left" --style-ref style.json --fit pad \\
+      --lora my_style.safetensors:0.8:low -o clip.mp4
+  # the full 40-step schedule (no distill LoRA), 33 frames
+  wan_video.py --start-frame kf.png --prompt "waves roll in" --distill off --frames 33 -o waves.mp4
+  # many scenes, one model load
+  wan_video.py --batch clips.json --json"""
+
+PATH_OPTIONS = {"start-frame", "end-frame", "style-ref", "output"}
+BATCH_ONLY = {"batch", "distill", "distill-strength", "lora", "allow-partial-lora", "offload", "weights", "device",
+              "models-dir", "json", "quiet", "debug"}
+
+
+def build() -> argparse.ArgumentParser:
+    p = build_parser(SCRIPT, DESCRIPTION, EPILOG)
+    g = p.add_argument_group("the clip")
+    g.add_argument("--start-frame", type=Path, metavar="IMG", help="the keyframe the clip starts on, e.g. keyframes/KF-A.png")
+    g.add_argument("--end-frame", type=Path, metavar="IMG", help="the keyframe it ends on (first-last-frame mode)")
+    g.add_argument("--prompt", help='the motion, e.g. "she turns and walks towards the camera"')
+    g.add_argument("--negative-prompt", help='what to avoid, e.g. "blurry, static" (used only with guidance > 1)')
+    g.add_argument("--style-ref", type=Path, metavar="STYLE.json", help="add the style's motion and art terms")
+    g.add_argument("--seed", type=seed_arg, help="random seed (default: a new one, printed and stored)")
+    g.add_argument("-o", "--output", type=Path, metavar="OUT.mp4", help="the clip to write, e.g. scene-01/video.mp4")
+    g = p.add_argument_group("frames and size")
+    g.add_argument("--frames", type=int, help=f"frame count, 4n+1 (default {registry.WAN.frames}), e.g. 49")
+    g.add_argument("--duration", type=float, metavar="SECONDS", help=f"length in seconds at {FPS} fps, e.g. 3")
+    g.add_argument("--preset", choices=sorted(registry.WAN.presets), help="480p (default) or 720p, turned to the keyframe")
+    g.add_argument("--size", type=ws.size_arg, metavar="WxH", help="exact size, multiples of 16, e.g. 832x480")
+    g.add_argument("--fit", choices=("crop", "pad"), default="crop",
+                   help="another aspect: crop (cover, centre crop; default) or pad (fit, edge-colour bars)")
+    g = p.add_argument_group("sampling (defaults: the registry's schedule for the mode)")
+    g.add_argument("--steps", type=int, help="denoising steps (distilled 4, full 40)")
+    g.add_argument("--guidance", type=float, help="CFG of the high-noise expert (distilled 1 = off, full 3.5)")
+    g.add_argument("--guidance-2", type=float, help="CFG of the low-noise expert (distilled 1, full 3.5)")
+    g.add_argument("--shift", type=float, help="flow-matching shift (5)")
+    g.add_argument("--color-match", choices=review.COLOR_MATCH_CHOICES, default="auto",
+                   help="match colours to the keyframes: auto (FLF clips that drift; default), on, off")
+    g = p.add_argument_group("LoRAs")
+    g.add_argument("--distill", choices=ws.DISTILL_CHOICES, default="auto",
+                   help="step-distill LoRA: auto (lightning if installed, else lightx2v, else the full schedule), "
+                        "lightning, lightx2v, off")
+    g.add_argument("--distill-strength", type=ws.strength_arg, metavar="HIGH[:LOW]",
+                   help="distill LoRA strength per expert (default 1.0), e.g. 1.0:0.8")
+    g.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH[:high|low|both]]",
+                   help="a LoRA (.safetensors), repeatable, e.g. style.safetensors:0.8:both")
+    g.add_argument("--allow-partial-lora", action="store_true", help="load LoRAs that apply only in part")
+    g = p.add_argument_group("batch and models")
+    g.add_argument("--batch", type=Path, metavar="FILE.json", help="many clips, one model load (see above)")
+    g.add_argument("--models-dir", help="the Hugging Face cache that holds the models (default: HF_HOME)")
+    add_memory_args(p)
+    add_output_args(p)
+    return p
+
+
+# ---------------------------------------------------------------- resolving a request (no model needed)
+
+
+@dataclass
+class Request:
+    output: Path
+    start: Path
+    end: Path | None
+    style_ref: Path | None
+    image: Any  # the start keyframe fitted to width x height
+    last_image: Any
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    frames: int
+    sampling: registry.WanSampling
+    seed: int
+    seed_given: bool
+    fit: str
+    color_match: str
+    overwrite: bool
+    size_rule: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def mode(self) -> str:
+        return "flf" if self.end else "i2v"
+
+
+def resolve_request(args: argparse.Namespace, distilled: bool) -> Request:
+    for flag, value in (("--start-frame", args.start_frame), ("--prompt", args.prompt), ("--output", args.output)):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise CliError(f"{flag} is required", f"e.g. {SCRIPT} --start-frame kf.png --prompt \"she waves\" "
+                           "-o scene-01/video.mp4 (or --batch FILE.json)")
+    if args.output.suffix.lower() != ".mp4":
+        raise CliError(f"--output {args.output} must be an .mp4 file", f"e.g. -o {args.output.with_suffix('.mp4')}")
+    notes: list[str] = []
+    prompt, negative = args.prompt, args.negative_prompt or ""
+    if args.style_ref:
+        prompt, negative = apply_style(prompt, negative, style_prompts(load_style(args.style_ref), "video"))
+    start = media.load_image(args.start_frame)
+    end = media.load_image(args.end_frame) if args.end_frame else None
+    if end is not None and end.size != start.size:
+        raise CliError(f"the start frame is {start.width}x{start.height} but the end frame is {end.width}x{end.height}; "
+                       "a first-last-frame clip needs both keyframes at one size",
+                       f"make the end keyframe {start.width}x{start.height} (generate it at the start keyframe's size, "
+                       "or crop it to that aspect and resize it)")
+    frames = ws.resolve_frames(args.frames, args.duration)
+    for note in (frames.note, "" if frames.count <= ws.TRAINED_FRAMES else
+                 f"{frames.count} frames: Wan 2.2 was trained on {ws.TRAINED_FRAMES}; longer clips tend to loop "
+                 "or degrade (split the scene instead)"):
+        if note:
+            log.warning("warning: %s", note)
+            notes.append(note)
+    width, height, size_rule = ws.resolve_size(args.size, args.preset, start.size)
+    sampling = ws.resolve_sampling(distilled, args.steps, args.guidance, args.guidance_2, args.shift)
+    return Request(
+        output=args.output, start=args.start_frame, end=args.end_frame, style_ref=args.style_ref,
+        image=media.fit_image(start, width, height, args.fit),
+        last_image=media.fit_image(end, width, height, args.fit) if end is not None else None,
+        prompt=prompt, negative_prompt=negative, width=width, height=height, frames=frames.count, sampling=sampling,
+        seed=resolve_seed(args.seed), seed_given=args.seed is not None, fit=args.fit, color_match=args.color_match,
+        overwrite=args.overwrite, size_rule=size_rule, notes=notes)
+
+
+# ---------------------------------------------------------------- what loads with the model
+
+
+@dataclass
+class Load:
+    distill: str | None  # registry entry
+    specs: list  # lora.LoraSpec: distill first, then the user's
+    allow_partial: bool
+
+
+def resolve_load(args: argparse.Namespace) -> Load:
+    installed = {name for name in ws.DISTILL_ENTRIES.values() if models.is_present(registry.get(name))}
+    distill = ws.choose_distill(args.distill, installed)
+    if distill is None and args.distill_strength:
+        raise CliError("--distill-strength is set but no step-distill LoRA is used",
+                       "drop --distill-strength, or use --distill lightning / lightx2v")
+    if distill is None and args.distill == "auto":
+        log.warning("no step-distill LoRA installed: running the full %d-step schedule (about 10x slower); for "
+                    "4 steps install one: %s", registry.WAN.full.steps, models.setup_command("wan-lightning"))
+    specs = lora.registry_lora_specs(distill, strength=args.distill_strength) if distill else []
+    specs += [lora.parse_lora_spec(text, "wan") for text in args.lora]
+    return Load(distill, specs, args.allow_partial_lora)
+
+
+def recipe_for(req: Request, load: Load, files) -> dict:
+    s = req.sampling
+    settings = {
+        "mode": req.mode, "prompt": req.prompt, "negative_prompt": req.negative_prompt, "width": req.width,
+        "height": req.height, "frames": req.frames, "fps": FPS, "fit": req.fit, "steps": s.steps,
+        "guidance": s.guidance, "guidance_2": s.guidance_2, "shift": s.shift, "scheduler": s.scheduler,
+        "boundary_ratio": registry.WAN.boundary_ratio, "seed": req.seed, "color_match": req.color_match, "distill": load.distill,
+        "loras": [{"name": spec.name, "strength": spec.strength, "experts": list(spec.components)}
+                  for spec in load.specs],
+    }
+    inputs = {"start_frame": req.start, "end_frame": req.end, "style_ref": req.style_ref,
+              "loras": [spec.path for spec in load.specs]}
+    return provenance.make_recipe(SCRIPT, settings, inputs, files.provenance)
+
+
+# ---------------------------------------------------------------- running
+
+
+def run(args: argparse.Namespace) -> dict:
+    models.use_models_dir(args.models_dir)
+    if args.batch:
+        return run_batch(args)
+    load = resolve_load(args)
+    req = resolve_request(args, distilled=load.distill is not None)
+    check_output(req.output, args.overwrite, "output")
+    review.check_review_paths(req.output, args.overwrite, SCRIPT)
+    engine = open_engine(args, load, [req])
+    recipe = recipe_for(req, load, engine.files)
+    return {**produce(engine, req, recipe), **engine.summary()}
+
+
+@dataclass
+class Engine:
+    plan: Any  # producer.memory.MemoryPlan
+    files: Any  # producer.wan.WanFiles
+    session: Any = None  # producer.wan.WanSession, once loaded
+
+    def summary(self) -> dict:
+        out = {"memory_plan": self.plan.to_dict(), "model": self.files.provenance}
+        if self.session is not None:
+            out.update(loras=self.session.lora_reports, load_seconds=dict(self.session.seconds))
+        return out
+
+
+def open_engine(args: argparse.Namespace, load: Load, requests: list[Request], session: bool = True) -> Engine:
+    """Plan memory for the largest request and refuse a plan that does not fit, before loading anything;
+    then load the text encoder and VAE (the experts come at the first clip)."""
+    from producer import hardware, memory, wan
+
+    hw = hardware.probe(args.models_dir, args.device)
+    plan = wan.plan_for(hw, wan.components_snapshot(), [memory.wan_workload(r.width, r.height, r.frames)
+                                                         for r in requests], args.offload, args.weights)
+    log.info("%s", plan.summary())
+    if not plan.fits:
+        biggest = max(requests, key=lambda r: r.width * r.height * r.frames)
+        raise CliError(f"this machine cannot run Wan 2.2 I2V at {biggest.width}x{biggest.height}x{biggest.frames}: "
+                       f"{plan.reason}", plan.advice or "use a machine with more memory",
+                       ExitCode.OUT_OF_MEMORY, memory_plan=plan.to_dict())
+    engine = Engine(plan, wan.locate_files(plan.weights))
+    if session:
+        load_session(engine, args, load)
+    return engine
+
+
+def load_session(engine: Engine, args: argparse.Namespace, load: Load) -> None:
+    from producer import wan
+
+    engine.session = wan.WanSession.from_files(engine.files, engine.plan, args.device, lora_specs=load.specs,
+                                               allow_partial=load.allow_partial, progress=not args.quiet)
+
+
+def to_job(req: Request):
+    from producer.wan import ClipJob
+
+    return ClipJob(image=req.image, last_image=req.last_image, prompt=req.prompt, negative_prompt=req.negative_prompt,
+                   width=req.width, height=req.height, frames=req.frames, sampling=req.sampling, seed=req.seed)
+
+
+def produce(engine: Engine, req: Request, recipe: dict) -> dict:
+    """Generate one clip and write it with its review files; the result for --json."""
+    import torch
+
+    try:
+        clip = engine.session.generate(to_job(req))
+    except torch.OutOfMemoryError:
+        raise out_of_memory(engine.plan, req) from None
+    watch = Stopwatch()
+    with watch.stage("color_match"):
+        frames = (clip.frames.clip(0, 1) * 255).round().astype("uint8")
+        frames, matched = review.color_match(frames, req.image, req.last_image, req.color_match)
+    with watch.stage("write"):
+        paths = write_outputs(frames, req, recipe)
+    experts = {c: vars(run) for c, run in clip.experts.items()}
+    return {
+        "mode": req.mode, "output": str(req.output), **paths, "frames": len(frames), "fps": FPS,
+        "duration": round(len(frames) / FPS, 3), "width": req.width, "height": req.height, "seed": req.seed,
+        "settings": {**recipe["settings"], "size_rule": req.size_rule,
+                     "fit_rule": "cover + centre crop" if req.fit == "crop" else "fit inside + edge-colour bars"},
+        "seconds": {**clip.seconds, **watch.seconds}, "experts": experts, "decode": clip.decode,
+        "continuity": matched.get("after", matched["before"]), "color_match": matched, "notes": req.notes,
+    }
+
+
+def write_outputs(frames, req: Request, recipe: dict) -> dict:
+    """PNGs, then the MP4, then the sidecar: a clip is up to date only once all of them are there."""
+    sidecar = provenance.sidecar_path(req.output)
+    if sidecar.exists():
+        sidecar.unlink()  # an old recipe must never describe a new clip, even for a moment
+    title = review.sheet_title(req.prompt, req.seed, len(frames), FPS)
+    paths = review.write_review(frames, req.output, recipe, FPS, title)
+    media.write_mp4(frames, req.output, fps=FPS)
+    provenance.write_sidecar(req.output, recipe)
+    return {**paths, "provenance": str(sidecar)}
+
+
+def out_of_memory(plan, req: Request) -> CliError:
+    from producer.memory import next_offload
+
+    nxt = next_offload(plan)
+    fix = (f"retry with --offload {nxt}" if nxt else "nothing more frugal is left") + \
+        ", or a smaller size (--preset 480p) or fewer frames"
+    return CliError(f"out of memory at {req.width}x{req.height}x{req.frames} with plan {plan.name}: {plan.summary()}",
+                    fix, ExitCode.OUT_OF_MEMORY, memory_plan=plan.to_dict())
+
+
+# ---------------------------------------------------------------- batch
+
+
+def run_batch(args: argparse.Namespace) -> dict:
+    """Resolve every job, skip the up-to-date ones, then one model load for the rest (prompts encoded first)."""
+    jobs = batch.parse_jobs(build(), args.batch, PATH_OPTIONS, BATCH_ONLY)
+    load = resolve_load(args)
+    requests: dict[int, Request] = {}
+    items: list = []
+    for job in jobs:
+        try:
+            if isinstance(job, CliError):
+                raise job
+            requests[job.index] = _batch_request(job, args, load, requests)
+            items.append(job)
+        except CliError as err:
+            message = err.message if err.message.startswith("job ") else f"job {job.index}: {err.message}"
+            items.append(CliError(message, err.fix, err.code, job=getattr(job, "index", err.details.get("job"))))
+    if not requests:
+        return batch.run_jobs(items, lambda job: {}).to_dict()
+    engine = open_engine(args, load, list(requests.values()), session=False)
+    recipes = {i: recipe_for(req, load, engine.files) for i, req in requests.items()}
+    skipped, refused = set(), {}
+    for i, req in requests.items():
+        try:
+            if _up_to_date(req, recipes[i]):
+                skipped.add(i)
+        except CliError as err:
+            refused[i] = CliError(f"job {i}: {err.message}", err.fix, err.code, job=i)
+    items = [refused.get(item.index, item) if isinstance(item, batch.Job) else item for item in items]
+    to_make = [to_job(req) for i, req in requests.items() if i not in skipped and i not in refused]
+    if to_make:
+        load_session(engine, args, load)
+        engine.session.encode(to_make)
+
+    def run_one(job: batch.Job) -> dict:
+        req = requests[job.index]
+        if job.index in skipped:
+            log.info("  %s is up to date: skipped", req.output)
+            return {"status": "skipped", "output": str(req.output), "reason": "up to date (same recipe)"}
+        return {"status": "ok", **produce(engine, req, recipes[job.index])}
+
+    result = batch.run_jobs(items, run_one, lambda job: f"{requests[job.index].output}").to_dict()
+    return {**result, **engine.summary()}
+
+
+def _batch_request(job: batch.Job, args: argparse.Namespace, load: Load, earlier: dict[int, Request]) -> Request:
+    job.args.overwrite = job.args.overwrite or args.overwrite
+    req = resolve_request(job.args, distilled=load.distill is not None)
+    clash = next((i for i, other in earlier.items() if other.output.resolve() == req.output.resolve()), None)
+    if clash is not None:
+        raise CliError(f"job {job.index} writes {req.output}, like job {clash}", "give each job its own output")
+    if not req.output.parent.is_dir():
+        check_output(req.output, True, "output")  # names the missing folder
+    review.check_review_paths(req.output, req.overwrite, SCRIPT)
+    return req
+
+
+def _up_to_date(req: Request, recipe: dict) -> bool:
+    """True: skip. An existing output made otherwise is an error unless --overwrite."""
+    if req.overwrite or not req.output.exists():
+        return False
+    if provenance.is_up_to_date(req.output, recipe, req.seed_given):
+        return True
+    raise CliError(f"{req.output} exists but was made with other settings or inputs",
+                   "pass --overwrite (or \"overwrite\": true in the job) to remake it, or choose another output")
+
+
+def describe(result: dict) -> str:
+    if "jobs" in result:
+        counts = ", ".join(f"{n} {status}" for status, n in result["counts"].items())
+        return f"batch: {counts}\n" + "\n".join(f"  job {j['job']}: {j['status']} {j.get('output', j.get('error', ''))}"
+                                               for j in result["jobs"])
+    c = result["continuity"]
+    lines = [f"wrote {result['output']} ({result['frames']} frames, {result['duration']} s at {result['fps']} fps, "
+             f"{result['width']}x{result['height']}, seed {result['seed']})",
+             f"review: {result['first_frame']}, {result['last_frame']}, {result['contact_sheet']}",
+             f"first frame vs start keyframe: delta E {c['first_vs_start']['delta_e']}, "
+             f"SSIM {c['first_vs_start']['ssim']}"]
+    if "last_vs_end" in c:
+        lines.append(f"last frame vs end keyframe: delta E {c['last_vs_end']['delta_e']}, SSIM {c['last_vs_end']['ssim']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(build(), run, argv, describe)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
