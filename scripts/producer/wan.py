@@ -196,13 +196,11 @@ class ExpertCounter:
         t = kwargs.get("timestep")
         if t is not None:
             self.timesteps.append(round(float(t.flatten()[0]), 3))
-        return None
 
     def _after(self, module, args, output):
         self._sync()
         self.seconds += time.perf_counter() - self._start
         self.forwards += 1
-        return None
 
     def result(self) -> ExpertRun:
         steps = [t for i, t in enumerate(self.timesteps) if i == 0 or t != self.timesteps[i - 1]]
@@ -286,12 +284,14 @@ class WanSession:
     # -------------------------------------------------------- building
 
     @classmethod
-    def from_files(cls, files: WanFiles, plan: memory.MemoryPlan, device=None, **kwargs) -> "WanSession":
+    def from_files(cls, files: WanFiles, plan: memory.MemoryPlan, device=None, **kwargs) -> WanSession:
         """Load the text encoder (placed per plan), tokenizer, VAE and scheduler; experts come at generate()."""
         from transformers import UMT5EncoderModel
 
         device = torch.device(device or plan.device)
         dtype = offload.torch_dtype(plan.dtype)
+        if not kwargs.get("progress", True):
+            _quiet_loading()
         watch = Stopwatch()
         with watch.stage("load_text_encoder"):
             direct = plan.text_encoder == "gpu" and device.type == "cuda"
@@ -307,7 +307,7 @@ class WanSession:
 
     @classmethod
     def from_components(cls, pipe: WanImageToVideoPipeline, plan: memory.MemoryPlan, device=None,
-                        **kwargs) -> "WanSession":
+                        **kwargs) -> WanSession:
         """Run prebuilt components through this code: the experts are taken out of `pipe` and brought in per
         plan (LoRAs, fp8 casting, placement) like loaded ones; the text encoder is placed per plan."""
         device = torch.device(device or plan.device)
@@ -479,6 +479,15 @@ class WanSession:
         with torch.no_grad():
             video = vae.decode(latents.to(device=device, dtype=vae.dtype) * std + mean, return_dict=False)[0]
         return self.pipe.video_processor.postprocess_video(video, output_type="np")[0]
+
+
+def _quiet_loading() -> None:
+    """No "Loading weights" bars (--quiet): they come from diffusers and transformers, not our logger."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 
 
 def _free_cuda() -> None:

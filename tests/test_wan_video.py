@@ -1,0 +1,278 @@
+"""wan_video.py end to end on the tiny stand-ins, in-process: I2V and FLF clips decoded back, the step
+split between the experts, LoRAs per expert, GGUF experts, batch skip and failure, and bad input."""
+
+import json
+import shlex
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import wan_video
+from producer import media, provenance, review
+from producer import standin_loras as SL
+from producer import standins
+from producer.cli import ExitCode
+
+FAST = ["--size", "64x64", "--frames", "9", "--quiet", "--json"]
+DISTILL_TIMESTEPS = {"transformer": [1000.0, 937.5], "transformer_2": [833.333, 625.0]}
+
+
+def gradient(path, size=(128, 96), flip=False):
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    channels = [xx / w, yy / h, np.full((h, w), 0.5)]
+    rgb = np.stack(channels[::-1] if flip else channels, axis=-1)
+    Image.fromarray((rgb * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def frames(tmp_path):
+    return gradient(tmp_path / "kf-a.png"), gradient(tmp_path / "kf-b.png", flip=True)
+
+
+def run(capsys, *argv):
+    code = wan_video.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, json.loads(out.out.strip().splitlines()[-1]) if out.out.strip() else {}, out.err
+
+
+def files_in(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+# ---------------------------------------------------------------- I2V and FLF
+
+
+def test_i2v_clip_end_to_end(standin_hf_home, frames, tmp_path, capsys):
+    out = tmp_path / "scene-01" / "video.mp4"
+    out.parent.mkdir()
+    code, result, err = run(capsys, "--start-frame", frames[0], "--prompt", "a cat walks", "-o", out, "--seed", 5,
+                            "--size", "64x64", "--frames", 10, "--quiet", "--json")
+    assert code == 0, err
+    info = media.probe_video(out)
+    assert (info["frames"], info["fps"], info["width"], info["height"]) == (9, 16.0, 64, 64)
+    assert (info["codec"], info["pix_fmt"]) == ("h264", "yuv420p")
+    assert result["frames"] == 9 and "not 4n+1" in result["notes"][0] and "using 9" in err
+    assert result["mode"] == "i2v" and result["seed"] == 5 and result["duration"] == 0.562
+    # both experts ran, two distilled steps each, split at the boundary
+    assert {c: e["timesteps"] for c, e in result["experts"].items()} == DISTILL_TIMESTEPS
+    assert result["settings"]["distill"] == "wan-lightning" and result["settings"]["steps"] == 4
+    assert set(result["seconds"]) >= {"denoise", "high_expert", "low_expert", "decode", "write"}
+    assert result["memory_plan"]["name"] == "cpu" and result["model"]["revision"]
+    for key in ("first_frame", "last_frame", "contact_sheet"):
+        assert review.made_by(tmp_path / "scene-01" / result[key].split("/")[-1], "wan_video.py")
+    sheet = Image.open(out.with_name("video.contact.png"))
+    assert sheet.width > 4 * 64  # 8 tiles in 4 columns
+    first = np.asarray(Image.open(out.with_name("video.first.png")))
+    decoded, _ = media.read_video(out)
+    assert np.abs(first.astype(int) - decoded[0]).mean() < 8  # the PNG is the clip's first frame (H.264 rounding)
+    assert provenance.read_recipe(out)["settings"]["seed"] == 5
+    assert set(result["continuity"]) == {"first_vs_start", "drift"}
+    assert result["color_match"]["applied"] is False  # auto never matches an I2V clip
+    assert files_in(out.parent) == ["video.contact.png", "video.first.png", "video.last.png", "video.mp4",
+                                    "video.mp4.provenance.json"]
+
+
+def test_flf_clip_reports_the_end_and_colour_figures(standin_hf_home, frames, tmp_path, capsys):
+    out = tmp_path / "flf.mp4"
+    code, result, err = run(capsys, "--start-frame", frames[0], "--end-frame", frames[1], "--prompt", "pan",
+                            "--color-match", "on", "-o", out, *FAST)
+    assert code == 0, err
+    assert media.probe_video(out)["frames"] == 9 and result["mode"] == "flf"
+    matched = result["color_match"]
+    assert matched["applied"] and set(matched["before"]) == set(matched["after"]) == {"first_vs_start", "last_vs_end",
+                                                                                          "drift"}
+    assert result["continuity"] == matched["after"]
+    assert 0 <= result["continuity"]["last_vs_end"]["ssim"] <= 1
+
+
+def test_help_documents_both_modes_and_its_examples_parse(capsys):
+    assert wan_video.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for phrase in ("I2V", "FLF", "--end-frame", "--fit pad", "4n+1", "--batch", "contact", "--color-match"):
+        assert phrase in text
+    parser = wan_video.build()
+    examples = [line.strip() for line in wan_video.EPILOG.replace("\\\n", " ").splitlines()
+                if line.strip().startswith("wan_video.py")]
+    assert len(examples) == 5
+    for line in examples:
+        parser.parse_args(shlex.split(line)[1:])
+
+
+# ---------------------------------------------------------------- LoRAs
+
+
+def lora_file(tmp_path, name, state_dict):
+    return SL.save_lora(state_dict, tmp_path / f"{name}.safetensors")
+
+
+def test_user_loras_in_each_format_reach_their_expert_and_change_the_clip(standin_hf_home, frames, tmp_path, capsys):
+    high, low = standins.build_wan_experts(0)
+    kijai = lora_file(tmp_path, "kijai", SL.wan_lightx2v_lora(high, seed=1, pair=("lora_A", "lora_B")))
+    diffusers_fmt = lora_file(tmp_path, "diffusers", SL.wan_diffusers_lora(low, seed=2))
+    musubi = lora_file(tmp_path, "musubi", SL.wan_musubi_lora(high, seed=3))
+    common = ["--start-frame", frames[0], "--prompt", "a cat walks", "--seed", 3, "--distill", "off", "--steps", 4,
+              *FAST]
+    code, base, err = run(capsys, *common, "-o", tmp_path / "base.mp4")
+    assert code == 0, err
+    code, result, err = run(capsys, *common, "-o", tmp_path / "lora.mp4", "--lora", f"{kijai}:1.0:high",
+                            "--lora", f"{diffusers_fmt}:0.7:low", "--lora", f"{musubi}:0.6")
+    assert code == 0, err
+    names = {c: [entry["name"] for entry in entries] for c, entries in result["loras"].items()}
+    assert names == {"transformer": ["kijai.safetensors", "musubi.safetensors"],
+                     "transformer_2": ["diffusers.safetensors", "musubi.safetensors"]}
+    for entries in result["loras"].values():
+        for entry in entries:
+            (expert,) = entry["experts"]
+            assert expert["lora_modules_applied"] == expert["lora_modules"] and not expert["partial"]
+    assert result["loras"]["transformer_2"][0]["experts"][0]["strength"] == 0.7
+    before = np.asarray(Image.open(tmp_path / "base.last.png"), dtype=float)
+    after = np.asarray(Image.open(tmp_path / "lora.last.png"), dtype=float)
+    assert np.abs(before - after).mean() > 1.0
+    assert base["settings"]["steps"] == result["settings"]["steps"] == 4 and base["settings"]["guidance"] == 3.5
+
+
+def test_partial_lora_is_refused_unless_allowed(standin_hf_home, frames, tmp_path, capsys):
+    high, _ = standins.build_wan_experts(0)
+    state = SL.wan_lightx2v_lora(high, seed=4, deltas=False)
+    state["diffusion_model.blocks.0.self_attn.gate.lora_down.weight"] = state[
+        "diffusion_model.blocks.0.self_attn.q.lora_down.weight"].clone()
+    state["diffusion_model.blocks.0.self_attn.gate.lora_up.weight"] = state[
+        "diffusion_model.blocks.0.self_attn.q.lora_up.weight"].clone()
+    partial = lora_file(tmp_path, "partial", state)
+    common = ["--start-frame", frames[0], "--prompt", "x", "--lora", f"{partial}:1:high", *FAST]
+    code, result, _ = run(capsys, *common, "-o", tmp_path / "a.mp4")
+    assert code == ExitCode.USAGE and "--allow-partial-lora" in result["fix"] and "only in part" in result["error"]
+    assert not (tmp_path / "a.mp4").exists()
+    code, result, err = run(capsys, *common, "-o", tmp_path / "b.mp4", "--allow-partial-lora")
+    assert code == 0, err
+    high_report = next(e for e in result["loras"]["transformer"] if e["name"] == "partial.safetensors")
+    assert high_report["experts"][0]["lost"] == 2
+
+
+def test_a_lora_for_another_model_is_refused_and_nothing_is_written(standin_hf_home, frames, tmp_path, capsys):
+    flux = lora_file(tmp_path, "flux", SL.other_model_lora("flux"))
+    code, result, _ = run(capsys, "--start-frame", frames[0], "--prompt", "x", "--lora", flux, "-o",
+                          tmp_path / "out.mp4", *FAST)
+    assert code == ExitCode.USAGE and "Flux" in result["error"] and result["fix"]
+    assert [p for p in files_in(tmp_path) if p.startswith("out")] == []
+
+
+# ---------------------------------------------------------------- weights
+
+
+def test_gguf_experts_load_with_the_wan22_config_and_take_the_distill_lora(standin_hf_home, frames, tmp_path, capsys):
+    code, result, err = run(capsys, "--start-frame", frames[0], "--prompt", "x", "--weights", "gguf-q4",
+                            "-o", tmp_path / "gguf.mp4", *FAST)
+    assert code == 0, err
+    assert result["memory_plan"]["weights"] == "gguf-q4"
+    assert result["model"]["gguf"]["files"][0].startswith("HighNoise/") and result["model"]["weights"] == "gguf-q4"
+    assert {c: e["steps"] for c, e in result["experts"].items()} == {"transformer": 2, "transformer_2": 2}
+    experts = [e["experts"][0] for entries in result["loras"].values() for e in entries]
+    assert [e["fused"] for e in experts] == [False, False]  # quantized experts keep the LoRA as adapters
+    assert media.probe_video(tmp_path / "gguf.mp4")["frames"] == 9
+
+
+# ---------------------------------------------------------------- batch
+
+
+def test_batch_one_load_skips_up_to_date_and_keeps_going_after_a_failure(standin_hf_home, frames, tmp_path, capsys):
+    jobs = {"defaults": {"size": "64x64", "frames": 9, "seed": 2},
+            "jobs": [{"start_frame": "kf-a.png", "prompt": "walk", "output": "s1.mp4"},
+                     {"start_frame": "kf-a.png", "end_frame": "kf-b.png", "prompt": "turn", "output": "s2.mp4"},
+                     {"start_frame": "missing.png", "prompt": "x", "output": "s3.mp4"}]}
+    batch_file = tmp_path / "clips.json"
+    batch_file.write_text(json.dumps(jobs))
+    code, result, err = run(capsys, "--batch", batch_file, "--json", "--quiet")
+    assert code == ExitCode.PARTIAL, err
+    assert [j["status"] for j in result["jobs"]] == ["ok", "ok", "error"]
+    assert "missing.png" in result["jobs"][2]["error"] and result["jobs"][1]["mode"] == "flf"
+    assert list(result["loras"]) == ["transformer", "transformer_2"]
+    mtime = (tmp_path / "s1.mp4").stat().st_mtime_ns
+
+    code, again, _ = run(capsys, "--batch", batch_file, "--json", "--quiet")
+    assert code == ExitCode.PARTIAL and [j["status"] for j in again["jobs"]] == ["skipped", "skipped", "error"]
+    assert "loras" not in again  # nothing to make: no model was loaded
+    assert (tmp_path / "s1.mp4").stat().st_mtime_ns == mtime
+
+    jobs["jobs"][0]["prompt"] = "run"
+    batch_file.write_text(json.dumps(jobs))
+    code, changed, _ = run(capsys, "--batch", batch_file, "--json", "--quiet")
+    assert [j["status"] for j in changed["jobs"]] == ["error", "skipped", "error"]
+    assert "other settings" in changed["jobs"][0]["error"] and "--overwrite" in changed["jobs"][0]["fix"]
+
+
+def test_batch_refuses_model_options_inside_a_job(tmp_path, capsys):
+    batch_file = tmp_path / "b.json"
+    batch_file.write_text(json.dumps([{"start_frame": "a.png", "prompt": "x", "output": "o.mp4", "lora": "l.safetensors"}]))
+    code, result, _ = run(capsys, "--batch", batch_file, "--json")
+    assert code == ExitCode.PARTIAL and "whole batch" in result["jobs"][0]["error"]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("extra, says, fix", [
+    (["--size", "70x64"], "multiples of 16", "--size 64x64"),
+    (["--lora", "style.pt"], "pickle", ".safetensors"),
+    (["--lora", "style.ckpt:0.5:high"], "pickle", ".safetensors"),
+    (["--guidance", "1", "--guidance-2", "3"], "--guidance-2 3 needs --guidance above 1", "--guidance"),
+    (["--frames", "9", "--duration", "2"], "not both", "--frames"),
+    (["--distill", "off", "--distill-strength", "1"], "no step-distill LoRA", "--distill"),
+])
+def test_bad_settings_fail_before_loading(standin_hf_home, frames, tmp_path, capsys, extra, says, fix):
+    code, result, err = run(capsys, "--start-frame", frames[0], "--prompt", "x", "-o", tmp_path / "o.mp4", "--json",
+                            *extra)
+    assert code == ExitCode.USAGE and says in result["error"] and fix in result["fix"]
+    assert "Traceback" not in err and not (tmp_path / "o.mp4").exists()
+
+
+def test_bad_keyframes(frames, tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really" * 10)
+    small = gradient(tmp_path / "small.png", size=(64, 48))
+    for argv, says in ((["--start-frame", tmp_path / "nope.png"], "does not exist"),
+                       (["--start-frame", corrupt], "corrupt.png"),
+                       (["--start-frame", frames[0], "--end-frame", small], "both keyframes at one size")):
+        code, result, err = run(capsys, *argv, "--prompt", "x", "-o", tmp_path / "o.mp4", "--json")
+        assert code == ExitCode.USAGE and says in result["error"] and result["fix"], result
+        assert "Traceback" not in err
+    assert "make the end keyframe 128x96" in result["fix"]
+
+
+def test_existing_output_is_never_overwritten(frames, tmp_path, capsys):
+    out = tmp_path / "video.mp4"
+    out.write_bytes(b"the user's clip")
+    code, result, _ = run(capsys, "--start-frame", frames[0], "--prompt", "x", "-o", out, "--json")
+    assert code == ExitCode.USAGE and "already exists" in result["error"] and "--overwrite" in result["fix"]
+    assert out.read_bytes() == b"the user's clip"
+    foreign = tmp_path / "other.first.png"
+    Image.new("RGB", (8, 8)).save(foreign)
+    code, result, _ = run(capsys, "--start-frame", frames[0], "--prompt", "x", "-o", tmp_path / "other.mp4", "--json")
+    assert code == ExitCode.USAGE and "not made by wan_video.py" in result["error"]
+
+
+def test_missing_model_names_the_setup_command(frames, tmp_path, capsys):
+    code, result, err = run(capsys, "--start-frame", frames[0], "--prompt", "x", "-o", tmp_path / "o.mp4", "--json")
+    assert code == ExitCode.MISSING_MODEL and "setup_diffusers.py --download" in result["fix"]
+    assert "full 40-step schedule" in err  # no distill LoRA either: said, with how to install one
+    code, result, _ = run(capsys, "--start-frame", frames[0], "--prompt", "x", "-o", tmp_path / "o.mp4", "--json",
+                          "--distill", "lightning")
+    assert code == ExitCode.MISSING_MODEL and "wan-lightning" in result["fix"]
+
+
+def test_out_of_memory_names_the_plan_and_the_next_offload(standin_hf_home, frames, tmp_path, capsys, monkeypatch):
+    import torch
+
+    from producer import wan
+
+    def no_memory(self, job):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(wan.WanSession, "generate", no_memory)
+    code, result, _ = run(capsys, "--start-frame", frames[0], "--prompt", "x", "-o", tmp_path / "o.mp4", *FAST)
+    assert code == ExitCode.OUT_OF_MEMORY and "with plan cpu" in result["error"]
+    assert result["memory_plan"]["name"] == "cpu" and "--preset 480p" in result["fix"]
+    assert not (tmp_path / "o.mp4").exists()
