@@ -246,7 +246,9 @@ def run(args: argparse.Namespace) -> dict:
     review.check_review_paths(req.output, args.overwrite, SCRIPT)
     engine = open_engine(args, load, [req])
     recipe = recipe_for(req, load, engine.files)
-    return {**produce(engine, req, recipe), **engine.summary()}
+    result = produce(engine, req, recipe)
+    result["seconds"] = {**engine.session.seconds, **result["seconds"]}  # one clip: loading and encoding are its own
+    return {**result, **engine.summary()}
 
 
 @dataclass

@@ -78,9 +78,15 @@ def test_i2v_clip_end_to_end(standin_hf_home, frames, tmp_path, capsys):
 def test_flf_clip_reports_the_end_and_colour_figures(standin_hf_home, frames, tmp_path, capsys):
     out = tmp_path / "flf.mp4"
     code, result, err = run(capsys, "--start-frame", frames[0], "--end-frame", frames[1], "--prompt", "pan",
-                            "--color-match", "on", "-o", out, *FAST)
+                            "--color-match", "on", "--fit", "pad", "--distill", "lightx2v", "-o", out, *FAST)
     assert code == 0, err
     assert media.probe_video(out)["frames"] == 9 and result["mode"] == "flf"
+    assert result["settings"]["fit_rule"] == "fit inside + edge-colour bars"
+    # the Wan 2.1 LightX2V LoRA: one file into both experts, its image-encoder keys reported as not applicable
+    assert {c: [e["name"] for e in entries] for c, entries in result["loras"].items()} == {
+        "transformer": ["wan21-lightx2v"], "transformer_2": ["wan21-lightx2v"]}
+    skipped = result["loras"]["transformer_2"][0]["experts"][0]["skipped"]
+    assert any("not applicable" in s["reason"] and not s["lost"] for s in skipped)
     matched = result["color_match"]
     assert matched["applied"] and set(matched["before"]) == set(matched["after"]) == {"first_vs_start", "last_vs_end",
                                                                                           "drift"}
@@ -165,8 +171,10 @@ def test_a_lora_for_another_model_is_refused_and_nothing_is_written(standin_hf_h
 
 def test_gguf_experts_load_with_the_wan22_config_and_take_the_distill_lora(standin_hf_home, frames, tmp_path, capsys):
     code, result, err = run(capsys, "--start-frame", frames[0], "--prompt", "x", "--weights", "gguf-q4",
-                            "-o", tmp_path / "gguf.mp4", *FAST)
+                            "--distill-strength", "1.0:0.5", "-o", tmp_path / "gguf.mp4", *FAST)
     assert code == 0, err
+    assert [e["experts"][0]["strength"] for c in ("transformer", "transformer_2") for e in result["loras"][c]] == [1, 0.5]
+    assert {"encode", "load_text_encoder", "load_experts", "write"} <= set(result["seconds"])
     assert result["memory_plan"]["weights"] == "gguf-q4"
     assert result["model"]["gguf"]["files"][0].startswith("HighNoise/") and result["model"]["weights"] == "gguf-q4"
     assert {c: e["steps"] for c, e in result["experts"].items()} == {"transformer": 2, "transformer_2": 2}

@@ -1,0 +1,122 @@
+"""producer.wan.WanSession on the stand-ins: the distill schedule, the split between the experts, one
+expert in RAM at a time, the benchmark's seam (prebuilt components), fp8 storage and decode retries."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from PIL import Image
+
+from producer import hardware, lora, memory, registry, standins, wan
+
+
+@pytest.fixture
+def setup(standin_hf_home):
+    """The CPU plan for a 64x64x9 clip and the installed stand-in files."""
+    snapshot = wan.components_snapshot()
+    plan = wan.plan_for(hardware.probe(device="cpu"), snapshot, [memory.wan_workload(64, 64, 9)], "auto", "auto")
+    return plan, wan.locate_files(plan.weights)
+
+
+def job(sampling=registry.WAN.distilled, seed=11, **kw):
+    rng = np.random.default_rng(0)
+    image = Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8))
+    return wan.ClipJob(image=image, prompt="a cat walks", width=64, height=64, frames=9, sampling=sampling,
+                       seed=seed, **kw)
+
+
+def distill_specs():
+    return lora.registry_lora_specs("wan-lightning")
+
+
+def test_distill_scheduler_gives_the_timesteps_the_loras_were_trained_with():
+    ours = wan.DistillEulerScheduler(shift=5.0)
+    ours.set_timesteps(4)
+    assert ours.timesteps.tolist() == pytest.approx([1000.0, 937.5, 833.333, 625.0], abs=1e-3)
+    stock = FlowMatchEulerDiscreteScheduler(shift=5.0)
+    stock.set_timesteps(4)
+    assert stock.timesteps.tolist() == pytest.approx([1000.0, 909.7, 717.4, 24.0], abs=1.0)  # why the subclass exists
+    ours.set_timesteps(sigmas=[1.0, 0.5])  # explicit sigmas are still diffusers' business
+    assert ours.timesteps.tolist() == pytest.approx([1000.0, 5 * 0.5 / (1 + 4 * 0.5) * 1000], abs=1e-3)
+
+
+def test_the_full_schedule_splits_at_the_boundary(setup):
+    plan, files = setup
+    session = wan.WanSession.from_files(files, plan, progress=False)
+    full = replace(registry.WAN.full, steps=8)
+    clip = session.generate(job(full, negative_prompt="blurry"))
+    high, low = clip.experts["transformer"], clip.experts["transformer_2"]
+    scheduler = wan.make_scheduler(full, session._scheduler_config)
+    scheduler.set_timesteps(8)
+    expected_high = sum(1 for t in scheduler.timesteps if t >= 900)
+    assert (high.steps, low.steps) == (expected_high, 8 - expected_high) and 0 < expected_high < 8
+    assert min(high.timesteps) >= 900 > max(low.timesteps)
+    assert (high.forwards, low.forwards) == (2 * high.steps, 2 * low.steps)  # guidance 3.5: two passes a step
+
+
+def test_one_expert_in_ram_gives_the_same_clip_as_both(setup):
+    plan, files = setup
+    both = wan.WanSession.from_files(files, plan, lora_specs=distill_specs(), progress=False)
+    one = wan.WanSession.from_files(files, replace(plan, experts_in_ram=1), lora_specs=distill_specs(),
+                                    progress=False)
+    one.encode([job()])
+    assert one.pipe.text_encoder is None and one.loaded_experts() == []  # encoded before any expert was read
+    reference = both.generate(job())
+    first = one.generate(job())
+    assert one.loaded_experts() == ["transformer_2"]  # the high-noise expert was freed at the boundary
+    second = one.generate(job())  # and read again for the next clip
+    for clip in (first, second):
+        np.testing.assert_array_equal(clip.frames, reference.frames)
+        assert {c: e.steps for c, e in clip.experts.items()} == {"transformer": 2, "transformer_2": 2}
+        assert clip.seconds["expert_swap"] > 0
+    assert set(one.lora_reports) == {"transformer", "transformer_2"}
+
+
+def test_prebuilt_components_run_through_the_same_code(setup):
+    plan, files = setup
+    loaded = wan.WanSession.from_files(files, plan, progress=False).generate(job())
+    prebuilt = wan.WanSession.from_components(standins.build_wan_pipeline(seed=0), plan, progress=False)
+    clip = prebuilt.generate(job())
+    np.testing.assert_allclose(clip.frames, loaded.frames, atol=1e-5)  # float rounding only
+    assert set(clip.seconds) >= {"load_experts", "denoise", "decode", "high_expert", "low_expert"}
+    assert clip.experts["transformer"].steps == clip.experts["transformer_2"].steps == 2
+
+
+def test_fp8_storage_is_applied_to_each_expert_after_its_lora(setup):
+    plan, files = setup
+    fp8 = wan.plan_for(hardware.probe(device="cpu"), files.snapshot, [memory.wan_workload(64, 64, 9)], "auto", "fp8")
+    assert fp8.weights == "fp8" and fp8.components["transformer"].weights == "fp8"
+    session = wan.WanSession.from_files(wan.locate_files("fp8"), fp8, lora_specs=distill_specs(), progress=False)
+    clip = session.generate(job())
+    for component in wan.DENOISERS:
+        expert = getattr(session.pipe, component)
+        assert expert.blocks[0].attn1.to_q.weight.dtype == torch.float8_e4m3fn
+        assert session.lora_reports[component][0]["experts"][0]["fused"]
+    assert np.isfinite(clip.frames).all() and clip.frames.shape == (9, 64, 64, 3)
+
+
+def test_out_of_memory_at_decode_keeps_the_latents_and_retries(setup, monkeypatch, caplog):
+    plan, files = setup
+    session = wan.WanSession.from_files(files, plan, progress=False)
+    vae = session.pipe.vae
+    real_decode = vae.decode
+    calls = []
+
+    def decode(z, *args, **kwargs):
+        calls.append((vae.use_tiling, z.device.type))
+        if len(calls) <= failures:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real_decode(z, *args, **kwargs)
+
+    monkeypatch.setattr(vae, "decode", decode)
+    failures = 1
+    clip = session.generate(job())
+    assert clip.decode == "tiled" and calls == [(False, "cpu"), (True, "cpu")]
+    assert "retrying with VAE tiling" in caplog.text
+    calls.clear()
+    vae.disable_tiling()
+    failures = 2
+    frames, how = session.decode(clip.latents)
+    assert how == "tiled on the CPU" and len(calls) == 3 and frames.shape == clip.frames.shape
