@@ -10,6 +10,7 @@ import importlib
 import math
 import platform
 import sys
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -75,7 +76,9 @@ def import_report() -> list[dict]:
     report = []
     for module, dist in IMPORTS:
         try:
-            importlib.import_module(module)
+            with warnings.catch_warnings():  # libraries' deprecation chatter on import is not a finding
+                warnings.simplefilter("ignore")
+                importlib.import_module(module)
             error = None
         except Exception as exc:  # an import can fail with anything (missing DLLs, ABI errors)
             error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"

@@ -1,0 +1,162 @@
+"""validate_diffusers.py --smoke: each script's real code path, end to end, on tiny stand-in models.
+
+The stand-ins (producer.standins) are the real diffusers/transformers classes with a few thousand
+random parameters, installed under the real repo ids into a Hugging Face cache of their own, with
+install records like a real download. Each script's `main(argv)` then runs in this process, offline,
+at tiny sizes: a text-to-image keyframe, an edit of it, a clip from it (full weights and GGUF experts),
+a GGUF keyframe, the clips joined into a film. Nothing is downloaded; a GPU is used if there is one.
+The outputs are noise, but every stage ran: loading, the memory plan, LoRAs, sampling, decoding,
+writing PNG/MP4 with their recipes. A failing step reports the script's own error and fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import install, models, standins
+from .cli import CliError, ExitCode, setup_logging
+
+SIZE = "64x64"
+FRAMES = "9"
+STEPS = "2"
+
+
+@dataclass
+class Step:
+    name: str
+    ok: bool
+    seconds: float
+    detail: str = ""
+    fix: str = ""
+    outputs: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_smoke_dir(folder: Path) -> None:
+    """Stand-ins never go where real models are."""
+    records = Path(folder) / "ai-video-producer" / "installs"
+    for path in records.glob("*.json") if records.is_dir() else ():
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(path.read_text()).get("source") != "standin":
+                raise CliError(f"{folder} holds real downloaded models ({path.stem})",
+                               fix="give --smoke-dir an empty folder: stand-ins never go next to real models")
+
+
+@contextlib.contextmanager
+def standin_cache(hf_home: Path):
+    """HF_HOME = hf_home and offline mode for the duration; the previous cache and mode afterwards."""
+    from huggingface_hub import constants
+
+    saved_env = {k: os.environ.get(k) for k in ("HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE")}
+    saved = (constants.HF_HOME, constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE)
+    models.use_models_dir(str(hf_home))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HOME, constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = saved
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def install_step(hf_home: Path) -> Step:
+    start = time.perf_counter()
+    try:
+        manifest = standins.install_standins(hf_home)
+        install.record_standins(manifest)
+    except Exception as exc:  # building a stand-in exercises diffusers/transformers: anything can break
+        return Step("install the stand-in models", False, _since(start), f"{type(exc).__name__}: {exc}",
+                    "rerun with --debug; check `pip install -r requirements.txt`")
+    return Step("install the stand-in models", True, _since(start), f"{len(manifest)} entries in {hf_home}")
+
+
+def script_steps(hf_home: Path, out: Path) -> list[tuple[str, str, list[str], list[Path]]]:
+    """(step name, script module, argv, outputs it must leave)."""
+    common = ["--models-dir", str(hf_home), "--seed", "1"]
+    fox, edit, qgguf = out / "fox.png", out / "fox-edit.png", out / "fox-gguf.png"
+    clip, cgguf, film = out / "clip.mp4", out / "clip-gguf.mp4", out / "film.mp4"
+    image = ["--size", SIZE, "--steps", STEPS]
+    video = ["--size", SIZE, "--frames", FRAMES, "--steps", STEPS]
+    return [
+        ("qwen_image.py text-to-image", "qwen_image", ["-p", "a red fox in a forest", "-o", str(fox), *image, *common],
+         [fox]),
+        ("qwen_image.py edit (one reference)", "qwen_image",
+         ["-p", "the fox from image 1 in the snow", "-r", str(fox), "-o", str(edit), *image, *common], [edit]),
+        ("qwen_image.py with GGUF weights", "qwen_image",
+         ["-p", "a red fox", "-o", str(qgguf), "--weights", "gguf-q4", *image, *common], [qgguf]),
+        ("wan_video.py image-to-video", "wan_video",
+         ["--start-frame", str(fox), "--prompt", "the fox runs", "-o", str(clip), *video, *common], [clip]),
+        ("wan_video.py first-last-frame, GGUF experts", "wan_video",
+         ["--start-frame", str(fox), "--end-frame", str(edit), "--prompt", "the fox turns", "-o", str(cgguf),
+          "--weights", "gguf-q4", *video, *common], [cgguf]),
+        ("assemble_video.py", "assemble_video", ["--clips", str(clip), str(cgguf), "-o", str(film)], [film]),
+    ]
+
+
+def run_script(name: str, module: str, argv: list[str], outputs: list[Path], quiet: bool, debug: bool) -> Step:
+    import importlib
+
+    start = time.perf_counter()
+    stdout = io.StringIO()
+    flags = ["--json", "--debug" if debug else "--quiet"]  # the scripts' own progress logs are noise here
+    try:
+        main = importlib.import_module(module).main
+        with contextlib.redirect_stdout(stdout):
+            code = main([*argv, *flags])
+    except Exception as exc:  # a script that raises past its own error handling is a failure to report
+        code, stdout = int(ExitCode.FAILED), io.StringIO(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+    finally:
+        setup_logging(quiet, debug)  # the script configured the shared logger for itself
+    result = _last_json(stdout.getvalue())
+    missing = [str(p) for p in outputs if not p.is_file()]
+    ok = code == 0 and not missing
+    detail = _summary(result) if ok else (result.get("error") or f"exit {code}, missing {', '.join(missing)}")
+    return Step(name, ok, _since(start), detail, "" if ok else result.get("fix", "rerun with --debug"),
+                [str(p) for p in outputs if p.is_file()])
+
+
+def _last_json(text: str) -> dict:
+    for line in reversed(text.strip().splitlines()):
+        with contextlib.suppress(ValueError):
+            value = json.loads(line)
+            if isinstance(value, dict):
+                return value
+    return {}
+
+
+def _summary(result: dict) -> str:
+    plan = result.get("memory_plan") or result.get("plan") or {}
+    parts = []
+    if isinstance(plan, dict) and plan.get("summary"):
+        parts.append(plan["summary"].split(":")[0])
+    if result.get("seconds_total") is not None:
+        parts.append(f"{result['seconds_total']:.1f} s in the script")
+    return "; ".join(parts) or "ok"
+
+
+def _since(start: float) -> float:
+    return round(time.perf_counter() - start, 2)
+
+
+def run_smoke(hf_home: Path, out: Path, quiet: bool, debug: bool) -> list[Step]:
+    """Install the stand-ins into hf_home, then run every script step; later steps still run after a failure."""
+    out.mkdir(parents=True, exist_ok=True)
+    with standin_cache(hf_home):
+        steps = [install_step(hf_home)]
+        if not steps[0].ok:
+            return steps
+        for name, module, argv, outputs in script_steps(hf_home, out):
+            steps.append(run_script(name, module, argv, outputs, quiet, debug))
+    return steps
