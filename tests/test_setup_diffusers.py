@@ -284,3 +284,34 @@ def test_the_local_hub_speaks_huggingface_hubs_own_download(hub):
     served = hub.repos[entry.repo_id].files[path]
     assert [(r.server, r.method) for r in hub.requests if path in r.path or served.sha256 in r.path] == [
         ("hub", "HEAD"), ("cdn", "GET")]
+
+
+def test_ctrl_c_keeps_the_partial_file_for_the_next_run(hub, capsys, monkeypatch):
+    from huggingface_hub import file_download
+
+    def interrupted_get(url, fh, resume_size=0, **kwargs):
+        fh.write(b"x" * 700)  # what arrived before Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(file_download, "http_get", interrupted_get)
+    code, result, _ = run(capsys, "--download", "--only", "wan-lightning")
+    assert code == 130 and "continues where it stopped" in result["error"]
+    partials = list(models.repo_folder(registry.get("wan-lightning").repo_id).rglob("*.incomplete"))
+    assert [p.stat().st_size for p in partials] == [700]
+    assert install.entry_status(registry.get("wan-lightning")).status == "missing"
+
+
+def test_files_fetched_by_another_tool_are_verified_and_recorded_without_downloading(hub, capsys):
+    from huggingface_hub import hf_hub_download
+
+    entry = registry.get("qwen-lightning")
+    for path in entry.files:
+        hf_hub_download(entry.repo_id, path, revision=entry.revision)
+    code, result, _ = run(capsys, "--check", "--only", "qwen-lightning")
+    assert code == 3 and result["models"]["qwen-lightning"]["status"] == "unrecorded"
+    assert "verifies what is there" in result["models"]["qwen-lightning"]["fix"]
+    gets_before = len(hub.gets())
+    code, result, _ = run(capsys, "--download", "--only", "qwen-lightning")
+    assert code == 0 and install.entry_status(entry).complete
+    fetched = [g.path for g in hub.gets()[gets_before:] if entry.repo_id in g.path or "/lfs/" in g.path]
+    assert fetched == [f"/api/models/{entry.repo_id}/revision/{entry.revision}"]  # the listing, no file
