@@ -1,7 +1,7 @@
 """Read scene-breakdown.md (the plan of Phase 2) into data, keeping the line of everything.
 
 The format is the one SKILL.md asks for: an Overview list, a "Unique Keyframes" table (ID, Description,
-Pose Asset, Character, Background, Used In) and one `### Scene N: Title` section per scene with
+Pose Asset, Character, Background, Used In, and optionally Objects) and one `### Scene N: Title` section per scene with
 bold-labelled fields (Type, Duration, Purpose, Start Keyframe, End Keyframe, Motion Description,
 Camera, Transition to Next). Agents write it with variations, all accepted here: `**Type:** x` and
 `**Type**: x` and `- Type: x`; "5 seconds", "5s", "~5 s"; `KF-B (shared from Scene 1 end - do NOT
@@ -54,7 +54,8 @@ OVERVIEW_FIELDS = {"total duration": "total_duration", "number of scenes": "scen
                    "number of unique keyframes": "keyframe_count", "video type": "video_type"}
 TABLE_COLUMNS = {"id": "id", "keyframe": "id", "kf": "id", "description": "description",
                  "pose asset": "pose_asset", "pose": "pose_asset", "character": "character",
-                 "background": "background", "used in": "used_in", "used by": "used_in"}
+                 "background": "background", "used in": "used_in", "used by": "used_in",
+                 "objects": "objects", "object": "objects", "props": "objects"}
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _SCENE_HEADING = re.compile(r"^scene\s+#?(\d+)(?![\w.])\s*[:.\-–—]?\s*(.*)$", re.I)
@@ -124,6 +125,7 @@ class KeyframeRow:
     used_in_text: str
     used_in: list[tuple[int, str]]  # (scene number, "start" | "end" | "")
     line: int
+    objects: str = ""  # the optional Objects column: object assets in this keyframe, comma-separated
 
 
 @dataclass
@@ -373,7 +375,7 @@ class _Parser:
         used_text = get("used_in") or ""
         self.keyframes.append(KeyframeRow(kf_id, get("description") or "", get("pose_asset") or "",
                                           get("character") or "", get("background") or "", used_text,
-                                          self.used_in(used_text, n), n))
+                                          self.used_in(used_text, n), n, get("objects") or ""))
 
     def table_header(self, n: int, cells: list[str]) -> dict[str, int]:
         columns = {"_width": len(cells)}

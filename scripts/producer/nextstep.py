@@ -1,0 +1,115 @@
+"""`next`: what to do now, as exact commands, for the current phase only.
+
+The answer has an `action`:
+  fix       problems in the phase files (file, line, fix), or jobs their script would refuse
+  write     a phase file is not written yet (philosophy.md and style.json, scene-breakdown.md, assets.json)
+  generate  jobs to run: a batch file for the script's --batch (.production/next-PHASE.json) and the
+            command that runs it; every job also as a stand-alone command
+  approve   the phase is complete: show the user its files, and record their answer with `approve`
+  done      the film is made and approved
+
+Only jobs whose inputs are all ready are planned: a composite waits for its layers, a chained
+background for the previous one (the scripts read every picture of a batch before they start). Run
+the commands, then ask `next` again until it says approve. A stale file is planned with "overwrite":
+true; a file made by hand (no recipe) is never planned. Output folders are created here, so that the
+scripts find them.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from . import layout
+from .cli import write_json_atomic
+from .planner import ASSEMBLE, command, job_argv
+from .project import PHASE_FILES, PHASE_NUMBERS, PHASES
+from .status import ITEM_PHASES, ItemState, Snapshot, item_name, shown
+
+TOOL = "production.py"
+
+
+def next_step(snap: Snapshot) -> dict:
+    phase = snap.current_phase()
+    base = {"root": str(snap.root), "phase": phase, "phase_number": PHASE_NUMBERS.get(phase)}
+    if phase is None:
+        return {**base, "action": "done", "message": f"the film is made and approved: {layout.film_path(snap.root)}"}
+    problems = _phase_problems(snap, phase)
+    if problems:
+        return {**base, "action": "fix", "message": f"fix {len(problems)} problem(s) in the phase files first",
+                "problems": problems}
+    missing = [f for p in PHASES[:PHASES.index(phase) + 1] for f in PHASE_FILES.get(p, ()) if f in snap.prod.missing]
+    if missing:
+        return {**base, "action": "write", "files": missing,
+                "message": f"write {' and '.join(missing)} (SKILL.md Phase {PHASE_NUMBERS[phase]}), then check it: "
+                           f"{TOOL} check {snap.root}"}
+    if snap.complete(phase):
+        return {**base, **_approve(snap, phase)}
+    return {**base, **_generate(snap, phase)}
+
+
+def _phase_problems(snap: Snapshot, phase: str) -> list[dict]:
+    prod = snap.prod
+    upto = PHASES[:min(PHASES.index(phase), PHASES.index("assets")) + 1]
+    problems = [p for name in upto for p in prod.problems[name]]
+    if PHASES.index(phase) >= PHASES.index("assets"):
+        problems += prod.settings_problems
+    return [{"file": p.file, "line": p.line, "message": p.message, "fix": p.fix} for p in problems]
+
+
+def _approve(snap: Snapshot, phase: str) -> dict:
+    root = snap.root
+    files = [layout.relative(root, f) for f in snap.approval_files(phase)]
+    commands = [shlex.join(command(TOOL, ["approve", str(root), phase]))]
+    if phase in ITEM_PHASES:
+        waiting = [s.job for s in snap.items(phase) if shown(s.job) and item_name(s.job) not in snap.approvals]
+        commands += [shlex.join(command(TOOL, ["approve", str(root), item_name(j)])) for j in waiting]
+    return {"action": "approve", "files": files, "approve_commands": commands,
+            "message": f"Phase {PHASE_NUMBERS[phase]} ({phase}) is complete. Show the user {', '.join(files)} and "
+                       f"ask for approval; record a yes with `{TOOL} approve {root} {phase}`"
+                       + (" (or one keyframe/clip at a time)" if phase in ITEM_PHASES else "")
+                       + ". For changes: edit the plan's files (stale items are planned again) or "
+                       f"`{TOOL} retake {root} ITEM` for another variant."}
+
+
+def _generate(snap: Snapshot, phase: str) -> dict:
+    items = snap.items(phase)
+    runnable = [s for s in items if s.state in ("missing", "stale") and s.ready]
+    errors = [s for s in items if s.state == "error"]
+    waiting = [s for s in items if s.state in ("missing", "stale") and not s.ready]
+    if not runnable:
+        return {"action": "fix", "message": "no job can run: " + "; ".join(
+                    f"{s.job.id}: {' '.join(s.reasons)}" for s in errors or waiting),
+                "errors": [_item(snap, s) for s in errors], "waiting": [_item(snap, s) for s in waiting]}
+    for s in runnable:
+        s.job.output.parent.mkdir(parents=True, exist_ok=True)
+    jobs = [_job(snap, s) for s in runnable]
+    result = {"action": "generate", "jobs": jobs, "waiting": [_item(snap, s) for s in waiting],
+              "errors": [_item(snap, s) for s in errors]}
+    script = runnable[0].job.script
+    if script == ASSEMBLE:
+        result["commands"] = [jobs[0]["command"]]
+    else:
+        batch_file = layout.state_file(snap.root, f"next-{phase}.json")
+        layout.state_dir(snap.root).mkdir(exist_ok=True)
+        write_json_atomic(batch_file, {"jobs": [j["batch_job"] for j in jobs]})
+        argv = command(script, ["--batch", str(batch_file), *snap.plan.batch_flags.get(script, []), "--json"])
+        result.update(batch_file=str(batch_file), batch_argv=argv, commands=[shlex.join(argv)])
+    later = f"; {len(waiting)} more wait for these" if waiting else ""
+    result["message"] = (f"run {len(runnable)} {phase} job(s) with {script}{later}, then `{TOOL} next {snap.root}` "
+                         "again")
+    return result
+
+
+def _job(snap: Snapshot, s: ItemState) -> dict:
+    overwrite = s.state == "stale"
+    argv = command(s.job.script, job_argv(s.job, snap.plan, overwrite))
+    batch_job = {**{k: v for k, v in s.job.options.items() if k not in ("production_dir", "clips")},
+                 **({"overwrite": True} if overwrite else {})}
+    return {**_item(snap, s), "script": s.job.script, "argv": argv, "command": shlex.join(argv),
+            "batch_job": batch_job}
+
+
+def _item(snap: Snapshot, s: ItemState) -> dict:
+    return {"id": s.job.id, "label": s.job.label, "output": layout.relative(snap.root, s.job.output),
+            "state": s.state, "reasons": s.reasons}
+

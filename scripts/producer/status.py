@@ -1,0 +1,201 @@
+"""Where a production stands: the state of every planned file, each phase, and the user's approvals.
+
+Item states:
+  ok        the file exists and its recipe is what its job would record now
+  missing   the file is not there yet
+  stale     the file exists but something it was made from changed (the reasons say what), or it is
+            made from a file that is itself missing or stale (it will change when that one is remade)
+  provided  the file exists without a recipe: the user made it; it is used as it is and never planned
+  error     the job cannot run as planned (its script refuses an input); the reason says why
+
+A phase is complete when its files pass the check and every item of it is ok or provided; it is
+approved when a valid approval covers all its files (for keyframes and clips: the phase's own
+approval, or one approval per keyframe / clip). The current phase is the first that is not both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import approvals as approvals_mod
+from . import layout
+from .cli import CliError
+from .planner import ASSEMBLE, Job, Plan, plan_production
+from .project import PHASE_NUMBERS, PHASES, Production, load_production
+from .provenance import read_recipe
+from .recipes import differences, film_differences, model_changes, would_be_recipe
+
+GOOD = ("ok", "provided")
+ITEM_PHASES = {"keyframes": "keyframe", "clips": "clip"}  # phases approved item by item too
+
+
+@dataclass
+class ItemState:
+    job: Job
+    state: str
+    reasons: list[str] = field(default_factory=list)
+    ready: bool = True  # every file it is made from is ok or provided: it can be made now
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self, root: Path) -> dict:
+        return {"id": self.job.id, "phase": self.job.phase, "label": self.job.label,
+                "output": layout.relative(root, self.job.output), "state": self.state, "reasons": self.reasons,
+                "ready": self.ready, "notes": self.notes}
+
+
+@dataclass
+class Snapshot:
+    """Everything `status`, `approve` and `next` need, read from the folder once."""
+
+    prod: Production
+    plan: Plan
+    states: dict[str, ItemState]
+    approvals: dict[str, approvals_mod.Approval]
+    dropped: list[approvals_mod.Dropped]
+
+    @property
+    def root(self) -> Path:
+        return self.prod.root
+
+    def items(self, phase: str) -> list[ItemState]:
+        return [s for s in self.states.values() if s.job.phase == phase]
+
+    def complete(self, phase: str) -> bool:
+        files_ok = self.prod.ok_through(min(phase, "assets", key=PHASES.index))
+        if phase in ("philosophy", "scenes"):
+            return files_ok
+        items = self.items(phase)
+        return files_ok and bool(items or phase == "assets") and all(s.state in GOOD for s in items)
+
+    def approval_files(self, phase: str) -> list[Path]:
+        """The files an approval of this phase covers."""
+        root = self.root
+        if phase == "philosophy":
+            return [root / layout.PHILOSOPHY, root / layout.STYLE]
+        if phase == "scenes":
+            return [root / layout.SCENE_BREAKDOWN]
+        if phase == "assets":
+            pictures = [a.path for a in self.prod.assets.assets] if self.prod.assets else []
+            return [root / layout.ASSETS, *pictures]
+        return [s.job.output for s in self.items(phase) if shown(s.job)]
+
+    def approved(self, phase: str) -> bool:
+        files = {layout.relative(self.root, f) for f in self.approval_files(phase)}
+        whole = self.approvals.get(phase)
+        if whole is not None and files <= set(whole.files):
+            return True
+        if phase in ITEM_PHASES:
+            reviewed = [s.job for s in self.items(phase) if shown(s.job)]
+            return bool(reviewed) and all(item_name(j) in self.approvals for j in reviewed)
+        return False
+
+    def current_phase(self) -> str | None:
+        """The first phase not both complete and approved; None when the film is done and approved."""
+        return next((p for p in PHASES if not (self.complete(p) and self.approved(p))), None)
+
+
+def shown(job: Job) -> bool:
+    """Files the user reviews: not the layers (they are reviewed through their keyframe)."""
+    return not job.id.startswith(("background:", "character:"))
+
+
+def item_name(job: Job) -> str:
+    """The approval name of one keyframe or clip: keyframe:KF-B, clip:scene-02."""
+    return job.id
+
+
+def snapshot(root: str | Path, allow_outside: bool = False) -> Snapshot:
+    root = Path(root)
+    if not root.is_dir():
+        raise CliError(f"{root} is not a folder", "give the production folder (the one with philosophy.md)")
+    valid, dropped = approvals_mod.valid_approvals(root)
+    due = "assets" in approvals_mod.read_approvals(root)
+    prod = load_production(root, allow_outside, asset_files_due=due)
+    plan = plan_production(prod, approvals_mod.read_takes(root)) if prod.ok_through("scenes") else Plan(root, [])
+    prod.settings_problems += plan.problems
+    states = job_states(plan, prod) if prod.ok_through("assets") else {}
+    return Snapshot(prod, plan, states, valid, dropped)
+
+
+def job_states(plan: Plan, prod: Production) -> dict[str, ItemState]:
+    states: dict[str, ItemState] = {}
+    transitions = _transitions(prod)
+    for job in plan.jobs:  # planned in dependency order: every dependency is decided first
+        blocked = [d for d in job.depends if states[d].state not in GOOD]
+        state = _state(job, plan, blocked, states, transitions)
+        state.ready = not blocked
+        states[job.id] = state
+    return states
+
+
+def _state(job: Job, plan: Plan, blocked: list[str], states: dict[str, ItemState], transitions) -> ItemState:
+    if not job.output.exists():
+        return ItemState(job, "missing", [f"waits for {', '.join(blocked)}"] if blocked else [])
+    recipe = read_recipe(job.output)
+    if recipe is None:
+        return ItemState(job, "provided", ["made without a recipe (by hand?): used as it is, never regenerated"])
+    if blocked:
+        return ItemState(job, "stale", [f"made from {d}, which is {states[d].state}" for d in blocked])
+    if job.script == ASSEMBLE:
+        reasons = film_differences(recipe, job, transitions, plan.root)
+        return ItemState(job, "stale" if reasons else "ok", reasons)
+    try:
+        would = would_be_recipe(job, plan)
+    except CliError as err:
+        return ItemState(job, "error", [err.message + (f" (fix: {err.fix})" if err.fix else "")])
+    reasons = differences(recipe, would, plan.root)
+    model_reasons, notes = model_changes(recipe)
+    reasons += model_reasons
+    return ItemState(job, "stale" if reasons else "ok", reasons, notes=notes)
+
+
+def _transitions(prod: Production) -> list[str]:
+    if prod.plan is None:
+        return []
+    scenes = sorted(prod.plan.scenes, key=lambda s: s.number)
+    return [s.transition.kind if s.transition else "cut" for s in scenes[:-1]]
+
+
+# ---------------------------------------------------------------- the report
+
+
+def status_report(snap: Snapshot, seams: bool = True) -> dict:
+    root = snap.root
+    phases = [{"phase": p, "number": PHASE_NUMBERS[p], "complete": snap.complete(p), "approved": snap.approved(p)}
+              for p in PHASES]
+    counts = {p: _counts(snap.items(p)) for p in ("assets", "keyframes", "clips", "film")}
+    report = {
+        "root": str(root), "current_phase": snap.current_phase(), "phases": phases, "counts": counts,
+        "items": [s.to_dict(root) for s in snap.states.values()],
+        "missing_files": snap.prod.missing,
+        "problems": [_problem(p) for p in snap.prod.all_problems()],
+        "warnings": snap.prod.warnings,
+        "approvals": [{"name": a.name, "approved_at": a.approved_at, "files": sorted(a.files)}
+                      for a in snap.approvals.values()],
+        "dropped_approvals": [{"name": d.name, "reason": d.reason} for d in snap.dropped],
+        "style_asset": snap.prod.assets.style.name if snap.prod.assets and snap.prod.assets.style else None,
+        "seams": _seams(snap) if seams else [],
+    }
+    return report
+
+
+def _counts(items: list[ItemState]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in items:
+        out[s.state] = out.get(s.state, 0) + 1
+    return out
+
+
+def _problem(p) -> dict:
+    return {"file": p.file, "line": p.line, "message": p.message, "fix": p.fix}
+
+
+def _seams(snap: Snapshot) -> list[dict]:
+    """The seam review of the clips that exist (seams.review_seams), once two neighbours are there."""
+    from .seams import review_seams
+
+    clips = [s for s in snap.items("clips") if s.job.output.exists()]
+    if len(clips) < 2 or snap.prod.plan is None:
+        return []
+    return [r.to_dict() for r in review_seams(snap.root) if r.status != "skipped"]

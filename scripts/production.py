@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Keep a production on track: check its files, show where it stands, record approvals, plan the next step."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from producer.cli import ArgumentParser, CliError, ExitCode, build_parser, run_main  # noqa: E402
+
+DESCRIPTION = """\
+Work on a production folder (philosophy.md, style.json, scene-breakdown.md, assets.json, assets/,
+keyframes/, scene-XX/video.mp4, final/film.mp4; state in .production/). All state lives in files,
+so a fresh agent can pick a production up at any point: run `status`, then `next`.
+
+  check DIR     validate the phase files; every problem with file, line and fix (exit 2 if any)
+  status DIR    the phases, every asset, keyframe and clip (ok, missing, stale + why, provided),
+                the approvals (and those dropped because a file changed), the seam review
+  approve DIR WHAT
+                record the user's yes: a phase (philosophy, scenes, assets, keyframes, clips, film)
+                or one item (keyframe:KF-B, clip:scene-02), with the sha256 of every file approved
+  next DIR      the next step of the current phase: what to write or fix, the batch file and
+                command to run, or what to show the user for approval. Never beyond a phase
+                that is not approved.
+  retake DIR ITEM
+                another variant of one item (a new seed): it turns stale and `next` makes it again
+  demo OUTDIR   copy the sample production (examples/lighthouse) and make all of it on tiny
+                stand-in models, approving every phase automatically (a demo, not the workflow)
+
+Rules the check enforces: every philosophy.md section filled; style.json valid; every scene has a
+type, duration (at most 81 frames at 16 fps = 5.06 s), start keyframe, motion, camera and transition;
+enough scenes for the length (1-5 s: 1, 6-10 s: 2, 11-15 s: 3, ...); scenes joined by a continuous
+transition share their boundary keyframe (after a cut, fade or dissolve a new keyframe may start);
+every keyframe used and defined once; every character, pose, background and object named exists in
+assets.json; landscape scenes show no character; asset paths stay inside the folder."""
+
+EPILOG = """\
+examples:
+  production.py demo /tmp/lighthouse                 # the whole sample film on stand-ins, a few minutes on a CPU
+  production.py check my-film
+  production.py status my-film --json
+  production.py next my-film --json                  # then run the command it prints
+  production.py approve my-film scenes
+  production.py approve my-film keyframe:KF-B
+  production.py retake my-film keyframe:KF-C"""
+
+EXIT_NOTE = "check exits 2 when it finds problems"
+
+
+def build() -> argparse.ArgumentParser:
+    p = build_parser("production.py", DESCRIPTION, EPILOG)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=ArgumentParser)
+    for name, text in (("check", "validate the phase files"), ("status", "where the production stands"),
+                       ("next", "the next step: commands to run, files to write, or an approval to ask for")):
+        s = sub.add_parser(name, help=text, description=text)
+        _folder(s)
+    s = sub.add_parser("approve", help="record the user's approval", description="record the user's approval of a "
+                       "phase (philosophy, scenes, assets, keyframes, clips, film) or an item (keyframe:KF-B, "
+                       "clip:scene-02), with the hashes of the files approved")
+    _folder(s)
+    s.add_argument("what", nargs="+", metavar="WHAT", help="e.g. philosophy, or keyframe:KF-B clip:scene-02")
+    s = sub.add_parser("retake", help="another variant (a new seed) of one item",
+                       description="move one item (e.g. keyframe:KF-C, character:KF-C, clip:scene-02, "
+                                   "asset:characters/keeper) to its next seed")
+    _folder(s)
+    s.add_argument("item", help="a planned item, e.g. keyframe:KF-C")
+    s = sub.add_parser("demo", help="the sample production end to end on stand-in models",
+                       description="copy examples/lighthouse into OUTDIR and make the whole film on tiny random "
+                                   "stand-in models (CPU, a few minutes), approving every phase automatically")
+    s.add_argument("outdir", type=Path, help="a new or empty folder, e.g. /tmp/lighthouse")
+    s.add_argument("--models-dir", help="a Hugging Face cache that already holds the stand-ins "
+                   "(default: install them into a temporary one)")
+    _output(s)
+    return p
+
+
+def _folder(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", type=Path, help="the production folder, e.g. my-film")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="allow asset pictures outside the folder (absolute paths, '..', symlinks)")
+    _output(p)
+
+
+def _output(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output and logging")
+    g.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs stay on stderr)")
+    g.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")
+    g.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.command == "demo":
+        from producer.demo import run_demo
+
+        return run_demo(args.outdir, args.models_dir, quiet=args.quiet)
+    from producer import checkpoints, nextstep, status
+
+    snap = status.snapshot(args.dir, args.allow_outside)
+    if args.command == "check":
+        return _check(snap)
+    if args.command == "status":
+        return {"command": "status", **status.status_report(snap)}
+    if args.command == "next":
+        return {"command": "next", **nextstep.next_step(snap)}
+    if args.command == "retake":
+        return {"command": "retake", **checkpoints.retake(snap, args.item)}
+    done = []
+    for what in args.what:
+        done.append(checkpoints.approve(snap, what))
+        snap = status.snapshot(args.dir, args.allow_outside)
+    return {"command": "approve", "approved": done, "current_phase": snap.current_phase()}
+
+
+def _check(snap) -> dict:
+    problems = snap.prod.all_problems()
+    return {"command": "check", "root": str(snap.root), "problems": [
+        {"file": p.file, "line": p.line, "message": p.message, "fix": p.fix} for p in problems],
+        "missing_files": snap.prod.missing, "warnings": snap.prod.warnings,
+        "exit_code": int(ExitCode.USAGE if problems else ExitCode.OK)}
+
+
+# ---------------------------------------------------------------- what people read
+
+
+def describe(r: dict) -> str:
+    return {"check": _describe_check, "status": _describe_status, "next": _describe_next,
+            "approve": _describe_approve, "retake": lambda r: r["message"],
+            "demo": _describe_demo}[r["command"]](r)
+
+
+def _describe_check(r: dict) -> str:
+    lines = [f"{p['file']}:{p['line']}: {p['message']}\n    fix: {p['fix']}" for p in r["problems"]]
+    lines += [f"warning: {w}" for w in r["warnings"]]
+    if r["missing_files"]:
+        lines.append("not written yet: " + ", ".join(r["missing_files"]))
+    lines.append(f"{len(r['problems'])} problem(s)" if r["problems"] else "check passed")
+    return "\n".join(lines)
+
+
+def _describe_status(r: dict) -> str:
+    lines = [f"production {r['root']}: current phase {r['current_phase'] or 'none (finished)'}"]
+    for p in r["phases"]:
+        lines.append(f"  {p['number']:>3} {p['phase']:<11} {'complete' if p['complete'] else 'incomplete':<10} "
+                     f"{'approved' if p['approved'] else 'not approved'}")
+    for item in r["items"]:
+        why = f" - {'; '.join(item['reasons'])}" if item["reasons"] and item["state"] != "provided" else ""
+        lines.append(f"  {item['state']:<8} {item['id']:<28} {item['output']}{why}")
+    lines += [f"  approval dropped: {d['name']}: {d['reason']}" for d in r["dropped_approvals"]]
+    lines += [f"  approved: {a['name']} ({a['approved_at']})" for a in r["approvals"]]
+    for s in r["seams"]:
+        lines.append(f"  seam {s['before']} -> {s['after']}: {s['status']}"
+                     + "".join(f"\n    {f}\n    advice: {a}" for f, a in zip(s["flags"], s["advice"])))
+    lines += [f"  problem: {p['file']}:{p['line']}: {p['message']} (fix: {p['fix']})" for p in r["problems"]]
+    return "\n".join(lines)
+
+
+def _describe_next(r: dict) -> str:
+    lines = [f"phase {r['phase_number'] or '-'} ({r['phase'] or 'finished'}): {r['action']}", r["message"]]
+    lines += [f"  {p['file']}:{p['line']}: {p['message']}\n    fix: {p['fix']}" for p in r.get("problems", [])]
+    lines += [f"  {j['state']:<8} {j['id']:<28} {j['output']}" for j in r.get("jobs", [])]
+    lines += [f"  waiting  {j['id']:<28} {'; '.join(j['reasons'])}" for j in r.get("waiting", [])]
+    lines += [f"  error    {j['id']:<28} {'; '.join(j['reasons'])}" for j in r.get("errors", [])]
+    if r.get("commands"):
+        lines += ["run:"] + [f"  {c}" for c in r["commands"]]
+    if r.get("approve_commands"):
+        lines += ["when the user approves:"] + [f"  {c}" for c in r["approve_commands"]]
+    return "\n".join(lines)
+
+
+def _describe_approve(r: dict) -> str:
+    lines = [f"approved {a['approved']} ({len(a['files'])} file(s))" for a in r["approved"]]
+    return "\n".join(lines + [f"current phase: {r['current_phase'] or 'none (finished)'}"])
+
+
+def _describe_demo(r: dict) -> str:
+    lines = [f"demo production: {r['root']}", "files:"]
+    lines += [f"  {kind:<14} {path}" for kind, paths in r["files"].items() for path in paths]
+    return "\n".join(lines + [r["message"]])
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(build(), run, argv, describe)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
