@@ -6,9 +6,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import use_hf_home
+from PIL import Image
 from producer import pose, registry, standins
 from producer.cli import CliError, ExitCode
 

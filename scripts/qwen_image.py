@@ -1,0 +1,350 @@
+#!/usr/bin/env python3
+"""Make the stills of a production with Qwen-Image-Edit-2511: assets, layers and keyframes."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from producer import batch, hardware, media, memory, models, provenance, qwen, qwen_jobs
+from producer.cli import (
+    CliError,
+    ExitCode,
+    Stopwatch,
+    add_memory_args,
+    add_output_args,
+    build_parser,
+    check_output,
+    log,
+    peak_memory,
+    run_main,
+    seed_arg,
+)
+
+DESCRIPTION = """\
+Make one still (or a --batch of them) with Qwen-Image-Edit-2511: character, background, pose, style and
+object assets, background and character layers, and composited keyframes. The mode follows the inputs:
+
+  text-to-image  no picture              a new image from the prompt
+  edit           one --reference         keep the reference's identity and layout, apply the prompt
+  composite      2-3 pictures            e.g. background + character + style asset in one frame
+  pose           --pose FILE             put the referenced character into a pose
+
+Pictures are numbered in the order the model gets them: the --reference files as given, then
+--style-image, then the pose picture. Refer to them in the prompt as "image 1", "image 2", "image 3"
+("Place the character from image 2 in the street of image 1"). At most 3 pictures in all.
+
+Sizes: keyframes for video must come out at the video's frame size: use --preset 480p (832x480) or
+720p (1280x720), 480p-portrait / 720p-portrait (480x832 / 720x1280), square (1024x1024); or --size WxH.
+Without one: the first reference's aspect at ~1024x1024 pixels, or 1024x1024. Sides round to 16.
+References never shift or zoom the result: each picture is fitted to the output's aspect (centre crop,
+or --fit pad), then shown to the model at the output's own scale, trimmed by at most 16 px a side to the
+model's 32-px grid (outputs above 1024x1024 get references scaled down to that area, same framing).
+
+Pose (--pose): an OpenPose skeleton PNG is used as is; OpenPose keypoints JSON is drawn into a skeleton
+(no weights needed); a photo or figure of a person is turned into a skeleton by the OpenPose detector
+(weights: setup_diffusers.py --download --only openpose-annotators) where the path needs a skeleton.
+Paths, in the order --pose-method auto picks them:
+  anypose     the AnyPose LoRA pair for 2511 (installed: qwen-anypose), character + pose picture;
+              --control-strength = LoRA scale (default 0.7). Takes a photo as the pose directly.
+  native      the skeleton as an extra picture plus a pose instruction (2511 reads keypoint maps);
+              nothing to set: --control-strength is an error here.
+  controlnet  pose-guided text-to-image on Qwen-Image + ControlNet Union (qwen-image-t2i,
+              qwen-controlnet-union): no --reference; --control-strength = conditioning scale (1.0).
+Measured on the tiny stand-ins (64x64, 4 steps, CPU): all three run; anypose and native cost one more
+picture's tokens; controlnet loads a second model (in a batch: once, after the edit jobs).
+
+Speed and quality: with the Lightning LoRA installed (qwen-lightning), 4 steps at cfg 1 (--lightning 8
+for 8 steps); otherwise the full schedule, 40 steps with true CFG 4. True CFG runs the model twice a step
+and needs a negative prompt: --negative-prompt, the style's constraints.avoid, or " " when neither.
+At cfg 1 a style's negative has no effect (reported); --negative-prompt is then an error.
+A seed is always chosen, printed and stored; the same seed and settings give the same pixels.
+
+Every PNG carries its recipe (settings, input file hashes, model commit) in its metadata.
+Memory: the prompts are encoded first and the text encoder freed, then the transformer is loaded as the
+memory plan says (bf16, fp8 storage or GGUF; group offload on small cards); the plan is logged and in --json."""
+
+EPILOG = """\
+examples:
+  # text-to-image: a character asset
+  qwen_image.py --prompt "Full-body character sheet of a red fox ranger, clean white background" -o assets/fox.png
+  # edit: keep the character, change the clothes
+  qwen_image.py --reference assets/fox.png --prompt "Give the fox a blue raincoat" -o assets/fox-rain.png
+  # composite keyframe at the video's frame size (image 1 = street, image 2 = fox)
+  qwen_image.py --reference assets/street.png --reference assets/fox.png --preset 480p \\
+      --prompt "The fox from image 2 walks down the street of image 1 at dusk" -o keyframes/KF-A.png
+  # style asset as a picture, style.json as text and negative prompt
+  qwen_image.py --reference assets/fox.png --style-image assets/style.png --style-ref style.json \\
+      --prompt "The fox from image 1 painted in the style of image 2" -o assets/fox-styled.png
+  # pose: skeleton PNG, keypoints JSON or a photo; AnyPose if installed, else native
+  qwen_image.py --reference assets/fox.png --pose poses/jump.json --prompt "mid-jump" -o assets/fox-jump.png
+  qwen_image.py --reference assets/fox.png --pose poses/wave.png --pose-method native --prompt "waving" -o a.png
+  # pose-guided text-to-image (ControlNet Union on Qwen-Image)
+  qwen_image.py --pose poses/run.png --control-strength 0.9 --prompt "A knight running" -o assets/knight.png
+  # full schedule with true CFG, a user LoRA, fixed seed
+  qwen_image.py --prompt "A misty harbour" --lightning off --cfg 4 --lora loras/ink.safetensors:0.8 --seed 7 -o a.png
+  # many stills, one model load: skips outputs that are up to date
+  qwen_image.py --batch keyframes.json --json
+
+batch file (--batch FILE.json): a list of jobs, or {"defaults": {...}, "jobs": [...]}; keys are the long
+option names ("prompt", "reference": ["a.png", "b.png"], "preset", "seed", "output", "overwrite": true);
+paths are relative to the batch file. --offload, --weights, --device, --models-dir, --force-memory and
+--allow-partial-lora apply to the whole batch. A job whose output exists with the same recipe is skipped
+(unless "overwrite": true); a failing job does not stop the others; the JSON lists every job."""
+
+PATH_OPTIONS = {"reference", "style-image", "pose", "style-ref", "output", "lora"}
+BATCH_ONLY = {"batch", "offload", "weights", "device", "models-dir", "force-memory", "allow-partial-lora", "json",
+              "quiet", "debug"}
+
+
+def build() -> argparse.ArgumentParser:
+    p = build_parser("qwen_image.py", DESCRIPTION, EPILOG)
+    p.add_argument("-p", "--prompt", help='what to make or change, e.g. "The fox from image 2 in the street of image 1"')
+    p.add_argument("-o", "--output", help="the PNG to write, e.g. keyframes/KF-A.png (its folder must exist)")
+    p.add_argument("--batch", metavar="FILE.json", help="run the jobs of a batch file with one model load")
+    g = p.add_argument_group("pictures")
+    g.add_argument("-r", "--reference", action="append", metavar="IMG",
+                   help="a picture to keep or combine (repeat: up to 3 pictures in all), e.g. -r street.png -r fox.png")
+    g.add_argument("--style-image", metavar="IMG", help="a style asset, given to the model after the references")
+    g.add_argument("--style-ref", metavar="style.json", help="add the style's prompt text and negative prompt")
+    g.add_argument("--fit", choices=("crop", "pad"), default="crop",
+                   help="fit pictures to the output's aspect by centre crop (default) or by padding")
+    g = p.add_argument_group("pose")
+    g.add_argument("--pose", metavar="FILE", help="skeleton PNG, OpenPose keypoints JSON, or a photo of the pose")
+    g.add_argument("--pose-method", choices=qwen_jobs.POSE_METHODS, default="auto",
+                   help="anypose, native or controlnet (default auto: the first that applies, see above)")
+    g.add_argument("--control-strength", type=float, metavar="S",
+                   help="AnyPose LoRA scale (default 0.7) or ControlNet conditioning scale (default 1.0)")
+    g = p.add_argument_group("size")
+    g.add_argument("--size", type=qwen_jobs.size_arg, metavar="WxH", help="output size, e.g. 832x480")
+    g.add_argument("--width", type=int, help="output width (with --height)")
+    g.add_argument("--height", type=int, help="output height (with --width)")
+    g.add_argument("--preset", choices=tuple(qwen_jobs.PRESETS),
+                   help="the video frame sizes: 480p 832x480, 720p 1280x720, -portrait swapped, square 1024x1024")
+    g = p.add_argument_group("sampling")
+    g.add_argument("--steps", type=int, help="denoising steps (default: 4 with Lightning, else 40)")
+    g.add_argument("--cfg", type=float, help="true CFG scale (default: 1 with Lightning, else 4); > 1 doubles the cost")
+    g.add_argument("--negative-prompt", help="what to avoid (needs --cfg > 1)")
+    g.add_argument("--seed", type=seed_arg, help="seed (default: a random one, printed and stored)")
+    g.add_argument("--lightning", choices=qwen_jobs.LIGHTNING_CHOICES, default="auto",
+                   help="the Lightning step-distill LoRA: auto (4 steps when installed), 4, 8 or off")
+    g.add_argument("--lora", action="append", metavar="FILE[:STRENGTH]",
+                   help="a LoRA for Qwen-Image-Edit (diffusers or ComfyUI keys), e.g. ink.safetensors:0.8; repeatable")
+    g.add_argument("--allow-partial-lora", action="store_true",
+                   help="load a LoRA even when some of its keys fit nothing (the report lists them)")
+    add_memory_args(p)
+    g = p.add_argument_group("models")
+    g.add_argument("--models-dir", help="the Hugging Face cache folder that holds the models (default: HF_HOME)")
+    g.add_argument("--force-memory", action="store_true",
+                   help="run even when the memory plan says the model will not fit")
+    add_output_args(p)
+    return p
+
+
+# ---------------------------------------------------------------- memory plan and model files
+
+
+def plan_for(args, jobs: list[qwen_jobs.Resolved], kind: str):
+    """One plan for every job of a session (sized by its largest job); refused before loading if it cannot fit."""
+    if kind == "controlnet" and args.weights in qwen.GGUF_FORMS:
+        raise CliError(f"--weights {args.weights}: there is no GGUF form of Qwen-Image (the ControlNet path)",
+                       "use --weights bf16 or fp8 for ControlNet jobs")
+    hw = hardware.probe(args.models_dir, args.device)
+    if args.device not in (None, "cpu") and not hw.has_gpu:
+        raise CliError(f"--device {args.device}: no such accelerator here", "drop --device, or use --device cpu")
+    snap = qwen.any_installed_snapshot(kind)
+    largest = max(jobs, key=lambda r: (r.job.width * r.job.height, len(r.job.references)))
+    work = memory.qwen_workload(largest.job.width, largest.job.height, len(largest.job.references))
+    installed = models.installed_forms("qwen") if kind == "edit" else frozenset({"bf16", "fp8"})
+    plan = memory.plan_memory(hw, models.footprint("qwen", snap), work, args.offload, args.weights, installed)
+    plan = qwen.resolve_weights(plan, args.weights, installed)
+    if not plan.fits and not args.force_memory:
+        raise CliError(f"the model will not fit this machine: {plan.reason}",
+                       f"{plan.advice}; or --force-memory to try anyway", ExitCode.OUT_OF_MEMORY,
+                       memory_plan=plan.to_dict())
+    log.info("memory: %s", plan.summary())
+    return plan, qwen.model_files(kind, plan.weights)
+
+
+def open_session(args, plan, files) -> qwen.QwenSession:
+    log.info("loading %s (%s)", files.info["repo"], plan.weights)
+    return qwen.load_session(files, plan, args.device, allow_partial_lora=args.allow_partial_lora, quiet=args.quiet)
+
+
+# ---------------------------------------------------------------- one job
+
+
+def resolve_job(args) -> qwen_jobs.Resolved:
+    if not args.output:
+        raise CliError("no output file", "give -o OUT.png")
+    if Path(args.output).suffix.lower() != ".png":
+        raise CliError(f"output {args.output} must be a .png file (the recipe is stored inside it)",
+                       "name it e.g. keyframes/KF-A.png")
+    if not args.prompt:
+        raise CliError("no prompt", 'give --prompt "what to make or change"')
+    return qwen_jobs.resolve(args)
+
+
+def make_image(session: qwen.QwenSession, resolved: qwen_jobs.Resolved, fuse: bool) -> dict:
+    report = session.use_loras(resolved.job.loras, fuse)
+    made = session.generate(resolved.job)
+    media.save_png(made.image, resolved.output, resolved.recipe)
+    log.info("wrote %s (%s, %dx%d, seed %d)", resolved.output, resolved.mode, resolved.job.width,
+             resolved.job.height, resolved.job.seed)
+    return {"status": "ok", **resolved.report(), "loras": report.to_dict() if report else None,
+            "seconds": made.seconds, "decode_tiled": made.decode_tiled}
+
+
+def run_single(args) -> dict:
+    if not args.output:
+        raise CliError("no output file", "give -o OUT.png, or --batch FILE.json")
+    check_output(args.output, args.overwrite)
+    resolved = resolve_job(args)
+    plan, files = plan_for(args, [resolved], resolved.kind)
+    resolved.finish_recipe(files.info)
+    timer = Stopwatch()
+    with timer.stage("load"):
+        session = open_session(args, plan, files)
+    result = make_image(session, resolved, fuse=True)
+    result["seconds"] = {**timer.seconds, **session.timer.seconds}
+    return {**result, "memory_plan": plan.to_dict(), "model_files": files.info}
+
+
+# ---------------------------------------------------------------- a batch
+
+
+class BatchRun:
+    """Resolve every job, then per model: plan, load once, encode every prompt, generate each job."""
+
+    def __init__(self, args):
+        self.args = args
+        self.resolved: dict[int, qwen_jobs.Resolved] = {}
+        self.failed: dict[int, CliError] = {}  # resolved, but failed before its turn (encoding, the plan)
+        self.skipped: set[int] = set()
+        self.session: qwen.QwenSession | None = None
+        self.session_kind: str | None = None
+        self.plans: dict[str, dict] = {}
+        self.seconds: dict[str, dict] = {}  # per model: load, text_encode (all prompts), denoise, decode...
+        self.fuse = False
+
+    def prepare(self, entries: list) -> list:
+        """Resolve each parsed job; a job that cannot be resolved becomes its error. Returns the run order."""
+        ready, outputs = [], {}
+        for entry in entries:
+            if isinstance(entry, CliError):
+                ready.append(entry)
+                continue
+            try:
+                resolved = resolve_job(entry.args)
+                key = str(resolved.output.resolve())
+                if key in outputs:
+                    raise CliError(f"writes the same output as job {outputs[key]} ({resolved.output})",
+                                   "give each job its own output")
+                outputs[key] = entry.index
+                self.resolved[entry.index] = resolved
+                ready.append(entry)
+            except CliError as err:
+                ready.append(CliError(f"job {entry.index}: {err.message}", err.fix, err.code, job=entry.index))
+        order = {"edit": 0, "controlnet": 1}
+        return sorted(ready, key=lambda e: (0, e.details.get("job", -1), "") if isinstance(e, CliError) else (
+            1 + order[self.resolved[e.index].kind], 0, str(self.resolved[e.index].job.loras)))
+
+    def run_one(self, job: batch.Job) -> dict:
+        resolved = self.resolved[job.index]
+        if self.session_kind != resolved.kind:
+            self._start(resolved.kind)
+        if job.index in self.failed:
+            raise self.failed[job.index]
+        if job.index in self.skipped:
+            return {"status": "skipped", "output": str(resolved.output), "mode": resolved.mode,
+                    "reason": "up to date: the output exists with the same recipe"}
+        return make_image(self.session, resolved, self.fuse)
+
+    def _start(self, kind: str) -> None:
+        """Free the previous model, then plan, check outputs, load and encode every prompt of this kind."""
+        if self.session is not None:
+            self.session = None
+            gc.collect()  # the previous model's memory goes back before the next one loads
+        self.session_kind = kind
+        group = {i: r for i, r in self.resolved.items() if r.kind == kind}
+        try:
+            plan, files = plan_for(self.args, list(group.values()), kind)
+        except CliError as err:
+            self.failed.update({i: err for i in group})
+            return
+        self.plans[kind] = plan.to_dict()
+        todo = {}
+        for index, resolved in group.items():
+            resolved.finish_recipe(files.info)
+            if self._up_to_date(index, resolved):
+                self.skipped.add(index)
+            elif resolved.output.exists() and not resolved.overwrite:
+                self.failed[index] = CliError(
+                    f"{resolved.output} exists and was made with other settings (or not by this script)",
+                    'add "overwrite": true to the job to replace it, or choose another output')
+            else:
+                todo[index] = resolved
+        if not todo:
+            return
+        self.fuse = len({r.job.loras for r in todo.values()}) == 1
+        timer = Stopwatch()
+        with timer.stage("load"):
+            self.session = open_session(self.args, plan, files)
+        self.session.timer.seconds.update(timer.seconds)
+        self.seconds[kind] = self.session.timer.seconds
+        self._encode_all(todo)
+
+    @staticmethod
+    def _up_to_date(_index: int, resolved: qwen_jobs.Resolved) -> bool:
+        return not resolved.overwrite and provenance.is_up_to_date(resolved.output, resolved.recipe,
+                                                                   resolved.seed_given)
+
+    def _encode_all(self, todo: dict) -> None:
+        for index, resolved in todo.items():
+            try:
+                self.session.encode([resolved.job])
+            except CliError as err:
+                self.failed[index] = err
+        self.session.release_text_encoder()
+
+
+def run_batch(args) -> dict:
+    if args.prompt or args.output:
+        raise CliError("--batch takes its prompts and outputs from the batch file", "drop --prompt/--output")
+    entries = batch.parse_jobs(build(), args.batch, PATH_OPTIONS, BATCH_ONLY)
+    runner = BatchRun(args)
+    order = runner.prepare(entries)
+    result = batch.run_jobs(order, runner.run_one,
+                            describe=lambda job: f"job {job.index}: {runner.resolved[job.index].output}").to_dict()
+    result["jobs"].sort(key=lambda j: j.get("job", -1))
+    result["memory_plans"] = runner.plans
+    result["seconds"] = runner.seconds
+    return result
+
+
+def run(args) -> dict:
+    models.use_models_dir(args.models_dir)
+    result = run_batch(args) if args.batch else run_single(args)
+    result.update(peak_memory())
+    return result
+
+
+def describe(result: dict) -> str:
+    if "jobs" in result:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(result["counts"].items()))
+        return f"batch: {counts}"
+    s = result["settings"]
+    return (f"wrote {result['output']} ({result['mode']}, {s['width']}x{s['height']}, {s['steps']} steps, "
+            f"cfg {s['cfg']:g}, seed {result['seed']})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(build(), run, argv, describe)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
