@@ -6,9 +6,12 @@ import sys
 import types
 
 import pytest
+import setup_diffusers
 import validate_diffusers
 from conftest import use_hf_home
 from producer import install, installcheck, models, registry, smoke, standins, weightcheck
+
+NEEDED = ["wan-i2v", "qwen-edit", "wan-lightning", "qwen-lightning"]
 
 
 def run(capsys, *argv):
@@ -151,6 +154,19 @@ def test_an_incomplete_install_fails_validation(recorded, tmp_path, capsys, monk
 
 
 # ---------------------------------------------------------------- --smoke
+
+
+def test_smoke_dir_runs_every_script_and_leaves_a_usable_cache(tmp_path, capsys):
+    home = tmp_path / "standins"
+    code, result, _ = run(capsys, "--smoke-dir", str(home))
+    assert code == 0, result["failures"]
+    steps = {s["name"]: s for s in result["smoke"]["steps"]}
+    assert all(s["ok"] for s in steps.values()) and len(steps) == 1 + len(smoke.script_steps(home, tmp_path))
+    assert (home / "smoke-outputs" / "film.mp4").is_file() and "models" not in result
+    code = setup_diffusers.main(["--check", "--models-dir", str(home), "--json", "--quiet"])
+    check = json.loads(capsys.readouterr().out)
+    assert code == 0 and check["ready"] and "stand-ins" in check["verdict"]
+    assert all(check["models"][n]["source"] == "standin" for n in NEEDED)
 
 
 def test_a_failing_script_is_reported_with_its_fix(tmp_path, monkeypatch):
