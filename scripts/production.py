@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from producer.cli import ArgumentParser, CliError, ExitCode, build_parser, run_main  # noqa: E402
+from producer.cli import ArgumentParser, ExitCode, build_parser, run_main
 
 DESCRIPTION = """\
 Work on a production folder (philosophy.md, style.json, scene-breakdown.md, assets.json, assets/,

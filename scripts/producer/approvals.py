@@ -68,7 +68,7 @@ def record_approval(root: Path, name: str, files: list[Path]) -> Approval:
     """Write an approval of `files` (paths inside root) under `name`, replacing an older one."""
     root = Path(root)
     digests = {_rel(root, f): file_digest(f) for f in sorted(files)}
-    approval = Approval(name, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), digests)
+    approval = Approval(name, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), digests)
     current = {n: a for n, a in read_approvals(root).items() if n != name}
     current[name] = approval
     _write(root, current)

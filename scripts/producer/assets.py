@@ -37,7 +37,7 @@ ENTRY_KEYS = ("description", *IMAGE_KEYS)
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 POSE_SUFFIXES = (*PICTURE_SUFFIXES, ".json")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-PLACEHOLDER = re.compile(r"^\[.*\]$|^(description|detailed description|todo|tbd)$", re.I)
+PLACEHOLDER = re.compile(r"^\[.*\]$|^(description|detailed description|todo|tbd)$", re.IGNORECASE)
 # The text-to-image prompt of each kind of asset (the style's text is added by --style-ref).
 SINGULAR = {"characters": "character", "backgrounds": "background", "poses": "pose", "styles": "style",
             "objects": "object"}

@@ -39,12 +39,12 @@ def approve(snap: Snapshot, name: str) -> dict:
 def normalise(name: str) -> str:
     """'clip:2' and 'clip:scene-2' -> 'clip:scene-02'; 'KF-B' -> 'keyframe:KF-B'; phases as they are."""
     name = name.strip()
-    match = re.fullmatch(r"clip:(?:scene-?)?0*(\d+)", name, re.I)
+    match = re.fullmatch(r"clip:(?:scene-?)?0*(\d+)", name, re.IGNORECASE)
     if match:
         return f"clip:scene-{int(match.group(1)):02d}"
     if name.lower() in PHASES:
         return name.lower()
-    if ":" not in name and re.match(r"^KF[-_]", name, re.I):
+    if ":" not in name and re.match(r"^KF[-_]", name, re.IGNORECASE):
         return f"keyframe:{name}"
     return name
 

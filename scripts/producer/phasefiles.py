@@ -29,7 +29,7 @@ SECTIONS = {
     "Subject Consistency": ("Characters/Products", "Environment", "Props/Elements"),
     "Constraints": ("Avoid", "Maintain"),
 }
-TITLE = re.compile(r"^#\s+Production Philosophy\s*:\s*(.*)$", re.I)
+TITLE = re.compile(r"^#\s+Production Philosophy\s*:\s*(.*)$", re.IGNORECASE)
 HEADING = re.compile(r"^##\s+(.+?)\s*#*$")
 BULLET = re.compile(r"^\s*[-*+]\s+(?:\*\*|__)?([^:*_]+?)(?:\*\*|__)?\s*:\s*(?:\*\*|__)?\s*(.*)$")
 PLACEHOLDER = re.compile(r"\[[^\]]*\](?!\()")  # [like this], but not a [link](url)

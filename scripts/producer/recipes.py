@@ -114,7 +114,7 @@ def model_changes(recorded: dict) -> tuple[list[str], list[str]]:
         if not installed:
             notes.append(f"{repo} is not installed here: its revision was not checked")
         elif commit not in installed:
-            reasons.append(f"model {repo} is now at {sorted(installed)[0][:10]} (made with {str(commit)[:10]})")
+            reasons.append(f"model {repo} is now at {min(installed)[:10]} (made with {str(commit)[:10]})")
     return reasons, notes
 
 

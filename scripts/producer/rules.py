@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from itertools import pairwise
 from pathlib import Path
 
 from . import registry
@@ -69,7 +70,7 @@ def scene_problems(plan: SceneBreakdown) -> list[Problem]:
     for i, scene in enumerate(scenes):
         out += _fields(scene, last=i == len(scenes) - 1)
     out += _counts(plan, scenes)
-    for before, after in zip(scenes, scenes[1:]):
+    for before, after in pairwise(scenes):
         out += _boundary(before, after)
     out += _keyframe_use(plan, scenes)
     return out
