@@ -5,6 +5,7 @@ stand-ins, and the demo. The demo's production (made once per module through the
 import contextlib
 import io
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -299,3 +300,12 @@ def test_help_lists_the_commands(capsys):
                                             (16, 4), (20, 4), (21, 5), (31, 7)])
 def test_scene_count_table(seconds, scenes):
     assert rules.minimum_scenes(seconds) == scenes
+
+
+def test_readme_production_commands_parse():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    lines = [line.split("  #")[0] for line in readme.splitlines() if line.startswith("python scripts/production.py")]
+    assert len(lines) >= 5
+    for line in lines:
+        args = production.build().parse_args(shlex.split(line)[2:])
+        assert args.command in ("demo", "check", "next", "approve", "status")
