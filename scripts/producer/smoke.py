@@ -3,8 +3,9 @@
 The stand-ins (producer.standins) are the real diffusers/transformers classes with a few thousand
 random parameters, installed under the real repo ids into a Hugging Face cache of their own, with
 install records like a real download. Each script's `main(argv)` then runs in this process, offline,
-at tiny sizes: a text-to-image keyframe, an edit of it, a clip from it (full weights and GGUF experts),
-a GGUF keyframe, the clips joined into a film. Nothing is downloaded; a GPU is used if there is one.
+at tiny sizes: a text-to-image keyframe, an edit of it, the character posed from keypoints (AnyPose),
+a GGUF keyframe, clips from them (full weights; first-last-frame with GGUF experts), the clips joined
+into a film. Nothing is downloaded; a GPU is used if there is one.
 The outputs are noise, but every stage ran: loading, the memory plan, LoRAs, sampling, decoding,
 writing PNG/MP4 with their recipes. A failing step reports the script's own error and fix.
 """
@@ -24,7 +25,7 @@ from .cli import CliError, ExitCode, setup_logging
 
 SIZE = "64x64"
 FRAMES = "9"
-STEPS = "2"
+FULL_STEPS = "2"  # the undistilled schedule with true CFG, cut short
 
 
 @dataclass
@@ -85,17 +86,21 @@ def install_step(hf_home: Path) -> Step:
 def script_steps(hf_home: Path, out: Path) -> list[tuple[str, str, list[str], list[Path]]]:
     """(step name, script module, argv, outputs it must leave)."""
     common = ["--models-dir", str(hf_home), "--seed", "1"]
-    fox, edit, qgguf = out / "fox.png", out / "fox-edit.png", out / "fox-gguf.png"
+    fox, edit, qgguf, posed = out / "fox.png", out / "fox-edit.png", out / "fox-gguf.png", out / "fox-posed.png"
     clip, cgguf, film = out / "clip.mp4", out / "clip-gguf.mp4", out / "film.mp4"
-    image = ["--size", SIZE, "--steps", STEPS]
-    video = ["--size", SIZE, "--frames", FRAMES, "--steps", STEPS]
+    image = ["--size", SIZE]  # the default schedule: the Lightning LoRA's 4 steps at cfg 1
+    video = ["--size", SIZE, "--frames", FRAMES]  # the default: the distill LoRAs' 4 steps
     return [
         ("qwen_image.py text-to-image", "qwen_image", ["-p", "a red fox in a forest", "-o", str(fox), *image, *common],
          [fox]),
         ("qwen_image.py edit (one reference)", "qwen_image",
          ["-p", "the fox from image 1 in the snow", "-r", str(fox), "-o", str(edit), *image, *common], [edit]),
-        ("qwen_image.py with GGUF weights", "qwen_image",
-         ["-p", "a red fox", "-o", str(qgguf), "--weights", "gguf-q4", *image, *common], [qgguf]),
+        ("qwen_image.py pose (keypoints JSON)", "qwen_image",
+         ["-p", "the fox from image 1 standing like the figure", "-r", str(fox), "--pose", str(out / POSE_FILE),
+          "-o", str(posed), *image, *common], [posed]),
+        ("qwen_image.py GGUF weights, full schedule with true CFG", "qwen_image",
+         ["-p", "a red fox", "-o", str(qgguf), "--weights", "gguf-q4", "--lightning", "off", "--steps", FULL_STEPS,
+          *image, *common], [qgguf]),
         ("wan_video.py image-to-video", "wan_video",
          ["--start-frame", str(fox), "--prompt", "the fox runs", "-o", str(clip), *video, *common], [clip]),
         ("wan_video.py first-last-frame, GGUF experts", "wan_video",
@@ -103,6 +108,19 @@ def script_steps(hf_home: Path, out: Path) -> list[tuple[str, str, list[str], li
           "--weights", "gguf-q4", *video, *common], [cgguf]),
         ("assemble_video.py", "assemble_video", ["--clips", str(clip), str(cgguf), "-o", str(film)], [film]),
     ]
+
+
+POSE_FILE = "pose.json"
+# A standing figure, OpenPose COCO-18 order (nose, neck, shoulders, elbows, wrists, hips, knees, ankles,
+# eyes, ears) on a 64x64 canvas: drawn into a skeleton by qwen_image.py without any weights.
+POSE_POINTS = ((32, 10), (32, 18), (24, 18), (20, 28), (18, 38), (40, 18), (44, 28), (46, 38), (27, 38),
+               (27, 48), (27, 60), (37, 38), (37, 48), (37, 60), (30, 8), (34, 8), (28, 9), (36, 9))
+
+
+def write_inputs(out: Path) -> None:
+    keypoints = [v for x, y in POSE_POINTS for v in (x, y, 1.0)]
+    (out / POSE_FILE).write_text(json.dumps({"people": [{"pose_keypoints_2d": keypoints}], "canvas_width": 64,
+                                             "canvas_height": 64}))
 
 
 def run_script(name: str, module: str, argv: list[str], outputs: list[Path], quiet: bool, debug: bool) -> Step:
@@ -137,13 +155,30 @@ def _last_json(text: str) -> dict:
 
 
 def _summary(result: dict) -> str:
-    plan = result.get("memory_plan") or result.get("plan") or {}
-    parts = []
-    if isinstance(plan, dict) and plan.get("summary"):
-        parts.append(plan["summary"].split(":")[0])
+    """What ran, from the script's own --json: mode, pose path, LoRAs, memory plan, time."""
+    settings = result.get("settings") or {}
+    parts = [f"mode {result.get('mode') or settings.get('mode')}"] if result.get("mode") or settings.get("mode") else []
+    if settings.get("pose_method"):
+        parts.append(f"pose via {settings['pose_method']}")
+    loras = sorted(set(_lora_names(result.get("loras"))))
+    if loras:
+        parts.append("LoRAs " + ", ".join(loras))
+    plan = result.get("memory_plan") or {}
+    if isinstance(plan, dict) and plan.get("name"):
+        parts.append(f"plan {plan['name']} ({plan.get('weights')})")
     if result.get("seconds_total") is not None:
         parts.append(f"{result['seconds_total']:.1f} s in the script")
     return "; ".join(parts) or "ok"
+
+
+def _lora_names(report) -> list[str]:
+    """Names of the LoRA files in a script's report (per-file entries carry their key format)."""
+    if isinstance(report, dict):
+        own = [report["name"]] if "key_format" in report and report.get("name") else []
+        return own + [n for value in report.values() for n in _lora_names(value)]
+    if isinstance(report, list):
+        return [n for value in report for n in _lora_names(value)]
+    return []
 
 
 def _since(start: float) -> float:
@@ -153,6 +188,7 @@ def _since(start: float) -> float:
 def run_smoke(hf_home: Path, out: Path, quiet: bool, debug: bool) -> list[Step]:
     """Install the stand-ins into hf_home, then run every script step; later steps still run after a failure."""
     out.mkdir(parents=True, exist_ok=True)
+    write_inputs(out)
     with standin_cache(hf_home):
         steps = [install_step(hf_home)]
         if not steps[0].ok:
