@@ -154,6 +154,7 @@ def _describe_status(r: dict) -> str:
         lines.append(f"  seam {s['before']} -> {s['after']}: {s['status']}"
                      + "".join(f"\n    {f}\n    advice: {a}" for f, a in zip(s["flags"], s["advice"])))
     lines += [f"  problem: {p['file']}:{p['line']}: {p['message']} (fix: {p['fix']})" for p in r["problems"]]
+    lines += [f"  note: {n} (items marked unchecked could not be compared here)" for n in r["notes"]]
     return "\n".join(lines)
 
 

@@ -247,6 +247,29 @@ def test_retake_changes_one_seed(made):
     assert by_id["keyframe:KF-D"]["reasons"][0].startswith("seed ")
 
 
+def test_without_the_models_status_compares_what_it_can(demo, tmp_path):
+    """No models installed here (the autouse empty cache): settings cannot be resolved, seeds and inputs can."""
+    root = tmp_path / "copy"
+    shutil.copytree(demo[0], root)
+    report = run(["status", str(root)])[1]
+    assert {i["id"]: i["state"] for i in report["items"]}["keyframe:KF-A"] == "unchecked"
+    assert report["current_phase"] is None and any("not installed here" in n for n in report["notes"])
+    run(["retake", str(root), "keyframe:KF-D"])
+    assert not_ok(root) - {i["id"] for i in report["items"] if i["state"] == "unchecked"} == {"film"}
+    by_id = {i["id"]: i for i in run(["status", str(root)])[1]["items"]}
+    assert by_id["keyframe:KF-D"]["state"] == "stale" and by_id["clip:scene-03"]["state"] == "stale"
+
+
+def test_a_new_model_revision_makes_outputs_stale(standin_hf_home):
+    from producer import models, recipes, registry
+
+    entry = registry.get("qwen-edit")
+    reasons, notes = recipes.model_changes({"model": {"repo": entry.repo_id, "commit": "0" * 40, "weights": "bf16"}})
+    assert len(reasons) == 1 and reasons[0].startswith(f"model {entry.repo_id} is now at") and notes == []
+    same = {"repo": entry.repo_id, "revision": models.snapshot_dir(entry).name}  # wan_video.py says "revision"
+    assert recipes.model_changes({"model": same}) == ([], [])
+
+
 def test_a_picture_without_recipe_is_provided_and_never_planned(made):
     keeper = made / "assets" / "characters" / "keeper.png"
     Image.open(keeper).convert("RGB").save(keeper)  # no metadata: as if the user painted it

@@ -89,9 +89,15 @@ def _input_changes(old: dict, new: dict, root: Path) -> list[str]:
         if [e.get("sha256") for e in before] == [e.get("sha256") for e in after]:
             continue
         paths = [e.get("path") for e in after] or [e.get("path") for e in before]
-        names = ", ".join(layout.relative(root, Path(p)) for p in paths if p)
+        names = ", ".join(_name(root, Path(p)) for p in paths if p)
         reasons.append(f"{role.replace('_', ' ')} changed ({names})" if names else f"{role.replace('_', ' ')} changed")
     return reasons
+
+
+def _name(root: Path, path: Path) -> str:
+    """Inside the production: its relative path; elsewhere (a LoRA in the model cache): its file name."""
+    shown = layout.relative(root, path)
+    return path.name if shown == str(path) else shown
 
 
 def _entries(value) -> list[dict]:
@@ -100,11 +106,26 @@ def _entries(value) -> list[dict]:
     return [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, dict)]
 
 
+def partial_differences(recorded: dict, job: Job) -> list[str]:
+    """What can be compared without the script's resolver (when its models are not installed here): the
+    seed and the contents of the input files (as a set: an input's role is the resolver's business)."""
+    reasons = []
+    seed = recorded.get("settings", {}).get("seed")
+    if "seed" in job.options and seed != job.options["seed"]:
+        reasons.append(f"seed {seed} -> {job.options['seed']}")
+    made_from = {e.get("sha256") for role, value in recorded.get("inputs", {}).items() if role != "loras"
+                 for e in _entries(value)}
+    now = {file_digest(p) for p in job.inputs if p.is_file()}
+    if made_from != now:
+        reasons.append("input files changed")
+    return reasons
+
+
 # ---------------------------------------------------------------- the model
 
 
 def model_changes(recorded: dict) -> tuple[list[str], list[str]]:
-    """(reasons: installed commits that differ from the recorded ones, notes: models not checked)."""
+    """(reasons: installed commits that differ from the recorded ones, notes: recorded models not installed)."""
     from . import models
 
     reasons, notes = [], []
@@ -112,18 +133,19 @@ def model_changes(recorded: dict) -> tuple[list[str], list[str]]:
         entries = [e for e in registry.entries() if e.repo_id == repo]
         installed = {snap.name for e in entries if (snap := models.snapshot_dir(e)) is not None}
         if not installed:
-            notes.append(f"{repo} is not installed here: its revision was not checked")
+            notes.append(f"{repo} is not installed here")
         elif commit not in installed:
             reasons.append(f"model {repo} is now at {min(installed)[:10]} (made with {str(commit)[:10]})")
     return reasons, notes
 
 
 def _model_refs(model) -> list[tuple[str, str]]:
-    """Every {"repo": ..., "commit": ...} pair inside a recipe's model part, however nested."""
+    """Every {"repo": ..., "commit" (or "revision"): ...} pair inside a recipe's model part, however nested."""
     found = []
     if isinstance(model, dict):
-        if isinstance(model.get("repo"), str) and isinstance(model.get("commit"), str):
-            found.append((model["repo"], model["commit"]))
+        commit = model.get("commit", model.get("revision"))
+        if isinstance(model.get("repo"), str) and isinstance(commit, str):
+            found.append((model["repo"], commit))
         for value in model.values():
             found += _model_refs(value)
     elif isinstance(model, list):

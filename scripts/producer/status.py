@@ -6,6 +6,8 @@ Item states:
   stale     the file exists but something it was made from changed (the reasons say what), or it is
             made from a file that is itself missing or stale (it will change when that one is remade)
   provided  the file exists without a recipe: the user made it; it is used as it is and never planned
+  unchecked the file exists, its seed and input files are as planned, but the rest of its recipe cannot
+            be compared here because the model is not installed on this machine (counted as done)
   error     the job cannot run as planned (its script refuses an input); the reason says why
 
 A phase is complete when its files pass the check and every item of it is ok or provided; it is
@@ -20,13 +22,13 @@ from pathlib import Path
 
 from . import approvals as approvals_mod
 from . import layout
-from .cli import CliError
+from .cli import CliError, ExitCode
 from .planner import ASSEMBLE, Job, Plan, plan_production
 from .project import PHASE_NUMBERS, PHASES, Production, load_production
 from .provenance import read_recipe
-from .recipes import differences, film_differences, model_changes, would_be_recipe
+from .recipes import differences, film_differences, model_changes, partial_differences, would_be_recipe
 
-GOOD = ("ok", "provided")
+GOOD = ("ok", "provided", "unchecked")
 ITEM_PHASES = {"keyframes": "keyframe", "clips": "clip"}  # phases approved item by item too
 
 
@@ -140,14 +142,22 @@ def _state(job: Job, plan: Plan, blocked: list[str], states: dict[str, ItemState
     if job.script == ASSEMBLE:
         reasons = film_differences(recipe, job, transitions, plan.root)
         return ItemState(job, "stale" if reasons else "ok", reasons)
+    model_reasons, not_here = model_changes(recipe)
+    if not_here:  # what the script would resolve here (schedules, LoRAs) depends on models this machine lacks
+        return _unchecked(job, recipe, not_here)
     try:
         would = would_be_recipe(job, plan)
     except CliError as err:
+        if err.code == ExitCode.MISSING_MODEL:
+            return _unchecked(job, recipe, [err.message])
         return ItemState(job, "error", [err.message + (f" (fix: {err.fix})" if err.fix else "")])
-    reasons = differences(recipe, would, plan.root)
-    model_reasons, notes = model_changes(recipe)
-    reasons += model_reasons
-    return ItemState(job, "stale" if reasons else "ok", reasons, notes=notes)
+    reasons = differences(recipe, would, plan.root) + model_reasons
+    return ItemState(job, "stale" if reasons else "ok", reasons)
+
+
+def _unchecked(job: Job, recipe: dict, notes: list[str]) -> ItemState:
+    reasons = partial_differences(recipe, job)
+    return ItemState(job, "stale" if reasons else "unchecked", reasons, notes=notes)
 
 
 def _transitions(prod: Production) -> list[str]:
@@ -175,6 +185,7 @@ def status_report(snap: Snapshot, seams: bool = True) -> dict:
                       for a in snap.approvals.values()],
         "dropped_approvals": [{"name": d.name, "reason": d.reason} for d in snap.dropped],
         "style_asset": snap.prod.assets.style.name if snap.prod.assets and snap.prod.assets.style else None,
+        "notes": sorted({n for s in snap.states.values() if s.state == "unchecked" for n in s.notes}),
         "seams": _seams(snap) if seams else [],
     }
     return report
