@@ -215,8 +215,9 @@ def describe(r: dict) -> str:
         lines += _describe_models(r["models"])
     if "smoke" in r:
         lines.append("Scripts on stand-in models (--smoke)")
-        lines += [f"  [{'ok' if s['ok'] else 'FAIL'}] {s['name']} ({s['seconds']:.1f} s): {s['detail']}"
-                  for s in r["smoke"]["steps"]]
+        for s in r["smoke"]["steps"]:
+            lines.append(f"  [{'ok' if s['ok'] else 'FAIL'}] {s['name']} ({s['seconds']:.1f} s): {s['detail']}")
+            lines += [f"      {'log' if not s['ok'] else 'note'}: {line}" for line in s["log"][:3]]
         if r["smoke"]["standin_dir"]:
             lines.append(f"  stand-in cache kept in {r['smoke']['standin_dir']} (use --models-dir with it)")
     if r["failures"]:

@@ -171,12 +171,14 @@ def test_smoke_dir_runs_every_script_and_leaves_a_usable_cache(tmp_path, capsys)
 
 def test_a_failing_script_is_reported_with_its_fix(tmp_path, monkeypatch):
     def failing_main(argv):
+        print("loading X", file=sys.stderr)
         print(json.dumps({"status": "error", "error": "diffusers could not load X", "fix": "pip install Y"}))
         return 1
 
     monkeypatch.setitem(sys.modules, "fake_script", types.SimpleNamespace(main=failing_main))
     step = smoke.run_script("fake", "fake_script", [], [tmp_path / "out.png"], quiet=True, debug=False)
     assert not step.ok and step.detail == "diffusers could not load X" and step.fix == "pip install Y"
+    assert step.log == ["loading X"]
 
     def raising_main(argv):
         raise RuntimeError("boom")

@@ -36,6 +36,7 @@ class Step:
     detail: str = ""
     fix: str = ""
     outputs: list[str] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)  # what the script wrote on stderr (warnings; the tail on failure)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,12 +75,14 @@ def standin_cache(hf_home: Path):
 
 def install_step(hf_home: Path) -> Step:
     start = time.perf_counter()
+    stderr = io.StringIO()
     try:
-        manifest = standins.install_standins(hf_home)
-        install.record_standins(manifest)
+        with contextlib.redirect_stderr(stderr):  # save_pretrained's progress bars
+            manifest = standins.install_standins(hf_home)
+            install.record_standins(manifest)
     except Exception as exc:  # building a stand-in exercises diffusers/transformers: anything can break
         return Step("install the stand-in models", False, _since(start), f"{type(exc).__name__}: {exc}",
-                    "rerun with --debug; check `pip install -r requirements.txt`")
+                    "rerun with --debug; check `pip install -r requirements.txt`", log=_log_lines(stderr, True))
     return Step("install the stand-in models", True, _since(start), f"{len(manifest)} entries in {hf_home}")
 
 
@@ -127,11 +130,14 @@ def run_script(name: str, module: str, argv: list[str], outputs: list[Path], qui
     import importlib
 
     start = time.perf_counter()
-    stdout = io.StringIO()
+    stdout, stderr = io.StringIO(), io.StringIO()
     flags = ["--json", "--debug" if debug else "--quiet"]  # the scripts' own progress logs are noise here
     try:
         main = importlib.import_module(module).main
-        with contextlib.redirect_stdout(stdout):
+        # The script's warnings and the libraries' progress bars are kept with the step (shown as they come
+        # with --debug); a failure shows their tail.
+        with contextlib.redirect_stdout(stdout), (contextlib.nullcontext() if debug else
+                                                  contextlib.redirect_stderr(stderr)):
             code = main([*argv, *flags])
     except Exception as exc:  # a script that raises past its own error handling is a failure to report
         code, stdout = int(ExitCode.FAILED), io.StringIO(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
@@ -142,7 +148,14 @@ def run_script(name: str, module: str, argv: list[str], outputs: list[Path], qui
     ok = code == 0 and not missing
     detail = _summary(result) if ok else (result.get("error") or f"exit {code}, missing {', '.join(missing)}")
     return Step(name, ok, _since(start), detail, "" if ok else result.get("fix", "rerun with --debug"),
-                [str(p) for p in outputs if p.is_file()])
+                [str(p) for p in outputs if p.is_file()], _log_lines(stderr, failed=not ok))
+
+
+def _log_lines(stream: io.StringIO, failed: bool) -> list[str]:
+    """Warnings (and, after a failure, the last lines) of a step's stderr, without progress bars."""
+    lines = [line.strip() for line in stream.getvalue().replace("\r", "\n").splitlines()]
+    lines = [line for line in lines if line and "it/s]" not in line and "s/it]" not in line]
+    return lines[-8:] if failed else [line for line in lines if not line.startswith(("Loading", "Writing"))]
 
 
 def _last_json(text: str) -> dict:
