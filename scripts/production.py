@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> dict:
         return run_demo(args.outdir, args.models_dir, quiet=args.quiet)
     from producer import checkpoints, nextstep, status
 
-    snap = status.snapshot(args.dir, args.allow_outside)
+    snap = status.snapshot(args.dir, args.allow_outside, with_states=args.command != "check")
     if args.command == "check":
         return _check(snap)
     if args.command == "status":

@@ -46,7 +46,7 @@ def run_demo(outdir: str | Path, models_dir: str | None = None, quiet: bool = Fa
     layout.state_dir(outdir).mkdir(exist_ok=True)
     write_json_atomic(layout.state_file(outdir, "settings.json"), DEMO_SETTINGS)
     steps = []
-    with _models(models_dir) as models_note:
+    with _models(models_dir, quiet) as models_note:
         log.warning("DEMO: every checkpoint below is approved automatically. In a real production the agent shows "
                     "each phase to the user and runs `production.py approve` only after a yes.")
         for _ in range(MAX_STEPS):
@@ -62,7 +62,7 @@ def run_demo(outdir: str | Path, models_dir: str | None = None, quiet: bool = Fa
 
 
 @contextlib.contextmanager
-def _models(models_dir: str | None) -> Iterator[str]:
+def _models(models_dir: str | None, quiet: bool) -> Iterator[str]:
     from . import models
 
     if models_dir:
@@ -73,9 +73,28 @@ def _models(models_dir: str | None) -> Iterator[str]:
 
     with tempfile.TemporaryDirectory(prefix="producer-standins-") as home:
         log.info("installing the stand-in models into %s (a few seconds)", home)
-        standins.install_standins(home)
+        with _progress_bars(enabled=not quiet):
+            standins.install_standins(home)
         models.use_models_dir(home)
         yield "stand-ins (tiny random models) in a temporary cache, removed afterwards"
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """The libraries' own progress bars while the stand-ins are written (off with --quiet)."""
+    if enabled:
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
 
 
 def _step(root: Path, quiet: bool) -> dict:

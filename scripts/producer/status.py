@@ -107,7 +107,8 @@ def item_name(job: Job) -> str:
     return job.id
 
 
-def snapshot(root: str | Path, allow_outside: bool = False) -> Snapshot:
+def snapshot(root: str | Path, allow_outside: bool = False, with_states: bool = True) -> Snapshot:
+    """with_states=False skips comparing every output with its job (what `check` does not need)."""
     root = Path(root)
     if not root.is_dir():
         raise CliError(f"{root} is not a folder", "give the production folder (the one with philosophy.md)")
@@ -116,7 +117,7 @@ def snapshot(root: str | Path, allow_outside: bool = False) -> Snapshot:
     prod = load_production(root, allow_outside, asset_files_due=due)
     plan = plan_production(prod, approvals_mod.read_takes(root)) if prod.ok_through("scenes") else Plan(root, [])
     prod.settings_problems += plan.problems
-    states = job_states(plan, prod) if prod.ok_through("assets") else {}
+    states = job_states(plan, prod) if with_states and prod.ok_through("assets") else {}
     return Snapshot(prod, plan, states, valid, dropped)
 
 
