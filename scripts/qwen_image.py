@@ -55,18 +55,23 @@ Paths, in the order --pose-method auto picks them:
               nothing to set: --control-strength is an error here.
   controlnet  pose-guided text-to-image on Qwen-Image + ControlNet Union (qwen-image-t2i,
               qwen-controlnet-union): no --reference; --control-strength = conditioning scale (1.0).
-Measured on the tiny stand-ins (64x64, 4 steps, CPU): all three run; anypose and native cost one more
-picture's tokens; controlnet loads a second model (in a batch: once, after the edit jobs).
+Cost per step at 1024x1024: an edit with one reference is 8192 picture tokens; anypose and native add
+the pose picture (12288 tokens, ~1.5x or more); controlnet has 4096 plus a 5-block ControlNet but runs
+the full schedule (40 steps, CFG: no Lightning for Qwen-Image) and loads a second model (in a batch:
+once, after the edit jobs). All three paths run end to end on the tiny stand-in models.
 
 Speed and quality: with the Lightning LoRA installed (qwen-lightning), 4 steps at cfg 1 (--lightning 8
-for 8 steps); otherwise the full schedule, 40 steps with true CFG 4. True CFG runs the model twice a step
+for 8 steps; under auto, --steps other than 4/8 or --cfg > 1 turn it off); otherwise the full schedule,
+40 steps with true CFG 4. True CFG runs the model twice a step
 and needs a negative prompt: --negative-prompt, the style's constraints.avoid, or " " when neither.
 At cfg 1 a style's negative has no effect (reported); --negative-prompt is then an error.
 A seed is always chosen, printed and stored; the same seed and settings give the same pixels.
 
 Every PNG carries its recipe (settings, input file hashes, model commit) in its metadata.
 Memory: the prompts are encoded first and the text encoder freed, then the transformer is loaded as the
-memory plan says (bf16, fp8 storage or GGUF; group offload on small cards); the plan is logged and in --json."""
+memory plan says (bf16, fp8 storage or GGUF; group offload on small cards); the plan is logged and in --json.
+fp8 storage takes one LoRA set per load: a batch that mixes LoRA sets (Lightning, AnyPose, --lora) reloads
+the transformer for each set on fp8 weights (bf16 and GGUF swap LoRAs in place)."""
 
 EPILOG = """\
 examples:
@@ -181,6 +186,7 @@ def open_session(args, plan, files) -> qwen.QwenSession:
 def resolve_job(args) -> qwen_jobs.Resolved:
     if not args.output:
         raise CliError("no output file", "give -o OUT.png")
+    check_output(args.output, overwrite=True)  # a folder that exists (whether the file may be replaced: later)
     if Path(args.output).suffix.lower() != ".png":
         raise CliError(f"output {args.output} must be a .png file (the recipe is stored inside it)",
                        "name it e.g. keyframes/KF-A.png")
@@ -190,8 +196,9 @@ def resolve_job(args) -> qwen_jobs.Resolved:
 
 
 def make_image(session: qwen.QwenSession, resolved: qwen_jobs.Resolved, fuse: bool) -> dict:
-    report = session.use_loras(resolved.job.loras, fuse)
+    session.use_loras(resolved.job.loras, fuse)
     made = session.generate(resolved.job)
+    report = session.lora_report
     media.save_png(made.image, resolved.output, resolved.recipe)
     log.info("wrote %s (%s, %dx%d, seed %d)", resolved.output, resolved.mode, resolved.job.width,
              resolved.job.height, resolved.job.seed)
@@ -228,6 +235,7 @@ class BatchRun:
         self.session: qwen.QwenSession | None = None
         self.session_kind: str | None = None
         self.plans: dict[str, dict] = {}
+        self.files: dict[str, dict] = {}
         self.seconds: dict[str, dict] = {}  # per model: load, text_encode (all prompts), denoise, decode...
         self.fuse = False
 
@@ -277,6 +285,7 @@ class BatchRun:
             self.failed.update({i: err for i in group})
             return
         self.plans[kind] = plan.to_dict()
+        self.files[kind] = files.info
         todo = {}
         for index, resolved in group.items():
             resolved.finish_recipe(files.info)
@@ -322,6 +331,7 @@ def run_batch(args) -> dict:
                             describe=lambda job: f"job {job.index}: {runner.resolved[job.index].output}").to_dict()
     result["jobs"].sort(key=lambda j: j.get("job", -1))
     result["memory_plans"] = runner.plans
+    result["model_files"] = runner.files
     result["seconds"] = runner.seconds
     return result
 

@@ -382,10 +382,16 @@ def test_a_plan_that_cannot_fit_is_refused_before_loading(pics, capsys, monkeypa
 
 
 @pytest.mark.parametrize("weights", ["gguf-q4", "fp8"])
-def test_other_weight_forms_load_as_asked(weights, pics, capsys):
-    code, result = run(capsys, "--prompt", "fox", "--weights", weights, "-o", pics.dir / "w.png", *FAST)
-    assert code == 0 and result["memory_plan"]["weights"] == weights
-    assert ("transformer_file" in result["model_files"]) == weights.startswith("gguf")
+def test_other_weight_forms_load_as_asked_and_take_two_lora_sets(weights, pics, capsys):
+    jobs = [{"prompt": "fox", "output": "w1.png"}, {"prompt": "fox", "lightning": "4", "output": "w2.png"}]
+    (pics.dir / "w.json").write_text(json.dumps({"defaults": _job_options(FAST), "jobs": jobs}))
+    code = qwen_image.main(["--batch", str(pics.dir / "w.json"), "--weights", weights, "--json"])
+    captured = capsys.readouterr()
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    assert code == 0 and [j["status"] for j in result["jobs"]] == ["ok", "ok"]
+    assert result["memory_plans"]["edit"]["weights"] == weights
+    assert ("transformer_file" in result["model_files"]["edit"]) == weights.startswith("gguf")
+    assert ("reloading the transformer" in captured.err) == (weights == "fp8")  # fp8 casts LoRA layers too
 
 
 # ---------------------------------------------------------------- the session seam (the benchmark's entry)

@@ -157,6 +157,8 @@ class QwenSession:
         self.allow_partial_lora = allow_partial_lora
         self.timer = Stopwatch()
         self._placed = False
+        self._encoder_placed = False
+        self._wanted_loras: tuple = ((), False)
         self._lora_key: tuple | None = None
         self.lora_report: lora.LoraReport | None = None
         self.decode_retiled = False
@@ -182,7 +184,9 @@ class QwenSession:
         if encoder is None:
             raise RuntimeError("the text encoder was freed before every prompt was encoded")
         with self.timer.stage("text_encode"):
-            offload.place_module(encoder, self.plan.text_encoder, self.device)
+            if not self._encoder_placed:
+                offload.place_module(encoder, self.plan.text_encoder, self.device)
+                self._encoder_placed = True
             with torch.inference_mode():
                 for job in todo:
                     job.embeds = self._encode_job(job)
@@ -227,19 +231,36 @@ class QwenSession:
 
     # ------------------------------------------------------------ stage 2: the denoiser
 
-    def use_loras(self, specs, fuse: bool) -> lora.LoraReport:
-        """Make `specs` the active LoRA set (a batch swaps sets between groups of jobs; fused only when
-        the whole run uses one set, because fused weights cannot be taken out again)."""
-        key = tuple(specs)
-        if key == self._lora_key:
-            return self.lora_report
-        self._ensure_denoiser()
+    def use_loras(self, specs, fuse: bool) -> None:
+        """Make `specs` the LoRA set of the next jobs. Loaded when the denoiser is (after the prompts are
+        encoded); a batch swaps sets between groups of jobs, so they are fused only when the whole run
+        uses one set (fused weights cannot be taken out again)."""
+        self._wanted_loras = (tuple(specs), fuse)
+
+    def _sync_loras(self) -> None:
+        specs, fuse = self._wanted_loras
+        if specs == self._lora_key:
+            return
         if self.lora_report is not None and self.lora_report.loras:
             lora.unload_loras(self.pipe, self.lora_report)
         with self.timer.stage("lora_load"):
             self.lora_report = lora.load_loras(self.pipe, list(specs), "qwen", self.allow_partial_lora, fuse)
-        self._lora_key = key
-        return self.lora_report
+        self._lora_key = specs
+
+    def _fp8_storage(self) -> bool:
+        return self.plan.components["transformer"].weights == "fp8"
+
+    def _reload_denoiser(self) -> None:
+        """fp8 storage casts every linear layer, LoRA layers included, once: a LoRA loaded afterwards would be
+        stored in fp8 with no casting hook. So a new LoRA set on fp8 weights means a fresh transformer."""
+        if self._load_denoiser is None:
+            raise CliError("this session's fp8-stored transformer cannot take another LoRA set",
+                           "run each LoRA set in its own session, or use bf16 or GGUF weights", ExitCode.FAILED)
+        log.warning("fp8 weights cannot take a new LoRA set in place: reloading the transformer (a batch with one "
+                    "LoRA set, or GGUF weights, avoids this)")
+        for name in ("transformer", "controlnet"):
+            offload.release(self.pipe, name)
+        self.lora_report, self._lora_key, self._placed = None, None, False
 
     def _ensure_denoiser(self) -> None:
         if self.pipe.transformer is not None:
@@ -250,11 +271,17 @@ class QwenSession:
             self.pipe.register_modules(**self._load_denoiser())
 
     def _ensure_placed(self) -> None:
+        """Stage 2, once: free the text encoder, load the transformer, put the LoRAs in (fused before fp8
+        storage or offloading is set up), then place everything as the plan says."""
+        if self._placed and self._wanted_loras[0] != self._lora_key and self._fp8_storage():
+            self._reload_denoiser()
         if self._placed:
+            self._sync_loras()
             return
-        self._ensure_denoiser()
         if self.free_text_encoder:
             self.release_text_encoder()
+        self._ensure_denoiser()
+        self._sync_loras()
         with self.timer.stage("place"):
             offload.apply_plan(self.pipe, self.plan, self.device)
             if self.kind == "controlnet":

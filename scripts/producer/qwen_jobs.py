@@ -195,8 +195,8 @@ def resolve_sampling(args, kind: str) -> tuple[str, int, float, list[str]]:
         fits = (args.steps in (None, 4, 8)) and (args.cfg is None or args.cfg <= 1.0)
         lightning = str(args.steps or 4) if installed and fits else "off"
         if not installed:
-            notes.append("Lightning LoRA not installed: full schedule (" + models.setup_command("qwen-lightning")
-                         + " makes stills ~10x faster)")
+            notes.append("Lightning LoRA not installed: full schedule, 40 steps with CFG (" +
+                         models.setup_command("qwen-lightning") + " gives 4 steps without CFG: 20x fewer passes)")
     elif lightning != "off" and not installed:
         models.locate(registry.get("qwen-lightning"))  # MISSING_MODEL with the setup command
     sampling = registry.QWEN.full if lightning == "off" else getattr(registry.QWEN, f"lightning_{lightning}")
