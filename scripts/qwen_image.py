@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from producer import batch, hardware, media, memory, models, provenance, qwen, qwen_jobs
+from producer import batch, hardware, locks, media, memory, models, provenance, qwen, qwen_jobs
 from producer.cli import (
     CliError,
     ExitCode,
@@ -195,11 +196,13 @@ def resolve_job(args) -> qwen_jobs.Resolved:
     return qwen_jobs.resolve(args)
 
 
-def make_image(session: qwen.QwenSession, resolved: qwen_jobs.Resolved, fuse: bool) -> dict:
-    session.use_loras(resolved.job.loras, fuse)
-    made = session.generate(resolved.job)
-    report = session.lora_report
-    media.save_png(made.image, resolved.output, resolved.recipe)
+def make_image(session: qwen.QwenSession, resolved: qwen_jobs.Resolved, fuse: bool, lock: bool = True) -> dict:
+    held = locks.output_lock(resolved.output) if lock else contextlib.nullcontext()
+    with held:  # one writer per output: a second run on it stops with exit 5
+        session.use_loras(resolved.job.loras, fuse)
+        made = session.generate(resolved.job)
+        report = session.lora_report
+        media.save_png(made.image, resolved.output, resolved.recipe)
     log.info("wrote %s (%s, %dx%d, seed %d)", resolved.output, resolved.mode, resolved.job.width,
              resolved.job.height, resolved.job.seed)
     return {"status": "ok", **resolved.report(), "loras": report.to_dict() if report else None,
@@ -210,13 +213,14 @@ def run_single(args) -> dict:
     if not args.output:
         raise CliError("no output file", "give -o OUT.png, or --batch FILE.json")
     check_output(args.output, args.overwrite)
-    resolved = resolve_job(args)
-    plan, files = plan_for(args, [resolved], resolved.kind)
-    resolved.finish_recipe(files.info)
-    timer = Stopwatch()
-    with timer.stage("load"):
-        session = open_session(args, plan, files)
-    result = make_image(session, resolved, fuse=True)
+    with locks.output_lock(args.output):  # before loading: a second run on the same output stops at once
+        resolved = resolve_job(args)
+        plan, files = plan_for(args, [resolved], resolved.kind)
+        resolved.finish_recipe(files.info)
+        timer = Stopwatch()
+        with timer.stage("load"):
+            session = open_session(args, plan, files)
+        result = make_image(session, resolved, fuse=True, lock=False)
     result["seconds"] = {**timer.seconds, **session.timer.seconds}
     return {**result, "memory_plan": plan.to_dict(), "model_files": files.info}
 

@@ -370,6 +370,19 @@ def test_bad_input_is_refused_with_the_fix_and_nothing_written(bad_files, capsys
     assert (p.dir / "exists.png").read_bytes() == b"mine"
 
 
+def test_an_output_another_run_is_making_is_refused(pics, capsys):
+    import os
+    import socket
+
+    from producer import locks
+
+    out = pics.dir / "busy.png"
+    locks.lock_path(out).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(),
+                                                "command": "qwen_image.py -o busy.png"}))
+    code, result = run(capsys, "--prompt", "fox", "-o", out, *FAST)
+    assert code == ExitCode.BUSY and "being made by another run" in result["error"] and not out.exists()
+
+
 def test_a_plan_that_cannot_fit_is_refused_before_loading(pics, capsys, monkeypatch):
     from diffusers import QwenImageEditPlusPipeline
 
