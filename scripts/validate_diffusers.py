@@ -170,8 +170,8 @@ def _entry_report(entry, status, config_snaps, args) -> installcheck.EntryReport
     if not status.complete:
         report.checks.append(installcheck.Check("install", False, status.describe()))
     snap = models.snapshot_dir(entry)
-    if snap is None:
-        return report
+    if snap is None or status.status in (install.PARTIAL, install.CORRUPT, install.CHANGED):
+        return report  # files known to be incomplete or altered: re-fetching them comes first
     report.checks += installcheck.structure(entry, snap, args.detailed)
     if args.test_load and report.ok:
         log.info(f"test-load {entry.name} ...")
@@ -181,8 +181,9 @@ def _entry_report(entry, status, config_snaps, args) -> installcheck.EntryReport
 
 def _fix_for_check(name: str, args) -> str:
     suffix = f" --models-dir {args.models_dir}" if args.models_dir else ""
-    return (f"python scripts/setup_diffusers.py --check --verify --only {name}{suffix}; if its files are complete, "
-            f"the registry's revision does not match this diffusers/transformers: {models.setup_command(name)}")
+    return (f"python scripts/setup_diffusers.py --check --verify --only {name}{suffix} (damaged files then show as "
+            f"corrupt, and --download --only {name} replaces them); files that are intact and still fail do not fit "
+            "the model they are for: report it")
 
 
 # ---------------------------------------------------------------- the scripts, end to end
@@ -255,11 +256,12 @@ def _describe_models(m: dict) -> list[str]:
         lines.append(f"  [{'ok' if entry['ok'] else 'FAIL'}] {entry['name']} ({entry['status']}): "
                      f"{len(entry['checks']) - len(bad)}/{len(entry['checks'])} checks passed")
         for check in entry["checks"]:
-            if not check["ok"] or _show(check):
+            if not check["ok"] or check["skipped"] or _show(check):
                 text = check["detail"].replace("\n", "\n      ")
-                lines.append(f"    {'ok' if check['ok'] else 'FAIL'} {check['what']}: {text}")
+                mark = "skip" if check["skipped"] else "ok" if check["ok"] else "FAIL"
+                lines.append(f"    {mark} {check['what']}: {text}")
     for need in m["needed"].values():
-        lines.append(f"  {need['script']} here: {need['form']} weights, {need['plan']['summary']}")
+        lines.append(f"  {need['script']} here: {need['plan']['summary']}")
     return lines
 
 

@@ -194,3 +194,9 @@ def test_smoke_dir_refuses_a_cache_with_real_models(tmp_path, capsys):
     (records / "wan-i2v.json").write_text(json.dumps({"source": "hub https://huggingface.co"}))
     code, result, _ = run(capsys, "--smoke-dir", str(tmp_path))
     assert code == 2 and "real downloaded models" in result["error"] and "empty folder" in result["fix"]
+
+
+def test_gguf_and_loras_wait_for_a_complete_config_source(recorded, monkeypatch):
+    _, manifest = recorded
+    checks = installcheck.deep(registry.get("wan-i2v-gguf-q4"), snap(manifest, "wan-i2v-gguf-q4"), {"wan": None})
+    assert [c.skipped for c in checks] == [True] and "wan-i2v-components" in checks[0].detail
