@@ -104,6 +104,8 @@ BROKEN = {
     "landscape with a character": ((BREAKDOWN, "| - | - | lighthouse_door | - | Scene 1 end",
                                     "| - | keeper | lighthouse_door | - | Scene 1 end"),
                                    (BREAKDOWN, 26, "landscape scene but its keyframe KF-B names a character")),
+    "template text left": ((BREAKDOWN, "The boat rocks on the swell", "[Specific actions] The boat rocks on the swell"),
+                           (BREAKDOWN, 69, "scene 3: the motion still holds template text '[Specific actions]'")),
     "asset path outside": ((ASSETS, '"assets/objects/lantern.png"', '"../lantern.png"'),
                            (ASSETS, 37, "leads outside the production folder")),
     "asset key typo": ((ASSETS, '"description": "a brass', '"descripton": "a brass'),

@@ -23,7 +23,7 @@ from . import layout
 from .cli import write_json_atomic
 from .planner import ASSEMBLE, command, job_argv
 from .project import PHASE_FILES, PHASE_NUMBERS, PHASES
-from .status import ITEM_PHASES, ItemState, Snapshot, item_name, shown
+from .status import ITEM_PHASES, ItemState, Snapshot, shown
 
 TOOL = "production.py"
 
@@ -61,8 +61,8 @@ def _approve(snap: Snapshot, phase: str) -> dict:
     files = [layout.relative(root, f) for f in snap.approval_files(phase)]
     commands = [shlex.join(command(TOOL, ["approve", str(root), phase]))]
     if phase in ITEM_PHASES:
-        waiting = [s.job for s in snap.items(phase) if shown(s.job) and item_name(s.job) not in snap.approvals]
-        commands += [shlex.join(command(TOOL, ["approve", str(root), item_name(j)])) for j in waiting]
+        waiting = [s.job for s in snap.items(phase) if shown(s.job) and s.job.id not in snap.approvals]
+        commands += [shlex.join(command(TOOL, ["approve", str(root), j.id])) for j in waiting]
     return {"action": "approve", "files": files, "approve_commands": commands,
             "message": f"Phase {PHASE_NUMBERS[phase]} ({phase}) is complete. Show the user {', '.join(files)} and "
                        f"ask for approval; record a yes with `{TOOL} approve {root} {phase}`"

@@ -35,6 +35,7 @@ from pathlib import Path
 from . import layout, prompts
 from .approvals import derive_seed
 from .assets import Asset
+from .cli import CliError
 from .project import Production
 from .rules import cell_names
 from .scenes import KeyframeRow, Problem
@@ -72,9 +73,6 @@ class Plan:
 
     def job(self, job_id: str) -> Job | None:
         return next((j for j in self.jobs if j.id == job_id), None)
-
-    def of_phase(self, phase: str) -> list[Job]:
-        return [j for j in self.jobs if j.phase == phase]
 
 
 def plan_production(prod: Production, takes: dict[str, int]) -> Plan:
@@ -145,21 +143,17 @@ class _Builder:
                          prompts.composite_prompt(row.description), f"{row.id} (composite)")
             previous[background.name] = bg_layer
 
-    def row_assets(self, row: KeyframeRow):
-        assets = self.prod.assets
-
-        def one(kind: str, cell: str) -> Asset | None:
+    def row_assets(self, row: KeyframeRow) -> tuple[Asset, Asset | None, Asset | None, Asset | None] | None:
+        """(background, character, pose, object) of a keyframe row; None when one it names is unknown."""
+        found = []
+        for kind, cell in (("backgrounds", row.background), ("characters", row.character),
+                           ("poses", row.pose_asset), ("objects", row.objects)):
             names = cell_names(cell)
-            return assets.get(kind, names[0]) if names else None
-
-        background = one("backgrounds", row.background)
-        names = {k: cell_names(c) for k, c in (("characters", row.character), ("poses", row.pose_asset),
-                                                ("objects", row.objects))}
-        found = {k: one(k, getattr(row, {"characters": "character", "poses": "pose_asset", "objects": "objects"}[k]))
-                 for k in names}
-        if background is None or any(names[k] and found[k] is None for k in names):
-            return None
-        return background, found["characters"], found["poses"], found["objects"]
+            asset = self.prod.assets.get(kind, names[0]) if names else None
+            if names and asset is None:
+                return None  # the check reports it
+            found.append(asset)
+        return tuple(found) if found[0] is not None else None
 
     def picture(self, job_id: str, out: Path, references: list[Path], style: Asset, prompt: str, label: str) -> None:
         self.add(job_id, "keyframes", QWEN, out, {
@@ -260,9 +254,8 @@ def apply_settings(plan: Plan, settings: dict) -> None:
     for job in plan.jobs:
         try:
             parse_job(plan, job)
-        except Exception as err:  # noqa: BLE001 - a CliError from the parser, reported with the job
-            message = getattr(err, "message", str(err))
-            plan.problems.append(Problem(where, 1, f"{job.id}: the options do not parse for {job.script}: {message}",
+        except CliError as err:
+            plan.problems.append(Problem(where, 1, f"{job.id}: the options do not parse for {job.script}: {err.message}",
                                          f"fix the {job.script} options; see python {SCRIPTS_DIR / job.script} --help"))
             break
 

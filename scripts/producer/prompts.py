@@ -19,7 +19,8 @@ ASSET_PROMPTS = {
 
 
 def asset_prompt(kind: str, description: str) -> str:
-    return ASSET_PROMPTS[kind].format(description=description.rstrip(". "))
+    text = ASSET_PROMPTS[kind].format(description=description.rstrip(". "))
+    return text[:1].upper() + text[1:]
 
 
 def background_prompt(place: str, moment: str | None, chained: bool, with_object: str | None) -> str:

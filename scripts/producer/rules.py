@@ -1,7 +1,8 @@
 """The rules a scene plan must keep, each broken rule a Problem with the file, the line and the fix.
 
 1. Every scene has a type, a duration, a start keyframe, a motion description and a camera, and every
-   scene but the last a transition. Scenes are numbered 1, 2, 3... without gaps or repeats.
+   scene but the last a transition; every keyframe a description. No text is left in the template's
+   "[...]" form. Scenes are numbered 1, 2, 3... without gaps or repeats.
 2. A scene is at most one clip long: Wan 2.2 makes 81 frames at 16 fps (MAX_SCENE_SECONDS = 5.06 s).
 3. The seed's scene-count table: 1-5 s of film need 1 scene, 6-10 s 2, 11-15 s 3, 16-20 s 4, beyond
    that one per 5 s (the total is the larger of the Overview's and the scenes' sum, in whole seconds).
@@ -43,6 +44,7 @@ REQUIRED = {  # field -> what to write
     "motion": "'**Motion Description**:' and what moves between the keyframes",
     "camera": "'**Camera**: static' (or tracking, pan, zoom - be specific)",
 }
+PLACEHOLDER = re.compile(r"\[[^\]]*\](?!\()")
 _EMPTY = {"", "-", "—", "–", "none", "n/a", "na", "no", "nobody", "(none)"}
 
 
@@ -67,8 +69,9 @@ def scene_problems(plan: SceneBreakdown) -> list[Problem]:
     out: list[Problem] = []
     scenes = sorted(plan.scenes, key=lambda s: s.number)
     out += _numbering(scenes)
+    reported = {p.line for p in plan.problems}  # a value the parser could not read is reported once, there
     for i, scene in enumerate(scenes):
-        out += _fields(scene, last=i == len(scenes) - 1)
+        out += _fields(scene, last=i == len(scenes) - 1, reported=reported)
     out += _counts(plan, scenes)
     for before, after in pairwise(scenes):
         out += _boundary(before, after)
@@ -92,16 +95,27 @@ def _numbering(scenes: list[Scene]) -> list[Problem]:
     return out
 
 
-def _fields(scene: Scene, last: bool) -> list[Problem]:
+def _template_text(text: str | None) -> str | None:
+    """Bracketed template text ("[Specific actions and movements ...]"), not a markdown link."""
+    match = PLACEHOLDER.search(text or "")
+    return match.group(0) if match else None
+
+
+def _fields(scene: Scene, last: bool, reported: set[int]) -> list[Problem]:
     out = []
+    for name in ("motion", "camera", "purpose"):
+        left = _template_text(getattr(scene, name))
+        if left:
+            out.append(_p(scene.line_of(name), f"scene {scene.number}: the {name} still holds template text {left!r}",
+                          "replace it with this scene's own words"))
     for name, write in REQUIRED.items():
-        if getattr(scene, name) is None and not _reported_by_parser(scene, name):
+        if getattr(scene, name) is None and scene.lines.get(name) not in reported:
             label = name.replace("_", " ").replace("motion", "motion description")
             out.append(_p(scene.line_of(name), f"scene {scene.number} has no {label}", f"add {write}"))
     if not last and scene.transition is None and "transition" not in scene.lines:
         out.append(_p(scene.line, f"scene {scene.number} has no transition to the next scene",
                       "add '**Transition to Next**: cut' (or fade, dissolve, continuous)"))
-    elif not last and scene.transition is None:
+    elif not last and scene.transition is None and scene.line_of("transition") not in reported:
         out.append(_p(scene.line_of("transition"), f"scene {scene.number} says there is no next scene, but there is",
                       "write cut, fade, dissolve or continuous"))
     if scene.duration is not None and scene.duration > MAX_SCENE_SECONDS + 1e-9:
@@ -109,11 +123,6 @@ def _fields(scene: Scene, last: bool) -> list[Problem]:
                       f"{registry.WAN.frames} frames at {registry.WAN.fps} fps ({MAX_SCENE_SECONDS:.2f} s)",
                       "split it into two scenes that share a keyframe, or shorten it to 5 seconds"))
     return out
-
-
-def _reported_by_parser(scene: Scene, name: str) -> bool:
-    """A type or duration given but unreadable was already reported by the parser, at its own line."""
-    return name in ("type", "duration") and name in scene.lines
 
 
 def _counts(plan: SceneBreakdown, scenes: list[Scene]) -> list[Problem]:
@@ -174,6 +183,11 @@ def _keyframe_use(plan: SceneBreakdown, scenes: list[Scene]) -> list[Problem]:
                 out.append(_p(ref.line, f"scene {scene.number}'s {where} keyframe {ref.id} is not in the Unique "
                               "Keyframes table", f"did you mean {close[0]}?" if close else f"add a row for {ref.id}"))
     for kf_id, row in rows.items():
+        left = _template_text(row.description)
+        if not row.description or left:
+            out.append(_p(row.line, f"keyframe {kf_id} has no description" if not row.description else
+                          f"keyframe {kf_id}: the description still holds template text {left!r}",
+                          "describe the moment this keyframe shows (it becomes the prompt)"))
         if kf_id not in uses:
             out.append(_p(row.line, f"keyframe {kf_id} is not used by any scene",
                           "use it as a scene's start or end keyframe, or remove the row"))

@@ -89,7 +89,7 @@ class Snapshot:
             return True
         if phase in ITEM_PHASES:
             reviewed = [s.job for s in self.items(phase) if shown(s.job)]
-            return bool(reviewed) and all(item_name(j) in self.approvals for j in reviewed)
+            return bool(reviewed) and all(j.id in self.approvals for j in reviewed)  # keyframe:KF-B, clip:scene-02
         return False
 
     def current_phase(self) -> str | None:
@@ -100,11 +100,6 @@ class Snapshot:
 def shown(job: Job) -> bool:
     """Files the user reviews: not the layers (they are reviewed through their keyframe)."""
     return not job.id.startswith(("background:", "character:"))
-
-
-def item_name(job: Job) -> str:
-    """The approval name of one keyframe or clip: keyframe:KF-B, clip:scene-02."""
-    return job.id
 
 
 def snapshot(root: str | Path, allow_outside: bool = False, with_states: bool = True) -> Snapshot:
