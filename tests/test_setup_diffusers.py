@@ -315,3 +315,19 @@ def test_files_fetched_by_another_tool_are_verified_and_recorded_without_downloa
     assert code == 0 and install.entry_status(entry).complete
     fetched = [g.path for g in hub.gets()[gets_before:] if entry.repo_id in g.path or "/lfs/" in g.path]
     assert fetched == [f"/api/models/{entry.repo_id}/revision/{entry.revision}"]  # the listing, no file
+
+
+def test_every_command_in_the_output_example_parses():
+    """docs/setup-output-example.md shows real runs; its command lines must stay valid for the parsers."""
+    import shlex
+
+    import validate_diffusers
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "setup-output-example.md"
+    commands = [line.removeprefix("$ python ") for line in doc.read_text().splitlines() if line.startswith("$ python ")]
+    parsers = {"scripts/setup_diffusers.py": setup_diffusers.build(), "scripts/validate_diffusers.py":
+               validate_diffusers.build()}
+    assert len(commands) >= 8
+    for command in commands:
+        script, *argv = shlex.split(command)
+        parsers[script].parse_args(argv)
