@@ -165,9 +165,10 @@ def test_next_refuses_to_plan_past_an_unapproved_phase(sample):
     assert not (sample / ".production" / "next-assets.json").exists()
 
 
-def test_next_plans_assets_as_batch_jobs_the_script_parses(sample):
-    run(["approve", str(sample), "philosophy", "scenes"])
-    _, nxt = run(["next", str(sample)])
+def test_next_plans_assets_as_batch_jobs_the_script_parses(sample, monkeypatch):
+    monkeypatch.chdir(sample.parent)  # a relative folder: the batch file still names absolute paths
+    run(["approve", "film", "philosophy", "scenes"])
+    _, nxt = run(["next", "film"])
     assert nxt["action"] == "generate" and nxt["phase"] == "assets"
     qwen = planner.script_module("qwen_image.py")
     jobs = batch.parse_jobs(qwen.build(), nxt["batch_file"], qwen.PATH_OPTIONS, qwen.BATCH_ONLY)
@@ -175,6 +176,7 @@ def test_next_plans_assets_as_batch_jobs_the_script_parses(sample):
     for job in nxt["jobs"]:
         args = qwen.build().parse_args(job["argv"][2:])
         assert args.seed == approvals.derive_seed(job["id"]) and args.prompt and args.style_ref or "poses" in job["id"]
+    assert all(Path(j["output"]).is_absolute() for j in json.loads(Path(nxt["batch_file"]).read_text())["jobs"])
     assert run(["next", str(sample)])[1]["jobs"] == nxt["jobs"]  # the same plan, the same commands
 
 

@@ -47,6 +47,7 @@ ASSET_PRESETS = {"characters": "480p-portrait", "backgrounds": "480p", "poses": 
                  "styles": "480p", "objects": "square"}
 PLANNED = {"prompt", "output", "seed", "reference", "style_image", "style_ref", "pose", "start_frame", "end_frame",
            "overwrite", "batch", "json", "production_dir", "clips"}
+INPUT_OPTIONS = ("reference", "style_image", "pose", "style_ref", "start_frame", "end_frame", "clips")
 EXCLUSIVE = {"size": ("preset", "width", "height"), "preset": ("size", "width", "height"),
              "width": ("size", "preset"), "height": ("size", "preset"),
              "frames": ("duration",), "duration": ("frames",)}
@@ -97,10 +98,15 @@ class _Builder:
         self.style_ref = str(root / layout.STYLE)
 
     def add(self, job_id: str, phase: str, script: str, output: Path, options: dict, label: str) -> None:
+        """One job; every path in it is made absolute (the batch file lives in .production/)."""
         seed = {"seed": derive_seed(job_id, self.takes.get(job_id, 0))} if script != ASSEMBLE else {}
+        for key in INPUT_OPTIONS:
+            if key in options:
+                paths = [str(Path(v).resolve()) for v in _as_list(options[key])]
+                options[key] = paths if isinstance(options[key], list) else paths[0]
+        output = Path(output).resolve()
         options = {**options, **seed, "output": str(output)}
-        inputs = tuple(Path(v) for key in ("reference", "style_image", "pose", "style_ref", "start_frame", "end_frame",
-                                           "clips") for v in _as_list(options.get(key)))
+        inputs = tuple(Path(v) for key in INPUT_OPTIONS for v in _as_list(options.get(key)))
         self.jobs.append(Job(job_id, phase, script, output, options, inputs, label))
 
     # ---------------------------------------------------------------- Phase 2.5
@@ -112,7 +118,7 @@ class _Builder:
             options = {"prompt": prompts.asset_prompt(asset.kind, asset.description), "preset": ASSET_PRESETS[asset.kind]}
             if asset.kind != "poses":
                 options["style_ref"] = self.style_ref
-            self.add(asset.id, "assets", QWEN, asset.path.resolve(), options, f"{asset.kind[:-1]} {asset.name}")
+            self.add(asset.id, "assets", QWEN, asset.path, options, f"{asset.kind[:-1]} {asset.name}")
 
     # ---------------------------------------------------------------- Phase 3
 
@@ -124,7 +130,7 @@ class _Builder:
             if found is None or style is None:
                 continue  # the check reports the missing asset
             background, character, pose, obj = found
-            place = previous.get(background.name, background.path.resolve())
+            place = previous.get(background.name, background.path)
             chained = background.name in previous
             if character is None:
                 out = layout.keyframe_path(self.root, row.id)
@@ -157,16 +163,16 @@ class _Builder:
 
     def picture(self, job_id: str, out: Path, references: list[Path], style: Asset, prompt: str, label: str) -> None:
         self.add(job_id, "keyframes", QWEN, out, {
-            "prompt": prompt, "reference": [str(p) for p in references], "style_image": str(style.path.resolve()),
+            "prompt": prompt, "reference": [str(p) for p in references], "style_image": str(style.path),
             "style_ref": self.style_ref, "preset": KEYFRAME_PRESET}, label)
 
     def character_layer(self, row: KeyframeRow, character: Asset, pose: Asset | None, obj: Asset | None) -> None:
         options = {"prompt": prompts.character_prompt(character.description, pose.description if pose else None,
                                                       obj.description if obj else None),
-                   "reference": [str(character.path.resolve())] + ([str(obj.path.resolve())] if obj else []),
+                   "reference": [str(character.path)] + ([str(obj.path)] if obj else []),
                    "style_ref": self.style_ref, "preset": KEYFRAME_PRESET}
         if pose is not None:
-            options["pose"] = str(pose.path.resolve())
+            options["pose"] = str(pose.path)
         self.add(f"character:{row.id}", "keyframes", QWEN, layout.layer_path(self.root, row.id, "character"),
                  options, f"{row.id} character layer")
 
@@ -184,7 +190,7 @@ class _Builder:
             if scene.duration is not None:
                 options["duration"] = scene.duration
             mode = f"{start.id} -> {end.id}" if end else f"from {start.id}"
-            self.add(clip_id(scene.number), "clips", WAN, layout.clip_path(self.root, scene.number).resolve(), options,
+            self.add(clip_id(scene.number), "clips", WAN, layout.clip_path(self.root, scene.number), options,
                      f"scene {scene.number} ({mode})")
 
     def film(self) -> None:
