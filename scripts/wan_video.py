@@ -53,9 +53,11 @@ Outputs (an agent cannot watch a video)
   OUT.mp4 (H.264, yuv420p), OUT.first.png and OUT.last.png (first and last frames), OUT.contact.png
   (8 frames with numbers and times), OUT.mp4.provenance.json (the recipe). --json adds continuity
   figures: first frame vs start keyframe and (FLF) last frame vs end keyframe, as CIEDE2000 colour
-  difference, colour cast and SSIM. --color-match auto (default) pulls an FLF clip's colours back
-  towards its keyframes when they drift (FLF clips darken or shift colour towards the end); on/off
-  force it; the figures are reported before and after.
+  difference, colour cast and SSIM. FLF clips tend to darken or shift colour towards the end:
+  --color-match auto (default) pulls an FLF clip's colours back towards its two keyframes when a frame's
+  average colour drifts more than 2 delta E from them (I2V clips are left alone); on forces it (I2V:
+  towards the start keyframe), off never. The figures are reported before and after; a large change
+  (an object crossing the frame also moves the average colour) is warned about.
 
 Memory: one plan for this machine (GPU, RAM, installed weight forms), printed once; override with
   --offload and --weights. Out of memory at decode retries with VAE tiling, keeping the denoised clip.
