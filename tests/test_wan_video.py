@@ -77,9 +77,16 @@ def test_i2v_clip_end_to_end(standin_hf_home, frames, tmp_path, capsys):
 
 def test_flf_clip_reports_the_end_and_colour_figures(standin_hf_home, frames, tmp_path, capsys):
     out = tmp_path / "flf.mp4"
+    style = tmp_path / "style.json"
+    style.write_text(json.dumps({"motion_language": {"pacing": "slow and deliberate"},
+                                 "constraints": {"avoid": ["flicker"]}}))
     code, result, err = run(capsys, "--start-frame", frames[0], "--end-frame", frames[1], "--prompt", "pan",
-                            "--color-match", "on", "--fit", "pad", "--distill", "lightx2v", "-o", out, *FAST)
+                            "--style-ref", style, "--color-match", "on", "--fit", "pad", "--distill", "lightx2v",
+                            "-o", out, *FAST)
     assert code == 0, err
+    assert result["settings"]["prompt"] == "pan, slow and deliberate"
+    assert result["settings"]["negative_prompt"] == "flicker"
+    assert "sha256" in provenance.read_recipe(out)["inputs"]["style_ref"]
     assert media.probe_video(out)["frames"] == 9 and result["mode"] == "flf"
     assert result["settings"]["fit_rule"] == "fit inside + edge-colour bars"
     # the Wan 2.1 LightX2V LoRA: one file into both experts, its image-encoder keys reported as not applicable
