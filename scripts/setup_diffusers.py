@@ -221,9 +221,8 @@ def check(args) -> dict:
     complete = {n for n, s in install.statuses().items() if s.complete} if args.only else \
         {n for n, s in current.items() if s.complete}
     plans = {family: needs.family_need(family, hw, complete) for family in needs.FAMILIES}
-    needed = list(dict.fromkeys(n for need in plans.values() for n in need.names))
-    if args.only:
-        needed = [n for n in needed if n in args.only] + [n for n in args.only if n not in needed]
+    # With --only the question is whether those entries are complete; otherwise what the plans need here.
+    needed = list(args.only) if args.only else list(dict.fromkeys(n for need in plans.values() for n in need.names))
     code, verdict, next_command = _verdict(args, env, current, needed, plans)
     return {"status": "ok" if code == ExitCode.OK else "not_ready", "exit_code": int(code), "ready": code == 0,
             "verdict": verdict, "next_command": next_command, "environment": env, "hardware": hw.to_dict(),
