@@ -307,7 +307,7 @@ def produce(engine: Engine, req: Request, recipe: dict) -> dict:
     try:
         clip = engine.session.generate(to_job(req))
     except torch.OutOfMemoryError:
-        raise out_of_memory(engine.plan, req) from None
+        raise out_of_memory(engine.plan, f"{req.width}x{req.height}x{req.frames}") from None
     watch = Stopwatch()
     with watch.stage("color_match"):
         frames = (clip.frames.clip(0, 1) * 255).round().astype("uint8")
@@ -337,13 +337,13 @@ def write_outputs(frames, req: Request, recipe: dict) -> dict:
     return {**paths, "provenance": str(sidecar)}
 
 
-def out_of_memory(plan, req: Request) -> CliError:
+def out_of_memory(plan, where: str) -> CliError:
     from producer.memory import next_offload
 
     nxt = next_offload(plan)
     fix = (f"retry with --offload {nxt}" if nxt else "nothing more frugal is left") + \
         ", or a smaller size (--preset 480p) or fewer frames"
-    return CliError(f"out of memory at {req.width}x{req.height}x{req.frames} with plan {plan.name}: {plan.summary()}",
+    return CliError(f"out of memory at {where} with plan {plan.name}: {plan.summary()}",
                     fix, ExitCode.OUT_OF_MEMORY, memory_plan=plan.to_dict())
 
 
@@ -379,8 +379,13 @@ def run_batch(args: argparse.Namespace) -> dict:
     items = [refused.get(item.index, item) if isinstance(item, batch.Job) else item for item in items]
     to_make = [to_job(req) for i, req in requests.items() if i not in skipped and i not in refused]
     if to_make:
+        import torch
+
         load_session(engine, args, load)
-        engine.session.encode(to_make)
+        try:
+            engine.session.encode(to_make)
+        except torch.OutOfMemoryError:
+            raise out_of_memory(engine.plan, "encoding the prompts") from None
 
     def run_one(job: batch.Job) -> dict:
         req = requests[job.index]

@@ -1,6 +1,7 @@
 """producer.wan.WanSession on the stand-ins: the distill schedule, the split between the experts, one
 expert in RAM at a time, the benchmark's seam (prebuilt components), fp8 storage and decode retries."""
 
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -25,6 +26,14 @@ def job(sampling=registry.WAN.distilled, seed=11, **kw):
     image = Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8))
     return wan.ClipJob(image=image, prompt="a cat walks", width=64, height=64, frames=9, sampling=sampling,
                        seed=seed, **kw)
+
+
+@pytest.fixture
+def producer_log(caplog, monkeypatch):
+    """caplog for the producer logger, which a script run earlier in this process may have detached."""
+    monkeypatch.setattr(logging.getLogger("producer"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="producer")
+    return caplog
 
 
 def distill_specs():
@@ -56,7 +65,7 @@ def test_the_full_schedule_splits_at_the_boundary(setup):
     assert (high.forwards, low.forwards) == (2 * high.steps, 2 * low.steps)  # guidance 3.5: two passes a step
 
 
-def test_one_expert_in_ram_gives_the_same_clip_as_both(setup):
+def test_one_expert_in_ram_gives_the_same_clip_as_both(setup, producer_log):
     plan, files = setup
     both = wan.WanSession.from_files(files, plan, lora_specs=distill_specs(), progress=False)
     one = wan.WanSession.from_files(files, replace(plan, experts_in_ram=1), lora_specs=distill_specs(),
@@ -64,6 +73,7 @@ def test_one_expert_in_ram_gives_the_same_clip_as_both(setup):
     one.encode([job()])
     assert one.pipe.text_encoder is None and one.loaded_experts() == []  # encoded before any expert was read
     reference = both.generate(job())
+    producer_log.clear()
     first = one.generate(job())
     assert one.loaded_experts() == ["transformer_2"]  # the high-noise expert was freed at the boundary
     second = one.generate(job())  # and read again for the next clip
@@ -72,6 +82,7 @@ def test_one_expert_in_ram_gives_the_same_clip_as_both(setup):
         assert {c: e.steps for c, e in clip.experts.items()} == {"transformer": 2, "transformer_2": 2}
         assert clip.seconds["expert_swap"] > 0
     assert set(one.lora_reports) == {"transformer", "transformer_2"}
+    assert producer_log.text.count("LoRA wan-lightning:low") == 1  # reloaded for the second clip, reported once
 
 
 def test_prebuilt_components_run_through_the_same_code(setup):
@@ -97,7 +108,7 @@ def test_fp8_storage_is_applied_to_each_expert_after_its_lora(setup):
     assert np.isfinite(clip.frames).all() and clip.frames.shape == (9, 64, 64, 3)
 
 
-def test_out_of_memory_at_decode_keeps_the_latents_and_retries(setup, monkeypatch, caplog):
+def test_out_of_memory_at_decode_keeps_the_latents_and_retries(setup, monkeypatch, producer_log):
     plan, files = setup
     session = wan.WanSession.from_files(files, plan, progress=False)
     vae = session.pipe.vae
@@ -114,7 +125,7 @@ def test_out_of_memory_at_decode_keeps_the_latents_and_retries(setup, monkeypatc
     failures = 1
     clip = session.generate(job())
     assert clip.decode == "tiled" and calls == [(False, "cpu"), (True, "cpu")]
-    assert "retrying with VAE tiling" in caplog.text
+    assert "retrying with VAE tiling" in producer_log.text
     calls.clear()
     vae.disable_tiling()
     failures = 2

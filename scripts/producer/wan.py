@@ -20,6 +20,7 @@ seconds per stage and the steps each expert ran.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
@@ -392,8 +393,10 @@ class WanSession:
         specs = [replace(s, components=(component,)) for s in self._lora_specs if component in s.components]
         if not specs:
             return
-        report = lora.load_loras(_lora_view(component, module), specs, "wan", allow_partial=self._allow_partial,
-                                 fuse=True)
+        reloading = component in self.lora_reports  # one expert in RAM: read again for every clip
+        with _log_level(logging.WARNING if reloading else None):  # the report was printed at the first load
+            report = lora.load_loras(_lora_view(component, module), specs, "wan", allow_partial=self._allow_partial,
+                                     fuse=True)
         self.lora_reports.setdefault(component, report.to_dict()["loras"])
 
     def _experts_for_start(self) -> None:
@@ -496,6 +499,17 @@ def _place_text_encoder(module: torch.nn.Module, placement: str, device: torch.d
     if placement != "gpu":
         module.to("cpu")  # offloading starts from host memory (a prebuilt encoder may sit on the GPU)
     offload.place_module(module, placement, device)
+
+
+@contextlib.contextmanager
+def _log_level(level: int | None):
+    previous = log.level
+    if level is not None and log.getEffectiveLevel() < level:
+        log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(previous)
 
 
 def _quiet_loading() -> None:
