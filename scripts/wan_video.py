@@ -226,13 +226,21 @@ def recipe_for(req: Request, load: Load, files) -> dict:
         "mode": req.mode, "prompt": req.prompt, "negative_prompt": req.negative_prompt, "width": req.width,
         "height": req.height, "frames": req.frames, "fps": FPS, "fit": req.fit, "steps": s.steps,
         "guidance": s.guidance, "guidance_2": s.guidance_2, "shift": s.shift, "scheduler": s.scheduler,
-        "boundary_ratio": registry.WAN.boundary_ratio, "seed": req.seed, "color_match": req.color_match, "distill": load.distill,
+        "boundary_ratio": registry.WAN.boundary_ratio, "seed": req.seed, "color_match": req.color_match,
+        "distill": load.distill,
         "loras": [{"name": spec.name, "strength": spec.strength, "experts": list(spec.components)}
                   for spec in load.specs],
     }
     inputs = {"start_frame": req.start, "end_frame": req.end, "style_ref": req.style_ref,
               "loras": [spec.path for spec in load.specs]}
-    return provenance.make_recipe(SCRIPT, settings, inputs, files.provenance)
+    model = {key: files.provenance[key] for key in ("repo", "revision") if key in files.provenance}
+    recipe = provenance.make_recipe(SCRIPT, settings, inputs, model)
+    # The weight form (bf16, fp8, GGUF) follows each machine's memory plan: recorded, but outside the recipe's
+    # key, so a batch rerun on another machine does not remake its clips (the project's status check agrees).
+    weights = {key: value for key, value in files.provenance.items() if key not in model}
+    if weights:
+        recipe["weights"] = weights
+    return recipe
 
 
 # ---------------------------------------------------------------- running

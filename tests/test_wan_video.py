@@ -68,7 +68,9 @@ def test_i2v_clip_end_to_end(standin_hf_home, frames, tmp_path, capsys):
     first = np.asarray(Image.open(out.with_name("video.first.png")))
     decoded, _ = media.read_video(out)
     assert np.abs(first.astype(int) - decoded[0]).mean() < 8  # the PNG is the clip's first frame (H.264 rounding)
-    assert provenance.read_recipe(out)["settings"]["seed"] == 5
+    recipe = provenance.read_recipe(out)
+    assert recipe["settings"]["seed"] == 5 and recipe["model"]["revision"] == result["model"]["revision"]
+    assert recipe["weights"] == {"weights": "fp32"}
     assert set(result["continuity"]) == {"first_vs_start", "drift"}
     assert result["color_match"]["applied"] is False  # auto never matches an I2V clip
     assert files_in(out.parent) == ["video.contact.png", "video.first.png", "video.last.png", "video.mp4",
@@ -207,7 +209,8 @@ def test_batch_one_load_skips_up_to_date_and_keeps_going_after_a_failure(standin
     assert list(result["loras"]) == ["transformer", "transformer_2"]
     mtime = (tmp_path / "s1.mp4").stat().st_mtime_ns
 
-    code, again, _ = run(capsys, "--batch", batch_file, "--json", "--quiet")
+    # the weight form follows the machine's plan: another form does not make a clip out of date
+    code, again, _ = run(capsys, "--batch", batch_file, "--json", "--quiet", "--weights", "gguf-q8")
     assert code == ExitCode.PARTIAL and [j["status"] for j in again["jobs"]] == ["skipped", "skipped", "error"]
     assert "loras" not in again  # nothing to make: no model was loaded
     assert (tmp_path / "s1.mp4").stat().st_mtime_ns == mtime
