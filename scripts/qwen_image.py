@@ -98,9 +98,10 @@ examples:
 
 batch file (--batch FILE.json): a list of jobs, or {"defaults": {...}, "jobs": [...]}; keys are the long
 option names ("prompt", "reference": ["a.png", "b.png"], "preset", "seed", "output", "overwrite": true);
-paths are relative to the batch file. --offload, --weights, --device, --models-dir, --force-memory and
---allow-partial-lora apply to the whole batch. A job whose output exists with the same recipe is skipped
-(unless "overwrite": true); a failing job does not stop the others; the JSON lists every job."""
+paths are relative to the batch file. --offload, --weights, --device, --models-dir, --force-memory,
+--allow-partial-lora and --overwrite (every job) go on the command line; other options go in the file.
+A job whose output exists with the same recipe is skipped (unless "overwrite": true); a failing job does
+not stop the others; the JSON lists every job."""
 
 PATH_OPTIONS = {"reference", "style-image", "pose", "style-ref", "output", "lora"}
 BATCH_ONLY = {"batch", "offload", "weights", "device", "models-dir", "force-memory", "allow-partial-lora", "json",
@@ -325,10 +326,25 @@ class BatchRun:
         self.session.release_text_encoder()
 
 
+def refuse_job_options_beside_batch(args) -> None:
+    """With --batch the command line carries only batch-wide options (and --overwrite, for every job);
+    a job option there would otherwise be ignored without a word."""
+    parser = build()
+    given = [a.option_strings[-1] for a in parser._actions
+             if a.dest not in {o.replace("-", "_") for o in BATCH_ONLY} | {"help", "overwrite"}
+             and getattr(args, a.dest, a.default) != a.default]
+    if given:
+        raise CliError(f"{', '.join(given)} beside --batch would not reach the jobs",
+                       'put it in the batch file, for every job: {"defaults": {"preset": "480p", ...}, "jobs": [...]}')
+
+
 def run_batch(args) -> dict:
-    if args.prompt or args.output:
-        raise CliError("--batch takes its prompts and outputs from the batch file", "drop --prompt/--output")
+    refuse_job_options_beside_batch(args)
     entries = batch.parse_jobs(build(), args.batch, PATH_OPTIONS, BATCH_ONLY)
+    if args.overwrite:  # --overwrite on the command line replaces every job's output
+        for entry in entries:
+            if isinstance(entry, batch.Job):
+                entry.args.overwrite = True
     runner = BatchRun(args)
     order = runner.prepare(entries)
     result = batch.run_jobs(order, runner.run_one,

@@ -341,6 +341,7 @@ BAD = [  # (arguments, part of the message)
     (["-o", "{d}/no/such/dir/x.png"], "does not exist"),
     (["-o", "{d}/x.jpg"], "must be a .png"),
     (["--batch", "{d}/bad-batch.json"], "not valid JSON"),
+    (["--batch", "{d}/bad-batch.json", "--preset", "480p"], "--preset beside --batch"),
     (["--negative-prompt", "blur", "--cfg", "1"], "needs true CFG"),
     (["--control-strength", "0.5"], "pose conditioning only"),
     (["-r", "{a}", "--pose", "{skeleton}", "--pose-method", "native", "--control-strength", "0.5"], "native pose path"),
@@ -363,7 +364,9 @@ def test_bad_input_is_refused_with_the_fix_and_nothing_written(bad_files, capsys
         extra += [] if {"--size", "--preset", "--width"} & set(argv) else ["--size", "64x64"]
         extra += [] if "-o" in argv else ["-o", str(p.dir / "out.png")]
     before = sorted(x.name for x in p.dir.iterdir())
-    code, result = run(capsys, *argv, *extra, *([] if "--lightning" in argv else ["--lightning", "off"]))
+    if "--batch" not in argv and "--lightning" not in argv:
+        extra += ["--lightning", "off"]
+    code, result = run(capsys, *argv, *extra)
     assert code in (ExitCode.USAGE, ExitCode.PARTIAL) and result["status"] == "error"
     assert message in result["error"] and result["fix"]
     assert sorted(x.name for x in p.dir.iterdir()) == before  # nothing written, no partial files

@@ -311,7 +311,7 @@ class QwenSession:
                 "negative_prompt_embeds": embeds.negative, "negative_prompt_embeds_mask": embeds.negative_mask,
                 "true_cfg_scale": job.cfg, "height": job.height, "width": job.width,
                 "num_inference_steps": job.steps, "generator": generator, "output_type": "latent"}
-        with self.timer.stage("denoise"), _out_of_memory_is(self.plan, "denoising", job):
+        with self.timer.stage("denoise"), _out_of_memory_is(self.plan, "denoising", job), self._denoisers_in():
             if self.kind == "controlnet":
                 return self.pipe(control_image=job.control_image, controlnet_conditioning_scale=job.control_scale,
                                  max_sequence_length=MAX_PROMPT_TOKENS, **call).images
@@ -319,6 +319,23 @@ class QwenSession:
                 with self._reference_areas(job):
                     return self.pipe(image=list(job.references), **call).images
             return self._text_to_image_pipe()(max_sequence_length=MAX_PROMPT_TOKENS, **call).images
+
+    @contextlib.contextmanager
+    def _denoisers_in(self):
+        """Model offload: the transformer (and ControlNet) sit in RAM and come to the GPU whole while they
+        denoise, then go back, so the decode has the card to itself (what the plan counts on).
+        `offload.apply_plan` leaves a model-offload denoiser on the CPU: its swap hook serves Wan's two experts."""
+        names = [n for n in ("transformer", "controlnet") if getattr(self.pipe, n, None) is not None]
+        moving = self.plan.components["transformer"].placement == "model_offload" and self.device.type != "cpu"
+        if moving:
+            for name in names:
+                getattr(self.pipe, name).to(self.device)
+        try:
+            yield
+        finally:
+            if moving:
+                for name in names:
+                    getattr(self.pipe, name).to("cpu")
 
     def _text_to_image_pipe(self):
         from diffusers import QwenImagePipeline
