@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from producer import batch, hardware, locks, media, memory, models, provenance, qwen, qwen_jobs
+from producer import batch, hardware, locks, media, memory, models, provenance, qwen, qwen_jobs, qwen_load
 from producer.cli import (
     CliError,
     ExitCode,
@@ -157,29 +157,29 @@ def build() -> argparse.ArgumentParser:
 
 def plan_for(args, jobs: list[qwen_jobs.Resolved], kind: str):
     """One plan for every job of a session (sized by its largest job); refused before loading if it cannot fit."""
-    if kind == "controlnet" and args.weights in qwen.GGUF_FORMS:
+    if kind == "controlnet" and args.weights in qwen_load.GGUF_FORMS:
         raise CliError(f"--weights {args.weights}: there is no GGUF form of Qwen-Image (the ControlNet path)",
                        "use --weights bf16 or fp8 for ControlNet jobs")
     hw = hardware.probe(args.models_dir, args.device)
     if args.device not in (None, "cpu") and not hw.has_gpu:
         raise CliError(f"--device {args.device}: no such accelerator here", "drop --device, or use --device cpu")
-    snap = qwen.any_installed_snapshot(kind)
+    snap = qwen_load.any_installed_snapshot(kind)
     largest = max(jobs, key=lambda r: (r.job.width * r.job.height, len(r.job.references)))
     work = memory.qwen_workload(largest.job.width, largest.job.height, len(largest.job.references))
     installed = models.installed_forms("qwen") if kind == "edit" else frozenset({"bf16", "fp8"})
     plan = memory.plan_memory(hw, models.footprint("qwen", snap), work, args.offload, args.weights, installed)
-    plan = qwen.resolve_weights(plan, args.weights, installed)
+    plan = qwen_load.resolve_weights(plan, args.weights, installed)
     if not plan.fits and not args.force_memory:
         raise CliError(f"the model will not fit this machine: {plan.reason}",
                        f"{plan.advice}; or --force-memory to try anyway", ExitCode.OUT_OF_MEMORY,
                        memory_plan=plan.to_dict())
     log.info("memory: %s", plan.summary())
-    return plan, qwen.model_files(kind, plan.weights)
+    return plan, qwen_load.model_files(kind, plan.weights)
 
 
 def open_session(args, plan, files) -> qwen.QwenSession:
     log.info("loading %s (%s)", files.info["repo"], plan.weights)
-    return qwen.load_session(files, plan, args.device, allow_partial_lora=args.allow_partial_lora, quiet=args.quiet)
+    return qwen_load.load_session(files, plan, args.device, allow_partial_lora=args.allow_partial_lora, quiet=args.quiet)
 
 
 # ---------------------------------------------------------------- one job

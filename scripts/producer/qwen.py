@@ -25,7 +25,8 @@ is set to that exact area for the call and restored after, so the pipeline does 
 Tiny stand-in models carry smaller areas in their marker (`models.standin_facts`), applied the same way.
 
 `QwenSession.from_components(pipe, plan)` + `generate(job)` is the seam the benchmark uses to run
-full-size random-weight models through exactly this code, with seconds per stage.
+full-size random-weight models through exactly this code, with seconds per stage. Loading from the
+Hugging Face cache (which files, which form) is producer.qwen_load.
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
-from . import lora, media, models, offload, registry
+from . import lora, media, models, offload
 from .cli import CliError, ExitCode, Stopwatch
-from .memory import ComponentPlan, MemoryPlan, next_offload
+from .memory import MemoryPlan, next_offload
 
 log = logging.getLogger("producer")
 
@@ -49,7 +50,6 @@ MODEL_REFERENCE_AREA = 1024 * 1024  # diffusers' VAE_IMAGE_SIZE for Edit-2509/25
 MODEL_CONDITION_AREA = 384 * 384  # diffusers' CONDITION_IMAGE_SIZE (what the vision encoder sees)
 REFERENCE_MULTIPLE = 32  # the pipeline rounds reference sizes to 32 px (calculate_dimensions)
 MAX_PROMPT_TOKENS = 1024  # the Qwen pipelines' max_sequence_length limit
-GGUF_FORMS = ("gguf-q8", "gguf-q4")
 
 
 @dataclass(frozen=True)
@@ -415,103 +415,3 @@ def _oom_error(plan: MemoryPlan, stage: str, job: QwenJob) -> CliError:
         f", or a smaller size than {job.width}x{job.height}, or fewer references"
     return CliError(f"out of memory while {stage} {job.width}x{job.height} with the plan: {plan.summary()}", fix,
                     ExitCode.OUT_OF_MEMORY, memory_plan=plan.to_dict(), next_offload=frugal)
-
-
-# ---------------------------------------------------------------- loading from the Hugging Face cache
-
-
-def any_installed_snapshot(kind: str = "edit") -> Path:
-    """A snapshot with the configs (for the plan's footprint), before the weight form is chosen."""
-    names = ("qwen-edit", "qwen-edit-components") if kind == "edit" else ("qwen-image-t2i",)
-    for name in names:
-        snap = models.snapshot_dir(registry.get(name))
-        if snap is not None and models.is_present(registry.get(name)):
-            return snap
-    if kind == "edit":
-        raise CliError("Qwen-Image-Edit-2511 is not installed in " + str(models.hub_cache()),
-                       f"download it: {models.setup_command('qwen-edit')}  (or, for machines with little RAM, "
-                       f"{models.setup_command('qwen-edit-components', 'qwen-edit-gguf-q4')}); or point "
-                       "--models-dir at the folder that holds it", ExitCode.MISSING_MODEL)
-    return models.locate(registry.get("qwen-image-t2i"))
-
-
-def resolve_weights(plan: MemoryPlan, requested: str, installed: frozenset[str]) -> MemoryPlan:
-    """The plan with the weight form that will be loaded.
-
-    On a CPU the plan keeps tiny models in fp32 whatever --weights says; an explicit --weights still
-    decides which files are loaded (fp8 storage, GGUF), so the flag is never ignored."""
-    if requested == "auto" or plan.weights == requested:
-        return plan
-    component = plan.components["transformer"]
-    components = {**plan.components, "transformer": ComponentPlan(component.placement, requested)}
-    return replace(plan, weights=requested, components=components,
-                   notes=plan.notes + (f"--weights {requested} loaded as asked (the CPU plan alone keeps fp32)",))
-
-
-def files_form(weights: str) -> str:
-    """The registry form whose files hold these weights (fp32/bf16/fp8 all come from the bf16 repo)."""
-    return weights if weights in GGUF_FORMS else "bf16"
-
-
-@dataclass(frozen=True)
-class ModelFiles:
-    """Where a session's weights are, and what outputs record about them (repo, commit, form)."""
-
-    kind: str  # edit | controlnet
-    snapshot: Path
-    info: dict
-    gguf: Path | None = None
-    controlnet: Path | None = None
-
-
-def model_files(kind: str, weights: str) -> ModelFiles:
-    """Locate (never load) the files of a session; a missing one is a CliError naming the setup command."""
-    if kind == "controlnet":
-        base, union = registry.get("qwen-image-t2i"), registry.get("qwen-controlnet-union")
-        snap, union_snap = models.locate(base), models.locate(union)
-        info = {"repo": base.repo_id, "commit": snap.name, "weights": weights,
-                "controlnet": {"repo": union.repo_id, "commit": union_snap.name}}
-        return ModelFiles(kind, snap, info, controlnet=union_snap)
-    form = files_form(weights)
-    entries = models.entries_for_form("qwen", form)
-    snap = models.locate(entries[0])
-    info = {"repo": entries[0].repo_id, "commit": snap.name, "weights": weights}
-    gguf = models.locate_file(entries[1], "transformer") if form in GGUF_FORMS else None
-    if gguf is not None:
-        info["transformer_file"] = {"repo": entries[1].repo_id, "commit": gguf.parent.name, "file": gguf.name}
-    return ModelFiles(kind, snap, info, gguf=gguf)
-
-
-def load_session(files: ModelFiles, plan: MemoryPlan, device=None, **kwargs) -> QwenSession:
-    """The pipeline without its denoiser: the transformer (and ControlNet) load after the prompts are encoded.
-
-    Edit: Qwen-Image-Edit-2511 (bf16 repo, fp8 storage from it, or a GGUF transformer with the repo's
-    configs). ControlNet: Qwen-Image (text-to-image) + the ControlNet Union, for pose-guided text-to-image."""
-    from diffusers import (
-        GGUFQuantizationConfig,
-        QwenImageControlNetModel,
-        QwenImageControlNetPipeline,
-        QwenImageEditPlusPipeline,
-        QwenImageTransformer2DModel,
-    )
-
-    dtype = offload.torch_dtype(plan.dtype)
-    snap = files.snapshot
-
-    def load_denoiser() -> dict:
-        if files.gguf is not None:
-            transformer = QwenImageTransformer2DModel.from_single_file(
-                str(files.gguf), quantization_config=GGUFQuantizationConfig(compute_dtype=dtype), config=str(snap),
-                subfolder="transformer", dtype=dtype)
-        else:
-            transformer = QwenImageTransformer2DModel.from_pretrained(snap, subfolder="transformer", dtype=dtype)
-        if files.kind == "edit":
-            return {"transformer": transformer}
-        return {"transformer": transformer, "controlnet": QwenImageControlNetModel.from_pretrained(files.controlnet,
-                                                                                                   dtype=dtype)}
-
-    if files.kind == "edit":
-        pipe = QwenImageEditPlusPipeline.from_pretrained(snap, transformer=None, dtype=dtype)
-    else:
-        pipe = QwenImageControlNetPipeline.from_pretrained(snap, transformer=None, controlnet=None, dtype=dtype)
-    return QwenSession(pipe, plan, device, files.kind, areas_for(snap), files.info, load_denoiser, **kwargs)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import lora, media, models, provenance, qwen, registry
+from . import lora, media, models, provenance, qwen, qwen_load, registry
 from .cli import CliError, ExitCode, log, resolve_seed
 from .style import apply_style, join_negative, load_style, style_prompts
 
@@ -287,7 +287,7 @@ def resolve(args) -> Resolved:
     strength = resolve_control_strength(args, pose_method)
     prompt, negative, prompt_notes = resolve_prompts(args, pose_method, len(shown), cfg)
     specs = resolve_loras(args, lightning, pose_method, strength)
-    areas = qwen.areas_for(qwen.any_installed_snapshot(kind))
+    areas = qwen.areas_for(qwen_load.any_installed_snapshot(kind))
     references = [qwen.prepare_reference(img, width, height, args.fit, areas.reference) for _, _, img in shown]
     control = media.fit_image(pose_input.image, width, height, mode=args.fit) if kind == "controlnet" else None
     seed = resolve_seed(args.seed)
