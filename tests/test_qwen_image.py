@@ -86,6 +86,7 @@ MODES = {  # mode -> (arguments, pictures the VAE encodes, expected mode and mod
     "pose-anypose-json": (lambda p: ["-r", p.a, "--pose", p.json], 2, ("pose", "edit")),
     "pose-native-skeleton": (lambda p: ["-r", p.a, "--pose", p.skeleton, "--pose-method", "native"], 2,
                              ("pose", "edit")),
+    "pose-anypose-photo": (lambda p: ["-r", p.a, "--pose", p.b], 2, ("pose", "edit")),  # the picture as is
     "pose-controlnet": (lambda p: ["--pose", p.skeleton], 1, ("pose", "controlnet")),
 }
 
@@ -349,6 +350,8 @@ BAD = [  # (arguments, part of the message)
     (["-r", "{a}", "--pose", "{skeleton}", "--pose-method", "controlnet"], "takes no --reference"),
     (["--pose-method", "native"], "needs --pose"),
     (["--prompt", "  "], "empty"),
+    (["--steps", "0"], "outside 1..200"),
+    (["--cfg", "-1", "--steps", "2"], "outside 0..20"),
     (["--lora", "{d}/x.ckpt"], "pickle"),
     (["--device", "cuda:0"], "no such accelerator"),
 ]
@@ -384,6 +387,12 @@ def test_an_output_another_run_is_making_is_refused(pics, capsys):
                                                 "command": "qwen_image.py -o busy.png"}))
     code, result = run(capsys, "--prompt", "fox", "-o", out, *FAST)
     assert code == ExitCode.BUSY and "being made by another run" in result["error"] and not out.exists()
+
+
+def test_a_pose_photo_on_the_native_path_needs_the_detector_weights(pics, capsys):
+    code, result = run(capsys, "--prompt", "jump", "-r", pics.a, "--pose", pics.b, "--pose-method", "native",
+                       "-o", pics.dir / "n.png", *FAST)
+    assert code == ExitCode.MISSING_MODEL and "openpose-annotators" in result["fix"]
 
 
 def test_a_plan_that_cannot_fit_is_refused_before_loading(pics, capsys, monkeypatch):

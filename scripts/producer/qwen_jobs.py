@@ -45,6 +45,8 @@ LIGHTNING_CHOICES = ("auto", "4", "8", "off")
 POSE_METHODS = ("auto", "anypose", "native", "controlnet")
 CONTROLNET_SCALE = 1.0  # InstantX's examples use 1.0 for pose
 MAX_CONTROL_STRENGTH = 2.0
+MAX_STEPS = 200  # 5x the full schedule: more only costs time
+MAX_CFG = 20.0  # Qwen runs at 4; far above, images burn
 # Pose instructions put before the user's prompt. Our wording, not a model card's: edit to taste.
 POSE_INSTRUCTION = {
     "anypose": "Make the person in image 1 do the exact same pose as the person in image {pose}.",
@@ -202,6 +204,10 @@ def resolve_sampling(args, kind: str) -> tuple[str, int, float, list[str]]:
     sampling = registry.QWEN.full if lightning == "off" else getattr(registry.QWEN, f"lightning_{lightning}")
     steps = args.steps if args.steps is not None else sampling.steps
     cfg = args.cfg if args.cfg is not None else sampling.cfg
+    if not 1 <= steps <= MAX_STEPS:
+        raise CliError(f"--steps {steps} is outside 1..{MAX_STEPS}", "Lightning uses 4 or 8, the full schedule 40")
+    if not 0.0 <= cfg <= MAX_CFG:
+        raise CliError(f"--cfg {cfg:g} is outside 0..{MAX_CFG:g}", "1 turns true CFG off; the model's default is 4")
     return lightning, steps, cfg, notes
 
 
@@ -272,18 +278,19 @@ def resolve(args) -> Resolved:
     if pose_method == "controlnet" and pictures:
         raise CliError("--pose-method controlnet is text-to-image on Qwen-Image: it takes no --style-image",
                        "drop --style-image, or use --pose-method anypose/native with a --reference")
+    kind = "controlnet" if pose_method == "controlnet" else "edit"
+    roles = [role for role, _, _ in pictures] + (["pose"] if args.pose and kind == "edit" else [])
+    if len(roles) > registry.QWEN.max_references:
+        raise CliError(f"{len(roles)} pictures ({', '.join(roles)}); the model takes at most "
+                       f"{registry.QWEN.max_references}", "combine some of them into one picture first, or drop one")
+    lightning, steps, cfg, sampling_notes = resolve_sampling(args, kind)
     width, height, notes = resolve_size(args, pictures[0][2] if pictures else None)
     output = Path(args.output)
     pose_input = None
-    if args.pose:
+    if args.pose:  # after the cheap checks: a photo may need the pose detector
         pose_input = pose_picture(posemod.load_pose(args.pose, (width, height)), pose_method)
         notes += pose_input.notes
-    kind = "controlnet" if pose_method == "controlnet" else "edit"
     shown = list(pictures) + ([("pose", Path(args.pose), pose_input.image)] if kind == "edit" and pose_input else [])
-    if len(shown) > registry.QWEN.max_references:
-        raise CliError(f"{len(shown)} pictures ({', '.join(r for r, _, _ in shown)}); the model takes at most "
-                       f"{registry.QWEN.max_references}", "combine some of them into one picture first, or drop one")
-    lightning, steps, cfg, sampling_notes = resolve_sampling(args, kind)
     strength = resolve_control_strength(args, pose_method)
     prompt, negative, prompt_notes = resolve_prompts(args, pose_method, len(shown), cfg)
     specs = resolve_loras(args, lightning, pose_method, strength)
