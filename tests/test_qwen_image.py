@@ -490,3 +490,16 @@ def test_help_documents_every_mode_and_its_examples_parse(capsys):
     assert len(commands) >= 9
     for argv in commands:
         qwen_image.build().parse_args(argv)
+
+
+def test_help_works_from_any_folder_without_importing_torch(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(qwen_image.__file__)
+    shown = subprocess.run([sys.executable, str(script), "--help"], cwd=tmp_path, capture_output=True, text=True,
+                           check=False)
+    assert shown.returncode == 0 and "composite" in shown.stdout
+    probe = (f"import sys; sys.path.insert(0, {str(script.parent)!r}); import qwen_image; qwen_image.build(); "
+             "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"

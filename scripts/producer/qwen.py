@@ -40,7 +40,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import lora, media, models, offload
+from . import lora, media, models  # producer.offload imports torch: imported where it is used
 from .cli import CliError, ExitCode, Stopwatch
 from .memory import MemoryPlan, next_offload
 
@@ -183,6 +183,8 @@ class QwenSession:
         encoder = self.pipe.text_encoder
         if encoder is None:
             raise RuntimeError("the text encoder was freed before every prompt was encoded")
+        from . import offload
+
         with self.timer.stage("text_encode"):
             if not self._encoder_placed:
                 offload.place_module(encoder, self.plan.text_encoder, self.device)
@@ -225,6 +227,8 @@ class QwenSession:
         return self.pipe.encode_prompt(text, device=self.device)
 
     def release_text_encoder(self) -> None:
+        from . import offload
+
         if self.pipe.text_encoder is not None:
             offload.release(self.pipe, "text_encoder")
             log.info("text encoder freed")
@@ -258,6 +262,8 @@ class QwenSession:
                            "run each LoRA set in its own session, or use bf16 or GGUF weights", ExitCode.FAILED)
         log.warning("fp8 weights cannot take a new LoRA set in place: reloading the transformer (a batch with one "
                     "LoRA set, or GGUF weights, avoids this)")
+        from . import offload
+
         for name in ("transformer", "controlnet"):
             offload.release(self.pipe, name)
         self.lora_report, self._lora_key, self._placed = None, None, False
@@ -282,6 +288,8 @@ class QwenSession:
             self.release_text_encoder()
         self._ensure_denoiser()
         self._sync_loras()
+        from . import offload
+
         with self.timer.stage("place"):
             offload.apply_plan(self.pipe, self.plan, self.device)
             if self.kind == "controlnet":

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import models, offload, registry
+from . import models, registry
 from .cli import CliError, ExitCode
 from .memory import ComponentPlan, MemoryPlan
 from .qwen import QwenSession, areas_for
@@ -93,6 +93,8 @@ def load_session(files: ModelFiles, plan: MemoryPlan, device=None, **kwargs) -> 
         QwenImageEditPlusPipeline,
         QwenImageTransformer2DModel,
     )
+
+    from . import offload
 
     dtype = offload.torch_dtype(plan.dtype)
     snap = files.snapshot
