@@ -179,14 +179,17 @@ def resolve_request(args: argparse.Namespace, distilled: bool) -> Request:
                        f"make the end keyframe {start.width}x{start.height} (generate it at the start keyframe's size, "
                        "or crop it to that aspect and resize it)")
     frames = ws.resolve_frames(args.frames, args.duration)
+    sampling = ws.resolve_sampling(distilled, args.steps, args.guidance, args.guidance_2, args.shift)
+    unused_negative = args.negative_prompt and sampling.guidance <= 1
     for note in (frames.note, "" if frames.count <= ws.TRAINED_FRAMES else
                  f"{frames.count} frames: Wan 2.2 was trained on {ws.TRAINED_FRAMES}; longer clips tend to loop "
-                 "or degrade (split the scene instead)"):
+                 "or degrade (split the scene instead)",
+                 "--negative-prompt has no effect at guidance 1 (the distilled schedule runs no unconditional pass); "
+                 "raise --guidance, or use --distill off" if unused_negative else ""):
         if note:
             log.warning("warning: %s", note)
             notes.append(note)
     width, height, size_rule = ws.resolve_size(args.size, args.preset, start.size)
-    sampling = ws.resolve_sampling(distilled, args.steps, args.guidance, args.guidance_2, args.shift)
     return Request(
         output=args.output, start=args.start_frame, end=args.end_frame, style_ref=args.style_ref,
         image=media.fit_image(start, width, height, args.fit),

@@ -180,8 +180,10 @@ def test_a_lora_for_another_model_is_refused_and_nothing_is_written(standin_hf_h
 
 def test_gguf_experts_load_with_the_wan22_config_and_take_the_distill_lora(standin_hf_home, frames, tmp_path, capsys):
     code, result, err = run(capsys, "--start-frame", frames[0], "--prompt", "x", "--weights", "gguf-q4",
-                            "--distill-strength", "1.0:0.5", "-o", tmp_path / "gguf.mp4", *FAST)
+                            "--distill-strength", "1.0:0.5", "--negative-prompt", "blur", "-o", tmp_path / "gguf.mp4",
+                            *FAST)
     assert code == 0, err
+    assert "--negative-prompt has no effect at guidance 1" in err
     assert [e["experts"][0]["strength"] for c in ("transformer", "transformer_2") for e in result["loras"][c]] == [1, 0.5]
     assert {"encode", "load_text_encoder", "load_experts", "write"} <= set(result["seconds"])
     assert result["memory_plan"]["weights"] == "gguf-q4"
