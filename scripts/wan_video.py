@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> dict:
 @dataclass
 class Engine:
     plan: Any  # producer.memory.MemoryPlan
-    files: Any  # producer.wan.WanFiles
+    files: Any  # producer.wan_install.WanFiles
     session: Any = None  # producer.wan.WanSession, once loaded
 
     def summary(self) -> dict:
@@ -280,18 +280,18 @@ class Engine:
 def open_engine(args: argparse.Namespace, load: Load, requests: list[Request], session: bool = True) -> Engine:
     """Plan memory for the largest request and refuse a plan that does not fit, before loading anything;
     then load the text encoder and VAE (the experts come at the first clip)."""
-    from producer import hardware, memory, wan
+    from producer import hardware, memory, wan_install
 
     hw = hardware.probe(args.models_dir, args.device)
-    plan = wan.plan_for(hw, wan.components_snapshot(), [memory.wan_workload(r.width, r.height, r.frames)
-                                                         for r in requests], args.offload, args.weights)
+    workloads = [memory.wan_workload(r.width, r.height, r.frames) for r in requests]
+    plan = wan_install.plan_for(hw, wan_install.components_snapshot(), workloads, args.offload, args.weights)
     log.info("%s", plan.summary())
     if not plan.fits:
         biggest = max(requests, key=lambda r: r.width * r.height * r.frames)
         raise CliError(f"this machine cannot run Wan 2.2 I2V at {biggest.width}x{biggest.height}x{biggest.frames}: "
                        f"{plan.reason}", plan.advice or "use a machine with more memory",
                        ExitCode.OUT_OF_MEMORY, memory_plan=plan.to_dict())
-    engine = Engine(plan, wan.locate_files(plan.weights))
+    engine = Engine(plan, wan_install.locate_files(plan.weights))
     if session:
         load_session(engine, args, load)
     return engine

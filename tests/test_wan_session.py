@@ -11,14 +11,15 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
 from producer import hardware, lora, memory, registry, standins, wan
+from producer.wan_install import components_snapshot, locate_files, plan_for
 
 
 @pytest.fixture
 def setup(standin_hf_home):
     """The CPU plan for a 64x64x9 clip and the installed stand-in files."""
-    snapshot = wan.components_snapshot()
-    plan = wan.plan_for(hardware.probe(device="cpu"), snapshot, [memory.wan_workload(64, 64, 9)], "auto", "auto")
-    return plan, wan.locate_files(plan.weights)
+    snapshot = components_snapshot()
+    plan = plan_for(hardware.probe(device="cpu"), snapshot, [memory.wan_workload(64, 64, 9)], "auto", "auto")
+    return plan, locate_files(plan.weights)
 
 
 def job(sampling=registry.WAN.distilled, seed=11, **kw):
@@ -97,9 +98,9 @@ def test_prebuilt_components_run_through_the_same_code(setup):
 
 def test_fp8_storage_is_applied_to_each_expert_after_its_lora(setup):
     plan, files = setup
-    fp8 = wan.plan_for(hardware.probe(device="cpu"), files.snapshot, [memory.wan_workload(64, 64, 9)], "auto", "fp8")
+    fp8 = plan_for(hardware.probe(device="cpu"), files.snapshot, [memory.wan_workload(64, 64, 9)], "auto", "fp8")
     assert fp8.weights == "fp8" and fp8.components["transformer"].weights == "fp8"
-    session = wan.WanSession.from_files(wan.locate_files("fp8"), fp8, lora_specs=distill_specs(), progress=False)
+    session = wan.WanSession.from_files(locate_files("fp8"), fp8, lora_specs=distill_specs(), progress=False)
     clip = session.generate(job())
     for component in wan.DENOISERS:
         expert = getattr(session.pipe, component)
