@@ -434,8 +434,9 @@ def _up_to_date(req: Request, recipe: dict) -> bool:
 def describe(result: dict) -> str:
     if "jobs" in result:
         counts = ", ".join(f"{n} {status}" for status, n in result["counts"].items())
-        return f"batch: {counts}\n" + "\n".join(f"  job {j['job']}: {j['status']} {j.get('output', j.get('error', ''))}"
-                                               for j in result["jobs"])
+        return f"batch: {counts}\n" + "\n".join(
+            f"  job {j['job']}: {j['status']} " + j.get("output", j.get("error", "").removeprefix(f"job {j['job']}: "))
+            for j in result["jobs"])
     c = result["continuity"]
     lines = [f"wrote {result['output']} ({result['frames']} frames, {result['duration']} s at {result['fps']} fps, "
              f"{result['width']}x{result['height']}, seed {result['seed']})",

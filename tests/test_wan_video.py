@@ -296,3 +296,16 @@ def test_out_of_memory_names_the_plan_and_the_next_offload(standin_hf_home, fram
     assert code == ExitCode.OUT_OF_MEMORY and "with plan cpu" in result["error"]
     assert result["memory_plan"]["name"] == "cpu" and "--preset 480p" in result["fix"]
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_people_get_a_short_summary_on_stdout():
+    figures = {"delta_e": 1.5, "cast": 0.4, "ssim": 0.93}
+    clip = {"output": "v.mp4", "frames": 81, "duration": 5.062, "fps": 16, "width": 832, "height": 480, "seed": 7,
+            "first_frame": "v.first.png", "last_frame": "v.last.png", "contact_sheet": "v.contact.png",
+            "continuity": {"first_vs_start": figures, "last_vs_end": figures, "drift": 0.5}}
+    text = wan_video.describe(clip)
+    assert "wrote v.mp4 (81 frames, 5.062 s at 16 fps, 832x480, seed 7)" in text and "v.contact.png" in text
+    assert "last frame vs end keyframe: delta E 1.5, SSIM 0.93" in text
+    batch_result = {"counts": {"ok": 1, "error": 1}, "jobs": [{"job": 0, "status": "ok", "output": "a.mp4"},
+                                                             {"job": 1, "status": "error", "error": "job 1: bad"}]}
+    assert wan_video.describe(batch_result) == "batch: 1 ok, 1 error\n  job 0: ok a.mp4\n  job 1: error bad"
