@@ -309,3 +309,13 @@ def test_people_get_a_short_summary_on_stdout():
     batch_result = {"counts": {"ok": 1, "error": 1}, "jobs": [{"job": 0, "status": "ok", "output": "a.mp4"},
                                                              {"job": 1, "status": "error", "error": "job 1: bad"}]}
     assert wan_video.describe(batch_result) == "batch: 1 ok, 1 error\n  job 0: ok a.mp4\n  job 1: error bad"
+
+
+def test_a_plan_that_does_not_fit_is_refused_before_loading(standin_hf_home, frames, tmp_path, capsys, monkeypatch):
+    from producer import hardware, wan
+
+    monkeypatch.setattr(hardware, "probe", lambda *args, **kwargs: hardware.from_sizes(4, 2))
+    monkeypatch.setattr(wan.WanSession, "from_files", lambda *a, **k: pytest.fail("loaded despite the plan"))
+    code, result, _ = run(capsys, "--start-frame", frames[0], "--prompt", "x", "-o", tmp_path / "o.mp4", *FAST)
+    assert code == ExitCode.OUT_OF_MEMORY and "cannot run Wan 2.2 I2V at 64x64x9" in result["error"]
+    assert result["fix"] and result["memory_plan"]["fits"] is False
