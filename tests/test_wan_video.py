@@ -138,10 +138,18 @@ def test_user_loras_in_each_format_reach_their_expert_and_change_the_clip(standi
     names = {c: [entry["name"] for entry in entries] for c, entries in result["loras"].items()}
     assert names == {"transformer": ["kijai.safetensors", "musubi.safetensors"],
                      "transformer_2": ["diffusers.safetensors", "musubi.safetensors"]}
+    import torch
+
+    linears = [n for n, m in high.named_modules() if isinstance(m, torch.nn.Linear)]
+    expected = {"kijai.safetensors": len(linears),  # every linear layer, with .diff_b deltas and norm/.diff_m deltas
+                "diffusers.safetensors": sum(n.startswith("blocks.") for n in linears),
+                "musubi.safetensors": sum(n.startswith("blocks.") for n in linears)}
     for entries in result["loras"].values():
         for entry in entries:
             (expert,) = entry["experts"]
-            assert expert["lora_modules_applied"] == expert["lora_modules"] and not expert["partial"]
+            assert expert["lora_modules_applied"] == expert["lora_modules"] == expected[entry["name"]]
+            assert not expert["partial"] and expert["deltas_applied"] == expert["deltas"] - sum(
+                s["count"] for s in expert["skipped"])
     assert result["loras"]["transformer_2"][0]["experts"][0]["strength"] == 0.7
     before = np.asarray(Image.open(tmp_path / "base.last.png"), dtype=float)
     after = np.asarray(Image.open(tmp_path / "lora.last.png"), dtype=float)
