@@ -65,8 +65,9 @@ Memory: one plan for this machine (GPU, RAM, installed weight forms), printed on
 Batch: --batch FILE.json runs many clips with one model load: every prompt is encoded first, outputs
   that exist with the same recipe are skipped (unless --overwrite), a failing clip does not stop the
   others. Jobs use this script's option names: {{"start_frame": "keyframes/KF-A.png", "prompt": "...",
-  "output": "scene-01/video.mp4"}}; paths are relative to the batch file; LoRA, distill and memory
-  options apply to the whole batch."""
+  "output": "scene-01/video.mp4"}}; paths are relative to the batch file; {{"defaults": {{...}}, "jobs": [...]}}
+  sets options for every job. LoRA, distill and memory options go beside --batch and apply to the whole
+  batch (as does --overwrite); clip options go in the file."""
 
 EPILOG = """\
 examples:
@@ -361,8 +362,20 @@ def out_of_memory(plan, where: str) -> CliError:
 # ---------------------------------------------------------------- batch
 
 
+def refuse_job_options_beside_batch(args: argparse.Namespace) -> None:
+    """With --batch the command line carries only batch-wide options (and --overwrite, for every job);
+    a job option there would otherwise be ignored without a word."""
+    batch_wide = {option.replace("-", "_") for option in BATCH_ONLY} | {"help", "overwrite"}
+    given = [a.option_strings[-1] for a in build()._actions
+             if a.dest not in batch_wide and getattr(args, a.dest, a.default) != a.default]
+    if given:
+        raise CliError(f"{', '.join(given)} beside --batch would not reach the jobs",
+                       'put it in the batch file, for every job: {"defaults": {"preset": "480p", ...}, "jobs": [...]}')
+
+
 def run_batch(args: argparse.Namespace) -> dict:
     """Resolve every job, skip the up-to-date ones, then one model load for the rest (prompts encoded first)."""
+    refuse_job_options_beside_batch(args)
     jobs = batch.parse_jobs(build(), args.batch, PATH_OPTIONS, BATCH_ONLY)
     load = resolve_load(args)
     requests: dict[int, Request] = {}
