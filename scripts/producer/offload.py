@@ -3,9 +3,9 @@
 - resident: `.to(device)`
 - expert swap (Wan, one expert on the GPU at a time): a forward pre-hook moves the called expert in
   and the other one out, so the switch happens exactly at the boundary step.
-- group offload: `enable_group_offload(block_level, streams)`; host copies are pinned *in place*
-  first (one page-locked buffer per model), because diffusers otherwise keeps a second, pinned copy of
-  every weight rounded up to a power of two (99.5 GiB of host RAM for the 41 GB Qwen transformer).
+- group offload: `apply_group_offloading(block_level, streams, low_cpu_mem_usage)`: weights stay once in
+  host RAM and each group is pinned as it is sent, because diffusers' default keeps a second, pinned copy
+  of every weight rounded up to a power of two (99.9 GiB of host RAM for the 41 GB Qwen transformer).
 - sequential: group offload at leaf level, no streams (the last resort).
 - fp8 storage: `enable_layerwise_casting(float8_e4m3fn -> bfloat16)`.
 - text encoders: on the GPU whole, or group-offloaded through their block lists; freed after encoding.
@@ -77,8 +77,6 @@ def _group_offload(module: torch.nn.Module, device: torch.device, leaf: bool) ->
     from diffusers.hooks import apply_group_offloading
 
     streams = device.type == "cuda" and not leaf
-    if streams:
-        pin_in_place(module)
     apply_group_offloading(
         module,
         onload_device=device,
@@ -88,61 +86,12 @@ def _group_offload(module: torch.nn.Module, device: torch.device, leaf: bool) ->
         use_stream=streams,
         # record_stream gave garbage images with QwenImage (diffusers issue 12673): synchronise instead.
         record_stream=False,
+        # Pin each group's weights when it is sent, not all up front: diffusers' up-front pinning keeps a
+        # second, power-of-two-rounded copy of every weight (99.9 GiB of host RAM measured for the 41 GB
+        # Qwen transformer, docs/performance.md), which the memory plan cannot afford.
+        low_cpu_mem_usage=True,
         block_modules=TEXT_ENCODER_BLOCK_MODULES.get(type(module).__name__),
     )
-
-
-def pin_in_place(module: torch.nn.Module) -> int:
-    """Move a module's CPU tensors into one page-locked buffer, so group offload makes no second copy.
-
-    Returns the bytes pinned. Tensor subclasses (GGUF quantized parameters) keep diffusers' own path.
-    """
-    tensors = [t for t in _plain_cpu_tensors(module)]
-    if not tensors or not torch.cuda.is_available():
-        return 0
-    align = 4096
-    sizes = [(t.numel() * t.element_size() + align - 1) // align * align for t in tensors]
-    total = sum(sizes)
-    buffer = torch.empty(total + align, dtype=torch.uint8)
-    # cudaHostRegister page-locks memory we already own: no power-of-two rounding, no copy of the model.
-    start = (-buffer.data_ptr()) % align
-    flat = buffer[start:start + total]
-    status = torch.cuda.cudart().cudaHostRegister(flat.data_ptr(), total, 0)
-    if int(status) != 0:
-        log.warning("could not page-lock %.1f GiB of weights (cudaHostRegister %s); using diffusers' pinned copies",
-                    total / 1024**3, status)
-        return 0
-    offset = 0
-    for tensor, size in zip(tensors, sizes):
-        nbytes = tensor.numel() * tensor.element_size()
-        view = flat[offset:offset + nbytes].view(tensor.dtype).view(tensor.shape)
-        view.copy_(tensor.data)
-        tensor.data = view
-        offset += size
-    module._producer_pinned = _PinnedBuffer(buffer, flat.data_ptr())
-    return total
-
-
-class _PinnedBuffer:
-    """Owns a page-locked buffer: unregisters it before the memory goes back to the allocator."""
-
-    def __init__(self, buffer: torch.Tensor, registered_ptr: int):
-        self.buffer = buffer
-        self.registered_ptr = registered_ptr
-
-    def __del__(self):
-        torch.cuda.cudart().cudaHostUnregister(self.registered_ptr)
-
-
-def _plain_cpu_tensors(module: torch.nn.Module):
-    seen = set()
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        if id(tensor) in seen or tensor.device.type != "cpu" or type(tensor.data) is not torch.Tensor:
-            continue
-        if tensor.data.is_pinned():
-            continue
-        seen.add(id(tensor))
-        yield tensor
 
 
 def install_expert_swap(pipe, device: torch.device) -> None:

@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Speed and memory of the generation scripts, with full-size models and random weights.
+
+Every configuration runs in its own process (a fresh CUDA context, its own memory cap and peak
+counters) and through the scripts' own code: the memory plan (producer.memory), its application
+(producer.offload) and the sessions of producer.wan / producer.qwen (`from_components`). "plain" is
+diffusers' pipeline with its defaults, fully on the GPU, measured in the same run for the ratio.
+Text encoders are bypassed with precomputed embeddings of the real shapes (timed separately as
+`text-encoder` workloads). A smaller card is emulated by capping the process's CUDA memory.
+
+    python bench/benchmark.py --size full --out results.json --markdown results.md \
+        --run wan-480p-4:plain,project,cap10 --run qwen-1ref-4:plain,project
+
+`--size tiny` runs the same code with the stand-in configs on a CPU (the test suite does), so the
+benchmark cannot rot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "scripts"))
+sys.path.insert(0, str(HERE))
+
+GiB = 1024**3
+
+# name -> (family, width, height, frames or references, steps, cfg)
+WORKLOADS = {
+    "wan-480p-4": ("wan", 832, 480, 81, 4, False),
+    "wan-720p-4": ("wan", 1280, 720, 81, 4, False),
+    "wan-480p-40": ("wan", 832, 480, 81, 40, True),
+    "wan-720p-40": ("wan", 1280, 720, 81, 40, True),
+    "qwen-1ref-4": ("qwen", 1024, 1024, 1, 4, False),
+    "qwen-3ref-4": ("qwen", 1024, 1024, 3, 4, False),
+    "qwen-1ref-40": ("qwen", 1024, 1024, 1, 40, True),
+    "qwen-3ref-40": ("qwen", 1024, 1024, 3, 40, True),
+}
+TINY = {"wan": (64, 64, 9), "qwen": (64, 64)}
+# Configurations: plain diffusers, the project's default, a lever on top of it, or the default under a cap.
+LEVERS = {"project": {}, "compile": {"compile": "on"}, "nocompile": {"compile": "off"},
+          "fp8": {"fp8_matmul": True}, "cudnn": {"attention": "_native_cudnn"},
+          "flash": {"attention": "_native_flash"}, "fp8+compile": {"fp8_matmul": True, "compile": "on"}}
+CAPS = {"cap10": 10, "cap12": 12, "cap16": 16, "cap24": 24, "cap48": 48}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=("full", "tiny"), default="full")
+    p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
+    p.add_argument("--run", action="append", default=[], metavar="WORKLOAD:CONFIG[,CONFIG...]",
+                   help=f"workloads: {', '.join(WORKLOADS)}; configs: plain, {', '.join(LEVERS)}, "
+                        f"{', '.join(CAPS)}")
+    p.add_argument("--repeats", type=int, default=2, help="runs per process; the first is reported as cold")
+    p.add_argument("--measure-steps", type=int, default=None,
+                   help="for long schedules, run only this many steps and extrapolate the rest (stated)")
+    p.add_argument("--out", type=Path, default=None, help="JSON results (written after every configuration)")
+    p.add_argument("--markdown", type=Path, default=None, help="tables for docs/performance.md")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per configuration")
+    p.add_argument("--deadline", type=int, default=None,
+                   help="start no configuration after this many seconds (a device lease ends)")
+    p.add_argument("--child", nargs=2, metavar=("WORKLOAD", "CONFIG"), help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------- the parent: one process per configuration
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        print(json.dumps(run_child(args, *args.child)), flush=True)
+        return 0
+    results = {"environment": environment(), "command": " ".join(sys.argv), "runs": []}
+    started = time.perf_counter()
+    for spec in args.run:
+        workload, _, configs = spec.partition(":")
+        for config in configs.split(","):
+            if args.deadline and time.perf_counter() - started > args.deadline:
+                results["runs"].append({"workload": workload, "config": config, "error": "not run (deadline)"})
+                continue
+            result = _spawn(args, workload, config)
+            results["runs"].append(result)
+            _print_line(result)
+            if args.out:
+                args.out.write_text(json.dumps(results, indent=2))
+    if args.markdown:
+        from report import markdown
+
+        args.markdown.write_text(markdown(results))
+    failed = [r for r in results["runs"] if r.get("error")]
+    return 1 if failed else 0
+
+
+def _spawn(args, workload: str, config: str) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", workload, config, "--size", args.size,
+           "--repeats", str(args.repeats)]
+    if args.device:
+        cmd += ["--device", args.device]
+    if args.measure_steps:
+        cmd += ["--measure-steps", str(args.measure_steps)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if config in CAPS:
+        env["PRODUCER_VRAM_CAP_GB"] = str(CAPS[config])
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"workload": workload, "config": config, "error": f"timed out after {args.timeout} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-8:]
+        return {"workload": workload, "config": config, "error": " | ".join(tail),
+                "wall_s": round(time.perf_counter() - started, 1)}
+    result = json.loads(lines[-1])
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def _print_line(r: dict) -> None:
+    if r.get("error"):
+        print(f"{r['workload']:14} {r['config']:12} ERROR {r['error'][:300]}", file=sys.stderr, flush=True)
+        return
+    print(f"{r['workload']:14} {r['config']:12} {r['seconds']['total']:8.2f} s (cold {r['cold_total']:.2f}) "
+          f"VRAM {r['peak_vram_gib']} GiB RAM {r['peak_ram_gib']} GiB  {r.get('plan', '')[:80]}",
+          file=sys.stderr, flush=True)
+
+
+def environment() -> dict:
+    import torch
+
+    env = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "python": sys.version.split()[0]}
+    try:
+        import diffusers
+
+        env["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / GiB, 1)
+    return env
+
+
+# ---------------------------------------------------------------- the child: one configuration
+
+
+def run_child(args, workload: str, config: str) -> dict:
+    import torch
+
+    from children import run_qwen, run_wan
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    family = WORKLOADS[workload][0]
+    runner = run_wan if family == "wan" else run_qwen
+    result = runner(args, workload, config, device)
+    result.update(workload=workload, config=config, **_peaks(device))
+    return result
+
+
+def _peaks(device: str) -> dict:
+    import resource
+
+    import torch
+
+    vram = torch.cuda.max_memory_reserved() / GiB if device == "cuda" else 0.0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB
+    return {"peak_vram_gib": round(vram, 2), "peak_ram_gib": round(rss, 2)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

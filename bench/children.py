@@ -1,0 +1,283 @@
+"""What one benchmark process runs: plain diffusers, or the scripts' own sessions under a plan."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+
+import numpy as np
+import torch
+from PIL import Image
+
+import fullsize
+from benchmark import CAPS, LEVERS, TINY, WORKLOADS
+
+GiB = 1024**3
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _keyframe(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def _dtype(size: str, device: str) -> torch.dtype:
+    return torch.float32 if size == "tiny" and device == "cpu" else torch.bfloat16
+
+
+def _shape(args, workload: str):
+    family, width, height, count, steps, cfg = WORKLOADS[workload]
+    if args.size == "tiny":
+        width, height, *rest = TINY[family] + (count,)
+        count = rest[-1] if family == "qwen" else TINY["wan"][2]
+    measured = min(steps, args.measure_steps) if args.measure_steps else steps
+    return width, height, count, steps, measured, cfg
+
+
+def _apply_cap(config: str, device: str) -> None:
+    """Emulate a smaller card: cap this process's CUDA memory (after the models were built on the GPU)."""
+    if config in CAPS and device == "cuda":
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(CAPS[config] * GiB / total)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+class StageTimer:
+    """Seconds in each denoiser's forwards and in the VAE decode, via hooks (plain diffusers has no stages)."""
+
+    def __init__(self, device: str):
+        self.device, self.seconds, self._start = device, {}, {}
+
+    def watch(self, module, name: str, method: str = "forward") -> None:
+        original = getattr(module, method)
+
+        def timed(*a, **k):
+            _sync(self.device)
+            start = time.perf_counter()
+            out = original(*a, **k)
+            _sync(self.device)
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            return out
+
+        setattr(module, method, timed)
+
+
+@contextmanager
+def _timed(device: str, into: dict, name: str):
+    _sync(device)
+    start = time.perf_counter()
+    yield
+    _sync(device)
+    into[name] = round(time.perf_counter() - start, 3)
+
+
+def _plan(family: str, footprint, work, config: str):
+    from producer import hardware, memory
+
+    hw = hardware.probe(device="cuda" if torch.cuda.is_available() else "cpu")
+    return memory.plan_memory(hw, footprint, work, weights="bf16" if hw.has_gpu else "auto")
+
+
+def _footprint(family: str, modules: dict, size: str):
+    from producer import memory
+
+    base = memory.WAN_FOOTPRINT if family == "wan" else memory.QWEN_FOOTPRINT
+    if size == "full":
+        return base
+    params = sum(p.numel() for p in modules["transformer"].parameters())
+    return replace(base, denoiser_params=params, denoiser_blocks=len(modules["transformer"].blocks
+                                                                     if family == "wan" else
+                                                                     modules["transformer"].transformer_blocks),
+                   text_encoder_params=1_000_000, vae_params=sum(p.numel() for p in modules["vae"].parameters()))
+
+
+def _speed(config: str, device: str, placement: str):
+    from producer import speed
+
+    lever = LEVERS.get(config, {})
+    return speed.default_speed(device, placement, lever.get("compile", "auto"), lever.get("fp8_matmul", False),
+                               lever.get("attention"))
+
+
+def _levers(modules, speed) -> list[str]:
+    from producer.speed import apply_speed
+
+    notes = []
+    for module in modules:
+        notes = apply_speed(module, speed)
+    return notes
+
+
+@contextmanager
+def _pipeline_areas(areas):
+    """The reference areas of the edit pipeline (module constants), as the session sets them."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as edit_plus
+
+    saved = edit_plus.VAE_IMAGE_SIZE, edit_plus.CONDITION_IMAGE_SIZE
+    edit_plus.VAE_IMAGE_SIZE, edit_plus.CONDITION_IMAGE_SIZE = areas.reference, areas.condition
+    try:
+        yield
+    finally:
+        edit_plus.VAE_IMAGE_SIZE, edit_plus.CONDITION_IMAGE_SIZE = saved
+
+
+def _extrapolate(seconds: dict, names: tuple, steps: int, measured: int) -> dict:
+    """Scale the denoise stages from `measured` steps to `steps` (stated in the result)."""
+    if measured == steps:
+        return seconds
+    out = dict(seconds)
+    for name in names:
+        if name in out:
+            out[name] = round(out[name] * steps / measured, 3)
+    return out
+
+
+def _result(seconds: dict, cold: float, plan, extra: dict, steps: int, measured: int) -> dict:
+    seconds = {k: round(v, 3) for k, v in seconds.items()}
+    return {"seconds": seconds, "cold_total": round(cold, 3), "plan": plan.summary() if plan else "diffusers defaults",
+            "steps": steps, "measured_steps": measured, **extra}
+
+
+# ---------------------------------------------------------------- Wan
+
+
+def run_wan(args, workload: str, config: str, device: str) -> dict:
+    from diffusers import WanImageToVideoPipeline
+
+    from producer import memory, registry, wan
+
+    width, height, frames, steps, measured, cfg = _shape(args, workload)
+    dtype = _dtype(args.size, device)
+    parts = fullsize.wan_components(args.size, device, dtype)
+    embeds = fullsize.wan_prompt_embeds(args.size, device, dtype)
+    negative = fullsize.wan_prompt_embeds(args.size, device, dtype, seed=2) if cfg else None
+    image = _keyframe(width, height)
+    sampling = (registry.WAN.full if cfg else registry.WAN.distilled)
+    sampling = replace(sampling, steps=measured)
+    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=parts["vae"], scheduler=parts["scheduler"],
+                                   transformer=parts["transformer"], transformer_2=parts["transformer_2"],
+                                   boundary_ratio=registry.WAN.boundary_ratio)
+    if config == "plain":
+        return _wan_plain(pipe, image, embeds, negative, width, height, frames, sampling, steps, device, args.repeats)
+    plan = _plan("wan", _footprint("wan", parts, args.size), memory.wan_workload(width, height, frames), config)
+    for name in ("transformer", "transformer_2"):
+        if plan.components[name].placement != "gpu":
+            fullsize.move_to_host(getattr(pipe, name))
+    _apply_cap(config, device)
+    notes = _levers([pipe.transformer, pipe.transformer_2], _speed(config, device, plan.components["transformer"].placement))
+    session = wan.WanSession.from_components(pipe, plan, device, progress=False)
+    job = wan.ClipJob(image=image, prompt="bench", width=width, height=height, frames=frames, sampling=sampling,
+                      seed=0, negative_prompt="bench negative" if cfg else "")
+    session._embeds[job.prompt_key] = (embeds, negative)  # the text encoder is bypassed (timed on its own)
+    runs = []
+    for _ in range(args.repeats):
+        _sync(device)
+        start = time.perf_counter()
+        clip = session.generate(job)
+        _sync(device)
+        runs.append((time.perf_counter() - start, clip))
+    total, clip = runs[-1]
+    seconds = _extrapolate(dict(clip.seconds), ("denoise", "high_expert", "low_expert"), steps, measured)
+    seconds["total"] = round(total + seconds.get("denoise", 0) - clip.seconds.get("denoise", 0), 3)
+    experts = {k: {"steps": v.steps, "forwards": v.forwards} for k, v in clip.experts.items()}
+    return _result(seconds, runs[0][0], plan, {"experts": experts, "decode": clip.decode, "speed": notes},
+                   steps, measured)
+
+
+def _wan_plain(pipe, image, embeds, negative, width, height, frames, sampling, steps, device, repeats) -> dict:
+    pipe.to(device)
+    timer = StageTimer(device)
+    timer.watch(pipe.transformer, "high_expert")
+    timer.watch(pipe.transformer_2, "low_expert")
+    timer.watch(pipe.vae, "decode", "decode")
+    pipe.set_progress_bar_config(disable=True)
+    totals = []
+    for _ in range(repeats):
+        timer.seconds.clear()
+        _sync(device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            pipe(image=image, prompt_embeds=embeds, negative_prompt_embeds=negative, height=height, width=width,
+                 num_frames=frames, num_inference_steps=sampling.steps, guidance_scale=sampling.guidance,
+                 guidance_scale_2=sampling.guidance_2, generator=torch.Generator("cpu").manual_seed(0),
+                 output_type="np")
+        _sync(device)
+        totals.append(time.perf_counter() - start)
+    seconds = _extrapolate(dict(timer.seconds), ("high_expert", "low_expert"), steps, sampling.steps)
+    seconds["total"] = round(totals[-1] + sum(seconds[k] - timer.seconds[k] for k in ("high_expert", "low_expert")), 3)
+    return _result(seconds, totals[0], None, {}, steps, sampling.steps)
+
+
+# ---------------------------------------------------------------- Qwen
+
+
+def run_qwen(args, workload: str, config: str, device: str) -> dict:
+    from diffusers import QwenImageEditPlusPipeline
+
+    from producer import memory, qwen
+
+    width, height, refs, steps, measured, cfg = _shape(args, workload)
+    dtype = _dtype(args.size, device)
+    parts = fullsize.qwen_components(args.size, device, dtype)
+    embeds, mask = fullsize.qwen_prompt_embeds(args.size, refs, device, dtype)
+    neg, neg_mask = fullsize.qwen_prompt_embeds(args.size, refs, device, dtype, seed=2) if cfg else (None, None)
+    references = [_keyframe(width, height, seed=i) for i in range(refs)]
+    pipe = QwenImageEditPlusPipeline(scheduler=parts["scheduler"], vae=parts["vae"], text_encoder=None,
+                                     tokenizer=None, processor=None, transformer=parts["transformer"])
+    areas = qwen.Areas(reference=64 * 64, condition=32 * 32) if args.size == "tiny" else qwen.Areas()
+    if config == "plain":
+        return _qwen_plain(pipe, references, embeds, mask, neg, neg_mask, width, height, measured, steps, cfg,
+                           device, args.repeats, areas)
+    plan = _plan("qwen", _footprint("qwen", parts, args.size), memory.qwen_workload(width, height, refs), config)
+    if plan.components["transformer"].placement != "gpu":
+        fullsize.move_to_host(pipe.transformer)
+    _apply_cap(config, device)
+    notes = _levers([pipe.transformer], _speed(config, device, plan.components["transformer"].placement))
+    session = qwen.QwenSession.from_components(pipe, plan, device, areas, quiet=True)
+    job = qwen.QwenJob(prompt="bench", width=width, height=height, steps=measured, cfg=4.0 if cfg else 1.0, seed=0,
+                       negative_prompt="bench negative" if cfg else None, references=references,
+                       embeds=qwen.Embeds(embeds, mask, neg, neg_mask))
+    runs = []
+    for _ in range(args.repeats):
+        _sync(device)
+        start = time.perf_counter()
+        generated = session.generate(job)
+        _sync(device)
+        runs.append((time.perf_counter() - start, generated))
+    total, generated = runs[-1]
+    seconds = _extrapolate(dict(generated.seconds), ("denoise",), steps, measured)
+    seconds["total"] = round(total + seconds.get("denoise", 0) - generated.seconds.get("denoise", 0), 3)
+    return _result(seconds, runs[0][0], plan, {"speed": notes}, steps, measured)
+
+
+def _qwen_plain(pipe, references, embeds, mask, neg, neg_mask, width, height, measured, steps, cfg, device,
+                repeats, areas) -> dict:
+    from producer import qwen
+
+    pipe.to(device)
+    timer = StageTimer(device)
+    timer.watch(pipe.transformer, "denoise")
+    timer.watch(pipe.vae, "decode", "decode")
+    pipe.set_progress_bar_config(disable=True)
+    totals = []
+    with _pipeline_areas(areas):
+        for _ in range(repeats):
+            timer.seconds.clear()
+            _sync(device)
+            start = time.perf_counter()
+            with torch.no_grad():
+                pipe(image=references, prompt_embeds=embeds, prompt_embeds_mask=mask, negative_prompt_embeds=neg,
+                     negative_prompt_embeds_mask=neg_mask, true_cfg_scale=4.0 if cfg else 1.0, height=height,
+                     width=width, num_inference_steps=measured, generator=torch.Generator("cpu").manual_seed(0))
+            _sync(device)
+            totals.append(time.perf_counter() - start)
+    seconds = _extrapolate(dict(timer.seconds), ("denoise",), steps, measured)
+    seconds["total"] = round(totals[-1] + seconds["denoise"] - timer.seconds["denoise"], 3)
+    return _result(seconds, totals[0], None, {}, steps, measured)

@@ -1,0 +1,41 @@
+"""Markdown tables from benchmark results: one table per workload, plain diffusers beside each figure."""
+
+from __future__ import annotations
+
+STAGES = ("encode", "load_experts", "high_expert", "low_expert", "expert_swap", "denoise", "decode")
+
+
+def markdown(results: dict) -> str:
+    env = results["environment"]
+    lines = [f"Measured {env.get('date')} on {env.get('gpu', 'CPU')} ({env.get('gpu_memory_gib', '-')} GiB), "
+             f"torch {env.get('torch')}, diffusers {env.get('diffusers')}, Python {env.get('python')}.",
+             ""] + [f"Command: `{c}`" for c in results.get("commands", [results.get("command", "")])] + [""]
+    by_workload: dict[str, list[dict]] = {}
+    for run in results["runs"]:
+        by_workload.setdefault(run["workload"], []).append(run)
+    for workload, runs in by_workload.items():
+        lines += _table(workload, runs) + [""]
+    return "\n".join(lines)
+
+
+def _table(workload: str, runs: list[dict]) -> list[str]:
+    plain = next((r for r in runs if r["config"] == "plain" and not r.get("error")), None)
+    stages = [s for s in STAGES if any(s in r.get("seconds", {}) for r in runs)]
+    head = ["config", "total s", "vs plain", "cold s"] + [f"{s} s" for s in stages] + ["peak VRAM GiB",
+                                                                                    "peak RAM GiB", "plan"]
+    out = [f"### {workload}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in runs:
+        if r.get("error"):
+            out.append(f"| {r['config']} | failed: {r['error'][:120]} |" + " |" * (len(head) - 2))
+            continue
+        total = r["seconds"]["total"]
+        ratio = f"{total / plain['seconds']['total']:.2f}x" if plain else "-"
+        cells = [r["config"], f"{total:.2f}", ratio, f"{r['cold_total']:.2f}"]
+        cells += [f"{r['seconds'][s]:.2f}" if s in r["seconds"] else "" for s in stages]
+        cells += [str(r["peak_vram_gib"]), str(r["peak_ram_gib"]), r.get("plan", "")[:90]]
+        out.append("| " + " | ".join(cells) + " |")
+    note = next((r for r in runs if r.get("measured_steps", 0) != r.get("steps", 0)), None)
+    if note:
+        out += ["", f"Denoising measured over {note['measured_steps']} of {note['steps']} steps and scaled to "
+                    f"{note['steps']} (per-step cost is constant within a schedule); decode measured as is."]
+    return out
