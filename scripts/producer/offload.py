@@ -8,7 +8,7 @@
   of every weight rounded up to a power of two (99.9 GiB of host RAM for the 41 GB Qwen transformer).
 - sequential: group offload at leaf level, no streams (the last resort).
 - fp8 storage: `enable_layerwise_casting(float8_e4m3fn -> bfloat16)`.
-- text encoders: on the GPU whole, or group-offloaded through their block lists; freed after encoding.
+- text encoders: on the GPU whole, or offloaded layer by layer (see place_text_encoder); freed after encoding.
 """
 
 from __future__ import annotations
@@ -23,15 +23,6 @@ from .memory import MemoryPlan
 log = logging.getLogger("producer")
 
 DENOISERS = ("transformer", "transformer_2")
-
-# Children that group offloading should descend into to find the layer lists of each text encoder
-# (diffusers only looks at direct ModuleList children otherwise, and would move a whole encoder at once).
-TEXT_ENCODER_BLOCK_MODULES = {
-    "UMT5EncoderModel": ["encoder"],
-    "T5EncoderModel": ["encoder"],
-    "Qwen2_5_VLForConditionalGeneration": ["model", "visual", "language_model"],
-}
-
 
 def torch_dtype(name: str) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[name]
@@ -57,7 +48,7 @@ def apply_plan(pipe, plan: MemoryPlan, device: str | torch.device | None = None)
             pipe.vae.enable_tiling()
     text_encoder = getattr(pipe, "text_encoder", None)
     if text_encoder is not None:
-        place_module(text_encoder, plan.text_encoder, device)
+        place_text_encoder(text_encoder, plan.text_encoder, device)
 
 
 def place_module(module: torch.nn.Module, placement: str, device: torch.device) -> None:
@@ -71,6 +62,23 @@ def place_module(module: torch.nn.Module, placement: str, device: torch.device) 
         module.to("cpu")
     else:
         raise ValueError(f"unknown placement {placement!r}")
+
+
+def place_text_encoder(module: torch.nn.Module, placement: str, device: torch.device) -> None:
+    """The plan's placement, except that streamed block-level offloading becomes leaf level without streams.
+
+    diffusers 0.42.1 finds only direct ModuleList children, so reaching the block list of UMT5 or
+    Qwen2.5-VL needs `block_modules`; with streams that registers its layer-execution tracker twice and
+    raises "Hook with name layer_execution_tracker already exists" (seen on an H200). The encoder runs
+    once per prompt and is then freed, so unstreamed leaf-level offloading (~1 s a prompt for 11 GB over
+    PCIe) costs little.
+    """
+    if placement == "group_offload" and device.type == "cuda":
+        log.info("text encoder: leaf-level offloading without streams")
+        placement = "sequential"
+    if placement != "gpu":
+        module.to("cpu")  # offloading starts from host memory (a prebuilt encoder may sit on the GPU)
+    place_module(module, placement, device)
 
 
 def _group_offload(module: torch.nn.Module, device: torch.device, leaf: bool) -> None:
@@ -90,7 +98,6 @@ def _group_offload(module: torch.nn.Module, device: torch.device, leaf: bool) ->
         # second, power-of-two-rounded copy of every weight (99.9 GiB of host RAM measured for the 41 GB
         # Qwen transformer, docs/performance.md), which the memory plan cannot afford.
         low_cpu_mem_usage=True,
-        block_modules=TEXT_ENCODER_BLOCK_MODULES.get(type(module).__name__),
     )
 
 

@@ -187,7 +187,7 @@ class QwenSession:
 
         with self.timer.stage("text_encode"):
             if not self._encoder_placed:
-                offload.place_module(encoder, self.plan.text_encoder, self.device)
+                offload.place_text_encoder(encoder, self.plan.text_encoder, self.device)
                 self._encoder_placed = True
             with torch.inference_mode():
                 for job in todo:

@@ -244,7 +244,7 @@ class WanSession:
             text_encoder = UMT5EncoderModel.from_pretrained(files.snapshot, subfolder="text_encoder", dtype=dtype,
                                                             **({"device_map": {"": device}} if direct else {}))
             if not direct:
-                _place_text_encoder(text_encoder, plan.text_encoder, device)
+                offload.place_text_encoder(text_encoder, plan.text_encoder, device)
             pipe = WanImageToVideoPipeline.from_pretrained(files.snapshot, text_encoder=text_encoder,
                                                            transformer=None, transformer_2=None, dtype=dtype)
         session = cls(pipe, plan, device, _ExpertsOnDisk(files, dtype, device, plan), **kwargs)
@@ -261,7 +261,7 @@ class WanSession:
         for c in DENOISERS:
             setattr(pipe, c, None)
         if pipe.text_encoder is not None:
-            _place_text_encoder(pipe.text_encoder, plan.text_encoder, device)
+            offload.place_text_encoder(pipe.text_encoder, plan.text_encoder, device)
         return cls(pipe, plan, device, _ExpertsInMemory(experts), **kwargs)
 
     def _place_vae(self) -> None:
@@ -428,22 +428,6 @@ class WanSession:
         with torch.no_grad():
             video = vae.decode(latents.to(device=device, dtype=vae.dtype) * std + mean, return_dict=False)[0]
         return self.pipe.video_processor.postprocess_video(video, output_type="np")[0]
-
-
-def _place_text_encoder(module: torch.nn.Module, placement: str, device: torch.device) -> None:
-    """The plan's placement, except that streamed block-level offloading becomes leaf-level without streams.
-
-    In diffusers 0.42.1, group offloading with streams and `block_modules` (how offload.py reaches the UMT5
-    encoder's block list) registers its layer-execution tracker twice and raises "Hook with name
-    layer_execution_tracker already exists" (seen on an H200). The encoder runs once per prompt and is then
-    freed, so unstreamed leaf-level offloading (~1 s a prompt for 11 GB over PCIe) costs little.
-    """
-    if placement == "group_offload" and device.type == "cuda":
-        log.info("text encoder: leaf-level offloading without streams (see producer.wan._place_text_encoder)")
-        placement = "sequential"
-    if placement != "gpu":
-        module.to("cpu")  # offloading starts from host memory (a prebuilt encoder may sit on the GPU)
-    offload.place_module(module, placement, device)
 
 
 @contextlib.contextmanager
