@@ -331,3 +331,14 @@ def test_every_command_in_the_output_example_parses():
     for command in commands:
         script, *argv = shlex.split(command)
         parsers[script].parse_args(argv)
+
+
+def test_an_unrecorded_entry_sharing_a_recorded_repo_is_not_installed(offline_hf_home):
+    """The components' record must not make the full repo (whose patterns match the configs) look installed."""
+    from producer import install, models, registry, standins
+
+    install.record_standins(standins.install_standins(offline_hf_home, ["wan-i2v-components"]))
+    components, full = registry.get("wan-i2v-components"), registry.get("wan-i2v")
+    assert models.is_present(components)
+    assert models.matching_files(models.snapshot_files(models.snapshot_dir(full)), full.files), "configs match"
+    assert not models.is_present(full)

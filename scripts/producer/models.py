@@ -89,6 +89,17 @@ def _has_files(snap: Path, entry: registry.ModelEntry) -> bool:
 
 
 def is_present(entry: registry.ModelEntry) -> bool:
+    """Installed and complete. With an install record (setup_diffusers.py writes one once every file has
+    arrived and been verified), the files must match it. Entries sharing a repo share its snapshot, so
+    when another entry of the same repo is recorded, an unrecorded entry is not installed even if its
+    patterns match some files (the components' configs match `transformer/*`). Only a repo that
+    setup_diffusers.py never touched (files from another tool) is judged by its files alone."""
+    from . import install  # install builds on this module
+
+    if install.read_record(entry.name) is not None:
+        return install.entry_status(entry).complete
+    if any(install.read_record(e.name) for e in registry.entries() if e.repo_id == entry.repo_id):
+        return False
     snap = snapshot_dir(entry)
     return snap is not None and _has_files(snap, entry)
 
@@ -99,7 +110,7 @@ def setup_command(*names: str) -> str:
 
 def locate(entry: registry.ModelEntry) -> Path:
     snap = snapshot_dir(entry)
-    if snap is None or not _has_files(snap, entry):
+    if snap is None or not is_present(entry):
         raise CliError(f"{entry.title} ({entry.repo_id}) is not installed in {hub_cache()}",
                        fix=f"download it: {setup_command(entry.name)}  (or point --models-dir / HF_HOME at the "
                            "folder that holds it)", code=ExitCode.MISSING_MODEL)
