@@ -104,8 +104,8 @@ A job whose output exists with the same recipe is skipped (unless "overwrite": t
 not stop the others; the JSON lists every job."""
 
 PATH_OPTIONS = {"reference", "style-image", "pose", "style-ref", "output", "lora"}
-BATCH_ONLY = {"batch", "offload", "weights", "device", "models-dir", "force-memory", "allow-partial-lora", "json",
-              "quiet", "debug"}
+BATCH_ONLY = {"batch", "offload", "weights", "device", "compile", "attention", "models-dir", "force-memory",
+              "allow-partial-lora", "json", "quiet", "debug"}
 
 
 def build() -> argparse.ArgumentParser:
@@ -177,9 +177,15 @@ def plan_for(args, jobs: list[qwen_jobs.Resolved], kind: str):
     return plan, qwen_load.model_files(kind, plan.weights)
 
 
-def open_session(args, plan, files) -> qwen.QwenSession:
+def open_session(args, plan, files, images: int = 1) -> qwen.QwenSession:
+    from producer import speed
+
+    speed.check_attention_backend(args.attention)
+    levers = speed.default_speed(plan.device, plan.components["transformer"].placement, args.compile,
+                                 attention=args.attention, items=images, family="qwen")
     log.info("loading %s (%s)", files.info["repo"], plan.weights)
-    return qwen_load.load_session(files, plan, args.device, allow_partial_lora=args.allow_partial_lora, quiet=args.quiet)
+    return qwen_load.load_session(files, plan, args.device, allow_partial_lora=args.allow_partial_lora,
+                                  quiet=args.quiet, speed=levers)
 
 
 # ---------------------------------------------------------------- one job
@@ -307,7 +313,7 @@ class BatchRun:
         self.fuse = len({r.job.loras for r in todo.values()}) == 1
         timer = Stopwatch()
         with timer.stage("load"):
-            self.session = open_session(self.args, plan, files)
+            self.session = open_session(self.args, plan, files, images=len(todo))
         self.session.timer.seconds.update(timer.seconds)
         self.seconds[kind] = self.session.timer.seconds
         self._encode_all(todo)

@@ -87,7 +87,7 @@ examples:
 
 PATH_OPTIONS = {"start-frame", "end-frame", "style-ref", "output"}
 BATCH_ONLY = {"batch", "distill", "distill-strength", "lora", "allow-partial-lora", "offload", "weights", "device",
-              "models-dir", "json", "quiet", "debug"}
+              "compile", "attention", "models-dir", "json", "quiet", "debug"}
 
 
 def build() -> argparse.ArgumentParser:
@@ -298,11 +298,15 @@ def open_engine(args: argparse.Namespace, load: Load, requests: list[Request], s
     return engine
 
 
-def load_session(engine: Engine, args: argparse.Namespace, load: Load) -> None:
-    from producer import wan
+def load_session(engine: Engine, args: argparse.Namespace, load: Load, clips: int = 1) -> None:
+    from producer import speed, wan
 
+    speed.check_attention_backend(args.attention)
+    levers = speed.default_speed(engine.plan.device, engine.plan.components["transformer"].placement, args.compile,
+                                 attention=args.attention, items=clips, family="wan")
     engine.session = wan.WanSession.from_files(engine.files, engine.plan, args.device, lora_specs=load.specs,
-                                               allow_partial=load.allow_partial, progress=not args.quiet)
+                                               allow_partial=load.allow_partial, progress=not args.quiet,
+                                               speed=levers)
 
 
 def to_job(req: Request):
@@ -405,7 +409,7 @@ def run_batch(args: argparse.Namespace) -> dict:
     if to_make:
         import torch
 
-        load_session(engine, args, load)
+        load_session(engine, args, load, clips=len(to_make))
         try:
             engine.session.encode(to_make)
         except torch.OutOfMemoryError:

@@ -146,7 +146,8 @@ class QwenSession:
 
     def __init__(self, pipe, plan: MemoryPlan, device=None, kind: str = "edit", areas: Areas = Areas(),
                  model_info: dict | None = None, load_denoiser: Callable[[], dict] | None = None,
-                 free_text_encoder: bool = True, allow_partial_lora: bool = False, quiet: bool = False):
+                 free_text_encoder: bool = True, allow_partial_lora: bool = False, quiet: bool = False,
+                 speed=None):
         import torch
 
         self.pipe, self.plan, self.kind, self.areas = pipe, plan, kind, areas
@@ -162,6 +163,8 @@ class QwenSession:
         self._lora_key: tuple | None = None
         self.lora_report: lora.LoraReport | None = None
         self.decode_retiled = False
+        self.speed = speed  # producer.speed.Speed, applied to the transformer once it is placed
+        self.speed_notes: list[str] = []
         pipe.set_progress_bar_config(disable=quiet, leave=False)
 
     @classmethod
@@ -294,7 +297,16 @@ class QwenSession:
             offload.apply_plan(self.pipe, self.plan, self.device)
             if self.kind == "controlnet":
                 offload.place_module(self.pipe.controlnet, self.plan.components["transformer"].placement, self.device)
+            self._speed_up(self.pipe.transformer)
         self._placed = True
+
+    def _speed_up(self, module) -> None:
+        if self.speed is None or getattr(module, "_producer_sped_up", False):
+            return
+        from .speed import apply_speed
+
+        self.speed_notes = apply_speed(module, self.speed)
+        module._producer_sped_up = True
 
     # ------------------------------------------------------------ stages 3 and 4
 

@@ -32,7 +32,7 @@ import torch
 from diffusers import (FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanImageToVideoPipeline,
                        WanTransformer3DModel)
 
-from . import lora, memory, offload, registry
+from . import lora, memory, offload, registry, speed
 from .cli import Stopwatch
 from .wan_install import DENOISERS, WanFiles
 
@@ -214,8 +214,10 @@ class WanSession:
     """One loaded model, many clips. Build with `from_files` (the scripts) or `from_components` (benchmark)."""
 
     def __init__(self, pipe: WanImageToVideoPipeline, plan: memory.MemoryPlan, device: torch.device, experts,
-                 lora_specs=(), allow_partial: bool = False, progress: bool = True):
+                 lora_specs=(), allow_partial: bool = False, progress: bool = True, speed=None):
         self.pipe, self.plan, self.device, self._experts = pipe, plan, torch.device(device), experts
+        self.speed = speed  # producer.speed.Speed, applied to each expert once it is placed
+        self.speed_notes: list[str] = []
         self.dtype = offload.torch_dtype(plan.dtype)
         self._lora_specs, self._allow_partial = list(lora_specs), allow_partial
         self.lora_reports: dict[str, list[dict]] = {}
@@ -319,6 +321,9 @@ class WanSession:
             module._producer_placed = True
         if placement == "model_offload" and all(getattr(self.pipe, c) is not None for c in DENOISERS):
             offload.install_expert_swap(self.pipe, self.device)
+        if self.speed is not None and not getattr(module, "_producer_sped_up", False):
+            self.speed_notes = speed.apply_speed(module, self.speed)
+            module._producer_sped_up = True
 
     def _let_go(self, component: str) -> None:
         module = getattr(self.pipe, component)

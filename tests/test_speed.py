@@ -1,0 +1,50 @@
+"""Speed levers: the default rule follows the measurements; levers reach the sessions; bad backends are refused."""
+
+import pytest
+
+from producer import cli, speed
+
+
+@pytest.mark.parametrize("device,placement,choice,items,family,expected", [
+    ("cuda", "gpu", "auto", 8, "wan", True),          # a long resident run earns back the compile
+    ("cuda", "gpu", "auto", 7, "wan", False),         # below the measured break-even
+    ("cuda", "group_offload", "auto", 50, "wan", False),  # offload hooks move weights between calls
+    ("cuda", "gpu", "auto", 50, "qwen", False),       # not measured for Qwen: auto stays off
+    ("cpu", "cpu", "auto", 50, "wan", False),
+    ("cpu", "cpu", "on", 1, "qwen", True),            # asked for: always
+    ("cuda", "gpu", "off", 100, "wan", False),
+])
+def test_compile_default_rule(device, placement, choice, items, family, expected):
+    assert speed.default_speed(device, placement, choice, items=items, family=family).compile is expected
+
+
+def test_unknown_attention_backend_is_a_clean_error():
+    speed.check_attention_backend(None)
+    speed.check_attention_backend("native")
+    with pytest.raises(cli.CliError, match="not a diffusers attention backend") as info:
+        speed.check_attention_backend("warp-speed")
+    assert "_native_cudnn" in info.value.fix
+
+
+def test_levers_apply_to_a_transformer(tiny_wan_pipeline):
+    import torch
+
+    expert = tiny_wan_pipeline.transformer
+    x = {"hidden_states": torch.randn(1, 36, 3, 8, 8), "timestep": torch.tensor([500]),
+         "encoder_hidden_states": torch.randn(1, 8, 32), "return_dict": False}
+    with torch.no_grad():
+        before = expert(**x)[0]
+        notes = speed.apply_speed(expert, speed.Speed(attention="_native_math"))
+        after = expert(**x)[0]
+    assert notes == ["attention _native_math"]
+    torch.testing.assert_close(before, after, rtol=1e-4, atol=1e-5)
+
+
+def test_session_takes_the_levers(tiny_wan_pipeline):
+    from producer import hardware, memory, wan
+
+    plan = memory.plan_memory(hardware.from_sizes(0, 16), memory.WAN_FOOTPRINT, memory.wan_workload(64, 64, 9))
+    session = wan.WanSession.from_components(tiny_wan_pipeline, plan, "cpu", progress=False,
+                                             speed=speed.Speed(attention="_native_math"))
+    session._bring_in("transformer")
+    assert session.speed_notes == ["attention _native_math"]
