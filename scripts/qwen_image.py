@@ -105,7 +105,7 @@ not stop the others; the JSON lists every job."""
 
 PATH_OPTIONS = {"reference", "style-image", "pose", "style-ref", "output", "lora"}
 BATCH_ONLY = {"batch", "offload", "weights", "device", "compile", "attention", "models-dir", "force-memory",
-              "allow-partial-lora", "json", "quiet", "debug"}
+              "allow-partial-lora", "json", "quiet", "debug"} | batch.POLICY_OPTIONS
 
 
 def build() -> argparse.ArgumentParser:
@@ -144,6 +144,7 @@ def build() -> argparse.ArgumentParser:
     g.add_argument("--allow-partial-lora", action="store_true",
                    help="load a LoRA even when some of its keys fit nothing (the report lists them)")
     add_memory_args(p)
+    batch.add_batch_policy_args(p.add_argument_group("batch"))
     g = p.add_argument_group("models")
     g.add_argument("--models-dir", help="the Hugging Face cache folder that holds the models (default: HF_HOME)")
     g.add_argument("--force-memory", action="store_true",
@@ -219,8 +220,8 @@ def make_image(session: qwen.QwenSession, resolved: qwen_jobs.Resolved, fuse: bo
 def run_single(args) -> dict:
     if not args.output:
         raise CliError("no output file", "give -o OUT.png, or --batch FILE.json")
-    check_output(args.output, args.overwrite)
     with locks.output_lock(args.output):  # before loading: a second run on the same output stops at once
+        check_output(args.output, args.overwrite)  # under the lock: a run that just finished it is seen
         resolved = resolve_job(args)
         plan, files = plan_for(args, [resolved], resolved.kind)
         resolved.finish_recipe(files.info)
@@ -249,6 +250,16 @@ class BatchRun:
         self.files: dict[str, dict] = {}
         self.seconds: dict[str, dict] = {}  # per model: load, text_encode (all prompts), denoise, decode...
         self.fuse = False
+        self.plan = None  # the memory plan of the model loaded now
+
+    def current_plan(self):
+        return self.plan
+
+    def reload(self, offload: str) -> None:
+        """After out of memory (--on-oom retry): the next job loads the model again under --offload `offload`."""
+        self.args.offload = offload
+        self.session, self.session_kind = None, None
+        gc.collect()
 
     def prepare(self, entries: list) -> list:
         """Resolve each parsed job; a job that cannot be resolved becomes its error. Returns the run order."""
@@ -295,6 +306,7 @@ class BatchRun:
         except CliError as err:
             self.failed.update({i: err for i in group})
             return
+        self.plan = plan
         self.plans[kind] = plan.to_dict()
         self.files[kind] = files.info
         todo = {}
@@ -346,7 +358,7 @@ def refuse_job_options_beside_batch(args) -> None:
 
 def run_batch(args) -> dict:
     refuse_job_options_beside_batch(args)
-    entries = batch.parse_jobs(build(), args.batch, PATH_OPTIONS, BATCH_ONLY)
+    entries = batch.parse_jobs(build(), args.batch, PATH_OPTIONS, BATCH_ONLY, args.allow_outside)
     if args.overwrite:  # --overwrite on the command line replaces every job's output
         for entry in entries:
             if isinstance(entry, batch.Job):
@@ -354,7 +366,8 @@ def run_batch(args) -> dict:
     runner = BatchRun(args)
     order = runner.prepare(entries)
     result = batch.run_jobs(order, runner.run_one,
-                            describe=lambda job: f"job {job.index}: {runner.resolved[job.index].output}").to_dict()
+                            describe=lambda job: f"job {job.index}: {runner.resolved[job.index].output}",
+                            retry_oom=batch.oom_retry(args.on_oom, runner.current_plan, runner.reload)).to_dict()
     result["jobs"].sort(key=lambda j: j.get("job", -1))
     result["memory_plans"] = runner.plans
     result["model_files"] = runner.files
@@ -364,6 +377,8 @@ def run_batch(args) -> dict:
 
 def run(args) -> dict:
     models.use_models_dir(args.models_dir)
+    if not args.batch:
+        batch.refuse_policy_without_batch(args)
     result = run_batch(args) if args.batch else run_single(args)
     result.update(peak_memory())
     return result
@@ -372,7 +387,7 @@ def run(args) -> dict:
 def describe(result: dict) -> str:
     if "jobs" in result:
         counts = ", ".join(f"{n} {status}" for status, n in sorted(result["counts"].items()))
-        return f"batch: {counts}"
+        return f"batch: {counts}" + (f"\n{result['stopped']}" if result.get("stopped") else "")
     s = result["settings"]
     return (f"wrote {result['output']} ({result['mode']}, {s['width']}x{s['height']}, {s['steps']} steps, "
             f"cfg {s['cfg']:g}, seed {result['seed']})")

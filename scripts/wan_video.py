@@ -12,7 +12,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from producer import batch, lora, media, models, provenance, registry, review  # noqa: E402
+from producer import batch, locks, lora, media, models, provenance, registry, review  # noqa: E402
 from producer import wan_settings as ws  # noqa: E402
 from producer.cli import (CliError, ExitCode, Stopwatch, add_memory_args, add_output_args,  # noqa: E402
                           build_parser, check_output, log, resolve_seed, run_main, seed_arg)
@@ -87,7 +87,7 @@ examples:
 
 PATH_OPTIONS = {"start-frame", "end-frame", "style-ref", "output"}
 BATCH_ONLY = {"batch", "distill", "distill-strength", "lora", "allow-partial-lora", "offload", "weights", "device",
-              "compile", "attention", "models-dir", "json", "quiet", "debug"}
+              "compile", "attention", "models-dir", "json", "quiet", "debug"} | batch.POLICY_OPTIONS
 
 
 def build() -> argparse.ArgumentParser:
@@ -126,6 +126,7 @@ def build() -> argparse.ArgumentParser:
     g = p.add_argument_group("batch and models")
     g.add_argument("--batch", type=Path, metavar="FILE.json", help="many clips, one model load (see above)")
     g.add_argument("--models-dir", help="the Hugging Face cache that holds the models (default: HF_HOME)")
+    batch.add_batch_policy_args(g)
     add_memory_args(p)
     add_output_args(p)
     return p
@@ -254,13 +255,15 @@ def run(args: argparse.Namespace) -> dict:
     models.use_models_dir(args.models_dir)
     if args.batch:
         return run_batch(args)
+    batch.refuse_policy_without_batch(args)
     load = resolve_load(args)
     req = resolve_request(args, distilled=load.distill is not None)
-    check_output(req.output, args.overwrite, "output")
-    review.check_review_paths(req.output, args.overwrite, SCRIPT)
-    engine = open_engine(args, load, [req])
-    recipe = recipe_for(req, load, engine.files)
-    result = produce(engine, req, recipe)
+    with locks.output_lock(req.output):  # before loading: a second run on the same clip stops at once (exit 5)
+        check_output(req.output, args.overwrite, "output")
+        review.check_review_paths(req.output, args.overwrite, SCRIPT)
+        engine = open_engine(args, load, [req])
+        recipe = recipe_for(req, load, engine.files)
+        result = produce(engine, req, recipe)
     result["seconds"] = {**engine.session.seconds, **result["seconds"]}  # one clip: loading and encoding are its own
     return {**result, **engine.summary()}
 
@@ -360,7 +363,7 @@ def out_of_memory(plan, where: str) -> CliError:
     fix = (f"retry with --offload {nxt}" if nxt else "nothing more frugal is left") + \
         ", or a smaller size (--preset 480p) or fewer frames"
     return CliError(f"out of memory at {where} with plan {plan.name}: {plan.summary()}",
-                    fix, ExitCode.OUT_OF_MEMORY, memory_plan=plan.to_dict())
+                    fix, ExitCode.OUT_OF_MEMORY, memory_plan=plan.to_dict(), next_offload=nxt)
 
 
 # ---------------------------------------------------------------- batch
@@ -380,7 +383,7 @@ def refuse_job_options_beside_batch(args: argparse.Namespace) -> None:
 def run_batch(args: argparse.Namespace) -> dict:
     """Resolve every job, skip the up-to-date ones, then one model load for the rest (prompts encoded first)."""
     refuse_job_options_beside_batch(args)
-    jobs = batch.parse_jobs(build(), args.batch, PATH_OPTIONS, BATCH_ONLY)
+    jobs = batch.parse_jobs(build(), args.batch, PATH_OPTIONS, BATCH_ONLY, args.allow_outside)
     load = resolve_load(args)
     requests: dict[int, Request] = {}
     items: list = []
@@ -415,15 +418,33 @@ def run_batch(args: argparse.Namespace) -> dict:
         except torch.OutOfMemoryError:
             raise out_of_memory(engine.plan, "encoding the prompts") from None
 
+    current, done = [engine], set()
+
     def run_one(job: batch.Job) -> dict:
         req = requests[job.index]
         if job.index in skipped:
             log.info("  %s is up to date: skipped", req.output)
             return {"status": "skipped", "output": str(req.output), "reason": "up to date (same recipe)"}
-        return {"status": "ok", **produce(engine, req, recipes[job.index])}
+        with locks.output_lock(req.output):  # one writer per clip: a second run on it stops (exit 5)
+            made = produce(current[0], req, recipes[job.index])
+        done.add(job.index)
+        return {"status": "ok", **made}
 
-    result = batch.run_jobs(items, run_one, lambda job: f"{requests[job.index].output}").to_dict()
-    return {**result, **engine.summary()}
+    def reload(offload: str) -> None:
+        """--on-oom retry: the model again under --offload `offload`, with the prompts of the clips still to make."""
+        import gc
+
+        current[0].session = None
+        gc.collect()  # the old model's memory goes back before the new one loads
+        args.offload = offload
+        left = [req for i, req in requests.items() if i not in skipped and i not in refused and i not in done]
+        current[0] = open_engine(args, load, left, session=False)
+        load_session(current[0], args, load, clips=len(left))
+        current[0].session.encode([to_job(req) for req in left])
+
+    retry = batch.oom_retry(args.on_oom, lambda: current[0].plan, reload)
+    result = batch.run_jobs(items, run_one, lambda job: f"{requests[job.index].output}", retry).to_dict()
+    return {**result, **current[0].summary()}
 
 
 def _batch_request(job: batch.Job, args: argparse.Namespace, load: Load, earlier: dict[int, Request]) -> Request:
@@ -452,8 +473,8 @@ def describe(result: dict) -> str:
     if "jobs" in result:
         counts = ", ".join(f"{n} {status}" for status, n in result["counts"].items())
         return f"batch: {counts}\n" + "\n".join(
-            f"  job {j['job']}: {j['status']} " + j.get("output", j.get("error", "").removeprefix(f"job {j['job']}: "))
-            for j in result["jobs"])
+            f"  job {j['job']}: {j['status']} " + j.get("output", j.get("error", j.get("reason", ""))).removeprefix(
+                f"job {j['job']}: ") for j in result["jobs"]) + (f"\n{result['stopped']}" if result.get("stopped") else "")
     c = result["continuity"]
     lines = [f"wrote {result['output']} ({result['frames']} frames, {result['duration']} s at {result['fps']} fps, "
              f"{result['width']}x{result['height']}, seed {result['seed']})",

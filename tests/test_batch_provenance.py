@@ -28,7 +28,8 @@ def test_jobs_parse_with_the_scripts_parser_and_paths_are_relative_to_the_batch_
     path = _write(tmp_path, {"defaults": {"seed": 3}, "jobs": [
         {"prompt": "a cat", "reference": ["a.png", "b.png"], "output": "out/a.png", "overwrite": True},
         {"prompt": "a dog", "output": "/abs/b.png", "seed": 9}]})
-    jobs = batch.parse_jobs(_parser(), path, path_options={"reference", "output"}, batch_only={"device"})
+    jobs = batch.parse_jobs(_parser(), path, path_options={"reference", "output"}, batch_only={"device"},
+                            allow_outside=True)  # /abs/b.png is outside the batch's folder (test_reliability)
     first, second = jobs
     assert first.args.reference == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
     assert first.args.output == str(tmp_path / "out/a.png") and first.args.overwrite and first.args.seed == 3

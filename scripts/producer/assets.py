@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import paths
 from .layout import ASSET_KINDS, ASSETS
 from .scenes import Problem
 
@@ -182,7 +183,7 @@ class _Reader:
                          f"name it e.g. assets/{kind}/{where.split('.', 1)[1]}.png")
             return None
         path = Path(image) if Path(image).is_absolute() else self.root / image
-        if not self.allow_outside and not _inside(self.root, path):
+        if not self.allow_outside and not paths.inside(self.root, path):  # the shared rule (producer.paths)
             self.problem(line, f"{where}: {image!r} leads outside the production folder",
                          f"keep asset pictures inside it (e.g. assets/{kind}/...), or run with --allow-outside "
                          "to use pictures kept elsewhere")
@@ -198,15 +199,6 @@ class _Reader:
                 self.problem(asset.line, f"{asset.kind}.{asset.name} and {other.kind}.{other.name} use the same "
                              f"picture {asset.image}", "give each asset its own file")
             seen.setdefault(key, asset)
-
-
-def _inside(root: Path, path: Path) -> bool:
-    """After resolving '..' and symlinks (of the path and of every folder above it)."""
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def _suggest(word: str, known) -> str:

@@ -7,8 +7,18 @@ turned back into arguments and parsed by the script's own parser. Relative paths
 to the batch file's folder. Options that shape the model load (device, offload, weights...) apply to
 the whole batch and are refused inside a job.
 
-Each job's output is skipped when it exists with the same recipe (unless `--overwrite`); a failing job
-is reported and the others go on; the result lists every job.
+Each job's output is skipped when it exists with the same recipe (unless `--overwrite`), so a batch that
+was interrupted continues where it stopped when run again. A failing job is reported and the others go
+on; the result lists every job. Two failures stop the batch instead, because every later job would fail
+the same way after its full load and denoise: a full disk, and running out of memory. Out of memory,
+`--on-oom stop` (the default) reports the job with the plan used and the next one to try and marks the
+rest "not_run" (exit 4); `--on-oom retry` reloads the model under the next more frugal plan
+(memory.next_offload) and runs the job once more; the batch then goes on under that plan. Stop is the
+default because a more frugal plan can be several times slower: the user decides, and the rerun skips
+what is finished.
+
+Paths in a job are confined to the batch's production folder (producer.paths): no '..', no absolute
+path or symlink elsewhere, unless `--allow-outside` is given beside --batch.
 """
 
 from __future__ import annotations
@@ -20,11 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .cli import CliError, ExitCode
+from . import paths
+from .cli import CliError, ExitCode, is_out_of_memory
 
 log = logging.getLogger("producer")
 
 MAX_JOBS = 10_000
+OOM_CHOICES = ("stop", "retry")
+# Options every batch-running script adds with add_batch_policy_args; they belong beside --batch.
+POLICY_OPTIONS = {"on-oom", "allow-outside"}
 
 
 @dataclass
@@ -38,6 +52,8 @@ class Job:
 class BatchResult:
     jobs: list[dict] = field(default_factory=list)
 
+    stopped: CliError | None = None  # the failure that stopped the batch (out of memory, disk full)
+
     @property
     def failed(self) -> int:
         return sum(1 for j in self.jobs if j["status"] == "error")
@@ -46,8 +62,30 @@ class BatchResult:
         counts: dict[str, int] = {}
         for j in self.jobs:
             counts[j["status"]] = counts.get(j["status"], 0) + 1
-        return {"jobs": self.jobs, "counts": counts,
-                "exit_code": int(ExitCode.PARTIAL if self.failed else ExitCode.OK)}
+        code = self.stopped.code if self.stopped else ExitCode.PARTIAL if self.failed else ExitCode.OK
+        out = {"jobs": self.jobs, "counts": counts, "exit_code": int(code)}
+        if self.stopped:
+            out.update(stopped=self.stopped.message, fix=self.stopped.fix)
+        return out
+
+
+def add_batch_policy_args(group) -> None:
+    """--on-oom and --allow-outside, for a script's --batch (see the module doc)."""
+    group.add_argument("--on-oom", choices=OOM_CHOICES, default="stop",
+                       help="--batch out of memory: stop (default: report the job and the next plan to try, keep "
+                            "what is finished) or retry (reload under the next more frugal plan, run the job again "
+                            "once, go on under that plan)")
+    group.add_argument(paths.ALLOW_FLAG, action="store_true",
+                       help="--batch: let the batch file name files outside its production folder (its own folder, "
+                            "or the production above .production/)")
+
+
+def refuse_policy_without_batch(args: argparse.Namespace) -> None:
+    for option in sorted(POLICY_OPTIONS):
+        dest = option.replace("-", "_")
+        if getattr(args, dest, None) not in (None, False, "stop"):
+            raise CliError(f"--{option} applies to --batch runs only",
+                           f"drop --{option}, or run the jobs with --batch FILE.json")
 
 
 def read_batch_file(path: str | Path) -> list[dict]:
@@ -88,8 +126,10 @@ def read_batch_file(path: str | Path) -> list[dict]:
     return jobs
 
 
-def job_to_argv(job: dict, index: int, base_dir: Path, path_options: set[str], batch_only: set[str]) -> list[str]:
-    """Turn a job object into the argument list the script's parser understands."""
+def job_to_argv(job: dict, index: int, base_dir: Path, path_options: set[str], batch_only: set[str],
+                root: Path | None = None) -> list[str]:
+    """Turn a job object into the argument list the script's parser understands; with `root`, every path
+    must stay inside it (producer.paths)."""
     argv: list[str] = []
     for key, value in job.items():
         if not isinstance(key, str) or not key or key.startswith("-"):
@@ -100,11 +140,12 @@ def job_to_argv(job: dict, index: int, base_dir: Path, path_options: set[str], b
                            fix=f"pass --{option} on the command line next to --batch")
         values = value if isinstance(value, list) else [value]
         for v in values:
-            argv.extend(_option_args(option, v, index, base_dir, option in path_options))
+            argv.extend(_option_args(option, v, index, base_dir, option in path_options, root))
     return argv
 
 
-def _option_args(option: str, value: Any, index: int, base_dir: Path, is_path: bool) -> list[str]:
+def _option_args(option: str, value: Any, index: int, base_dir: Path, is_path: bool,
+                 root: Path | None = None) -> list[str]:
     if isinstance(value, bool):
         return [f"--{option}"] if value else []
     if value is None:
@@ -115,17 +156,21 @@ def _option_args(option: str, value: Any, index: int, base_dir: Path, is_path: b
     text = str(value)
     if is_path and text and not Path(text).is_absolute():
         text = str(base_dir / text)
+    if is_path and text and root is not None:
+        paths.confine(text, root, f"job {index}: {option}")
     return [f"--{option}", text]
 
 
 def parse_jobs(parser: argparse.ArgumentParser, batch_path: str | Path, path_options: set[str],
-               batch_only: set[str]) -> list[Job | CliError]:
-    """Every job parsed with the script's own parser; a job that does not parse is kept as its error."""
+               batch_only: set[str], allow_outside: bool = False) -> list[Job | CliError]:
+    """Every job parsed with the script's own parser; a job that does not parse is kept as its error.
+    Paths must stay inside the batch's production folder (paths.batch_root) unless `allow_outside`."""
     base_dir = Path(batch_path).resolve().parent
+    root = None if allow_outside else paths.batch_root(batch_path)
     parsed: list[Job | CliError] = []
     for i, raw in enumerate(read_batch_file(batch_path)):
         try:
-            argv = job_to_argv(raw, i, base_dir, path_options, batch_only)
+            argv = job_to_argv(raw, i, base_dir, path_options, batch_only | POLICY_OPTIONS, root)
             parsed.append(Job(i, parser.parse_args(argv), raw))
         except CliError as err:
             message = err.message if err.message.startswith("job ") else f"job {i}: {err.message}"
@@ -134,36 +179,87 @@ def parse_jobs(parser: argparse.ArgumentParser, batch_path: str | Path, path_opt
 
 
 def run_jobs(jobs: list[Job | CliError], run_one: Callable[[Job], dict],
-             describe: Callable[[Job], str] = lambda job: f"job {job.index}") -> BatchResult:
-    """Run every job; one failure does not stop the others (Ctrl-C and SIGTERM still do)."""
+             describe: Callable[[Job], str] = lambda job: f"job {job.index}",
+             retry_oom: Callable[[Job], bool] | None = None) -> BatchResult:
+    """Run every job; one failure does not stop the others (Ctrl-C and SIGTERM still do).
+
+    Out of memory or a full disk stops the batch (see the module doc): the job is reported and the jobs
+    after it are "not_run". With `retry_oom` (see oom_retry), a job that ran out of memory runs once more
+    when retry_oom(job) has reloaded the model under a more frugal plan.
+    """
     result = BatchResult()
     total = len(jobs)
     for n, job in enumerate(jobs, 1):
+        if result.stopped is not None:
+            result.jobs.append({"status": "not_run", "job": _index(job), "reason": result.stopped.message})
+            continue
         if isinstance(job, CliError):
             result.jobs.append(job.to_dict())
             log.error("[%d/%d] %s", n, total, job.message)
             continue
         log.info("[%d/%d] %s", n, total, describe(job))
-        try:
-            outcome = run_one(job)
-        except CliError as err:
-            outcome = err.to_dict()
-            log.error("[%d/%d] job %d failed: %s", n, total, job.index, err.message)
-        except Exception as exc:  # noqa: BLE001 - one job's failure must not lose the others
-            if _is_oom(exc):
-                raise  # the caller decides whether to retry with a more frugal plan
-            outcome = CliError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                               "rerun this job alone with --debug for details", ExitCode.FAILED).to_dict()
+        outcome = _attempt(job, run_one, retry_oom, result)
+        if outcome.get("status") == "error":
             log.error("[%d/%d] job %d failed: %s", n, total, job.index, outcome["error"])
         outcome.setdefault("job", job.index)
         result.jobs.append(outcome)
     return result
 
 
-def _is_oom(exc: BaseException) -> bool:
-    try:
-        import torch
+def _attempt(job: Job, run_one: Callable[[Job], dict], retry_oom, result: BatchResult) -> dict:
+    for attempt in (1, 2):
+        try:
+            return run_one(job)
+        except CliError as err:
+            failure = err
+        except Exception as exc:  # noqa: BLE001 - one job's failure must not lose the others
+            failure = _as_cli_error(exc)
+        oom = failure.code == ExitCode.OUT_OF_MEMORY
+        if oom and attempt == 1 and retry_oom is not None and retry_oom(job):
+            continue
+        if oom or failure.details.get("disk_full"):
+            stop = f"the batch stopped at job {job.index}: {failure.message}"
+            fix = failure.fix + ("" if retry_oom or not oom else "; or rerun the batch with --on-oom retry")
+            result.stopped = CliError(stop, fix + " (finished jobs are skipped when the batch runs again)",
+                                      failure.code)
+            failure = CliError(failure.message, fix, failure.code, **failure.details)
+        return failure.to_dict()
+    raise AssertionError("unreachable")
 
-        return isinstance(exc, torch.OutOfMemoryError)
-    except ImportError:
-        return False
+
+def _as_cli_error(exc: Exception) -> CliError:
+    first = str(exc).splitlines()[0] if str(exc).strip() else ""
+    if is_out_of_memory(exc):
+        return CliError(f"out of memory: {first}", "retry with a more frugal plan (--offload group or sequential), "
+                        "a smaller size or fewer frames", ExitCode.OUT_OF_MEMORY)
+    return CliError(f"{type(exc).__name__}: {first}", "rerun this job alone with --debug for details",
+                    ExitCode.FAILED)
+
+
+def _index(job: Job | CliError) -> int:
+    return job.index if isinstance(job, Job) else job.details.get("job", -1)
+
+
+def oom_retry(choice: str, current_plan: Callable[[], Any], reload: Callable[[str], None]) -> Callable[[Job], bool] | None:
+    """`retry_oom` for run_jobs under `--on-oom CHOICE`: reload(offload) loads the model under the next more
+    frugal plan after current_plan(); False when there is none (the batch then stops)."""
+    if choice != "retry":
+        return None
+    from .memory import next_offload
+
+    def retry(job: Job) -> bool:
+        plan = current_plan()
+        frugal = next_offload(plan) if plan is not None else None
+        if frugal is None:
+            log.error("job %d ran out of memory and no more frugal plan is left", job.index)
+            return False
+        log.warning("job %d ran out of memory with plan %s: reloading with --offload %s and running it again",
+                    job.index, plan.name, frugal)
+        try:
+            reload(frugal)
+        except CliError as err:  # e.g. the frugal plan is refused, or loading runs out of memory too
+            log.error("reloading with --offload %s failed: %s", frugal, err.message)
+            return False
+        return True
+
+    return retry

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import enum
+import errno
+import glob
 import json
 import logging
 import os
@@ -135,24 +137,56 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it into place only if the block succeeds.
 
     The temp name keeps the extension so writers can infer the format. A failure, Ctrl-C or SIGTERM
-    removes the temp file, so a truncated file never sits under the final name.
+    removes the temp file, so a truncated file never sits under the final name. Temp files of this output
+    left by a run that was killed outright (SIGKILL, power loss) are removed here, once their process is gone.
     """
+    from . import faults
+
     final = Path(path)
-    tmp = final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")
+    _sweep_partials(final)
+    tmp = final.with_name(f".{final.stem}{PARTIAL_MARK}{os.getpid()}{final.suffix}")
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        faults.at(f"rename:{final.name}")
         os.replace(tmp, final)
     except OSError as exc:
         _remove_quietly(tmp)
-        if exc.errno == 28:  # ENOSPC
-            raise CliError(f"the disk is full while writing {final}", fix="free disk space and run again; "
-                           "earlier outputs are intact", code=ExitCode.FAILED) from None
+        if exc.errno == errno.ENOSPC:
+            raise disk_full(final) from None
         raise
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+PARTIAL_MARK = ".partial-"
+
+
+def disk_full(path: str | os.PathLike) -> CliError:
+    """The error for a write that ran out of disk space (`disk_full` in --json stops a batch)."""
+    return CliError(f"the disk is full while writing {path}", "free disk space and run again; earlier outputs are "
+                    "intact (a --batch rerun skips the finished ones)", ExitCode.FAILED, disk_full=True)
+
+
+def output_for(tmp: str | os.PathLike) -> Path:
+    """The output an atomic_output temp file stands for (for messages): .video.partial-12.mp4 -> video.mp4."""
+    tmp = Path(tmp)
+    stem, mark, rest = tmp.stem.rpartition(PARTIAL_MARK)
+    if not (mark and stem.startswith(".") and rest.isdigit()):
+        return tmp
+    return tmp.with_name(stem[1:] + tmp.suffix)
+
+
+def _sweep_partials(final: Path) -> None:
+    from .locks import pid_alive
+
+    with contextlib.suppress(OSError):
+        for stale in final.parent.glob(f".{glob.escape(final.stem)}{PARTIAL_MARK}*{glob.escape(final.suffix)}"):
+            pid = stale.name[len(final.stem) + 1 + len(PARTIAL_MARK):len(stale.name) - len(final.suffix)]
+            if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+                _remove_quietly(stale)
 
 
 def _remove_quietly(p: Path) -> None:
@@ -176,6 +210,9 @@ class Stopwatch:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        from . import faults
+
+        faults.at(f"stage:{name}")  # inert outside the reliability tests (see producer.faults)
         start = time.perf_counter()
         try:
             yield
@@ -241,7 +278,8 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A GPU (torch.OutOfMemoryError) or host (MemoryError) out-of-memory error."""
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(exc, torch.OutOfMemoryError):
         return True
@@ -273,7 +311,7 @@ def run_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace]
     except Exception as exc:  # the last line of defence: a message, never a traceback
         if debug:
             log.exception("unexpected error")
-        if _is_oom(exc):
+        if is_out_of_memory(exc):
             err = CliError(f"out of memory: {_first_line(exc)}", "retry with a more frugal plan: --offload group "
                            "(or sequential), a smaller size, or fewer frames", ExitCode.OUT_OF_MEMORY)
         else:

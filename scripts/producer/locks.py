@@ -9,6 +9,7 @@ process has died (same host) is stale and taken over, so a crash never blocks th
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .cli import CliError, ExitCode
+from .cli import CliError, ExitCode, disk_full
 
 
 def lock_path(output: str | os.PathLike) -> Path:
@@ -25,7 +26,7 @@ def lock_path(output: str | os.PathLike) -> Path:
     return p.with_name(f".{p.name}.lock")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
     if sys.platform == "win32":
@@ -53,7 +54,7 @@ def _read_holder(path: Path) -> dict | None:
 
 def _is_stale(path: Path, holder: dict) -> bool:
     if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-        return not _pid_alive(holder["pid"])
+        return not pid_alive(holder["pid"])
     if not holder:  # unreadable lock: stale once it is older than a minute
         try:
             return time.time() - path.stat().st_mtime > 60
@@ -67,8 +68,20 @@ def _try_create(path: Path, info: dict) -> bool:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(info, fh)
+    except FileNotFoundError:
+        raise CliError(f"the folder {path.parent} does not exist", f"create it: mkdir -p {path.parent}") from None
+    except OSError as exc:  # read-only or not our folder: nothing could be written there either
+        raise CliError(f"cannot write in {path.parent}: {exc.strerror}",
+                       "choose an output folder you can write to", ExitCode.FAILED) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(info, fh)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        if exc.errno == errno.ENOSPC:
+            raise disk_full(path) from None
+        raise
     return True
 
 

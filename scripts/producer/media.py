@@ -27,7 +27,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw, ImageFont, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from .cli import CliError, ExitCode, atomic_output, log
+from .cli import CliError, ExitCode, atomic_output, disk_full, log, output_for
 
 # 64 megapixels: an 8K x 8K image. Bigger inputs are almost certainly a mistake (or a decompression
 # bomb: a few KB of PNG declaring gigapixels), and decoding one would take several GB of RAM.
@@ -513,7 +513,9 @@ def _ffmpeg_failed(code: int, errors, out: Path) -> CliError:
     errors.seek(0)
     text = errors.read().decode("utf-8", "replace").strip()
     last = text.splitlines()[-1] if text else f"exit status {code}"
-    return CliError(f"ffmpeg could not write {out.name}: {last}", "check free disk space and the frame size; "
+    if "No space left on device" in text:
+        return disk_full(output_for(out))
+    return CliError(f"ffmpeg could not write {output_for(out).name}: {last}", "check free disk space and the frame size; "
                     "rerun with --debug for ffmpeg's full message", ExitCode.FAILED, ffmpeg_log=text[-2000:])
 
 

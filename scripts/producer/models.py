@@ -125,6 +125,25 @@ def locate_file(entry: registry.ModelEntry, role: str) -> Path:
     return path
 
 
+# Files that torch.load would unpickle; unpickling can run any code the file's author wrote.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def refuse_pickled_weights(*folders: Path | None) -> None:
+    """Weights load from safetensors or GGUF only (the loaders pass use_safetensors=True, so a pickle is never
+    opened); a model folder whose weights exist only as pickles is refused here with the reason, not with the
+    loader's "no file named ... found"."""
+    for snap in filter(None, folders):
+        for folder in [snap, *(p for p in sorted(snap.iterdir()) if p.is_dir())]:
+            files = [p for p in folder.iterdir() if p.is_file()]
+            pickles = [p.name for p in files if p.suffix.lower() in PICKLE_SUFFIXES]
+            if pickles and not any(p.suffix in (".safetensors", ".gguf") for p in files):
+                raise CliError(f"{folder} holds its weights as pickle files ({', '.join(sorted(pickles)[:3])}); "
+                               "pickles can run arbitrary code when loaded, so weights are read from .safetensors "
+                               "or GGUF only", "install the model with setup_diffusers.py --download (safetensors)",
+                               ExitCode.FAILED)
+
+
 def installed_forms(family: str) -> frozenset[str]:
     return frozenset(form for form, names in FORMS[family].items()
                      if all(is_present(registry.get(n)) for n in names))

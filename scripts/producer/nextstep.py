@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import shlex
 
-from . import layout
+from . import layout, paths
 from .cli import write_json_atomic
 from .planner import ASSEMBLE, command, job_argv
 from .project import PHASE_FILES, PHASE_NUMBERS, PHASES
@@ -92,7 +92,11 @@ def _generate(snap: Snapshot, phase: str) -> dict:
         batch_file = layout.state_file(snap.root, f"next-{phase}.json")
         layout.state_dir(snap.root).mkdir(exist_ok=True)
         write_json_atomic(batch_file, {"jobs": [j["batch_job"] for j in jobs]})
-        argv = command(script, ["--batch", str(batch_file), *snap.plan.batch_flags.get(script, []), "--json"])
+        # Pictures kept outside the folder (production.py --allow-outside) stay allowed in the batch file.
+        outside = any(not paths.inside(snap.root, p) for s in runnable for p in (*s.job.inputs, s.job.output))
+        flags = snap.plan.batch_flags.get(script, [])
+        flags = flags + [paths.ALLOW_FLAG] if outside and paths.ALLOW_FLAG not in flags else flags
+        argv = command(script, ["--batch", str(batch_file), *flags, "--json"])
         result.update(batch_file=str(batch_file), batch_argv=argv, commands=[shlex.join(argv)])
     later = f"; {len(waiting)} more wait for these" if waiting else ""
     result["message"] = (f"run {len(runnable)} {phase} job(s) with {script}{later}, then `{TOOL} next {snap.root}` "

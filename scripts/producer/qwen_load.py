@@ -105,14 +105,17 @@ def load_session(files: ModelFiles, plan: MemoryPlan, device=None, **kwargs) -> 
                 str(files.gguf), quantization_config=GGUFQuantizationConfig(compute_dtype=dtype), config=str(snap),
                 subfolder="transformer", dtype=dtype)
         else:
-            transformer = QwenImageTransformer2DModel.from_pretrained(snap, subfolder="transformer", dtype=dtype)
+            transformer = QwenImageTransformer2DModel.from_pretrained(snap, subfolder="transformer", dtype=dtype,
+                                                                      use_safetensors=True)
         if files.kind == "edit":
             return {"transformer": transformer}
-        return {"transformer": transformer, "controlnet": QwenImageControlNetModel.from_pretrained(files.controlnet,
-                                                                                                   dtype=dtype)}
+        return {"transformer": transformer, "controlnet": QwenImageControlNetModel.from_pretrained(
+            files.controlnet, dtype=dtype, use_safetensors=True)}
 
+    models.refuse_pickled_weights(snap, files.controlnet)  # and use_safetensors=True: a pickle is never opened
     if files.kind == "edit":
-        pipe = QwenImageEditPlusPipeline.from_pretrained(snap, transformer=None, dtype=dtype)
+        pipe = QwenImageEditPlusPipeline.from_pretrained(snap, transformer=None, dtype=dtype, use_safetensors=True)
     else:
-        pipe = QwenImageControlNetPipeline.from_pretrained(snap, transformer=None, controlnet=None, dtype=dtype)
+        pipe = QwenImageControlNetPipeline.from_pretrained(snap, transformer=None, controlnet=None, dtype=dtype,
+                                                           use_safetensors=True)
     return QwenSession(pipe, plan, device, files.kind, areas_for(snap), files.info, load_denoiser, **kwargs)

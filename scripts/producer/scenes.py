@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import paths
 from .cli import CliError
 
 SCENE_TYPES = ("character", "landscape")
@@ -316,6 +317,11 @@ class _Parser:
         if first.startswith("[") and first.endswith("]"):
             first = first[1:-1]  # "[KF-A]"; a placeholder "[Start keyframe]" has a space and fails below
         token = _KF_ID.match(Path(first).stem)  # "keyframes/KF-B.png" -> "KF-B"
+        if paths.leaves_by_name(first):  # only the id is used: a path elsewhere would silently mean this one
+            self.problem(n, f"scene {self.scene.number}: keyframe {first!r} leads outside the production folder",
+                         "name the keyframe by its id (e.g. KF-A) or keyframes/KF-A.png; every keyframe lives in "
+                         "this production's keyframes/ folder")
+            return None
         if first.startswith(("[", "<")) or not token:
             self.problem(n, f"scene {self.scene.number}: keyframe {value!r} is not a keyframe id",
                          "use an id from the Unique Keyframes table, e.g. KF-A (or 'none' for an I2V end)")

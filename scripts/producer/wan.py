@@ -32,7 +32,7 @@ import torch
 from diffusers import (FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanImageToVideoPipeline,
                        WanTransformer3DModel)
 
-from . import lora, memory, offload, registry, speed
+from . import lora, memory, models, offload, registry, speed
 from .cli import Stopwatch
 from .wan_install import DENOISERS, WanFiles
 
@@ -177,7 +177,7 @@ class _ExpertsOnDisk:
         if straight_to_gpu and self.device.type == "cuda":
             kwargs["device_map"] = self.device  # resident weights never pass through host RAM
         return WanTransformer3DModel.from_pretrained(self.files.snapshot, subfolder=component, dtype=self.dtype,
-                                                     **kwargs)
+                                                     use_safetensors=True, **kwargs)
 
 
 class _ExpertsInMemory:
@@ -243,12 +243,15 @@ class WanSession:
         watch = Stopwatch()
         with watch.stage("load_text_encoder"):
             direct = plan.text_encoder == "gpu" and device.type == "cuda"
+            models.refuse_pickled_weights(files.snapshot)  # and use_safetensors=True: a pickle is never opened
             text_encoder = UMT5EncoderModel.from_pretrained(files.snapshot, subfolder="text_encoder", dtype=dtype,
+                                                            use_safetensors=True,
                                                             **({"device_map": {"": device}} if direct else {}))
             if not direct:
                 offload.place_text_encoder(text_encoder, plan.text_encoder, device)
             pipe = WanImageToVideoPipeline.from_pretrained(files.snapshot, text_encoder=text_encoder,
-                                                           transformer=None, transformer_2=None, dtype=dtype)
+                                                           transformer=None, transformer_2=None, dtype=dtype,
+                                                           use_safetensors=True)
         session = cls(pipe, plan, device, _ExpertsOnDisk(files, dtype, device, plan), **kwargs)
         session.seconds.update(watch.seconds)
         return session
