@@ -292,6 +292,9 @@ class BatchRun:
         if job.index in self.skipped:
             return {"status": "skipped", "output": str(resolved.output), "mode": resolved.mode,
                     "reason": "up to date: the output exists with the same recipe"}
+        if self.session is None:  # loading failed in an earlier job of this model, which reported why
+            raise CliError(f"the {resolved.kind} model is not loaded (an earlier job's error says why)",
+                           "fix that error and run the batch again (finished jobs are skipped)", ExitCode.FAILED)
         return make_image(self.session, resolved, self.fuse)
 
     def _start(self, kind: str) -> None:
@@ -324,8 +327,12 @@ class BatchRun:
             return
         self.fuse = len({r.job.loras for r in todo.values()}) == 1
         timer = Stopwatch()
-        with timer.stage("load"):
-            self.session = open_session(self.args, plan, files, images=len(todo))
+        try:
+            with timer.stage("load"):
+                self.session = open_session(self.args, plan, files, images=len(todo))
+        except CliError as err:  # e.g. a LoRA refused: each job of this model reports it (none crashes later)
+            self.failed.update({i: err for i in todo})
+            return
         self.session.timer.seconds.update(timer.seconds)
         self.seconds[kind] = self.session.timer.seconds
         self._encode_all(todo)

@@ -15,7 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from producer import batch, locks, lora, media, models, provenance, registry, review  # noqa: E402
 from producer import wan_settings as ws  # noqa: E402
 from producer.cli import (CliError, ExitCode, Stopwatch, add_memory_args, add_output_args,  # noqa: E402
-                          build_parser, check_output, log, resolve_seed, run_main, seed_arg)
+                          atomic_outputs, build_parser, check_output, log, resolve_seed, run_main, seed_arg,
+                          write_json_atomic)
 from producer.style import apply_style, load_style, style_prompts  # noqa: E402
 
 SCRIPT = "wan_video.py"
@@ -345,14 +346,17 @@ def produce(engine: Engine, req: Request, recipe: dict) -> dict:
 
 
 def write_outputs(frames, req: Request, recipe: dict) -> dict:
-    """PNGs, then the MP4, then the sidecar: a clip is up to date only once all of them are there."""
+    """PNGs, then the MP4 with its sidecar: a clip is up to date only once all of them are there. The MP4 and
+    the sidecar are written together (cli.atomic_outputs: both or neither), so a full disk or Ctrl-C never
+    leaves a clip without its recipe, which a rerun would refuse to replace."""
     sidecar = provenance.sidecar_path(req.output)
     if sidecar.exists():
         sidecar.unlink()  # an old recipe must never describe a new clip, even for a moment
     title = review.sheet_title(req.prompt, req.seed, len(frames), FPS)
     paths = review.write_review(frames, req.output, recipe, FPS, title)
-    media.write_mp4(frames, req.output, fps=FPS)
-    provenance.write_sidecar(req.output, recipe)
+    with atomic_outputs(req.output, sidecar) as (clip_tmp, recipe_tmp):
+        media.write_mp4(frames, clip_tmp, fps=FPS)
+        write_json_atomic(recipe_tmp, recipe)
     return {**paths, "provenance": str(sidecar)}
 
 

@@ -17,6 +17,7 @@ import os
 import secrets
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -140,25 +141,59 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     removes the temp file, so a truncated file never sits under the final name. Temp files of this output
     left by a run that was killed outright (SIGKILL, power loss) are removed here, once their process is gone.
     """
+    with atomic_outputs(path) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_outputs(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """atomic_output for files that belong together (a clip and its recipe): all or none. Every temp file is
+    complete before the first rename; the renames (in the order given) run with Ctrl-C and SIGTERM held back
+    for those few system calls, so an interruption lands before them or after them."""
     from . import faults
 
-    final = Path(path)
-    _sweep_partials(final)
-    tmp = final.with_name(f".{final.stem}{PARTIAL_MARK}{os.getpid()}{final.suffix}")
+    finals = [Path(p) for p in paths]
+    temps = [final.with_name(f".{final.stem}{PARTIAL_MARK}{os.getpid()}{final.suffix}") for final in finals]
+    for final in finals:
+        _sweep_partials(final)
     try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        faults.at(f"rename:{final.name}")
-        os.replace(tmp, final)
+        yield temps
+        for tmp in temps:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        for final in finals:
+            faults.at(f"rename:{final.name}")
+        with _signals_deferred():
+            for tmp, final in zip(temps, finals):
+                os.replace(tmp, final)
     except OSError as exc:
-        _remove_quietly(tmp)
+        for tmp in temps:
+            _remove_quietly(tmp)
         if exc.errno == errno.ENOSPC:
-            raise disk_full(final) from None
+            raise disk_full(output_for(exc.filename) if exc.filename else finals[0]) from None
         raise
     except BaseException:
-        _remove_quietly(tmp)
+        for tmp in temps:
+            _remove_quietly(tmp)
         raise
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them to the handlers that were in place."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (and only it receives Python's signal exceptions)
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda number, frame: caught.append(number)) for signum in held}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 PARTIAL_MARK = ".partial-"
@@ -171,12 +206,13 @@ def disk_full(path: str | os.PathLike) -> CliError:
 
 
 def output_for(tmp: str | os.PathLike) -> Path:
-    """The output an atomic_output temp file stands for (for messages): .video.partial-12.mp4 -> video.mp4."""
+    """The output an atomic_output temp file stands for (for messages): .video.partial-12.mp4 -> video.mp4
+    (also through nested temps, a writer's own temp inside a caller's)."""
     tmp = Path(tmp)
     stem, mark, rest = tmp.stem.rpartition(PARTIAL_MARK)
     if not (mark and stem.startswith(".") and rest.isdigit()):
         return tmp
-    return tmp.with_name(stem[1:] + tmp.suffix)
+    return output_for(tmp.with_name(stem[1:] + tmp.suffix))
 
 
 def _sweep_partials(final: Path) -> None:

@@ -89,9 +89,13 @@ def read_recipe(output: str | os.PathLike) -> dict | None:
     """The recipe stored with an output (inside a PNG, else in its sidecar), or None."""
     p = Path(output)
     if p.suffix.lower() == ".png" and p.is_file():
+        from .cli import CliError
         from .media import read_png_metadata
 
-        meta = read_png_metadata(p)
+        try:
+            meta = read_png_metadata(p)
+        except CliError:  # not a PNG we can read (someone else's file, a damaged one): it carries no recipe
+            meta = None
         if meta:
             return meta
     side = sidecar_path(p)
