@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from producer import batch, hardware, locks, media, memory, models, provenance, qwen, qwen_jobs, qwen_load
+from producer import batch, hardware, locks, media, memory, models, parallel, provenance, qwen, qwen_jobs, qwen_load
 from producer.cli import (
     CliError,
     ExitCode,
@@ -95,17 +95,22 @@ examples:
   qwen_image.py --prompt "A misty harbour" --lightning off --cfg 4 --lora loras/ink.safetensors:0.8 --seed 7 -o a.png
   # many stills, one model load: skips outputs that are up to date
   qwen_image.py --batch keyframes.json --json
+  # the same on GPUs 0 and 2 only (default: every visible GPU, one worker each)
+  qwen_image.py --batch keyframes.json --gpus 0,2
 
 batch file (--batch FILE.json): a list of jobs, or {"defaults": {...}, "jobs": [...]}; keys are the long
 option names ("prompt", "reference": ["a.png", "b.png"], "preset", "seed", "output", "overwrite": true);
 paths are relative to the batch file. --offload, --weights, --device, --models-dir, --force-memory,
 --allow-partial-lora and --overwrite (every job) go on the command line; other options go in the file.
 A job whose output exists with the same recipe is skipped (unless "overwrite": true); a failing job does
-not stop the others; the JSON lists every job."""
+not stop the others; the JSON lists every job.
+
+""" + parallel.HELP
 
 PATH_OPTIONS = {"reference", "style-image", "pose", "style-ref", "output", "lora"}
 BATCH_ONLY = {"batch", "offload", "weights", "device", "compile", "attention", "models-dir", "force-memory",
               "allow-partial-lora", "json", "quiet", "debug"} | batch.POLICY_OPTIONS
+BATCH_ONLY |= parallel.BATCH_OPTIONS  # --gpus, --workers: beside --batch
 
 
 def build() -> argparse.ArgumentParser:
@@ -149,6 +154,7 @@ def build() -> argparse.ArgumentParser:
     g.add_argument("--models-dir", help="the Hugging Face cache folder that holds the models (default: HF_HOME)")
     g.add_argument("--force-memory", action="store_true",
                    help="run even when the memory plan says the model will not fit")
+    parallel.add_args(p)
     add_output_args(p)
     return p
 
@@ -372,9 +378,9 @@ def run_batch(args) -> dict:
                 entry.args.overwrite = True
     runner = BatchRun(args)
     order = runner.prepare(entries)
-    result = batch.run_jobs(order, runner.run_one,
-                            describe=lambda job: f"job {job.index}: {runner.resolved[job.index].output}",
-                            retry_oom=batch.oom_retry(args.on_oom, runner.current_plan, runner.reload)).to_dict()
+    result = parallel.run_jobs(order, runner.run_one, worker_dir=args.parallel_worker,
+                               describe=lambda job: f"job {job.index}: {runner.resolved[job.index].output}",
+                               retry_oom=batch.oom_retry(args.on_oom, runner.current_plan, runner.reload)).to_dict()
     result["jobs"].sort(key=lambda j: j.get("job", -1))
     result["memory_plans"] = runner.plans
     result["model_files"] = runner.files
@@ -401,7 +407,7 @@ def describe(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build(), run, argv, describe)
+    return run_main(build(), parallel.entry(run, __file__, argv), argv, describe)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from producer import batch, locks, lora, media, models, provenance, registry, review  # noqa: E402
 from producer import wan_settings as ws  # noqa: E402
+from producer import parallel  # noqa: E402
 from producer.cli import (CliError, ExitCode, Stopwatch, add_memory_args, add_output_args,  # noqa: E402
                           atomic_outputs, build_parser, check_output, log, resolve_seed, run_main, seed_arg,
                           write_json_atomic)
@@ -68,7 +69,9 @@ Batch: --batch FILE.json runs many clips with one model load: every prompt is en
   others. Jobs use this script's option names: {{"start_frame": "keyframes/KF-A.png", "prompt": "...",
   "output": "scene-01/video.mp4"}}; paths are relative to the batch file; {{"defaults": {{...}}, "jobs": [...]}}
   sets options for every job. LoRA, distill and memory options go beside --batch and apply to the whole
-  batch (as does --overwrite); clip options go in the file."""
+  batch (as does --overwrite); clip options go in the file.
+
+{parallel.HELP}{parallel.CONTEXT_HELP}"""
 
 EPILOG = """\
 examples:
@@ -83,12 +86,17 @@ examples:
       --lora my_style.safetensors:0.8:low -o clip.mp4
   # the full 40-step schedule (no distill LoRA), 33 frames
   wan_video.py --start-frame kf.png --prompt "waves roll in" --distill off --frames 33 -o waves.mp4
-  # many scenes, one model load
-  wan_video.py --batch clips.json --json"""
+  # many scenes, one model load (on every GPU of the machine: one worker per GPU)
+  wan_video.py --batch clips.json --json
+  # the scenes on GPUs 0 and 1 only
+  wan_video.py --batch clips.json --gpus 0,1
+  # one 720p clip split over 4 GPUs (Ulysses context parallelism)
+  wan_video.py --start-frame kf.png --prompt "a slow crane shot" --preset 720p --context-parallel 4 -o clip.mp4"""
 
 PATH_OPTIONS = {"start-frame", "end-frame", "style-ref", "output"}
 BATCH_ONLY = {"batch", "distill", "distill-strength", "lora", "allow-partial-lora", "offload", "weights", "device",
               "compile", "attention", "models-dir", "json", "quiet", "debug"} | batch.POLICY_OPTIONS
+BATCH_ONLY |= parallel.BATCH_OPTIONS  # --gpus, --workers: beside --batch
 
 
 def build() -> argparse.ArgumentParser:
@@ -128,6 +136,7 @@ def build() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=Path, metavar="FILE.json", help="many clips, one model load (see above)")
     g.add_argument("--models-dir", help="the Hugging Face cache that holds the models (default: HF_HOME)")
     batch.add_batch_policy_args(g)
+    parallel.add_args(p, context_parallel=True)
     add_memory_args(p)
     add_output_args(p)
     return p
@@ -303,14 +312,15 @@ def open_engine(args: argparse.Namespace, load: Load, requests: list[Request], s
 
 
 def load_session(engine: Engine, args: argparse.Namespace, load: Load, clips: int = 1) -> None:
-    from producer import speed, wan
+    from producer import speed
 
     speed.check_attention_backend(args.attention)
     levers = speed.default_speed(engine.plan.device, engine.plan.components["transformer"].placement, args.compile,
                                  attention=args.attention, items=clips, family="wan")
-    engine.session = wan.WanSession.from_files(engine.files, engine.plan, args.device, lora_specs=load.specs,
-                                               allow_partial=load.allow_partial, progress=not args.quiet,
-                                               speed=levers)
+    session_class = parallel.wan_session_class(args)  # split over the ranks under --context-parallel
+    engine.session = session_class.from_files(engine.files, engine.plan, args.device, lora_specs=load.specs,
+                                              allow_partial=load.allow_partial, progress=not args.quiet,
+                                              speed=levers)
 
 
 def to_job(req: Request):
@@ -447,7 +457,8 @@ def run_batch(args: argparse.Namespace) -> dict:
         current[0].session.encode([to_job(req) for req in left])
 
     retry = batch.oom_retry(args.on_oom, lambda: current[0].plan, reload)
-    result = batch.run_jobs(items, run_one, lambda job: f"{requests[job.index].output}", retry).to_dict()
+    result = parallel.run_jobs(items, run_one, lambda job: f"{requests[job.index].output}", retry,
+                               worker_dir=args.parallel_worker).to_dict()
     return {**result, **current[0].summary()}
 
 
@@ -491,7 +502,7 @@ def describe(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build(), run, argv, describe)
+    return run_main(build(), parallel.entry(run, __file__, argv), argv, describe)
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def test_help_documents_both_modes_and_its_examples_parse(capsys):
     parser = wan_video.build()
     examples = [line.strip() for line in wan_video.EPILOG.replace("\\\n", " ").splitlines()
                 if line.strip().startswith("wan_video.py")]
-    assert len(examples) == 5
+    assert len(examples) == 7
     for line in examples:
         parser.parse_args(shlex.split(line)[1:])
 
