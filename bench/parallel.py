@@ -87,7 +87,9 @@ def launch(args, n: int) -> dict:
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench-parallel-"))
     store = parallel.start_store()
-    devices = tuple(str(i) for i in range(n)) if args.device == "cuda" else ()
+    devices = tuple(parallel.visible_gpus()[:n]) if args.device == "cuda" else ()
+    if args.device == "cuda" and len(devices) < n:
+        return {"gpus": n, "error": f"{n} GPUs asked for, {len(devices)} visible"}
     launch = parallel.Launch(args.mode, n, devices)
     argv = _child_argv(args, n)
     started = time.perf_counter()
@@ -198,7 +200,8 @@ def scenes_child(args, rank: int) -> dict:
     """Warm up, wait for every worker, then claim clips from the shared queue until it is empty."""
     from producer import batch, parallel, wan
 
-    device = "cpu" if args.device == "cpu" else "cuda:0"  # --virtual-local-rank: this worker's GPU is cuda:0
+    parallel.pin_gpu()
+    device = "cpu" if args.device == "cpu" else "cuda:0"  # this worker's own GPU, as in wan_video.py --batch
     session, job, steps = _session(args, device, wan.WanSession)
     _timed_clip(session, job, steps)
     share = parallel.Share.connect(args.rank_child)

@@ -90,6 +90,13 @@ def test_gpu_list_and_help():
     assert "--gpus" in qwen_image.build().format_help() and "--context-parallel" not in qwen_image.build().format_help()
 
 
+def test_a_scene_worker_sees_only_its_own_gpu(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    parallel.pin_gpu()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "7"
+
+
 def test_the_workers_flag_is_not_an_option(tmp_path, capsys):
     code = qwen_image.main(["--parallel-worker", str(tmp_path), "--prompt", "x", "-o", str(tmp_path / "a.png"),
                             "--json"])

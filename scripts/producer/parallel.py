@@ -2,7 +2,7 @@
 
 Scene-parallel (`--batch` on a machine with 2+ GPUs, or `--gpus 0,1,...` / `--workers N`)
   The script the user runs is the coordinator. It launches one worker per GPU with PyTorch's launcher
-  (`python -m torch.distributed.run --virtual-local-rank`: each worker sees only its own GPU, as cuda:0),
+  (`python -m torch.distributed.run`; each worker narrows CUDA_VISIBLE_DEVICES to its own GPU, cuda:0),
   each running the same script with the same arguments plus `--parallel-worker RUN_FOLDER`. Every worker
   resolves the whole batch, loads the model once under the memory plan of one GPU and encodes every prompt
   (cheap beside a clip, and a worker cannot know in advance which jobs it will get), then takes jobs one at
@@ -246,8 +246,6 @@ def torchrun(script: Path, argv: list[str], launch: Launch, env: dict[str, str])
     """Run `script argv` in launch.workers processes under torchrun, their output on our stderr; the exit code."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={launch.workers}",
            "--max-restarts=0"]
-    if launch.mode == "scenes":
-        cmd.append("--virtual-local-rank")  # each worker sees only its own GPU, as cuda:0
     env = dict(os.environ, PYTHONUNBUFFERED="1", **env)
     if launch.devices:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(launch.devices)
@@ -312,6 +310,8 @@ def _as_worker(run: Callable[[argparse.Namespace], dict], args: argparse.Namespa
                        "drop it: --batch (or --context-parallel N) starts the workers itself")
     rank = worker_rank()
     _prefix_logs(rank)
+    if not getattr(args, "context_parallel", None):
+        pin_gpu()
     report_path = run_dir / "ranks" / f"{rank}.json"
     report_path.parent.mkdir(exist_ok=True)
     context = None
@@ -336,6 +336,19 @@ def _as_worker(run: Callable[[argparse.Namespace], dict], args: argparse.Namespa
     report.pop("exit_code", None)
     _write_json(report_path, report)
     return {**result, "exit_code": int(ExitCode.OK)}
+
+
+def pin_gpu() -> None:
+    """A scene worker sees only its own GPU, as cuda:0, so that nothing in the model code can reach another
+    worker's GPU: CUDA_VISIBLE_DEVICES narrowed to the LOCAL_RANK-th entry torchrun passed down (what
+    torchrun's own --virtual-local-rank does, which older PyTorch releases lack). Before CUDA starts."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        raise RuntimeError("pin_gpu() must run before CUDA is initialized")
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if devices:
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices.split(",")[local]
 
 
 def _prefix_logs(rank: int) -> None:
