@@ -166,6 +166,31 @@ def test_an_error_before_any_job_is_the_runs_own_error(tmp_path):
     assert "stopped before the clip was written" in caught.value.message and "137" in caught.value.message
 
 
+def test_out_of_memory_on_one_worker_stops_the_batch_on_every_worker(tmp_path, monkeypatch):
+    """The job queue itself, with a real TCPStore: worker 0 runs out of memory at job 1 and stops the batch;
+    worker 1 then claims nothing; the merge reports the rest as not run, with the reason."""
+    from producer import batch
+
+    store = parallel.start_store()
+    monkeypatch.setenv(parallel.STORE_ENV, f"127.0.0.1:{store.port}")
+    jobs = [batch.Job(i, argparse.Namespace(), {}) for i in range(4)]
+    ran = []
+
+    def run_one(job):
+        ran.append(job.index)
+        if job.index == 1:
+            raise CliError("out of memory at 1280x720x81", "retry with --offload group", ExitCode.OUT_OF_MEMORY)
+        return {"status": "ok"}
+
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        parallel.run_jobs(jobs, run_one, worker_dir=tmp_path)
+    assert ran == [0, 1]
+    result = parallel_merge.merge_scenes(tmp_path, parallel.Launch("scenes", 2), 4, parallel.StoreView(store), 0, 1.0)
+    assert [j["status"] for j in result["jobs"]] == ["ok", "error", "not_run", "not_run"]
+    assert result["jobs"][2]["reason"].startswith("the batch stopped at job 1: out of memory")
+
+
 def test_video_tokens_per_clip():
     from producer import context_parallel as cp
     from producer.wan import ClipJob

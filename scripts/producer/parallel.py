@@ -44,6 +44,7 @@ from .cli import CliError, ExitCode, atomic_output, peak_memory, resolve_seed
 log = logging.getLogger("producer")
 
 WORKER_FLAG = "--parallel-worker"
+WORKER_DEST = "parallel_worker"  # its argparse destination
 STORE_ENV = "PRODUCER_PARALLEL_STORE"  # host:port of the coordinator's TCPStore, for the workers
 # Options of the command line that belong beside --batch (scripts add them to their BATCH_ONLY set).
 BATCH_OPTIONS = {"gpus", "workers", WORKER_FLAG.lstrip("-")}
@@ -191,7 +192,7 @@ def entry(run: Callable[[argparse.Namespace], dict], script: str | Path,
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def dispatch(args: argparse.Namespace) -> dict:
-        if getattr(args, WORKER_FLAG.lstrip("-").replace("-", "_")):
+        if getattr(args, WORKER_DEST):
             return _as_worker(run, args)
         needs_gpus = args.device != "cpu" and (getattr(args, "context_parallel", None) or args.batch)
         visible = visible_gpus() if needs_gpus else []
@@ -232,7 +233,7 @@ class Coordinator:
             seconds = round(time.perf_counter() - started, 3)
             if self.launch.mode == "context":
                 return parallel_merge.merge_context(run_dir, self.launch, code, seconds)
-            return parallel_merge.merge_scenes(run_dir, self.launch, self.jobs or 0, _StoreView(store), code, seconds)
+            return parallel_merge.merge_scenes(run_dir, self.launch, self.jobs or 0, StoreView(store), code, seconds)
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -283,7 +284,7 @@ def _check_clip_output(args: argparse.Namespace) -> None:
         check_output(args.output, args.overwrite, "output")
 
 
-class _StoreView:
+class StoreView:
     """What the coordinator reads back from its store after the workers are gone."""
 
     def __init__(self, store):
@@ -304,7 +305,7 @@ def _as_worker(run: Callable[[argparse.Namespace], dict], args: argparse.Namespa
     """Run this worker's share; its report (or the error that stopped it) goes to RUN/ranks/RANK.json. The
     process exits 0 once its share is done, failed jobs or not: a non-zero exit would make torchrun stop the
     other workers."""
-    run_dir = Path(getattr(args, WORKER_FLAG.lstrip("-").replace("-", "_")))
+    run_dir = Path(getattr(args, WORKER_DEST))
     if "TORCHELASTIC_RUN_ID" not in os.environ or not run_dir.is_dir():
         raise CliError(f"{WORKER_FLAG} is how the coordinator starts its workers under torchrun, not an option",
                        "drop it: --batch (or --context-parallel N) starts the workers itself")
@@ -325,9 +326,9 @@ def _as_worker(run: Callable[[argparse.Namespace], dict], args: argparse.Namespa
         _write_json(report_path, {**err.to_dict(), "worker": rank})
         raise
     except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
         _write_json(report_path, {"status": "error", "worker": rank, "exit_code": int(ExitCode.FAILED),
-                                  "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-                                  "fix": "rerun with --debug for details"})
+                                  "error": f"{type(exc).__name__}: {first}", "fix": "rerun with --debug for details"})
         raise
     finally:
         if context is not None:
@@ -416,17 +417,16 @@ def run_jobs(jobs: list, run_one: Callable, describe: Callable = lambda job: f"j
         outcome = {**one.jobs[0], "worker": share.rank}
         share.record(index, outcome)
         result.jobs.append(outcome)
-        stopped = getattr(one, "stopped", None)  # out of memory or a full disk stops the whole batch
-        if stopped is not None:
-            share.stop(stopped.message)
-            result.stopped = stopped
+        if one.stopped is not None:  # out of memory or a full disk stops the whole batch, on every worker
+            share.stop(one.stopped.message)
+            result.stopped = one.stopped
             break
     return result
 
 
 def wan_session_class(args: argparse.Namespace):
     """The session class for wan_video.py: split over the ranks in a context-parallel worker."""
-    if getattr(args, "context_parallel", None) and getattr(args, WORKER_FLAG.lstrip("-").replace("-", "_"), None):
+    if getattr(args, "context_parallel", None) and getattr(args, WORKER_DEST, None):
         from .context_parallel import ContextParallelWanSession
 
         return ContextParallelWanSession
