@@ -147,7 +147,7 @@ def _chosen(args: argparse.Namespace, visible: list[str]) -> list[str]:
 def _decide_context(args: argparse.Namespace, n: int, visible: list[str]) -> Launch:
     if args.batch:
         raise CliError("--context-parallel splits one clip; a --batch already runs on every GPU, one clip per GPU "
-                       "(nearly linear speed-up, better than splitting each clip)",
+                       "(the GPUs need not talk to each other then)",
                        "drop --context-parallel for the batch, or run the clip alone with it")
     if args.workers is not None:
         raise CliError("--workers is for --batch; --context-parallel N sets the number of processes itself",
