@@ -107,10 +107,13 @@ def run(args: argparse.Namespace) -> dict:
         return {"command": "next", **nextstep.next_step(snap)}
     if args.command == "retake":
         return {"command": "retake", **checkpoints.retake(snap, args.item)}
+    from producer.approvals import all_or_none
+
     done = []
-    for what in args.what:
-        done.append(checkpoints.approve(snap, what))
-        snap = status.snapshot(args.dir, args.allow_outside)
+    with all_or_none(args.dir):  # "approve DIR a b": both or, if b is refused, neither
+        for what in args.what:
+            done.append(checkpoints.approve(snap, what))
+            snap = status.snapshot(args.dir, args.allow_outside)
     return {"command": "approve", "approved": done, "current_phase": snap.current_phase()}
 
 

@@ -16,8 +16,8 @@ from producer import batch, locks, lora, media, models, provenance, registry, re
 from producer import wan_settings as ws  # noqa: E402
 from producer import parallel  # noqa: E402
 from producer.cli import (CliError, ExitCode, Stopwatch, add_memory_args, add_output_args,  # noqa: E402
-                          atomic_outputs, build_parser, check_output, log, resolve_seed, run_main, seed_arg,
-                          write_json_atomic)
+                          atomic_outputs, build_parser, check_output, check_output_name, log, resolve_seed, run_main,
+                          seed_arg, write_json_atomic)
 from producer.style import apply_style, load_style, style_prompts  # noqa: E402
 
 SCRIPT = "wan_video.py"
@@ -174,9 +174,10 @@ class Request:
 
 def resolve_request(args: argparse.Namespace, distilled: bool) -> Request:
     for flag, value in (("--start-frame", args.start_frame), ("--prompt", args.prompt), ("--output", args.output)):
-        if value is None or (isinstance(value, str) and not value.strip()):
+        if value is None or not str(value).strip() or str(value) == ".":  # -o "" parses as Path(".")
             raise CliError(f"{flag} is required", f"e.g. {SCRIPT} --start-frame kf.png --prompt \"she waves\" "
                            "-o scene-01/video.mp4 (or --batch FILE.json)")
+    check_output_name(args.output, "--output")  # "/" or "..": no file name to write
     if args.output.suffix.lower() != ".mp4":
         raise CliError(f"--output {args.output} must be an .mp4 file", f"e.g. -o {args.output.with_suffix('.mp4')}")
     notes: list[str] = []

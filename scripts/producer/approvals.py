@@ -15,13 +15,15 @@ seeds, so nothing goes stale by itself; `retake` asks for another variant of one
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from .cli import CliError, write_json_atomic
+from .cli import CliError, atomic_output, write_json_atomic
 from .layout import state_dir, state_file
 from .provenance import file_digest
 
@@ -62,6 +64,26 @@ def read_approvals(root: Path) -> dict[str, Approval]:
         if isinstance(entry, dict) and isinstance(entry.get("files"), dict):
             out[name] = Approval(name, str(entry.get("approved_at", "")), dict(entry["files"]))
     return out
+
+
+@contextlib.contextmanager
+def all_or_none(root: Path) -> Iterator[None]:
+    """Several approvals in one command are recorded together, or (one of them refused) none of them."""
+    path = state_file(Path(root), APPROVALS)
+    before = path.read_bytes() if path.is_file() else None
+    try:
+        yield
+    except BaseException as exc:
+        now = path.read_bytes() if path.is_file() else None
+        if now != before and before is None:
+            path.unlink()
+        elif now != before:
+            with atomic_output(path) as tmp:
+                tmp.write_bytes(before)
+        if isinstance(exc, CliError):
+            raise CliError(f"{exc.message} (nothing of this command was recorded)", exc.fix, exc.code,
+                           **exc.details) from None
+        raise
 
 
 def record_approval(root: Path, name: str, files: list[Path]) -> Approval:

@@ -24,6 +24,8 @@ path or symlink elsewhere, unless `--allow-outside` is given beside --batch.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import paths
-from .cli import CliError, ExitCode, is_out_of_memory
+from .cli import CliError, ExitCode, unexpected_error
 
 log = logging.getLogger("producer")
 
@@ -171,11 +173,20 @@ def parse_jobs(parser: argparse.ArgumentParser, batch_path: str | Path, path_opt
     for i, raw in enumerate(read_batch_file(batch_path)):
         try:
             argv = job_to_argv(raw, i, base_dir, path_options, batch_only | POLICY_OPTIONS, root)
-            parsed.append(Job(i, parser.parse_args(argv), raw))
+            parsed.append(Job(i, _parse_job(parser, argv, i), raw))
         except CliError as err:
             message = err.message if err.message.startswith("job ") else f"job {i}: {err.message}"
             parsed.append(CliError(message, err.fix, err.code, job=i))
     return parsed
+
+
+def _parse_job(parser: argparse.ArgumentParser, argv: list[str], index: int) -> argparse.Namespace:
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # stdout carries the run's one JSON object, not help text
+            return parser.parse_args(argv)
+    except SystemExit:  # "help" (or an abbreviation of it) in a job: argparse printed help and exited
+        raise CliError(f"job {index}: asks for --help, which a job cannot do",
+                       "remove the \"help\" key; run the script with --help to read it") from None
 
 
 def run_jobs(jobs: list[Job | CliError], run_one: Callable[[Job], dict],
@@ -228,12 +239,10 @@ def _attempt(job: Job, run_one: Callable[[Job], dict], retry_oom, result: BatchR
 
 
 def _as_cli_error(exc: Exception) -> CliError:
-    first = str(exc).splitlines()[0] if str(exc).strip() else ""
-    if is_out_of_memory(exc):
-        return CliError(f"out of memory: {first}", "retry with a more frugal plan (--offload group or sequential), "
-                        "a smaller size or fewer frames", ExitCode.OUT_OF_MEMORY)
-    return CliError(f"{type(exc).__name__}: {first}", "rerun this job alone with --debug for details",
-                    ExitCode.FAILED)
+    err = unexpected_error(exc)
+    if err.fix.endswith("report it with that output"):  # a crash: the job alone shows it best
+        err.fix = "rerun this job alone with --debug for details; if it persists, report it with that output"
+    return err
 
 
 def _index(job: Job | CliError) -> int:

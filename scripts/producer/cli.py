@@ -121,9 +121,25 @@ def seed_arg(value: str) -> int:
 # ---------------------------------------------------------------- output files
 
 
+# File systems allow 255 bytes per name; the temp file and the lock beside an output add up to ~30.
+MAX_NAME_BYTES = 220
+
+
+def check_output_name(path: str | os.PathLike, what: str = "output") -> Path:
+    """An output must be a file name, short enough for its temp file and lock to fit beside it."""
+    p = Path(path)
+    if not p.name or p.name == "..":
+        raise CliError(f"{what} {str(path)!r} is a folder, not a file", "give a file name, e.g. out/KF-A.png")
+    size = len(os.fsencode(p.name))
+    if size > MAX_NAME_BYTES:
+        raise CliError(f"{what} name {p.name[:40]}... is {size} bytes long; at most {MAX_NAME_BYTES} fit here",
+                       "use a shorter file name")
+    return p
+
+
 def check_output(path: str | os.PathLike, overwrite: bool, what: str = "output") -> Path:
     """Refuse an existing output (unless --overwrite) or a missing directory, before any work starts."""
-    p = Path(path)
+    p = check_output_name(path, what)
     if p.is_dir():
         raise CliError(f"{what} {p} is a directory", fix="give a file name, e.g. " + str(p / "out.png"))
     if not p.parent.is_dir():
@@ -322,6 +338,36 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
 
+# A file the system refused: what it means for the user, the fix, and whose fault it is.
+FILE_ERRORS = {
+    errno.ENAMETOOLONG: ("the name is too long", "use a shorter name (at most 255 bytes per file or folder name)",
+                         ExitCode.USAGE),
+    errno.ENOENT: ("no such file or folder", "check the path", ExitCode.USAGE),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path", ExitCode.USAGE),
+    errno.EISDIR: ("it is a folder, not a file", "give a file", ExitCode.USAGE),
+    errno.ELOOP: ("a symbolic link leads in a circle", "check the links on the path", ExitCode.USAGE),
+    errno.EACCES: ("permission denied", "check the permissions (ls -l), or use another folder", ExitCode.USAGE),
+    errno.EPERM: ("operation not permitted", "check the permissions (ls -l), or use another folder", ExitCode.USAGE),
+    errno.EROFS: ("the file system is read-only", "write to another folder", ExitCode.FAILED),
+}
+
+
+def unexpected_error(exc: BaseException) -> CliError:
+    """The message for an exception no code path turned into a CliError: out of memory, a file the system
+    refused (named, with what to do), or a crash (the fix asks for a report)."""
+    if is_out_of_memory(exc):
+        return CliError(f"out of memory: {_first_line(exc)}", "retry with a more frugal plan: --offload group "
+                        "(or sequential), a smaller size, or fewer frames", ExitCode.OUT_OF_MEMORY)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        if exc.errno == errno.ENOSPC:
+            return disk_full(output_for(exc.filename))
+        if exc.errno in FILE_ERRORS:
+            what, fix, code = FILE_ERRORS[exc.errno]
+            return CliError(f"{exc.filename}: {what}", fix, code)
+    return CliError(f"{type(exc).__name__}: {_first_line(exc)}",
+                    "rerun with --debug for details; if it persists, report it with that output", ExitCode.FAILED)
+
+
 def run_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], dict],
              argv: list[str] | None = None, describe: Callable[[dict], str] | None = None) -> int:
     """Parse, run, report. Returns the exit code (scripts call sys.exit(main()))."""
@@ -334,6 +380,7 @@ def run_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace]
                 args = parser.parse_args(argv)
             except SystemExit as exc:  # --help / --version
                 return int(exc.code or 0)
+            as_json, debug = getattr(args, "json", as_json), getattr(args, "debug", debug)  # "--json" may be a value
             setup_logging(args.quiet, args.debug)
             result = run(args)
     except CliError as err:
@@ -347,22 +394,15 @@ def run_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace]
     except Exception as exc:  # the last line of defence: a message, never a traceback
         if debug:
             log.exception("unexpected error")
-        if is_out_of_memory(exc):
-            err = CliError(f"out of memory: {_first_line(exc)}", "retry with a more frugal plan: --offload group "
-                           "(or sequential), a smaller size, or fewer frames", ExitCode.OUT_OF_MEMORY)
-        else:
-            err = CliError(f"{type(exc).__name__}: {_first_line(exc)}",
-                           "rerun with --debug for details; if it persists, report it with that output",
-                           ExitCode.FAILED)
-        return _fail(err, as_json)
+        return _fail(unexpected_error(exc), as_json)
     code = int(result.pop("exit_code", ExitCode.OK))
     result.setdefault("status", "ok" if code == 0 else "partial")
     result.setdefault("seconds_total", round(time.perf_counter() - started, 3))
     result.update({k: v for k, v in peak_memory().items() if k not in result})
     if as_json:
-        print(json.dumps(result, ensure_ascii=False, default=str), flush=True)
+        _emit_json(result)
     elif describe is not None:
-        print(describe(result), flush=True)
+        _emit(describe(result))
     return code
 
 
@@ -372,9 +412,27 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _fail(err: CliError, as_json: bool) -> int:
-    print(f"error: {err.message}", file=sys.stderr)
+    _emit(f"error: {err.message}", sys.stderr)
     if err.fix:
-        print(f"  fix: {err.fix}", file=sys.stderr)
+        _emit(f"  fix: {err.fix}", sys.stderr)
     if as_json:
-        print(json.dumps(err.to_dict(), ensure_ascii=False, default=str), flush=True)
+        _emit_json(err.to_dict())
     return int(err.code)
+
+
+def _emit_json(obj: dict) -> None:
+    """One JSON object on stdout; \\u escapes where stdout cannot carry a character (a file name that is not
+    valid UTF-8 on a strict stream): the JSON means the same."""
+    try:
+        print(json.dumps(obj, ensure_ascii=False, default=str), flush=True)
+    except UnicodeEncodeError:
+        print(json.dumps(obj, ensure_ascii=True, default=str), flush=True)
+
+
+def _emit(text: str, stream=None) -> None:
+    """A line for people; characters the stream cannot carry are shown as escapes rather than crashing."""
+    stream = stream or sys.stdout
+    try:
+        print(text, file=stream, flush=True)
+    except UnicodeEncodeError:
+        print(text.encode("ascii", "backslashreplace").decode("ascii"), file=stream, flush=True)

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .cli import CliError, ExitCode
-from .media import _ffmpeg_exe, _ffmpeg_failed, _kill, _own_process_group
+from .media import _ffmpeg_exe, _ffmpeg_failed, _kill, _own_process_group, ffmpeg_input
 
 # Rates within 1% are one rate: containers round 16 fps to 15.99 or 16.01 now and then.
 FPS_TOLERANCE = 0.01
@@ -68,7 +68,7 @@ def _frames(path: Path):
     if not path.is_file():
         raise CliError(f"clip {path} does not exist" if not path.exists() else f"clip {path} is not a file",
                        "generate it first (wan_video.py), or check the path (ls it)")
-    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    reader = imageio_ffmpeg.read_frames(ffmpeg_input(path), pix_fmt="rgb24")
     try:
         try:
             meta = next(reader)
@@ -138,7 +138,7 @@ def probe_audio(path: str | Path) -> AudioInfo:
     if not path.is_file():
         raise CliError(f"audio {path} does not exist" if not path.exists() else f"audio {path} is not a file",
                        "check the path (ls it)")
-    cmd = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:a:0", "-f", "null", "-"]
+    cmd = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_input(path), "-map", "0:a:0", "-f", "null", "-"]
     try:
         result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
     except subprocess.TimeoutExpired:
@@ -226,7 +226,7 @@ def encoder_command(s: EncodeSettings, out: Path) -> list[str]:
     cmd = [_ffmpeg_exe(), "-hide_banner", "-nostats", "-loglevel", "error", "-y",
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{s.width}x{s.height}", "-r", str(rate), "-i", "-"]
     if s.audio is not None:
-        cmd += ["-i", str(s.audio)]
+        cmd += ["-i", ffmpeg_input(s.audio)]
     cmd += ["-map", "0:v:0", "-vf", video_filter(s), "-c:v", "libx264", "-preset", s.preset, "-crf", str(s.crf)]
     if s.audio is not None:
         cmd += ["-map", "1:a:0", "-af", s.audio_filter, "-c:a", "aac", "-b:a", "192k"]

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .cli import CliError, ExitCode, disk_full
+from .cli import CliError, ExitCode, check_output_name, disk_full
 
 
 def lock_path(output: str | os.PathLike) -> Path:
@@ -88,7 +88,7 @@ def _try_create(path: Path, info: dict) -> bool:
 @contextlib.contextmanager
 def output_lock(output: str | os.PathLike, command: str | None = None) -> Iterator[Path]:
     """Hold the lock of `output` for the duration of the block; CliError BUSY if another run holds it."""
-    path = lock_path(output)
+    path = lock_path(check_output_name(output))
     info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "command": command or " ".join(sys.argv)[:500]}
     for _ in range(3):  # create; or take over a stale lock and retry

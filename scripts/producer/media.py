@@ -515,8 +515,15 @@ def _ffmpeg_failed(code: int, errors, out: Path) -> CliError:
     last = text.splitlines()[-1] if text else f"exit status {code}"
     if "No space left on device" in text:
         return disk_full(output_for(out))
-    return CliError(f"ffmpeg could not write {output_for(out).name}: {last}", "check free disk space and the frame size; "
+    return CliError(f"ffmpeg could not write {output_for(out).name}: {last}",
+                    "check free disk space and the frame size; "
                     "rerun with --debug for ffmpeg's full message", ExitCode.FAILED, ffmpeg_log=text[-2000:])
+
+
+def ffmpeg_input(path: str | os.PathLike) -> str:
+    """A local file as ffmpeg's -i argument. ffmpeg reads "-" as stdin and "http:...", "concat:...",
+    "pipe:..." as protocols; "file:" plus the absolute path always means this file and nothing else."""
+    return "file:" + os.path.abspath(path)
 
 
 def _ffmpeg_exe() -> str:
@@ -534,7 +541,7 @@ def probe_video(path: str | os.PathLike) -> dict:
     The bundled ffmpeg has no ffprobe, so this runs `ffmpeg -i path -f null -` and reads its log.
     """
     path = _existing_video(path)
-    cmd = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0", "-f", "null", "-"]
+    cmd = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_input(path), "-map", "0:v:0", "-f", "null", "-"]
     try:
         result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
     except subprocess.TimeoutExpired:
@@ -606,7 +613,7 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[
     import imageio_ffmpeg
 
     path = _existing_video(path)
-    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    reader = imageio_ffmpeg.read_frames(ffmpeg_input(path), pix_fmt="rgb24")
     try:
         meta = next(reader)
     except (OSError, RuntimeError, IndexError, AttributeError) as exc:  # imageio's header parser, on junk

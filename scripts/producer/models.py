@@ -34,7 +34,10 @@ def use_models_dir(models_dir: str | None) -> None:
     """
     if not models_dir:
         return
-    home = Path(models_dir).expanduser().resolve()
+    try:
+        home = Path(models_dir).expanduser().resolve()
+    except RuntimeError:  # "~someone" with no such user
+        raise CliError(f"--models-dir {models_dir}: no such user's home folder", "give the folder itself") from None
     os.environ["HF_HOME"] = str(home)
     os.environ.pop("HF_HUB_CACHE", None)
     os.environ.pop("HUGGINGFACE_HUB_CACHE", None)

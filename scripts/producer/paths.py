@@ -26,10 +26,10 @@ ALLOW_FLAG = "--allow-outside"
 
 
 def inside(root: str | os.PathLike, path: str | os.PathLike) -> bool:
-    """Whether `path` (relative to `root`, or absolute) is inside `root` once '..' and symlinks are resolved."""
-    root = Path(root)
+    """Whether `path` (as given: absolute, or relative to the current folder, like `root`) is inside `root` once
+    '..' and symlinks are resolved."""
     try:
-        (root / path).resolve().relative_to(root.resolve())
+        Path(path).resolve().relative_to(Path(root).resolve())
         return True
     except ValueError:
         return False
