@@ -11,7 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from producer import batch, hardware, locks, media, memory, models, parallel, provenance, qwen, qwen_jobs, qwen_load
+from producer import (batch, cli, hardware, locks, media, memory, models, parallel, provenance, qwen, qwen_jobs,
+                      qwen_load)
 from producer.cli import (
     CliError,
     ExitCode,
@@ -151,7 +152,7 @@ def build() -> argparse.ArgumentParser:
     add_memory_args(p)
     batch.add_batch_policy_args(p.add_argument_group("batch"))
     g = p.add_argument_group("models")
-    g.add_argument("--models-dir", help="the Hugging Face cache folder that holds the models (default: HF_HOME)")
+    cli.add_models_dir_arg(g)
     g.add_argument("--force-memory", action="store_true",
                    help="run even when the memory plan says the model will not fit")
     parallel.add_args(p)

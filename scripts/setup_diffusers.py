@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from producer import install, models, needs, registry  # noqa: E402
+from producer import cli, install, models, needs, registry  # noqa: E402
 from producer.cli import CliError, ExitCode, build_parser, log, run_main  # noqa: E402
 from producer.memory import WEIGHT_CHOICES  # noqa: E402
 
@@ -60,13 +60,9 @@ def build() -> object:
                         help="with --check: re-hash every file (reads all of them: minutes for the real models)")
     parser.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto",
                         help="with --download: the weight form to fetch instead of the memory plan's choice")
-    parser.add_argument("--models-dir", metavar="DIR",
-                        help="the Hugging Face home holding the models (default: $HF_HOME or ~/.cache/huggingface)")
+    cli.add_models_dir_arg(parser)
     parser.add_argument("--token", help="Hugging Face token for gated models (default: HF_TOKEN or `hf auth login`)")
-    group = parser.add_argument_group("output and logging")
-    group.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs stay on stderr)")
-    group.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr (no progress bars)")
-    group.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    cli.add_output_args(parser, overwrite=False)
     return parser
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from producer import install, installcheck, models, needs, registry  # noqa: E402
+from producer import cli, install, installcheck, models, needs, registry  # noqa: E402
 from producer.cli import ExitCode, build_parser, log, run_main  # noqa: E402
 
 DESCRIPTION = """\
@@ -51,12 +51,8 @@ def build():
                         help="check weights against configs and LoRAs against their transformers (no weights loaded)")
     parser.add_argument("--smoke", action="store_true", help="run every script end to end on tiny stand-ins")
     parser.add_argument("--smoke-dir", metavar="DIR", help="--smoke, keeping the stand-in cache in DIR")
-    parser.add_argument("--models-dir", metavar="DIR",
-                        help="the Hugging Face home holding the models (default: $HF_HOME or ~/.cache/huggingface)")
-    group = parser.add_argument_group("output and logging")
-    group.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs stay on stderr)")
-    group.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")
-    group.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    cli.add_models_dir_arg(parser)
+    cli.add_output_args(parser, overwrite=False)
     return parser
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from producer import batch, locks, lora, media, models, provenance, registry, review  # noqa: E402
+from producer import batch, cli, locks, lora, media, models, provenance, registry, review  # noqa: E402
 from producer import wan_settings as ws  # noqa: E402
 from producer import parallel  # noqa: E402
 from producer.cli import (CliError, ExitCode, Stopwatch, add_memory_args, add_output_args,  # noqa: E402
@@ -134,7 +134,7 @@ def build() -> argparse.ArgumentParser:
     g.add_argument("--allow-partial-lora", action="store_true", help="load LoRAs that apply only in part")
     g = p.add_argument_group("batch and models")
     g.add_argument("--batch", type=Path, metavar="FILE.json", help="many clips, one model load (see above)")
-    g.add_argument("--models-dir", help="the Hugging Face cache that holds the models (default: HF_HOME)")
+    cli.add_models_dir_arg(g)
     batch.add_batch_policy_args(g)
     parallel.add_args(p, context_parallel=True)
     add_memory_args(p)

@@ -76,12 +76,19 @@ def build_parser(prog: str, description: str, epilog: str = "") -> ArgumentParse
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def add_output_args(parser: argparse.ArgumentParser) -> None:
+def add_output_args(parser: argparse.ArgumentParser, overwrite: bool = True) -> None:
+    """--json --quiet --debug, and --overwrite for scripts that write outputs."""
     g = parser.add_argument_group("output and logging")
     g.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs stay on stderr)")
-    g.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+    if overwrite:
+        g.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     g.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")
     g.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+
+
+def add_models_dir_arg(parser) -> None:
+    parser.add_argument("--models-dir", metavar="DIR",
+                        help="the Hugging Face home that holds the models (default: $HF_HOME or ~/.cache/huggingface)")
 
 
 def add_memory_args(parser: argparse.ArgumentParser) -> None:
