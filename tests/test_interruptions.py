@@ -69,7 +69,7 @@ def test_a_signal_while_loading_or_decoding_leaves_no_clip(point, signum, standi
     argv = ["--start-frame", keyframe(tmp_path), "--prompt", "waves", "--seed", 1, "-o", tmp_path / "v.mp4", *FAST]
     proc, _ = start_paused(argv, point, standin_install.hf_home)
     assert locks.lock_path(tmp_path / "v.mp4").exists()  # held while the run works
-    code, result, err = stop(proc, signum)
+    code, result, _ = stop(proc, signum)
     assert code == ExitCode.INTERRUPTED and "interrupted (Ctrl-C)" in result["error"]
     assert not (tmp_path / "v.mp4").exists() and leftovers(tmp_path) == []
 
@@ -82,7 +82,7 @@ def test_sigterm_while_denoising_and_a_second_run_meanwhile(standin_hf_home, tmp
     second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == ExitCode.BUSY and f"pid {proc.pid}" in second["error"] and "wan_video.py" in second["error"]
     assert "wait for that run to finish" in second["fix"]
-    code, result, err = stop(proc, signal.SIGTERM)
+    code, result, _ = stop(proc, signal.SIGTERM)
     assert code == ExitCode.TERMINATED and "terminated (SIGTERM)" in result["error"]
     assert not (tmp_path / "v.mp4").exists() and leftovers(tmp_path) == []  # the lock went with the run
 
@@ -95,7 +95,7 @@ def test_sigterm_while_writing_a_batch_then_the_rerun_continues(standin_hf_home,
     argv = ["--batch", tmp_path / "clips.json", "--quiet", "--json"]
     # c1.mp4 and its recipe are complete in their temp files, about to be renamed: the worst moment.
     proc, _ = start_paused(argv, "rename:c1.mp4", standin_hf_home)
-    code, result, err = stop(proc, signal.SIGTERM)
+    code, _, _ = stop(proc, signal.SIGTERM)
     assert code == ExitCode.TERMINATED
     finished = (tmp_path / "c0.mp4").read_bytes()
     assert media.probe_video(tmp_path / "c0.mp4")["frames"] == 9 and provenance.read_recipe(tmp_path / "c0.mp4")

@@ -9,6 +9,7 @@ tests in test_interruptions.py send them from outside and add a real second run.
 
 import errno
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import qwen_image
 import torch
 import wan_video
 from PIL import Image
-from producer import faults, media, provenance
+from producer import faults, media
 from producer.cli import ExitCode
 
 pytestmark = pytest.mark.usefixtures("standin_hf_home", "real_signals", "frozen_heap")
@@ -113,7 +114,7 @@ def test_qwen_interrupted_at_every_stage_keeps_nothing_partial(tmp_path, monkeyp
     for point, action in QWEN_POINTS:
         inject(monkeypatch, point, action)
         code, result, err = run(qwen_image.main, *argv)
-        assert code == EXIT[getattr(signal, action)], (point, err)
+        assert code == EXIT[getattr(signal, action)] and "no partial output" in result["error"], (point, err)
         assert sorted(p.name for p in tmp_path.iterdir()) == [], point  # no PNG, no temp file, no lock
     monkeypatch.delenv(faults.ENV)
     assert run(qwen_image.main, *argv)[0] == 0
@@ -197,39 +198,41 @@ def test_on_oom_retry_reloads_under_the_next_plan_and_runs_the_job_again(tmp_pat
     assert "reloading with --offload sequential" in err
 
 
-def test_wan_batch_out_of_memory_retry_reencodes_only_what_is_left(tmp_path, monkeypatch):
+def test_wan_batch_out_of_memory_retry_reloads_and_reencodes(tmp_path, monkeypatch):
     from diffusers import WanTransformer3DModel
     from producer import memory, wan
 
     gradient(tmp_path / "kf.png")
-    jobs = [{"start_frame": "kf.png", "prompt": f"clip {i}", "seed": i, "output": f"c{i}.mp4", "size": "64x64",
-             "frames": 9} for i in range(2)]
+    jobs = [{"start_frame": "kf.png", "prompt": "waves", "seed": 1, "output": "c0.mp4", "size": "64x64", "frames": 9}]
     (tmp_path / "clips.json").write_text(json.dumps(jobs))
-    produced, raised, encoded = [], [], []
-    produce, forward, encode = wan_video.produce, WanTransformer3DModel.forward, wan.WanSession.encode
+    raised, sessions = [], []
+    forward, from_files = WanTransformer3DModel.forward, wan.WanSession.from_files.__func__
 
     def failing_forward(self, *a, **k):
-        if len(produced) == 2 and not raised:  # the second clip's first step, once
+        if not raised:  # the clip's first step, once
             raised.append(1)
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return forward(self, *a, **k)
 
-    monkeypatch.setattr(wan_video, "produce", lambda *a: produced.append(1) or produce(*a))
+    def counted(cls, *a, **k):
+        sessions.append(1)
+        return from_files(cls, *a, **k)
+
     monkeypatch.setattr(WanTransformer3DModel, "forward", failing_forward)
-    monkeypatch.setattr(wan.WanSession, "encode", lambda self, jobs: encoded.append(len(jobs)) or encode(self, jobs))
+    monkeypatch.setattr(wan.WanSession, "from_files", classmethod(counted))
     # A CPU has no more frugal plan than "cpu"; name one so that the reload path runs (a GPU plan has one).
     monkeypatch.setattr(memory, "next_offload", lambda plan: "sequential" if plan.name == "cpu" else None)
     code, result, err = run(wan_video.main, "--batch", tmp_path / "clips.json", "--on-oom", "retry", "--quiet",
                             "--json")
     assert code == 0, err
-    assert [j["status"] for j in result["jobs"]] == ["ok", "ok"] and raised == [1]
-    assert encoded[:2] == [2, 1]  # the reload encodes only the clip still to make
+    assert [j["status"] for j in result["jobs"]] == ["ok"] and raised == [1] and len(sessions) == 2
     assert "reloading with --offload sequential" in err and leftovers(tmp_path) == []
+    assert media.probe_video(tmp_path / "c0.mp4")["frames"] == 9
 
 
 def test_on_oom_and_allow_outside_belong_to_batches(tmp_path):
     for main, extra in ((qwen_image.main, ["--on-oom", "retry"]), (wan_video.main, ["--allow-outside"])):
-        code, result, err = run(main, "--prompt", "x", "-o", tmp_path / "x.png", *extra, "--json")
+        code, result, _ = run(main, "--prompt", "x", "-o", tmp_path / "x.png", *extra, "--json")
         assert code == ExitCode.USAGE and "applies to --batch runs only" in result["error"]
 
 
@@ -324,3 +327,43 @@ def test_disk_full_writing_project_state_keeps_the_old_file(tmp_path, monkeypatc
     code, result, err = run(production.main, "approve", root, "scenes", "--json")
     assert code == ExitCode.FAILED and "disk is full" in result["error"] and "Traceback" not in err
     assert state.read_bytes() == before and leftovers(root) == []
+
+
+# ---------------------------------------------------------------- the writing primitives
+
+
+def test_a_clip_and_its_recipe_are_renamed_together_even_when_ctrl_c_lands_between(tmp_path, monkeypatch):
+    from producer import cli
+
+    replace, renamed = os.replace, []
+
+    def replace_then_ctrl_c(src, dst):
+        replace(src, dst)
+        renamed.append(Path(dst).name)
+        if len(renamed) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives between the two renames
+
+    monkeypatch.setattr(os, "replace", replace_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt), cli.atomic_outputs(tmp_path / "v.mp4",
+                                                              tmp_path / "v.mp4.provenance.json") as (clip, recipe):
+        clip.write_bytes(b"clip")
+        recipe.write_text("{}")
+    assert renamed == ["v.mp4", "v.mp4.provenance.json"]  # held back until both were in place, then delivered
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4", "v.mp4.provenance.json"]
+
+
+def test_temp_files_of_a_killed_run_are_swept_by_the_next_write(tmp_path):
+    import subprocess
+    import sys
+
+    from producer import cli
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    killed = tmp_path / f".kf.partial-{dead}.png"  # left by a run that got SIGKILL
+    alive = tmp_path / f".kf.partial-{os.getppid()}.png"  # another run, still writing
+    killed.write_bytes(b"half")
+    alive.write_bytes(b"half")
+    with cli.atomic_output(tmp_path / "kf.png") as tmp:
+        tmp.write_bytes(b"whole")
+    assert not killed.exists() and alive.exists() and (tmp_path / "kf.png").read_bytes() == b"whole"
