@@ -124,6 +124,9 @@ def build() -> argparse.ArgumentParser:
                    help="a picture to keep or combine (repeat: up to 3 pictures in all), e.g. -r street.png -r fox.png")
     g.add_argument("--style-image", metavar="IMG", help="a style asset, given to the model after the references")
     g.add_argument("--style-ref", metavar="style.json", help="add the style's prompt text and negative prompt")
+    g.add_argument("--style-maintain", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --style-ref: add its constraints.maintain items to the prompt; --no-style-maintain "
+                        "for empty background plates (maintain items usually describe the subject)")
     g.add_argument("--fit", choices=("crop", "pad"), default="crop",
                    help="fit pictures to the output's aspect by centre crop (default) or by padding")
     g = p.add_argument_group("pose")

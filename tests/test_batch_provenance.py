@@ -98,3 +98,16 @@ def test_sidecar_round_trip_and_up_to_date(tmp_path):
     other_seed = provenance.make_recipe("wan_video.py", {"prompt": "p", "seed": 6}, {}, {"rev": "x"})
     assert not provenance.is_up_to_date(out, other_seed, seed_given=True)
     assert provenance.is_up_to_date(out, other_seed, seed_given=False)
+
+
+def test_false_means_the_negative_form_for_negatable_options(tmp_path):
+    import argparse
+
+    p = _parser()
+    p.add_argument("--style-maintain", action=argparse.BooleanOptionalAction, default=True)
+    path = _write(tmp_path, [{"prompt": "a", "output": "a.png", "style_maintain": False},
+                             {"prompt": "b", "output": "b.png", "style-maintain": True},
+                             {"prompt": "c", "output": "c.png", "overwrite": False}])
+    jobs = batch.parse_jobs(p, path, {"output"}, {"device"})
+    assert [j.args.style_maintain for j in jobs] == [False, True, True]
+    assert jobs[2].args.overwrite is False

@@ -163,16 +163,29 @@ def _option_args(option: str, value: Any, index: int, base_dir: Path, is_path: b
     return [f"--{option}", text]
 
 
+def _negations(job: dict, negatable: set[str]) -> dict:
+    """`"style_maintain": false` means `--no-style-maintain` for options that have a negative form."""
+    out = {}
+    for key, value in job.items():
+        if value is False and isinstance(key, str) and key.replace("-", "_") in negatable:
+            out[f"no-{key}"] = True
+        else:
+            out[key] = value
+    return out
+
+
 def parse_jobs(parser: argparse.ArgumentParser, batch_path: str | Path, path_options: set[str],
                batch_only: set[str], allow_outside: bool = False) -> list[Job | CliError]:
     """Every job parsed with the script's own parser; a job that does not parse is kept as its error.
     Paths must stay inside the batch's production folder (paths.batch_root) unless `allow_outside`."""
     base_dir = Path(batch_path).resolve().parent
+    negatable = {a.dest for a in parser._actions if isinstance(a, argparse.BooleanOptionalAction)}
     root = None if allow_outside else paths.batch_root(batch_path)
     parsed: list[Job | CliError] = []
     for i, raw in enumerate(read_batch_file(batch_path)):
         try:
-            argv = job_to_argv(raw, i, base_dir, path_options, batch_only | POLICY_OPTIONS, root)
+            argv = job_to_argv(_negations(raw, negatable), i, base_dir, path_options, batch_only | POLICY_OPTIONS,
+                               root)
             parsed.append(Job(i, _parse_job(parser, argv, i), raw))
         except CliError as err:
             message = err.message if err.message.startswith("job ") else f"job {i}: {err.message}"

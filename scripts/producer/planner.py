@@ -45,8 +45,8 @@ QWEN, WAN, ASSEMBLE = "qwen_image.py", "wan_video.py", "assemble_video.py"
 KEYFRAME_PRESET = "480p"  # keyframes come out at the video's frame size (832x480), so clips never crop them
 ASSET_PRESETS = {"characters": "480p-portrait", "backgrounds": "480p", "poses": "480p-portrait",
                  "styles": "480p", "objects": "square"}
-PLANNED = {"prompt", "output", "seed", "reference", "style_image", "style_ref", "pose", "start_frame", "end_frame",
-           "overwrite", "batch", "json", "production_dir", "clips"}
+PLANNED = {"prompt", "output", "seed", "reference", "style_image", "style_ref", "no_style_maintain", "pose", "start_frame",
+           "end_frame", "overwrite", "batch", "json", "production_dir", "clips"}
 INPUT_OPTIONS = ("reference", "style_image", "pose", "style_ref", "start_frame", "end_frame", "clips")
 EXCLUSIVE = {"size": ("preset", "width", "height"), "preset": ("size", "width", "height"),
              "width": ("size", "preset"), "height": ("size", "preset"),
@@ -118,6 +118,8 @@ class _Builder:
             options = {"prompt": prompts.asset_prompt(asset.kind, asset.description), "preset": ASSET_PRESETS[asset.kind]}
             if asset.kind != "poses":
                 options["style_ref"] = self.style_ref
+            if asset.kind == "backgrounds":
+                options["no_style_maintain"] = True  # an empty place: maintain items describe the subject
             self.add(asset.id, "assets", QWEN, asset.path, options, f"{asset.kind[:-1]} {asset.name}")
 
     # ---------------------------------------------------------------- Phase 3
@@ -142,7 +144,7 @@ class _Builder:
             bg_layer = layout.layer_path(self.root, row.id, "background")
             self.picture(f"background:{row.id}", bg_layer, [place], style,
                          prompts.background_prompt(background.description, None, chained, None),
-                         f"{row.id} background layer")
+                         f"{row.id} background layer", style_maintain=False)
             self.character_layer(row, character, pose, obj)
             self.picture(f"keyframe:{row.id}", layout.keyframe_path(self.root, row.id),
                          [bg_layer, layout.layer_path(self.root, row.id, "character")], style,
@@ -161,10 +163,13 @@ class _Builder:
             found.append(asset)
         return tuple(found) if found[0] is not None else None
 
-    def picture(self, job_id: str, out: Path, references: list[Path], style: Asset, prompt: str, label: str) -> None:
-        self.add(job_id, "keyframes", QWEN, out, {
-            "prompt": prompt, "reference": [str(p) for p in references], "style_image": str(style.path),
-            "style_ref": self.style_ref, "preset": KEYFRAME_PRESET}, label)
+    def picture(self, job_id: str, out: Path, references: list[Path], style: Asset, prompt: str, label: str,
+                style_maintain: bool = True) -> None:
+        options = {"prompt": prompt, "reference": [str(p) for p in references], "style_image": str(style.path),
+                   "style_ref": self.style_ref, "preset": KEYFRAME_PRESET}
+        if not style_maintain:
+            options["no_style_maintain"] = True  # the empty set: maintain items describe the subject
+        self.add(job_id, "keyframes", QWEN, out, options, label)
 
     def character_layer(self, row: KeyframeRow, character: Asset, pose: Asset | None, obj: Asset | None) -> None:
         options = {"prompt": prompts.character_prompt(character.description, pose.description if pose else None,

@@ -23,6 +23,13 @@ def asset_prompt(kind: str, description: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def _thing(description: str) -> str:
+    """A description as a noun phrase after "the": no leading article, no final full stop."""
+    text = description.strip().rstrip(". ")
+    first, _, rest = text.partition(" ")
+    return rest if first.lower() in ("a", "an", "the") and rest else text
+
+
 def background_prompt(place: str, moment: str | None, chained: bool, with_object: str | None) -> str:
     """A landscape keyframe (moment = its description) or the background layer of a character keyframe
     (moment None: the empty set only, so that a new description of the moment leaves the layer as it is).
@@ -33,7 +40,7 @@ def background_prompt(place: str, moment: str | None, chained: bool, with_object
              f"Show {source}: {place.rstrip('. ')}."]
     style_image = 2
     if with_object:
-        parts.append(f"Include the {with_object.rstrip('. ')} from image 2.")
+        parts.append(f"Include the {_thing(with_object)} from image 2.")
         style_image = 3
     parts.append("No people." if moment is None else "")
     parts.append(f"Paint it in the visual style of image {style_image}.")
@@ -47,7 +54,7 @@ def character_prompt(character: str, pose: str | None, with_object: str | None) 
     if pose:
         parts.append(pose.rstrip(". "))
     if with_object:
-        parts.append(f"holding the {with_object.rstrip('. ')} from image 2")
+        parts.append(f"holding the {_thing(with_object)} from image 2")
     return ", ".join(parts) + ". Full body, the same face, hair and clothes as image 1, plain white background."
 
 

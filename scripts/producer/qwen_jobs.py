@@ -222,7 +222,7 @@ def resolve_prompts(args, pose_method: str | None, pose_index: int | None, cfg: 
     style_negative = ""
     if args.style_ref:
         style = load_style(args.style_ref)
-        additions = style_prompts(style, "image")
+        additions = style_prompts(style, "image", include_maintain=args.style_maintain)
         prompt, _ = apply_style(prompt, None, additions)
         style_negative = additions.negative
     if cfg <= 1.0:
