@@ -85,6 +85,11 @@ def build() -> argparse.ArgumentParser:
     p.add_argument("--transition", action="append", type=transition_arg, metavar="KIND[:SECONDS]",
                    help="cut, fade, dissolve or continuous, with seconds for fade/dissolve: once for every "
                         "boundary or once per boundary in order; overrides the plan. e.g. --transition fade:0.5")
+    p.add_argument("--trim-end", action="append", type=trim_arg, default=[], metavar="CLIP:FRAMES",
+                   help="cut frames off the end of a clip, where a first-last-frame clip morphs into its end "
+                        "keyframe (the seam review says when), e.g. --trim-end scene-02:6 or --trim-end 2:6 "
+                        "(clip number); repeatable. A trimmed clip no longer ends on the shared keyframe, so the "
+                        "next clip's first frame is kept")
     g = p.add_argument_group("audio and cards")
     g.add_argument("--audio", type=Path, help="music or narration for the film, e.g. --audio music.mp3")
     g.add_argument("--audio-fade", type=float, default=1.0, metavar="SECONDS",
@@ -177,7 +182,30 @@ def scan_all(inputs: Inputs) -> tuple[list[clipio.ClipInfo], tuple[int, int], li
     return infos, size, conformed
 
 
-def decide_boundaries(inputs: Inputs, infos: list[clipio.ClipInfo], fps: float) -> list[timeline.Boundary]:
+def trim_arg(text: str) -> tuple[str, int]:
+    clip, sep, frames = text.rpartition(":")
+    if not sep or not clip or not frames.isdigit() or int(frames) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give CLIP:FRAMES, e.g. scene-02:6 or 2:6")
+    return clip, int(frames)
+
+
+def resolve_trims(args, inputs: Inputs, infos) -> dict[str, int]:
+    """--trim-end CLIP:FRAMES -> clip name -> frames, checked against the clips."""
+    trims: dict[str, int] = {}
+    for clip, frames in args.trim_end:
+        name = inputs.names[int(clip) - 1] if clip.isdigit() and 0 < int(clip) <= len(inputs.names) else clip
+        if name not in inputs.names:
+            raise CliError(f"--trim-end {clip}:{frames}: no clip {clip!r} in this film",
+                           f"use a clip number 1-{len(inputs.names)} or one of: {', '.join(inputs.names)}")
+        length = infos[inputs.names.index(name)].frames
+        if frames >= length:
+            raise CliError(f"--trim-end {clip}:{frames}: {name} has only {length} frames", "trim fewer frames")
+        trims[name] = frames
+    return trims
+
+
+def decide_boundaries(inputs: Inputs, infos: list[clipio.ClipInfo], fps: float,
+                      trims: dict[str, int] | None = None) -> list[timeline.Boundary]:
     result = []
     for i, (kind, seconds) in enumerate(inputs.kinds):
         seconds = timeline.DEFAULT_SECONDS[kind] if seconds is None else seconds
@@ -191,6 +219,8 @@ def decide_boundaries(inputs: Inputs, infos: list[clipio.ClipInfo], fps: float) 
             same = seams.is_duplicate(c)
             why = (f"{after}'s first frame {'matches' if same else 'differs from'} {before}'s last "
                    f"(cast {c.cast:.2f}, ssim {c.ssim:.3f})")
+        if same and (trims or {}).get(before):
+            same, why = False, f"{before}'s end is trimmed, so {after}'s first frame is no longer a repeat"
         drop = same and kind == "continuous"
         if kind == "continuous":
             reason = why if same else f"{why}: nothing dropped"
@@ -215,7 +245,8 @@ def build_timeline(args, inputs: Inputs, infos, boundaries, fps, size):
         lengths.insert(at, count)
         sources.insert(at, image)
         boundaries.insert(at if kind == "title" else len(boundaries), timeline.Boundary("cut", 0.0))
-    return timeline.plan_timeline(names, lengths, boundaries, fps), sources, cards
+    trims = resolve_trims(args, inputs, infos)
+    return timeline.plan_timeline(names, lengths, boundaries, fps, trims), sources, cards
 
 
 def run(args) -> dict:
@@ -234,7 +265,7 @@ def run(args) -> dict:
     infos, size, conformed = scan_all(inputs)
     fps = infos[0].fps
     audio = clipio.probe_audio(args.audio) if args.audio else None
-    boundaries = decide_boundaries(inputs, infos, fps)
+    boundaries = decide_boundaries(inputs, infos, fps, resolve_trims(args, inputs, infos))
     plan, sources, cards = build_timeline(args, inputs, infos, list(boundaries), fps, size)
     result = report(inputs, infos, plan, cards, boundaries, size)
     result["conversions"] = {"conformed_clips": conformed, "fps": None, "scale": None}
@@ -287,7 +318,8 @@ def report(inputs: Inputs, infos, plan: timeline.Timeline, cards, boundaries, si
     for n, (name, path, info, b) in enumerate(zip(inputs.names, inputs.paths, infos, [None] + boundaries)):
         seg = plan.segments[first + n]
         clips.append({"name": name, "path": str(path), "source_frames": info.frames,
-                      "source_in": seg.source_start, "source_out": seg.frames,
+                      "source_in": seg.source_start, "source_out": seg.frames - seg.trim_end,
+                      "trimmed_end_frames": seg.trim_end,
                       "film_in": seg.film_in, "film_out": seg.film_out,
                       "in_seconds": round(seg.film_in / fps, 4), "out_seconds": round(seg.film_out / fps, 4)})
         if b is not None and b.drop_first:

@@ -73,6 +73,20 @@ def test_continuous_drops_the_shared_frame(numbered, tmp_path, capsys):
     assert Path(r["contact_sheet"]).is_file() and Path(r["provenance"]).is_file()
 
 
+def test_trim_end_cuts_a_morphing_end_and_keeps_the_next_first_frame(numbered, tmp_path, capsys):
+    code, r, _ = run(["--clips", *numbered, "--transition", "continuous", "--trim-end", "1:3",
+                      "-o", tmp_path / "f.mp4"], capsys)
+    assert code == 0 and r["frames"] == 6 + 9 and r["dropped_frames"] == []
+    first, second = r["clips"]
+    assert (first["source_out"], first["trimmed_end_frames"], second["source_in"]) == (6, 3, 0)
+    levels = [round(mean(f)[0]) for f in film(tmp_path / "f.mp4")[0]]
+    assert abs(levels[5] - 110) <= 3 and abs(levels[6] - 170) <= 3  # clip A up to 110, then B from its start
+    code, r, err = run(["--clips", *numbered, "--trim-end", "clip 9:2", "-o", tmp_path / "g.mp4"], capsys)
+    assert code == 2 and "no clip" in r["error"]
+    code, r, err = run(["--clips", *numbered, "--trim-end", "2:9", "-o", tmp_path / "g.mp4"], capsys)
+    assert code == 2 and "only 9 frames" in r["error"]
+
+
 def test_a_cut_keeps_the_shared_frame_and_says_so(numbered, tmp_path, capsys):
     code, r, _ = run(["--clips", *numbered, "-o", tmp_path / "f.mp4"], capsys)
     assert code == 0 and r["frames"] == 18 and r["dropped_frames"] == []

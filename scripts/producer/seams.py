@@ -164,7 +164,8 @@ def _judge_end(r: SeamReport, s: SeamInput) -> None:
     if c.ssim < SSIM_LIMIT:
         r.flags.append(f"{s.before}'s last frame does not land on {kf} (ssim {c.ssim:.2f} < {SSIM_LIMIT})")
         r.advice.append(f"first-last-frame clips often morph in their last frames: look at the end of "
-                        f"{s.before_clip} and trim the frames that morph, or regenerate {s.before} with another seed")
+                        f"{s.before_clip} (its contact sheet) and cut the frames that morph with assemble_video.py "
+                        f"--trim-end {s.before}:N, or regenerate {s.before} with another seed")
 
 
 def _judge_start(r: SeamReport, s: SeamInput) -> None:
@@ -186,8 +187,9 @@ def _judge_clips(r: SeamReport, s: SeamInput) -> None:
                         f"(wan_video.py colour matching), or regenerate the one that drifted with another seed")
     if c.ssim < SSIM_LIMIT:
         r.flags.append(f"picture jump from {s.before} to {s.after} (ssim {c.ssim:.2f} < {SSIM_LIMIT})")
-        r.advice.append(f"trim the last frames of {s.before_clip} if it morphs there, or regenerate with "
-                        f"another seed; if the scenes are not meant to flow, make the transition a cut or fade")
+        r.advice.append(f"if {s.before_clip} morphs at its end, cut those frames (assemble_video.py --trim-end "
+                        f"{s.before}:N), or regenerate with another seed; if the scenes are not meant to flow, "
+                        f"make the transition a cut or fade")
 
 
 # ================================================================ a production folder

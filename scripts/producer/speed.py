@@ -82,6 +82,6 @@ def _fp8_matmuls(module) -> str:
     except ImportError:
         from .cli import CliError
 
-        raise CliError("--fp8-matmul needs torchao", fix="pip install torchao (a build that matches your torch)")
+        raise CliError("fp8 matmuls need torchao", fix="pip install torchao (a build that matches your torch)")
     quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
     return "fp8 matmuls (torchao, per-row scales)"

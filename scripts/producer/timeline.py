@@ -53,10 +53,11 @@ class Segment:
     fade_out: int = 0
     overlap_in: int = 0  # frames blended with the previous segment's tail (dissolve)
     overlap_out: int = 0
+    trim_end: int = 0  # frames cut off the source's end (--trim-end: where a first-last-frame clip morphs)
 
     @property
     def kept(self) -> int:
-        return self.frames - self.source_start
+        return self.frames - self.source_start - self.trim_end
 
 
 @dataclass
@@ -78,11 +79,13 @@ def transition_frames(boundary: Boundary, fps: float) -> int:
     return max(1, round(boundary.seconds * fps)) if boundary.seconds > 0 else 0
 
 
-def plan_timeline(names: list[str], lengths: list[int], boundaries: list[Boundary], fps: float) -> Timeline:
-    """Place each source on the film. Raises CliError when a transition is longer than a clip has frames."""
+def plan_timeline(names: list[str], lengths: list[int], boundaries: list[Boundary], fps: float,
+                  trims: dict[str, int] | None = None) -> Timeline:
+    """Place each source on the film. `trims`: source name -> frames cut off its end.
+    Raises CliError when a transition is longer than a clip has frames."""
     if len(boundaries) != len(lengths) - 1:
         raise ValueError(f"{len(lengths)} sources need {len(lengths) - 1} boundaries, got {len(boundaries)}")
-    segments = [Segment(name, length) for name, length in zip(names, lengths)]
+    segments = [Segment(name, length, trim_end=(trims or {}).get(name, 0)) for name, length in zip(names, lengths)]
     for before, after, b in zip(segments, segments[1:], boundaries):
         n = transition_frames(b, fps)
         after.source_start = 1 if b.drop_first else 0
