@@ -47,9 +47,16 @@ INTERNAL = ("parallel_worker",)  # hidden from --help: how a coordinator starts 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lighthouse"
 
 
+RAN: dict[str, int] = {}  # cases run per CASES entry: each test checks that all of them ran
+
+
 def fuzz_settings(name: str):
     return settings(max_examples=CASES[name], deadline=None, derandomize=True, database=None,
                     suppress_health_check=list(HealthCheck))
+
+
+def count(name: str) -> None:
+    RAN[name] = RAN.get(name, 0) + 1
 
 
 # ---------------------------------------------------------------- the files the cases point at
@@ -228,9 +235,11 @@ def test_any_arguments_end_cleanly(module, skip, world):
     @fuzz_settings(module.__name__)
     @given(st.tuples(positional, option_args(parser, paths, skip, base)).map(lambda t: t[0] + t[1]))
     def case(argv):
+        count(module.__name__)
         run_case(module.main, argv, world)
 
     case()
+    assert RAN[module.__name__] == CASES[module.__name__]
 
 
 def test_any_production_command_ends_cleanly(world):
@@ -252,9 +261,11 @@ def test_any_production_command_ends_cleanly(world):
     @fuzz_settings("production")
     @given(st.one_of(st.sampled_from(commands).flatmap(command_line), option_args(parser, paths)))
     def case(argv):
+        count("production")
         run_case(production.main, argv, world)
 
     case()
+    assert RAN["production"] == CASES["production"]
 
 
 # ---------------------------------------------------------------- JSON files: batch, style, assets
@@ -297,14 +308,18 @@ def test_any_batch_file_ends_cleanly(module, world):
     paths = path_pool(world)
     batch = world / "in" / f"fuzz-{module.__name__}.json"  # relative paths in a job start in in/
 
-    @fuzz_settings(f"batch_{module.__name__.split('_')[0]}")
+    name = f"batch_{module.__name__.split('_')[0]}"
+
+    @fuzz_settings(name)
     @given(batch_files(parser, paths, BATCH_BASES[module.__name__]),
            st.sampled_from([[], ["--overwrite"], ["--allow-outside"], ["--on-oom", "retry"]]))
     def case(content, flags):
+        count(name)
         batch.write_text(json.dumps(content), encoding="utf-8", errors="surrogatepass")
         run_case(module.main, ["--batch", str(batch), "--json", *flags], world)
 
     case()
+    assert RAN[name] == CASES[name]
 
 
 STYLE_KEYS = ["project_name", "visual_style", "motion_language", "subject_consistency", "constraints", "art_style",
@@ -330,6 +345,7 @@ def test_any_style_file_ends_cleanly(world):
     @fuzz_settings("style")
     @given(st.one_of(shaped, shaped, any_json(STYLE_KEYS), st.binary(max_size=64)))
     def case(content):
+        count("style")
         if isinstance(content, bytes):
             style.write_bytes(content)
         else:
@@ -337,6 +353,7 @@ def test_any_style_file_ends_cleanly(world):
         run_case(qwen_image.main, argv[0], world)
 
     case()
+    assert RAN["style"] == CASES["style"]
 
 
 ASSET_KEYS = ["characters", "backgrounds", "poses", "styles", "objects", "keeper", "lighthouse", "description", "image",
@@ -352,6 +369,7 @@ def test_any_assets_file_ends_cleanly(world):
     @given(st.one_of(any_json(ASSET_KEYS + images), st.binary(max_size=64)), st.sampled_from(["check", "status",
                                                                                                 "next"]))
     def case(content, command):
+        count("assets")
         if isinstance(content, bytes):
             assets.write_bytes(content)
         else:
@@ -362,6 +380,7 @@ def test_any_assets_file_ends_cleanly(world):
         case()
     finally:
         assets.write_bytes(original)
+    assert RAN["assets"] == CASES["assets"]
 
 
 # ---------------------------------------------------------------- what the fuzzing found, kept as fixed cases
@@ -378,6 +397,9 @@ def found_cases(world: Path) -> list:
         (setup_diffusers, ["--models-dir", "~nosuchuser/models"], ExitCode.USAGE),
         (qwen_image, ["-p", "x", "-o", os.fsdecode(b"\xff\xfe.png"), "--json"], ExitCode.MISSING_MODEL),  # JSON out
         (production, ["approve", str(world / "film"), "philosophy", "assets", "--json"], ExitCode.USAGE),
+        (qwen_image, ["-p", "x", "-o", str(world / "out" / "l.png"), "--lora", "~nosuchuser/a.safetensors"],
+         ExitCode.USAGE),  # pathlib cannot expand ~NAME
+        (setup_diffusers, ["--download", "--token", "\x80"], ExitCode.USAGE),  # not a header value
     ]
 
 

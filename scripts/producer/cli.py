@@ -365,6 +365,10 @@ def unexpected_error(exc: BaseException) -> CliError:
     if is_out_of_memory(exc):
         return CliError(f"out of memory: {_first_line(exc)}", "retry with a more frugal plan: --offload group "
                         "(or sequential), a smaller size, or fewer frames", ExitCode.OUT_OF_MEMORY)
+    if isinstance(exc, RuntimeError) and str(exc) == "Could not determine home directory.":
+        return CliError("a path starts with ~NAME, but there is no user NAME (pathlib could not expand it)",
+                        "write the folder itself, e.g. /home/me/models, or ~/models for your own home",
+                        ExitCode.USAGE)
     if isinstance(exc, OSError) and exc.filename is not None:
         if exc.errno == errno.ENOSPC:
             return disk_full(output_for(exc.filename))

@@ -73,6 +73,9 @@ def remote_entry(entry: registry.ModelEntry, token: str | None, infos: dict) -> 
     """The entry's files at its revision, with sizes and hashes. `infos` caches model_info per repo@revision."""
     from huggingface_hub import HfApi
 
+    if token is not None and not (token.isascii() and token.isprintable() and token.strip() == token):
+        raise CliError("--token holds characters no Hugging Face token has (tokens are printable ASCII: hf_...)",
+                       "copy the token again from https://huggingface.co/settings/tokens, or leave --token out")
     key = (entry.repo_id, entry.revision)
     if key not in infos:
         with hub_errors(entry):
