@@ -185,6 +185,7 @@ def plan_for(args, jobs: list[qwen_jobs.Resolved], kind: str):
                        f"{plan.advice}; or --force-memory to try anyway", ExitCode.OUT_OF_MEMORY,
                        memory_plan=plan.to_dict())
     log.info("memory: %s", plan.summary())
+    cli.note_plan(plan)  # out of memory anywhere from here on names this plan
     return plan, qwen_load.model_files(kind, plan.weights)
 
 

@@ -301,6 +301,7 @@ def open_engine(args: argparse.Namespace, load: Load, requests: list[Request], s
     workloads = [memory.wan_workload(r.width, r.height, r.frames) for r in requests]
     plan = wan_install.plan_for(hw, wan_install.components_snapshot(), workloads, args.offload, args.weights)
     log.info("%s", plan.summary())
+    cli.note_plan(plan)  # out of memory anywhere from here on names this plan
     if not plan.fits:
         biggest = max(requests, key=lambda r: r.width * r.height * r.frames)
         raise CliError(f"this machine cannot run Wan 2.2 I2V at {biggest.width}x{biggest.height}x{biggest.frames}: "

@@ -230,6 +230,19 @@ def test_wan_batch_out_of_memory_retry_reloads_and_reencodes(tmp_path, monkeypat
     assert media.probe_video(tmp_path / "c0.mp4")["frames"] == 9
 
 
+def test_out_of_memory_where_no_stage_catches_it_still_names_the_plan(tmp_path, monkeypatch):
+    from producer import offload
+
+    def placing_runs_out(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB (simulated)")
+
+    monkeypatch.setattr(offload, "apply_plan", placing_runs_out)  # loading the transformer onto the card
+    code, result, err = run(qwen_image.main, "--prompt", "a fox", "-o", tmp_path / "kf.png", *QWEN_FAST)
+    assert code == ExitCode.OUT_OF_MEMORY and "with plan cpu" in result["error"], err
+    assert result["memory_plan"]["name"] == "cpu" and "next_offload" in result and "smaller size" in result["fix"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_on_oom_and_allow_outside_belong_to_batches(tmp_path):
     for main, extra in ((qwen_image.main, ["--on-oom", "retry"]), (wan_video.main, ["--allow-outside"])):
         code, result, _ = run(main, "--prompt", "x", "-o", tmp_path / "x.png", *extra, "--json")

@@ -359,12 +359,34 @@ FILE_ERRORS = {
 }
 
 
+_plan_in_use: list = []  # this run's memory plan, once chosen (note_plan): out-of-memory messages name it
+
+
+def note_plan(plan) -> None:
+    """Scripts call this when their memory plan is chosen: running out of memory anywhere after that (loading,
+    placing, a stage no handler wraps) is reported with the plan and the next more frugal one."""
+    _plan_in_use[:] = [plan]
+
+
+def _out_of_memory(exc: BaseException) -> CliError:
+    if not _plan_in_use:
+        return CliError(f"out of memory: {_first_line(exc)}", "retry with a more frugal plan: --offload group "
+                        "(or sequential), a smaller size, or fewer frames", ExitCode.OUT_OF_MEMORY)
+    from .memory import next_offload
+
+    plan = _plan_in_use[0]
+    frugal = next_offload(plan)
+    return CliError(f"out of memory with {plan.summary()} ({_first_line(exc)})",
+                    (f"retry with --offload {frugal}" if frugal else "no more frugal plan is left") +
+                    ", a smaller size, or fewer frames", ExitCode.OUT_OF_MEMORY, memory_plan=plan.to_dict(),
+                    next_offload=frugal)
+
+
 def unexpected_error(exc: BaseException) -> CliError:
     """The message for an exception no code path turned into a CliError: out of memory, a file the system
     refused (named, with what to do), or a crash (the fix asks for a report)."""
     if is_out_of_memory(exc):
-        return CliError(f"out of memory: {_first_line(exc)}", "retry with a more frugal plan: --offload group "
-                        "(or sequential), a smaller size, or fewer frames", ExitCode.OUT_OF_MEMORY)
+        return _out_of_memory(exc)
     if isinstance(exc, RuntimeError) and str(exc) == "Could not determine home directory.":
         return CliError("a path starts with ~NAME, but there is no user NAME (pathlib could not expand it)",
                         "write the folder itself, e.g. /home/me/models, or ~/models for your own home",
@@ -385,6 +407,7 @@ def run_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace]
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     started = time.perf_counter()
+    _plan_in_use.clear()  # a plan noted by an earlier run in this process is not this run's
     try:
         with _sigterm_raises():
             try:
