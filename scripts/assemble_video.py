@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from producer import clips as clipio  # noqa: E402
 from producer import media, provenance, seams, timeline  # noqa: E402
-from producer.cli import (CliError, add_output_args, atomic_output, build_parser, check_output, log,  # noqa: E402
-                          run_main)
+from producer.cli import (CliError, add_output_args, atomic_outputs, build_parser, check_output, log,  # noqa: E402
+                          run_main, write_json_atomic)
 from producer.scenes import TRANSITIONS, SceneBreakdown, load_scene_breakdown, shared_keyframe  # noqa: E402
 
 DESCRIPTION = """\
@@ -361,21 +361,23 @@ def write_film(args, inputs: Inputs, plan, sources, size, audio, result) -> dict
         return timeline.card_frames(src, plan.segments[i].frames)
 
     log.info("encoding %d frames (%.2f s) to %s", plan.frames, plan.seconds, args.output)
-    with atomic_output(args.output) as tmp:
-        clipio.encode_film(timeline.compose(plan, open_source, sheet.add), settings, tmp)
-        probe = media.probe_video(tmp)
-        media.save_png(sheet.render(args.output.name), sheet_path(args.output))
     recipe = provenance.make_recipe("assemble_video.py", {
         "transitions": plan.transitions, "fps": args.fps, "size": settings.out_size, "crf": args.crf,
         "title": args.title, "end_card": args.end_card, "card_seconds": args.card_seconds,
         "audio_fade": args.audio_fade}, {"clips": list(inputs.paths), "audio": args.audio}, {})
+    # The film and its recipe: both or neither (a film without its recipe would look stale, or block a rerun).
+    with atomic_outputs(args.output, provenance.sidecar_path(args.output)) as (tmp, recipe_tmp):
+        clipio.encode_film(timeline.compose(plan, open_source, sheet.add), settings, tmp)
+        probe = media.probe_video(tmp)
+        media.save_png(sheet.render(args.output.name), sheet_path(args.output))
+        write_json_atomic(recipe_tmp, recipe)
     conversions = result["conversions"]
     if out_fps:
         conversions["fps"] = {"from": plan.fps, "to": args.fps, "method": clipio.MINTERPOLATE.format(fps=out_fps)}
     if settings.out_size:
         conversions["scale"] = {"from": list(size), "to": list(settings.out_size), "method": "lanczos"}
     extra.update({"output": str(args.output), "contact_sheet": str(sheet_path(args.output)),
-                  "provenance": str(provenance.write_sidecar(args.output, recipe)),
+                  "provenance": str(provenance.sidecar_path(args.output)),
                   "output_frames": probe["frames"], "output_fps": probe["fps"],
                   "output_duration_seconds": probe["duration"], "output_width": probe["width"],
                   "output_height": probe["height"], "conversions": conversions})

@@ -324,6 +324,26 @@ def test_disk_full_writing_a_clips_recipe_leaves_no_clip_without_it(tmp_path, mo
     assert not (tmp_path / "v.mp4").exists() and leftovers(tmp_path) == []
 
 
+def test_disk_full_writing_a_films_recipe_leaves_no_film_without_it(tmp_path, monkeypatch):
+    import assemble_video
+
+    clips = []
+    for i in range(2):
+        clips.append(tmp_path / f"c{i}.mp4")
+        media.write_mp4([np.full((32, 32, 3), 40 * i, np.uint8)] * 3, clips[-1], fps=16)
+    write_text = Path.write_text
+
+    def full_for_json(self, *a, **k):
+        if self.suffix == ".json" and ".partial-" in self.name:
+            enospc()
+        return write_text(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full_for_json)
+    code, result, err = run(assemble_video.main, "--clips", *clips, "-o", tmp_path / "film.mp4", "--json")
+    assert code == ExitCode.FAILED and "disk is full" in result["error"], err
+    assert not (tmp_path / "film.mp4").exists() and leftovers(tmp_path) == []
+
+
 def test_disk_full_writing_project_state_keeps_the_old_file(tmp_path, monkeypatch):
     import os
     import shutil
