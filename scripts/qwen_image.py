@@ -306,7 +306,14 @@ class BatchRun:
         if self.session is None:  # loading failed in an earlier job of this model, which reported why
             raise CliError(f"the {resolved.kind} model is not loaded (an earlier job's error says why)",
                            "fix that error and run the batch again (finished jobs are skipped)", ExitCode.FAILED)
-        return make_image(self.session, resolved, self.fuse)
+        with locks.output_lock(resolved.output):  # one writer per output (exit 5 while another run holds it)
+            if self._up_to_date(job.index, resolved):  # another run made it since the batch was planned
+                return {"status": "skipped", "output": str(resolved.output), "mode": resolved.mode,
+                        "reason": "made meanwhile by another run, with the same recipe"}
+            if resolved.output.exists() and not resolved.overwrite:
+                raise CliError(f"{resolved.output} was made meanwhile by another run, with other settings",
+                               'add "overwrite": true to the job to replace it, or choose another output')
+            return make_image(self.session, resolved, self.fuse, lock=False)
 
     def _start(self, kind: str) -> None:
         """Free the previous model, then plan, check outputs, load and encode every prompt of this kind."""

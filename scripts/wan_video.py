@@ -442,6 +442,9 @@ def run_batch(args: argparse.Namespace) -> dict:
             log.info("  %s is up to date: skipped", req.output)
             return {"status": "skipped", "output": str(req.output), "reason": "up to date (same recipe)"}
         with locks.output_lock(req.output):  # one writer per clip: a second run on it stops (exit 5)
+            if _up_to_date(req, recipes[job.index]):  # another run made it since the batch was planned
+                return {"status": "skipped", "output": str(req.output),
+                        "reason": "made meanwhile by another run, with the same recipe"}
             made = produce(current[0], req, recipes[job.index])
         done.add(job.index)
         return {"status": "ok", **made}

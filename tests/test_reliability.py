@@ -141,6 +141,48 @@ def test_an_interrupted_batch_continues_where_it_stopped(tmp_path, monkeypatch):
     assert (tmp_path / "a.png").read_bytes() == first  # finished work is never redone or touched
 
 
+def first_call_says_missing(real):
+    """As if the output did not exist yet when the batch was planned (another run was still making it)."""
+    calls = []
+
+    def check(*a, **k):
+        calls.append(1)
+        return False if len(calls) == 1 else real(*a, **k)
+
+    return check
+
+
+def test_a_batch_output_another_run_made_meanwhile_is_not_made_again(tmp_path, monkeypatch):
+    argv = qwen_batch(tmp_path, names="a")
+    assert run(qwen_image.main, *argv)[0] == 0
+    made = (tmp_path / "a.png").read_bytes()
+    start = qwen_image.BatchRun._start
+
+    def planned_before_the_other_run_finished(self, kind):
+        (tmp_path / "a.png").rename(tmp_path / "elsewhere")  # not there yet while the batch plans...
+        start(self, kind)
+        (tmp_path / "elsewhere").rename(tmp_path / "a.png")  # ...there when its turn comes
+
+    monkeypatch.setattr(qwen_image.BatchRun, "_start", planned_before_the_other_run_finished)
+    code, result, err = run(qwen_image.main, *argv)
+    assert code == 0 and result["jobs"][0]["status"] == "skipped" and "meanwhile" in result["jobs"][0]["reason"]
+    assert (tmp_path / "a.png").read_bytes() == made
+
+
+def test_a_wan_clip_another_run_made_meanwhile_is_not_made_again(tmp_path, monkeypatch):
+    gradient(tmp_path / "kf.png")
+    jobs = [{"start_frame": "kf.png", "prompt": "waves", "seed": 1, "output": "c0.mp4", "size": "64x64", "frames": 9}]
+    (tmp_path / "clips.json").write_text(json.dumps(jobs))
+    argv = ["--batch", tmp_path / "clips.json", "--quiet", "--json"]
+    assert run(wan_video.main, *argv)[0] == 0
+    made = (tmp_path / "c0.mp4").read_bytes()
+    monkeypatch.setattr(wan_video, "_up_to_date", first_call_says_missing(wan_video._up_to_date))
+    monkeypatch.setattr(wan_video, "produce", lambda *a: pytest.fail("the clip was made twice"))
+    code, result, err = run(wan_video.main, *argv)
+    assert code == 0 and result["jobs"][0]["status"] == "skipped" and "meanwhile" in result["jobs"][0]["reason"], err
+    assert (tmp_path / "c0.mp4").read_bytes() == made
+
+
 # ---------------------------------------------------------------- out of memory in a batch
 
 
