@@ -103,8 +103,11 @@ batch file (--batch FILE.json): a list of jobs, or {"defaults": {...}, "jobs": [
 option names ("prompt", "reference": ["a.png", "b.png"], "preset", "seed", "output", "overwrite": true);
 paths are relative to the batch file. --offload, --weights, --device, --models-dir, --force-memory,
 --allow-partial-lora and --overwrite (every job) go on the command line; other options go in the file.
-A job whose output exists with the same recipe is skipped (unless "overwrite": true); a failing job does
-not stop the others; the JSON lists every job.
+A job whose output exists with the same recipe is skipped (unless "overwrite": true), so an interrupted
+batch continues where it stopped; a failing job does not stop the others, except out of memory
+(--on-oom stop, the default: reported with the next plan to try; --on-oom retry: reload under that plan and
+run the job again) and a full disk; the JSON lists every job. Paths in the file stay inside its production
+folder (its own folder, or the one above .production/) unless --allow-outside.
 
 """ + parallel.HELP
 

@@ -65,8 +65,11 @@ Memory: one plan for this machine (GPU, RAM, installed weight forms), printed on
   --offload and --weights. Out of memory at decode retries with VAE tiling, keeping the denoised clip.
 
 Batch: --batch FILE.json runs many clips with one model load: every prompt is encoded first, outputs
-  that exist with the same recipe are skipped (unless --overwrite), a failing clip does not stop the
-  others. Jobs use this script's option names: {{"start_frame": "keyframes/KF-A.png", "prompt": "...",
+  that exist with the same recipe are skipped (unless --overwrite; so an interrupted batch continues where
+  it stopped), a failing clip does not stop the others (out of memory does: --on-oom stop reports the next
+  plan to try, --on-oom retry reloads under it and runs the clip again; so does a full disk). Paths in the
+  file stay inside its production folder (its own folder, or the one above .production/) unless
+  --allow-outside. Jobs use this script's option names: {{"start_frame": "keyframes/KF-A.png", "prompt": "...",
   "output": "scene-01/video.mp4"}}; paths are relative to the batch file; {{"defaults": {{...}}, "jobs": [...]}}
   sets options for every job. LoRA, distill and memory options go beside --batch and apply to the whole
   batch (as does --overwrite); clip options go in the file.
