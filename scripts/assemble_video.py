@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from producer import clips as clipio  # noqa: E402
 from producer import media, provenance, seams, timeline  # noqa: E402
 from producer.cli import (CliError, add_output_args, atomic_outputs, build_parser, check_output, log,  # noqa: E402
-                          run_main, write_json_atomic)
+                          run_main, text_arg, write_json_atomic)
 from producer.scenes import TRANSITIONS, SceneBreakdown, load_scene_breakdown, shared_keyframe  # noqa: E402
 
 DESCRIPTION = """\
@@ -94,8 +94,9 @@ def build() -> argparse.ArgumentParser:
     g.add_argument("--audio", type=Path, help="music or narration for the film, e.g. --audio music.mp3")
     g.add_argument("--audio-fade", type=float, default=1.0, metavar="SECONDS",
                    help="fade-out when the audio is cut at the film's end (default 1.0; 0 = none), e.g. 2")
-    g.add_argument("--title", help='a title card before the film, e.g. --title "Lantern Walk" ("\\n" breaks lines)')
-    g.add_argument("--end-card", help='a card after the film, e.g. --end-card "Made with Wan 2.2"')
+    g.add_argument("--title", type=text_arg,
+                   help='a title card before the film, e.g. --title "Lantern Walk" ("\\n" breaks lines)')
+    g.add_argument("--end-card", type=text_arg, help='a card after the film, e.g. --end-card "Made with Wan 2.2"')
     g.add_argument("--card-seconds", type=float, default=timeline.CARD_SECONDS,
                    help=f"how long each card shows (default {timeline.CARD_SECONDS}), e.g. 3")
     g = p.add_argument_group("conversions (off by default)")

@@ -25,6 +25,7 @@ from producer.cli import (
     peak_memory,
     run_main,
     seed_arg,
+    text_arg,
 )
 
 DESCRIPTION = """\
@@ -119,7 +120,8 @@ BATCH_ONLY |= parallel.BATCH_OPTIONS  # --gpus, --workers: beside --batch
 
 def build() -> argparse.ArgumentParser:
     p = build_parser("qwen_image.py", DESCRIPTION, EPILOG)
-    p.add_argument("-p", "--prompt", help='what to make or change, e.g. "The fox from image 2 in the street of image 1"')
+    p.add_argument("-p", "--prompt", type=text_arg,
+                   help='what to make or change, e.g. "The fox from image 2 in the street of image 1"')
     p.add_argument("-o", "--output", help="the PNG to write, e.g. keyframes/KF-A.png (its folder must exist)")
     p.add_argument("--batch", metavar="FILE.json", help="run the jobs of a batch file with one model load")
     g = p.add_argument_group("pictures")
@@ -147,7 +149,7 @@ def build() -> argparse.ArgumentParser:
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=int, help="denoising steps (default: 4 with Lightning, else 40)")
     g.add_argument("--cfg", type=float, help="true CFG scale (default: 1 with Lightning, else 4); > 1 doubles the cost")
-    g.add_argument("--negative-prompt", help="what to avoid (needs --cfg > 1)")
+    g.add_argument("--negative-prompt", type=text_arg, help="what to avoid (needs --cfg > 1)")
     g.add_argument("--seed", type=seed_arg, help="seed (default: a random one, printed and stored)")
     g.add_argument("--lightning", choices=qwen_jobs.LIGHTNING_CHOICES, default="auto",
                    help="the Lightning step-distill LoRA: auto (4 steps when installed), 4, 8 or off")

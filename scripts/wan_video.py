@@ -17,7 +17,7 @@ from producer import wan_settings as ws  # noqa: E402
 from producer import parallel  # noqa: E402
 from producer.cli import (CliError, ExitCode, Stopwatch, add_memory_args, add_output_args,  # noqa: E402
                           atomic_outputs, build_parser, check_output, check_output_name, log, resolve_seed, run_main,
-                          seed_arg, write_json_atomic)
+                          seed_arg, text_arg, write_json_atomic)
 from producer.style import apply_style, load_style, style_prompts  # noqa: E402
 
 SCRIPT = "wan_video.py"
@@ -107,8 +107,9 @@ def build() -> argparse.ArgumentParser:
     g = p.add_argument_group("the clip")
     g.add_argument("--start-frame", type=Path, metavar="IMG", help="the keyframe the clip starts on, e.g. keyframes/KF-A.png")
     g.add_argument("--end-frame", type=Path, metavar="IMG", help="the keyframe it ends on (first-last-frame mode)")
-    g.add_argument("--prompt", help='the motion, e.g. "she turns and walks towards the camera"')
-    g.add_argument("--negative-prompt", help='what to avoid, e.g. "blurry, static" (used only with guidance > 1)')
+    g.add_argument("--prompt", type=text_arg, help='the motion, e.g. "she turns and walks towards the camera"')
+    g.add_argument("--negative-prompt", type=text_arg,
+                   help='what to avoid, e.g. "blurry, static" (used only with guidance > 1)')
     g.add_argument("--style-ref", type=Path, metavar="STYLE.json", help="add the style's motion and art terms")
     g.add_argument("--seed", type=seed_arg, help="random seed (default: a new one, printed and stored)")
     g.add_argument("-o", "--output", type=Path, metavar="OUT.mp4", help="the clip to write, e.g. scene-01/video.mp4")

@@ -400,12 +400,34 @@ def found_cases(world: Path) -> list:
         (qwen_image, ["-p", "x", "-o", str(world / "out" / "l.png"), "--lora", "~nosuchuser/a.safetensors"],
          ExitCode.USAGE),  # pathlib cannot expand ~NAME
         (setup_diffusers, ["--download", "--token", "\x80"], ExitCode.USAGE),  # not a header value
+        # Text no tokenizer takes (found on the stand-in models, past "not installed"): refused as arguments.
+        (qwen_image, ["-p", os.fsdecode(b"a fox \xff"), "-o", str(world / "out" / "t.png")], ExitCode.USAGE),
+        (wan_video, ["--start-frame", kf, "--prompt", "w", "--negative-prompt", os.fsdecode(b"\xfe"), "-o",
+                     str(world / "out" / "t.mp4")], ExitCode.USAGE),
+        (assemble_video, ["--clips", clip, "--title", os.fsdecode(b"\xff"), "-o", str(world / "out" / "t.mp4")],
+         ExitCode.USAGE),
     ]
 
 
 def test_what_fuzzing_found_stays_fixed(world):
     for module, argv, code in found_cases(world):
         assert run_case(module.main, argv, world) == code, argv
+
+
+def test_text_that_is_not_utf8_in_style_and_assets_files_is_a_problem(world):
+    style = world / "in" / "surrogate-style.json"
+    style.write_text('{"visual_style": {"art_style": "ink \\ud800 wash"}}')
+    argv = ["--prompt", "x", "-o", str(world / "out" / "s.png"), "--style-ref", str(style), "--json"]
+    assert run_case(qwen_image.main, argv, world) == ExitCode.USAGE
+    assets = world / "film" / "assets.json"
+    original = assets.read_bytes()
+    data = json.loads(original)
+    data["characters"]["keeper"]["description"] = "an old \ud800 keeper"
+    assets.write_text(json.dumps(data))
+    try:
+        assert run_case(production.main, ["check", str(world / "film"), "--json"], world) == ExitCode.USAGE
+    finally:
+        assets.write_bytes(original)
 
 
 def test_a_batch_job_asking_for_help_is_a_job_error(world):

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
+from .cli import not_text
 from .layout import ASSET_KINDS, ASSETS
 from .scenes import Problem
 
@@ -164,6 +165,10 @@ class _Reader:
         if not isinstance(value, str) or not value.strip():
             self.problem(line, f"{where} has no description",
                          f'add "description": what the {SINGULAR[kind]} looks like (it becomes the prompt)')
+            return None
+        if not_text(value):  # it becomes a prompt
+            self.problem(key_line(self.lines, [kind, name, "description"]),
+                         f"{where}: the description {not_text(value)}", "write it as plain UTF-8 text")
             return None
         if PLACEHOLDER.match(value.strip()):
             self.problem(key_line(self.lines, [kind, name, "description"]),

@@ -115,6 +115,24 @@ def resolve_seed(seed: int | None) -> int:
     return secrets.randbelow(2**32) if seed is None else seed
 
 
+def not_text(value: str) -> str | None:
+    """Why `value` cannot go to a text encoder or onto a picture, or None. Bytes that are not UTF-8 (a terminal
+    or file in another encoding) arrive as lone surrogates, which no tokenizer accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"is not UTF-8 text (undecodable bytes at character {exc.start})"
+    return None
+
+
+def text_arg(value: str) -> str:
+    """argparse type for prompts and card texts: refused, with the reason, when not_text says so."""
+    problem = not_text(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{value[:40]!r} {problem}; type or save it as UTF-8")
+    return value
+
+
 def seed_arg(value: str) -> int:
     try:
         seed = int(value)

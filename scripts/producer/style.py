@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cli import CliError, ExitCode, log
+from .cli import CliError, ExitCode, log, not_text
 
 # Wan's UMT5 encoder reads 512 tokens (~4 characters each in English). 600 characters (~150 tokens) per
 # field leaves room for the scene prompt even when several style fields are appended.
@@ -262,6 +262,9 @@ def _check_text(value: Any, where: str, problems: _Problems) -> str:
     if not isinstance(value, str):
         problems.error(where, f"must be a string, got {_json_type(value)}",
                        f'write it in double quotes, e.g. "{where.split(".")[-1]}": "..."')
+        return ""
+    if not_text(value):
+        problems.error(where, not_text(value), "write it as plain UTF-8 text")
         return ""
     text = " ".join(value.split())  # newlines and runs of spaces mean nothing to a text encoder
     if not text:
