@@ -40,7 +40,7 @@ from producer import media
 from producer.cli import ExitCode
 
 CASES = {"qwen_image": 450, "wan_video": 450, "assemble_video": 250, "production": 300, "setup_diffusers": 150,
-         "validate_diffusers": 80, "batch_qwen": 300, "batch_wan": 300, "style": 300, "assets": 300}
+         "validate_diffusers": 80, "batch_qwen": 300, "batch_wan": 300, "style": 300, "assets": 300, "prompts": 25}
 DOCUMENTED_CODES = {int(c) for c in ExitCode} - {ExitCode.INTERRUPTED, ExitCode.TERMINATED}
 CRASH_FIX = "if it persists, report it"
 INTERNAL = ("parallel_worker",)  # hidden from --help: how a coordinator starts its workers, not for people  # cli.run_main's catch-all for an unexpected exception
@@ -381,6 +381,22 @@ def test_any_assets_file_ends_cleanly(world):
     finally:
         assets.write_bytes(original)
     assert RAN["assets"] == CASES["assets"]
+
+
+def test_any_prompt_reaches_the_model_cleanly(standin_hf_home, world):
+    """Past "not installed": any prompt and negative prompt through the stand-in Qwen model (its tokenizer,
+    the 1024-token limit, true CFG encoding the negative too). Non-UTF-8 text crashed the tokenizer here."""
+    out = str(world / "out" / "prompted.png")
+    fast = ["--lightning", "off", "--cfg", "2", "--steps", "2", "--size", "64x64", "--overwrite", "--quiet", "--json"]
+
+    @fuzz_settings("prompts")
+    @given(text(), text())
+    def case(prompt, negative):
+        count("prompts")
+        run_case(qwen_image.main, ["--prompt", prompt, "--negative-prompt", negative, "-o", out, *fast], world)
+
+    case()
+    assert RAN["prompts"] == CASES["prompts"]
 
 
 # ---------------------------------------------------------------- what the fuzzing found, kept as fixed cases
