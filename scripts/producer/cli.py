@@ -146,8 +146,10 @@ def seed_arg(value: str) -> int:
 # ---------------------------------------------------------------- output files
 
 
-# File systems allow 255 bytes per name; the temp file and the lock beside an output add up to ~30.
-MAX_NAME_BYTES = 220
+# File systems allow 255 bytes per name. The longest name derived from an output's is a clip's recipe being
+# written: NAME.provenance.json (+16 bytes), in a temp file (+17: ".", ".partial-", a pid of up to 7 digits),
+# written through its own temp file (+17 again): 50 bytes more than NAME.
+MAX_NAME_BYTES = 200
 
 
 def check_output_name(path: str | os.PathLike, what: str = "output") -> Path:
