@@ -19,7 +19,7 @@ import qwen_image
 import torch
 import wan_video
 from PIL import Image
-from producer import faults, media
+from producer import faults, media, provenance
 from producer.cli import ExitCode
 
 pytestmark = pytest.mark.usefixtures("standin_hf_home", "real_signals", "frozen_heap")
@@ -165,7 +165,7 @@ def test_a_batch_output_another_run_made_meanwhile_is_not_made_again(tmp_path, m
 
     monkeypatch.setattr(qwen_image.BatchRun, "_start", planned_before_the_other_run_finished)
     code, result, err = run(qwen_image.main, *argv)
-    assert code == 0 and result["jobs"][0]["status"] == "skipped" and "meanwhile" in result["jobs"][0]["reason"]
+    assert code == 0 and result["jobs"][0]["status"] == "skipped" and "meanwhile" in result["jobs"][0]["reason"], err
     assert (tmp_path / "a.png").read_bytes() == made
 
 
@@ -442,3 +442,15 @@ def test_temp_files_of_a_killed_run_are_swept_by_the_next_write(tmp_path):
     with cli.atomic_output(tmp_path / "kf.png") as tmp:
         tmp.write_bytes(b"whole")
     assert not killed.exists() and alive.exists() and (tmp_path / "kf.png").read_bytes() == b"whole"
+
+
+def test_the_longest_output_name_allowed_fits_every_file_derived_from_it(tmp_path):
+    from producer import cli
+
+    name = "v" * (cli.MAX_NAME_BYTES - 4) + ".mp4"
+    cli.check_output_name(tmp_path / name)
+    with cli.atomic_outputs(tmp_path / name, provenance.sidecar_path(tmp_path / name)) as (clip, recipe):
+        clip.write_bytes(b"clip")
+        cli.write_json_atomic(recipe, {"recipe": 1})  # a temp file inside a temp file: the longest name there is
+    with pytest.raises(cli.CliError, match="at most 200"):
+        cli.check_output_name(tmp_path / ("v" + name))
