@@ -8,6 +8,7 @@ import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from producer import cli
 from producer import lora as L
 from producer import standin_loras as SL
 from producer import standins
@@ -513,3 +514,8 @@ def test_qwen_lightning_and_anypose_from_the_cache(offline_hf_home, monkeypatch,
     report = L.load_loras(qwen, [four, *anypose], "qwen")
     assert [lora.scales for lora in report.loras] == [[0.125], [1.0], [1.0]]
     assert all(lora.experts[0].lora_modules_applied == lora.experts[0].lora_modules > 0 for lora in report.loras)
+
+
+def test_an_unknown_home_folder_is_a_clean_error():
+    with pytest.raises(cli.CliError, match="home folder"):
+        L.parse_lora_spec("~nosuchuser-2b7f/x.safetensors:0.8", "wan")

@@ -132,3 +132,15 @@ def test_out_of_memory_at_decode_keeps_the_latents_and_retries(setup, monkeypatc
     failures = 2
     frames, how = session.decode(clip.latents)
     assert how == "tiled on the CPU" and len(calls) == 3 and frames.shape == clip.frames.shape
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_is_refused(tiny_wan_pipeline):
+    from producer import cli, hardware, memory, registry, wan
+
+    plan = memory.plan_memory(hardware.from_sizes(0, 16), memory.WAN_FOOTPRINT, memory.wan_workload(64, 64, 9))
+    session = wan.WanSession.from_components(tiny_wan_pipeline, plan, "cpu", progress=False)
+    job = wan.ClipJob(image=None, prompt="wave " * 600, width=64, height=64, frames=9,
+                      sampling=registry.WAN.distilled, seed=0)
+    with pytest.raises(cli.CliError, match="at most 512"):
+        session.encode([job])
+    assert session.pipe.text_encoder is not None, "nothing was encoded or freed"

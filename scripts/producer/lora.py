@@ -107,7 +107,11 @@ def parse_lora_spec(text: str, family: str, must_exist: bool = True) -> LoraSpec
         raise CliError(f"--lora {text!r}: {MODEL_TITLES[family]} has one transformer, there is no {target!r} expert",
                        fix=f"drop ':{target}' ({syntax})")
     components = WAN_TARGETS[target or "both"] if family == "wan" else ("transformer",)
-    path = Path(rest).expanduser()
+    try:
+        path = Path(rest).expanduser()
+    except RuntimeError:  # ~name of a user this system does not know
+        raise CliError(f"--lora {text!r}: cannot expand {rest.split('/')[0]!r} to a home folder",
+                       fix="give the LoRA's full path") from None
     check_lora_file(path, must_exist=must_exist)
     return LoraSpec(path=path, strength=strength, components=components)
 

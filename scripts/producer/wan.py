@@ -33,7 +33,7 @@ from diffusers import (FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler,
                        WanTransformer3DModel)
 
 from . import lora, memory, models, offload, registry, speed
-from .cli import Stopwatch
+from .cli import CliError, Stopwatch
 from .wan_install import DENOISERS, WanFiles
 
 log = logging.getLogger("producer")
@@ -283,6 +283,10 @@ class WanSession:
             return
         if self.pipe.text_encoder is None:
             raise RuntimeError("the text encoder was freed already: pass every job to encode() first")
+        for prompt, negative, cfg in todo:
+            self._check_prompt_length(prompt, "the")
+            if cfg:
+                self._check_prompt_length(negative, "the negative")
         watch = Stopwatch()
         with watch.stage("encode"), torch.no_grad():
             for prompt, negative, cfg in todo:
@@ -292,6 +296,13 @@ class WanSession:
         offload.release(self.pipe, "text_encoder")
         self.seconds["encode"] = round(self.seconds.get("encode", 0.0) + watch.seconds["encode"], 3)
         log.info("encoded %d prompt(s) in %.1f s; text encoder freed", len(todo), watch.seconds["encode"])
+
+    def _check_prompt_length(self, text: str, label: str) -> None:
+        """UMT5 reads 512 tokens; the pipeline would cut the rest (often the style's additions) silently."""
+        tokens = len(self.pipe.tokenizer(text or "").input_ids)
+        if tokens > MAX_SEQUENCE_LENGTH:
+            raise CliError(f"{label} prompt is {tokens} tokens; Wan's text encoder reads at most {MAX_SEQUENCE_LENGTH}",
+                           "shorten the prompt (the style's additions count too)")
 
     # -------------------------------------------------------- experts
 
