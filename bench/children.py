@@ -259,7 +259,6 @@ def run_qwen(args, workload: str, config: str, device: str) -> dict:
 
 def _qwen_plain(pipe, references, embeds, mask, neg, neg_mask, width, height, measured, steps, cfg, device,
                 repeats, areas) -> dict:
-    from producer import qwen
 
     pipe.to(device)
     timer = StageTimer(device)

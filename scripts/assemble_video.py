@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from producer import clips as clipio  # noqa: E402
-from producer import media, provenance, seams, timeline  # noqa: E402
+from producer import media, provenance, seams, timeline, video  # noqa: E402
 from producer.cli import (CliError, add_output_args, atomic_outputs, build_parser, check_output, log,  # noqa: E402
                           run_main, text_arg, write_json_atomic)
 from producer.scenes import TRANSITIONS, SceneBreakdown, load_scene_breakdown, shared_keyframe  # noqa: E402
@@ -369,7 +369,7 @@ def write_film(args, inputs: Inputs, plan, sources, size, audio, result) -> dict
     # The film and its recipe: both or neither (a film without its recipe would look stale, or block a rerun).
     with atomic_outputs(args.output, provenance.sidecar_path(args.output)) as (tmp, recipe_tmp):
         clipio.encode_film(timeline.compose(plan, open_source, sheet.add), settings, tmp)
-        probe = media.probe_video(tmp)
+        probe = video.probe_video(tmp)
         media.save_png(sheet.render(args.output.name), sheet_path(args.output))
         write_json_atomic(recipe_tmp, recipe)
     conversions = result["conversions"]

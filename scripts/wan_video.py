@@ -12,7 +12,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from producer import batch, cli, locks, lora, media, models, provenance, registry, review  # noqa: E402
+from producer import batch, cli, locks, lora, media, models, provenance, registry, review, video  # noqa: E402
 from producer import wan_settings as ws  # noqa: E402
 from producer import parallel  # noqa: E402
 from producer.cli import (CliError, ExitCode, Stopwatch, add_memory_args, add_output_args,  # noqa: E402
@@ -371,7 +371,7 @@ def write_outputs(frames, req: Request, recipe: dict) -> dict:
     title = review.sheet_title(req.prompt, req.seed, len(frames), FPS)
     paths = review.write_review(frames, req.output, recipe, FPS, title)
     with atomic_outputs(req.output, sidecar) as (clip_tmp, recipe_tmp):
-        media.write_mp4(frames, clip_tmp, fps=FPS)
+        video.write_mp4(frames, clip_tmp, fps=FPS)
         write_json_atomic(recipe_tmp, recipe)
     return {**paths, "provenance": str(sidecar)}
 

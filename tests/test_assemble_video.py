@@ -14,7 +14,7 @@ from PIL import Image
 
 import assemble_video
 from producer import clips as clipio
-from producer import media, seams, timeline
+from producer import colour, seams, timeline, video
 from producer.cli import ExitCode
 
 W, H = 64, 48
@@ -26,7 +26,7 @@ def grey(v):
 
 
 def clip(path, frames, fps=16):
-    media.write_mp4(frames, path, fps=fps)
+    video.write_mp4(frames, path, fps=fps)
     return path
 
 
@@ -38,7 +38,7 @@ def run(argv, capsys):
 
 
 def film(path):
-    frames, fps = media.read_video(path)
+    frames, fps = video.read_video(path)
     return frames, fps
 
 
@@ -281,8 +281,8 @@ def scene_image(seed, shift=(0, 0, 0)):
         img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(0, 255, 3)
     img = np.clip(img * 0.85 + rng.integers(0, 255, (H, W, 3)) * 0.15, 0, 255).astype(np.uint8)
     if any(shift):
-        lab = media.rgb_to_lab(img / 255.0) + np.array(shift)
-        img = np.round(media.lab_to_rgb(lab) * 255).astype(np.uint8)
+        lab = colour.rgb_to_lab(img / 255.0) + np.array(shift)
+        img = np.round(colour.lab_to_rgb(lab) * 255).astype(np.uint8)
     return img
 
 

@@ -36,7 +36,7 @@ import wan_video
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from producer import media
+from producer import video
 from producer.cli import ExitCode
 
 CASES = {"qwen_image": 450, "wan_video": 450, "assemble_video": 250, "production": 300, "setup_diffusers": 150,
@@ -85,7 +85,7 @@ def world(tmp_path_factory):
     (inputs / "jobs.json").write_text(json.dumps([{"prompt": "x", "output": "out.png"}]))
     (inputs / "evil.pt").write_bytes(b"\x80\x04not really a pickle")
     (inputs / "fake.safetensors").write_text("not safetensors")
-    media.write_mp4([np.zeros((16, 16, 3), np.uint8)] * 2, inputs / "clip.mp4", fps=16)
+    video.write_mp4([np.zeros((16, 16, 3), np.uint8)] * 2, inputs / "clip.mp4", fps=16)
     (inputs / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     shutil.copytree(SAMPLE, root / "film", ignore=shutil.ignore_patterns(".production"))
     (root / "out").mkdir()

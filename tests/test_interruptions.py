@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import wan_video
 from PIL import Image
-from producer import locks, media, provenance
+from producer import locks, provenance, video
 from producer.cli import ExitCode
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "wan_video.py"
@@ -98,10 +98,10 @@ def test_sigterm_while_writing_a_batch_then_the_rerun_continues(standin_hf_home,
     code, _, _ = stop(proc, signal.SIGTERM)
     assert code == ExitCode.TERMINATED
     finished = (tmp_path / "c0.mp4").read_bytes()
-    assert media.probe_video(tmp_path / "c0.mp4")["frames"] == 9 and provenance.read_recipe(tmp_path / "c0.mp4")
+    assert video.probe_video(tmp_path / "c0.mp4")["frames"] == 9 and provenance.read_recipe(tmp_path / "c0.mp4")
     assert not (tmp_path / "c1.mp4").exists() and leftovers(tmp_path) == []
     assert (tmp_path / "c1.first.png").exists()  # review files of the unfinished clip: replaced by the rerun
     code = wan_video.main([str(a) for a in argv])  # the same command: no --overwrite needed
     rerun = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and [j["status"] for j in rerun["jobs"]] == ["skipped", "ok"]
-    assert (tmp_path / "c0.mp4").read_bytes() == finished and media.probe_video(tmp_path / "c1.mp4")["frames"] == 9
+    assert (tmp_path / "c0.mp4").read_bytes() == finished and video.probe_video(tmp_path / "c1.mp4")["frames"] == 9

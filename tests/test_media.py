@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image, ImageCms  # noqa: E402
 
-from producer import media  # noqa: E402
+from producer import colour, media, video  # noqa: E402
 from producer.cli import CliError, ExitCode  # noqa: E402
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -298,43 +298,43 @@ def gradient_frames(n=9, width=64, height=48):
 
 def test_mp4_round_trip(tmp_path):
     floats = gradient_frames()
-    frames = [floats[0], Image.fromarray(media.frame_to_uint8(floats[1]))] + [media.frame_to_uint8(f) for f in floats[2:]]
+    frames = [floats[0], Image.fromarray(video.frame_to_uint8(floats[1]))] + [video.frame_to_uint8(f) for f in floats[2:]]
     comment = json.dumps({"seed": 7, "prompt": "a cat, slow pan"})
-    written = media.write_mp4(frames, tmp_path / "clip.mp4", fps=16, comment=comment, title="scene 1")
+    written = video.write_mp4(frames, tmp_path / "clip.mp4", fps=16, comment=comment, title="scene 1")
     assert (written.frames, written.width, written.height, written.fps) == (9, 64, 48, 16.0)
 
-    info = media.probe_video(tmp_path / "clip.mp4")
+    info = video.probe_video(tmp_path / "clip.mp4")
     assert info["frames"] == 9 and info["fps"] == 16.0
     assert (info["width"], info["height"]) == (64, 48)
     assert info["codec"] == "h264" and info["pix_fmt"] == "yuv420p"
     assert info["duration"] == pytest.approx(9 / 16)
     assert json.loads(info["comment"]) == {"seed": 7, "prompt": "a cat, slow pan"} and info["title"] == "scene 1"
 
-    decoded, fps = media.read_video(tmp_path / "clip.mp4")
+    decoded, fps = video.read_video(tmp_path / "clip.mp4")
     assert decoded.shape == (9, 48, 64, 3) and decoded.dtype == np.uint8 and fps == 16.0
-    original = np.stack([media.frame_to_uint8(f) for f in floats]).astype(int)
+    original = np.stack([video.frame_to_uint8(f) for f in floats]).astype(int)
     # BT.709 tags round-trip: only compression error remains (no 601/709 colour shift)
     assert np.abs(decoded.astype(int) - original).mean() < 3
-    assert media.read_video(tmp_path / "clip.mp4", max_frames=4)[0].shape[0] == 4
+    assert video.read_video(tmp_path / "clip.mp4", max_frames=4)[0].shape[0] == 4
     assert no_temp_files(tmp_path)
 
 
 def test_mp4_from_an_array_at_a_fractional_rate(tmp_path):
-    frames = np.stack([media.frame_to_uint8(f) for f in gradient_frames(5)])
-    media.write_mp4(frames, tmp_path / "ntsc.mp4", fps=Fraction(24000, 1001))
-    info = media.probe_video(tmp_path / "ntsc.mp4")
+    frames = np.stack([video.frame_to_uint8(f) for f in gradient_frames(5)])
+    video.write_mp4(frames, tmp_path / "ntsc.mp4", fps=Fraction(24000, 1001))
+    info = video.probe_video(tmp_path / "ntsc.mp4")
     assert info["frames"] == 5 and info["fps"] == pytest.approx(23.98, abs=0.01)
 
 
 def test_mp4_needs_even_sizes_and_frames(tmp_path):
     with pytest.raises(CliError, match="63x48.*even width and height"):
-        media.write_mp4([np.zeros((48, 63, 3), np.uint8)], tmp_path / "odd.mp4")
+        video.write_mp4([np.zeros((48, 63, 3), np.uint8)], tmp_path / "odd.mp4")
     with pytest.raises(CliError, match="no frames"):
-        media.write_mp4([], tmp_path / "empty.mp4")
+        video.write_mp4([], tmp_path / "empty.mp4")
     with pytest.raises(ValueError, match=r"float frames must be in \[0, 1\]"):
-        media.write_mp4([np.full((48, 64, 3), -1.0)], tmp_path / "neg.mp4")
+        video.write_mp4([np.full((48, 64, 3), -1.0)], tmp_path / "neg.mp4")
     with pytest.raises(ValueError, match="frame 1 is 32x32"):
-        media.write_mp4([np.zeros((48, 64, 3), np.uint8), np.zeros((32, 32, 3), np.uint8)], tmp_path / "mixed.mp4")
+        video.write_mp4([np.zeros((48, 64, 3), np.uint8), np.zeros((32, 32, 3), np.uint8)], tmp_path / "mixed.mp4")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -349,15 +349,15 @@ class RecordingPopen(subprocess.Popen):
 @pytest.mark.parametrize("failure", [RuntimeError, KeyboardInterrupt])
 def test_failed_mp4_write_leaves_no_file_and_no_ffmpeg(tmp_path, monkeypatch, failure):
     RecordingPopen.started = []
-    monkeypatch.setattr(media.subprocess, "Popen", RecordingPopen)
-    good = [media.frame_to_uint8(f) for f in gradient_frames(3)]
+    monkeypatch.setattr(video.subprocess, "Popen", RecordingPopen)
+    good = [video.frame_to_uint8(f) for f in gradient_frames(3)]
 
     def frames():
         yield from good
         raise failure("generation died mid-clip")
 
     with pytest.raises(failure):
-        media.write_mp4(frames(), tmp_path / "clip.mp4")
+        video.write_mp4(frames(), tmp_path / "clip.mp4")
     assert list(tmp_path.iterdir()) == []
     (proc,) = RecordingPopen.started
     assert proc.poll() is not None  # ffmpeg was stopped, not left running
@@ -365,14 +365,14 @@ def test_failed_mp4_write_leaves_no_file_and_no_ffmpeg(tmp_path, monkeypatch, fa
 
 def test_ffmpeg_failure_is_reported(tmp_path):
     with pytest.raises(CliError) as info:
-        media.write_mp4([np.zeros((48, 64, 3), np.uint8)], tmp_path / "clip.mp4", preset="no-such-preset")
+        video.write_mp4([np.zeros((48, 64, 3), np.uint8)], tmp_path / "clip.mp4", preset="no-such-preset")
     assert "ffmpeg could not write" in info.value.message and info.value.code == ExitCode.FAILED
     assert list(tmp_path.iterdir()) == []
 
 
 def test_probe_and_read_refuse_non_videos(tmp_path):
     (tmp_path / "x.mp4").write_text("not a video")
-    for call in (media.probe_video, media.read_video):
+    for call in (video.probe_video, video.read_video):
         with pytest.raises(CliError, match="not a video"):
             call(tmp_path / "x.mp4")
         with pytest.raises(CliError, match="does not exist"):
@@ -384,7 +384,7 @@ def test_probe_and_read_refuse_non_videos(tmp_path):
 
 def test_contact_sheet_layout_and_frame_choice():
     frames = [np.full((48, 64, 3), i * 10, np.uint8) for i in range(17)]
-    sheet = media.contact_sheet(frames, n=8, columns=4, labels=None)
+    sheet = video.contact_sheet(frames, n=8, columns=4, labels=None)
     assert sheet.size == (4 * 64 + 5 * 4, 2 * 48 + 3 * 4)
     # evenly spaced, first and last included: tile 0 is frame 0, tile 7 (bottom right) is frame 16
     assert sheet.getpixel((4 + 32, 4 + 24)) == (0, 0, 0)
@@ -393,14 +393,14 @@ def test_contact_sheet_layout_and_frame_choice():
 
 def test_contact_sheet_labels_and_title():
     frames = np.zeros((9, 48, 64, 3), np.uint8)
-    labelled = media.contact_sheet(frames, n=4, columns=2, labels="both", fps=16, title="clip.mp4")
+    labelled = video.contact_sheet(frames, n=4, columns=2, labels="both", fps=16, title="clip.mp4")
     assert labelled.size == (2 * 64 + 3 * 4, 18 + 2 * 48 + 3 * 4)
     assert np.asarray(labelled)[18:30, 4:40].max() > 150  # light (antialiased) label text on the first tile
-    assert media.contact_sheet(frames, n=20, columns=4).size[0] == 4 * 64 + 5 * 4  # n capped at the clip
+    assert video.contact_sheet(frames, n=20, columns=4).size[0] == 4 * 64 + 5 * 4  # n capped at the clip
     with pytest.raises(ValueError, match="needs fps"):
-        media.contact_sheet(frames, labels="time")
+        video.contact_sheet(frames, labels="time")
     with pytest.raises(ValueError, match="3 labels for 4 tiles"):
-        media.contact_sheet(frames, n=4, labels=["a", "b", "c"])
+        video.contact_sheet(frames, n=4, labels=["a", "b", "c"])
 
 
 # ================================================================ colour science
@@ -411,14 +411,14 @@ def smooth_image(seed=0, width=96, height=64):
     y, x = np.mgrid[0:height, 0:width] / max(width, height)
     channels = [0.5 + 0.35 * np.sin(2 * np.pi * (rng.random() * 2 * x + rng.random() * 2 * y + rng.random()))
                 for _ in range(3)]
-    return media.frame_to_uint8(np.stack(channels, axis=-1))
+    return video.frame_to_uint8(np.stack(channels, axis=-1))
 
 
 def test_lab_known_values_and_round_trip():
-    lab = media.rgb_to_lab(np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]))
+    lab = colour.rgb_to_lab(np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]))
     assert np.allclose(lab, [[100, 0, 0], [0, 0, 0], [53.2408, 80.0925, 67.2032]], atol=0.01)
     rgb = np.random.default_rng(0).random((20, 20, 3))
-    assert np.allclose(media.lab_to_rgb(media.rgb_to_lab(rgb)), rgb, atol=1e-9)
+    assert np.allclose(colour.lab_to_rgb(colour.rgb_to_lab(rgb)), rgb, atol=1e-9)
 
 
 @pytest.mark.parametrize("lab1, lab2, expected", [  # Sharma, Wu & Dalal (2005), table 1
@@ -430,7 +430,7 @@ def test_lab_known_values_and_round_trip():
     ((50, 2.5, 0), (73, 25, -18), 27.1492),
 ])
 def test_ciede2000_reference_pairs(lab1, lab2, expected):
-    assert float(media.delta_e_ciede2000(np.array(lab1, float), np.array(lab2, float))) == pytest.approx(
+    assert float(colour.delta_e_ciede2000(np.array(lab1, float), np.array(lab2, float))) == pytest.approx(
         expected, abs=1e-4)
 
 
@@ -439,36 +439,36 @@ def test_colour_science_matches_scikit_image():
     metrics = pytest.importorskip("skimage.metrics")
     rng = np.random.default_rng(1)
     rgb1, rgb2 = rng.random((30, 30, 3)), rng.random((30, 30, 3))
-    assert np.allclose(media.rgb_to_lab(rgb1), skcolor.rgb2lab(rgb1), atol=1e-3)
+    assert np.allclose(colour.rgb_to_lab(rgb1), skcolor.rgb2lab(rgb1), atol=1e-3)
     lab1, lab2 = skcolor.rgb2lab(rgb1), skcolor.rgb2lab(rgb2)
-    assert np.allclose(media.delta_e_ciede2000(lab1, lab2), skcolor.deltaE_ciede2000(lab1, lab2), atol=1e-6)
+    assert np.allclose(colour.delta_e_ciede2000(lab1, lab2), skcolor.deltaE_ciede2000(lab1, lab2), atol=1e-6)
     a, b = smooth_image(0), smooth_image(1)
-    expected = metrics.structural_similarity(media._luma(a), media._luma(b), gaussian_weights=True, sigma=1.5,
+    expected = metrics.structural_similarity(colour._luma(a), colour._luma(b), gaussian_weights=True, sigma=1.5,
                                              use_sample_covariance=False, data_range=255)
-    assert media.ssim(a, b) == pytest.approx(expected, abs=1e-9)
+    assert colour.ssim(a, b) == pytest.approx(expected, abs=1e-9)
 
 
 def test_color_difference():
     a = smooth_image()
     shifted = np.clip(a.astype(int) + [40, 0, -40], 0, 255).astype(np.uint8)
-    assert media.color_difference(a, a) == 0.0
-    assert media.color_difference(a, shifted) > 10
-    assert media.color_difference(a, shifted, mode="mean") > 10
+    assert colour.color_difference(a, a) == 0.0
+    assert colour.color_difference(a, shifted) > 10
+    assert colour.color_difference(a, shifted, mode="mean") > 10
     # "mean" ignores motion: the same picture moved has the same average colour
-    assert media.color_difference(a, np.roll(a, 20, axis=1), mode="mean") < 0.5
+    assert colour.color_difference(a, np.roll(a, 20, axis=1), mode="mean") < 0.5
     # b is resized to a: a half-size copy of a is nearly identical
     half = Image.fromarray(a).resize((48, 32), Image.Resampling.BOX)
-    assert media.color_difference(a, half) < 2
+    assert colour.color_difference(a, half) < 2
 
 
 def test_ssim():
     a = smooth_image()
     noisy = np.clip(a + np.random.default_rng(0).normal(0, 25, a.shape), 0, 255).astype(np.uint8)
-    assert media.ssim(a, a) == pytest.approx(1.0)
-    assert media.ssim(a, noisy) < 0.8
-    assert media.ssim(a, Image.fromarray(a).resize((192, 128), Image.Resampling.BICUBIC)) > 0.97
+    assert colour.ssim(a, a) == pytest.approx(1.0)
+    assert colour.ssim(a, noisy) < 0.8
+    assert colour.ssim(a, Image.fromarray(a).resize((192, 128), Image.Resampling.BICUBIC)) > 0.97
     with pytest.raises(CliError, match="too small"):
-        media.ssim(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8))
+        colour.ssim(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8))
 
 
 def drifting_clip(base, n=9, per_frame=(5, 1, -5)):
@@ -477,22 +477,22 @@ def drifting_clip(base, n=9, per_frame=(5, 1, -5)):
 
 
 def mean_drift(frames, refs):
-    return float(np.mean([media.color_difference(f, r, mode="mean") for f, r in zip(frames, refs)]))
+    return float(np.mean([colour.color_difference(f, r, mode="mean") for f, r in zip(frames, refs)]))
 
 
 def test_match_colors_reduces_drift():
     base = smooth_image()
     clip = drifting_clip(base)
     before = mean_drift(clip, [base] * len(clip))
-    fixed = media.match_colors(clip, base)
+    fixed = colour.match_colors(clip, base)
     after = mean_drift(fixed, [base] * len(clip))
     assert fixed.shape == (9, 64, 96, 3) and fixed.dtype == np.uint8
     assert before > 8 and after < before / 4
-    half = mean_drift(media.match_colors(clip, base, strength=0.5), [base] * len(clip))
+    half = mean_drift(colour.match_colors(clip, base, strength=0.5), [base] * len(clip))
     assert after < half < before
-    assert np.array_equal(media.match_colors(clip, base, strength=0.0), np.stack(clip))
+    assert np.array_equal(colour.match_colors(clip, base, strength=0.0), np.stack(clip))
     with pytest.raises(CliError, match="between 0 and 1"):
-        media.match_colors(clip, base, strength=2)
+        colour.match_colors(clip, base, strength=2)
 
 
 def test_match_colors_ramp_follows_both_keyframes():
@@ -500,10 +500,10 @@ def test_match_colors_ramp_follows_both_keyframes():
     end = (start * 0.6).astype(np.uint8)  # the end keyframe is legitimately darker
     truth = [(start * (1 - 0.4 * i / 8)).astype(np.uint8) for i in range(9)]  # the fade we wanted
     clip = [np.clip(t.astype(int) + np.multiply((6, 0, -6), i), 0, 255).astype(np.uint8) for i, t in enumerate(truth)]
-    fixed = media.match_colors_ramp(clip, start, end)
+    fixed = colour.match_colors_ramp(clip, start, end)
     assert mean_drift(fixed, truth) < mean_drift(clip, truth) / 3
-    assert media.color_difference(fixed[0], start, mode="mean") < 1
+    assert colour.color_difference(fixed[0], start, mode="mean") < 1
     # 18.7 before; what remains comes from channels clipped at 0 and 255 by the drift
-    assert media.color_difference(fixed[-1], end, mode="mean") < 2
+    assert colour.color_difference(fixed[-1], end, mode="mean") < 2
     # a single reference would have pulled the end of the fade back up to the start's brightness
-    assert mean_drift(media.match_colors(clip, start), truth) > mean_drift(fixed, truth)
+    assert mean_drift(colour.match_colors(clip, start), truth) > mean_drift(fixed, truth)

@@ -22,7 +22,7 @@ import pytest
 import qwen_image
 import wan_video
 from PIL import Image
-from producer import media, parallel, parallel_merge
+from producer import parallel, parallel_merge, video
 from producer.cli import CliError, ExitCode
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -237,7 +237,7 @@ def test_a_batch_over_two_workers(standin_hf_home, run_folders, tmp_path, capsys
                                                                   (4, "error")]
     assert "missing.png" in result["jobs"][4]["error"] and result["counts"] == {"ok": 4, "error": 1}
     for job in result["jobs"][:4]:  # every clip arrived, with its recipe, made by one of the two workers
-        assert job["worker"] in (0, 1) and media.probe_video(job["output"])["frames"] == 9
+        assert job["worker"] in (0, 1) and video.probe_video(job["output"])["frames"] == 9
         assert Path(job["output"] + ".provenance.json").is_file()
     workers = result["parallel"]["workers"]
     assert [w["status"] for w in workers] == ["ok", "ok"] and result["parallel"]["mode"] == "scenes"
@@ -316,8 +316,8 @@ def test_one_clip_split_over_two_processes_matches_one_process(standin_hf_home, 
     # No --seed was given: the coordinator chose one for every rank. One process with that seed makes the same clip.
     code = wan_video.main([*clip, "--seed", str(split["seed"]), "--quiet", "-o", str(tmp_path / "one.mp4")])
     assert code == 0, capsys.readouterr().err
-    frames_split, _ = media.read_video(tmp_path / "split.mp4")
-    frames_one, _ = media.read_video(tmp_path / "one.mp4")
+    frames_split, _ = video.read_video(tmp_path / "split.mp4")
+    frames_one, _ = video.read_video(tmp_path / "one.mp4")
     assert frames_split.shape == frames_one.shape == (9, 64, 64, 3)
     assert np.abs(frames_split.astype(int) - frames_one.astype(int)).max() <= 1
     assert sorted(p.name for p in tmp_path.glob("split*")) == [

@@ -19,7 +19,7 @@ import qwen_image
 import torch
 import wan_video
 from PIL import Image
-from producer import faults, media, provenance
+from producer import faults, media, provenance, video
 from producer.cli import ExitCode
 
 pytestmark = pytest.mark.usefixtures("standin_hf_home", "real_signals", "frozen_heap")
@@ -269,7 +269,7 @@ def test_wan_batch_out_of_memory_retry_reloads_and_reencodes(tmp_path, monkeypat
     assert code == 0, err
     assert [j["status"] for j in result["jobs"]] == ["ok"] and raised == [1] and len(sessions) == 2
     assert "reloading with --offload sequential" in err and leftovers(tmp_path) == []
-    assert media.probe_video(tmp_path / "c0.mp4")["frames"] == 9
+    assert video.probe_video(tmp_path / "c0.mp4")["frames"] == 9
 
 
 def test_out_of_memory_where_no_stage_catches_it_still_names_the_plan(tmp_path, monkeypatch):
@@ -335,13 +335,13 @@ exit 1
 def test_disk_full_writing_an_mp4_keeps_the_previous_clip(tmp_path, monkeypatch):
     start = gradient(tmp_path / "kf.png")
     old = tmp_path / "v.mp4"
-    media.write_mp4([np.zeros((64, 64, 3), np.uint8)] * 2, old, fps=16)
+    video.write_mp4([np.zeros((64, 64, 3), np.uint8)] * 2, old, fps=16)
     before = old.read_bytes()
     fake = tmp_path / "bin" / "ffmpeg"
     fake.parent.mkdir()
-    fake.write_text(FAKE_FFMPEG.format(real=media._ffmpeg_exe()))
+    fake.write_text(FAKE_FFMPEG.format(real=video.ffmpeg_exe()))
     fake.chmod(0o755)
-    monkeypatch.setattr(media, "_ffmpeg_exe", lambda: str(fake))
+    monkeypatch.setattr(video, "ffmpeg_exe", lambda: str(fake))
     code, result, err = run(wan_video.main, "--start-frame", start, "--prompt", "waves", "-o", old, "--overwrite",
                             *WAN_FAST)
     assert code == ExitCode.FAILED and result["disk_full"], err
@@ -372,7 +372,7 @@ def test_disk_full_writing_a_films_recipe_leaves_no_film_without_it(tmp_path, mo
     clips = []
     for i in range(2):
         clips.append(tmp_path / f"c{i}.mp4")
-        media.write_mp4([np.full((32, 32, 3), 40 * i, np.uint8)] * 3, clips[-1], fps=16)
+        video.write_mp4([np.full((32, 32, 3), 40 * i, np.uint8)] * 3, clips[-1], fps=16)
     write_text = Path.write_text
 
     def full_for_json(self, *a, **k):

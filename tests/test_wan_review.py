@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import pytest
 
-from producer import media, registry, review
+from producer import colour, registry, review
 from producer import wan_settings as ws
 from producer.cli import CliError, ExitCode
 
@@ -48,7 +48,7 @@ def producer_log(caplog, monkeypatch):
 
 
 def mean_difference(a, b) -> float:
-    return float(np.mean([media.color_difference(x, y) for x, y in zip(a, b)]))
+    return float(np.mean([colour.color_difference(x, y) for x, y in zip(a, b)]))
 
 
 def test_colour_matching_removes_an_injected_flf_drift():
@@ -58,8 +58,8 @@ def test_colour_matching_removes_an_injected_flf_drift():
     assert report["applied"] and report["before"]["drift"] > 5 > review.DRIFT_LIMIT > report["after"]["drift"]
     assert mean_difference(drifted, clean) > 2.5 and mean_difference(matched, clean) < 0.6
     three_quarters = N * 3 // 4
-    assert media.color_difference(drifted[three_quarters], clean[three_quarters]) > 4
-    assert media.color_difference(matched[three_quarters], clean[three_quarters]) < 1
+    assert colour.color_difference(drifted[three_quarters], clean[three_quarters]) > 4
+    assert colour.color_difference(matched[three_quarters], clean[three_quarters]) < 1
     assert report["after"]["first_vs_start"]["ssim"] > 0.95 and report["max_change"] > 3
 
 

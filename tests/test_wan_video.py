@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import wan_video
-from producer import media, provenance, review
+from producer import provenance, review, video
 from producer import standin_loras as SL
 from producer import standins
 from producer.cli import ExitCode
@@ -51,7 +51,7 @@ def test_i2v_clip_end_to_end(standin_hf_home, frames, tmp_path, capsys):
     code, result, err = run(capsys, "--start-frame", frames[0], "--prompt", "a cat walks", "-o", out, "--seed", 5,
                             "--size", "64x64", "--frames", 10, "--quiet", "--json")
     assert code == 0, err
-    info = media.probe_video(out)
+    info = video.probe_video(out)
     assert (info["frames"], info["fps"], info["width"], info["height"]) == (9, 16.0, 64, 64)
     assert (info["codec"], info["pix_fmt"]) == ("h264", "yuv420p")
     assert result["frames"] == 9 and "not 4n+1" in result["notes"][0] and "using 9" in err
@@ -66,7 +66,7 @@ def test_i2v_clip_end_to_end(standin_hf_home, frames, tmp_path, capsys):
     sheet = Image.open(out.with_name("video.contact.png"))
     assert sheet.width > 4 * 64  # 8 tiles in 4 columns
     first = np.asarray(Image.open(out.with_name("video.first.png")))
-    decoded, _ = media.read_video(out)
+    decoded, _ = video.read_video(out)
     assert np.abs(first.astype(int) - decoded[0]).mean() < 8  # the PNG is the clip's first frame (H.264 rounding)
     recipe = provenance.read_recipe(out)
     assert recipe["settings"]["seed"] == 5 and recipe["model"]["revision"] == result["model"]["revision"]
@@ -89,7 +89,7 @@ def test_flf_clip_reports_the_end_and_colour_figures(standin_hf_home, frames, tm
     assert result["settings"]["prompt"] == "pan, slow and deliberate"
     assert result["settings"]["negative_prompt"] == "flicker"
     assert "sha256" in provenance.read_recipe(out)["inputs"]["style_ref"]
-    assert media.probe_video(out)["frames"] == 9 and result["mode"] == "flf"
+    assert video.probe_video(out)["frames"] == 9 and result["mode"] == "flf"
     assert result["settings"]["fit_rule"] == "fit inside + edge-colour bars"
     # the Wan 2.1 LightX2V LoRA: one file into both experts, its image-encoder keys reported as not applicable
     assert {c: [e["name"] for e in entries] for c, entries in result["loras"].items()} == {
@@ -199,7 +199,7 @@ def test_gguf_experts_load_with_the_wan22_config_and_take_the_distill_lora(stand
     assert {c: e["steps"] for c, e in result["experts"].items()} == {"transformer": 2, "transformer_2": 2}
     experts = [e["experts"][0] for entries in result["loras"].values() for e in entries]
     assert [e["fused"] for e in experts] == [False, False]  # quantized experts keep the LoRA as adapters
-    assert media.probe_video(tmp_path / "gguf.mp4")["frames"] == 9
+    assert video.probe_video(tmp_path / "gguf.mp4")["frames"] == 9
 
 
 # ---------------------------------------------------------------- batch

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import re
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .cli import CliError, ExitCode
-from .media import _ffmpeg_exe, _ffmpeg_failed, _kill, _own_process_group, ffmpeg_input
+from .video import ffmpeg_exe, ffmpeg_input, ffmpeg_stdin
 
 # Rates within 1% are one rate: containers round 16 fps to 15.99 or 16.01 now and then.
 FPS_TOLERANCE = 0.01
@@ -138,7 +137,7 @@ def probe_audio(path: str | Path) -> AudioInfo:
     if not path.is_file():
         raise CliError(f"audio {path} does not exist" if not path.exists() else f"audio {path} is not a file",
                        "check the path (ls it)")
-    cmd = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_input(path), "-map", "0:a:0", "-f", "null", "-"]
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_input(path), "-map", "0:a:0", "-f", "null", "-"]
     try:
         result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
     except subprocess.TimeoutExpired:
@@ -223,7 +222,7 @@ def video_filter(s: EncodeSettings) -> str:
 
 def encoder_command(s: EncodeSettings, out: Path) -> list[str]:
     rate = Fraction(s.fps).limit_denominator(1001)
-    cmd = [_ffmpeg_exe(), "-hide_banner", "-nostats", "-loglevel", "error", "-y",
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostats", "-loglevel", "error", "-y",
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{s.width}x{s.height}", "-r", str(rate), "-i", "-"]
     if s.audio is not None:
         cmd += ["-i", ffmpeg_input(s.audio)]
@@ -239,24 +238,10 @@ def encode_film(frames: Iterator[np.ndarray], settings: EncodeSettings, out: Pat
     """Pipe frames into ffmpeg as they come (nothing is collected) and wait for it; returns the count
     sent. On any error or interruption ffmpeg is killed; the caller's atomic_output removes the file."""
     count = 0
-    with tempfile.TemporaryFile() as errors:  # a file, not a pipe: a full stderr pipe would block ffmpeg
-        proc = subprocess.Popen(encoder_command(settings, out), stdin=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, stderr=errors, **_own_process_group())
-        try:
-            for frame in frames:
-                try:
-                    proc.stdin.write(np.ascontiguousarray(frame).tobytes())
-                except BrokenPipeError:
-                    raise _ffmpeg_failed(proc.wait(), errors, out) from None
-                count += 1
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.close()
-            code = proc.wait()
-        except BaseException:
-            _kill(proc)
-            raise
-        if code != 0:
-            raise _ffmpeg_failed(code, errors, out)
+    with ffmpeg_stdin(encoder_command(settings, out), out) as send:
+        for frame in frames:
+            send(frame)
+            count += 1
     if count == 0:
         raise CliError("no frames to encode", "give at least one clip with frames", ExitCode.USAGE)
     return count

@@ -346,8 +346,8 @@ def plan_table(family: str) -> list[tuple[int, int, MemoryPlan]]:
 
 def plan_table_markdown(family: str) -> str:
     title = TABLE_WORKLOADS[family][0]
-    rows = [f"| VRAM GB | RAM GB | plan | weights | experts in RAM | text encoder | VAE | peak VRAM GiB | "
-            f"peak RAM GiB | fits |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| VRAM GB | RAM GB | plan | weights | experts in RAM | text encoder | VAE | peak VRAM GiB | "
+            "peak RAM GiB | fits |", "|---|---|---|---|---|---|---|---|---|---|"]
     for v, r, p in plan_table(family):
         experts = str(p.experts_in_ram) if "transformer_2" in p.components else "-"
         rows.append(f"| {v} | {r} | {p.name} | {p.weights} | {experts} | {p.text_encoder} | "

@@ -13,8 +13,8 @@ similarity of their luma (1 = identical). Keyframes are compared as the model sa
 clip size). `drift` is the largest cast of any frame against the keyframes' average colour,
 interpolated from the start keyframe (first frame) to the end keyframe (last frame).
 
-Colour matching (`--color-match`), media.match_colors_ramp (Reinhard transfer in CIELAB, target
-interpolated from start to end keyframe; I2V: media.match_colors to the start keyframe):
+Colour matching (`--color-match`), colour.match_colors_ramp (Reinhard transfer in CIELAB, target
+interpolated from start to end keyframe; I2V: colour.match_colors to the start keyframe):
 - off: never. on: always.
 - auto (default): first-last-frame clips whose drift exceeds DRIFT_LIMIT; never I2V clips, which may
   legitimately change colour as they move away from their one keyframe.
@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import media
+from . import colour, media, video
 from .cli import CliError, log
 
 COLOR_MATCH_CHOICES = ("auto", "on", "off")
@@ -76,9 +76,9 @@ def made_by(path: Path, script: str) -> bool:
 
 
 def frame_figures(frame: Any, keyframe: Any) -> dict:
-    return {"delta_e": round(media.color_difference(frame, keyframe, "pixel"), 3),
-            "cast": round(media.color_difference(frame, keyframe, "mean"), 3),
-            "ssim": round(media.ssim(frame, keyframe), 4)}
+    return {"delta_e": round(colour.color_difference(frame, keyframe, "pixel"), 3),
+            "cast": round(colour.color_difference(frame, keyframe, "mean"), 3),
+            "ssim": round(colour.ssim(frame, keyframe), 4)}
 
 
 def continuity(frames: Sequence[Any], start: Any, end: Any | None) -> dict:
@@ -94,16 +94,16 @@ def drift(frames: Sequence[Any], start: Any, end: Any | None) -> float:
     first = _mean_lab(start)
     last = _mean_lab(end if end is not None else start)
     span = max(1, len(frames) - 1)
-    casts = [media.delta_e_ciede2000(_mean_lab(f), first + (last - first) * i / span) for i, f in enumerate(frames)]
+    casts = [colour.delta_e_ciede2000(_mean_lab(f), first + (last - first) * i / span) for i, f in enumerate(frames)]
     return float(max(casts))
 
 
 def _mean_lab(image: Any) -> np.ndarray:
     """Average CIELAB colour, from every n-th pixel so that the longer side has <= STATS_SIDE samples: an
     average does not need all 400k pixels of a 480p frame (a whole 81-frame clip then takes ~0.3 s, not 3)."""
-    pixels = media.frame_to_uint8(image)
+    pixels = video.frame_to_uint8(image)
     step = max(1, -(-max(pixels.shape[:2]) // STATS_SIDE))
-    return media.lab_stats(pixels[::step, ::step]).mean
+    return colour.lab_stats(pixels[::step, ::step]).mean
 
 
 # ---------------------------------------------------------------- colour matching
@@ -118,9 +118,9 @@ def color_match(frames: np.ndarray, start: Any, end: Any | None, choice: str) ->
     apply, report["reason"] = _decide(choice, end is not None, before["drift"])
     if not apply:
         return frames, report
-    matched = (media.match_colors_ramp(frames, start, end) if end is not None
-               else media.match_colors(frames, start))
-    changes = [media.color_difference(a, b, max_side=CHANGE_SIDE) for a, b in zip(matched, frames)]
+    matched = (colour.match_colors_ramp(frames, start, end) if end is not None
+               else colour.match_colors(frames, start))
+    changes = [colour.color_difference(a, b, max_side=CHANGE_SIDE) for a, b in zip(matched, frames)]
     report.update(applied=True, after=continuity(matched, start, end), max_change=round(max(changes), 3),
                   method="match_colors_ramp (start -> end keyframe)" if end is not None
                   else "match_colors (start keyframe)")
@@ -152,9 +152,9 @@ def write_review(frames: np.ndarray, output: str | Path, recipe: dict, fps: floa
 
     paths = review_paths(output)
     meta = {**recipe, "of": Path(output).name}
-    media.save_png(Image.fromarray(media.frame_to_uint8(frames[0])), paths["first_frame"], meta)
-    media.save_png(Image.fromarray(media.frame_to_uint8(frames[-1])), paths["last_frame"], meta)
-    sheet = media.contact_sheet(frames, n=CONTACT_TILES, labels="both", fps=fps, title=title)
+    media.save_png(Image.fromarray(video.frame_to_uint8(frames[0])), paths["first_frame"], meta)
+    media.save_png(Image.fromarray(video.frame_to_uint8(frames[-1])), paths["last_frame"], meta)
+    sheet = video.contact_sheet(frames, n=CONTACT_TILES, labels="both", fps=fps, title=title)
     media.save_png(sheet, paths["contact_sheet"], meta)
     return {key: str(path) for key, path in paths.items()}
 

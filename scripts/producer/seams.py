@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import media
+from . import colour, media, video
 from .cli import CliError
 from .clips import ClipInfo, scan_clip
 from .layout import clip_path, keyframe_path  # noqa: F401 - the layout's one home; re-exported for callers
@@ -57,7 +57,7 @@ class Comparison:
 
 
 def _analysis(image) -> np.ndarray:
-    a = media.frame_to_uint8(image)
+    a = video.frame_to_uint8(image)
     h, w = a.shape[:2]
     scale = ANALYSIS_SIDE / max(h, w)
     if scale >= 1:
@@ -69,9 +69,9 @@ def _analysis(image) -> np.ndarray:
 def compare(a, b) -> Comparison:
     """a and b (frames or images; b is resized to a's shape) at ANALYSIS_SIDE px."""
     a8 = _analysis(a)
-    b8 = np.asarray(Image.fromarray(media.frame_to_uint8(b)).resize(a8.shape[1::-1], Image.Resampling.BILINEAR))
-    return Comparison(media.color_difference(a8, b8, "mean"), media.color_difference(a8, b8, "pixel"),
-                      media.ssim(a8, b8) if min(a8.shape[:2]) >= 11 else float("nan"))
+    b8 = np.asarray(Image.fromarray(video.frame_to_uint8(b)).resize(a8.shape[1::-1], Image.Resampling.BILINEAR))
+    return Comparison(colour.color_difference(a8, b8, "mean"), colour.color_difference(a8, b8, "pixel"),
+                      colour.ssim(a8, b8) if min(a8.shape[:2]) >= 11 else float("nan"))
 
 
 def is_duplicate(c: Comparison) -> bool:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 from . import registry, standins
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
+    pass
 
 LORA_ENTRY_NAMES = ("wan-lightning", "wan21-lightx2v", "qwen-lightning", "qwen-anypose")
 PAIR_DOWN_UP = ("lora_down", "lora_up")

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cli import CliError, ExitCode, log, not_text
+from .cli import CliError, log, not_text
 
 # Wan's UMT5 encoder reads 512 tokens (~4 characters each in English). 600 characters (~150 tokens) per
 # field leaves room for the scene prompt even when several style fields are appended.

@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from . import media
+from . import video
 from .cli import CliError
 
 DEFAULT_SECONDS = {"cut": 0.0, "continuous": 0.0, "fade": 1.0, "dissolve": 0.5}
@@ -223,7 +223,7 @@ class ContactSheet:
 
     def render(self, name: str) -> Image.Image:
         frames, labels = zip(*self.tiles)
-        return media.contact_sheet(list(frames), n=len(frames), labels=list(labels), columns=6,
+        return video.contact_sheet(list(frames), n=len(frames), labels=list(labels), columns=6,
                                    tile_width=self.width, title=f"{name}: {self.plan.seconds:.2f} s, {self.plan.frames} frames at "
                                          f"{self.plan.fps:g} fps, one tile per second")
 
