@@ -56,9 +56,9 @@ def wan_components(size: str, device: str, dtype: torch.dtype = torch.bfloat16, 
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 
     if size == "tiny":
-        from producer import standins
+        from producer import standin_models
 
-        cfg, vae_cfg = standins.WAN_TRANSFORMER_CONFIG, standins.WAN_VAE_CONFIG
+        cfg, vae_cfg = standin_models.WAN_TRANSFORMER_CONFIG, standin_models.WAN_VAE_CONFIG
     else:
         cfg, vae_cfg = WAN_EXPERT, {}
     _seeded(seed)
@@ -83,14 +83,14 @@ def qwen_components(size: str, device: str, dtype: torch.dtype = torch.bfloat16,
     from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
 
     if size == "tiny":
-        from producer import standins
+        from producer import standin_models
 
-        cfg, vae_cfg = standins.QWEN_EDIT_TRANSFORMER_CONFIG, standins.QWEN_VAE_CONFIG
-        scheduler_cfg = standins.QWEN_SCHEDULER_CONFIG
+        cfg, vae_cfg = standin_models.QWEN_EDIT_TRANSFORMER_CONFIG, standin_models.QWEN_VAE_CONFIG
+        scheduler_cfg = standin_models.QWEN_SCHEDULER_CONFIG
     else:
-        from producer import standins
+        from producer import standin_models
 
-        cfg, vae_cfg, scheduler_cfg = QWEN_TRANSFORMER, {}, standins.QWEN_SCHEDULER_CONFIG
+        cfg, vae_cfg, scheduler_cfg = QWEN_TRANSFORMER, {}, standin_models.QWEN_SCHEDULER_CONFIG
     _seeded(seed)
     with _building(device, dtype):
         transformer = QwenImageTransformer2DModel(**cfg)
@@ -116,9 +116,9 @@ def umt5_encoder(size: str, device: str, dtype: torch.dtype = torch.bfloat16):
     from transformers import UMT5Config, UMT5EncoderModel
 
     if size == "tiny":
-        from producer import standins
+        from producer import standin_models
 
-        config = UMT5Config(**standins.UMT5_CONFIG)
+        config = UMT5Config(**standin_models.UMT5_CONFIG)
     else:
         config = UMT5Config(**UMT5_XXL)
     with _building(device, dtype):

@@ -28,7 +28,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 if str(SCRIPTS) not in sys.path:  # pyproject's pythonpath covers pytest runs; this covers other runners
     sys.path.insert(0, str(SCRIPTS))
 
-from producer import standins  # after the offline switch and the path, on purpose
+from producer import standin_models, standins  # after the offline switch and the path, on purpose
 
 
 def use_hf_home(monkeypatch: pytest.MonkeyPatch, hf_home: Path) -> None:
@@ -76,26 +76,26 @@ def qwen_standin_areas(monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
     """What the generation script does when it finds the stand-in marker: small reference areas."""
     from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as edit_plus
 
-    monkeypatch.setattr(edit_plus, "VAE_IMAGE_SIZE", standins.QWEN_REFERENCE_AREA)
-    monkeypatch.setattr(edit_plus, "CONDITION_IMAGE_SIZE", standins.QWEN_CONDITION_AREA)
-    return standins.QWEN_REFERENCE_AREA, standins.QWEN_CONDITION_AREA
+    monkeypatch.setattr(edit_plus, "VAE_IMAGE_SIZE", standin_models.QWEN_REFERENCE_AREA)
+    monkeypatch.setattr(edit_plus, "CONDITION_IMAGE_SIZE", standin_models.QWEN_CONDITION_AREA)
+    return standin_models.QWEN_REFERENCE_AREA, standin_models.QWEN_CONDITION_AREA
 
 
 @pytest.fixture
 def tiny_wan_pipeline():
-    return standins.build_wan_pipeline(seed=0)
+    return standin_models.build_wan_pipeline(seed=0)
 
 
 @pytest.fixture
 def tiny_qwen_edit_pipeline(qwen_standin_areas):
-    return standins.build_qwen_edit_pipeline(seed=0)
+    return standin_models.build_qwen_edit_pipeline(seed=0)
 
 
 @pytest.fixture
 def tiny_qwen_t2i_pipeline():
-    return standins.build_qwen_t2i_pipeline(seed=0)
+    return standin_models.build_qwen_t2i_pipeline(seed=0)
 
 
 @pytest.fixture
 def tiny_qwen_controlnet():
-    return standins.build_qwen_controlnet(seed=0)
+    return standin_models.build_qwen_controlnet(seed=0)

@@ -11,7 +11,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from producer import cli
 from producer import lora as L
 from producer import standin_loras as SL
-from producer import standins
+from producer import standin_gguf, standin_models, standins
 from producer.cli import CliError, ExitCode
 
 WAN_EXPERTS = ("transformer", "transformer_2")
@@ -304,7 +304,7 @@ def test_wan_lora_into_qwen_and_back_is_refused(tmp_path, wan, qwen):
 def test_lora_for_another_wan_size_names_the_widths(tmp_path, wan):
     from diffusers import WanTransformer3DModel
 
-    small = WanTransformer3DModel(**{**standins.WAN_TRANSFORMER_CONFIG, "attention_head_dim": 8})
+    small = WanTransformer3DModel(**{**standin_models.WAN_TRANSFORMER_CONFIG, "attention_head_dim": 8})
     path = save(tmp_path, "small", SL.wan_diffusers_lora(small))
     with pytest.raises(CliError, match="another size: its layers are 16 wide, the Wan 2.2 transformer's are 32"):
         L.load_loras(wan, [spec(path)], "wan")
@@ -332,14 +332,14 @@ def test_alpha_over_rank_is_applied_exactly(tmp_path, wan):
     wan.transformer.fuse_lora(adapter_names=["plain_diffusers"])
     assert torch.allclose(wan.transformer.get_submodule(layer).base_layer.weight, expected, atol=1e-5)
 
-    ours = standins.build_wan_pipeline(0)
+    ours = standin_models.build_wan_pipeline(0)
     report = L.load_loras(ours, [spec(save(tmp_path, "a8", sd), 1.0, "high")], "wan", fuse=True)
     assert torch.allclose(ours.transformer.get_submodule(layer).weight, expected, atol=1e-5)
     assert (report.loras[0].ranks, report.loras[0].alphas, report.loras[0].scales) == ([64], [8.0], [0.125])
 
 
 def test_fused_equals_unfused_and_leaves_no_lora_layers(kijai):
-    unfused, fused = standins.build_wan_pipeline(0), standins.build_wan_pipeline(0)
+    unfused, fused = standin_models.build_wan_pipeline(0), standin_models.build_wan_pipeline(0)
     L.load_loras(unfused, [spec(kijai, 0.8)], "wan")
     report = L.load_loras(fused, [spec(kijai, 0.8)], "wan", fuse=True)
     a, b = outputs(unfused), outputs(fused)
@@ -422,7 +422,7 @@ def gguf_wan(tmp_path, wan):
 
     wan.transformer.save_config(tmp_path / "config" / "transformer")
     path = tmp_path / "high.gguf"
-    standins.write_gguf(path, standins.wan_state_dict_to_original(wan.transformer.state_dict()), "wan", "Q8_0")
+    standin_gguf.write_gguf(path, standin_gguf.wan_state_dict_to_original(wan.transformer.state_dict()), "wan", "Q8_0")
     wan.transformer = WanTransformer3DModel.from_single_file(
         str(path), quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32),
         config=str(tmp_path / "config"), subfolder="transformer")
@@ -493,7 +493,7 @@ def test_wan_distill_loras_go_into_both_experts(offline_hf_home, monkeypatch, wa
     assert lightx2v.components == WAN_EXPERTS
     split = L.registry_lora_specs("wan21-lightx2v", strength={"transformer": 3.0, "transformer_2": 1.5})
     assert [(s.components, s.strength) for s in split] == [(("transformer",), 3.0), (("transformer_2",), 1.5)]
-    fresh = standins.build_wan_pipeline(0)
+    fresh = standin_models.build_wan_pipeline(0)
     report = L.load_loras(fresh, [lightx2v], "wan")
     assert [e.component for e in report.loras[0].experts] == list(WAN_EXPERTS)
     assert all(skipped(e, L.NOT_APPLICABLE) > 0 and not e.partial for e in report.loras[0].experts)

@@ -19,7 +19,7 @@ import qwen_image
 import torch
 import wan_video
 from PIL import Image
-from producer import faults, media, provenance, video
+from producer import faults, provenance, video
 from producer.cli import ExitCode
 
 pytestmark = pytest.mark.usefixtures("standin_hf_home", "real_signals", "frozen_heap")

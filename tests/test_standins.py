@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from producer import registry, standins
+from producer import registry, standin_gguf, standin_models, standins
 
 WAN_REVISION = registry.get("wan-i2v").revision
 GGUF_TOLERANCE = {  # max |dequantized - original| as a fraction of the tensor's largest |value|
@@ -103,10 +103,10 @@ def test_builds_are_seeded_and_leave_the_global_generator_alone():
     torch.manual_seed(123)
     expected_next = torch.rand(3)
     torch.manual_seed(123)
-    first_high, first_low = standins.build_wan_experts(seed=0)
+    first_high, first_low = standin_models.build_wan_experts(seed=0)
     assert torch.equal(torch.rand(3), expected_next)
-    again_high, _ = standins.build_wan_experts(seed=0)
-    other_high, _ = standins.build_wan_experts(seed=1)
+    again_high, _ = standin_models.build_wan_experts(seed=0)
+    other_high, _ = standin_models.build_wan_experts(seed=1)
     weight = "blocks.0.attn1.to_q.weight"
     assert torch.equal(first_high.state_dict()[weight], again_high.state_dict()[weight])
     assert not torch.equal(first_high.state_dict()[weight], other_high.state_dict()[weight])
@@ -116,7 +116,7 @@ def test_builds_are_seeded_and_leave_the_global_generator_alone():
 def test_qwen_token_layout_matches_the_text_encoder(tiny_qwen_edit_pipeline, tiny_qwen_t2i_pipeline):
     pipe = tiny_qwen_edit_pipeline
     tokenizer, config = pipe.tokenizer, pipe.text_encoder.config
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in standins.QWEN_SPECIAL_TOKENS}
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in standin_models.QWEN_SPECIAL_TOKENS}
     assert list(ids.values()) == sorted(ids.values()) and len(set(ids.values())) == len(ids)
     assert (config.image_token_id, config.video_token_id) == (ids["<|image_pad|>"], ids["<|video_pad|>"])
     assert (config.vision_start_token_id, config.vision_end_token_id) == (ids["<|vision_start|>"],
@@ -174,8 +174,8 @@ def test_controlnet_changes_the_image(tiny_qwen_t2i_pipeline, tiny_qwen_controln
 def test_wan_original_keys_invert_the_diffusers_conversion():
     from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
-    state = standins.build_wan_experts(seed=0)[0].state_dict()
-    original = standins.wan_state_dict_to_original(state)
+    state = standin_models.build_wan_experts(seed=0)[0].state_dict()
+    original = standin_gguf.wan_state_dict_to_original(state)
     for key in ("patch_embedding.weight", "blocks.0.self_attn.q.weight", "blocks.0.cross_attn.o.bias",
                 "blocks.0.self_attn.norm_q.weight", "blocks.0.norm3.weight", "blocks.0.ffn.0.weight",
                 "blocks.1.ffn.2.weight", "blocks.0.modulation", "head.modulation", "head.head.weight",
@@ -196,7 +196,7 @@ def test_q4_k_blocks_decode_with_ggml_layout(shape):
     rows[0, :32] = 0.0  # an empty sub-block
     rows[1] = -np.abs(rows[1])  # a row below zero only
     rows[2, :256] = 0.3  # a constant block
-    packed = standins.quantize_q4_k(rows)
+    packed = standin_gguf.quantize_q4_k(rows)
     assert packed.dtype == np.uint8 and packed.shape == (shape[0], shape[1] // 256 * 144)
     decoded = quants.dequantize(packed, GGMLQuantizationType.Q4_K)
     assert decoded.shape == rows.shape
@@ -237,7 +237,7 @@ def test_wan_gguf_experts_load_offline_and_run(standin_hf_home, name):
             path, quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32),
             config=registry.WAN_REPO, subfolder=role)
         _assert_gguf_matches(experts[role], getattr(reference, role), _gguf_types(path),
-                             standins.wan_key_to_original)
+                             standin_gguf.wan_key_to_original)
     pipe = WanImageToVideoPipeline.from_pretrained(registry.WAN_REPO, revision=WAN_REVISION, **experts)
     with _forward_calls(high=pipe.transformer, low=pipe.transformer_2) as calls:
         frames = _wan_video(pipe)
@@ -284,7 +284,7 @@ def test_wan_resolves_offline_by_repo_id(standin_hf_home):
 
     pinned = WanImageToVideoPipeline.from_pretrained(registry.WAN_REPO, revision=WAN_REVISION)
     by_branch = WanImageToVideoPipeline.from_pretrained(registry.WAN_REPO)  # refs/main
-    built = standins.build_wan_pipeline(seed=0)
+    built = standin_models.build_wan_pipeline(seed=0)
     for role in ("transformer", "transformer_2", "text_encoder", "vae"):
         loaded, expected = getattr(pinned, role).state_dict(), getattr(built, role).state_dict()
         assert all(torch.equal(loaded[k], expected[k]) for k in expected), role

@@ -9,7 +9,7 @@ import pytest
 import setup_diffusers
 import validate_diffusers
 from conftest import use_hf_home
-from producer import install, installcheck, models, registry, smoke, standins, weightcheck
+from producer import install, installcheck, models, registry, smoke, standin_models, standins, weightcheck
 
 NEEDED = ["wan-i2v", "qwen-edit", "wan-lightning", "qwen-lightning"]
 
@@ -59,7 +59,7 @@ def test_detailed_reports_versions_and_component_configs(recorded, capsys):
     assert {i["module"] for i in result["environment"]["import_report"]} >= {"torch", "diffusers", "gguf"}
     wan = next(e for e in result["models"]["entries"] if e["name"] == "wan-i2v")
     transformer = next(c for c in wan["checks"] if c["what"] == "transformer")
-    assert transformer["data"]["config"]["num_layers"] == standins.WAN_TRANSFORMER_CONFIG["num_layers"]
+    assert transformer["data"]["config"]["num_layers"] == standin_models.WAN_TRANSFORMER_CONFIG["num_layers"]
     assert validate_diffusers.main(["--models-dir", str(home), "--detailed"]) == 0
     assert "torch" in capsys.readouterr().out
 

@@ -10,7 +10,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
-from producer import hardware, lora, memory, registry, standins, wan
+from producer import hardware, lora, memory, registry, standin_models, wan
 from producer.wan_install import components_snapshot, locate_files, plan_for
 
 
@@ -89,7 +89,7 @@ def test_one_expert_in_ram_gives_the_same_clip_as_both(setup, producer_log):
 def test_prebuilt_components_run_through_the_same_code(setup):
     plan, files = setup
     loaded = wan.WanSession.from_files(files, plan, progress=False).generate(job())
-    prebuilt = wan.WanSession.from_components(standins.build_wan_pipeline(seed=0), plan, progress=False)
+    prebuilt = wan.WanSession.from_components(standin_models.build_wan_pipeline(seed=0), plan, progress=False)
     clip = prebuilt.generate(job())
     np.testing.assert_allclose(clip.frames, loaded.frames, atol=1e-5)  # float rounding only
     assert set(clip.seconds) >= {"load_experts", "denoise", "decode", "high_expert", "low_expert"}

@@ -11,7 +11,7 @@ from PIL import Image
 import wan_video
 from producer import provenance, review, video
 from producer import standin_loras as SL
-from producer import standins
+from producer import standin_models
 from producer.cli import ExitCode
 
 FAST = ["--size", "64x64", "--frames", "9", "--quiet", "--json"]
@@ -124,7 +124,7 @@ def lora_file(tmp_path, name, state_dict):
 
 
 def test_user_loras_in_each_format_reach_their_expert_and_change_the_clip(standin_hf_home, frames, tmp_path, capsys):
-    high, low = standins.build_wan_experts(0)
+    high, low = standin_models.build_wan_experts(0)
     kijai = lora_file(tmp_path, "kijai", SL.wan_lightx2v_lora(high, seed=1, pair=("lora_A", "lora_B")))
     diffusers_fmt = lora_file(tmp_path, "diffusers", SL.wan_diffusers_lora(low, seed=2))
     musubi = lora_file(tmp_path, "musubi", SL.wan_musubi_lora(high, seed=3))
@@ -158,7 +158,7 @@ def test_user_loras_in_each_format_reach_their_expert_and_change_the_clip(standi
 
 
 def test_partial_lora_is_refused_unless_allowed(standin_hf_home, frames, tmp_path, capsys):
-    high, _ = standins.build_wan_experts(0)
+    high, _ = standin_models.build_wan_experts(0)
     state = SL.wan_lightx2v_lora(high, seed=4, deltas=False)
     state["diffusion_model.blocks.0.self_attn.gate.lora_down.weight"] = state[
         "diffusion_model.blocks.0.self_attn.q.lora_down.weight"].clone()

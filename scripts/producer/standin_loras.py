@@ -32,7 +32,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from . import registry, standins
+from . import registry, standin_gguf, standin_models, standins
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -51,7 +51,7 @@ DELTA_STD = 0.01
 def _generator(seed: int, what: str):
     import torch
 
-    return torch.Generator().manual_seed(standins._component_seed(seed, f"lora.{what}"))
+    return torch.Generator().manual_seed(standin_models.component_seed(seed, f"lora.{what}"))
 
 
 def _randn(gen, *shape, std: float = LORA_STD, dtype=None):
@@ -100,7 +100,7 @@ def save_lora(state_dict: dict, path: str | os.PathLike) -> Path:
 
 def _wan_original(name: str) -> str:
     """diffusers module name -> original Wan name (standins' inverse of diffusers' single-file renames)."""
-    return standins.wan_key_to_original(f"{name}.weight").removesuffix(".weight")
+    return standin_gguf.wan_key_to_original(f"{name}.weight").removesuffix(".weight")
 
 
 def wan_lightx2v_lora(transformer, seed: int = 0, *, rank: int = 4, alpha: float | None = 4.0,
@@ -258,10 +258,10 @@ def _write_wan_lightning(folder: Path, entries: Sequence[registry.ModelEntry], s
     (k_img, v_img, norm_k_img, img_emb; LightX2V issue 1246)."""
     import torch
 
-    experts = dict(zip(("transformer", "transformer_2"), standins.build_wan_experts(seed)))
+    experts = dict(zip(("transformer", "transformer_2"), standin_models.build_wan_experts(seed)))
     for entry in entries:
         for component, relpath in entry.roles.items():
-            sd = wan_lightx2v_lora(experts[component], seed=standins._component_seed(seed, relpath), rank=8,
+            sd = wan_lightx2v_lora(experts[component], seed=standin_models.component_seed(seed, relpath), rank=8,
                                    alpha=8.0, head="diff", wan21_image_keys=True, dtype=torch.bfloat16)
             save_lora(sd, folder / relpath)
 
@@ -270,10 +270,10 @@ def _write_wan21_lightx2v(folder: Path, entries: Sequence[registry.ModelEntry], 
     """The Wan 2.1 I2V LightX2V LoRA: one file for both experts, with Wan 2.1's image-encoder keys."""
     import torch
 
-    high, _ = standins.build_wan_experts(seed)
+    high, _ = standin_models.build_wan_experts(seed)
     for entry in entries:
         for relpath in dict.fromkeys(entry.roles.values()):
-            sd = wan_lightx2v_lora(high, seed=standins._component_seed(seed, relpath), rank=8, alpha=8.0,
+            sd = wan_lightx2v_lora(high, seed=standin_models.component_seed(seed, relpath), rank=8, alpha=8.0,
                                    head="lora", wan21_image_keys=True, dtype=torch.bfloat16)
             save_lora(sd, folder / relpath)
 
@@ -281,10 +281,10 @@ def _write_wan21_lightx2v(folder: Path, entries: Sequence[registry.ModelEntry], 
 def _write_qwen_lightning(folder: Path, entries: Sequence[registry.ModelEntry], seed: int) -> None:
     import torch
 
-    transformer = standins.build_qwen_edit_transformer(seed)
+    transformer = standin_models.build_qwen_edit_transformer(seed)
     for entry in entries:
         for relpath in entry.roles.values():
-            sd = qwen_lightning_lora(transformer, seed=standins._component_seed(seed, relpath), rank=8, alpha=1.0,
+            sd = qwen_lightning_lora(transformer, seed=standin_models.component_seed(seed, relpath), rank=8, alpha=1.0,
                                      dtype=torch.bfloat16)
             save_lora(sd, folder / relpath)
 
@@ -294,10 +294,10 @@ def _write_qwen_anypose(folder: Path, entries: Sequence[registry.ModelEntry], se
     (what ai-toolkit writes for Qwen) is the stand-in's assumption."""
     import torch
 
-    transformer = standins.build_qwen_edit_transformer(seed)
+    transformer = standin_models.build_qwen_edit_transformer(seed)
     for entry in entries:
         for relpath in entry.roles.values():
-            sd = qwen_comfy_lora(transformer, seed=standins._component_seed(seed, relpath), rank=4, pair=PAIR_A_B,
+            sd = qwen_comfy_lora(transformer, seed=standin_models.component_seed(seed, relpath), rank=4, pair=PAIR_A_B,
                                  dtype=torch.bfloat16)
             save_lora(sd, folder / relpath)
 
