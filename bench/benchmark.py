@@ -145,6 +145,7 @@ def environment() -> dict:
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
         env["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / GiB, 1)
+        env["gpus_visible"] = torch.cuda.device_count()
     return env
 
 

@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "scripts"))
 sys.path.insert(0, str(HERE))
 
-from benchmark import TINY, WORKLOADS
+from benchmark import TINY, WORKLOADS, environment
 
 
 def parse_args(argv=None):
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     args.clips = args.clips or 4 * max(counts)
     runs = [launch(args, n) for n in counts]
     results = {"mode": args.mode, "workload": args.workload, "size": args.size, "command": " ".join(sys.argv),
-               "environment": _environment(), "runs": runs}
+               "environment": environment(), "runs": runs}
     table = markdown(results)
     print(table)
     if args.out:
@@ -245,24 +245,6 @@ def context_child(args, rank: int) -> dict:
 
 
 # ---------------------------------------------------------------- reporting
-
-
-def _environment() -> dict:
-    import platform
-
-    import torch
-
-    env = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "torch": torch.__version__}
-    try:
-        import diffusers
-
-        env["diffusers"] = diffusers.__version__
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-        env["gpus_visible"] = torch.cuda.device_count()
-    return env
 
 
 def markdown(results: dict) -> str:
