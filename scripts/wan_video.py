@@ -377,13 +377,7 @@ def write_outputs(frames, req: Request, recipe: dict) -> dict:
 
 
 def out_of_memory(plan, where: str) -> CliError:
-    from producer.memory import next_offload
-
-    nxt = next_offload(plan)
-    fix = (f"retry with --offload {nxt}" if nxt else "nothing more frugal is left") + \
-        ", or a smaller size (--preset 480p) or fewer frames"
-    return CliError(f"out of memory at {where} with plan {plan.name}: {plan.summary()}",
-                    fix, ExitCode.OUT_OF_MEMORY, memory_plan=plan.to_dict(), next_offload=nxt)
+    return cli.out_of_memory_error(plan, f"at {where}", "a smaller size (--preset 480p) or fewer frames")
 
 
 # ---------------------------------------------------------------- batch

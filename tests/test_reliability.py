@@ -218,7 +218,7 @@ def test_out_of_memory_stops_a_batch_with_the_plan_and_the_rerun_finishes_it(tmp
     a, b, c = result["jobs"]
     assert a["status"] == "ok" and c["status"] == "not_run" and "job 1" in c["reason"]
     assert b["exit_code"] == ExitCode.OUT_OF_MEMORY and b["memory_plan"]["name"] == "cpu" and "next_offload" in b
-    assert "with the plan" in b["error"] and "--on-oom retry" in b["fix"] and "stopped at job 1" in result["stopped"]
+    assert "with plan cpu" in b["error"] and "--on-oom retry" in b["fix"] and "stopped at job 1" in result["stopped"]
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["a.png"] and leftovers(tmp_path) == []
     code, result, err = run(qwen_image.main, *argv)
     assert code == 0 and [j["status"] for j in result["jobs"]] == ["skipped", "ok", "ok"], err

@@ -388,18 +388,21 @@ def note_plan(plan) -> None:
     _plan_in_use[:] = [plan]
 
 
+def out_of_memory_error(plan, where: str = "", smaller: str = "a smaller size or fewer frames") -> CliError:
+    """Out of memory with a known plan: the plan that was used and the next more frugal --offload to try."""
+    from .memory import next_offload
+
+    frugal = next_offload(plan)
+    return CliError(f"out of memory{' ' + where if where else ''} with {plan.summary()}",
+                    (f"retry with --offload {frugal}" if frugal else "no more frugal plan is left") + f", or {smaller}",
+                    ExitCode.OUT_OF_MEMORY, memory_plan=plan.to_dict(), next_offload=frugal)
+
+
 def _out_of_memory(exc: BaseException) -> CliError:
     if not _plan_in_use:
         return CliError(f"out of memory: {_first_line(exc)}", "retry with a more frugal plan: --offload group "
                         "(or sequential), a smaller size, or fewer frames", ExitCode.OUT_OF_MEMORY)
-    from .memory import next_offload
-
-    plan = _plan_in_use[0]
-    frugal = next_offload(plan)
-    return CliError(f"out of memory with {plan.summary()} ({_first_line(exc)})",
-                    (f"retry with --offload {frugal}" if frugal else "no more frugal plan is left") +
-                    ", a smaller size, or fewer frames", ExitCode.OUT_OF_MEMORY, memory_plan=plan.to_dict(),
-                    next_offload=frugal)
+    return out_of_memory_error(_plan_in_use[0], f"({_first_line(exc)})")
 
 
 def unexpected_error(exc: BaseException) -> CliError:

@@ -41,8 +41,8 @@ from pathlib import Path
 from PIL import Image
 
 from . import lora, media, models  # producer.offload imports torch: imported where it is used
-from .cli import CliError, ExitCode, Stopwatch
-from .memory import MemoryPlan, next_offload
+from .cli import CliError, ExitCode, Stopwatch, out_of_memory_error
+from .memory import MemoryPlan
 
 log = logging.getLogger("producer")
 
@@ -430,8 +430,5 @@ def _oom_error(plan: MemoryPlan, stage: str, job: QwenJob) -> CliError:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    frugal = next_offload(plan)
-    fix = (f"retry with --offload {frugal}" if frugal else "no more frugal plan is left") + \
-        f", or a smaller size than {job.width}x{job.height}, or fewer references"
-    return CliError(f"out of memory while {stage} {job.width}x{job.height} with the plan: {plan.summary()}", fix,
-                    ExitCode.OUT_OF_MEMORY, memory_plan=plan.to_dict(), next_offload=frugal)
+    return out_of_memory_error(plan, f"while {stage} {job.width}x{job.height}",
+                               f"a smaller size than {job.width}x{job.height}, or fewer references")
