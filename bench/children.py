@@ -171,7 +171,11 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
         if plan.components[name].placement != "gpu":
             fullsize.move_to_host(getattr(pipe, name))
     _apply_cap(config, device)
-    notes = _levers([pipe.transformer, pipe.transformer_2], _speed(config, device, plan.components["transformer"].placement))
+    speed_choice = _speed(config, device, plan.components["transformer"].placement)
+    before = _wan_probe(pipe.transformer, embeds, width, height, frames) if speed_choice.fp8_matmul else None
+    notes = _levers([pipe.transformer, pipe.transformer_2], speed_choice)
+    extra = {} if before is None else {"fp8_vs_bf16": numerical_difference(
+        _wan_probe(pipe.transformer, embeds, width, height, frames), before)}
     session = wan.WanSession.from_components(pipe, plan, device, progress=False)
     job = wan.ClipJob(image=image, prompt="bench", width=width, height=height, frames=frames, sampling=sampling,
                       seed=0, negative_prompt="bench negative" if cfg else "")
@@ -187,8 +191,29 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
     seconds = _extrapolate(dict(clip.seconds), ("denoise", "high_expert", "low_expert"), steps, measured)
     seconds["total"] = round(total + seconds.get("denoise", 0) - clip.seconds.get("denoise", 0), 3)
     experts = {k: {"steps": v.steps, "forwards": v.forwards} for k, v in clip.experts.items()}
-    return _result(seconds, runs[0][0], plan, {"experts": experts, "decode": clip.decode, "speed": notes},
+    return _result(seconds, runs[0][0], plan, {"experts": experts, "decode": clip.decode, "speed": notes, **extra},
                    steps, measured)
+
+
+def _wan_probe(transformer, embeds, width: int, height: int, frames: int) -> torch.Tensor:
+    """One forward of the high-noise expert on fixed random latents, so that a lever that changes the numbers
+    (fp8 matmuls) can be compared with bf16 on the same weights."""
+    gen = torch.Generator("cpu").manual_seed(3)
+    shape = (1, transformer.config.in_channels, (frames - 1) // 4 + 1, height // 8, width // 8)
+    latents = torch.randn(shape, generator=gen).to(embeds.device, embeds.dtype)
+    timestep = torch.tensor([500.0], device=embeds.device)
+    with torch.no_grad():
+        return transformer(hidden_states=latents, timestep=timestep, encoder_hidden_states=embeds,
+                           return_dict=False)[0].float()
+
+
+def numerical_difference(changed: torch.Tensor, reference: torch.Tensor) -> dict:
+    """Relative L2 error, largest absolute difference and cosine similarity of `changed` against `reference`."""
+    changed, reference = changed.flatten().float(), reference.flatten().float()
+    diff = changed - reference
+    return {"relative_l2": round(float(diff.norm() / reference.norm().clamp_min(1e-12)), 5),
+            "max_abs": round(float(diff.abs().max()), 5),
+            "cosine": round(float(torch.nn.functional.cosine_similarity(changed, reference, dim=0)), 6)}
 
 
 def _wan_plain(pipe, image, embeds, negative, width, height, frames, sampling, steps, device, repeats) -> dict:

@@ -34,6 +34,12 @@ def _table(workload: str, runs: list[dict]) -> list[str]:
         cells += [f"{r['seconds'][s]:.2f}" if s in r["seconds"] else "" for s in stages]
         cells += [str(r["peak_vram_gib"]), str(r["peak_ram_gib"]), r.get("plan", "")[:90]]
         out.append("| " + " | ".join(cells) + " |")
+    for r in runs:
+        if "fp8_vs_bf16" in r:
+            d = r["fp8_vs_bf16"]
+            out += ["", f"{r['config']}: one forward of the high-noise expert against bf16 on the same weights: "
+                        f"relative L2 error {d['relative_l2']}, cosine {d['cosine']}, largest difference "
+                        f"{d['max_abs']}."]
     note = next((r for r in runs if r.get("measured_steps", 0) != r.get("steps", 0)), None)
     if note:
         out += ["", f"Denoising measured over {note['measured_steps']} of {note['steps']} steps and scaled to "

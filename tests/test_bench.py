@@ -23,3 +23,19 @@ def test_tiny_benchmark_runs_plain_and_project_side_by_side(tmp_path):
     assert qwen["steps"] == 40 and qwen["measured_steps"] == 2, "long schedules are measured short and scaled"
     table = md.read_text()
     assert "### wan-480p-4" in table and "vs plain" in table and "scaled to 40" in table
+
+
+def test_numerical_probe_reports_zero_for_the_same_numbers_and_the_size_of_a_change():
+    sys.path[:0] = [str(BENCH.parent), str(BENCH.parents[1] / "scripts")]
+    import torch
+
+    import children
+    import fullsize
+
+    parts = fullsize.wan_components("tiny", "cpu", torch.float32)
+    embeds = fullsize.wan_prompt_embeds("tiny", "cpu", torch.float32)
+    first = children._wan_probe(parts["transformer"], embeds, 64, 64, 9)
+    same = children.numerical_difference(children._wan_probe(parts["transformer"], embeds, 64, 64, 9), first)
+    assert same == {"relative_l2": 0.0, "max_abs": 0.0, "cosine": 1.0}
+    changed = children.numerical_difference(first * 1.01, first)
+    assert abs(changed["relative_l2"] - 0.01) < 1e-4 and changed["cosine"] > 0.9999
