@@ -75,6 +75,9 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
+        from producer import hardware
+
+        hardware.configure_cuda_allocator()  # as the scripts do
         print(json.dumps(run_child(args, *args.child)), flush=True)
         return 0
     results = {"environment": environment(), "command": " ".join(sys.argv), "runs": []}

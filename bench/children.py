@@ -180,6 +180,7 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
     job = wan.ClipJob(image=image, prompt="bench", width=width, height=height, frames=frames, sampling=sampling,
                       seed=0, negative_prompt="bench negative" if cfg else "")
     session._embeds[job.prompt_key] = (embeds, negative)  # the text encoder is bypassed (timed on its own)
+    extra["peak_vram_before_decode_gib"] = _peak_before(session, "decode", device)
     runs = []
     for _ in range(args.repeats):
         _sync(device)
@@ -223,6 +224,7 @@ def _wan_plain(pipe, image, embeds, negative, width, height, frames, sampling, s
     timer.watch(pipe.transformer_2, "low_expert")
     timer.watch(pipe.vae, "decode", "decode")
     pipe.set_progress_bar_config(disable=True)
+    peak = _peak_before(pipe.vae, "decode", device)
     totals = []
     for _ in range(repeats):
         timer.seconds.clear()
@@ -237,7 +239,22 @@ def _wan_plain(pipe, image, embeds, negative, width, height, frames, sampling, s
         totals.append(time.perf_counter() - start)
     seconds = _extrapolate(dict(timer.seconds), ("high_expert", "low_expert"), steps, sampling.steps)
     seconds["total"] = round(totals[-1] + sum(seconds[k] - timer.seconds[k] for k in ("high_expert", "low_expert")), 3)
-    return _result(seconds, totals[0], None, {}, steps, sampling.steps)
+    return _result(seconds, totals[0], None, {"peak_vram_before_decode_gib": peak}, steps, sampling.steps)
+
+
+def _peak_before(owner, method: str, device: str) -> dict:
+    """Record the peak reserved VRAM reached before each call of owner.method (the decode): with the peak of
+    the whole run it tells whether denoising or decoding set it. Filled in as the runs go."""
+    record = {}
+    original = getattr(owner, method)
+
+    def wrapped(*a, **k):
+        if device == "cuda":
+            record["gib"] = round(torch.cuda.max_memory_reserved() / GiB, 2)
+        return original(*a, **k)
+
+    setattr(owner, method, wrapped)
+    return record
 
 
 # ---------------------------------------------------------------- Qwen

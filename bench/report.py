@@ -32,7 +32,9 @@ def _table(workload: str, runs: list[dict]) -> list[str]:
         ratio = f"{total / plain['seconds']['total']:.2f}x" if plain else "-"
         cells = [r["config"], f"{total:.2f}", ratio, f"{r['cold_total']:.2f}"]
         cells += [f"{r['seconds'][s]:.2f}" if s in r["seconds"] else "" for s in stages]
-        cells += [str(r["peak_vram_gib"]), str(r["peak_ram_gib"]), r.get("plan", "")[:90]]
+        before = r.get("peak_vram_before_decode_gib", {}).get("gib")
+        vram = f"{r['peak_vram_gib']} ({before} before decode)" if before is not None else str(r["peak_vram_gib"])
+        cells += [vram, str(r["peak_ram_gib"]), r.get("plan", "")[:90]]
         out.append("| " + " | ".join(cells) + " |")
     for r in runs:
         if "fp8_vs_bf16" in r:

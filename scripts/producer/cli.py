@@ -431,6 +431,9 @@ def run_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace]
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     started = time.perf_counter()
     _plan_in_use.clear()  # a plan noted by an earlier run in this process is not this run's
+    from . import hardware
+
+    hardware.configure_cuda_allocator()  # before anything touches CUDA
     try:
         with _sigterm_raises():
             try:

@@ -41,6 +41,20 @@ def _ram() -> tuple[int, int]:
     return int(vm.total), int(vm.available)
 
 
+ALLOCATOR_SETTING = "expandable_segments:True"
+
+
+def configure_cuda_allocator() -> None:
+    """Let PyTorch's CUDA allocator grow segments in place, unless the user chose a setting.
+
+    Streaming weights block by block allocates and frees the same large sizes on two streams; fixed segments
+    fragment, and the cache then holds more than the work needs (Wan 480p under a 16 GiB cap reserved 11.3
+    GiB where the plan counts 5.6). Read when CUDA first allocates, so scripts call this before any work.
+    """
+    if not any(os.environ.get(k) for k in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")):
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOCATOR_SETTING
+
+
 def _cuda_cap_bytes() -> int | None:
     """A per-process CUDA memory cap (set_per_process_memory_fraction), as bytes, if one is set.
 

@@ -1,0 +1,69 @@
+"""pin_in_place packs host weights into few chunks, in place, with the same values and nothing lost."""
+
+import torch
+
+from producer import offload
+
+
+def _model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(40, 300), torch.nn.LayerNorm(300), torch.nn.Linear(300, 7))
+    model.register_buffer("steps", torch.arange(5))  # an integer buffer travels too
+    return model.to(torch.bfloat16)
+
+
+def test_weights_move_into_chunks_with_their_values(monkeypatch):
+    chunks = []
+
+    def fake_pinned(nbytes):  # CPU-only machine: the packing is what is tested here, pinning on a GPU machine
+        chunks.append(torch.empty(nbytes, dtype=torch.uint8))
+        return chunks[-1]
+
+    monkeypatch.setattr(offload, "_pinned_chunk", fake_pinned)
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(3, 40, dtype=torch.bfloat16)
+    expected = model(x)
+    pinned = offload.pin_in_place(model, chunk_bytes=16 * 1024)
+    assert pinned == sum(v.numel() * v.element_size() for v in before.values())
+    assert len(chunks) == 2, "the big matrix has its own chunk; the small tensors share one"
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]) and value.dtype == before[name].dtype
+        start = value.untyped_storage().data_ptr()
+        assert any(c.data_ptr() <= start < c.data_ptr() + c.numel() for c in chunks), name
+    assert torch.equal(model(x), expected)
+
+
+def test_a_tensor_larger_than_a_chunk_gets_its_own(monkeypatch):
+    sizes = []
+    monkeypatch.setattr(offload, "_pinned_chunk", lambda n: sizes.append(n) or torch.empty(n, dtype=torch.uint8))
+    model = torch.nn.Linear(100, 100)
+    offload.pin_in_place(model, chunk_bytes=1024)
+    assert sizes[0] == 100 * 100 * 4
+
+
+def test_a_refusal_to_lock_memory_leaves_the_rest_usable(monkeypatch, caplog):
+    def refuse(nbytes):
+        raise RuntimeError("CUDA error: out of memory\nmore")
+
+    monkeypatch.setattr(offload, "_pinned_chunk", refuse)
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert offload.pin_in_place(model) == 0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert "could not page-lock" in caplog.text
+
+
+def test_the_allocator_grows_segments_unless_the_user_chose(monkeypatch):
+    from producer import hardware
+
+    for key in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.delenv(key, raising=False)
+    hardware.configure_cuda_allocator()
+    import os
+
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    monkeypatch.setenv("PYTORCH_ALLOC_CONF", "max_split_size_mb:128")
+    hardware.configure_cuda_allocator()
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
