@@ -197,9 +197,7 @@ def plan_for(args, jobs: list[qwen_jobs.Resolved], kind: str):
 def open_session(args, plan, files, images: int = 1) -> qwen.QwenSession:
     from producer import speed
 
-    speed.check_attention_backend(args.attention)
-    levers = speed.default_speed(plan.device, plan.components["transformer"].placement, args.compile,
-                                 attention=args.attention, items=images, family="qwen")
+    levers = speed.choose(args, plan, items=images, family="qwen")
     log.info("loading %s (%s)", files.info["repo"], plan.weights)
     return qwen_load.load_session(files, plan, args.device, allow_partial_lora=args.allow_partial_lora,
                                   quiet=args.quiet, speed=levers)

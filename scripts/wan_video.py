@@ -320,9 +320,7 @@ def open_engine(args: argparse.Namespace, load: Load, requests: list[Request], s
 def load_session(engine: Engine, args: argparse.Namespace, load: Load, clips: int = 1) -> None:
     from producer import speed
 
-    speed.check_attention_backend(args.attention)
-    levers = speed.default_speed(engine.plan.device, engine.plan.components["transformer"].placement, args.compile,
-                                 attention=args.attention, items=clips, family="wan")
+    levers = speed.choose(args, engine.plan, items=clips, family="wan")
     session_class = parallel.wan_session_class(args)  # split over the ranks under --context-parallel
     engine.session = session_class.from_files(engine.files, engine.plan, args.device, lora_specs=load.specs,
                                               allow_partial=load.allow_partial, progress=not args.quiet,

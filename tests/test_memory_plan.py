@@ -20,8 +20,8 @@ WAN_EXPECTED = """
 0 128 cpu bf16 2 yes
 8 16 group-offload gguf-q4 1 yes   | 16 GB RAM cannot hold both Q4 experts: one is read at its turn
 8 32 group-offload gguf-q4 2 yes   | both Q4 experts (19 GB) in RAM, streamed block by block
-8 64 group-offload bf16 2 yes      | both bf16 experts (57 GB) pinned in RAM
-8 128 group-offload bf16 2 yes
+8 64 group-offload gguf-q4 2 yes     | bf16 streaming reserves ~8.3 GiB (measured): over an 8 GB card
+8 128 group-offload gguf-q4 2 yes
 10 16 group-offload gguf-q4 1 yes
 10 32 group-offload gguf-q4 2 yes
 10 64 group-offload bf16 2 yes
@@ -30,12 +30,12 @@ WAN_EXPECTED = """
 12 32 group-offload gguf-q4 2 yes
 12 64 group-offload bf16 2 yes
 12 128 group-offload bf16 2 yes
-16 16 expert-swap gguf-q4 1 yes    | a 9.7 GB Q4 expert plus activations fits 16 GB whole
-16 32 expert-swap gguf-q4 2 yes
+16 16 group-offload gguf-q4 1 yes    | a 9.7 GB Q4 expert plus ~6 GiB of activations is too tight whole
+16 32 group-offload gguf-q4 2 yes
 16 64 group-offload bf16 2 yes     | quality first: bf16 streamed beats Q4 resident
 16 128 group-offload bf16 2 yes
-24 16 resident gguf-q4 2 yes       | both Q4 experts fit on the card: RAM only passes them through
-24 32 resident gguf-q4 2 yes
+24 16 expert-swap gguf-q4 1 yes      | one Q4 expert on the card at a time
+24 32 expert-swap gguf-q4 2 yes
 24 64 group-offload bf16 2 yes
 24 128 group-offload bf16 2 yes
 48 16 resident gguf-q4 2 yes
@@ -69,12 +69,12 @@ QWEN_EXPECTED = """
 12 32 group-offload gguf-q8 1 yes
 12 64 group-offload bf16 1 yes
 12 128 group-offload bf16 1 yes
-16 16 resident gguf-q4 1 no
+16 16 group-offload gguf-q4 1 no
 16 32 group-offload gguf-q8 1 yes
 16 64 group-offload bf16 1 yes
 16 128 group-offload bf16 1 yes
 24 16 resident gguf-q4 1 no
-24 32 resident gguf-q8 1 yes       | Q8 transformer resident on a 24 GB card
+24 32 group-offload gguf-q8 1 yes    | Q8 (21.8 GB) plus ~5 GiB of activations is over a 24 GB card
 24 64 group-offload bf16 1 yes
 24 128 group-offload bf16 1 yes
 48 16 resident bf16 1 yes          | the 41 GB bf16 transformer loads straight onto the card

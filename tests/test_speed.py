@@ -9,13 +9,45 @@ from producer import cli, speed
     ("cuda", "gpu", "auto", 8, "wan", True),          # a long resident run earns back the compile
     ("cuda", "gpu", "auto", 7, "wan", False),         # below the measured break-even
     ("cuda", "group_offload", "auto", 50, "wan", False),  # offload hooks move weights between calls
-    ("cuda", "gpu", "auto", 50, "qwen", False),       # not measured for Qwen: auto stays off
+    ("cuda", "gpu", "auto", 32, "qwen", True),        # Qwen's measured break-even is ~32 images
+    ("cuda", "gpu", "auto", 31, "qwen", False),
     ("cpu", "cpu", "auto", 50, "wan", False),
     ("cpu", "cpu", "on", 1, "qwen", True),            # asked for: always
     ("cuda", "gpu", "off", 100, "wan", False),
 ])
 def test_compile_default_rule(device, placement, choice, items, family, expected):
     assert speed.default_speed(device, placement, choice, items=items, family=family).compile is expected
+
+
+@pytest.mark.parametrize("device,capability,placement,message", [
+    ("cpu", None, "cpu", "needs an NVIDIA GPU"),
+    ("cuda", (8, 6), "gpu", "has no fp8 tensor cores"),           # an RTX 30xx
+    ("cuda", (9, 0), "group_offload", "needs the weights resident"),
+])
+def test_fp8_matmul_is_refused_where_it_cannot_run(device, capability, placement, message):
+    with pytest.raises(cli.CliError, match=message) as info:
+        speed.check_fp8_matmul(True, device, placement, capability)
+    assert "--fp8-matmul" in info.value.fix
+    speed.check_fp8_matmul(False, device, placement, capability)  # not asked for: nothing to check
+
+
+def test_fp8_matmul_needs_torchao(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchao", None)  # an import of it fails
+    with pytest.raises(cli.CliError, match="needs torchao"):
+        speed.check_fp8_matmul(True, "cuda:0", "gpu", (9, 0))
+
+
+def test_scripts_refuse_fp8_matmul_on_this_cpu_machine(standin_hf_home, tmp_path, capsys):
+    import json
+
+    import qwen_image
+
+    out = tmp_path / "a.png"
+    code = qwen_image.main(["--prompt", "a lighthouse", "--output", str(out), "--fp8-matmul", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code != 0 and "--fp8-matmul" in report["error"] and not out.exists()
 
 
 def test_unknown_attention_backend_is_a_clean_error():

@@ -103,8 +103,12 @@ def add_memory_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the best available)")
     g.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="compile the transformer blocks (same results; measured on an H200: 11%% faster per Wan "
-                        "clip after a one-off ~15 s compile). auto: on for Wan runs of 8+ clips with the weights "
-                        "on a CUDA GPU")
+                        "clip after a one-off ~15 s compile, 19%% per Qwen image after ~11 s). auto: on with the "
+                        "weights on a CUDA GPU for runs of 8+ Wan clips or 32+ Qwen images")
+    g.add_argument("--fp8-matmul", action="store_true",
+                   help="fp8 matrix multiplies (torchao) on GPUs with fp8 tensor cores, weights resident: on an "
+                        "H200 a Wan clip took 13.08 s against 14.55 s compiled; changes the numbers slightly "
+                        "(4.5%% relative difference on one forward), so it is off unless asked for")
     g.add_argument("--attention", default=None, metavar="BACKEND",
                    help="a diffusers attention backend, e.g. _native_cudnn, flash, sage (when installed); "
                         "default: PyTorch's own choice")

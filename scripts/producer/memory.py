@@ -53,17 +53,20 @@ class ModelFootprint:
     vae_tiled_bytes: int  # tiled decode peak
 
 
-# Activation factors: a Wan expert forward at 832x480x81 (32,760 tokens) peaked 3.6-3.9 GiB above its
-# weights on an H200 (full-size-models.md), i.e. ~12 hidden-state copies; Qwen at 1024^2 + 2 refs
-# (~12.5k tokens) stayed near 1.6 GiB above two offloaded blocks, ~24 copies of its narrower state.
+# Activation factors, fitted to the peak *reserved* VRAM measured by bench/benchmark.py on an H200
+# (docs/performance.md), which is what a card must hold: Wan at 832x480x81 (32,760 tokens) reserved 8.26
+# GiB under a 10 GiB cap with group offload (expandable segments) and 62.65 GiB resident, ~6.2-9 GiB above
+# the weights in flight: ~20 hidden-state copies. Qwen at 1024^2 with one reference (8,704 tokens)
+# reserved 43.28 GiB resident and 6.49 GiB streamed, ~4.8 GiB above the weights: ~90 copies of its
+# narrower state (three references reserved the same, so the estimate is cautious for them).
 WAN_FOOTPRINT = ModelFootprint(
     family="wan", denoisers=("transformer", "transformer_2"), denoiser_params=registry.WAN_EXPERT_PARAMS,
-    denoiser_blocks=registry.WAN_EXPERT_LAYERS, hidden=5120, activation_factor=12,
+    denoiser_blocks=registry.WAN_EXPERT_LAYERS, hidden=5120, activation_factor=20,
     text_encoder_params=registry.WAN_TEXT_ENCODER_PARAMS, vae_params=registry.WAN_VAE_PARAMS,
     vae_bytes_per_pixel=6000, vae_tiled_bytes=int(1.5 * GiB))
 QWEN_FOOTPRINT = ModelFootprint(
     family="qwen", denoisers=("transformer",), denoiser_params=registry.QWEN_TRANSFORMER_PARAMS,
-    denoiser_blocks=registry.QWEN_TRANSFORMER_LAYERS, hidden=3072, activation_factor=24,
+    denoiser_blocks=registry.QWEN_TRANSFORMER_LAYERS, hidden=3072, activation_factor=90,
     text_encoder_params=registry.QWEN_TEXT_ENCODER_PARAMS, vae_params=registry.QWEN_VAE_PARAMS,
     vae_bytes_per_pixel=2500, vae_tiled_bytes=int(1.0 * GiB))
 

@@ -9,7 +9,10 @@
 
 What is on by default is decided in `default_speed` from measurements (docs/performance.md): on an
 H200, compiling the Wan experts cut a 4-step 832x480x81 clip from 16.42 s to 14.55 s but the first clip of
-a process took 29.46 s (the compile), so compiling pays off from about 8 clips in one run.
+a process took 29.46 s (the compile), so compiling pays off from about 8 clips in one run; compiling Qwen
+cut a 4-step 1024^2 edit from 1.81 s to 1.46 s for a one-off ~11 s, so from about 32 images. fp8 matmuls
+with compiled blocks made the Wan clip 13.08 s, at a relative L2 difference of 4.5% on one forward
+against bf16 (random weights): opt-in (`--fp8-matmul`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from dataclasses import asdict, dataclass
 log = logging.getLogger("producer")
 
 COMPILE_CHOICES = ("auto", "on", "off")
-# One-off compile cost / saving per clip, measured for Wan (14.9 s / 1.87 s): break-even near 8 clips.
-COMPILE_MIN_ITEMS = 8
+# One-off compile cost / saving per item, measured on an H200: Wan 14.9 s / 1.87 s a clip (break-even near
+# 8 clips), Qwen ~11 s / 0.35 s an image (near 32 images).
+COMPILE_MIN_ITEMS = {"wan": 8, "qwen": 32}
+FP8_CAPABILITY = (8, 9)  # Ada and Hopper and newer have fp8 tensor cores
 
 
 @dataclass(frozen=True)
@@ -38,14 +43,48 @@ def default_speed(device_type: str, placement: str, compile_choice: str = "auto"
                   attention: str | None = None, items: int = 1, family: str = "wan") -> Speed:
     """The levers for a denoiser on this device and placement, for a run of `items` clips or images.
 
-    `auto` compiles only where it was measured to pay: Wan, weights resident on a CUDA GPU (offload hooks
-    move weights between calls, which compiled blocks would re-check every step), and a run long enough
-    to earn back the compile. Qwen's compile gain is not measured yet, so `auto` leaves it off there.
+    `auto` compiles only where it was measured to pay: weights resident on a CUDA GPU (offload hooks move
+    weights between calls, which compiled blocks would re-check every step) and a run long enough to earn
+    back the compile (COMPILE_MIN_ITEMS).
     """
     resident = placement in ("gpu", "model_offload")
-    worth_it = device_type == "cuda" and resident and family == "wan" and items >= COMPILE_MIN_ITEMS
+    worth_it = device_type == "cuda" and resident and items >= COMPILE_MIN_ITEMS[family]
     compile_on = {"on": True, "off": False}.get(compile_choice, worth_it)
     return Speed(compile=compile_on, attention=attention, fp8_matmul=fp8_matmul and device_type == "cuda")
+
+
+def choose(args, plan, items: int, family: str) -> Speed:
+    """The levers for a script's run: its flags checked against this machine and plan, then the defaults."""
+    placement = plan.components["transformer"].placement
+    check_attention_backend(args.attention)
+    check_fp8_matmul(args.fp8_matmul, plan.device, placement)
+    return default_speed(plan.device, placement, args.compile, fp8_matmul=args.fp8_matmul,
+                         attention=args.attention, items=items, family=family)
+
+
+def check_fp8_matmul(requested: bool, device: str, placement: str, capability: tuple[int, int] | None = None) -> None:
+    """--fp8-matmul only where it was measured and can run: fp8 tensor cores, weights resident, torchao."""
+    if not requested:
+        return
+    from .cli import CliError
+
+    if not str(device).startswith("cuda"):
+        raise CliError("--fp8-matmul needs an NVIDIA GPU with fp8 tensor cores (RTX 40xx, L4/L40, H100 or newer)",
+                       fix="drop --fp8-matmul on this machine")
+    if capability is None:
+        import torch
+
+        capability = torch.cuda.get_device_capability(torch.device(device))
+    if tuple(capability) < FP8_CAPABILITY:
+        raise CliError(f"--fp8-matmul: this GPU (compute capability {capability[0]}.{capability[1]}) has no fp8 "
+                       "tensor cores", fix="drop --fp8-matmul; --compile on is the lever that keeps the numbers")
+    if placement != "gpu":
+        raise CliError(f"--fp8-matmul needs the weights resident on the GPU, and this machine's plan streams them "
+                       f"({placement})", fix="drop --fp8-matmul, or add --offload none on a card that holds them")
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        raise CliError("--fp8-matmul needs torchao", fix="pip install torchao (a build that matches your torch)")
 
 
 def check_attention_backend(name: str | None) -> None:
