@@ -67,3 +67,44 @@ def test_the_allocator_grows_segments_unless_the_user_chose(monkeypatch):
     monkeypatch.setenv("PYTORCH_ALLOC_CONF", "max_split_size_mb:128")
     hardware.configure_cuda_allocator()
     assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
+
+
+def test_release_hands_pinned_chunks_back(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("device cache"))
+    monkeypatch.setattr(torch._C, "_host_emptyCache", lambda: calls.append("pinned cache"), raising=False)
+
+    class Pipe:
+        transformer = torch.nn.Linear(4, 4)
+
+    pipe = Pipe()
+    offload.release(pipe, "transformer")
+    assert pipe.transformer is None and calls == ["device cache", "pinned cache"]
+
+
+def test_gguf_experts_are_packed_too_and_compute_the_same(standin_hf_home, monkeypatch):
+    from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    from producer import models, registry
+
+    chunks = []
+    monkeypatch.setattr(offload, "_pinned_chunk", lambda n: chunks.append(torch.empty(n, dtype=torch.uint8)) or
+                        chunks[-1])
+    snapshot = models.snapshot_dir(registry.get("wan-i2v-components"))
+    gguf = next(standin_hf_home.glob("hub/**/*HighNoise-Q4_K_M.gguf"))
+    expert = WanTransformer3DModel.from_single_file(
+        str(gguf), quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32), config=str(snapshot),
+        subfolder="transformer", dtype=torch.float32)
+    x = {"hidden_states": torch.randn(1, 36, 3, 8, 8), "timestep": torch.tensor([500]),
+         "encoder_hidden_states": torch.randn(1, 8, expert.config.text_dim), "return_dict": False}
+    with torch.no_grad():
+        before = expert(**x)[0]
+        offload.pin_in_place(expert)
+        after = expert(**x)[0]
+    quantized = [p for p in expert.parameters() if isinstance(p, GGUFParameter)]
+    assert quantized and all(p.quant_type is not None for p in quantized)
+    inside = [any(c.data_ptr() <= p.data_ptr() < c.data_ptr() + c.numel() for c in chunks) for p in quantized]
+    assert all(inside), "GGUF blocks stream from the page-locked chunks too"
+    assert torch.equal(before, after)

@@ -116,8 +116,7 @@ def pin_in_place(module: torch.nn.Module, chunk_bytes: int = PIN_CHUNK) -> int:
     at the weights plus one chunk. Pinned weights make each streamed transfer a direct DMA. If the system
     refuses to lock more memory, the rest stays pageable (diffusers then pins on the fly) and we say so.
     """
-    tensors = [t for t in list(module.parameters()) + list(module.buffers())
-               if type(t.data) is torch.Tensor and t.device.type == "cpu" and not t.data.is_pinned()]
+    tensors = [t for t in list(module.parameters()) + list(module.buffers()) if _pinnable(t)]
     chunk, used, pinned = None, 0, 0
     try:
         for t in tensors:
@@ -135,6 +134,13 @@ def pin_in_place(module: torch.nn.Module, chunk_bytes: int = PIN_CHUNK) -> int:
         log.warning("could not page-lock more host memory after %.1f GiB (%s); the rest streams unpinned, slower",
                     pinned / 2**30, str(exc).splitlines()[0])
     return pinned
+
+
+def _pinnable(t: torch.Tensor) -> bool:
+    """Plain tensors and GGUF blocks (uint8 data; the quant type lives on the parameter, which stays), not
+    torchao's tensor subclasses, whose data is several tensors."""
+    plain = type(t.data) is torch.Tensor or type(t).__name__ == "GGUFParameter"
+    return plain and t.device.type == "cpu" and not t.data.is_pinned()
 
 
 def _pinned_chunk(nbytes: int) -> torch.Tensor:
@@ -180,3 +186,6 @@ def release(pipe, name: str) -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+        # pin_in_place's chunks go back to PyTorch's pinned-memory cache, which keeps them locked: hand them
+        # back, or an expert reloaded from disk (one expert in RAM) would sit beside the last one's chunks.
+        getattr(torch._C, "_host_emptyCache", lambda: None)()
