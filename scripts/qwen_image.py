@@ -244,7 +244,7 @@ def run_single(args) -> dict:
             session = open_session(args, plan, files)
         result = make_image(session, resolved, fuse=True, lock=False)
     result["seconds"] = {**timer.seconds, **session.timer.seconds}
-    return {**result, "memory_plan": plan.to_dict(), "model_files": files.info}
+    return {**result, "memory_plan": plan.to_dict(), "model_files": files.info, "speed": session.speed_notes}
 
 
 # ---------------------------------------------------------------- a batch

@@ -240,7 +240,7 @@ def resolve_load(args: argparse.Namespace) -> Load:
     return Load(distill, specs, args.allow_partial_lora)
 
 
-def recipe_for(req: Request, load: Load, files) -> dict:
+def recipe_for(req: Request, load: Load, files, fp8_matmul: bool = False) -> dict:
     s = req.sampling
     settings = {
         "mode": req.mode, "prompt": req.prompt, "negative_prompt": req.negative_prompt, "width": req.width,
@@ -251,6 +251,8 @@ def recipe_for(req: Request, load: Load, files) -> dict:
         "loras": [{"name": spec.name, "strength": spec.strength, "experts": list(spec.components)}
                   for spec in load.specs],
     }
+    if fp8_matmul:  # changes the numbers: a recorded setting (and part of the recipe key) when on
+        settings["matmul"] = "fp8"
     inputs = {"start_frame": req.start, "end_frame": req.end, "style_ref": req.style_ref,
               "loras": [spec.path for spec in load.specs]}
     model = {key: files.provenance[key] for key in ("repo", "revision") if key in files.provenance}
@@ -277,7 +279,7 @@ def run(args: argparse.Namespace) -> dict:
         check_output(req.output, args.overwrite, "output")
         review.check_review_paths(req.output, args.overwrite, SCRIPT)
         engine = open_engine(args, load, [req])
-        recipe = recipe_for(req, load, engine.files)
+        recipe = recipe_for(req, load, engine.files, args.fp8_matmul)
         result = produce(engine, req, recipe)
     result["seconds"] = {**engine.session.seconds, **result["seconds"]}  # one clip: loading and encoding are its own
     return {**result, **engine.summary()}
@@ -292,7 +294,8 @@ class Engine:
     def summary(self) -> dict:
         out = {"memory_plan": self.plan.to_dict(), "model": self.files.provenance}
         if self.session is not None:
-            out.update(loras=self.session.lora_reports, load_seconds=dict(self.session.seconds))
+            out.update(loras=self.session.lora_reports, load_seconds=dict(self.session.seconds),
+                       speed=self.session.speed_notes)
         return out
 
 
@@ -411,7 +414,7 @@ def run_batch(args: argparse.Namespace) -> dict:
     if not requests:
         return batch.run_jobs(items, lambda job: {}).to_dict()
     engine = open_engine(args, load, list(requests.values()), session=False)
-    recipes = {i: recipe_for(req, load, engine.files) for i, req in requests.items()}
+    recipes = {i: recipe_for(req, load, engine.files, args.fp8_matmul) for i, req in requests.items()}
     skipped, refused = set(), {}
     for i, req in requests.items():
         try:

@@ -80,3 +80,45 @@ def test_session_takes_the_levers(tiny_wan_pipeline):
                                              speed=speed.Speed(attention="_native_math"))
     session._bring_in("transformer")
     assert session.speed_notes == ["attention _native_math"]
+
+
+def test_fp8_matmul_is_recorded_in_both_scripts_recipes(standin_hf_home, tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    import qwen_image
+    import wan_video
+    from producer import qwen_jobs
+
+    frame = tmp_path / "f.png"
+    Image.new("RGB", (64, 64), (90, 120, 200)).save(frame)
+    for fp8 in (False, True):
+        extra = ["--fp8-matmul"] if fp8 else []
+        args = wan_video.build().parse_args(["--start-frame", str(frame), "--prompt", "waves", "-o",
+                                             str(tmp_path / "c.mp4"), "--seed", "1"] + extra)
+        load = wan_video.resolve_load(args)
+        req = wan_video.resolve_request(args, distilled=load.distill is not None)
+        wan = wan_video.recipe_for(req, load, SimpleNamespace(provenance={}), args.fp8_matmul)["settings"]
+        qargs = qwen_image.build().parse_args(["--prompt", "a lighthouse", "-o", str(tmp_path / "a.png"),
+                                               "--seed", "1"] + extra)
+        qwen = qwen_jobs.resolve(qargs).settings
+        assert (wan.get("matmul"), qwen.get("matmul")) == (("fp8", "fp8") if fp8 else (None, None))
+
+
+def test_the_json_report_says_which_levers_ran(standin_hf_home, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    import qwen_image
+    import wan_video
+
+    code = qwen_image.main(["--prompt", "a lighthouse", "-o", str(tmp_path / "a.png"), "--attention", "_native_math",
+                            "--json", "--quiet"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["speed"] == ["attention _native_math"]
+    frame = tmp_path / "f.png"
+    Image.new("RGB", (64, 64), (90, 120, 200)).save(frame)
+    code = wan_video.main(["--start-frame", str(frame), "--prompt", "waves", "--frames", "5", "-o",
+                           str(tmp_path / "c.mp4"), "--attention", "_native_math", "--json", "--quiet"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["speed"] == ["attention _native_math"]

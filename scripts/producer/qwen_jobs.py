@@ -322,7 +322,9 @@ def _settings(job: qwen.QwenJob, mode: str, kind: str, lightning: str, pose_meth
             "control_strength": _control_strength(job, pose_method), "fit": args.fit,
             "reference_size": ref, "reference_area_cap": areas.reference if job.references else None,
             "images": [{"image": i["image"], "role": i["role"]} for i in images],
-            "loras": [{"name": s.name, "strength": s.strength} for s in job.loras]}
+            "loras": [{"name": s.name, "strength": s.strength} for s in job.loras],
+            # fp8 matmuls change the numbers: a recorded setting (and part of the recipe key) when on
+            **({"matmul": "fp8"} if getattr(args, "fp8_matmul", False) else {})}
 
 
 def _control_strength(job: qwen.QwenJob, pose_method) -> float | None:

@@ -39,7 +39,7 @@ def would_be_recipe(job: Job, plan: Plan) -> dict:
             wan_video = script_module(WAN)
             load = wan_video.resolve_load(args)
             request = wan_video.resolve_request(args, distilled=load.distill is not None)
-            return wan_video.recipe_for(request, load, SimpleNamespace(provenance={}))
+            return wan_video.recipe_for(request, load, SimpleNamespace(provenance={}), args.fp8_matmul)
     raise ValueError(f"no resolver for {job.script}")
 
 
