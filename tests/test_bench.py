@@ -39,3 +39,15 @@ def test_numerical_probe_reports_zero_for_the_same_numbers_and_the_size_of_a_cha
     assert same == {"relative_l2": 0.0, "max_abs": 0.0, "cosine": 1.0}
     changed = children.numerical_difference(first * 1.01, first)
     assert abs(changed["relative_l2"] - 0.01) < 1e-4 and changed["cosine"] > 0.9999
+
+
+def test_writing_benchmark_times_every_stage_after_generation(tmp_path):
+    out = tmp_path / "w.json"
+    proc = subprocess.run([sys.executable, str(BENCH.parent / "writing.py"), "--width", "64", "--height", "48",
+                           "--frames", "9", "--image-size", "64", "--repeats", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stages = json.loads(out.read_text())["median_seconds"]
+    assert set(stages["clip"]) == {"continuity", "color_match_if_applied", "review_files", "mp4_and_recipe",
+                                   "every_clip"}
+    assert stages["clip"]["every_clip"] > 0 and stages["image"]["png"] > 0

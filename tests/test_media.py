@@ -495,6 +495,22 @@ def test_match_colors_reduces_drift():
         colour.match_colors(clip, base, strength=2)
 
 
+def test_fast_transfer_is_within_one_level_of_the_float64_colour_science():
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    reference = np.clip(frame.astype(int) + [25, -15, 10], 0, 255).astype(np.uint8)
+    target = colour.lab_stats(reference)
+    for strength in (1.0, 0.4):
+        lab = colour.rgb_to_lab(colour.to_float_rgb(frame))
+        flat = lab.reshape(-1, 3)
+        ratio = np.clip(target.std / flat.std(axis=0), *colour.STD_RATIO_LIMITS)
+        matched = (lab - flat.mean(axis=0)) * ratio + target.mean
+        slow = np.round(colour.lab_to_rgb(lab + strength * (matched - lab)) * 255).astype(np.uint8)
+        fast = colour._transfer(frame, target, strength)
+        diff = np.abs(fast.astype(int) - slow.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
 def test_match_colors_ramp_follows_both_keyframes():
     start = smooth_image()
     end = (start * 0.6).astype(np.uint8)  # the end keyframe is legitimately darker

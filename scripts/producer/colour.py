@@ -220,10 +220,40 @@ def _check_strength(strength: float) -> None:
 
 
 def _transfer(frame: Any, target: LabStats, strength: float) -> np.ndarray:
-    lab = rgb_to_lab(to_float_rgb(frame))
+    """One frame matched to `target`: in float32 with the sRGB decoding from a 256-entry table, twice as
+    fast as rgb_to_lab/lab_to_rgb in float64 (an 81-frame 480p clip: ~3 s instead of ~6 s on 2 cores) and
+    within one level of them (tests/test_media.py)."""
+    rgb8 = frame_to_uint8(frame)
+    if strength == 0:
+        return rgb8.copy()  # exactly unchanged, not a float32 round trip
+    lab = _lab32(rgb8)
     flat = lab.reshape(-1, 3)
-    mean, std = flat.mean(axis=0), flat.std(axis=0)
+    mean, std = flat.mean(axis=0, dtype=np.float64), flat.std(axis=0, dtype=np.float64)
     ratio = np.clip(target.std / np.maximum(std, 1e-6), *STD_RATIO_LIMITS)
-    matched = (lab - mean) * ratio + target.mean
-    blended = lab + strength * (matched - lab)
-    return np.round(lab_to_rgb(blended) * 255.0).astype(np.uint8)
+    # lab + strength * ((lab - mean) * ratio + target - lab), as one scale and offset per channel
+    scale = (1 + strength * (ratio - 1)).astype(np.float32)
+    offset = (strength * (target.mean - mean * ratio)).astype(np.float32)
+    return _rgb8_from_lab32(lab * scale + offset)
+
+
+_LEVELS = np.arange(256) / 255
+_SRGB_TO_LINEAR = np.where(_LEVELS > 0.04045, ((_LEVELS + 0.055) / 1.055) ** 2.4, _LEVELS / 12.92).astype(np.float32)
+_TO_XYZ_WHITE = (_RGB_TO_XYZ / _D65_WHITE[:, None]).T.astype(np.float32)  # the white point folded in
+_FROM_XYZ_WHITE = (_XYZ_TO_RGB * _D65_WHITE[None, :]).T.astype(np.float32)
+
+
+def _lab32(rgb8: np.ndarray) -> np.ndarray:
+    xyz = _SRGB_TO_LINEAR[rgb8] @ _TO_XYZ_WHITE
+    f = np.where(xyz > np.float32(_LAB_EPSILON), np.cbrt(xyz), (np.float32(_LAB_KAPPA) * xyz + 16) / 116)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def _rgb8_from_lab32(lab: np.ndarray) -> np.ndarray:
+    fy = (lab[..., 0] + 16) / 116
+    f = np.stack([fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200], axis=-1)
+    cubed = f * f * f
+    xyz = np.where(cubed > np.float32(_LAB_EPSILON), cubed, (116 * f - 16) / np.float32(_LAB_KAPPA))
+    linear = np.clip(xyz @ _FROM_XYZ_WHITE, 0, 1)
+    srgb = np.where(linear > np.float32(0.0031308), np.float32(1.055) * linear ** np.float32(1 / 2.4) - np.float32(0.055),
+                    np.float32(12.92) * linear)
+    return np.rint(srgb * 255).astype(np.uint8)
