@@ -59,12 +59,17 @@ def test_the_allocator_grows_segments_unless_the_user_chose(monkeypatch):
 
     for key in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(hardware.sys, "platform", "linux")
     hardware.configure_cuda_allocator()
     import os
 
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
     monkeypatch.setenv("PYTORCH_ALLOC_CONF", "max_split_size_mb:128")
+    hardware.configure_cuda_allocator()
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF")
+    monkeypatch.setattr(hardware.sys, "platform", "win32")  # PyTorch has no expandable segments there
     hardware.configure_cuda_allocator()
     assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import asdict, dataclass
 
 GiB = 1024**3
@@ -51,6 +52,8 @@ def configure_cuda_allocator() -> None:
     fragment, and the cache then holds more than the work needs (Wan 480p under a 16 GiB cap reserved 11.3
     GiB where the plan counts 5.6). Read when CUDA first allocates, so scripts call this before any work.
     """
+    if sys.platform != "linux":  # expandable segments are a Linux feature; elsewhere PyTorch only warns
+        return
     if not any(os.environ.get(k) for k in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")):
         os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOCATOR_SETTING
 
