@@ -183,3 +183,9 @@ def test_next_offload_walks_towards_frugality():
     seq = memory.plan_memory(from_sizes(10, 32), memory.WAN_FOOTPRINT, memory.wan_workload(832, 480, 81),
                              offload="sequential")
     assert memory.next_offload(seq) is None
+
+
+def test_the_plan_line_quoted_in_the_reference_is_what_the_code_prints():
+    page = (Path(__file__).resolve().parents[1] / "references" / "memory-and-speed.md").read_text()
+    plan = memory.plan_memory(from_sizes(10, 32), memory.WAN_FOOTPRINT, memory.wan_workload(832, 480, 81))
+    assert plan.summary() in page, "references/memory-and-speed.md quotes an out-of-date plan line"
