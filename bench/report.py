@@ -39,9 +39,9 @@ def _table(workload: str, runs: list[dict]) -> list[str]:
     for r in runs:
         if "fp8_vs_bf16" in r:
             d = r["fp8_vs_bf16"]
-            out += ["", f"{r['config']}: one forward of the high-noise expert against bf16 on the same weights: "
-                        f"relative L2 error {d['relative_l2']}, cosine {d['cosine']}, largest difference "
-                        f"{d['max_abs']}."]
+            out += ["", (f"{r['config']}: one forward of the high-noise expert against bf16 on the same weights: "
+                         f"relative L2 error {d['relative_l2']}, cosine {d['cosine']}, largest difference "
+                         f"{d['max_abs']}.")]
     note = next((r for r in runs if r.get("measured_steps", 0) != r.get("steps", 0)), None)
     if note:
         out += ["", f"Denoising measured over {note['measured_steps']} of {note['steps']} steps and scaled to "
