@@ -139,6 +139,25 @@ def _extrapolate(seconds: dict, names: tuple, steps: int, measured: int) -> dict
     return out
 
 
+def _steady_runs(generate, repeats: int, device: str):
+    """Run `generate` `repeats` times: (first run's seconds, last run's seconds, last run's result)."""
+    runs = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        out = generate()
+        _sync(device)
+        runs.append((time.perf_counter() - start, out))
+    return runs[0][0], runs[-1][0], runs[-1][1]
+
+
+def _scaled_seconds(stages: dict, total: float, denoise_stages: tuple, steps: int, measured: int) -> dict:
+    """A session's stage seconds with denoising scaled to the whole schedule, and the total to match."""
+    seconds = _extrapolate(dict(stages), denoise_stages, steps, measured)
+    seconds["total"] = round(total + seconds.get("denoise", 0) - stages.get("denoise", 0), 3)
+    return seconds
+
+
 def _result(seconds: dict, cold: float, plan, extra: dict, steps: int, measured: int) -> dict:
     seconds = {k: round(v, 3) for k, v in seconds.items()}
     return {"seconds": seconds, "cold_total": round(cold, 3), "plan": plan.summary() if plan else "diffusers defaults",
@@ -181,18 +200,10 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
                       seed=0, negative_prompt="bench negative" if cfg else "")
     session._embeds[job.prompt_key] = (embeds, negative)  # the text encoder is bypassed (timed on its own)
     extra["peak_vram_before_decode_gib"] = _peak_before(session, "decode", device)
-    runs = []
-    for _ in range(args.repeats):
-        _sync(device)
-        start = time.perf_counter()
-        clip = session.generate(job)
-        _sync(device)
-        runs.append((time.perf_counter() - start, clip))
-    total, clip = runs[-1]
-    seconds = _extrapolate(dict(clip.seconds), ("denoise", "high_expert", "low_expert"), steps, measured)
-    seconds["total"] = round(total + seconds.get("denoise", 0) - clip.seconds.get("denoise", 0), 3)
+    cold, total, clip = _steady_runs(lambda: session.generate(job), args.repeats, device)
+    seconds = _scaled_seconds(clip.seconds, total, ("denoise", "high_expert", "low_expert"), steps, measured)
     experts = {k: {"steps": v.steps, "forwards": v.forwards} for k, v in clip.experts.items()}
-    return _result(seconds, runs[0][0], plan, {"experts": experts, "decode": clip.decode, "speed": notes, **extra},
+    return _result(seconds, cold, plan, {"experts": experts, "decode": clip.decode, "speed": notes, **extra},
                    steps, measured)
 
 
@@ -286,17 +297,9 @@ def run_qwen(args, workload: str, config: str, device: str) -> dict:
     job = qwen.QwenJob(prompt="bench", width=width, height=height, steps=measured, cfg=4.0 if cfg else 1.0, seed=0,
                        negative_prompt="bench negative" if cfg else None, references=references,
                        embeds=qwen.Embeds(embeds, mask, neg, neg_mask))
-    runs = []
-    for _ in range(args.repeats):
-        _sync(device)
-        start = time.perf_counter()
-        generated = session.generate(job)
-        _sync(device)
-        runs.append((time.perf_counter() - start, generated))
-    total, generated = runs[-1]
-    seconds = _extrapolate(dict(generated.seconds), ("denoise",), steps, measured)
-    seconds["total"] = round(total + seconds.get("denoise", 0) - generated.seconds.get("denoise", 0), 3)
-    return _result(seconds, runs[0][0], plan, {"speed": notes}, steps, measured)
+    cold, total, generated = _steady_runs(lambda: session.generate(job), args.repeats, device)
+    seconds = _scaled_seconds(generated.seconds, total, ("denoise",), steps, measured)
+    return _result(seconds, cold, plan, {"speed": notes}, steps, measured)
 
 
 def _qwen_plain(pipe, references, embeds, mask, neg, neg_mask, width, height, measured, steps, cfg, device,
