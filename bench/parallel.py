@@ -131,7 +131,7 @@ def summarize(args, n: int, reports: list[dict], clips: list[dict], wall: float)
 
 
 def run_child(args) -> int:
-    from producer import cli
+    from producer import cli, outputs
 
     rank = int(os.environ["RANK"])
     report = {"rank": rank}
@@ -142,7 +142,7 @@ def run_child(args) -> int:
     report.update(cli.peak_memory())
     folder = args.rank_child / "ranks"
     folder.mkdir(parents=True, exist_ok=True)
-    cli.write_json_atomic(folder / f"{rank}.json", report)
+    outputs.write_json_atomic(folder / f"{rank}.json", report)
     return 0
 
 

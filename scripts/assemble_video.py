@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from producer import clips as clipio  # noqa: E402
 from producer import media, provenance, seams, timeline, video  # noqa: E402
-from producer.cli import (CliError, add_output_args, atomic_outputs, build_parser, check_output, log,  # noqa: E402
-                          run_main, text_arg, write_json_atomic)
+from producer.cli import CliError, add_output_args, build_parser, log, run_main, text_arg  # noqa: E402
+from producer.outputs import atomic_outputs, check_output, write_json_atomic  # noqa: E402
 from producer.scenes import TRANSITIONS, SceneBreakdown, load_scene_breakdown, shared_keyframe  # noqa: E402
 
 DESCRIPTION = """\

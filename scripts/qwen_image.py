@@ -13,20 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from producer import (batch, cli, hardware, locks, media, memory, models, parallel, provenance, qwen, qwen_jobs,
                       qwen_load)
-from producer.cli import (
-    CliError,
-    ExitCode,
-    Stopwatch,
-    add_memory_args,
-    add_output_args,
-    build_parser,
-    check_output,
-    log,
-    peak_memory,
-    run_main,
-    seed_arg,
-    text_arg,
-)
+from producer.cli import (CliError, ExitCode, Stopwatch, add_memory_args, add_output_args, build_parser, log, peak_memory,
+                          run_main, seed_arg, text_arg)
+from producer.outputs import check_output
 
 DESCRIPTION = """\
 Make one still (or a --batch of them) with Qwen-Image-Edit-2511: character, background, pose, style and

@@ -15,9 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from producer import batch, cli, locks, lora, media, models, provenance, registry, review, video  # noqa: E402
 from producer import wan_settings as ws  # noqa: E402
 from producer import parallel  # noqa: E402
-from producer.cli import (CliError, ExitCode, Stopwatch, add_memory_args, add_output_args,  # noqa: E402
-                          atomic_outputs, build_parser, check_output, check_output_name, log, resolve_seed, run_main,
-                          seed_arg, text_arg, write_json_atomic)
+from producer.cli import (CliError, ExitCode, Stopwatch, add_memory_args, add_output_args, build_parser, log,  # noqa: E402
+                          resolve_seed, run_main, seed_arg, text_arg)
+from producer.outputs import atomic_outputs, check_output, check_output_name, write_json_atomic  # noqa: E402
 from producer.style import apply_style, load_style, style_prompts  # noqa: E402
 
 SCRIPT = "wan_video.py"
@@ -364,7 +364,7 @@ def produce(engine: Engine, req: Request, recipe: dict) -> dict:
 
 def write_outputs(frames, req: Request, recipe: dict) -> dict:
     """PNGs, then the MP4 with its sidecar: a clip is up to date only once all of them are there. The MP4 and
-    the sidecar are written together (cli.atomic_outputs: both or neither), so a full disk or Ctrl-C never
+    the sidecar are written together (outputs.atomic_outputs: both or neither), so a full disk or Ctrl-C never
     leaves a clip without its recipe, which a rerun would refuse to replace."""
     sidecar = provenance.sidecar_path(req.output)
     if sidecar.exists():

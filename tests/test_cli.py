@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from producer import cli
+from producer import cli, outputs
 
 
 def _parser():
@@ -69,7 +69,7 @@ def test_keyboard_interrupt_exits_130(capsys):
 def test_atomic_output_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.txt"
     with pytest.raises(RuntimeError):
-        with cli.atomic_output(target) as tmp:
+        with outputs.atomic_output(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("died mid-write")
     assert not target.exists() and os.listdir(tmp_path) == []
@@ -79,11 +79,11 @@ def test_atomic_output_keeps_the_old_file_until_the_new_one_is_complete(tmp_path
     target = tmp_path / "out.txt"
     target.write_text("old")
     with pytest.raises(KeyboardInterrupt):
-        with cli.atomic_output(target) as tmp:
+        with outputs.atomic_output(target) as tmp:
             tmp.write_text("new")
             raise KeyboardInterrupt
     assert target.read_text() == "old"
-    with cli.atomic_output(target) as tmp:
+    with outputs.atomic_output(target) as tmp:
         assert tmp.suffix == ".txt"
         tmp.write_text("new")
     assert target.read_text() == "new"
@@ -93,10 +93,10 @@ def test_check_output(tmp_path):
     existing = tmp_path / "a.png"
     existing.write_bytes(b"x")
     with pytest.raises(cli.CliError, match="already exists"):
-        cli.check_output(existing, overwrite=False)
-    assert cli.check_output(existing, overwrite=True) == existing
+        outputs.check_output(existing, overwrite=False)
+    assert outputs.check_output(existing, overwrite=True) == existing
     with pytest.raises(cli.CliError, match="does not exist") as info:
-        cli.check_output(tmp_path / "missing" / "a.png", overwrite=False)
+        outputs.check_output(tmp_path / "missing" / "a.png", overwrite=False)
     assert "mkdir -p" in info.value.fix
 
 

@@ -408,7 +408,7 @@ def test_disk_full_writing_project_state_keeps_the_old_file(tmp_path, monkeypatc
 
 
 def test_a_clip_and_its_recipe_are_renamed_together_even_when_ctrl_c_lands_between(tmp_path, monkeypatch):
-    from producer import cli
+    from producer import outputs
 
     replace, renamed = os.replace, []
 
@@ -419,7 +419,7 @@ def test_a_clip_and_its_recipe_are_renamed_together_even_when_ctrl_c_lands_betwe
             os.kill(os.getpid(), signal.SIGINT)  # arrives between the two renames
 
     monkeypatch.setattr(os, "replace", replace_then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt), cli.atomic_outputs(tmp_path / "v.mp4",
+    with pytest.raises(KeyboardInterrupt), outputs.atomic_outputs(tmp_path / "v.mp4",
                                                               tmp_path / "v.mp4.provenance.json") as (clip, recipe):
         clip.write_bytes(b"clip")
         recipe.write_text("{}")
@@ -431,7 +431,7 @@ def test_temp_files_of_a_killed_run_are_swept_by_the_next_write(tmp_path):
     import subprocess
     import sys
 
-    from producer import cli
+    from producer import outputs
 
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True).stdout)
@@ -439,18 +439,18 @@ def test_temp_files_of_a_killed_run_are_swept_by_the_next_write(tmp_path):
     alive = tmp_path / f".kf.partial-{os.getppid()}.png"  # another run, still writing
     killed.write_bytes(b"half")
     alive.write_bytes(b"half")
-    with cli.atomic_output(tmp_path / "kf.png") as tmp:
+    with outputs.atomic_output(tmp_path / "kf.png") as tmp:
         tmp.write_bytes(b"whole")
     assert not killed.exists() and alive.exists() and (tmp_path / "kf.png").read_bytes() == b"whole"
 
 
 def test_the_longest_output_name_allowed_fits_every_file_derived_from_it(tmp_path):
-    from producer import cli
+    from producer import cli, outputs
 
-    name = "v" * (cli.MAX_NAME_BYTES - 4) + ".mp4"
-    cli.check_output_name(tmp_path / name)
-    with cli.atomic_outputs(tmp_path / name, provenance.sidecar_path(tmp_path / name)) as (clip, recipe):
+    name = "v" * (outputs.MAX_NAME_BYTES - 4) + ".mp4"
+    outputs.check_output_name(tmp_path / name)
+    with outputs.atomic_outputs(tmp_path / name, provenance.sidecar_path(tmp_path / name)) as (clip, recipe):
         clip.write_bytes(b"clip")
-        cli.write_json_atomic(recipe, {"recipe": 1})  # a temp file inside a temp file: the longest name there is
+        outputs.write_json_atomic(recipe, {"recipe": 1})  # a temp file inside a temp file: the longest name there is
     with pytest.raises(cli.CliError, match="at most 200"):
-        cli.check_output_name(tmp_path / ("v" + name))
+        outputs.check_output_name(tmp_path / ("v" + name))

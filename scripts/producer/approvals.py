@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .cli import CliError, atomic_output, write_json_atomic
+from .cli import CliError
+from .outputs import atomic_output, write_json_atomic
 from .layout import state_dir, state_file
 from .provenance import file_digest
 

@@ -24,7 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import layout
-from .cli import CliError, ExitCode, write_json_atomic
+from .cli import CliError, ExitCode
+from .outputs import write_json_atomic
 
 log = logging.getLogger("producer")
 

@@ -5,7 +5,7 @@ Inert unless the environment variable PRODUCER_FAULT is set; nothing in the skil
 
   stage:NAME       the start of a timed stage (cli.Stopwatch): load, load_text_encoder, load_experts,
                    text_encode, denoise, decode, write, ...
-  rename:FILE      an output complete in its temp file, just before it is renamed to FILE (cli.atomic_output)
+  rename:FILE      an output complete in its temp file, just before it is renamed to FILE (outputs.atomic_output)
 
 ACTION is SIGINT or SIGTERM (sent to this process, as Ctrl-C or `kill` would), or `pause`: print
 "fault: paused at POINT (pid N)" on stderr and wait (at most PAUSE_SECONDS) for a signal from outside;

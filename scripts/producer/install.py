@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import models, registry
-from .cli import write_json_atomic
+from .outputs import write_json_atomic
 
 RECORD_FORMAT = 1
 HASH_CHUNK = 8 * 1024 * 1024

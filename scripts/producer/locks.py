@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .cli import CliError, ExitCode, check_output_name, disk_full
+from .cli import CliError, ExitCode
+from .outputs import check_output_name, disk_full
 
 
 def lock_path(output: str | os.PathLike) -> Path:

@@ -17,7 +17,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageColor, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from .cli import CliError, atomic_output, log
+from .cli import CliError, log
+from .outputs import atomic_output
 
 # 64 megapixels: an 8K x 8K image. Bigger inputs are almost certainly a mistake (or a decompression
 # bomb: a few KB of PNG declaring gigapixels), and decoding one would take several GB of RAM.

@@ -20,7 +20,7 @@ from __future__ import annotations
 import shlex
 
 from . import layout, paths
-from .cli import write_json_atomic
+from .outputs import write_json_atomic
 from .planner import ASSEMBLE, command, job_argv
 from .project import PHASE_FILES, PHASE_NUMBERS, PHASES
 from .status import ITEM_PHASES, ItemState, Snapshot, shown

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import batch, parallel_merge
-from .cli import CliError, ExitCode, atomic_output, peak_memory, resolve_seed
+from .cli import CliError, ExitCode, peak_memory, resolve_seed
+from .outputs import atomic_output
 
 log = logging.getLogger("producer")
 
@@ -278,7 +279,7 @@ def start_store():
 
 
 def _check_clip_output(args: argparse.Namespace) -> None:
-    from .cli import check_output
+    from .outputs import check_output
 
     if args.output is not None:  # a missing --output is reported by the script itself, in the workers
         check_output(args.output, args.overwrite, "output")

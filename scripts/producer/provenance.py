@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .cli import write_json_atomic
+from .outputs import write_json_atomic
 
 RECIPE_VERSION = 1
 SIDECAR_SUFFIX = ".provenance.json"

@@ -20,7 +20,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .cli import CliError, ExitCode, atomic_output, disk_full, output_for
+from .cli import CliError, ExitCode
+from .outputs import atomic_output, disk_full, output_for
 
 # ================================================================ frames
 
