@@ -221,7 +221,7 @@ def _check_strength(strength: float) -> None:
 
 def _transfer(frame: Any, target: LabStats, strength: float) -> np.ndarray:
     """One frame matched to `target`: in float32 with the sRGB decoding from a 256-entry table, twice as
-    fast as rgb_to_lab/lab_to_rgb in float64 (an 81-frame 480p clip: ~3 s instead of ~6 s on 2 cores) and
+    fast as rgb_to_lab/lab_to_rgb in float64 (an 81-frame 480p clip: 3.5 s on 2 cores, bench/writing.py) and
     within one level of them (tests/test_media.py)."""
     rgb8 = frame_to_uint8(frame)
     if strength == 0:

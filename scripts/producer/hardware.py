@@ -49,8 +49,9 @@ def configure_cuda_allocator() -> None:
     """Let PyTorch's CUDA allocator grow segments in place, unless the user chose a setting.
 
     Streaming weights block by block allocates and frees the same large sizes on two streams; fixed segments
-    fragment, and the cache then holds more than the work needs (Wan 480p under a 16 GiB cap reserved 11.3
-    GiB where the plan counts 5.6). Read when CUDA first allocates, so scripts call this before any work.
+    fragment, and the cache then holds more than the work needs: streaming Wan 480p reserved all of a 10 GiB
+    cap (9.96 GiB) and 11.3 GiB of a 16 GiB one with fixed segments, 8.26 GiB with expandable ones
+    (docs/performance.md). Read when CUDA first allocates, so scripts call this before any work.
     """
     if sys.platform != "linux":  # expandable segments are a Linux feature; elsewhere PyTorch only warns
         return

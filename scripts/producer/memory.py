@@ -55,8 +55,8 @@ class ModelFootprint:
 
 # Activation factors, fitted to the peak *reserved* VRAM measured by bench/benchmark.py on an H200
 # (docs/performance.md), which is what a card must hold: Wan at 832x480x81 (32,760 tokens) reserved 8.26
-# GiB under a 10 GiB cap with group offload (expandable segments) and 62.65 GiB resident, ~6.2-9 GiB above
-# the weights in flight: ~20 hidden-state copies. Qwen at 1024^2 with one reference (8,704 tokens)
+# GiB under a 10 GiB cap with group offload (expandable segments) and 62.65 GiB resident, ~6.7-9.5 GiB
+# above the weights in flight: ~20 hidden-state copies. Qwen at 1024^2 with one reference (8,704 tokens)
 # reserved 43.28 GiB resident and 6.49 GiB streamed, ~4.8 GiB above the weights: ~90 copies of its
 # narrower state (three references reserved the same, so the estimate is cautious for them).
 WAN_FOOTPRINT = ModelFootprint(

@@ -132,7 +132,7 @@ def pin_in_place(module: torch.nn.Module, chunk_bytes: int = PIN_CHUNK) -> int:
             pinned += size
     except RuntimeError as exc:  # page-locking refused (RLIMIT_MEMLOCK, container limits): stream unpinned
         log.warning("could not page-lock more host memory after %.1f GiB (%s); the rest streams unpinned, slower",
-                    pinned / 2**30, str(exc).splitlines()[0])
+                    pinned / 2**30, (str(exc).splitlines() or ["no reason given"])[0])
     return pinned
 
 
