@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .cli import CliError, ExitCode
-from .video import ffmpeg_exe, ffmpeg_input, ffmpeg_stdin
+from .video import decode_log, ffmpeg_exe, ffmpeg_input, ffmpeg_stdin
 
 # Rates within 1% are one rate: containers round 16 fps to 15.99 or 16.01 now and then.
 FPS_TOLERANCE = 0.01
@@ -137,15 +136,11 @@ def probe_audio(path: str | Path) -> AudioInfo:
     if not path.is_file():
         raise CliError(f"audio {path} does not exist" if not path.exists() else f"audio {path} is not a file",
                        "check the path (ls it)")
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_input(path), "-map", "0:a:0", "-f", "null", "-"]
-    try:
-        result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
-    except subprocess.TimeoutExpired:
-        raise CliError(f"reading audio {path} took over 5 minutes", "trim it to the film's length first") from None
-    text = result.stderr.decode("utf-8", "replace")
+    code, text = decode_log(path, "0:a:0", 300, CliError(f"reading audio {path} took over 5 minutes",
+                                                          "trim it to the film's length first"))
     stream = re.search(r"Stream #\S+.*?: Audio: ([^,\s]+)[^,]*(?:, (\d+) Hz)?(?:, ([^,]+))?", text)
     times = re.findall(r"time=(\d+):(\d+):(\d+(?:\.\d+)?)", text)
-    if result.returncode != 0 or stream is None or not times:
+    if code != 0 or stream is None or not times:
         last = [line for line in text.strip().splitlines() if line.strip()]
         reason = "it has no audio track" if "matches no streams" in text else (last[-1] if last else "no output")
         raise CliError(f"audio {path} cannot be read: {reason}",

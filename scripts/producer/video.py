@@ -211,20 +211,27 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+def decode_log(path: Path, stream: str, timeout_s: int, too_slow: CliError) -> tuple[int, str]:
+    """Decode one stream of a media file to nothing (`ffmpeg -map STREAM -f null`): ffmpeg's exit code and
+    log, which name the stream and count what was decoded. The bundled ffmpeg has no ffprobe."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_input(path), "-map", stream, "-f", "null", "-"]
+    try:
+        result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise too_slow from None
+    return result.returncode, result.stderr.decode("utf-8", "replace")
+
+
 def probe_video(path: str | os.PathLike) -> dict:
     """Facts about a video's first video stream: frames (exact: counted by decoding), fps, width,
     height, duration (frames / fps), codec, pix_fmt, and the title/comment tags when present.
 
-    The bundled ffmpeg has no ffprobe, so this runs `ffmpeg -i path -f null -` and reads its log.
+    Read from the log of decoding it to nothing (decode_log).
     """
     path = _existing_video(path)
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_input(path), "-map", "0:v:0", "-f", "null", "-"]
-    try:
-        result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
-    except subprocess.TimeoutExpired:
-        raise CliError(f"reading {path} took over 10 minutes", "is it a very long video? trim it first") from None
-    log_text = result.stderr.decode("utf-8", "replace")
-    if result.returncode != 0:
+    code, log_text = decode_log(path, "0:v:0", 600, CliError(f"reading {path} took over 10 minutes",
+                                                              "is it a very long video? trim it first"))
+    if code != 0:
         raise _not_a_video(path, log_text)
     info = _parse_stream(path, log_text)
     frames = re.findall(r"frame=\s*(\d+)", log_text)
