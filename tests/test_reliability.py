@@ -349,9 +349,8 @@ def test_disk_full_writing_an_mp4_keeps_the_previous_clip(tmp_path, monkeypatch)
     assert old.read_bytes() == before and leftovers(tmp_path) == []
 
 
-def test_disk_full_writing_a_clips_recipe_leaves_no_clip_without_it(tmp_path, monkeypatch):
-    start = gradient(tmp_path / "kf.png")
-    argv = ["--start-frame", start, "--prompt", "waves", "--seed", 3, "-o", tmp_path / "v.mp4", *WAN_FAST]
+def recipes_hit_a_full_disk(monkeypatch):
+    """Every JSON temp file (a recipe being written) meets a full disk; other writes go through."""
     write_text = Path.write_text
 
     def full_for_json(self, *a, **k):
@@ -360,6 +359,12 @@ def test_disk_full_writing_a_clips_recipe_leaves_no_clip_without_it(tmp_path, mo
         return write_text(self, *a, **k)
 
     monkeypatch.setattr(Path, "write_text", full_for_json)
+
+
+def test_disk_full_writing_a_clips_recipe_leaves_no_clip_without_it(tmp_path, monkeypatch):
+    start = gradient(tmp_path / "kf.png")
+    argv = ["--start-frame", start, "--prompt", "waves", "--seed", 3, "-o", tmp_path / "v.mp4", *WAN_FAST]
+    recipes_hit_a_full_disk(monkeypatch)
     code, result, err = run(wan_video.main, *argv)
     assert code == ExitCode.FAILED and "disk is full" in result["error"], err
     # No clip without its recipe (the same command then runs again without --overwrite), nothing half-written.
@@ -373,14 +378,7 @@ def test_disk_full_writing_a_films_recipe_leaves_no_film_without_it(tmp_path, mo
     for i in range(2):
         clips.append(tmp_path / f"c{i}.mp4")
         video.write_mp4([np.full((32, 32, 3), 40 * i, np.uint8)] * 3, clips[-1], fps=16)
-    write_text = Path.write_text
-
-    def full_for_json(self, *a, **k):
-        if self.suffix == ".json" and ".partial-" in self.name:
-            enospc()
-        return write_text(self, *a, **k)
-
-    monkeypatch.setattr(Path, "write_text", full_for_json)
+    recipes_hit_a_full_disk(monkeypatch)
     code, result, err = run(assemble_video.main, "--clips", *clips, "-o", tmp_path / "film.mp4", "--json")
     assert code == ExitCode.FAILED and "disk is full" in result["error"], err
     assert not (tmp_path / "film.mp4").exists() and leftovers(tmp_path) == []
