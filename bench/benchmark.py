@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -48,6 +49,21 @@ LEVERS = {"project": {}, "compile": {"compile": "on"}, "nocompile": {"compile": 
           "fp8": {"fp8_matmul": True}, "cudnn": {"attention": "_native_cudnn"},
           "flash": {"attention": "_native_flash"}, "fp8+compile": {"fp8_matmul": True, "compile": "on"}}
 CAPS = {"cap10": 10, "cap12": 12, "cap16": 16, "cap24": 24, "cap48": 48}
+# `planVxR` (e.g. plan10x32): the plan the scripts choose on a machine with V GB of VRAM and R GB of RAM, in
+# the weight form it picks (GGUF, fp8 storage or bf16), run under a V GiB cap. Host RAM cannot be capped: the
+# measured peak is reported beside R and the plan's prediction.
+PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)$")
+
+
+def plan_machine(config: str) -> tuple[int, int] | None:
+    """(VRAM GB, RAM GB) of a `planVxR` configuration, or None for the other configurations."""
+    match = PLAN_CONFIG.match(config)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def cap_gib(config: str) -> int | None:
+    machine = plan_machine(config)
+    return machine[0] if machine else CAPS.get(config)
 
 
 def parse_args(argv=None):
@@ -56,7 +72,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     p.add_argument("--run", action="append", default=[], metavar="WORKLOAD:CONFIG[,CONFIG...]",
                    help=f"workloads: {', '.join(WORKLOADS)}; configs: plain, {', '.join(LEVERS)}, "
-                        f"{', '.join(CAPS)}")
+                        f"{', '.join(CAPS)}, planVxR (the plan of a V GB VRAM / R GB RAM machine, e.g. plan10x32)")
     p.add_argument("--repeats", type=int, default=2, help="runs per process; the first is reported as cold")
     p.add_argument("--measure-steps", type=int, default=None,
                    help="for long schedules, run only this many steps and extrapolate the rest (stated)")
@@ -109,8 +125,8 @@ def _spawn(args, workload: str, config: str) -> dict:
     if args.measure_steps:
         cmd += ["--measure-steps", str(args.measure_steps)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if config in CAPS:
-        env["PRODUCER_VRAM_CAP_GB"] = str(CAPS[config])
+    if cap_gib(config):
+        env["PRODUCER_VRAM_CAP_GB"] = str(cap_gib(config))
     started = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)

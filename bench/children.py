@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import fullsize
-from benchmark import CAPS, LEVERS, TINY, WORKLOADS
+from benchmark import LEVERS, TINY, WORKLOADS, cap_gib, plan_machine
 
 GiB = 1024**3
 
@@ -41,9 +41,9 @@ def _shape(args, workload: str):
 
 def _apply_cap(config: str, device: str) -> None:
     """Emulate a smaller card: cap this process's CUDA memory (after the models were built on the GPU)."""
-    if config in CAPS and device == "cuda":
+    if cap_gib(config) and device == "cuda":
         total = torch.cuda.get_device_properties(0).total_memory
-        torch.cuda.set_per_process_memory_fraction(CAPS[config] * GiB / total)
+        torch.cuda.set_per_process_memory_fraction(cap_gib(config) * GiB / total)
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -78,11 +78,59 @@ def _timed(device: str, into: dict, name: str):
     into[name] = round(time.perf_counter() - start, 3)
 
 
-def _plan(family: str, footprint, work, config: str):
+def _plan(family: str, footprint, work, config: str, device: str):
+    """The plan of the scripts: for `planVxR` the one they choose on that machine (any weight form, as
+    `setup_diffusers.py` plans downloads), otherwise on this one with bf16 weights (the earlier tables)."""
     from producer import hardware, memory
 
-    hw = hardware.probe(device="cuda" if torch.cuda.is_available() else "cpu")
-    return memory.plan_memory(hw, footprint, work, weights="bf16" if hw.has_gpu else "auto")
+    machine = plan_machine(config)
+    hw = hardware.probe(device=device)
+    if machine is None:
+        return memory.plan_memory(hw, footprint, work, weights="bf16" if hw.has_gpu else "auto")
+    chosen = _machine_plan(family, config)
+    if device == "cpu":  # the tiny run on a CPU: that plan's weight form, computed on the CPU
+        return replace(memory.plan_memory(hw, footprint, work), weights=chosen.weights)
+    return chosen
+
+
+def _machine_plan(family: str, config: str):
+    """The plan the scripts choose for the full-size model on the `planVxR` machine (None otherwise)."""
+    from producer import hardware, memory
+
+    machine = plan_machine(config)
+    if machine is None:
+        return None
+    footprint, work = memory.TABLE_WORKLOADS[family][1:]
+    return memory.plan_memory(hardware.from_sizes(*machine), footprint, work)
+
+
+def _form(family: str, config: str) -> str:
+    plan = _machine_plan(family, config)
+    return plan.weights if plan else "bf16"
+
+
+def _expected(family: str, config: str) -> dict:
+    """The full-size plan's own prediction, reported beside the measured peaks (planVxR configurations)."""
+    plan = _machine_plan(family, config)
+    if plan is None:
+        return {}
+    machine = plan_machine(config)
+    return {"machine_gb": {"vram": machine[0], "ram": machine[1]}, "weights": plan.weights,
+            "predicted_vram_gib": round(plan.peak_vram / GiB, 2), "predicted_ram_gib": round(plan.peak_ram / GiB, 2),
+            "plan_fits": plan.fits}
+
+
+def _to_form(modules: list, form: str, dtype: torch.dtype) -> dict:
+    """Bring denoisers built in bf16 into the plan's weight form: GGUF blocks with the published type maps
+    (fullsize.quantize_like_gguf); fp8 storage is applied by the scripts' own offload.apply_plan. Returns the
+    GiB of each GGML type, to compare with the published files."""
+    if form not in fullsize.GGUF_FORMS:
+        return {}
+    sizes: dict[str, float] = {}
+    for seed, module in enumerate(modules):
+        for name, count in fullsize.quantize_like_gguf(module, form, dtype, seed)[1].items():
+            sizes[name] = round(sizes.get(name, 0) + count / GiB, 2)
+    return {"gguf_block_gib": sizes}
 
 
 def _footprint(family: str, modules: dict, size: str):
@@ -174,7 +222,8 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
 
     width, height, frames, steps, measured, cfg = _shape(args, workload)
     dtype = _dtype(args.size, device)
-    parts = fullsize.wan_components(args.size, device, dtype)
+    form = _form("wan", config)
+    parts = fullsize.wan_components(args.size, device, dtype, wide=form in fullsize.GGUF_FORMS)
     embeds = fullsize.wan_prompt_embeds(args.size, device, dtype)
     negative = fullsize.wan_prompt_embeds(args.size, device, dtype, seed=2) if cfg else None
     image = _keyframe(width, height)
@@ -185,7 +234,9 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
                                    boundary_ratio=registry.WAN.boundary_ratio)
     if config == "plain":
         return _wan_plain(pipe, image, embeds, negative, width, height, frames, sampling, steps, device, args.repeats)
-    plan = _plan("wan", _footprint("wan", parts, args.size), memory.wan_workload(width, height, frames), config)
+    plan = _plan("wan", _footprint("wan", parts, args.size), memory.wan_workload(width, height, frames), config,
+                 device)
+    built = _to_form([pipe.transformer, pipe.transformer_2], form, dtype)
     for name in ("transformer", "transformer_2"):
         if plan.components[name].placement != "gpu":
             fullsize.move_to_host(getattr(pipe, name))
@@ -195,6 +246,7 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
     notes = _levers([pipe.transformer, pipe.transformer_2], speed_choice)
     extra = {} if before is None else {"fp8_vs_bf16": numerical_difference(
         _wan_probe(pipe.transformer, embeds, width, height, frames), before)}
+    extra.update(built, **_expected("wan", config))
     session = wan.WanSession.from_components(pipe, plan, device, progress=False)
     job = wan.ClipJob(image=image, prompt="bench", width=width, height=height, frames=frames, sampling=sampling,
                       seed=0, negative_prompt="bench negative" if cfg else "")
@@ -278,7 +330,8 @@ def run_qwen(args, workload: str, config: str, device: str) -> dict:
 
     width, height, refs, steps, measured, cfg = _shape(args, workload)
     dtype = _dtype(args.size, device)
-    parts = fullsize.qwen_components(args.size, device, dtype)
+    form = _form("qwen", config)
+    parts = fullsize.qwen_components(args.size, device, dtype, wide=form in fullsize.GGUF_FORMS)
     embeds, mask = fullsize.qwen_prompt_embeds(args.size, refs, device, dtype)
     neg, neg_mask = fullsize.qwen_prompt_embeds(args.size, refs, device, dtype, seed=2) if cfg else (None, None)
     references = [_keyframe(width, height, seed=i) for i in range(refs)]
@@ -288,7 +341,9 @@ def run_qwen(args, workload: str, config: str, device: str) -> dict:
     if config == "plain":
         return _qwen_plain(pipe, references, embeds, mask, neg, neg_mask, width, height, measured, steps, cfg,
                            device, args.repeats, areas)
-    plan = _plan("qwen", _footprint("qwen", parts, args.size), memory.qwen_workload(width, height, refs), config)
+    plan = _plan("qwen", _footprint("qwen", parts, args.size), memory.qwen_workload(width, height, refs), config,
+                 device)
+    built = _to_form([pipe.transformer], form, dtype)
     if plan.components["transformer"].placement != "gpu":
         fullsize.move_to_host(pipe.transformer)
     _apply_cap(config, device)
@@ -299,7 +354,7 @@ def run_qwen(args, workload: str, config: str, device: str) -> dict:
                        embeds=qwen.Embeds(embeds, mask, neg, neg_mask))
     cold, total, generated = _steady_runs(lambda: session.generate(job), args.repeats, device)
     seconds = _scaled_seconds(generated.seconds, total, ("denoise",), steps, measured)
-    return _result(seconds, cold, plan, {"speed": notes}, steps, measured)
+    return _result(seconds, cold, plan, {"speed": notes, **built, **_expected("qwen", config)}, steps, measured)
 
 
 def _qwen_plain(pipe, references, embeds, mask, neg, neg_mask, width, height, measured, steps, cfg, device,

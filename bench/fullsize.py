@@ -51,14 +51,22 @@ def _seeded(seed: int):
         torch.cuda.manual_seed_all(seed)
 
 
-def wan_components(size: str, device: str, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> dict:
-    """Two experts, VAE and scheduler of Wan 2.2 I2V A14B (no text encoder: embeddings are given)."""
+# K-quant blocks hold 256 values, wider than the stand-ins' rows: the tiny GGUF runs widen the blocks to 256.
+_TINY_WIDE = {"wan": {"attention_head_dim": 128, "ffn_dim": 512},
+              "qwen": {"attention_head_dim": 128, "axes_dims_rope": [16, 56, 56]}}
+
+
+def wan_components(size: str, device: str, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
+                   wide: bool = False) -> dict:
+    """Two experts, VAE and scheduler of Wan 2.2 I2V A14B (no text encoder: embeddings are given).
+    `wide` widens the tiny stand-in to rows of 256 values, so that K-quant GGUF blocks fit it."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 
     if size == "tiny":
         from producer import standin_models
 
         cfg, vae_cfg = standin_models.WAN_TRANSFORMER_CONFIG, standin_models.WAN_VAE_CONFIG
+        cfg = {**cfg, **_TINY_WIDE["wan"]} if wide else cfg
     else:
         cfg, vae_cfg = WAN_EXPERT, {}
     _seeded(seed)
@@ -78,7 +86,8 @@ def wan_prompt_embeds(size: str, device: str, dtype: torch.dtype, seed: int = 1)
     return torch.randn(1, WAN_TEXT_TOKENS, dim, generator=gen).to(device, dtype)
 
 
-def qwen_components(size: str, device: str, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> dict:
+def qwen_components(size: str, device: str, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
+                    wide: bool = False) -> dict:
     """Transformer, VAE and scheduler of Qwen-Image-Edit-2511 (no text encoder: embeddings are given)."""
     from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
 
@@ -86,6 +95,7 @@ def qwen_components(size: str, device: str, dtype: torch.dtype = torch.bfloat16,
         from producer import standin_models
 
         cfg, vae_cfg = standin_models.QWEN_EDIT_TRANSFORMER_CONFIG, standin_models.QWEN_VAE_CONFIG
+        cfg = {**cfg, **_TINY_WIDE["qwen"]} if wide else cfg
         scheduler_cfg = standin_models.QWEN_SCHEDULER_CONFIG
     else:
         from producer import standin_models
@@ -131,3 +141,85 @@ def move_to_host(module: torch.nn.Module) -> torch.nn.Module:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return module
+
+
+# ---------------------------------------------------------------- GGUF experts with the published type maps
+
+# The forms the memory plan can choose for a denoiser, besides bf16 and fp8 storage (which the scripts make
+# from bf16 weights with diffusers' layerwise casting, so the benchmark builds bf16 for those).
+GGUF_FORMS = ("gguf-q4", "gguf-q8")
+
+# Published type maps (city96/ComfyUI-GGUF tools/convert.py and tools/lcpp.patch, which QuantStack's Wan
+# 2.2 files come from; ../shared/reference/model-files.md): in Q4_K_M files the value projections and the
+# second FFN matrix of every block are Q6_K and the other block linears Q4_K; Q8_0 files quantize every
+# block linear to Q8_0. Embeddings, time projection, head and patch embedding stay F16 and biases, norms
+# and modulation F32 in the files; diffusers computes those in the compute dtype, so they stay bf16 here.
+# For Qwen the same rule is applied to its names (value projections of both streams, the MLPs' second
+# matrix): inferred from Wan's map, since unsloth's own map for the Qwen files was not published.
+_Q6_IN_Q4_K_M = ("attn1.to_v", "attn2.to_v", "ffn.net.2", "attn.to_v", "attn.add_v_proj", "img_mlp.net.2",
+                 "txt_mlp.net.2")
+
+
+def gguf_type(name: str, form: str):
+    """The GGML type a block linear `name` has in a file of `form` (gguf-q4 = Q4_K_M, gguf-q8 = Q8_0)."""
+    import gguf
+
+    if form == "gguf-q8":
+        return gguf.GGMLQuantizationType.Q8_0
+    if any(name.endswith(suffix) for suffix in _Q6_IN_Q4_K_M):
+        return gguf.GGMLQuantizationType.Q6_K
+    return gguf.GGMLQuantizationType.Q4_K
+
+
+# Where each type keeps its fp16 scale(s) in a block, and the scale that gives weights of about the spread
+# of a trained model's (std ~0.02) from uniformly random quant bytes: Q8_0 y = d*q (q int8, std ~74);
+# Q4_K y = d*sc*q - dmin*m (sc, m 6-bit, q 4-bit); Q6_K y = d*sc*(q-32) (sc int8, q 6-bit).
+_SCALES = {"Q8_0": ((0, 2.7e-4),), "Q4_K": ((0, 7.8e-5), (2, 5.9e-4)), "Q6_K": ((208, 1.5e-5),)}
+
+
+def random_gguf_weight(rows: int, cols: int, qtype, device, generator: torch.Generator):
+    """Random but well-formed GGUF blocks for a (rows, cols) weight: random quants, fixed finite scales.
+
+    They cost the bytes and the dequantization work of real ones, and dequantize to finite values of a
+    trained model's spread, so activations stay sane through 40 blocks.
+    """
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+    from gguf import GGML_QUANT_SIZES
+
+    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    if cols % block_size:
+        raise ValueError(f"{qtype.name} needs rows of a multiple of {block_size} values, not {cols}")
+    blocks = torch.randint(0, 256, (rows * cols // block_size, type_size), dtype=torch.uint8, device=device,
+                           generator=generator)
+    for offset, scale in _SCALES[qtype.name]:
+        blocks[:, offset:offset + 2] = torch.tensor([scale], dtype=torch.float16).view(torch.uint8).to(device)
+    return GGUFParameter(blocks.view(rows, cols // block_size * type_size), quant_type=qtype)
+
+
+def quantize_like_gguf(model: torch.nn.Module, form: str, compute_dtype: torch.dtype, seed: int = 0):
+    """Replace every block linear of `model` by diffusers' GGUFLinear holding random blocks of the type the
+    published `form` file has (what `from_single_file` with GGUFQuantizationConfig builds); returns the
+    model and the bytes of each type, so the sizes can be checked against the published files."""
+    from diffusers.quantizers.gguf.utils import GGUFLinear
+
+    blocks = model.blocks if hasattr(model, "blocks") else model.transformer_blocks
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    sizes: dict[str, int] = {}
+    for block in blocks:
+        for name, linear in list(block.named_modules()):
+            if type(linear) is not torch.nn.Linear:
+                continue
+            qtype = gguf_type(name, form)
+            quantized = GGUFLinear(linear.in_features, linear.out_features, linear.bias is not None,
+                                   compute_dtype=compute_dtype, device="meta")
+            quantized.weight = random_gguf_weight(linear.out_features, linear.in_features, qtype, device, generator)
+            if linear.bias is not None:
+                quantized.bias = linear.bias
+            quantized.requires_grad_(False)
+            parent = block.get_submodule(name.rpartition(".")[0]) if "." in name else block
+            setattr(parent, name.rpartition(".")[2], quantized)
+            sizes[qtype.name] = sizes.get(qtype.name, 0) + quantized.weight.numel()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return model, sizes
