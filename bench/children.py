@@ -123,14 +123,14 @@ def _expected(family: str, config: str) -> dict:
 def _to_form(modules: list, form: str, dtype: torch.dtype) -> dict:
     """Bring denoisers built in bf16 into the plan's weight form: GGUF blocks with the published type maps
     (fullsize.quantize_like_gguf); fp8 storage is applied by the scripts' own offload.apply_plan. Returns the
-    GiB of each GGML type, to compare with the published files."""
+    bytes of each GGML type, to compare with the published files."""
     if form not in fullsize.GGUF_FORMS:
         return {}
-    sizes: dict[str, float] = {}
+    sizes: dict[str, int] = {}
     for seed, module in enumerate(modules):
         for name, count in fullsize.quantize_like_gguf(module, form, dtype, seed)[1].items():
-            sizes[name] = round(sizes.get(name, 0) + count / GiB, 2)
-    return {"gguf_block_gib": sizes}
+            sizes[name] = sizes.get(name, 0) + count
+    return {"gguf_block_bytes": sizes}
 
 
 def _footprint(family: str, modules: dict, size: str):

@@ -11,7 +11,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "benchmark.py"
 def test_tiny_benchmark_runs_plain_and_project_side_by_side(tmp_path):
     out, md = tmp_path / "r.json", tmp_path / "r.md"
     proc = subprocess.run([sys.executable, str(BENCH), "--size", "tiny", "--device", "cpu", "--repeats", "1",
-                           "--run", "wan-480p-4:plain,project", "--run", "qwen-1ref-40:project",
+                           "--run", "wan-480p-4:plain,project,plan10x32", "--run", "qwen-1ref-40:project,plan10x32",
                            "--measure-steps", "2", "--out", str(out), "--markdown", str(md)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -21,6 +21,10 @@ def test_tiny_benchmark_runs_plain_and_project_side_by_side(tmp_path):
     assert wan["plan"].startswith("plan cpu") and wan["seconds"]["total"] > 0
     qwen = runs[("qwen-1ref-40", "project")]
     assert qwen["steps"] == 40 and qwen["measured_steps"] == 2, "long schedules are measured short and scaled"
+    for workload, form, types in (("wan-480p-4", "gguf-q4", {"Q4_K", "Q6_K"}), ("qwen-1ref-40", "gguf-q8", {"Q8_0"})):
+        planned = runs[(workload, "plan10x32")]  # the 10 GB / 32 GB plan streams GGUF: built and run in that form
+        assert planned["weights"] == form and set(planned["gguf_block_bytes"]) == types
+        assert planned["machine_gb"] == {"vram": 10, "ram": 32} and planned["predicted_ram_gib"] <= 32
     table = md.read_text()
     assert "### wan-480p-4" in table and "vs plain" in table and "scaled to 40" in table
 
@@ -51,3 +55,29 @@ def test_writing_benchmark_times_every_stage_after_generation(tmp_path):
     assert set(stages["clip"]) == {"continuity", "color_match_if_applied", "review_files", "mp4_and_recipe",
                                    "every_clip"}
     assert stages["clip"]["every_clip"] > 0 and stages["image"]["png"] > 0
+
+
+def test_gguf_experts_have_the_published_type_maps_and_sane_weights():
+    sys.path[:0] = [str(BENCH.parent), str(BENCH.parents[1] / "scripts")]
+    import torch
+    from diffusers.quantizers.gguf.utils import GGUFLinear, dequantize_gguf_tensor
+
+    import fullsize
+
+    parts = fullsize.wan_components("tiny", "cpu", torch.float32, wide=True)
+    expert, sizes = fullsize.quantize_like_gguf(parts["transformer"], "gguf-q4", torch.float32)
+    block = expert.blocks[0]
+    types = {name: m.weight.quant_type.name for name, m in block.named_modules() if isinstance(m, GGUFLinear)}
+    assert {n for n, t in types.items() if t == "Q6_K"} == {"attn1.to_v", "attn2.to_v", "ffn.net.2"}
+    assert set(types.values()) == {"Q4_K", "Q6_K"} and len(types) == 10  # 8 attention + 2 FFN matrices
+    assert not isinstance(expert.proj_out, GGUFLinear), "the head stays unquantized, as in the files"
+    for name in ("attn1.to_q", "ffn.net.2"):
+        weight = dequantize_gguf_tensor(block.get_submodule(name).weight).float()
+        assert weight.isfinite().all() and 0.01 < weight.std() < 0.04, (name, weight.std())
+    with torch.no_grad():
+        out = expert(hidden_states=torch.randn(1, 36, 3, 8, 8), timestep=torch.tensor([500.0]),
+                     encoder_hidden_states=torch.randn(1, 8, 32), return_dict=False)[0]
+    assert out.isfinite().all()
+    q8 = fullsize.quantize_like_gguf(fullsize.wan_components("tiny", "cpu", torch.float32, wide=True)["transformer"],
+                                     "gguf-q8", torch.float32)[1]
+    assert set(q8) == {"Q8_0"} and sum(q8.values()) > sum(sizes.values()), "Q8_0 takes more bytes than Q4_K_M"
