@@ -81,6 +81,11 @@ def parse_args(argv=None):
     p.add_argument("--timeout", type=int, default=900, help="seconds per configuration")
     p.add_argument("--deadline", type=int, default=None,
                    help="start no configuration after this many seconds (a device lease ends)")
+    p.add_argument("--from-disk", type=Path, default=None, metavar="DIR",
+                   help="planVxR Wan runs with GGUF experts read from files in DIR by the scripts' own loader "
+                        "(written there once, full size ~9.4 GB an expert): measures load time and the reload "
+                        "of one-expert-in-RAM plans against the disk's read speed")
+    p.add_argument("--write-gguf", nargs=2, metavar=("FORM", "DIR"), help=argparse.SUPPRESS)
     p.add_argument("--child", nargs=2, metavar=("WORKLOAD", "CONFIG"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -90,6 +95,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.write_gguf:
+        from children import write_gguf_files
+
+        print(json.dumps(write_gguf_files(args, *args.write_gguf)), flush=True)
+        return 0
     if args.child:
         from producer import hardware
 
@@ -124,6 +134,8 @@ def _spawn(args, workload: str, config: str) -> dict:
         cmd += ["--device", args.device]
     if args.measure_steps:
         cmd += ["--measure-steps", str(args.measure_steps)]
+    if args.from_disk:
+        cmd += ["--from-disk", str(args.from_disk)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if cap_gib(config):
         env["PRODUCER_VRAM_CAP_GB"] = str(cap_gib(config))

@@ -6,6 +6,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import replace
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
@@ -236,18 +238,29 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
         return _wan_plain(pipe, image, embeds, negative, width, height, frames, sampling, steps, device, args.repeats)
     plan = _plan("wan", _footprint("wan", parts, args.size), memory.wan_workload(width, height, frames), config,
                  device)
-    built = _to_form([pipe.transformer, pipe.transformer_2], form, dtype)
-    for name in ("transformer", "transformer_2"):
-        if plan.components[name].placement != "gpu":
-            fullsize.move_to_host(getattr(pipe, name))
+    from_disk = bool(args.from_disk) and form in fullsize.GGUF_FORMS
+    if from_disk:  # the session reads its own experts from files: the built ones go before anything is measured
+        pipe.transformer = pipe.transformer_2 = None
+        built = {}
+    else:
+        built = _to_form([pipe.transformer, pipe.transformer_2], form, dtype)
+        for name in ("transformer", "transformer_2"):
+            if plan.components[name].placement != "gpu":
+                fullsize.move_to_host(getattr(pipe, name))
     _apply_cap(config, device)
     speed_choice = _speed(config, device, plan.components["transformer"].placement)
-    before = _wan_probe(pipe.transformer, embeds, width, height, frames) if speed_choice.fp8_matmul else None
-    notes = _levers([pipe.transformer, pipe.transformer_2], speed_choice)
+    before = None
+    if speed_choice.fp8_matmul and not from_disk:
+        before = _wan_probe(pipe.transformer, embeds, width, height, frames)
+    notes = [] if from_disk else _levers([pipe.transformer, pipe.transformer_2], speed_choice)
     extra = {} if before is None else {"fp8_vs_bf16": numerical_difference(
         _wan_probe(pipe.transformer, embeds, width, height, frames), before)}
     extra.update(built, **_expected("wan", config))
-    session = wan.WanSession.from_components(pipe, plan, device, progress=False)
+    if from_disk:
+        session, disk = _session_from_disk(args, pipe, plan, form, device)
+        extra.update(disk)
+    else:
+        session = wan.WanSession.from_components(pipe, plan, device, progress=False)
     job = wan.ClipJob(image=image, prompt="bench", width=width, height=height, frames=frames, sampling=sampling,
                       seed=0, negative_prompt="bench negative" if cfg else "")
     session._embeds[job.prompt_key] = (embeds, negative)  # the text encoder is bypassed (timed on its own)
@@ -257,6 +270,55 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
     experts = {k: {"steps": v.steps, "forwards": v.forwards} for k, v in clip.experts.items()}
     return _result(seconds, cold, plan, {"experts": experts, "decode": clip.decode, "speed": notes, **extra},
                    steps, measured)
+
+
+def _gguf_paths(folder: Path, form: str, size: str) -> dict:
+    return {c: folder / f"wan-{size}-{form}-{c}.gguf" for c in ("transformer", "transformer_2")}
+
+
+def write_gguf_files(args, form: str, folder: str) -> dict:
+    """(its own process, so that writing does not count in a run's peak RAM) Both experts of `form` as
+    ComfyUI-GGUF files, with the configs beside them that the scripts' loader needs."""
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = _dtype(args.size, device)
+    parts = fullsize.wan_components(args.size, device, dtype, wide=True)
+    written = {}
+    for seed, (component, path) in enumerate(_gguf_paths(Path(folder), form, args.size).items()):
+        module = parts.pop(component)
+        fullsize.quantize_like_gguf(module, form, dtype, seed)
+        module.save_config(Path(folder) / f"snapshot-{args.size}" / component)
+        written[component] = fullsize.write_gguf_expert(module, path, form)
+        del module
+    return written
+
+
+def _session_from_disk(args, pipe, plan, form: str, device: str):
+    """A Wan session whose experts the scripts' own loader (wan._ExpertsOnDisk) reads from GGUF files: the
+    load, and for one-expert-in-RAM plans the reload at every clip, are measured as a user meets them."""
+    import subprocess
+    import sys
+
+    from producer import wan
+    from producer.wan_install import WanFiles
+
+    folder = Path(args.from_disk)
+    paths = _gguf_paths(folder, form, args.size)
+    if not all(p.exists() for p in paths.values()):
+        cmd = [sys.executable, str(Path(__file__).with_name("benchmark.py")), "--write-gguf", form, str(folder),
+               "--size", args.size, "--device", device]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    disk = {"disk_read": fullsize.read_speed(paths.values())}  # warm page cache, as after a first run
+    dtype = _dtype(args.size, device)
+    files = WanFiles(folder / f"snapshot-{args.size}", form, paths)
+    session = wan.WanSession(pipe, plan, torch.device(device), wan._ExpertsOnDisk(files, dtype, torch.device(device),
+                                                                                   plan), progress=False)
+    with _timed(device, disk, "load_to_first_step_s"):
+        session._experts_for_start()
+    # The floor: reading what was loaded (both files, or the first expert's for one-expert-in-RAM plans).
+    disk["load_floor_s"] = round(disk["disk_read"]["seconds"] * (1.0 if plan.experts_in_ram == 2 else 0.5), 3)
+    return session, disk
 
 
 def _wan_probe(transformer, embeds, width: int, height: int, frames: int) -> torch.Tensor:

@@ -223,3 +223,46 @@ def quantize_like_gguf(model: torch.nn.Module, form: str, compute_dtype: torch.d
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return model, sizes
+
+
+def write_gguf_expert(module: torch.nn.Module, path, form: str) -> int:
+    """Write a GGUF expert built by quantize_like_gguf as a ComfyUI-GGUF file (original Wan key names), the
+    form QuantStack publishes, so the scripts' own loader reads it; returns the file's bytes. Quantized
+    blocks are written as they are; the rest as the published files keep them (F32 for 1-D tensors,
+    modulation and the 5-D patch embedding, F16 otherwise)."""
+    import gguf
+    import numpy as np
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    from producer.standin_gguf import wan_key_to_original
+
+    writer = gguf.GGUFWriter(path=None, arch="wan")
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M if form == "gguf-q4" else gguf.LlamaFileType.MOSTLY_Q8_0)
+    for key, tensor in module.state_dict().items():
+        name = wan_key_to_original(key)
+        if isinstance(tensor, GGUFParameter):
+            writer.add_tensor(name, tensor.as_tensor().cpu().numpy(), raw_dtype=tensor.quant_type)
+            continue
+        array = tensor.detach().float().cpu().numpy()
+        keep_f32 = array.ndim < 2 or array.ndim > 4 or "modulation" in name
+        writer.add_tensor(name, array if keep_f32 else array.astype(np.float16))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer.write_header_to_file(path=path)
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path.stat().st_size
+
+
+def read_speed(paths) -> dict:
+    """Seconds and GB/s to read `paths` whole (warm page cache after writing them): the floor of any load."""
+    import time
+
+    total, start = 0, time.perf_counter()
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            while chunk := f.read(64 << 20):
+                total += len(chunk)
+    seconds = time.perf_counter() - start
+    return {"bytes": total, "seconds": round(seconds, 3), "gb_per_s": round(total / seconds / 1e9, 2)}

@@ -81,3 +81,17 @@ def test_gguf_experts_have_the_published_type_maps_and_sane_weights():
     q8 = fullsize.quantize_like_gguf(fullsize.wan_components("tiny", "cpu", torch.float32, wide=True)["transformer"],
                                      "gguf-q8", torch.float32)[1]
     assert set(q8) == {"Q8_0"} and sum(q8.values()) > sum(sizes.values()), "Q8_0 takes more bytes than Q4_K_M"
+
+
+def test_from_disk_runs_load_gguf_files_through_the_scripts_loader_and_time_it(tmp_path):
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--size", "tiny", "--device", "cpu", "--repeats", "1",
+                           "--from-disk", str(tmp_path / "models"), "--run", "wan-480p-4:plan10x32",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = json.loads(out.read_text())["runs"][0]
+    files = sorted(p.name for p in (tmp_path / "models").glob("*.gguf"))
+    assert files == ["wan-tiny-gguf-q4-transformer.gguf", "wan-tiny-gguf-q4-transformer_2.gguf"]
+    assert run["disk_read"]["bytes"] == sum(p.stat().st_size for p in (tmp_path / "models").glob("*.gguf"))
+    assert run["load_to_first_step_s"] > 0 and run["load_floor_s"] > 0 and run["weights"] == "gguf-q4"
+    assert run["experts"]["transformer"]["steps"] == 2 and run["experts"]["transformer_2"]["steps"] == 2
