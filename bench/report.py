@@ -36,6 +36,7 @@ def _table(workload: str, runs: list[dict]) -> list[str]:
         vram = f"{r['peak_vram_gib']} ({before} before decode)" if before is not None else str(r["peak_vram_gib"])
         cells += [vram, str(r["peak_ram_gib"]), r.get("plan", "")[:90]]
         out.append("| " + " | ".join(cells) + " |")
+    out += _plan_rows(runs, plain)
     for r in runs:
         if "fp8_vs_bf16" in r:
             d = r["fp8_vs_bf16"]
@@ -46,4 +47,25 @@ def _table(workload: str, runs: list[dict]) -> list[str]:
     if note:
         out += ["", f"Denoising measured over {note['measured_steps']} of {note['steps']} steps and scaled to "
                     f"{note['steps']} (per-step cost is constant within a schedule); decode measured as is."]
+    return out
+
+
+def _plan_rows(runs: list[dict], plain: dict | None) -> list[str]:
+    """The planVxR runs as the machines they stand for: measured peaks beside the plan's prediction and the
+    machine's budget (VRAM is capped; host RAM cannot be, so it is measured against the machine's RAM)."""
+    rows = [r for r in runs if "machine_gb" in r and not r.get("error")]
+    if not rows:
+        return []
+    out = ["", "| machine (VRAM / RAM GB) | weights | total s | vs plain | peak VRAM GiB (predicted) | "
+               "peak RAM GiB (predicted) | fits the machine | load to first step s (read floor s) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        vram, ram = r["machine_gb"]["vram"], r["machine_gb"]["ram"]
+        ratio = f"{r['seconds']['total'] / plain['seconds']['total']:.2f}x" if plain else "-"
+        fits = r["peak_vram_gib"] <= vram and r["peak_ram_gib"] <= ram
+        load = (f"{r['load_to_first_step_s']:.1f} ({r['load_floor_s']:.1f} at "
+                f"{r['disk_read']['gb_per_s']} GB/s)") if "load_to_first_step_s" in r else "-"
+        out.append(f"| {vram} / {ram} | {r['weights']} | {r['seconds']['total']:.2f} | {ratio} | "
+                   f"{r['peak_vram_gib']} ({r['predicted_vram_gib']}) | {r['peak_ram_gib']} ({r['predicted_ram_gib']}) | "
+                   f"{'yes' if fits else 'no'} | {load} |")
     return out
