@@ -42,6 +42,8 @@ WORKLOADS = {
     "qwen-3ref-4": ("qwen", 1024, 1024, 3, 4, False),
     "qwen-1ref-40": ("qwen", 1024, 1024, 1, 40, True),
     "qwen-3ref-40": ("qwen", 1024, 1024, 3, 40, True),
+    # One prompt through UMT5-XXL (512 tokens), placed as the plan places Wan's text encoder.
+    "wan-encode": ("wan-text", 0, 0, 1, 0, False),
 }
 TINY = {"wan": (64, 64, 9), "qwen": (64, 64)}
 # Configurations: plain diffusers, the project's default, a lever on top of it, or the default under a cap.
@@ -189,8 +191,10 @@ def run_child(args, workload: str, config: str) -> dict:
     from children import run_qwen, run_wan
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from children import run_wan_text
+
     family = WORKLOADS[workload][0]
-    runner = run_wan if family == "wan" else run_qwen
+    runner = {"wan": run_wan, "qwen": run_qwen, "wan-text": run_wan_text}[family]
     result = runner(args, workload, config, device)
     result.update(workload=workload, config=config, **_peaks(device))
     return result

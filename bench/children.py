@@ -382,6 +382,35 @@ def _peak_before(owner, method: str, device: str) -> dict:
     return record
 
 
+# ---------------------------------------------------------------- Wan's text encoder
+
+
+def run_wan_text(args, workload: str, config: str, device: str) -> dict:
+    """Encode one 512-token prompt with UMT5-XXL placed as the plan places it (on the GPU, or streamed from
+    host RAM under the cap); the scripts encode every prompt of a batch this way, then free the encoder."""
+    from producer import offload
+
+    dtype = _dtype(args.size, device)
+    encoder = fullsize.umt5_encoder(args.size, device, dtype)
+    plan = _machine_plan("wan", config)
+    placement = plan.text_encoder if plan else "gpu"
+    if placement != "gpu":
+        fullsize.move_to_host(encoder)
+    _apply_cap(config, device)
+    offload.place_text_encoder(encoder, placement, torch.device(device))
+    gen = torch.Generator("cpu").manual_seed(0)
+    ids = torch.randint(0, encoder.config.vocab_size, (1, fullsize.WAN_TEXT_TOKENS), generator=gen).to(device)
+
+    def encode():
+        with torch.no_grad():
+            return encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+
+    cold, total, _ = _steady_runs(encode, args.repeats, device)
+    extra = {"text_encoder": placement, **_expected("wan", config)}
+    return {"seconds": {"encode": round(total, 3), "total": round(total, 3)}, "cold_total": round(cold, 3),
+            "plan": plan.summary() if plan else "on the GPU", "steps": 0, "measured_steps": 0, **extra}
+
+
 # ---------------------------------------------------------------- Qwen
 
 

@@ -63,6 +63,10 @@ def _plan_rows(runs: list[dict], plain: dict | None) -> list[str]:
         vram, ram = r["machine_gb"]["vram"], r["machine_gb"]["ram"]
         ratio = f"{r['seconds']['total'] / plain['seconds']['total']:.2f}x" if plain else "-"
         fits = r["peak_vram_gib"] <= vram and r["peak_ram_gib"] <= ram
+        if "text_encoder" in r:
+            out.append(f"| {vram} / {ram} | text encoder {r['text_encoder']} | {r['seconds']['total']:.2f} | "
+                       f"{ratio} | {r['peak_vram_gib']} | {r['peak_ram_gib']} | - | - |")
+            continue
         load = (f"{r['load_to_first_step_s']:.1f} ({r['load_floor_s']:.1f} at "
                 f"{r['disk_read']['gb_per_s']} GB/s)") if "load_to_first_step_s" in r else "-"
         out.append(f"| {vram} / {ram} | {r['weights']} | {r['seconds']['total']:.2f} | {ratio} | "

@@ -11,7 +11,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "benchmark.py"
 def test_tiny_benchmark_runs_plain_and_project_side_by_side(tmp_path):
     out, md = tmp_path / "r.json", tmp_path / "r.md"
     proc = subprocess.run([sys.executable, str(BENCH), "--size", "tiny", "--device", "cpu", "--repeats", "1",
-                           "--run", "wan-480p-4:plain,project,plan10x32", "--run", "qwen-1ref-40:project,plan10x32",
+                           "--run", "wan-480p-4:plain,project,plan10x32", "--run", "qwen-1ref-40:project,plan10x32", "--run", "wan-encode:plan10x32",
                            "--measure-steps", "2", "--out", str(out), "--markdown", str(md)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -25,6 +25,8 @@ def test_tiny_benchmark_runs_plain_and_project_side_by_side(tmp_path):
         planned = runs[(workload, "plan10x32")]  # the 10 GB / 32 GB plan streams GGUF: built and run in that form
         assert planned["weights"] == form and set(planned["gguf_block_bytes"]) == types
         assert planned["machine_gb"] == {"vram": 10, "ram": 32} and planned["predicted_ram_gib"] <= 32
+    encode = runs[("wan-encode", "plan10x32")]
+    assert encode["text_encoder"] == "group_offload" and encode["seconds"]["encode"] > 0  # UMT5 streams on 10 GB
     table = md.read_text()
     assert "### wan-480p-4" in table and "vs plain" in table and "scaled to 40" in table
 
