@@ -394,10 +394,6 @@ def run_wan_text(args, workload: str, config: str, device: str) -> dict:
     encoder = fullsize.umt5_encoder(args.size, device, dtype)
     plan = _machine_plan("wan", config)
     placement = plan.text_encoder if plan else "gpu"
-    if placement != "gpu":
-        fullsize.move_to_host(encoder)
-    _apply_cap(config, device)
-    offload.place_text_encoder(encoder, placement, torch.device(device))
     gen = torch.Generator("cpu").manual_seed(0)
     ids = torch.randint(0, encoder.config.vocab_size, (1, fullsize.WAN_TEXT_TOKENS), generator=gen).to(device)
 
@@ -405,8 +401,14 @@ def run_wan_text(args, workload: str, config: str, device: str) -> dict:
         with torch.no_grad():
             return encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
 
-    cold, total, _ = _steady_runs(encode, args.repeats, device)
-    extra = {"text_encoder": placement, **_expected("wan", config)}
+    reference = encode().float().cpu()  # where it was built, to check that the placement changes nothing
+    if placement != "gpu":
+        fullsize.move_to_host(encoder)
+    _apply_cap(config, device)
+    offload.place_text_encoder(encoder, placement, torch.device(device))
+    cold, total, out = _steady_runs(encode, args.repeats, device)
+    extra = {"text_encoder": placement, "vs_unplaced": numerical_difference(out.float().cpu(), reference),
+             **_expected("wan", config)}
     return {"seconds": {"encode": round(total, 3), "total": round(total, 3)}, "cold_total": round(cold, 3),
             "plan": plan.summary() if plan else "on the GPU", "steps": 0, "measured_steps": 0, **extra}
 

@@ -113,3 +113,20 @@ def test_gguf_experts_are_packed_too_and_compute_the_same(standin_hf_home, monke
     inside = [any(c.data_ptr() <= p.data_ptr() < c.data_ptr() + c.numel() for c in chunks) for p in quantized]
     assert all(inside), "GGUF blocks stream from the page-locked chunks too"
     assert torch.equal(before, after)
+
+
+def test_streamed_text_encoders_offload_each_block_list_from_its_own_parent():
+    """UMT5 keeps its blocks in `encoder.block`, Qwen2.5-VL in the language model and the vision tower:
+    diffusers' block-level offloading finds only direct ModuleList children, so each parent is offloaded."""
+    import torch
+
+    from producer import offload, standin_models
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    umt5 = UMT5EncoderModel(UMT5Config(**standin_models.UMT5_CONFIG))
+    assert offload.block_list_parents(umt5) == [umt5.encoder]
+    qwen = standin_models.build_qwen_text_encoder(standin_models.build_qwen_tokenizer())
+    parents = offload.block_list_parents(qwen)
+    lists = [[c for c in p.children() if isinstance(c, torch.nn.ModuleList)] for p in parents]
+    assert len(parents) == 2 and all(len(found) == 1 for found in lists), [type(p).__name__ for p in parents]
+    assert {type(p).__name__ for p in parents} == {"Qwen2_5_VLTextModel", "Qwen2_5_VisionTransformerPretrainedModel"}

@@ -10,7 +10,7 @@
   anew at every transfer (Qwen under a 10 GiB cap: 7.7 s an image against 3.5 s).
 - sequential: group offload at leaf level, no streams (the last resort).
 - fp8 storage: `enable_layerwise_casting(float8_e4m3fn -> bfloat16)`.
-- text encoders: on the GPU whole, or offloaded layer by layer (see place_text_encoder); freed after encoding.
+- text encoders: on the GPU whole, or streamed block by block (see place_text_encoder); freed after encoding.
 """
 
 from __future__ import annotations
@@ -67,27 +67,58 @@ def place_module(module: torch.nn.Module, placement: str, device: torch.device) 
 
 
 def place_text_encoder(module: torch.nn.Module, placement: str, device: torch.device) -> None:
-    """The plan's placement, except that streamed block-level offloading becomes leaf level without streams.
+    """The plan's placement; a streamed text encoder streams block by block from each block list's parent.
 
-    diffusers 0.42.1 finds only direct ModuleList children, so reaching the block list of UMT5 or
-    Qwen2.5-VL needs `block_modules`; with streams that registers its layer-execution tracker twice and
-    raises "Hook with name layer_execution_tracker already exists" (seen on an H200). The encoder runs
-    once per prompt and is then freed, so unstreamed leaf-level offloading (~1 s a prompt for 11 GB over
-    PCIe) costs little.
+    diffusers 0.42.1 finds only direct ModuleList children, and reaching UMT5's or Qwen2.5-VL's block lists
+    through `block_modules` with streams registers its layer-execution tracker twice ("Hook with name
+    layer_execution_tracker already exists", seen on an H200). Offloading each list's parent on its own
+    finds the blocks directly. Leaf-level offloading without streams, used before, cost 10.45 s a prompt
+    for UMT5-XXL under a 10 GiB cap on an H100, against 0.04 s on the GPU (bench/results/2026-12-05-h100).
     """
     if placement == "group_offload" and device.type == "cuda":
-        log.info("text encoder: leaf-level offloading without streams")
-        placement = "sequential"
-    if placement != "gpu":
         module.to("cpu")  # offloading starts from host memory (a prebuilt encoder may sit on the GPU)
+        _stream_block_lists(module, device)
+        return
+    if placement != "gpu":
+        module.to("cpu")
     place_module(module, placement, device)
 
 
-def _group_offload(module: torch.nn.Module, device: torch.device, leaf: bool) -> None:
+def block_list_parents(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules that hold a list of transformer blocks (UMT5: `encoder`; Qwen2.5-VL: the language model
+    and the vision tower), outermost first, none inside another."""
+    parents: list[tuple[str, torch.nn.Module]] = []
+    for name, child in module.named_modules():
+        if isinstance(child, torch.nn.ModuleList) and len(child) >= 2 and name:
+            parent_name = name.rpartition(".")[0]
+            if not any(parent_name == p or parent_name.startswith(p + ".") for p, _ in parents if p):
+                parents.append((parent_name, module.get_submodule(parent_name) if parent_name else module))
+    return [m for _, m in parents]
+
+
+def _stream_block_lists(module: torch.nn.Module, device: torch.device) -> None:
+    """Block-level group offloading with streams on every block list's parent; what lies outside them (tied
+    embeddings, heads) goes to the GPU, since the parents' own hooks bring in only what they hold."""
+    parents = block_list_parents(module)
+    inside = {id(p) for parent in parents for p in parent.parameters()}
+    pin_in_place(module)
+    for parent in parents:
+        _group_offload(parent, device, leaf=False, pinned=True)
+    for param in module.parameters():
+        if id(param) not in inside:
+            param.data = param.data.to(device)
+    streamed = {id(m) for parent in parents for m in parent.modules()}
+    for owner in module.modules():
+        if id(owner) not in streamed:
+            for name, buf in list(owner.named_buffers(recurse=False)):
+                owner._buffers[name] = buf.to(device)
+
+
+def _group_offload(module: torch.nn.Module, device: torch.device, leaf: bool, pinned: bool = False) -> None:
     from diffusers.hooks import apply_group_offloading
 
     streams = device.type == "cuda" and not leaf
-    if streams:
+    if streams and not pinned:
         pin_in_place(module)
     apply_group_offloading(
         module,
