@@ -431,8 +431,9 @@ class QwenSession:
                 device=self.device, dtype=vae.dtype)
             shape = (1, vae.config.z_dim, 1, 1, 1)
             mean = torch.tensor(vae.config.latents_mean).view(shape).to(unpacked)
-            std = torch.tensor(vae.config.latents_std).view(shape).to(unpacked)
-            pixels = vae.decode(unpacked * std + mean, return_dict=False)[0][:, :, 0]
+            # As QwenImageEditPlusPipeline writes it (divide by 1 / std): the pictures are bit-identical to its.
+            inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(unpacked)
+            pixels = vae.decode(unpacked / inv_std + mean, return_dict=False)[0][:, :, 0]
             return pipe.image_processor.postprocess(pixels, output_type="pil")[0]
 
 

@@ -443,9 +443,10 @@ class WanSession:
         vae = self.pipe.vae
         shape = (1, vae.config.z_dim, 1, 1, 1)
         mean = torch.tensor(vae.config.latents_mean, device=device, dtype=vae.dtype).view(shape)
-        std = torch.tensor(vae.config.latents_std, device=device, dtype=vae.dtype).view(shape)
+        # Written as WanImageToVideoPipeline writes it (divide by 1 / std), so the frames are bit-identical to its.
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std, device=device, dtype=vae.dtype).view(shape)
         with torch.no_grad():
-            video = vae.decode(latents.to(device=device, dtype=vae.dtype) * std + mean, return_dict=False)[0]
+            video = vae.decode(latents.to(device=device, dtype=vae.dtype) / inv_std + mean, return_dict=False)[0]
         return self.pipe.video_processor.postprocess_video(video, output_type="np")[0]
 
 
