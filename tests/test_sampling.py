@@ -100,6 +100,7 @@ def test_qwen_registry_sampling_values():
         "max_image_seq_len": 8192}
     assert (registry.get("qwen-lightning").strength, registry.get("qwen-anypose").strength) == (1.0, 0.7)
     assert q.max_references == 3 and q.default_size == (1024, 1024)
+    assert qwen_jobs.CONTROLNET_SCALE == 1.0
 
 
 def test_qwen_prompt_template_is_diffusers_own():
@@ -240,6 +241,7 @@ def test_wan_registry_sampling_values():
     assert (w.boundary_ratio, w.fps, w.frames, w.frame_multiple, w.size_multiple) == (0.9, 16, 81, 4, 16)
     assert w.presets == {"480p": (832, 480), "720p": (1280, 720)}
     assert registry.get("wan-lightning").strength == 1.0 and registry.get("wan21-lightx2v").strength == 1.0
+    assert wan.MAX_SEQUENCE_LENGTH == 512
 
 
 @pytest.mark.parametrize("requested, expected", [(81, 81), (80, 81), (83, 85), (1, 5), (9, 9)])
@@ -253,3 +255,32 @@ def test_wan_shift_5_beats_the_repo_flow_shift_in_the_recorded_settings():
     from producer import wan_settings
 
     assert wan_settings.resolve_sampling(False).shift == 5.0 and wan_settings.resolve_sampling(True).shift == 5.0
+
+
+# ---------------------------------------------------------------- the table in docs/real-models.md
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    """The body rows of every table (header and separator rows left out), as cells."""
+    rows, lines = [], markdown.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|") and not re.match(r"^\|[-| ]+\|$", line):
+            is_header = i + 1 < len(lines) and re.match(r"^\|[-| ]+\|$", lines[i + 1])
+            if not is_header:
+                rows.append([cell.strip() for cell in line.strip().strip("|").split(" | ")])
+    return rows
+
+
+def test_every_row_names_a_test_that_exists():
+    rows = table_rows((ROOT / "docs" / "real-models.md").read_text())
+    assert len(rows) >= 40
+    for row in rows:
+        ids = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", row[-1])
+        assert ids, f"row {row[0]!r} names no test"
+        assert all(cell for cell in row), f"row {row[0]!r} has an empty cell"
+        for path, name in ids:
+            source = (ROOT / path).read_text()
+            assert re.search(rf"^def {name}\(", source, re.M), f"row {row[0]!r}: {path}::{name} does not exist"

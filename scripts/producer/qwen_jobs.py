@@ -45,11 +45,12 @@ PRESETS = {"480p": (832, 480), "720p": (1280, 720), "480p-portrait": (480, 832),
            "square": (1024, 1024)}
 LIGHTNING_CHOICES = ("auto", "4", "8", "off")
 POSE_METHODS = ("auto", "anypose", "native", "controlnet")
-CONTROLNET_SCALE = 1.0  # InstantX's examples use 1.0 for pose
+CONTROLNET_SCALE = 1.0  # InstantX/Qwen-Image-ControlNet-Union card: controlnet_conditioning_scale 1.0 in its examples
 MAX_CONTROL_STRENGTH = 2.0
 MAX_STEPS = 200  # 5x the full schedule: more only costs time
 MAX_CFG = 20.0  # Qwen runs at 4; far above, images burn
-# Pose instructions put before the user's prompt. Our wording, not a model card's: edit to taste.
+# Pose instructions put before the user's prompt. Our wording: no public source gives one (the AnyPose card only
+# says it takes the character picture and a pose picture); docs/real-models.md says so too. Edit to taste.
 POSE_INSTRUCTION = {
     "anypose": "Make the person in image 1 do the exact same pose as the person in image {pose}.",
     "native": "Make the person in image 1 take exactly the pose shown by the OpenPose skeleton in image {pose} "
