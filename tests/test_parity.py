@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from producer import hardware, lora, memory, media, qwen, qwen_jobs, qwen_load, registry, standin_loras, wan
+from producer import hardware, lora, memory, qwen, qwen_jobs, registry, standin_loras, wan
 from producer.wan_install import components_snapshot, locate_files, plan_for
 
 LORA_ATOL = 2e-6  # measured: 6.0e-7 (Wan Lightning pair), 4.8e-7 (Qwen Lightning; Lightning + AnyPose)
@@ -194,8 +194,7 @@ def test_wan_lightning_with_loras_matches_diffusers_loader(tmp_path):
         pipe.load_lora_weights(str(files["transformer"]), adapter_name="high")
         pipe.load_lora_weights(str(files["transformer_2"]), adapter_name="low", load_into_transformer_2=True)
 
-    req, clip = wan_parity(tmp_path, ["--distill", "off", "--steps", "4", "--guidance", "1", "--guidance-2", "1"],
-                           True, lightx2v_euler, specs, LORA_ATOL, diffusers_loras)
+    req, clip = wan_parity(tmp_path, [], True, lightx2v_euler, specs, LORA_ATOL, diffusers_loras)
     assert req.sampling == registry.WAN.distilled
     assert clip.experts["transformer"].timesteps == pytest.approx([1000.0, 937.5], abs=1e-3)
     assert clip.experts["transformer_2"].timesteps == pytest.approx([833.333, 625.0], abs=1e-3)

@@ -315,8 +315,8 @@ def resolve(args) -> Resolved:
     control = media.fit_image(pose_input.image, width, height, mode=args.fit) if kind == "controlnet" else None
     seed = resolve_seed(args.seed)
     job = qwen.QwenJob(prompt=prompt, width=width, height=height, steps=steps, cfg=cfg, seed=seed,
-                       scheduler=sampling.scheduler, negative_prompt=negative, references=references, control_image=control,
-                       control_scale=strength if strength is not None else CONTROLNET_SCALE, loras=tuple(specs),
+                       scheduler=sampling.scheduler, negative_prompt=negative, references=references,
+                       control_image=control, control_scale=strength if strength is not None else CONTROLNET_SCALE, loras=tuple(specs),
                        label=output.name)
     images = [{"image": i, "role": role, "path": str(path)} for i, (role, path, _) in enumerate(shown, 1)]
     mode = "pose" if pose_method else {0: "text-to-image", 1: "edit"}.get(len(pictures), "composite")
