@@ -177,8 +177,9 @@ def sampling_args(**kw):
 def test_sampling_resolution(given, installed, expected, monkeypatch):
     present = models.is_present
     monkeypatch.setattr(models, "is_present", lambda e: installed if e.name == "qwen-lightning" else present(e))
-    lightning, steps, cfg, notes = qwen_jobs.resolve_sampling(sampling_args(**given), "edit")
-    assert (lightning, steps, cfg) == expected
+    lightning, sampling, notes = qwen_jobs.resolve_sampling(sampling_args(**given), "edit")
+    assert (lightning, sampling.steps, sampling.cfg) == expected
+    assert sampling.scheduler == ("model" if lightning == "off" else "lightning")
     assert bool(notes) == (not installed)
 
 

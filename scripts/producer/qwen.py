@@ -118,6 +118,7 @@ class QwenJob:
     steps: int
     cfg: float
     seed: int
+    scheduler: str = "model"  # registry.QwenSampling.scheduler: "model" (the repo's config) or "lightning"
     negative_prompt: str | None = None  # None: no true CFG (the pipeline runs it only with a negative)
     references: list = field(default_factory=list)  # prepared with prepare_reference, in "image N" order
     control_image: Image.Image | None = None  # ControlNet path only (fitted to width x height)
@@ -136,6 +137,24 @@ class Generated:
     image: Image.Image
     seconds: dict
     decode_tiled: bool
+
+
+# ---------------------------------------------------------------- the schedule
+
+
+def make_scheduler(name: str, base_config):
+    """The scheduler a job samples with: the repo's own config ("model"), or that config with the fixed
+    shift 3 and no terminal stretch that the Lightning LoRAs were distilled with ("lightning", see
+    registry.QWEN_LIGHTNING_SCHEDULER). Built with diffusers' own from_config, so nothing else changes."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from . import registry
+
+    if name == "model":
+        return FlowMatchEulerDiscreteScheduler.from_config(base_config)
+    if name == "lightning":
+        return FlowMatchEulerDiscreteScheduler.from_config(base_config, **registry.QWEN_LIGHTNING_SCHEDULER)
+    raise ValueError(f"unknown Qwen scheduler {name!r}")
 
 
 # ---------------------------------------------------------------- the session
@@ -165,6 +184,7 @@ class QwenSession:
         self.decode_retiled = False
         self.speed = speed  # producer.speed.Speed, applied to the transformer once it is placed
         self.speed_notes: list[str] = []
+        self._scheduler_config = pipe.scheduler.config  # the repo's own: each job's scheduler starts from it
         pipe.set_progress_bar_config(disable=quiet, leave=False)
 
     @classmethod
@@ -326,6 +346,7 @@ class QwenSession:
 
         self._ensure_placed()
         embeds = job.embeds.to(self.device)
+        self.pipe.scheduler = make_scheduler(job.scheduler, self._scheduler_config)
         generator = torch.Generator("cpu").manual_seed(job.seed)  # CPU noise: the same seed gives the same start anywhere
         call = {"prompt_embeds": embeds.prompt, "prompt_embeds_mask": embeds.prompt_mask,
                 "negative_prompt_embeds": embeds.negative, "negative_prompt_embeds_mask": embeds.negative_mask,
@@ -410,8 +431,9 @@ class QwenSession:
                 device=self.device, dtype=vae.dtype)
             shape = (1, vae.config.z_dim, 1, 1, 1)
             mean = torch.tensor(vae.config.latents_mean).view(shape).to(unpacked)
-            std = torch.tensor(vae.config.latents_std).view(shape).to(unpacked)
-            pixels = vae.decode(unpacked * std + mean, return_dict=False)[0][:, :, 0]
+            # As QwenImageEditPlusPipeline writes it (divide by 1 / std): the pictures are bit-identical to its.
+            inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(unpacked)
+            pixels = vae.decode(unpacked / inv_std + mean, return_dict=False)[0][:, :, 0]
             return pipe.image_processor.postprocess(pixels, output_type="pil")[0]
 
 

@@ -13,7 +13,9 @@ most MAX_ASPECT:1. Every picture is fitted to the output as `qwen.prepare_refere
 
 Sampling: --lightning auto uses the Lightning 4-step LoRA (cfg 1) when it is installed and --steps/--cfg do
 not ask for something else (--steps 8 picks the 8-step file; --cfg > 1 or other steps turn it off);
-otherwise the model's full schedule (40 steps, true CFG 4). True CFG needs a negative prompt: the
+otherwise the model's full schedule (40 steps, true CFG 4). With the Lightning LoRA the job samples on the
+schedule it was distilled with (fixed shift 3, no terminal stretch: registry.QWEN_LIGHTNING_SCHEDULER);
+without it on the repo's own scheduler, which needs at least 2 steps. True CFG needs a negative prompt: the
 user's, the style's constraints.avoid, or " " when neither. At cfg <= 1 a --negative-prompt is an error
 (it could not act) and a style's negative is reported as unused.
 
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
@@ -43,11 +45,12 @@ PRESETS = {"480p": (832, 480), "720p": (1280, 720), "480p-portrait": (480, 832),
            "square": (1024, 1024)}
 LIGHTNING_CHOICES = ("auto", "4", "8", "off")
 POSE_METHODS = ("auto", "anypose", "native", "controlnet")
-CONTROLNET_SCALE = 1.0  # InstantX's examples use 1.0 for pose
+CONTROLNET_SCALE = 1.0  # InstantX/Qwen-Image-ControlNet-Union card: controlnet_conditioning_scale 1.0 in its examples
 MAX_CONTROL_STRENGTH = 2.0
 MAX_STEPS = 200  # 5x the full schedule: more only costs time
 MAX_CFG = 20.0  # Qwen runs at 4; far above, images burn
-# Pose instructions put before the user's prompt. Our wording, not a model card's: edit to taste.
+# Pose instructions put before the user's prompt. Our wording: no public source gives one (the AnyPose card only
+# says it takes the character picture and a pose picture); docs/real-models.md says so too. Edit to taste.
 POSE_INSTRUCTION = {
     "anypose": "Make the person in image 1 do the exact same pose as the person in image {pose}.",
     "native": "Make the person in image 1 take exactly the pose shown by the OpenPose skeleton in image {pose} "
@@ -183,8 +186,8 @@ def pose_picture(pose_input, method: str):
 # ---------------------------------------------------------------- sampling and prompts
 
 
-def resolve_sampling(args, kind: str) -> tuple[str, int, float, list[str]]:
-    """(lightning "4" | "8" | "off", steps, cfg, notes)."""
+def resolve_sampling(args, kind: str) -> tuple[str, registry.QwenSampling, list[str]]:
+    """(lightning "4" | "8" | "off", the sampling with the user's steps and cfg, notes)."""
     notes = []
     lightning = args.lightning
     if kind == "controlnet":
@@ -201,14 +204,26 @@ def resolve_sampling(args, kind: str) -> tuple[str, int, float, list[str]]:
                          models.setup_command("qwen-lightning") + " gives 4 steps without CFG: 20x fewer passes)")
     elif lightning != "off" and not installed:
         models.locate(registry.get("qwen-lightning"))  # MISSING_MODEL with the setup command
-    sampling = registry.QWEN.full if lightning == "off" else getattr(registry.QWEN, f"lightning_{lightning}")
-    steps = args.steps if args.steps is not None else sampling.steps
-    cfg = args.cfg if args.cfg is not None else sampling.cfg
+    # With the LoRA on, its distillation schedule (registry.QWEN_LIGHTNING_SCHEDULER) whatever the step count.
+    base = registry.QWEN.full if lightning == "off" else getattr(registry.QWEN, f"lightning_{lightning}")
+    sampling = replace(base, steps=args.steps if args.steps is not None else base.steps,
+                       cfg=args.cfg if args.cfg is not None else base.cfg)
+    check_sampling(sampling)
+    return lightning, sampling, notes
+
+
+def check_sampling(sampling: registry.QwenSampling) -> None:
+    steps, cfg = sampling.steps, sampling.cfg
     if not 1 <= steps <= MAX_STEPS:
         raise CliError(f"--steps {steps} is outside 1..{MAX_STEPS}", "Lightning uses 4 or 8, the full schedule 40")
+    if steps < 2 and sampling.scheduler == "model":
+        # The repos' own scheduler stretches the schedule so that its last sigma is shift_terminal (0.02): with a
+        # single sigma the stretch divides 0 by 0, and the one step would run at sigma NaN (a black picture).
+        raise CliError("--steps 1 cannot run on the model's full schedule: its scheduler ends the schedule at "
+                       "sigma 0.02, which takes at least 2 steps",
+                       "use --steps 2 or more (the full schedule is 40), or the Lightning LoRA (--lightning 4)")
     if not 0.0 <= cfg <= MAX_CFG:
         raise CliError(f"--cfg {cfg:g} is outside 0..{MAX_CFG:g}", "1 turns true CFG off; the model's default is 4")
-    return lightning, steps, cfg, notes
 
 
 def resolve_prompts(args, pose_method: str | None, pose_index: int | None, cfg: float):
@@ -283,7 +298,8 @@ def resolve(args) -> Resolved:
     if len(roles) > registry.QWEN.max_references:
         raise CliError(f"{len(roles)} pictures ({', '.join(roles)}); the model takes at most "
                        f"{registry.QWEN.max_references}", "combine some of them into one picture first, or drop one")
-    lightning, steps, cfg, sampling_notes = resolve_sampling(args, kind)
+    lightning, sampling, sampling_notes = resolve_sampling(args, kind)
+    steps, cfg = sampling.steps, sampling.cfg
     width, height, notes = resolve_size(args, pictures[0][2] if pictures else None)
     output = Path(args.output)
     pose_input = None
@@ -299,8 +315,8 @@ def resolve(args) -> Resolved:
     control = media.fit_image(pose_input.image, width, height, mode=args.fit) if kind == "controlnet" else None
     seed = resolve_seed(args.seed)
     job = qwen.QwenJob(prompt=prompt, width=width, height=height, steps=steps, cfg=cfg, seed=seed,
-                       negative_prompt=negative, references=references, control_image=control,
-                       control_scale=strength if strength is not None else CONTROLNET_SCALE, loras=tuple(specs),
+                       scheduler=sampling.scheduler, negative_prompt=negative, references=references,
+                       control_image=control, control_scale=strength if strength is not None else CONTROLNET_SCALE, loras=tuple(specs),
                        label=output.name)
     images = [{"image": i, "role": role, "path": str(path)} for i, (role, path, _) in enumerate(shown, 1)]
     mode = "pose" if pose_method else {0: "text-to-image", 1: "edit"}.get(len(pictures), "composite")
@@ -323,8 +339,14 @@ def _settings(job: qwen.QwenJob, mode: str, kind: str, lightning: str, pose_meth
             "reference_size": ref, "reference_area_cap": areas.reference if job.references else None,
             "images": [{"image": i["image"], "role": i["role"]} for i in images],
             "loras": [{"name": s.name, "strength": s.strength} for s in job.loras],
+            # Recorded only when it is not the repo's own, so outputs of the full schedule keep their recipe key;
+            # Lightning outputs made before the distillation schedule was used are stale, as they should be.
+            **({"scheduler": _SCHEDULER_RECORD[job.scheduler]} if job.scheduler != "model" else {}),
             # fp8 matmuls change the numbers: a recorded setting (and part of the recipe key) when on
             **({"matmul": "fp8"} if getattr(args, "fp8_matmul", False) else {})}
+
+
+_SCHEDULER_RECORD = {"lightning": "FlowMatchEulerDiscrete, fixed shift 3, no terminal stretch (Qwen-Image-Lightning)"}
 
 
 def _control_strength(job: qwen.QwenJob, pose_method) -> float | None:

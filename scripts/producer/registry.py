@@ -9,6 +9,7 @@ records the commit it actually downloaded and generation metadata carries it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 GB = 1_000_000_000
@@ -25,17 +26,27 @@ class WanSampling:
     scheduler: str  # "unipc" (official) or "euler" (what the distill LoRAs were trained with)
 
 
+# Every sampling value below names its public source; docs/real-models.md holds the same facts as a table,
+# each row with the test that pins it.
 @dataclass(frozen=True)
 class WanVideoFacts:
-    boundary_ratio: float = 0.9  # switch high -> low noise expert at t = 0.9 * 1000 (I2V)
-    fps: int = 16
-    frames: int = 81  # about 5 s; Wan needs 4n + 1 frames (the VAE packs 4 frames per latent)
-    frame_multiple: int = 4
-    size_multiple: int = 16  # VAE 8x spatial x patch 2
+    # Wan-AI/Wan2.2 `wan/configs/wan_i2v_A14B.py`: `boundary = 0.900`; the diffusers repo's model_index.json
+    # says boundary_ratio 0.9 (high-noise expert for t >= 900, low-noise below).
+    boundary_ratio: float = 0.9
+    fps: int = 16  # Wan2.2 `wan/configs/shared_config.py`: sample_fps 16
+    frames: int = 81  # Wan2.2 `shared_config.py`: frame_num 81 (about 5 s); 4n + 1 (the VAE packs 4 frames a latent)
+    frame_multiple: int = 4  # Wan2.2 `wan_i2v_A14B.py`: vae_stride (4, 8, 8)
+    size_multiple: int = 16  # VAE 8x spatial x patch_size (1, 2, 2)
     # Presets (width, height) for landscape; portrait swaps them, square uses the smaller side.
+    # Wan-AI/Wan2.2-I2V-A14B card: 480P and 720P; diffusers' Wan I2V example sizes to 480 x 832 pixels.
     presets: dict = field(default_factory=lambda: {"480p": (832, 480), "720p": (1280, 720)})
+    # Wan2.2 `wan_i2v_A14B.py`: sample_steps 40, sample_shift 5.0, sample_guide_scale (3.5, 3.5); the official
+    # sampler is flow-matching UniPC (`wan/image2video.py`, sample_solver 'unipc'). The diffusers repo's
+    # scheduler config says flow_shift 3.0: the session sets 5 (wan.make_scheduler), as the reference code does.
     full: WanSampling = WanSampling(steps=40, guidance=3.5, guidance_2=3.5, shift=5.0, scheduler="unipc")
-    # Lightning / LightX2V: timesteps 1000, 750, 500, 250 shifted by 5 -> two steps on each expert.
+    # LightX2V `configs/wan22/wan_moe_i2v_distill.json` and `examples/wan/wan_i2v_distilled.py`: infer_steps 4,
+    # denoising_step_list [1000, 750, 500, 250], sample_shift 5.0, enable_cfg false (guidance 1),
+    # boundary_step_index 2 (two steps an expert); lightx2v/Wan2.2-Lightning card: 4 steps, no CFG, Euler.
     distilled: WanSampling = WanSampling(steps=4, guidance=1.0, guidance_2=1.0, shift=5.0, scheduler="euler")
 
 
@@ -43,16 +54,39 @@ class WanVideoFacts:
 class QwenSampling:
     steps: int
     cfg: float  # true_cfg_scale; the pipeline runs CFG only with a negative prompt
+    # "model": the repo's own scheduler config as it is (Qwen-Image-Edit-2511: exponential dynamic shift
+    # 0.5..0.9, terminal stretch to 0.02); "lightning": that config with QWEN_LIGHTNING_SCHEDULER on top.
+    scheduler: str = "model"
+
+
+# ModelTC/Qwen-Image-Lightning `generate_with_diffusers.py` (commit 342260e8, lines 82-97; quoted in
+# nunchaku-tech/nunchaku `examples/v1/qwen-image-lightning.py`): "We use shift=3 in distillation". A fixed
+# shift of 3 (mu = log 3 whatever the size) and no terminal stretch: 4 steps sample at sigmas
+# [1, 0.9, 0.75, 0.5]. The 2511 repo's own scheduler would give about [1, 0.767, 0.456, 0.02] at 1024^2.
+QWEN_LIGHTNING_SCHEDULER = {
+    "base_shift": math.log(3),
+    "max_shift": math.log(3),
+    "shift_terminal": None,
+    "use_dynamic_shifting": True,
+    "time_shift_type": "exponential",
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 8192,
+}
 
 
 @dataclass(frozen=True)
 class QwenImageFacts:
-    max_references: int = 3  # Qwen-Image-Edit-2509/2511 are trained on 1-3 input images
-    size_multiple: int = 16  # the pipeline floors sizes to vae_scale_factor * 2
-    default_size: tuple = (1024, 1024)
+    # Qwen/Qwen-Image-Edit-2509 card (2511 builds on it): multi-image editing, best with 1 to 3 input images.
+    max_references: int = 3
+    size_multiple: int = 16  # the pipeline floors sizes to vae_scale_factor * 2 (diffusers QwenImageEditPlusPipeline)
+    default_size: tuple = (1024, 1024)  # diffusers' Qwen pipelines: default_sample_size 128 x vae_scale_factor 8
+    # Qwen/Qwen-Image-Edit-2511 model card example: num_inference_steps 40, true_cfg_scale 4.0,
+    # negative_prompt " " (guidance_scale 1.0, which the non-distilled transformer ignores).
     full: QwenSampling = QwenSampling(steps=40, cfg=4.0)
-    lightning_4: QwenSampling = QwenSampling(steps=4, cfg=1.0)
-    lightning_8: QwenSampling = QwenSampling(steps=8, cfg=1.0)
+    # lightx2v/Qwen-Image-Edit-2511-Lightning card and ModelTC/Qwen-Image-Lightning README: 4 or 8 steps,
+    # true_cfg_scale 1.0, with the scheduler above.
+    lightning_4: QwenSampling = QwenSampling(steps=4, cfg=1.0, scheduler="lightning")
+    lightning_8: QwenSampling = QwenSampling(steps=8, cfg=1.0, scheduler="lightning")
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from .wan_install import DENOISERS, WanFiles
 log = logging.getLogger("producer")
 
 EXPERT_NAMES = {"transformer": "high_expert", "transformer_2": "low_expert"}
+# Wan2.2 `wan/configs/shared_config.py`: text_len 512; diffusers' WanImageToVideoPipeline default max_sequence_length.
 MAX_SEQUENCE_LENGTH = 512  # UMT5 prompts are padded to 512 tokens, as in training and the pipeline's own call
 
 
@@ -64,10 +65,12 @@ class DistillEulerScheduler(FlowMatchEulerDiscreteScheduler):
 def make_scheduler(sampling: registry.WanSampling, base_config: Any):
     """The scheduler for a schedule: official UniPC (flow matching), or the distill Euler one."""
     if sampling.scheduler == "unipc":
-        # The repo's scheduler config says flow_shift 3.0; the official I2V sampling uses 5 (registry).
+        # The repo's scheduler config says flow_shift 3.0; Wan2.2 `wan_i2v_A14B.py` samples at sample_shift 5.0
+        # (registry.WAN.full.shift), with `wan/image2video.py`'s flow-matching UniPC.
         return UniPCMultistepScheduler.from_config(base_config, prediction_type="flow_prediction",
                                                    use_flow_sigmas=True, flow_shift=sampling.shift)
     if sampling.scheduler == "euler":
+        # LightX2V `configs/wan22/wan_moe_i2v_distill.json`: denoising_step_list [1000, 750, 500, 250], shift 5.
         return DistillEulerScheduler(num_train_timesteps=1000, shift=sampling.shift)
     raise ValueError(f"unknown scheduler {sampling.scheduler!r}")
 
@@ -443,9 +446,10 @@ class WanSession:
         vae = self.pipe.vae
         shape = (1, vae.config.z_dim, 1, 1, 1)
         mean = torch.tensor(vae.config.latents_mean, device=device, dtype=vae.dtype).view(shape)
-        std = torch.tensor(vae.config.latents_std, device=device, dtype=vae.dtype).view(shape)
+        # Written as WanImageToVideoPipeline writes it (divide by 1 / std), so the frames are bit-identical to its.
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std, device=device, dtype=vae.dtype).view(shape)
         with torch.no_grad():
-            video = vae.decode(latents.to(device=device, dtype=vae.dtype) * std + mean, return_dict=False)[0]
+            video = vae.decode(latents.to(device=device, dtype=vae.dtype) / inv_std + mean, return_dict=False)[0]
         return self.pipe.video_processor.postprocess_video(video, output_type="np")[0]
 
 

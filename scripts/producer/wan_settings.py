@@ -13,7 +13,8 @@ Rules
   orientation: landscape, portrait or square, whichever crops the least (media.orient_preset).
 - Schedule: with a step-distill LoRA, the registry's distilled schedule (4 steps, guidance 1, shift 5,
   Euler: two steps on each expert); without one, the official one (40 steps, guidance 3.5/3.5, shift 5,
-  UniPC). `--steps`, `--guidance`, `--guidance-2`, `--shift` override single values.
+  UniPC). `--steps`, `--guidance`, `--guidance-2`, `--shift` override single values. Each value's public source
+  is named in registry.WanVideoFacts and listed in docs/real-models.md.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .cli import CliError, ExitCode
 
 WAN = registry.WAN
 MIN_FRAMES = 5  # two latent frames: the first frame and one group of four
-TRAINED_FRAMES = WAN.frames  # Wan 2.2 was trained on 81-frame clips; longer ones tend to loop or degrade
+TRAINED_FRAMES = WAN.frames  # Wan2.2 shared_config frame_num 81: longer clips tend to loop or degrade
 
 # --distill choices -> registry entries. `auto` takes the first one installed, in this order: the Wan 2.2
 # Lightning pair was distilled for these very experts (one file each); the Wan 2.1 LoRA is older and
