@@ -245,8 +245,7 @@ def test_qwen_replacing_a_picture_keeps_the_old_one_at_every_fault(tmp_path, inj
             "--size", "64x64", "--quiet", "--json", "--overwrite"]
     assert run(qwen_image.main, *argv, "--seed", 1)[0] == 0
     old = files(tmp_path)
-    for point, action in [("fsync:kf.png", "ENOSPC"), ("commit:kf.png", "ENOSPC"), ("commit:kf.png", "EIO"),
-                          ("fsync:kf.png", "error")]:
+    for point, action in [("fsync:kf.png", "ENOSPC"), ("commit:kf.png", "EIO")]:  # the points of a set of one
         inject(point, action)
         code, result, err = run(qwen_image.main, *argv, "--seed", 2)
         assert code == cli.ExitCode.FAILED and files(tmp_path) == old, (point, action, err)

@@ -3,8 +3,8 @@
 approvals.json and takes.json are each read, changed and written; two commands doing that at once used
 to lose one update (four concurrent retakes recorded two or three). Now each read-modify-write holds the
 production's lock (locks.state_lock). The commands here are real processes started together; a slowed
-read (0.15 s between reading a file and writing it back, as a busy machine gives) makes every overlap that
-can happen happen, so the test fails reliably without the lock.
+write (0.2 s between reading a file and writing it back, as a busy machine gives) makes the overlaps that
+can happen happen, so the test fails reliably without the lock (it recorded one retake of four).
 """
 
 import json
@@ -23,15 +23,13 @@ SAMPLE = ROOT / "examples" / "lighthouse"
 SLOW_COMMAND = """
     import json, sys, time
     from producer import approvals
-    for name in ("read_takes", "read_approvals"):
-        real = getattr(approvals, name)
+    write = approvals.write_json_atomic
 
-        def slowed(*args, _real=real, **kwargs):
-            value = _real(*args, **kwargs)
-            time.sleep(0.15)
-            return value
+    def slowed(*args, **kwargs):  # a busy machine: time passes between reading the state and writing it
+        time.sleep(0.2)
+        return write(*args, **kwargs)
 
-        setattr(approvals, name, slowed)
+    approvals.write_json_atomic = slowed
     import production
     sys.stdin.readline()  # every command starts at the same moment
     sys.exit(production.main(sys.argv[1:]))
