@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from producer import clips as clipio  # noqa: E402
-from producer import media, provenance, seams, timeline, video  # noqa: E402
+from producer import locks, media, provenance, seams, timeline, video  # noqa: E402
 from producer.cli import CliError, add_output_args, build_parser, log, run_main, text_arg  # noqa: E402
 from producer.outputs import atomic_outputs, check_output, write_json_atomic  # noqa: E402
 from producer.scenes import TRANSITIONS, SceneBreakdown, load_scene_breakdown, shared_keyframe  # noqa: E402
@@ -257,7 +257,15 @@ def run(args) -> dict:
         raise CliError("--upscale and --size both given", "choose one")
     if not 0 <= args.audio_fade <= 30:
         raise CliError(f"--audio-fade {args.audio_fade} is out of range", "use 0 (none) to 30 seconds, e.g. 1")
-    if args.output is not None:
+    if args.output is None:
+        return assemble(args)
+    check_output(args.output, args.overwrite, "film")
+    with locks.output_lock(args.output):  # one writer per film: a second run on it stops at once (exit 5)
+        return assemble(args)
+
+
+def assemble(args) -> dict:
+    if args.output is not None:  # under the lock: a film another run just finished is seen
         check_output(args.output, args.overwrite, "film")
         check_output(sheet_path(args.output), args.overwrite, "contact sheet")
     inputs = resolve_inputs(args)
@@ -366,11 +374,13 @@ def write_film(args, inputs: Inputs, plan, sources, size, audio, result) -> dict
         "transitions": plan.transitions, "fps": args.fps, "size": settings.out_size, "crf": args.crf,
         "title": args.title, "end_card": args.end_card, "card_seconds": args.card_seconds,
         "audio_fade": args.audio_fade}, {"clips": list(inputs.paths), "audio": args.audio}, {})
-    # The film and its recipe: both or neither (a film without its recipe would look stale, or block a rerun).
-    with atomic_outputs(args.output, provenance.sidecar_path(args.output)) as (tmp, recipe_tmp):
+    # The contact sheet, the film and its recipe: the whole set or none of it (an orphan contact sheet would
+    # block the rerun; a film without its recipe would look stale). The recipe goes last: it says "done".
+    files = (sheet_path(args.output), args.output, provenance.sidecar_path(args.output))
+    with atomic_outputs(*files, output=args.output) as (sheet_tmp, tmp, recipe_tmp):
         clipio.encode_film(timeline.compose(plan, open_source, sheet.add), settings, tmp)
         probe = video.probe_video(tmp)
-        media.save_png(sheet.render(args.output.name), sheet_path(args.output))
+        media.save_png(sheet.render(args.output.name), sheet_tmp)
         write_json_atomic(recipe_tmp, recipe)
     conversions = result["conversions"]
     if out_fps:

@@ -363,18 +363,18 @@ def produce(engine: Engine, req: Request, recipe: dict) -> dict:
 
 
 def write_outputs(frames, req: Request, recipe: dict) -> dict:
-    """PNGs, then the MP4 with its sidecar: a clip is up to date only once all of them are there. The MP4 and
-    the sidecar are written together (outputs.atomic_outputs: both or neither), so a full disk or Ctrl-C never
-    leaves a clip without its recipe, which a rerun would refuse to replace."""
+    """The clip's set: its review PNGs, the MP4 and its recipe, written to temp files and then put in place
+    together (outputs.atomic_outputs): a full disk, an error or Ctrl-C leaves the old set whole (or nothing),
+    never an old clip beside a new recipe or new pictures. The recipe is renamed last: it says the clip is done."""
     sidecar = provenance.sidecar_path(req.output)
-    if sidecar.exists():
-        sidecar.unlink()  # an old recipe must never describe a new clip, even for a moment
+    pictures = review.review_paths(req.output)
     title = review.sheet_title(req.prompt, req.seed, len(frames), FPS)
-    paths = review.write_review(frames, req.output, recipe, FPS, title)
-    with atomic_outputs(req.output, sidecar) as (clip_tmp, recipe_tmp):
+    with atomic_outputs(*pictures.values(), req.output, sidecar, output=req.output) as temps:
+        *picture_temps, clip_tmp, recipe_tmp = temps
+        review.write_review(frames, req.output, recipe, FPS, title, into=dict(zip(pictures, picture_temps)))
         video.write_mp4(frames, clip_tmp, fps=FPS)
         write_json_atomic(recipe_tmp, recipe)
-    return {**paths, "provenance": str(sidecar)}
+    return {**{key: str(path) for key, path in pictures.items()}, "provenance": str(sidecar)}
 
 
 def out_of_memory(plan, where: str) -> CliError:

@@ -6,7 +6,8 @@ outside, as a terminal (Ctrl-C is SIGINT) or a process manager (SIGTERM) would, 
 the documented exit code, a message with a fix and no traceback, no file under a final name for the
 interrupted clip, no temp file, no lock, finished clips intact. One test per stage: loading, denoising
 (with a second run on the same output while the first holds it), decoding, writing (a batch, then its
-rerun). These cost a Python start-up each (~6 s of imports), so there are only these four.
+rerun), and a SIGKILL in the middle of replacing a clip's set. These cost a Python start-up each (~6 s of
+imports), so there are only these five.
 """
 
 import json
@@ -61,7 +62,8 @@ def stop(proc: subprocess.Popen, signum: int) -> tuple[int, dict, str]:
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.rglob("*") if ".partial-" in p.name or p.name.endswith(".lock"))
+    return sorted(p.name for p in folder.rglob("*") if ".partial-" in p.name or p.name.endswith(".lock")
+                  or ".commit-" in p.name or ".old-" in p.name)
 
 
 @pytest.mark.parametrize("point,signum", [("stage:load_experts", signal.SIGINT), ("stage:decode", signal.SIGINT)])
@@ -100,8 +102,33 @@ def test_sigterm_while_writing_a_batch_then_the_rerun_continues(standin_hf_home,
     finished = (tmp_path / "c0.mp4").read_bytes()
     assert video.probe_video(tmp_path / "c0.mp4")["frames"] == 9 and provenance.read_recipe(tmp_path / "c0.mp4")
     assert not (tmp_path / "c1.mp4").exists() and leftovers(tmp_path) == []
-    assert (tmp_path / "c1.first.png").exists()  # review files of the unfinished clip: replaced by the rerun
+    assert not list(tmp_path.glob("c1.*"))  # a clip's set (review PNGs, clip, recipe) goes in whole or not at all
     code = wan_video.main([str(a) for a in argv])  # the same command: no --overwrite needed
     rerun = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and [j["status"] for j in rerun["jobs"]] == ["skipped", "ok"]
     assert (tmp_path / "c0.mp4").read_bytes() == finished and video.probe_video(tmp_path / "c1.mp4")["frames"] == 9
+
+
+def test_a_run_killed_while_replacing_a_clip_is_rolled_back_by_the_next(standin_hf_home, tmp_path, capsys):
+    """SIGKILL between the clip's rename and its recipe's (nothing can hold SIGKILL back): the new clip sits
+    beside the old recipe, which no longer matches it (status: stale, never the old approval), and the
+    commit's journal is left. The next run on the clip puts the old set back before it writes its own."""
+    argv = ["--start-frame", keyframe(tmp_path), "--prompt", "waves", "-o", tmp_path / "v.mp4", *FAST]
+    assert wan_video.main([str(a) for a in [*argv, "--seed", 1]]) == 0
+    capsys.readouterr()
+    old = {p.name: p.read_bytes() for p in tmp_path.glob("v.*")}
+    env = {**os.environ, "HF_HOME": str(standin_hf_home), "HF_HUB_OFFLINE": "1",
+           "PRODUCER_FAULT": "commit:v.mp4.provenance.json=SIGKILL"}
+    env.pop("HF_HUB_CACHE", None)
+    killed = subprocess.run([sys.executable, str(SCRIPT), *map(str, argv), "--seed", "2", "--overwrite"], env=env,
+                            capture_output=True, text=True, timeout=240)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (tmp_path / "v.mp4").read_bytes() != old["v.mp4"]  # renamed before the kill
+    assert (tmp_path / "v.mp4.provenance.json").read_bytes() == old["v.mp4.provenance.json"]  # the old recipe
+    assert provenance.read_recipe(tmp_path / "v.mp4")["settings"]["seed"] == 1  # so the new clip reads as stale
+    from producer import outputs
+
+    assert locks.lock_path(tmp_path / "v.mp4").exists()  # left by the killed run, and free:
+    with locks.output_lock(tmp_path / "v.mp4"):  # the next run takes it at once,
+        outputs.recover(tmp_path / "v.mp4")  # and the first thing its write of the clip does
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("v.*")} == old and leftovers(tmp_path) == []

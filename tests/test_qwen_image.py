@@ -378,15 +378,11 @@ def test_bad_input_is_refused_with_the_fix_and_nothing_written(bad_files, capsys
 
 
 def test_an_output_another_run_is_making_is_refused(pics, capsys):
-    import os
-    import socket
-
     from producer import locks
 
     out = pics.dir / "busy.png"
-    locks.lock_path(out).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(),
-                                                "command": "qwen_image.py -o busy.png"}))
-    code, result = run(capsys, "--prompt", "fox", "-o", out, *FAST)
+    with locks.output_lock(out, command="qwen_image.py -o busy.png"):  # held as another run would hold it
+        code, result = run(capsys, "--prompt", "fox", "-o", out, *FAST)
     assert code == ExitCode.BUSY and "being made by another run" in result["error"] and not out.exists()
 
 

@@ -11,6 +11,9 @@ others (and says which file changed), so an edit after the user said yes always 
     {"keyframe:KF-B": 1, ...}
 Seeds are derived from an item's id and its take number (0 unless retaken): re-planning gives the same
 seeds, so nothing goes stale by itself; `retake` asks for another variant of one item.
+
+Every change of these files reads, changes and writes them under the production's lock
+(locks.state_lock): two commands at once take turns, and neither loses the other's update.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .cli import CliError
+from .locks import state_lock
 from .outputs import atomic_output, write_json_atomic
 from .layout import state_dir, state_file
 from .provenance import file_digest
@@ -69,8 +73,14 @@ def read_approvals(root: Path) -> dict[str, Approval]:
 
 @contextlib.contextmanager
 def all_or_none(root: Path) -> Iterator[None]:
-    """Several approvals in one command are recorded together, or (one of them refused) none of them."""
-    path = state_file(Path(root), APPROVALS)
+    """Several approvals in one command are recorded together, or (one of them refused) none of them. The
+    production's lock is held throughout, so the undo never takes back another command's approval."""
+    with state_lock(root):
+        yield from _all_or_none(Path(root))
+
+
+def _all_or_none(root: Path) -> Iterator[None]:
+    path = state_file(root, APPROVALS)
     before = path.read_bytes() if path.is_file() else None
     try:
         yield
@@ -92,16 +102,18 @@ def record_approval(root: Path, name: str, files: list[Path]) -> Approval:
     root = Path(root)
     digests = {_rel(root, f): file_digest(f) for f in sorted(files)}
     approval = Approval(name, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), digests)
-    current = {n: a for n, a in read_approvals(root).items() if n != name}
-    current[name] = approval
-    _write(root, current)
+    with state_lock(root):
+        current = {n: a for n, a in read_approvals(root).items() if n != name}
+        current[name] = approval
+        _write(root, current)
     return approval
 
 
 def remove_approvals(root: Path, names: list[str]) -> None:
-    current = read_approvals(root)
-    if any(n in current for n in names):
-        _write(root, {n: a for n, a in current.items() if n not in names})
+    with state_lock(root):
+        current = read_approvals(root)
+        if any(n in current for n in names):
+            _write(root, {n: a for n, a in current.items() if n not in names})
 
 
 def _write(root: Path, approvals: dict[str, Approval]) -> None:
@@ -149,10 +161,10 @@ def read_takes(root: Path) -> dict[str, int]:
 
 
 def bump_take(root: Path, item: str) -> int:
-    takes = read_takes(root)
-    takes[item] = takes.get(item, 0) + 1
-    state_dir(root).mkdir(exist_ok=True)
-    write_json_atomic(state_file(root, TAKES), dict(sorted(takes.items())))
+    with state_lock(root):
+        takes = read_takes(root)
+        takes[item] = takes.get(item, 0) + 1
+        write_json_atomic(state_file(root, TAKES), dict(sorted(takes.items())))
     return takes[item]
 
 

@@ -268,22 +268,25 @@ def _download(remote: RemoteEntry, f: RemoteFile, partial: Path, token: str | No
     if resume:
         log.info(f"    continuing from {install.human_bytes(resume)}")
     url = hf_hub_url(remote.entry.repo_id, f.path, revision=remote.commit, endpoint=hub_endpoint())
-    with hub_errors(remote.entry), _disk_full_message(partial), open(partial, "r+b" if resume else "wb") as fh:
+    with hub_errors(remote.entry), _disk_full_message(partial, f"{f.path} of {remote.entry.repo_id}"), \
+            open(partial, "r+b" if resume else "wb") as fh:
         fh.seek(resume)
         http_get(url, fh, resume_size=resume, headers=build_hf_headers(token=token), expected_size=f.size,
                  displayed_filename=Path(f.path).name)
 
 
 @contextlib.contextmanager
-def _disk_full_message(path: Path) -> Iterator[None]:
+def _disk_full_message(path: Path, what: str) -> Iterator[None]:
+    """`what` is the file the user knows (its path in the repo), not the cache's blob being written."""
     try:
         yield
     except OSError as exc:
         if exc.errno == 28:  # ENOSPC
-            raise CliError(f"the disk filled up while writing {path}", fix="free disk space and run the same "
-                           "command again: the download continues where it stopped", code=ExitCode.FAILED) from None
+            raise CliError(f"the disk filled up while downloading {what} (into {path.parent})",
+                           fix="free disk space and run the same command again: the download continues where it "
+                           "stopped", code=ExitCode.FAILED, disk_full=True) from None
         if "Consistency check failed" in str(exc):  # huggingface_hub: the body ended early, retries used up
-            raise CliError(f"the download of {path.name} ended early: {str(exc).splitlines()[0]}",
+            raise CliError(f"the download of {what} ended early: {str(exc).splitlines()[0]}",
                            fix="run the same command again: it continues where it stopped",
                            code=ExitCode.FAILED) from None
         raise

@@ -26,7 +26,7 @@ IMPORTS = (
     ("transformers", "transformers"), ("accelerate", "accelerate"), ("huggingface_hub", "huggingface_hub"),
     ("peft", "peft"), ("safetensors", "safetensors"), ("gguf", "gguf"), ("PIL", "pillow"),
     ("imageio", "imageio"), ("imageio_ffmpeg", "imageio-ffmpeg"), ("ftfy", "ftfy"),
-    ("controlnet_aux", "controlnet_aux"), ("psutil", "psutil"), ("numpy", "numpy"),
+    ("controlnet_aux", "controlnet_aux"), ("psutil", "psutil"), ("numpy", "numpy"), ("filelock", "filelock"),
 )
 
 

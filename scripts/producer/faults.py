@@ -1,20 +1,34 @@
-"""Fault injection for the reliability tests: a signal (or a pause) at a named point of a run.
+"""Fault injection for the reliability tests: a signal, an error or a pause at a named point of a run.
 
 Inert unless the environment variable PRODUCER_FAULT is set; nothing in the skill sets it. Its value is
 `POINT=ACTION`, several separated by ";". POINT is an fnmatch pattern over the points a run passes:
 
   stage:NAME       the start of a timed stage (cli.Stopwatch): load, load_text_encoder, load_experts,
                    text_encode, denoise, decode, write, ...
-  rename:FILE      an output complete in its temp file, just before it is renamed to FILE (outputs.atomic_output)
+  rename:FILE      an output complete in its temp file, before the commit of its set (outputs.atomic_outputs)
+  lock:FILE        the lock of output FILE just taken, its holder about to be written into it (locks.py)
+The commit of a set of files (outputs.commit), in this order; FILE is a file of the set, OUTPUT the one
+messages name:
+  fsync:FILE       syncing FILE's temp file
+  backup:FILE      keeping the old FILE under a second name for a roll-back (only where FILE exists)
+  journal:OUTPUT   writing the commit's journal
+  commit:FILE      just before FILE's temp file is renamed to FILE (between each pair of renames)
+  committed:OUTPUT every file renamed, the journal not yet removed
+(a set of one file has only fsync: and commit:).
 
-ACTION is SIGINT or SIGTERM (sent to this process, as Ctrl-C or `kill` would), or `pause`: print
-"fault: paused at POINT (pid N)" on stderr and wait (at most PAUSE_SECONDS) for a signal from outside;
-a test uses that line to know where the process is before it signals it or starts a second run.
-Each entry fires once. Example: PRODUCER_FAULT="rename:*.mp4=SIGTERM".
+ACTION is SIGINT or SIGTERM (sent to this process, as Ctrl-C or `kill` would), SIGKILL (the process ends on
+the spot: a crash, for a test that runs the script in its own process), ENOSPC or EIO (an OSError with that
+errno for the file being written at that point, as a full disk or a failing disk gives), `error` (a
+RuntimeError: a bug), or `pause`: print "fault: paused at POINT (pid N)" on stderr and wait (at most
+PAUSE_SECONDS) for a signal from outside; a test uses that line to know where the process is before it
+signals it or starts a second run. Inside a commit Ctrl-C and SIGTERM are held until the files are in
+place (outputs.signals_held): a signal sent there is delivered when the commit ends.
+Each entry fires once. Example: PRODUCER_FAULT="rename:*.mp4=SIGTERM;commit:*.json=ENOSPC".
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import signal
@@ -22,13 +36,16 @@ import sys
 import time
 
 ENV = "PRODUCER_FAULT"
-ACTIONS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "pause": None}
+SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": getattr(signal, "SIGKILL", None)}
+ERRORS = {"ENOSPC": errno.ENOSPC, "EIO": errno.EIO}
+ACTIONS = [*SIGNALS, *ERRORS, "error", "pause"]
 PAUSE_SECONDS = 120  # a test that forgot its paused process does not leave it behind for long
 _fired: set[str] = set()
 
 
-def at(point: str) -> None:
-    """Called at each named point; does nothing unless PRODUCER_FAULT names this point."""
+def at(point: str, filename: str | os.PathLike | None = None) -> None:
+    """Called at each named point (`filename`: the file being written there); does nothing unless
+    PRODUCER_FAULT names this point."""
     spec = os.environ.get(ENV)
     if not spec:
         return
@@ -39,18 +56,27 @@ def at(point: str) -> None:
         if action not in ACTIONS:
             raise ValueError(f"{ENV}: unknown action {action!r} (use {', '.join(ACTIONS)})")
         _fired.add(entry)
-        _act(point, action)
+        _act(point, action, filename)
 
 
-def _act(point: str, action: str) -> None:
+def _act(point: str, action: str, filename: str | os.PathLike | None) -> None:
+    if action in ERRORS:
+        code = ERRORS[action]
+        raise OSError(code, f"{os.strerror(code)} ({ENV} at {point})", os.fspath(filename) if filename else None)
+    if action == "error":
+        raise RuntimeError(f"{ENV}: an error at {point}")
     if action == "pause":
         print(f"fault: paused at {point} (pid {os.getpid()})", file=sys.stderr, flush=True)
-    else:
-        os.kill(os.getpid(), ACTIONS[action])
+        time.sleep(PAUSE_SECONDS)
+        return
+    os.kill(os.getpid(), SIGNALS[action])
+    from .outputs import signals_held
+
+    if signals_held():
+        return  # delivered when the commit ends
     # The signal's handler raises (KeyboardInterrupt, cli.Terminated) out of this sleep.
-    time.sleep(PAUSE_SECONDS if action == "pause" else 10)
-    if action != "pause":
-        raise RuntimeError(f"{ENV}: {action} at {point} was not delivered")
+    time.sleep(10)
+    raise RuntimeError(f"{ENV}: {action} at {point} was not delivered")
 
 
 def reset() -> None:

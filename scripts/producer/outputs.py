@@ -11,11 +11,14 @@ import errno
 import glob
 import json
 import os
+import shutil
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import faults
 from .cli import CliError, ExitCode
 
 # File systems allow 255 bytes per name. The longest name derived from an output's is a clip's recipe being
@@ -61,36 +64,196 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_outputs(*paths: str | os.PathLike) -> Iterator[list[Path]]:
-    """atomic_output for files that belong together (a clip and its recipe): all or none. Every temp file is
-    complete before the first rename; the renames (in the order given) run with Ctrl-C and SIGTERM held back
-    for those few system calls, so an interruption lands before them or after them."""
-    from . import faults
+def atomic_outputs(*paths: str | os.PathLike, output: str | os.PathLike | None = None) -> Iterator[list[Path]]:
+    """atomic_output for a set of files that belong together (a clip, its review pictures and its recipe):
+    the whole old set or the whole new set, never a mix. Every temp file is complete (and synced) before
+    `commit` replaces the set; a failure or an interruption before that leaves the old set untouched.
 
+    Give the files in the order they are to be renamed, the one that says "done" (the recipe) last: a reader
+    that looks in during the renames, or after a SIGKILL there, sees an output whose recipe predates it,
+    never an old output under a new recipe. `output` (default: the first path) is what messages name."""
     finals = [Path(p) for p in paths]
-    temps = [final.with_name(f".{final.stem}{PARTIAL_MARK}{os.getpid()}{final.suffix}") for final in finals]
+    named = Path(output) if output is not None else finals[0]
+    temps = [temp_path(final) for final in finals]
     for final in finals:
-        _sweep_partials(final)
+        recover(final)
     try:
         yield temps
-        for tmp in temps:
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
         for final in finals:
-            faults.at(f"rename:{final.name}")
-        with _signals_deferred():
-            for tmp, final in zip(temps, finals):
-                os.replace(tmp, final)
+            faults.at(f"rename:{final.name}")  # every temp complete, nothing renamed yet
+        commit(list(zip(temps, finals)), named)
     except OSError as exc:
-        for tmp in temps:
-            _remove_quietly(tmp)
+        _remove_all(temps)
         if exc.errno == errno.ENOSPC:
-            raise disk_full(output_for(exc.filename) if exc.filename else finals[0]) from None
+            raise disk_full(named, exc.filename) from None
+        raise
+    except CliError as err:
+        _remove_all(temps)
+        if err.details.get("disk_full"):  # a writer's own atomic_output inside ours named its temp: name ours
+            raise disk_full(named, getattr(err, "failed_file", None)) from None
         raise
     except BaseException:
-        for tmp in temps:
-            _remove_quietly(tmp)
+        _remove_all(temps)
         raise
+
+
+def temp_path(final: Path) -> Path:
+    return final.with_name(f".{final.stem}{PARTIAL_MARK}{os.getpid()}{final.suffix}")
+
+
+# ---------------------------------------------------------------- the commit of a set of files
+#
+# 1. sync every temp file; 2. keep each file about to be replaced under a second name (a hard link, so the
+# final name never goes missing); 3. write the journal: which temp goes where, and which old file was kept
+# where; 4. rename the temps in order; 5. sync the folder, remove the journal: the new set is in place;
+# 6. remove the kept old files. An error in 2-5 puts the old set back at once; a process killed in 3-5
+# leaves the journal, and the next write of any file of the set (or `recover`) puts the old set back.
+# Ctrl-C and SIGTERM are held over 2-6 (a few system calls), so they land before the commit or after it.
+
+JOURNAL_MARK = ".commit-"
+KEPT_MARK = ".old-"
+
+
+def commit(pairs: list[tuple[Path, Path]], output: Path) -> None:
+    """Replace each final by its temp file: all of them, or (an error) none of them."""
+    for tmp, _ in pairs:
+        faults.at(f"fsync:{output_for(tmp).name}", tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+    if len(pairs) == 1:  # one rename is all or nothing by itself
+        (tmp, final), = pairs
+        with _signals_deferred():
+            faults.at(f"commit:{final.name}", final)
+            os.replace(tmp, final)
+        return
+    with _signals_deferred():
+        journal = _journal_path(output)
+        entries: list[dict] = []
+        try:
+            for tmp, final in pairs:
+                entries.append({"temp": str(tmp), "final": str(final), "kept": _keep_old(final)})
+            faults.at(f"journal:{output.name}", journal)
+            _write_journal(journal, entries)
+            for tmp, final in pairs:
+                faults.at(f"commit:{final.name}", final)
+                os.replace(tmp, final)
+            faults.at(f"committed:{output.name}", journal)
+            _sync_folders(final for _, final in pairs)
+            journal.unlink()
+        except BaseException:
+            _roll_back(entries)
+            _remove_quietly(journal)
+            raise
+        for entry in entries:
+            if entry["kept"]:
+                with contextlib.suppress(OSError):  # a leftover is swept by the next write of this output
+                    Path(entry["kept"]).unlink()
+
+
+def recover(final: str | os.PathLike) -> list[Path]:
+    """Put back the old set of a commit that a killed process left half done (its journal names `final`), and
+    remove temp files of dead processes beside `final`. Returns the journals rolled back."""
+    final = Path(final)
+    rolled = []
+    with contextlib.suppress(OSError):
+        for journal in final.parent.glob(f".*{JOURNAL_MARK}*.json"):
+            pid = _journal_pid(journal)
+            if pid == os.getpid() or _pid_alive(pid):
+                continue  # a live run is in the middle of its commit (under the output's lock, not ours)
+            entries = _read_journal(journal)
+            if entries is None and journal.name.startswith(f".{final.name}{JOURNAL_MARK}"):
+                _remove_quietly(journal)  # torn while it was written: nothing was renamed yet
+                continue
+            if entries is None or not any(Path(e["final"]) == final for e in entries):
+                continue
+            _roll_back(entries)
+            _remove_quietly(journal)
+            rolled.append(journal)
+    _sweep_partials(final)
+    return rolled
+
+
+def _journal_path(output: Path) -> Path:
+    return output.with_name(f".{output.name}{JOURNAL_MARK}{os.getpid()}.json")
+
+
+def _keep_old(final: Path) -> str | None:
+    """A second name for the file about to be replaced (None: there is none), for a roll-back."""
+    if not final.exists():
+        return None
+    kept = final.with_name(f".{final.stem}{KEPT_MARK}{os.getpid()}{final.suffix}")
+    _remove_quietly(kept)
+    try:
+        faults.at(f"backup:{final.name}", kept)
+        try:
+            os.link(final, kept)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+                raise
+            shutil.copy2(final, kept)  # a file system without hard links (FAT, some network shares)
+    except BaseException:
+        _remove_quietly(kept)  # a copy cut short
+        raise
+    return str(kept)
+
+
+def _write_journal(journal: Path, entries: list[dict]) -> None:
+    """Written in place and synced before the first rename: a journal torn by a crash while it was being
+    written is unreadable, and then no file had been renamed yet (recover removes it)."""
+    with open(journal, "x", encoding="utf-8") as fh:
+        json.dump({"entries": entries}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    _sync_folders([journal])
+
+
+def _read_journal(journal: Path) -> list[dict] | None:
+    try:
+        entries = json.loads(journal.read_text(encoding="utf-8"))["entries"]
+        return [e for e in entries if isinstance(e, dict) and {"temp", "final", "kept"} <= set(e)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _roll_back(entries: list[dict]) -> None:
+    """Undo the renames of a commit, entry by entry (each step can be repeated: a roll-back that was itself
+    interrupted is finished by the next one)."""
+    for entry in entries:
+        temp, final = Path(entry["temp"]), Path(entry["final"])
+        kept = Path(entry["kept"]) if entry["kept"] else None
+        if kept and _same_file(kept, final):  # not replaced yet (rename would do nothing: one file, two names)
+            kept.unlink()
+        elif kept:
+            with contextlib.suppress(FileNotFoundError):  # gone: already put back
+                os.replace(kept, final)
+        elif not temp.exists():  # there was no old file and the new one was renamed into place: remove it
+            _remove_quietly(final)
+        _remove_quietly(temp)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _sync_folders(paths) -> None:
+    """Make the renames themselves durable (power loss), where the system allows syncing a folder."""
+    if sys.platform == "win32":
+        return
+    for folder in {Path(p).parent for p in paths}:
+        with contextlib.suppress(OSError):
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _remove_all(paths) -> None:
+    for p in paths:
+        _remove_quietly(p)
 
 
 @contextlib.contextmanager
@@ -99,45 +262,78 @@ def _signals_deferred() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set handlers (and only it receives Python's signal exceptions)
         return
-    caught: list[int] = []
+    if _held_signals:  # nested: the outer block delivers them
+        yield
+        return
     held = (signal.SIGINT, signal.SIGTERM)
-    previous = {signum: signal.signal(signum, lambda number, frame: caught.append(number)) for signum in held}
+    previous = {signum: signal.signal(signum, lambda number, frame: _held_signals[-1].append(number))
+                for signum in held}
+    _held_signals.append([])
     try:
         yield
     finally:
+        caught = _held_signals.pop()
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         if caught:
             signal.raise_signal(caught[0])
 
 
+_held_signals: list[list[int]] = []  # the signals caught while held (one list while a block holds them)
+
+
+def signals_held() -> bool:
+    """True inside a commit, where Ctrl-C and SIGTERM wait until the files are in place (faults.py asks)."""
+    return bool(_held_signals)
+
+
 PARTIAL_MARK = ".partial-"
 
 
-def disk_full(path: str | os.PathLike) -> CliError:
-    """The error for a write that ran out of disk space (`disk_full` in --json stops a batch)."""
-    return CliError(f"the disk is full while writing {path}", "free disk space and run again; earlier outputs are "
-                    "intact (a --batch rerun skips the finished ones)", ExitCode.FAILED, disk_full=True)
+def disk_full(path: str | os.PathLike, failed: str | os.PathLike | None = None) -> CliError:
+    """The error for a write that ran out of disk space (`disk_full` in --json stops a batch). `path` is the
+    output the user asked for; `failed`, the file being written then, is named too when it is another file
+    of the same set (a review picture, a recipe), never as a temp, lock or journal file."""
+    path = output_for(path)
+    part = output_for(failed) if failed else path
+    also = f" (its {part.name})" if part != path and part.parent == path.parent and not part.name.startswith(".") \
+        else ""
+    err = CliError(f"the disk is full while writing {path}{also}", "free disk space and run again; earlier outputs "
+                   "are intact (a --batch rerun skips the finished ones)", ExitCode.FAILED, disk_full=True)
+    err.failed_file = part  # for a caller that writes this file as part of its own set
+    return err
 
 
 def output_for(tmp: str | os.PathLike) -> Path:
-    """The output an atomic_output temp file stands for (for messages): .video.partial-12.mp4 -> video.mp4
-    (also through nested temps, a writer's own temp inside a caller's)."""
+    """The output an atomic_output temp file (or an old file kept for a roll-back) stands for, for messages:
+    .video.partial-12.mp4 -> video.mp4 (also through nested temps, a writer's own temp inside a caller's)."""
     tmp = Path(tmp)
-    stem, mark, rest = tmp.stem.rpartition(PARTIAL_MARK)
-    if not (mark and stem.startswith(".") and rest.isdigit()):
-        return tmp
-    return output_for(tmp.with_name(stem[1:] + tmp.suffix))
+    for mark in (PARTIAL_MARK, KEPT_MARK):
+        stem, found, rest = tmp.stem.rpartition(mark)
+        if found and stem.startswith(".") and rest.isdigit():
+            return output_for(tmp.with_name(stem[1:] + tmp.suffix))
+    return tmp
 
 
 def _sweep_partials(final: Path) -> None:
+    """Remove the temp files, and old files kept for a roll-back, that a killed run left beside `final`."""
+    with contextlib.suppress(OSError):
+        for mark in (PARTIAL_MARK, KEPT_MARK):
+            for stale in final.parent.glob(f".{glob.escape(final.stem)}{mark}*{glob.escape(final.suffix)}"):
+                pid = stale.name[len(final.stem) + 1 + len(mark):len(stale.name) - len(final.suffix)]
+                if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                    _remove_quietly(stale)
+
+
+def _pid_alive(pid: int) -> bool:
     from .locks import pid_alive
 
-    with contextlib.suppress(OSError):
-        for stale in final.parent.glob(f".{glob.escape(final.stem)}{PARTIAL_MARK}*{glob.escape(final.suffix)}"):
-            pid = stale.name[len(final.stem) + 1 + len(PARTIAL_MARK):len(stale.name) - len(final.suffix)]
-            if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-                _remove_quietly(stale)
+    return pid_alive(pid)
+
+
+def _journal_pid(journal: Path) -> int:
+    pid = journal.stem.rpartition(JOURNAL_MARK)[2]
+    return int(pid) if pid.isdigit() else 0
 
 
 def _remove_quietly(p: Path) -> None:

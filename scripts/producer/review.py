@@ -146,16 +146,19 @@ def _decide(choice: str, flf: bool, measured: float) -> tuple[bool, str]:
 # ---------------------------------------------------------------- the files
 
 
-def write_review(frames: np.ndarray, output: str | Path, recipe: dict, fps: float, title: str) -> dict[str, str]:
-    """First and last frame PNGs and a contact sheet beside `output`, each carrying the recipe."""
+def write_review(frames: np.ndarray, output: str | Path, recipe: dict, fps: float, title: str,
+                 into: dict[str, Path] | None = None) -> dict[str, str]:
+    """First and last frame PNGs and a contact sheet beside `output`, each carrying the recipe. `into`: the
+    temp files to write them to instead (the caller puts them in place with the clip: outputs.atomic_outputs)."""
     from PIL import Image
 
     paths = review_paths(output)
+    targets = into or paths
     meta = {**recipe, "of": Path(output).name}
-    media.save_png(Image.fromarray(video.frame_to_uint8(frames[0])), paths["first_frame"], meta)
-    media.save_png(Image.fromarray(video.frame_to_uint8(frames[-1])), paths["last_frame"], meta)
+    media.save_png(Image.fromarray(video.frame_to_uint8(frames[0])), targets["first_frame"], meta)
+    media.save_png(Image.fromarray(video.frame_to_uint8(frames[-1])), targets["last_frame"], meta)
     sheet = video.contact_sheet(frames, n=CONTACT_TILES, labels="both", fps=fps, title=title)
-    media.save_png(sheet, paths["contact_sheet"], meta)
+    media.save_png(sheet, targets["contact_sheet"], meta)
     return {key: str(path) for key, path in paths.items()}
 
 
