@@ -22,7 +22,8 @@ attention/FFN `.diff_b` (bias deltas):
     directly instead (bias += strength * delta), like every other delta below.
 norm `.diff` / `.diff_b`:
     diffusers drops them silently ("just zeroed values", a debug log). They are not always zero.
-`.diff_m` (the per-block `modulation` tensor, diffusers' `blocks.N.scale_shift_table`), other `.diff`:
+`.diff_m` (the per-block `modulation` tensor, diffusers' `blocks.N.scale_shift_table`; some extractors
+spell it `blocks.N.modulation.diff`, read as the same delta), other `.diff`:
     diffusers drops them with an info log nobody sees.
 Our rule: apply them or report them, never drop them silently. A non-zero delta is added to its
 parameter (weight += strength * delta; names mapped with diffusers' own single-file Wan renames);
@@ -34,6 +35,10 @@ weights"), which makes the LoRA partial. (In GGUF files biases, norms and modula
 plain F32 tensors, so their deltas are added directly.)
 Wan 2.1 I2V image-encoder keys (`k_img`, `v_img`, `norm_k_img`, `img_emb`) have no target in
 Wan 2.2, which has no image encoder: they are reported as not applicable, not as lost.
+
+Malformed tensors are refused before anything is loaded, naming the file and the key: an alpha that is
+not one number, integer or boolean weights, scalar pairs or deltas, NaN or infinite values (a NaN delta
+added to a weight would give black frames).
 
 Deltas are added to the weights at load time with that expert's strength, so a later strength
 change needs a reload (`unload_loras` restores the original parameters exactly).
