@@ -159,7 +159,7 @@ def standin_revision(entry: registry.ModelEntry) -> str:
     (entries that share a repo and a branch share the snapshot)."""
     if entry.pinned:
         return entry.revision
-    return hashlib.sha1(f"producer-standin:{entry.repo_id}@{entry.revision}".encode()).hexdigest()
+    return hashlib.sha1(f"producer-standin:{entry.repo_id}@main".encode()).hexdigest()
 
 
 def repo_cache_dir(hub_cache: Path, repo_id: str) -> Path:
