@@ -406,7 +406,7 @@ def test_loading_twice_without_unloading_is_refused(tmp_path, wan):
 
 
 def test_strength_equal_to_alpha_over_rank_is_warned_about(tmp_path, qwen, caplog):
-    path = save(tmp_path, "lightning", SL.qwen_lightning_lora(qwen.transformer))  # alpha 1, rank 8
+    path = save(tmp_path, "lightning", SL.qwen_lightning_lora(qwen.transformer))  # alpha 8, rank 64
     with caplog.at_level(logging.WARNING, logger="producer"):
         L.load_loras(qwen, [spec(path, 0.125, family="qwen")], "qwen")
     assert "already applies alpha/rank" in caplog.text
