@@ -429,21 +429,38 @@ def gguf_wan(tmp_path, wan):
     return wan
 
 
-def test_gguf_expert_takes_the_lora_unfused_and_the_head_delta_as_a_pair(kijai, gguf_wan):
+def test_gguf_expert_takes_the_lora_unfused_and_the_head_delta_directly(kijai, gguf_wan):
+    """In published GGUF files the head stays F16 (ComfyUI-GGUF's convert.py): head.head.diff is added to it."""
     from safetensors.torch import load_file
 
     head = gguf_wan.transformer.proj_out
-    assert head.weight.quant_type is not None  # the head weight really is quantized
+    assert getattr(head.weight, "quant_type", None) is None and gguf_wan.transformer.blocks[0].attn1.to_q.weight.quant_type
+    head_before = head.weight.detach().float().clone()
     before = wan_out(gguf_wan.transformer)
     report = L.load_loras(gguf_wan, [spec(kijai, 0.5, "high")], "wan", fuse=True)
     e = expert(report, "transformer")
     assert not e.fused and not e.partial and e.deltas_applied == e.deltas - skipped(e, L.ZERO_DELTA)
     assert not torch.allclose(wan_out(gguf_wan.transformer), before, atol=1e-4)
-    # head.head.diff rides as a LoRA pair with an identity factor: the layer adds 0.5 * diff @ x
+    diff = load_file(kijai)["diffusion_model.head.head.diff"].float()
+    head_weight = gguf_wan.transformer.proj_out.base_layer.weight if hasattr(gguf_wan.transformer.proj_out,
+                                                                            "base_layer") else head.weight
+    assert torch.allclose(head_weight.float(), head_before + 0.5 * diff, atol=1e-3)
+
+
+def test_a_weight_delta_on_a_quantized_linear_rides_as_an_identity_pair(tmp_path, gguf_wan):
+    """A .diff for a GGUF-quantized linear cannot be added to it: it loads as a LoRA pair with an identity
+    factor, so the layer adds strength * diff @ x."""
+    diff = torch.randn(32, 32, generator=torch.Generator().manual_seed(4)) * 0.01
+    path = save(tmp_path, "o_diff", {"diffusion_model.blocks.0.self_attn.o.diff": diff})
+    layer_path = "blocks.0.attn1.to_out.0"
+    assert gguf_wan.transformer.get_submodule(layer_path).weight.quant_type is not None
+    report = L.load_loras(gguf_wan, [spec(path, 0.5, "high")], "wan")
+    e = expert(report, "transformer")
+    assert e.deltas_applied == e.deltas == 1 and not e.partial
+    layer = gguf_wan.transformer.get_submodule(layer_path)
     x = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
-    diff = load_file(kijai)["diffusion_model.head.head.diff"]
     with torch.no_grad():
-        added = gguf_wan.transformer.proj_out(x) - gguf_wan.transformer.proj_out.base_layer(x)
+        added = layer(x) - layer.base_layer(x)
     assert torch.allclose(added, 0.5 * x @ diff.T, atol=1e-5)
 
 

@@ -31,8 +31,8 @@ an all-zero one is reported as "all zeros (no effect)". A delta cannot be added 
 tensor: a weight delta of a linear layer then rides along as a LoRA pair with an identity factor
 (rank min(out, in), e.g. 64 for Wan's head.head.diff; diffusers' converter does the same for that
 key); anything else on a quantized tensor is reported as lost ("cannot add a delta to quantized
-weights"), which makes the LoRA partial. (In GGUF files biases, norms and modulation tables stay
-plain F32 tensors, so their deltas are added directly.)
+weights"), which makes the LoRA partial. (In published GGUF files biases, norms and modulation tables
+stay F32 and the head F16, plain tensors: their deltas, head.head.diff included, are added directly.)
 Wan 2.1 I2V image-encoder keys (`k_img`, `v_img`, `norm_k_img`, `img_emb`) have no target in
 Wan 2.2, which has no image encoder: they are reported as not applicable, not as lost.
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from . import registry
 from .models import STANDIN_MARKER, matching_files, standin_facts  # noqa: F401 - one reader of the marker
-from .standin_gguf import gguf_scheme_of, wan_state_dict_to_original, write_gguf
+from .standin_gguf import QWEN_TIMESTEP_MARKER, gguf_scheme_of, wan_state_dict_to_original, write_gguf
 from .standin_models import (QWEN_CONDITION_AREA, QWEN_REFERENCE_AREA, build_qwen_controlnet, build_qwen_edit_pipeline,
                              build_qwen_edit_transformer, build_qwen_t2i_pipeline, build_wan_experts,
                              build_wan_pipeline, component_seed)
@@ -111,11 +111,14 @@ def _write_wan_gguf(folder: Path, entries: Sequence[registry.ModelEntry], seed: 
 
 
 def _write_qwen_gguf(folder: Path, entries: Sequence[registry.ModelEntry], seed: int) -> None:
-    # ComfyUI's Qwen-Image keys are diffusers' own: diffusers maps them 1:1 (identity conversion).
+    # ComfyUI's Qwen-Image keys are diffusers' own: diffusers maps them 1:1 (identity conversion). The
+    # 2511 repacks also carry a marker tensor (model-files.md); whether unsloth's file has it is not
+    # confirmed, so the stand-in has it: loading and the weight check must tolerate it either way.
     state_dict = build_qwen_edit_transformer(seed).state_dict()
     for entry in entries:
         relpath = entry.roles["transformer"]
-        write_gguf(folder / relpath, state_dict, "qwen_image", gguf_scheme_of(relpath))
+        write_gguf(folder / relpath, state_dict, "qwen_image", gguf_scheme_of(relpath),
+                   extra={QWEN_TIMESTEP_MARKER: [0.0]})
 
 
 def _write_annotators(folder: Path, entries: Sequence[registry.ModelEntry], seed: int) -> None:
