@@ -34,7 +34,7 @@ from .models import STANDIN_MARKER, matching_files, standin_facts  # noqa: F401 
 from .standin_gguf import QWEN_TIMESTEP_MARKER, gguf_scheme_of, wan_state_dict_to_original, write_gguf
 from .standin_models import (QWEN_CONDITION_AREA, QWEN_REFERENCE_AREA, build_qwen_controlnet, build_qwen_edit_pipeline,
                              build_qwen_edit_transformer, build_qwen_t2i_pipeline, build_wan_experts,
-                             build_wan_pipeline, component_seed)
+                             build_wan_pipeline, component_seed, transformers4_text_encoder_config)
 
 if TYPE_CHECKING:  # pragma: no cover - for annotations only; numpy is imported where it is used
     pass
@@ -92,10 +92,18 @@ def _write_wan_repo(folder: Path, entries: Sequence[registry.ModelEntry], seed: 
 
 def _write_qwen_edit_repo(folder: Path, entries: Sequence[registry.ModelEntry], seed: int) -> None:
     build_qwen_edit_pipeline(seed).save_pretrained(folder)
+    _text_encoder_config_as_published(folder)
 
 
 def _write_qwen_t2i_repo(folder: Path, entries: Sequence[registry.ModelEntry], seed: int) -> None:
     build_qwen_t2i_pipeline(seed).save_pretrained(folder)
+    _text_encoder_config_as_published(folder)
+
+
+def _text_encoder_config_as_published(folder: Path) -> None:
+    """The real repositories' text_encoder/config.json is in the transformers-4 layout (model-files.md)."""
+    path = folder / "text_encoder" / "config.json"
+    _write_json(path, transformers4_text_encoder_config(json.loads(path.read_text())))
 
 
 def _write_qwen_controlnet_repo(folder: Path, entries: Sequence[registry.ModelEntry], seed: int) -> None:
