@@ -68,3 +68,21 @@ def test_wan_scheduler_says_3_and_the_full_schedule_samples_at_5(standin_hf_home
     result = json.loads(out.out.strip().splitlines()[-1])
     ran = [round(t, 3) for c in ("transformer", "transformer_2") for t in result["experts"][c]["timesteps"]]
     assert ran == timesteps(5.0)
+
+
+def test_model_index_files_name_the_published_classes_and_load(standin_hf_home, standin_install):
+    """As published: Wan's tokenizer is T5TokenizerFast (transformers 4's name, an alias in 5), no image
+    encoder; Qwen's components are the 2511 repository's classes."""
+    from diffusers import WanImageToVideoPipeline
+
+    wan = json.loads((_snapshot(standin_install, "wan-i2v") / "model_index.json").read_text())
+    assert wan["tokenizer"] == ["transformers", "T5TokenizerFast"] and wan["image_encoder"] == [None, None]
+    assert wan["boundary_ratio"] == registry.WAN.boundary_ratio
+    qwen = json.loads((_snapshot(standin_install, "qwen-edit") / "model_index.json").read_text())
+    assert {k: v for k, v in qwen.items() if not k.startswith("_")} == {
+        "processor": ["transformers", "Qwen2VLProcessor"], "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "Qwen2_5_VLForConditionalGeneration"],
+        "tokenizer": ["transformers", "Qwen2Tokenizer"], "transformer": ["diffusers", "QwenImageTransformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKLQwenImage"]}
+    pipe = WanImageToVideoPipeline.from_pretrained(registry.WAN_REPO, revision=registry.WAN_COMMIT)
+    assert pipe.tokenizer("a cat").input_ids

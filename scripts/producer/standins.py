@@ -88,6 +88,11 @@ Writer = Callable[[Path, Sequence[registry.ModelEntry], int], None]
 
 def _write_wan_repo(folder: Path, entries: Sequence[registry.ModelEntry], seed: int) -> None:
     build_wan_pipeline(seed).save_pretrained(folder)
+    # The Wan diffusers repositories' model_index.json names the tokenizer T5TokenizerFast (transformers 4's
+    # class; FastVideo's docs quote Wan2.1-I2V-14B-720P-Diffusers' file), transformers 5 saves T5Tokenizer.
+    index = json.loads((folder / "model_index.json").read_text())
+    index["tokenizer"] = ["transformers", "T5TokenizerFast"]
+    _write_json(folder / "model_index.json", index)
 
 
 def _write_qwen_edit_repo(folder: Path, entries: Sequence[registry.ModelEntry], seed: int) -> None:
