@@ -16,8 +16,8 @@ PULL_REQUEST_COMMITS = {"2ec9bda285536cab0b8f3372a62bbedafcb7fe3c"}
 # Repositories for which no public source pins a commit: revision None, the download records main's
 # commit (registry docstring). Adding a repository here is a decision, not a default.
 NO_PUBLIC_COMMIT = {"QuantStack/Wan2.2-I2V-A14B-GGUF", "lightx2v/Wan2.2-Distill-Loras",
-                    "lightx2v/Wan2.1-I2V-14B-480P-StepDistill-CfgDistill-Lightx2v", "Qwen/Qwen-Image",
-                    "InstantX/Qwen-Image-ControlNet-Union", "lllyasviel/Annotators"}
+                    "lightx2v/Wan2.1-I2V-14B-480P-StepDistill-CfgDistill-Lightx2v",
+                    "InstantX/Qwen-Image-ControlNet-Union"}
 
 
 @pytest.mark.parametrize("entry", registry.entries(), ids=lambda e: e.name)

@@ -319,7 +319,9 @@ _ENTRIES = [
         title="Qwen-Image (text-to-image base for the ControlNet Union pose path)",
         kind="pipeline",
         repo_id="Qwen/Qwen-Image",
-        revision=NO_PUBLIC_COMMIT,
+        # main's commit as huggingface.co/api/models/Qwen/Qwen-Image reported it to a public project's
+        # "Immutable model revisions" table (a TRELLIS Colab recipe's README).
+        revision="75e0b4be04f60ec59a75f475837eced720f823b6",
         files=("*.json", "scheduler/*", "tokenizer/*", "text_encoder/*", "vae/*", "transformer/*"),
         size_bytes=57_700_000_000,
         loader="QwenImageControlNetPipeline.from_pretrained(controlnet=...)",
@@ -344,8 +346,14 @@ _ENTRIES = [
         title="OpenPose annotator weights (body, hand, face)",
         kind="annotator",
         repo_id="lllyasviel/Annotators",
-        revision=NO_PUBLIC_COMMIT,
+        # The repository's head (last change 2023-08-27), as a public model survey records it; ComfyUI
+        # docs pin an older commit, 5bc80eec2b4fddbb743c1e9329e3bd94b2cae14d.
+        revision="982e7edaec38759d914a963c48c4726685de7d96",
         files=("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
+        # The LFS sha256 of each file, as a public project recorded them after checking the repository's.
+        sha256={"body_pose_model.pth": "25a948c16078b0f08e236bda51a385d855ef4c153598947c28c0d47ed94bb746",
+                "hand_pose_model.pth": "b76b00d1750901abd07b9f9d8c98cc3385b8fe834a26d4b4f0aad439e75fc600",
+                "facenet.pth": "8beb52e548624ffcc4aed12af7aee7dcbfaeea420c75609fee999fe7add79d43"},
         size_bytes=510_000_000,
         loader="controlnet_aux OpenposeDetector (pickles, loaded with torch.load(weights_only=True))",
         license="apache-2.0",
