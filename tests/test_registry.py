@@ -15,8 +15,7 @@ HEX40 = re.compile(r"[0-9a-f]{40}")
 PULL_REQUEST_COMMITS = {"2ec9bda285536cab0b8f3372a62bbedafcb7fe3c"}
 # Repositories for which no public source pins a commit: revision None, the download records main's
 # commit (registry docstring). Adding a repository here is a decision, not a default.
-NO_PUBLIC_COMMIT = {"QuantStack/Wan2.2-I2V-A14B-GGUF", "lightx2v/Wan2.2-Distill-Loras",
-                    "lightx2v/Wan2.1-I2V-14B-480P-StepDistill-CfgDistill-Lightx2v",
+NO_PUBLIC_COMMIT = {"QuantStack/Wan2.2-I2V-A14B-GGUF", "lightx2v/Wan2.1-I2V-14B-480P-StepDistill-CfgDistill-Lightx2v",
                     "InstantX/Qwen-Image-ControlNet-Union"}
 
 
@@ -98,7 +97,7 @@ def test_components_entries_share_the_full_repo_and_revision():
 
 @pytest.fixture(scope="module")
 def lightning_standins(tmp_path_factory):
-    return standins.install_standins(tmp_path_factory.mktemp("published-hub"), ["qwen-lightning", "wan-lightning"])
+    return standins.install_standins(tmp_path_factory.mktemp("published-hub"), ["qwen-lightning", "wan21-lightx2v"])
 
 
 @pytest.fixture
@@ -174,14 +173,14 @@ def test_download_refuses_a_file_that_is_not_the_published_one_before_fetching(h
 def test_an_entry_without_a_public_commit_stays_on_the_commit_it_recorded(hub, capsys, monkeypatch):
     from producer import download
 
-    entry = publish(monkeypatch, "wan-lightning", sha256={})  # the hub serves stand-ins, not the real file
+    entry = publish(monkeypatch, "wan21-lightx2v", sha256={})  # the hub serves stand-ins, not the real file
     assert entry.revision is None and download.requested_revision(entry) == "main"
-    code, result = setup(capsys, "--download", "--only", "wan-lightning")
+    code, result = setup(capsys, "--download", "--only", "wan21-lightx2v")
     assert code == 0, result
     commit = hub.repos[entry.repo_id].commit
     assert hub.gets(f"/api/models/{entry.repo_id}/revision/main")
-    assert install.read_record("wan-lightning")["commit"] == commit
+    assert install.read_record("wan21-lightx2v")["commit"] == commit
     assert (models.repo_folder(entry.repo_id) / "refs" / "main").read_text() == commit
     assert download.requested_revision(entry) == commit  # later downloads of this repo ask for that commit
-    code, result = setup(capsys, "--check", "--only", "wan-lightning")
-    assert result["models"]["wan-lightning"]["status"] == "complete"
+    code, result = setup(capsys, "--check", "--only", "wan21-lightx2v")
+    assert result["models"]["wan21-lightx2v"]["status"] == "complete"

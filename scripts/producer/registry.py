@@ -184,7 +184,9 @@ _ENTRIES = [
         title="Wan 2.2 Lightning I2V A14B 4-step LoRAs (high + low noise)",
         kind="lora",
         repo_id="lightx2v/Wan2.2-Distill-Loras",
-        revision=NO_PUBLIC_COMMIT,
+        # A public project's evidence notes cite the model card at this revision (its I2V rank-64 pair);
+        # the file list at this commit was not seen: were the 1022 files absent, --download says so.
+        revision="570044187a5219776ef30a5c60c6f76428a3a10a",
         files=("wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1022.safetensors",
                "wan2.2_i2v_A14b_low_noise_lora_rank64_lightx2v_4step_1022.safetensors"),
         size_bytes=1_374_000_000,  # 635 MB (high) + 739 MB (low), file pages
