@@ -434,7 +434,8 @@ def test_gguf_expert_takes_the_lora_unfused_and_the_head_delta_directly(kijai, g
     from safetensors.torch import load_file
 
     head = gguf_wan.transformer.proj_out
-    assert getattr(head.weight, "quant_type", None) is None and gguf_wan.transformer.blocks[0].attn1.to_q.weight.quant_type
+    assert getattr(head.weight, "quant_type", None) is None
+    assert gguf_wan.transformer.blocks[0].attn1.to_q.weight.quant_type is not None
     head_before = head.weight.detach().float().clone()
     before = wan_out(gguf_wan.transformer)
     report = L.load_loras(gguf_wan, [spec(kijai, 0.5, "high")], "wan", fuse=True)
@@ -545,7 +546,8 @@ Q = "diffusion_model.blocks.0.self_attn.q"
 
 def _pair(**overrides):
     g = torch.Generator().manual_seed(5)
-    sd = {f"{Q}.lora_down.weight": torch.randn(4, 32, generator=g), f"{Q}.lora_up.weight": torch.randn(32, 4, generator=g),
+    sd = {f"{Q}.lora_down.weight": torch.randn(4, 32, generator=g),
+          f"{Q}.lora_up.weight": torch.randn(32, 4, generator=g),
           f"{Q}.alpha": torch.tensor(4.0)}
     return {**sd, **overrides}
 

@@ -80,7 +80,8 @@ def test_model_index_files_name_the_published_classes_and_load(standin_hf_home, 
     assert wan["boundary_ratio"] == registry.WAN.boundary_ratio
     qwen = json.loads((_snapshot(standin_install, "qwen-edit") / "model_index.json").read_text())
     assert {k: v for k, v in qwen.items() if not k.startswith("_")} == {
-        "processor": ["transformers", "Qwen2VLProcessor"], "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "processor": ["transformers", "Qwen2VLProcessor"],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
         "text_encoder": ["transformers", "Qwen2_5_VLForConditionalGeneration"],
         "tokenizer": ["transformers", "Qwen2Tokenizer"], "transformer": ["diffusers", "QwenImageTransformer2DModel"],
         "vae": ["diffusers", "AutoencoderKLQwenImage"]}

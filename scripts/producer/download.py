@@ -154,7 +154,8 @@ def hub_errors(entry: registry.ModelEntry, revision: str | None = None) -> Itera
         raise CliError(f"{repo} ({entry.name}) is gated: the Hub refused the download without access",
                        fix=GATED_FIX.format(repo=repo), code=ExitCode.FAILED) from None
     except errors.RevisionNotFoundError:
-        raise CliError(f"{repo} has no revision {revision or entry.revision}", fix="the registry is out of date: update the "
+        raise CliError(f"{repo} has no revision {revision or entry.revision}",
+                       fix="the registry is out of date: update the "
                        "skill, or report it", code=ExitCode.FAILED) from None
     except errors.RepositoryNotFoundError:
         raise CliError(f"{repo} was not found on {hub_endpoint()} (or it is private and no valid token was sent)",
