@@ -117,6 +117,10 @@ def info(args) -> dict:
     return {"models": rows, "models_dir": str(models.hub_cache())}
 
 
+def _revision_label(revision: str | None) -> str:
+    return revision[:12] if revision else "main (no public commit: the download records the one it gets)"
+
+
 def role_of(name: str) -> str:
     if name in needs.DISTILL_LORAS.values():
         return "step-distill LoRA: always part of --download"
@@ -134,7 +138,7 @@ def describe_info(result: dict) -> str:
         gated = "gated (accept the license on the model page)" if m["gated"] else "not gated"
         lines += [f"\n{m['name']}: {m['title']}  [{m['status']}]",
                   f"  {size}, license {m['license']}, {gated}",
-                  f"  {m['repo_id']}@{m['revision'][:12]}: {', '.join(m['files'])}",
+                  f"  {m['repo_id']}@{_revision_label(m['revision'])}: {', '.join(m['files'])}",
                   f"  role: {m['role']}", f"  loaded by: {m['loader']}"]
         if m["notes"]:
             lines.append(f"  {m['notes']}")

@@ -406,7 +406,7 @@ def test_loading_twice_without_unloading_is_refused(tmp_path, wan):
 
 
 def test_strength_equal_to_alpha_over_rank_is_warned_about(tmp_path, qwen, caplog):
-    path = save(tmp_path, "lightning", SL.qwen_lightning_lora(qwen.transformer))  # alpha 1, rank 8
+    path = save(tmp_path, "lightning", SL.qwen_lightning_lora(qwen.transformer))  # alpha 8, rank 64
     with caplog.at_level(logging.WARNING, logger="producer"):
         L.load_loras(qwen, [spec(path, 0.125, family="qwen")], "qwen")
     assert "already applies alpha/rank" in caplog.text
@@ -429,21 +429,39 @@ def gguf_wan(tmp_path, wan):
     return wan
 
 
-def test_gguf_expert_takes_the_lora_unfused_and_the_head_delta_as_a_pair(kijai, gguf_wan):
+def test_gguf_expert_takes_the_lora_unfused_and_the_head_delta_directly(kijai, gguf_wan):
+    """In published GGUF files the head stays F16 (ComfyUI-GGUF's convert.py): head.head.diff is added to it."""
     from safetensors.torch import load_file
 
     head = gguf_wan.transformer.proj_out
-    assert head.weight.quant_type is not None  # the head weight really is quantized
+    assert getattr(head.weight, "quant_type", None) is None
+    assert gguf_wan.transformer.blocks[0].attn1.to_q.weight.quant_type is not None
+    head_before = head.weight.detach().float().clone()
     before = wan_out(gguf_wan.transformer)
     report = L.load_loras(gguf_wan, [spec(kijai, 0.5, "high")], "wan", fuse=True)
     e = expert(report, "transformer")
     assert not e.fused and not e.partial and e.deltas_applied == e.deltas - skipped(e, L.ZERO_DELTA)
     assert not torch.allclose(wan_out(gguf_wan.transformer), before, atol=1e-4)
-    # head.head.diff rides as a LoRA pair with an identity factor: the layer adds 0.5 * diff @ x
+    diff = load_file(kijai)["diffusion_model.head.head.diff"].float()
+    head_weight = gguf_wan.transformer.proj_out.base_layer.weight if hasattr(gguf_wan.transformer.proj_out,
+                                                                            "base_layer") else head.weight
+    assert torch.allclose(head_weight.float(), head_before + 0.5 * diff, atol=1e-3)
+
+
+def test_a_weight_delta_on_a_quantized_linear_rides_as_an_identity_pair(tmp_path, gguf_wan):
+    """A .diff for a GGUF-quantized linear cannot be added to it: it loads as a LoRA pair with an identity
+    factor, so the layer adds strength * diff @ x."""
+    diff = torch.randn(32, 32, generator=torch.Generator().manual_seed(4)) * 0.01
+    path = save(tmp_path, "o_diff", {"diffusion_model.blocks.0.self_attn.o.diff": diff})
+    layer_path = "blocks.0.attn1.to_out.0"
+    assert gguf_wan.transformer.get_submodule(layer_path).weight.quant_type is not None
+    report = L.load_loras(gguf_wan, [spec(path, 0.5, "high")], "wan")
+    e = expert(report, "transformer")
+    assert e.deltas_applied == e.deltas == 1 and not e.partial
+    layer = gguf_wan.transformer.get_submodule(layer_path)
     x = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
-    diff = load_file(kijai)["diffusion_model.head.head.diff"]
     with torch.no_grad():
-        added = gguf_wan.transformer.proj_out(x) - gguf_wan.transformer.proj_out.base_layer(x)
+        added = layer(x) - layer.base_layer(x)
     assert torch.allclose(added, 0.5 * x @ diff.T, atol=1e-5)
 
 
@@ -519,3 +537,62 @@ def test_qwen_lightning_and_anypose_from_the_cache(offline_hf_home, monkeypatch,
 def test_an_unknown_home_folder_is_a_clean_error():
     with pytest.raises(cli.CliError, match="home folder"):
         L.parse_lora_spec("~nosuchuser-2b7f/x.safetensors:0.8", "wan")
+
+
+# ---------------------------------------------------------------- malformed tensors (issue 17)
+
+Q = "diffusion_model.blocks.0.self_attn.q"
+
+
+def _pair(**overrides):
+    g = torch.Generator().manual_seed(5)
+    sd = {f"{Q}.lora_down.weight": torch.randn(4, 32, generator=g),
+          f"{Q}.lora_up.weight": torch.randn(32, 4, generator=g),
+          f"{Q}.alpha": torch.tensor(4.0)}
+    return {**sd, **overrides}
+
+
+@pytest.mark.parametrize("name, state, key, says", [
+    ("alpha-several", _pair(**{f"{Q}.alpha": torch.tensor([4.0, 4.0])}), f"{Q}.alpha", "alpha with 2 elements"),
+    ("alpha-bool", _pair(**{f"{Q}.alpha": torch.tensor(True)}), f"{Q}.alpha", "not a number"),
+    ("int-down", _pair(**{f"{Q}.lora_down.weight": torch.ones(4, 32, dtype=torch.int32)}), f"{Q}.lora_down.weight",
+     "torch.int32 values"),
+    ("bool-up", _pair(**{f"{Q}.lora_up.weight": torch.ones(32, 4, dtype=torch.bool)}), f"{Q}.lora_up.weight",
+     "torch.bool values"),
+    ("scalar-down", _pair(**{f"{Q}.lora_down.weight": torch.tensor(1.0)}), f"{Q}.lora_down.weight", "is a scalar"),
+    ("scalar-diff-b", _pair(**{f"{Q}.diff_b": torch.tensor(0.5)}), f"{Q}.diff_b", "is a scalar"),
+    ("nan-up", _pair(**{f"{Q}.lora_up.weight": torch.full((32, 4), float("nan"))}), f"{Q}.lora_up.weight", "NaN"),
+    ("inf-alpha", _pair(**{f"{Q}.alpha": torch.tensor(float("inf"))}), f"{Q}.alpha", "infinite"),
+    ("nan-diff-m", {"diffusion_model.blocks.0.diff_m": torch.full((1, 6, 32), float("nan"))},
+     "diffusion_model.blocks.0.diff_m", "NaN"),
+    ("inf-bf16-diff", _pair(**{f"{Q}.diff": torch.full((32, 32), float("inf"), dtype=torch.bfloat16)}), f"{Q}.diff",
+     "infinite"),
+])
+def test_malformed_tensors_are_refused_before_loading(tmp_path, wan, name, state, key, says):
+    """Each crashed, was 'applies to nothing', or (NaN deltas) was applied and gave a black clip."""
+    path = save(tmp_path, name, state)
+    before = {n: p.detach().clone() for n, p in wan.transformer.named_parameters()}
+    with pytest.raises(CliError) as err:
+        L.load_loras(wan, [spec(path)], "wan")
+    assert path.name in str(err.value) and key in str(err.value) and says in str(err.value)
+    assert "download it again" in err.value.fix
+    assert not has_lora_layers(wan.transformer) and not has_lora_layers(wan.transformer_2)
+    assert all(torch.equal(p, before[n]) for n, p in wan.transformer.named_parameters())
+
+
+def test_modulation_diff_spelling_is_applied_like_diff_m(tmp_path, wan):
+    """`blocks.N.modulation.diff` (ComfyUI extractors) is the `blocks.N.diff_m` tensor: same parameter, same change."""
+    delta = torch.randn(1, 6, 32, generator=torch.Generator().manual_seed(7)) * 0.01
+    table = wan.transformer.blocks[0].scale_shift_table
+    original = table.detach().clone()
+    results = {}
+    for spelling in ("diff_m", "modulation.diff"):
+        path = save(tmp_path, spelling, _pair(**{f"diffusion_model.blocks.0.{spelling}": delta}))
+        report = L.load_loras(wan, [spec(path, target="high")], "wan")
+        e = expert(report, "transformer")
+        assert e.deltas_applied == e.deltas == 1 and not e.partial
+        results[spelling] = table.detach().clone()
+        L.unload_loras(wan, report)
+        assert torch.equal(table, original)
+    assert torch.equal(results["diff_m"], results["modulation.diff"])
+    assert torch.allclose(results["diff_m"], original + delta)

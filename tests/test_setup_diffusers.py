@@ -34,6 +34,9 @@ def hub(hub_content, monkeypatch):
     """The local hub, with huggingface_hub pointed at it and online (the autouse fixture made it offline)."""
     from huggingface_hub import constants
 
+    # The hub serves stand-ins, not the published files whose sizes and hashes the registry knows
+    # (tests/test_registry.py checks that rule with its own values).
+    monkeypatch.setattr(registry.ModelEntry, "published", lambda self, path: {})
     with LocalHub() as server:
         server.add_standins(hub_content)
         monkeypatch.setenv("HF_ENDPOINT", server.url)

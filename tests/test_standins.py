@@ -18,7 +18,9 @@ GGUF_TOLERANCE = {  # max |dequantized - original| as a fraction of the tensor's
     "F16": 1e-3,
     "Q8_0": 1 / 127 + 1e-3,  # half a step of 1/127 of the block's max, plus the float16 scale
     "Q4_0": 1 / 8 + 1e-3,  # the block's max maps to -8 steps; the other end reaches 7
+    "Q5_0": 1 / 16 + 1e-3,  # gguf's reference quantizer truncates: up to one step of 1/16 of the block's max
     "Q4_K": 0.08,  # half of a (range/15) step, with 6-bit scales rounded up
+    "Q6_K": 1 / 62 + 1 / 127,  # half a step of the sub-block's max/31, with int8 scales rounded up
 }
 
 
@@ -206,8 +208,36 @@ def test_q4_k_blocks_decode_with_ggml_layout(shape):
     assert np.abs(decoded[0, :32]).max() < 1e-6
 
 
-@pytest.mark.parametrize("name", ["wan-i2v-gguf-q4", "wan-i2v-gguf-q8"])
-def test_wan_gguf_files_have_comfyui_layout(standin_install, name):
+@pytest.mark.parametrize("shape", [(2, 256), (3, 512)])
+def test_q6_k_blocks_decode_with_ggml_layout(shape):
+    """Packed by hand (the gguf package cannot quantize Q6_K), decoded by the gguf package and by diffusers."""
+    from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+    from gguf import GGMLQuantizationType, quants
+
+    rng = np.random.default_rng(2)
+    rows = rng.normal(0, 0.05, shape).astype(np.float32)
+    rows[0, :16] = 0.0  # an empty sub-block
+    rows[1, 16:32] = -0.3  # a constant negative sub-block
+    rows[1, 32:48] = np.linspace(-1, 1, 16)  # one sub-block far wider than the rest
+    packed = standin_gguf.quantize_q6_k(rows)
+    assert packed.dtype == np.uint8 and packed.shape == (shape[0], shape[1] // 256 * 210)
+    decoded = quants.dequantize(packed, GGMLQuantizationType.Q6_K)
+    sub_max = np.abs(rows).reshape(-1, 16).max(axis=1)
+    error = np.abs(decoded - rows).reshape(-1, 16).max(axis=1)
+    block_max = np.repeat(np.abs(rows).reshape(-1, 256).max(axis=1), 16)
+    assert (error <= sub_max / 62 + block_max / 31 / 127 + 1e-7).all()  # half a 6-bit step (+ the scale's rounding)
+    assert np.abs(decoded[0, :16]).max() == 0.0
+    via_diffusers = dequantize_gguf_tensor(GGUFParameter(torch.from_numpy(packed),
+                                                         quant_type=GGMLQuantizationType.Q6_K))
+    assert np.allclose(via_diffusers.float().numpy(), decoded, rtol=1e-3, atol=1e-6)  # diffusers decodes to float16
+
+
+@pytest.mark.parametrize("name, scheme", [("wan-i2v-gguf-q4", "Q4_K_M"), ("wan-i2v-gguf-q8", "Q8_0")])
+def test_wan_gguf_files_have_the_published_type_map(standin_install, name, scheme):
+    """ComfyUI-GGUF convert.py + lcpp.patch: embeddings, time_projection and head F16; biases, norms,
+    modulation and the 5-D patch embedding F32; Q4_K_M: v and ffn.2 Q6_K, other block linears Q4_K
+    (the stand-in's 32-wide rows take llama-quantize's fallbacks Q8_0 and Q5_0); Q8_0: block linears Q8_0."""
     entry = registry.get(name)
     snapshot = _snapshot(standin_install, name)
     for role in ("transformer", "transformer_2"):
@@ -215,12 +245,25 @@ def test_wan_gguf_files_have_comfyui_layout(standin_install, name):
         types = _gguf_types(path)
         assert _gguf_field(path, "general.architecture") == "wan"
         assert _gguf_field(path, "general.quantization_version") == 2
-        assert types["patch_embedding.weight"] == "F32" and types["blocks.0.modulation"] == "F32"
-        assert types["head.modulation"] == "F32" and types["blocks.0.norm3.bias"] == "F32"
-        if name.endswith("q4"):
-            assert {types["blocks.0.ffn.2.weight"], types["blocks.0.self_attn.q.weight"]} == {"Q4_K", "Q4_0"}
-        else:
-            assert types["blocks.0.ffn.2.weight"] == types["blocks.0.self_attn.q.weight"] == "Q8_0"
+        for f16 in ("text_embedding.0.weight", "text_embedding.2.weight", "time_embedding.0.weight",
+                    "time_embedding.2.weight", "time_projection.1.weight", "head.head.weight"):
+            assert types[f16] == "F16", f16
+        for f32 in ("patch_embedding.weight", "patch_embedding.bias", "blocks.0.modulation", "head.modulation",
+                    "blocks.0.norm3.weight", "blocks.0.norm3.bias", "blocks.0.self_attn.norm_q.weight",
+                    "blocks.0.self_attn.q.bias", "blocks.1.ffn.2.bias", "head.head.bias"):
+            assert types[f32] == "F32", f32
+        linears = [k for k in types if k.startswith("blocks.") and k.endswith(".weight") and "norm" not in k]
+        for key in linears:
+            if scheme == "Q8_0":
+                assert types[key] == "Q8_0", key
+            elif key.endswith((".v.weight", ".ffn.2.weight")):
+                assert types[key] == ("Q6_K" if key.endswith("ffn.2.weight") else "Q8_0"), key  # 256 / 32 wide
+            else:
+                assert types[key] == "Q5_0", key  # Q4_K's fallback for 32-wide rows
+        if scheme == "Q4_K_M":
+            assert standin_gguf.gguf_tensor_type("blocks.0.self_attn.q.weight", (5120, 5120), scheme).name == "Q4_K"
+            assert standin_gguf.gguf_tensor_type("blocks.0.self_attn.v.weight", (5120, 5120), scheme).name == "Q6_K"
+            assert standin_gguf.gguf_tensor_type("blocks.0.ffn.2.weight", (5120, 13824), scheme).name == "Q6_K"
 
 
 @pytest.mark.parametrize("name", ["wan-i2v-gguf-q4", "wan-i2v-gguf-q8"])
@@ -255,6 +298,9 @@ def test_qwen_gguf_transformer_loads_offline_and_edits(standin_hf_home, qwen_sta
     assert _gguf_field(path, "general.architecture") == "qwen_image"
     types = _gguf_types(path)
     assert "transformer_blocks.0.img_mlp.net.2.weight" in types and "img_in.weight" in types
+    assert types[standin_gguf.QWEN_TIMESTEP_MARKER] == "F32"  # the 2511 repacks' marker: loading ignores it
+    assert types["img_in.weight"] == types["proj_out.weight"] == types["txt_in.weight"] == "F16"
+    types.pop(standin_gguf.QWEN_TIMESTEP_MARKER)
     transformer = QwenImageTransformer2DModel.from_single_file(
         path, quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32),
         config=registry.QWEN_REPO, subfolder="transformer")
@@ -435,3 +481,14 @@ def test_openpose_annotators_on_request_load_with_the_real_loader(tmp_path, monk
     detector = OpenposeDetector.from_pretrained("lllyasviel/Annotators")  # torch.load + load_state_dict
     pose = detector(_image(128), detect_resolution=128, image_resolution=128)
     assert pose.size == (128, 128)
+
+
+@pytest.mark.parametrize("name", ["qwen-edit-gguf-q4", "qwen-edit-gguf-q8"])
+def test_the_weight_check_passes_a_qwen_gguf_with_the_timestep_marker(standin_install, name):
+    """`__index_timestep_zero__` (Comfy-Org's 2511 repacks) holds no weight: not 'unexpected in the files'."""
+    from producer import weightcheck
+
+    path = _snapshot(standin_install, name) / registry.get(name).roles["transformer"]
+    assert standin_gguf.QWEN_TIMESTEP_MARKER in _gguf_types(path)
+    cov = weightcheck.check_gguf(name, path, _snapshot(standin_install, "qwen-edit") / "transformer")
+    assert cov.ok and not cov.unexpected and cov.covered == cov.parameters > 0, cov.describe()

@@ -2,7 +2,10 @@
 resumable, verified, recorded.
 
 1. `remote_entry`: the Hub's file list for the entry's revision (`HfApi.model_info(files_metadata=True)`):
-   the commit the revision resolves to, each selected file's size and hash. Nothing is written.
+   the commit the revision resolves to, each selected file's size and hash. A file whose size or sha256
+   differs from what the registry knows from a public source (`ModelEntry.published`) is refused here.
+   An entry without a public commit asks for the commit already recorded for its repository, else main
+   (`requested_revision`). Nothing is written.
 2. `check_disk`: the bytes still to fetch (all entries together) against the free disk of the cache,
    before anything is written.
 3. `fetch_entry`: each file goes to `blobs/<etag>.incomplete`, which survives a failure or Ctrl-C and
@@ -76,11 +79,12 @@ def remote_entry(entry: registry.ModelEntry, token: str | None, infos: dict) -> 
     if token is not None and not (token.isascii() and token.isprintable() and token.strip() == token):
         raise CliError("--token holds characters no Hugging Face token has (tokens are printable ASCII: hf_...)",
                        "copy the token again from https://huggingface.co/settings/tokens, or leave --token out")
-    key = (entry.repo_id, entry.revision)
+    revision = requested_revision(entry)
+    key = (entry.repo_id, revision)
     if key not in infos:
-        with hub_errors(entry):
+        with hub_errors(entry, revision):
             infos[key] = HfApi(endpoint=hub_endpoint()).model_info(
-                entry.repo_id, revision=entry.revision, files_metadata=True, token=token)
+                entry.repo_id, revision=revision, files_metadata=True, token=token)
     info = infos[key]
     siblings = {s.rfilename: s for s in info.siblings or []}
     selected = models.matching_files(list(siblings), entry.files)
@@ -91,7 +95,37 @@ def remote_entry(entry: registry.ModelEntry, token: str | None, infos: dict) -> 
                        fix="the registry is out of date for this repository: update the skill, or report it",
                        code=ExitCode.FAILED)
     files = tuple(_remote_file(entry, info.sha, siblings[p], token) for p in selected)
+    for f in files:
+        _refuse_unpublished(entry, info.sha, f)
     return RemoteEntry(entry, info.sha, files)
+
+
+def requested_revision(entry: registry.ModelEntry) -> str:
+    """The revision to ask the Hub for. Pinned: the registry's commit. Without a public commit: the commit
+    already recorded for this repository (this entry's or one sharing the repo), so a second download and
+    `--check` stay on what was verified, else main (whose commit the install record then keeps)."""
+    if entry.pinned:
+        return entry.revision
+    for name in [entry.name] + [e.name for e in registry.entries() if e.repo_id == entry.repo_id]:
+        record = install.read_record(name)
+        if record and isinstance(record.get("commit"), str) and record.get("source", "").startswith("hub"):
+            return record["commit"]
+    return "main"
+
+
+def _refuse_unpublished(entry: registry.ModelEntry, commit: str, f: "RemoteFile") -> None:
+    """The Hub's file must be the one the registry knows from its public source (size, sha256)."""
+    known = entry.published(f.path)
+    differs = []
+    if "size" in known and f.size is not None and f.size != known["size"]:
+        differs.append(f"{f.size:,} bytes, the registry knows {known['size']:,}")
+    if "sha256" in known and f.lfs and f.etag != known["sha256"]:
+        differs.append(f"sha256 {f.etag[:12]}..., the registry knows {known['sha256'][:12]}...")
+    if differs:
+        raise CliError(f"{entry.repo_id}@{commit[:7]} serves {f.path} with {'; '.join(differs)}: not the published "
+                       "file this skill was made for; nothing was downloaded",
+                       fix="update the skill (its registry may be out of date), or report it with this message",
+                       code=ExitCode.FAILED)
 
 
 def _remote_file(entry: registry.ModelEntry, commit: str, sibling, token: str | None) -> RemoteFile:
@@ -109,7 +143,7 @@ def _remote_file(entry: registry.ModelEntry, commit: str, sibling, token: str | 
 
 
 @contextlib.contextmanager
-def hub_errors(entry: registry.ModelEntry) -> Iterator[None]:
+def hub_errors(entry: registry.ModelEntry, revision: str | None = None) -> Iterator[None]:
     """Turn what huggingface_hub and the network raise into messages that say what to do."""
     from huggingface_hub import errors
 
@@ -120,7 +154,8 @@ def hub_errors(entry: registry.ModelEntry) -> Iterator[None]:
         raise CliError(f"{repo} ({entry.name}) is gated: the Hub refused the download without access",
                        fix=GATED_FIX.format(repo=repo), code=ExitCode.FAILED) from None
     except errors.RevisionNotFoundError:
-        raise CliError(f"{repo} has no revision {entry.revision}", fix="the registry is out of date: update the "
+        raise CliError(f"{repo} has no revision {revision or entry.revision}",
+                       fix="the registry is out of date: update the "
                        "skill, or report it", code=ExitCode.FAILED) from None
     except errors.RepositoryNotFoundError:
         raise CliError(f"{repo} was not found on {hub_endpoint()} (or it is private and no valid token was sent)",
@@ -228,8 +263,8 @@ def fetch_entry(remote: RemoteEntry, token: str | None, counter: list[int], tota
             sources[f] = _fetch_file(remote, f, token)
     for f, source in sources.items():
         _link(source, pointer_path(remote, f))
-    if not entry.pinned:
-        _write_ref(models.repo_folder(entry.repo_id) / "refs" / entry.revision, remote.commit)
+    if not entry.pinned:  # from_pretrained without a revision, and models.snapshot_dir, read refs/main
+        _write_ref(models.repo_folder(entry.repo_id) / "refs" / "main", remote.commit)
     snapshot = models.repo_folder(entry.repo_id) / "snapshots" / remote.commit
     files = {f.path: {"size": pointer_path(remote, f).stat().st_size, **f.hashes()} for f in remote.files}
     install.write_record(entry, remote.commit, snapshot, files, source=f"hub {hub_endpoint()}")

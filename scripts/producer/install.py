@@ -10,7 +10,10 @@ A model counts as present only when the files on disk match its record:
 - an interrupted download writes no record (and no snapshot links), so it reads as missing/partial;
 - a truncated or grown file fails the size check;
 - a file changed in place fails the modification-time check ("changed"); `verify=True` re-hashes
-  every file, reports the ones whose content differs as corrupt and re-records the rest.
+  every file, reports the ones whose content differs as corrupt and re-records the rest;
+- a downloaded file whose recorded size or sha256 differs from what the registry knows from a public
+  source (`ModelEntry.published`) is "unpublished": not the file the skill was made for. Stand-in
+  records are exempt: stand-ins are tiny random files, checked against their own record only.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ CORRUPT = "corrupt"  # a file's size or content differs from what arrived
 CHANGED = "changed"  # a file was modified after it arrived (content not checked yet: --verify)
 UNRECORDED = "unrecorded"  # files present, but not downloaded (or not finished) by setup_diffusers.py
 OUTDATED = "outdated"  # installed at another revision than the registry pins
+UNPUBLISHED = "unpublished"  # a file's size or sha256 differs from the registry's published facts
 
 
 def records_dir() -> Path:
@@ -177,6 +181,11 @@ def entry_status(entry: registry.ModelEntry, verify: bool = False) -> EntryStatu
         status.status = OUTDATED
         status.problems.append(f"installed commit {record['commit'][:7]}, the registry pins {entry.revision[:7]}")
         return status
+    differs = unpublished_files(entry, record)
+    if differs:
+        status.status = UNPUBLISHED
+        status.problems.extend(differs)
+        return status
     if snap is None or snap.name != record["commit"]:
         status.status = MISSING if snap is None else UNRECORDED
         status.problems.append(f"the cache's {entry.revision} is {snap.name[:7] if snap else 'absent'}, "
@@ -186,6 +195,21 @@ def entry_status(entry: registry.ModelEntry, verify: bool = False) -> EntryStatu
     _check_coverage(entry, record, status)
     _check_files(snap, record, status, verify)
     return status
+
+
+def unpublished_files(entry: registry.ModelEntry, record: dict) -> list[str]:
+    """The recorded files whose size or sha256 differs from what a public source gives for them."""
+    if record.get("source") == "standin":
+        return []
+    problems = []
+    for relpath, info in record["files"].items():
+        known = entry.published(relpath)
+        if "size" in known and info.get("size") != known["size"]:
+            problems.append(f"{relpath} has {info.get('size'):,} bytes, the published file {known['size']:,}")
+        if "sha256" in known and info.get("sha256") and info["sha256"] != known["sha256"]:
+            problems.append(f"{relpath} has sha256 {info['sha256'][:12]}..., the published file "
+                            f"{known['sha256'][:12]}...")
+    return problems
 
 
 def _check_coverage(entry: registry.ModelEntry, record: dict, status: EntryStatus) -> None:
@@ -239,6 +263,9 @@ def status_fix(status: EntryStatus, models_dir: str | None = None) -> str:
     suffix = f" --models-dir {models_dir}" if models_dir else ""
     if status.status == CHANGED:
         return f"python scripts/setup_diffusers.py --check --verify{suffix}  (re-hashes the files)"
+    if status.status == UNPUBLISHED:
+        return models.setup_command(status.name) + suffix + (
+            "  (fetches the published files again; if the Hub itself serves other ones, it stops and says so)")
     return models.setup_command(status.name) + suffix + (
         "  (verifies what is there, fetches the rest)" if status.status == UNRECORDED else "")
 

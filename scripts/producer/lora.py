@@ -22,7 +22,8 @@ attention/FFN `.diff_b` (bias deltas):
     directly instead (bias += strength * delta), like every other delta below.
 norm `.diff` / `.diff_b`:
     diffusers drops them silently ("just zeroed values", a debug log). They are not always zero.
-`.diff_m` (the per-block `modulation` tensor, diffusers' `blocks.N.scale_shift_table`), other `.diff`:
+`.diff_m` (the per-block `modulation` tensor, diffusers' `blocks.N.scale_shift_table`; some extractors
+spell it `blocks.N.modulation.diff`, read as the same delta), other `.diff`:
     diffusers drops them with an info log nobody sees.
 Our rule: apply them or report them, never drop them silently. A non-zero delta is added to its
 parameter (weight += strength * delta; names mapped with diffusers' own single-file Wan renames);
@@ -30,10 +31,14 @@ an all-zero one is reported as "all zeros (no effect)". A delta cannot be added 
 tensor: a weight delta of a linear layer then rides along as a LoRA pair with an identity factor
 (rank min(out, in), e.g. 64 for Wan's head.head.diff; diffusers' converter does the same for that
 key); anything else on a quantized tensor is reported as lost ("cannot add a delta to quantized
-weights"), which makes the LoRA partial. (In GGUF files biases, norms and modulation tables stay
-plain F32 tensors, so their deltas are added directly.)
+weights"), which makes the LoRA partial. (In published GGUF files biases, norms and modulation tables
+stay F32 and the head F16, plain tensors: their deltas, head.head.diff included, are added directly.)
 Wan 2.1 I2V image-encoder keys (`k_img`, `v_img`, `norm_k_img`, `img_emb`) have no target in
 Wan 2.2, which has no image encoder: they are reported as not applicable, not as lost.
+
+Malformed tensors are refused before anything is loaded, naming the file and the key: an alpha that is
+not one number, integer or boolean weights, scalar pairs or deltas, NaN or infinite values (a NaN delta
+added to a weight would give black frames).
 
 Deltas are added to the weights at load time with that expert's strength, so a later strength
 change needs a reload (`unload_loras` restores the original parameters exactly).

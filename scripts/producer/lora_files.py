@@ -27,6 +27,7 @@ DOWN_SUFFIXES = (".lora_down.weight", ".lora_A.weight")
 UP_SUFFIXES = (".lora_up.weight", ".lora_B.weight")
 ALPHA_SUFFIX = ".alpha"
 DELTA_SUFFIXES = {".diff_b": "bias", ".diff_m": "modulation", ".diff": "weight", ".lora_B.bias": "bias"}
+MODULATION_DIFF = ".modulation.diff"  # `blocks.N.modulation.diff`, another spelling of `blocks.N.diff_m`
 KNOWN_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "base_model.model.")
 
 # Wan 2.1 I2V carries an image encoder branch (CLIP features into cross-attention); Wan 2.2 I2V has none.
@@ -97,6 +98,7 @@ def read_lora(path: Path, family: str) -> LoraFile:
     if not tensors:
         raise CliError(f"{path.name} holds no tensors", fix="the file is empty or truncated: download it again")
     prefixes, bare = _strip_prefixes(tensors)
+    _refuse_malformed(path, tensors, bare)
     modules, deltas, others = _group_keys(bare)
     looks_like, looks_family = _guess_model(list(bare.values()))
     style = _style(family, prefixes, modules, deltas)
@@ -115,6 +117,37 @@ def _read_safetensors(path: Path) -> dict:
     except (SafetensorError, OSError) as exc:
         raise CliError(f"cannot read {path.name} as a safetensors file: {exc}",
                        fix="the file is damaged or not a safetensors file: download it again") from None
+
+
+def _refuse_malformed(path: Path, tensors: dict, bare: dict[str, str]) -> None:
+    """Every LoRA, alpha and delta tensor must be usable as it is, before anything is loaded: a NaN delta
+    added to a weight gives black frames, an integer one crashes peft, a scalar pair crashes the planner."""
+    for key, name in bare.items():
+        role = _split_suffix(name)[1]
+        if role is None:  # not a LoRA key: reported as skipped, never used
+            continue
+        problem = _tensor_problem(tensors[key], role)
+        if problem:
+            raise CliError(f"{path.name}: tensor {key} {problem}; nothing was loaded",
+                           fix="the file is damaged or was written wrongly: download it again, or ask its author "
+                               "for a fixed file (or drop this --lora)")
+
+
+def _tensor_problem(tensor, role: str) -> str | None:
+    import torch
+
+    if role == "alpha":
+        if tensor.dtype == torch.bool or tensor.is_complex():
+            return f"is an alpha of type {tensor.dtype}, not a number"
+        if tensor.numel() != 1:
+            return f"is an alpha with {tensor.numel()} elements (shape {tuple(tensor.shape)}); an alpha is one number"
+    elif not tensor.dtype.is_floating_point:
+        return f"holds {tensor.dtype} values; LoRA weights and deltas are floating point"
+    elif tensor.ndim == 0:
+        return "is a scalar; LoRA weights and deltas are matrices or vectors"
+    if not bool(torch.isfinite(tensor).all()):
+        return "holds NaN or infinite values"
+    return None
 
 
 def _strip_prefixes(tensors: dict) -> tuple[set[str], dict[str, str]]:
@@ -143,6 +176,8 @@ def _split_suffix(bare: str) -> tuple[str, str | None]:
             return bare[: -len(suffix)], "up"
     if bare.endswith(ALPHA_SUFFIX):
         return bare[: -len(ALPHA_SUFFIX)], "alpha"
+    if bare.endswith(MODULATION_DIFF):  # the ComfyUI extractors' spelling of `.diff_m`: same tensor
+        return bare[: -len(MODULATION_DIFF)], "delta:modulation"
     for suffix, kind in DELTA_SUFFIXES.items():
         if bare.endswith(suffix):
             return bare[: -len(suffix)], "delta:" + kind
@@ -168,7 +203,7 @@ def _style(family: str, prefixes: set[str], modules: dict, deltas: list) -> str:
         return f"{family}-musubi"
     if family == "qwen":
         return "qwen-dotted"
-    names = list(modules) + [d.source for d in deltas]
+    names = list(modules) + [d.source for d in deltas] + [d.key for d in deltas]  # d.key: `.modulation.diff`
     return "wan-original" if any(WAN_ORIGINAL_NAMES.search(n) for n in names) else "wan-diffusers"
 
 

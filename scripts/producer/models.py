@@ -62,7 +62,7 @@ def snapshot_dir(entry: registry.ModelEntry) -> Path | None:
     folder = repo_folder(entry.repo_id)
     commit = entry.revision
     if not entry.pinned:
-        ref = folder / "refs" / entry.revision
+        ref = folder / "refs" / "main"  # no public commit: the download recorded main's (registry docstring)
         if not ref.is_file():
             return None
         commit = ref.read_text().strip()

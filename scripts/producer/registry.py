@@ -2,9 +2,16 @@
 
 Every other module reads repo ids, revisions, file lists, sizes and sampling
 defaults from here. Sizes are bytes on disk of the files we fetch (public file
-pages, 2026-11; approximate where marked). Revisions are commit hashes where a
-public source gave one, otherwise the branch `main`; `setup_diffusers.py`
-records the commit it actually downloaded and generation metadata carries it.
+pages and download scripts, 2026-11/12; approximate where marked).
+
+Revisions: a commit of the repository's main branch that another project pins publicly (never a
+branch name, never a pull-request ref's commit: tests/test_registry.py enforces both). Where no
+public source gives a commit, `revision` is None: `setup_diffusers.py --download` then takes main
+as the Hub serves it, records the commit it got (install record, refs/main), later downloads of the
+same repository stay at that recorded commit, and `--check` compares the files against that record.
+`file_sizes` and `sha256` hold per-file facts a public source gives (an LFS page, a download script
+that quotes it); `--download` refuses a file the Hub serves with another size or hash, and `--check`
+reports an installed file that differs from them.
 """
 
 from __future__ import annotations
@@ -97,7 +104,7 @@ class ModelEntry:
     title: str
     kind: str  # pipeline | components | gguf | lora | controlnet | annotator
     repo_id: str
-    revision: str  # commit hash or branch
+    revision: str | None  # a 40-hex commit of main; None: no public commit found (see the module docstring)
     files: tuple[str, ...]  # allow-patterns, relative to the repo root
     size_bytes: int  # on disk, for the files above
     loader: str  # how the scripts load it
@@ -112,14 +119,30 @@ class ModelEntry:
     # Files by role, when an entry holds several (e.g. a GGUF high/low pair, a LoRA high/low pair)
     roles: dict = field(default_factory=dict)
     approximate_size: bool = True
+    # Per-file facts from public sources (path -> bytes, path -> sha256 hex), checked at download and --check.
+    file_sizes: dict = field(default_factory=dict)
+    sha256: dict = field(default_factory=dict)
 
     @property
     def pinned(self) -> bool:
-        return len(self.revision) == 40 and all(c in "0123456789abcdef" for c in self.revision)
+        return self.revision is not None and len(self.revision) == 40 and all(
+            c in "0123456789abcdef" for c in self.revision)
+
+    def published(self, path: str) -> dict:
+        """What a public source says about one file: {"size": ..., "sha256": ...} (either may be absent)."""
+        facts = {}
+        if path in self.file_sizes:
+            facts["size"] = self.file_sizes[path]
+        if path in self.sha256:
+            facts["sha256"] = self.sha256[path]
+        return facts
 
 
 WAN_REPO = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
+WAN_COMMIT = "596658fd9ca6b7b71d5057529bbf319ecbc61d74"
 QWEN_REPO = "Qwen/Qwen-Image-Edit-2511"
+QWEN_COMMIT = "6f3ccc0b56e431dc6a0c2b2039706d7d26f22cb9"
+NO_PUBLIC_COMMIT = None  # no public source pins a commit of this repository (see the module docstring)
 WAN_SMALL_COMPONENTS = (
     "model_index.json",
     "scheduler/*",
@@ -136,10 +159,11 @@ _ENTRIES = [
         title="Wan 2.2 I2V A14B (diffusers, two fp32 experts)",
         kind="pipeline",
         repo_id=WAN_REPO,
-        revision="2ec9bda285536cab0b8f3372a62bbedafcb7fe3c",
+        # main's commit pinned publicly by other projects (2ec9bda..., seen elsewhere, is refs/pr/1's commit).
+        revision=WAN_COMMIT,
         files=("*.json", "*.txt", "*.model", "scheduler/*", "tokenizer/*", "text_encoder/*", "vae/*",
                "transformer/*", "transformer_2/*"),
-        size_bytes=126 * GB,
+        size_bytes=126_204_155_463,  # the whole repository at WAN_COMMIT (50 files); the README etc. are tiny
         loader="WanImageToVideoPipeline.from_pretrained(dtype=bfloat16)",
         license="apache-2.0",
         required=True,
@@ -151,7 +175,7 @@ _ENTRIES = [
         title="Wan 2.2 I2V A14B small components (text encoder, VAE, tokenizer, configs)",
         kind="components",
         repo_id=WAN_REPO,
-        revision="2ec9bda285536cab0b8f3372a62bbedafcb7fe3c",
+        revision=WAN_COMMIT,
         files=WAN_SMALL_COMPONENTS,
         size_bytes=12 * GB,
         loader="WanImageToVideoPipeline.from_pretrained(transformer=<gguf>, transformer_2=<gguf>)",
@@ -164,9 +188,9 @@ _ENTRIES = [
         title="Wan 2.2 I2V A14B experts, GGUF Q4_K_M (high + low noise)",
         kind="gguf",
         repo_id="QuantStack/Wan2.2-I2V-A14B-GGUF",
-        revision="main",
+        revision=NO_PUBLIC_COMMIT,
         files=("HighNoise/Wan2.2-I2V-A14B-HighNoise-Q4_K_M.gguf", "LowNoise/Wan2.2-I2V-A14B-LowNoise-Q4_K_M.gguf"),
-        size_bytes=19_300_000_000,
+        size_bytes=19_300_000_000,  # 9.65 GB each (file pages); bullerwins' Q4_K_M experts: 9,651,728,896 B each
         loader="WanTransformer3DModel.from_single_file(GGUFQuantizationConfig, config=wan-i2v-components)",
         license="apache-2.0",
         required=True,
@@ -179,25 +203,27 @@ _ENTRIES = [
         title="Wan 2.2 I2V A14B experts, GGUF Q8_0 (high + low noise)",
         kind="gguf",
         repo_id="QuantStack/Wan2.2-I2V-A14B-GGUF",
-        revision="main",
+        revision=NO_PUBLIC_COMMIT,
         files=("HighNoise/Wan2.2-I2V-A14B-HighNoise-Q8_0.gguf", "LowNoise/Wan2.2-I2V-A14B-LowNoise-Q8_0.gguf"),
-        size_bytes=30_400_000_000,
+        size_bytes=30_820_000_000,  # about 15.41 GB an expert (file pages)
         loader="WanTransformer3DModel.from_single_file(GGUFQuantizationConfig, config=wan-i2v-components)",
         license="apache-2.0",
         required=True,
         roles={"transformer": "HighNoise/Wan2.2-I2V-A14B-HighNoise-Q8_0.gguf",
                "transformer_2": "LowNoise/Wan2.2-I2V-A14B-LowNoise-Q8_0.gguf"},
-        notes="~15.2 GB each (inferred: 8.5 bits a weight); near-bf16 quality.",
+        notes="~15.4 GB each; near-bf16 quality.",
     ),
     ModelEntry(
         name="wan-lightning",
         title="Wan 2.2 Lightning I2V A14B 4-step LoRAs (high + low noise)",
         kind="lora",
         repo_id="lightx2v/Wan2.2-Distill-Loras",
-        revision="main",
+        # A public project's evidence notes cite the model card at this revision (its I2V rank-64 pair);
+        # the file list at this commit was not seen: were the 1022 files absent, --download says so.
+        revision="570044187a5219776ef30a5c60c6f76428a3a10a",
         files=("wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1022.safetensors",
                "wan2.2_i2v_A14b_low_noise_lora_rank64_lightx2v_4step_1022.safetensors"),
-        size_bytes=1_374_000_000,
+        size_bytes=1_374_000_000,  # 635 MB (high) + 739 MB (low), file pages
         loader="pipe.load_lora_weights (high -> transformer, low -> transformer_2)",
         license="apache-2.0",
         required=True,
@@ -206,6 +232,10 @@ _ENTRIES = [
         rank=64,
         roles={"transformer": "wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1022.safetensors",
                "transformer_2": "wan2.2_i2v_A14b_low_noise_lora_rank64_lightx2v_4step_1022.safetensors"},
+        # The LFS sha256 of the low-noise file, quoted from its file page in a public download script
+        # (ucn2081's ComfyUI setup script, `# SHA256:` above its wget line); none seen for the high-noise one.
+        sha256={"wan2.2_i2v_A14b_low_noise_lora_rank64_lightx2v_4step_1022.safetensors":
+                "8833bd4fd7c8eabebf0bc8ee5cfaf47f4f310ce116928a02c1adf8941dd4b0f1"},
         notes="4 steps (2 + 2), CFG 1, shift 5, Euler. Carries non-LoRA `.diff_m` keys, applied as weight deltas.",
     ),
     ModelEntry(
@@ -213,9 +243,9 @@ _ENTRIES = [
         title="LightX2V Wan 2.1 I2V 14B 480P step+CFG distill LoRA (rank 64)",
         kind="lora",
         repo_id="lightx2v/Wan2.1-I2V-14B-480P-StepDistill-CfgDistill-Lightx2v",
-        revision="main",
+        revision=NO_PUBLIC_COMMIT,
         files=("loras/Wan21_I2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors",),
-        size_bytes=705_000_000,
+        size_bytes=739_000_000,  # about 739 MB = 705 MiB (705 was the MiB figure taken for MB)
         loader="pipe.load_lora_weights into both experts",
         license="apache-2.0",
         targets=("transformer", "transformer_2"),
@@ -231,7 +261,7 @@ _ENTRIES = [
         title="Qwen-Image-Edit-2511 (diffusers, bf16)",
         kind="pipeline",
         repo_id=QWEN_REPO,
-        revision="main",
+        revision=QWEN_COMMIT,
         files=("*.json", "scheduler/*", "tokenizer/*", "processor/*", "text_encoder/*", "vae/*", "transformer/*"),
         size_bytes=57_700_000_000,
         loader="QwenImageEditPlusPipeline.from_pretrained(dtype=bfloat16)",
@@ -244,7 +274,7 @@ _ENTRIES = [
         title="Qwen-Image-Edit-2511 small components (text encoder, VAE, tokenizer, processor, configs)",
         kind="components",
         repo_id=QWEN_REPO,
-        revision="main",
+        revision=QWEN_COMMIT,
         files=("model_index.json", "scheduler/*", "tokenizer/*", "processor/*", "text_encoder/*", "vae/*",
                "transformer/config.json"),
         size_bytes=16_900_000_000,
@@ -260,7 +290,9 @@ _ENTRIES = [
         repo_id="unsloth/Qwen-Image-Edit-2511-GGUF",
         revision="0d33d9692b4b26212297240d87b0d4719aa4fd06",
         files=("qwen-image-edit-2511-Q4_K_M.gguf",),
-        size_bytes=13_200_000_000,
+        size_bytes=13_244_758_624,
+        approximate_size=False,
+        file_sizes={"qwen-image-edit-2511-Q4_K_M.gguf": 13_244_758_624},
         loader="QwenImageTransformer2DModel.from_single_file(GGUFQuantizationConfig, config=qwen-edit-components)",
         license="apache-2.0",
         required=True,
@@ -273,7 +305,9 @@ _ENTRIES = [
         repo_id="unsloth/Qwen-Image-Edit-2511-GGUF",
         revision="0d33d9692b4b26212297240d87b0d4719aa4fd06",
         files=("qwen-image-edit-2511-Q8_0.gguf",),
-        size_bytes=21_800_000_000,
+        size_bytes=21_761_817_184,
+        approximate_size=False,
+        file_sizes={"qwen-image-edit-2511-Q8_0.gguf": 21_761_817_184},
         loader="QwenImageTransformer2DModel.from_single_file(GGUFQuantizationConfig, config=qwen-edit-components)",
         license="apache-2.0",
         required=True,
@@ -287,7 +321,8 @@ _ENTRIES = [
         revision="d74eba145674fd7e31b949324e148e21e7118abd",
         files=("Qwen-Image-Edit-2511-Lightning-4steps-V1.0-bf16.safetensors",
                "Qwen-Image-Edit-2511-Lightning-8steps-V1.0-bf16.safetensors"),
-        size_bytes=1_699_216_592,
+        size_bytes=1_699_216_592,  # the 4-step file's exact size twice (the 8-step one is ~850 MB)
+        file_sizes={"Qwen-Image-Edit-2511-Lightning-4steps-V1.0-bf16.safetensors": 849_608_296},
         loader="pipe.load_lora_weights into transformer",
         license="apache-2.0",
         required=True,
@@ -303,9 +338,9 @@ _ENTRIES = [
         title="AnyPose LoRA for Qwen-Image-Edit-2511 (base + helper)",
         kind="lora",
         repo_id="lilylilith/AnyPose",
-        revision="main",
+        revision="27c4b1f7688940d39767e652fe8d87faf44a0881",
         files=("2511-AnyPose-base-000006250.safetensors", "2511-AnyPose-helper-00006000.safetensors"),
-        size_bytes=590_000_000,
+        size_bytes=590_292_424,  # 295,146,208 + 295,146,216 B (which is which was not recorded)
         loader="pipe.load_lora_weights into transformer (both files)",
         license="apache-2.0",
         targets=("transformer",),
@@ -320,7 +355,9 @@ _ENTRIES = [
         title="Qwen-Image (text-to-image base for the ControlNet Union pose path)",
         kind="pipeline",
         repo_id="Qwen/Qwen-Image",
-        revision="main",
+        # main's commit as huggingface.co/api/models/Qwen/Qwen-Image reported it to a public project's
+        # "Immutable model revisions" table (a TRELLIS Colab recipe's README).
+        revision="75e0b4be04f60ec59a75f475837eced720f823b6",
         files=("*.json", "scheduler/*", "tokenizer/*", "text_encoder/*", "vae/*", "transformer/*"),
         size_bytes=57_700_000_000,
         loader="QwenImageControlNetPipeline.from_pretrained(controlnet=...)",
@@ -333,7 +370,7 @@ _ENTRIES = [
         title="InstantX Qwen-Image ControlNet Union (canny, soft edge, depth, pose)",
         kind="controlnet",
         repo_id="InstantX/Qwen-Image-ControlNet-Union",
-        revision="main",
+        revision=NO_PUBLIC_COMMIT,
         files=("config.json", "diffusion_pytorch_model.safetensors"),
         size_bytes=3_540_000_000,
         loader="QwenImageControlNetModel.from_pretrained",
@@ -345,8 +382,14 @@ _ENTRIES = [
         title="OpenPose annotator weights (body, hand, face)",
         kind="annotator",
         repo_id="lllyasviel/Annotators",
-        revision="main",
+        # The repository's head (last change 2023-08-27), as a public model survey records it; ComfyUI
+        # docs pin an older commit, 5bc80eec2b4fddbb743c1e9329e3bd94b2cae14d.
+        revision="982e7edaec38759d914a963c48c4726685de7d96",
         files=("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
+        # The LFS sha256 of each file, as a public project recorded them after checking the repository's.
+        sha256={"body_pose_model.pth": "25a948c16078b0f08e236bda51a385d855ef4c153598947c28c0d47ed94bb746",
+                "hand_pose_model.pth": "b76b00d1750901abd07b9f9d8c98cc3385b8fe834a26d4b4f0aad439e75fc600",
+                "facenet.pth": "8beb52e548624ffcc4aed12af7aee7dcbfaeea420c75609fee999fe7add79d43"},
         size_bytes=510_000_000,
         loader="controlnet_aux OpenposeDetector (pickles, loaded with torch.load(weights_only=True))",
         license="apache-2.0",

@@ -4,20 +4,24 @@ Each builder reads the module shapes off a (tiny) transformer and returns a stat
 format; `save_lora` writes it as .safetensors. Formats, as the published files spell them:
 
 - Wan, ComfyUI/Kijai/LightX2V (`wan_lightx2v_lora`): `diffusion_model.blocks.N.self_attn.q.lora_down.weight`,
-  `lora_up.weight`, `alpha`, `ffn.0`/`ffn.2`, plus the non-LoRA deltas LightX2V's distill LoRAs carry:
-  `.diff_b` (biases), `.diff` (norms, all-zero ones too; `head.head.diff` in the Wan 2.2 distill files),
-  `blocks.N.diff_m` (the modulation table). `pair=("lora_A", "lora_B")` gives Kijai's newer spelling;
-  `wan21_image_keys=True` adds the Wan 2.1 I2V image-encoder keys (k_img, v_img, norm_k_img, img_emb)
-  that the LightX2V Wan 2.1 LoRA holds and Wan 2.2 has no module for.
+  `lora_up.weight`, `alpha` (`alpha=None`: none, as in LightX2V's own files), `ffn.0`/`ffn.2`, plus the
+  non-LoRA deltas LightX2V's distill LoRAs carry: `.diff_b` (biases), `.diff` (norms, all-zero ones too;
+  `head.head.diff` in the Wan 2.2 distill files), `blocks.N.diff_m` (the modulation table;
+  `modulation="modulation.diff"` spells it `blocks.N.modulation.diff`, as some ComfyUI extractors do).
+  `pair=("lora_A", "lora_B")` gives Kijai's newer spelling; `wan21_image_keys=True` adds the Wan 2.1 I2V
+  image-encoder keys (k_img, v_img, norm_k_img, img_emb) that the LightX2V Wan 2.1 LoRA holds and Wan 2.2
+  has no module for.
 - Wan, diffusers (`wan_diffusers_lora`): `transformer.blocks.N.attn1.to_q.lora_A.weight`.
 - Wan, musubi-tuner (`wan_musubi_lora`): `lora_unet_blocks_N_self_attn_q.lora_down.weight` + `alpha`.
 - Qwen, Lightning (`qwen_lightning_lora`): `transformer_blocks.N.attn.to_q.lora_down.weight`, `lora_up`,
-  `alpha`, no prefix, attention + img/txt MLPs (12 modules a block, no img_mod/txt_mod), alpha/rank = 1/8.
+  `alpha`, no prefix, attention + img/txt MLPs (12 modules a block, no img_mod/txt_mod), rank 64, alpha 8.
   Inferred, not read from the file: diffusers added alpha-key detection for lightx2v/Qwen-Image-Lightning
   (diffusers PR 12119); DiffSynth loads the 2511 file with alpha 8/64 (its loader ignores stored alpha);
   the 4-step file's 849,608,296 bytes are exactly 60 blocks x those 12 rank-64 bf16 pairs plus a header
   the size of ~2160 entries (A, B and alpha for 720 modules).
-- Qwen, ComfyUI (`qwen_comfy_lora`): `diffusion_model.transformer_blocks.N.attn.to_q.lora_down.weight`.
+- Qwen, ComfyUI (`qwen_comfy_lora`): `diffusion_model.transformer_blocks.N.attn.to_q.lora_down.weight`;
+  AnyPose's form is this with `pair=("lora_A", "lora_B")`, rank 16, no alpha, every block linear (img_mod
+  and txt_mod included; inferred from its files' sizes, 295,146,208 / 295,146,216 bytes).
 - Qwen, diffusers (`qwen_diffusers_lora`): `transformer.transformer_blocks.N.attn.to_q.lora_A.weight`.
 - Another model (`other_model_lora`): Flux (kohya `lora_unet_double_blocks_...`) or SDXL key names.
 
@@ -105,7 +109,7 @@ def _wan_original(name: str) -> str:
 
 def wan_lightx2v_lora(transformer, seed: int = 0, *, rank: int = 4, alpha: float | None = 4.0,
                       pair: tuple[str, str] = PAIR_DOWN_UP, deltas: bool = True, head: str = "lora",
-                      wan21_image_keys: bool = False, dtype=None) -> dict:
+                      wan21_image_keys: bool = False, modulation: str = "diff_m", dtype=None) -> dict:
     """The ComfyUI/Kijai/LightX2V format for `transformer` (a WanTransformer3DModel).
 
     head: "lora" (a head.head pair, as in the Wan 2.1 LightX2V LoRA) or "diff" (a full head.head.diff,
@@ -124,13 +128,13 @@ def wan_lightx2v_lora(transformer, seed: int = 0, *, rank: int = 4, alpha: float
         if deltas:
             sd[f"{p}{original}.diff_b"] = _randn(gen, out_f, std=DELTA_STD, dtype=dtype)
     if deltas:
-        _add_wan_deltas(sd, transformer, gen, head, dtype)
+        _add_wan_deltas(sd, transformer, gen, head, modulation)
     if wan21_image_keys:
         _add_wan21_image_keys(sd, transformer, gen, rank, pair, alpha, dtype)
     return {k: v.to(dtype or torch.float32) for k, v in sd.items()}
 
 
-def _add_wan_deltas(sd: dict, transformer, gen, head: str, dtype) -> None:
+def _add_wan_deltas(sd: dict, transformer, gen, head: str, modulation: str) -> None:
     import torch
 
     p, dim = "diffusion_model.", transformer.config.num_attention_heads * transformer.config.attention_head_dim
@@ -140,7 +144,7 @@ def _add_wan_deltas(sd: dict, transformer, gen, head: str, dtype) -> None:
                 sd[f"{p}blocks.{i}.{attn}.{norm}.diff"] = torch.zeros(dim)
         sd[f"{p}blocks.{i}.norm3.diff"] = _randn(gen, dim, std=DELTA_STD)
         sd[f"{p}blocks.{i}.norm3.diff_b"] = torch.zeros(dim)
-        sd[f"{p}blocks.{i}.diff_m"] = _randn(gen, *transformer.blocks[i].scale_shift_table.shape, std=DELTA_STD)
+        sd[f"{p}blocks.{i}.{modulation}"] = _randn(gen, *transformer.blocks[i].scale_shift_table.shape, std=DELTA_STD)
     sd[f"{p}patch_embedding.diff_b"] = _randn(gen, dim, std=DELTA_STD)
     if head == "diff":
         out_f, in_f = transformer.proj_out.weight.shape
@@ -196,9 +200,9 @@ def _qwen_block_linears(transformer, modules: Sequence[str] | None = None) -> li
     return [(n, i, o) for n, i, o in layers if n.split(".", 2)[2] in modules]
 
 
-def qwen_lightning_lora(transformer, seed: int = 0, *, rank: int = 8, alpha: float = 1.0, dtype=None) -> dict:
+def qwen_lightning_lora(transformer, seed: int = 0, *, rank: int = 64, alpha: float = 8.0, dtype=None) -> dict:
     """The lightx2v Qwen-Image-(Edit-)Lightning layout: bare names, lora_down/lora_up + alpha
-    (alpha/rank = 1/8 as in the real alpha-8, rank-64 files)."""
+    (rank 64, alpha 8 as in the real files)."""
     gen = _generator(seed, "qwen.lightning")
     sd: dict = {}
     for name, in_f, out_f in _qwen_block_linears(transformer, QWEN_LIGHTNING_MODULES):
@@ -253,27 +257,31 @@ def other_model_lora(model: str = "flux", seed: int = 0, *, rank: int = 4, block
 
 
 def _write_wan_lightning(folder: Path, entries: Sequence[registry.ModelEntry], seed: int) -> None:
-    """Wan 2.2 distill LoRAs: a high-noise file for `transformer`, a low-noise one for `transformer_2`.
-    Like the real 1022 files they carry a full head.head.diff and Wan 2.1's image-encoder keys
-    (k_img, v_img, norm_k_img, img_emb; LightX2V issue 1246)."""
+    """Wan 2.2 distill LoRAs (1022): a high-noise file for `transformer`, a low-noise one for
+    `transformer_2`, as published: no `.alpha` keys (ComfyUI issue 10222, WanVideoWrapper issue 909 list
+    only lora_down/lora_up/diff_b/diff), a full head.head.diff, `.diff_m`; the low-noise file (739 MB)
+    carries Wan 2.1's image-encoder keys (k_img, v_img, norm_k_img, img_emb), the high-noise one (635 MB)
+    does not (LightX2V issue 1246)."""
     import torch
 
     experts = dict(zip(("transformer", "transformer_2"), standin_models.build_wan_experts(seed)))
     for entry in entries:
         for component, relpath in entry.roles.items():
             sd = wan_lightx2v_lora(experts[component], seed=standin_models.component_seed(seed, relpath), rank=8,
-                                   alpha=8.0, head="diff", wan21_image_keys=True, dtype=torch.bfloat16)
+                                   alpha=None, head="diff", wan21_image_keys=component == "transformer_2",
+                                   dtype=torch.bfloat16)
             save_lora(sd, folder / relpath)
 
 
 def _write_wan21_lightx2v(folder: Path, entries: Sequence[registry.ModelEntry], seed: int) -> None:
-    """The Wan 2.1 I2V LightX2V LoRA: one file for both experts, with Wan 2.1's image-encoder keys."""
+    """The Wan 2.1 I2V LightX2V LoRA: one file for both experts, with Wan 2.1's image-encoder keys and,
+    like LightX2V's files, no `.alpha` keys."""
     import torch
 
     high, _ = standin_models.build_wan_experts(seed)
     for entry in entries:
         for relpath in dict.fromkeys(entry.roles.values()):
-            sd = wan_lightx2v_lora(high, seed=standin_models.component_seed(seed, relpath), rank=8, alpha=8.0,
+            sd = wan_lightx2v_lora(high, seed=standin_models.component_seed(seed, relpath), rank=8, alpha=None,
                                    head="lora", wan21_image_keys=True, dtype=torch.bfloat16)
             save_lora(sd, folder / relpath)
 
@@ -284,20 +292,20 @@ def _write_qwen_lightning(folder: Path, entries: Sequence[registry.ModelEntry], 
     transformer = standin_models.build_qwen_edit_transformer(seed)
     for entry in entries:
         for relpath in entry.roles.values():
-            sd = qwen_lightning_lora(transformer, seed=standin_models.component_seed(seed, relpath), rank=8, alpha=1.0,
-                                     dtype=torch.bfloat16)
+            sd = qwen_lightning_lora(transformer, seed=standin_models.component_seed(seed, relpath), rank=64,
+                                     alpha=8.0, dtype=torch.bfloat16)
             save_lora(sd, folder / relpath)
 
 
 def _write_qwen_anypose(folder: Path, entries: Sequence[registry.ModelEntry], seed: int) -> None:
-    """AnyPose base + helper. Their key layout is not documented; ComfyUI naming with lora_A/lora_B
-    (what ai-toolkit writes for Qwen) is the stand-in's assumption."""
+    """AnyPose base + helper: `diffusion_model.` + lora_A/lora_B, rank 16, no alpha, every block linear
+    including img_mod/txt_mod (inferred from the files' sizes; ai-toolkit writes Qwen LoRAs this way)."""
     import torch
 
     transformer = standin_models.build_qwen_edit_transformer(seed)
     for entry in entries:
         for relpath in entry.roles.values():
-            sd = qwen_comfy_lora(transformer, seed=standin_models.component_seed(seed, relpath), rank=4, pair=PAIR_A_B,
+            sd = qwen_comfy_lora(transformer, seed=standin_models.component_seed(seed, relpath), rank=16, pair=PAIR_A_B,
                                  dtype=torch.bfloat16)
             save_lora(sd, folder / relpath)
 

@@ -70,7 +70,9 @@ UMT5_CONFIG = {
     "decoder_start_token_id": 0,
 }
 WAN_BOUNDARY_RATIO = 0.9
-WAN_SCHEDULER_CONFIG = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": 5.0}
+# As the real repository ships it: flow_shift 3.0. The official I2V sampling uses 5, which the project sets
+# itself (producer.wan.make_scheduler); tests/test_standins.py checks that the clip really samples at 5.
+WAN_SCHEDULER_CONFIG = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": 3.0}
 
 QWEN_TRANSFORMER_CONFIG = {
     "patch_size": 2,
@@ -244,6 +246,23 @@ def build_qwen_text_encoder(tokenizer, seed: int = 0, component: str = "qwen.tex
     )
     with _seeded(seed, component):
         return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def transformers4_text_encoder_config(config: dict) -> dict:
+    """A Qwen2.5-VL config.json as transformers 5 writes it, in the transformers-4 layout the real
+    Qwen-Image(-Edit-2511) `text_encoder/config.json` has: the text settings at the top level and again
+    in `text_config`, `rope_scaling` {mrope_section, rope_type, type} beside `rope_theta` (transformers 5:
+    `rope_parameters`), `torch_dtype` (5: `dtype`), no rope settings in the vision config. transformers 5
+    reads it through its legacy path (the tests check the loaded model computes the same)."""
+    text = dict(config["text_config"])
+    rope = text.pop("rope_parameters")
+    text.pop("layer_types", None)  # derived from the layer count; 4.x files do not list it
+    text.update(rope_scaling={"mrope_section": list(rope["mrope_section"]), "rope_type": "default", "type": "default"},
+                rope_theta=rope["rope_theta"], torch_dtype=config.get("dtype"))
+    vision = {k: v for k, v in config["vision_config"].items() if k != "rope_parameters"}
+    top = {k: v for k, v in config.items() if k not in ("text_config", "vision_config", "dtype")}
+    return {**{k: v for k, v in text.items() if k != "model_type"}, **top, "text_config": text,
+            "vision_config": vision}
 
 
 def build_qwen_processor(tokenizer):

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING
 
 from . import registry
 from .models import STANDIN_MARKER, matching_files, standin_facts  # noqa: F401 - one reader of the marker
-from .standin_gguf import gguf_scheme_of, wan_state_dict_to_original, write_gguf
+from .standin_gguf import QWEN_TIMESTEP_MARKER, gguf_scheme_of, wan_state_dict_to_original, write_gguf
 from .standin_models import (QWEN_CONDITION_AREA, QWEN_REFERENCE_AREA, build_qwen_controlnet, build_qwen_edit_pipeline,
                              build_qwen_edit_transformer, build_qwen_t2i_pipeline, build_wan_experts,
-                             build_wan_pipeline, component_seed)
+                             build_wan_pipeline, component_seed, transformers4_text_encoder_config)
 
 if TYPE_CHECKING:  # pragma: no cover - for annotations only; numpy is imported where it is used
     pass
@@ -88,14 +88,27 @@ Writer = Callable[[Path, Sequence[registry.ModelEntry], int], None]
 
 def _write_wan_repo(folder: Path, entries: Sequence[registry.ModelEntry], seed: int) -> None:
     build_wan_pipeline(seed).save_pretrained(folder)
+    # The Wan diffusers repositories' model_index.json names the tokenizer T5TokenizerFast (transformers 4's
+    # class; FastVideo's docs quote Wan2.1-I2V-14B-720P-Diffusers' file), transformers 5 saves T5Tokenizer.
+    index = json.loads((folder / "model_index.json").read_text())
+    index["tokenizer"] = ["transformers", "T5TokenizerFast"]
+    _write_json(folder / "model_index.json", index)
 
 
 def _write_qwen_edit_repo(folder: Path, entries: Sequence[registry.ModelEntry], seed: int) -> None:
     build_qwen_edit_pipeline(seed).save_pretrained(folder)
+    _text_encoder_config_as_published(folder)
 
 
 def _write_qwen_t2i_repo(folder: Path, entries: Sequence[registry.ModelEntry], seed: int) -> None:
     build_qwen_t2i_pipeline(seed).save_pretrained(folder)
+    _text_encoder_config_as_published(folder)
+
+
+def _text_encoder_config_as_published(folder: Path) -> None:
+    """The real repositories' text_encoder/config.json is in the transformers-4 layout (model-files.md)."""
+    path = folder / "text_encoder" / "config.json"
+    _write_json(path, transformers4_text_encoder_config(json.loads(path.read_text())))
 
 
 def _write_qwen_controlnet_repo(folder: Path, entries: Sequence[registry.ModelEntry], seed: int) -> None:
@@ -111,11 +124,14 @@ def _write_wan_gguf(folder: Path, entries: Sequence[registry.ModelEntry], seed: 
 
 
 def _write_qwen_gguf(folder: Path, entries: Sequence[registry.ModelEntry], seed: int) -> None:
-    # ComfyUI's Qwen-Image keys are diffusers' own: diffusers maps them 1:1 (identity conversion).
+    # ComfyUI's Qwen-Image keys are diffusers' own: diffusers maps them 1:1 (identity conversion). The
+    # 2511 repacks also carry a marker tensor (model-files.md); whether unsloth's file has it is not
+    # confirmed, so the stand-in has it: loading and the weight check must tolerate it either way.
     state_dict = build_qwen_edit_transformer(seed).state_dict()
     for entry in entries:
         relpath = entry.roles["transformer"]
-        write_gguf(folder / relpath, state_dict, "qwen_image", gguf_scheme_of(relpath))
+        write_gguf(folder / relpath, state_dict, "qwen_image", gguf_scheme_of(relpath),
+                   extra={QWEN_TIMESTEP_MARKER: [0.0]})
 
 
 def _write_annotators(folder: Path, entries: Sequence[registry.ModelEntry], seed: int) -> None:
@@ -159,7 +175,7 @@ def standin_revision(entry: registry.ModelEntry) -> str:
     (entries that share a repo and a branch share the snapshot)."""
     if entry.pinned:
         return entry.revision
-    return hashlib.sha1(f"producer-standin:{entry.repo_id}@{entry.revision}".encode()).hexdigest()
+    return hashlib.sha1(f"producer-standin:{entry.repo_id}@main".encode()).hexdigest()
 
 
 def repo_cache_dir(hub_cache: Path, repo_id: str) -> Path:

@@ -133,12 +133,20 @@ def _shards(folder: Path) -> list[Path]:
     return shards
 
 
+# Tensors that mark a file's variant and hold no weights: Comfy-Org's Qwen-Image-Edit-2511 repacks carry
+# `__index_timestep_zero__` (ComfyUI registers it; stable-diffusion.cpp and musubi-tuner drop it by name).
+# diffusers' from_single_file leaves it unused (a logged "weights not used" warning) and loads the rest.
+GGUF_MARKER_TENSORS = frozenset({"__index_timestep_zero__"})
+
+
 def gguf_shapes(path: Path) -> dict[str, tuple]:
-    """Tensor name -> logical shape (numpy order) of a GGUF file, from its tensor infos only."""
+    """Tensor name -> logical shape (numpy order) of a GGUF file, from its tensor infos only (marker
+    tensors left out: they are not weights)."""
     import gguf
 
     reader = gguf.GGUFReader(str(path))
-    return {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
+    return {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors
+            if t.name not in GGUF_MARKER_TENSORS}
 
 
 # ---------------------------------------------------------------- renames the loaders apply
