@@ -255,6 +255,8 @@ def test_without_the_models_status_compares_what_it_can(demo, tmp_path):
     """No models installed here (the autouse empty cache): settings cannot be resolved, seeds and inputs can."""
     root = tmp_path / "copy"
     shutil.copytree(demo[0], root)
+    marker = root / ".production" / "rehearsal.json"  # the demo's own stand-ins are gone (another machine)
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "models_dir": str(tmp_path / "gone")}))
     report = run(["status", str(root)])[1]
     assert {i["id"]: i["state"] for i in report["items"]}["keyframe:KF-A"] == "unchecked"
     assert report["current_phase"] is None and any("not installed here" in n for n in report["notes"])

@@ -28,7 +28,17 @@ from .status import ITEM_PHASES, ItemState, Snapshot, shown
 TOOL = "production.py"
 
 
+REHEARSAL_NOTE = "REHEARSAL on stand-in models (nothing here is real): "
+
+
 def next_step(snap: Snapshot) -> dict:
+    step = _next_step(snap)
+    if snap.rehearsal is not None:
+        step = {**step, "rehearsal": True, "message": REHEARSAL_NOTE + step["message"]}
+    return step
+
+
+def _next_step(snap: Snapshot) -> dict:
     phase = snap.current_phase()
     base = {"root": str(snap.root), "phase": phase, "phase_number": PHASE_NUMBERS.get(phase)}
     if phase is None:
