@@ -122,7 +122,8 @@ def run(args: argparse.Namespace) -> dict:
         return run_rehearsal(args.dir, args.into, args.models_dir, quiet=args.quiet)
     from producer import checkpoints, nextstep, status
 
-    snap = status.snapshot(args.dir, args.allow_outside, with_states=args.command != "check")
+    snap = status.snapshot(args.dir, args.allow_outside, with_states=args.command != "check",
+                           plan_seeds=args.command in ("next", "retake"))
     if args.command == "check":
         return _check(snap)
     if args.command == "status":
@@ -182,6 +183,7 @@ def _describe_status(r: dict) -> str:
     for s in r["seams"]:
         lines.append(f"  seam {s['before']} -> {s['after']}: {s['status']}"
                      + "".join(f"\n    {f}\n    advice: {a}" for f, a in zip(s["flags"], s["advice"])))
+        lines += [f"    try: {c}" for c in s.get("commands", [])]
     lines += [f"  problem: {p['file']}:{p['line']}: {p['message']} (fix: {p['fix']})" for p in r["problems"]]
     lines += [f"  note: {n} (items marked unchecked could not be compared here)" for n in r["notes"]]
     return "\n".join(lines)

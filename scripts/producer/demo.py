@@ -196,7 +196,7 @@ def _step(root: Path, source: Path, quiet: bool) -> dict:
     from . import checkpoints, nextstep, status
 
     started = time.monotonic()
-    step = nextstep.next_step(status.snapshot(root))
+    step = nextstep.next_step(status.snapshot(root, plan_seeds=True))
     action = step["action"]
     if action == "approve":
         log.warning("REHEARSAL: approving Phase %s (%s) automatically: %s", step["phase_number"], step["phase"],

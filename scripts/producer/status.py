@@ -17,18 +17,20 @@ approval, or one approval per keyframe / clip). The current phase is the first t
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import approvals as approvals_mod
-from . import layout, rehearsal
+from . import layout, rehearsal, seeds
 from .cli import CliError, ExitCode
-from .planner import ASSEMBLE, Job, Plan, plan_production
+from .planner import ASSEMBLE, Job, Plan, command, plan_production
 from .project import PHASE_NUMBERS, PHASES, Production, load_production
 from .provenance import read_recipe
 from .recipes import differences, film_differences, model_changes, partial_differences, would_be_recipe
 
 GOOD = ("ok", "provided", "unchecked")
+TOOL = "production.py"
 ITEM_PHASES = {"keyframes": "keyframe", "clips": "clip"}  # phases approved item by item too
 
 
@@ -103,8 +105,10 @@ def shown(job: Job) -> bool:
     return not job.id.startswith(("background:", "character:"))
 
 
-def snapshot(root: str | Path, allow_outside: bool = False, with_states: bool = True) -> Snapshot:
-    """with_states=False skips comparing every output with its job (what `check` does not need)."""
+def snapshot(root: str | Path, allow_outside: bool = False, with_states: bool = True,
+             plan_seeds: bool = False) -> Snapshot:
+    """with_states=False skips comparing every output with its job (what `check` does not need); plan_seeds
+    stores the production's seed salt on first use (`next`, `retake`: the commands that hand out seeds)."""
     root = Path(root)
     if not root.is_dir():
         raise CliError(f"{root} is not a folder", "give the production folder (the one with philosophy.md)")
@@ -114,7 +118,9 @@ def snapshot(root: str | Path, allow_outside: bool = False, with_states: bool = 
     valid, dropped = approvals_mod.valid_approvals(root)
     due = "assets" in approvals_mod.read_approvals(root)
     prod = load_production(root, allow_outside, asset_files_due=due)
-    plan = plan_production(prod, approvals_mod.read_takes(root)) if prod.ok_through("scenes") else Plan(root, [])
+    planned = prod.ok_through("scenes")
+    salt = seeds.salt(root, create=plan_seeds) if planned else ""
+    plan = plan_production(prod, approvals_mod.read_takes(root), salt) if planned else Plan(root, [])
     prod.settings_problems += plan.problems
     states = job_states(plan, prod, marker is not None) if with_states and prod.ok_through("assets") else {}
     return Snapshot(prod, plan, states, valid, dropped, marker)
@@ -229,4 +235,21 @@ def _seams(snap: Snapshot) -> list[dict]:
     clips = [s for s in snap.items("clips") if s.job.output.exists()]
     if len(clips) < 2 or snap.prod.plan is None:
         return []
-    return [r.to_dict() for r in review_seams(snap.root) if r.status != "skipped"]
+    reports = [r.to_dict() for r in review_seams(snap.root) if r.status != "skipped"]
+    return [{**r, "commands": _seam_commands(snap, r)} for r in reports]
+
+
+def _seam_commands(snap: Snapshot, seam: dict) -> list[str]:
+    """The advice of a flagged seam as commands that run as printed: another take of a clip, or a trimmed film
+    beside the planned one (the 4 frames are an example: the clip's contact sheet shows how many morph)."""
+    if seam["status"] != "flagged":
+        return []
+    root = snap.root
+    by_output = {layout.relative(root, s.job.output): s.job.id for s in snap.items("clips")}
+    commands = [shlex.join(command(TOOL, ["retake", str(root), by_output[clip]]))
+                for clip in (seam["before_clip"], seam["after_clip"]) if clip in by_output]
+    if any("--trim-end" in advice for advice in seam["advice"]):
+        trimmed = layout.film_path(root).with_name("film-trimmed.mp4")
+        commands.append(shlex.join(command(ASSEMBLE, [str(root), "--review", "--output", str(trimmed), "--overwrite",
+                                                      "--trim-end", f"{seam['before']}:4"])))
+    return commands
