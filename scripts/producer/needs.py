@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from . import memory, models, registry
 from .hardware import GiB, Hardware
+from .rehearsal import DEMO_TIME
 
 FAMILIES = ("wan", "qwen")
 SCRIPTS = {"wan": "wan_video.py", "qwen": "qwen_image.py"}
@@ -80,7 +81,7 @@ def download_names(hw: Hardware, weights: str = "auto", everything: bool = False
 DEMO_COMMAND = "python scripts/production.py demo /tmp/lighthouse"
 REHEARSE_COMMAND = "python scripts/production.py rehearse DIR"
 # What runs on any machine, real models or not: the verdicts name these first when the real models cannot run.
-WITHOUT_MODELS = (f"{DEMO_COMMAND}  (the whole workflow on tiny stand-in models, about 15 s on 2 CPU cores)",
+WITHOUT_MODELS = (f"{DEMO_COMMAND}  (the whole workflow on tiny stand-in models, {DEMO_TIME})",
                   f"{REHEARSE_COMMAND}  (your own production's plan on stand-ins, every phase, results marked "
                   "as a rehearsal)")
 
