@@ -75,6 +75,7 @@ def _approve(snap: Snapshot, phase: str) -> dict:
     root = snap.root
     files = [layout.relative(root, f) for f in snap.approval_files(phase)]
     show = [layout.relative(root, p) for f in snap.approval_files(phase) for p in _pictures_of(f)]
+    items = [s.job.id for s in snap.items(phase) if s.job.script != ASSEMBLE]
     commands = [shlex.join(command(TOOL, ["approve", str(root), phase]))]
     if phase in ITEM_PHASES:
         waiting = [s.job for s in snap.items(phase) if shown(s.job) and s.job.id not in snap.approvals]
@@ -86,8 +87,9 @@ def _approve(snap: Snapshot, phase: str) -> dict:
                        f"{', '.join(show)}{watch}, and ask for approval; record a yes with "
                        f"`{TOOL} approve {root} {phase}`"
                        + (" (or one keyframe/clip at a time)" if phase in ITEM_PHASES else "")
-                       + ". For changes: edit the plan's files (stale items are planned again) or "
-                       f"`{TOOL} retake {root} ITEM` for another variant."}
+                       + ". For changes: edit the plan's files (stale items are planned again)"
+                       + (f" or `{TOOL} retake {root} {items[0]}` (any item) for another variant" if items else "")
+                       + "."}
 
 
 def _pictures_of(path) -> list:

@@ -253,12 +253,15 @@ def apply_settings(plan: Plan, settings: dict) -> None:
             plan.problems.append(Problem(where, 1, f"{script!r} is not a script the plan runs",
                                          f"use one of {', '.join(sorted(known))}"))
     jobs = []
+    reported: dict[str, set[str]] = {}
     for job in plan.jobs:
         extra = {k.replace("-", "_"): v for k, v in settings.get(job.script, {}).items()}
         batch_only = {o.replace("-", "_") for o in getattr(script_module(job.script), "BATCH_ONLY", ())}
-        for key in sorted(set(extra) & PLANNED):
+        for key in sorted(set(extra) & PLANNED - reported.setdefault(job.script, set())):
+            reported[job.script].add(key)  # once per script and key, not once per job
             plan.problems.append(Problem(where, 1, f"{job.script}: {key!r} is set by the plan itself",
-                                         f"remove {key!r} (edit the plan's files, or use production.py retake)"))
+                                         f"remove {key!r} (edit the plan's files, or for another seed "
+                                         f"`production.py retake {plan.root} {job.id}`)"))
         flags = {k: v for k, v in extra.items() if k in batch_only and k not in PLANNED}
         options = {k: v for k, v in job.options.items() if not any(k in EXCLUSIVE.get(s, ()) for s in extra)}
         options.update({k: v for k, v in extra.items() if k not in batch_only and k not in PLANNED})
