@@ -228,3 +228,47 @@ def test_ci_follows_readme_literally():
     assert out[1:] == ["python -m pip install -q -r requirements.txt", "python scripts/production.py demo /tmp/lighthouse",
                        "python -m pip install -q -r requirements-dev.txt", "python -m pytest -q -n auto"]
     assert "<!-- test-install -->\n```bash\npip install -r requirements-dev.txt" in readme
+
+
+# ---------------------------------------------------------------- one exit-code rule for batches
+
+
+def test_a_batch_whose_every_job_misses_the_model_exits_3_in_both_scripts(tmp_path, capsys):
+    """No model installed (the autouse empty cache): qwen_image.py used to say 6 "partial" where wan_video.py said
+    3; both now give the reason's code when every job failed for it (SKILL.md's table)."""
+    from PIL import Image
+
+    import qwen_image
+    import wan_video
+
+    Image.new("RGB", (64, 64), "grey").save(tmp_path / "kf.png")
+    (tmp_path / "stills.json").write_text(json.dumps([{"prompt": f"a fox {i}", "output": f"s{i}.png"} for i in range(3)]))
+    (tmp_path / "clips.json").write_text(json.dumps([{"prompt": "walk", "start_frame": "kf.png", "output": f"c{i}.mp4"}
+                                                     for i in range(2)]))
+    for main, batch in ((qwen_image.main, "stills.json"), (wan_video.main, "clips.json")):
+        code = main(["--batch", str(tmp_path / batch), "--json", "--quiet"])
+        out, err = capsys.readouterr()
+        result = json.loads(out)
+        assert code == cli.ExitCode.MISSING_MODEL and result["status"] == "error", (batch, result)
+        assert "setup_diffusers.py --download --only" in result["fix"] and "fix:" in err
+
+
+def test_a_warning_every_clip_repeats_is_shown_once_per_batch():
+    import logging
+
+    import wan_video
+
+    once = wan_video._DistinctWarnings()
+    record = lambda text: logging.LogRecord("producer", logging.WARNING, __file__, 1, text, None, None)  # noqa: E731
+    assert [once.filter(record(t)) for t in ("a", "a", "b", "a")] == [True, False, True, False]
+    assert once.filter(logging.LogRecord("producer", logging.INFO, __file__, 1, "a", None, None))
+
+
+def test_the_planner_asks_wan_for_frames_it_means():
+    """A scene of 4 s is planned as 65 frames (4n+1 at 16 fps), so no clip warns "64 frames; using 65"."""
+    from producer import project
+
+    prod = project.load_production(SAMPLE)
+    plan = planner.plan_production(prod, {})
+    clips = [j for j in plan.jobs if j.phase == "clips"]
+    assert clips and all("duration" not in j.options and (j.options["frames"] - 1) % 4 == 0 for j in clips)

@@ -323,7 +323,8 @@ def test_demo_refuses_a_folder_with_files(tmp_path):
 def test_help_lists_the_commands(capsys):
     assert production.main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert all(word in out for word in ("check DIR", "status DIR", "approve DIR", "next DIR", "demo OUTDIR"))
+    assert all(word in out for word in ("check DIR", "status DIR", "approve DIR", "next DIR", "demo OUTDIR",
+                                        "rehearse DIR"))
 
 
 @pytest.mark.parametrize("seconds,scenes", [(3, 1), (5, 1), (5.06, 1), (6, 2), (10, 2), (10.1, 2), (11, 3), (15, 3),
@@ -338,7 +339,7 @@ def test_readme_production_commands_parse():
     assert len(lines) >= 5
     for line in lines:
         args = production.build().parse_args(shlex.split(line)[2:])
-        assert args.command in ("demo", "check", "next", "approve", "status")
+        assert args.command in ("demo", "rehearse", "check", "next", "approve", "status")
 
 
 def test_seeds_differ_between_productions_and_stay_put_within_one(tmp_path):
