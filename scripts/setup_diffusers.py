@@ -226,7 +226,7 @@ def check(args) -> dict:
         {n for n, s in current.items() if s.complete}
     plans = {family: needs.family_need(family, hw, complete) for family in needs.FAMILIES}
     # What a download could give this machine at best: when even that does not fit, no download is proposed.
-    reach = {} if args.only else {family: needs.family_need(family, hw, None) for family in needs.FAMILIES}
+    reach = {} if args.only else needs.reach(hw, complete, plans)
     # With --only the question is whether those entries are complete; otherwise what the plans need here.
     needed = list(args.only) if args.only else list(dict.fromkeys(n for need in plans.values() for n in need.names))
     facts = _Facts(args, env, hw, current, complete, needed, plans, reach)

@@ -156,7 +156,7 @@ def models_section(args) -> dict:
     hw = hardware.probe(str(models.hub_cache()))
     wanted = {family: needs.family_need(family, hw, complete) for family in needs.FAMILIES}
     lacking = list(dict.fromkeys(n for need in wanted.values() for n in need.names if n not in complete))
-    reach = {family: needs.family_need(family, hw, None) for family in needs.FAMILIES}
+    reach = needs.reach(hw, complete, wanted)
     suffix = f" --models-dir {args.models_dir}" if args.models_dir else ""
     if lacking and not all(need.plan.fits for need in reach.values()):
         # No download can make this machine run the real models: say what runs here instead of proposing one.

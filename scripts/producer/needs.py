@@ -86,6 +86,16 @@ WITHOUT_MODELS = (f"{DEMO_COMMAND}  (the whole workflow on tiny stand-in models,
                   "as a rehearsal)")
 
 
+def reach(hw: Hardware, complete: set[str], plans: dict[str, FamilyNeed]) -> dict[str, FamilyNeed]:
+    """Per family, the plan a download would serve: the installed model's own when it fits (its configs are
+    here: stand-ins stay stand-ins, a repair keeps the form), else the best any form could do."""
+    def served(family: str) -> FamilyNeed:
+        installed = any(n in complete for n in CONFIG_ENTRIES[family]) and plans[family].plan.fits
+        return plans[family] if installed else family_need(family, hw, None)
+
+    return {family: served(family) for family in FAMILIES}
+
+
 def shortfalls(hw: Hardware, plans: dict[str, FamilyNeed]) -> list[dict]:
     """Per script whose plan does not fit: which memory it lacks and by how much (GiB, rounded up)."""
     out = []
