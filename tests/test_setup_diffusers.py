@@ -387,3 +387,16 @@ def test_the_exit_code_rule_is_quoted_where_the_docs_give_it():
     for doc in ("SKILL.md", "SETUP.md"):
         assert flat in " ".join((root / doc).read_text().split()), doc
     assert flat in " ".join(setup_diffusers.build().format_help().split())
+
+
+def test_a_damaged_file_in_a_cache_whose_plan_fits_is_repaired_not_refused(recorded_standins, tmp_path, capsys):
+    """Stand-ins fit this machine: a corrupt LoRA among them is a repair (exit 3, --download), never the
+    "cannot run the real models" verdict meant for a machine without them."""
+    import shutil
+
+    home = shutil.copytree(recorded_standins, tmp_path / "home", symlinks=True)
+    lora = next(p for p in (home / "hub").rglob("*Lightning*.safetensors") if "snapshots" in str(p))
+    lora.resolve().write_bytes(b"\0" * 100)
+    code, result, _ = run(capsys, "--check", "--models-dir", str(home))
+    assert code == 3 and "(corrupt)" in result["verdict"], result["verdict"]
+    assert result["next_command"].startswith("python scripts/setup_diffusers.py --download")
