@@ -82,8 +82,8 @@ def build() -> argparse.ArgumentParser:
     s = sub.add_parser("rehearse", help="your production's plan end to end on stand-in models",
                        description="copy DIR's plan (phase files, the pictures you provided, settings) into "
                                    "DIR/.production/rehearsal (or --into) and run every phase there on tiny "
-                                   "stand-in models, approving each automatically; stops where the real run would "
-                                   "(files to write or fix, exit 2). Outputs and folder are marked as a rehearsal: "
+                                   "stand-in models, approving each automatically. A plan that is not whole (phase files "
+                                   "through assets.json) or fails `check` is refused first (exit 2). Outputs and folder are marked as a rehearsal: "
                                    "never real, never approvable as real. Run it again after changing the plan.")
     s.add_argument("dir", type=Path, help="the production folder, e.g. my-film (only read)")
     s.add_argument("--into", type=Path, help="the rehearsal folder (default DIR/.production/rehearsal)")

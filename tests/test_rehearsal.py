@@ -76,18 +76,18 @@ def test_a_real_batch_never_skips_an_output_made_on_stand_ins():
     assert provenance.recipe_key(recipe) != provenance.recipe_key({**recipe, rehearsal.RECIPE_MARK: True})
 
 
-def test_a_rehearsal_stops_where_the_real_run_would(tmp_path, standin_hf_home):
+def test_a_rehearsal_refuses_a_plan_the_real_run_would_stop_at(tmp_path, standin_hf_home):
     source = tmp_path / "broken"
     shutil.copytree(SAMPLE, source)
     text = (source / "scene-breakdown.md").read_text()
     (source / "scene-breakdown.md").write_text(text.replace("**Camera**:", "**Kamera**:", 1))
     code, result = run(["rehearse", str(source), "--models-dir", str(standin_hf_home)])
-    assert code == 2 and "Phase 2 (scenes)" in result["error"] and f"production.py check {source}" in result["fix"]
+    assert code == 2 and "scene 1 has no camera" in result["error"] and f"production.py check {source}" in result["fix"]
     (source / "scene-breakdown.md").unlink()
     (source / "assets.json").unlink()
     code, result = run(["rehearse", str(source), "--models-dir", str(standin_hf_home)])
-    assert code == 2 and "scene-breakdown.md not written yet" in result["error"]
-    assert not (source / ".production" / "rehearsal" / "assets.json").exists()  # follows the production's files
+    assert code == 2 and "scene-breakdown.md, assets.json not written yet" in result["error"]
+    assert not (source / ".production").exists()  # refused before anything was written
 
 
 def test_rehearse_refuses_a_rehearsal_and_a_foreign_folder(rehearsed, tmp_path):

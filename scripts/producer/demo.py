@@ -9,8 +9,8 @@ are marked as a rehearsal (producer.rehearsal), so none of it can pass for, or b
 
 - demo: copies the sample production (examples/lighthouse) into OUTDIR and makes all of it.
 - rehearse: copies DIR's plan (phase files, the pictures the user provided, settings) into a rehearsal
-  folder (DIR/.production/rehearsal unless --into) and makes all of it there; it stops, like the real
-  run, at the first phase whose files have problems. DIR itself is only read.
+  folder (DIR/.production/rehearsal unless --into) and makes all of it there. A plan that is not whole
+  or fails the check is refused before anything is written. DIR itself is only read.
 
 Every picture is 96x64 and every clip 9 frames (rehearsal.TINY_SETTINGS): the sample's 3-scene film
 takes about 15 s on 2 CPU cores, a 96x64 film of about 1.6 s. The pictures are noise (random weights);
@@ -62,10 +62,28 @@ def run_rehearsal(source: str | Path, into: str | Path | None = None, models_dir
         raise CliError("--into is the production folder itself", "give another folder (or leave --into out)")
     if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and rehearsal.read_marker(dest) is None)):
         raise CliError(f"{dest} is not empty and not a rehearsal", "give a new folder with --into, or leave it out")
+    _require_a_whole_plan(source)
     copied = _copy_plan(source, dest)
     result = _rehearse_in(dest, source, models_dir, quiet, "rehearse")
     return {"command": "rehearse", **result, "rehearsal_of": str(source), "copied": copied,
             "message": _closing_rehearsal(source, dest, result)}
+
+
+def _require_a_whole_plan(source: Path) -> None:
+    """A rehearsal needs the whole plan, checked: refused here, before anything is written or installed, with
+    the same problems `check` reports (the real run would stop at them too)."""
+    from . import status
+
+    snap = status.snapshot(source, with_states=False)
+    if snap.prod.missing:
+        raise CliError(f"{', '.join(snap.prod.missing)} not written yet in {source}: a rehearsal needs the whole plan",
+                       "write them (SKILL.md Phases 1 to 2.5), then rehearse again", ExitCode.USAGE)
+    problems = snap.prod.all_problems()
+    if problems:
+        listed = "; ".join(f"{p.file}:{p.line}: {p.message}" for p in problems[:5])
+        raise CliError(f"{source}'s plan has {len(problems)} problem(s): {listed}",
+                       f"fix them (`production.py check {source}` lists each with its fix), then rehearse again",
+                       ExitCode.USAGE)
 
 
 def _rehearse_in(root: Path, source: Path, models_dir: str | None, quiet: bool, made_by: str) -> dict:
@@ -96,18 +114,15 @@ def _rehearse_in(root: Path, source: Path, models_dir: str | None, quiet: bool, 
 
 def _copy_plan(source: Path, dest: Path) -> list[str]:
     """DIR's phase files, settings and the pictures the user provided (no recipe), into the rehearsal.
-    Phase files DIR no longer has are removed from the rehearsal too, so that it stops where DIR would."""
+    A rehearsal folder made before is brought up to date: its outputs stay, and `next` remakes what changed."""
     from .project import PHASE_FILES
     from .provenance import read_recipe
 
     dest.mkdir(parents=True, exist_ok=True)
     copied = []
     for name in (f for files in PHASE_FILES.values() for f in files):
-        if (source / name).is_file():
-            _copy(source / name, dest / name)
-            copied.append(name)
-        elif (dest / name).is_file():
-            (dest / name).unlink()
+        _copy(source / name, dest / name)  # all there: _require_a_whole_plan
+        copied.append(name)
     candidates = _asset_pictures(source) + [p for pattern in PROVIDED_PATTERNS for p in source.glob(pattern)]
     for path in dict.fromkeys(candidates):
         try:
