@@ -10,6 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from producer.cli import ArgumentParser, ExitCode, build_parser, run_main
+from producer.demo import DEMO_TIME
 
 DESCRIPTION = """\
 Work on a production folder (philosophy.md, style.json, scene-breakdown.md, assets.json, assets/,
@@ -27,8 +28,12 @@ so a fresh agent can pick a production up at any point: run `status`, then `next
                 that is not approved.
   retake DIR ITEM
                 another variant of one item (a new seed): it turns stale and `next` makes it again
-  demo OUTDIR   copy the sample production (examples/lighthouse) and make all of it on tiny
-                stand-in models, approving every phase automatically (a demo, not the workflow)
+  rehearse DIR  your own production on tiny stand-in models, before (or without) the real ones: its
+                plan is copied into DIR/.production/rehearsal (or --into FOLDER) and every phase runs
+                there with the same checks, plans and approval steps, approved automatically; the
+                folder and every output are marked as a rehearsal (never real, never approvable as
+                real; a real run remakes them). DIR itself is only read.
+  demo OUTDIR   the same for the sample production (examples/lighthouse), copied into OUTDIR
 
 Rules the check enforces: every philosophy.md section filled; style.json valid; every scene has a
 type, duration (at most 81 frames at 16 fps = 5.06 s), start keyframe, motion, camera and transition;
@@ -39,7 +44,8 @@ assets.json; landscape scenes show no character; asset paths stay inside the fol
 
 EPILOG = """\
 examples:
-  production.py demo /tmp/lighthouse                 # the whole sample film on stand-ins, a few minutes on a CPU
+  production.py demo /tmp/lighthouse                 # the whole sample film on stand-ins, DEMO_TIME
+  production.py rehearse my-film                     # my-film's plan, every phase, on stand-ins
   production.py check my-film
   production.py status my-film --json
   production.py next my-film --json                  # then run the command it prints
@@ -51,7 +57,7 @@ EXIT_NOTE = "check exits 2 when it finds problems"
 
 
 def build() -> argparse.ArgumentParser:
-    p = build_parser("production.py", DESCRIPTION, EPILOG)
+    p = build_parser("production.py", DESCRIPTION, EPILOG.replace("DEMO_TIME", DEMO_TIME))
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=ArgumentParser)
     for name, text in (("check", "validate the phase files"), ("status", "where the production stands"),
                        ("next", "the next step: commands to run, files to write, or an approval to ask for")):
@@ -69,12 +75,26 @@ def build() -> argparse.ArgumentParser:
     s.add_argument("item", help="a planned item, e.g. keyframe:KF-C")
     s = sub.add_parser("demo", help="the sample production end to end on stand-in models",
                        description="copy examples/lighthouse into OUTDIR and make the whole film on tiny random "
-                                   "stand-in models (CPU, a few minutes), approving every phase automatically")
+                                   f"stand-in models ({DEMO_TIME}; a 96x64 film of about 1.6 s, on purpose), "
+                                   "approving every phase automatically; marked as a rehearsal")
     s.add_argument("outdir", type=Path, help="a new or empty folder, e.g. /tmp/lighthouse")
-    s.add_argument("--models-dir", help="a Hugging Face cache that already holds the stand-ins "
-                   "(default: install them into a temporary one)")
-    _output(s)
+    _models_dir(s)
+    s = sub.add_parser("rehearse", help="your production's plan end to end on stand-in models",
+                       description="copy DIR's plan (phase files, the pictures you provided, settings) into "
+                                   "DIR/.production/rehearsal (or --into) and run every phase there on tiny "
+                                   "stand-in models, approving each automatically. A plan that is not whole (phase files "
+                                   "through assets.json) or fails `check` is refused first (exit 2). Outputs and folder are marked as a rehearsal: "
+                                   "never real, never approvable as real. Run it again after changing the plan.")
+    s.add_argument("dir", type=Path, help="the production folder, e.g. my-film (only read)")
+    s.add_argument("--into", type=Path, help="the rehearsal folder (default DIR/.production/rehearsal)")
+    _models_dir(s)
     return p
+
+
+def _models_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models-dir", help="a Hugging Face cache that already holds the stand-ins "
+                   "(default: install them, about 5 MB, into the rehearsal's own .production/standins)")
+    _output(p)
 
 
 def _folder(p: argparse.ArgumentParser) -> None:
@@ -96,9 +116,14 @@ def run(args: argparse.Namespace) -> dict:
         from producer.demo import run_demo
 
         return run_demo(args.outdir, args.models_dir, quiet=args.quiet)
+    if args.command == "rehearse":
+        from producer.demo import run_rehearsal
+
+        return run_rehearsal(args.dir, args.into, args.models_dir, quiet=args.quiet)
     from producer import checkpoints, nextstep, status
 
-    snap = status.snapshot(args.dir, args.allow_outside, with_states=args.command != "check")
+    snap = status.snapshot(args.dir, args.allow_outside, with_states=args.command != "check",
+                           plan_seeds=args.command in ("next", "retake"))
     if args.command == "check":
         return _check(snap)
     if args.command == "status":
@@ -131,7 +156,7 @@ def _check(snap) -> dict:
 def describe(r: dict) -> str:
     return {"check": _describe_check, "status": _describe_status, "next": _describe_next,
             "approve": _describe_approve, "retake": lambda r: r["message"],
-            "demo": _describe_demo}[r["command"]](r)
+            "demo": _describe_demo, "rehearse": _describe_demo}[r["command"]](r)
 
 
 def _describe_check(r: dict) -> str:
@@ -145,6 +170,8 @@ def _describe_check(r: dict) -> str:
 
 def _describe_status(r: dict) -> str:
     lines = [f"production {r['root']}: current phase {r['current_phase'] or 'none (finished)'}"]
+    if r["rehearsal"]:
+        lines.insert(0, f"{r['rehearsal']['message']} (a rehearsal of {r['rehearsal']['rehearsal_of']})")
     for p in r["phases"]:
         lines.append(f"  {p['number']:>3} {p['phase']:<11} {'complete' if p['complete'] else 'incomplete':<10} "
                      f"{'approved' if p['approved'] else 'not approved'}")
@@ -156,6 +183,7 @@ def _describe_status(r: dict) -> str:
     for s in r["seams"]:
         lines.append(f"  seam {s['before']} -> {s['after']}: {s['status']}"
                      + "".join(f"\n    {f}\n    advice: {a}" for f, a in zip(s["flags"], s["advice"])))
+        lines += [f"    try: {c}" for c in s.get("commands", [])]
     lines += [f"  problem: {p['file']}:{p['line']}: {p['message']} (fix: {p['fix']})" for p in r["problems"]]
     lines += [f"  note: {n} (items marked unchecked could not be compared here)" for n in r["notes"]]
     return "\n".join(lines)
@@ -180,7 +208,8 @@ def _describe_approve(r: dict) -> str:
 
 
 def _describe_demo(r: dict) -> str:
-    lines = [f"demo production: {r['root']}", "files:"]
+    lines = [f"{'demo' if r['command'] == 'demo' else 'REHEARSAL'} production (on stand-in models): {r['root']} "
+             f"({r['seconds']:.0f} s)", "files:"]
     lines += [f"  {kind:<14} {path}" for kind, paths in r["files"].items() for path in paths]
     return "\n".join(lines + [r["message"]])
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
+from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,6 +35,13 @@ interrupted file where it stopped, verify every file (size and the Hub's sha256 
 the commit that arrived in $HF_HOME/ai-video-producer/installs/. A model counts as present only when its
 files match that record. Gated models need a token: HF_TOKEN, `hf auth login`, or --token."""
 
+# The one rule for --check's exit code, in this order (the first that applies wins). SKILL.md and SETUP.md
+# quote it; tests/test_setup_diffusers.py checks that they do.
+CHECK_EXIT_RULE = ("--check exits 1 when the software is not ready (packages, torch build); else 4 when the "
+                   "memory plan does not fit this machine (no download is proposed then: the demo and rehearsals "
+                   "still run); else 3 when models it needs are missing or incomplete; else 0 (ready).")
+
+
 EPILOG = """\
 examples:
   setup_diffusers.py --check
@@ -42,8 +51,7 @@ examples:
   setup_diffusers.py --check --verify --json
   setup_diffusers.py --info
 
---check exits 0 when the machine is ready, 1 when the software is not (packages, torch build),
-3 when models it needs are missing or incomplete, 4 when the memory plan does not fit this machine."""
+""" + textwrap.fill(CHECK_EXIT_RULE, 100)
 
 RUN_NEXT_AFTER_READY = "python scripts/validate_diffusers.py"
 
@@ -221,21 +229,39 @@ def check(args) -> dict:
     complete = {n for n, s in install.statuses().items() if s.complete} if args.only else \
         {n for n, s in current.items() if s.complete}
     plans = {family: needs.family_need(family, hw, complete) for family in needs.FAMILIES}
+    # What a download could give this machine at best: when even that does not fit, no download is proposed.
+    reach = {} if args.only else needs.reach(hw, complete, plans)
     # With --only the question is whether those entries are complete; otherwise what the plans need here.
     needed = list(args.only) if args.only else list(dict.fromkeys(n for need in plans.values() for n in need.names))
-    code, verdict, next_command = _verdict(args, env, current, needed, plans)
+    facts = _Facts(args, env, hw, current, complete, needed, plans, reach)
+    code, verdict, next_command = _verdict(facts)
     return {"status": "ok" if code == ExitCode.OK else "not_ready", "exit_code": int(code), "ready": code == 0,
-            "verdict": verdict, "next_command": next_command, "environment": env, "hardware": hw.to_dict(),
+            "verdict": verdict, "next_command": next_command, "can_do": list(needs.WITHOUT_MODELS),
+            "lacks": needs.shortfalls(hw, reach if any(n not in complete for n in needed) else plans), "environment": env, "hardware": hw.to_dict(),
             "models_dir": str(models.hub_cache()), "needed": needed,
+            "download_bytes": needs.download_bytes(needed, complete),
             "models": {n: {**s.to_dict(), "title": registry.get(n).title, "needed": n in needed,
                            "fix": None if s.complete else install.status_fix(s, args.models_dir)}
                        for n, s in current.items()},
             "plans": {family: need.to_dict() for family, need in plans.items()}}
 
 
-def _verdict(args, env, current, needed, plans) -> tuple[ExitCode, str, str]:
+@dataclass
+class _Facts:
+    args: object
+    env: dict
+    hw: object
+    current: dict
+    complete: set
+    needed: list
+    plans: dict
+    reach: dict
+
+
+def _verdict(f: _Facts) -> tuple[ExitCode, str, str]:
     from producer import environment
 
+    env, args = f.env, f.args
     if not env["python"]["ok"] or not env["torch"]["ok"]:
         what = env["python"]["problem"] or "torch does not import"
         return ExitCode.FAILED, f"not ready: {what}", environment.TORCH_FIX
@@ -246,28 +272,37 @@ def _verdict(args, env, current, needed, plans) -> tuple[ExitCode, str, str]:
     if bad:
         return ExitCode.FAILED, f"not ready: packages missing or at the wrong version: {', '.join(bad)}", \
             environment.PIP_FIX
-    lacking = [n for n in needed if not current[n].complete]
+    lacking = [n for n in f.needed if not f.current[n].complete]
+    # Models to fetch: the plan that counts is the download's (any form); when even that does not fit, say so first.
+    if lacking and any(not need.plan.fits for need in f.reach.values()):
+        return ExitCode.OUT_OF_MEMORY, "not ready: " + needs.cannot_run(f.hw, f.reach), needs.DEMO_COMMAND
     if lacking:
-        states = ", ".join(f"{n} ({current[n].status})" for n in lacking)
-        changed_only = all(current[n].status == install.CHANGED for n in lacking)
-        if changed_only:
-            fix = install.status_fix(current[lacking[0]], args.models_dir)
-        else:
-            command = models.setup_command(*lacking) if args.only else "python scripts/setup_diffusers.py --download"
-            fix = command + _suffix(args)
-        return ExitCode.MISSING_MODEL, f"not ready: models this machine needs are not complete: {states}", fix
-    too_big = [] if args.only else [need for need in plans.values() if not need.plan.fits]
+        return _missing_verdict(f, lacking)
+    too_big = [] if args.only else [need for need in f.plans.values() if not need.plan.fits]
     if too_big:
         need = too_big[0]
         return ExitCode.OUT_OF_MEMORY, f"not ready: {need.script}'s memory plan does not fit: {need.plan.reason}", \
             need.plan.advice or "use a machine with more memory"
     if args.only:
         return ExitCode.OK, f"complete: {', '.join(args.only)}", RUN_NEXT_AFTER_READY + _suffix(args)
-    standin = [n for n in needed if current[n].source == "standin"]
+    standin = [n for n in f.needed if f.current[n].source == "standin"]
     note = f" (tiny stand-ins for tests: {', '.join(standin)}; they run the code, not the real models)" \
         if standin else ""
     return ExitCode.OK, "ready: every model this machine needs is complete and the memory plans fit" + note, \
         RUN_NEXT_AFTER_READY + _suffix(args)
+
+
+def _missing_verdict(f: _Facts, lacking: list[str]) -> tuple[ExitCode, str, str]:
+    """Models missing: the download that fits this machine's memory plan and its disk, or why none does."""
+    args, current = f.args, f.current
+    states = ", ".join(f"{n} ({current[n].status})" for n in lacking)
+    verdict = f"not ready: models this machine needs are not complete: {states}"
+    if all(current[n].status == install.CHANGED for n in lacking):
+        return ExitCode.MISSING_MODEL, verdict, install.status_fix(current[lacking[0]], args.models_dir)
+    if args.only:
+        return ExitCode.MISSING_MODEL, verdict, models.setup_command(*lacking) + _suffix(args)
+    advice, command = needs.download_advice(f.hw, lacking, f.complete, _suffix(args))
+    return ExitCode.MISSING_MODEL, f"{verdict}; {advice}", command
 
 
 def describe_check(r: dict) -> str:
@@ -298,6 +333,9 @@ def describe_check(r: dict) -> str:
     lines.append("Memory plans on this machine")
     for need in r["plans"].values():
         lines.append(f"  {need['script']} ({need['workload']}): {need['plan']['summary']}")
+    if not r["ready"]:
+        lines.append("Runs here without any download:")
+        lines += [f"  {line}" for line in r["can_do"]]
     lines += [f"Verdict: {r['verdict']}", f"Next: {r['next_command']}"]
     return "\n".join(lines)
 

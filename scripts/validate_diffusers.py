@@ -33,7 +33,7 @@ config naming a class this diffusers/transformers has; and the models this machi
             and the outputs in DIR/smoke-outputs, so the scripts can be run against it by hand
             (--models-dir DIR).
 
-Exits non-zero on any failure, naming the fix: 1 a check failed, 3 models are missing."""
+Exits non-zero on any failure, naming the fix: 1 a check failed, 3 models are missing, 4 the models\nthis machine lacks cannot run here at all (its memory plan does not fit: the demo and rehearsals\nstill run; no download is proposed)."""
 
 EPILOG = """\
 examples:
@@ -76,6 +76,9 @@ def run(args) -> dict:
 def _exit_code(failures: list[dict]) -> ExitCode:
     if not failures:
         return ExitCode.OK
+    if any(f.get("does_not_fit") for f in failures) and all(
+            f.get("missing_model") or f.get("does_not_fit") for f in failures):
+        return ExitCode.OUT_OF_MEMORY
     if all(f.get("missing_model") for f in failures):
         return ExitCode.MISSING_MODEL
     return ExitCode.FAILED
@@ -87,8 +90,10 @@ def _next_when_ok(args) -> str:
     return "start the workflow (SKILL.md)"
 
 
-def _failure(section: str, what: str, detail: str, fix: str, missing_model: bool = False) -> dict:
-    return {"section": section, "what": what, "detail": detail, "fix": fix, "missing_model": missing_model}
+def _failure(section: str, what: str, detail: str, fix: str, missing_model: bool = False,
+             does_not_fit: bool = False) -> dict:
+    return {"section": section, "what": what, "detail": detail, "fix": fix, "missing_model": missing_model,
+            "does_not_fit": does_not_fit}
 
 
 # ---------------------------------------------------------------- the software
@@ -150,13 +155,21 @@ def models_section(args) -> dict:
                 failures.append(_failure("models", f"{name}: {check.what}", check.detail, fix))
     hw = hardware.probe(str(models.hub_cache()))
     wanted = {family: needs.family_need(family, hw, complete) for family in needs.FAMILIES}
-    for need in wanted.values():
-        lacking = [n for n in need.names if n not in complete]
-        if lacking:
-            failures.append(_failure("models", f"models {need.script} needs here ({need.form})",
-                                     f"not complete: {', '.join(lacking)}", models.setup_command(*lacking) +
-                                     (f" --models-dir {args.models_dir}" if args.models_dir else ""),
-                                     missing_model=True))
+    lacking = list(dict.fromkeys(n for need in wanted.values() for n in need.names if n not in complete))
+    reach = needs.reach(hw, complete, wanted)
+    suffix = f" --models-dir {args.models_dir}" if args.models_dir else ""
+    if lacking and not all(need.plan.fits for need in reach.values()):
+        # No download can make this machine run the real models: say what runs here instead of proposing one.
+        failures.append(_failure("models", "the real models on this machine", needs.cannot_run(hw, reach),
+                                 needs.DEMO_COMMAND, does_not_fit=True))
+    elif lacking:
+        advice, command = needs.download_advice(hw, lacking, complete, suffix)
+        for need in wanted.values():
+            missing = [n for n in need.names if n not in complete]
+            if missing:
+                fix = models.setup_command(*missing) + suffix if command.endswith("--download" + suffix) else command
+                failures.append(_failure("models", f"models {need.script} needs here ({need.form})",
+                                         f"not complete: {', '.join(missing)}; {advice}", fix, missing_model=True))
     return {"models_dir": str(models.hub_cache()), "entries": [r.to_dict() for r in reports],
             "needed": {f: need.to_dict() for f, need in wanted.items()}, "failures": failures}
 

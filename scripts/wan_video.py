@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -396,7 +397,32 @@ def refuse_job_options_beside_batch(args: argparse.Namespace) -> None:
 
 
 def run_batch(args: argparse.Namespace) -> dict:
-    """Resolve every job, skip the up-to-date ones, then one model load for the rest (prompts encoded first)."""
+    """Resolve every job, skip the up-to-date ones, then one model load for the rest (prompts encoded first).
+    A warning that every clip would repeat (the same rounding, the same note) is shown once."""
+    once = _DistinctWarnings()
+    log.addFilter(once)
+    try:
+        return _run_batch(args)
+    finally:
+        log.removeFilter(once)
+
+
+class _DistinctWarnings(logging.Filter):
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        text = record.getMessage()
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        return True
+
+
+def _run_batch(args: argparse.Namespace) -> dict:
     refuse_job_options_beside_batch(args)
     jobs = batch.parse_jobs(build(), args.batch, PATH_OPTIONS, BATCH_ONLY, args.allow_outside)
     load = resolve_load(args)

@@ -455,7 +455,7 @@ def test_text_that_is_not_utf8_in_style_and_assets_files_is_a_problem(world):
 def test_a_batch_job_asking_for_help_is_a_job_error(world):
     batch = world / "in" / "help-job.json"
     batch.write_text(json.dumps([{"help": True}, {"hel": 1, "prompt": "x"}]))
-    assert run_case(qwen_image.main, ["--batch", str(batch), "--json"], world) == ExitCode.PARTIAL
+    assert run_case(qwen_image.main, ["--batch", str(batch), "--json"], world) == ExitCode.USAGE  # every job: same reason
 
 
 def test_a_file_named_dash_is_a_file_not_stdin(world, monkeypatch):

@@ -13,7 +13,7 @@ import production
 import pytest
 from conftest import use_hf_home
 from PIL import Image
-from producer import approvals, batch, planner, rules
+from producer import approvals, batch, planner, rules, seeds
 from producer.demo import SAMPLE
 
 BREAKDOWN, ASSETS = "scene-breakdown.md", "assets.json"
@@ -175,7 +175,8 @@ def test_next_plans_assets_as_batch_jobs_the_script_parses(sample, monkeypatch):
     assert len(jobs) == 6 and not any(isinstance(j, Exception) for j in jobs)  # the pose is keypoints JSON
     for job in nxt["jobs"]:
         args = qwen.build().parse_args(job["argv"][2:])
-        assert args.seed == approvals.derive_seed(job["id"]) and args.prompt and args.style_ref or "poses" in job["id"]
+        assert args.seed == seeds.seed(seeds.salt(sample), job["id"]) and args.prompt and args.style_ref or \
+            "poses" in job["id"]
     assert all(Path(j["output"]).is_absolute() for j in json.loads(Path(nxt["batch_file"]).read_text())["jobs"])
     assert run(["next", str(sample)])[1]["jobs"] == nxt["jobs"]  # the same plan, the same commands
 
@@ -244,7 +245,7 @@ def test_stale_reasons_and_dropped_approvals(made):
 
 def test_retake_changes_one_seed(made):
     _, result = run(["retake", str(made), "KF-D"])
-    assert result["retake"] == "keyframe:KF-D" and result["seed"] == approvals.derive_seed("keyframe:KF-D", 1)
+    assert result["retake"] == "keyframe:KF-D" and result["seed"] == seeds.seed(seeds.salt(made), "keyframe:KF-D", 1)
     report = run(["status", str(made)])[1]
     by_id = {i["id"]: i for i in report["items"]}
     assert {k for k, v in by_id.items() if v["state"] != "ok"} == {"keyframe:KF-D", "clip:scene-03", "film"}
@@ -255,6 +256,8 @@ def test_without_the_models_status_compares_what_it_can(demo, tmp_path):
     """No models installed here (the autouse empty cache): settings cannot be resolved, seeds and inputs can."""
     root = tmp_path / "copy"
     shutil.copytree(demo[0], root)
+    marker = root / ".production" / "rehearsal.json"  # the demo's own stand-ins are gone (another machine)
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "models_dir": str(tmp_path / "gone")}))
     report = run(["status", str(root)])[1]
     assert {i["id"]: i["state"] for i in report["items"]}["keyframe:KF-A"] == "unchecked"
     assert report["current_phase"] is None and any("not installed here" in n for n in report["notes"])
@@ -320,7 +323,8 @@ def test_demo_refuses_a_folder_with_files(tmp_path):
 def test_help_lists_the_commands(capsys):
     assert production.main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert all(word in out for word in ("check DIR", "status DIR", "approve DIR", "next DIR", "demo OUTDIR"))
+    assert all(word in out for word in ("check DIR", "status DIR", "approve DIR", "next DIR", "demo OUTDIR",
+                                        "rehearse DIR"))
 
 
 @pytest.mark.parametrize("seconds,scenes", [(3, 1), (5, 1), (5.06, 1), (6, 2), (10, 2), (10.1, 2), (11, 3), (15, 3),
@@ -335,4 +339,27 @@ def test_readme_production_commands_parse():
     assert len(lines) >= 5
     for line in lines:
         args = production.build().parse_args(shlex.split(line)[2:])
-        assert args.command in ("demo", "check", "next", "approve", "status")
+        assert args.command in ("demo", "rehearse", "check", "next", "approve", "status")
+
+
+def test_seeds_differ_between_productions_and_stay_put_within_one(tmp_path):
+    """Seeds derive from a salt drawn once per production (issue 18: every production's KF-A had one seed)."""
+    def first_seeds(root):
+        run(["approve", str(root), "philosophy", "scenes"])
+        return {j["id"]: j["batch_job"]["seed"] for j in run(["next", str(root)])[1]["jobs"]}
+
+    one, two = (shutil.copytree(SAMPLE, tmp_path / name) for name in ("one", "two"))
+    seeds_one = first_seeds(one)
+    assert seeds_one != first_seeds(two) and first_seeds(one) == seeds_one
+    assert len(seeds.salt(one)) == 16 and seeds_one["asset:characters/keeper"] != approvals.derive_seed(
+        "asset:characters/keeper")
+
+
+def test_a_production_made_before_salts_keeps_its_seeds(made):
+    """Outputs with recipes and no salt file (made before salts): the salt is "" and seeds are the old ones, so
+    nothing turns stale; it is stored at the first `next`."""
+    (made / ".production" / "production.json").unlink()
+    (made / ".production" / "takes.json").unlink(missing_ok=True)
+    assert seeds.salt(made) == "" and seeds.seed("", "keyframe:KF-A", 2) == approvals.derive_seed("keyframe:KF-A", 2)
+    run(["next", str(made)])
+    assert json.loads((made / ".production" / "production.json").read_text())["seed_salt"] == ""

@@ -345,3 +345,61 @@ def test_an_unrecorded_entry_sharing_a_recorded_repo_is_not_installed(offline_hf
     assert models.is_present(components)
     assert models.matching_files(models.snapshot_files(models.snapshot_dir(full)), full.files), "configs match"
     assert not models.is_present(full)
+
+
+# ---------------------------------------------------------------- honest verdicts (issue 18)
+
+
+def test_check_on_a_small_cpu_machine_exits_4_and_proposes_no_download(offline_hf_home, capsys, monkeypatch):
+    """No GPU, 24 GiB of RAM, no models: the plan cannot fit, so the verdict says what runs here and how much
+    is lacking, and never names --download (the old verdict said "models missing", exit 3, --download)."""
+    monkeypatch.setattr(hardware, "probe", lambda *a, **k: hardware.from_sizes(0, 24))
+    code, result, _ = run(capsys, "--check")
+    assert code == 4 and not result["ready"]
+    assert "--download" not in result["verdict"] + result["next_command"]
+    assert result["next_command"] == needs.DEMO_COMMAND
+    assert result["verdict"].startswith("not ready: this machine (no GPU, 24 GiB RAM) can run the demo")
+    lacks = {s["script"]: s for s in result["lacks"]}
+    assert lacks["wan_video.py"]["memory"] == "RAM" and lacks["wan_video.py"]["short_gib"] > 30
+    assert any("rehearse" in line for line in result["can_do"])
+    setup_diffusers.main(["--check"])
+    out = capsys.readouterr().out
+    assert out.index("Runs here without any download:") < out.index("Verdict:")
+
+
+def test_check_never_proposes_a_download_bigger_than_the_disk(offline_hf_home, capsys, monkeypatch):
+    """A 24 GiB card with 64 GiB of RAM: the full download is ~190 GB. With 100 GB free the smaller GGUF Q8 form
+    is proposed instead; with 10 GB free no download is, and the verdict says how much is needed."""
+    monkeypatch.setattr(hardware, "probe", lambda *a, **k: hardware.from_sizes(24, 64, disk_gb=500))
+    code, result, _ = run(capsys, "--check")
+    assert code == 3 and result["next_command"] == "python scripts/setup_diffusers.py --download"
+    monkeypatch.setattr(hardware, "probe", lambda *a, **k: hardware.from_sizes(24, 64, disk_gb=100))
+    code, result, _ = run(capsys, "--check")
+    assert code == 3 and result["next_command"].endswith("--download --weights gguf-q8"), result["verdict"]
+    assert result["download_bytes"] > 100 * 1024**3
+    monkeypatch.setattr(hardware, "probe", lambda *a, **k: hardware.from_sizes(24, 64, disk_gb=10))
+    code, result, _ = run(capsys, "--check")
+    assert code == 3 and "--download" not in result["next_command"] and "free disk space" in result["verdict"]
+
+
+def test_the_exit_code_rule_is_quoted_where_the_docs_give_it():
+    """One rule for --check's exit code (setup_diffusers.CHECK_EXIT_RULE, shown by --help); SKILL.md and
+    SETUP.md quote it word for word."""
+    root = Path(__file__).resolve().parents[1]
+    flat = " ".join(setup_diffusers.CHECK_EXIT_RULE.split())
+    for doc in ("SKILL.md", "SETUP.md"):
+        assert flat in " ".join((root / doc).read_text().split()), doc
+    assert flat in " ".join(setup_diffusers.build().format_help().split())
+
+
+def test_a_damaged_file_in_a_cache_whose_plan_fits_is_repaired_not_refused(recorded_standins, tmp_path, capsys):
+    """Stand-ins fit this machine: a corrupt LoRA among them is a repair (exit 3, --download), never the
+    "cannot run the real models" verdict meant for a machine without them."""
+    import shutil
+
+    home = shutil.copytree(recorded_standins, tmp_path / "home", symlinks=True)
+    lora = next(p for p in (home / "hub").rglob("*Lightning*.safetensors") if "snapshots" in str(p))
+    lora.resolve().write_bytes(b"\0" * 100)
+    code, result, _ = run(capsys, "--check", "--models-dir", str(home))
+    assert code == 3 and "(corrupt)" in result["verdict"], result["verdict"]
+    assert result["next_command"].startswith("python scripts/setup_diffusers.py --download")

@@ -157,7 +157,7 @@ def test_batch_paths_cannot_leave_the_production(production, reference):
 def test_outputs_are_confined_too_and_the_script_says_so(production):
     (production / "jobs.json").write_text(json.dumps([{"prompt": "x", "output": "../../overwrite-me.png"}]))
     code, result = run(qwen_image.main, "--batch", production / "jobs.json")
-    assert code == ExitCode.PARTIAL and "leads outside the production folder" in result["jobs"][0]["error"]
+    assert code == ExitCode.USAGE and "leads outside the production folder" in result["jobs"][0]["error"]
 
 
 def test_a_batch_in_the_state_folder_belongs_to_the_production_above(production):

@@ -77,11 +77,29 @@ def test_test_load_covers_every_model_and_lora(recorded, capsys):
     assert expert["component"] == "transformer_2" and expert["lost"] == 0 and expert["lora_modules_applied"] > 0
 
 
-def test_missing_models_exit_3_with_the_download_command(capsys):
+def test_missing_models_exit_3_with_the_download_command(capsys, monkeypatch):
+    from producer import hardware
+
+    monkeypatch.setattr(hardware, "probe", lambda *a, **k: hardware.from_sizes(24, 64))
     code, result, _ = run(capsys)
     assert code == 3 and result["models"]["entries"] == []
     assert all(f["missing_model"] for f in result["failures"])
     assert "setup_diffusers.py --download --only" in result["next_command"]
+
+
+def test_models_that_cannot_run_here_exit_4_without_a_download(capsys, monkeypatch):
+    """A CPU-only 24 GiB machine: no download can make the real models run, so none is proposed (issue 18);
+    with too little disk for the download, it is not proposed either."""
+    from producer import hardware, needs
+
+    monkeypatch.setattr(hardware, "probe", lambda *a, **k: hardware.from_sizes(0, 24))
+    code, result, _ = run(capsys, "--detailed")
+    assert code == 4 and result["next_command"] == needs.DEMO_COMMAND
+    assert not any("--download" in f["fix"] for f in result["failures"])
+    assert "GiB of RAM (this machine has 24" in result["failures"][0]["detail"]
+    monkeypatch.setattr(hardware, "probe", lambda *a, **k: hardware.from_sizes(24, 64, disk_gb=10))
+    code, result, _ = run(capsys, "--detailed")
+    assert code == 3 and not any("--download" in f["fix"] for f in result["failures"])
 
 
 # ---------------------------------------------------------------- what --test-load catches

@@ -236,7 +236,7 @@ def test_batch_refuses_model_options_inside_a_job(tmp_path, capsys):
     batch_file = tmp_path / "b.json"
     batch_file.write_text(json.dumps([{"start_frame": "a.png", "prompt": "x", "output": "o.mp4", "lora": "l.safetensors"}]))
     code, result, _ = run(capsys, "--batch", batch_file, "--json")
-    assert code == ExitCode.PARTIAL and "whole batch" in result["jobs"][0]["error"]
+    assert code == ExitCode.USAGE and "whole batch" in result["jobs"][0]["error"]  # its only job: that reason's code
     code, result, _ = run(capsys, "--batch", batch_file, "--json", "--seed", 3, "--fit", "pad", "--overwrite")
     assert code == ExitCode.USAGE and "--seed, --fit beside --batch would not reach the jobs" in result["error"]
     assert '"defaults"' in result["fix"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paths
@@ -67,6 +67,9 @@ class Asset:
 @dataclass
 class AssetPlan:
     assets: list[Asset]
+    # Entries written in assets.json but refused (their problem is reported): a keyframe naming one is not told
+    # again that assets.json lacks it.
+    refused: set[tuple[str, str]] = field(default_factory=set)
 
     def get(self, kind: str, name: str) -> Asset | None:
         return next((a for a in self.assets if a.kind == kind and a.name == name), None)
@@ -130,7 +133,8 @@ class _Reader:
                          'add one: "styles": {"NAME": {"description": "...", "image": "assets/styles/NAME.png"}} '
                          "(it is applied to every keyframe)")
         self.check_shared_pictures()
-        return AssetPlan(self.assets), self.problems
+        named = {(kind, name) for kind, entries in data.items() if isinstance(entries, dict) for name in entries}
+        return AssetPlan(self.assets, named - {(a.kind, a.name) for a in self.assets}), self.problems
 
     def entry(self, kind: str, name: str, entry) -> None:
         line = key_line(self.lines, [kind, name])

@@ -68,6 +68,11 @@ class BatchResult:
         out = {"jobs": self.jobs, "counts": counts, "exit_code": int(code)}
         if self.stopped:
             out.update(stopped=self.stopped.message, fix=self.stopped.fix)
+        elif self.jobs and self.failed == len(self.jobs) and len({j.get("exit_code") for j in self.jobs}) == 1:
+            # Every job failed for the same reason (a missing model): that reason's exit code, as when one job fails.
+            first = self.jobs[0]
+            out.update(status="error", exit_code=int(first.get("exit_code") or ExitCode.FAILED),
+                       error=f"every job failed: {first.get('error')}", fix=first.get("fix"))
         return out
 
 

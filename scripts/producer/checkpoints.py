@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from . import approvals, layout
+from . import approvals, layout, seeds
 from .cli import CliError
 from .project import PHASE_FILES, PHASE_NUMBERS, PHASES
 from .status import GOOD, ITEM_PHASES, Snapshot, shown
@@ -88,6 +88,6 @@ def retake(snap: Snapshot, name: str) -> dict:
                        f"name a planned item: {', '.join(jobs[:12])}{' ...' if len(jobs) > 12 else ''}"
                        if jobs else f"the plan has no items yet: {TOOL} next {snap.root}")
     take = approvals.bump_take(snap.root, name)
-    seed = approvals.derive_seed(name, take)
+    seed = seeds.seed(snap.plan.seed_salt, name, take)
     return {"retake": name, "take": take, "seed": seed, "output": layout.relative(snap.root, state.job.output),
             "message": f"{name} now plans seed {seed} (take {take}); `{TOOL} next {snap.root}` makes it again"}

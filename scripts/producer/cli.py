@@ -325,6 +325,9 @@ def run_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace]
         return _fail(unexpected_error(exc), as_json)
     code = int(result.pop("exit_code", ExitCode.OK))
     result.setdefault("status", "ok" if code == 0 else "partial")
+    if result["status"] == "error":  # a report that is a failure too (a batch whose every job failed): say so
+        _emit(f"error: {result.get('error')}", sys.stderr)
+        _emit(f"  fix: {result.get('fix')}", sys.stderr)
     result.setdefault("seconds_total", round(time.perf_counter() - started, 3))
     result.update({k: v for k, v in peak_memory().items() if k not in result})
     if as_json:

@@ -28,11 +28,26 @@ from .status import ITEM_PHASES, ItemState, Snapshot, shown
 TOOL = "production.py"
 
 
+REHEARSAL_NOTE = "REHEARSAL on stand-in models (nothing here is real): "
+
+
 def next_step(snap: Snapshot) -> dict:
+    step = _next_step(snap)
+    if snap.rehearsal is not None:
+        step = {**step, "rehearsal": True, "message": REHEARSAL_NOTE + step["message"]}
+    return step
+
+
+def _next_step(snap: Snapshot) -> dict:
     phase = snap.current_phase()
     base = {"root": str(snap.root), "phase": phase, "phase_number": PHASE_NUMBERS.get(phase)}
     if phase is None:
         return {**base, "action": "done", "message": f"the film is made and approved: {layout.film_path(snap.root)}"}
+    every_file = [f for files in PHASE_FILES.values() for f in files]
+    if set(every_file) <= set(snap.prod.missing):  # an empty (new) folder: the first files to write, not a fault
+        first = list(PHASE_FILES["philosophy"])
+        return {**base, "action": "write", "files": first,
+                "message": f"write {' and '.join(first)} (SKILL.md Phase 1), then check them: {TOOL} check {snap.root}"}
     problems = _phase_problems(snap, phase)
     if problems:
         return {**base, "action": "fix", "message": f"fix {len(problems)} problem(s) in the phase files first",
@@ -59,16 +74,31 @@ def _phase_problems(snap: Snapshot, phase: str) -> list[dict]:
 def _approve(snap: Snapshot, phase: str) -> dict:
     root = snap.root
     files = [layout.relative(root, f) for f in snap.approval_files(phase)]
+    show = [layout.relative(root, p) for f in snap.approval_files(phase) for p in _pictures_of(f)]
+    items = [s.job.id for s in snap.items(phase) if s.job.script != ASSEMBLE]
     commands = [shlex.join(command(TOOL, ["approve", str(root), phase]))]
     if phase in ITEM_PHASES:
         waiting = [s.job for s in snap.items(phase) if shown(s.job) and s.job.id not in snap.approvals]
         commands += [shlex.join(command(TOOL, ["approve", str(root), j.id])) for j in waiting]
-    return {"action": "approve", "files": files, "approve_commands": commands,
-            "message": f"Phase {PHASE_NUMBERS[phase]} ({phase}) is complete. Show the user {', '.join(files)} and "
-                       f"ask for approval; record a yes with `{TOOL} approve {root} {phase}`"
+    videos = [f for f in files if f.endswith(".mp4")]
+    watch = f" (and give the path of {', '.join(videos)} for the user to watch: you cannot)" if videos else ""
+    return {"action": "approve", "files": files, "show": show, "approve_commands": commands,
+            "message": f"Phase {PHASE_NUMBERS[phase]} ({phase}) is complete. Open and show the user "
+                       f"{', '.join(show)}{watch}, and ask for approval; record a yes with "
+                       f"`{TOOL} approve {root} {phase}`"
                        + (" (or one keyframe/clip at a time)" if phase in ITEM_PHASES else "")
-                       + ". For changes: edit the plan's files (stale items are planned again) or "
-                       f"`{TOOL} retake {root} ITEM` for another variant."}
+                       + ". For changes: edit the plan's files (stale items are planned again)"
+                       + (f" or `{TOOL} retake {root} {items[0]}` (any item) for another variant" if items else "")
+                       + "."}
+
+
+def _pictures_of(path) -> list:
+    """What the user is shown for an approved file: a picture itself; for a video, the PNGs made beside it
+    (contact sheet, first and last frame: SKILL.md rule 8), never the MP4 alone."""
+    if path.suffix.lower() != ".mp4":
+        return [path]
+    beside = [path.with_suffix(f".{kind}.png") for kind in ("contact", "first", "last")]
+    return [p for p in beside if p.is_file()] or [path]
 
 
 def _generate(snap: Snapshot, phase: str) -> dict:
@@ -87,7 +117,7 @@ def _generate(snap: Snapshot, phase: str) -> dict:
               "errors": [_item(snap, s) for s in errors]}
     script = runnable[0].job.script
     if script == ASSEMBLE:
-        result["commands"] = [jobs[0]["command"]]
+        result["commands"] = [jobs[0]["command"]]  # --json is on every command (SKILL.md)
     else:
         batch_file = layout.state_file(snap.root, f"next-{phase}.json")
         layout.state_dir(snap.root).mkdir(exist_ok=True)
@@ -106,7 +136,7 @@ def _generate(snap: Snapshot, phase: str) -> dict:
 
 def _job(snap: Snapshot, s: ItemState) -> dict:
     overwrite = s.state == "stale"
-    argv = command(s.job.script, job_argv(s.job, snap.plan, overwrite))
+    argv = command(s.job.script, job_argv(s.job, snap.plan, overwrite) + ["--json"])
     batch_job = {**{k: v for k, v in s.job.options.items() if k not in ("production_dir", "clips")},
                  **({"overwrite": True} if overwrite else {})}
     return {**_item(snap, s), "script": s.job.script, "argv": argv, "command": shlex.join(argv),

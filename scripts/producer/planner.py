@@ -13,11 +13,13 @@ Jobs (ids in brackets; each writes one file):
   for a landscape keyframe) when both name the same background asset; otherwise the background asset.
   The style asset (assets.json's first style) is given as --style-image to every picture the film shows.
 - clips [clip:scene-NN]: wan_video.py from the scene's start keyframe (image-to-video) or between its
-  start and end keyframes (first-last-frame), the motion and camera as the prompt, the scene's duration.
+  start and end keyframes (first-last-frame), the motion and camera as the prompt, the scene's duration
+  as Wan's frame count (4n+1 at 16 fps: 4 s -> 65 frames), so that no clip warns about rounding.
 - film [film]: assemble_video.py on the folder, with the seam review.
 
-Seeds are fixed per job: `approvals.derive_seed(job id, take)`, so planning twice gives the same
-commands and an unchanged job never goes stale; `production.py retake` moves one job to its next take.
+Seeds are fixed per production, job and take (producer.seeds: a salt drawn once per production, the job
+id, the take), so planning twice gives the same commands and an unchanged job never goes stale, while two
+productions do not share seeds; `production.py retake` moves one job to its next take.
 
 Settings (.production/settings.json, optional): per script, extra options for every job of that
 script, e.g. {"qwen_image.py": {"preset": "720p"}, "wan_video.py": {"steps": 6, "distill": "off"}}.
@@ -32,13 +34,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import layout, prompts
-from .approvals import derive_seed
+from . import layout, prompts, seeds
 from .assets import Asset
 from .cli import CliError
 from .project import Production
 from .rules import cell_names
 from .scenes import KeyframeRow, Problem
+from .wan_settings import frames_for_duration
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1]
 QWEN, WAN, ASSEMBLE = "qwen_image.py", "wan_video.py", "assemble_video.py"
@@ -71,35 +73,36 @@ class Plan:
     jobs: list[Job]
     batch_flags: dict[str, list[str]] = field(default_factory=dict)  # script -> whole-batch options
     problems: list[Problem] = field(default_factory=list)
+    seed_salt: str = ""  # the production's (producer.seeds)
 
     def job(self, job_id: str) -> Job | None:
         return next((j for j in self.jobs if j.id == job_id), None)
 
 
-def plan_production(prod: Production, takes: dict[str, int]) -> Plan:
+def plan_production(prod: Production, takes: dict[str, int], seed_salt: str = "") -> Plan:
     """Every job of the production (its files must have passed the check through the assets phase)."""
     root = prod.root.resolve()
-    builder = _Builder(root, prod, takes)
+    builder = _Builder(root, prod, takes, seed_salt)
     if prod.assets is not None:
         builder.assets()
         if prod.plan is not None:
             builder.keyframes()
             builder.clips()
             builder.film()
-    plan = Plan(root, builder.link())
+    plan = Plan(root, builder.link(), seed_salt=seed_salt)
     apply_settings(plan, prod.settings)
     return plan
 
 
 class _Builder:
-    def __init__(self, root: Path, prod: Production, takes: dict[str, int]):
-        self.root, self.prod, self.takes = root, prod, takes
+    def __init__(self, root: Path, prod: Production, takes: dict[str, int], seed_salt: str = ""):
+        self.root, self.prod, self.takes, self.seed_salt = root, prod, takes, seed_salt
         self.jobs: list[Job] = []
         self.style_ref = str(root / layout.STYLE)
 
     def add(self, job_id: str, phase: str, script: str, output: Path, options: dict, label: str) -> None:
         """One job; every path in it is made absolute (the batch file lives in .production/)."""
-        seed = {"seed": derive_seed(job_id, self.takes.get(job_id, 0))} if script != ASSEMBLE else {}
+        seed = {"seed": seeds.seed(self.seed_salt, job_id, self.takes.get(job_id, 0))} if script != ASSEMBLE else {}
         for key in INPUT_OPTIONS:
             if key in options:
                 paths = [str(Path(v).resolve()) for v in _as_list(options[key])]
@@ -192,8 +195,8 @@ class _Builder:
                        "start_frame": str(layout.keyframe_path(self.root, start.id)), "style_ref": self.style_ref}
             if end is not None:
                 options["end_frame"] = str(layout.keyframe_path(self.root, end.id))
-            if scene.duration is not None:
-                options["duration"] = scene.duration
+            if scene.duration is not None:  # as frames: a duration rarely lands on Wan's 4n+1 (4 s -> 65 frames)
+                options["frames"] = frames_for_duration(scene.duration).count
             mode = f"{start.id} -> {end.id}" if end else f"from {start.id}"
             self.add(clip_id(scene.number), "clips", WAN, layout.clip_path(self.root, scene.number), options,
                      f"scene {scene.number} ({mode})")
@@ -250,12 +253,15 @@ def apply_settings(plan: Plan, settings: dict) -> None:
             plan.problems.append(Problem(where, 1, f"{script!r} is not a script the plan runs",
                                          f"use one of {', '.join(sorted(known))}"))
     jobs = []
+    reported: dict[str, set[str]] = {}
     for job in plan.jobs:
         extra = {k.replace("-", "_"): v for k, v in settings.get(job.script, {}).items()}
         batch_only = {o.replace("-", "_") for o in getattr(script_module(job.script), "BATCH_ONLY", ())}
-        for key in sorted(set(extra) & PLANNED):
+        for key in sorted(set(extra) & PLANNED - reported.setdefault(job.script, set())):
+            reported[job.script].add(key)  # once per script and key, not once per job
             plan.problems.append(Problem(where, 1, f"{job.script}: {key!r} is set by the plan itself",
-                                         f"remove {key!r} (edit the plan's files, or use production.py retake)"))
+                                         f"remove {key!r} (edit the plan's files, or for another seed "
+                                         f"`production.py retake {plan.root} {job.id}`)"))
         flags = {k: v for k, v in extra.items() if k in batch_only and k not in PLANNED}
         options = {k: v for k, v in job.options.items() if not any(k in EXCLUSIVE.get(s, ()) for s in extra)}
         options.update({k: v for k, v in extra.items() if k not in batch_only and k not in PLANNED})

@@ -94,7 +94,7 @@ def _read_phase_files(prod: Production, present: list[str], allow_outside: bool,
         prod.assets, problems = load_assets(root, allow_outside)
         prod.problems["assets"] += problems
         if prod.assets is not None:
-            prod.problems["assets"] += _asset_file_problems(prod.assets, asset_files_due)
+            prod.problems["assets"] += _asset_file_problems(prod.root, prod.assets, asset_files_due)
             if prod.plan is not None:
                 prod.problems["assets"] += rules.asset_problems(prod.plan, prod.assets)
 
@@ -113,7 +113,7 @@ def _read_plan(path: Path) -> SceneBreakdown:
     return plan
 
 
-def _asset_file_problems(assets: AssetPlan, due: bool) -> list[Problem]:
+def _asset_file_problems(root: Path, assets: AssetPlan, due: bool) -> list[Problem]:
     out = []
     for asset in assets.assets:
         if asset.path.is_file():
@@ -124,7 +124,7 @@ def _asset_file_problems(assets: AssetPlan, due: bool) -> list[Problem]:
                                "point the pose at a picture (a PNG path is generated from the description)"))
         elif due:
             out.append(Problem(ASSETS, asset.line, f"{asset.kind}.{asset.name}: {asset.image} does not exist, but the "
-                               "assets were approved", "generate it (production.py next) or restore the file"))
+                               "assets were approved", f"generate it (`production.py next {root}`) or restore the file"))
     return out
 
 

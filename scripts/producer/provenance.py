@@ -41,14 +41,22 @@ def file_digest(path: str | os.PathLike) -> str:
 
 
 def make_recipe(script: str, settings: dict[str, Any], inputs: dict[str, Any], model: dict[str, Any]) -> dict:
-    """inputs: role -> path or list of paths (references, frames, LoRA files, style.json)."""
-    return {
+    """inputs: role -> path or list of paths (references, frames, LoRA files, style.json).
+
+    An output made on a stand-in model is marked as such (producer.rehearsal): it must never pass for a
+    real one, and a real run must not skip it as up to date."""
+    from .rehearsal import RECIPE_MARK, made_on_standins
+
+    recipe = {
         "recipe_version": RECIPE_VERSION,
         "script": script,
         "settings": settings,
         "inputs": {role: _describe_inputs(value) for role, value in inputs.items() if value},
         "model": model,
     }
+    if made_on_standins(model):
+        recipe[RECIPE_MARK] = True
+    return recipe
 
 
 def _describe_inputs(value):
@@ -68,6 +76,8 @@ def recipe_key(recipe: dict, ignore_seed: bool = False) -> str:
         "inputs": _strip_paths(recipe.get("inputs", {})),
         "model": recipe.get("model", {}),
     }
+    if recipe.get("standin_models"):  # only when marked, so that the keys of real recipes stay as they were
+        core["standin_models"] = True
     return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()
 
 

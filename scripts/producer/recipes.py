@@ -129,7 +129,7 @@ def model_changes(recorded: dict) -> tuple[list[str], list[str]]:
     from . import models
 
     reasons, notes = [], []
-    for repo, commit in _model_refs(recorded.get("model", {})):
+    for repo, commit in model_refs(recorded.get("model", {})):
         entries = [e for e in registry.entries() if e.repo_id == repo]
         installed = {snap.name for e in entries if (snap := models.snapshot_dir(e)) is not None}
         if not installed:
@@ -139,7 +139,7 @@ def model_changes(recorded: dict) -> tuple[list[str], list[str]]:
     return reasons, notes
 
 
-def _model_refs(model) -> list[tuple[str, str]]:
+def model_refs(model) -> list[tuple[str, str]]:
     """Every {"repo": ..., "commit" (or "revision"): ...} pair inside a recipe's model part, however nested."""
     found = []
     if isinstance(model, dict):
@@ -147,10 +147,10 @@ def _model_refs(model) -> list[tuple[str, str]]:
         if isinstance(model.get("repo"), str) and isinstance(commit, str):
             found.append((model["repo"], commit))
         for value in model.values():
-            found += _model_refs(value)
+            found += model_refs(value)
     elif isinstance(model, list):
         for value in model:
-            found += _model_refs(value)
+            found += model_refs(value)
     return list(dict.fromkeys(found))
 
 

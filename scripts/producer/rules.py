@@ -218,7 +218,7 @@ def _row_assets(row: KeyframeRow, assets: AssetPlan) -> list[Problem]:
     for kind, names in (("characters", characters), ("poses", poses), ("backgrounds", backgrounds),
                         ("objects", objects)):
         for name in names:
-            if assets.get(kind, name) is None:
+            if assets.get(kind, name) is None and (kind, name) not in assets.refused:  # refused: reported there
                 known = [a.name for a in assets.of_kind(kind)]
                 close = difflib.get_close_matches(name, known, n=1)
                 out.append(_p(row.line, f"keyframe {row.id} names the {kind[:-1]} {name!r}, which assets.json does "

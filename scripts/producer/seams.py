@@ -27,6 +27,7 @@ re-encoded same picture passes, a frame of motion over 1 px does not.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -165,7 +166,12 @@ def _judge_end(r: SeamReport, s: SeamInput) -> None:
         r.flags.append(f"{s.before}'s last frame does not land on {kf} (ssim {c.ssim:.2f} < {SSIM_LIMIT})")
         r.advice.append(f"first-last-frame clips often morph in their last frames: look at the end of "
                         f"{s.before_clip} (its contact sheet) and cut the frames that morph with assemble_video.py "
-                        f"--trim-end {s.before}:N, or regenerate {s.before} with another seed")
+                        f"--trim-end {_trim(s.before)}, or regenerate {s.before} with another seed")
+
+
+def _trim(clip: str) -> str:
+    """--trim-end's value as it pastes into a shell: 4 frames as the example (the contact sheet says how many)."""
+    return f"{shlex.quote(clip + ':4')} (4: the frames that morph)"
 
 
 def _judge_start(r: SeamReport, s: SeamInput) -> None:
@@ -188,7 +194,7 @@ def _judge_clips(r: SeamReport, s: SeamInput) -> None:
     if c.ssim < SSIM_LIMIT:
         r.flags.append(f"picture jump from {s.before} to {s.after} (ssim {c.ssim:.2f} < {SSIM_LIMIT})")
         r.advice.append(f"if {s.before_clip} morphs at its end, cut those frames (assemble_video.py --trim-end "
-                        f"{s.before}:N), or regenerate with another seed; if the scenes are not meant to flow, "
+                        f"{_trim(s.before)}), or regenerate with another seed; if the scenes are not meant to flow, "
                         f"make the transition a cut or fade")
 
 

@@ -17,18 +17,20 @@ approval, or one approval per keyframe / clip). The current phase is the first t
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import approvals as approvals_mod
-from . import layout
+from . import layout, rehearsal, seeds
 from .cli import CliError, ExitCode
-from .planner import ASSEMBLE, Job, Plan, plan_production
+from .planner import ASSEMBLE, Job, Plan, command, plan_production
 from .project import PHASE_NUMBERS, PHASES, Production, load_production
 from .provenance import read_recipe
 from .recipes import differences, film_differences, model_changes, partial_differences, would_be_recipe
 
 GOOD = ("ok", "provided", "unchecked")
+TOOL = "production.py"
 ITEM_PHASES = {"keyframes": "keyframe", "clips": "clip"}  # phases approved item by item too
 
 
@@ -55,6 +57,7 @@ class Snapshot:
     states: dict[str, ItemState]
     approvals: dict[str, approvals_mod.Approval]
     dropped: list[approvals_mod.Dropped]
+    rehearsal: dict | None = None  # the rehearsal marker (producer.rehearsal): None for a real production
 
     @property
     def root(self) -> Path:
@@ -102,37 +105,56 @@ def shown(job: Job) -> bool:
     return not job.id.startswith(("background:", "character:"))
 
 
-def snapshot(root: str | Path, allow_outside: bool = False, with_states: bool = True) -> Snapshot:
-    """with_states=False skips comparing every output with its job (what `check` does not need)."""
+def snapshot(root: str | Path, allow_outside: bool = False, with_states: bool = True,
+             plan_seeds: bool = False) -> Snapshot:
+    """with_states=False skips comparing every output with its job (what `check` does not need); plan_seeds
+    stores the production's seed salt on first use (`next`, `retake`: the commands that hand out seeds)."""
     root = Path(root)
     if not root.is_dir():
         raise CliError(f"{root} is not a folder", "give the production folder (the one with philosophy.md)")
+    marker = rehearsal.read_marker(root)
+    if marker is not None:
+        _use_rehearsal_models(root, marker)
     valid, dropped = approvals_mod.valid_approvals(root)
     due = "assets" in approvals_mod.read_approvals(root)
     prod = load_production(root, allow_outside, asset_files_due=due)
-    plan = plan_production(prod, approvals_mod.read_takes(root)) if prod.ok_through("scenes") else Plan(root, [])
+    planned = prod.ok_through("scenes")
+    salt = seeds.salt(root, create=plan_seeds) if planned else ""
+    plan = plan_production(prod, approvals_mod.read_takes(root), salt) if planned else Plan(root, [])
     prod.settings_problems += plan.problems
-    states = job_states(plan, prod) if with_states and prod.ok_through("assets") else {}
-    return Snapshot(prod, plan, states, valid, dropped)
+    states = job_states(plan, prod, marker is not None) if with_states and prod.ok_through("assets") else {}
+    return Snapshot(prod, plan, states, valid, dropped, marker)
 
 
-def job_states(plan: Plan, prod: Production) -> dict[str, ItemState]:
+def _use_rehearsal_models(root: Path, marker: dict) -> None:
+    """A rehearsal's recipes are compared against its own stand-ins, which outlive the run (the demo's too)."""
+    from . import models
+
+    where = marker.get("models_dir") or str(rehearsal.models_dir(root))
+    if Path(where).is_dir():
+        models.use_models_dir(where)
+
+
+def job_states(plan: Plan, prod: Production, is_rehearsal: bool = False) -> dict[str, ItemState]:
     states: dict[str, ItemState] = {}
     transitions = _transitions(prod)
     for job in plan.jobs:  # planned in dependency order: every dependency is decided first
         blocked = [d for d in job.depends if states[d].state not in GOOD]
-        state = _state(job, plan, blocked, states, transitions)
+        state = _state(job, plan, blocked, states, transitions, is_rehearsal)
         state.ready = not blocked
         states[job.id] = state
     return states
 
 
-def _state(job: Job, plan: Plan, blocked: list[str], states: dict[str, ItemState], transitions) -> ItemState:
+def _state(job: Job, plan: Plan, blocked: list[str], states: dict[str, ItemState], transitions,
+           is_rehearsal: bool = False) -> ItemState:
     if not job.output.exists():
         return ItemState(job, "missing", [f"waits for {', '.join(blocked)}"] if blocked else [])
     recipe = read_recipe(job.output)
     if recipe is None:
         return ItemState(job, "provided", ["made without a recipe (by hand?): used as it is, never regenerated"])
+    if rehearsal.is_standin_recipe(recipe) and not is_rehearsal:
+        return ItemState(job, "stale", [rehearsal.STALE_REASON])
     if blocked:
         return ItemState(job, "stale", [f"made from {d}, which is {states[d].state}" for d in blocked])
     if job.script == ASSEMBLE:
@@ -172,7 +194,7 @@ def status_report(snap: Snapshot, seams: bool = True) -> dict:
               for p in PHASES]
     counts = {p: _counts(snap.items(p)) for p in ("assets", "keyframes", "clips", "film")}
     report = {
-        "root": str(root), "current_phase": snap.current_phase(), "phases": phases, "counts": counts,
+        "root": str(root), "rehearsal": _rehearsal_note(snap), "current_phase": snap.current_phase(), "phases": phases, "counts": counts,
         "items": [s.to_dict(root) for s in snap.states.values()],
         "missing_files": snap.prod.missing,
         "problems": [_problem(p) for p in snap.prod.all_problems()],
@@ -185,6 +207,14 @@ def status_report(snap: Snapshot, seams: bool = True) -> dict:
         "seams": _seams(snap) if seams else [],
     }
     return report
+
+
+def _rehearsal_note(snap: Snapshot) -> dict | None:
+    if snap.rehearsal is None:
+        return None
+    return {"rehearsal_of": snap.rehearsal.get("rehearsal_of"), "models_dir": snap.rehearsal.get("models_dir"),
+            "message": "REHEARSAL on tiny stand-in models: nothing here is a real output, and nothing approved "
+                       "here counts for the real production"}
 
 
 def _counts(items: list[ItemState]) -> dict[str, int]:
@@ -205,4 +235,21 @@ def _seams(snap: Snapshot) -> list[dict]:
     clips = [s for s in snap.items("clips") if s.job.output.exists()]
     if len(clips) < 2 or snap.prod.plan is None:
         return []
-    return [r.to_dict() for r in review_seams(snap.root) if r.status != "skipped"]
+    reports = [r.to_dict() for r in review_seams(snap.root) if r.status != "skipped"]
+    return [{**r, "commands": _seam_commands(snap, r)} for r in reports]
+
+
+def _seam_commands(snap: Snapshot, seam: dict) -> list[str]:
+    """The advice of a flagged seam as commands that run as printed: another take of a clip, or a trimmed film
+    beside the planned one (the 4 frames are an example: the clip's contact sheet shows how many morph)."""
+    if seam["status"] != "flagged":
+        return []
+    root = snap.root
+    by_output = {layout.relative(root, s.job.output): s.job.id for s in snap.items("clips")}
+    commands = [shlex.join(command(TOOL, ["retake", str(root), by_output[clip]]))
+                for clip in (seam["before_clip"], seam["after_clip"]) if clip in by_output]
+    if any("--trim-end" in advice for advice in seam["advice"]):
+        trimmed = layout.film_path(root).with_name("film-trimmed.mp4")
+        commands.append(shlex.join(command(ASSEMBLE, [str(root), "--review", "--output", str(trimmed), "--overwrite",
+                                                      "--trim-end", f"{seam['before']}:4"])))
+    return commands
