@@ -99,3 +99,14 @@ def tiny_qwen_t2i_pipeline():
 @pytest.fixture
 def tiny_qwen_controlnet():
     return standin_models.build_qwen_controlnet(seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _producer_log_reaches_caplog():
+    """A script's main() run in-process gives the producer logger its own stderr handler and stops it
+    propagating (so a user sees each line once); later tests that read the log through caplog need it
+    back, whatever ran before them on the same worker."""
+    import logging
+
+    logging.getLogger("producer").propagate = True
+    yield
