@@ -226,7 +226,8 @@ BASES = {  # a command that works (up to "not installed"), which the cases then 
 @pytest.mark.parametrize("module,skip", [
     (qwen_image, ()), (wan_video, ()), (assemble_video, ()), (setup_diffusers, ()),
     (validate_diffusers, ("smoke", "smoke_dir"))], ids=lambda v: getattr(v, "__name__", ""))
-def test_any_arguments_end_cleanly(module, skip, world):
+def test_any_arguments_end_cleanly(module, skip, world, monkeypatch):
+    monkeypatch.chdir(world)  # relative paths a case makes up land in its world, not in the repository
     parser = module.build() if hasattr(module, "build") else module.build_parser()
     paths = path_pool(world)
     base = [str(world / t) if t.startswith(("in/", "out/")) else t for t in BASES[module.__name__]]
@@ -242,7 +243,8 @@ def test_any_arguments_end_cleanly(module, skip, world):
     assert RAN[module.__name__] == CASES[module.__name__]
 
 
-def test_any_production_command_ends_cleanly(world):
+def test_any_production_command_ends_cleanly(world, monkeypatch):
+    monkeypatch.chdir(world)  # relative paths a case makes up land in its world, not in the repository
     parser = production.build()
     subparsers = next(a for a in parser._actions if a.dest == "command").choices
     paths = path_pool(world)

@@ -452,3 +452,18 @@ def test_the_longest_output_name_allowed_fits_every_file_derived_from_it(tmp_pat
         outputs.write_json_atomic(recipe, {"recipe": 1})  # a temp file inside a temp file: the longest name there is
     with pytest.raises(cli.CliError, match="at most 200"):
         outputs.check_output_name(tmp_path / ("v" + name))
+
+
+def test_state_and_picture_metadata_carry_a_file_name_that_is_not_utf8(tmp_path):
+    """A folder named with bytes that are not UTF-8 (Python holds them as lone surrogates) once crashed
+    `rehearse --into` writing its marker: JSON on disk and in a PNG now escapes them and reads back the same."""
+    from producer import media, outputs
+
+    name = os.fsdecode(b"\xebHX")
+    state = tmp_path / "state.json"
+    outputs.write_json_atomic(state, {"root": f"/films/{name}", "title": "café"})
+    assert json.loads(state.read_text(encoding="utf-8")) == {"root": f"/films/{name}", "title": "café"}
+    outputs.write_json_atomic(state, {"title": "café"})
+    assert "café" in state.read_text(encoding="utf-8")  # readable where nothing needs escaping
+    picture = media.save_png(Image.new("RGB", (8, 8)), tmp_path / "p.png", {"output": name})
+    assert media.read_png_metadata(picture) == {"output": name}

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageColor, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .cli import CliError, log
-from .outputs import atomic_output
+from .outputs import atomic_output, json_text
 
 # 64 megapixels: an 8K x 8K image. Bigger inputs are almost certainly a mistake (or a decompression
 # bomb: a few KB of PNG declaring gigapixels), and decoding one would take several GB of RAM.
@@ -325,7 +325,7 @@ def save_png(img: Image.Image, path: str | os.PathLike, metadata: dict | None = 
         raise CliError(f"the folder for {path} does not exist", f"create it: mkdir -p {path.parent}")
     info = PngImagePlugin.PngInfo()
     if metadata is not None:
-        info.add_itxt(key, json.dumps(metadata, ensure_ascii=False, default=str))
+        info.add_itxt(key, json_text(metadata))
     with atomic_output(path) as tmp:
         img.save(tmp, format="PNG", pnginfo=info)
     return path

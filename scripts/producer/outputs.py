@@ -341,6 +341,17 @@ def _remove_quietly(p: Path) -> None:
         p.unlink()
 
 
+def json_text(obj: Any, **options) -> str:
+    """JSON that UTF-8 can carry: readable non-ASCII text, but \\u escapes when a string holds a lone
+    surrogate (a file name that is not valid UTF-8, as Python decodes it); both read back the same."""
+    text = json.dumps(obj, ensure_ascii=False, default=str, **options)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, ensure_ascii=True, default=str, **options)
+    return text
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.write_text(json_text(obj, indent=2) + "\n", encoding="utf-8")

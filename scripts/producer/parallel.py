@@ -26,7 +26,6 @@ GPUs and host the store.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -40,7 +39,7 @@ from pathlib import Path
 
 from . import batch, parallel_merge
 from .cli import CliError, ExitCode, peak_memory, resolve_seed
-from .outputs import atomic_output
+from .outputs import atomic_output, json_text
 
 log = logging.getLogger("producer")
 
@@ -360,7 +359,7 @@ def _prefix_logs(rank: int) -> None:
 
 def _write_json(path: Path, obj: dict) -> None:
     with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(obj, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        tmp.write_text(json_text(obj) + "\n", encoding="utf-8")
 
 
 class Share:
