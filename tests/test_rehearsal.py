@@ -98,3 +98,17 @@ def test_rehearse_refuses_a_rehearsal_and_a_foreign_folder(rehearsed, tmp_path):
     code, result = run(["rehearse", str(rehearsed[0]), "--into", str(tmp_path / "other")])
     assert code == 2 and "not empty and not a rehearsal" in result["error"]
     assert (tmp_path / "other" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("models_dir", ["", "missing", "empty"])
+def test_a_models_dir_without_models_is_refused_before_anything_is_written(tmp_path, models_dir):
+    """Once the plan was copied and a marker written before the missing models were noticed: a failed
+    rehearsal left a half-made folder behind."""
+    source = tmp_path / "film"
+    shutil.copytree(SAMPLE, source, ignore=shutil.ignore_patterns(".production"))
+    (tmp_path / "empty").mkdir()
+    given = str(tmp_path / models_dir) if models_dir else ""
+    before = listing(tmp_path)
+    code, result = run(["rehearse", str(source), "--into", str(tmp_path / "rehearsal"), "--models-dir", given])
+    assert code == 2 and "models" in result["error"] and "--models-dir" in result["fix"]
+    assert listing(tmp_path) == before and not (tmp_path / "rehearsal").exists()

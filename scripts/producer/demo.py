@@ -42,6 +42,7 @@ PROVIDED_PATTERNS = ("keyframes/KF-*.png", "keyframes/layers/*/*.png")  # planne
 
 
 def run_demo(outdir: str | Path, models_dir: str | None = None, quiet: bool = False) -> dict:
+    _require_models_dir(models_dir)
     outdir = Path(outdir).resolve()
     if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
         raise CliError(f"{outdir} is not an empty folder", "give a new folder for the demo, e.g. /tmp/lighthouse-demo")
@@ -63,10 +64,30 @@ def run_rehearsal(source: str | Path, into: str | Path | None = None, models_dir
     if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and rehearsal.read_marker(dest) is None)):
         raise CliError(f"{dest} is not empty and not a rehearsal", "give a new folder with --into, or leave it out")
     _require_a_whole_plan(source)
+    _require_models_dir(models_dir)
     copied = _copy_plan(source, dest)
     result = _rehearse_in(dest, source, models_dir, quiet, "rehearse")
     return {"command": "rehearse", **result, "rehearsal_of": str(source), "copied": copied,
             "message": _closing_rehearsal(source, dest, result)}
+
+
+def _require_models_dir(models_dir: str | None) -> None:
+    """A --models-dir given must hold installed models (a `hub` folder, as the stand-ins install it): refused
+    here, before anything is copied or written, rather than after the plan was copied."""
+    if models_dir is None:
+        return
+    if not models_dir.strip():
+        raise CliError("--models-dir is empty", "give the folder the stand-ins were installed into, or leave "
+                       "--models-dir out to install them into the rehearsal", ExitCode.USAGE)
+    try:
+        hub = Path(models_dir).expanduser().resolve() / "hub"
+    except RuntimeError:  # "~someone" with no such user
+        raise CliError(f"--models-dir {models_dir}: no such user's home folder", "give the folder itself",
+                       ExitCode.USAGE) from None
+    if not hub.is_dir():
+        raise CliError(f"--models-dir {models_dir} holds no installed models (no {hub})",
+                       "give the folder the stand-ins were installed into (`validate_diffusers.py --smoke-dir`), "
+                       "or leave --models-dir out to install them into the rehearsal", ExitCode.USAGE)
 
 
 def _require_a_whole_plan(source: Path) -> None:
