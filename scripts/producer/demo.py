@@ -79,11 +79,9 @@ def _require_models_dir(models_dir: str | None) -> None:
     if not models_dir.strip():
         raise CliError("--models-dir is empty", "give the folder the stand-ins were installed into, or leave "
                        "--models-dir out to install them into the rehearsal", ExitCode.USAGE)
-    try:
-        hub = Path(models_dir).expanduser().resolve() / "hub"
-    except RuntimeError:  # "~someone" with no such user
-        raise CliError(f"--models-dir {models_dir}: no such user's home folder", "give the folder itself",
-                       ExitCode.USAGE) from None
+    from .models import models_home
+
+    hub = models_home(models_dir) / "hub"
     if not hub.is_dir():
         raise CliError(f"--models-dir {models_dir} holds no installed models (no {hub})",
                        "give the folder the stand-ins were installed into (`validate_diffusers.py --smoke-dir`), "

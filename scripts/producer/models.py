@@ -27,6 +27,14 @@ FORMS = {
 }
 
 
+def models_home(models_dir: str) -> Path:
+    """The folder `--models-dir` names, resolved (HF_HOME layout: the models sit in its `hub`)."""
+    try:
+        return Path(models_dir).expanduser().resolve()
+    except RuntimeError:  # "~someone" with no such user
+        raise CliError(f"--models-dir {models_dir}: no such user's home folder", "give the folder itself") from None
+
+
 def use_models_dir(models_dir: str | None) -> None:
     """`--models-dir DIR` means HF_HOME=DIR for this process.
 
@@ -34,10 +42,7 @@ def use_models_dir(models_dir: str | None) -> None:
     """
     if not models_dir:
         return
-    try:
-        home = Path(models_dir).expanduser().resolve()
-    except RuntimeError:  # "~someone" with no such user
-        raise CliError(f"--models-dir {models_dir}: no such user's home folder", "give the folder itself") from None
+    home = models_home(models_dir)
     os.environ["HF_HOME"] = str(home)
     os.environ.pop("HF_HUB_CACHE", None)
     os.environ.pop("HUGGINGFACE_HUB_CACHE", None)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from . import batch, parallel_merge
 from .cli import CliError, ExitCode, peak_memory, resolve_seed
-from .outputs import atomic_output, json_text
+from .outputs import write_json_atomic
 
 log = logging.getLogger("producer")
 
@@ -323,11 +323,11 @@ def _as_worker(run: Callable[[argparse.Namespace], dict], args: argparse.Namespa
             context = context_parallel.join(args, run_dir)
         result = run(args)
     except CliError as err:
-        _write_json(report_path, {**err.to_dict(), "worker": rank})
+        write_json_atomic(report_path, {**err.to_dict(), "worker": rank})
         raise
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
-        _write_json(report_path, {"status": "error", "worker": rank, "exit_code": int(ExitCode.FAILED),
+        write_json_atomic(report_path, {"status": "error", "worker": rank, "exit_code": int(ExitCode.FAILED),
                                   "error": f"{type(exc).__name__}: {first}", "fix": "rerun with --debug for details"})
         raise
     finally:
@@ -335,7 +335,7 @@ def _as_worker(run: Callable[[argparse.Namespace], dict], args: argparse.Namespa
             context.close()
     report = {**result, **peak_memory(), "worker": rank, "status": result.get("status", "ok")}
     report.pop("exit_code", None)
-    _write_json(report_path, report)
+    write_json_atomic(report_path, report)
     return {**result, "exit_code": int(ExitCode.OK)}
 
 
@@ -355,11 +355,6 @@ def pin_gpu() -> None:
 def _prefix_logs(rank: int) -> None:
     for handler in log.handlers:
         handler.setFormatter(logging.Formatter(f"[worker {rank}] %(message)s"))
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json_text(obj) + "\n", encoding="utf-8")
 
 
 class Share:
@@ -394,7 +389,7 @@ class Share:
     def record(self, index: int, outcome: dict) -> None:
         path = self.run_dir / "jobs" / f"{index}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json(path, outcome)
+        write_json_atomic(path, outcome)
 
 
 def run_jobs(jobs: list, run_one: Callable, describe: Callable = lambda job: f"job {job.index}", *options,
