@@ -20,6 +20,7 @@ class Hardware:
     ram_available: int
     disk_free: int  # where the models live
     compute_capability: tuple[int, int] | None = None  # (9, 0) for Hopper; fp8 matmuls need >= (8, 9)
+    host_link: tuple[int, int] | None = None  # (PCIe generation, lanes) of the GPU, when the system says
 
     @property
     def has_gpu(self) -> bool:
@@ -68,6 +69,30 @@ def _cuda_cap_bytes() -> int | None:
     return int(float(cap) * GiB) if cap else None
 
 
+# Transfer rate (GT/s) of each PCIe generation, as Linux writes it in max_link_speed ("32.0 GT/s PCIe").
+PCIE_GT_S = {2.5: 1, 5.0: 2, 8.0: 3, 16.0: 4, 32.0: 5, 64.0: 6}
+
+
+def _pcie_link(props) -> tuple[int, int] | None:
+    """(generation, lanes) of the GPU's PCIe link from Linux's sysfs; None where it cannot be read.
+
+    The device's maximum speed is read, not the current one: an idle GPU drops its link to save power. A slot
+    slower than the card is not seen, so the estimate may err short there."""
+    domain, bus, device = (getattr(props, k, None) for k in ("pci_domain_id", "pci_bus_id", "pci_device_id"))
+    if bus is None or not sys.platform.startswith("linux"):
+        return None
+    where = f"/sys/bus/pci/devices/{domain or 0:04x}:{bus:02x}:{device or 0:02x}.0"
+    try:
+        with open(f"{where}/max_link_speed") as f:
+            speed = float(f.read().split()[0])
+        with open(f"{where}/current_link_width") as f:
+            lanes = int(f.read().strip())
+    except (OSError, ValueError, IndexError):
+        return None
+    gen = PCIE_GT_S.get(speed)
+    return (gen, lanes) if gen and lanes > 0 else None
+
+
 def probe(models_dir: str | None = None, device: str | None = None) -> Hardware:
     """Probe the machine. `device` forces "cpu" (or a CUDA index such as "cuda:1")."""
     import torch
@@ -87,7 +112,7 @@ def probe(models_dir: str | None = None, device: str | None = None) -> Hardware:
             free, total = min(free, cap), cap
         props = torch.cuda.get_device_properties(index)
         return Hardware("cuda", props.name, int(total), int(free), ram_total, ram_available, disk_free,
-                        (props.major, props.minor))
+                        (props.major, props.minor), _pcie_link(props))
     if want in ("auto", "mps") and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         # Apple silicon shares RAM with the GPU: count what Metal recommends as its working set.
         total = int(torch.mps.recommended_max_memory())
@@ -96,9 +121,9 @@ def probe(models_dir: str | None = None, device: str | None = None) -> Hardware:
 
 
 def from_sizes(vram_gb: float, ram_gb: float, disk_gb: float = 500.0, name: str = "GPU",
-               capability: tuple[int, int] | None = (8, 6)) -> Hardware:
+               capability: tuple[int, int] | None = (8, 6), host_link: tuple[int, int] | None = None) -> Hardware:
     """A hypothetical machine, for the plan table, `setup --check --assume` and tests."""
     vram = int(vram_gb * GiB)
     device = "cuda" if vram else "cpu"
     return Hardware(device, name if vram else None, vram, vram, int(ram_gb * GiB), int(ram_gb * GiB),
-                    int(disk_gb * GiB), capability if vram else None)
+                    int(disk_gb * GiB), capability if vram else None, host_link if vram else None)

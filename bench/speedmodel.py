@@ -1,0 +1,281 @@
+#!/usr/bin/env python3
+"""The speed model (scripts/producer/data/speed-model.json) from benchmark results, and predicted vs measured.
+
+    # regenerate the data file from the committed results (later files replace earlier figures of the same plan)
+    python bench/speedmodel.py --out scripts/producer/data/speed-model.json \\
+        bench/results/2026-11-29-h200.json bench/results/2026-11-29-h200-second/{a,b,c,d,e,f}.json \\
+        bench/results/2026-12-05-h100/g1.json
+    # how well the committed model predicts a benchmark run (e.g. a fresh one on another card)
+    python bench/speedmodel.py --compare results.json
+
+The data file lists its own sources, so `tests/test_estimate.py` regenerates it from them and fails when the
+two differ. Every figure keeps the GPU it was measured on; producer/estimate.py carries them to other cards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(HERE))
+
+from benchmark import LEVERS, WORKLOADS
+from producer import estimate, memory
+
+WRITING = "bench/results/2026-11-29-writing-2core.json"  # per-item writing cost (bench/writing.py)
+# Assumptions the results cannot give; each says where its number comes from.
+ASSUMPTIONS = {
+    # Qwen under a 10 GiB cap on the H200 (bf16 streamed, link-bound): 0.83 s a forward for 40.9 GB of weights,
+    # 49 GB/s of PCIe 5.0 x16's 63: 78% of the link's rate.
+    "link_efficiency": 0.78,
+    # Not measured: a SATA SSD reads ~0.5 GB/s, NVMe 2-7 GB/s; bench/benchmark.py --from-disk measures a disk.
+    "disk_read_gb_s": 1.0,
+}
+NOTES = [
+    (
+        "forward_s: seconds of one denoiser forward (a CFG step is two) in the steady state, as measured by "
+        "bench/benchmark.py with full-size random weights; decode_s per item at the entry's pixels; other_s the "
+        "rest of the measured total; cold_extra_s what the first item of a process cost more (pinning, autotuning, "
+        "compiling)."
+    ),
+    (
+        "'plain' runs (diffusers' pipeline, bf16, on the GPU) stand for the scripts' resident uncompiled plan: "
+        "where both were measured (qwen-3ref-4, qwen-1ref-40) they were within 1%."
+    ),
+    (
+        "Tokens: a forward costs a*t + b*t^2 (token_curves, fitted per family to resident bf16 runs at two sizes "
+        "on one card); other sizes are scaled by that curve."
+    ),
+    (
+        "Another GPU: time x ((1 - w) x TFLOP/s ratio + w x GB/s ratio), w = bandwidth_share per stage, fitted from "
+        "the same plain runs on cards of equal TFLOP/s and unequal bandwidth (H100 SXM, H200); TFLOP/s and GB/s "
+        "from scripts/producer/data/gpus.json."
+    ),
+    (
+        "Streaming plans (group-offload, sequential) go no faster than the denoiser's bytes over the host link at "
+        "link_efficiency; both benchmark cards sit on PCIe 5.0 x16."
+    ),
+    "Qwen's text encoder was not measured: Wan's UMT5 figure scaled by parameters (8.3 B / 5.7 B).",
+    "write_s: writing each item's outputs on a 2-core CPU (bench/writing.py), not scaled.",
+    "Loading reads the plan's weights at disk_read_gb_s (an assumption, not a measurement).",
+]
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def entry_of(run: dict, gpu: str, source: str) -> dict | None:
+    """One measured plan from one benchmark run (None for failed runs and text-encoder runs)."""
+    if run.get("error") or "seconds" not in run or run["workload"] not in WORKLOADS:
+        return None
+    family, width, height, n, steps, cfg = WORKLOADS[run["workload"]]
+    if family not in ("wan", "qwen"):
+        return None
+    sec = run["seconds"]
+    forwards = steps * (2 if cfg else 1)
+    denoise = sec["high_expert"] + sec["low_expert"] if family == "wan" else sec["denoise"]
+    config = run["config"]
+    plan = "resident" if config == "plain" else run["plan"].split(",")[0].removeprefix("plan ")
+    weights = run.get("weights") or ("bf16" if config == "plain" else run["plan"].split("weights ")[1].split(",")[0])
+    lever = LEVERS.get(config, {})
+    levers = (["compile"] if lever.get("compile") == "on" else []) + (["fp8-matmul"] if lever.get("fp8_matmul") else [])
+    work = memory.wan_workload(width, height, n) if family == "wan" else memory.qwen_workload(width, height, n)
+    whole = run.get("measured_steps", steps) == steps  # a scaled run's cold figure covers fewer steps
+    return {
+        "family": family,
+        "plan": plan,
+        "weights": weights,
+        "levers": levers,
+        "tokens": work.tokens,
+        "cfg": cfg,
+        "gpu": gpu,
+        "width": width,
+        "height": height,
+        "frames": n if family == "wan" else 1,
+        "references": n if family == "qwen" else 0,
+        "pixels": width * height * (n if family == "wan" else 1),
+        "forward_s": round(denoise / forwards, 4),
+        "decode_s": round(sec["decode"], 3),
+        # a run scaled from fewer steps scaled its other stages too: their rest is left out
+        "other_s": round(max(0.0, sec["total"] - denoise - sec["decode"]), 3) if whole else 0.0,
+        "cold_extra_s": round(max(0.0, run["cold_total"] - sec["total"]), 2) if whole else None,
+        "source": source,
+        "config": config,
+    }
+
+
+def text_entry(run: dict, gpu: str, source: str) -> dict | None:
+    if run.get("error") or WORKLOADS.get(run["workload"], ("",))[0] != "wan-text":
+        return None
+    placement = "gpu" if run["config"] == "plain" else run.get("text_encoder", "group_offload")
+    return {"placement": placement, "seconds": run["seconds"]["encode"], "gpu": gpu, "source": source}
+
+
+def fit_curve(points: list[tuple[int, float]]) -> dict:
+    """Least squares of s = a*t + b*t^2 (exact through two points)."""
+    s11 = sum(t * t for t, _ in points)
+    s12 = sum(t**3 for t, _ in points)
+    s22 = sum(t**4 for t, _ in points)
+    y1 = sum(t * s for t, s in points)
+    y2 = sum(t * t * s for t, s in points)
+    det = s11 * s22 - s12 * s12
+    return {"a": (y1 * s22 - y2 * s12) / det, "b": (s11 * y2 - s12 * y1) / det, "points": sorted(points)}
+
+
+def token_curves(entries: list[dict]) -> dict:
+    curves = {}
+    for family in ("wan", "qwen"):
+        by_gpu: dict[str, dict[int, float]] = {}
+        for e in entries:
+            if (e["family"], e["plan"], e["weights"], e["levers"], e["cfg"]) == (family, "resident", "bf16", [], False):
+                by_gpu.setdefault(e["gpu"], {})[e["tokens"]] = e["forward_s"]
+        gpu, points = max(by_gpu.items(), key=lambda kv: (len(kv[1]), kv[0]))
+        if len(points) < 2:
+            raise SystemExit(f"{family}: resident runs at two sizes on one card are needed to fit the token curve")
+        curves[family] = {**fit_curve(list(points.items())), "gpu": gpu}
+    return curves
+
+
+def bandwidth_share(entries: list[dict]) -> dict:
+    """w per stage from pairs of the same plan on two known cards: t1/t2 = (1-w) C2/C1 + w B2/B1."""
+    shares: dict[str, list[float]] = {"forward": [], "decode": []}
+    same = {}
+    for e in entries:
+        key = (e["family"], e["plan"], e["weights"], tuple(e["levers"]), e["tokens"], e["cfg"])
+        same.setdefault(key, []).append(e)
+    for group in same.values():
+        for i, x in enumerate(group):
+            for y in group[i + 1 :]:
+                gx, gy = estimate.gpu_spec(x["gpu"]), estimate.gpu_spec(y["gpu"])
+                c, b = gy.bf16_tflops / gx.bf16_tflops, gy.gb_per_s / gx.gb_per_s
+                if not (gx.known and gy.known) or abs(b - c) < 0.05:
+                    continue
+                for stage, field in (("forward", "forward_s"), ("decode", "decode_s")):
+                    w = (x[field] / y[field] - c) / (b - c)
+                    shares[stage].append(min(1.0, max(0.0, w)))
+    if not all(shares.values()):
+        raise SystemExit("the same plan measured on two cards of different bandwidth is needed for bandwidth_share")
+    return {stage: round(sum(ws) / len(ws), 3) for stage, ws in shares.items()}
+
+
+def build(paths: list[Path]) -> dict:
+    entries: dict[tuple, dict] = {}
+    text: dict[tuple, dict] = {}
+    for path in paths:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        gpu = data["environment"].get("gpu", "CPU")
+        for run in data["runs"]:
+            e = entry_of(run, gpu, _rel(path))
+            if e:  # a later file replaces an earlier figure of the same plan (the code it measured changed)
+                entries[(gpu, e["family"], e["plan"], e["weights"], tuple(e["levers"]), e["tokens"], e["cfg"])] = e
+            t = text_entry(run, gpu, _rel(path))
+            if t:
+                text[(gpu, t["placement"])] = t
+    ordered = sorted(
+        entries.values(),
+        key=lambda e: (e["family"], e["plan"], e["weights"], e["levers"], e["tokens"], e["cfg"], e["gpu"]),
+    )
+    writing = json.loads((ROOT / WRITING).read_text(encoding="utf-8"))["median_seconds"]
+    return {
+        "about": "Measured speeds of the generation scripts' plans (bench/speedmodel.py writes this file; "
+        "producer/estimate.py reads it). Do not edit by hand: rerun the command in bench/speedmodel.py.",
+        "sources": [_rel(p) for p in paths] + [WRITING],
+        "notes": NOTES,
+        "assumptions": {
+            **ASSUMPTIONS,
+            "write_s": {"wan": writing["clip"]["every_clip"], "qwen": writing["image"]["png"]},
+        },
+        "token_curves": token_curves(ordered),
+        "bandwidth_share": bandwidth_share(ordered),
+        "entries": ordered,
+        "text": sorted(text.values(), key=lambda t: (t["placement"], t["gpu"])),
+    }
+
+
+def dumps(model: dict) -> str:
+    return json.dumps(model, indent=1, sort_keys=True) + "\n"
+
+
+def compare(path: Path, model: dict) -> list[dict]:
+    """Each run of a results file beside what the speed model predicts for it on the same card."""
+    from producer import hardware
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    gpu = estimate.gpu_spec(data["environment"].get("gpu"))
+    rows = []
+    for run in data["runs"]:
+        e = entry_of(run, data["environment"].get("gpu", "CPU"), _rel(path))
+        if e is None:
+            continue
+        offload = {
+            "resident": "none",
+            "group-offload": "group",
+            "expert-swap": "model",
+            "model-offload": "model",
+            "sequential": "sequential",
+        }[e["plan"]]
+        footprint = estimate.FOOTPRINTS[e["family"]]
+        work = (
+            memory.wan_workload(e["width"], e["height"], e["frames"])
+            if e["family"] == "wan"
+            else memory.qwen_workload(e["width"], e["height"], e["references"])
+        )
+        hw = hardware.from_sizes(data["environment"].get("gpu_memory_gib", 80), 512, name=gpu.name)
+        plan = memory.plan_memory(hw, footprint, work, offload, e["weights"])
+        steps = WORKLOADS[run["workload"]][4]
+        item = estimate.Item(e["family"], e["width"], e["height"], steps, e["cfg"], e["frames"], e["references"])
+        p = estimate.predict_item(item, plan, gpu, levers=tuple(e["levers"]), model=model)
+        measured = run["seconds"]["total"]
+        rows.append(
+            {
+                "workload": run["workload"],
+                "config": run["config"],
+                "plan": e["plan"],
+                "weights": e["weights"],
+                **estimate.prediction_error(
+                    p.seconds and p.seconds - model["assumptions"]["write_s"][e["family"]], measured
+                ),
+                "basis": p.basis,
+            }
+        )
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="*", type=Path, help="benchmark results JSON files, oldest first")
+    p.add_argument("--out", type=Path, help="write the speed model here (default: print it)")
+    p.add_argument("--compare", type=Path, metavar="RESULTS", help="predicted vs measured for each run of RESULTS")
+    args = p.parse_args(argv)
+    if args.compare:
+        rows = compare(args.compare, estimate.speed_model())
+        for r in rows:
+            err = "-" if r["error"] is None else f"{r['error']:+.1%}"
+            print(
+                f"{r['workload']:<14} {r['config']:<12} predicted {r['predicted_s']} s, measured {r['measured_s']} s,"
+                f" error {err}   ({r['basis']})"
+            )
+        return 0
+    if not args.results:
+        p.error("give the results files, or --compare RESULTS")
+    text = dumps(build(args.results))
+    if args.out:
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(args.out)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

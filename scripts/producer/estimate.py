@@ -1,0 +1,263 @@
+"""Predicted seconds of one image or clip on this machine, from the benchmark's measured speeds.
+
+The speeds are data, not constants: `data/speed-model.json` holds seconds per denoiser forward, per decode
+and per load for each plan the benchmark measured (placement, weight form, levers, tokens, CFG), with the
+GPU each was measured on; `bench/speedmodel.py` regenerates it from the results in bench/results/ and a test
+keeps the two equal. `data/gpus.json` holds the known GPUs' bf16 TFLOP/s, memory GB/s and host link, each
+with its public source.
+
+How a measured figure is carried to another item and another machine (the assumptions, also written in the
+data file):
+- tokens: a forward costs a*t + b*t^2 seconds for t tokens (linear layers + attention), the curve fitted per
+  family to resident runs at two sizes; an entry is scaled by curve(t) / curve(t_measured).
+- steps: the forwards of a schedule are steps x (2 with CFG); decode scales with output pixels.
+- GPU: time x ((1 - w) x TFLOP/s ratio + w x bandwidth ratio), w the bandwidth share fitted by the generator
+  from the same runs on two cards of equal compute and unequal bandwidth (H100 and H200).
+- host link: a plan that streams weights each forward can go no faster than its bytes over this machine's
+  PCIe link (gen x lanes, at the efficiency measured on the link-bound run).
+Pure: nothing here touches torch or the disk beyond reading the two data files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from . import memory
+
+DATA = Path(__file__).resolve().parent / "data"
+SPEED_MODEL = DATA / "speed-model.json"
+GPUS = DATA / "gpus.json"
+# GB/s per lane and direction after line encoding (PCI-SIG base specifications: 2.5, 5, 8, 16, 32, 64 GT/s).
+PCIE_LANE_GB_S = {1: 0.25, 2: 0.5, 3: 0.985, 4: 1.969, 5: 3.938, 6: 7.877}
+STREAMING = ("group-offload", "sequential")  # plans that move the denoiser's weights at every forward
+NO_GPU = "the speed model covers NVIDIA GPUs only; without one expect hours per item with the real models"
+FOOTPRINTS = {"wan": memory.WAN_FOOTPRINT, "qwen": memory.QWEN_FOOTPRINT}
+
+
+@lru_cache(maxsize=4)
+def load_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def speed_model() -> dict:
+    return load_json(SPEED_MODEL)
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    bf16_tflops: float
+    gb_per_s: float
+    link: tuple[int, int]  # (PCIe generation, lanes)
+    known: bool
+    source: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def gpu_spec(name: str | None, table: dict | None = None) -> Gpu:
+    """The table's entry for a device name (torch's), or the stated conservative guess."""
+    table = table or load_json(GPUS)
+    lowered = (name or "").lower()
+    for g in table["gpus"]:
+        if any(m.lower() in lowered for m in g["match"]):
+            return Gpu(g["name"], g["bf16_tflops"], g["gb_per_s"], tuple(g["link"]), True, g["source"])
+    u = table["unknown"]
+    return Gpu(u["name"], u["bf16_tflops"], u["gb_per_s"], tuple(u["link"]), False, u["source"])
+
+
+def link_gb_s(link: tuple[int, int], efficiency: float) -> float:
+    gen, lanes = link
+    return PCIE_LANE_GB_S.get(gen, PCIE_LANE_GB_S[3]) * lanes * efficiency
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image (qwen) or clip (wan) as the speed model sees it."""
+
+    family: str
+    width: int
+    height: int
+    steps: int
+    cfg: bool
+    frames: int = 1  # wan
+    references: int = 0  # qwen: pictures given to the edit
+
+    @property
+    def tokens(self) -> int:
+        if self.family == "wan":
+            return memory.wan_workload(self.width, self.height, self.frames).tokens
+        return memory.qwen_workload(self.width, self.height, self.references).tokens
+
+    @property
+    def forwards(self) -> int:
+        return self.steps * (2 if self.cfg else 1)
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height * (self.frames if self.family == "wan" else 1)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    seconds: float | None  # one item: denoise + decode + the per-item rest (None: no basis on this machine)
+    denoise_s: float = 0.0
+    decode_s: float = 0.0
+    other_s: float = 0.0  # writing the outputs, reloading experts from disk
+    first_extra_s: float = 0.0  # once per run: the measured cold run's extra (pinning, autotuning, compiling)
+    basis: str = ""  # the measured entry it was carried from
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["notes"] = list(self.notes)
+        return out
+
+
+def curve(model: dict, family: str, tokens: int) -> float:
+    c = model["token_curves"][family]
+    return c["a"] * tokens + c["b"] * tokens * tokens
+
+
+def carry(model: dict, stage: str, measured_on: Gpu, gpu: Gpu) -> float:
+    """The factor from a time measured on one GPU to the same work on another."""
+    w = model["bandwidth_share"][stage]
+    return (1 - w) * measured_on.bf16_tflops / gpu.bf16_tflops + w * measured_on.gb_per_s / gpu.gb_per_s
+
+
+def _wanted_levers(plan: memory.MemoryPlan, items: int, family: str, device: str) -> tuple[str, ...]:
+    from .speed import default_speed
+
+    placement = plan.components["transformer"].placement
+    return ("compile",) if default_speed(device, placement, items=items, family=family).compile else ()
+
+
+def find_entry(
+    model: dict, item: Item, plan_name: str, weights: str, levers: tuple[str, ...], gpu_name: str
+) -> tuple[dict | None, list[str]]:
+    """The measured entry closest to this item and plan, and notes on what differs."""
+    same_family = [e for e in model["entries"] if e["family"] == item.family]
+    notes = []
+    for step, pick in enumerate(
+        (
+            lambda e: e["plan"] == plan_name and e["weights"] == weights,
+            lambda e: e["plan"] == plan_name,
+            lambda e: e["plan"] == "resident" and e["weights"] == "bf16",
+        )
+    ):
+        found = [e for e in same_family if pick(e)]
+        if found:
+            break
+    else:
+        return None, [f"no measured speed for {item.family} at all"]
+    if step == 1:
+        notes.append(f"{weights} weights under {plan_name} were not measured: {found[0]['weights']} used")
+    if step == 2:
+        notes.append(f"plan {plan_name} ({weights}) was not measured: resident bf16 used, so the time is low")
+
+    def score(e: dict) -> tuple:
+        return (
+            tuple(e["levers"]) != levers,
+            e["cfg"] != item.cfg,
+            abs(math.log(item.tokens / e["tokens"])),
+            gpu_spec(e["gpu"]).name != gpu_name,
+            e["source"],
+        )
+
+    best = min(found, key=score)
+    if tuple(best["levers"]) != levers:
+        notes.append(f"measured with levers {best['levers'] or 'none'}, used for {list(levers) or 'none'}")
+    return best, notes
+
+
+def predict_item(
+    item: Item,
+    plan: memory.MemoryPlan,
+    gpu: Gpu,
+    host_link: tuple[int, int] | None = None,
+    items_in_run: int = 1,
+    levers: tuple[str, ...] | None = None,
+    model: dict | None = None,
+) -> Prediction:
+    """Seconds of one item under `plan` on `gpu` (steady state: the model is loaded, prompts are encoded).
+    `levers`: the speed levers on (default: what the scripts choose for a run of `items_in_run`)."""
+    model = model or speed_model()
+    if plan.device != "cuda":
+        return Prediction(None, notes=(NO_GPU,))
+    if levers is None:
+        levers = _wanted_levers(plan, items_in_run, item.family, plan.device)
+    entry, notes = find_entry(model, item, plan.name, plan.weights, levers, gpu.name)
+    if entry is None:
+        return Prediction(None, notes=tuple(notes))
+    measured_on = gpu_spec(entry["gpu"])
+    a = model["assumptions"]
+    scale = curve(model, item.family, item.tokens) / curve(model, item.family, entry["tokens"])
+    forward = entry["forward_s"] * scale * carry(model, "forward", measured_on, gpu)
+    link = host_link or gpu.link
+    if plan.name in STREAMING:
+        one = FOOTPRINTS[item.family].denoiser_params * memory.BYTES_PER_PARAM[plan.weights]
+        floor = one / 1e9 / link_gb_s(link, a["link_efficiency"])
+        if floor > forward:
+            notes.append(f"bound by the host link (PCIe {link[0]}.0 x{link[1]}): {floor:.2f} s a forward")
+            forward = floor
+    decode = entry["decode_s"] * item.pixels / entry["pixels"] * carry(model, "decode", measured_on, gpu)
+    other = entry["other_s"] + a["write_s"][item.family]
+    if plan.experts_in_ram == 1 and item.family == "wan":
+        expert = FOOTPRINTS["wan"].denoiser_params * memory.BYTES_PER_PARAM[plan.weights]
+        other += 2 * expert / 1e9 / a["disk_read_gb_s"]
+        notes.append(f"both experts are read from disk for every clip (assumed {a['disk_read_gb_s']} GB/s)")
+    if not gpu.known:
+        notes.append(f"{gpu.name}: {gpu.source}")
+    denoise = forward * item.forwards
+    basis = (
+        f"{entry['family']} {entry['plan']} {entry['weights']} at {entry['tokens']} tokens on {entry['gpu']} "
+        f"({entry['source']}, {entry['config']}): {entry['forward_s']:.2f} s a forward"
+    )
+    return Prediction(
+        round(denoise + decode + other, 2),
+        round(denoise, 2),
+        round(decode, 2),
+        round(other, 2),
+        round(entry.get("cold_extra_s") or 0.0, 2),
+        basis,
+        tuple(notes),
+    )
+
+
+def text_seconds(family: str, placement: str, gpu: Gpu, model: dict | None = None) -> float:
+    """One prompt through the family's text encoder, placed as the plan places it (measured for Wan's UMT5;
+    Qwen's is scaled by its parameters, stated in the data's assumptions)."""
+    model = model or speed_model()
+    entries = [e for e in model["text"] if e["placement"] == placement] or model["text"]
+    e = min(entries, key=lambda e: e["seconds"] if placement == "gpu" else -e["seconds"])
+    factor = FOOTPRINTS[family].text_encoder_params / FOOTPRINTS["wan"].text_encoder_params
+    return e["seconds"] * factor * carry(model, "forward", gpu_spec(e["gpu"]), gpu)
+
+
+def read_seconds(family: str, plan: memory.MemoryPlan, model: dict | None = None) -> float:
+    """Once per batch: reading the plan's weights from disk (at the assumed disk speed; the first item's
+    extra, Prediction.first_extra_s, comes on top)."""
+    model = model or speed_model()
+    fp = FOOTPRINTS[family]
+    form = plan.weights if plan.weights in memory.BYTES_PER_PARAM else "bf16"
+    weights = (
+        len(fp.denoisers) * fp.denoiser_params * memory.BYTES_PER_PARAM[form]
+        + (fp.text_encoder_params + fp.vae_params) * memory.BYTES_PER_PARAM["bf16"]
+    )
+    return round(weights / 1e9 / model["assumptions"]["disk_read_gb_s"], 1)
+
+
+def prediction_error(predicted: float | None, measured: float) -> dict:
+    """The batch JSON's comparison: (measured - predicted) / predicted."""
+    if predicted is None or predicted <= 0:
+        return {"predicted_s": None, "measured_s": round(measured, 2), "error": None}
+    return {
+        "predicted_s": round(predicted, 2),
+        "measured_s": round(measured, 2),
+        "error": round((measured - predicted) / predicted, 3),
+    }
