@@ -23,6 +23,11 @@ so a fresh agent can pick a production up at any point: run `status`, then `next
   approve DIR WHAT
                 record the user's yes: a phase (philosophy, scenes, assets, keyframes, clips, film)
                 or one item (keyframe:KF-B, clip:scene-02), with the sha256 of every file approved
+  estimate DIR  before generating: for everything still to make (what status calls missing or stale),
+                the images and clips, predicted time per phase and in all on this machine (from the
+                benchmark's measured speeds, carried to this GPU), disk for the outputs and for models
+                not yet installed, peak VRAM and RAM, the slowest item; where something does not fit,
+                which change would (480p, another weight form, fewer scenes, Lightning)
   next DIR      the next step of the current phase: what to write or fix, the batch file and
                 command to run, or what to show the user for approval. Never beyond a phase
                 that is not approved.
@@ -48,6 +53,7 @@ examples:
   production.py rehearse my-film                     # my-film's plan, every phase, on stand-ins
   production.py check my-film
   production.py status my-film --json
+  production.py estimate my-film                     # time, disk and memory of what remains
   production.py next my-film --json                  # then run the command it prints
   production.py approve my-film scenes
   production.py approve my-film keyframe:KF-B
@@ -60,9 +66,12 @@ def build() -> argparse.ArgumentParser:
     p = build_parser("production.py", DESCRIPTION, EPILOG.replace("DEMO_TIME", DEMO_TIME))
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=ArgumentParser)
     for name, text in (("check", "validate the phase files"), ("status", "where the production stands"),
-                       ("next", "the next step: commands to run, files to write, or an approval to ask for")):
+                       ("next", "the next step: commands to run, files to write, or an approval to ask for"),
+                       ("estimate", "time, disk and memory of everything still to make, on this machine")):
         s = sub.add_parser(name, help=text, description=text)
         _folder(s)
+        if name == "estimate":
+            s.add_argument("--models-dir", help="where the models are (or will be) installed (default: HF_HOME)")
     s = sub.add_parser("approve", help="record the user's approval", description="record the user's approval of a "
                        "phase (philosophy, scenes, assets, keyframes, clips, film) or an item (keyframe:KF-B, "
                        "clip:scene-02), with the hashes of the files approved")
@@ -130,6 +139,8 @@ def run(args: argparse.Namespace) -> dict:
         return {"command": "status", **status.status_report(snap)}
     if args.command == "next":
         return {"command": "next", **nextstep.next_step(snap)}
+    if args.command == "estimate":
+        return {"command": "estimate", **_estimate(snap, args.models_dir)}
     if args.command == "retake":
         return {"command": "retake", **checkpoints.retake(snap, args.item)}
     from producer.approvals import all_or_none
@@ -140,6 +151,14 @@ def run(args: argparse.Namespace) -> dict:
             done.append(checkpoints.approve(snap, what))
             snap = status.snapshot(args.dir, args.allow_outside)
     return {"command": "approve", "approved": done, "current_phase": snap.current_phase()}
+
+
+def _estimate(snap, models_dir: str | None) -> dict:
+    from producer import forecast, hardware, install, models
+
+    models.use_models_dir(models_dir)
+    complete = {n for n, s in install.statuses().items() if s.complete}
+    return forecast.estimate_production(snap, hardware.probe(str(models.hub_cache())), complete)
 
 
 def _check(snap) -> dict:
@@ -155,6 +174,7 @@ def _check(snap) -> dict:
 
 def describe(r: dict) -> str:
     return {"check": _describe_check, "status": _describe_status, "next": _describe_next,
+            "estimate": _describe_estimate,
             "approve": _describe_approve, "retake": lambda r: r["message"],
             "demo": _describe_demo, "rehearse": _describe_demo}[r["command"]](r)
 
@@ -200,6 +220,26 @@ def _describe_next(r: dict) -> str:
     if r.get("approve_commands"):
         lines += ["when the user approves:"] + [f"  {c}" for c in r["approve_commands"]]
     return "\n".join(lines)
+
+
+def _describe_estimate(r: dict) -> str:
+    c, d = r["counts"], r["disk"]
+    lines = [f"to make: {c['images']} image(s), {c['clips']} clip(s)" + (", the film" if c["film"] else "")
+             + f" on {r['machine']}"]
+    for p in r["phases"]:
+        lines.append(f"  {p['phase']:<10} {p['items']:>3} item(s)  {p['time'] or 'no estimate'}"
+                     + (f" (load {p['load_seconds']:.0f} s)" if p["load_seconds"] is not None else "")
+                     + f"  {p['plan']}")
+    lines.append(f"total: {r['total'] or 'no estimate'}; peak ~{r['peak_vram_gib']} GiB VRAM, ~{r['peak_ram_gib']} GiB RAM")
+    if r["slowest"]:
+        lines.append(f"slowest: {r['slowest']['id']} ({r['slowest']['seconds']:.0f} s)")
+    lines.append(f"disk: outputs ~{d['outputs']}" + (f", models to download ~{d['download']} "
+                                                     f"({', '.join(d['models_to_download'])})" if d["download_bytes"] else ""))
+    for p in r["problems"]:
+        lines += [f"DOES NOT FIT: {p['message']}"] + [f"  would fit: {f}" for f in p["fixes"]]
+    lines += [f"faster: {f['phase']} in {f['time']} with {f['how']}" for f in r["faster"]]
+    lines += [f"  error    {e['id']}: {'; '.join(e['reasons'])}" for e in r["errors"]]
+    return "\n".join(lines + [f"note: {n}" for n in r["notes"]])
 
 
 def _describe_approve(r: dict) -> str:

@@ -254,6 +254,7 @@ class BatchRun:
         self.seconds: dict[str, dict] = {}  # per model: load, text_encode (all prompts), denoise, decode...
         self.fuse = False
         self.plan = None  # the memory plan of the model loaded now
+        self.plan_of: dict[str, memory.MemoryPlan] = {}  # per model kind, for the prediction
 
     def current_plan(self):
         return self.plan
@@ -319,7 +320,7 @@ class BatchRun:
         except CliError as err:
             self.failed.update({i: err for i in group})
             return
-        self.plan = plan
+        self.plan = self.plan_of[kind] = plan
         self.plans[kind] = plan.to_dict()
         self.files[kind] = files.info
         todo = {}
@@ -389,7 +390,21 @@ def run_batch(args) -> dict:
     result["memory_plans"] = runner.plans
     result["model_files"] = runner.files
     result["seconds"] = runner.seconds
+    result["prediction"] = _prediction(args, result, runner)
     return result
+
+
+def _prediction(args, result: dict, runner: BatchRun) -> dict | None:
+    """Each edit made: its predicted seconds (producer.estimate) against the measured ones (the speed model
+    holds Qwen-Image-Edit figures only, so other kinds are left out)."""
+    from producer import forecast
+
+    made = [(forecast.image_item(runner.resolved[j["job"]].job), j["seconds"]) for j in result["jobs"]
+            if j["status"] == "ok" and runner.resolved[j["job"]].kind == "edit"]
+    if "edit" not in runner.plan_of:
+        return None
+    standin = models.standin_facts(qwen_load.any_installed_snapshot("edit")) is not None
+    return forecast.batch_prediction(made, runner.plan_of["edit"], hardware.probe(args.models_dir, args.device), standin)
 
 
 def run(args) -> dict:

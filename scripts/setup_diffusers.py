@@ -20,7 +20,8 @@ Check the machine (--check, the default), download what it needs (--download), o
 --check: Python, torch and its CUDA/MPS build, the packages of requirements.txt, the GPU and its free
   VRAM, RAM, free disk; every registry model present and complete (every file, with the size it arrived
   with; --verify also re-hashes them); the memory plan wan_video.py and qwen_image.py would use here with
-  their predicted peak VRAM/RAM; a verdict and the one command to run next.
+  their predicted peak VRAM/RAM; the predicted seconds of one image and one clip here (the benchmark's
+  measured speeds carried to this GPU); a verdict and the one command to run next.
 --download: the Wan 2.2 and Qwen-Image-Edit models in the weight form the memory plan picks for this
   machine (full diffusers repos on big machines; GGUF experts plus the small components on small ones;
   fp8 is made from the bf16 files at load time), plus the step-distill LoRAs (wan-lightning,
@@ -219,7 +220,7 @@ def describe_download(result: dict) -> str:
 
 
 def check(args) -> dict:
-    from producer import environment, hardware
+    from producer import environment, forecast, hardware
 
     env = {"python": environment.python_info(), "torch": environment.torch_info(),
            "packages": environment.package_report(), "requirements": str(environment.REQUIREMENTS)}
@@ -243,7 +244,8 @@ def check(args) -> dict:
             "models": {n: {**s.to_dict(), "title": registry.get(n).title, "needed": n in needed,
                            "fix": None if s.complete else install.status_fix(s, args.models_dir)}
                        for n, s in current.items()},
-            "plans": {family: need.to_dict() for family, need in plans.items()}}
+            "plans": {family: need.to_dict() for family, need in plans.items()},
+            "predicted": forecast.one_of_each(hw, {f: need.plan for f, need in plans.items()}, complete)}
 
 
 @dataclass
@@ -333,6 +335,11 @@ def describe_check(r: dict) -> str:
     lines.append("Memory plans on this machine")
     for need in r["plans"].values():
         lines.append(f"  {need['script']} ({need['workload']}): {need['plan']['summary']}")
+    lines.append("Predicted time on this machine (measured speeds carried to this GPU; a whole production: "
+                 "production.py estimate DIR)")
+    for p in r["predicted"].values():
+        lines.append(f"  {p['what']}: " + (f"~{p['seconds']:.0f} s" if p["seconds"] is not None else "no estimate")
+                     + "".join(f"; {n}" for n in p["notes"]))
     if not r["ready"]:
         lines.append("Runs here without any download:")
         lines += [f"  {line}" for line in r["can_do"]]

@@ -489,7 +489,16 @@ def _run_batch(args: argparse.Namespace) -> dict:
     retry = batch.oom_retry(args.on_oom, lambda: current[0].plan, reload)
     result = parallel.run_jobs(items, run_one, lambda job: f"{requests[job.index].output}", retry,
                                worker_dir=args.parallel_worker).to_dict()
-    return {**result, **current[0].summary()}
+    return {**result, **current[0].summary(), "prediction": _prediction(args, result, requests, current[0])}
+
+
+def _prediction(args: argparse.Namespace, result: dict, requests: dict, engine: Engine) -> dict:
+    """Each clip made: its predicted seconds (producer.estimate) against the measured ones."""
+    from producer import forecast, hardware
+
+    made = [(forecast.clip_item(requests[j["job"]]), j["seconds"]) for j in result["jobs"] if j["status"] == "ok"]
+    return forecast.batch_prediction(made, engine.plan, hardware.probe(args.models_dir, args.device),
+                                     models.standin_facts(engine.files.snapshot) is not None)
 
 
 def _batch_request(job: batch.Job, args: argparse.Namespace, load: Load, earlier: dict[int, Request]) -> Request:

@@ -1,0 +1,272 @@
+"""The speed model and the estimates built on it: the data file regenerates from the committed benchmark
+results; figures carry to other GPUs by their TFLOP/s, bandwidth and host link; `production.py estimate`
+counts what remains, its disk and memory, and says what would make a plan fit; setup --check quotes one
+image and one clip; a batch reports its measured time against the prediction."""
+
+import contextlib
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import production
+import pytest
+import qwen_image
+import setup_diffusers
+import wan_video
+from PIL import Image
+from producer import estimate, forecast, hardware, memory
+from producer.demo import SAMPLE
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import speedmodel
+
+H200 = hardware.from_sizes(141, 128, name="NVIDIA H200", host_link=(5, 16))
+RTX4090 = hardware.from_sizes(24, 64, name="NVIDIA GeForce RTX 4090")
+
+
+def run_production(argv: list[str]) -> tuple[int, dict]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = production.main([*argv, "--json"])
+    return code, json.loads(out.getvalue().strip().splitlines()[-1])
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> Path:
+    root = tmp_path / "film"
+    shutil.copytree(SAMPLE, root)
+    return root
+
+
+def machine(monkeypatch, hw: hardware.Hardware) -> None:
+    monkeypatch.setattr(hardware, "probe", lambda *a, **k: hw)
+
+
+# ---------------------------------------------------------------- the data file
+
+
+def test_the_data_file_is_what_the_benchmark_results_give():
+    """Regenerated from the sources it lists, the committed speed model is byte for byte the same."""
+    committed = estimate.SPEED_MODEL.read_text(encoding="utf-8")
+    sources = [ROOT / s for s in json.loads(committed)["sources"] if s != speedmodel.WRITING]
+    assert speedmodel.dumps(speedmodel.build(sources)) == committed
+
+
+def test_later_results_replace_earlier_figures_of_the_same_plan(tmp_path):
+    model = estimate.speed_model()
+    cap10 = [
+        e
+        for e in model["entries"]
+        if (e["family"], e["plan"], e["weights"], e["gpu"]) == ("wan", "group-offload", "bf16", "NVIDIA H200")
+    ]
+    assert [e["source"] for e in cap10] == ["bench/results/2026-11-29-h200-second/c.json"]  # the scripts' code now
+    assert {e["gpu"] for e in model["entries"]} == {"NVIDIA H200", "NVIDIA H100 80GB HBM3"}
+    assert 0 < model["bandwidth_share"]["forward"] < model["bandwidth_share"]["decode"] < 1
+
+
+def test_compare_prints_predicted_against_measured_for_a_run(capsys):
+    assert speedmodel.main(["--compare", str(ROOT / "bench/results/2026-12-05-h100/g1.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    plain = next(line for line in lines if line.startswith("wan-480p-4") and " plain " in line)
+    assert "measured 17.34 s" in plain and "error" in plain
+
+
+# ---------------------------------------------------------------- carrying figures to another machine
+
+
+def wan_480p(steps=4, cfg=False, frames=81) -> estimate.Item:
+    return estimate.Item("wan", 832, 480, steps, cfg, frames=frames)
+
+
+def plan_on(hw, offload="auto", weights="auto", work=None):
+    return memory.plan_memory(hw, memory.WAN_FOOTPRINT, work or memory.wan_workload(832, 480, 81), offload, weights)
+
+
+def test_on_the_card_it_was_measured_on_the_prediction_is_the_measurement():
+    p = estimate.predict_item(wan_480p(), plan_on(H200), estimate.gpu_spec("NVIDIA H200"), (5, 16))
+    write = estimate.speed_model()["assumptions"]["write_s"]["wan"]
+    assert p.seconds - write == pytest.approx(16.419, abs=0.02)  # bench/results/2026-11-29-h200.json, plain
+
+
+def test_a_card_of_half_the_compute_and_bandwidth_takes_twice_as_long():
+    h200 = estimate.gpu_spec("NVIDIA H200")
+    half = estimate.Gpu("half", h200.bf16_tflops / 2, h200.gb_per_s / 2, (5, 16), True, "test")
+    plan = plan_on(H200)
+    fast, slow = (estimate.predict_item(wan_480p(), plan, g, (5, 16)) for g in (h200, half))
+    assert slow.denoise_s == pytest.approx(2 * fast.denoise_s, rel=1e-3)
+    assert slow.decode_s == pytest.approx(2 * fast.decode_s, rel=1e-2)
+
+
+def test_bandwidth_alone_moves_each_stage_by_its_fitted_share():
+    h200 = estimate.gpu_spec("NVIDIA H200")
+    narrow = estimate.Gpu("narrow", h200.bf16_tflops, h200.gb_per_s / 2, (5, 16), True, "test")
+    model = estimate.speed_model()
+    assert estimate.carry(model, "forward", h200, narrow) == pytest.approx(1 + model["bandwidth_share"]["forward"])
+
+
+def test_steps_cfg_and_size_scale_the_forwards():
+    plan, gpu = plan_on(H200), estimate.gpu_spec("NVIDIA H200")
+    four = estimate.predict_item(wan_480p(), plan, gpu)
+    forty_cfg = estimate.predict_item(wan_480p(40, True), plan, gpu)
+    assert forty_cfg.denoise_s == pytest.approx(20 * four.denoise_s, rel=0.02)  # 80 forwards against 4
+    big = estimate.predict_item(estimate.Item("wan", 1280, 720, 4, False, frames=81), plan, gpu)
+    assert big.denoise_s / four.denoise_s == pytest.approx(12.465 / 3.2473, rel=0.01)  # the measured 720p forward
+
+
+def test_a_slow_host_link_bounds_a_streaming_plan():
+    streamed = plan_on(hardware.from_sizes(10, 64), offload="group", weights="bf16")
+    gpu = estimate.gpu_spec("NVIDIA H200")
+    fast = estimate.predict_item(wan_480p(), streamed, gpu, (5, 16))
+    slow = estimate.predict_item(wan_480p(), streamed, gpu, (3, 4))
+    assert slow.denoise_s > 2 * fast.denoise_s and any("host link" in n for n in slow.notes)
+    resident = estimate.predict_item(wan_480p(), plan_on(H200), gpu, (3, 4))
+    assert not any("host link" in n for n in resident.notes)  # resident weights never cross the link
+
+
+def test_an_unknown_gpu_gets_the_stated_conservative_guess():
+    guess = estimate.gpu_spec("Mystery Accelerator 9000")
+    assert not guess.known and "guess" in guess.source
+    assert estimate.gpu_spec("NVIDIA GeForce RTX 4090").known
+    assert estimate.gpu_spec("NVIDIA H100 PCIe").name == "NVIDIA H100 PCIe"  # before the plain H100 entry
+    p = estimate.predict_item(wan_480p(), plan_on(hardware.from_sizes(24, 64)), guess)
+    assert any("guess" in n for n in p.notes)
+
+
+def test_no_gpu_no_prediction():
+    cpu = memory.plan_memory(hardware.from_sizes(0, 64), memory.WAN_FOOTPRINT, memory.wan_workload(832, 480, 81))
+    assert estimate.predict_item(wan_480p(), cpu, estimate.gpu_spec(None)).seconds is None
+
+
+# ---------------------------------------------------------------- production.py estimate
+
+
+def test_estimate_before_anything_is_made(sample, monkeypatch):
+    machine(monkeypatch, RTX4090)
+    code, r = run_production(["estimate", str(sample)])
+    assert code == 0 and r["command"] == "estimate"
+    assert r["counts"] == {"images": 12, "clips": 3, "film": 1}
+    assert [p["phase"] for p in r["phases"]] == ["assets", "keyframes", "clips"]
+    assert [p["items"] for p in r["phases"]] == [6, 6, 3]
+    assert r["total_seconds"] == pytest.approx(sum(p["seconds"] for p in r["phases"]), abs=0.2)
+    assert r["slowest"]["id"].startswith("clip:") and r["slowest"]["seconds"] > 10
+    assert r["disk"]["outputs_bytes"] > 3 * 1_000_000 and r["disk"]["download_bytes"] > 50e9  # nothing installed
+    assert "wan-lightning" in r["disk"]["models_to_download"] and r["fits"]
+    assert r["peak_vram_gib"] <= 24 and r["gpu"]["name"] == "NVIDIA GeForce RTX 4090"
+    assert all(i["steps"] == 4 and not i["cfg"] for i in r["items"])  # the default download brings Lightning
+
+
+def test_estimate_counts_only_what_remains_after_a_partial_run(sample, monkeypatch):
+    """Clips made with recipes are not remade: a production whose every item but one is there."""
+    machine(monkeypatch, RTX4090)
+    _, before = run_production(["estimate", str(sample)])
+    _, status = run_production(["status", str(sample)])
+    made = [i for i in status["items"] if i["phase"] in ("assets",)]
+    for item in made:  # pictures without a recipe are the user's own: provided, never planned
+        out = sample / item["output"]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 64)).save(out)
+    _, after = run_production(["estimate", str(sample)])
+    assert after["counts"] == {"images": 6, "clips": 3, "film": 1}
+    assert [p["phase"] for p in after["phases"]] == ["keyframes", "clips"]
+    assert after["total_seconds"] < before["total_seconds"]
+
+
+def test_a_plan_that_does_not_fit_says_what_would(sample, monkeypatch):
+    """720p clips on a 12 GB card: the memory plan does not fit; at 480p it would."""
+    (sample / ".production").mkdir(exist_ok=True)
+    (sample / ".production" / "settings.json").write_text(json.dumps({"wan_video.py": {"preset": "720p"}}))
+    machine(monkeypatch, hardware.from_sizes(12, 64, name="NVIDIA GeForce RTX 3080"))
+    _, r = run_production(["estimate", str(sample)])
+    assert not r["fits"]
+    clips = next(p for p in r["problems"] if p["phase"] == "clips")
+    assert "VRAM" in clips["what"] and any("480p" in f for f in clips["fixes"])
+    machine(monkeypatch, hardware.from_sizes(12, 64, name="NVIDIA GeForce RTX 3080", disk_gb=5))
+    _, r = run_production(["estimate", str(sample)])
+    models = next(p for p in r["problems"] if p["phase"] == "models")
+    assert models["what"] == "disk" and "free" in models["message"]
+
+
+def test_full_disk_for_the_outputs_suggests_fewer_scenes(sample, monkeypatch):
+    machine(monkeypatch, RTX4090)
+    monkeypatch.setattr(forecast.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+    _, r = run_production(["estimate", str(sample)])
+    outputs = next(p for p in r["problems"] if p["phase"] == "outputs")
+    assert any("fewer scenes" in f for f in outputs["fixes"]) and not r["fits"]
+
+
+def test_full_schedule_phases_are_told_how_much_lightning_saves(sample, monkeypatch):
+    (sample / ".production").mkdir(exist_ok=True)
+    (sample / ".production" / "settings.json").write_text(json.dumps({"wan_video.py": {"distill": "off"}}))
+    machine(monkeypatch, RTX4090)
+    _, r = run_production(["estimate", str(sample)])
+    clips = next(p for p in r["phases"] if p["phase"] == "clips")
+    assert all(i["steps"] == 40 and i["cfg"] for i in r["items"] if i["family"] == "wan")
+    faster = next(f for f in r["faster"] if f["phase"] == "clips")
+    assert faster["seconds"] < clips["seconds"] / 5 and "wan-lightning" in faster["how"]
+
+
+def test_estimate_text_names_the_phases_and_the_total(sample, monkeypatch, capsys):
+    machine(monkeypatch, RTX4090)
+    assert production.main(["estimate", str(sample)]) == 0
+    out = capsys.readouterr().out
+    assert "to make: 12 image(s), 3 clip(s), the film" in out and "total:" in out and "slowest: clip:" in out
+
+
+# ---------------------------------------------------------------- setup --check and batches
+
+
+def test_setup_check_quotes_one_image_and_one_clip(offline_hf_home, monkeypatch, capsys):
+    machine(monkeypatch, H200)
+    setup_diffusers.main(["--check", "--json", "--quiet"])
+    result = json.loads(capsys.readouterr().out)
+    wan, qwen = result["predicted"]["wan"], result["predicted"]["qwen"]
+    assert wan["what"].startswith("one clip, 832x480x81") and 10 < wan["seconds"] < 30
+    assert qwen["what"].startswith("one image, 1024x1024") and 0.5 < qwen["seconds"] < 5
+    setup_diffusers.main(["--check"])
+    out = capsys.readouterr().out
+    assert "Predicted time on this machine" in out and f"~{wan['seconds']:.0f} s" in out
+
+
+def test_batch_prediction_reports_the_error_against_the_measured_time():
+    plan = plan_on(H200)
+    item = wan_480p()
+    predicted = estimate.predict_item(item, plan, estimate.gpu_spec(H200.gpu_name), H200.host_link).seconds
+    seconds = {"denoise": predicted, "high_expert": 5.0, "low_expert": 5.0, "decode": predicted / 10}
+    r = forecast.batch_prediction([(item, seconds)], plan, H200)
+    assert r["items"] == 1 and r["predicted_s"] == pytest.approx(predicted, abs=0.01)
+    assert r["measured_s"] == pytest.approx(1.1 * predicted, abs=0.01)  # the experts are parts of denoise
+    assert r["error"] == pytest.approx(0.1, abs=0.002) and r["per_item"][0]["error"] == r["error"]
+    standin = forecast.batch_prediction([(item, seconds)], plan, H200, standin=True)
+    assert standin["predicted_s"] is None and "stand-in" in standin["note"]
+
+
+def test_both_scripts_batches_report_their_prediction(standin_hf_home, tmp_path, capsys):
+    Image.new("RGB", (64, 64), (90, 120, 150)).save(tmp_path / "kf.png")
+    (tmp_path / "clips.json").write_text(
+        json.dumps([{"start_frame": "kf.png", "prompt": "walk", "output": "c.mp4", "size": "64x64", "frames": 9}])
+    )
+    assert wan_video.main(["--batch", str(tmp_path / "clips.json"), "--json", "--quiet"]) == 0
+    wan = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["prediction"]
+    (tmp_path / "pics.json").write_text(
+        json.dumps(
+            [
+                {
+                    "prompt": "fox",
+                    "reference": "kf.png",
+                    "output": "p.png",
+                    "size": "64x64",
+                    "steps": 2,
+                    "lightning": "off",
+                    "cfg": 1,
+                }
+            ]
+        )
+    )
+    assert qwen_image.main(["--batch", str(tmp_path / "pics.json"), "--json", "--quiet"]) == 0
+    qwen = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["prediction"]
+    for p in (wan, qwen):  # stand-ins on a CPU: measured, and said why nothing is predicted
+        assert p["items"] == 1 and p["measured_s"] > 0 and p["predicted_s"] is None and p["error"] is None
+        assert "stand-in" in p["note"]
