@@ -245,7 +245,7 @@ def check(args) -> dict:
                            "fix": None if s.complete else install.status_fix(s, args.models_dir)}
                        for n, s in current.items()},
             "plans": {family: need.to_dict() for family, need in plans.items()},
-            "predicted": forecast.one_of_each(hw, {f: need.plan for f, need in plans.items()}, complete)}
+            "predicted": forecast.one_of_each(hw, {f: need.plan for f, need in plans.items()})}
 
 
 @dataclass

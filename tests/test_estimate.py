@@ -270,3 +270,36 @@ def test_both_scripts_batches_report_their_prediction(standin_hf_home, tmp_path,
     for p in (wan, qwen):  # stand-ins on a CPU: measured, and said why nothing is predicted
         assert p["items"] == 1 and p["measured_s"] > 0 and p["predicted_s"] is None and p["error"] is None
         assert "stand-in" in p["note"]
+
+
+def test_the_pcie_link_is_read_from_sysfs(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    device = tmp_path / "0000:1b:00.0"
+    device.mkdir()
+    (device / "max_link_speed").write_text("16.0 GT/s PCIe\n")
+    (device / "current_link_width").write_text("8\n")
+    monkeypatch.setattr(hardware.sys, "platform", "linux")
+    props = SimpleNamespace(pci_domain_id=0, pci_bus_id=0x1B, pci_device_id=0)
+    assert hardware._pcie_link(props, str(tmp_path)) == (4, 8)
+    assert hardware._pcie_link(SimpleNamespace(pci_domain_id=0, pci_bus_id=2, pci_device_id=0), str(tmp_path)) is None
+
+
+def test_after_a_real_run_only_what_an_edit_made_stale_remains(standin_install, tmp_path, monkeypatch):
+    """The sample made end to end on the stand-ins, then one scene's motion edited: one clip and the film."""
+    from conftest import use_hf_home
+
+    use_hf_home(monkeypatch, standin_install.hf_home)
+    root = tmp_path / "made"
+    code, _ = run_production(["demo", str(root), "--models-dir", str(standin_install.hf_home), "--quiet"])
+    assert code == 0
+    machine(monkeypatch, RTX4090)
+    _, done = run_production(["estimate", str(root)])
+    assert done["counts"] == {"images": 0, "clips": 0, "film": 0} and done["phases"] == []
+    breakdown = root / "scene-breakdown.md"
+    text = breakdown.read_text(encoding="utf-8")
+    breakdown.write_text(text.replace("The boat rocks on the swell", "The boat rocks gently on the swell", 1))
+    _, r = run_production(["estimate", str(root)])
+    assert r["counts"] == {"images": 0, "clips": 1, "film": 1}
+    assert [i["id"] for i in r["items"]] == ["clip:scene-03"] and r["slowest"]["id"] == "clip:scene-03"
+    assert any("stand-ins" in n for n in r["notes"])

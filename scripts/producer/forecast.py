@@ -30,7 +30,8 @@ RECIPE_BYTES = 8_000
 
 
 def estimate_production(snap, hw: Hardware, complete: set[str], model: dict | None = None) -> dict:
-    """The report of `production.py estimate` (pure apart from reading the production's free disk)."""
+    """The report of `production.py estimate`. `complete`: the registry entries installed completely (what a
+    download would still fetch); the rest is read from the snapshot and the plans (and the output disk's free space)."""
     model = model or estimate.speed_model()
     gpu = estimate.gpu_spec(hw.gpu_name) if hw.has_gpu else None
     todo = [s for s in snap.states.values() if s.state in REMAINING]
@@ -41,7 +42,7 @@ def estimate_production(snap, hw: Hardware, complete: set[str], model: dict | No
         if not jobs:
             continue
         family = PHASE_FAMILY[phase]
-        resolved = [(job, *_resolve(snap.plan, job, family, complete, notes)) for job in jobs]
+        resolved = [(job, *_resolve(snap.plan, job, family, notes)) for job in jobs]
         report, made = _phase(phase, family, resolved, hw, gpu, model)
         phases.append(report)
         items += made
@@ -58,11 +59,7 @@ def estimate_production(snap, hw: Hardware, complete: set[str], model: dict | No
         notes.append("nothing is planned until the phase files pass `check` through assets.json")
     if gpu is not None and not gpu.known:
         notes.append(f"{hw.gpu_name} is not in the GPU table: {gpu.source}")
-    if any(
-        models.standin_facts(models.snapshot_dir(registry.get(n)) or "")
-        for n in complete
-        if registry.get(n).kind in ("pipeline", "components")
-    ):
+    if any(models.standin_facts(snap) for family in ("wan", "qwen") for snap in _present(family) if snap):
         notes.append("the installed models are stand-ins: the times are those of the real models")
     return {
         "root": str(snap.root),
@@ -93,12 +90,12 @@ def estimate_production(snap, hw: Hardware, complete: set[str], model: dict | No
 # ---------------------------------------------------------------- one job as the speed model sees it
 
 
-def _installed(names: tuple[str, ...], family: str, complete: set[str], notes: list[str]) -> bool:
-    """Is a step-distill LoRA there? Before any download, the default one (`setup_diffusers.py --download`)
-    brings it, so it is assumed."""
-    if any(n in complete for n in names):
+def _installed(names: tuple[str, ...], family: str, notes: list[str]) -> bool:
+    """Is a step-distill LoRA there (as the scripts see it: present on disk)? Before any download, the default
+    one (`setup_diffusers.py --download`) brings it, so it is assumed."""
+    if any(models.is_present(registry.get(n)) for n in names):
         return True
-    if not models_installed(family, complete):
+    if not _present(family):
         notes.append(
             f"{family}: models not installed yet; assumed as `setup_diffusers.py --download` brings them "
             "(with the step-distill LoRA)"
@@ -107,11 +104,13 @@ def _installed(names: tuple[str, ...], family: str, complete: set[str], notes: l
     return False
 
 
-def models_installed(family: str, complete: set[str]) -> bool:
-    return any(n in complete for n in needs.CONFIG_ENTRIES[family])
+def _present(family: str) -> list:
+    """The snapshots of the family's installed diffusers folders (what its configs come from)."""
+    entries = [registry.get(n) for n in needs.CONFIG_ENTRIES[family]]
+    return [models.snapshot_dir(e) for e in entries if models.is_present(e)]
 
 
-def _resolve(plan, job, family: str, complete: set[str], notes: list[str]) -> tuple[estimate.Item, dict]:
+def _resolve(plan, job, family: str, notes: list[str]) -> tuple[estimate.Item, dict]:
     """(the item, the batch-wide options: offload and weights)."""
     args = parse_job(plan, job)
     batch = {"offload": args.offload, "weights": args.weights}
@@ -120,9 +119,7 @@ def _resolve(plan, job, family: str, complete: set[str], notes: list[str]) -> tu
 
         w, h = args.size or registry.WAN.presets[args.preset or "480p"]
         frames = resolve_frames(args.frames, args.duration).count
-        distilled = args.distill != "off" and (
-            args.distill != "auto" or _installed(DISTILL["wan"], "wan", complete, notes)
-        )
+        distilled = args.distill != "off" and (args.distill != "auto" or _installed(DISTILL["wan"], "wan", notes))
         base = registry.WAN.distilled if distilled else registry.WAN.full
         guidance = args.guidance if args.guidance is not None else base.guidance
         return estimate.Item("wan", w, h, args.steps or base.steps, guidance > 1, frames=frames), batch
@@ -136,7 +133,7 @@ def _resolve(plan, job, family: str, complete: set[str], notes: list[str]) -> tu
     lightning = args.lightning
     if lightning == "auto":
         fits = args.steps in (None, 4, 8) and (args.cfg is None or args.cfg <= 1)
-        lightning = str(args.steps or 4) if fits and _installed(DISTILL["qwen"], "qwen", complete, notes) else "off"
+        lightning = str(args.steps or 4) if fits and _installed(DISTILL["qwen"], "qwen", notes) else "off"
     base = registry.QWEN.full if lightning == "off" else getattr(registry.QWEN, f"lightning_{lightning}")
     cfg = args.cfg if args.cfg is not None else base.cfg
     return estimate.Item("qwen", w, h, args.steps or base.steps, cfg > 1, references=pictures), batch
@@ -331,7 +328,7 @@ def _duration(seconds: float | None) -> str | None:
 # ---------------------------------------------------------------- setup_diffusers.py --check
 
 
-def one_of_each(hw: Hardware, plans: dict, complete: set[str], model: dict | None = None) -> dict:
+def one_of_each(hw: Hardware, plans: dict, model: dict | None = None) -> dict:
     """The predicted seconds of the scripts' default image and clip on this machine, under the plans
     `setup_diffusers.py --check` shows (family -> MemoryPlan), with the schedule they would run."""
     gpu = estimate.gpu_spec(hw.gpu_name) if hw.has_gpu else None
@@ -339,17 +336,13 @@ def one_of_each(hw: Hardware, plans: dict, complete: set[str], model: dict | Non
     for family, plan in plans.items():
         notes: list[str] = []
         if family == "wan":
-            distilled = _installed(DISTILL["wan"], "wan", complete, notes)
+            distilled = _installed(DISTILL["wan"], "wan", notes)
             base = registry.WAN.distilled if distilled else registry.WAN.full
             w, h = registry.WAN.presets["480p"]
             item = estimate.Item("wan", w, h, base.steps, base.guidance > 1, frames=registry.WAN.frames)
             what = f"one clip, {w}x{h}x{item.frames}"
         else:
-            base = (
-                registry.QWEN.lightning_4
-                if _installed(DISTILL["qwen"], "qwen", complete, notes)
-                else registry.QWEN.full
-            )
+            base = registry.QWEN.lightning_4 if _installed(DISTILL["qwen"], "qwen", notes) else registry.QWEN.full
             w, h = registry.QWEN.default_size
             item = estimate.Item("qwen", w, h, base.steps, base.cfg > 1, references=1)
             what = f"one image, {w}x{h} from 1 reference"

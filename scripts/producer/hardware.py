@@ -73,7 +73,7 @@ def _cuda_cap_bytes() -> int | None:
 PCIE_GT_S = {2.5: 1, 5.0: 2, 8.0: 3, 16.0: 4, 32.0: 5, 64.0: 6}
 
 
-def _pcie_link(props) -> tuple[int, int] | None:
+def _pcie_link(props, devices: str = "/sys/bus/pci/devices") -> tuple[int, int] | None:
     """(generation, lanes) of the GPU's PCIe link from Linux's sysfs; None where it cannot be read.
 
     The device's maximum speed is read, not the current one: an idle GPU drops its link to save power. A slot
@@ -81,7 +81,7 @@ def _pcie_link(props) -> tuple[int, int] | None:
     domain, bus, device = (getattr(props, k, None) for k in ("pci_domain_id", "pci_bus_id", "pci_device_id"))
     if bus is None or not sys.platform.startswith("linux"):
         return None
-    where = f"/sys/bus/pci/devices/{domain or 0:04x}:{bus:02x}:{device or 0:02x}.0"
+    where = f"{devices}/{domain or 0:04x}:{bus:02x}:{device or 0:02x}.0"
     try:
         with open(f"{where}/max_link_speed") as f:
             speed = float(f.read().split()[0])
