@@ -87,6 +87,9 @@ def parse_args(argv=None):
                    help="planVxR Wan runs with GGUF experts read from files in DIR by the scripts' own loader "
                         "(written there once, full size ~9.4 GB an expert): measures load time and the reload "
                         "of one-expert-in-RAM plans against the disk's read speed")
+    p.add_argument("--predict", action="store_true",
+                   help="after the runs, print each beside what the speed model (scripts/producer/data/"
+                        "speed-model.json) predicts for it on this card, with the error (full size on a GPU)")
     p.add_argument("--write-gguf", nargs=2, metavar=("FORM", "DIR"), help=argparse.SUPPRESS)
     p.add_argument("--child", nargs=2, metavar=("WORKLOAD", "CONFIG"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -125,6 +128,10 @@ def main(argv=None) -> int:
         from report import markdown
 
         args.markdown.write_text(markdown(results))
+    if args.predict:
+        from speedmodel import compare_lines
+
+        print("\n".join(["predicted (speed model) against measured:", *compare_lines(results)]), flush=True)
     failed = [r for r in results["runs"] if r.get("error")]
     return 1 if failed else 0
 

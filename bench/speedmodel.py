@@ -205,15 +205,15 @@ def dumps(model: dict) -> str:
     return json.dumps(model, indent=1, sort_keys=True) + "\n"
 
 
-def compare(path: Path, model: dict) -> list[dict]:
-    """Each run of a results file beside what the speed model predicts for it on the same card."""
+def compare(data: dict, model: dict, source: str = "") -> list[dict]:
+    """Each run of benchmark results beside what the speed model predicts for it on the same card (the
+    measured total has no output writing, so the prediction's write_s is left out too)."""
     from producer import hardware
 
-    data = json.loads(path.read_text(encoding="utf-8"))
     gpu = estimate.gpu_spec(data["environment"].get("gpu"))
     rows = []
     for run in data["runs"]:
-        e = entry_of(run, data["environment"].get("gpu", "CPU"), _rel(path))
+        e = entry_of(run, data["environment"].get("gpu", "CPU"), source)
         if e is None:
             continue
         offload = {
@@ -242,12 +242,23 @@ def compare(path: Path, model: dict) -> list[dict]:
                 "plan": e["plan"],
                 "weights": e["weights"],
                 **estimate.prediction_error(
-                    p.seconds and p.seconds - model["assumptions"]["write_s"][e["family"]], measured
+                    None if p.seconds is None else p.seconds - model["assumptions"]["write_s"][e["family"]], measured
                 ),
                 "basis": p.basis,
             }
         )
     return rows
+
+
+def compare_lines(data: dict, model: dict | None = None, source: str = "") -> list[str]:
+    lines = []
+    for r in compare(data, model or estimate.speed_model(), source):
+        err = "-" if r["error"] is None else f"{r['error']:+.1%}"
+        lines.append(
+            f"{r['workload']:<14} {r['config']:<12} predicted {r['predicted_s']} s, measured {r['measured_s']} s, "
+            f"error {err}   ({r['basis']})"
+        )
+    return lines
 
 
 def main(argv=None) -> int:
@@ -257,13 +268,8 @@ def main(argv=None) -> int:
     p.add_argument("--compare", type=Path, metavar="RESULTS", help="predicted vs measured for each run of RESULTS")
     args = p.parse_args(argv)
     if args.compare:
-        rows = compare(args.compare, estimate.speed_model())
-        for r in rows:
-            err = "-" if r["error"] is None else f"{r['error']:+.1%}"
-            print(
-                f"{r['workload']:<14} {r['config']:<12} predicted {r['predicted_s']} s, measured {r['measured_s']} s,"
-                f" error {err}   ({r['basis']})"
-            )
+        data = json.loads(args.compare.read_text(encoding="utf-8"))
+        print("\n".join(compare_lines(data, source=_rel(args.compare))))
         return 0
     if not args.results:
         p.error("give the results files, or --compare RESULTS")
