@@ -1,0 +1,246 @@
+"""Damaged pictures, files that are not regular files, and file names that are not UTF-8: each ends in
+a clear error naming the file (exit 2), in a batch fails only its own job, and never blocks or crashes
+after the generation. The damaged pictures are made here, byte by byte, as described beside each."""
+
+import contextlib
+import io
+import json
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import production
+import pytest
+import qwen_image
+import wan_video
+from PIL import Image
+from producer import media, provenance
+from producer.cli import CliError, ExitCode
+from producer.demo import SAMPLE
+
+# ---------------------------------------------------------------- the damaged pictures
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png(extra: bytes = b"", after_pixels: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 60, 40)).save(buffer, "PNG")
+    raw = buffer.getvalue()
+    at = raw.index(b"IEND" if after_pixels else b"IDAT") - 4  # the chunk's length field comes first
+    return raw[:at] + extra + raw[at:]
+
+
+def _two_page_tiff(page2: dict[int, int | None]) -> bytes:
+    """A two-page TIFF whose second page has the given tags changed (a value) or removed (None)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(
+        buffer, "TIFF", save_all=True, append_images=[Image.new("RGB", (8, 8), (200, 10, 10))]
+    )
+    data = bytearray(buffer.getvalue())
+    assert data[:2] == b"II"
+    first = struct.unpack_from("<I", data, 4)[0]
+    count = struct.unpack_from("<H", data, first)[0]
+    second = struct.unpack_from("<I", data, first + 2 + 12 * count)[0]
+    count = struct.unpack_from("<H", data, second)[0]
+    for i in range(count):
+        at = second + 2 + 12 * i
+        tag = struct.unpack_from("<H", data, at)[0]
+        if tag in page2:
+            if page2[tag] is None:
+                struct.pack_into("<H", data, at, 65000)  # an unknown private tag: the original is gone
+            else:
+                struct.pack_into("<I", data, at + 8, page2[tag])  # SHORT/LONG values sit in the entry
+    return bytes(data)
+
+
+def damaged_pictures() -> dict[str, bytes]:
+    good = _png()
+    idat = good.index(b"IDAT")
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)  # declares 10 gigapixels
+    return {
+        "truncated.png": good[: len(good) // 2],  # stops inside the pixel data
+        "bad-crc.png": good[: idat + 8] + bytes([good[idat + 8] ^ 0xFF]) + good[idat + 9 :],  # one pixel byte flipped
+        "bad-ztxt.png": _png(_chunk(b"zTXt", b"producer\x00\x00" + b"not zlib data")),
+        "bad-itxt-after-pixels.png": _png(_chunk(b"iTXt", b"producer\x00\x01\x00\x00\x00not zlib"), True),
+        "tiff-unknown-mode-on-page-2.tif": _two_page_tiff({262: 99}),  # PhotometricInterpretation 99
+        "tiff-no-width-on-page-2.tif": _two_page_tiff({256: None}),  # ImageWidth removed
+        "empty.png": b"",
+        "text.png": b"a text file named like a picture\n",
+        "bomb.png": b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b""))
+        + _chunk(b"IEND", b""),
+    }
+
+
+UNREADABLE = [
+    "truncated.png",
+    "bad-crc.png",
+    "tiff-unknown-mode-on-page-2.tif",
+    "tiff-no-width-on-page-2.tif",
+    "empty.png",
+    "text.png",
+    "bomb.png",
+]
+READABLE = ["bad-ztxt.png", "bad-itxt-after-pixels.png"]  # a damaged text chunk is skipped; the pixels are fine
+
+
+@pytest.fixture
+def damaged(tmp_path) -> Path:
+    folder = tmp_path / "damaged"
+    folder.mkdir()
+    for name, data in damaged_pictures().items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+@pytest.mark.parametrize("name", UNREADABLE)
+def test_every_damaged_picture_is_a_usage_error_naming_the_file(damaged, name):
+    with pytest.raises(CliError) as err:
+        media.load_image(damaged / name)
+    assert str(damaged / name) in err.value.message and err.value.code == ExitCode.USAGE and err.value.fix
+
+
+@pytest.mark.parametrize("name", READABLE)
+def test_a_damaged_text_chunk_leaves_the_picture_readable(damaged, name):
+    assert media.load_image(damaged / name).size == (16, 16)
+    assert media.read_png_metadata(damaged / name) is None
+
+
+@pytest.mark.parametrize("name", UNREADABLE + READABLE)
+def test_reading_a_recipe_from_a_damaged_picture_never_crashes(damaged, name):
+    try:
+        assert media.read_png_metadata(damaged / name) is None
+    except CliError as err:
+        assert str(damaged / name) in err.message
+    assert provenance.read_recipe(damaged / name) is None
+    assert not provenance.is_up_to_date(damaged / name, {"prompt": "x"}, seed_given=False)
+
+
+# ---------------------------------------------------------------- through the scripts
+
+
+def run_script(capsys, module, *argv) -> tuple[int, dict]:
+    code = module.main([str(a) for a in argv] + ["--json"])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "report it" not in captured.out
+    return code, json.loads(captured.out.strip().splitlines()[-1])
+
+
+def good_picture(path: Path) -> Path:
+    Image.new("RGB", (64, 64), (120, 90, 200)).save(path)
+    return path
+
+
+QWEN_FAST = ["--lightning", "off", "--cfg", "1", "--steps", "2", "--size", "64x64", "--quiet"]
+WAN_FAST = ["--size", "64x64", "--frames", "9", "--steps", "2", "--quiet"]
+
+
+@pytest.mark.usefixtures("standin_hf_home")
+def test_each_script_refuses_each_damaged_picture_naming_it(damaged, capsys):
+    out = damaged.parent / "out"
+    out.mkdir()
+    for name in UNREADABLE:
+        bad = damaged / name
+        for module, argv in [
+            (qwen_image, ["-p", "x", "-r", bad, "-o", out / "q.png", *QWEN_FAST]),
+            (qwen_image, ["-p", "x", "--pose", bad, "-o", out / "q.png", *QWEN_FAST]),
+            (wan_video, ["--start-frame", bad, "--prompt", "x", "-o", out / "w.mp4", *WAN_FAST]),
+            (
+                wan_video,
+                [
+                    "--start-frame",
+                    good_picture(out.parent / "ok.png"),
+                    "--end-frame",
+                    bad,
+                    "--prompt",
+                    "x",
+                    "-o",
+                    out / "w.mp4",
+                    *WAN_FAST,
+                ],
+            ),
+        ]:
+            code, result = run_script(capsys, module, *argv)
+            assert code == ExitCode.USAGE and name in result["error"] and result["fix"], (name, argv, result)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.usefixtures("standin_hf_home")
+def test_a_damaged_picture_in_a_batch_fails_only_its_own_job(damaged, capsys):
+    ok = good_picture(damaged.parent / "ok.png")
+    jobs = [
+        {"prompt": "fox", "reference": str(damaged / name), "output": f"q{i}.png"} for i, name in enumerate(UNREADABLE)
+    ] + [{"prompt": "fox", "reference": str(ok), "output": "good.png"}]
+    batch = damaged.parent / "stills.json"
+    batch.write_text(
+        json.dumps({"defaults": {"size": "64x64", "steps": 2, "cfg": 1, "lightning": "off"}, "jobs": jobs})
+    )
+    code, result = run_script(capsys, qwen_image, "--batch", batch, "--allow-outside", "--quiet")
+    assert code == ExitCode.PARTIAL and [j["status"] for j in result["jobs"]] == ["error"] * len(UNREADABLE) + ["ok"]
+    assert all(name in job["error"] for name, job in zip(UNREADABLE, result["jobs"], strict=False))
+
+    clips = [
+        {"start_frame": str(damaged / name), "prompt": "x", "output": f"w{i}.mp4"}
+        for i, name in enumerate(UNREADABLE[:2])
+    ] + [{"start_frame": str(ok), "prompt": "x", "output": "w.mp4"}]
+    batch = damaged.parent / "clips.json"
+    batch.write_text(json.dumps({"defaults": {"size": "64x64", "frames": 9, "steps": 2}, "jobs": clips}))
+    code, result = run_script(capsys, wan_video, "--batch", batch, "--allow-outside", "--quiet")
+    assert code == ExitCode.PARTIAL and [j["status"] for j in result["jobs"]] == ["error", "error", "ok"]
+
+
+@pytest.mark.usefixtures("standin_hf_home")
+def test_a_truncated_picture_at_an_output_path_is_reported_not_taken_for_finished(damaged, capsys):
+    ok = good_picture(damaged.parent / "ok.png")
+    target = damaged.parent / "made.png"
+    target.write_bytes(damaged_pictures()["truncated.png"])
+    code, result = run_script(capsys, qwen_image, "-p", "x", "-r", ok, "-o", target, *QWEN_FAST)
+    assert code == ExitCode.USAGE and str(target) in result["error"] and "--overwrite" in result["fix"]
+    batch = damaged.parent / "stills.json"
+    batch.write_text(
+        json.dumps(
+            {
+                "defaults": {"size": "64x64", "steps": 2, "cfg": 1, "lightning": "off"},
+                "jobs": [{"prompt": "x", "reference": str(ok), "output": str(target)}],
+            }
+        )
+    )
+    code, result = run_script(capsys, qwen_image, "--batch", batch, "--quiet")
+    assert code == ExitCode.USAGE and result["jobs"][0]["status"] == "error" and "overwrite" in result["jobs"][0]["fix"]
+    code, result = run_script(capsys, qwen_image, "-p", "x", "-r", ok, "-o", target, "--overwrite", *QWEN_FAST)
+    assert code == 0 and media.read_png_metadata(target)["script"] == "qwen_image.py"
+
+
+def production_run(*argv) -> tuple[int, dict]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = production.main([*map(str, argv), "--json"])
+    return code, json.loads(out.getvalue().strip().splitlines()[-1])
+
+
+@pytest.fixture
+def sample(tmp_path) -> Path:
+    root = tmp_path / "film"
+    shutil.copytree(SAMPLE, root)
+    return root
+
+
+@pytest.mark.parametrize("name", ["truncated.png", "bad-crc.png", "empty.png", "text.png"])
+def test_status_and_next_report_a_damaged_output_and_plan_to_remake_it(sample, name):
+    keeper = sample / "assets" / "characters" / "keeper.png"
+    keeper.parent.mkdir(parents=True)
+    keeper.write_bytes(damaged_pictures()[name])
+    code, report = production_run("status", sample)
+    assert code == 0
+    item = next(i for i in report["items"] if i["id"] == "asset:characters/keeper")
+    assert item["state"] == "stale" and "keeper.png" in " ".join(item["reasons"]), item
+    assert production_run("approve", sample, "philosophy", "scenes")[0] == 0
+    code, nxt = production_run("next", sample)
+    assert code == 0 and nxt["action"] == "generate", nxt
+    job = next(j for j in nxt["jobs"] if j["id"] == "asset:characters/keeper")
+    assert "--overwrite" in job["argv"], job
