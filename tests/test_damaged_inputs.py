@@ -3,13 +3,18 @@ a clear error naming the file (exit 2), in a batch fails only its own job, and n
 after the generation. The damaged pictures are made here, byte by byte, as described beside each."""
 
 import contextlib
+import faulthandler
 import io
 import json
+import os
 import shutil
 import struct
+import sys
+import threading
 import zlib
 from pathlib import Path
 
+import assemble_video
 import production
 import pytest
 import qwen_image
@@ -244,3 +249,116 @@ def test_status_and_next_report_a_damaged_output_and_plan_to_remake_it(sample, n
     assert code == 0 and nxt["action"] == "generate", nxt
     job = next(j for j in nxt["jobs"] if j["id"] == "asset:characters/keeper")
     assert "--overwrite" in job["argv"], job
+
+
+# ---------------------------------------------------------------- files that are not regular files
+
+
+def refused_without_blocking(fifo: Path, call):
+    """call() must return (or raise) without opening the FIFO for reading. If it blocks there, a writer
+    opening the FIFO lets it go on (it then reads an empty file), and the test fails: it blocked."""
+    result = {}
+
+    def target():
+        try:
+            result["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - reported below, in the test's thread
+            result["raised"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(10)
+    blocked = thread.is_alive()
+    if blocked:
+        faulthandler.dump_traceback(sys.__stderr__)  # where it blocked
+    while thread.is_alive():
+        with contextlib.suppress(OSError):  # ENXIO until a reader has the FIFO open
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(0.1)
+    assert not blocked, f"{call} blocked reading {fifo}"
+    if "raised" in result:
+        raise result["raised"]
+    return result["value"]
+
+
+@pytest.fixture
+def pipes(tmp_path) -> Path:
+    folder = tmp_path / "pipes"
+    folder.mkdir()
+    for name in ("pic.png", "style.safetensors", "jobs.json", "style.json", "pose.json", "clip.mp4"):
+        os.mkfifo(folder / name)
+    good_picture(tmp_path / "ok.png")
+    (tmp_path / "out").mkdir()
+    return folder
+
+
+@pytest.mark.usefixtures("standin_hf_home")
+def test_a_fifo_given_as_any_input_file_is_refused_at_once(pipes, capsys):
+    ok, out = pipes.parent / "ok.png", pipes.parent / "out"
+    cases = [
+        (qwen_image, ["-p", "x", "-r", pipes / "pic.png", "-o", out / "q.png", *QWEN_FAST]),
+        (qwen_image, ["-p", "x", "--style-image", pipes / "pic.png", "-o", out / "q.png", *QWEN_FAST]),
+        (qwen_image, ["-p", "x", "--pose", pipes / "pic.png", "-o", out / "q.png", *QWEN_FAST]),
+        (qwen_image, ["-p", "x", "--pose", pipes / "pose.json", "-o", out / "q.png", *QWEN_FAST]),
+        (qwen_image, ["-p", "x", "--style-ref", pipes / "style.json", "-o", out / "q.png", *QWEN_FAST]),
+        (qwen_image, ["-p", "x", "-r", ok, "--lora", pipes / "style.safetensors", "-o", out / "q.png", *QWEN_FAST]),
+        (qwen_image, ["--batch", pipes / "jobs.json"]),
+        (wan_video, ["--start-frame", pipes / "pic.png", "--prompt", "x", "-o", out / "w.mp4", *WAN_FAST]),
+        (
+            wan_video,
+            ["--start-frame", ok, "--end-frame", pipes / "pic.png", "--prompt", "x", "-o", out / "w.mp4", *WAN_FAST],
+        ),
+        (
+            wan_video,
+            [
+                "--start-frame",
+                ok,
+                "--prompt",
+                "x",
+                "--lora",
+                pipes / "style.safetensors",
+                "-o",
+                out / "w.mp4",
+                *WAN_FAST,
+            ],
+        ),
+        (wan_video, ["--batch", pipes / "jobs.json"]),
+        (assemble_video, ["--clips", pipes / "clip.mp4", "-o", out / "film.mp4"]),
+    ]
+    for module, argv in cases:
+        fifo = next(Path(a) for a in argv if str(a).startswith(str(pipes)))
+        code, result = refused_without_blocking(fifo, lambda m=module, a=argv: run_script(capsys, m, *a))
+        assert code == ExitCode.USAGE and fifo.name in result["error"] and "pipe" in result["error"], (argv, result)
+    assert list(out.iterdir()) == []
+
+
+def test_approve_refuses_a_fifo_where_an_output_should_be(sample):
+    keeper = sample / "assets" / "characters" / "keeper.png"
+    keeper.parent.mkdir(parents=True)
+    os.mkfifo(keeper)
+    assert production_run("approve", sample, "philosophy", "scenes")[0] == 0
+    for item in production_run("status", sample)[1]["items"]:
+        if item["phase"] == "assets" and item["id"] != "asset:characters/keeper":
+            (sample / item["output"]).parent.mkdir(parents=True, exist_ok=True)
+            good_picture(sample / item["output"])
+    code, result = refused_without_blocking(keeper, lambda: production_run("approve", sample, "assets"))
+    assert code == ExitCode.USAGE and "keeper.png" in result["error"], result
+
+
+@pytest.mark.parametrize("name", ["scene-breakdown.md", "assets.json", "style.json"])
+def test_a_fifo_in_place_of_a_production_file_is_reported(sample, name):
+    (sample / name).unlink()
+    os.mkfifo(sample / name)
+    _, result = refused_without_blocking(sample / name, lambda: production_run("check", sample))
+    assert name in json.dumps(result) and "pipe" in json.dumps(result), result
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device"])
+def test_the_picture_reader_names_what_a_non_regular_file_is(tmp_path, kind):
+    path = {"fifo": tmp_path / "p.png", "folder": tmp_path, "device": Path("/dev/zero")}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(
+        CliError, match={"fifo": "named pipe", "folder": "directory", "device": "character device"}[kind]
+    ):
+        refused_without_blocking(path, lambda: media.load_image(path))

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .cli import CliError, ExitCode
+from .inputs import regular_file
 from .video import decode_log, ffmpeg_exe, ffmpeg_input, ffmpeg_stdin
 
 # Rates within 1% are one rate: containers round 16 fps to 15.99 or 16.01 now and then.
@@ -63,9 +64,9 @@ def _frames(path: Path):
     """(metadata, iterator of H x W x 3 uint8 frames), with unreadable files turned into CliError."""
     import imageio_ffmpeg
 
-    if not path.is_file():
-        raise CliError(f"clip {path} does not exist" if not path.exists() else f"clip {path} is not a file",
-                       "generate it first (wan_video.py), or check the path (ls it)")
+    if not path.exists() and not path.is_symlink():
+        raise CliError(f"clip {path} does not exist", "generate it first (wan_video.py), or check the path (ls it)")
+    regular_file(path, "clip")
     reader = imageio_ffmpeg.read_frames(ffmpeg_input(path), pix_fmt="rgb24")
     try:
         try:

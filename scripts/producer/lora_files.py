@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cli import CliError
+from .inputs import regular_file
 
 log = logging.getLogger("producer")
 
@@ -346,6 +347,8 @@ def check_lora_file(path: Path, must_exist: bool = True) -> None:
     if suffix != ".safetensors":
         raise CliError(f"{path.name}: LoRAs are read from .safetensors files, not {suffix or 'files without a suffix'}",
                        fix="give the LoRA's .safetensors file")
-    if must_exist and not path.is_file():
+    if must_exist and not path.exists() and not path.is_symlink():
         raise CliError(f"LoRA file not found: {path}",
                        fix="check the path (relative paths start in the current folder)")
+    if must_exist:
+        regular_file(path, "LoRA file")

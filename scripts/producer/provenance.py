@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .inputs import regular_file
 from .outputs import write_json_atomic
 
 RECIPE_VERSION = 1
@@ -28,7 +29,7 @@ _digest_cache: dict[tuple[str, int, int], str] = {}
 
 def file_digest(path: str | os.PathLike) -> str:
     """sha256 of a file's content; cached per (path, size, mtime) for the life of the process."""
-    p = Path(path)
+    p = regular_file(path)  # approve hashes what is at an output path: a FIFO there would block open()
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _digest_cache:
