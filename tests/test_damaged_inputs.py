@@ -20,7 +20,7 @@ import pytest
 import qwen_image
 import wan_video
 from PIL import Image
-from producer import media, provenance
+from producer import media, provenance, standin_loras
 from producer.cli import CliError, ExitCode
 from producer.demo import SAMPLE
 
@@ -362,3 +362,45 @@ def test_the_picture_reader_names_what_a_non_regular_file_is(tmp_path, kind):
         CliError, match={"fifo": "named pipe", "folder": "directory", "device": "character device"}[kind]
     ):
         refused_without_blocking(path, lambda: media.load_image(path))
+
+
+# ---------------------------------------------------------------- file names that are not UTF-8
+
+NOT_UTF8 = os.fsdecode(b"take-\xff\xfe")  # Python holds the bytes as lone surrogates
+
+
+@pytest.mark.usefixtures("standin_hf_home")
+def test_names_that_are_not_utf8_go_through_every_script_and_their_recipes(tmp_path, capsys, tiny_qwen_edit_pipeline):
+    folder = tmp_path / NOT_UTF8
+    folder.mkdir()
+    reference = good_picture(folder / f"{NOT_UTF8}.png")
+    still = folder / f"{NOT_UTF8}-out.png"
+    lora = folder / f"{NOT_UTF8}.safetensors"
+    standin_loras.save_lora(standin_loras.qwen_comfy_lora(tiny_qwen_edit_pipeline.transformer), lora)
+    style = folder / f"{NOT_UTF8}-style.json"
+    style.write_text(json.dumps({"visual_style": {"lighting": "soft dusk light"}}))
+    code, result = run_script(
+        capsys, qwen_image, "-p", "x", "-r", reference, "-o", still, "--lora", lora, "--style-ref", style, *QWEN_FAST
+    )
+    assert code == 0, result
+    assert provenance.read_recipe(still)["script"] == "qwen_image.py"
+    clip = folder / f"{NOT_UTF8}.mp4"
+    code, result = run_script(capsys, wan_video, "--start-frame", still, "--prompt", "x", "-o", clip, *WAN_FAST)
+    assert code == 0, result
+    assert provenance.read_recipe(clip)["script"] == "wan_video.py"
+    film = folder / f"{NOT_UTF8}-film.mp4"
+    code, result = run_script(capsys, assemble_video, "--clips", clip, clip, "-o", film, "--quiet")
+    assert code == 0, result
+    assert provenance.read_recipe(film) is not None
+    batch = folder / f"{NOT_UTF8}.json"
+    batch.write_text(
+        json.dumps(
+            {
+                "defaults": {"size": "64x64", "steps": 2, "cfg": 1, "lightning": "off"},
+                "jobs": [{"prompt": "y", "reference": reference.name, "output": f"{NOT_UTF8}-2.png"}],
+            },
+            ensure_ascii=True,
+        )
+    )
+    code, result = run_script(capsys, qwen_image, "--batch", batch, "--quiet")
+    assert code == 0 and (folder / f"{NOT_UTF8}-2.png").is_file(), result

@@ -113,11 +113,25 @@ def _read_safetensors(path: Path) -> dict:
     from safetensors import SafetensorError, safe_open
 
     try:
+        if not _utf8(str(path)):
+            # safetensors takes the path as UTF-8 text only ("Path ... is not valid UTF-8"): a name with other
+            # bytes (allowed on Linux) is read here and parsed from memory, the same format checks included
+            from safetensors.torch import load
+
+            return load(path.read_bytes())
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError) as exc:
         raise CliError(f"cannot read {path.name} as a safetensors file: {exc}",
                        fix="the file is damaged or not a safetensors file: download it again") from None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _refuse_malformed(path: Path, tensors: dict, bare: dict[str, str]) -> None:
