@@ -95,7 +95,7 @@ class LoraFile:
 
 def read_lora(path: Path, family: str) -> LoraFile:
     check_lora_file(path)
-    tensors = _read_safetensors(path)
+    tensors = _widen_float8(_read_safetensors(path))
     if not tensors:
         raise CliError(f"{path.name} holds no tensors", fix="the file is empty or truncated: download it again")
     prefixes, bare = _strip_prefixes(tensors)
@@ -124,6 +124,15 @@ def _read_safetensors(path: Path) -> dict:
     except (SafetensorError, OSError) as exc:
         raise CliError(f"cannot read {path.name} as a safetensors file: {exc}",
                        fix="the file is damaged or not a safetensors file: download it again") from None
+
+
+def _widen_float8(tensors: dict) -> dict:
+    """float8 LoRA tensors as float32 (exact). torch has no CPU kernels for float8 arithmetic (isfinite, the
+    alpha / rank scaling, peft's merge), so an fp8 LoRA crashed; it is small, so widening costs little."""
+    import torch
+
+    return {k: t.to(torch.float32) if t.is_floating_point() and t.element_size() == 1 else t
+            for k, t in tensors.items()}
 
 
 def _utf8(text: str) -> bool:
@@ -160,6 +169,10 @@ def _tensor_problem(tensor, role: str) -> str | None:
         return f"holds {tensor.dtype} values; LoRA weights and deltas are floating point"
     elif tensor.ndim == 0:
         return "is a scalar; LoRA weights and deltas are matrices or vectors"
+    elif tensor.numel() == 0:
+        return f"has no elements (shape {tuple(tensor.shape)})"
+    elif role in ("down", "up") and tensor.ndim == 1:
+        return f"has 1 dimension (shape {tuple(tensor.shape)}); a LoRA {role} weight is a matrix"
     if not bool(torch.isfinite(tensor).all()):
         return "holds NaN or infinite values"
     return None
