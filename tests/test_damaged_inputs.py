@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 
 import assemble_video
+import numpy as np
 import production
 import pytest
 import qwen_image
@@ -285,7 +286,16 @@ def refused_without_blocking(fifo: Path, call):
 def pipes(tmp_path) -> Path:
     folder = tmp_path / "pipes"
     folder.mkdir()
-    for name in ("pic.png", "style.safetensors", "jobs.json", "style.json", "pose.json", "clip.mp4"):
+    for name in (
+        "pic.png",
+        "style.safetensors",
+        "jobs.json",
+        "style.json",
+        "pose.json",
+        "clip.mp4",
+        "music.mp3",
+        "scene-breakdown.md",
+    ):
         os.mkfifo(folder / name)
     good_picture(tmp_path / "ok.png")
     (tmp_path / "out").mkdir()
@@ -404,3 +414,18 @@ def test_names_that_are_not_utf8_go_through_every_script_and_their_recipes(tmp_p
     )
     code, result = run_script(capsys, qwen_image, "--batch", batch, "--quiet")
     assert code == 0 and (folder / f"{NOT_UTF8}-2.png").is_file(), result
+
+
+def test_assemble_refuses_a_fifo_as_audio_or_scene_plan(pipes, capsys):
+    from producer import video
+
+    clip = pipes.parent / "clip.mp4"
+    video.write_mp4(np.full((9, 64, 64, 3), 90, dtype=np.uint8), clip, fps=16)
+    out = pipes.parent / "out"
+    for fifo, argv in [
+        (pipes / "music.mp3", ["--clips", clip, "--audio", pipes / "music.mp3", "-o", out / "f.mp4"]),
+        (pipes / "scene-breakdown.md", [pipes, "-o", out / "f.mp4"]),
+    ]:
+        code, result = refused_without_blocking(fifo, lambda a=argv: run_script(capsys, assemble_video, *a))
+        assert code == ExitCode.USAGE and fifo.name in result["error"] and "pipe" in result["error"], result
+    assert list(out.iterdir()) == []

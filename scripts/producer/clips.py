@@ -133,10 +133,7 @@ class AudioInfo:
 
 def probe_audio(path: str | Path) -> AudioInfo:
     """Decode the first audio stream to nowhere and read its exact length from ffmpeg's log."""
-    path = Path(path)
-    if not path.is_file():
-        raise CliError(f"audio {path} does not exist" if not path.exists() else f"audio {path} is not a file",
-                       "check the path (ls it)")
+    path = regular_file(path, "audio")
     code, text = decode_log(path, "0:a:0", 300, CliError(f"reading audio {path} took over 5 minutes",
                                                           "trim it to the film's length first"))
     stream = re.search(r"Stream #\S+.*?: Audio: ([^,\s]+)[^,]*(?:, (\d+) Hz)?(?:, ([^,]+))?", text)
