@@ -429,3 +429,11 @@ def test_assemble_refuses_a_fifo_as_audio_or_scene_plan(pipes, capsys):
         code, result = refused_without_blocking(fifo, lambda a=argv: run_script(capsys, assemble_video, *a))
         assert code == ExitCode.USAGE and fifo.name in result["error"] and "pipe" in result["error"], result
     assert list(out.iterdir()) == []
+
+
+def test_a_models_folder_whose_path_is_not_utf8_is_refused_before_loading(tmp_path, capsys):
+    """safetensors and tokenizers (Rust) open UTF-8 paths only: writing the stand-ins there already fails."""
+    folder = tmp_path / NOT_UTF8
+    folder.mkdir()
+    code, result = run_script(capsys, qwen_image, "-p", "x", "-o", tmp_path / "q.png", "--models-dir", folder)
+    assert code == ExitCode.USAGE and "not valid UTF-8" in result["error"] and "symlink" in result["fix"]
