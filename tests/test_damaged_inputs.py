@@ -437,3 +437,40 @@ def test_a_models_folder_whose_path_is_not_utf8_is_refused_before_loading(tmp_pa
     folder.mkdir()
     code, result = run_script(capsys, qwen_image, "-p", "x", "-o", tmp_path / "q.png", "--models-dir", folder)
     assert code == ExitCode.USAGE and "not valid UTF-8" in result["error"] and "symlink" in result["fix"]
+
+
+def test_byte_flipped_pictures_of_every_format_end_in_a_picture_or_a_clear_error(tmp_path):
+    """One to four random bytes changed (and a fifth cut short) in a PNG with text chunks, a three-page
+    TIFF, an animated GIF, a JPEG and a WebP. With seed 0 and 1,500 files per format, 684 of them escaped
+    as SyntaxError, TypeError, KeyError, IndexError, ValueError, struct.error or OSError before the reader
+    caught every decoding error; here 100 per format, the same every run."""
+    import random
+
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("producer", '{"a": 1}')
+    info.add_text("x", "y", zip=True)
+    frames = [Image.new("RGB", (8, 8), (200, 0, 0)), Image.new("L", (4, 4)), Image.new("CMYK", (5, 5))]
+    originals = []
+    for fmt, options in [
+        ("PNG", {"pnginfo": info}),
+        ("TIFF", {"save_all": True, "append_images": frames[1:]}),
+        ("GIF", {"save_all": True, "append_images": frames[:1]}),
+        ("JPEG", {}),
+        ("WEBP", {}),
+    ]:
+        buffer = io.BytesIO()
+        Image.new("RGB", (16, 16), (9, 90, 9)).save(buffer, fmt, **options)
+        originals.append(buffer.getvalue())
+    rng = random.Random(0)
+    path = tmp_path / "flipped"
+    for original in originals:
+        for _ in range(100):
+            data = bytearray(original)
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            path.write_bytes(data[: rng.randrange(len(data))] if rng.random() < 0.2 else data)
+            for read in (media.load_image, media.read_png_metadata):
+                with contextlib.suppress(CliError):
+                    read(path)
