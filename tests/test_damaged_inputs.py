@@ -250,6 +250,8 @@ def test_status_and_next_report_a_damaged_output_and_plan_to_remake_it(sample, n
     assert code == 0 and nxt["action"] == "generate", nxt
     job = next(j for j in nxt["jobs"] if j["id"] == "asset:characters/keeper")
     assert "--overwrite" in job["argv"], job
+    code, refused = production_run("approve", sample, "assets")
+    assert code == ExitCode.USAGE and "characters/keeper (stale)" in refused["error"], refused
 
 
 # ---------------------------------------------------------------- files that are not regular files
