@@ -89,6 +89,23 @@ def test_one_step_on_the_repo_scheduler_is_nan_and_refused():
     qwen_jobs.check_sampling(registry.QwenSampling(steps=1, cfg=1.0, scheduler="lightning"))
 
 
+def test_the_session_refuses_one_step_from_the_loaded_scheduler_config(tiny_qwen_edit_pipeline):
+    """The same rule where the scheduler is made (issue 17: a one-step job that reached it wrote a black
+    picture with exit 0); one step on a config without the stretch still runs."""
+    from dataclasses import replace
+
+    from producer import hardware, memory
+
+    plan = memory.plan_memory(hardware.from_sizes(0, 64), memory.QWEN_FOOTPRINT, memory.qwen_workload(64, 64, 0))
+    session = qwen.QwenSession.from_components(tiny_qwen_edit_pipeline, plan)
+    assert session._scheduler_config["shift_terminal"] == 0.02
+    one = qwen.QwenJob(prompt="a fox", width=64, height=64, steps=1, cfg=1.0, seed=1)
+    with pytest.raises(CliError, match="--steps 1 cannot run on this scheduler.*shift_terminal"):
+        session.generate(one)
+    picture = np.asarray(session.generate(replace(one, scheduler="lightning")).image)
+    assert np.isfinite(picture).all() and picture.std() > 0
+
+
 def test_qwen_registry_sampling_values():
     q = registry.QWEN
     assert (q.full.steps, q.full.cfg, q.full.scheduler) == (40, 4.0, "model")

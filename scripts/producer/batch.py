@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from . import paths
 from .cli import CliError, ExitCode, unexpected_error
+from .inputs import regular_file
 
 log = logging.getLogger("producer")
 
@@ -96,7 +97,7 @@ def refuse_policy_without_batch(args: argparse.Namespace) -> None:
 
 
 def read_batch_file(path: str | Path) -> list[dict]:
-    p = Path(path)
+    p = regular_file(path, "batch file")
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .cli import CliError, ExitCode
+from .inputs import regular_file
 from .video import decode_log, ffmpeg_exe, ffmpeg_input, ffmpeg_stdin
 
 # Rates within 1% are one rate: containers round 16 fps to 15.99 or 16.01 now and then.
@@ -63,9 +64,9 @@ def _frames(path: Path):
     """(metadata, iterator of H x W x 3 uint8 frames), with unreadable files turned into CliError."""
     import imageio_ffmpeg
 
-    if not path.is_file():
-        raise CliError(f"clip {path} does not exist" if not path.exists() else f"clip {path} is not a file",
-                       "generate it first (wan_video.py), or check the path (ls it)")
+    if not path.exists() and not path.is_symlink():
+        raise CliError(f"clip {path} does not exist", "generate it first (wan_video.py), or check the path (ls it)")
+    regular_file(path, "clip")
     reader = imageio_ffmpeg.read_frames(ffmpeg_input(path), pix_fmt="rgb24")
     try:
         try:
@@ -132,10 +133,7 @@ class AudioInfo:
 
 def probe_audio(path: str | Path) -> AudioInfo:
     """Decode the first audio stream to nowhere and read its exact length from ffmpeg's log."""
-    path = Path(path)
-    if not path.is_file():
-        raise CliError(f"audio {path} does not exist" if not path.exists() else f"audio {path} is not a file",
-                       "check the path (ls it)")
+    path = regular_file(path, "audio")
     code, text = decode_log(path, "0:a:0", 300, CliError(f"reading audio {path} took over 5 minutes",
                                                           "trim it to the film's length first"))
     stream = re.search(r"Stream #\S+.*?: Audio: ([^,\s]+)[^,]*(?:, (\d+) Hz)?(?:, ([^,]+))?", text)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cli import CliError
+from .inputs import regular_file
 
 log = logging.getLogger("producer")
 
@@ -94,7 +95,7 @@ class LoraFile:
 
 def read_lora(path: Path, family: str) -> LoraFile:
     check_lora_file(path)
-    tensors = _read_safetensors(path)
+    tensors = _widen_float8(_read_safetensors(path))
     if not tensors:
         raise CliError(f"{path.name} holds no tensors", fix="the file is empty or truncated: download it again")
     prefixes, bare = _strip_prefixes(tensors)
@@ -112,11 +113,34 @@ def _read_safetensors(path: Path) -> dict:
     from safetensors import SafetensorError, safe_open
 
     try:
+        if not _utf8(str(path)):
+            # safetensors takes the path as UTF-8 text only ("Path ... is not valid UTF-8"): a name with other
+            # bytes (allowed on Linux) is read here and parsed from memory, the same format checks included
+            from safetensors.torch import load
+
+            return load(path.read_bytes())
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError) as exc:
         raise CliError(f"cannot read {path.name} as a safetensors file: {exc}",
                        fix="the file is damaged or not a safetensors file: download it again") from None
+
+
+def _widen_float8(tensors: dict) -> dict:
+    """float8 LoRA tensors as float32 (exact). torch has no CPU kernels for float8 arithmetic (isfinite, the
+    alpha / rank scaling, peft's merge), so an fp8 LoRA crashed; it is small, so widening costs little."""
+    import torch
+
+    return {k: t.to(torch.float32) if t.is_floating_point() and t.element_size() == 1 else t
+            for k, t in tensors.items()}
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _refuse_malformed(path: Path, tensors: dict, bare: dict[str, str]) -> None:
@@ -145,6 +169,10 @@ def _tensor_problem(tensor, role: str) -> str | None:
         return f"holds {tensor.dtype} values; LoRA weights and deltas are floating point"
     elif tensor.ndim == 0:
         return "is a scalar; LoRA weights and deltas are matrices or vectors"
+    elif tensor.numel() == 0:
+        return f"has no elements (shape {tuple(tensor.shape)})"
+    elif role in ("down", "up") and tensor.ndim == 1:
+        return f"has 1 dimension (shape {tuple(tensor.shape)}); a LoRA {role} weight is a matrix"
     if not bool(torch.isfinite(tensor).all()):
         return "holds NaN or infinite values"
     return None
@@ -346,6 +374,8 @@ def check_lora_file(path: Path, must_exist: bool = True) -> None:
     if suffix != ".safetensors":
         raise CliError(f"{path.name}: LoRAs are read from .safetensors files, not {suffix or 'files without a suffix'}",
                        fix="give the LoRA's .safetensors file")
-    if must_exist and not path.is_file():
+    if must_exist and not path.exists() and not path.is_symlink():
         raise CliError(f"LoRA file not found: {path}",
                        fix="check the path (relative paths start in the current folder)")
+    if must_exist:
+        regular_file(path, "LoRA file")

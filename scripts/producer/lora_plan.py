@@ -71,12 +71,18 @@ def plan_spec(pipe, spec: LoraSpec, lora: LoraFile, family: str, index: int) -> 
     return SpecPlan(spec, lora, f"lora{index}_{slug}", experts)
 
 
+MALFORMED_PAIR = "malformed pair"
+
+
 def _plan_expert(model, lora: LoraFile, component: str, strength: float, family: str) -> ExpertPlan:
     plan = ExpertPlan(component, model, strength, [], [], len(lora.modules), len(lora.deltas))
     for module in lora.modules.values():
         problem = _module_problem(model, module, lora.tensors, family)
         if problem:
-            plan.skipped[problem].extend(module.key_list())
+            keys = module.key_list()
+            if problem[0].startswith(MALFORMED_PAIR):  # the misshapen tensor first: the message names it
+                keys.sort(key=lambda k: k not in (module.keys["down"], module.keys["up"]) or lora.tensors[k].ndim == 2)
+            plan.skipped[problem].extend(keys)
         else:
             plan.modules.append(module)
     paired = {m.target for m in plan.modules}
@@ -108,6 +114,9 @@ def _module_problem(model, module: LoraModule, tensors: dict, family: str) -> tu
     if not isinstance(base, torch.nn.Linear):
         return f"targets a {type(base).__name__}, not a linear layer (unsupported)", True
     down, up = tensors[module.keys["down"]], tensors[module.keys["up"]]
+    if down.ndim != 2 or up.ndim != 2:  # 0 and 1 dimensions are refused when the file is read
+        dims = max(down.ndim, up.ndim)
+        return f"{MALFORMED_PAIR}: a tensor with {dims} dimensions, where a linear layer's LoRA is two matrices", True
     fits = (down.ndim == 2 and up.ndim == 2 and up.shape[1] == down.shape[0]
             and down.shape[1] == base.in_features and up.shape[0] == base.out_features)
     return None if fits else ("shape mismatch: made for a model of another size", True)
@@ -126,6 +135,9 @@ def _delta_problem(model, delta: LoraDelta, tensor, family: str) -> tuple[tuple[
     quantized = _quantized_kind(param)
     if quantized:
         return (f"{QUANTIZED} ({quantized})", True), None
+    if tensor.ndim != param.ndim:
+        dims = f"{tensor.ndim} dimension" + ("s" if tensor.ndim != 1 else "")
+        return (f"malformed delta: {dims} for a parameter with {param.ndim}", True), None
     if tuple(tensor.shape) != tuple(param.shape):
         return ("shape mismatch: made for a model of another size", True), None
     return None, param

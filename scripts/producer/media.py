@@ -10,6 +10,7 @@ import io
 import json
 import math
 import os
+import struct
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageColor, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .cli import CliError, log
+from .inputs import regular_file
 from .outputs import atomic_output, json_text
 
 # 64 megapixels: an 8K x 8K image. Bigger inputs are almost certainly a mistake (or a decompression
@@ -31,6 +33,13 @@ DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_BACKGROUND = (255, 255, 255)
 PNG_METADATA_KEY = "producer"
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}  # named in the fix when one is given as an image
+# Pillow reports damaged data with whatever its parser ran into, at open or later, when pixels, later pages
+# or late text chunks are read: OSError (truncated, broken data stream), SyntaxError (a bad chunk, a TIFF
+# page with an unknown mode), TypeError (a TIFF page without dimensions), ValueError, KeyError, IndexError
+# and struct.error (damaged GIF and TIFF headers), EOFError. Found by flipping bytes of PNG, TIFF, GIF,
+# JPEG and WebP files with Pillow 13 (tests/test_damaged_inputs.py keeps one of each kind).
+DAMAGE_ERRORS = (OSError, SyntaxError, TypeError, ValueError, KeyError, IndexError, struct.error, EOFError)
+DAMAGED_FIX = "re-export or re-download the image; a damaged or truncated file cannot be read"
 
 # ================================================================ loading images
 
@@ -51,14 +60,10 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     """
     path = Path(path)
     notes: list[str] = []
-    with _open_image(path, max_pixels) as im:
-        try:
-            rgb = _to_rgb(im, background, notes)
-            if rgb is im:  # nothing to convert: copy, because `im` is closed when this block ends
-                rgb = im.copy()
-        except OSError as exc:  # truncated or corrupt data shows up only when pixels are decoded
-            raise CliError(f"image {path} is damaged or truncated ({exc})",
-                           "re-export or re-download the image; a file that stops early cannot be read") from None
+    with _open_image(path, max_pixels) as im:  # damage found while decoding is a CliError there too
+        rgb = _to_rgb(im, background, notes)
+        if rgb is im:  # nothing to convert: copy, because `im` is closed when this block ends
+            rgb = im.copy()
     rgb.info = {"producer_notes": notes}
     for note in notes:
         log.info("%s: %s", path.name, note)
@@ -67,12 +72,11 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
 
 @contextlib.contextmanager
 def _open_image(path: Path, max_pixels: int | None):
-    """Image.open (header only) with every way of failing turned into a CliError."""
-    fix_path = "check the path (ls it), or give the image file itself"
-    if not path.exists():
-        raise CliError(f"image {path} does not exist", fix_path)
-    if path.is_dir():
-        raise CliError(f"image {path} is a directory", fix_path)
+    """Image.open (header only) with every way of failing turned into a CliError, and so is damage that
+    shows only when the body of the `with` decodes (pixels, later pages, text chunks after the pixels).
+
+    The one reader of pictures: every script and production.py reads them through here."""
+    regular_file(path, "image")  # a FIFO or device would block Image.open forever
     try:
         with warnings.catch_warnings():
             # Pillow warns above its own limit (~89 MP); our max_pixels check below replaces that warning.
@@ -88,17 +92,24 @@ def _open_image(path: Path, max_pixels: int | None):
     except PermissionError:
         raise CliError(f"image {path} cannot be read (permission denied)",
                        f"make it readable: chmod u+r {path}") from None
-    except (OSError, ValueError) as exc:  # ValueError: Pillow's limits on text and ICC chunk sizes
-        raise CliError(f"image {path} cannot be read: {exc}", "re-export it as PNG or JPEG") from None
+    except DAMAGE_ERRORS as exc:  # ValueError: Pillow's limits on text and ICC chunk sizes
+        raise CliError(f"image {path} cannot be read: {_reason(exc)}", "re-export it as PNG or JPEG") from None
     try:
         pixels = im.width * im.height
         if max_pixels is not None and pixels > max_pixels:
             raise CliError(f"image {path} is {im.width}x{im.height} ({pixels / 1e6:.0f} MP), over the "
                            f"{max_pixels / 1e6:.0f} MP limit", "downscale it first (the models work at about "
                            "1 MP), or raise the limit if this is intended")
-        yield im
+        try:
+            yield im
+        except DAMAGE_ERRORS as exc:
+            raise CliError(f"image {path} is damaged or truncated ({_reason(exc)})", DAMAGED_FIX) from None
     finally:
         im.close()
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc)
 
 
 def _to_rgb(im: Image.Image, background: tuple[int, int, int], notes: list[str]) -> Image.Image:
@@ -224,7 +235,7 @@ def snap_size(width: int, height: int, multiple: int = 16) -> SnappedSize:
     """
     if width <= 0 or height <= 0:
         raise CliError(f"size {width}x{height} must be positive", "give a size such as 832x480")
-    w, h = (max(multiple, int(math.floor(v / multiple + 0.5)) * multiple) for v in (width, height))
+    w, h = (max(multiple, math.floor(v / multiple + 0.5) * multiple) for v in (width, height))
     note = "" if (w, h) == (width, height) else (
         f"{width}x{height} is not a multiple of {multiple}; using {w}x{h}")
     return SnappedSize(w, h, note)
@@ -298,7 +309,7 @@ def _fit_and_pad(img: Image.Image, width: int, height: int, pad_color) -> Image.
 def _edge_color(img: Image.Image) -> tuple[int, int, int]:
     a = np.asarray(img, dtype=np.float64)
     ring = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    return tuple(int(round(v)) for v in ring.mean(axis=0))
+    return tuple(round(v) for v in ring.mean(axis=0))
 
 
 def _parse_color(color) -> tuple[int, int, int]:
@@ -332,11 +343,15 @@ def save_png(img: Image.Image, path: str | os.PathLike, metadata: dict | None = 
 
 
 def read_png_metadata(path: str | os.PathLike, key: str = PNG_METADATA_KEY) -> dict | None:
-    """The JSON stored by `save_png`, or None when the file is not a PNG or has no such chunk."""
+    """The JSON stored by `save_png`, or None when the file is not a PNG or has no such chunk.
+
+    A PNG whose pixels do not decode (truncated, a bad checksum) is a CliError, not a recipe: `.text`
+    decodes the whole image (it also reads text chunks placed after the pixels), so a damaged output is
+    never taken for a finished one."""
     with _open_image(Path(path), max_pixels=None) as im:
         if im.format != "PNG":
             return None
-        text = im.text.get(key)  # .text also reads chunks placed after the image data
+        text = im.text.get(key)
     if text is None:
         return None
     try:

@@ -30,9 +30,16 @@ FORMS = {
 def models_home(models_dir: str) -> Path:
     """The folder `--models-dir` names, resolved (HF_HOME layout: the models sit in its `hub`)."""
     try:
-        return Path(models_dir).expanduser().resolve()
+        home = Path(models_dir).expanduser().resolve()
     except RuntimeError:  # "~someone" with no such user
         raise CliError(f"--models-dir {models_dir}: no such user's home folder", "give the folder itself") from None
+    try:
+        str(home).encode("utf-8")
+    except UnicodeEncodeError:  # a name with bytes that are not UTF-8 (Linux allows them)
+        raise CliError(f"--models-dir {home}: the path is not valid UTF-8, and safetensors and tokenizers open "
+                       "UTF-8 paths only (the model would fail to load after the checks)",
+                       "rename the folder, or give a symlink to it whose path is UTF-8") from None
+    return home
 
 
 def use_models_dir(models_dir: str | None) -> None:

@@ -31,6 +31,7 @@ from PIL import Image
 
 from . import media
 from .cli import CliError
+from .inputs import regular_file
 
 log = logging.getLogger("producer")
 
@@ -65,7 +66,7 @@ class PoseInput:
 
 def load_pose(path: str | Path, canvas_size: tuple[int, int]) -> PoseInput:
     """Read a pose file. `canvas_size` (w, h) draws keypoints JSON that names no canvas of its own."""
-    path = Path(path)
+    path = regular_file(path, "pose file")  # before _looks_like_json opens it: a FIFO would block there
     if _looks_like_json(path):
         people, image = draw_keypoints_json(path, canvas_size)
         return PoseInput("keypoints", path, image, people, [f"{people} person(s) drawn from keypoints JSON"])

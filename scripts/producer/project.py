@@ -22,6 +22,8 @@ from pathlib import Path
 
 from . import rules
 from .assets import AssetPlan, load_assets
+from .cli import CliError
+from .inputs import regular_file
 from .layout import ASSETS, PHILOSOPHY, SCENE_BREAKDOWN, STATE, STYLE
 from .phasefiles import check_philosophy, check_style
 from .scenes import Problem, SceneBreakdown, parse_scene_breakdown
@@ -72,7 +74,12 @@ def load_production(root: str | Path, allow_outside: bool = False, asset_files_d
             if name in present:
                 continue
             prod.missing.append(name)
-            if i < last:
+            if (root / name).exists():  # there, but a FIFO, a device or a folder: never opened
+                try:
+                    regular_file(root / name, name)
+                except CliError as err:
+                    prod.problems[phase].append(Problem(name, 1, err.message, err.fix))
+            elif i < last:
                 prod.problems[phase].append(Problem(name, 1, f"{name} is missing but a later phase's file exists",
                                                     f"write {name} (phases go in order: SKILL.md)"))
     _read_phase_files(prod, present, allow_outside, asset_files_due)

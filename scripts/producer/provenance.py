@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .inputs import regular_file
 from .outputs import write_json_atomic
 
 RECIPE_VERSION = 1
@@ -28,7 +29,7 @@ _digest_cache: dict[tuple[str, int, int], str] = {}
 
 def file_digest(path: str | os.PathLike) -> str:
     """sha256 of a file's content; cached per (path, size, mtime) for the life of the process."""
-    p = Path(path)
+    p = regular_file(path)  # approve hashes what is at an output path: a FIFO there would block open()
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _digest_cache:
@@ -97,6 +98,14 @@ def sidecar_path(output: str | os.PathLike) -> Path:
 
 def read_recipe(output: str | os.PathLike) -> dict | None:
     """The recipe stored with an output (inside a PNG, else in its sidecar), or None."""
+    return recipe_or_damage(output)[0]
+
+
+def recipe_or_damage(output: str | os.PathLike) -> tuple[dict | None, str | None]:
+    """(the recipe stored with an output or None, why the output picture cannot be read or None).
+
+    A picture that does not decode carries no recipe, whatever its text chunks say: it is never taken
+    for a finished output."""
     p = Path(output)
     if p.suffix.lower() == ".png" and p.is_file():
         from .cli import CliError
@@ -104,17 +113,17 @@ def read_recipe(output: str | os.PathLike) -> dict | None:
 
         try:
             meta = read_png_metadata(p)
-        except CliError:  # not a PNG we can read (someone else's file, a damaged one): it carries no recipe
-            meta = None
+        except CliError as err:  # not a PNG we can read (someone else's file, a damaged one): no recipe
+            return None, err.message
         if meta:
-            return meta
+            return meta, None
     side = sidecar_path(p)
     if side.is_file():
         try:
-            return json.loads(side.read_text(encoding="utf-8"))
+            return json.loads(side.read_text(encoding="utf-8")), None
         except (OSError, ValueError):
-            return None
-    return None
+            return None, None
+    return None, None
 
 
 def write_sidecar(output: str | os.PathLike, recipe: dict) -> Path:

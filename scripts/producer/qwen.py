@@ -157,6 +157,21 @@ def make_scheduler(name: str, base_config):
     raise ValueError(f"unknown Qwen scheduler {name!r}")
 
 
+def check_schedule(scheduler, steps: int) -> None:
+    """Refuse a step count the scheduler cannot sample, from its actual config, before anything runs.
+
+    diffusers' FlowMatchEulerDiscreteScheduler.set_timesteps stretches the schedule when `shift_terminal` is
+    set (stretch_shift_to_terminal, schedulers/scheduling_flow_match_euler_discrete.py, diffusers 0.36-0.42):
+    scale_factor = (1 - t[-1]) / (1 - shift_terminal), then t = 1 - (1 - t) / scale_factor. With one step the
+    pipeline passes the sigmas [1.0], so that is 0 / 0: the only sigma is NaN and the picture comes out black.
+    With two or more steps the last sigma is below 1 and the stretch is well defined."""
+    terminal = scheduler.config.get("shift_terminal")
+    if terminal and steps < 2:
+        raise CliError(f"--steps {steps} cannot run on this scheduler: it ends its schedule at sigma {terminal:g} "
+                       "(shift_terminal), which takes at least 2 steps",
+                       "use --steps 2 or more (the full schedule is 40), or the Lightning LoRA (--lightning 4)")
+
+
 # ---------------------------------------------------------------- the session
 
 
@@ -346,7 +361,9 @@ class QwenSession:
 
         self._ensure_placed()
         embeds = job.embeds.to(self.device)
-        self.pipe.scheduler = make_scheduler(job.scheduler, self._scheduler_config)
+        scheduler = make_scheduler(job.scheduler, self._scheduler_config)
+        check_schedule(scheduler, job.steps)  # qwen_jobs.check_sampling refuses it earlier, by the registry's name
+        self.pipe.scheduler = scheduler
         generator = torch.Generator("cpu").manual_seed(job.seed)  # CPU noise: the same seed gives the same start anywhere
         call = {"prompt_embeds": embeds.prompt, "prompt_embeds_mask": embeds.prompt_mask,
                 "negative_prompt_embeds": embeds.negative, "negative_prompt_embeds_mask": embeds.negative_mask,

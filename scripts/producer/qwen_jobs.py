@@ -219,6 +219,7 @@ def check_sampling(sampling: registry.QwenSampling) -> None:
     if steps < 2 and sampling.scheduler == "model":
         # The repos' own scheduler stretches the schedule so that its last sigma is shift_terminal (0.02): with a
         # single sigma the stretch divides 0 by 0, and the one step would run at sigma NaN (a black picture).
+        # Refused here, before loading; qwen.check_schedule refuses it again from the loaded config (the source).
         raise CliError("--steps 1 cannot run on the model's full schedule: its scheduler ends the schedule at "
                        "sigma 0.02, which takes at least 2 steps",
                        "use --steps 2 or more (the full schedule is 40), or the Lightning LoRA (--lightning 4)")

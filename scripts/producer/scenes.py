@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import paths
 from .cli import CliError
+from .inputs import regular_file
 
 SCENE_TYPES = ("character", "landscape")
 TRANSITIONS = ("cut", "fade", "dissolve", "continuous")
@@ -169,6 +170,8 @@ def load_scene_breakdown(path: str | Path) -> SceneBreakdown:
     path = Path(path)
     if path.is_dir():
         path = path / "scene-breakdown.md"
+    if path.exists():  # a FIFO or device would block read_bytes; a missing file is reported below
+        regular_file(path, "scene plan")
     try:
         data = path.read_bytes()
     except FileNotFoundError:

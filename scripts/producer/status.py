@@ -4,7 +4,8 @@ Item states:
   ok        the file exists and its recipe is what its job would record now
   missing   the file is not there yet
   stale     the file exists but something it was made from changed (the reasons say what), or it is
-            made from a file that is itself missing or stale (it will change when that one is remade)
+            made from a file that is itself missing or stale (it will change when that one is remade),
+            or it is a picture that cannot be read (truncated, damaged): planned again with --overwrite
   provided  the file exists without a recipe: the user made it; it is used as it is and never planned
   unchecked the file exists, its seed and input files are as planned, but the rest of its recipe cannot
             be compared here because the model is not installed on this machine (counted as done)
@@ -26,7 +27,7 @@ from . import layout, rehearsal, seeds
 from .cli import CliError, ExitCode
 from .planner import ASSEMBLE, Job, Plan, command, plan_production
 from .project import PHASE_NUMBERS, PHASES, Production, load_production
-from .provenance import read_recipe
+from .provenance import recipe_or_damage
 from .recipes import differences, film_differences, model_changes, partial_differences, would_be_recipe
 
 GOOD = ("ok", "provided", "unchecked")
@@ -150,7 +151,9 @@ def _state(job: Job, plan: Plan, blocked: list[str], states: dict[str, ItemState
            is_rehearsal: bool = False) -> ItemState:
     if not job.output.exists():
         return ItemState(job, "missing", [f"waits for {', '.join(blocked)}"] if blocked else [])
-    recipe = read_recipe(job.output)
+    recipe, damage = recipe_or_damage(job.output)
+    if damage:  # unusable as it is, by hand or not: made again (with --overwrite) like any stale file
+        return ItemState(job, "stale", [f"{damage}: it will be made again"])
     if recipe is None:
         return ItemState(job, "provided", ["made without a recipe (by hand?): used as it is, never regenerated"])
     if rehearsal.is_standin_recipe(recipe) and not is_rehearsal:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli import CliError, log, not_text
+from .inputs import regular_file
 
 # Wan's UMT5 encoder reads 512 tokens (~4 characters each in English). 600 characters (~150 tokens) per
 # field leaves room for the scene prompt even when several style fields are appended.
@@ -163,6 +164,7 @@ def load_style(path: str | Path) -> Style:
 
 
 def _read_text(path: Path) -> str:
+    regular_file(path, "style file")
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .cli import CliError, ExitCode
+from .inputs import regular_file
 from .outputs import atomic_output, disk_full, output_for
 
 # ================================================================ frames
@@ -242,11 +243,7 @@ def probe_video(path: str | os.PathLike) -> dict:
 
 
 def _existing_video(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise CliError(f"video {path} does not exist" if not path.exists() else f"{path} is not a file",
-                       "check the path (ls it)")
-    return path
+    return regular_file(path, "video")
 
 
 def _not_a_video(path: Path, log_text: str) -> CliError:
