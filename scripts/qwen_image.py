@@ -237,12 +237,6 @@ def make_image(session: qwen.QwenSession, resolved: qwen_jobs.Resolved, fuse: bo
             "judge": {"broken": [], **({"fallback": fallback} if fallback else {})}}
 
 
-def drop_levers(args, levers) -> None:
-    """The run goes on with the levers of `levers` (a speed.Speed) only: judge.with_fallback's way back."""
-    args.fp8_matmul = levers.fp8_matmul
-    args.attention = levers.attention
-
-
 def run_single(args) -> dict:
     if not args.output:
         raise CliError("no output file", "give -o OUT.png, or --batch FILE.json")
@@ -257,7 +251,7 @@ def run_single(args) -> dict:
         loaded = [session]
 
         def reopen(levers) -> qwen.QwenSession:
-            drop_levers(args, levers)
+            judge.drop_levers(args, levers)
             loaded[0] = None
             gc.collect()  # the old model's memory goes back before the new one loads
             loaded[0] = open_session(args, plan, files)
@@ -344,7 +338,7 @@ class BatchRun:
     def reopen(self, levers) -> qwen.QwenSession:
         """A broken picture made with a suspect speed lever: the model again without it, for the jobs left
         (their prompts are encoded already: the embeddings stay with each job)."""
-        drop_levers(self.args, levers)
+        judge.drop_levers(self.args, levers)
         self.session = None
         gc.collect()
         self.session = open_session(self.args, self.plan, self.model_files[self.session_kind])

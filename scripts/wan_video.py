@@ -291,7 +291,7 @@ def run(args: argparse.Namespace) -> dict:
         recipe = recipe_for(req, load, engine.files, args.fp8_matmul)
 
         def reopen(levers) -> Engine:
-            drop_levers(args, levers)
+            judge.drop_levers(args, levers)
             engine.session = None
             gc.collect()  # the old model's memory goes back before the new one loads
             load_session(engine, args, load)
@@ -353,12 +353,6 @@ def to_job(req: Request):
     return ClipJob(image=req.image, last_image=req.last_image, prompt=req.prompt, negative_prompt=req.negative_prompt,
                    width=req.width, height=req.height, frames=req.frames, sampling=req.sampling, seed=req.seed,
                    limits=req.limits)
-
-
-def drop_levers(args: argparse.Namespace, levers) -> None:
-    """The run goes on with the levers of `levers` (a speed.Speed) only: judge.with_fallback's way back."""
-    args.fp8_matmul = levers.fp8_matmul
-    args.attention = levers.attention
 
 
 def produce(engine: Engine, req: Request, recipe: dict, reopen) -> dict:
@@ -525,7 +519,7 @@ def _run_batch(args: argparse.Namespace) -> dict:
 
     def reopen(levers) -> Engine:
         """A broken clip made with a suspect speed lever: the model again without it, for the clips left."""
-        drop_levers(args, levers)
+        judge.drop_levers(args, levers)
         reload(args.offload)
         return current[0]
 

@@ -206,6 +206,10 @@ def test_status_of_the_finished_production(made):
     assert report["current_phase"] is None and all(p["complete"] and p["approved"] for p in report["phases"])
     assert {i["state"] for i in report["items"]} == {"ok"} and len(report["items"]) == 16
     assert len(report["seams"]) == 2 and report["style_asset"] == "storybook"
+    judging = report["judging"]  # identity, colour and motion per scene (producer.drift), a chart each
+    assert [s["item"] for s in judging["scenes"]] == ["clip:scene-01", "clip:scene-02", "clip:scene-03"]
+    assert all(Path(s["chart"]).is_file() for s in judging["scenes"]) and judging["notes"] == []
+    assert {k["asset"] for k in judging["keyframes"]} == {"asset:characters/keeper", "asset:objects/lantern"}
 
 
 def test_status_before_generating(sample):

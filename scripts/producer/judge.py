@@ -248,6 +248,13 @@ def without_levers(speed, levers: dict[str, str]):
     )
 
 
+def drop_levers(args, levers) -> None:
+    """A script's run goes on with the levers of `levers` (a speed.Speed) only: how its `reopen` loads the
+    model again without the suspect ones (speed.choose reads these options)."""
+    args.fp8_matmul = levers.fp8_matmul
+    args.attention = levers.attention
+
+
 def with_fallback(
     make: Callable[[], tuple[Any, list[Flag]]], speed, reopen: Callable[[Any], None], what: str
 ) -> tuple[Any, dict | None]:

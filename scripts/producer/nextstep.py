@@ -82,14 +82,27 @@ def _approve(snap: Snapshot, phase: str) -> dict:
         commands += [shlex.join(command(TOOL, ["approve", str(root), j.id])) for j in waiting]
     videos = [f for f in files if f.endswith(".mp4")]
     watch = f" (and give the path of {', '.join(videos)} for the user to watch: you cannot)" if videos else ""
-    return {"action": "approve", "files": files, "show": show, "approve_commands": commands,
+    flags = _flags_of(snap, phase)
+    judged = (f" Judging flagged {len(flags)} item(s) (`flags`: figure, threshold, fix, chart): show the user "
+              "each with its chart and say what it means before asking." if flags else "")
+    return {"action": "approve", "files": files, "show": show, "approve_commands": commands, "flags": flags,
             "message": f"Phase {PHASE_NUMBERS[phase]} ({phase}) is complete. Open and show the user "
                        f"{', '.join(show)}{watch}, and ask for approval; record a yes with "
                        f"`{TOOL} approve {root} {phase}`"
                        + (" (or one keyframe/clip at a time)" if phase in ITEM_PHASES else "")
                        + ". For changes: edit the plan's files (stale items are planned again)"
                        + (f" or `{TOOL} retake {root} {items[0]}` (any item) for another variant" if items else "")
-                       + "."}
+                       + "." + judged}
+
+
+def _flags_of(snap: Snapshot, phase: str) -> list[dict]:
+    """The judging flags of this checkpoint's items (keyframes, clips); none for the other phases."""
+    if phase not in ("keyframes", "clips"):
+        return []
+    from .status import judge_film
+
+    prefix = "keyframe:" if phase == "keyframes" else "clip:"
+    return [f for f in judge_film(snap)["flags"] if f["item"].startswith(prefix)]
 
 
 def _pictures_of(path) -> list:
