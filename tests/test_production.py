@@ -367,3 +367,22 @@ def test_a_production_made_before_salts_keeps_its_seeds(made):
     assert seeds.salt(made) == "" and seeds.seed("", "keyframe:KF-A", 2) == approvals.derive_seed("keyframe:KF-A", 2)
     run(["next", str(made)])
     assert json.loads((made / ".production" / "production.json").read_text())["seed_salt"] == ""
+
+
+def test_next_retakes_flagged_keyframes_within_the_budget_and_approves_nothing(made):
+    """Retakes on (settings), every keyframe judged off-model (identity_min 1): `next` at the keyframe checkpoint
+    keeps the flagged keyframe as a variant and moves it to a new seed instead of asking for approval."""
+    approved = json.loads((made / ".production" / "approvals.json").read_text())
+    for phase in ("keyframes", "clips", "film"):
+        del approved["approvals"][phase]
+    (made / ".production" / "approvals.json").write_text(json.dumps(approved))
+    settings = json.loads((made / ".production" / "settings.json").read_text())
+    settings["judge"] = {"identity_min": 1.0, "retake_variants": 2, "retake_budget": 5}
+    (made / ".production" / "settings.json").write_text(json.dumps(settings))
+    _, nxt = run(["next", str(made)])
+    assert nxt["action"] == "retake" and nxt["retaken"] == ["keyframe:KF-C"] and nxt["spent"] == 1
+    kept = made / ".production" / "variants" / "keyframe-KF-C" / "take-0" / "KF-C.png"
+    assert kept.read_bytes() == (made / "keyframes" / "KF-C.png").read_bytes()
+    _, again = run(["next", str(made)])
+    assert again["action"] == "generate" and [j["id"] for j in again["jobs"]] == ["keyframe:KF-C"]
+    assert "keyframes" not in json.loads((made / ".production" / "approvals.json").read_text())["approvals"]

@@ -27,6 +27,7 @@ from .cli import CliError
 log = logging.getLogger("producer")
 
 SETTINGS_KEY = "judge"  # .production/settings.json: {"judge": {NAME: VALUE}}
+RETAKE_KEYS = ("retake_variants", "retake_budget")
 # A first-last-frame clip whose average colour is still this far (CIEDE2000) from the keyframes' after colour
 # matching: twice review.DRIFT_LIMIT, the drift at which auto matching steps in (its clean synthetic clip 0.5,
 # the injected drift 5.9). I2V clips are charted but not flagged: they may change colour as they move away.
@@ -58,7 +59,7 @@ def limits_from(settings: dict) -> tuple[FilmLimits, list[str]]:
     frame_names = judge.Limits.names()
     identity_names = [f.name for f in fields(identity.IdentityLimits)]
     for key, value in given.items():
-        if key.startswith("_"):
+        if key.startswith("_") or key in RETAKE_KEYS:  # the retake budget: producer.retakes
             continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             problems.append(f"{SETTINGS_KEY}.{key}: {value!r} must be a number >= 0")
