@@ -377,7 +377,15 @@ def test_next_retakes_flagged_keyframes_within_the_budget_and_approves_nothing(m
         del approved["approvals"][phase]
     (made / ".production" / "approvals.json").write_text(json.dumps(approved))
     settings = json.loads((made / ".production" / "settings.json").read_text())
-    settings["judge"] = {"identity_min": 1.0, "retake_variants": 2, "retake_budget": 5}
+    settings["judge"] = {"identity_min": 1.0, "flicker_ratio": 9}
+    (made / ".production" / "settings.json").write_text(json.dumps(settings))
+    _, ask = run(["next", str(made)])  # retakes off: the checkpoint asks, with the flag to show
+    assert ask["action"] == "approve" and ask["phase"] == "keyframes" and ask["variants"] == {}
+    assert {(f["item"], f["reason"], f["threshold"], f["asset"]) for f in ask["flags"]} == {
+        ("keyframe:KF-C", "identity", 1.0, "asset:characters/keeper"), ("keyframe:KF-C", "identity", 1.0,
+                                                                        "asset:objects/lantern")}
+    assert all("retake" in f["fix"] for f in ask["flags"]) and "Judging raised 2 flag(s) on 1 item(s)" in ask["message"]
+    settings["judge"].update(retake_variants=2, retake_budget=5)
     (made / ".production" / "settings.json").write_text(json.dumps(settings))
     _, nxt = run(["next", str(made)])
     assert nxt["action"] == "retake" and nxt["retaken"] == ["keyframe:KF-C"] and nxt["spent"] == 1
@@ -385,4 +393,5 @@ def test_next_retakes_flagged_keyframes_within_the_budget_and_approves_nothing(m
     assert kept.read_bytes() == (made / "keyframes" / "KF-C.png").read_bytes()
     _, again = run(["next", str(made)])
     assert again["action"] == "generate" and [j["id"] for j in again["jobs"]] == ["keyframe:KF-C"]
+    assert again["jobs"][0]["batch_job"]["judge"] == ["flicker_ratio=9"]  # the production's thresholds reach the script
     assert "keyframes" not in json.loads((made / ".production" / "approvals.json").read_text())["approvals"]

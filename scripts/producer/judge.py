@@ -20,8 +20,8 @@ clip of that scene changes none (also with +-2 levels of noise added); one frame
 levels (~400x the median); a black frame has p99 luma 0, a flat grey one a spread of 0 (the clean frames:
 20). The limits sit well
 between: clean material passes with room, every injected fault is flagged. They have not been measured on
-real Wan or Qwen output; a user overrides them with `--judge NAME=VALUE` (per script in
-.production/settings.json, e.g. {"wan_video.py": {"judge": ["flicker_ratio=8"]}}).
+real Wan or Qwen output; a user overrides them with `--judge NAME=VALUE`, or for a production in
+.production/settings.json, {"judge": {"flicker_ratio": 8}} (the planner passes it to every job).
 
 Fallback (`with_fallback`): a broken result made with a lever that is the usual cause of NaN or black
 output (fp8 matmuls, a non-default attention backend) is made once more without it; the recipe records

@@ -83,7 +83,8 @@ def _approve(snap: Snapshot, phase: str, flags: list[dict]) -> dict:
         commands += [shlex.join(command(TOOL, ["approve", str(root), j.id])) for j in waiting]
     videos = [f for f in files if f.endswith(".mp4")]
     watch = f" (and give the path of {', '.join(videos)} for the user to watch: you cannot)" if videos else ""
-    judged = (f" Judging flagged {len(flags)} item(s) (`flags`: figure, threshold, fix, chart): show the user "
+    judged = (f" Judging raised {len(flags)} flag(s) on {len({f['item'] for f in flags})} item(s) (`flags`: figure, "
+              "threshold, fix, chart): show the user "
               "each with its chart and say what it means before asking." if flags else "")
     variants = _variants(snap, phase, flags)
     if variants:

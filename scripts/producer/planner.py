@@ -258,6 +258,8 @@ def apply_settings(plan: Plan, settings: dict) -> None:
     reported: dict[str, set[str]] = {}
     for job in plan.jobs:
         extra = {k.replace("-", "_"): v for k, v in settings.get(job.script, {}).items()}
+        if job.script in (QWEN, WAN) and "judge" not in extra and _judge_options(settings):
+            extra["judge"] = _judge_options(settings)  # the production's frame thresholds reach the scripts too
         batch_only = {o.replace("-", "_") for o in getattr(script_module(job.script), "BATCH_ONLY", ())}
         for key in sorted(set(extra) & PLANNED - reported.setdefault(job.script, set())):
             reported[job.script].add(key)  # once per script and key, not once per job
@@ -277,6 +279,14 @@ def apply_settings(plan: Plan, settings: dict) -> None:
             plan.problems.append(Problem(where, 1, f"{job.id}: the options do not parse for {job.script}: {err.message}",
                                          f"fix the {job.script} options; see python {SCRIPTS_DIR / job.script} --help"))
             break
+
+
+def _judge_options(settings: dict) -> list[str]:
+    """The broken-output thresholds of settings.json's "judge" as the scripts' --judge NAME=VALUE options."""
+    from .judge import Limits
+
+    given = settings.get(JUDGE_SETTINGS) or {}
+    return [f"{k}={v}" for k, v in given.items() if k in Limits.names()] if isinstance(given, dict) else []
 
 
 def _flags(options: dict) -> list[str]:
