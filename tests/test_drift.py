@@ -142,3 +142,12 @@ def test_settings_overrides_and_their_problems(given, says):
     assert limits.identity.identity_min == 0.4 and limits.frames.flicker_ratio == 9 and problems == []
     _, problems = drift.limits_from({"judge": given})
     assert says in problems[0]
+
+
+def test_an_unreadable_clip_or_keyframe_is_noted_not_fatal(standin_hf_home, tmp_path):
+    prod = production(tmp_path, {1: clip_of(lambda i: "fox")})
+    (layout.scene_dir(tmp_path, 1) / "video.mp4").write_bytes(b"not a video")
+    layout.keyframe_path(tmp_path, "KF-B").write_bytes(b"not a picture")
+    result = review(tmp_path, prod)
+    assert result["scenes"] == [] and len(result["notes"]) == 2
+    assert {n.split(" ")[0] for n in result["notes"]} == {"keyframe:KF-B", "clip:scene-01"}

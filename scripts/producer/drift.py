@@ -94,18 +94,27 @@ def review_film(root: Path, prod, limits: FilmLimits, retake_command=lambda item
         subjects = _subjects(row, prod.assets)
         if not path.is_file() or not subjects or not embedder.get():
             continue
-        picture = media.load_image(path)
-        for asset_id, asset_path in subjects:
-            sim = embedder.get().similarity([picture], media.load_image(asset_path))[0]
-            item = f"keyframe:{row.id}"
-            out["keyframes"].append({"item": item, "asset": asset_id, "identity": sim})
-            for flag in identity.keyframe_flags(sim, limits.identity):
-                fix = FIXES["identity_keyframe"].format(asset=asset_id, retake=retake_command(item))
-                out["flags"].append({"item": item, **flag, "frames": [], "asset": asset_id, "fix": fix, "chart": None})
+        item = f"keyframe:{row.id}"
+        try:
+            picture = media.load_image(path)
+            for asset_id, asset_path in subjects:
+                sim = embedder.get().similarity([picture], media.load_image(asset_path))[0]
+                out["keyframes"].append({"item": item, "asset": asset_id, "identity": sim})
+                for flag in identity.keyframe_flags(sim, limits.identity):
+                    fix = FIXES["identity_keyframe"].format(asset=asset_id, retake=retake_command(item))
+                    out["flags"].append(
+                        {"item": item, **flag, "frames": [], "asset": asset_id, "fix": fix, "chart": None}
+                    )
+        except CliError as err:  # an unreadable picture: status reports it elsewhere; judged once readable
+            out["notes"].append(f"{item} not judged: {err.message}")
     for scene in plan.scenes:
         clip = layout.clip_path(root, scene.number)
-        if clip.is_file():
+        if not clip.is_file():
+            continue
+        try:
             out["scenes"].append(_review_clip(root, prod, scene, clip, limits, embedder, retake_command, out["flags"]))
+        except CliError as err:
+            out["notes"].append(f"clip:scene-{scene.number:02d} not judged: {err.message}")
     if embedder.missing:
         out["notes"].append(
             f"identity not measured: {identity.EMBEDDER} is not installed "
@@ -137,10 +146,7 @@ def _subjects(row, assets) -> list[tuple[str, Path]]:
 
 def _review_clip(root, prod, scene, clip, limits, embedder, retake_command, flags) -> dict:
     item = f"clip:scene-{scene.number:02d}"
-    try:
-        frames, _ = video.read_video(clip)
-    except CliError as err:
-        return {"item": item, "error": err.message}
+    frames, _ = video.read_video(clip)
     start_id = scene.start_keyframe.id if scene.start_keyframe else None
     end_id = scene.end_keyframe.id if scene.end_keyframe else None
     start = _picture(layout.keyframe_path(root, start_id)) if start_id else None
