@@ -255,6 +255,8 @@ def _panel(draw, box, label, series, threshold, count, colours) -> None:
     draw.text((left, top - 14), label, fill="black")
     draw.text((4, top), f"{high:.2g}", fill="#555555")
     draw.text((4, bottom - 10), f"{low:.2g}", fill="#555555")
+    draw.text((left + 2, bottom + 1), "frame 0", fill="#555555")
+    draw.text((right - 40, bottom + 1), f"frame {count - 1}", fill="#555555")
 
     def xy(x, y):
         return (left + (right - left) * x / max(1, count - 1), bottom - (bottom - top) * (y - low) / (high - low))
