@@ -19,7 +19,9 @@ so a fresh agent can pick a production up at any point: run `status`, then `next
 
   check DIR     validate the phase files; every problem with file, line and fix (exit 2 if any)
   status DIR    the phases, every asset, keyframe and clip (ok, missing, stale + why, provided),
-                the approvals (and those dropped because a file changed), the seam review
+                the approvals (and those dropped because a file changed), the seam review, and the
+                judging: identity, colour drift and motion per scene with a chart each, every flag
+                with its figure, threshold and fix (docs/judging.md)
   approve DIR WHAT
                 record the user's yes: a phase (philosophy, scenes, assets, keyframes, clips, film)
                 or one item (keyframe:KF-B, clip:scene-02), with the sha256 of every file approved
@@ -204,6 +206,12 @@ def _describe_status(r: dict) -> str:
         lines.append(f"  seam {s['before']} -> {s['after']}: {s['status']}"
                      + "".join(f"\n    {f}\n    advice: {a}" for f, a in zip(s["flags"], s["advice"])))
         lines += [f"    try: {c}" for c in s.get("commands", [])]
+    judging = r.get("judging") or {}
+    for f in judging.get("flags", []):
+        where = f" frames {', '.join(map(str, f['frames'][:8]))}" if f.get("frames") else ""
+        lines.append(f"  flagged {f['item']}: {f['reason']}{where} (figure {f['figure']}, threshold {f['threshold']})"
+                     f"\n    fix: {f['fix']}" + (f"\n    chart: {f['chart']}" if f.get("chart") else ""))
+    lines += [f"  judging: {n}" for n in judging.get("notes", []) + judging.get("problems", [])]
     lines += [f"  problem: {p['file']}:{p['line']}: {p['message']} (fix: {p['fix']})" for p in r["problems"]]
     lines += [f"  note: {n} (items marked unchecked could not be compared here)" for n in r["notes"]]
     return "\n".join(lines)

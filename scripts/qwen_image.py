@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from producer import (batch, cli, hardware, locks, media, memory, models, parallel, provenance, qwen, qwen_jobs,
-                      qwen_load)
+from producer import (batch, cli, hardware, judge, locks, media, memory, models, parallel, provenance, qwen,
+                      qwen_jobs, qwen_load)
 from producer.cli import (CliError, ExitCode, Stopwatch, add_memory_args, add_output_args, build_parser, log, peak_memory,
                           run_main, seed_arg, text_arg)
 from producer.outputs import check_output
@@ -60,6 +60,9 @@ At cfg 1 a style's negative has no effect (reported); --negative-prompt is then 
 A seed is always chosen, printed and stored; the same seed and settings give the same pixels.
 
 Every PNG carries its recipe (settings, input file hashes, model commit) in its metadata.
+Broken output (docs/judging.md): NaN latents, a black, white or flat picture fail the job (exit 1, the
+figures in the JSON) and nothing is written; made with --fp8-matmul or --attention, the picture is made
+once more without them first, and the recipe records that fallback. --judge NAME=VALUE sets a threshold.
 Memory: the prompts are encoded first and the text encoder freed, then the transformer is loaded as the
 memory plan says (bf16, fp8 storage or GGUF; group offload on small cards); the plan is logged and in --json.
 fp8 storage takes one LoRA set per load: a batch that mixes LoRA sets (Lightning, AnyPose, --lora) reloads
@@ -146,6 +149,7 @@ def build() -> argparse.ArgumentParser:
                    help="a LoRA for Qwen-Image-Edit (diffusers or ComfyUI keys), e.g. ink.safetensors:0.8; repeatable")
     g.add_argument("--allow-partial-lora", action="store_true",
                    help="load a LoRA even when some of its keys fit nothing (the report lists them)")
+    judge.add_args(g)
     add_memory_args(p)
     batch.add_batch_policy_args(p.add_argument_group("batch"))
     g = p.add_argument_group("models")
@@ -207,17 +211,30 @@ def resolve_job(args) -> qwen_jobs.Resolved:
     return qwen_jobs.resolve(args)
 
 
-def make_image(session: qwen.QwenSession, resolved: qwen_jobs.Resolved, fuse: bool, lock: bool = True) -> dict:
+def make_image(session: qwen.QwenSession, resolved: qwen_jobs.Resolved, fuse: bool, reopen, lock: bool = True) -> dict:
+    """Generate, judge (a broken picture is made once more without a suspect speed lever, then refused:
+    nothing is written) and write one picture. `reopen(levers)` loads the model again with those levers."""
     held = locks.output_lock(resolved.output) if lock else contextlib.nullcontext()
+    current = [session]
+
+    def make():
+        current[0].use_loras(resolved.job.loras, fuse)
+        made = current[0].generate(resolved.job)
+        return made, made.flags
+
+    def again(levers) -> None:
+        current[0] = reopen(levers)
+
     with held:  # one writer per output: a second run on it stops with exit 5
-        session.use_loras(resolved.job.loras, fuse)
-        made = session.generate(resolved.job)
-        report = session.lora_report
-        media.save_png(made.image, resolved.output, resolved.recipe)
+        made, fallback = judge.with_fallback(make, session.speed, again, f"picture {resolved.output}")
+        report = current[0].lora_report
+        recipe = {**resolved.recipe, "fallback": fallback} if fallback else resolved.recipe
+        media.save_png(made.image, resolved.output, recipe)
     log.info("wrote %s (%s, %dx%d, seed %d)", resolved.output, resolved.mode, resolved.job.width,
              resolved.job.height, resolved.job.seed)
     return {"status": "ok", **resolved.report(), "loras": report.to_dict() if report else None,
-            "seconds": made.seconds, "decode_tiled": made.decode_tiled}
+            "seconds": made.seconds, "decode_tiled": made.decode_tiled,
+            "judge": {"broken": [], **({"fallback": fallback} if fallback else {})}}
 
 
 def run_single(args) -> dict:
@@ -231,7 +248,17 @@ def run_single(args) -> dict:
         timer = Stopwatch()
         with timer.stage("load"):
             session = open_session(args, plan, files)
-        result = make_image(session, resolved, fuse=True, lock=False)
+        loaded = [session]
+
+        def reopen(levers) -> qwen.QwenSession:
+            judge.drop_levers(args, levers)
+            loaded[0] = None
+            gc.collect()  # the old model's memory goes back before the new one loads
+            loaded[0] = open_session(args, plan, files)
+            return loaded[0]
+
+        result = make_image(session, resolved, fuse=True, reopen=reopen, lock=False)
+    session = loaded[0]
     result["seconds"] = {**timer.seconds, **session.timer.seconds}
     return {**result, "memory_plan": plan.to_dict(), "model_files": files.info, "speed": session.speed_notes}
 
@@ -251,6 +278,7 @@ class BatchRun:
         self.session_kind: str | None = None
         self.plans: dict[str, dict] = {}
         self.files: dict[str, dict] = {}
+        self.model_files: dict = {}  # kind -> qwen_load's model files (to load the model again)
         self.seconds: dict[str, dict] = {}  # per model: load, text_encode (all prompts), denoise, decode...
         self.fuse = False
         self.plan = None  # the memory plan of the model loaded now
@@ -306,7 +334,16 @@ class BatchRun:
             if resolved.output.exists() and not resolved.overwrite:
                 raise CliError(f"{resolved.output} was made meanwhile by another run, with other settings",
                                'add "overwrite": true to the job to replace it, or choose another output')
-            return make_image(self.session, resolved, self.fuse, lock=False)
+            return make_image(self.session, resolved, self.fuse, self.reopen, lock=False)
+
+    def reopen(self, levers) -> qwen.QwenSession:
+        """A broken picture made with a suspect speed lever: the model again without it, for the jobs left
+        (their prompts are encoded already: the embeddings stay with each job)."""
+        judge.drop_levers(self.args, levers)
+        self.session = None
+        gc.collect()
+        self.session = open_session(self.args, self.plan, self.model_files[self.session_kind])
+        return self.session
 
     def _start(self, kind: str) -> None:
         """Free the previous model, then plan, check outputs, load and encode every prompt of this kind."""
@@ -323,6 +360,7 @@ class BatchRun:
         self.plan = self.plan_of[kind] = plan
         self.plans[kind] = plan.to_dict()
         self.files[kind] = files.info
+        self.model_files[kind] = files
         todo = {}
         for index, resolved in group.items():
             resolved.finish_recipe(files.info)

@@ -27,7 +27,8 @@ Check the machine (--check, the default), download what it needs (--download), o
   fp8 is made from the bf16 files at load time), plus the step-distill LoRAs (wan-lightning,
   qwen-lightning). --weights FORM picks the form yourself (e.g. gguf-q4 to save disk).
 --download-all: that, plus the optional models: the Wan 2.1 LightX2V LoRA, the AnyPose LoRA, Qwen-Image
-  with the ControlNet Union (pose-guided text-to-image) and the OpenPose annotators. Other weight forms
+  with the ControlNet Union (pose-guided text-to-image), the OpenPose annotators and DINOv2 small (the
+  identity figures of production.py status, ~88 MB). Other weight forms
   are not included (they would add 40-180 GB): add them with --only NAME.
 --only NAME...: just these registry entries (see --info for the names).
 

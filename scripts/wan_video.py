@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -13,7 +14,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from producer import batch, cli, locks, lora, media, models, provenance, registry, review, video  # noqa: E402
+from producer import batch, cli, judge, locks, lora, media, models, provenance, registry, review, video  # noqa: E402
 from producer import wan_settings as ws  # noqa: E402
 from producer import parallel  # noqa: E402
 from producer.cli import (CliError, ExitCode, Stopwatch, add_memory_args, add_output_args, build_parser, log,  # noqa: E402
@@ -61,6 +62,11 @@ Outputs (an agent cannot watch a video)
   average colour drifts more than 2 delta E from them (I2V clips are left alone); on forces it (I2V:
   towards the start keyframe), off never. The figures are reported before and after; a large change
   (an object crossing the frame also moves the average colour) is warned about.
+
+Broken output (docs/judging.md): NaN latents (checked before the decode), black, white or flat frames,
+  a frozen clip and flicker are caught before anything is written: the clip fails (exit 1) with the frame
+  numbers in the JSON. Made with --fp8-matmul or --attention, it is made once more without them first, and
+  its recipe records the fallback and why. --judge NAME=VALUE overrides a threshold.
 
 Memory: one plan for this machine (GPU, RAM, installed weight forms), printed once; override with
   --offload and --weights. Out of memory at decode retries with VAE tiling, keeping the denoised clip.
@@ -128,6 +134,7 @@ def build() -> argparse.ArgumentParser:
     g.add_argument("--shift", type=float, help="flow-matching shift (5)")
     g.add_argument("--color-match", choices=review.COLOR_MATCH_CHOICES, default="auto",
                    help="match colours to the keyframes: auto (FLF clips that drift; default), on, off")
+    judge.add_args(g)
     g = p.add_argument_group("LoRAs")
     g.add_argument("--distill", choices=ws.DISTILL_CHOICES, default="auto",
                    help="step-distill LoRA: auto (lightning if installed, else lightx2v, else the full schedule), "
@@ -171,6 +178,7 @@ class Request:
     overwrite: bool
     size_rule: str
     notes: list[str] = field(default_factory=list)
+    limits: judge.Limits = field(default_factory=judge.Limits)
 
     @property
     def mode(self) -> str:
@@ -214,7 +222,7 @@ def resolve_request(args: argparse.Namespace, distilled: bool) -> Request:
         last_image=media.fit_image(end, width, height, args.fit) if end is not None else None,
         prompt=prompt, negative_prompt=negative, width=width, height=height, frames=frames.count, sampling=sampling,
         seed=resolve_seed(args.seed), seed_given=args.seed is not None, fit=args.fit, color_match=args.color_match,
-        overwrite=args.overwrite, size_rule=size_rule, notes=notes)
+        overwrite=args.overwrite, size_rule=size_rule, notes=notes, limits=judge.parse_limits(args.judge))
 
 
 # ---------------------------------------------------------------- what loads with the model
@@ -281,7 +289,15 @@ def run(args: argparse.Namespace) -> dict:
         review.check_review_paths(req.output, args.overwrite, SCRIPT)
         engine = open_engine(args, load, [req])
         recipe = recipe_for(req, load, engine.files, args.fp8_matmul)
-        result = produce(engine, req, recipe)
+
+        def reopen(levers) -> Engine:
+            judge.drop_levers(args, levers)
+            engine.session = None
+            gc.collect()  # the old model's memory goes back before the new one loads
+            load_session(engine, args, load)
+            return engine
+
+        result = produce(engine, req, recipe, reopen)
     result["seconds"] = {**engine.session.seconds, **result["seconds"]}  # one clip: loading and encoding are its own
     return {**result, **engine.summary()}
 
@@ -335,17 +351,31 @@ def to_job(req: Request):
     from producer.wan import ClipJob
 
     return ClipJob(image=req.image, last_image=req.last_image, prompt=req.prompt, negative_prompt=req.negative_prompt,
-                   width=req.width, height=req.height, frames=req.frames, sampling=req.sampling, seed=req.seed)
+                   width=req.width, height=req.height, frames=req.frames, sampling=req.sampling, seed=req.seed,
+                   limits=req.limits)
 
 
-def produce(engine: Engine, req: Request, recipe: dict) -> dict:
-    """Generate one clip and write it with its review files; the result for --json."""
+def produce(engine: Engine, req: Request, recipe: dict, reopen) -> dict:
+    """Generate one clip, judge it (a broken clip is made once more without a suspect speed lever, then
+    refused: nothing is written), and write it with its review files; the result for --json.
+    `reopen(levers)` loads the model again with those levers and returns the engine to use."""
     import torch
 
-    try:
-        clip = engine.session.generate(to_job(req))
-    except torch.OutOfMemoryError:
-        raise out_of_memory(engine.plan, f"{req.width}x{req.height}x{req.frames}") from None
+    current = [engine]
+
+    def make():
+        try:
+            clip = current[0].session.generate(to_job(req))
+        except torch.OutOfMemoryError:
+            raise out_of_memory(current[0].plan, f"{req.width}x{req.height}x{req.frames}") from None
+        return clip, clip.flags
+
+    def again(levers) -> None:
+        current[0] = reopen(levers)
+
+    clip, fallback = judge.with_fallback(make, engine.session.speed, again, f"clip {req.output}")
+    if fallback:
+        recipe = {**recipe, "fallback": fallback}
     watch = Stopwatch()
     with watch.stage("color_match"):
         frames = (clip.frames.clip(0, 1) * 255).round().astype("uint8")
@@ -360,6 +390,7 @@ def produce(engine: Engine, req: Request, recipe: dict) -> dict:
                      "fit_rule": "cover + centre crop" if req.fit == "crop" else "fit inside + edge-colour bars"},
         "seconds": {**clip.seconds, **watch.seconds}, "experts": experts, "decode": clip.decode,
         "continuity": matched.get("after", matched["before"]), "color_match": matched, "notes": req.notes,
+        "judge": {"broken": [], **({"fallback": fallback} if fallback else {})},
     }
 
 
@@ -470,7 +501,7 @@ def _run_batch(args: argparse.Namespace) -> dict:
             if _up_to_date(req, recipes[job.index]):  # another run made it since the batch was planned
                 return {"status": "skipped", "output": str(req.output),
                         "reason": "made meanwhile by another run, with the same recipe"}
-            made = produce(current[0], req, recipes[job.index])
+            made = produce(current[0], req, recipes[job.index], reopen)
         done.add(job.index)
         return {"status": "ok", **made}
 
@@ -485,6 +516,12 @@ def _run_batch(args: argparse.Namespace) -> dict:
         current[0] = open_engine(args, load, left, session=False)
         load_session(current[0], args, load, clips=len(left))
         current[0].session.encode([to_job(req) for req in left])
+
+    def reopen(levers) -> Engine:
+        """A broken clip made with a suspect speed lever: the model again without it, for the clips left."""
+        judge.drop_levers(args, levers)
+        reload(args.offload)
+        return current[0]
 
     retry = batch.oom_retry(args.on_oom, lambda: current[0].plan, reload)
     result = parallel.run_jobs(items, run_one, lambda job: f"{requests[job.index].output}", retry,

@@ -206,6 +206,10 @@ def test_status_of_the_finished_production(made):
     assert report["current_phase"] is None and all(p["complete"] and p["approved"] for p in report["phases"])
     assert {i["state"] for i in report["items"]} == {"ok"} and len(report["items"]) == 16
     assert len(report["seams"]) == 2 and report["style_asset"] == "storybook"
+    judging = report["judging"]  # identity, colour and motion per scene (producer.drift), a chart each
+    assert [s["item"] for s in judging["scenes"]] == ["clip:scene-01", "clip:scene-02", "clip:scene-03"]
+    assert all(Path(s["chart"]).is_file() for s in judging["scenes"]) and judging["notes"] == []
+    assert {k["asset"] for k in judging["keyframes"]} == {"asset:characters/keeper", "asset:objects/lantern"}
 
 
 def test_status_before_generating(sample):
@@ -363,3 +367,31 @@ def test_a_production_made_before_salts_keeps_its_seeds(made):
     assert seeds.salt(made) == "" and seeds.seed("", "keyframe:KF-A", 2) == approvals.derive_seed("keyframe:KF-A", 2)
     run(["next", str(made)])
     assert json.loads((made / ".production" / "production.json").read_text())["seed_salt"] == ""
+
+
+def test_next_retakes_flagged_keyframes_within_the_budget_and_approves_nothing(made):
+    """Retakes on (settings), every keyframe judged off-model (identity_min 1): `next` at the keyframe checkpoint
+    keeps the flagged keyframe as a variant and moves it to a new seed instead of asking for approval."""
+    approved = json.loads((made / ".production" / "approvals.json").read_text())
+    for phase in ("keyframes", "clips", "film"):
+        del approved["approvals"][phase]
+    (made / ".production" / "approvals.json").write_text(json.dumps(approved))
+    settings = json.loads((made / ".production" / "settings.json").read_text())
+    settings["judge"] = {"identity_min": 1.0, "flicker_ratio": 9}
+    (made / ".production" / "settings.json").write_text(json.dumps(settings))
+    _, ask = run(["next", str(made)])  # retakes off: the checkpoint asks, with the flag to show
+    assert ask["action"] == "approve" and ask["phase"] == "keyframes" and ask["variants"] == {}
+    assert {(f["item"], f["reason"], f["threshold"], f["asset"]) for f in ask["flags"]} == {
+        ("keyframe:KF-C", "identity", 1.0, "asset:characters/keeper"), ("keyframe:KF-C", "identity", 1.0,
+                                                                        "asset:objects/lantern")}
+    assert all("retake" in f["fix"] for f in ask["flags"]) and "Judging raised 2 flag(s) on 1 item(s)" in ask["message"]
+    settings["judge"].update(retake_variants=2, retake_budget=5)
+    (made / ".production" / "settings.json").write_text(json.dumps(settings))
+    _, nxt = run(["next", str(made)])
+    assert nxt["action"] == "retake" and nxt["retaken"] == ["keyframe:KF-C"] and nxt["spent"] == 1
+    kept = made / ".production" / "variants" / "keyframe-KF-C" / "take-0" / "KF-C.png"
+    assert kept.read_bytes() == (made / "keyframes" / "KF-C.png").read_bytes()
+    _, again = run(["next", str(made)])
+    assert again["action"] == "generate" and [j["id"] for j in again["jobs"]] == ["keyframe:KF-C"]
+    assert again["jobs"][0]["batch_job"]["judge"] == ["flicker_ratio=9"]  # the production's thresholds reach the script
+    assert "keyframes" not in json.loads((made / ".production" / "approvals.json").read_text())["approvals"]

@@ -70,6 +70,8 @@ def structure(entry: registry.ModelEntry, snap: Path, detailed: bool) -> list[Ch
         return [_gguf_structure(snap / rel, role, detailed) for role, rel in entry.roles.items()]
     if entry.kind == "lora":
         return [_lora_structure(snap / rel, detailed) for rel in dict.fromkeys(entry.roles.values())]
+    if entry.kind == "embedder":
+        return [Check(f"{rel} present", (snap / rel).is_file(), "") for rel in entry.files]
     return [Check(f"{rel} present", (snap / rel).is_file(), "a pickle: opened only by the pose detector, with "
                   "torch.load(weights_only=True)") for rel in entry.files]
 

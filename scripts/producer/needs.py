@@ -17,7 +17,8 @@ FAMILIES = ("wan", "qwen")
 SCRIPTS = {"wan": "wan_video.py", "qwen": "qwen_image.py"}
 DISTILL_LORAS = {"wan": "wan-lightning", "qwen": "qwen-lightning"}
 # Optional extras for --download-all: other paths of the workflow, not needed for the default one.
-OPTIONAL = ("wan21-lightx2v", "qwen-anypose", "qwen-image-t2i", "qwen-controlnet-union", "openpose-annotators")
+OPTIONAL = ("wan21-lightx2v", "qwen-anypose", "qwen-image-t2i", "qwen-controlnet-union", "openpose-annotators",
+            "dinov2-small")
 # Entries whose snapshot holds the family's configs (for exact parameter counts, see models.footprint).
 CONFIG_ENTRIES = {"wan": ("wan-i2v", "wan-i2v-components"), "qwen": ("qwen-edit", "qwen-edit-components")}
 

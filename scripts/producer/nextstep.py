@@ -58,7 +58,8 @@ def _next_step(snap: Snapshot) -> dict:
                 "message": f"write {' and '.join(missing)} (SKILL.md Phase {PHASE_NUMBERS[phase]}), then check it: "
                            f"{TOOL} check {snap.root}"}
     if snap.complete(phase):
-        return {**base, **_approve(snap, phase)}
+        flags = _flags_of(snap, phase)  # the judging of this checkpoint's keyframes or clips (producer.drift)
+        return {**base, **(_retake_flagged(snap, flags) or _approve(snap, phase, flags))}
     return {**base, **_generate(snap, phase)}
 
 
@@ -71,7 +72,7 @@ def _phase_problems(snap: Snapshot, phase: str) -> list[dict]:
     return [{"file": p.file, "line": p.line, "message": p.message, "fix": p.fix} for p in problems]
 
 
-def _approve(snap: Snapshot, phase: str) -> dict:
+def _approve(snap: Snapshot, phase: str, flags: list[dict]) -> dict:
     root = snap.root
     files = [layout.relative(root, f) for f in snap.approval_files(phase)]
     show = [layout.relative(root, p) for f in snap.approval_files(phase) for p in _pictures_of(f)]
@@ -82,14 +83,62 @@ def _approve(snap: Snapshot, phase: str) -> dict:
         commands += [shlex.join(command(TOOL, ["approve", str(root), j.id])) for j in waiting]
     videos = [f for f in files if f.endswith(".mp4")]
     watch = f" (and give the path of {', '.join(videos)} for the user to watch: you cannot)" if videos else ""
-    return {"action": "approve", "files": files, "show": show, "approve_commands": commands,
+    judged = (f" Judging raised {len(flags)} flag(s) on {len({f['item'] for f in flags})} item(s) (`flags`: figure, "
+              "threshold, fix, chart): show the user "
+              "each with its chart and say what it means before asking." if flags else "")
+    variants = _variants(snap, phase, flags)
+    if variants:
+        judged += (" Retakes kept variants of some items (`variants`, best first by their figures, each in its "
+                   "folder): show them and say which the figures favour; the user chooses.")
+    return {"action": "approve", "files": files, "show": show, "approve_commands": commands, "flags": flags,
+            "variants": variants,
             "message": f"Phase {PHASE_NUMBERS[phase]} ({phase}) is complete. Open and show the user "
                        f"{', '.join(show)}{watch}, and ask for approval; record a yes with "
                        f"`{TOOL} approve {root} {phase}`"
                        + (" (or one keyframe/clip at a time)" if phase in ITEM_PHASES else "")
                        + ". For changes: edit the plan's files (stale items are planned again)"
                        + (f" or `{TOOL} retake {root} {items[0]}` (any item) for another variant" if items else "")
-                       + "."}
+                       + "." + judged}
+
+
+def _retake_flagged(snap: Snapshot, flags: list[dict]) -> dict | None:
+    """Retakes within the production's budget (producer.retakes; off by default): the flagged items of this
+    checkpoint are kept as variants and moved to a new seed; None when there is nothing (more) to retake."""
+    from . import retakes
+
+    budget = retakes.budget_from(snap.prod.settings)
+    if not (budget.on and flags):
+        return None
+    flagged: dict[str, list[dict]] = {}
+    for flag in flags:
+        flagged.setdefault(flag["item"], []).append(flag)
+    outputs = {item: snap.states[item].job.output for item in flagged}
+    done = retakes.plan(snap.root, outputs, flagged, budget)
+    if not done["retaken"]:
+        return None
+    return {"action": "retake", "retaken": done["retaken"], "spent": done["spent"], "budget": done["budget"],
+            "commands": [shlex.join(command(TOOL, ["next", str(snap.root)]))],
+            "message": f"judging flagged {', '.join(done['retaken'])}: kept as variants and moved to a new seed "
+                       f"({done['spent']} of {done['budget']} retakes used); run `{TOOL} next {snap.root}` to make "
+                       "them. Nothing was approved."}
+
+
+def _variants(snap: Snapshot, phase: str, flags: list[dict]) -> dict:
+    from . import retakes
+
+    prefix = "keyframe:" if phase == "keyframes" else "clip:"
+    current = {s.job.id: [f for f in flags if f["item"] == s.job.id] for s in snap.items(phase)}
+    return {item: c for item, c in retakes.proposals(snap.root, current).items() if item.startswith(prefix)}
+
+
+def _flags_of(snap: Snapshot, phase: str) -> list[dict]:
+    """The judging flags of this checkpoint's items (keyframes, clips); none for the other phases."""
+    if phase not in ("keyframes", "clips"):
+        return []
+    from .status import judge_film
+
+    prefix = "keyframe:" if phase == "keyframes" else "clip:"
+    return [f for f in judge_film(snap)["flags"] if f["item"].startswith(prefix)]
 
 
 def _pictures_of(path) -> list:

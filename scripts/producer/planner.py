@@ -22,7 +22,8 @@ id, the take), so planning twice gives the same commands and an unchanged job ne
 productions do not share seeds; `production.py retake` moves one job to its next take.
 
 Settings (.production/settings.json, optional): per script, extra options for every job of that
-script, e.g. {"qwen_image.py": {"preset": "720p"}, "wan_video.py": {"steps": 6, "distill": "off"}}.
+script, e.g. {"qwen_image.py": {"preset": "720p"}, "wan_video.py": {"steps": 6, "distill": "off"}};
+"judge" holds the thresholds `status` judges the film by (producer.drift, docs/judging.md).
 Options the script takes for a whole batch only (--offload, --distill...) go on the batch command
 line. The planner's own options (prompt, output, seed, pictures) cannot be set there; a size or
 length given there replaces the planned one (--size replaces --preset, --frames replaces --duration).
@@ -44,6 +45,7 @@ from .wan_settings import frames_for_duration
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1]
 QWEN, WAN, ASSEMBLE = "qwen_image.py", "wan_video.py", "assemble_video.py"
+JUDGE_SETTINGS = "judge"  # not a script: the thresholds `status` judges the film by (docs/judging.md)
 KEYFRAME_PRESET = "480p"  # keyframes come out at the video's frame size (832x480), so clips never crop them
 ASSET_PRESETS = {"characters": "480p-portrait", "backgrounds": "480p", "poses": "480p-portrait",
                  "styles": "480p", "objects": "square"}
@@ -249,13 +251,15 @@ def apply_settings(plan: Plan, settings: dict) -> None:
     where = f"{layout.STATE}/settings.json"
     known = {QWEN, WAN, ASSEMBLE}
     for script in settings:
-        if script not in known:
+        if script not in known and script != JUDGE_SETTINGS:  # the thresholds of status (producer.drift)
             plan.problems.append(Problem(where, 1, f"{script!r} is not a script the plan runs",
                                          f"use one of {', '.join(sorted(known))}"))
     jobs = []
     reported: dict[str, set[str]] = {}
     for job in plan.jobs:
         extra = {k.replace("-", "_"): v for k, v in settings.get(job.script, {}).items()}
+        if job.script in (QWEN, WAN) and "judge" not in extra and _judge_options(settings):
+            extra["judge"] = _judge_options(settings)  # the production's frame thresholds reach the scripts too
         batch_only = {o.replace("-", "_") for o in getattr(script_module(job.script), "BATCH_ONLY", ())}
         for key in sorted(set(extra) & PLANNED - reported.setdefault(job.script, set())):
             reported[job.script].add(key)  # once per script and key, not once per job
@@ -275,6 +279,14 @@ def apply_settings(plan: Plan, settings: dict) -> None:
             plan.problems.append(Problem(where, 1, f"{job.id}: the options do not parse for {job.script}: {err.message}",
                                          f"fix the {job.script} options; see python {SCRIPTS_DIR / job.script} --help"))
             break
+
+
+def _judge_options(settings: dict) -> list[str]:
+    """The broken-output thresholds of settings.json's "judge" as the scripts' --judge NAME=VALUE options."""
+    from .judge import Limits
+
+    given = settings.get(JUDGE_SETTINGS) or {}
+    return [f"{k}={v}" for k, v in given.items() if k in Limits.names()] if isinstance(given, dict) else []
 
 
 def _flags(options: dict) -> list[str]:

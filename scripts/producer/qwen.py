@@ -6,6 +6,8 @@ Stages, in this order, so that the 17 GB text encoder and the 41 GB transformer 
 2. the transformer is loaded (bf16 repo, fp8 storage, or a GGUF file), LoRAs go in, the plan is applied;
 3. denoise each job; 4. decode each job with the VAE, tiled when the plan says so, and tiled on a retry
    when an untiled decode runs out of memory (the latents are kept, nothing is denoised twice).
+5. judge (producer.judge): NaN latents are flagged before the decode (then skipped), a black, white or flat
+   picture after it; the flags go in `Generated.flags` for the script to refuse the picture.
 
 Text-to-image: `QwenImageEditPlusPipeline.__call__(image=None)` fails in diffusers 0.42.1 (its first line
 reads `image.size`). So a job without pictures is encoded by the Edit-2511 pipeline's own `encode_prompt`
@@ -40,7 +42,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import lora, media, models  # producer.offload imports torch: imported where it is used
+from . import judge, lora, media, models  # producer.offload imports torch: imported where it is used
 from .cli import CliError, ExitCode, Stopwatch, out_of_memory_error
 from .memory import MemoryPlan
 
@@ -126,6 +128,7 @@ class QwenJob:
     loras: tuple = ()  # lora.LoraSpec, Lightning / AnyPose / the user's
     label: str = ""
     embeds: Embeds | None = None  # filled by QwenSession.encode
+    limits: judge.Limits = field(default_factory=judge.Limits)  # broken-output thresholds (--judge)
 
     @property
     def true_cfg(self) -> bool:
@@ -134,9 +137,10 @@ class QwenJob:
 
 @dataclass
 class Generated:
-    image: Image.Image
+    image: Image.Image | None  # None when the latents were broken (not decoded)
     seconds: dict
     decode_tiled: bool
+    flags: list = field(default_factory=list)  # judge.Flag: broken output; [] when sound
 
 
 # ---------------------------------------------------------------- the schedule
@@ -351,10 +355,16 @@ class QwenSession:
         self.encode([job])
         self._ensure_placed()
         latents = self.denoise(job)
-        image, tiled = self.decode(latents, job)
+        flags = judge.check_latents(latents, video=False)
+        image, tiled = None, False
+        if not flags:  # NaN latents decode to a black picture: not worth the decode's time
+            import numpy as np
+
+            image, tiled = self.decode(latents, job)
+            flags = judge.check_frames(np.asarray(image.convert("RGB")), job.limits)
         seconds = {k: round(v - before.get(k, 0.0), 3) for k, v in self.timer.seconds.items()
                    if v - before.get(k, 0.0) > 0}
-        return Generated(image, seconds, tiled)
+        return Generated(image, seconds, tiled, flags)
 
     def denoise(self, job: QwenJob):
         import torch

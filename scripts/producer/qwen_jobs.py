@@ -33,7 +33,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import lora, media, models, provenance, qwen, qwen_load, registry
+from . import judge, lora, media, models, provenance, qwen, qwen_load, registry
 from .cli import CliError, ExitCode, log, resolve_seed
 from .style import apply_style, join_negative, load_style, style_prompts
 
@@ -318,7 +318,7 @@ def resolve(args) -> Resolved:
     job = qwen.QwenJob(prompt=prompt, width=width, height=height, steps=steps, cfg=cfg, seed=seed,
                        scheduler=sampling.scheduler, negative_prompt=negative, references=references,
                        control_image=control, control_scale=strength if strength is not None else CONTROLNET_SCALE, loras=tuple(specs),
-                       label=output.name)
+                       label=output.name, limits=judge.parse_limits(getattr(args, "judge", None)))
     images = [{"image": i, "role": role, "path": str(path)} for i, (role, path, _) in enumerate(shown, 1)]
     mode = "pose" if pose_method else {0: "text-to-image", 1: "edit"}.get(len(pictures), "composite")
     settings = _settings(job, mode, kind, lightning, pose_method, args, images, areas)

@@ -102,7 +102,7 @@ class ModelEntry:
 
     name: str  # registry key used on the command line (`--only NAME`)
     title: str
-    kind: str  # pipeline | components | gguf | lora | controlnet | annotator
+    kind: str  # pipeline | components | gguf | lora | controlnet | annotator | embedder
     repo_id: str
     revision: str | None  # a 40-hex commit of main; None: no public commit found (see the module docstring)
     files: tuple[str, ...]  # allow-patterns, relative to the repo root
@@ -396,6 +396,20 @@ _ENTRIES = [
         roles={"body": "body_pose_model.pth", "hand": "hand_pose_model.pth", "face": "facenet.pth"},
         notes="Only needed to turn a photo or figure into a pose skeleton; skeleton PNGs and keypoint JSON need no "
         "weights.",
+    ),
+    ModelEntry(
+        name="dinov2-small",
+        title="DINOv2 small (image embeddings: does a frame show the character of its asset)",
+        kind="embedder",
+        repo_id="facebook/dinov2-small",
+        # main as a public project's model lock pins it (repo_id, revision and commit_hash recorded together).
+        revision="ed25f3a31f01632728cabb09d1542f84ab7b0056",
+        files=("config.json", "model.safetensors", "preprocessor_config.json"),
+        size_bytes=88_300_000,  # 22 M parameters in float32, plus two small JSON files
+        loader="transformers Dinov2Model + AutoImageProcessor (producer.identity)",
+        license="apache-2.0",
+        notes="Optional: the identity figures of production.py status (keyframes and clip frames against their "
+        "character and object assets); without it those figures are skipped and said to be.",
     ),
 ]
 

@@ -91,11 +91,17 @@ def continuity(frames: Sequence[Any], start: Any, end: Any | None) -> dict:
 
 def drift(frames: Sequence[Any], start: Any, end: Any | None) -> float:
     """The largest cast of a frame against the keyframes' average colour, interpolated along the clip."""
+    return float(max(casts(frames, start, end)))
+
+
+def casts(frames: Sequence[Any], start: Any, end: Any | None) -> list[float]:
+    """Each frame's cast (CIEDE2000 of average colours) against the keyframes' average colour, interpolated
+    from the start keyframe (first frame) to the end keyframe (last frame; I2V: the start keyframe)."""
     first = _mean_lab(start)
     last = _mean_lab(end if end is not None else start)
     span = max(1, len(frames) - 1)
-    casts = [colour.delta_e_ciede2000(_mean_lab(f), first + (last - first) * i / span) for i, f in enumerate(frames)]
-    return float(max(casts))
+    return [float(colour.delta_e_ciede2000(_mean_lab(f), first + (last - first) * i / span))
+            for i, f in enumerate(frames)]
 
 
 def _mean_lab(image: Any) -> np.ndarray:

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 from . import registry
 from .models import STANDIN_MARKER, matching_files, standin_facts  # noqa: F401 - one reader of the marker
 from .standin_gguf import QWEN_TIMESTEP_MARKER, gguf_scheme_of, wan_state_dict_to_original, write_gguf
-from .standin_models import (QWEN_CONDITION_AREA, QWEN_REFERENCE_AREA, build_qwen_controlnet, build_qwen_edit_pipeline,
-                             build_qwen_edit_transformer, build_qwen_t2i_pipeline, build_wan_experts,
+from .standin_models import (QWEN_CONDITION_AREA, QWEN_REFERENCE_AREA, build_dinov2, build_qwen_controlnet,
+                             build_qwen_edit_pipeline, build_qwen_edit_transformer, build_qwen_t2i_pipeline, build_wan_experts,
                              build_wan_pipeline, component_seed, transformers4_text_encoder_config)
 
 if TYPE_CHECKING:  # pragma: no cover - for annotations only; numpy is imported where it is used
@@ -138,6 +138,12 @@ def _write_annotators(folder: Path, entries: Sequence[registry.ModelEntry], seed
     write_openpose_annotators(folder, seed)
 
 
+def _write_dinov2(folder: Path, entries: Sequence[registry.ModelEntry], seed: int) -> None:
+    model, processor = build_dinov2(seed)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
 _WRITERS: dict[str, Writer] = {
     "wan-i2v": _write_wan_repo,
     "wan-i2v-components": _write_wan_repo,
@@ -150,6 +156,7 @@ _WRITERS: dict[str, Writer] = {
     "qwen-image-t2i": _write_qwen_t2i_repo,
     "qwen-controlnet-union": _write_qwen_controlnet_repo,
     "openpose-annotators": _write_annotators,
+    "dinov2-small": _write_dinov2,
 }
 
 

@@ -191,7 +191,7 @@ def _transitions(prod: Production) -> list[str]:
 # ---------------------------------------------------------------- the report
 
 
-def status_report(snap: Snapshot, seams: bool = True) -> dict:
+def status_report(snap: Snapshot, seams: bool = True, judging: bool = True) -> dict:
     root = snap.root
     phases = [{"phase": p, "number": PHASE_NUMBERS[p], "complete": snap.complete(p), "approved": snap.approved(p)}
               for p in PHASES]
@@ -208,8 +208,23 @@ def status_report(snap: Snapshot, seams: bool = True) -> dict:
         "style_asset": snap.prod.assets.style.name if snap.prod.assets and snap.prod.assets.style else None,
         "notes": sorted({n for s in snap.states.values() if s.state == "unchecked" for n in s.notes}),
         "seams": _seams(snap) if seams else [],
+        "judging": judge_film(snap) if judging else None,
     }
     return report
+
+
+def judge_film(snap: Snapshot) -> dict:
+    """Identity, colour and motion of every keyframe and clip that exists (producer.drift), with a drift chart
+    per scene and each flag's figure, threshold and fix (a retake command that runs as printed)."""
+    from .drift import limits_from, review_film
+
+    limits, problems = limits_from(snap.prod.settings)
+
+    def retake(item: str) -> str:
+        return shlex.join(command(TOOL, ["retake", str(snap.root), item]))
+
+    result = review_film(snap.root, snap.prod, limits, retake)
+    return {**result, "problems": problems}
 
 
 def _rehearsal_note(snap: Snapshot) -> dict | None:

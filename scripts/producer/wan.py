@@ -12,6 +12,9 @@ Stages, each timed (`Clip.seconds`):
 3. denoise to latents (`output_type="latent"`), counting steps and forward time per expert with hooks.
 4. decode ourselves: an out-of-memory error at decode keeps the latents and retries with VAE tiling,
    then on the CPU; a finished denoise is never thrown away.
+5. judge (producer.judge): NaN or infinite latents are flagged before the decode (which is then skipped:
+   it would only give black frames), black, white, flat, frozen and flickering frames after it; the flags
+   go in `Clip.flags` for the script to refuse the clip.
 
 The seam the benchmark uses: `WanSession.from_components(pipe, plan)` runs prebuilt components (e.g.
 full-size models with random weights) through exactly this code; `generate(job)` returns the frames,
@@ -24,7 +27,7 @@ import contextlib
 import gc
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -32,7 +35,7 @@ import torch
 from diffusers import (FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanImageToVideoPipeline,
                        WanTransformer3DModel)
 
-from . import lora, memory, models, offload, registry, speed
+from . import judge, lora, memory, models, offload, registry, speed
 from .cli import CliError, Stopwatch
 from .wan_install import DENOISERS, WanFiles
 
@@ -91,6 +94,7 @@ class ClipJob:
     seed: int
     negative_prompt: str = ""
     last_image: Any = None  # PIL end keyframe (first-last-frame mode)
+    limits: judge.Limits = field(default_factory=judge.Limits)  # broken-output thresholds (--judge)
 
     @property
     def cfg(self) -> bool:
@@ -111,11 +115,12 @@ class ExpertRun:
 
 @dataclass
 class Clip:
-    frames: np.ndarray  # N x H x W x 3 float in [0, 1]
+    frames: np.ndarray | None  # N x H x W x 3 float in [0, 1]; None when the latents were broken (not decoded)
     latents: torch.Tensor
     seconds: dict[str, float]
     experts: dict[str, ExpertRun]
-    decode: str  # whole | tiled | tiled on the CPU
+    decode: str  # whole | tiled | tiled on the CPU | skipped
+    flags: list[judge.Flag] = field(default_factory=list)  # broken output (producer.judge); [] when sound
 
 
 class ExpertCounter:
@@ -411,12 +416,16 @@ class WanSession:
                 num_frames=job.frames, num_inference_steps=job.sampling.steps, guidance_scale=job.sampling.guidance,
                 guidance_scale_2=job.sampling.guidance_2, generator=generator, output_type="latent",
                 callback_on_step_end=callback).frames
-        with watch.stage("decode"):
-            frames, how = self.decode(latents)
+        flags = judge.check_latents(latents, video=True)
+        frames, how = None, "skipped"
+        if not flags:  # NaN latents decode to black frames: not worth the decode's time
+            with watch.stage("decode"):
+                frames, how = self.decode(latents)
+            flags = judge.check_frames(frames, job.limits)
         experts = {c: self.counters[c].result() for c in DENOISERS}
         seconds = dict(watch.seconds)
         seconds.update({EXPERT_NAMES[c]: run.seconds for c, run in experts.items()})
-        return Clip(frames=frames, latents=latents, seconds=seconds, experts=experts, decode=how)
+        return Clip(frames=frames, latents=latents, seconds=seconds, experts=experts, decode=how, flags=flags)
 
     # -------------------------------------------------------- decoding
 
