@@ -10,6 +10,7 @@ Fixtures:
 - `tiny_wan_pipeline`, `tiny_qwen_edit_pipeline`, `tiny_qwen_t2i_pipeline`, `tiny_qwen_controlnet`:
   fresh in-memory stand-ins (a few tens of milliseconds each), safe to modify (e.g. load a LoRA).
 - `qwen_standin_areas`: shrinks the Qwen edit pipeline's reference sizes for one test.
+- `world`, `in_world`, `stages`: the fuzz tests' world, its folder as the cwd, and their stage counts (tests/fuzzing.py).
 """
 
 import os
@@ -28,6 +29,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 if str(SCRIPTS) not in sys.path:  # pyproject's pythonpath covers pytest runs; this covers other runners
     sys.path.insert(0, str(SCRIPTS))
 
+from fuzzing import in_world, stages, world  # noqa: F401 - the fuzz tests' fixtures (tests/fuzzing.py)
 from producer import standin_models, standins  # after the offline switch and the path, on purpose
 
 
