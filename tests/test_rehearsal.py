@@ -4,6 +4,7 @@ work (issue 18). The rehearsal runs once per module through the real scripts; th
 import contextlib
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -112,3 +113,15 @@ def test_a_models_dir_without_models_is_refused_before_anything_is_written(tmp_p
     code, result = run(["rehearse", str(source), "--into", str(tmp_path / "rehearsal"), "--models-dir", given])
     assert code == 2 and "models" in result["error"] and "--models-dir" in result["fix"]
     assert listing(tmp_path) == before and not (tmp_path / "rehearsal").exists()
+
+
+def test_a_rehearsal_folder_whose_name_is_not_utf8_is_refused_before_anything_is_written(tmp_path):
+    """Found by the fuzzing: the stand-ins installed inside such a folder could not be written (safetensors
+    opens UTF-8 paths only), a crash after the plan was copied."""
+    source = tmp_path / "film"
+    shutil.copytree(SAMPLE, source, ignore=shutil.ignore_patterns(".production"))
+    before = listing(tmp_path)
+    into = tmp_path / os.fsdecode(b"re\xffhearsal")
+    code, result = run(["rehearse", str(source), "--into", str(into)])
+    assert code == 2 and "not valid UTF-8" in result["error"] and "--models-dir" in result["fix"]
+    assert listing(tmp_path) == before

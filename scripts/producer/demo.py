@@ -44,6 +44,7 @@ PROVIDED_PATTERNS = ("keyframes/KF-*.png", "keyframes/layers/*/*.png")  # planne
 def run_demo(outdir: str | Path, models_dir: str | None = None, quiet: bool = False) -> dict:
     _require_models_dir(models_dir)
     outdir = Path(outdir).resolve()
+    _require_a_utf8_home_for_standins(outdir, models_dir, "the demo's folder")
     if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
         raise CliError(f"{outdir} is not an empty folder", "give a new folder for the demo, e.g. /tmp/lighthouse-demo")
     shutil.copytree(SAMPLE, outdir, dirs_exist_ok=True)
@@ -65,10 +66,28 @@ def run_rehearsal(source: str | Path, into: str | Path | None = None, models_dir
         raise CliError(f"{dest} is not empty and not a rehearsal", "give a new folder with --into, or leave it out")
     _require_a_whole_plan(source)
     _require_models_dir(models_dir)
+    _require_a_utf8_home_for_standins(dest, models_dir, "--into")
     copied = _copy_plan(source, dest)
     result = _rehearse_in(dest, source, models_dir, quiet, "rehearse")
     return {"command": "rehearse", **result, "rehearsal_of": str(source), "copied": copied,
             "message": _closing_rehearsal(source, dest, result)}
+
+
+def _require_a_utf8_home_for_standins(folder: Path, models_dir: str | None, what: str) -> None:
+    """Without --models-dir the stand-ins are installed inside `folder`, and safetensors and tokenizers open
+    UTF-8 paths only: a name with other bytes (Linux allows them) would fail after the copy, mid-install."""
+    if models_dir is None and not _is_utf8(str(folder)):
+        raise CliError(f"{what} {folder}: the path is not valid UTF-8, and the stand-in models installed inside it "
+                       "could not be opened (safetensors and tokenizers open UTF-8 paths only)",
+                       "give a folder whose path is UTF-8, or --models-dir with installed stand-ins")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _require_models_dir(models_dir: str | None) -> None:
