@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cli import CliError
+from .cli import CliError, missing
 
 log = logging.getLogger("producer")
 
@@ -347,5 +347,5 @@ def check_lora_file(path: Path, must_exist: bool = True) -> None:
         raise CliError(f"{path.name}: LoRAs are read from .safetensors files, not {suffix or 'files without a suffix'}",
                        fix="give the LoRA's .safetensors file")
     if must_exist and not path.is_file():
-        raise CliError(f"LoRA file not found: {path}",
+        raise CliError(f"LoRA file {path} {missing(path)}" if not path.exists() else f"LoRA file {path} is not a file",
                        fix="check the path (relative paths start in the current folder)")

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageColor, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from .cli import CliError, log
+from .cli import CliError, load_json, log, missing
 from .outputs import atomic_output, json_text
 
 # 64 megapixels: an 8K x 8K image. Bigger inputs are almost certainly a mistake (or a decompression
@@ -70,7 +70,7 @@ def _open_image(path: Path, max_pixels: int | None):
     """Image.open (header only) with every way of failing turned into a CliError."""
     fix_path = "check the path (ls it), or give the image file itself"
     if not path.exists():
-        raise CliError(f"image {path} does not exist", fix_path)
+        raise CliError(f"image {path} {missing(path)}", fix_path)
     if path.is_dir():
         raise CliError(f"image {path} is a directory", fix_path)
     try:
@@ -340,7 +340,7 @@ def read_png_metadata(path: str | os.PathLike, key: str = PNG_METADATA_KEY) -> d
     if text is None:
         return None
     try:
-        value = json.loads(text)
+        value = load_json(text)
     except json.JSONDecodeError:
         log.warning("warning: %s has a %r text chunk that is not JSON; ignoring it", path, key)
         return None

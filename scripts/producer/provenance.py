@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .cli import load_json
 from .outputs import write_json_atomic
 
 RECIPE_VERSION = 1
@@ -111,7 +112,7 @@ def read_recipe(output: str | os.PathLike) -> dict | None:
     side = sidecar_path(p)
     if side.is_file():
         try:
-            return json.loads(side.read_text(encoding="utf-8"))
+            return load_json(side.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
     return None

@@ -119,7 +119,7 @@ def snapshot(root: str | Path, allow_outside: bool = False, with_states: bool = 
     due = "assets" in approvals_mod.read_approvals(root)
     prod = load_production(root, allow_outside, asset_files_due=due)
     planned = prod.ok_through("scenes")
-    salt = seeds.salt(root, create=plan_seeds) if planned else ""
+    salt = seeds.salt(root, create=plan_seeds and not prod.folder_problems) if planned else ""
     plan = plan_production(prod, approvals_mod.read_takes(root), salt) if planned else Plan(root, [])
     prod.settings_problems += plan.problems
     states = job_states(plan, prod, marker is not None) if with_states and prod.ok_through("assets") else {}

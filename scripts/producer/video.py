@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .cli import CliError, ExitCode
+from .cli import CliError, ExitCode, missing
 from .outputs import atomic_output, disk_full, output_for
 
 # ================================================================ frames
@@ -244,7 +244,7 @@ def probe_video(path: str | os.PathLike) -> dict:
 def _existing_video(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise CliError(f"video {path} does not exist" if not path.exists() else f"{path} is not a file",
+        raise CliError(f"video {path} {missing(path)}" if not path.exists() else f"{path} is not a file",
                        "check the path (ls it)")
     return path
 
