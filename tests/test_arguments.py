@@ -287,3 +287,25 @@ def test_pose_keypoints_that_cannot_be_drawn_are_refused(tmp_path, value):
     )
     with pytest.raises(CliError, match="finite numbers within"):
         pose.draw_keypoints_json(tmp_path / "k.json", (256, 256))
+
+
+def test_every_path_option_names_a_nul_or_a_loop(tmp_path, monkeypatch):
+    """The same two messages wherever a path enters: outputs, folders, style, pose, audio, --models-dir."""
+    monkeypatch.chdir(tmp_path)
+    picture(tmp_path / "a.png")
+    os.symlink("loop", "loop")
+    for bad in ("a\0b", "loop/x"):
+        says = "NUL character" if "\0" in bad else "leads in a circle"
+        for main, argv in [
+            (qwen_image.main, [*QWEN[:2], "-o", bad + ".png"]),
+            (qwen_image.main, [*QWEN, "--style-ref", bad]),
+            (qwen_image.main, [*QWEN, "-r", "a.png", "--pose", bad]),
+            (qwen_image.main, [*QWEN, "--models-dir", bad]),
+            (qwen_image.main, ["--batch", bad]),
+            (wan_video.main, ["--start-frame", "a.png", "--prompt", "x", "-o", bad + ".mp4"]),
+            (assemble_video.main, ["--clips", bad, "-o", "f.mp4"]),
+            (assemble_video.main, ["--clips", "a.png", "-o", "f.mp4", "--audio", bad]),
+            (tool.main, ["check", bad]),
+        ]:
+            code, result, _ = run(main, *argv)
+            assert code == ExitCode.USAGE and says in result["error"], (bad, argv, result["error"])

@@ -183,6 +183,8 @@ def _option_args(option: str, value: Any, index: int, base_dir: Path, is_path: b
         raise CliError(f"job {index}: {option} must be a string or number, not a {type(value).__name__}",
                        fix="see the script's --help for what each option takes")
     text = str(value)
+    if is_path and "\0" in text:  # checked here too: with --allow-outside no confinement looks at it
+        raise CliError(f"job {index}: {option} {text!r} {missing(text)}", "remove the \\0 (\\u0000) from the name")
     if is_path and text and not Path(text).is_absolute():
         text = str(base_dir / text)
     if is_path and text and root is not None:

@@ -350,6 +350,9 @@ def unexpected_error(exc: BaseException) -> CliError:
         return CliError("a path starts with ~NAME, but there is no user NAME (pathlib could not expand it)",
                         "write the folder itself, e.g. /home/me/models, or ~/models for your own home",
                         ExitCode.USAGE)
+    if isinstance(exc, ValueError) and "null byte" in str(exc):  # os.stat and open refuse such a name
+        return CliError("a file or folder name contains a NUL character (\\0), which no file name can hold",
+                        "remove the \\0 from the names you gave (in JSON it is written \\u0000)", ExitCode.USAGE)
     if isinstance(exc, OSError) and exc.filename is not None:
         if exc.errno == errno.ENOSPC:
             from .outputs import disk_full, output_for  # outputs builds on this module's CliError

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .cli import CliError, ExitCode
+from .cli import CliError, ExitCode, missing
 from .video import decode_log, ffmpeg_exe, ffmpeg_input, ffmpeg_stdin
 
 # Rates within 1% are one rate: containers round 16 fps to 15.99 or 16.01 now and then.
@@ -64,7 +64,7 @@ def _frames(path: Path):
     import imageio_ffmpeg
 
     if not path.is_file():
-        raise CliError(f"clip {path} does not exist" if not path.exists() else f"clip {path} is not a file",
+        raise CliError(f"clip {path} {missing(path)}" if not path.exists() else f"clip {path} is not a file",
                        "generate it first (wan_video.py), or check the path (ls it)")
     reader = imageio_ffmpeg.read_frames(ffmpeg_input(path), pix_fmt="rgb24")
     try:
@@ -134,7 +134,7 @@ def probe_audio(path: str | Path) -> AudioInfo:
     """Decode the first audio stream to nowhere and read its exact length from ffmpeg's log."""
     path = Path(path)
     if not path.is_file():
-        raise CliError(f"audio {path} does not exist" if not path.exists() else f"audio {path} is not a file",
+        raise CliError(f"audio {path} {missing(path)}" if not path.exists() else f"audio {path} is not a file",
                        "check the path (ls it)")
     code, text = decode_log(path, "0:a:0", 300, CliError(f"reading audio {path} took over 5 minutes",
                                                           "trim it to the film's length first"))

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .cli import CliError, ExitCode, load_json
+from .cli import CliError, ExitCode, load_json, missing
 from .outputs import check_output_name, disk_full
 from .paths import own_folder
 
@@ -140,7 +140,7 @@ def _acquire(path: Path, guarded: str | os.PathLike, command: str | None, wait: 
             failed.append(exc)
 
     if not path.parent.is_dir():  # filelock would create the missing folders: never make folders for a typo
-        raise CliError(f"the folder {path.parent} does not exist", f"create it: mkdir -p {path.parent}")
+        raise CliError(f"the folder {path.parent} {missing(path.parent)}", f"create it: mkdir -p {path.parent}")
     lock = filelock.FileLock(path, timeout=wait, on_acquired=write_holder)
     try:
         lock.acquire()
@@ -157,7 +157,7 @@ def _acquire(path: Path, guarded: str | os.PathLike, command: str | None, wait: 
         return lock
     exc = failed[0]
     if isinstance(exc, FileNotFoundError):
-        raise CliError(f"the folder {path.parent} does not exist", f"create it: mkdir -p {path.parent}") from None
+        raise CliError(f"the folder {path.parent} {missing(path.parent)}", f"create it: mkdir -p {path.parent}") from None
     if exc.errno == errno.ENOSPC:
         raise disk_full(guarded) from None
     if exc.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):  # no flock here: never run unlocked

@@ -322,7 +322,7 @@ def save_png(img: Image.Image, path: str | os.PathLike, metadata: dict | None = 
     """
     path = Path(path)
     if not path.parent.is_dir():
-        raise CliError(f"the folder for {path} does not exist", f"create it: mkdir -p {path.parent}")
+        raise CliError(f"the folder for {path} {missing(path.parent)}", f"create it: mkdir -p {path.parent}")
     info = PngImagePlugin.PngInfo()
     if metadata is not None:
         info.add_itxt(key, json_text(metadata))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import faults
-from .cli import CliError, ExitCode, load_json
+from .cli import CliError, ExitCode, load_json, missing
 
 # File systems allow 255 bytes per name. The longest name derived from an output's is a clip's recipe being
 # written: NAME.provenance.json (+16 bytes), in a temp file (+17: ".", ".partial-", a pid of up to 7 digits),
@@ -32,6 +32,8 @@ def check_output_name(path: str | os.PathLike, what: str = "output") -> Path:
     p = Path(path)
     if not p.name or p.name == "..":
         raise CliError(f"{what} {str(path)!r} is a folder, not a file", "give a file name, e.g. out/KF-A.png")
+    if "\0" in str(p):
+        raise CliError(f"{what} {str(path)!r} {missing(p)}", "remove the \\0 from the name")
     size = len(os.fsencode(p.name))
     if size > MAX_NAME_BYTES:
         raise CliError(f"{what} name {p.name[:40]}... is {size} bytes long; at most {MAX_NAME_BYTES} fit here",
@@ -45,7 +47,8 @@ def check_output(path: str | os.PathLike, overwrite: bool, what: str = "output")
     if p.is_dir():
         raise CliError(f"{what} {p} is a directory", fix="give a file name, e.g. " + str(p / "out.png"))
     if not p.parent.is_dir():
-        raise CliError(f"the folder for {what} {p} does not exist", fix=f"create it: mkdir -p {p.parent}")
+        why = missing(p.parent) if not p.parent.exists() else "is a file, not a folder"
+        raise CliError(f"the folder for {what} {p} {why}", fix=f"create it: mkdir -p {p.parent}")
     if p.exists() and not overwrite:
         raise CliError(f"{what} {p} already exists", fix="pass --overwrite to replace it, or choose another name")
     return p

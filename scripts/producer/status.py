@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import approvals as approvals_mod
 from . import layout, rehearsal, seeds
-from .cli import CliError, ExitCode
+from .cli import CliError, ExitCode, missing
 from .planner import ASSEMBLE, Job, Plan, command, plan_production
 from .project import PHASE_NUMBERS, PHASES, Production, load_production
 from .provenance import read_recipe
@@ -111,7 +111,7 @@ def snapshot(root: str | Path, allow_outside: bool = False, with_states: bool = 
     stores the production's seed salt on first use (`next`, `retake`: the commands that hand out seeds)."""
     root = Path(root)
     if not root.is_dir():
-        raise CliError(f"{root} is not a folder", "give the production folder (the one with philosophy.md)")
+        raise CliError(f"{root} {missing(root) if not root.exists() else 'is not a folder'}", "give the production folder (the one with philosophy.md)")
     marker = rehearsal.read_marker(root)
     if marker is not None:
         _use_rehearsal_models(root, marker)
