@@ -309,3 +309,14 @@ def test_every_path_option_names_a_nul_or_a_loop(tmp_path, monkeypatch):
         ]:
             code, result, _ = run(main, *argv)
             assert code == ExitCode.USAGE and says in result["error"], (bad, argv, result["error"])
+
+
+def test_an_encoder_failure_that_is_not_a_full_disk_does_not_send_you_to_df(tmp_path):
+    """ffmpeg refusing a setting (a CRF it does not take, reached through the library) gives ffmpeg's reason; the
+    fix no longer guesses at free disk space (a full disk is recognised by its own message)."""
+    from producer import video
+
+    with pytest.raises(CliError) as info:
+        video.write_mp4([np.zeros((32, 32, 3), np.uint8)] * 3, tmp_path / "a.mp4", fps=16, crf=-5)
+    assert "disk" not in info.value.message + info.value.fix and "ffmpeg" in info.value.message
+    assert not (tmp_path / "a.mp4").exists()
