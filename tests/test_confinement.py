@@ -102,6 +102,8 @@ def test_the_command_line_takes_no_abbreviations_either(tmp_path):
     code, result = run(qwen_image.main, "--prompt", "x", "--out", tmp_path / "a.png")
     assert code == ExitCode.USAGE and "--out" in result["error"]
     assert not (tmp_path / "a.png").exists()
+    code, result = run(tool.main, "check", EXAMPLE, "--allow-out")  # a subcommand's parser too
+    assert code == ExitCode.USAGE and "--allow-out" in result["error"]
 
 
 def test_relative_paths_in_a_batch_file_are_relative_to_the_batch_file(film, tmp_path, monkeypatch):

@@ -38,7 +38,8 @@ class ExitCode(enum.IntEnum):
 
 EXIT_CODE_HELP = (
     "exit codes: 0 ok, 1 generation failed, 2 bad arguments or input, 3 model not installed, "
-    "4 out of memory, 5 output locked by another run, 6 batch partly failed, 130 interrupted, 141 stdout closed, 143 terminated"
+    "4 out of memory, 5 output locked by another run, 6 batch partly failed, 130 interrupted, "
+    "141 stdout closed, 143 terminated"
 )
 
 
@@ -174,8 +175,8 @@ def number_arg(low: float | None = None, high: float | None = None, *, whole: bo
             value = int(text) if whole else float(text)
         except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f"{text!r} is not {kind}; give {allowed}") from None
-        if not math.isfinite(value) or (low is not None and (value <= low if above else value < low)) \
-                or (high is not None and value > high):
+        inside = (low is None or (value > low if above else value >= low)) and (high is None or value <= high)
+        if not (math.isfinite(value) and inside):
             raise argparse.ArgumentTypeError(f"{text!r} is out of range; give {allowed}")
         return value
 
@@ -427,7 +428,7 @@ def _run_main(parser, run, argv, describe) -> int:
             log.exception("unexpected error")
         return _fail(unexpected_error(exc), as_json)
     if late is not None:  # the run had finished its work: the outputs are complete, so it succeeded
-        log.warning("%s arrived after the outputs were complete; they are kept and the run succeeded",
+        log.warning("%s arrived after the outputs were complete; they are kept and the run's result stands",
                     signal.Signals(late).name)
     code = int(result.pop("exit_code", ExitCode.OK))
     result.setdefault("status", "ok" if code == 0 else "partial")
