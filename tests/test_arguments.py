@@ -93,6 +93,7 @@ REFUSED = [  # (script, argv, option, the range its message gives)
         for v in ("nan", "-1", "inf")
     ],
     (wan_video, WAN + ["--context-parallel=0"], "--context-parallel", "at least 1"),
+    *[(wan_video, WAN + [f"--size={v}"], "--size", "1 to 4096") for v in ("160000x160000", "0x480", "832x-16")],
     *[(qwen_image, QWEN + [f"--steps={v}"], "--steps", "1 to 200") for v in ("0", "-1", "1e9")],
     *[(qwen_image, QWEN + [f"--cfg={v}"], "--cfg", "0 to 20") for v in ("nan", "inf", "-1", "1e308")],
     *[(qwen_image, QWEN + [f"--control-strength={v}"], "--control-strength", "above 0 to 2") for v in ("nan", "0")],

@@ -33,6 +33,7 @@ MAX_FRAMES = MAX_SECONDS * WAN.fps + 1
 MAX_STEPS = 200  # 5x the full schedule: more only costs time
 MAX_GUIDANCE = 20.0  # Wan runs at 3.5 (full) or 1 (distilled); far above, frames burn
 MAX_SHIFT = 100.0  # the schedules use 5 (Wan 2.2) to 12; past 100 every step sits at the noisy end
+MAX_SIDE = 4096  # pixels a side: the model is trained at 480p and 720p; 4096x4096 is 18x the 720p frame
 # argparse types for those numbers: nan, inf or out of range is refused while the arguments are read
 frames_arg = number_arg(1, MAX_FRAMES, whole=True)
 seconds_arg = number_arg(0, MAX_SECONDS, above=True)
@@ -98,8 +99,8 @@ def size_arg(value: str) -> tuple[int, int]:
         w, h = (int(v) for v in value.lower().replace(" ", "").split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r}: give WIDTHxHEIGHT, e.g. 832x480") from None
-    if w <= 0 or h <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r}: width and height must be positive")
+    if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+        raise argparse.ArgumentTypeError(f"{value!r}: width and height must be 1 to {MAX_SIDE}")
     return w, h
 
 
