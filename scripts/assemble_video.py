@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from producer import clips as clipio  # noqa: E402
 from producer import locks, media, provenance, seams, timeline, video  # noqa: E402
-from producer.cli import CliError, add_output_args, build_parser, log, run_main, text_arg  # noqa: E402
+from producer.cli import CliError, add_output_args, build_parser, log, missing, number_arg, run_main, text_arg  # noqa: E402
 from producer.outputs import atomic_outputs, check_output, write_json_atomic  # noqa: E402
 from producer.scenes import TRANSITIONS, SceneBreakdown, load_scene_breakdown, shared_keyframe  # noqa: E402
 
@@ -35,6 +35,9 @@ Clips come from a production folder (scene-breakdown.md gives the order, scene-X
 - --review: every seam is measured (colour cast, SSIM) against the shared keyframe and flagged with
   advice above the limits; without -o it only reports.
 The output is written atomically: nothing under its name until it is complete."""
+
+MAX_CRF = 51  # x264's scale for 8-bit video: 0 lossless .. 51 worst
+MAX_CARD_OR_FADE = 30  # seconds: a title card or an audio fade-out longer than this is a mistake
 
 EPILOG = """\
 examples:
@@ -92,12 +95,12 @@ def build() -> argparse.ArgumentParser:
                         "next clip's first frame is kept")
     g = p.add_argument_group("audio and cards")
     g.add_argument("--audio", type=Path, help="music or narration for the film, e.g. --audio music.mp3")
-    g.add_argument("--audio-fade", type=float, default=1.0, metavar="SECONDS",
+    g.add_argument("--audio-fade", type=number_arg(0, MAX_CARD_OR_FADE), default=1.0, metavar="SECONDS",
                    help="fade-out when the audio is cut at the film's end (default 1.0; 0 = none), e.g. 2")
     g.add_argument("--title", type=text_arg,
                    help='a title card before the film, e.g. --title "Lantern Walk" ("\\n" breaks lines)')
     g.add_argument("--end-card", type=text_arg, help='a card after the film, e.g. --end-card "Made with Wan 2.2"')
-    g.add_argument("--card-seconds", type=float, default=timeline.CARD_SECONDS,
+    g.add_argument("--card-seconds", type=number_arg(0, MAX_CARD_OR_FADE, above=True), default=timeline.CARD_SECONDS,
                    help=f"how long each card shows (default {timeline.CARD_SECONDS}), e.g. 3")
     g = p.add_argument_group("conversions (off by default)")
     g.add_argument("--fps", type=int, choices=(24, 30), help="convert to this rate by motion interpolation "
@@ -106,7 +109,8 @@ def build() -> argparse.ArgumentParser:
     g.add_argument("--upscale", type=int, choices=(2,), help="scale the film 2x with Lanczos, e.g. --upscale 2")
     g.add_argument("--size", type=size_arg, metavar="WxH",
                    help="scale to this size with Lanczos, letterboxed if the aspect differs, e.g. --size 1920x1080")
-    g.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18), e.g. 20")
+    g.add_argument("--crf", type=number_arg(0, MAX_CRF, whole=True), default=18,
+                   help=f"H.264 quality 0-{MAX_CRF}, lower is better (default 18), e.g. 20")
     g = p.add_argument_group("review")
     g.add_argument("--review", action="store_true", help="measure every seam against its keyframe and flag "
                    "jumps with advice; alone it only reports, with -o it also assembles. e.g. my-film --review")
@@ -143,7 +147,8 @@ def resolve_inputs(args) -> Inputs:
 
 def _from_production(root: Path) -> Inputs:
     if not root.is_dir():
-        raise CliError(f"production folder {root} does not exist", "check the path, or use --clips")
+        raise CliError(f"production folder {root} {missing(root)}" if not root.exists() else f"{root} is not a folder",
+                       "check the path, or use --clips")
     plan = load_scene_breakdown(root / "scene-breakdown.md")
     scenes = sorted(plan.scenes, key=lambda s: s.number)
     numbers = [s.number for s in scenes]
@@ -237,8 +242,6 @@ def build_timeline(args, inputs: Inputs, infos, boundaries, fps, size):
     cards = []
     for kind, text in (("title", args.title), ("end card", args.end_card)):
         if text:
-            if not 0 < args.card_seconds <= 30:
-                raise CliError(f"--card-seconds {args.card_seconds} is out of range", "use 0.5 to 30, e.g. 2")
             cards.append((kind, text, timeline.render_card(text, *size), max(1, round(args.card_seconds * fps))))
     for kind, text, image, count in cards:
         at = 0 if kind == "title" else len(names)
@@ -255,8 +258,6 @@ def run(args) -> dict:
         raise CliError("no output given", "add -o final.mp4, or --review to only check the seams")
     if args.upscale and args.size:
         raise CliError("--upscale and --size both given", "choose one")
-    if not 0 <= args.audio_fade <= 30:
-        raise CliError(f"--audio-fade {args.audio_fade} is out of range", "use 0 (none) to 30 seconds, e.g. 1")
     if args.output is None:
         return assemble(args)
     check_output(args.output, args.overwrite, "film")

@@ -130,17 +130,17 @@ def build() -> argparse.ArgumentParser:
     g.add_argument("--pose", metavar="FILE", help="skeleton PNG, OpenPose keypoints JSON, or a photo of the pose")
     g.add_argument("--pose-method", choices=qwen_jobs.POSE_METHODS, default="auto",
                    help="anypose, native or controlnet (default auto: the first that applies, see above)")
-    g.add_argument("--control-strength", type=float, metavar="S",
+    g.add_argument("--control-strength", type=qwen_jobs.strength_arg, metavar="S",
                    help="AnyPose LoRA scale (default 0.7) or ControlNet conditioning scale (default 1.0)")
     g = p.add_argument_group("size")
     g.add_argument("--size", type=qwen_jobs.size_arg, metavar="WxH", help="output size, e.g. 832x480")
-    g.add_argument("--width", type=int, help="output width (with --height)")
-    g.add_argument("--height", type=int, help="output height (with --width)")
+    g.add_argument("--width", type=qwen_jobs.side_arg, help="output width (with --height)")
+    g.add_argument("--height", type=qwen_jobs.side_arg, help="output height (with --width)")
     g.add_argument("--preset", choices=tuple(qwen_jobs.PRESETS),
                    help="the video frame sizes: 480p 832x480, 720p 1280x720, -portrait swapped, square 1024x1024")
     g = p.add_argument_group("sampling")
-    g.add_argument("--steps", type=int, help="denoising steps (default: 4 with Lightning, else 40)")
-    g.add_argument("--cfg", type=float, help="true CFG scale (default: 1 with Lightning, else 4); > 1 doubles the cost")
+    g.add_argument("--steps", type=qwen_jobs.steps_arg, help="denoising steps (default: 4 with Lightning, else 40)")
+    g.add_argument("--cfg", type=qwen_jobs.cfg_arg, help="true CFG scale (default: 1 with Lightning, else 4); > 1 doubles the cost")
     g.add_argument("--negative-prompt", type=text_arg, help="what to avoid (needs --cfg > 1)")
     g.add_argument("--seed", type=seed_arg, help="seed (default: a random one, printed and stored)")
     g.add_argument("--lightning", choices=qwen_jobs.LIGHTNING_CHOICES, default="auto",

@@ -133,7 +133,7 @@ def test_bad_specs_name_the_fix(text, family, says):
 
 
 def test_missing_file_is_refused_early(tmp_path):
-    with pytest.raises(CliError, match="not found"):
+    with pytest.raises(CliError, match="nope.safetensors does not exist"):
         L.parse_lora_spec(str(tmp_path / "nope.safetensors"), "wan")
 
 

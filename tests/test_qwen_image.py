@@ -123,10 +123,12 @@ def test_same_seed_same_pixels_across_separate_runs(pics, capsys):
 
 
 def _job_options(argv: list[str]) -> dict:
-    """Command-line arguments as a batch job object (repeated options become lists)."""
+    """Command-line arguments as a batch job object (repeated options become lists; a short option under its long
+    name: a job's keys are option names in full)."""
+    long_names = {s: max(a.option_strings, key=len) for a in qwen_image.build()._actions for s in a.option_strings}
     job, i = {}, 0
     while i < len(argv):
-        key = argv[i].lstrip("-").replace("-", "_")
+        key = long_names[argv[i]].lstrip("-").replace("-", "_")
         if key == "quiet":
             i += 1
             continue
@@ -351,8 +353,8 @@ BAD = [  # (arguments, part of the message)
     (["-r", "{a}", "--pose", "{skeleton}", "--pose-method", "controlnet"], "takes no --reference"),
     (["--pose-method", "native"], "needs --pose"),
     (["--prompt", "  "], "empty"),
-    (["--steps", "0"], "outside 1..200"),
-    (["--cfg", "-1", "--steps", "2"], "outside 0..20"),
+    (["--steps", "0"], "give a whole number 1 to 200"),
+    (["--cfg=-1", "--steps", "2"], "give a number 0 to 20"),
     (["--lora", "{d}/x.ckpt"], "pickle"),
     (["--device", "cuda:0"], "no such accelerator"),
 ]

@@ -21,12 +21,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .cli import CliError
+from .cli import CliError, load_json
 from .locks import state_lock
 from .outputs import atomic_output, write_json_atomic
 from .layout import state_dir, state_file
@@ -54,7 +53,7 @@ def _read(path: Path, what: str) -> dict:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = load_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CliError(f"{path} cannot be read ({exc})", f"fix or delete it; it holds the production's {what}") from None
     if not isinstance(data, dict):

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paths
-from .cli import not_text
+from .cli import load_json, not_text
 from .layout import ASSET_KINDS, ASSETS
 from .scenes import Problem
 
@@ -95,7 +95,7 @@ def load_assets(root: Path, allow_outside: bool = False) -> tuple[AssetPlan | No
         return None, [Problem(ASSETS, 1, f"assets.json cannot be read ({type(exc).__name__})",
                               "save it as UTF-8 JSON")]
     try:
-        data = json.loads(text)
+        data = load_json(text)
     except json.JSONDecodeError as exc:
         return None, [Problem(ASSETS, exc.lineno, f"invalid JSON: {exc.msg} (column {exc.colno})",
                               f"fix the JSON syntax there; check with `python -m json.tool {path}`")]

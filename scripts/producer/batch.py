@@ -3,7 +3,9 @@
 A batch file is a JSON list of jobs, or an object `{"defaults": {...}, "jobs": [...]}`. A job uses the
 script's own long option names as keys (`"prompt"`, `"reference": ["a.png", "b.png"]`, `"seed": 7`,
 `"overwrite": true`), so a job means exactly what the same flags mean on the command line: each job is
-turned back into arguments and parsed by the script's own parser. Relative paths in a job are relative
+turned back into arguments and parsed by the script's own parser. A key must be an option's full name
+("out" is refused, with "output" suggested): an abbreviation would pass for the option it starts, past
+the path checks below. Relative paths in a job are relative
 to the batch file's folder. Options that shape the model load (device, offload, weights...) apply to
 the whole batch and are refused inside a job.
 
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
+import errno
 import io
 import json
 import logging
@@ -33,8 +37,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import paths
-from .cli import CliError, ExitCode, unexpected_error
+from .cli import CliError, ExitCode, load_json, missing, unexpected_error
 from .inputs import regular_file
+from .outputs import deliver_late_signal
 
 log = logging.getLogger("producer")
 
@@ -100,15 +105,17 @@ def read_batch_file(path: str | Path) -> list[dict]:
     p = regular_file(path, "batch file")
     try:
         text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CliError(f"batch file {p} does not exist", fix="check the path") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise CliError(f"batch file {p} {missing(p)}", fix="check the path") from None
     except UnicodeDecodeError as exc:
         raise CliError(f"batch file {p} is not UTF-8 text ({exc.reason} at byte {exc.start})",
                        fix="save it as UTF-8 JSON") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CliError(f"batch file {p} {missing(p)}", fix="fix or remove the link") from None
         raise CliError(f"cannot read batch file {p}: {exc.strerror}", fix="check the path and permissions") from None
     try:
-        data = json.loads(text)
+        data = load_json(text)
     except json.JSONDecodeError as exc:
         raise CliError(f"batch file {p} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                        fix="fix the JSON (a list of job objects, or {\"defaults\": {...}, \"jobs\": [...]})") from None
@@ -135,14 +142,17 @@ def read_batch_file(path: str | Path) -> list[dict]:
 
 
 def job_to_argv(job: dict, index: int, base_dir: Path, path_options: set[str], batch_only: set[str],
-                root: Path | None = None) -> list[str]:
+                root: Path | None = None, options: set[str] | None = None) -> list[str]:
     """Turn a job object into the argument list the script's parser understands; with `root`, every path
-    must stay inside it (producer.paths)."""
+    must stay inside it (producer.paths). With `options` (the parser's long option names), a key must be one
+    of them exactly: argparse would read "out" as --output, past the path check that knows "output"."""
     argv: list[str] = []
     for key, value in job.items():
         if not isinstance(key, str) or not key or key.startswith("-"):
             raise CliError(f"job {index}: bad option name {key!r}", fix="use option names without dashes, e.g. \"prompt\"")
         option = key.replace("_", "-")
+        if options is not None and option not in options:
+            raise _unknown_key(key, option, index, options)
         if option in batch_only:
             raise CliError(f"job {index}: --{option} applies to the whole batch, not to one job",
                            fix=f"pass --{option} on the command line next to --batch")
@@ -150,6 +160,18 @@ def job_to_argv(job: dict, index: int, base_dir: Path, path_options: set[str], b
         for v in values:
             argv.extend(_option_args(option, v, index, base_dir, option in path_options, root))
     return argv
+
+
+def long_options(parser: argparse.ArgumentParser) -> set[str]:
+    """The parser's long option names without the dashes ("output", "no-style-maintain", ...)."""
+    return {name[2:] for action in parser._actions for name in action.option_strings if name.startswith("--")}
+
+
+def _unknown_key(key: str, option: str, index: int, options: set[str]) -> CliError:
+    meant = sorted(o for o in options if o.startswith(option)) or difflib.get_close_matches(option, sorted(options))
+    return CliError(f"job {index}: {key!r} is not an option" + (f"; did you mean {' or '.join(map(repr, meant))}?"
+                                                                 if meant else ""),
+                    "a job's keys are the script's long option names, written out in full (see its --help)")
 
 
 def _option_args(option: str, value: Any, index: int, base_dir: Path, is_path: bool,
@@ -162,6 +184,8 @@ def _option_args(option: str, value: Any, index: int, base_dir: Path, is_path: b
         raise CliError(f"job {index}: {option} must be a string or number, not a {type(value).__name__}",
                        fix="see the script's --help for what each option takes")
     text = str(value)
+    if is_path and "\0" in text:  # checked here too: with --allow-outside no confinement looks at it
+        raise CliError(f"job {index}: {option} {text!r} {missing(text)}", "remove the \\0 (\\u0000) from the name")
     if is_path and text and not Path(text).is_absolute():
         text = str(base_dir / text)
     if is_path and text and root is not None:
@@ -184,14 +208,15 @@ def parse_jobs(parser: argparse.ArgumentParser, batch_path: str | Path, path_opt
                batch_only: set[str], allow_outside: bool = False) -> list[Job | CliError]:
     """Every job parsed with the script's own parser; a job that does not parse is kept as its error.
     Paths must stay inside the batch's production folder (paths.batch_root) unless `allow_outside`."""
+    raw_jobs = read_batch_file(batch_path)  # first: a path that cannot be read (a link loop) is named as such
     base_dir = Path(batch_path).resolve().parent
     negatable = {a.dest for a in parser._actions if isinstance(a, argparse.BooleanOptionalAction)}
     root = None if allow_outside else paths.batch_root(batch_path)
     parsed: list[Job | CliError] = []
-    for i, raw in enumerate(read_batch_file(batch_path)):
+    for i, raw in enumerate(raw_jobs):
         try:
             argv = job_to_argv(_negations(raw, negatable), i, base_dir, path_options, batch_only | POLICY_OPTIONS,
-                               root)
+                               root, long_options(parser))
             parsed.append(Job(i, _parse_job(parser, argv, i), raw))
         except CliError as err:
             message = err.message if err.message.startswith("job ") else f"job {i}: {err.message}"
@@ -223,6 +248,7 @@ def run_jobs(jobs: list[Job | CliError], run_one: Callable[[Job], dict],
         if result.stopped is not None:
             result.jobs.append({"status": "not_run", "job": _index(job), "reason": result.stopped.message})
             continue
+        deliver_late_signal()  # Ctrl-C or SIGTERM during the last job's commit stops the batch here
         if isinstance(job, CliError):
             result.jobs.append(job.to_dict())
             log.error("[%d/%d] %s", n, total, job.message)

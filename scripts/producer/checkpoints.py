@@ -19,6 +19,7 @@ TOOL = "production.py"
 
 def approve(snap: Snapshot, name: str) -> dict:
     name = normalise(name)
+    _require_own_folders(snap)
     if name in PHASES:
         _require_earlier(snap, name)
         _require_complete(snap, name)
@@ -47,6 +48,13 @@ def normalise(name: str) -> str:
     if ":" not in name and re.match(r"^KF[-_]", name, re.IGNORECASE):
         return f"keyframe:{name}"
     return name
+
+
+def _require_own_folders(snap: Snapshot) -> None:
+    """Nothing is recorded or planned while one of the production's own folders leads elsewhere (paths.own_folder)."""
+    if snap.prod.folder_problems:
+        first = snap.prod.folder_problems[0]
+        raise CliError(f"{first.message}; nothing is recorded until it is fixed", first.fix)
 
 
 def _require_earlier(snap: Snapshot, phase: str) -> None:
@@ -81,6 +89,7 @@ def _what_can_be_approved(snap: Snapshot) -> str:
 def retake(snap: Snapshot, name: str) -> dict:
     """Move one job to its next take: a new seed, so the item is stale and `next` makes it again."""
     name = normalise(name)
+    _require_own_folders(snap)
     state = snap.states.get(name)
     if state is None or state.job.script == "assemble_video.py":
         jobs = [s.job.id for s in snap.states.values() if s.job.id != "film"]

@@ -12,6 +12,7 @@ import enum
 import errno
 import json
 import logging
+import math
 import os
 import secrets
 import signal
@@ -31,12 +32,14 @@ class ExitCode(enum.IntEnum):
     BUSY = 5  # another run holds the lock on this output
     PARTIAL = 6  # a batch finished with some jobs failed (the JSON lists them)
     INTERRUPTED = 130  # Ctrl-C
+    STDOUT_CLOSED = 141  # stdout was closed before the report was written (`... | head`): 128 + SIGPIPE
     TERMINATED = 143  # SIGTERM
 
 
 EXIT_CODE_HELP = (
     "exit codes: 0 ok, 1 generation failed, 2 bad arguments or input, 3 model not installed, "
-    "4 out of memory, 5 output locked by another run, 6 batch partly failed, 130 interrupted, 143 terminated"
+    "4 out of memory, 5 output locked by another run, 6 batch partly failed, 130 interrupted, "
+    "141 stdout closed, 143 terminated"
 )
 
 
@@ -61,7 +64,14 @@ class Terminated(BaseException):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises CliError instead of exiting, so --json can report usage errors too."""
+    """argparse that raises CliError instead of exiting, so --json can report usage errors too.
+
+    Options are never abbreviated (allow_abbrev=False): `--out` is not `--output`. A command an agent wrote
+    must mean the same after an option is added, and a batch job's keys must be the options they name."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D401 - argparse API
         raise CliError(message, fix=f"see `{self.prog} --help`", code=ExitCode.USAGE)
@@ -144,6 +154,48 @@ def seed_arg(value: str) -> int:
     return seed
 
 
+def _bound(low: float | None, high: float | None, above: bool) -> str:
+    if low is None:
+        return f"at most {high:g}"
+    if high is None:
+        return f"above {low:g}" if above else f"at least {low:g}"
+    return f"{'above ' if above else ''}{low:g} to {high:g}"
+
+
+def number_arg(low: float | None = None, high: float | None = None, *, whole: bool = False,
+               above: bool = False) -> Callable[[str], float | int]:
+    """argparse type for a number every later step can compute with: finite, in [low, high] (`above`: low
+    itself excluded), a whole number with `whole`. nan, inf and 1e308 are refused while the arguments are
+    read, before anything loads, with the allowed range in the message."""
+    kind = "a whole number" if whole else "a number"
+    allowed = f"{kind} {_bound(low, high, above)}"
+
+    def parse(text: str) -> float | int:
+        try:
+            value = int(text) if whole else float(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}; give {allowed}") from None
+        inside = (low is None or (value > low if above else value >= low)) and (high is None or value <= high)
+        if not (math.isfinite(value) and inside):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range; give {allowed}")
+        return value
+
+    parse.__name__ = "whole number" if whole else "number"  # argparse names the type in some messages
+    return parse
+
+
+def load_json(text: str | bytes, **options) -> Any:
+    """json.loads for files a user or another program wrote. Nesting too deep for Python's parser (thousands
+    of '[') is a json.JSONDecodeError like any other malformed JSON, so every reader's message for bad JSON
+    covers it, instead of a RecursionError."""
+    try:
+        return json.loads(text, **options)
+    except RecursionError:
+        text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        raise json.JSONDecodeError("nested too deeply (arrays or objects inside each other thousands of "
+                                   "levels deep)", text, 0) from None
+
+
 # ---------------------------------------------------------------- timing and memory
 
 
@@ -155,8 +207,9 @@ class Stopwatch:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        from . import faults
+        from . import faults, outputs
 
+        outputs.deliver_late_signal()  # a signal held over the last commit stops the run before new work
         faults.at(f"stage:{name}")  # inert outside the reliability tests (see producer.faults)
         start = time.perf_counter()
         try:
@@ -245,6 +298,24 @@ FILE_ERRORS = {
 }
 
 
+def missing(path: str | os.PathLike) -> str:
+    """Why `path` is not there, for "FILE <reason>" messages: a symlink loop or a dangling link is not simply
+    "does not exist", and a name holding a NUL character cannot exist at all."""
+    text = os.fspath(path)
+    if "\0" in text:
+        return "cannot exist: its name contains a NUL character (\\0), which no file name can hold"
+    try:
+        os.stat(text)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "cannot be reached: a symbolic link on its path leads in a circle (check the links with ls -l)"
+        if exc.errno == errno.ENOTDIR:
+            return "cannot exist: a part of its path is a file, not a folder"
+        if os.path.islink(text):
+            return f"is a symbolic link to {os.readlink(text)}, which does not exist"
+    return "does not exist"
+
+
 _plan_in_use: list = []  # this run's memory plan, once chosen (note_plan): out-of-memory messages name it
 
 
@@ -280,6 +351,9 @@ def unexpected_error(exc: BaseException) -> CliError:
         return CliError("a path starts with ~NAME, but there is no user NAME (pathlib could not expand it)",
                         "write the folder itself, e.g. /home/me/models, or ~/models for your own home",
                         ExitCode.USAGE)
+    if isinstance(exc, ValueError) and "null byte" in str(exc):  # os.stat and open refuse such a name
+        return CliError("a file or folder name contains a NUL character (\\0), which no file name can hold",
+                        "remove the \\0 from the names you gave (in JSON it is written \\u0000)", ExitCode.USAGE)
     if isinstance(exc, OSError) and exc.filename is not None:
         if exc.errno == errno.ENOSPC:
             from .outputs import disk_full, output_for  # outputs builds on this module's CliError
@@ -294,12 +368,38 @@ def unexpected_error(exc: BaseException) -> CliError:
 
 def run_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], dict],
              argv: list[str] | None = None, describe: Callable[[dict], str] | None = None) -> int:
-    """Parse, run, report. Returns the exit code (scripts call sys.exit(main()))."""
+    """Parse, run, report. Returns the exit code (scripts call sys.exit(main())).
+
+    A reader that closed stdout before the report came (`--json | head -c 5`) ends the run quietly with exit
+    141, as a process killed by SIGPIPE would, not with a BrokenPipeError traceback (Python's documentation,
+    "Note on SIGPIPE"): the work is done either way, only the report had no reader."""
+    try:
+        code = _run_main(parser, run, argv, describe)
+        sys.stdout.flush()  # what is still buffered (--help into a pipe) fails here, not at exit
+        return code
+    except BrokenPipeError:
+        _silence_closed_streams()
+        return int(ExitCode.STDOUT_CLOSED)
+
+
+def _silence_closed_streams() -> None:
+    """Point a closed stdout or stderr at /dev/null, so that the flush at exit does not fail a second time."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
+
+
+def _run_main(parser, run, argv, describe) -> int:
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     started = time.perf_counter()
     _plan_in_use.clear()  # a plan noted by an earlier run in this process is not this run's
-    from . import hardware
+    from . import hardware, outputs  # outputs builds on this module's CliError
 
     hardware.configure_cuda_allocator()  # before anything touches CUDA
     try:
@@ -310,7 +410,11 @@ def run_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace]
                 return int(exc.code or 0)
             as_json, debug = getattr(args, "json", as_json), getattr(args, "debug", debug)  # "--json" may be a value
             setup_logging(args.quiet, args.debug)
-            result = run(args)
+            with outputs.one_run():
+                try:
+                    result = run(args)
+                finally:
+                    late = outputs.signal_after_commit()  # Ctrl-C or SIGTERM once the last outputs were in place
     except CliError as err:
         return _fail(err, as_json)
     except KeyboardInterrupt:
@@ -323,6 +427,9 @@ def run_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace]
         if debug:
             log.exception("unexpected error")
         return _fail(unexpected_error(exc), as_json)
+    if late is not None:  # the run had finished its work: the outputs are complete, so it succeeded
+        log.warning("%s arrived after the outputs were complete; they are kept and the run's result stands",
+                    signal.Signals(late).name)
     code = int(result.pop("exit_code", ExitCode.OK))
     result.setdefault("status", "ok" if code == 0 else "partial")
     if result["status"] == "error":  # a report that is a failure too (a batch whose every job failed): say so

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .cli import CliError, ExitCode
+from .cli import CliError, ExitCode, missing
 from .inputs import regular_file
 from .video import decode_log, ffmpeg_exe, ffmpeg_input, ffmpeg_stdin
 
@@ -65,7 +65,7 @@ def _frames(path: Path):
     import imageio_ffmpeg
 
     if not path.exists() and not path.is_symlink():
-        raise CliError(f"clip {path} does not exist", "generate it first (wan_video.py), or check the path (ls it)")
+        raise CliError(f"clip {path} {missing(path)}", "generate it first (wan_video.py), or check the path (ls it)")
     regular_file(path, "clip")
     reader = imageio_ffmpeg.read_frames(ffmpeg_input(path), pix_fmt="rgb24")
     try:

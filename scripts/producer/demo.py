@@ -31,7 +31,7 @@ from pathlib import Path
 
 from . import layout, rehearsal
 from .rehearsal import DEMO_TIME  # noqa: F401  (production.py shows it in --help)
-from .cli import CliError, ExitCode
+from .cli import CliError, ExitCode, load_json
 from .outputs import write_json_atomic
 
 log = logging.getLogger("producer")
@@ -176,7 +176,7 @@ def _copy_plan(source: Path, dest: Path) -> list[str]:
 def _asset_pictures(root: Path) -> list[Path]:
     """Every "image" assets.json names (the check judges the file itself; unreadable means none)."""
     try:
-        plan = json.loads((root / layout.ASSETS).read_text(encoding="utf-8"))
+        plan = load_json((root / layout.ASSETS).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     kinds = plan.values() if isinstance(plan, dict) else []
@@ -196,7 +196,7 @@ def _write_settings(root: Path, source: Path, cache: Path) -> None:
     """The production's own settings, at the rehearsal's tiny size, every command pointed at the stand-ins."""
     settings_file = layout.state_file(source, "settings.json")
     try:
-        settings = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
+        settings = load_json(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
     except (OSError, ValueError):
         settings = {}  # the check reports a broken settings file in the real production
     settings = settings if isinstance(settings, dict) else {}
@@ -290,7 +290,7 @@ def _run_script(argv: list[str], quiet: bool) -> dict:
     with contextlib.redirect_stdout(out):
         code = script_module(script).main(args)
     lines = out.getvalue().strip().splitlines()
-    result = json.loads(lines[-1]) if lines else {}
+    result = load_json(lines[-1]) if lines else {}
     if code != 0:
         failed = [j.get("error") for j in result.get("jobs", []) if j.get("status") == "error"] or [result.get("error")]
         raise CliError(f"the rehearsal's {script} run failed (exit {code}): {'; '.join(map(str, failed))}",

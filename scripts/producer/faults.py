@@ -22,7 +22,8 @@ errno for the file being written at that point, as a full disk or a failing disk
 RuntimeError: a bug), or `pause`: print "fault: paused at POINT (pid N)" on stderr and wait (at most
 PAUSE_SECONDS) for a signal from outside; a test uses that line to know where the process is before it
 signals it or starts a second run. Inside a commit Ctrl-C and SIGTERM are held until the files are in
-place (outputs.signals_held): a signal sent there is delivered when the commit ends.
+place (outputs.signals_held): a signal sent there waits for the run's next stage or batch job, and a run
+with nothing left to do succeeds (its outputs are complete).
 Each entry fires once. Example: PRODUCER_FAULT="rename:*.mp4=SIGTERM;commit:*.json=ENOSPC".
 """
 
@@ -73,7 +74,7 @@ def _act(point: str, action: str, filename: str | os.PathLike | None) -> None:
     from .outputs import signals_held
 
     if signals_held():
-        return  # delivered when the commit ends
+        return  # delivered at the run's next step (outputs.deliver_late_signal)
     # The signal's handler raises (KeyboardInterrupt, cli.Terminated) out of this sleep.
     time.sleep(10)
     raise RuntimeError(f"{ENV}: {action} at {point} was not delivered")

@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path
 
-from .cli import CliError
+from .cli import CliError, missing
 
 KINDS = (
     (stat.S_ISFIFO, "a named pipe (FIFO)"),
@@ -29,21 +29,19 @@ def regular_file(path: str | os.PathLike, what: str = "file") -> Path:
     fix = "check the path (ls -l it), or give the file itself"
     try:
         st = os.stat(path)
-    except FileNotFoundError:
-        raise CliError(f"{what} {path} does not exist", fix) from None
+    except FileNotFoundError:  # also a dangling symlink: `missing` says which
+        raise CliError(f"{what} {path} {missing(path)}", fix) from None
     except PermissionError:
         raise CliError(
             f"{what} {path} cannot be read (permission denied)", f"make it and its folders readable: chmod u+r {path}"
         ) from None
     except OSError as exc:
-        reason = {
-            errno.ELOOP: "it is a symlink loop",
-            errno.ENOTDIR: "a part of it is not a folder",
-            errno.ENAMETOOLONG: "the name is too long",
-        }.get(exc.errno, exc.strerror or str(exc))
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink loop, a file used as a folder
+            raise CliError(f"{what} {path} {missing(path)}", fix) from None
+        reason = "the name is too long" if exc.errno == errno.ENAMETOOLONG else exc.strerror or str(exc)
         raise CliError(f"{what} {path} cannot be read: {reason}", fix) from None
     except ValueError:  # a NUL byte in the name
-        raise CliError(f"{what} {path!r} is not a valid path (it holds a NUL byte)", fix) from None
+        raise CliError(f"{what} {path!r} {missing(path)}", fix) from None
     if stat.S_ISDIR(st.st_mode):
         raise CliError(f"{what} {path} is a directory", fix)
     if not stat.S_ISREG(st.st_mode):

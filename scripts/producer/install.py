@@ -19,12 +19,12 @@ A model counts as present only when the files on disk match its record:
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import models, registry
+from .cli import load_json
 from .outputs import write_json_atomic
 
 RECORD_FORMAT = 1
@@ -53,7 +53,7 @@ def record_path(name: str) -> Path:
 def read_record(name: str) -> dict | None:
     path = record_path(name)
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = load_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT or not isinstance(

@@ -79,6 +79,15 @@ def state_file(root: Path, name: str) -> Path:
     return state_dir(root) / name
 
 
+def own_folders(root: Path) -> list[Path]:
+    """The folders above that exist: the ones the tools write into (and read approvals from)."""
+    root = Path(root)
+    fixed = [STATE, KEYFRAMES, f"{KEYFRAMES}/layers", "final", "assets", *(f"assets/{k}" for k in ASSET_KINDS)]
+    found = [root / name for name in fixed]
+    found += sorted(root.glob("scene-*")) + sorted((root / KEYFRAMES / "layers").glob("*"))
+    return [p for p in found if p.is_symlink() or p.is_dir()]
+
+
 def relative(root: Path, path: Path) -> str:
     """A path as shown to the user: relative to the production folder when inside it."""
     try:

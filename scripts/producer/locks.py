@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .cli import CliError, ExitCode
+from .cli import CliError, ExitCode, load_json, missing
 from .outputs import check_output_name, disk_full
+from .paths import own_folder
 
 STATE_LOCK = ".state.lock"
 STATE_WAIT_SECONDS = 60  # approve and retake hold the production's lock for well under a second each
@@ -63,7 +64,7 @@ def pid_alive(pid: int) -> bool:
 def read_holder(path: str | os.PathLike) -> dict:
     """What the holder of a lock wrote about itself ({} while it has not written yet, or no holder)."""
     try:
-        holder = json.loads(Path(path).read_text(encoding="utf-8"))
+        holder = load_json(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return holder if isinstance(holder, dict) else {}
@@ -91,7 +92,7 @@ def state_lock(root: str | os.PathLike, command: str | None = None) -> Iterator[
     """Hold the production's own lock around a read-modify-write of its `.production/` files. Waits for another
     command that holds it (they are short); nested use in one process holds it once."""
     path = state_lock_path(root)
-    path.parent.mkdir(exist_ok=True)
+    own_folder(root, path.parent).mkdir(exist_ok=True)  # never through a .production/ that leads elsewhere
     with _hold(path, path.parent / "approvals.json", command, STATE_WAIT_SECONDS,
                f"the files of {root} have been in use by another command for {STATE_WAIT_SECONDS} s", nest=True):
         yield path
@@ -139,7 +140,7 @@ def _acquire(path: Path, guarded: str | os.PathLike, command: str | None, wait: 
             failed.append(exc)
 
     if not path.parent.is_dir():  # filelock would create the missing folders: never make folders for a typo
-        raise CliError(f"the folder {path.parent} does not exist", f"create it: mkdir -p {path.parent}")
+        raise CliError(f"the folder {path.parent} {missing(path.parent)}", f"create it: mkdir -p {path.parent}")
     lock = filelock.FileLock(path, timeout=wait, on_acquired=write_holder)
     try:
         lock.acquire()
@@ -156,7 +157,7 @@ def _acquire(path: Path, guarded: str | os.PathLike, command: str | None, wait: 
         return lock
     exc = failed[0]
     if isinstance(exc, FileNotFoundError):
-        raise CliError(f"the folder {path.parent} does not exist", f"create it: mkdir -p {path.parent}") from None
+        raise CliError(f"the folder {path.parent} {missing(path.parent)}", f"create it: mkdir -p {path.parent}") from None
     if exc.errno == errno.ENOSPC:
         raise disk_full(guarded) from None
     if exc.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):  # no flock here: never run unlocked

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cli import CliError
+from .cli import CliError, missing
 from .inputs import regular_file
 
 log = logging.getLogger("producer")
@@ -375,7 +375,7 @@ def check_lora_file(path: Path, must_exist: bool = True) -> None:
         raise CliError(f"{path.name}: LoRAs are read from .safetensors files, not {suffix or 'files without a suffix'}",
                        fix="give the LoRA's .safetensors file")
     if must_exist and not path.exists() and not path.is_symlink():
-        raise CliError(f"LoRA file not found: {path}",
+        raise CliError(f"LoRA file {path} {missing(path)}",
                        fix="check the path (relative paths start in the current folder)")
     if must_exist:
         regular_file(path, "LoRA file")

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageColor, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from .cli import CliError, log
+from .cli import CliError, load_json, log, missing
 from .inputs import regular_file
 from .outputs import atomic_output, json_text
 
@@ -333,7 +333,7 @@ def save_png(img: Image.Image, path: str | os.PathLike, metadata: dict | None = 
     """
     path = Path(path)
     if not path.parent.is_dir():
-        raise CliError(f"the folder for {path} does not exist", f"create it: mkdir -p {path.parent}")
+        raise CliError(f"the folder for {path} {missing(path.parent)}", f"create it: mkdir -p {path.parent}")
     info = PngImagePlugin.PngInfo()
     if metadata is not None:
         info.add_itxt(key, json_text(metadata))
@@ -355,7 +355,7 @@ def read_png_metadata(path: str | os.PathLike, key: str = PNG_METADATA_KEY) -> d
     if text is None:
         return None
     try:
-        value = json.loads(text)
+        value = load_json(text)
     except json.JSONDecodeError:
         log.warning("warning: %s has a %r text chunk that is not JSON; ignoring it", path, key)
         return None

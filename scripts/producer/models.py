@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import registry
-from .cli import CliError, ExitCode
+from .cli import CliError, ExitCode, missing
 from .memory import QWEN_FOOTPRINT, WAN_FOOTPRINT, ModelFootprint
 
 STANDIN_MARKER = "producer_standin.json"
@@ -29,9 +29,13 @@ FORMS = {
 
 def models_home(models_dir: str) -> Path:
     """The folder `--models-dir` names, resolved (HF_HOME layout: the models sit in its `hub`)."""
+    if "\0" in models_dir:
+        raise CliError(f"--models-dir {models_dir!r} {missing(models_dir)}", "give the folder itself")
     try:
         home = Path(models_dir).expanduser().resolve()
-    except RuntimeError:  # "~someone" with no such user
+    except RuntimeError:  # "~someone" with no such user, or a symlink loop
+        if not models_dir.startswith("~"):
+            raise CliError(f"--models-dir {models_dir} {missing(models_dir)}", "give the folder itself") from None
         raise CliError(f"--models-dir {models_dir}: no such user's home folder", "give the folder itself") from None
     try:
         str(home).encode("utf-8")

@@ -43,6 +43,9 @@ def _next_step(snap: Snapshot) -> dict:
     base = {"root": str(snap.root), "phase": phase, "phase_number": PHASE_NUMBERS.get(phase)}
     if phase is None:
         return {**base, "action": "done", "message": f"the film is made and approved: {layout.film_path(snap.root)}"}
+    if snap.prod.folder_problems:  # before anything is planned or written into one of them
+        return {**base, "action": "fix", "message": f"fix {len(snap.prod.folder_problems)} folder(s) that lead "
+                "outside the production first", "problems": _listed(snap.prod.folder_problems)}
     every_file = [f for files in PHASE_FILES.values() for f in files]
     if set(every_file) <= set(snap.prod.missing):  # an empty (new) folder: the first files to write, not a fault
         first = list(PHASE_FILES["philosophy"])
@@ -69,6 +72,10 @@ def _phase_problems(snap: Snapshot, phase: str) -> list[dict]:
     problems = [p for name in upto for p in prod.problems[name]]
     if PHASES.index(phase) >= PHASES.index("assets"):
         problems += prod.settings_problems
+    return _listed(problems)
+
+
+def _listed(problems) -> list[dict]:
     return [{"file": p.file, "line": p.line, "message": p.message, "fix": p.fix} for p in problems]
 
 
@@ -171,10 +178,12 @@ def _generate(snap: Snapshot, phase: str) -> dict:
         batch_file = layout.state_file(snap.root, f"next-{phase}.json")
         layout.state_dir(snap.root).mkdir(exist_ok=True)
         write_json_atomic(batch_file, {"jobs": [j["batch_job"] for j in jobs]})
-        # Pictures kept outside the folder (production.py --allow-outside) stay allowed in the batch file.
+        # Pictures the user keeps outside the folder (their own production.py --allow-outside) stay allowed in
+        # the batch file. Only then: this tool never widens the confinement by itself.
         outside = any(not paths.inside(snap.root, p) for s in runnable for p in (*s.job.inputs, s.job.output))
         flags = snap.plan.batch_flags.get(script, [])
-        flags = flags + [paths.ALLOW_FLAG] if outside and paths.ALLOW_FLAG not in flags else flags
+        if outside and snap.prod.allow_outside and paths.ALLOW_FLAG not in flags:
+            flags = flags + [paths.ALLOW_FLAG]
         argv = command(script, ["--batch", str(batch_file), *flags, "--json"])
         result.update(batch_file=str(batch_file), batch_argv=argv, commands=[shlex.join(argv)])
     later = f"; {len(waiting)} more wait for these" if waiting else ""

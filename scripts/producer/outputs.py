@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import faults
-from .cli import CliError, ExitCode
+from .cli import CliError, ExitCode, load_json, missing
 
 # File systems allow 255 bytes per name. The longest name derived from an output's is a clip's recipe being
 # written: NAME.provenance.json (+16 bytes), in a temp file (+17: ".", ".partial-", a pid of up to 7 digits),
@@ -32,6 +32,8 @@ def check_output_name(path: str | os.PathLike, what: str = "output") -> Path:
     p = Path(path)
     if not p.name or p.name == "..":
         raise CliError(f"{what} {str(path)!r} is a folder, not a file", "give a file name, e.g. out/KF-A.png")
+    if "\0" in str(p):
+        raise CliError(f"{what} {str(path)!r} {missing(p)}", "remove the \\0 from the name")
     size = len(os.fsencode(p.name))
     if size > MAX_NAME_BYTES:
         raise CliError(f"{what} name {p.name[:40]}... is {size} bytes long; at most {MAX_NAME_BYTES} fit here",
@@ -45,7 +47,8 @@ def check_output(path: str | os.PathLike, overwrite: bool, what: str = "output")
     if p.is_dir():
         raise CliError(f"{what} {p} is a directory", fix="give a file name, e.g. " + str(p / "out.png"))
     if not p.parent.is_dir():
-        raise CliError(f"the folder for {what} {p} does not exist", fix=f"create it: mkdir -p {p.parent}")
+        why = missing(p.parent) if not p.parent.exists() else "is a file, not a folder"
+        raise CliError(f"the folder for {what} {p} {why}", fix=f"create it: mkdir -p {p.parent}")
     if p.exists() and not overwrite:
         raise CliError(f"{what} {p} already exists", fix="pass --overwrite to replace it, or choose another name")
     return p
@@ -75,8 +78,10 @@ def atomic_outputs(*paths: str | os.PathLike, output: str | os.PathLike | None =
     finals = [Path(p) for p in paths]
     named = Path(output) if output is not None else finals[0]
     temps = [temp_path(final) for final in finals]
+    deliver_late_signal()  # new work: a signal held since the last commit stops the run before it
     for final in finals:
         recover(final)
+    _open_sets.append(named)
     try:
         yield temps
         for final in finals:
@@ -95,6 +100,11 @@ def atomic_outputs(*paths: str | os.PathLike, output: str | os.PathLike | None =
     except BaseException:
         _remove_all(temps)
         raise
+    finally:
+        _open_sets.pop()
+
+
+_open_sets: list[Path] = []  # the sets being made now, outermost first (a writer's own file inside ours)
 
 
 def temp_path(final: Path) -> Path:
@@ -209,7 +219,7 @@ def _write_journal(journal: Path, entries: list[dict]) -> None:
 
 def _read_journal(journal: Path) -> list[dict] | None:
     try:
-        entries = json.loads(journal.read_text(encoding="utf-8"))["entries"]
+        entries = load_json(journal.read_text(encoding="utf-8"))["entries"]
         return [e for e in entries if isinstance(e, dict) and {"temp", "final", "kept"} <= set(e)]
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -258,33 +268,89 @@ def _remove_all(paths) -> None:
 
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them to the handlers that were in place."""
+    """Hold Ctrl-C and SIGTERM over a commit. If the commit fails, or outside a script's run (a test, a library
+    call), a held signal is delivered as the block ends. Inside a run (cli.run_main: `one_run`) a signal held
+    here, or arriving once the files are in place, waits for the run's next step instead: the next stage or
+    batch job delivers it (deliver_late_signal), and a run that has nothing left to do reports success
+    (signal_after_commit): its outputs are complete. A second signal does not wait."""
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set handlers (and only it receives Python's signal exceptions)
         return
     if _held_signals:  # nested: the outer block delivers them
         yield
         return
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {signum: signal.signal(signum, lambda number, frame: _held_signals[-1].append(number))
-                for signum in held}
-    _held_signals.append([])
+    late = _late.pop("previous", None)  # a signal waiting since the last commit still waits, for the same handlers
+    previous = late or {signum: signal.getsignal(signum) for signum in HELD}
+    _held_signals.append(_late.pop("caught", []))
+    for signum in HELD:
+        signal.signal(signum, lambda number, frame: _held_signals[-1].append(number))
+    committed = False
+    try:
+        yield
+        committed = True
+    finally:
+        caught = _held_signals.pop()
+        if committed and _runs and len(_open_sets) <= 1:  # an output the user asked for, not a writer's temp
+            _wait_for_next_step(previous, caught)
+        else:
+            _restore(previous)
+            if caught:
+                signal.raise_signal(caught[0])
+
+
+HELD = (signal.SIGINT, signal.SIGTERM)
+_runs: list[bool] = []  # one entry while a script's run is in progress (one_run)
+_held_signals: list[list[int]] = []  # the signals caught while held (one list while a block holds them)
+_late: dict = {}  # after a commit: the handlers to restore ("previous") and the signals caught ("caught")
+
+
+def _wait_for_next_step(previous: dict, caught: list[int]) -> None:
+    def record(number, frame):
+        caught.append(number)
+        if len(caught) > 1:  # asked twice: stop now
+            deliver_late_signal()
+
+    _late.update(previous=previous, caught=caught)
+    for signum in HELD:
+        signal.signal(signum, record)
+
+
+def _restore(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def one_run() -> Iterator[None]:
+    """A script's run (cli.run_main), in which a signal after a commit waits for the next step (_signals_deferred)."""
+    _runs.append(True)
     try:
         yield
     finally:
-        caught = _held_signals.pop()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        if caught:
-            signal.raise_signal(caught[0])
+        _runs.pop()
 
 
-_held_signals: list[list[int]] = []  # the signals caught while held (one list while a block holds them)
+def signal_after_commit() -> int | None:
+    """The signal that arrived during or after this run's last commit, if any, with the usual handlers back.
+    For the end of a run: its outputs are complete, so that signal does not make it a failure."""
+    if not _late or threading.current_thread() is not threading.main_thread():
+        return None
+    _restore(_late.pop("previous"))
+    caught = _late.pop("caught")
+    return caught[0] if caught else None
+
+
+def deliver_late_signal() -> None:
+    """Where a run begins new work (a stage, a batch job): a signal held since the last commit stops it here."""
+    late = signal_after_commit()
+    if late is not None:
+        signal.raise_signal(late)
 
 
 def signals_held() -> bool:
-    """True inside a commit, where Ctrl-C and SIGTERM wait until the files are in place (faults.py asks)."""
-    return bool(_held_signals)
+    """True inside a commit, where Ctrl-C and SIGTERM wait until the files are in place, and after it until the
+    run's next step (faults.py asks)."""
+    return bool(_held_signals) or bool(_late)
 
 
 PARTIAL_MARK = ".partial-"

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import batch, parallel_merge
-from .cli import CliError, ExitCode, peak_memory, resolve_seed
+from .cli import CliError, ExitCode, number_arg, peak_memory, resolve_seed
 from .outputs import write_json_atomic
 
 log = logging.getLogger("producer")
@@ -68,11 +68,11 @@ def add_args(parser: argparse.ArgumentParser, context_parallel: bool = False) ->
     g = parser.add_argument_group("several GPUs (see 'Several GPUs' above)")
     g.add_argument("--gpus", type=gpu_list, metavar="0,1,...",
                    help="the GPUs to use (numbered as this process sees them; default: every visible GPU)")
-    g.add_argument("--workers", type=int, metavar="N",
+    g.add_argument("--workers", type=number_arg(1, whole=True), metavar="N",
                    help="--batch: this many worker processes (default: one per GPU); with --device cpu, N CPU "
                         "processes")
     if context_parallel:
-        g.add_argument("--context-parallel", type=int, metavar="N",
+        g.add_argument("--context-parallel", type=number_arg(1, whole=True), metavar="N",
                        help="split one clip over N GPUs (Ulysses attention); N divides 40, e.g. 2, 4 or 8")
     g.add_argument(WORKER_FLAG, type=Path, metavar="RUN_FOLDER", help=argparse.SUPPRESS)
 

@@ -5,12 +5,11 @@ share (or the error that stopped it)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import batch
-from .cli import CliError, ExitCode
+from .cli import CliError, ExitCode, load_json
 
 if TYPE_CHECKING:
     from .parallel import Launch
@@ -18,7 +17,7 @@ if TYPE_CHECKING:
 
 def _read_json(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return load_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 

@@ -12,13 +12,20 @@ The production folder ("root") of each file:
   state folder (`.production/`, where `production.py next` writes its batch files).
 One flag lifts the rule, for files the user trusts: `--allow-outside` (production.py for assets.json,
 qwen_image.py and wan_video.py beside --batch).
+
+The production's own folders (keyframes/, scene-XX/, final/, assets/..., .production/: producer.layout)
+must be inside it too: a symlink that takes one elsewhere is a problem `production.py check` reports, and
+no command writes through it (`own_folder`). Only the asset folders may lead elsewhere, with the user's own
+--allow-outside (asset pictures kept elsewhere); no tool adds --allow-outside by itself.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path, PurePath
 
+from . import layout
 from .cli import CliError
 from .layout import STATE
 
@@ -51,8 +58,53 @@ def batch_root(batch_file: str | os.PathLike) -> Path:
 def confine(path: str | os.PathLike, root: str | os.PathLike, what: str, allow_outside: bool = False) -> Path:
     """`root / path`, or CliError when it leads outside `root` (unless allowed)."""
     full = Path(root) / path
+    if "\0" in os.fspath(path):  # inside() cannot resolve it, but the name is the problem, not where it leads
+        raise CliError(f"{what} {str(path)!r} contains a NUL character, which no file name can hold",
+                       "remove the \\0 (\\u0000 in JSON) from the name")
     if allow_outside or inside(root, full):
         return full
     raise CliError(f"{what} {str(path)!r} leads outside the production folder {root}",
                    f"keep the file inside {root} (no '..', no absolute path or symlink elsewhere), or pass "
                    f"{ALLOW_FLAG} if you trust this file")
+
+
+def folder_leaves(root: str | os.PathLike, folder: str | os.PathLike) -> str | None:
+    """Why the production's own `folder` leads outside `root` (a symlink elsewhere, a symlink loop), or None."""
+    if inside(root, folder):
+        return None
+    if _loops(folder):
+        return "is a symbolic link that leads in a circle"
+    return f"leads outside the production (a symbolic link to {os.path.realpath(folder)})"
+
+
+def _loops(path: str | os.PathLike) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
+
+
+def folder_problems(root: str | os.PathLike, allow_outside: bool = False) -> list[tuple[str, str]]:
+    """(folder relative to root, why) for each of the production's own folders that leads outside it. With
+    the user's --allow-outside, asset folders may (asset pictures kept elsewhere); the others never."""
+    out = []
+    for folder in layout.own_folders(Path(root)):
+        name = folder.relative_to(root).as_posix()
+        if allow_outside and name.split("/")[0] == "assets":
+            continue
+        why = folder_leaves(root, folder)
+        if why:
+            out.append((name, why))
+    return out
+
+
+def own_folder(root: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """`folder` (one of the production's own, e.g. its .production/) before a tool writes into it: CliError
+    when it leads outside the production. Nothing lifts this: the production's state stays its own."""
+    why = folder_leaves(root, folder) if Path(folder).is_symlink() or Path(folder).exists() else None
+    if why:
+        raise CliError(f"{folder} {why}; nothing is written through it",
+                       f"make {Path(folder).name} a real folder inside {root} (move what it holds there), then run "
+                       "the command again")
+    return Path(folder)

@@ -261,6 +261,12 @@ def apply_settings(plan: Plan, settings: dict) -> None:
         if job.script in (QWEN, WAN) and "judge" not in extra and _judge_options(settings):
             extra["judge"] = _judge_options(settings)  # the production's frame thresholds reach the scripts too
         batch_only = {o.replace("-", "_") for o in getattr(script_module(job.script), "BATCH_ONLY", ())}
+        if "allow_outside" in extra and "allow_outside" not in reported.setdefault(job.script, set()):
+            reported[job.script].add("allow_outside")  # a file must not widen the confinement that guards against it
+            plan.problems.append(Problem(where, 1, f"{job.script}: 'allow_outside' cannot be set in settings.json",
+                                         f"remove it; give `production.py next {plan.root} --allow-outside` yourself "
+                                         "to use asset pictures kept outside the folder"))
+        extra.pop("allow_outside", None)
         for key in sorted(set(extra) & PLANNED - reported.setdefault(job.script, set())):
             reported[job.script].add(key)  # once per script and key, not once per job
             plan.problems.append(Problem(where, 1, f"{job.script}: {key!r} is set by the plan itself",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import colorsys
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from . import media
-from .cli import CliError
+from .cli import CliError, load_json, missing
 from .inputs import regular_file
 
 log = logging.getLogger("producer")
@@ -42,6 +43,8 @@ DETECT_RESOLUTION = 512  # controlnet_aux's default: the short side the detector
 # Hands: one more network, run at 4 scales per hand (~1 s a hand on a GPU, ~10 s on two CPU cores).
 DETECT_HANDS = True
 MAX_JSON_BYTES = 5_000_000
+MAX_CANVAS = 16384  # canvas_width/height in pixels
+MAX_COORDINATE = 4 * MAX_CANVAS  # a keypoint may lie off the canvas, not at 1e308 (the drawing converts to int)
 
 # OpenPose BODY_25 -> the 18-point COCO order that ControlNet skeletons use (MidHip and the feet dropped).
 BODY25_TO_COCO18 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
@@ -139,11 +142,11 @@ def _read_json(path: Path):
                            JSON_FIX)
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise CliError(f"pose file {path} does not exist", "check the path") from None
+        raise CliError(f"pose file {path} {missing(path)}", "check the path") from None
     except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
         raise CliError(f"pose file {path} cannot be read as text ({type(exc).__name__})", JSON_FIX) from None
     try:
-        return json.loads(text)
+        return load_json(text)
     except json.JSONDecodeError as exc:
         raise CliError(f"pose file {path} is neither an image nor valid JSON ({exc.msg} at line {exc.lineno})",
                        JSON_FIX) from None
@@ -164,7 +167,7 @@ def _canvas_dim(frame: dict, key: str, path: Path) -> int | None:
     value = frame.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 16384:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= MAX_CANVAS:
         raise CliError(f"{path}: {key} must be a size in pixels, not {value!r}", JSON_FIX)
     return int(value)
 
@@ -193,6 +196,10 @@ def _triplets(values, what: str, path: Path, counts: tuple[int, ...]) -> list[tu
     if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                for v in values):
         raise CliError(f"{path}: {what} must be a flat list of numbers [x, y, confidence, ...]", JSON_FIX)
+    if not all(math.isfinite(v) and abs(v) <= MAX_COORDINATE for v in values):
+        bad = next(v for v in values if not (math.isfinite(v) and abs(v) <= MAX_COORDINATE))
+        raise CliError(f"{path}: {what} holds {bad!r}; coordinates and confidences are finite numbers within "
+                       f"±{MAX_COORDINATE}", JSON_FIX)
     if len(values) not in tuple(3 * c for c in counts):
         expected = " or ".join(f"{3 * c} ({c} points)" for c in counts)
         raise CliError(f"{path}: {what} has {len(values)} numbers, expected {expected}", JSON_FIX)

@@ -16,14 +16,14 @@ Phase 1 is not wrong for lacking scene-breakdown.md; one with assets.json but no
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import rules
+from . import paths, rules
 from .assets import AssetPlan, load_assets
 from .cli import CliError
 from .inputs import regular_file
+from .cli import load_json
 from .layout import ASSETS, PHILOSOPHY, SCENE_BREAKDOWN, STATE, STYLE
 from .phasefiles import check_philosophy, check_style
 from .scenes import Problem, SceneBreakdown, parse_scene_breakdown
@@ -45,23 +45,29 @@ class Production:
     warnings: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # phase files not written yet (not problems)
     settings_problems: list[Problem] = field(default_factory=list)  # they concern every generating phase
+    folder_problems: list[Problem] = field(default_factory=list)  # its own folders leading elsewhere: every phase
+    allow_outside: bool = False  # the user's --allow-outside: asset pictures may be kept elsewhere
 
     def all_problems(self) -> list[Problem]:
-        return [p for phase in PHASES for p in self.problems[phase]] + self.settings_problems
+        return self.folder_problems + [p for phase in PHASES for p in self.problems[phase]] + self.settings_problems
 
     def ok_through(self, phase: str) -> bool:
         """No problem in this phase's files or any earlier phase's, and the files are there."""
         upto = PHASES[:PHASES.index(phase) + 1]
         files = [f for p in upto for f in PHASE_FILES.get(p, ())]
         generating = PHASES.index(phase) >= PHASES.index("assets")
-        return (not any(self.problems[p] for p in upto) and not any(f in self.missing for f in files)
-                and not (generating and self.settings_problems))
+        return (not self.folder_problems and not any(self.problems[p] for p in upto)
+                and not any(f in self.missing for f in files) and not (generating and self.settings_problems))
 
 
 def load_production(root: str | Path, allow_outside: bool = False, asset_files_due: bool = False) -> Production:
     """asset_files_due: the assets phase has been approved once, so every asset picture must exist."""
     root = Path(root)
-    prod = Production(root)
+    prod = Production(root, allow_outside=allow_outside)
+    prod.folder_problems = [Problem(name, 1, f"the folder {name} {why}", "make it a real folder inside the "
+                                    "production (move what it holds there): the tools write into it, and never "
+                                    "through a link to somewhere else")
+                            for name, why in paths.folder_problems(root, allow_outside)]
     present = [f for files in PHASE_FILES.values() for f in files if (root / f).is_file()]
     if not present:
         prod.problems["philosophy"].append(Problem(PHILOSOPHY, 1, f"no production files in {root}",
@@ -141,7 +147,7 @@ def _read_settings(prod: Production) -> None:
         return
     where = f"{STATE}/{SETTINGS}"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = load_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         prod.settings_problems.append(Problem(where, 1, f"cannot be read: {exc}", "fix the JSON or delete the file"))
         return

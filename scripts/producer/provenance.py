@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .cli import load_json
 from .inputs import regular_file
 from .outputs import write_json_atomic
 
@@ -120,7 +121,7 @@ def recipe_or_damage(output: str | os.PathLike) -> tuple[dict | None, str | None
     side = sidecar_path(p)
     if side.is_file():
         try:
-            return json.loads(side.read_text(encoding="utf-8")), None
+            return load_json(side.read_text(encoding="utf-8")), None
         except (OSError, ValueError):
             return None, None
     return None, None

@@ -34,12 +34,14 @@ from pathlib import Path
 from PIL import Image
 
 from . import judge, lora, media, models, provenance, qwen, qwen_load, registry
-from .cli import CliError, ExitCode, log, resolve_seed
+from .cli import CliError, ExitCode, log, number_arg, resolve_seed
 from .style import apply_style, join_negative, load_style, style_prompts
 
 SCRIPT = "qwen_image.py"
 MIN_SIDE = 64
 MAX_PIXELS = 2048 * 2048  # 4 MP: beyond the model's training sizes, and ~4x its reference token count
+MAX_SIDE = MAX_PIXELS // MIN_SIDE  # the longest side any allowed size can have
+side_arg = number_arg(1, MAX_SIDE, whole=True)
 MAX_ASPECT = 3.0
 PRESETS = {"480p": (832, 480), "720p": (1280, 720), "480p-portrait": (480, 832), "720p-portrait": (720, 1280),
            "square": (1024, 1024)}
@@ -49,6 +51,10 @@ CONTROLNET_SCALE = 1.0  # InstantX/Qwen-Image-ControlNet-Union card: controlnet_
 MAX_CONTROL_STRENGTH = 2.0
 MAX_STEPS = 200  # 5x the full schedule: more only costs time
 MAX_CFG = 20.0  # Qwen runs at 4; far above, images burn
+# argparse types for those numbers: nan, inf or out of range is refused while the arguments are read
+steps_arg = number_arg(1, MAX_STEPS, whole=True)
+cfg_arg = number_arg(0, MAX_CFG)
+strength_arg = number_arg(0, MAX_CONTROL_STRENGTH, above=True)
 # Pose instructions put before the user's prompt. Our wording: no public source gives one (the AnyPose card only
 # says it takes the character picture and a pose picture); docs/real-models.md says so too. Edit to taste.
 POSE_INSTRUCTION = {
@@ -91,6 +97,8 @@ def size_arg(value: str) -> tuple[int, int]:
         w, h = (int(v) for v in value.lower().replace("*", "x").split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r}: give WIDTHxHEIGHT, e.g. 832x480") from None
+    if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+        raise argparse.ArgumentTypeError(f"{value!r}: width and height must be 1 to {MAX_SIDE}")
     return w, h
 
 
@@ -110,24 +118,30 @@ def resolve_size(args, first_picture: Image.Image | None) -> tuple[int, int, lis
     elif first_picture is not None:
         s = math.sqrt(qwen.MODEL_REFERENCE_AREA / (first_picture.width * first_picture.height))
         w, h = first_picture.width * s, first_picture.height * s
+        return check_size(round(w), round(h), f"no size was given, so the size follows the first picture "
+                          f"({first_picture.width}x{first_picture.height}): ")
     else:
         w, h = registry.QWEN.default_size
     return check_size(round(w), round(h))
 
 
-def check_size(w: int, h: int) -> tuple[int, int, list[str]]:
+def check_size(w: int, h: int, derived: str = "") -> tuple[int, int, list[str]]:
+    """`derived`: how the size was chosen when the user gave none; then the message says so and the fix is to
+    give one (the pictures are fitted to it by --fit)."""
+    give = "pass --size WxH (e.g. --size 1024x1024) or --preset 720p; the pictures are fitted to it (--fit crop|pad)"
     if w <= 0 or h <= 0:
         raise CliError(f"size {w}x{h} must be positive", "give a size such as 832x480 or --preset 480p")
     snapped = media.snap_size(w, h, registry.QWEN.size_multiple)
     w, h = snapped.width, snapped.height
     if min(w, h) < MIN_SIDE:
-        raise CliError(f"size {w}x{h}: each side must be at least {MIN_SIDE}", "give a larger size")
+        raise CliError(f"{derived}size {w}x{h}: each side must be at least {MIN_SIDE}",
+                       give if derived else "give a larger size")
     if w * h > MAX_PIXELS:
         raise CliError(f"size {w}x{h} is {w * h / 1e6:.1f} MP; the limit is {MAX_PIXELS / 1e6:.1f} MP",
                        "generate at most ~2048x2048 (e.g. --preset 720p) and upscale afterwards")
     if max(w / h, h / w) > MAX_ASPECT:
-        raise CliError(f"size {w}x{h} is wider than {MAX_ASPECT:g}:1", "the model is trained up to about 21:9; "
-                       "generate a less extreme aspect and crop afterwards")
+        raise CliError(f"{derived}size {w}x{h} is wider than {MAX_ASPECT:g}:1", give if derived else
+                       "the model is trained up to about 21:9; generate a less extreme aspect and crop afterwards")
     return w, h, [snapped.note] if snapped.note else []
 
 

@@ -15,10 +15,10 @@ Two marks keep a rehearsal apart from real work:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from . import layout
+from .cli import load_json
 
 MARKER = "rehearsal.json"
 STANDINS = "standins"  # the stand-in cache inside the rehearsal's .production/ (about 5 MB)
@@ -42,7 +42,7 @@ def read_marker(root: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        marker = json.loads(path.read_text(encoding="utf-8"))
+        marker = load_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {"rehearsal_of": None, "models_dir": None}  # damaged, but still a rehearsal: never real
     return marker if isinstance(marker, dict) else {"rehearsal_of": None, "models_dir": None}

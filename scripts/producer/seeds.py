@@ -11,12 +11,12 @@ their files turns stale.
 
 from __future__ import annotations
 
-import json
 import secrets
 from pathlib import Path
 
-from . import layout
+from . import layout, paths
 from .approvals import derive_seed
+from .cli import load_json
 from .outputs import write_json_atomic
 
 SALT_FILE = "production.json"
@@ -26,14 +26,14 @@ def salt(root: Path, create: bool = False) -> str:
     """The production's seed salt; `create` stores it on first use (a fresh production gets a random one)."""
     path = layout.state_file(root, SALT_FILE)
     try:
-        stored = json.loads(path.read_text(encoding="utf-8")).get("seed_salt")
+        stored = load_json(path.read_text(encoding="utf-8")).get("seed_salt")
         if isinstance(stored, str):
             return stored
     except (OSError, ValueError, AttributeError):
         pass  # absent (or unreadable: recreated below, as on first use)
     value = "" if _made_before_salts(root) else secrets.token_hex(8)
     if create:
-        layout.state_dir(root).mkdir(parents=True, exist_ok=True)
+        paths.own_folder(root, layout.state_dir(root)).mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {"seed_salt": value, "_comment": "drawn once: every seed of this production "
                                  "derives from it (changing it remakes everything)"})
     return value if create else ""

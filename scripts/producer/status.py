@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import approvals as approvals_mod
 from . import layout, rehearsal, seeds
-from .cli import CliError, ExitCode
+from .cli import CliError, ExitCode, missing
 from .planner import ASSEMBLE, Job, Plan, command, plan_production
 from .project import PHASE_NUMBERS, PHASES, Production, load_production
 from .provenance import recipe_or_damage
@@ -112,7 +112,7 @@ def snapshot(root: str | Path, allow_outside: bool = False, with_states: bool = 
     stores the production's seed salt on first use (`next`, `retake`: the commands that hand out seeds)."""
     root = Path(root)
     if not root.is_dir():
-        raise CliError(f"{root} is not a folder", "give the production folder (the one with philosophy.md)")
+        raise CliError(f"{root} {missing(root) if not root.exists() else 'is not a folder'}", "give the production folder (the one with philosophy.md)")
     marker = rehearsal.read_marker(root)
     if marker is not None:
         _use_rehearsal_models(root, marker)
@@ -120,7 +120,7 @@ def snapshot(root: str | Path, allow_outside: bool = False, with_states: bool = 
     due = "assets" in approvals_mod.read_approvals(root)
     prod = load_production(root, allow_outside, asset_files_due=due)
     planned = prod.ok_through("scenes")
-    salt = seeds.salt(root, create=plan_seeds) if planned else ""
+    salt = seeds.salt(root, create=plan_seeds and not prod.folder_problems) if planned else ""
     plan = plan_production(prod, approvals_mod.read_takes(root), salt) if planned else Plan(root, [])
     prod.settings_problems += plan.problems
     states = job_states(plan, prod, marker is not None) if with_states and prod.ok_through("assets") else {}

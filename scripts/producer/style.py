@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cli import CliError, log, not_text
+from .cli import CliError, load_json, log, missing, not_text
 from .inputs import regular_file
 
 # Wan's UMT5 encoder reads 512 tokens (~4 characters each in English). 600 characters (~150 tokens) per
@@ -172,7 +172,7 @@ def _read_text(path: Path) -> str:
                            "check that --style-ref points at style.json")
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise CliError(f"style file {path} does not exist",
+        raise CliError(f"style file {path} {missing(path)}",
                        "create it as in SKILL.md Phase 1, or fix the --style-ref path") from None
     except IsADirectoryError:
         raise CliError(f"style file {path} is a directory", f"give the file: {path / 'style.json'}") from None
@@ -201,7 +201,7 @@ def _parse_json(path: Path, text: str) -> Any:
     if not text.strip():
         raise CliError(f"{path} is empty", "write style.json as in SKILL.md, Phase 1 (step 1.2)")
     try:
-        return json.loads(text, object_pairs_hook=refuse_duplicates)
+        return load_json(text, object_pairs_hook=refuse_duplicates)
     except json.JSONDecodeError as exc:
         hint = _json_hint(text, exc)
         raise CliError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",

@@ -193,9 +193,10 @@ def ffmpeg_failed(code: int, errors, out: Path) -> CliError:
     last = text.splitlines()[-1] if text else f"exit status {code}"
     if "No space left on device" in text:
         return disk_full(output_for(out))
+    # A full disk is recognised above: guessing it here sent people to `df` for a bad setting (a negative CRF).
     return CliError(f"ffmpeg could not write {output_for(out).name}: {last}",
-                    "check free disk space and the frame size; "
-                    "rerun with --debug for ffmpeg's full message", ExitCode.FAILED, ffmpeg_log=text[-2000:])
+                    "the line above is ffmpeg's own reason (a setting or frame size it refuses); "
+                    "rerun with --debug for its full message", ExitCode.FAILED, ffmpeg_log=text[-2000:])
 
 
 def ffmpeg_input(path: str | os.PathLike) -> str:

@@ -24,10 +24,22 @@ import math
 from dataclasses import dataclass, replace
 
 from . import registry
-from .cli import CliError, ExitCode
+from .cli import CliError, ExitCode, number_arg
 
 WAN = registry.WAN
 MIN_FRAMES = 5  # two latent frames: the first frame and one group of four
+MAX_SECONDS = 60  # a minute in one clip: 12x what the model was trained on, and already beyond any GPU's memory
+MAX_FRAMES = MAX_SECONDS * WAN.fps + 1
+MAX_STEPS = 200  # 5x the full schedule: more only costs time
+MAX_GUIDANCE = 20.0  # Wan runs at 3.5 (full) or 1 (distilled); far above, frames burn
+MAX_SHIFT = 100.0  # the schedules use 5 (Wan 2.2) to 12; past 100 every step sits at the noisy end
+MAX_SIDE = 4096  # pixels a side: the model is trained at 480p and 720p; 4096x4096 is 18x the 720p frame
+# argparse types for those numbers: nan, inf or out of range is refused while the arguments are read
+frames_arg = number_arg(1, MAX_FRAMES, whole=True)
+seconds_arg = number_arg(0, MAX_SECONDS, above=True)
+steps_arg = number_arg(1, MAX_STEPS, whole=True)
+guidance_arg = number_arg(0, MAX_GUIDANCE)
+shift_arg = number_arg(0, MAX_SHIFT, above=True)
 TRAINED_FRAMES = WAN.frames  # Wan2.2 shared_config frame_num 81: longer clips tend to loop or degrade
 
 # --distill choices -> registry entries. `auto` takes the first one installed, in this order: the Wan 2.2
@@ -87,8 +99,8 @@ def size_arg(value: str) -> tuple[int, int]:
         w, h = (int(v) for v in value.lower().replace(" ", "").split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r}: give WIDTHxHEIGHT, e.g. 832x480") from None
-    if w <= 0 or h <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r}: width and height must be positive")
+    if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+        raise argparse.ArgumentTypeError(f"{value!r}: width and height must be 1 to {MAX_SIDE}")
     return w, h
 
 
@@ -123,14 +135,15 @@ def resolve_sampling(distilled: bool, steps: int | None = None, guidance: float 
     overrides = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("guidance_2", guidance_2),
                                    ("shift", shift)) if v is not None}
     sampling = replace(base, **overrides)
-    if sampling.steps < 1 or sampling.steps > 200:
-        raise CliError(f"--steps {sampling.steps} is outside 1..200", f"the default is {base.steps} "
+    if sampling.steps < 1 or sampling.steps > MAX_STEPS:
+        raise CliError(f"--steps {sampling.steps} is outside 1..{MAX_STEPS}", f"the default is {base.steps} "
                        f"({'distilled' if distilled else 'full'} schedule)")
-    if sampling.shift <= 0:
-        raise CliError(f"--shift {sampling.shift:g} must be positive", f"the default is {base.shift:g}")
+    if not 0 < sampling.shift <= MAX_SHIFT:
+        raise CliError(f"--shift {sampling.shift:g} is outside 0..{MAX_SHIFT:g} (above 0)",
+                       f"the default is {base.shift:g}")
     for flag, value in (("--guidance", sampling.guidance), ("--guidance-2", sampling.guidance_2)):
-        if not 0 <= value <= 20:
-            raise CliError(f"{flag} {value:g} is outside 0..20", f"Wan uses {WAN.full.guidance:g} (full schedule) "
+        if not 0 <= value <= MAX_GUIDANCE:
+            raise CliError(f"{flag} {value:g} is outside 0..{MAX_GUIDANCE:g}", f"Wan uses {WAN.full.guidance:g} (full schedule) "
                            "or 1 (distilled: no CFG)")
     if sampling.guidance <= 1 < sampling.guidance_2:
         # diffusers' Wan pipeline decides whether to run the unconditional pass from the high-noise
