@@ -125,11 +125,16 @@ NUMBERS = st.one_of(st.integers(-10**20, 10**20).map(str), st.integers(0, 100).m
                     st.sampled_from(["0", "1", "2", "4", "9", "16", "81", "-0", "1e400", "inf", "nan", "0.5", "64x64",
                                      "832x480", "0x0", "-16x16", "65536x65536", "1:0.5", "1:2:3", "0,1", "0,0", "cut",
                                      "fade:0.5", "dissolve:9", "continuous:1", "fade:x"]))
+USUAL = {  # by the option's type: values a user would give, so that most cases get past the parser
+    "size_arg": ["64x64", "832x480", "480x832", "1280x720"], "strength_arg": ["1", "0.8", "1:0.5", "1.5"],
+    "gpu_list": ["0", "0,1"], "transition_arg": ["cut", "fade:0.5", "dissolve:1"], "seed_arg": ["0", "7", "42"],
+    "whole number": ["1", "2", "4", "5", "9", "17", "33", "81"]}
+USUAL_OTHERWISE = ["0.5", "1", "2", "3.5", "5", "8"]  # float, int, number_arg's "number"
 PATH_METAVARS = {"IMG", "FILE", "style.json", "STYLE.json", "OUT.mp4", "FILE.json", "MP4", "DIR", "RUN_FOLDER"}
 PATH_DESTS = {"output", "production_dir", "audio", "models_dir", "batch", "lora", "clips"}
 WORDS = {"device": ["cpu", "cuda", "cuda:0", "cuda:7", "meta", "mps", "cpu:0"], "attention": ["sdpa", "flash", "native",
          "_native_flash", "sage", "xformers"], "only": ["wan-i2v", "qwen-edit", "wan-lightning", "openpose-annotators"]}
-NUMBER_TYPES = ("seed_arg", "size_arg", "strength_arg", "gpu_list", "transition_arg")
+NUMBER_TYPES = ("seed_arg", "size_arg", "strength_arg", "gpu_list", "transition_arg", "number", "whole number")
 
 
 def sometimes(rare, otherwise, one_in: int = 8):
@@ -146,11 +151,12 @@ def value_for(action, overrides: dict | None = None):
     if action.choices:
         good = st.sampled_from([str(c) for c in action.choices])
     elif action.dest in ("workers", "context_parallel"):
-        return st.sampled_from(["-1", "0", "1", "x"])  # 2 or more starts worker processes (left out on purpose)
+        return sometimes(st.sampled_from(["-1", "0", "x"]), st.just("1"), one_in=3)  # 2 or more starts processes
     elif action.dest in WORDS:
         good = st.sampled_from(WORDS[action.dest])
     elif action.type in (int, float) or getattr(action.type, "__name__", "") in NUMBER_TYPES:
-        good = NUMBERS
+        usual = USUAL.get(getattr(action.type, "__name__", ""), USUAL_OTHERWISE)
+        good = sometimes(NUMBERS, st.sampled_from(usual), one_in=3)
     elif action.metavar in PATH_METAVARS or action.dest in PATH_DESTS:
         loras = [p + suffix for p in PATHS[:2] for suffix in (":0.8", ":1:high", ":x")]
         good = st.sampled_from(PATHS + loras)
@@ -259,6 +265,21 @@ def denoise_probe():
         yield steps
 
 
+@contextlib.contextmanager
+def same_cache():
+    """--models-dir points this process at another cache (models.use_models_dir): each case starts from the
+    test's own, as a new process would."""
+    from huggingface_hub import constants
+
+    saved = dict(os.environ), constants.HF_HOME, constants.HF_HUB_CACHE
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved[0])
+        constants.HF_HOME, constants.HF_HUB_CACHE = saved[1], saved[2]
+
+
 def stage_of(code: int, argv: list[str], stderr: str, steps: int) -> str:
     if code == 0:
         return "help" if {"-h", "--help"} & set(argv) and "--" not in argv else "done"
@@ -283,7 +304,7 @@ def run_case(main, argv: list[str], world: Path, name: str = "") -> Case:
     out, err = io.BytesIO(), io.BytesIO()
     stdout = io.TextIOWrapper(out, encoding="utf-8", errors="strict", write_through=True)
     stderr = io.TextIOWrapper(err, encoding="utf-8", errors="backslashreplace", write_through=True)
-    with denoise_probe() as steps, contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+    with denoise_probe() as steps, same_cache(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = main(argv)  # an exception escaping main (a crash) fails the test with this argv
     stdout_text, stderr_text = out.getvalue().decode(), err.getvalue().decode()
     assert code in DOCUMENTED_CODES, (code, argv, stderr_text[-2000:])

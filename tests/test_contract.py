@@ -182,7 +182,7 @@ def test_approve_shows_pictures_and_planned_commands_carry_json(finished, tmp_pa
 def _approve_answer(root: Path, phase: str) -> dict:
     from producer import status
 
-    return nextstep._approve(status.snapshot(root), phase)
+    return nextstep._approve(status.snapshot(root), phase, flags=[])
 
 
 # ---------------------------------------------------------------- the documents agree with the code
@@ -204,7 +204,7 @@ def test_exit_codes_in_skill_md_are_the_scripts_codes():
 def test_skill_md_lists_the_actions_next_gives():
     actions = re.findall(r"^\s+- `(\w+)`:", (ROOT / "SKILL.md").read_text(), re.M)
     documented_in_code = re.findall(r"^  (\w+) {2,}", nextstep.__doc__, re.M)
-    assert set(actions) == set(documented_in_code) == {"write", "fix", "generate", "approve", "done"}
+    assert set(actions) == set(documented_in_code) == {"write", "fix", "generate", "approve", "retake", "done"}
 
 
 def test_one_demo_time_everywhere():

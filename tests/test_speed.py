@@ -58,6 +58,23 @@ def test_unknown_attention_backend_is_a_clean_error():
     assert "_native_cudnn" in info.value.fix
 
 
+def test_an_attention_backend_whose_package_is_missing_is_refused_before_loading(standin_hf_home, tmp_path, capsys):
+    """Found by the deep fuzzing: --attention flash without flash-attn crashed after the model loaded (diffusers
+    checks the package in set_attention_backend); the same check now runs with the arguments."""
+    import json
+
+    import qwen_image
+    from diffusers.models import attention_dispatch
+
+    if attention_dispatch._CAN_USE_FLASH_ATTN:
+        pytest.skip("flash-attn is installed here")
+    out = tmp_path / "a.png"
+    code = qwen_image.main(["--prompt", "a fox", "--size", "64x64", "--steps", "2", "--lightning", "off",
+                            "--attention", "flash", "-o", str(out), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 2 and "flash-attn" in report["error"] and "--attention" in report["fix"] and not out.exists()
+
+
 def test_levers_apply_to_a_transformer(tiny_wan_pipeline):
     import torch
 

@@ -111,7 +111,7 @@ def test_a_pickled_lora_is_refused_with_the_reason(tmp_path):
 
 @pytest.mark.parametrize("side,message", [(100_000, "refusing to decode"), (9_000, "over the 64 MP limit")])
 def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, side, message):
-    from test_fuzz import bomb_png
+    from fuzzing import bomb_png
 
     bomb_png(tmp_path / "bomb.png", side=side)  # gigapixels declared in a few hundred bytes
     code, result = run(qwen_image.main, "-r", tmp_path / "bomb.png", "-p", "x", "-o", tmp_path / "out.png")

@@ -6,6 +6,8 @@ The answer has an `action`:
   generate  jobs to run: a batch file for the script's --batch (.production/next-PHASE.json) and the
             command that runs it; every job also as a stand-alone command
   approve   the phase is complete: show the user its files, and record their answer with `approve`
+  retake    (retakes on in settings.json) judging flagged items of this checkpoint: each was kept as a
+            variant and given a new seed (nothing approved); ask `next` again
   done      the film is made and approved
 
 Only jobs whose inputs are all ready are planned: a composite waits for its layers, a chained

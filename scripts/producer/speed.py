@@ -93,12 +93,19 @@ def check_attention_backend(name: str | None) -> None:
         return
     from diffusers.models.attention_dispatch import AttentionBackendName
 
+    from .cli import CliError
+
     valid = [b.value for b in AttentionBackendName]
     if name not in valid:
-        from .cli import CliError
-
         raise CliError(f"--attention {name}: not a diffusers attention backend",
                        fix=f"choose one of: {', '.join(valid)} (some need an extra package, e.g. flash-attn)")
+    from diffusers.models.attention_dispatch import _check_attention_backend_requirements
+
+    try:  # the check set_attention_backend makes, made here before a model loads (diffusers' own rule)
+        _check_attention_backend_requirements(AttentionBackendName(name))
+    except RuntimeError as exc:
+        raise CliError(f"--attention {name}: {exc}",
+                       fix="install what it names, or leave --attention out (PyTorch's own attention)") from None
 
 
 def apply_speed(module, speed: Speed) -> list[str]:
