@@ -240,7 +240,7 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
                  device)
     from_disk = bool(args.from_disk) and form in fullsize.GGUF_FORMS
     if from_disk:  # the session reads its own experts from files: the built ones go before anything is measured
-        pipe.transformer = pipe.transformer_2 = None
+        pipe.transformer = pipe.transformer_2 = parts["transformer"] = parts["transformer_2"] = None
         built = {}
     else:
         built = _to_form([pipe.transformer, pipe.transformer_2], form, dtype)
