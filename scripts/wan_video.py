@@ -8,19 +8,19 @@ import gc
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from producer import batch, cli, judge, locks, lora, media, models, provenance, registry, review, video  # noqa: E402
+from producer import batch, cli, judge, locks, models, provenance, registry, review, video  # noqa: E402
 from producer import wan_settings as ws  # noqa: E402
 from producer import parallel  # noqa: E402
 from producer.cli import (CliError, ExitCode, Stopwatch, add_memory_args, add_output_args, build_parser, log,  # noqa: E402
-                          resolve_seed, run_main, seed_arg, text_arg)
-from producer.outputs import atomic_outputs, check_output, check_output_name, write_json_atomic  # noqa: E402
-from producer.style import apply_style, load_style, style_prompts  # noqa: E402
+                          run_main, seed_arg, text_arg)
+from producer.outputs import atomic_outputs, check_output, write_json_atomic  # noqa: E402
+from producer.wan_jobs import Load, Request, recipe_for, resolve_load, resolve_request, to_job, up_to_date  # noqa: E402
 
 SCRIPT = "wan_video.py"
 FPS = registry.WAN.fps
@@ -154,126 +154,6 @@ def build() -> argparse.ArgumentParser:
     return p
 
 
-# ---------------------------------------------------------------- resolving a request (no model needed)
-
-
-@dataclass
-class Request:
-    output: Path
-    start: Path
-    end: Path | None
-    style_ref: Path | None
-    image: Any  # the start keyframe fitted to width x height
-    last_image: Any
-    prompt: str
-    negative_prompt: str
-    width: int
-    height: int
-    frames: int
-    sampling: registry.WanSampling
-    seed: int
-    seed_given: bool
-    fit: str
-    color_match: str
-    overwrite: bool
-    size_rule: str
-    notes: list[str] = field(default_factory=list)
-    limits: judge.Limits = field(default_factory=judge.Limits)
-
-    @property
-    def mode(self) -> str:
-        return "flf" if self.end else "i2v"
-
-
-def resolve_request(args: argparse.Namespace, distilled: bool) -> Request:
-    for flag, value in (("--start-frame", args.start_frame), ("--prompt", args.prompt), ("--output", args.output)):
-        if value is None or not str(value).strip() or str(value) == ".":  # -o "" parses as Path(".")
-            raise CliError(f"{flag} is required", f"e.g. {SCRIPT} --start-frame kf.png --prompt \"she waves\" "
-                           "-o scene-01/video.mp4 (or --batch FILE.json)")
-    check_output_name(args.output, "--output")  # "/" or "..": no file name to write
-    if args.output.suffix.lower() != ".mp4":
-        raise CliError(f"--output {args.output} must be an .mp4 file", f"e.g. -o {args.output.with_suffix('.mp4')}")
-    notes: list[str] = []
-    prompt, negative = args.prompt, args.negative_prompt or ""
-    if args.style_ref:
-        prompt, negative = apply_style(prompt, negative, style_prompts(load_style(args.style_ref), "video"))
-    start = media.load_image(args.start_frame)
-    end = media.load_image(args.end_frame) if args.end_frame else None
-    if end is not None and end.size != start.size:
-        raise CliError(f"the start frame is {start.width}x{start.height} but the end frame is {end.width}x{end.height}; "
-                       "a first-last-frame clip needs both keyframes at one size",
-                       f"make the end keyframe {start.width}x{start.height} (generate it at the start keyframe's size, "
-                       "or crop it to that aspect and resize it)")
-    frames = ws.resolve_frames(args.frames, args.duration)
-    sampling = ws.resolve_sampling(distilled, args.steps, args.guidance, args.guidance_2, args.shift)
-    unused_negative = args.negative_prompt and sampling.guidance <= 1
-    for note in (frames.note, "" if frames.count <= ws.TRAINED_FRAMES else
-                 f"{frames.count} frames: Wan 2.2 was trained on {ws.TRAINED_FRAMES}; longer clips tend to loop "
-                 "or degrade (split the scene instead)",
-                 "--negative-prompt has no effect at guidance 1 (the distilled schedule runs no unconditional pass); "
-                 "raise --guidance, or use --distill off" if unused_negative else ""):
-        if note:
-            log.warning("warning: %s", note)
-            notes.append(note)
-    width, height, size_rule = ws.resolve_size(args.size, args.preset, start.size)
-    return Request(
-        output=args.output, start=args.start_frame, end=args.end_frame, style_ref=args.style_ref,
-        image=media.fit_image(start, width, height, args.fit),
-        last_image=media.fit_image(end, width, height, args.fit) if end is not None else None,
-        prompt=prompt, negative_prompt=negative, width=width, height=height, frames=frames.count, sampling=sampling,
-        seed=resolve_seed(args.seed), seed_given=args.seed is not None, fit=args.fit, color_match=args.color_match,
-        overwrite=args.overwrite, size_rule=size_rule, notes=notes, limits=judge.parse_limits(args.judge))
-
-
-# ---------------------------------------------------------------- what loads with the model
-
-
-@dataclass
-class Load:
-    distill: str | None  # registry entry
-    specs: list  # lora.LoraSpec: distill first, then the user's
-    allow_partial: bool
-
-
-def resolve_load(args: argparse.Namespace) -> Load:
-    installed = {name for name in ws.DISTILL_ENTRIES.values() if models.is_present(registry.get(name))}
-    distill = ws.choose_distill(args.distill, installed)
-    if distill is None and args.distill_strength:
-        raise CliError("--distill-strength is set but no step-distill LoRA is used",
-                       "drop --distill-strength, or use --distill lightning / lightx2v")
-    if distill is None and args.distill == "auto":
-        log.warning("no step-distill LoRA installed: running the full %d-step schedule (about 10x slower); for "
-                    "4 steps install one: %s", registry.WAN.full.steps, models.setup_command("wan-lightning"))
-    specs = lora.registry_lora_specs(distill, strength=args.distill_strength) if distill else []
-    specs += [lora.parse_lora_spec(text, "wan") for text in args.lora]
-    return Load(distill, specs, args.allow_partial_lora)
-
-
-def recipe_for(req: Request, load: Load, files, fp8_matmul: bool = False) -> dict:
-    s = req.sampling
-    settings = {
-        "mode": req.mode, "prompt": req.prompt, "negative_prompt": req.negative_prompt, "width": req.width,
-        "height": req.height, "frames": req.frames, "fps": FPS, "fit": req.fit, "steps": s.steps,
-        "guidance": s.guidance, "guidance_2": s.guidance_2, "shift": s.shift, "scheduler": s.scheduler,
-        "boundary_ratio": registry.WAN.boundary_ratio, "seed": req.seed, "color_match": req.color_match,
-        "distill": load.distill,
-        "loras": [{"name": spec.name, "strength": spec.strength, "experts": list(spec.components)}
-                  for spec in load.specs],
-    }
-    if fp8_matmul:  # changes the numbers: a recorded setting (and part of the recipe key) when on
-        settings["matmul"] = "fp8"
-    inputs = {"start_frame": req.start, "end_frame": req.end, "style_ref": req.style_ref,
-              "loras": [spec.path for spec in load.specs]}
-    model = {key: files.provenance[key] for key in ("repo", "revision") if key in files.provenance}
-    recipe = provenance.make_recipe(SCRIPT, settings, inputs, model)
-    # The weight form (bf16, fp8, GGUF) follows each machine's memory plan: recorded, but outside the recipe's
-    # key, so a batch rerun on another machine does not remake its clips (the project's status check agrees).
-    weights = {key: value for key, value in files.provenance.items() if key not in model}
-    if weights:
-        recipe["weights"] = weights
-    return recipe
-
-
 # ---------------------------------------------------------------- running
 
 
@@ -345,14 +225,6 @@ def load_session(engine: Engine, args: argparse.Namespace, load: Load, clips: in
     engine.session = session_class.from_files(engine.files, engine.plan, args.device, lora_specs=load.specs,
                                               allow_partial=load.allow_partial, progress=not args.quiet,
                                               speed=levers)
-
-
-def to_job(req: Request):
-    from producer.wan import ClipJob
-
-    return ClipJob(image=req.image, last_image=req.last_image, prompt=req.prompt, negative_prompt=req.negative_prompt,
-                   width=req.width, height=req.height, frames=req.frames, sampling=req.sampling, seed=req.seed,
-                   limits=req.limits)
 
 
 def produce(engine: Engine, req: Request, recipe: dict, reopen) -> dict:
@@ -475,7 +347,7 @@ def _run_batch(args: argparse.Namespace) -> dict:
     skipped, refused = set(), {}
     for i, req in requests.items():
         try:
-            if _up_to_date(req, recipes[i]):
+            if up_to_date(req, recipes[i]):
                 skipped.add(i)
         except CliError as err:
             refused[i] = CliError(f"job {i}: {err.message}", err.fix, err.code, job=i)
@@ -498,7 +370,7 @@ def _run_batch(args: argparse.Namespace) -> dict:
             log.info("  %s is up to date: skipped", req.output)
             return {"status": "skipped", "output": str(req.output), "reason": "up to date (same recipe)"}
         with locks.output_lock(req.output):  # one writer per clip: a second run on it stops (exit 5)
-            if _up_to_date(req, recipes[job.index]):  # another run made it since the batch was planned
+            if up_to_date(req, recipes[job.index]):  # another run made it since the batch was planned
                 return {"status": "skipped", "output": str(req.output),
                         "reason": "made meanwhile by another run, with the same recipe"}
             made = produce(current[0], req, recipes[job.index], reopen)
@@ -548,16 +420,6 @@ def _batch_request(job: batch.Job, args: argparse.Namespace, load: Load, earlier
         check_output(req.output, True, "output")  # names the missing folder
     review.check_review_paths(req.output, req.overwrite, SCRIPT)
     return req
-
-
-def _up_to_date(req: Request, recipe: dict) -> bool:
-    """True: skip. An existing output made otherwise is an error unless --overwrite."""
-    if req.overwrite or not req.output.exists():
-        return False
-    if provenance.is_up_to_date(req.output, recipe, req.seed_given):
-        return True
-    raise CliError(f"{req.output} exists but was made with other settings or inputs",
-                   "pass --overwrite (or \"overwrite\": true in the job) to remake it, or choose another output")
 
 
 def describe(result: dict) -> str:

@@ -176,7 +176,7 @@ def test_a_wan_clip_another_run_made_meanwhile_is_not_made_again(tmp_path, monke
     argv = ["--batch", tmp_path / "clips.json", "--quiet", "--json"]
     assert run(wan_video.main, *argv)[0] == 0
     made = (tmp_path / "c0.mp4").read_bytes()
-    monkeypatch.setattr(wan_video, "_up_to_date", first_call_says_missing(wan_video._up_to_date))
+    monkeypatch.setattr(wan_video, "up_to_date", first_call_says_missing(wan_video.up_to_date))
     monkeypatch.setattr(wan_video, "produce", lambda *a: pytest.fail("the clip was made twice"))
     code, result, err = run(wan_video.main, *argv)
     assert code == 0 and result["jobs"][0]["status"] == "skipped" and "meanwhile" in result["jobs"][0]["reason"], err

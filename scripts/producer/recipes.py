@@ -1,6 +1,6 @@
 """Is an output stale? Its recorded recipe against the recipe its job would record if run now.
 
-The would-be recipe comes from the script's own resolver (qwen_jobs.resolve, wan_video.resolve_request
+The would-be recipe comes from the script's own resolver (qwen_jobs.resolve, wan_jobs.resolve_request
 and resolve_load, without loading a model), so `status` calls stale exactly what the script's
 --batch would not skip: a new prompt, seed, size, step count, style text, LoRA, or an input file whose
 content changed. The model is compared apart: every (repo, commit) the recipe names is looked up in
@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 from . import layout, registry
 from .cli import CliError, log
-from .planner import ASSEMBLE, QWEN, WAN, Job, Plan, parse_job, script_module
+from .planner import ASSEMBLE, QWEN, WAN, Job, Plan, parse_job
 from .provenance import file_digest, make_recipe
 
 
@@ -36,10 +36,11 @@ def would_be_recipe(job: Job, plan: Plan) -> dict:
             resolved = qwen_jobs.resolve(args)
             return make_recipe(QWEN, resolved.settings, resolved.inputs, {})
         if job.script == WAN:
-            wan_video = script_module(WAN)
-            load = wan_video.resolve_load(args)
-            request = wan_video.resolve_request(args, distilled=load.distill is not None)
-            return wan_video.recipe_for(request, load, SimpleNamespace(provenance={}), args.fp8_matmul)
+            from . import wan_jobs
+
+            load = wan_jobs.resolve_load(args)
+            request = wan_jobs.resolve_request(args, distilled=load.distill is not None)
+            return wan_jobs.recipe_for(request, load, SimpleNamespace(provenance={}), args.fp8_matmul)
     raise ValueError(f"no resolver for {job.script}")
 
 
