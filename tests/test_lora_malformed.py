@@ -127,3 +127,76 @@ def test_fp8_and_float64_pairs_load_like_float32(tmp_path, tiny_qwen_edit_pipeli
     for name, value in reference[torch.float32].items():
         assert torch.allclose(reference[torch.float64][name], value)
         assert torch.allclose(reference[torch.float8_e4m3fn][name], value, rtol=0.07, atol=1e-3), name
+
+
+def save(tmp_path, name, state_dict):
+    return SL.save_lora(state_dict, tmp_path / f"{name}.safetensors")
+
+
+def spec(path, target="both"):
+    return L.parse_lora_spec(f"{path}:1.0:{target}", "wan")
+
+
+def expert(report, component):
+    return next(e for e in report.loras[0].experts if e.component == component)
+
+
+# ---------------------------------------------------------------- hand-made malformed pairs (from test_lora.py)
+
+Q = "diffusion_model.blocks.0.self_attn.q"
+
+
+def _pair(**overrides):
+    g = torch.Generator().manual_seed(5)
+    sd = {f"{Q}.lora_down.weight": torch.randn(4, 32, generator=g),
+          f"{Q}.lora_up.weight": torch.randn(32, 4, generator=g),
+          f"{Q}.alpha": torch.tensor(4.0)}
+    return {**sd, **overrides}
+
+
+@pytest.mark.parametrize("name, state, key, says", [
+    ("alpha-several", _pair(**{f"{Q}.alpha": torch.tensor([4.0, 4.0])}), f"{Q}.alpha", "alpha with 2 elements"),
+    ("alpha-bool", _pair(**{f"{Q}.alpha": torch.tensor(True)}), f"{Q}.alpha", "not a number"),
+    ("int-down", _pair(**{f"{Q}.lora_down.weight": torch.ones(4, 32, dtype=torch.int32)}), f"{Q}.lora_down.weight",
+     "torch.int32 values"),
+    ("bool-up", _pair(**{f"{Q}.lora_up.weight": torch.ones(32, 4, dtype=torch.bool)}), f"{Q}.lora_up.weight",
+     "torch.bool values"),
+    ("scalar-down", _pair(**{f"{Q}.lora_down.weight": torch.tensor(1.0)}), f"{Q}.lora_down.weight", "is a scalar"),
+    ("scalar-diff-b", _pair(**{f"{Q}.diff_b": torch.tensor(0.5)}), f"{Q}.diff_b", "is a scalar"),
+    ("nan-up", _pair(**{f"{Q}.lora_up.weight": torch.full((32, 4), float("nan"))}), f"{Q}.lora_up.weight", "NaN"),
+    ("inf-alpha", _pair(**{f"{Q}.alpha": torch.tensor(float("inf"))}), f"{Q}.alpha", "infinite"),
+    ("nan-diff-m", {"diffusion_model.blocks.0.diff_m": torch.full((1, 6, 32), float("nan"))},
+     "diffusion_model.blocks.0.diff_m", "NaN"),
+    ("inf-bf16-diff", _pair(**{f"{Q}.diff": torch.full((32, 32), float("inf"), dtype=torch.bfloat16)}), f"{Q}.diff",
+     "infinite"),
+])
+def test_malformed_tensors_are_refused_before_loading(tmp_path, tiny_wan_pipeline, name, state, key, says):
+    """Each crashed, was 'applies to nothing', or (NaN deltas) was applied and gave a black clip."""
+    wan = tiny_wan_pipeline
+    path = save(tmp_path, name, state)
+    before = {n: p.detach().clone() for n, p in wan.transformer.named_parameters()}
+    with pytest.raises(CliError) as err:
+        L.load_loras(wan, [spec(path)], "wan")
+    assert path.name in str(err.value) and key in str(err.value) and says in str(err.value)
+    assert "download it again" in err.value.fix
+    assert not has_lora_layers(wan.transformer) and not has_lora_layers(wan.transformer_2)
+    assert all(torch.equal(p, before[n]) for n, p in wan.transformer.named_parameters())
+
+
+def test_modulation_diff_spelling_is_applied_like_diff_m(tmp_path, tiny_wan_pipeline):
+    """`blocks.N.modulation.diff` (ComfyUI extractors) is the `blocks.N.diff_m` tensor: same parameter, same change."""
+    wan = tiny_wan_pipeline
+    delta = torch.randn(1, 6, 32, generator=torch.Generator().manual_seed(7)) * 0.01
+    table = wan.transformer.blocks[0].scale_shift_table
+    original = table.detach().clone()
+    results = {}
+    for spelling in ("diff_m", "modulation.diff"):
+        path = save(tmp_path, spelling, _pair(**{f"diffusion_model.blocks.0.{spelling}": delta}))
+        report = L.load_loras(wan, [spec(path, target="high")], "wan")
+        e = expert(report, "transformer")
+        assert e.deltas_applied == e.deltas == 1 and not e.partial
+        results[spelling] = table.detach().clone()
+        L.unload_loras(wan, report)
+        assert torch.equal(table, original)
+    assert torch.equal(results["diff_m"], results["modulation.diff"])
+    assert torch.allclose(results["diff_m"], original + delta)
