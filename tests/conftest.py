@@ -7,10 +7,11 @@ Fixtures:
   `.hf_home` and `.manifest` (see producer.standins.install_standins). Treat it as read-only: a test
   that writes models installs its own with `install_standins(tmp_path, [...])`.
 - `standin_hf_home`: points HF_HOME at that install for one test and returns the folder.
+- `finished_demo` (session): the sample film made by `production.py demo` on those stand-ins, and its result.
 - `tiny_wan_pipeline`, `tiny_qwen_edit_pipeline`, `tiny_qwen_t2i_pipeline`, `tiny_qwen_controlnet`:
   fresh in-memory stand-ins (a few tens of milliseconds each), safe to modify (e.g. load a LoRA).
 - `qwen_standin_areas`: shrinks the Qwen edit pipeline's reference sizes for one test.
-- `world`, `in_world`, `stages`: the fuzz tests' world, its folder as the cwd, and their stage counts (tests/fuzzing.py).
+- `world`, `in_world`, `stages`: the fuzz tests' world, that folder as the cwd, their stage counts (tests/fuzzing.py).
 """
 
 import os
@@ -65,6 +66,26 @@ class StandinInstall(NamedTuple):
 def standin_install(tmp_path_factory: pytest.TempPathFactory) -> StandinInstall:
     hf_home = tmp_path_factory.mktemp("standin-hf-home")
     return StandinInstall(hf_home, standins.install_standins(hf_home, seed=0))
+
+
+@pytest.fixture(scope="session")
+def finished_demo(tmp_path_factory: pytest.TempPathFactory, standin_install: StandinInstall) -> tuple[Path, dict]:
+    """The sample film made end to end on the stand-ins by `production.py demo`, once per test process, and
+    the demo's JSON result. Read-only: a test that changes it works on a copy (shutil.copytree)."""
+    import contextlib
+    import io
+    import json
+
+    import production
+
+    root = tmp_path_factory.mktemp("demo") / "lighthouse"
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+        use_hf_home(mp, standin_install.hf_home)
+        code = production.main(["demo", str(root), "--models-dir", str(standin_install.hf_home), "--quiet", "--json"])
+    result = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert code == 0, result
+    return root, result
 
 
 @pytest.fixture

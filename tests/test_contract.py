@@ -14,7 +14,6 @@ from pathlib import Path
 
 import production
 import pytest
-from conftest import use_hf_home
 from producer import cli, needs, nextstep, planner
 from producer.demo import SAMPLE
 from producer.rehearsal import DEMO_TIME
@@ -130,14 +129,10 @@ def test_every_command_the_tool_prints_parses_and_runs(tmp_path, standin_hf_home
     assert parsed >= 30 and ran >= 7
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, standin_install) -> Path:
-    """The demo: a finished production with flagged seams (made once; tests work on copies)."""
-    root = tmp_path_factory.mktemp("contract") / "demo"
-    with pytest.MonkeyPatch.context() as mp:
-        use_hf_home(mp, standin_install.hf_home)
-        assert run(["demo", str(root), "--models-dir", str(standin_install.hf_home)])[0] == 0
-    return root
+@pytest.fixture
+def finished(finished_demo) -> Path:
+    """The demo: a finished production with flagged seams (conftest: made once; tests work on copies)."""
+    return finished_demo[0]
 
 
 def test_every_command_of_a_finished_production_parses_and_runs(finished, tmp_path):

@@ -285,14 +285,11 @@ def test_the_pcie_link_is_read_from_sysfs(tmp_path, monkeypatch):
     assert hardware._pcie_link(SimpleNamespace(pci_domain_id=0, pci_bus_id=2, pci_device_id=0), str(tmp_path)) is None
 
 
-def test_after_a_real_run_only_what_an_edit_made_stale_remains(standin_install, tmp_path, monkeypatch):
+def test_after_a_real_run_only_what_an_edit_made_stale_remains(finished_demo, standin_hf_home, tmp_path, monkeypatch):
     """The sample made end to end on the stand-ins, then one scene's motion edited: one clip and the film."""
-    from conftest import use_hf_home
+    import shutil
 
-    use_hf_home(monkeypatch, standin_install.hf_home)
-    root = tmp_path / "made"
-    code, _ = run_production(["demo", str(root), "--models-dir", str(standin_install.hf_home), "--quiet"])
-    assert code == 0
+    root = shutil.copytree(finished_demo[0], tmp_path / "made")
     machine(monkeypatch, RTX4090)
     _, done = run_production(["estimate", str(root)])
     assert done["counts"] == {"images": 0, "clips": 0, "film": 0} and done["phases"] == []

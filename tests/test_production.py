@@ -11,7 +11,6 @@ from pathlib import Path
 
 import production
 import pytest
-from conftest import use_hf_home
 from PIL import Image
 from producer import approvals, batch, planner, rules, seeds
 from producer.demo import SAMPLE
@@ -40,15 +39,10 @@ def sample(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory, standin_install) -> tuple[Path, dict]:
-    """The sample made end to end on the stand-ins by `production.py demo` (HF settings restored after)."""
-    out = tmp_path_factory.mktemp("demo") / "lighthouse"
-    with pytest.MonkeyPatch.context() as mp:
-        use_hf_home(mp, standin_install.hf_home)
-        code, result = run(["demo", str(out), "--models-dir", str(standin_install.hf_home), "--quiet"])
-    assert code == 0, result
-    return out, result
+@pytest.fixture
+def demo(finished_demo) -> tuple[Path, dict]:
+    """The sample made end to end on the stand-ins by `production.py demo` (conftest: once per process)."""
+    return finished_demo
 
 
 @pytest.fixture
