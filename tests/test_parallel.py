@@ -319,7 +319,10 @@ def test_one_clip_split_over_two_processes_matches_one_process(standin_hf_home, 
     frames_split, _ = video.read_video(tmp_path / "split.mp4")
     frames_one, _ = video.read_video(tmp_path / "one.mp4")
     assert frames_split.shape == frames_one.shape == (9, 64, 64, 3)
-    assert np.abs(frames_split.astype(int) - frames_one.astype(int)).max() <= 1
+    # The same clip up to float rounding (split attention sums in another order), which H.264 can carry to a few
+    # levels at a pixel (seen once at 3 under a loaded machine); another seed or a wrong split differs everywhere.
+    difference = np.abs(frames_split.astype(int) - frames_one.astype(int))
+    assert difference.max() <= 4 and difference.mean() < 0.05
     assert sorted(p.name for p in tmp_path.glob("split*")) == [
         "split.contact.png", "split.first.png", "split.last.png", "split.mp4", "split.mp4.provenance.json"]
     assert list(run_folders.iterdir()) == []  # rank 1's copy went with the run folder
