@@ -8,6 +8,8 @@ Fixtures:
   that writes models installs its own with `install_standins(tmp_path, [...])`.
 - `standin_hf_home`: points HF_HOME at that install for one test and returns the folder.
 - `finished_demo` (session): the sample film made by `production.py demo` on those stand-ins, and its result.
+- `inject`: inject(point, action) sets a fault (producer.faults) for the next run in this process.
+Helpers: `use_hf_home`, `run_json` (a script's main with --json: code, report, stderr).
 - `tiny_wan_pipeline`, `tiny_qwen_edit_pipeline`, `tiny_qwen_t2i_pipeline`, `tiny_qwen_controlnet`:
   fresh in-memory stand-ins (a few tens of milliseconds each), safe to modify (e.g. load a LoRA).
 - `qwen_standin_areas`: shrinks the Qwen edit pipeline's reference sizes for one test.
@@ -66,6 +68,37 @@ class StandinInstall(NamedTuple):
 def standin_install(tmp_path_factory: pytest.TempPathFactory) -> StandinInstall:
     hf_home = tmp_path_factory.mktemp("standin-hf-home")
     return StandinInstall(hf_home, standins.install_standins(hf_home, seed=0))
+
+
+def run_json(main, *argv) -> tuple[int, dict, str]:
+    """`main(argv + ["--json"])` in this process: its exit code, its JSON report and its stderr (no traceback)."""
+    import contextlib
+    import io
+    import json
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv] + ["--json"])
+    assert "Traceback" not in err.getvalue()
+    return code, json.loads(out.getvalue().strip().splitlines()[-1]), err.getvalue()
+
+
+@pytest.fixture
+def inject(monkeypatch):
+    """inject(point, action): PRODUCER_FAULT for the next run in this process (producer.faults)."""
+    import signal
+
+    from producer import faults
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def set_fault(point: str, action: str) -> None:
+        monkeypatch.setenv(faults.ENV, f"{point}={action}")
+        faults.reset()
+
+    yield set_fault
+    signal.signal(signal.SIGINT, previous)
+    faults.reset()
 
 
 @pytest.fixture(scope="session")

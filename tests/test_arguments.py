@@ -5,8 +5,6 @@ never reach a schedule, an encoder or a frame count. No model is installed in th
 past the arguments would end at "not installed" (exit 3): exit 2 naming the option shows where it stopped.
 """
 
-import contextlib
-import io
 import json
 import os
 import signal
@@ -20,20 +18,16 @@ import production as tool
 import pytest
 import qwen_image
 import wan_video
+from conftest import run_json
 from PIL import Image
-from producer import batch, cli, faults
+from producer import batch, cli
 from producer.cli import CliError, ExitCode
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lighthouse"
 
 
-def run(main, *argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv] + ["--json"])
-    assert "Traceback" not in err.getvalue()
-    return code, json.loads(out.getvalue().strip().splitlines()[-1]), err.getvalue()
+run = run_json
 
 
 def picture(path: Path, size=(96, 64)) -> Path:
@@ -233,19 +227,6 @@ def test_a_size_derived_from_an_extreme_reference_says_so(tmp_path, monkeypatch)
 
 
 # ---------------------------------------------------------------- a signal just after success
-
-
-@pytest.fixture
-def inject(monkeypatch):
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def set_fault(point: str, action: str) -> None:
-        monkeypatch.setenv(faults.ENV, f"{point}={action}")
-        faults.reset()
-
-    yield set_fault
-    signal.signal(signal.SIGINT, previous)
-    faults.reset()
 
 
 @pytest.mark.parametrize("action", ["SIGINT", "SIGTERM"])

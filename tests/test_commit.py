@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from producer import cli, faults, outputs
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -31,20 +30,6 @@ def commit_points(names, output, replacing=True):
 
 
 POINTS = commit_points(NAMES, "a.mp4")
-
-
-@pytest.fixture
-def inject(monkeypatch):
-    """inject(point, action): PRODUCER_FAULT for the next run in this process."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def set_fault(point: str, action: str) -> None:
-        monkeypatch.setenv(faults.ENV, f"{point}={action}")
-        faults.reset()
-
-    yield set_fault
-    signal.signal(signal.SIGINT, previous)
-    faults.reset()
 
 
 def files(folder: Path) -> dict[str, bytes]:

@@ -6,8 +6,6 @@ whose keyframes/ or .production/ is a symlink elsewhere is a problem `check` rep
 through; `next` never adds --allow-outside by itself.
 """
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -18,6 +16,7 @@ import production as tool
 import pytest
 import qwen_image
 import wan_video
+from conftest import run_json
 from PIL import Image
 from producer import batch, cli, paths
 from producer.cli import CliError, ExitCode
@@ -26,12 +25,8 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lighthouse"
 SCRIPTS = {"qwen": qwen_image, "wan": wan_video}
 
 
-def run(main, *argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv] + ["--json"])
-    assert "Traceback" not in err.getvalue()
-    return code, json.loads(out.getvalue().strip().splitlines()[-1])
+def run(main, *argv) -> tuple[int, dict]:
+    return run_json(main, *argv)[:2]
 
 
 def picture(path: Path) -> Path:

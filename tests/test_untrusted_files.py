@@ -13,6 +13,7 @@ import pytest
 import qwen_image
 import torch
 import wan_video
+from conftest import run_json
 from PIL import Image
 from producer import batch, models, paths, pose
 from producer.cli import CliError, ExitCode
@@ -20,15 +21,8 @@ from producer.cli import CliError, ExitCode
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
-def run(main, *argv):
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv] + ["--json"])
-    assert "Traceback" not in err.getvalue()
-    return code, json.loads(out.getvalue().strip().splitlines()[-1])
+def run(main, *argv) -> tuple[int, dict]:
+    return run_json(main, *argv)[:2]
 
 
 # ---------------------------------------------------------------- model code and weights

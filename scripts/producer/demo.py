@@ -31,7 +31,7 @@ from pathlib import Path
 
 from . import layout, rehearsal
 from .rehearsal import DEMO_TIME  # noqa: F401  (production.py shows it in --help)
-from .cli import CliError, ExitCode, load_json
+from .cli import CliError, ExitCode, load_json, not_text
 from .outputs import write_json_atomic
 
 log = logging.getLogger("producer")
@@ -76,18 +76,10 @@ def run_rehearsal(source: str | Path, into: str | Path | None = None, models_dir
 def _require_a_utf8_home_for_standins(folder: Path, models_dir: str | None, what: str) -> None:
     """Without --models-dir the stand-ins are installed inside `folder`, and safetensors and tokenizers open
     UTF-8 paths only: a name with other bytes (Linux allows them) would fail after the copy, mid-install."""
-    if models_dir is None and not _is_utf8(str(folder)):
+    if models_dir is None and not_text(str(folder)):
         raise CliError(f"{what} {folder}: the path is not valid UTF-8, and the stand-in models installed inside it "
                        "could not be opened (safetensors and tokenizers open UTF-8 paths only)",
                        "give a folder whose path is UTF-8, or --models-dir with installed stand-ins")
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _require_models_dir(models_dir: str | None) -> None:

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cli import CliError, missing
+from .cli import CliError, missing, not_text
 from .inputs import regular_file
 
 log = logging.getLogger("producer")
@@ -113,7 +113,7 @@ def _read_safetensors(path: Path) -> dict:
     from safetensors import SafetensorError, safe_open
 
     try:
-        if not _utf8(str(path)):
+        if not_text(str(path)):
             # safetensors takes the path as UTF-8 text only ("Path ... is not valid UTF-8"): a name with other
             # bytes (allowed on Linux) is read here and parsed from memory, the same format checks included
             from safetensors.torch import load
@@ -133,14 +133,6 @@ def _widen_float8(tensors: dict) -> dict:
 
     return {k: t.to(torch.float32) if t.is_floating_point() and t.element_size() == 1 else t
             for k, t in tensors.items()}
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _refuse_malformed(path: Path, tensors: dict, bare: dict[str, str]) -> None:
