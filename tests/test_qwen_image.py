@@ -11,7 +11,7 @@ import qwen_image
 import torch
 from PIL import Image, ImageDraw
 from producer import hardware, media, memory, models, qwen, qwen_jobs, standin_loras
-from producer.cli import CliError, ExitCode
+from producer.cli import ExitCode
 
 pytestmark = pytest.mark.usefixtures("standin_hf_home", "frozen_heap")
 
@@ -416,66 +416,6 @@ def test_other_weight_forms_load_as_asked_and_take_two_lora_sets(weights, pics, 
     assert result["memory_plans"]["edit"]["weights"] == weights
     assert ("transformer_file" in result["model_files"]["edit"]) == weights.startswith("gguf")
     assert ("reloading the transformer" in captured.err) == (weights == "fp8")  # fp8 casts LoRA layers too
-
-
-# ---------------------------------------------------------------- the session seam (the benchmark's entry)
-
-
-def _tiny_footprint():
-    from dataclasses import replace
-
-    return replace(memory.QWEN_FOOTPRINT, denoiser_params=10**6, text_encoder_params=10**6, vae_params=10**6)
-
-
-def cpu_plan():
-    return memory.plan_memory(hardware.from_sizes(0, 64), _tiny_footprint(), memory.qwen_workload(64, 64, 1))
-
-
-def job(seed=3, refs=1):
-    ref = qwen.prepare_reference(Image.new("RGB", (80, 64), (180, 40, 40)), 64, 64, "crop", 64 * 64)
-    return qwen.QwenJob(prompt="a fox", width=64, height=64, steps=2, cfg=1.0, seed=seed, references=[ref] * refs)
-
-
-def test_from_components_generates_with_seconds_per_stage(tiny_qwen_edit_pipeline):
-    session = qwen.QwenSession.from_components(tiny_qwen_edit_pipeline, cpu_plan(),
-                                               areas=qwen.Areas(64 * 64, 32 * 32))
-    first, again = session.generate(job()), session.generate(job())
-    assert first.image.size == (64, 64) and {"text_encode", "denoise", "decode"} <= set(first.seconds)
-    assert np.array_equal(np.asarray(first.image), np.asarray(again.image))
-    assert session.pipe.text_encoder is not None  # the benchmark keeps its encoder unless asked
-
-
-def test_decode_out_of_memory_retries_tiled_with_the_same_latents(tiny_qwen_edit_pipeline, monkeypatch):
-    session = qwen.QwenSession.from_components(tiny_qwen_edit_pipeline, cpu_plan(),
-                                               areas=qwen.Areas(64 * 64, 32 * 32))
-    reference = session.generate(job(refs=0)).image
-    vae, calls = session.pipe.vae, []
-    original = vae.decode
-
-    def decode_once_oom(*a, **k):
-        calls.append(vae.use_tiling)
-        if len(calls) == 1:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return original(*a, **k)
-
-    monkeypatch.setattr(vae, "decode", decode_once_oom)
-    made = session.generate(job(refs=0))
-    assert made.decode_tiled and calls == [False, True] and session.decode_retiled
-    assert np.abs(np.asarray(made.image, np.int16) - np.asarray(reference, np.int16)).mean() < 8
-
-
-def test_denoise_out_of_memory_names_the_next_plan(tiny_qwen_edit_pipeline, monkeypatch):
-    plan = memory.plan_memory(hardware.from_sizes(24, 64), _tiny_footprint(), memory.qwen_workload(64, 64, 0))
-    session = qwen.QwenSession.from_components(tiny_qwen_edit_pipeline, plan, device="cpu")
-    monkeypatch.setattr(session, "_ensure_placed", lambda: None)  # keep the tiny model on the CPU
-
-    def oom(*a, **k):
-        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-
-    monkeypatch.setattr(tiny_qwen_edit_pipeline.transformer, "forward", oom)
-    with pytest.raises(CliError) as err:
-        session.generate(job(refs=0))
-    assert err.value.code == ExitCode.OUT_OF_MEMORY and f"--offload {memory.next_offload(plan)}" in err.value.fix
 
 
 def test_help_documents_every_mode_and_its_examples_parse(capsys):

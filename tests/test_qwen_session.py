@@ -1,0 +1,67 @@
+"""The Qwen session on the tiny stand-in pipeline, without the script: `QwenSession.from_components` (the
+benchmark's entry), its seconds per stage, and what it does when memory runs out (qwen_image.py's own runs are
+in test_qwen_image.py)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from producer import hardware, memory, qwen
+from producer.cli import CliError, ExitCode
+
+
+def _tiny_footprint():
+    from dataclasses import replace
+
+    return replace(memory.QWEN_FOOTPRINT, denoiser_params=10**6, text_encoder_params=10**6, vae_params=10**6)
+
+
+def cpu_plan():
+    return memory.plan_memory(hardware.from_sizes(0, 64), _tiny_footprint(), memory.qwen_workload(64, 64, 1))
+
+
+def job(seed=3, refs=1):
+    ref = qwen.prepare_reference(Image.new("RGB", (80, 64), (180, 40, 40)), 64, 64, "crop", 64 * 64)
+    return qwen.QwenJob(prompt="a fox", width=64, height=64, steps=2, cfg=1.0, seed=seed, references=[ref] * refs)
+
+
+def test_from_components_generates_with_seconds_per_stage(tiny_qwen_edit_pipeline):
+    session = qwen.QwenSession.from_components(tiny_qwen_edit_pipeline, cpu_plan(),
+                                               areas=qwen.Areas(64 * 64, 32 * 32))
+    first, again = session.generate(job()), session.generate(job())
+    assert first.image.size == (64, 64) and {"text_encode", "denoise", "decode"} <= set(first.seconds)
+    assert np.array_equal(np.asarray(first.image), np.asarray(again.image))
+    assert session.pipe.text_encoder is not None  # the benchmark keeps its encoder unless asked
+
+
+def test_decode_out_of_memory_retries_tiled_with_the_same_latents(tiny_qwen_edit_pipeline, monkeypatch):
+    session = qwen.QwenSession.from_components(tiny_qwen_edit_pipeline, cpu_plan(),
+                                               areas=qwen.Areas(64 * 64, 32 * 32))
+    reference = session.generate(job(refs=0)).image
+    vae, calls = session.pipe.vae, []
+    original = vae.decode
+
+    def decode_once_oom(*a, **k):
+        calls.append(vae.use_tiling)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(*a, **k)
+
+    monkeypatch.setattr(vae, "decode", decode_once_oom)
+    made = session.generate(job(refs=0))
+    assert made.decode_tiled and calls == [False, True] and session.decode_retiled
+    assert np.abs(np.asarray(made.image, np.int16) - np.asarray(reference, np.int16)).mean() < 8
+
+
+def test_denoise_out_of_memory_names_the_next_plan(tiny_qwen_edit_pipeline, monkeypatch):
+    plan = memory.plan_memory(hardware.from_sizes(24, 64), _tiny_footprint(), memory.qwen_workload(64, 64, 0))
+    session = qwen.QwenSession.from_components(tiny_qwen_edit_pipeline, plan, device="cpu")
+    monkeypatch.setattr(session, "_ensure_placed", lambda: None)  # keep the tiny model on the CPU
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(tiny_qwen_edit_pipeline.transformer, "forward", oom)
+    with pytest.raises(CliError) as err:
+        session.generate(job(refs=0))
+    assert err.value.code == ExitCode.OUT_OF_MEMORY and f"--offload {memory.next_offload(plan)}" in err.value.fix
