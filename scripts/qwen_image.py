@@ -183,7 +183,6 @@ def plan_for(args, jobs: list[qwen_jobs.Resolved], kind: str):
                        f"{plan.advice}; or --force-memory to try anyway", ExitCode.OUT_OF_MEMORY,
                        memory_plan=plan.to_dict())
     log.info("memory: %s", plan.summary())
-    cli.note_plan(plan)  # out of memory anywhere from here on names this plan
     return plan, qwen_load.model_files(kind, plan.weights)
 
 
@@ -246,18 +245,19 @@ def run_single(args) -> dict:
         plan, files = plan_for(args, [resolved], resolved.kind)
         resolved.finish_recipe(files.info)
         timer = Stopwatch()
-        with timer.stage("load"):
-            session = open_session(args, plan, files)
-        loaded = [session]
+        with cli.naming_plan(lambda: plan):  # out of memory anywhere from here on names this plan
+            with timer.stage("load"):
+                session = open_session(args, plan, files)
+            loaded = [session]
 
-        def reopen(levers) -> qwen.QwenSession:
-            judge.drop_levers(args, levers)
-            loaded[0] = None
-            gc.collect()  # the old model's memory goes back before the new one loads
-            loaded[0] = open_session(args, plan, files)
-            return loaded[0]
+            def reopen(levers) -> qwen.QwenSession:
+                judge.drop_levers(args, levers)
+                loaded[0] = None
+                gc.collect()  # the old model's memory goes back before the new one loads
+                loaded[0] = open_session(args, plan, files)
+                return loaded[0]
 
-        result = make_image(session, resolved, fuse=True, reopen=reopen, lock=False)
+            result = make_image(session, resolved, fuse=True, reopen=reopen, lock=False)
     session = loaded[0]
     result["seconds"] = {**timer.seconds, **session.timer.seconds}
     return {**result, "memory_plan": plan.to_dict(), "model_files": files.info, "speed": session.speed_notes}
@@ -316,6 +316,10 @@ class BatchRun:
             1 + order[self.resolved[e.index].kind], 0, str(self.resolved[e.index].job.loras)))
 
     def run_one(self, job: batch.Job) -> dict:
+        with cli.naming_plan(self.current_plan):  # out of memory names the plan in use
+            return self._run_one(job)
+
+    def _run_one(self, job: batch.Job) -> dict:
         resolved = self.resolved[job.index]
         if self.session_kind != resolved.kind:
             self._start(resolved.kind)
@@ -421,9 +425,11 @@ def run_batch(args) -> dict:
                 entry.args.overwrite = True
     runner = BatchRun(args)
     order = runner.prepare(entries)
-    result = parallel.run_jobs(order, runner.run_one, worker_dir=args.parallel_worker,
-                               describe=lambda job: f"job {job.index}: {runner.resolved[job.index].output}",
-                               retry_oom=batch.oom_retry(args.on_oom, runner.current_plan, runner.reload)).to_dict()
+    with cli.naming_plan(runner.current_plan):
+        result = parallel.run_jobs(order, runner.run_one, worker_dir=args.parallel_worker,
+                                   describe=lambda job: f"job {job.index}: {runner.resolved[job.index].output}",
+                                   retry_oom=batch.oom_retry(args.on_oom, runner.current_plan,
+                                                             runner.reload)).to_dict()
     result["jobs"].sort(key=lambda j: j.get("job", -1))
     result["memory_plans"] = runner.plans
     result["model_files"] = runner.files

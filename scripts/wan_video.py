@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> dict:
             load_session(engine, args, load)
             return engine
 
-        result = produce(engine, req, recipe, reopen)
+        with cli.naming_plan(lambda: engine.plan):  # out of memory anywhere from here on names this plan
+            result = produce(engine, req, recipe, reopen)
     result["seconds"] = {**engine.session.seconds, **result["seconds"]}  # one clip: loading and encoding are its own
     return {**result, **engine.summary()}
 
@@ -205,7 +206,6 @@ def open_engine(args: argparse.Namespace, load: Load, requests: list[Request], s
     workloads = [memory.wan_workload(r.width, r.height, r.frames) for r in requests]
     plan = wan_install.plan_for(hw, wan_install.components_snapshot(), workloads, args.offload, args.weights)
     log.info("%s", plan.summary())
-    cli.note_plan(plan)  # out of memory anywhere from here on names this plan
     if not plan.fits:
         biggest = max(requests, key=lambda r: r.width * r.height * r.frames)
         raise CliError(f"this machine cannot run Wan 2.2 I2V at {biggest.width}x{biggest.height}x{biggest.frames}: "
@@ -213,7 +213,8 @@ def open_engine(args: argparse.Namespace, load: Load, requests: list[Request], s
                        ExitCode.OUT_OF_MEMORY, memory_plan=plan.to_dict())
     engine = Engine(plan, wan_install.locate_files(plan.weights))
     if session:
-        load_session(engine, args, load)
+        with cli.naming_plan(lambda: plan):  # out of memory while loading names this plan
+            load_session(engine, args, load)
     return engine
 
 
@@ -356,7 +357,8 @@ def _run_batch(args: argparse.Namespace) -> dict:
     if to_make:
         import torch
 
-        load_session(engine, args, load, clips=len(to_make))
+        with cli.naming_plan(lambda: engine.plan):  # out of memory while loading names this plan
+            load_session(engine, args, load, clips=len(to_make))
         try:
             engine.session.encode(to_make)
         except torch.OutOfMemoryError:
@@ -369,7 +371,8 @@ def _run_batch(args: argparse.Namespace) -> dict:
         if job.index in skipped:
             log.info("  %s is up to date: skipped", req.output)
             return {"status": "skipped", "output": str(req.output), "reason": "up to date (same recipe)"}
-        with locks.output_lock(req.output):  # one writer per clip: a second run on it stops (exit 5)
+        # one writer per clip: a second run on it stops (exit 5); out of memory names the plan in use
+        with locks.output_lock(req.output), cli.naming_plan(lambda: current[0].plan):
             if up_to_date(req, recipes[job.index]):  # another run made it since the batch was planned
                 return {"status": "skipped", "output": str(req.output),
                         "reason": "made meanwhile by another run, with the same recipe"}
@@ -396,8 +399,9 @@ def _run_batch(args: argparse.Namespace) -> dict:
         return current[0]
 
     retry = batch.oom_retry(args.on_oom, lambda: current[0].plan, reload)
-    result = parallel.run_jobs(items, run_one, lambda job: f"{requests[job.index].output}", retry,
-                               worker_dir=args.parallel_worker).to_dict()
+    with cli.naming_plan(lambda: current[0].plan):  # reloading under --on-oom retry
+        result = parallel.run_jobs(items, run_one, lambda job: f"{requests[job.index].output}", retry,
+                                   worker_dir=args.parallel_worker).to_dict()
     return {**result, **current[0].summary(), "prediction": _prediction(args, result, requests, current[0])}
 
 

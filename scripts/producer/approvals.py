@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .cli import CliError, load_json
+from .errors import CliError
+from .values import load_json
 from .locks import state_lock
 from .outputs import atomic_output, write_json_atomic
 from .layout import state_dir, state_file

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paths
-from .cli import load_json, not_text
 from .layout import ASSET_KINDS, ASSETS
 from .scenes import Problem
+from .values import load_json, not_text
 
 IMAGE_KEYS = ("image", "ref_image", "identity_ref")  # the seed template used the last two
 ENTRY_KEYS = ("description", *IMAGE_KEYS)

@@ -37,9 +37,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import paths
-from .cli import CliError, ExitCode, load_json, missing, unexpected_error
+from .cli import unexpected_error
+from .errors import CliError, ExitCode, missing
 from .inputs import regular_file
 from .outputs import deliver_late_signal
+from .values import load_json
 
 log = logging.getLogger("producer")
 

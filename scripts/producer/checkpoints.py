@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from . import approvals, layout, seeds
-from .cli import CliError
+from .errors import CliError
 from .project import PHASE_FILES, PHASE_NUMBERS, PHASES
 from .status import GOOD, ITEM_PHASES, Snapshot, shown
 

@@ -8,59 +8,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import enum
 import errno
 import json
 import logging
-import math
 import os
-import secrets
 import signal
 import sys
 import time
 from typing import Any, Callable, Iterator
 
-log = logging.getLogger("producer")
+# Re-exported: the scripts and tests know them as cli.CliError, cli.number_arg, ...; modules below cli import
+# them from errors and values, so that nothing cli needs imports cli back.
+from .errors import EXIT_CODE_HELP, FILE_ERRORS, CliError, ExitCode, Terminated, missing  # noqa: F401
+from .values import load_json, not_text, number_arg, resolve_seed, seed_arg, text_arg  # noqa: F401
 
-
-class ExitCode(enum.IntEnum):
-    OK = 0
-    FAILED = 1  # generation or an internal step failed
-    USAGE = 2  # bad arguments or bad input files
-    MISSING_MODEL = 3  # weights not installed: run setup_diffusers.py
-    OUT_OF_MEMORY = 4  # GPU or host memory ran out: the message names the next plan to try
-    BUSY = 5  # another run holds the lock on this output
-    PARTIAL = 6  # a batch finished with some jobs failed (the JSON lists them)
-    INTERRUPTED = 130  # Ctrl-C
-    STDOUT_CLOSED = 141  # stdout was closed before the report was written (`... | head`): 128 + SIGPIPE
-    TERMINATED = 143  # SIGTERM
-
-
-EXIT_CODE_HELP = (
-    "exit codes: 0 ok, 1 generation failed, 2 bad arguments or input, 3 model not installed, "
-    "4 out of memory, 5 output locked by another run, 6 batch partly failed, 130 interrupted, "
-    "141 stdout closed, 143 terminated"
-)
-
-
-class CliError(Exception):
-    """A failure the user can fix: what went wrong, and what to do next."""
-
-    def __init__(self, message: str, fix: str = "", code: ExitCode = ExitCode.USAGE, **details: Any):
-        super().__init__(message)
-        self.message = message
-        self.fix = fix
-        self.code = ExitCode(code)
-        self.details = details
-
-    def to_dict(self) -> dict:
-        d = {"status": "error", "error": self.message, "fix": self.fix, "exit_code": int(self.code)}
-        d.update(self.details)
-        return d
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised where the process is so that cleanup code (temp files, locks) runs."""
+log = logging.getLogger("producer")  # the same logger as values.log
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -119,81 +81,6 @@ def add_memory_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--attention", default=None, metavar="BACKEND",
                    help="a diffusers attention backend, e.g. _native_cudnn, flash, sage (when installed); "
                         "default: PyTorch's own choice")
-
-
-def resolve_seed(seed: int | None) -> int:
-    """A seed is always chosen, used, printed and stored. 0 is an ordinary seed, not 'random'."""
-    return secrets.randbelow(2**32) if seed is None else seed
-
-
-def not_text(value: str) -> str | None:
-    """Why `value` cannot go to a text encoder or onto a picture, or None. Bytes that are not UTF-8 (a terminal
-    or file in another encoding) arrive as lone surrogates, which no tokenizer accepts."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return f"is not UTF-8 text (undecodable bytes at character {exc.start})"
-    return None
-
-
-def text_arg(value: str) -> str:
-    """argparse type for prompts and card texts: refused, with the reason, when not_text says so."""
-    problem = not_text(value)
-    if problem:
-        raise argparse.ArgumentTypeError(f"{value[:40]!r} {problem}; type or save it as UTF-8")
-    return value
-
-
-def seed_arg(value: str) -> int:
-    try:
-        seed = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seed must be a whole number, not {value!r}") from None
-    if not 0 <= seed < 2**64:
-        raise argparse.ArgumentTypeError(f"seed must be between 0 and 2^64-1, not {seed}")
-    return seed
-
-
-def _bound(low: float | None, high: float | None, above: bool) -> str:
-    if low is None:
-        return f"at most {high:g}"
-    if high is None:
-        return f"above {low:g}" if above else f"at least {low:g}"
-    return f"{'above ' if above else ''}{low:g} to {high:g}"
-
-
-def number_arg(low: float | None = None, high: float | None = None, *, whole: bool = False,
-               above: bool = False) -> Callable[[str], float | int]:
-    """argparse type for a number every later step can compute with: finite, in [low, high] (`above`: low
-    itself excluded), a whole number with `whole`. nan, inf and 1e308 are refused while the arguments are
-    read, before anything loads, with the allowed range in the message."""
-    kind = "a whole number" if whole else "a number"
-    allowed = f"{kind} {_bound(low, high, above)}"
-
-    def parse(text: str) -> float | int:
-        try:
-            value = int(text) if whole else float(text)
-        except (ValueError, OverflowError):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}; give {allowed}") from None
-        inside = (low is None or (value > low if above else value >= low)) and (high is None or value <= high)
-        if not (math.isfinite(value) and inside):
-            raise argparse.ArgumentTypeError(f"{text!r} is out of range; give {allowed}")
-        return value
-
-    parse.__name__ = "whole number" if whole else "number"  # argparse names the type in some messages
-    return parse
-
-
-def load_json(text: str | bytes, **options) -> Any:
-    """json.loads for files a user or another program wrote. Nesting too deep for Python's parser (thousands
-    of '[') is a json.JSONDecodeError like any other malformed JSON, so every reader's message for bad JSON
-    covers it, instead of a RecursionError."""
-    try:
-        return json.loads(text, **options)
-    except RecursionError:
-        text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
-        raise json.JSONDecodeError("nested too deeply (arrays or objects inside each other thousands of "
-                                   "levels deep)", text, 0) from None
 
 
 # ---------------------------------------------------------------- timing and memory
@@ -284,45 +171,19 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
 
-# A file the system refused: what it means for the user, the fix, and whose fault it is.
-FILE_ERRORS = {
-    errno.ENAMETOOLONG: ("the name is too long", "use a shorter name (at most 255 bytes per file or folder name)",
-                         ExitCode.USAGE),
-    errno.ENOENT: ("no such file or folder", "check the path", ExitCode.USAGE),
-    errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path", ExitCode.USAGE),
-    errno.EISDIR: ("it is a folder, not a file", "give a file", ExitCode.USAGE),
-    errno.ELOOP: ("a symbolic link leads in a circle", "check the links on the path", ExitCode.USAGE),
-    errno.EACCES: ("permission denied", "check the permissions (ls -l), or use another folder", ExitCode.USAGE),
-    errno.EPERM: ("operation not permitted", "check the permissions (ls -l), or use another folder", ExitCode.USAGE),
-    errno.EROFS: ("the file system is read-only", "write to another folder", ExitCode.FAILED),
-}
-
-
-def missing(path: str | os.PathLike) -> str:
-    """Why `path` is not there, for "FILE <reason>" messages: a symlink loop or a dangling link is not simply
-    "does not exist", and a name holding a NUL character cannot exist at all."""
-    text = os.fspath(path)
-    if "\0" in text:
-        return "cannot exist: its name contains a NUL character (\\0), which no file name can hold"
+@contextlib.contextmanager
+def naming_plan(plan_of: Callable[[], Any]) -> Iterator[None]:
+    """Scripts run the work after choosing their memory plan inside this: running out of memory there (loading,
+    placing, a stage no handler wraps) is reported with plan_of(), the plan in use then, and the next more
+    frugal one. The exception itself carries the plan (`memory_plan`), so the report is unchanged wherever it
+    is made (run_main, or a batch's report of that job), and --debug still shows its traceback."""
     try:
-        os.stat(text)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return "cannot be reached: a symbolic link on its path leads in a circle (check the links with ls -l)"
-        if exc.errno == errno.ENOTDIR:
-            return "cannot exist: a part of its path is a file, not a folder"
-        if os.path.islink(text):
-            return f"is a symbolic link to {os.readlink(text)}, which does not exist"
-    return "does not exist"
-
-
-_plan_in_use: list = []  # this run's memory plan, once chosen (note_plan): out-of-memory messages name it
-
-
-def note_plan(plan) -> None:
-    """Scripts call this when their memory plan is chosen: running out of memory anywhere after that (loading,
-    placing, a stage no handler wraps) is reported with the plan and the next more frugal one."""
-    _plan_in_use[:] = [plan]
+        yield
+    except Exception as exc:
+        plan = plan_of()
+        if plan is not None and is_out_of_memory(exc) and not isinstance(exc, CliError):
+            exc.memory_plan = plan
+        raise
 
 
 def out_of_memory_error(plan, where: str = "", smaller: str = "a smaller size or fewer frames") -> CliError:
@@ -336,10 +197,11 @@ def out_of_memory_error(plan, where: str = "", smaller: str = "a smaller size or
 
 
 def _out_of_memory(exc: BaseException) -> CliError:
-    if not _plan_in_use:
+    plan = getattr(exc, "memory_plan", None)  # set by naming_plan
+    if plan is None:
         return CliError(f"out of memory: {_first_line(exc)}", "retry with a more frugal plan: --offload group "
                         "(or sequential), a smaller size, or fewer frames", ExitCode.OUT_OF_MEMORY)
-    return out_of_memory_error(_plan_in_use[0], f"({_first_line(exc)})")
+    return out_of_memory_error(plan, f"({_first_line(exc)})")
 
 
 def unexpected_error(exc: BaseException) -> CliError:
@@ -398,7 +260,6 @@ def _run_main(parser, run, argv, describe) -> int:
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     started = time.perf_counter()
-    _plan_in_use.clear()  # a plan noted by an earlier run in this process is not this run's
     from . import hardware, outputs  # outputs builds on this module's CliError
 
     hardware.configure_cuda_allocator()  # before anything touches CUDA

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .cli import CliError, ExitCode, missing
+from .errors import CliError, ExitCode, missing
 from .inputs import regular_file
 from .video import decode_log, ffmpeg_exe, ffmpeg_input, ffmpeg_stdin
 

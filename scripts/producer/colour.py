@@ -11,7 +11,7 @@ from typing import Any, Iterable, NamedTuple
 import numpy as np
 from PIL import Image
 
-from .cli import CliError
+from .errors import CliError
 from .video import frame_list, frame_to_uint8
 
 # ================================================================ colour science

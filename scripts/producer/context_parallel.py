@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .cli import CliError, ExitCode
+from .errors import CliError, ExitCode
 from .wan import ClipJob, WanSession
 
 log = logging.getLogger("producer")

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from . import layout, rehearsal
 from .rehearsal import DEMO_TIME  # noqa: F401  (production.py shows it in --help)
-from .cli import CliError, ExitCode, load_json, not_text
+from .errors import CliError, ExitCode
+from .values import load_json, not_text
 from .outputs import write_json_atomic
 
 log = logging.getLogger("producer")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import install, models, registry
-from .cli import CliError, ExitCode
+from .errors import CliError, ExitCode
 
 log = logging.getLogger("producer")
 

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import identity, judge, layout, media, review, video
-from .cli import CliError
+from .errors import CliError
 
 log = logging.getLogger("producer")
 

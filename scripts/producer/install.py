@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import models, registry
-from .cli import load_json
 from .outputs import write_json_atomic
+from .values import load_json
 
 RECORD_FORMAT = 1
 HASH_CHUNK = 8 * 1024 * 1024

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from . import needs, registry, weightcheck
-from .cli import CliError
+from .errors import CliError
 
 # The pipeline class each repository must declare: what the scripts load it with.
 EXPECTED_PIPELINES = {

@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .cli import CliError, ExitCode, load_json, missing
+from .errors import CliError, ExitCode, missing
 from .outputs import check_output_name, disk_full
 from .paths import own_folder
+from .values import load_json
 
 STATE_LOCK = ".state.lock"
 STATE_WAIT_SECONDS = 60  # approve and retake hold the production's lock for well under a second each

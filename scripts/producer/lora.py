@@ -80,7 +80,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
-from .cli import CliError, ExitCode
+from .errors import CliError, ExitCode
 from .lora_files import (EXPERT_ROLES, FAMILIES, MAX_ABS_STRENGTH, MODEL_TITLES, WAN_TARGET_NAMES, WAN_TARGETS,
                          LoraFile, LoraModule, LoraSpec, check_lora_file, read_lora, wan_dotted)
 from .lora_plan import ExpertPlan, SpecPlan, is_quantized_model, plan_spec, refuse_incomplete, submodule

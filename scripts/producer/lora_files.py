@@ -10,8 +10,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cli import CliError, missing, not_text
+from .errors import CliError, missing
 from .inputs import regular_file
+from .values import not_text
 
 log = logging.getLogger("producer")
 

@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cli import CliError
+from .errors import CliError
 from .lora_files import (EXPERT_ROLES, MODEL_TITLES, NOT_APPLICABLE, QUANTIZED, WAN21_IMAGE_KEY, ZERO_DELTA,
                          LoraDelta, LoraFile, LoraModule, LoraSpec)
 

@@ -18,9 +18,10 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageColor, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from .cli import CliError, load_json, log, missing
+from .errors import CliError, missing
 from .inputs import regular_file
 from .outputs import atomic_output, json_text
+from .values import load_json, log
 
 # 64 megapixels: an 8K x 8K image. Bigger inputs are almost certainly a mistake (or a decompression
 # bomb: a few KB of PNG declaring gigapixels), and decoding one would take several GB of RAM.

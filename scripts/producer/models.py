@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import registry
-from .cli import CliError, ExitCode, missing
+from .errors import CliError, ExitCode, missing
 from .memory import QWEN_FOOTPRINT, WAN_FOOTPRINT, ModelFootprint
 
 STANDIN_MARKER = "producer_standin.json"

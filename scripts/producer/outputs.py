@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import faults
-from .cli import CliError, ExitCode, load_json, missing
+from .errors import CliError, ExitCode, missing
+from .values import load_json
 
 # File systems allow 255 bytes per name. The longest name derived from an output's is a clip's recipe being
 # written: NAME.provenance.json (+16 bytes), in a temp file (+17: ".", ".partial-", a pid of up to 7 digits),

@@ -38,8 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import batch, parallel_merge
-from .cli import CliError, ExitCode, number_arg, peak_memory, resolve_seed
+from .cli import peak_memory
+from .errors import CliError, ExitCode
 from .outputs import write_json_atomic
+from .values import number_arg, resolve_seed
 
 log = logging.getLogger("producer")
 

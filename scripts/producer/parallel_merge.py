@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import batch
-from .cli import CliError, ExitCode, load_json
+from .errors import CliError, ExitCode
+from .values import load_json
 
 if TYPE_CHECKING:
     from .parallel import Launch

@@ -26,7 +26,7 @@ import os
 from pathlib import Path, PurePath
 
 from . import layout
-from .cli import CliError
+from .errors import CliError
 from .layout import STATE
 
 ALLOW_FLAG = "--allow-outside"

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from .assets import key_line
-from .cli import CliError
+from .errors import CliError
 from .layout import PHILOSOPHY, STYLE
 from .scenes import Problem
 

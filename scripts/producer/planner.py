@@ -37,7 +37,7 @@ from pathlib import Path
 
 from . import layout, prompts, seeds
 from .assets import Asset
-from .cli import CliError
+from .errors import CliError
 from .project import Production
 from .rules import cell_names
 from .scenes import KeyframeRow, Problem

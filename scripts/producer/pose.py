@@ -31,8 +31,9 @@ import numpy as np
 from PIL import Image
 
 from . import media
-from .cli import CliError, load_json, missing
+from .errors import CliError, missing
 from .inputs import regular_file
+from .values import load_json
 
 log = logging.getLogger("producer")
 

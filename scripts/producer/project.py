@@ -21,9 +21,9 @@ from pathlib import Path
 
 from . import paths, rules
 from .assets import AssetPlan, load_assets
-from .cli import CliError
+from .errors import CliError
 from .inputs import regular_file
-from .cli import load_json
+from .values import load_json
 from .layout import ASSETS, PHILOSOPHY, SCENE_BREAKDOWN, STATE, STYLE
 from .phasefiles import check_philosophy, check_style
 from .scenes import Problem, SceneBreakdown, parse_scene_breakdown

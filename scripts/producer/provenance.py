@@ -17,9 +17,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .cli import load_json
 from .inputs import regular_file
 from .outputs import write_json_atomic
+from .values import load_json
 
 RECIPE_VERSION = 1
 SIDECAR_SUFFIX = ".provenance.json"
@@ -109,7 +109,7 @@ def recipe_or_damage(output: str | os.PathLike) -> tuple[dict | None, str | None
     for a finished output."""
     p = Path(output)
     if p.suffix.lower() == ".png" and p.is_file():
-        from .cli import CliError
+        from .errors import CliError
         from .media import read_png_metadata
 
         try:

@@ -43,7 +43,8 @@ from pathlib import Path
 from PIL import Image
 
 from . import judge, lora, media, models  # producer.offload imports torch: imported where it is used
-from .cli import CliError, ExitCode, Stopwatch, out_of_memory_error
+from .cli import Stopwatch, out_of_memory_error
+from .errors import CliError, ExitCode
 from .memory import MemoryPlan
 
 log = logging.getLogger("producer")

@@ -34,8 +34,9 @@ from pathlib import Path
 from PIL import Image
 
 from . import judge, lora, media, models, provenance, qwen, qwen_load, registry
-from .cli import CliError, ExitCode, log, number_arg, resolve_seed
+from .errors import CliError, ExitCode
 from .style import apply_style, join_negative, load_style, style_prompts
+from .values import log, number_arg, resolve_seed
 
 SCRIPT = "qwen_image.py"
 MIN_SIDE = 64

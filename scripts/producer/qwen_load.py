@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import models, registry
-from .cli import CliError, ExitCode
+from .errors import CliError, ExitCode
 from .memory import ComponentPlan, MemoryPlan
 from .qwen import QwenSession, areas_for
 

@@ -21,9 +21,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from . import layout, registry
-from .cli import CliError, log
+from .errors import CliError
 from .planner import ASSEMBLE, QWEN, WAN, Job, Plan, parse_job
 from .provenance import file_digest, make_recipe
+from .values import log
 
 
 def would_be_recipe(job: Job, plan: Plan) -> dict:

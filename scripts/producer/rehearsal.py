@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import layout
-from .cli import load_json
+from .values import load_json
 
 MARKER = "rehearsal.json"
 STANDINS = "standins"  # the stand-in cache inside the rehearsal's .production/ (about 5 MB)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import approvals, faults, layout, provenance, review
-from .cli import CliError
+from .errors import CliError
 from .outputs import atomic_output, write_json_atomic
 
 STATE = "retakes.json"

@@ -37,7 +37,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import colour, media, video
-from .cli import CliError, log
+from .errors import CliError
+from .values import log
 
 COLOR_MATCH_CHOICES = ("auto", "on", "off")
 DRIFT_LIMIT = 2.0  # between "a close look shows it" (1-3) and the injected drift (5.9); a clean clip measured 0.5

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paths
-from .cli import CliError
+from .errors import CliError
 from .inputs import regular_file
 
 SCENE_TYPES = ("character", "landscape")

@@ -35,8 +35,8 @@ import numpy as np
 from PIL import Image
 
 from . import colour, media, video
-from .cli import CliError
 from .clips import ClipInfo, scan_clip
+from .errors import CliError
 from .layout import clip_path, keyframe_path  # noqa: F401 - the layout's one home; re-exported for callers
 from .scenes import SceneBreakdown, load_scene_breakdown, shared_keyframe
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from . import layout, paths
 from .approvals import derive_seed
-from .cli import load_json
 from .outputs import write_json_atomic
+from .values import load_json
 
 SALT_FILE = "production.json"
 

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import install, models, standins
-from .cli import CliError, ExitCode, setup_logging
+from .cli import setup_logging
+from .errors import CliError, ExitCode
 
 SIZE = "64x64"
 FRAMES = "9"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import approvals as approvals_mod
 from . import layout, rehearsal, seeds
-from .cli import CliError, ExitCode, missing
+from .errors import CliError, ExitCode, missing
 from .planner import ASSEMBLE, Job, Plan, command, plan_production
 from .project import PHASE_NUMBERS, PHASES, Production, load_production
 from .provenance import recipe_or_damage

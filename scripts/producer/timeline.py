@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from . import video
-from .cli import CliError
+from .errors import CliError
 
 DEFAULT_SECONDS = {"cut": 0.0, "continuous": 0.0, "fade": 1.0, "dissolve": 0.5}
 CARD_SECONDS = 2.0  # long enough to read a short title at a glance, short enough not to stall the film

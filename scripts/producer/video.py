@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .cli import CliError, ExitCode
+from .errors import CliError, ExitCode
 from .inputs import regular_file
 from .outputs import atomic_output, disk_full, output_for
 

@@ -36,7 +36,8 @@ from diffusers import (FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler,
                        WanTransformer3DModel)
 
 from . import judge, lora, memory, models, offload, registry, speed
-from .cli import CliError, Stopwatch
+from .errors import CliError
+from .cli import Stopwatch
 from .wan_install import DENOISERS, WanFiles
 
 log = logging.getLogger("producer")

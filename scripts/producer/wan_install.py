@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import memory, models, registry
-from .cli import CliError, ExitCode
+from .errors import CliError, ExitCode
 
 DENOISERS = ("transformer", "transformer_2")
 

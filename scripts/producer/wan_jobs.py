@@ -13,9 +13,10 @@ from typing import Any
 
 from . import judge, lora, media, models, provenance, registry
 from . import wan_settings as ws
-from .cli import CliError, log, resolve_seed
+from .errors import CliError
 from .outputs import check_output_name
 from .style import apply_style, load_style, style_prompts
+from .values import log, resolve_seed
 
 SCRIPT = "wan_video.py"
 FPS = registry.WAN.fps

@@ -24,7 +24,8 @@ import math
 from dataclasses import dataclass, replace
 
 from . import registry
-from .cli import CliError, ExitCode, number_arg
+from .errors import CliError, ExitCode
+from .values import number_arg
 
 WAN = registry.WAN
 MIN_FRAMES = 5  # two latent frames: the first frame and one group of four
