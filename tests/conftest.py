@@ -109,7 +109,7 @@ def finished_demo(tmp_path_factory: pytest.TempPathFactory, standin_install: Sta
     import io
     import json
 
-    import production
+    from producer.commands import production
 
     root = tmp_path_factory.mktemp("demo") / "lighthouse"
     out = io.StringIO()

@@ -12,16 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import assemble_video
 import numpy as np
-import production as tool
 import pytest
-import qwen_image
-import wan_video
 from conftest import run_json
 from PIL import Image
 from producer import batch, cli
 from producer.cli import CliError, ExitCode
+from producer.commands import production as tool
+from producer.makers import assemble_video, qwen_image, wan_video
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lighthouse"

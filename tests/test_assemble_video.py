@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import assemble_video
+from producer.makers import assemble_video
 from producer import clips as clipio
 from producer import colour, seams, timeline, video
 from producer.cli import ExitCode
@@ -386,7 +386,9 @@ def test_duplicate_rule_passes_a_reencoded_frame_and_not_motion(tmp_path):
 
 
 def test_help_and_a_real_run(numbered, tmp_path):
-    script = Path(assemble_video.__file__)
+    from producer.makers import script_path
+
+    script = script_path("assemble_video")
     help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, check=True).stdout
     for option in ("--clips", "--transition", "--audio", "--audio-fade", "--title", "--end-card", "--card-seconds",
                    "--fps", "--upscale", "--size", "--crf", "--review", "--json", "--overwrite", "examples:"):

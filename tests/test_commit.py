@@ -147,7 +147,7 @@ def gradient(path: Path) -> Path:
 
 
 def wan_request(tmp_path: Path, seed: int):
-    import wan_video
+    from producer.makers import wan_video
 
     args = wan_video.build().parse_args(["--start-frame", str(gradient(tmp_path / "kf.png")), "--prompt", "waves",
                                          "--seed", str(seed), "--size", "64x64", "--frames", "9",
@@ -164,7 +164,7 @@ WAN_SET = ["v.first.png", "v.last.png", "v.contact.png", "v.mp4", "v.mp4.provena
 
 def test_wan_replacing_a_clip_keeps_the_whole_old_set_at_every_fault(tmp_path, inject):
     """wan_video.py's writer (review PNGs, clip, recipe) at every point of its commit, with every error."""
-    import wan_video
+    from producer.makers import wan_video
 
     req = wan_request(tmp_path, 1)
     wan_video.write_outputs(wan_frames(40), req, {"settings": {"seed": 1}})
@@ -203,7 +203,7 @@ def test_wan_overwrite_interrupted_or_out_of_disk_keeps_the_old_clip_with_its_re
     """The whole script: `--overwrite` meets a full disk between the clip's rename and its recipe's (the old
     code had already deleted the recipe and replaced the review PNGs), then Ctrl-C at the same point: held until
     the new set is in place, after which the run has nothing left to do, so it succeeds."""
-    import wan_video
+    from producer.makers import wan_video
 
     start = gradient(tmp_path / "kf.png")
     argv = ["--start-frame", start, "--prompt", "waves", "-o", tmp_path / "v.mp4", "--size", "64x64", "--frames", 9,
@@ -225,7 +225,7 @@ def test_wan_overwrite_interrupted_or_out_of_disk_keeps_the_old_clip_with_its_re
 
 @pytest.mark.usefixtures("standin_hf_home")
 def test_qwen_replacing_a_picture_keeps_the_old_one_at_every_fault(tmp_path, inject):
-    import qwen_image
+    from producer.makers import qwen_image
 
     argv = ["--prompt", "a red fox", "-o", tmp_path / "kf.png", "--lightning", "off", "--cfg", 1, "--steps", 2,
             "--size", "64x64", "--quiet", "--json", "--overwrite"]
@@ -258,7 +258,7 @@ def clips(folder: Path) -> list[Path]:
 
 def test_assemble_replacing_a_film_keeps_the_whole_old_set_at_every_fault(tmp_path, inject):
     """assemble_video.py: contact sheet, film and recipe at every point of the commit; then the rerun."""
-    import assemble_video
+    from producer.makers import assemble_video
 
     folder = tmp_path / "out"
     folder.mkdir()
@@ -282,7 +282,7 @@ def test_assemble_replacing_a_film_keeps_the_whole_old_set_at_every_fault(tmp_pa
 
 def test_assemble_interrupted_before_its_commit_leaves_no_contact_sheet_and_the_rerun_runs(tmp_path, inject):
     """The contact sheet used to be renamed before the film: Ctrl-C there left it, and the rerun refused."""
-    import assemble_video
+    from producer.makers import assemble_video
 
     argv = ["--clips", *clips(tmp_path), "-o", tmp_path / "film.mp4", "--json"]
     inject("rename:film.mp4.provenance.json", "SIGINT")

@@ -12,14 +12,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import production as tool
 import pytest
-import qwen_image
-import wan_video
 from conftest import run_json
 from PIL import Image
 from producer import batch, cli, paths
 from producer.cli import CliError, ExitCode
+from producer.commands import production as tool
+from producer.makers import qwen_image, wan_video
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lighthouse"
 SCRIPTS = {"qwen": qwen_image, "wan": wan_video}

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import production
+from producer.commands import production
 import pytest
 from producer import cli, needs, nextstep, planner
 from producer.demo import SAMPLE
@@ -233,8 +233,8 @@ def test_a_batch_whose_every_job_misses_the_model_exits_3_in_both_scripts(tmp_pa
     3; both now give the reason's code when every job failed for it (SKILL.md's table)."""
     from PIL import Image
 
-    import qwen_image
-    import wan_video
+    from producer.makers import qwen_image
+    from producer.makers import wan_video
 
     Image.new("RGB", (64, 64), "grey").save(tmp_path / "kf.png")
     (tmp_path / "stills.json").write_text(json.dumps([{"prompt": f"a fox {i}", "output": f"s{i}.png"} for i in range(3)]))
@@ -251,7 +251,7 @@ def test_a_batch_whose_every_job_misses_the_model_exits_3_in_both_scripts(tmp_pa
 def test_a_warning_every_clip_repeats_is_shown_once_per_batch():
     import logging
 
-    import wan_video
+    from producer.makers import wan_video
 
     once = wan_video._DistinctWarnings()
     record = lambda text: logging.LogRecord("producer", logging.WARNING, __file__, 1, text, None, None)  # noqa: E731

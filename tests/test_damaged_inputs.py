@@ -14,16 +14,14 @@ import threading
 import zlib
 from pathlib import Path
 
-import assemble_video
 import numpy as np
-import production
 import pytest
-import qwen_image
-import wan_video
 from PIL import Image
 from producer import media, provenance, standin_loras
 from producer.cli import CliError, ExitCode
+from producer.commands import production
 from producer.demo import SAMPLE
+from producer.makers import assemble_video, qwen_image, wan_video
 
 # ---------------------------------------------------------------- the damaged pictures
 

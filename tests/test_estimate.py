@@ -10,14 +10,12 @@ import shutil
 import sys
 from pathlib import Path
 
-import production
 import pytest
-import qwen_image
-import setup_diffusers
-import wan_video
 from PIL import Image
 from producer import estimate, forecast, hardware, memory
+from producer.commands import production, setup_diffusers
 from producer.demo import SAMPLE
+from producer.makers import qwen_image, wan_video
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))

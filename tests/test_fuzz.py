@@ -15,17 +15,13 @@ import json
 import os
 from pathlib import Path
 
-import assemble_video
-import production
 import pytest
-import qwen_image
-import setup_diffusers
-import validate_diffusers
-import wan_video
 from fuzzing import JSON_SCALARS, PATHS, any_json, batch_jobs, fuzz_settings, option_args, run_case, sometimes, text
 from hypothesis import given
 from hypothesis import strategies as st
 from producer.cli import ExitCode
+from producer.commands import production, setup_diffusers, validate_diffusers
+from producer.makers import assemble_video, qwen_image, wan_video
 
 BASES = {  # a command that works (up to "not installed"), which the cases then vary
     "qwen_image": ["--prompt", "a fox", "-o", "out/new.png", "-r", "in/kf.png"],

@@ -14,12 +14,11 @@ import json
 from pathlib import Path
 
 import pytest
-import qwen_image
-import wan_video
 from fuzzing import batch_jobs, fuzz_settings, option_args, run_case, text
 from hypothesis import given
 from hypothesis import strategies as st
 from producer import provenance
+from producer.makers import qwen_image, wan_video
 
 SMALL = {"size": ["64x64", "80x64", "64x80", "64x48", "0x0", "65x65", "64"], "steps": ["1", "2", "3", "0", "-1"],
          "frames": ["5", "9", "4", "1", "0"], "duration": ["0.3", "0.5", "0", "nan", "1e308"],

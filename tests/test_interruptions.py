@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import wan_video
 from PIL import Image
 from producer import locks, provenance, video
 from producer.cli import ExitCode
+from producer.makers import wan_video
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "wan_video.py"
 FAST = ["--size", "64x64", "--frames", "9", "--quiet", "--json"]

@@ -172,7 +172,7 @@ def keyframe(path):
 
 
 def run_wan(capsys, *argv):
-    import wan_video
+    from producer.makers import wan_video
 
     code = wan_video.main([str(a) for a in argv] + ["--size", "64x64", "--frames", "9", "--quiet", "--json"])
     out = capsys.readouterr()
@@ -221,8 +221,8 @@ def test_nan_with_a_non_default_attention_backend_falls_back_and_records_why(
 
 
 def test_a_black_picture_is_refused_by_qwen_image(standin_hf_home, qwen_standin_areas, tmp_path, capsys, monkeypatch):
-    import qwen_image
     from producer import qwen
+    from producer.makers import qwen_image
 
     monkeypatch.setattr(qwen.QwenSession, "_decode", lambda self, latents, job: Image.new("RGB", (64, 64)))
     out = tmp_path / "kf.png"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-import wan_video
+from producer.makers import wan_video
 from producer import standin_loras as SL
 from producer.cli import ExitCode
 
@@ -101,7 +101,7 @@ def test_modulation_diff_spelling_reaches_the_clip_like_diff_m(standin_hf_home, 
 def test_qwen_lightning_and_anypose_as_published_through_qwen_image(standin_hf_home, start_frame, tmp_path, capsys):
     """Lightning: bare transformer_blocks keys, 12 modules a block, rank 64, alpha 8 (scale 1/8), no img_mod.
     AnyPose: diffusion_model. + lora_A/lora_B, rank 16, no alpha, every block linear with img_mod/txt_mod."""
-    import qwen_image
+    from producer.makers import qwen_image
     from producer import standin_models
 
     keypoints = {"canvas_width": 64, "canvas_height": 64, "people": [{"pose_keypoints_2d": [

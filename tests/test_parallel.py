@@ -19,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import qwen_image
-import wan_video
 from PIL import Image
 from producer import parallel, parallel_merge, video
 from producer.cli import CliError, ExitCode
+from producer.makers import qwen_image, wan_video
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -65,7 +65,7 @@ def keyframe(path: Path, size=(80, 64), seed=0) -> Path:
 
 
 def wan_request(tmp_path: Path, *argv):
-    import wan_video
+    from producer.makers import wan_video
 
     args = wan_video.build().parse_args(["--start-frame", str(keyframe(tmp_path / "start.png")), "--prompt",
                                          "a lighthouse at dusk", "--size", "64x64", "--frames", "8", "--seed", "7",
@@ -235,8 +235,8 @@ def skeleton(folder: Path) -> str:
 
 def qwen_project(tmp_path: Path, argv):
     """The job as qwen_image.py resolves it, run through its session: (resolved, latents, picture, files, dtype)."""
-    import qwen_image
     from producer import offload
+    from producer.makers import qwen_image
 
     args = qwen_image.build().parse_args(["--prompt", "the fox from image 1 at dusk", "--size", "64x64", "--seed",
                                           "5", "--quiet", "-o", str(tmp_path / "out.png"), *map(str, argv)])

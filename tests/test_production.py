@@ -9,10 +9,10 @@ import shlex
 import shutil
 from pathlib import Path
 
-import production
 import pytest
 from PIL import Image
 from producer import approvals, batch, planner, rules, seeds
+from producer.commands import production
 from producer.demo import SAMPLE
 
 BREAKDOWN, ASSETS = "scene-breakdown.md", "assets.json"

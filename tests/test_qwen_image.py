@@ -7,11 +7,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import qwen_image
 import torch
 from PIL import Image, ImageDraw
 from producer import hardware, media, memory, models, qwen, qwen_jobs, standin_loras
 from producer.cli import ExitCode
+from producer.makers import qwen_image
 
 pytestmark = pytest.mark.usefixtures("standin_hf_home", "frozen_heap")
 
@@ -435,10 +435,12 @@ def test_help_works_from_any_folder_without_importing_torch(tmp_path):
     import subprocess
     import sys
 
-    script = Path(qwen_image.__file__)
+    from producer.makers import script_path
+
+    script = script_path("qwen_image")
     shown = subprocess.run([sys.executable, str(script), "--help"], cwd=tmp_path, capture_output=True, text=True,
                            check=False)
     assert shown.returncode == 0 and "composite" in shown.stdout
-    probe = (f"import sys; sys.path.insert(0, {str(script.parent)!r}); import qwen_image; qwen_image.build(); "
-             "print('torch' in sys.modules)")
+    probe = (f"import sys; sys.path.insert(0, {str(script.parent)!r}); from producer.makers import qwen_image; "
+             "qwen_image.build(); print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"

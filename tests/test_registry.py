@@ -118,7 +118,7 @@ def hub(lightning_standins, monkeypatch):
 
 
 def setup(capsys, *argv):
-    import setup_diffusers
+    from producer.commands import setup_diffusers
 
     code = setup_diffusers.main([*argv, "--json", "--quiet"])
     return code, json.loads(capsys.readouterr().out)

@@ -8,10 +8,10 @@ import os
 import shutil
 from pathlib import Path
 
-import production
 import pytest
 from conftest import use_hf_home
 from producer import provenance, rehearsal
+from producer.commands import production
 from producer.demo import SAMPLE
 
 

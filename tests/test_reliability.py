@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import qwen_image
 import torch
-import wan_video
 from PIL import Image
 from producer import faults, provenance, video
 from producer.cli import ExitCode
+from producer.makers import qwen_image, wan_video
 
 pytestmark = pytest.mark.usefixtures("standin_hf_home", "real_signals", "frozen_heap")
 
@@ -372,7 +371,7 @@ def test_disk_full_writing_a_clips_recipe_leaves_no_clip_without_it(tmp_path, mo
 
 
 def test_disk_full_writing_a_films_recipe_leaves_no_film_without_it(tmp_path, monkeypatch):
-    import assemble_video
+    from producer.makers import assemble_video
 
     clips = []
     for i in range(2):
@@ -388,7 +387,7 @@ def test_disk_full_writing_project_state_keeps_the_old_file(tmp_path, monkeypatc
     import os
     import shutil
 
-    import production
+    from producer.commands import production
 
     sample = Path(__file__).resolve().parents[1] / "examples" / "lighthouse"
     root = tmp_path / "film"

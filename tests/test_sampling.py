@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import qwen_image
 from diffusers import QwenImageTransformer2DModel
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_shift
 from PIL import Image
 from producer import qwen, qwen_jobs, registry, standin_models, wan
 from producer.cli import CliError
+from producer.makers import qwen_image
 
 # Qwen/Qwen-Image-Edit-2511 (and Qwen/Qwen-Image) `scheduler/scheduler_config.json`, as published.
 QWEN_REPO_SCHEDULER = {

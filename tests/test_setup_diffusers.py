@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 
 import pytest
-import setup_diffusers
 from localhub import LocalHub
 from producer import download, hardware, install, memory, models, needs, registry, standins
+from producer.commands import setup_diffusers
 
 LORAS = ["wan-lightning", "qwen-lightning"]
 SMALL_MACHINE = ["wan-i2v-components", "wan-i2v-gguf-q4", "qwen-edit-components", "qwen-edit-gguf-q4"]
@@ -324,7 +324,7 @@ def test_every_command_in_the_output_example_parses():
     """docs/setup-output-example.md shows real runs; its command lines must stay valid for the parsers."""
     import shlex
 
-    import validate_diffusers
+    from producer.commands import validate_diffusers
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "setup-output-example.md"
     commands = [line.removeprefix("$ python ") for line in doc.read_text().splitlines() if line.startswith("$ python ")]

@@ -42,7 +42,7 @@ def test_fp8_matmul_needs_torchao(monkeypatch):
 def test_scripts_refuse_fp8_matmul_on_this_cpu_machine(standin_hf_home, tmp_path, capsys):
     import json
 
-    import qwen_image
+    from producer.makers import qwen_image
 
     out = tmp_path / "a.png"
     code = qwen_image.main(["--prompt", "a lighthouse", "--output", str(out), "--fp8-matmul", "--json"])
@@ -63,7 +63,7 @@ def test_an_attention_backend_whose_package_is_missing_is_refused_before_loading
     checks the package in set_attention_backend); the same check now runs with the arguments."""
     import json
 
-    import qwen_image
+    from producer.makers import qwen_image
     from diffusers.models import attention_dispatch
 
     if attention_dispatch._CAN_USE_FLASH_ATTN:
@@ -104,8 +104,8 @@ def test_fp8_matmul_is_recorded_in_both_scripts_recipes(standin_hf_home, tmp_pat
 
     from PIL import Image
 
-    import qwen_image
-    import wan_video
+    from producer.makers import qwen_image
+    from producer.makers import wan_video
     from producer import qwen_jobs
 
     frame = tmp_path / "f.png"
@@ -128,8 +128,8 @@ def test_the_json_report_says_which_levers_ran(standin_hf_home, tmp_path, capsys
 
     from PIL import Image
 
-    import qwen_image
-    import wan_video
+    from producer.makers import qwen_image
+    from producer.makers import wan_video
 
     code = qwen_image.main(["--prompt", "a lighthouse", "-o", str(tmp_path / "a.png"), "--attention", "_native_math",
                             "--json", "--quiet"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-import wan_video
+from producer.makers import wan_video
 from producer import registry, standin_models
 
 

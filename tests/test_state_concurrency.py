@@ -30,7 +30,7 @@ SLOW_COMMAND = """
         return write(*args, **kwargs)
 
     approvals.write_json_atomic = slowed
-    import production
+    from producer.commands import production
     sys.stdin.readline()  # every command starts at the same moment
     sys.exit(production.main(sys.argv[1:]))
 """

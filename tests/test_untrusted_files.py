@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import qwen_image
 import torch
-import wan_video
 from conftest import run_json
 from PIL import Image
 from producer import batch, models, paths, pose
 from producer.cli import CliError, ExitCode
+from producer.makers import qwen_image, wan_video
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -193,7 +192,7 @@ def test_a_production_that_allows_outside_pictures_passes_the_flag_to_its_batch(
     A relative production folder, as people type it."""
     import shutil
 
-    import production as tool
+    from producer.commands import production as tool
 
     shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "lighthouse", tmp_path / "film",
                     ignore=shutil.ignore_patterns(".production"))

@@ -6,10 +6,9 @@ import sys
 import types
 
 import pytest
-import setup_diffusers
-import validate_diffusers
 from conftest import use_hf_home
 from producer import install, installcheck, models, registry, smoke, standin_models, standins, weightcheck
+from producer.commands import setup_diffusers, validate_diffusers
 
 NEEDED = ["wan-i2v", "qwen-edit", "wan-lightning", "qwen-lightning"]
 

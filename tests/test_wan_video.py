@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import wan_video
+from producer.makers import wan_video
 from producer import provenance, review, video
 from producer import standin_loras as SL
 from producer import standin_models

@@ -36,10 +36,10 @@ PHASE_TITLES = {"assets": "Phase 2.5: assets", "keyframes": "Phase 3: keyframes"
 
 
 def script_parser(script: str) -> argparse.ArgumentParser:
-    """The parser a script builds for itself (every script has `build()`)."""
-    if str(SCRIPTS_DIR) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS_DIR))
-    return importlib.import_module(Path(script).stem).build()
+    """The parser a script builds for itself (every script has `build()`, in producer.makers or .commands)."""
+    stem = Path(script).stem
+    place = "makers" if stem in ("qwen_image", "wan_video", "assemble_video") else "commands"
+    return importlib.import_module(f"producer.{place}.{stem}").build()
 
 
 # ---------------------------------------------------------------- references/cli.md

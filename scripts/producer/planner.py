@@ -238,12 +238,10 @@ def _as_list(value) -> list:
 
 
 def script_module(script: str):
-    """The generation script's module (its parser, PATH_OPTIONS and BATCH_ONLY), imported from scripts/."""
-    import importlib
+    """The generation script's module (its parser, PATH_OPTIONS and BATCH_ONLY): producer.makers.NAME."""
+    from .makers import module
 
-    if str(SCRIPTS_DIR) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS_DIR))
-    return importlib.import_module(Path(script).stem)
+    return module(script)
 
 
 def apply_settings(plan: Plan, settings: dict) -> None:

@@ -88,29 +88,30 @@ def install_step(hf_home: Path) -> Step:
 
 
 def script_steps(hf_home: Path, out: Path) -> list[tuple[str, str, list[str], list[Path]]]:
-    """(step name, script module, argv, outputs it must leave)."""
+    """(step name, the script's module, argv, outputs it must leave)."""
     common = ["--models-dir", str(hf_home), "--seed", "1"]
     fox, edit, qgguf, posed = out / "fox.png", out / "fox-edit.png", out / "fox-gguf.png", out / "fox-posed.png"
     clip, cgguf, film = out / "clip.mp4", out / "clip-gguf.mp4", out / "film.mp4"
     image = ["--size", SIZE]  # the default schedule: the Lightning LoRA's 4 steps at cfg 1
     video = ["--size", SIZE, "--frames", FRAMES]  # the default: the distill LoRAs' 4 steps
     return [
-        ("qwen_image.py text-to-image", "qwen_image", ["-p", "a red fox in a forest", "-o", str(fox), *image, *common],
-         [fox]),
-        ("qwen_image.py edit (one reference)", "qwen_image",
+        ("qwen_image.py text-to-image", "producer.makers.qwen_image",
+         ["-p", "a red fox in a forest", "-o", str(fox), *image, *common], [fox]),
+        ("qwen_image.py edit (one reference)", "producer.makers.qwen_image",
          ["-p", "the fox from image 1 in the snow", "-r", str(fox), "-o", str(edit), *image, *common], [edit]),
-        ("qwen_image.py pose (keypoints JSON)", "qwen_image",
+        ("qwen_image.py pose (keypoints JSON)", "producer.makers.qwen_image",
          ["-p", "the fox from image 1 standing like the figure", "-r", str(fox), "--pose", str(out / POSE_FILE),
           "-o", str(posed), *image, *common], [posed]),
-        ("qwen_image.py GGUF weights, full schedule with true CFG", "qwen_image",
+        ("qwen_image.py GGUF weights, full schedule with true CFG", "producer.makers.qwen_image",
          ["-p", "a red fox", "-o", str(qgguf), "--weights", "gguf-q4", "--lightning", "off", "--steps", FULL_STEPS,
           *image, *common], [qgguf]),
-        ("wan_video.py image-to-video", "wan_video",
+        ("wan_video.py image-to-video", "producer.makers.wan_video",
          ["--start-frame", str(fox), "--prompt", "the fox runs", "-o", str(clip), *video, *common], [clip]),
-        ("wan_video.py first-last-frame, GGUF experts", "wan_video",
+        ("wan_video.py first-last-frame, GGUF experts", "producer.makers.wan_video",
          ["--start-frame", str(fox), "--end-frame", str(edit), "--prompt", "the fox turns", "-o", str(cgguf),
           "--weights", "gguf-q4", *video, *common], [cgguf]),
-        ("assemble_video.py", "assemble_video", ["--clips", str(clip), str(cgguf), "-o", str(film)], [film]),
+        ("assemble_video.py", "producer.makers.assemble_video",
+         ["--clips", str(clip), str(cgguf), "-o", str(film)], [film]),
     ]
 
 

@@ -1,13 +1,9 @@
-#!/usr/bin/env python3
 """Keep a production on track: check its files, show where it stands, record approvals, plan the next step."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from producer.cli import ArgumentParser, ExitCode, build_parser, run_main
 from producer.demo import DEMO_TIME
@@ -265,6 +261,3 @@ def _describe_demo(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     return run_main(build(), run, argv, describe)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,18 +1,13 @@
-#!/usr/bin/env python3
 """Get the models this machine needs, and check that the machine is ready to run the scripts."""
 
 from __future__ import annotations
 
-import os
-import sys
 import textwrap
 from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from producer import cli, install, models, needs, registry  # noqa: E402
-from producer.cli import CliError, ExitCode, build_parser, log, run_main  # noqa: E402
-from producer.memory import WEIGHT_CHOICES  # noqa: E402
+from producer import cli, install, models, needs, registry
+from producer.cli import CliError, ExitCode, build_parser, log, run_main
+from producer.memory import WEIGHT_CHOICES
 
 DESCRIPTION = """\
 Check the machine (--check, the default), download what it needs (--download), or list the models (--info).
@@ -363,6 +358,3 @@ def describe(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     return run_main(build(), run, argv, describe)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

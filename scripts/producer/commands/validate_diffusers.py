@@ -1,17 +1,12 @@
-#!/usr/bin/env python3
 """Prove that the install works: the software, the installed models, and the scripts end to end."""
 
 from __future__ import annotations
 
-import os
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from producer import cli, install, installcheck, models, needs, registry  # noqa: E402
-from producer.cli import ExitCode, build_parser, log, run_main  # noqa: E402
+from producer import cli, install, installcheck, models, needs, registry
+from producer.cli import ExitCode, build_parser, log, run_main
 
 DESCRIPTION = """\
 Validate the setup. Without options: Python, the imports and versions the scripts need (against
@@ -282,6 +277,3 @@ def _show(check: dict) -> bool:
 def main(argv: list[str] | None = None) -> int:
     return run_main(build(), run, argv, describe)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,20 +1,16 @@
-#!/usr/bin/env python3
 """Assemble the scene clips of a production into one film, with transitions, cards and audio."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from producer import clips as clipio  # noqa: E402
-from producer import locks, media, provenance, seams, timeline, video  # noqa: E402
-from producer.cli import CliError, add_output_args, build_parser, log, missing, number_arg, run_main, text_arg  # noqa: E402
-from producer.outputs import atomic_outputs, check_output, write_json_atomic  # noqa: E402
-from producer.scenes import TRANSITIONS, SceneBreakdown, load_scene_breakdown, shared_keyframe  # noqa: E402
+from producer import clips as clipio
+from producer import locks, media, provenance, seams, timeline, video
+from producer.cli import CliError, add_output_args, build_parser, log, missing, number_arg, run_main, text_arg
+from producer.outputs import atomic_outputs, check_output, write_json_atomic
+from producer.scenes import TRANSITIONS, SceneBreakdown, load_scene_breakdown, shared_keyframe
 
 DESCRIPTION = """\
 Join the scene clips into one H.264 MP4 (AAC audio when given) and write a contact sheet of the whole
@@ -425,6 +421,3 @@ def describe(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     return run_main(build(), run, argv, describe)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Make the stills of a production with Qwen-Image-Edit-2511: assets, layers and keyframes."""
 
 from __future__ import annotations
@@ -6,15 +5,37 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from producer import (batch, cli, hardware, judge, locks, media, memory, models, parallel, provenance, qwen,
-                      qwen_jobs, qwen_load)
-from producer.cli import (CliError, ExitCode, Stopwatch, add_memory_args, add_output_args, build_parser, log, peak_memory,
-                          run_main, seed_arg, text_arg)
+from producer import (
+    batch,
+    cli,
+    hardware,
+    judge,
+    locks,
+    media,
+    memory,
+    models,
+    parallel,
+    provenance,
+    qwen,
+    qwen_jobs,
+    qwen_load,
+)
+from producer.cli import (
+    CliError,
+    ExitCode,
+    Stopwatch,
+    add_memory_args,
+    add_output_args,
+    build_parser,
+    log,
+    peak_memory,
+    run_main,
+    seed_arg,
+    text_arg,
+)
+from producer.makers import script_path
 from producer.outputs import check_output
 
 DESCRIPTION = """\
@@ -470,8 +491,5 @@ def describe(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build(), parallel.entry(run, __file__, argv), argv, describe)
+    return run_main(build(), parallel.entry(run, script_path("qwen_image.py"), argv), argv, describe)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

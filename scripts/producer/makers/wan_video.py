@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Scene clips with Wan 2.2 I2V A14B: image-to-video and first-last-frame, with review images for agents."""
 
 from __future__ import annotations
@@ -6,21 +5,27 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from producer import batch, cli, judge, locks, models, provenance, registry, review, video  # noqa: E402
-from producer import wan_settings as ws  # noqa: E402
-from producer import parallel  # noqa: E402
-from producer.cli import (CliError, ExitCode, Stopwatch, add_memory_args, add_output_args, build_parser, log,  # noqa: E402
-                          run_main, seed_arg, text_arg)
-from producer.outputs import atomic_outputs, check_output, write_json_atomic  # noqa: E402
-from producer.wan_jobs import Load, Request, recipe_for, resolve_load, resolve_request, to_job, up_to_date  # noqa: E402
+from producer import batch, cli, judge, locks, models, parallel, provenance, registry, review, video
+from producer import wan_settings as ws
+from producer.cli import (
+    CliError,
+    ExitCode,
+    Stopwatch,
+    add_memory_args,
+    add_output_args,
+    build_parser,
+    log,
+    run_main,
+    seed_arg,
+    text_arg,
+)
+from producer.makers import script_path
+from producer.outputs import atomic_outputs, check_output, write_json_atomic
+from producer.wan_jobs import Load, Request, recipe_for, resolve_load, resolve_request, to_job, up_to_date
 
 SCRIPT = "wan_video.py"
 FPS = registry.WAN.fps
@@ -444,8 +449,5 @@ def describe(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build(), parallel.entry(run, __file__, argv), argv, describe)
+    return run_main(build(), parallel.entry(run, script_path(SCRIPT), argv), argv, describe)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
