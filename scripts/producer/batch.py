@@ -103,6 +103,17 @@ def refuse_policy_without_batch(args: argparse.Namespace) -> None:
                            f"drop --{option}, or run the jobs with --batch FILE.json")
 
 
+def refuse_job_options(parser: argparse.ArgumentParser, args: argparse.Namespace, batch_only: set[str]) -> None:
+    """With --batch the command line carries only batch-wide options (`batch_only`, and --overwrite for every
+    job); a job option there would otherwise be ignored without a word. One rule for both generation scripts."""
+    batch_wide = {option.replace("-", "_") for option in batch_only} | {"help", "overwrite"}
+    given = [a.option_strings[-1] for a in parser._actions
+             if a.dest not in batch_wide and getattr(args, a.dest, a.default) != a.default]
+    if given:
+        raise CliError(f"{', '.join(given)} beside --batch would not reach the jobs",
+                       'put it in the batch file, for every job: {"defaults": {"preset": "480p", ...}, "jobs": [...]}')
+
+
 def read_batch_file(path: str | Path) -> list[dict]:
     p = regular_file(path, "batch file")
     try:

@@ -425,20 +425,8 @@ class BatchRun:
         self.session.release_text_encoder()
 
 
-def refuse_job_options_beside_batch(args) -> None:
-    """With --batch the command line carries only batch-wide options (and --overwrite, for every job);
-    a job option there would otherwise be ignored without a word."""
-    parser = build()
-    given = [a.option_strings[-1] for a in parser._actions
-             if a.dest not in {o.replace("-", "_") for o in BATCH_ONLY} | {"help", "overwrite"}
-             and getattr(args, a.dest, a.default) != a.default]
-    if given:
-        raise CliError(f"{', '.join(given)} beside --batch would not reach the jobs",
-                       'put it in the batch file, for every job: {"defaults": {"preset": "480p", ...}, "jobs": [...]}')
-
-
 def run_batch(args) -> dict:
-    refuse_job_options_beside_batch(args)
+    batch.refuse_job_options(build(), args, BATCH_ONLY)
     entries = batch.parse_jobs(build(), args.batch, PATH_OPTIONS, BATCH_ONLY, args.allow_outside)
     if args.overwrite:  # --overwrite on the command line replaces every job's output
         for entry in entries:

@@ -294,17 +294,6 @@ def out_of_memory(plan, where: str) -> CliError:
 # ---------------------------------------------------------------- batch
 
 
-def refuse_job_options_beside_batch(args: argparse.Namespace) -> None:
-    """With --batch the command line carries only batch-wide options (and --overwrite, for every job);
-    a job option there would otherwise be ignored without a word."""
-    batch_wide = {option.replace("-", "_") for option in BATCH_ONLY} | {"help", "overwrite"}
-    given = [a.option_strings[-1] for a in build()._actions
-             if a.dest not in batch_wide and getattr(args, a.dest, a.default) != a.default]
-    if given:
-        raise CliError(f"{', '.join(given)} beside --batch would not reach the jobs",
-                       'put it in the batch file, for every job: {"defaults": {"preset": "480p", ...}, "jobs": [...]}')
-
-
 def run_batch(args: argparse.Namespace) -> dict:
     """Resolve every job, skip the up-to-date ones, then one model load for the rest (prompts encoded first).
     A warning that every clip would repeat (the same rounding, the same note) is shown once."""
@@ -332,7 +321,7 @@ class _DistinctWarnings(logging.Filter):
 
 
 def _run_batch(args: argparse.Namespace) -> dict:
-    refuse_job_options_beside_batch(args)
+    batch.refuse_job_options(build(), args, BATCH_ONLY)
     jobs = batch.parse_jobs(build(), args.batch, PATH_OPTIONS, BATCH_ONLY, args.allow_outside)
     load = resolve_load(args)
     requests: dict[int, Request] = {}
