@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from producer.commands import production
 import pytest
-from producer import cli, needs, nextstep, planner
+from producer import cli, docgen, needs, nextstep, planner
+from producer.commands import production
 from producer.demo import SAMPLE
 from producer.rehearsal import DEMO_TIME
 
@@ -70,7 +70,7 @@ def parse(command: str):
     words = shlex.split(command)
     at = next(i for i, w in enumerate(words) if w.endswith(".py"))
     script = Path(words[at]).name
-    return script, planner.script_module(script).build().parse_args(words[at + 1:])
+    return script, docgen.script_parser(script).parse_args(words[at + 1:])
 
 
 def variants(root: Path) -> dict[str, Path]:

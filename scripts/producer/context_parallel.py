@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import CliError, ExitCode
+from .registry import WAN_DENOISERS
 from .wan import ClipJob, WanSession
 
 log = logging.getLogger("producer")
@@ -99,7 +100,7 @@ class ContextParallelWanSession(WanSession):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         offloaded = {c: p.placement for c, p in self.plan.components.items()
-                     if c in ("transformer", "transformer_2") and p.placement not in RESIDENT}
+                     if c in WAN_DENOISERS and p.placement not in RESIDENT}
         if offloaded:
             raise CliError(f"--context-parallel needs each GPU to hold the experts, but plan {self.plan.name} "
                            f"streams them ({', '.join(f'{c}: {p}' for c, p in offloaded.items())})",

@@ -28,7 +28,7 @@ EXPECTED_PIPELINES = {
 }
 CONFIG_FACTS = ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels",
                 "ffn_dim", "zero_cond_t", "z_dim", "d_model", "num_hidden_layers", "hidden_size", "vocab_size")
-DENOISERS = ("transformer", "transformer_2")
+DENOISERS = registry.WAN_DENOISERS
 
 
 @dataclass

@@ -60,7 +60,7 @@ class ModelFootprint:
 # reserved 43.28 GiB resident and 6.49 GiB streamed, ~4.8 GiB above the weights: ~90 copies of its
 # narrower state (three references reserved the same, so the estimate is cautious for them).
 WAN_FOOTPRINT = ModelFootprint(
-    family="wan", denoisers=("transformer", "transformer_2"), denoiser_params=registry.WAN_EXPERT_PARAMS,
+    family="wan", denoisers=registry.WAN_DENOISERS, denoiser_params=registry.WAN_EXPERT_PARAMS,
     denoiser_blocks=registry.WAN_EXPERT_LAYERS, hidden=5120, activation_factor=20,
     text_encoder_params=registry.WAN_TEXT_ENCODER_PARAMS, vae_params=registry.WAN_VAE_PARAMS,
     vae_bytes_per_pixel=6000, vae_tiled_bytes=int(1.5 * GiB))

@@ -21,10 +21,11 @@ import logging
 import torch
 
 from .memory import MemoryPlan
+from .registry import WAN_DENOISERS
 
 log = logging.getLogger("producer")
 
-DENOISERS = ("transformer", "transformer_2")
+DENOISERS = WAN_DENOISERS  # Qwen's one denoiser is the first of them
 
 def torch_dtype(name: str) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[name]

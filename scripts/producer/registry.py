@@ -19,6 +19,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+# Wan's two denoisers as the pipeline names them: the high-noise expert, then the low-noise one (diffusers'
+# WanImageToVideoPipeline `transformer` / `transformer_2`). Qwen has one, `transformer`. The one list of them.
+WAN_DENOISERS = ("transformer", "transformer_2")
+
+
 GB = 1_000_000_000
 
 
@@ -227,7 +232,7 @@ _ENTRIES = [
         loader="pipe.load_lora_weights (high -> transformer, low -> transformer_2)",
         license="apache-2.0",
         required=True,
-        targets=("transformer", "transformer_2"),
+        targets=WAN_DENOISERS,
         strength=1.0,
         rank=64,
         roles={"transformer": "wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1022.safetensors",
@@ -248,7 +253,7 @@ _ENTRIES = [
         size_bytes=739_000_000,  # about 739 MB = 705 MiB (705 was the MiB figure taken for MB)
         loader="pipe.load_lora_weights into both experts",
         license="apache-2.0",
-        targets=("transformer", "transformer_2"),
+        targets=WAN_DENOISERS,
         strength=1.0,
         rank=64,
         roles={"transformer": "loras/Wan21_I2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors",

@@ -264,7 +264,7 @@ def _write_wan_lightning(folder: Path, entries: Sequence[registry.ModelEntry], s
     does not (LightX2V issue 1246)."""
     import torch
 
-    experts = dict(zip(("transformer", "transformer_2"), standin_models.build_wan_experts(seed)))
+    experts = dict(zip(registry.WAN_DENOISERS, standin_models.build_wan_experts(seed)))
     for entry in entries:
         for component, relpath in entry.roles.items():
             sd = wan_lightx2v_lora(experts[component], seed=standin_models.component_seed(seed, relpath), rank=8,

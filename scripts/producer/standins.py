@@ -116,7 +116,7 @@ def _write_qwen_controlnet_repo(folder: Path, entries: Sequence[registry.ModelEn
 
 
 def _write_wan_gguf(folder: Path, entries: Sequence[registry.ModelEntry], seed: int) -> None:
-    experts = dict(zip(("transformer", "transformer_2"), build_wan_experts(seed)))
+    experts = dict(zip(registry.WAN_DENOISERS, build_wan_experts(seed)))
     for entry in entries:
         for role, relpath in entry.roles.items():
             write_gguf(folder / relpath, wan_state_dict_to_original(experts[role].state_dict()), "wan",

@@ -12,7 +12,7 @@ from pathlib import Path
 from . import memory, models, registry
 from .errors import CliError, ExitCode
 
-DENOISERS = ("transformer", "transformer_2")
+DENOISERS = registry.WAN_DENOISERS
 
 
 @dataclass(frozen=True)
