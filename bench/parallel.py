@@ -131,7 +131,8 @@ def summarize(args, n: int, reports: list[dict], clips: list[dict], wall: float)
 
 
 def run_child(args) -> int:
-    from producer import cli, outputs
+    from producer import cli
+    from producer.files import outputs
 
     rank = int(os.environ["RANK"])
     report = {"rank": rank}

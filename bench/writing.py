@@ -39,7 +39,7 @@ def clip_stages(width: int, height: int, frames: int, folder: Path) -> dict:
     import numpy as np
     from PIL import Image
 
-    from producer import provenance, review, video
+    from producer.files import provenance, review, video
 
     wide = canvas(width + 2 * frames, height)
     clip = np.stack([wide[:, 2 * i: 2 * i + width] for i in range(frames)])
@@ -64,7 +64,7 @@ def clip_stages(width: int, height: int, frames: int, folder: Path) -> dict:
 def image_stages(width: int, height: int, folder: Path) -> dict:
     from PIL import Image
 
-    from producer import media
+    from producer.files import media
 
     image = Image.fromarray(canvas(width, height))
     begin = time.perf_counter()

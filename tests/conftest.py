@@ -8,7 +8,7 @@ Fixtures:
   that writes models installs its own with `install_standins(tmp_path, [...])`.
 - `standin_hf_home`: points HF_HOME at that install for one test and returns the folder.
 - `finished_demo` (session): the sample film made by `production.py demo` on those stand-ins, and its result.
-- `inject`: inject(point, action) sets a fault (producer.faults) for the next run in this process.
+- `inject`: inject(point, action) sets a fault (producer.files.faults) for the next run in this process.
 Helpers: `use_hf_home`, `run_json` (a script's main with --json: code, report, stderr).
 - `tiny_wan_pipeline`, `tiny_qwen_edit_pipeline`, `tiny_qwen_t2i_pipeline`, `tiny_qwen_controlnet`:
   fresh in-memory stand-ins (a few tens of milliseconds each), safe to modify (e.g. load a LoRA).
@@ -85,10 +85,10 @@ def run_json(main, *argv) -> tuple[int, dict, str]:
 
 @pytest.fixture
 def inject(monkeypatch):
-    """inject(point, action): PRODUCER_FAULT for the next run in this process (producer.faults)."""
+    """inject(point, action): PRODUCER_FAULT for the next run in this process (producer.files.faults)."""
     import signal
 
-    from producer import faults
+    from producer.files import faults
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
 

@@ -39,7 +39,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from PIL import Image
-from producer import video
+from producer.files import video
 from producer.cli import ExitCode
 
 DOCUMENTED_CODES = {int(c) for c in ExitCode} - {ExitCode.INTERRUPTED, ExitCode.TERMINATED}

@@ -245,7 +245,7 @@ def test_a_signal_during_the_last_commit_is_a_success(tmp_path, inject, action):
 
 def test_a_signal_after_a_commit_still_stops_the_next_step(tmp_path, inject):
     """Within a run the held signal lands where new work begins (a stage, a batch job), not later."""
-    from producer import outputs
+    from producer.files import outputs
 
     inject("commit:a.json", "SIGINT")
     with outputs.one_run(), pytest.raises(KeyboardInterrupt):
@@ -294,7 +294,7 @@ def test_every_path_option_names_a_nul_or_a_loop(tmp_path, monkeypatch):
 def test_an_encoder_failure_that_is_not_a_full_disk_does_not_send_you_to_df(tmp_path):
     """ffmpeg refusing a setting (a CRF it does not take, reached through the library) gives ffmpeg's reason; the
     fix no longer guesses at free disk space (a full disk is recognised by its own message)."""
-    from producer import video
+    from producer.files import video
 
     with pytest.raises(CliError) as info:
         video.write_mp4([np.zeros((32, 32, 3), np.uint8)] * 3, tmp_path / "a.mp4", fps=16, crf=-5)

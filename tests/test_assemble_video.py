@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from producer.makers import assemble_video
-from producer import clips as clipio
-from producer import colour, seams, timeline, video
+from producer.files import clips as clipio
+from producer.files import colour, timeline, video
+from producer import seams
 from producer.cli import ExitCode
 
 W, H = 64, 48

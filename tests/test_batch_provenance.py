@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from producer import batch, cli, provenance
+from producer import batch, cli
+from producer.files import provenance
 
 
 def _parser():

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from producer import cli, outputs
+from producer import cli
+from producer.files import outputs
 
 
 def _parser():

@@ -1,9 +1,9 @@
-"""producer.colour: CIELAB, CIEDE2000, SSIM and colour matching, against known values and scikit-image."""
+"""producer.files.colour: CIELAB, CIEDE2000, SSIM and colour matching, against known values and scikit-image."""
 
 import numpy as np
 import pytest
 from PIL import Image
-from producer import colour, video
+from producer.files import colour, video
 from producer.cli import CliError
 
 

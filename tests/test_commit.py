@@ -1,5 +1,5 @@
 """Replacing a set of files that belong together (outputs.atomic_outputs): the whole old set or the whole new
-set, at every point of the commit, under every fault the hook injects (producer.faults): a full disk, a
+set, at every point of the commit, under every fault the hook injects (producer.files.faults): a full disk, a
 failing disk, an error, Ctrl-C or SIGTERM (held until the set is in place), SIGKILL (the next write, or
 `outputs.recover`, puts the old set back). Then the same through the three scripts' own writers."""
 
@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from producer import cli, faults, outputs
+from producer import cli
+from producer.files import faults, outputs
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 NAMES = ["a.first.png", "a.mp4", "a.mp4.provenance.json"]  # a clip's set, in its order of renaming
@@ -247,7 +248,7 @@ FILM_SET = ["film.contact.png", "film.mp4", "film.mp4.provenance.json"]
 
 
 def clips(folder: Path) -> list[Path]:
-    from producer import video
+    from producer.files import video
 
     paths = []
     for i in range(2):

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from producer import media, provenance, standin_loras
+from producer.files import media, provenance
+from producer import standin_loras
 from producer.cli import CliError, ExitCode
 from producer.commands import production
 from producer.demo import SAMPLE
@@ -417,7 +418,7 @@ def test_names_that_are_not_utf8_go_through_every_script_and_their_recipes(tmp_p
 
 
 def test_assemble_refuses_a_fifo_as_audio_or_scene_plan(pipes, capsys):
-    from producer import video
+    from producer.files import video
 
     clip = pipes.parent / "clip.mp4"
     video.write_mp4(np.full((9, 64, 64, 3), 90, dtype=np.uint8), clip, fps=16)

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-from producer import drift, identity, layout, video
+from producer import drift, identity
+from producer.files import layout, video
 from producer.assets import Asset, AssetPlan
 from producer.project import Production
 from producer.scenes import KeyframeRef, KeyframeRow, Scene, SceneBreakdown

@@ -17,7 +17,7 @@ import pytest
 from fuzzing import batch_jobs, fuzz_settings, option_args, run_case, text
 from hypothesis import given
 from hypothesis import strategies as st
-from producer import provenance
+from producer.files import provenance
 from producer.makers import qwen_image, wan_video
 
 SMALL = {"size": ["64x64", "80x64", "64x80", "64x48", "0x0", "65x65", "64"], "steps": ["1", "2", "3", "0", "-1"],

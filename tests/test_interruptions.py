@@ -1,6 +1,6 @@
 """Ctrl-C and SIGTERM from outside, and a real second run, against wan_video.py in its own process.
 
-Each test starts the script on the stand-ins with PRODUCER_FAULT="POINT=pause" (producer.faults): when
+Each test starts the script on the stand-ins with PRODUCER_FAULT="POINT=pause" (producer.files.faults): when
 the run reaches POINT it prints "fault: paused at POINT (pid N)" and waits. The test then signals it from
 outside, as a terminal (Ctrl-C is SIGINT) or a process manager (SIGTERM) would, and checks what it left:
 the documented exit code, a message with a fix and no traceback, no file under a final name for the
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from producer import locks, provenance, video
+from producer.files import locks, provenance, video
 from producer.cli import ExitCode
 from producer.makers import wan_video
 
@@ -126,7 +126,7 @@ def test_a_run_killed_while_replacing_a_clip_is_rolled_back_by_the_next(standin_
     assert (tmp_path / "v.mp4").read_bytes() != old["v.mp4"]  # renamed before the kill
     assert (tmp_path / "v.mp4.provenance.json").read_bytes() == old["v.mp4.provenance.json"]  # the old recipe
     assert provenance.read_recipe(tmp_path / "v.mp4")["settings"]["seed"] == 1  # so the new clip reads as stale
-    from producer import outputs
+    from producer.files import outputs
 
     assert locks.lock_path(tmp_path / "v.mp4").exists()  # left by the killed run, and free:
     with locks.output_lock(tmp_path / "v.mp4"):  # the next run takes it at once,

@@ -1,4 +1,4 @@
-"""Locks the operating system releases (producer.locks): a second run is refused with the holder named, a
+"""Locks the operating system releases (producer.files.locks): a second run is refused with the holder named, a
 dead holder's lock is free at once, and processes starting together never hold one lock at the same time."""
 
 import os
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from producer import cli, locks
+from producer import cli
+from producer.files import locks
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -119,7 +120,7 @@ def test_several_outputs_lock_together(tmp_path):
 
 
 def test_a_full_disk_while_taking_a_lock_names_the_output(tmp_path, monkeypatch):
-    from producer import faults
+    from producer.files import faults
 
     monkeypatch.setenv(faults.ENV, "lock:clip.mp4=ENOSPC")
     faults.reset()

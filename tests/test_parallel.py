@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from producer import parallel, parallel_merge, video
+from producer import parallel, parallel_merge
+from producer.files import video
 from producer.cli import CliError, ExitCode
 from producer.makers import qwen_image, wan_video
 

@@ -138,9 +138,9 @@ def wan_parity(tmp_path, argv, distilled: bool, configure, lora_specs=(), atol=E
     latents, frames = out.latents, out.frames[0]
     assert_close(clip.latents, latents, atol, "latents")
     assert_close(clip.frames, frames, atol, "decoded frames")
-    # 8 bits: the project rounds (producer.video.frame_to_uint8); diffusers' export_to_video truncates
+    # 8 bits: the project rounds (producer.files.video.frame_to_uint8); diffusers' export_to_video truncates
     # (frame * 255).astype(uint8). Configured the same way, the written frames agree.
-    from producer.video import frame_to_uint8
+    from producer.files.video import frame_to_uint8
 
     ours = np.stack([frame_to_uint8(f) for f in clip.frames])
     assert_same_picture(ours, (np.clip(frames, 0, 1) * 255).round().astype(np.uint8), atol)
@@ -203,7 +203,7 @@ def test_wan_lightning_with_loras_matches_diffusers_loader(tmp_path):
 def test_wan_colour_matching_is_the_only_post_processing(tmp_path):
     """FLF colour matching runs after the pipeline's frames (review.color_match), on the rounded 8-bit frames:
     with --color-match off the written frames are the rounded decoded frames, which the tests above pin."""
-    from producer import review
+    from producer.files import review
 
     frames = (np.random.default_rng(0).random((9, 64, 64, 3)) * 255).astype(np.uint8)
     start = Image.fromarray(frames[0])

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from producer import hardware, media, memory, models, qwen, qwen_jobs, standin_loras
+from producer import hardware, memory, models, qwen, qwen_jobs, standin_loras
+from producer.files import media
 from producer.cli import ExitCode
 from producer.makers import qwen_image
 
@@ -380,7 +381,7 @@ def test_bad_input_is_refused_with_the_fix_and_nothing_written(bad_files, capsys
 
 
 def test_an_output_another_run_is_making_is_refused(pics, capsys):
-    from producer import locks
+    from producer.files import locks
 
     out = pics.dir / "busy.png"
     with locks.output_lock(out, command="qwen_image.py -o busy.png"):  # held as another run would hold it

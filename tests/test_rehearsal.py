@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from conftest import use_hf_home
-from producer import provenance, rehearsal
+from producer.files import provenance
+from producer import rehearsal
 from producer.commands import production
 from producer.demo import SAMPLE
 

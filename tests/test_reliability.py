@@ -3,7 +3,7 @@ memory in a batch (stop and retry), a full disk at every writer. After each: the
 file under a final name that is not complete, no temp file or lock left, earlier outputs intact, and a
 rerun that finishes the job (a batch skips what was finished).
 
-The signals are real (producer.faults sends them to this process at the named point); the subprocess
+The signals are real (producer.files.faults sends them to this process at the named point); the subprocess
 tests in test_interruptions.py send them from outside and add a real second run.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from producer import faults, provenance, video
+from producer.files import faults, provenance, video
 from producer.cli import ExitCode
 from producer.makers import qwen_image, wan_video
 
@@ -405,7 +405,7 @@ def test_disk_full_writing_project_state_keeps_the_old_file(tmp_path, monkeypatc
 
 
 def test_a_clip_and_its_recipe_are_renamed_together_even_when_ctrl_c_lands_between(tmp_path, monkeypatch):
-    from producer import outputs
+    from producer.files import outputs
 
     replace, renamed = os.replace, []
 
@@ -428,7 +428,7 @@ def test_temp_files_of_a_killed_run_are_swept_by_the_next_write(tmp_path):
     import subprocess
     import sys
 
-    from producer import outputs
+    from producer.files import outputs
 
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True).stdout)
@@ -442,7 +442,8 @@ def test_temp_files_of_a_killed_run_are_swept_by_the_next_write(tmp_path):
 
 
 def test_the_longest_output_name_allowed_fits_every_file_derived_from_it(tmp_path):
-    from producer import cli, outputs
+    from producer import cli
+    from producer.files import outputs
 
     name = "v" * (outputs.MAX_NAME_BYTES - 4) + ".mp4"
     outputs.check_output_name(tmp_path / name)
@@ -456,7 +457,7 @@ def test_the_longest_output_name_allowed_fits_every_file_derived_from_it(tmp_pat
 def test_state_and_picture_metadata_carry_a_file_name_that_is_not_utf8(tmp_path):
     """A folder named with bytes that are not UTF-8 (Python holds them as lone surrogates) once crashed
     `rehearse --into` writing its marker: JSON on disk and in a PNG now escapes them and reads back the same."""
-    from producer import media, outputs
+    from producer.files import media, outputs
 
     name = os.fsdecode(b"\xebHX")
     state = tmp_path / "state.json"

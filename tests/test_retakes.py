@@ -4,7 +4,8 @@ interruption in the middle neither loses a variant nor spends the budget twice; 
 
 import pytest
 from PIL import Image
-from producer import approvals, layout, retakes
+from producer import approvals, retakes
+from producer.files import layout
 
 
 def flag(figure, item="keyframe:KF-A"):

@@ -15,7 +15,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from producer import approvals, locks
+from producer import approvals
+from producer.files import locks
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "lighthouse"

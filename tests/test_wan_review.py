@@ -5,7 +5,8 @@ import logging
 import numpy as np
 import pytest
 
-from producer import colour, registry, review
+from producer.files import colour, review
+from producer import registry
 from producer import wan_settings as ws
 from producer.cli import CliError, ExitCode
 

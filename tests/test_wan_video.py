@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from producer.makers import wan_video
-from producer import provenance, review, video
+from producer.files import provenance, review, video
 from producer import standin_loras as SL
 from producer import standin_models
 from producer.cli import ExitCode

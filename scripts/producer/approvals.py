@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .errors import CliError
-from .values import load_json
-from .locks import state_lock
-from .outputs import atomic_output, write_json_atomic
-from .layout import state_dir, state_file
-from .provenance import file_digest
+from producer.errors import CliError
+from producer.values import load_json
+from producer.files.locks import state_lock
+from producer.files.outputs import atomic_output, write_json_atomic
+from producer.files.layout import state_dir, state_file
+from producer.files.provenance import file_digest
 
 APPROVALS = "approvals.json"
 TAKES = "takes.json"

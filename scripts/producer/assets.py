@@ -29,10 +29,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import paths
-from .layout import ASSET_KINDS, ASSETS
-from .scenes import Problem
-from .values import load_json, not_text
+from producer.files import paths
+from producer.files.layout import ASSET_KINDS, ASSETS
+from producer.scenes import Problem
+from producer.values import load_json, not_text
 
 IMAGE_KEYS = ("image", "ref_image", "identity_ref")  # the seed template used the last two
 ENTRY_KEYS = ("description", *IMAGE_KEYS)
@@ -192,7 +192,7 @@ class _Reader:
                          f"name it e.g. assets/{kind}/{where.split('.', 1)[1]}.png")
             return None
         path = Path(image) if Path(image).is_absolute() else self.root / image
-        if not self.allow_outside and not paths.inside(self.root, path):  # the shared rule (producer.paths)
+        if not self.allow_outside and not paths.inside(self.root, path):  # the shared rule (producer.files.paths)
             self.problem(line, f"{where}: {image!r} leads outside the production folder",
                          f"keep asset pictures inside it (e.g. assets/{kind}/...), or run with --allow-outside "
                          "to use pictures kept elsewhere")

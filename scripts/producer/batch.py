@@ -19,7 +19,7 @@ rest "not_run" (exit 4); `--on-oom retry` reloads the model under the next more 
 default because a more frugal plan can be several times slower: the user decides, and the rerun skips
 what is finished.
 
-Paths in a job are confined to the batch's production folder (producer.paths): no '..', no absolute
+Paths in a job are confined to the batch's production folder (producer.files.paths): no '..', no absolute
 path or symlink elsewhere, unless `--allow-outside` is given beside --batch.
 """
 
@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import paths
-from .cli import unexpected_error
-from .errors import CliError, ExitCode, missing
-from .inputs import regular_file
-from .outputs import deliver_late_signal
-from .values import load_json
+from producer.files import paths
+from producer.cli import unexpected_error
+from producer.errors import CliError, ExitCode, missing
+from producer.files.inputs import regular_file
+from producer.files.outputs import deliver_late_signal
+from producer.values import load_json
 
 log = logging.getLogger("producer")
 
@@ -157,7 +157,7 @@ def read_batch_file(path: str | Path) -> list[dict]:
 def job_to_argv(job: dict, index: int, base_dir: Path, path_options: set[str], batch_only: set[str],
                 root: Path | None = None, options: set[str] | None = None) -> list[str]:
     """Turn a job object into the argument list the script's parser understands; with `root`, every path
-    must stay inside it (producer.paths). With `options` (the parser's long option names), a key must be one
+    must stay inside it (producer.files.paths). With `options` (the parser's long option names), a key must be one
     of them exactly: argparse would read "out" as --output, past the path check that knows "output"."""
     argv: list[str] = []
     for key, value in job.items():
@@ -312,7 +312,7 @@ def oom_retry(choice: str, current_plan: Callable[[], Any], reload: Callable[[st
     frugal plan after current_plan(); False when there is none (the batch then stops)."""
     if choice != "retry":
         return None
-    from .memory import next_offload
+    from producer.memory import next_offload
 
     def retry(job: Job) -> bool:
         plan = current_plan()

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 
-from . import approvals, layout, seeds
-from .errors import CliError
-from .project import PHASE_FILES, PHASE_NUMBERS, PHASES
-from .status import GOOD, ITEM_PHASES, Snapshot, shown
+from producer import approvals, seeds
+from producer.files import layout
+from producer.errors import CliError
+from producer.project import PHASE_FILES, PHASE_NUMBERS, PHASES
+from producer.status import GOOD, ITEM_PHASES, Snapshot, shown
 
 TOOL = "production.py"
 

@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterator
 
 # Re-exported: the scripts and tests know them as cli.CliError, cli.number_arg, ...; modules below cli import
 # them from errors and values, so that nothing cli needs imports cli back.
-from .errors import EXIT_CODE_HELP, FILE_ERRORS, CliError, ExitCode, Terminated, missing  # noqa: F401
-from .values import load_json, not_text, number_arg, resolve_seed, seed_arg, text_arg  # noqa: F401
+from producer.errors import EXIT_CODE_HELP, FILE_ERRORS, CliError, ExitCode, Terminated, missing  # noqa: F401
+from producer.values import load_json, not_text, number_arg, resolve_seed, seed_arg, text_arg  # noqa: F401
 
 log = logging.getLogger("producer")  # the same logger as values.log
 
@@ -61,7 +61,7 @@ def add_models_dir_arg(parser) -> None:
 
 
 def add_memory_args(parser: argparse.ArgumentParser) -> None:
-    from .memory import OFFLOAD_CHOICES, WEIGHT_CHOICES
+    from producer.memory import OFFLOAD_CHOICES, WEIGHT_CHOICES
 
     g = parser.add_argument_group("memory, device and speed")
     g.add_argument("--offload", choices=OFFLOAD_CHOICES, default="auto",
@@ -94,10 +94,10 @@ class Stopwatch:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        from . import faults, outputs
+        from producer.files import faults, outputs
 
         outputs.deliver_late_signal()  # a signal held over the last commit stops the run before new work
-        faults.at(f"stage:{name}")  # inert outside the reliability tests (see producer.faults)
+        faults.at(f"stage:{name}")  # inert outside the reliability tests (see producer.files.faults)
         start = time.perf_counter()
         try:
             yield
@@ -188,7 +188,7 @@ def naming_plan(plan_of: Callable[[], Any]) -> Iterator[None]:
 
 def out_of_memory_error(plan, where: str = "", smaller: str = "a smaller size or fewer frames") -> CliError:
     """Out of memory with a known plan: the plan that was used and the next more frugal --offload to try."""
-    from .memory import next_offload
+    from producer.memory import next_offload
 
     frugal = next_offload(plan)
     return CliError(f"out of memory{' ' + where if where else ''} with {plan.summary()}",
@@ -218,7 +218,7 @@ def unexpected_error(exc: BaseException) -> CliError:
                         "remove the \\0 from the names you gave (in JSON it is written \\u0000)", ExitCode.USAGE)
     if isinstance(exc, OSError) and exc.filename is not None:
         if exc.errno == errno.ENOSPC:
-            from .outputs import disk_full, output_for  # outputs builds on this module's CliError
+            from producer.files.outputs import disk_full, output_for  # outputs builds on this module's CliError
 
             return disk_full(output_for(exc.filename))
         if exc.errno in FILE_ERRORS:
@@ -260,7 +260,8 @@ def _run_main(parser, run, argv, describe) -> int:
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     started = time.perf_counter()
-    from . import hardware, outputs  # outputs builds on this module's CliError
+    from producer import hardware
+    from producer.files import outputs  # outputs builds on this module's CliError
 
     hardware.configure_cuda_allocator()  # before anything touches CUDA
     try:

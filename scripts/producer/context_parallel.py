@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .errors import CliError, ExitCode
-from .registry import WAN_DENOISERS
-from .wan import ClipJob, WanSession
+from producer.errors import CliError, ExitCode
+from producer.registry import WAN_DENOISERS
+from producer.wan import ClipJob, WanSession
 
 log = logging.getLogger("producer")
 

@@ -29,11 +29,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import layout, rehearsal
-from .rehearsal import DEMO_TIME  # noqa: F401  (production.py shows it in --help)
-from .errors import CliError, ExitCode
-from .values import load_json, not_text
-from .outputs import write_json_atomic
+from producer.files import layout
+from producer import rehearsal
+from producer.rehearsal import DEMO_TIME  # noqa: F401  (production.py shows it in --help)
+from producer.errors import CliError, ExitCode
+from producer.values import load_json, not_text
+from producer.files.outputs import write_json_atomic
 
 log = logging.getLogger("producer")
 
@@ -91,7 +92,7 @@ def _require_models_dir(models_dir: str | None) -> None:
     if not models_dir.strip():
         raise CliError("--models-dir is empty", "give the folder the stand-ins were installed into, or leave "
                        "--models-dir out to install them into the rehearsal", ExitCode.USAGE)
-    from .models import models_home
+    from producer.models import models_home
 
     hub = models_home(models_dir) / "hub"
     if not hub.is_dir():
@@ -103,7 +104,7 @@ def _require_models_dir(models_dir: str | None) -> None:
 def _require_a_whole_plan(source: Path) -> None:
     """A rehearsal needs the whole plan, checked: refused here, before anything is written or installed, with
     the same problems `check` reports (the real run would stop at them too)."""
-    from . import status
+    from producer import status
 
     snap = status.snapshot(source, with_states=False)
     if snap.prod.missing:
@@ -146,8 +147,8 @@ def _rehearse_in(root: Path, source: Path, models_dir: str | None, quiet: bool, 
 def _copy_plan(source: Path, dest: Path) -> list[str]:
     """DIR's phase files, settings and the pictures the user provided (no recipe), into the rehearsal.
     A rehearsal folder made before is brought up to date: its outputs stay, and `next` remakes what changed."""
-    from .project import PHASE_FILES
-    from .provenance import read_recipe
+    from producer.project import PHASE_FILES
+    from producer.files.provenance import read_recipe
 
     dest.mkdir(parents=True, exist_ok=True)
     copied = []
@@ -208,10 +209,10 @@ def _write_settings(root: Path, source: Path, cache: Path) -> None:
 
 @contextlib.contextmanager
 def _models(cache: Path, install_here: bool, quiet: bool) -> Iterator[None]:
-    from . import models
+    from producer import models
 
     if install_here and not (cache / "hub").is_dir():
-        from . import standins
+        from producer import standins
 
         log.info("installing the stand-in models into %s (a few seconds, once)", cache)
         with _progress_bars(enabled=not quiet):
@@ -239,7 +240,7 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
 
 
 def _step(root: Path, source: Path, quiet: bool) -> dict:
-    from . import checkpoints, nextstep, status
+    from producer import checkpoints, nextstep, status
 
     started = time.monotonic()
     step = nextstep.next_step(status.snapshot(root, plan_seeds=True))
@@ -275,7 +276,7 @@ def _stopped(step: dict, source: Path) -> CliError:
 
 def _run_script(argv: list[str], quiet: bool) -> dict:
     """Run a generation script's main() in this process (argv as `next` printed it) and read its JSON."""
-    from .planner import script_module
+    from producer.planner import script_module
 
     script = Path(argv[1]).name
     args = [a for a in argv[2:] if a != "--json"] + ["--json"] + (["--quiet"] if quiet else [])
@@ -303,7 +304,7 @@ def _files(root: Path) -> dict[str, list[str]]:
 
 
 def _film_facts(root: Path) -> dict | None:
-    from .video import probe_video
+    from producer.files.video import probe_video
 
     film = layout.film_path(root)
     if not film.is_file():

@@ -139,10 +139,10 @@ def _cell(text: str) -> str:
 
 def planned_commands() -> str:
     """Every job the planner makes for examples/lighthouse, in phase order, one command each."""
-    from .approvals import read_takes
-    from .demo import SAMPLE
-    from .planner import job_argv, plan_production
-    from .project import load_production
+    from producer.approvals import read_takes
+    from producer.demo import SAMPLE
+    from producer.planner import job_argv, plan_production
+    from producer.project import load_production
 
     prod = load_production(SAMPLE)
     plan = plan_production(prod, read_takes(SAMPLE))

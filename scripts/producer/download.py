@@ -30,8 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import install, models, registry
-from .errors import CliError, ExitCode
+from producer import install, models, registry
+from producer.errors import CliError, ExitCode
 
 log = logging.getLogger("producer")
 

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import identity, judge, layout, media, review, video
-from .errors import CliError
+from producer import identity, judge
+from producer.files import layout, media, review, video
+from producer.errors import CliError
 
 log = logging.getLogger("producer")
 

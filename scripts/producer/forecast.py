@@ -13,10 +13,10 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from . import estimate, memory, models, needs, registry
-from .hardware import GiB, Hardware
-from .install import human_bytes
-from .planner import WAN, parse_job
+from producer import estimate, memory, models, needs, registry
+from producer.hardware import GiB, Hardware
+from producer.install import human_bytes
+from producer.planner import WAN, parse_job
 
 REMAINING = ("missing", "stale")
 PHASE_FAMILY = {"assets": "qwen", "keyframes": "qwen", "clips": "wan"}
@@ -115,7 +115,7 @@ def _resolve(plan, job, family: str, notes: list[str]) -> tuple[estimate.Item, d
     args = parse_job(plan, job)
     batch = {"offload": args.offload, "weights": args.weights}
     if job.script == WAN:
-        from .wan_settings import resolve_frames
+        from producer.wan_settings import resolve_frames
 
         w, h = args.size or registry.WAN.presets[args.preset or "480p"]
         frames = resolve_frames(args.frames, args.duration).count
@@ -123,7 +123,7 @@ def _resolve(plan, job, family: str, notes: list[str]) -> tuple[estimate.Item, d
         base = registry.WAN.distilled if distilled else registry.WAN.full
         guidance = args.guidance if args.guidance is not None else base.guidance
         return estimate.Item("wan", w, h, args.steps or base.steps, guidance > 1, frames=frames), batch
-    from .qwen_jobs import PRESETS
+    from producer.qwen_jobs import PRESETS
 
     pictures = len(args.reference or []) + bool(args.style_image) + bool(args.pose)
     if args.size or args.preset or args.width:

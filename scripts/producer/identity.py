@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from . import media, models, registry
+from producer.files import media
+from producer import models, registry
 
 log = logging.getLogger("producer")
 

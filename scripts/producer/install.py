@@ -23,9 +23,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import models, registry
-from .outputs import write_json_atomic
-from .values import load_json
+from producer import models, registry
+from producer.files.outputs import write_json_atomic
+from producer.values import load_json
 
 RECORD_FORMAT = 1
 HASH_CHUNK = 8 * 1024 * 1024

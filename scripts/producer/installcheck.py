@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from . import needs, registry, weightcheck
-from .errors import CliError
+from producer import needs, registry, weightcheck
+from producer.errors import CliError
 
 # The pipeline class each repository must declare: what the scripts load it with.
 EXPECTED_PIPELINES = {
@@ -241,10 +241,10 @@ def _meta_transformers(config_snap: Path) -> SimpleNamespace:
 
 def lora_checks(entry: registry.ModelEntry, config_snap: Path) -> list[Check]:
     """Plan each of the entry's LoRA files exactly as the scripts' loader would, on meta-device transformers."""
-    from .lora import registry_lora_specs
-    from .lora_files import read_lora
-    from .lora_plan import plan_spec, refuse_incomplete
-    from .lora_report import LoraReport, file_report
+    from producer.lora import registry_lora_specs
+    from producer.lora_files import read_lora
+    from producer.lora_plan import plan_spec, refuse_incomplete
+    from producer.lora_report import LoraReport, file_report
 
     family = family_of(entry)
     pipe = _meta_transformers(config_snap)

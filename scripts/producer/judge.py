@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CliError, ExitCode
+from producer.errors import CliError, ExitCode
 
 log = logging.getLogger("producer")
 

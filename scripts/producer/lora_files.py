@@ -10,9 +10,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CliError, missing
-from .inputs import regular_file
-from .values import not_text
+from producer.errors import CliError, missing
+from producer.files.inputs import regular_file
+from producer.values import not_text
 
 log = logging.getLogger("producer")
 

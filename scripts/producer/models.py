@@ -12,9 +12,9 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from . import registry
-from .errors import CliError, ExitCode, missing
-from .memory import QWEN_FOOTPRINT, WAN_FOOTPRINT, ModelFootprint
+from producer import registry
+from producer.errors import CliError, ExitCode, missing
+from producer.memory import QWEN_FOOTPRINT, WAN_FOOTPRINT, ModelFootprint
 
 STANDIN_MARKER = "producer_standin.json"
 
@@ -113,7 +113,7 @@ def is_present(entry: registry.ModelEntry) -> bool:
     when another entry of the same repo is recorded, an unrecorded entry is not installed even if its
     patterns match some files (the components' configs match `transformer/*`). Only a repo that
     setup_diffusers.py never touched (files from another tool) is judged by its files alone."""
-    from . import install  # install builds on this module
+    from producer import install  # install builds on this module
 
     if install.read_record(entry.name) is not None:
         return install.entry_status(entry).complete

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import memory, models, registry
-from .hardware import GiB, Hardware
-from .rehearsal import DEMO_TIME
+from producer import memory, models, registry
+from producer.hardware import GiB, Hardware
+from producer.rehearsal import DEMO_TIME
 
 FAMILIES = ("wan", "qwen")
 SCRIPTS = {"wan": "wan_video.py", "qwen": "qwen_image.py"}
@@ -137,7 +137,7 @@ def download_bytes(names: list[str], complete: set[str]) -> int:
 def download_advice(hw: Hardware, lacking: list[str], complete: set[str], suffix: str = "") -> tuple[str, str]:
     """(what to say, the command) for models this machine lacks: the download when it fits the disk, else a
     smaller weight form whose memory plans fit and whose download fits, else no download at all."""
-    from .install import human_bytes
+    from producer.install import human_bytes
 
     need = download_bytes(lacking, complete)
     if need <= hw.disk_free:

@@ -20,8 +20,8 @@ import logging
 
 import torch
 
-from .memory import MemoryPlan
-from .registry import WAN_DENOISERS
+from producer.memory import MemoryPlan
+from producer.registry import WAN_DENOISERS
 
 log = logging.getLogger("producer")
 

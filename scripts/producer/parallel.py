@@ -37,11 +37,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import batch, parallel_merge
-from .cli import peak_memory
-from .errors import CliError, ExitCode
-from .outputs import write_json_atomic
-from .values import number_arg, resolve_seed
+from producer import batch, parallel_merge
+from producer.cli import peak_memory
+from producer.errors import CliError, ExitCode
+from producer.files.outputs import write_json_atomic
+from producer.values import number_arg, resolve_seed
 
 log = logging.getLogger("producer")
 
@@ -280,7 +280,7 @@ def start_store():
 
 
 def _check_clip_output(args: argparse.Namespace) -> None:
-    from .outputs import check_output
+    from producer.files.outputs import check_output
 
     if args.output is not None:  # a missing --output is reported by the script itself, in the workers
         check_output(args.output, args.overwrite, "output")
@@ -320,7 +320,7 @@ def _as_worker(run: Callable[[argparse.Namespace], dict], args: argparse.Namespa
     context = None
     try:
         if getattr(args, "context_parallel", None):
-            from . import context_parallel
+            from producer import context_parallel
 
             context = context_parallel.join(args, run_dir)
         result = run(args)
@@ -424,9 +424,9 @@ def run_jobs(jobs: list, run_one: Callable, describe: Callable = lambda job: f"j
 def wan_session_class(args: argparse.Namespace):
     """The session class for wan_video.py: split over the ranks in a context-parallel worker."""
     if getattr(args, "context_parallel", None) and getattr(args, WORKER_DEST, None):
-        from .context_parallel import ContextParallelWanSession
+        from producer.context_parallel import ContextParallelWanSession
 
         return ContextParallelWanSession
-    from .wan import WanSession
+    from producer.wan import WanSession
 
     return WanSession

@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import batch
-from .errors import CliError, ExitCode
-from .values import load_json
+from producer import batch
+from producer.errors import CliError, ExitCode
+from producer.values import load_json
 
 if TYPE_CHECKING:
-    from .parallel import Launch
+    from producer.parallel import Launch
 
 
 def _read_json(path: Path) -> dict | None:

@@ -10,7 +10,7 @@ every bullet of the template with a value of its own:
 
 A value still in template form ("[e.g., cinematic realistic, ...]", anything in square brackets that is
 not a link) counts as unfilled. Extra sections and bullets are welcome. style.json is checked by
-producer.style (the scripts' own reader); its errors become problems with the line of the key.
+producer.files.style (the scripts' own reader); its errors become problems with the line of the key.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .assets import key_line
-from .errors import CliError
-from .layout import PHILOSOPHY, STYLE
-from .scenes import Problem
+from producer.assets import key_line
+from producer.errors import CliError
+from producer.files.layout import PHILOSOPHY, STYLE
+from producer.scenes import Problem
 
 SECTIONS = {
     "Visual Identity": ("Art Style", "Color Palette", "Lighting", "Composition"),
@@ -104,8 +104,8 @@ def _norm(label: str) -> str:
 
 
 def check_style(root: Path):
-    """(Style or None, problems, warnings) via producer.style.load_style, the reader the scripts use."""
-    from .style import load_style
+    """(Style or None, problems, warnings) via producer.files.style.load_style, the reader the scripts use."""
+    from producer.files.style import load_style
 
     path = Path(root) / STYLE
     if not path.is_file():

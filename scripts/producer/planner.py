@@ -35,13 +35,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import layout, prompts, seeds
-from .assets import Asset
-from .errors import CliError
-from .project import Production
-from .rules import cell_names
-from .scenes import KeyframeRow, Problem
-from .wan_settings import frames_for_duration
+from producer.files import layout
+from producer import prompts, seeds
+from producer.assets import Asset
+from producer.errors import CliError
+from producer.project import Production
+from producer.rules import cell_names
+from producer.scenes import KeyframeRow, Problem
+from producer.wan_settings import frames_for_duration
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1]
 QWEN, WAN, ASSEMBLE = "qwen_image.py", "wan_video.py", "assemble_video.py"
@@ -239,7 +240,7 @@ def _as_list(value) -> list:
 
 def script_module(script: str):
     """The generation script's module (its parser, PATH_OPTIONS and BATCH_ONLY): producer.makers.NAME."""
-    from .makers import module
+    from producer.makers import module
 
     return module(script)
 
@@ -287,14 +288,14 @@ def apply_settings(plan: Plan, settings: dict) -> None:
 
 def _judge_options(settings: dict) -> list[str]:
     """The broken-output thresholds of settings.json's "judge" as the scripts' --judge NAME=VALUE options."""
-    from .judge import Limits
+    from producer.judge import Limits
 
     given = settings.get(JUDGE_SETTINGS) or {}
     return [f"{k}={v}" for k, v in given.items() if k in Limits.names()] if isinstance(given, dict) else []
 
 
 def _flags(options: dict) -> list[str]:
-    from .batch import _option_args
+    from producer.batch import _option_args
 
     return [a for key, value in options.items() for v in _as_list(value)
             for a in _option_args(key.replace("_", "-"), v, 0, Path("."), False)]
@@ -302,7 +303,7 @@ def _flags(options: dict) -> list[str]:
 
 def job_argv(job: Job, plan: Plan, overwrite: bool = False) -> list[str]:
     """The job as the script's command-line arguments (whole-batch settings included)."""
-    from .batch import job_to_argv
+    from producer.batch import job_to_argv
 
     if job.script == ASSEMBLE:
         opts = {k: v for k, v in job.options.items() if k not in ("production_dir", "clips")}

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import media
-from .errors import CliError, missing
-from .inputs import regular_file
-from .values import load_json
+from producer.files import media
+from producer.errors import CliError, missing
+from producer.files.inputs import regular_file
+from producer.values import load_json
 
 log = logging.getLogger("producer")
 
@@ -312,7 +312,7 @@ def _detector(hands: bool):
     It runs on the GPU when there is one (controlnet_aux moves inputs to its networks' device)."""
     import torch
 
-    from . import models, registry
+    from producer import models, registry
 
     entry = registry.get("openpose-annotators")
     paths = {role: models.locate_file(entry, role) for role in ("body", "hand", "face")}

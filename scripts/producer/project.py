@@ -19,14 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import paths, rules
-from .assets import AssetPlan, load_assets
-from .errors import CliError
-from .inputs import regular_file
-from .values import load_json
-from .layout import ASSETS, PHILOSOPHY, SCENE_BREAKDOWN, STATE, STYLE
-from .phasefiles import check_philosophy, check_style
-from .scenes import Problem, SceneBreakdown, parse_scene_breakdown
+from producer.files import paths
+from producer import rules
+from producer.assets import AssetPlan, load_assets
+from producer.errors import CliError
+from producer.files.inputs import regular_file
+from producer.values import load_json
+from producer.files.layout import ASSETS, PHILOSOPHY, SCENE_BREAKDOWN, STATE, STYLE
+from producer.phasefiles import check_philosophy, check_style
+from producer.scenes import Problem, SceneBreakdown, parse_scene_breakdown
 
 PHASES = ("philosophy", "scenes", "assets", "keyframes", "clips", "film")
 PHASE_NUMBERS = {"philosophy": "1", "scenes": "2", "assets": "2.5", "keyframes": "3", "clips": "4", "film": "5"}
@@ -37,7 +38,7 @@ SETTINGS = "settings.json"
 @dataclass
 class Production:
     root: Path
-    style: object | None = None  # producer.style.Style
+    style: object | None = None  # producer.files.style.Style
     plan: SceneBreakdown | None = None
     assets: AssetPlan | None = None
     settings: dict = field(default_factory=dict)  # .production/settings.json: script -> extra options

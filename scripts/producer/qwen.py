@@ -42,10 +42,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import judge, lora, media, models  # producer.offload imports torch: imported where it is used
-from .cli import Stopwatch, out_of_memory_error
-from .errors import CliError, ExitCode
-from .memory import MemoryPlan
+from producer import judge, lora, models
+from producer.files import media  # producer.offload imports torch: imported where it is used
+from producer.cli import Stopwatch, out_of_memory_error
+from producer.errors import CliError, ExitCode
+from producer.memory import MemoryPlan
 
 log = logging.getLogger("producer")
 
@@ -153,7 +154,7 @@ def make_scheduler(name: str, base_config):
     registry.QWEN_LIGHTNING_SCHEDULER). Built with diffusers' own from_config, so nothing else changes."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from . import registry
+    from producer import registry
 
     if name == "model":
         return FlowMatchEulerDiscreteScheduler.from_config(base_config)
@@ -226,7 +227,7 @@ class QwenSession:
         encoder = self.pipe.text_encoder
         if encoder is None:
             raise RuntimeError("the text encoder was freed before every prompt was encoded")
-        from . import offload
+        from producer import offload
 
         with self.timer.stage("text_encode"):
             if not self._encoder_placed:
@@ -270,7 +271,7 @@ class QwenSession:
         return self.pipe.encode_prompt(text, device=self.device)
 
     def release_text_encoder(self) -> None:
-        from . import offload
+        from producer import offload
 
         if self.pipe.text_encoder is not None:
             offload.release(self.pipe, "text_encoder")
@@ -305,7 +306,7 @@ class QwenSession:
                            "run each LoRA set in its own session, or use bf16 or GGUF weights", ExitCode.FAILED)
         log.warning("fp8 weights cannot take a new LoRA set in place: reloading the transformer (a batch with one "
                     "LoRA set, or GGUF weights, avoids this)")
-        from . import offload
+        from producer import offload
 
         for name in ("transformer", "controlnet"):
             offload.release(self.pipe, name)
@@ -331,7 +332,7 @@ class QwenSession:
             self.release_text_encoder()
         self._ensure_denoiser()
         self._sync_loras()
-        from . import offload
+        from producer import offload
 
         with self.timer.stage("place"):
             offload.apply_plan(self.pipe, self.plan, self.device)
@@ -343,7 +344,7 @@ class QwenSession:
     def _speed_up(self, module) -> None:
         if self.speed is None or getattr(module, "_producer_sped_up", False):
             return
-        from .speed import apply_speed
+        from producer.speed import apply_speed
 
         self.speed_notes = apply_speed(module, self.speed)
         module._producer_sped_up = True

@@ -33,10 +33,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import judge, lora, media, models, provenance, qwen, qwen_load, registry
-from .errors import CliError, ExitCode
-from .style import apply_style, join_negative, load_style, style_prompts
-from .values import log, number_arg, resolve_seed
+from producer import judge, lora, models, qwen, qwen_load, registry
+from producer.files import media, provenance
+from producer.errors import CliError, ExitCode
+from producer.files.style import apply_style, join_negative, load_style, style_prompts
+from producer.values import log, number_arg, resolve_seed
 
 SCRIPT = "qwen_image.py"
 MIN_SIDE = 64
@@ -191,7 +192,7 @@ def resolve_pose_method(args, references: int) -> str | None:
 def pose_picture(pose_input, method: str):
     """What the chosen path shows the model: AnyPose takes a pose picture as it is (a photo too); the
     native and ControlNet paths need a skeleton, so a photo goes through the OpenPose detector."""
-    from . import pose as posemod
+    from producer import pose as posemod
 
     if method == "anypose" or pose_input.is_skeleton:
         return pose_input
@@ -302,7 +303,7 @@ def resolve_loras(args, lightning: str, pose_method: str | None, strength: float
 
 def resolve(args) -> Resolved:
     """Check every input and choose every setting for one job (a CliError names the problem and the fix)."""
-    from . import pose as posemod
+    from producer import pose as posemod
 
     pictures = load_pictures(args)
     pose_method = resolve_pose_method(args, sum(1 for role, _, _ in pictures if role == "reference"))

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import models, registry
-from .errors import CliError, ExitCode
-from .memory import ComponentPlan, MemoryPlan
-from .qwen import QwenSession, areas_for
+from producer import models, registry
+from producer.errors import CliError, ExitCode
+from producer.memory import ComponentPlan, MemoryPlan
+from producer.qwen import QwenSession, areas_for
 
 GGUF_FORMS = ("gguf-q8", "gguf-q4")
 
@@ -94,7 +94,7 @@ def load_session(files: ModelFiles, plan: MemoryPlan, device=None, **kwargs) -> 
         QwenImageTransformer2DModel,
     )
 
-    from . import offload
+    from producer import offload
 
     dtype = offload.torch_dtype(plan.dtype)
     snap = files.snapshot

@@ -20,11 +20,12 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
-from . import layout, registry
-from .errors import CliError
-from .planner import ASSEMBLE, QWEN, WAN, Job, Plan, parse_job
-from .provenance import file_digest, make_recipe
-from .values import log
+from producer.files import layout
+from producer import registry
+from producer.errors import CliError
+from producer.planner import ASSEMBLE, QWEN, WAN, Job, Plan, parse_job
+from producer.files.provenance import file_digest, make_recipe
+from producer.values import log
 
 
 def would_be_recipe(job: Job, plan: Plan) -> dict:
@@ -32,12 +33,12 @@ def would_be_recipe(job: Job, plan: Plan) -> dict:
     args = parse_job(plan, job)
     with _quiet():
         if job.script == QWEN:
-            from . import qwen_jobs
+            from producer import qwen_jobs
 
             resolved = qwen_jobs.resolve(args)
             return make_recipe(QWEN, resolved.settings, resolved.inputs, {})
         if job.script == WAN:
-            from . import wan_jobs
+            from producer import wan_jobs
 
             load = wan_jobs.resolve_load(args)
             request = wan_jobs.resolve_request(args, distilled=load.distill is not None)
@@ -128,7 +129,7 @@ def partial_differences(recorded: dict, job: Job) -> list[str]:
 
 def model_changes(recorded: dict) -> tuple[list[str], list[str]]:
     """(reasons: installed commits that differ from the recorded ones, notes: recorded models not installed)."""
-    from . import models
+    from producer import models
 
     reasons, notes = [], []
     for repo, commit in model_refs(recorded.get("model", {})):

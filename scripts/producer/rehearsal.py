@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import layout
-from .values import load_json
+from producer.files import layout
+from producer.values import load_json
 
 MARKER = "rehearsal.json"
 STANDINS = "standins"  # the stand-in cache inside the rehearsal's .production/ (about 5 MB)
@@ -54,8 +54,8 @@ def models_dir(root: Path) -> Path:
 
 def made_on_standins(model: dict) -> bool:
     """Whether a recipe's model part names a snapshot that is a stand-in (its marker file is there)."""
-    from . import models
-    from .recipes import model_refs
+    from producer import models
+    from producer.recipes import model_refs
 
     for repo, commit in model_refs(model):
         snap = models.repo_folder(repo) / "snapshots" / str(commit)

@@ -20,9 +20,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import approvals, faults, layout, provenance, review
-from .errors import CliError
-from .outputs import atomic_output, write_json_atomic
+from producer import approvals
+from producer.files import faults, layout, provenance, review
+from producer.errors import CliError
+from producer.files.outputs import atomic_output, write_json_atomic
 
 STATE = "retakes.json"
 VARIANTS = "variants"

@@ -28,10 +28,10 @@ import re
 from itertools import pairwise
 from pathlib import Path
 
-from . import registry
-from .assets import AssetPlan
-from .layout import ASSETS, SCENE_BREAKDOWN
-from .scenes import KeyframeRow, Problem, Scene, SceneBreakdown
+from producer import registry
+from producer.assets import AssetPlan
+from producer.files.layout import ASSETS, SCENE_BREAKDOWN
+from producer.scenes import KeyframeRow, Problem, Scene, SceneBreakdown
 
 MAX_SCENE_SECONDS = registry.WAN.frames / registry.WAN.fps  # 81 / 16 = 5.0625
 SECONDS_PER_SCENE = 5  # the scene-count table's step

@@ -20,9 +20,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import paths
-from .errors import CliError
-from .inputs import regular_file
+from producer.files import paths
+from producer.errors import CliError
+from producer.files.inputs import regular_file
 
 SCENE_TYPES = ("character", "landscape")
 TRANSITIONS = ("cut", "fade", "dissolve", "continuous")

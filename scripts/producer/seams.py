@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import colour, media, video
-from .clips import ClipInfo, scan_clip
-from .errors import CliError
-from .layout import clip_path, keyframe_path  # noqa: F401 - the layout's one home; re-exported for callers
-from .scenes import SceneBreakdown, load_scene_breakdown, shared_keyframe
+from producer.files import colour, media, video
+from producer.files.clips import ClipInfo, scan_clip
+from producer.errors import CliError
+from producer.files.layout import clip_path, keyframe_path  # noqa: F401 - the layout's one home; re-exported for callers
+from producer.scenes import SceneBreakdown, load_scene_breakdown, shared_keyframe
 
 ANALYSIS_SIDE = 256  # seams are judged at the scale a viewer sees a jump, not VAE texture
 CAST_LIMIT = 2.5

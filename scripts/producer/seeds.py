@@ -14,10 +14,10 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from . import layout, paths
-from .approvals import derive_seed
-from .outputs import write_json_atomic
-from .values import load_json
+from producer.files import layout, paths
+from producer.approvals import derive_seed
+from producer.files.outputs import write_json_atomic
+from producer.values import load_json
 
 SALT_FILE = "production.json"
 
@@ -45,7 +45,7 @@ def seed(salt_value: str, item: str, take: int = 0) -> int:
 
 def _made_before_salts(root: Path) -> bool:
     """Outputs or takes exist already: a production from before salts, whose seeds must not move."""
-    from .provenance import read_recipe
+    from producer.files.provenance import read_recipe
 
     if layout.state_file(root, "takes.json").is_file():  # a retake planned seeds already
         return True

@@ -20,9 +20,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import install, models, standins
-from .cli import setup_logging
-from .errors import CliError, ExitCode
+from producer import install, models, standins
+from producer.cli import setup_logging
+from producer.errors import CliError, ExitCode
 
 SIZE = "64x64"
 FRAMES = "9"

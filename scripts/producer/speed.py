@@ -66,7 +66,7 @@ def check_fp8_matmul(requested: bool, device: str, placement: str, capability: t
     """--fp8-matmul only where it was measured and can run: fp8 tensor cores, weights resident, torchao."""
     if not requested:
         return
-    from .errors import CliError
+    from producer.errors import CliError
 
     if not str(device).startswith("cuda"):
         raise CliError("--fp8-matmul needs an NVIDIA GPU with fp8 tensor cores (RTX 40xx, L4/L40, H100 or newer)",
@@ -93,7 +93,7 @@ def check_attention_backend(name: str | None) -> None:
         return
     from diffusers.models.attention_dispatch import AttentionBackendName
 
-    from .errors import CliError
+    from producer.errors import CliError
 
     valid = [b.value for b in AttentionBackendName]
     if name not in valid:
@@ -126,7 +126,7 @@ def _fp8_matmuls(module) -> str:
     try:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
     except ImportError:
-        from .errors import CliError
+        from producer.errors import CliError
 
         raise CliError("fp8 matmuls need torchao", fix="pip install torchao (a build that matches your torch)")
     quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))

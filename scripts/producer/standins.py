@@ -29,12 +29,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import registry
-from .models import STANDIN_MARKER, matching_files, standin_facts  # noqa: F401 - one reader of the marker
-from .standin_gguf import QWEN_TIMESTEP_MARKER, gguf_scheme_of, wan_state_dict_to_original, write_gguf
-from .standin_models import (QWEN_CONDITION_AREA, QWEN_REFERENCE_AREA, build_dinov2, build_qwen_controlnet,
-                             build_qwen_edit_pipeline, build_qwen_edit_transformer, build_qwen_t2i_pipeline, build_wan_experts,
-                             build_wan_pipeline, component_seed, transformers4_text_encoder_config)
+from producer import registry
+from producer.models import STANDIN_MARKER, matching_files, standin_facts  # noqa: F401 - one reader of the marker
+from producer.standin_gguf import QWEN_TIMESTEP_MARKER, gguf_scheme_of, wan_state_dict_to_original, write_gguf
+from producer.standin_models import (QWEN_CONDITION_AREA, QWEN_REFERENCE_AREA, build_dinov2, build_qwen_controlnet, build_qwen_edit_pipeline, build_qwen_edit_transformer, build_qwen_t2i_pipeline, build_wan_experts, build_wan_pipeline, component_seed, transformers4_text_encoder_config)
 
 if TYPE_CHECKING:  # pragma: no cover - for annotations only; numpy is imported where it is used
     pass
@@ -164,7 +162,7 @@ def _lora_writers() -> dict[str, Writer]:
     """The one place where LoRA stand-ins join the installer: a writer per LoRA entry
     (`wan-lightning`, `wan21-lightx2v`, `qwen-lightning`, `qwen-anypose`). Imported here because
     standin_loras imports this module."""
-    from . import standin_loras
+    from producer import standin_loras
 
     return standin_loras.lora_writers()
 

@@ -22,13 +22,14 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import approvals as approvals_mod
-from . import layout, rehearsal, seeds
-from .errors import CliError, ExitCode, missing
-from .planner import ASSEMBLE, Job, Plan, command, plan_production
-from .project import PHASE_NUMBERS, PHASES, Production, load_production
-from .provenance import recipe_or_damage
-from .recipes import differences, film_differences, model_changes, partial_differences, would_be_recipe
+from producer import approvals as approvals_mod
+from producer.files import layout
+from producer import rehearsal, seeds
+from producer.errors import CliError, ExitCode, missing
+from producer.planner import ASSEMBLE, Job, Plan, command, plan_production
+from producer.project import PHASE_NUMBERS, PHASES, Production, load_production
+from producer.files.provenance import recipe_or_damage
+from producer.recipes import differences, film_differences, model_changes, partial_differences, would_be_recipe
 
 GOOD = ("ok", "provided", "unchecked")
 TOOL = "production.py"
@@ -129,7 +130,7 @@ def snapshot(root: str | Path, allow_outside: bool = False, with_states: bool = 
 
 def _use_rehearsal_models(root: Path, marker: dict) -> None:
     """A rehearsal's recipes are compared against its own stand-ins, which outlive the run (the demo's too)."""
-    from . import models
+    from producer import models
 
     where = marker.get("models_dir") or str(rehearsal.models_dir(root))
     if Path(where).is_dir():
@@ -216,7 +217,7 @@ def status_report(snap: Snapshot, seams: bool = True, judging: bool = True) -> d
 def judge_film(snap: Snapshot) -> dict:
     """Identity, colour and motion of every keyframe and clip that exists (producer.drift), with a drift chart
     per scene and each flag's figure, threshold and fix (a retake command that runs as printed)."""
-    from .drift import limits_from, review_film
+    from producer.drift import limits_from, review_film
 
     limits, problems = limits_from(snap.prod.settings)
 
@@ -248,7 +249,7 @@ def _problem(p) -> dict:
 
 def _seams(snap: Snapshot) -> list[dict]:
     """The seam review of the clips that exist (seams.review_seams), once two neighbours are there."""
-    from .seams import review_seams
+    from producer.seams import review_seams
 
     clips = [s for s in snap.items("clips") if s.job.output.exists()]
     if len(clips) < 2 or snap.prod.plan is None:

@@ -35,10 +35,10 @@ import torch
 from diffusers import (FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanImageToVideoPipeline,
                        WanTransformer3DModel)
 
-from . import judge, lora, memory, models, offload, registry, speed
-from .errors import CliError
-from .cli import Stopwatch
-from .wan_install import DENOISERS, WanFiles
+from producer import judge, lora, memory, models, offload, registry, speed
+from producer.errors import CliError
+from producer.cli import Stopwatch
+from producer.wan_install import DENOISERS, WanFiles
 
 log = logging.getLogger("producer")
 

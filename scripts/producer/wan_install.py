@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import memory, models, registry
-from .errors import CliError, ExitCode
+from producer import memory, models, registry
+from producer.errors import CliError, ExitCode
 
 DENOISERS = registry.WAN_DENOISERS
 

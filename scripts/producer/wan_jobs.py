@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import judge, lora, media, models, provenance, registry
-from . import wan_settings as ws
-from .errors import CliError
-from .outputs import check_output_name
-from .style import apply_style, load_style, style_prompts
-from .values import log, resolve_seed
+from producer import judge, lora, models, registry
+from producer.files import media, provenance
+from producer import wan_settings as ws
+from producer.errors import CliError
+from producer.files.outputs import check_output_name
+from producer.files.style import apply_style, load_style, style_prompts
+from producer.values import log, resolve_seed
 
 SCRIPT = "wan_video.py"
 FPS = registry.WAN.fps
@@ -140,7 +141,7 @@ def recipe_for(req: Request, load: Load, files, fp8_matmul: bool = False) -> dic
 
 
 def to_job(req: Request):
-    from .wan import ClipJob  # torch and diffusers: only when a clip is made
+    from producer.wan import ClipJob  # torch and diffusers: only when a clip is made
 
     return ClipJob(image=req.image, last_image=req.last_image, prompt=req.prompt, negative_prompt=req.negative_prompt,
                    width=req.width, height=req.height, frames=req.frames, sampling=req.sampling, seed=req.seed,

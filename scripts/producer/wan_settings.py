@@ -23,9 +23,9 @@ import argparse
 import math
 from dataclasses import dataclass, replace
 
-from . import registry
-from .errors import CliError, ExitCode
-from .values import number_arg
+from producer import registry
+from producer.errors import CliError, ExitCode
+from producer.values import number_arg
 
 WAN = registry.WAN
 MIN_FRAMES = 5  # two latent frames: the first frame and one group of four
@@ -113,14 +113,14 @@ def resolve_size(size: tuple[int, int] | None, preset: str | None, keyframe_wh: 
     if size is not None:
         w, h = size
         if w % multiple or h % multiple:
-            from .media import snap_size
+            from producer.files.media import snap_size
 
             near = snap_size(w, h, multiple)
             raise CliError(f"--size {w}x{h}: width and height must be multiples of {multiple} "
                            "(VAE 8x x patch 2)", f"use --size {near.width}x{near.height}")
         return w, h, f"--size {w}x{h}"
     name = preset or "480p"
-    from .media import orient_preset
+    from producer.files.media import orient_preset
 
     w, h = orient_preset(WAN.presets[name], keyframe_wh, multiple)
     return w, h, f"preset {name} turned to the keyframe's {keyframe_wh[0]}x{keyframe_wh[1]}: {w}x{h}"
@@ -170,7 +170,7 @@ def choose_distill(choice: str, installed: set[str]) -> str | None:
         return next((DISTILL_ENTRIES[c] for c in DISTILL_ENTRIES if DISTILL_ENTRIES[c] in installed), None)
     name = DISTILL_ENTRIES[choice]
     if name not in installed:
-        from .models import setup_command
+        from producer.models import setup_command
 
         raise CliError(f"--distill {choice}: the {registry.get(name).title} is not installed",
                        f"download it: {setup_command(name)}  (or run the full 40-step schedule: --distill off)",

@@ -17,9 +17,9 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .errors import CliError, ExitCode, missing
-from .inputs import regular_file
-from .video import decode_log, ffmpeg_exe, ffmpeg_input, ffmpeg_stdin
+from producer.errors import CliError, ExitCode, missing
+from producer.files.inputs import regular_file
+from producer.files.video import decode_log, ffmpeg_exe, ffmpeg_input, ffmpeg_stdin
 
 # Rates within 1% are one rate: containers round 16 fps to 15.99 or 16.01 now and then.
 FPS_TOLERANCE = 0.01

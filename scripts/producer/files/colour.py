@@ -11,8 +11,8 @@ from typing import Any, Iterable, NamedTuple
 import numpy as np
 from PIL import Image
 
-from .errors import CliError
-from .video import frame_list, frame_to_uint8
+from producer.errors import CliError
+from producer.files.video import frame_list, frame_to_uint8
 
 # ================================================================ colour science
 

@@ -71,7 +71,7 @@ def _act(point: str, action: str, filename: str | os.PathLike | None) -> None:
         time.sleep(PAUSE_SECONDS)
         return
     os.kill(os.getpid(), SIGNALS[action])
-    from .outputs import signals_held
+    from producer.files.outputs import signals_held
 
     if signals_held():
         return  # delivered at the run's next step (outputs.deliver_late_signal)

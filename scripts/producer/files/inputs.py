@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import CliError, missing
+from producer.errors import CliError, missing
 
 KINDS = (
     (stat.S_ISFIFO, "a named pipe (FIFO)"),

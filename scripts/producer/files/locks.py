@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .errors import CliError, ExitCode, missing
-from .outputs import check_output_name, disk_full
-from .paths import own_folder
-from .values import load_json
+from producer.errors import CliError, ExitCode, missing
+from producer.files.outputs import check_output_name, disk_full
+from producer.files.paths import own_folder
+from producer.values import load_json
 
 STATE_LOCK = ".state.lock"
 STATE_WAIT_SECONDS = 60  # approve and retake hold the production's lock for well under a second each
@@ -41,7 +41,7 @@ def lock_path(output: str | os.PathLike) -> Path:
 
 
 def state_lock_path(root: str | os.PathLike) -> Path:
-    from .layout import state_dir
+    from producer.files.layout import state_dir
 
     return state_dir(Path(root)) / STATE_LOCK
 
@@ -131,7 +131,7 @@ def _acquire(path: Path, guarded: str | os.PathLike, command: str | None, wait: 
     failed: list[OSError] = []
 
     def write_holder(fd: int) -> None:
-        from . import faults
+        from producer.files import faults
 
         try:
             faults.at(f"lock:{Path(guarded).name}", path)

@@ -1,6 +1,6 @@
 """Images: load any image people have, fit it to a model size, save PNGs with their generation metadata.
 
-Only Pillow and numpy. Video files are producer.video; colour comparison and matching producer.colour.
+Only Pillow and numpy. Video files are producer.files.video; colour comparison and matching producer.files.colour.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageColor, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from .errors import CliError, missing
-from .inputs import regular_file
-from .outputs import atomic_output, json_text
-from .values import load_json, log
+from producer.errors import CliError, missing
+from producer.files.inputs import regular_file
+from producer.files.outputs import atomic_output, json_text
+from producer.values import load_json, log
 
 # 64 megapixels: an 8K x 8K image. Bigger inputs are almost certainly a mistake (or a decompression
 # bomb: a few KB of PNG declaring gigapixels), and decoding one would take several GB of RAM.

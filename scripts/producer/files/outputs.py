@@ -18,9 +18,9 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import faults
-from .errors import CliError, ExitCode, missing
-from .values import load_json
+from producer.files import faults
+from producer.errors import CliError, ExitCode, missing
+from producer.values import load_json
 
 # File systems allow 255 bytes per name. The longest name derived from an output's is a clip's recipe being
 # written: NAME.provenance.json (+16 bytes), in a temp file (+17: ".", ".partial-", a pid of up to 7 digits),
@@ -393,7 +393,7 @@ def _sweep_partials(final: Path) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
-    from .locks import pid_alive
+    from producer.files.locks import pid_alive
 
     return pid_alive(pid)
 

@@ -13,7 +13,7 @@ The production folder ("root") of each file:
 One flag lifts the rule, for files the user trusts: `--allow-outside` (production.py for assets.json,
 qwen_image.py and wan_video.py beside --batch).
 
-The production's own folders (keyframes/, scene-XX/, final/, assets/..., .production/: producer.layout)
+The production's own folders (keyframes/, scene-XX/, final/, assets/..., .production/: producer.files.layout)
 must be inside it too: a symlink that takes one elsewhere is a problem `production.py check` reports, and
 no command writes through it (`own_folder`). Only the asset folders may lead elsewhere, with the user's own
 --allow-outside (asset pictures kept elsewhere); no tool adds --allow-outside by itself.
@@ -25,9 +25,9 @@ import errno
 import os
 from pathlib import Path, PurePath
 
-from . import layout
-from .errors import CliError
-from .layout import STATE
+from producer.files import layout
+from producer.errors import CliError
+from producer.files.layout import STATE
 
 ALLOW_FLAG = "--allow-outside"
 

@@ -17,9 +17,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .inputs import regular_file
-from .outputs import write_json_atomic
-from .values import load_json
+from producer.files.inputs import regular_file
+from producer.files.outputs import write_json_atomic
+from producer.values import load_json
 
 RECIPE_VERSION = 1
 SIDECAR_SUFFIX = ".provenance.json"
@@ -47,7 +47,7 @@ def make_recipe(script: str, settings: dict[str, Any], inputs: dict[str, Any], m
 
     An output made on a stand-in model is marked as such (producer.rehearsal): it must never pass for a
     real one, and a real run must not skip it as up to date."""
-    from .rehearsal import RECIPE_MARK, made_on_standins
+    from producer.rehearsal import RECIPE_MARK, made_on_standins
 
     recipe = {
         "recipe_version": RECIPE_VERSION,
@@ -109,8 +109,8 @@ def recipe_or_damage(output: str | os.PathLike) -> tuple[dict | None, str | None
     for a finished output."""
     p = Path(output)
     if p.suffix.lower() == ".png" and p.is_file():
-        from .errors import CliError
-        from .media import read_png_metadata
+        from producer.errors import CliError
+        from producer.files.media import read_png_metadata
 
         try:
             meta = read_png_metadata(p)

@@ -36,9 +36,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import colour, media, video
-from .errors import CliError
-from .values import log
+from producer.files import colour, media, video
+from producer.errors import CliError
+from producer.values import log
 
 COLOR_MATCH_CHOICES = ("auto", "on", "off")
 DRIFT_LIMIT = 2.0  # between "a close look shows it" (1-3) and the injected drift (5.9); a clean clip measured 0.5

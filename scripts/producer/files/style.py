@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CliError, missing
-from .inputs import regular_file
-from .values import load_json, log, not_text
+from producer.errors import CliError, missing
+from producer.files.inputs import regular_file
+from producer.values import load_json, log, not_text
 
 # Wan's UMT5 encoder reads 512 tokens (~4 characters each in English). 600 characters (~150 tokens) per
 # field leaves room for the scene prompt even when several style fields are appended.

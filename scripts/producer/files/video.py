@@ -20,9 +20,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import CliError, ExitCode
-from .inputs import regular_file
-from .outputs import atomic_output, disk_full, output_for
+from producer.errors import CliError, ExitCode
+from producer.files.inputs import regular_file
+from producer.files.outputs import atomic_output, disk_full, output_for
 
 # ================================================================ frames
 

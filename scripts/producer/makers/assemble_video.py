@@ -6,10 +6,11 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from producer import clips as clipio
-from producer import locks, media, provenance, seams, timeline, video
+from producer.files import clips as clipio
+from producer.files import locks, media, provenance, timeline, video
+from producer import seams
 from producer.cli import CliError, add_output_args, build_parser, log, missing, number_arg, run_main, text_arg
-from producer.outputs import atomic_outputs, check_output, write_json_atomic
+from producer.files.outputs import atomic_outputs, check_output, write_json_atomic
 from producer.scenes import TRANSITIONS, SceneBreakdown, load_scene_breakdown, shared_keyframe
 
 DESCRIPTION = """\

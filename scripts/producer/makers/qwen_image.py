@@ -7,21 +7,8 @@ import contextlib
 import gc
 from pathlib import Path
 
-from producer import (
-    batch,
-    cli,
-    hardware,
-    judge,
-    locks,
-    media,
-    memory,
-    models,
-    parallel,
-    provenance,
-    qwen,
-    qwen_jobs,
-    qwen_load,
-)
+from producer import batch, cli, hardware, judge, memory, models, parallel, qwen, qwen_jobs, qwen_load
+from producer.files import locks, media, provenance
 from producer.cli import (
     CliError,
     ExitCode,
@@ -36,7 +23,7 @@ from producer.cli import (
     text_arg,
 )
 from producer.makers import script_path
-from producer.outputs import check_output
+from producer.files.outputs import check_output
 
 DESCRIPTION = """\
 Make one still (or a --batch of them) with Qwen-Image-Edit-2511: character, background, pose, style and

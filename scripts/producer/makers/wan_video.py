@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producer import batch, cli, judge, locks, models, parallel, provenance, registry, review, video
+from producer import batch, cli, judge, models, parallel, registry
+from producer.files import locks, provenance, review, video
 from producer import wan_settings as ws
 from producer.cli import (
     CliError,
@@ -24,7 +25,7 @@ from producer.cli import (
     text_arg,
 )
 from producer.makers import script_path
-from producer.outputs import atomic_outputs, check_output, write_json_atomic
+from producer.files.outputs import atomic_outputs, check_output, write_json_atomic
 from producer.wan_jobs import Load, Request, recipe_for, resolve_load, resolve_request, to_job, up_to_date
 
 SCRIPT = "wan_video.py"
