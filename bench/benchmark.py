@@ -106,7 +106,7 @@ def main(argv=None) -> int:
         print(json.dumps(write_gguf_files(args, *args.write_gguf)), flush=True)
         return 0
     if args.child:
-        from producer import hardware
+        from producer.facts import hardware
 
         hardware.configure_cuda_allocator()  # as the scripts do
         print(json.dumps(run_child(args, *args.child)), flush=True)

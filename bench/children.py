@@ -83,7 +83,8 @@ def _timed(device: str, into: dict, name: str):
 def _plan(family: str, footprint, work, config: str, device: str):
     """The plan of the scripts: for `planVxR` the one they choose on that machine (any weight form, as
     `setup_diffusers.py` plans downloads), otherwise on this one with bf16 weights (the earlier tables)."""
-    from producer import hardware, memory
+    from producer.facts import hardware
+    from producer import memory
 
     machine = plan_machine(config)
     hw = hardware.probe(device=device)
@@ -97,7 +98,8 @@ def _plan(family: str, footprint, work, config: str, device: str):
 
 def _machine_plan(family: str, config: str):
     """The plan the scripts choose for the full-size model on the `planVxR` machine (None otherwise)."""
-    from producer import hardware, memory
+    from producer.facts import hardware
+    from producer import memory
 
     machine = plan_machine(config)
     if machine is None:
@@ -220,7 +222,8 @@ def _result(seconds: dict, cold: float, plan, extra: dict, steps: int, measured:
 def run_wan(args, workload: str, config: str, device: str) -> dict:
     from diffusers import WanImageToVideoPipeline
 
-    from producer import memory, registry, wan
+    from producer import memory, wan
+    from producer.facts import registry
 
     width, height, frames, steps, measured, cfg = _shape(args, workload)
     dtype = _dtype(args.size, device)

@@ -208,7 +208,7 @@ def dumps(model: dict) -> str:
 def compare(data: dict, model: dict, source: str = "") -> list[dict]:
     """Each run of benchmark results beside what the speed model predicts for it on the same card (the
     measured total has no output writing, so the prediction's write_s is left out too)."""
-    from producer import hardware
+    from producer.facts import hardware
 
     gpu = estimate.gpu_spec(data["environment"].get("gpu"))
     rows = []

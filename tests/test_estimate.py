@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from producer import estimate, forecast, hardware, memory
+from producer import estimate, forecast, memory
+from producer.facts import hardware
 from producer.commands import production, setup_diffusers
 from producer.demo import SAMPLE
 from producer.makers import qwen_image, wan_video

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from producer import memory
-from producer.hardware import GiB, from_sizes
+from producer.facts.hardware import GiB, from_sizes
 
 # (VRAM GB, RAM GB) -> "plan weights experts_in_ram fits". Read a row as: on this machine, this is
 # how the 832x480x81 clip / the 1024^2 one-reference edit runs.

@@ -55,7 +55,7 @@ def test_a_refusal_to_lock_memory_leaves_the_rest_usable(monkeypatch, caplog):
 
 
 def test_the_allocator_grows_segments_unless_the_user_chose(monkeypatch):
-    from producer import hardware
+    from producer.facts import hardware
 
     for key in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
         monkeypatch.delenv(key, raising=False)
@@ -92,7 +92,8 @@ def test_gguf_experts_are_packed_too_and_compute_the_same(standin_hf_home, monke
     from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
     from diffusers.quantizers.gguf.utils import GGUFParameter
 
-    from producer import models, registry
+    from producer import models
+    from producer.facts import registry
 
     chunks = []
     monkeypatch.setattr(offload, "_pinned_chunk", lambda n: chunks.append(torch.empty(n, dtype=torch.uint8)) or

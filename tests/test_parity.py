@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from producer import hardware, lora, memory, qwen, qwen_jobs, registry, standin_loras, wan
+from producer.facts import hardware, registry
+from producer import lora, memory, qwen, qwen_jobs, standin_loras, wan
 from producer.wan_install import components_snapshot, locate_files, plan_for
 
 LORA_ATOL = 2e-6  # measured: 6.0e-7 (Wan Lightning pair), 4.8e-7 (Qwen Lightning; Lightning + AnyPose)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import use_hf_home
 from PIL import Image
-from producer import pose, registry, standins
+from producer import pose, standins
+from producer.facts import registry
 from producer.cli import CliError, ExitCode
 
 # A standing person, COCO-18 order, in pixels of a 64x64 canvas.

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from producer import hardware, memory, models, qwen, qwen_jobs, standin_loras
+from producer.facts import hardware
+from producer import memory, models, qwen, qwen_jobs, standin_loras
 from producer.files import media
 from producer.cli import ExitCode
 from producer.makers import qwen_image

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from producer import hardware, memory, qwen
+from producer.facts import hardware
+from producer import memory, qwen
 from producer.cli import CliError, ExitCode
 
 

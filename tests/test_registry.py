@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from producer import install, models, registry, standins
+from producer import install, models, standins
+from producer.facts import registry
 
 HEX40 = re.compile(r"[0-9a-f]{40}")
 # Commits seen publicly that are not on main: refs/pr/1 of Wan-AI/Wan2.2-I2V-A14B-Diffusers (model-files.md).

@@ -14,7 +14,8 @@ import pytest
 from diffusers import QwenImageTransformer2DModel
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_shift
 from PIL import Image
-from producer import qwen, qwen_jobs, registry, standin_models, wan
+from producer import qwen, qwen_jobs, standin_models, wan
+from producer.facts import registry
 from producer.cli import CliError
 from producer.makers import qwen_image
 
@@ -94,7 +95,8 @@ def test_the_session_refuses_one_step_from_the_loaded_scheduler_config(tiny_qwen
     picture with exit 0); one step on a config without the stretch still runs."""
     from dataclasses import replace
 
-    from producer import hardware, memory
+    from producer.facts import hardware
+    from producer import memory
 
     plan = memory.plan_memory(hardware.from_sizes(0, 64), memory.QWEN_FOOTPRINT, memory.qwen_workload(64, 64, 0))
     session = qwen.QwenSession.from_components(tiny_qwen_edit_pipeline, plan)

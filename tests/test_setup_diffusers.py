@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from localhub import LocalHub
-from producer import download, hardware, install, memory, models, needs, registry, standins
+from producer import download, install, memory, models, needs, standins
+from producer.facts import hardware, registry
 from producer.commands import setup_diffusers
 
 LORAS = ["wan-lightning", "qwen-lightning"]
@@ -338,7 +339,8 @@ def test_every_command_in_the_output_example_parses():
 
 def test_an_unrecorded_entry_sharing_a_recorded_repo_is_not_installed(offline_hf_home):
     """The components' record must not make the full repo (whose patterns match the configs) look installed."""
-    from producer import install, models, registry, standins
+    from producer import install, models, standins
+    from producer.facts import registry
 
     install.record_standins(standins.install_standins(offline_hf_home, ["wan-i2v-components"]))
     components, full = registry.get("wan-i2v-components"), registry.get("wan-i2v")

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from producer.makers import wan_video
-from producer import registry, standin_models
+from producer.facts import registry
+from producer import standin_models
 
 
 def _snapshot(install, name) -> Path:

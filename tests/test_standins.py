@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from producer import registry, standin_gguf, standin_models, standins
+from producer.facts import registry
+from producer import standin_gguf, standin_models, standins
 
 WAN_REVISION = registry.get("wan-i2v").revision
 GGUF_TOLERANCE = {  # max |dequantized - original| as a fraction of the tensor's largest |value|

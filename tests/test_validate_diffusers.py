@@ -7,7 +7,8 @@ import types
 
 import pytest
 from conftest import use_hf_home
-from producer import install, installcheck, models, registry, smoke, standin_models, standins, weightcheck
+from producer import install, installcheck, models, smoke, standin_models, standins, weightcheck
+from producer.facts import registry
 from producer.commands import setup_diffusers, validate_diffusers
 
 NEEDED = ["wan-i2v", "qwen-edit", "wan-lightning", "qwen-lightning"]
@@ -77,7 +78,7 @@ def test_test_load_covers_every_model_and_lora(recorded, capsys):
 
 
 def test_missing_models_exit_3_with_the_download_command(capsys, monkeypatch):
-    from producer import hardware
+    from producer.facts import hardware
 
     monkeypatch.setattr(hardware, "probe", lambda *a, **k: hardware.from_sizes(24, 64))
     code, result, _ = run(capsys)
@@ -89,7 +90,8 @@ def test_missing_models_exit_3_with_the_download_command(capsys, monkeypatch):
 def test_models_that_cannot_run_here_exit_4_without_a_download(capsys, monkeypatch):
     """A CPU-only 24 GiB machine: no download can make the real models run, so none is proposed (issue 18);
     with too little disk for the download, it is not proposed either."""
-    from producer import hardware, needs
+    from producer.facts import hardware
+    from producer import needs
 
     monkeypatch.setattr(hardware, "probe", lambda *a, **k: hardware.from_sizes(0, 24))
     code, result, _ = run(capsys, "--detailed")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from producer.files import colour, review
-from producer import registry
+from producer.facts import registry
 from producer import wan_settings as ws
 from producer.cli import CliError, ExitCode
 

@@ -10,7 +10,8 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
-from producer import hardware, lora, memory, registry, standin_models, wan
+from producer.facts import hardware, registry
+from producer import lora, memory, standin_models, wan
 from producer.wan_install import components_snapshot, locate_files, plan_for
 
 
@@ -135,7 +136,8 @@ def test_out_of_memory_at_decode_keeps_the_latents_and_retries(setup, monkeypatc
 
 
 def test_a_prompt_longer_than_the_text_encoder_reads_is_refused(tiny_wan_pipeline):
-    from producer import cli, hardware, memory, registry, wan
+    from producer import cli, memory, wan
+    from producer.facts import hardware, registry
 
     plan = memory.plan_memory(hardware.from_sizes(0, 16), memory.WAN_FOOTPRINT, memory.wan_workload(64, 64, 9))
     session = wan.WanSession.from_components(tiny_wan_pipeline, plan, "cpu", progress=False)

@@ -323,7 +323,8 @@ def test_people_get_a_short_summary_on_stdout():
 
 
 def test_a_plan_that_does_not_fit_is_refused_before_loading(standin_hf_home, frames, tmp_path, capsys, monkeypatch):
-    from producer import hardware, wan
+    from producer.facts import hardware
+    from producer import wan
 
     monkeypatch.setattr(hardware, "probe", lambda *args, **kwargs: hardware.from_sizes(4, 2))
     monkeypatch.setattr(wan.WanSession, "from_files", lambda *a, **k: pytest.fail("loaded despite the plan"))

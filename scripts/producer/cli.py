@@ -260,7 +260,7 @@ def _run_main(parser, run, argv, describe) -> int:
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     started = time.perf_counter()
-    from producer import hardware
+    from producer.facts import hardware
     from producer.files import outputs  # outputs builds on this module's CliError
 
     hardware.configure_cuda_allocator()  # before anything touches CUDA

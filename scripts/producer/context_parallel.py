@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from producer.errors import CliError, ExitCode
-from producer.registry import WAN_DENOISERS
+from producer.facts.registry import WAN_DENOISERS
 from producer.wan import ClipJob, WanSession
 
 log = logging.getLogger("producer")

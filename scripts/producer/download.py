@@ -30,7 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from producer import install, models, registry
+from producer import install, models
+from producer.facts import registry
 from producer.errors import CliError, ExitCode
 
 log = logging.getLogger("producer")

@@ -13,8 +13,9 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from producer import estimate, memory, models, needs, registry
-from producer.hardware import GiB, Hardware
+from producer import estimate, memory, models, needs
+from producer.facts import registry
+from producer.facts.hardware import GiB, Hardware
 from producer.install import human_bytes
 from producer.planner import WAN, parse_job
 

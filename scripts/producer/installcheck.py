@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from producer import needs, registry, weightcheck
+from producer import needs, weightcheck
+from producer.facts import registry
 from producer.errors import CliError
 
 # The pipeline class each repository must declare: what the scripts load it with.

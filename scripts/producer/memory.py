@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from producer import registry
-from producer.hardware import GiB, Hardware
+from producer.facts import registry
+from producer.facts.hardware import GiB, Hardware
 
 OFFLOAD_CHOICES = ("auto", "none", "model", "group", "sequential")
 WEIGHT_CHOICES = ("auto", "bf16", "fp8", "gguf-q8", "gguf-q4")
@@ -354,7 +354,7 @@ TABLE_WORKLOADS = {"wan": ("Wan 2.2 I2V, 832x480x81", WAN_FOOTPRINT, wan_workloa
 
 
 def plan_table(family: str) -> list[tuple[int, int, MemoryPlan]]:
-    from producer.hardware import from_sizes
+    from producer.facts.hardware import from_sizes
 
     _, footprint, work = TABLE_WORKLOADS[family]
     return [(v, r, plan_memory(from_sizes(v, r), footprint, work)) for v in TABLE_VRAM_GB for r in TABLE_RAM_GB]

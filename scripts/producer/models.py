@@ -12,7 +12,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from producer import registry
+from producer.facts import registry
 from producer.errors import CliError, ExitCode, missing
 from producer.memory import QWEN_FOOTPRINT, WAN_FOOTPRINT, ModelFootprint
 

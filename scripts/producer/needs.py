@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from producer import memory, models, registry
-from producer.hardware import GiB, Hardware
+from producer import memory, models
+from producer.facts import registry
+from producer.facts.hardware import GiB, Hardware
 from producer.rehearsal import DEMO_TIME
 
 FAMILIES = ("wan", "qwen")

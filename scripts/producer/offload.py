@@ -21,7 +21,7 @@ import logging
 import torch
 
 from producer.memory import MemoryPlan
-from producer.registry import WAN_DENOISERS
+from producer.facts.registry import WAN_DENOISERS
 
 log = logging.getLogger("producer")
 

@@ -154,7 +154,7 @@ def make_scheduler(name: str, base_config):
     registry.QWEN_LIGHTNING_SCHEDULER). Built with diffusers' own from_config, so nothing else changes."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from producer import registry
+    from producer.facts import registry
 
     if name == "model":
         return FlowMatchEulerDiscreteScheduler.from_config(base_config)

@@ -33,7 +33,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from producer import judge, lora, models, qwen, qwen_load, registry
+from producer import judge, lora, models, qwen, qwen_load
+from producer.facts import registry
 from producer.files import media, provenance
 from producer.errors import CliError, ExitCode
 from producer.files.style import apply_style, join_negative, load_style, style_prompts

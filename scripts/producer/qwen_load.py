@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from producer import models, registry
+from producer import models
+from producer.facts import registry
 from producer.errors import CliError, ExitCode
 from producer.memory import ComponentPlan, MemoryPlan
 from producer.qwen import QwenSession, areas_for

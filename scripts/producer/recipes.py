@@ -21,7 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from producer.files import layout
-from producer import registry
+from producer.facts import registry
 from producer.errors import CliError
 from producer.planner import ASSEMBLE, QWEN, WAN, Job, Plan, parse_job
 from producer.files.provenance import file_digest, make_recipe

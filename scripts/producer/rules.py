@@ -28,7 +28,7 @@ import re
 from itertools import pairwise
 from pathlib import Path
 
-from producer import registry
+from producer.facts import registry
 from producer.assets import AssetPlan
 from producer.files.layout import ASSETS, SCENE_BREAKDOWN
 from producer.scenes import KeyframeRow, Problem, Scene, SceneBreakdown

@@ -36,7 +36,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from producer import registry, standin_gguf, standin_models, standins
+from producer.facts import registry
+from producer import standin_gguf, standin_models, standins
 
 if TYPE_CHECKING:  # pragma: no cover
     pass

@@ -35,7 +35,8 @@ import torch
 from diffusers import (FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanImageToVideoPipeline,
                        WanTransformer3DModel)
 
-from producer import judge, lora, memory, models, offload, registry, speed
+from producer import judge, lora, memory, models, offload, speed
+from producer.facts import registry
 from producer.errors import CliError
 from producer.cli import Stopwatch
 from producer.wan_install import DENOISERS, WanFiles

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from producer import memory, models, registry
+from producer import memory, models
+from producer.facts import registry
 from producer.errors import CliError, ExitCode
 
 DENOISERS = registry.WAN_DENOISERS

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from producer import judge, lora, models, registry
+from producer import judge, lora, models
+from producer.facts import registry
 from producer.files import media, provenance
 from producer import wan_settings as ws
 from producer.errors import CliError

@@ -23,7 +23,7 @@ import argparse
 import math
 from dataclasses import dataclass, replace
 
-from producer import registry
+from producer.facts import registry
 from producer.errors import CliError, ExitCode
 from producer.values import number_arg
 

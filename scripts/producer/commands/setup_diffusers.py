@@ -5,7 +5,8 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass
 
-from producer import cli, install, models, needs, registry
+from producer import cli, install, models, needs
+from producer.facts import registry
 from producer.cli import CliError, ExitCode, build_parser, log, run_main
 from producer.memory import WEIGHT_CHOICES
 
@@ -155,7 +156,7 @@ def describe_info(result: dict) -> str:
 
 def download(args) -> dict:
     from producer import download as dl
-    from producer import hardware
+    from producer.facts import hardware
 
     if args.quiet:
         from huggingface_hub.utils import disable_progress_bars
@@ -216,7 +217,8 @@ def describe_download(result: dict) -> str:
 
 
 def check(args) -> dict:
-    from producer import environment, forecast, hardware
+    from producer import environment, forecast
+    from producer.facts import hardware
 
     env = {"python": environment.python_info(), "torch": environment.torch_info(),
            "packages": environment.package_report(), "requirements": str(environment.REQUIREMENTS)}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from producer import cli, install, installcheck, models, needs, registry
+from producer import cli, install, installcheck, models, needs
+from producer.facts import registry
 from producer.cli import ExitCode, build_parser, log, run_main
 
 DESCRIPTION = """\
@@ -131,7 +132,7 @@ def environment_section(detailed: bool) -> dict:
 
 
 def models_section(args) -> dict:
-    from producer import hardware
+    from producer.facts import hardware
 
     statuses = install.statuses()
     complete = {n for n, s in statuses.items() if s.complete}

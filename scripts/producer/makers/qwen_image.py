@@ -7,7 +7,8 @@ import contextlib
 import gc
 from pathlib import Path
 
-from producer import batch, cli, hardware, judge, memory, models, parallel, qwen, qwen_jobs, qwen_load
+from producer import batch, cli, judge, memory, models, parallel, qwen, qwen_jobs, qwen_load
+from producer.facts import hardware
 from producer.files import locks, media, provenance
 from producer.cli import (
     CliError,

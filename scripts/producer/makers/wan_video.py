@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producer import batch, cli, judge, models, parallel, registry
+from producer import batch, cli, judge, models, parallel
+from producer.facts import registry
 from producer.files import locks, provenance, review, video
 from producer import wan_settings as ws
 from producer.cli import (
@@ -206,7 +207,8 @@ class Engine:
 def open_engine(args: argparse.Namespace, load: Load, requests: list[Request], session: bool = True) -> Engine:
     """Plan memory for the largest request and refuse a plan that does not fit, before loading anything;
     then load the text encoder and VAE (the experts come at the first clip)."""
-    from producer import hardware, memory, wan_install
+    from producer.facts import hardware
+    from producer import memory, wan_install
 
     hw = hardware.probe(args.models_dir, args.device)
     workloads = [memory.wan_workload(r.width, r.height, r.frames) for r in requests]
@@ -402,7 +404,8 @@ def _run_batch(args: argparse.Namespace) -> dict:
 
 def _prediction(args: argparse.Namespace, result: dict, requests: dict, engine: Engine) -> dict:
     """Each clip made: its predicted seconds (producer.estimate) against the measured ones."""
-    from producer import forecast, hardware
+    from producer import forecast
+    from producer.facts import hardware
 
     made = [(forecast.clip_item(requests[j["job"]]), j["seconds"]) for j in result["jobs"] if j["status"] == "ok"]
     return forecast.batch_prediction(made, engine.plan, hardware.probe(args.models_dir, args.device),
