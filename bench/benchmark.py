@@ -2,8 +2,8 @@
 """Speed and memory of the generation scripts, with full-size models and random weights.
 
 Every configuration runs in its own process (a fresh CUDA context, its own memory cap and peak
-counters) and through the scripts' own code: the memory plan (producer.memory), its application
-(producer.offload) and the sessions of producer.wan / producer.qwen (`from_components`). "plain" is
+counters) and through the scripts' own code: the memory plan (producer.sizing.memory), its application
+(producer.sizing.offload) and the sessions of producer.wan / producer.qwen (`from_components`). "plain" is
 diffusers' pipeline with its defaults, fully on the GPU, measured in the same run for the ratio.
 Text encoders are bypassed with precomputed embeddings of the real shapes (timed separately as
 `text-encoder` workloads). A smaller card is emulated by capping the process's CUDA memory.

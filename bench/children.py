@@ -84,7 +84,7 @@ def _plan(family: str, footprint, work, config: str, device: str):
     """The plan of the scripts: for `planVxR` the one they choose on that machine (any weight form, as
     `setup_diffusers.py` plans downloads), otherwise on this one with bf16 weights (the earlier tables)."""
     from producer.facts import hardware
-    from producer import memory
+    from producer.sizing import memory
 
     machine = plan_machine(config)
     hw = hardware.probe(device=device)
@@ -99,7 +99,7 @@ def _plan(family: str, footprint, work, config: str, device: str):
 def _machine_plan(family: str, config: str):
     """The plan the scripts choose for the full-size model on the `planVxR` machine (None otherwise)."""
     from producer.facts import hardware
-    from producer import memory
+    from producer.sizing import memory
 
     machine = plan_machine(config)
     if machine is None:
@@ -138,7 +138,7 @@ def _to_form(modules: list, form: str, dtype: torch.dtype) -> dict:
 
 
 def _footprint(family: str, modules: dict, size: str):
-    from producer import memory
+    from producer.sizing import memory
 
     base = memory.WAN_FOOTPRINT if family == "wan" else memory.QWEN_FOOTPRINT
     if size == "full":
@@ -151,7 +151,7 @@ def _footprint(family: str, modules: dict, size: str):
 
 
 def _speed(config: str, device: str, placement: str):
-    from producer import speed
+    from producer.sizing import speed
 
     lever = LEVERS.get(config, {})
     return speed.default_speed(device, placement, lever.get("compile", "auto"), lever.get("fp8_matmul", False),
@@ -159,7 +159,7 @@ def _speed(config: str, device: str, placement: str):
 
 
 def _levers(modules, speed) -> list[str]:
-    from producer.speed import apply_speed
+    from producer.sizing.speed import apply_speed
 
     notes = []
     for module in modules:
@@ -222,7 +222,8 @@ def _result(seconds: dict, cold: float, plan, extra: dict, steps: int, measured:
 def run_wan(args, workload: str, config: str, device: str) -> dict:
     from diffusers import WanImageToVideoPipeline
 
-    from producer import memory, wan
+    from producer.sizing import memory
+    from producer import wan
     from producer.facts import registry
 
     width, height, frames, steps, measured, cfg = _shape(args, workload)
@@ -391,7 +392,7 @@ def _peak_before(owner, method: str, device: str) -> dict:
 def run_wan_text(args, workload: str, config: str, device: str) -> dict:
     """Encode one 512-token prompt with UMT5-XXL placed as the plan places it (on the GPU, or streamed from
     host RAM under the cap); the scripts encode every prompt of a batch this way, then free the encoder."""
-    from producer import offload
+    from producer.sizing import offload
 
     dtype = _dtype(args.size, device)
     encoder = fullsize.umt5_encoder(args.size, device, dtype)
@@ -422,7 +423,8 @@ def run_wan_text(args, workload: str, config: str, device: str) -> dict:
 def run_qwen(args, workload: str, config: str, device: str) -> dict:
     from diffusers import QwenImageEditPlusPipeline
 
-    from producer import memory, qwen
+    from producer.sizing import memory
+    from producer import qwen
 
     width, height, refs, steps, measured, cfg = _shape(args, workload)
     dtype = _dtype(args.size, device)

@@ -155,7 +155,8 @@ def _session(args, device: str, session_class):
     from children import _footprint, _plan
     from diffusers import WanImageToVideoPipeline
     from PIL import Image
-    from producer import memory, wan
+    from producer.sizing import memory
+    from producer import wan
     from producer.facts import registry
 
     _, width, height, frames, steps, cfg = WORKLOADS[args.workload]

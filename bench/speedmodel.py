@@ -9,7 +9,7 @@
     python bench/speedmodel.py --compare results.json
 
 The data file lists its own sources, so `tests/test_estimate.py` regenerates it from them and fails when the
-two differ. Every figure keeps the GPU it was measured on; producer/estimate.py carries them to other cards.
+two differ. Every figure keeps the GPU it was measured on; producer/sizing/estimate.py carries them to other cards.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(HERE))
 
 from benchmark import LEVERS, WORKLOADS
-from producer import estimate, memory
+from producer.sizing import estimate, memory
 
 WRITING = "bench/results/2026-11-29-writing-2core.json"  # per-item writing cost (bench/writing.py)
 # Assumptions the results cannot give; each says where its number comes from.
@@ -187,7 +187,7 @@ def build(paths: list[Path]) -> dict:
     writing = json.loads((ROOT / WRITING).read_text(encoding="utf-8"))["median_seconds"]
     return {
         "about": "Measured speeds of the generation scripts' plans (bench/speedmodel.py writes this file; "
-        "producer/estimate.py reads it). Do not edit by hand: rerun the command in bench/speedmodel.py.",
+        "producer/sizing/estimate.py reads it). Do not edit by hand: rerun the command in bench/speedmodel.py.",
         "sources": [_rel(p) for p in paths] + [WRITING],
         "notes": NOTES,
         "assumptions": {

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from producer import judge, speed
+from producer import judge
+from producer.sizing import speed
 from producer.files import provenance
 from producer.cli import CliError, ExitCode
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from producer import memory
+from producer.sizing import memory
 from producer.facts.hardware import GiB, from_sizes
 
 # (VRAM GB, RAM GB) -> "plan weights experts_in_ram fits". Read a row as: on this machine, this is
@@ -133,7 +133,7 @@ def test_docs_page_shows_the_tables_the_code_produces():
     page = (Path(__file__).resolve().parents[1] / "docs" / "memory-plan.md").read_text()
     for family in memory.TABLE_WORKLOADS:
         assert memory.plan_table_markdown(family) in page, (
-            f"docs/memory-plan.md is out of date: regenerate with `python -m producer.memory` (family {family})")
+            f"docs/memory-plan.md is out of date: regenerate with `python -m producer.sizing.memory` (family {family})")
 
 
 def test_overrides_are_honoured():

@@ -2,7 +2,7 @@
 
 import torch
 
-from producer import offload
+from producer.sizing import offload
 
 
 def _model():
@@ -121,7 +121,8 @@ def test_streamed_text_encoders_offload_each_block_list_from_its_own_parent():
     diffusers' block-level offloading finds only direct ModuleList children, so each parent is offloaded."""
     import torch
 
-    from producer import offload, standin_models
+    from producer.sizing import offload
+    from producer import standin_models
     from transformers import UMT5Config, UMT5EncoderModel
 
     umt5 = UMT5EncoderModel(UMT5Config(**standin_models.UMT5_CONFIG))

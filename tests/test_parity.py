@@ -24,7 +24,8 @@ import pytest
 import torch
 from PIL import Image
 from producer.facts import hardware, registry
-from producer import lora, memory, qwen, qwen_jobs, standin_loras, wan
+from producer import lora, qwen, qwen_jobs, standin_loras, wan
+from producer.sizing import memory
 from producer.wan_install import components_snapshot, locate_files, plan_for
 
 LORA_ATOL = 2e-6  # measured: 6.0e-7 (Wan Lightning pair), 4.8e-7 (Qwen Lightning; Lightning + AnyPose)
@@ -236,7 +237,7 @@ def skeleton(folder: Path) -> str:
 
 def qwen_project(tmp_path: Path, argv):
     """The job as qwen_image.py resolves it, run through its session: (resolved, latents, picture, files, dtype)."""
-    from producer import offload
+    from producer.sizing import offload
     from producer.makers import qwen_image
 
     args = qwen_image.build().parse_args(["--prompt", "the fox from image 1 at dusk", "--size", "64x64", "--seed",

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 from producer.facts import hardware
-from producer import memory, models, qwen, qwen_jobs, standin_loras
+from producer.sizing import memory
+from producer import models, qwen, qwen_jobs, standin_loras
 from producer.files import media
 from producer.cli import ExitCode
 from producer.makers import qwen_image

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 from producer.facts import hardware
-from producer import memory, qwen
+from producer.sizing import memory
+from producer import qwen
 from producer.cli import CliError, ExitCode
 
 

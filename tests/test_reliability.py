@@ -224,7 +224,8 @@ def test_out_of_memory_stops_a_batch_with_the_plan_and_the_rerun_finishes_it(tmp
 
 
 def test_on_oom_retry_reloads_under_the_next_plan_and_runs_the_job_again(tmp_path, monkeypatch):
-    from producer import memory, qwen_load
+    from producer.sizing import memory
+    from producer import qwen_load
 
     argv = qwen_batch(tmp_path)
     failures = oom_on_seed(monkeypatch, seed=1)
@@ -241,7 +242,8 @@ def test_on_oom_retry_reloads_under_the_next_plan_and_runs_the_job_again(tmp_pat
 
 def test_wan_batch_out_of_memory_retry_reloads_and_reencodes(tmp_path, monkeypatch):
     from diffusers import WanTransformer3DModel
-    from producer import memory, wan
+    from producer.sizing import memory
+    from producer import wan
 
     gradient(tmp_path / "kf.png")
     jobs = [{"start_frame": "kf.png", "prompt": "waves", "seed": 1, "output": "c0.mp4", "size": "64x64", "frames": 9}]
@@ -272,7 +274,7 @@ def test_wan_batch_out_of_memory_retry_reloads_and_reencodes(tmp_path, monkeypat
 
 
 def test_out_of_memory_where_no_stage_catches_it_still_names_the_plan(tmp_path, monkeypatch):
-    from producer import offload
+    from producer.sizing import offload
 
     def placing_runs_out(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB (simulated)")

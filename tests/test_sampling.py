@@ -96,7 +96,7 @@ def test_the_session_refuses_one_step_from_the_loaded_scheduler_config(tiny_qwen
     from dataclasses import replace
 
     from producer.facts import hardware
-    from producer import memory
+    from producer.sizing import memory
 
     plan = memory.plan_memory(hardware.from_sizes(0, 64), memory.QWEN_FOOTPRINT, memory.qwen_workload(64, 64, 0))
     session = qwen.QwenSession.from_components(tiny_qwen_edit_pipeline, plan)

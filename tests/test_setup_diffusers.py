@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from localhub import LocalHub
-from producer import download, install, memory, models, needs, standins
+from producer import download, install, models, needs, standins
+from producer.sizing import memory
 from producer.facts import hardware, registry
 from producer.commands import setup_diffusers
 

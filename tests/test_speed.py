@@ -2,7 +2,8 @@
 
 import pytest
 
-from producer import cli, speed
+from producer import cli
+from producer.sizing import speed
 
 
 @pytest.mark.parametrize("device,placement,choice,items,family,expected", [
@@ -91,7 +92,8 @@ def test_levers_apply_to_a_transformer(tiny_wan_pipeline):
 
 def test_session_takes_the_levers(tiny_wan_pipeline):
     from producer.facts import hardware
-    from producer import memory, wan
+    from producer.sizing import memory
+    from producer import wan
 
     plan = memory.plan_memory(hardware.from_sizes(0, 16), memory.WAN_FOOTPRINT, memory.wan_workload(64, 64, 9))
     session = wan.WanSession.from_components(tiny_wan_pipeline, plan, "cpu", progress=False,

@@ -11,7 +11,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
 from producer.facts import hardware, registry
-from producer import lora, memory, standin_models, wan
+from producer import lora, standin_models, wan
+from producer.sizing import memory
 from producer.wan_install import components_snapshot, locate_files, plan_for
 
 
@@ -136,7 +137,8 @@ def test_out_of_memory_at_decode_keeps_the_latents_and_retries(setup, monkeypatc
 
 
 def test_a_prompt_longer_than_the_text_encoder_reads_is_refused(tiny_wan_pipeline):
-    from producer import cli, memory, wan
+    from producer import cli, wan
+    from producer.sizing import memory
     from producer.facts import hardware, registry
 
     plan = memory.plan_memory(hardware.from_sizes(0, 16), memory.WAN_FOOTPRINT, memory.wan_workload(64, 64, 9))

@@ -312,7 +312,7 @@ def oom_retry(choice: str, current_plan: Callable[[], Any], reload: Callable[[st
     frugal plan after current_plan(); False when there is none (the batch then stops)."""
     if choice != "retry":
         return None
-    from producer.memory import next_offload
+    from producer.sizing.memory import next_offload
 
     def retry(job: Job) -> bool:
         plan = current_plan()

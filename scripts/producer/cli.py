@@ -61,7 +61,7 @@ def add_models_dir_arg(parser) -> None:
 
 
 def add_memory_args(parser: argparse.ArgumentParser) -> None:
-    from producer.memory import OFFLOAD_CHOICES, WEIGHT_CHOICES
+    from producer.sizing.memory import OFFLOAD_CHOICES, WEIGHT_CHOICES
 
     g = parser.add_argument_group("memory, device and speed")
     g.add_argument("--offload", choices=OFFLOAD_CHOICES, default="auto",
@@ -188,7 +188,7 @@ def naming_plan(plan_of: Callable[[], Any]) -> Iterator[None]:
 
 def out_of_memory_error(plan, where: str = "", smaller: str = "a smaller size or fewer frames") -> CliError:
     """Out of memory with a known plan: the plan that was used and the next more frugal --offload to try."""
-    from producer.memory import next_offload
+    from producer.sizing.memory import next_offload
 
     frugal = next_offload(plan)
     return CliError(f"out of memory{' ' + where if where else ''} with {plan.summary()}",

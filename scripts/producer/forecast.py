@@ -2,8 +2,8 @@
 
 What remains is what `status` calls missing or stale (the jobs `next` would run). Each job is parsed by its
 script's own parser and resolved as the script would (size, frames, references, steps, CFG); the memory plan
-is the scripts' (producer.memory, for the real models, once per phase as a batch plans once); the seconds
-come from the measured speeds (producer.estimate). Where the plan does not fit (VRAM, RAM, disk) the report
+is the scripts' (producer.sizing.memory, for the real models, once per phase as a batch plans once); the seconds
+come from the measured speeds (producer.sizing.estimate). Where the plan does not fit (VRAM, RAM, disk) the report
 says so and which change would make it fit, each checked with the same plan function.
 """
 
@@ -13,7 +13,8 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from producer import estimate, memory, models, needs
+from producer.sizing import estimate, memory
+from producer import models, needs
 from producer.facts import registry
 from producer.facts.hardware import GiB, Hardware
 from producer.install import human_bytes

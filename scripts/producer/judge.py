@@ -229,7 +229,7 @@ def broken_error(what: str, flags: list[Flag], fallback: dict | None = None) -> 
 
 
 def suspect_levers(speed) -> dict[str, str]:
-    """The levers of a `producer.speed.Speed` that are the usual cause of NaN or black output, with why."""
+    """The levers of a `producer.sizing.speed.Speed` that are the usual cause of NaN or black output, with why."""
     if speed is None:
         return {}
     found = {}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from producer.facts import registry
 from producer.errors import CliError, ExitCode, missing
-from producer.memory import QWEN_FOOTPRINT, WAN_FOOTPRINT, ModelFootprint
+from producer.sizing.memory import QWEN_FOOTPRINT, WAN_FOOTPRINT, ModelFootprint
 
 STANDIN_MARKER = "producer_standin.json"
 

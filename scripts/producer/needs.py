@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from producer import memory, models
+from producer.sizing import memory
+from producer import models
 from producer.facts import registry
 from producer.facts.hardware import GiB, Hardware
 from producer.rehearsal import DEMO_TIME

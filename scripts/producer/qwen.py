@@ -43,10 +43,10 @@ from pathlib import Path
 from PIL import Image
 
 from producer import judge, lora, models
-from producer.files import media  # producer.offload imports torch: imported where it is used
+from producer.files import media  # producer.sizing.offload imports torch: imported where it is used
 from producer.cli import Stopwatch, out_of_memory_error
 from producer.errors import CliError, ExitCode
-from producer.memory import MemoryPlan
+from producer.sizing.memory import MemoryPlan
 
 log = logging.getLogger("producer")
 
@@ -203,7 +203,7 @@ class QwenSession:
         self._lora_key: tuple | None = None
         self.lora_report: lora.LoraReport | None = None
         self.decode_retiled = False
-        self.speed = speed  # producer.speed.Speed, applied to the transformer once it is placed
+        self.speed = speed  # producer.sizing.speed.Speed, applied to the transformer once it is placed
         self.speed_notes: list[str] = []
         self._scheduler_config = pipe.scheduler.config  # the repo's own: each job's scheduler starts from it
         pipe.set_progress_bar_config(disable=quiet, leave=False)
@@ -227,7 +227,7 @@ class QwenSession:
         encoder = self.pipe.text_encoder
         if encoder is None:
             raise RuntimeError("the text encoder was freed before every prompt was encoded")
-        from producer import offload
+        from producer.sizing import offload
 
         with self.timer.stage("text_encode"):
             if not self._encoder_placed:
@@ -271,7 +271,7 @@ class QwenSession:
         return self.pipe.encode_prompt(text, device=self.device)
 
     def release_text_encoder(self) -> None:
-        from producer import offload
+        from producer.sizing import offload
 
         if self.pipe.text_encoder is not None:
             offload.release(self.pipe, "text_encoder")
@@ -306,7 +306,7 @@ class QwenSession:
                            "run each LoRA set in its own session, or use bf16 or GGUF weights", ExitCode.FAILED)
         log.warning("fp8 weights cannot take a new LoRA set in place: reloading the transformer (a batch with one "
                     "LoRA set, or GGUF weights, avoids this)")
-        from producer import offload
+        from producer.sizing import offload
 
         for name in ("transformer", "controlnet"):
             offload.release(self.pipe, name)
@@ -332,7 +332,7 @@ class QwenSession:
             self.release_text_encoder()
         self._ensure_denoiser()
         self._sync_loras()
-        from producer import offload
+        from producer.sizing import offload
 
         with self.timer.stage("place"):
             offload.apply_plan(self.pipe, self.plan, self.device)
@@ -344,7 +344,7 @@ class QwenSession:
     def _speed_up(self, module) -> None:
         if self.speed is None or getattr(module, "_producer_sped_up", False):
             return
-        from producer.speed import apply_speed
+        from producer.sizing.speed import apply_speed
 
         self.speed_notes = apply_speed(module, self.speed)
         module._producer_sped_up = True

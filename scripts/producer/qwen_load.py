@@ -13,7 +13,7 @@ from pathlib import Path
 from producer import models
 from producer.facts import registry
 from producer.errors import CliError, ExitCode
-from producer.memory import ComponentPlan, MemoryPlan
+from producer.sizing.memory import ComponentPlan, MemoryPlan
 from producer.qwen import QwenSession, areas_for
 
 GGUF_FORMS = ("gguf-q8", "gguf-q4")
@@ -95,7 +95,7 @@ def load_session(files: ModelFiles, plan: MemoryPlan, device=None, **kwargs) -> 
         QwenImageTransformer2DModel,
     )
 
-    from producer import offload
+    from producer.sizing import offload
 
     dtype = offload.torch_dtype(plan.dtype)
     snap = files.snapshot

@@ -35,7 +35,8 @@ import torch
 from diffusers import (FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanImageToVideoPipeline,
                        WanTransformer3DModel)
 
-from producer import judge, lora, memory, models, offload, speed
+from producer import judge, lora, models
+from producer.sizing import memory, offload, speed
 from producer.facts import registry
 from producer.errors import CliError
 from producer.cli import Stopwatch
@@ -226,7 +227,7 @@ class WanSession:
     def __init__(self, pipe: WanImageToVideoPipeline, plan: memory.MemoryPlan, device: torch.device, experts,
                  lora_specs=(), allow_partial: bool = False, progress: bool = True, speed=None):
         self.pipe, self.plan, self.device, self._experts = pipe, plan, torch.device(device), experts
-        self.speed = speed  # producer.speed.Speed, applied to each expert once it is placed
+        self.speed = speed  # producer.sizing.speed.Speed, applied to each expert once it is placed
         self.speed_notes: list[str] = []
         self.dtype = offload.torch_dtype(plan.dtype)
         self._lora_specs, self._allow_partial = list(lora_specs), allow_partial

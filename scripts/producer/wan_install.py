@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from producer import memory, models
+from producer.sizing import memory
+from producer import models
 from producer.facts import registry
 from producer.errors import CliError, ExitCode
 

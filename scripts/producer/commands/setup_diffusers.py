@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from producer import cli, install, models, needs
 from producer.facts import registry
 from producer.cli import CliError, ExitCode, build_parser, log, run_main
-from producer.memory import WEIGHT_CHOICES
+from producer.sizing.memory import WEIGHT_CHOICES
 
 DESCRIPTION = """\
 Check the machine (--check, the default), download what it needs (--download), or list the models (--info).

@@ -7,7 +7,8 @@ import contextlib
 import gc
 from pathlib import Path
 
-from producer import batch, cli, judge, memory, models, parallel, qwen, qwen_jobs, qwen_load
+from producer import batch, cli, judge, models, parallel, qwen, qwen_jobs, qwen_load
+from producer.sizing import memory
 from producer.facts import hardware
 from producer.files import locks, media, provenance
 from producer.cli import (
@@ -196,7 +197,7 @@ def plan_for(args, jobs: list[qwen_jobs.Resolved], kind: str):
 
 
 def open_session(args, plan, files, images: int = 1) -> qwen.QwenSession:
-    from producer import speed
+    from producer.sizing import speed
 
     levers = speed.choose(args, plan, items=images, family="qwen")
     log.info("loading %s (%s)", files.info["repo"], plan.weights)
@@ -436,7 +437,7 @@ def run_batch(args) -> dict:
 
 
 def _prediction(args, result: dict, runner: BatchRun) -> dict | None:
-    """Each edit made: its predicted seconds (producer.estimate) against the measured ones (the speed model
+    """Each edit made: its predicted seconds (producer.sizing.estimate) against the measured ones (the speed model
     holds Qwen-Image-Edit figures only, so other kinds are left out)."""
     from producer import forecast
 

@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> dict:
 
 @dataclass
 class Engine:
-    plan: Any  # producer.memory.MemoryPlan
+    plan: Any  # producer.sizing.memory.MemoryPlan
     files: Any  # producer.wan_install.WanFiles
     session: Any = None  # producer.wan.WanSession, once loaded
 
@@ -208,7 +208,8 @@ def open_engine(args: argparse.Namespace, load: Load, requests: list[Request], s
     """Plan memory for the largest request and refuse a plan that does not fit, before loading anything;
     then load the text encoder and VAE (the experts come at the first clip)."""
     from producer.facts import hardware
-    from producer import memory, wan_install
+    from producer.sizing import memory
+    from producer import wan_install
 
     hw = hardware.probe(args.models_dir, args.device)
     workloads = [memory.wan_workload(r.width, r.height, r.frames) for r in requests]
@@ -227,7 +228,7 @@ def open_engine(args: argparse.Namespace, load: Load, requests: list[Request], s
 
 
 def load_session(engine: Engine, args: argparse.Namespace, load: Load, clips: int = 1) -> None:
-    from producer import speed
+    from producer.sizing import speed
 
     levers = speed.choose(args, engine.plan, items=clips, family="wan")
     session_class = parallel.wan_session_class(args)  # split over the ranks under --context-parallel
@@ -403,7 +404,7 @@ def _run_batch(args: argparse.Namespace) -> dict:
 
 
 def _prediction(args: argparse.Namespace, result: dict, requests: dict, engine: Engine) -> dict:
-    """Each clip made: its predicted seconds (producer.estimate) against the measured ones."""
+    """Each clip made: its predicted seconds (producer.sizing.estimate) against the measured ones."""
     from producer import forecast
     from producer.facts import hardware
 

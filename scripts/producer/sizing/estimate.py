@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from producer import memory
+from producer.sizing import memory
 
 DATA = Path(__file__).resolve().parent / "data"
 SPEED_MODEL = DATA / "speed-model.json"
@@ -131,7 +131,7 @@ def carry(model: dict, stage: str, measured_on: Gpu, gpu: Gpu) -> float:
 
 
 def _wanted_levers(plan: memory.MemoryPlan, items: int, family: str, device: str) -> tuple[str, ...]:
-    from producer.speed import default_speed
+    from producer.sizing.speed import default_speed
 
     placement = plan.components["transformer"].placement
     return ("compile",) if default_speed(device, placement, items=items, family=family).compile else ()

@@ -372,6 +372,6 @@ def plan_table_markdown(family: str) -> str:
     return f"<!-- plan-table:{family} ({title}) -->\n" + "\n".join(rows) + f"\n<!-- /plan-table:{family} -->"
 
 
-if __name__ == "__main__":  # python -m producer.memory: print the tables for docs/memory-plan.md
+if __name__ == "__main__":  # python -m producer.sizing.memory: print the tables for docs/memory-plan.md
     for fam in TABLE_WORKLOADS:
         print(plan_table_markdown(fam), end="\n\n")

@@ -20,7 +20,7 @@ import logging
 
 import torch
 
-from producer.memory import MemoryPlan
+from producer.sizing.memory import MemoryPlan
 from producer.facts.registry import WAN_DENOISERS
 
 log = logging.getLogger("producer")
