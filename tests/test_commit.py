@@ -300,7 +300,7 @@ def test_assemble_interrupted_before_its_commit_leaves_no_contact_sheet_and_the_
 def test_a_full_disk_while_downloading_names_the_file_not_the_cache_blob(tmp_path):
     import errno
 
-    from producer import download
+    from producer.modelfiles import download
 
     blob = tmp_path / "blobs" / "0123abcd.incomplete"
     with pytest.raises(cli.CliError) as info:

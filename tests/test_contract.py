@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from producer import cli, docgen, needs, nextstep, planner
+from producer import cli, docgen, nextstep, planner
+from producer.modelfiles import needs
 from producer.commands import production
 from producer.demo import SAMPLE
 from producer.rehearsal import DEMO_TIME

@@ -92,7 +92,7 @@ def test_gguf_experts_are_packed_too_and_compute_the_same(standin_hf_home, monke
     from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
     from diffusers.quantizers.gguf.utils import GGUFParameter
 
-    from producer import models
+    from producer.modelfiles import models
     from producer.facts import registry
 
     chunks = []

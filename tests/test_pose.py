@@ -163,7 +163,7 @@ def test_a_pickle_that_needs_code_is_refused(annotators_home, monkeypatch, tmp_p
     shutil.copytree(annotators_home, hub)
     use_hf_home(monkeypatch, hub)
     entry = registry.get("openpose-annotators")
-    from producer import models
+    from producer.modelfiles import models
 
     body = models.locate_file(entry, "body")
     body.unlink()  # a cached blob may be shared: replace the file, not its content

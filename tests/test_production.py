@@ -266,7 +266,8 @@ def test_without_the_models_status_compares_what_it_can(demo, tmp_path):
 
 
 def test_a_new_model_revision_makes_outputs_stale(standin_hf_home):
-    from producer import models, recipes
+    from producer.modelfiles import models
+    from producer import recipes
     from producer.facts import registry
 
     entry = registry.get("qwen-edit")

@@ -11,7 +11,8 @@ import torch
 from PIL import Image, ImageDraw
 from producer.facts import hardware
 from producer.sizing import memory
-from producer import models, qwen, qwen_jobs, standin_loras
+from producer.modelfiles import models
+from producer import qwen, qwen_jobs, standin_loras
 from producer.files import media
 from producer.cli import ExitCode
 from producer.makers import qwen_image

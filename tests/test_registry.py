@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from producer import install, models, standins
+from producer.modelfiles import install, models
+from producer import standins
 from producer.facts import registry
 
 HEX40 = re.compile(r"[0-9a-f]{40}")
@@ -172,7 +173,7 @@ def test_download_refuses_a_file_that_is_not_the_published_one_before_fetching(h
 
 
 def test_an_entry_without_a_public_commit_stays_on_the_commit_it_recorded(hub, capsys, monkeypatch):
-    from producer import download
+    from producer.modelfiles import download
 
     entry = publish(monkeypatch, "wan21-lightx2v", sha256={})  # the hub serves stand-ins, not the real file
     assert entry.revision is None and download.requested_revision(entry) == "main"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from localhub import LocalHub
-from producer import download, install, models, needs, standins
+from producer.modelfiles import download, install, models, needs
+from producer import standins
 from producer.sizing import memory
 from producer.facts import hardware, registry
 from producer.commands import setup_diffusers
@@ -245,7 +246,7 @@ def test_check_on_a_complete_cache_is_ready_and_reports_the_plans(recorded_stand
 
 
 def test_check_verdicts_name_the_next_command(recorded_standins, capsys, monkeypatch):
-    from producer import environment
+    from producer.modelfiles import environment
 
     home = ["--models-dir", str(recorded_standins)]
     monkeypatch.setattr(environment, "package_report", lambda: [
@@ -340,7 +341,8 @@ def test_every_command_in_the_output_example_parses():
 
 def test_an_unrecorded_entry_sharing_a_recorded_repo_is_not_installed(offline_hf_home):
     """The components' record must not make the full repo (whose patterns match the configs) look installed."""
-    from producer import install, models, standins
+    from producer.modelfiles import install, models
+    from producer import standins
     from producer.facts import registry
 
     install.record_standins(standins.install_standins(offline_hf_home, ["wan-i2v-components"]))

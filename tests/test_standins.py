@@ -487,7 +487,7 @@ def test_openpose_annotators_on_request_load_with_the_real_loader(tmp_path, monk
 @pytest.mark.parametrize("name", ["qwen-edit-gguf-q4", "qwen-edit-gguf-q8"])
 def test_the_weight_check_passes_a_qwen_gguf_with_the_timestep_marker(standin_install, name):
     """`__index_timestep_zero__` (Comfy-Org's 2511 repacks) holds no weight: not 'unexpected in the files'."""
-    from producer import weightcheck
+    from producer.modelfiles import weightcheck
 
     path = _snapshot(standin_install, name) / registry.get(name).roles["transformer"]
     assert standin_gguf.QWEN_TIMESTEP_MARKER in _gguf_types(path)

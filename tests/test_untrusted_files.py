@@ -13,7 +13,8 @@ import pytest
 import torch
 from conftest import run_json
 from PIL import Image
-from producer import batch, models, pose
+from producer import batch, pose
+from producer.modelfiles import models
 from producer.files import paths
 from producer.cli import CliError, ExitCode
 from producer.makers import qwen_image, wan_video

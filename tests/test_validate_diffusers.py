@@ -7,7 +7,8 @@ import types
 
 import pytest
 from conftest import use_hf_home
-from producer import install, installcheck, models, smoke, standin_models, standins, weightcheck
+from producer.modelfiles import install, models, weightcheck
+from producer import installcheck, smoke, standin_models, standins
 from producer.facts import registry
 from producer.commands import setup_diffusers, validate_diffusers
 
@@ -91,7 +92,7 @@ def test_models_that_cannot_run_here_exit_4_without_a_download(capsys, monkeypat
     """A CPU-only 24 GiB machine: no download can make the real models run, so none is proposed (issue 18);
     with too little disk for the download, it is not proposed either."""
     from producer.facts import hardware
-    from producer import needs
+    from producer.modelfiles import needs
 
     monkeypatch.setattr(hardware, "probe", lambda *a, **k: hardware.from_sizes(0, 24))
     code, result, _ = run(capsys, "--detailed")

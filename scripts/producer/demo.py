@@ -92,7 +92,7 @@ def _require_models_dir(models_dir: str | None) -> None:
     if not models_dir.strip():
         raise CliError("--models-dir is empty", "give the folder the stand-ins were installed into, or leave "
                        "--models-dir out to install them into the rehearsal", ExitCode.USAGE)
-    from producer.models import models_home
+    from producer.modelfiles.models import models_home
 
     hub = models_home(models_dir) / "hub"
     if not hub.is_dir():
@@ -209,7 +209,7 @@ def _write_settings(root: Path, source: Path, cache: Path) -> None:
 
 @contextlib.contextmanager
 def _models(cache: Path, install_here: bool, quiet: bool) -> Iterator[None]:
-    from producer import models
+    from producer.modelfiles import models
 
     if install_here and not (cache / "hub").is_dir():
         from producer import standins

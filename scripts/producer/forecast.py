@@ -14,10 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from producer.sizing import estimate, memory
-from producer import models, needs
+from producer.modelfiles import models, needs
 from producer.facts import registry
 from producer.facts.hardware import GiB, Hardware
-from producer.install import human_bytes
+from producer.modelfiles.install import human_bytes
 from producer.planner import WAN, parse_job
 
 REMAINING = ("missing", "stale")

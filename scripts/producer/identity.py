@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from producer.files import media
-from producer import models
+from producer.modelfiles import models
 from producer.facts import registry
 
 log = logging.getLogger("producer")

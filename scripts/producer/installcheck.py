@@ -4,7 +4,7 @@
 (an earlier attempt loaded Qwen with the wrong pipeline class), every component's config parses and
 names a class this diffusers/transformers has, GGUF and LoRA files open.
 `deep` (--test-load): every weight file covers every parameter of its model with the right shape
-(producer.weightcheck, on the meta device), the small components (tokenizer, scheduler, processor) load,
+(producer.modelfiles.weightcheck, on the meta device), the small components (tokenizer, scheduler, processor) load,
 and every installed LoRA applies fully to the transformer(s) it is for: the same planning and report
 as the scripts' LoRA loader (producer.lora_plan), run against meta-device transformers built from the
 installed configs, so no base weight is read.
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from producer import needs, weightcheck
+from producer.modelfiles import needs, weightcheck
 from producer.facts import registry
 from producer.errors import CliError
 
@@ -44,7 +44,7 @@ class Check:
 @dataclass
 class EntryReport:
     name: str
-    status: str  # the install status (producer.install)
+    status: str  # the install status (producer.modelfiles.install)
     checks: list[Check] = field(default_factory=list)
 
     @property

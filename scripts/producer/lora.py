@@ -165,7 +165,7 @@ def registry_lora_specs(name: str, steps: int | None = None,
     expert). qwen-lightning: `steps` 4 (default) or 8. qwen-anypose: base + helper files.
     A missing file is a CliError (exit 3) that names the setup command.
     """
-    from producer import models
+    from producer.modelfiles import models
     from producer.facts import registry
 
     entry = registry.get(name)

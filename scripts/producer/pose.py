@@ -312,7 +312,7 @@ def _detector(hands: bool):
     It runs on the GPU when there is one (controlnet_aux moves inputs to its networks' device)."""
     import torch
 
-    from producer import models
+    from producer.modelfiles import models
     from producer.facts import registry
 
     entry = registry.get("openpose-annotators")

@@ -42,7 +42,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from producer import judge, lora, models
+from producer import judge, lora
+from producer.modelfiles import models
 from producer.files import media  # producer.sizing.offload imports torch: imported where it is used
 from producer.cli import Stopwatch, out_of_memory_error
 from producer.errors import CliError, ExitCode

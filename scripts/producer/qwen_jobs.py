@@ -33,7 +33,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from producer import judge, lora, models, qwen, qwen_load
+from producer import judge, lora, qwen, qwen_load
+from producer.modelfiles import models
 from producer.facts import registry
 from producer.files import media, provenance
 from producer.errors import CliError, ExitCode

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from producer import models
+from producer.modelfiles import models
 from producer.facts import registry
 from producer.errors import CliError, ExitCode
 from producer.sizing.memory import ComponentPlan, MemoryPlan

@@ -129,7 +129,7 @@ def partial_differences(recorded: dict, job: Job) -> list[str]:
 
 def model_changes(recorded: dict) -> tuple[list[str], list[str]]:
     """(reasons: installed commits that differ from the recorded ones, notes: recorded models not installed)."""
-    from producer import models
+    from producer.modelfiles import models
 
     reasons, notes = [], []
     for repo, commit in model_refs(recorded.get("model", {})):

@@ -54,7 +54,7 @@ def models_dir(root: Path) -> Path:
 
 def made_on_standins(model: dict) -> bool:
     """Whether a recipe's model part names a snapshot that is a stand-in (its marker file is there)."""
-    from producer import models
+    from producer.modelfiles import models
     from producer.recipes import model_refs
 
     for repo, commit in model_refs(model):

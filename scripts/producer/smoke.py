@@ -20,7 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from producer import install, models, standins
+from producer.modelfiles import install, models
+from producer import standins
 from producer.cli import setup_logging
 from producer.errors import CliError, ExitCode
 

@@ -130,7 +130,7 @@ def snapshot(root: str | Path, allow_outside: bool = False, with_states: bool = 
 
 def _use_rehearsal_models(root: Path, marker: dict) -> None:
     """A rehearsal's recipes are compared against its own stand-ins, which outlive the run (the demo's too)."""
-    from producer import models
+    from producer.modelfiles import models
 
     where = marker.get("models_dir") or str(rehearsal.models_dir(root))
     if Path(where).is_dir():

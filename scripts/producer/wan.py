@@ -35,7 +35,8 @@ import torch
 from diffusers import (FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanImageToVideoPipeline,
                        WanTransformer3DModel)
 
-from producer import judge, lora, models
+from producer import judge, lora
+from producer.modelfiles import models
 from producer.sizing import memory, offload, speed
 from producer.facts import registry
 from producer.errors import CliError

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from producer.sizing import memory
-from producer import models
+from producer.modelfiles import models
 from producer.facts import registry
 from producer.errors import CliError, ExitCode
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from producer import judge, lora, models
+from producer import judge, lora
+from producer.modelfiles import models
 from producer.facts import registry
 from producer.files import media, provenance
 from producer import wan_settings as ws

@@ -170,7 +170,7 @@ def choose_distill(choice: str, installed: set[str]) -> str | None:
         return next((DISTILL_ENTRIES[c] for c in DISTILL_ENTRIES if DISTILL_ENTRIES[c] in installed), None)
     name = DISTILL_ENTRIES[choice]
     if name not in installed:
-        from producer.models import setup_command
+        from producer.modelfiles.models import setup_command
 
         raise CliError(f"--distill {choice}: the {registry.get(name).title} is not installed",
                        f"download it: {setup_command(name)}  (or run the full 40-step schedule: --distill off)",

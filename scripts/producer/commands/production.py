@@ -152,7 +152,8 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _estimate(snap, models_dir: str | None) -> dict:
-    from producer import forecast, install, models
+    from producer import forecast
+    from producer.modelfiles import install, models
     from producer.facts import hardware
 
     models.use_models_dir(models_dir)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass
 
-from producer import cli, install, models, needs
+from producer import cli
+from producer.modelfiles import install, models, needs
 from producer.facts import registry
 from producer.cli import CliError, ExitCode, build_parser, log, run_main
 from producer.sizing.memory import WEIGHT_CHOICES
@@ -155,7 +156,7 @@ def describe_info(result: dict) -> str:
 
 
 def download(args) -> dict:
-    from producer import download as dl
+    from producer.modelfiles import download as dl
     from producer.facts import hardware
 
     if args.quiet:
@@ -217,7 +218,8 @@ def describe_download(result: dict) -> str:
 
 
 def check(args) -> dict:
-    from producer import environment, forecast
+    from producer.modelfiles import environment
+    from producer import forecast
     from producer.facts import hardware
 
     env = {"python": environment.python_info(), "torch": environment.torch_info(),
@@ -259,7 +261,7 @@ class _Facts:
 
 
 def _verdict(f: _Facts) -> tuple[ExitCode, str, str]:
-    from producer import environment
+    from producer.modelfiles import environment
 
     env, args = f.env, f.args
     if not env["python"]["ok"] or not env["torch"]["ok"]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from producer import cli, install, installcheck, models, needs
+from producer import cli, installcheck
+from producer.modelfiles import install, models, needs
 from producer.facts import registry
 from producer.cli import ExitCode, build_parser, log, run_main
 
@@ -96,7 +97,7 @@ def _failure(section: str, what: str, detail: str, fix: str, missing_model: bool
 
 
 def environment_section(detailed: bool) -> dict:
-    from producer import environment as env
+    from producer.modelfiles import environment as env
 
     python, torch = env.python_info(), env.torch_info()
     imports, packages, ffmpeg = env.import_report(), env.package_report(), env.ffmpeg_info()

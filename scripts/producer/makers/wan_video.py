@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producer import batch, cli, judge, models, parallel
+from producer import batch, cli, judge, parallel
+from producer.modelfiles import models
 from producer.facts import registry
 from producer.files import locks, provenance, review, video
 from producer import wan_settings as ws

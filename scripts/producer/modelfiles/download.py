@@ -12,7 +12,7 @@ resumable, verified, recorded.
    is continued with an HTTP Range request next time; it is verified (size, and sha256 for LFS files
    or the git blob hash for small ones) before it becomes `blobs/<etag>`. Only when every file of the
    entry is verified does the snapshot get its links, the branch its ref, and the entry its install
-   record (`producer.install`). The layout is huggingface_hub's own, so `from_pretrained` reads it.
+   record (`producer.modelfiles.install`). The layout is huggingface_hub's own, so `from_pretrained` reads it.
 
 Why not `snapshot_download`: huggingface_hub 2.x downloads each file into a process-unique temp file
 that it deletes on failure (an interruption loses the whole current file: 9.6 GB for a GGUF expert),
@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from producer import install, models
+from producer.modelfiles import install, models
 from producer.facts import registry
 from producer.errors import CliError, ExitCode
 

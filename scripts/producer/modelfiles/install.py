@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from producer import models
+from producer.modelfiles import models
 from producer.facts import registry
 from producer.files.outputs import write_json_atomic
 from producer.values import load_json

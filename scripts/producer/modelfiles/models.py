@@ -113,7 +113,7 @@ def is_present(entry: registry.ModelEntry) -> bool:
     when another entry of the same repo is recorded, an unrecorded entry is not installed even if its
     patterns match some files (the components' configs match `transformer/*`). Only a repo that
     setup_diffusers.py never touched (files from another tool) is judged by its files alone."""
-    from producer import install  # install builds on this module
+    from producer.modelfiles import install  # install builds on this module
 
     if install.read_record(entry.name) is not None:
         return install.entry_status(entry).complete

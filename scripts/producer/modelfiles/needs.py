@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from producer.sizing import memory
-from producer import models
+from producer.modelfiles import models
 from producer.facts import registry
 from producer.facts.hardware import GiB, Hardware
 from producer.rehearsal import DEMO_TIME
@@ -139,7 +139,7 @@ def download_bytes(names: list[str], complete: set[str]) -> int:
 def download_advice(hw: Hardware, lacking: list[str], complete: set[str], suffix: str = "") -> tuple[str, str]:
     """(what to say, the command) for models this machine lacks: the download when it fits the disk, else a
     smaller weight form whose memory plans fit and whose download fits, else no download at all."""
-    from producer.install import human_bytes
+    from producer.modelfiles.install import human_bytes
 
     need = download_bytes(lacking, complete)
     if need <= hw.disk_free:
