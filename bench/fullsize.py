@@ -63,7 +63,7 @@ def wan_components(size: str, device: str, dtype: torch.dtype = torch.bfloat16, 
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 
     if size == "tiny":
-        from producer import standin_models
+        from producer.testing import standin_models
 
         cfg, vae_cfg = standin_models.WAN_TRANSFORMER_CONFIG, standin_models.WAN_VAE_CONFIG
         cfg = {**cfg, **_TINY_WIDE["wan"]} if wide else cfg
@@ -92,13 +92,13 @@ def qwen_components(size: str, device: str, dtype: torch.dtype = torch.bfloat16,
     from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
 
     if size == "tiny":
-        from producer import standin_models
+        from producer.testing import standin_models
 
         cfg, vae_cfg = standin_models.QWEN_EDIT_TRANSFORMER_CONFIG, standin_models.QWEN_VAE_CONFIG
         cfg = {**cfg, **_TINY_WIDE["qwen"]} if wide else cfg
         scheduler_cfg = standin_models.QWEN_SCHEDULER_CONFIG
     else:
-        from producer import standin_models
+        from producer.testing import standin_models
 
         cfg, vae_cfg, scheduler_cfg = QWEN_TRANSFORMER, {}, standin_models.QWEN_SCHEDULER_CONFIG
     _seeded(seed)
@@ -126,7 +126,7 @@ def umt5_encoder(size: str, device: str, dtype: torch.dtype = torch.bfloat16):
     from transformers import UMT5Config, UMT5EncoderModel
 
     if size == "tiny":
-        from producer import standin_models
+        from producer.testing import standin_models
 
         config = UMT5Config(**standin_models.UMT5_CONFIG)
     else:
@@ -234,7 +234,7 @@ def write_gguf_expert(module: torch.nn.Module, path, form: str) -> int:
     import numpy as np
     from diffusers.quantizers.gguf.utils import GGUFParameter
 
-    from producer.standin_gguf import wan_key_to_original
+    from producer.testing.standin_gguf import wan_key_to_original
 
     writer = gguf.GGUFWriter(path=None, arch="wan")
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)

@@ -4,7 +4,7 @@ Fixtures:
 - `offline_hf_home` (autouse): HF_HUB_OFFLINE=1 and HF_HOME pointed at an empty temp folder for every
   test, undone afterwards. Nothing can reach the Hub or the real cache in ~/.cache.
 - `standin_install` (session): every stand-in built and installed once into a temp HF_HOME; its
-  `.hf_home` and `.manifest` (see producer.standins.install_standins). Treat it as read-only: a test
+  `.hf_home` and `.manifest` (see producer.testing.standins.install_standins). Treat it as read-only: a test
   that writes models installs its own with `install_standins(tmp_path, [...])`.
 - `standin_hf_home`: points HF_HOME at that install for one test and returns the folder.
 - `finished_demo` (session): the sample film made by `production.py demo` on those stand-ins, and its result.
@@ -33,7 +33,7 @@ if str(SCRIPTS) not in sys.path:  # pyproject's pythonpath covers pytest runs; t
     sys.path.insert(0, str(SCRIPTS))
 
 from fuzzing import in_world, stages, world  # noqa: F401 - the fuzz tests' fixtures (tests/fuzzing.py)
-from producer import standin_models, standins  # after the offline switch and the path, on purpose
+from producer.testing import standin_models, standins  # after the offline switch and the path, on purpose
 
 
 def use_hf_home(monkeypatch: pytest.MonkeyPatch, hf_home: Path) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from producer.files import media, provenance
-from producer import standin_loras
+from producer.testing import standin_loras
 from producer.cli import CliError, ExitCode
 from producer.commands import production
 from producer.demo import SAMPLE

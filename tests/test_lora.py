@@ -9,8 +9,8 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from producer import lora as L
-from producer import standin_loras as SL
-from producer import standin_gguf, standin_models, standins
+from producer.testing import standin_loras as SL
+from producer.testing import standin_gguf, standin_models, standins
 from producer.cli import CliError, ExitCode
 
 WAN_EXPERTS = ("transformer", "transformer_2")

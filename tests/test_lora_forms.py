@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from producer.makers import wan_video
-from producer import standin_loras as SL
+from producer.testing import standin_loras as SL
 from producer.cli import ExitCode
 
 WAN_FAST = ["--seed", "3", "--size", "64x64", "--frames", "5", "--quiet", "--json"]
@@ -78,7 +78,7 @@ def test_wan_lightning_as_published_high_without_image_keys_low_with_them(standi
 
 
 def test_modulation_diff_spelling_reaches_the_clip_like_diff_m(standin_hf_home, start_frame, tmp_path, capsys):
-    from producer import standin_models
+    from producer.testing import standin_models
 
     high, _ = standin_models.build_wan_experts(0)
     results = {}
@@ -102,7 +102,7 @@ def test_qwen_lightning_and_anypose_as_published_through_qwen_image(standin_hf_h
     """Lightning: bare transformer_blocks keys, 12 modules a block, rank 64, alpha 8 (scale 1/8), no img_mod.
     AnyPose: diffusion_model. + lora_A/lora_B, rank 16, no alpha, every block linear with img_mod/txt_mod."""
     from producer.makers import qwen_image
-    from producer import standin_models
+    from producer.testing import standin_models
 
     keypoints = {"canvas_width": 64, "canvas_height": 64, "people": [{"pose_keypoints_2d": [
         v for x, y in [(32, 10), (32, 20), (24, 20), (20, 30), (18, 40), (40, 20), (44, 30), (46, 40), (28, 40),

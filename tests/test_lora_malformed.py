@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from producer import lora as L
-from producer import standin_loras as SL
+from producer.testing import standin_loras as SL
 from producer.cli import CliError, ExitCode
 
 

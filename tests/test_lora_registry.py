@@ -3,9 +3,10 @@ belong; the helpers are test_lora.py's."""
 
 import pytest
 import torch
-from producer import cli, standin_models
+from producer import cli
+from producer.testing import standin_models
 from producer import lora as L
-from producer import standin_loras as SL
+from producer.testing import standin_loras as SL
 from producer.cli import CliError, ExitCode
 from test_lora import WAN_EXPERTS, outputs, skipped, with_lora_writers
 

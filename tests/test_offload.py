@@ -122,7 +122,7 @@ def test_streamed_text_encoders_offload_each_block_list_from_its_own_parent():
     import torch
 
     from producer.sizing import offload
-    from producer import standin_models
+    from producer.testing import standin_models
     from transformers import UMT5Config, UMT5EncoderModel
 
     umt5 = UMT5EncoderModel(UMT5Config(**standin_models.UMT5_CONFIG))

@@ -24,7 +24,8 @@ import pytest
 import torch
 from PIL import Image
 from producer.facts import hardware, registry
-from producer import lora, qwen, qwen_jobs, standin_loras, wan
+from producer import lora, qwen, qwen_jobs, wan
+from producer.testing import standin_loras
 from producer.sizing import memory
 from producer.wan_install import components_snapshot, locate_files, plan_for
 
@@ -182,7 +183,7 @@ def wan_diffusers_lora_files(tmp_path: Path) -> dict[str, Path]:
 
 
 def wan_experts():
-    from producer import standin_models
+    from producer.testing import standin_models
 
     return standin_models.build_wan_experts(0)
 

@@ -12,7 +12,8 @@ from PIL import Image, ImageDraw
 from producer.facts import hardware
 from producer.sizing import memory
 from producer.modelfiles import models
-from producer import qwen, qwen_jobs, standin_loras
+from producer import qwen, qwen_jobs
+from producer.testing import standin_loras
 from producer.files import media
 from producer.cli import ExitCode
 from producer.makers import qwen_image

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from producer.modelfiles import install, models
-from producer import standins
+from producer.testing import standins
 from producer.facts import registry
 
 HEX40 = re.compile(r"[0-9a-f]{40}")

@@ -14,7 +14,8 @@ import pytest
 from diffusers import QwenImageTransformer2DModel
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_shift
 from PIL import Image
-from producer import qwen, qwen_jobs, standin_models, wan
+from producer import qwen, qwen_jobs, wan
+from producer.testing import standin_models
 from producer.facts import registry
 from producer.cli import CliError
 from producer.makers import qwen_image

@@ -12,7 +12,7 @@ from PIL import Image
 
 from producer.makers import wan_video
 from producer.facts import registry
-from producer import standin_models
+from producer.testing import standin_models
 
 
 def _snapshot(install, name) -> Path:

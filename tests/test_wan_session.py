@@ -11,7 +11,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
 from producer.facts import hardware, registry
-from producer import lora, standin_models, wan
+from producer import lora, wan
+from producer.testing import standin_models
 from producer.sizing import memory
 from producer.wan_install import components_snapshot, locate_files, plan_for
 

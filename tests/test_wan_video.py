@@ -10,8 +10,8 @@ from PIL import Image
 
 from producer.makers import wan_video
 from producer.files import provenance, review, video
-from producer import standin_loras as SL
-from producer import standin_models
+from producer.testing import standin_loras as SL
+from producer.testing import standin_models
 from producer.cli import ExitCode
 
 FAST = ["--size", "64x64", "--frames", "9", "--quiet", "--json"]

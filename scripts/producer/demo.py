@@ -1,7 +1,7 @@
 """`production.py demo OUTDIR` and `production.py rehearse DIR`: a production made on tiny stand-in models.
 
 Both do what an agent does: `next`, run the commands it gives (in this process, through each script's
-own main()), `next` again... on stand-ins (producer.standins) installed into the rehearsal's own
+own main()), `next` again... on stand-ins (producer.testing.standins) installed into the rehearsal's own
 `.production/standins` (about 5 MB, kept, so that `status` can still compare every recipe afterwards).
 The one difference from a real production is loud: every checkpoint is approved automatically, where a
 real production shows each phase to the user and waits for a yes. Every output and the folder itself
@@ -212,7 +212,7 @@ def _models(cache: Path, install_here: bool, quiet: bool) -> Iterator[None]:
     from producer.modelfiles import models
 
     if install_here and not (cache / "hub").is_dir():
-        from producer import standins
+        from producer.testing import standins
 
         log.info("installing the stand-in models into %s (a few seconds, once)", cache)
         with _progress_bars(enabled=not quiet):

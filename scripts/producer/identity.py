@@ -14,7 +14,7 @@ Flags (`check`):
   start keyframe's own similarity (the approved keyframe is the baseline: a frame that loses the character
   the keyframe had is the drift users see).
 
-Calibration: on the tiny stand-in embedder (random weights, producer.standin_models.DINOV2_CONFIG) and
+Calibration: on the tiny stand-in embedder (random weights, producer.testing.standin_models.DINOV2_CONFIG) and
 synthetic pictures only (tests/test_drift.py): the same figure at other places and on another background
 measures 0.48 or more against its asset, another figure 0.05 or less. IDENTITY_MIN and IDENTITY_DROP sit between. They have not been measured with the real DINOv2
 weights; a user overrides them in .production/settings.json ({"judge": {"identity_min": 0.3}}).

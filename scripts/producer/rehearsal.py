@@ -2,7 +2,7 @@
 
 `production.py rehearse DIR` copies DIR's plan (phase files, the pictures the user provided, settings)
 into a rehearsal folder (DIR/.production/rehearsal by default) and runs every phase there, with the
-same checks, plans and approval steps as the real run, on stand-ins (producer.standins) at a tiny size.
+same checks, plans and approval steps as the real run, on stand-ins (producer.testing.standins) at a tiny size.
 `production.py demo` is the rehearsal of the sample production.
 
 Two marks keep a rehearsal apart from real work:

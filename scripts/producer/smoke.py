@@ -1,6 +1,6 @@
 """validate_diffusers.py --smoke: each script's real code path, end to end, on tiny stand-in models.
 
-The stand-ins (producer.standins) are the real diffusers/transformers classes with a few thousand
+The stand-ins (producer.testing.standins) are the real diffusers/transformers classes with a few thousand
 random parameters, installed under the real repo ids into a Hugging Face cache of their own, with
 install records like a real download. Each script's `main(argv)` then runs in this process, offline,
 at tiny sizes: a text-to-image keyframe, an edit of it, the character posed from keypoints (AnyPose),
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from producer.modelfiles import install, models
-from producer import standins
+from producer.testing import standins
 from producer.cli import setup_logging
 from producer.errors import CliError, ExitCode
 

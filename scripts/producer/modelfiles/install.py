@@ -127,7 +127,7 @@ def hash_matches(path: Path, info: dict) -> bool:
 
 
 def record_standins(manifest: dict[str, dict]) -> list[Path]:
-    """Install records for what `producer.standins.install_standins` returned (hashes computed here)."""
+    """Install records for what `producer.testing.standins.install_standins` returned (hashes computed here)."""
     paths = []
     for name, item in manifest.items():
         snapshot = Path(item["snapshot"])

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from producer.facts import registry
-from producer import standin_gguf, standin_models, standins
+from producer.testing import standin_gguf, standin_models, standins
 
 if TYPE_CHECKING:  # pragma: no cover
     pass

@@ -1,7 +1,7 @@
 """The tiny stand-in models: the real diffusers / transformers classes with tiny widths.
 
 Built from a seed in milliseconds, for the tests, `validate_diffusers.py --smoke` and the demo;
-producer.standins writes them into a Hugging Face cache under the real repo ids. Heavy libraries are
+producer.testing.standins writes them into a Hugging Face cache under the real repo ids. Heavy libraries are
 imported inside the builders.
 """
 

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 
 from producer.facts import registry
 from producer.modelfiles.models import STANDIN_MARKER, matching_files, standin_facts  # noqa: F401 - one reader of the marker
-from producer.standin_gguf import QWEN_TIMESTEP_MARKER, gguf_scheme_of, wan_state_dict_to_original, write_gguf
-from producer.standin_models import (QWEN_CONDITION_AREA, QWEN_REFERENCE_AREA, build_dinov2, build_qwen_controlnet, build_qwen_edit_pipeline, build_qwen_edit_transformer, build_qwen_t2i_pipeline, build_wan_experts, build_wan_pipeline, component_seed, transformers4_text_encoder_config)
+from producer.testing.standin_gguf import QWEN_TIMESTEP_MARKER, gguf_scheme_of, wan_state_dict_to_original, write_gguf
+from producer.testing.standin_models import (QWEN_CONDITION_AREA, QWEN_REFERENCE_AREA, build_dinov2, build_qwen_controlnet, build_qwen_edit_pipeline, build_qwen_edit_transformer, build_qwen_t2i_pipeline, build_wan_experts, build_wan_pipeline, component_seed, transformers4_text_encoder_config)
 
 if TYPE_CHECKING:  # pragma: no cover - for annotations only; numpy is imported where it is used
     pass
@@ -42,7 +42,7 @@ MARKER_FORMAT = 1
 
 
 
-# LoRA stand-ins are written by producer.standin_loras (see _lora_writers).
+# LoRA stand-ins are written by producer.testing.standin_loras (see _lora_writers).
 LORA_KINDS = frozenset({"lora"})
 # Built only on request: the real OpenPose networks hold ~127 M parameters (see write_openpose_annotators).
 ON_REQUEST_KINDS = frozenset({"annotator"})
@@ -162,7 +162,7 @@ def _lora_writers() -> dict[str, Writer]:
     """The one place where LoRA stand-ins join the installer: a writer per LoRA entry
     (`wan-lightning`, `wan21-lightx2v`, `qwen-lightning`, `qwen-anypose`). Imported here because
     standin_loras imports this module."""
-    from producer import standin_loras
+    from producer.testing import standin_loras
 
     return standin_loras.lora_writers()
 
@@ -351,7 +351,7 @@ def _entry_manifest(entry: registry.ModelEntry, revision: str, snapshot: Path) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m producer.standins",
+        prog="python -m producer.testing.standins",
         description="Install tiny random stand-ins of the registry's models into a Hugging Face cache "
                     "(for tests and smoke runs; never into the cache that holds real weights).")
     parser.add_argument("--hf-home", required=True, help="the HF_HOME folder to install into (hub/ inside it)")
