@@ -1,0 +1,2 @@
+"""LoRAs: files, what applies to which expert, loading with diffusers' loader, and the report.
+"""

@@ -1,0 +1,2 @@
+"""Qwen-Image-Edit-2511: job resolution (qwen_jobs), loading (qwen_load), the session (qwen), pose pictures.
+"""
