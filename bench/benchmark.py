@@ -3,7 +3,7 @@
 
 Every configuration runs in its own process (a fresh CUDA context, its own memory cap and peak
 counters) and through the scripts' own code: the memory plan (producer.sizing.memory), its application
-(producer.sizing.offload) and the sessions of producer.wan / producer.qwen (`from_components`). "plain" is
+(producer.sizing.offload) and the sessions of producer.engines.wan.wan / producer.engines.qwen.qwen (`from_components`). "plain" is
 diffusers' pipeline with its defaults, fully on the GPU, measured in the same run for the ratio.
 Text encoders are bypassed with precomputed embeddings of the real shapes (timed separately as
 `text-encoder` workloads). A smaller card is emulated by capping the process's CUDA memory.

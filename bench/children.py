@@ -223,7 +223,7 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
     from diffusers import WanImageToVideoPipeline
 
     from producer.sizing import memory
-    from producer import wan
+    from producer.engines.wan import wan
     from producer.facts import registry
 
     width, height, frames, steps, measured, cfg = _shape(args, workload)
@@ -302,8 +302,8 @@ def _session_from_disk(args, pipe, plan, form: str, device: str):
     import subprocess
     import sys
 
-    from producer import wan
-    from producer.wan_install import WanFiles
+    from producer.engines.wan import wan
+    from producer.engines.wan.wan_install import WanFiles
 
     folder = Path(args.from_disk)
     paths = _gguf_paths(folder, form, args.size)
@@ -424,7 +424,7 @@ def run_qwen(args, workload: str, config: str, device: str) -> dict:
     from diffusers import QwenImageEditPlusPipeline
 
     from producer.sizing import memory
-    from producer import qwen
+    from producer.engines.qwen import qwen
 
     width, height, refs, steps, measured, cfg = _shape(args, workload)
     dtype = _dtype(args.size, device)

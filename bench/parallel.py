@@ -8,7 +8,7 @@
 Both print a Markdown table for docs/performance.md (and write it with --markdown). The code measured is
 the scripts' own: workers launched by torchrun claim clips from the same TCPStore queue as
 `wan_video.py --batch` (producer.parallel.run_jobs), and context parallelism is the same session
-(producer.context_parallel.ContextParallelWanSession) that `wan_video.py --context-parallel` runs. The
+(producer.engines.wan.context_parallel.ContextParallelWanSession) that `wan_video.py --context-parallel` runs. The
 models are the full-size architectures with random weights (bench/fullsize.py), built on each GPU; text
 encoding is bypassed with embeddings of the real shape, as in bench/benchmark.py. Loading real weights
 from disk is not part of the figures.
@@ -156,7 +156,7 @@ def _session(args, device: str, session_class):
     from diffusers import WanImageToVideoPipeline
     from PIL import Image
     from producer.sizing import memory
-    from producer import wan
+    from producer.engines.wan import wan
     from producer.facts import registry
 
     _, width, height, frames, steps, cfg = WORKLOADS[args.workload]
@@ -201,7 +201,8 @@ def _timed_clip(session, job, steps: int) -> tuple[dict, object]:
 
 def scenes_child(args, rank: int) -> dict:
     """Warm up, wait for every worker, then claim clips from the shared queue until it is empty."""
-    from producer import batch, parallel, wan
+    from producer import batch, parallel
+    from producer.engines.wan import wan
 
     parallel.pin_gpu()
     device = "cpu" if args.device == "cpu" else "cuda:0"  # this worker's own GPU, as in wan_video.py --batch
@@ -225,7 +226,7 @@ def scenes_child(args, rank: int) -> dict:
 def context_child(args, rank: int) -> dict:
     """The clip --repeats times, split over the ranks (one rank: the plain session, no process group)."""
     import torch
-    from producer import context_parallel, wan
+    from producer.engines.wan import context_parallel, wan
 
     world = int(os.environ["WORLD_SIZE"])
     joined = context_parallel.init_ranks(args.device) if world > 1 else None

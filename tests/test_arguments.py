@@ -259,7 +259,7 @@ def test_a_signal_after_a_commit_still_stops_the_next_step(tmp_path, inject):
 @pytest.mark.parametrize("value", ["1e400", "-1e400", "1e308", "1e20", "NaN"])
 def test_pose_keypoints_that_cannot_be_drawn_are_refused(tmp_path, value):
     """Numbers in a keypoints file reach the drawing too: inf and 1e308 crashed it (OverflowError)."""
-    from producer import pose
+    from producer.engines.qwen import pose
 
     values = ", ".join(["100, 100, 1"] * 17 + [f"{value}, 50, 1"])
     (tmp_path / "k.json").write_text(

@@ -1,4 +1,4 @@
-"""Broken output caught where it happens (producer.judge): synthetic frames and latents as tables, the
+"""Broken output caught where it happens (producer.engines.judge): synthetic frames and latents as tables, the
 fallback without a suspect speed lever, and two end-to-end runs on the stand-ins where nothing is written."""
 
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from producer import judge
+from producer.engines import judge
 from producer.sizing import speed
 from producer.files import provenance
 from producer.cli import CliError, ExitCode
@@ -223,7 +223,7 @@ def test_nan_with_a_non_default_attention_backend_falls_back_and_records_why(
 
 
 def test_a_black_picture_is_refused_by_qwen_image(standin_hf_home, qwen_standin_areas, tmp_path, capsys, monkeypatch):
-    from producer import qwen
+    from producer.engines.qwen import qwen
     from producer.makers import qwen_image
 
     monkeypatch.setattr(qwen.QwenSession, "_decode", lambda self, latents, job: Image.new("RGB", (64, 64)))

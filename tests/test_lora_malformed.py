@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
-from producer import lora as L
+from producer.engines.loras import lora as L
 from producer.testing import standin_loras as SL
 from producer.cli import CliError, ExitCode
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from producer import cli
 from producer.testing import standin_models
-from producer import lora as L
+from producer.engines.loras import lora as L
 from producer.testing import standin_loras as SL
 from producer.cli import CliError, ExitCode
 from test_lora import WAN_EXPERTS, outputs, skipped, with_lora_writers

@@ -192,8 +192,8 @@ def test_out_of_memory_on_one_worker_stops_the_batch_on_every_worker(tmp_path, m
 
 
 def test_video_tokens_per_clip():
-    from producer import context_parallel as cp
-    from producer.wan import ClipJob
+    from producer.engines.wan import context_parallel as cp
+    from producer.engines.wan.wan import ClipJob
 
     def tokens(w, h, f):
         return cp.tokens(ClipJob(image=None, prompt="", width=w, height=h, frames=f, sampling=None, seed=0), cp.PATCH)

@@ -24,10 +24,12 @@ import pytest
 import torch
 from PIL import Image
 from producer.facts import hardware, registry
-from producer import lora, qwen, qwen_jobs, wan
+from producer.engines.loras import lora
+from producer.engines.qwen import qwen, qwen_jobs
+from producer.engines.wan import wan
 from producer.testing import standin_loras
 from producer.sizing import memory
-from producer.wan_install import components_snapshot, locate_files, plan_for
+from producer.engines.wan.wan_install import components_snapshot, locate_files, plan_for
 
 LORA_ATOL = 2e-6  # measured: 6.0e-7 (Wan Lightning pair), 4.8e-7 (Qwen Lightning; Lightning + AnyPose)
 EXACT = 0.0
@@ -225,7 +227,7 @@ def picture(path: Path, size, colour, seed=0) -> str:
 
 
 def skeleton(folder: Path) -> str:
-    from producer import pose
+    from producer.engines.qwen import pose
 
     points = [(32, 10), (32, 20), (24, 20), (20, 30), (18, 40), (40, 20), (44, 30), (46, 40), (28, 40), (28, 50),
               (28, 60), (36, 40), (36, 50), (36, 60), (30, 8), (34, 8), (28, 9), (36, 9)]

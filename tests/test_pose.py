@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import use_hf_home
 from PIL import Image
-from producer import pose
+from producer.engines.qwen import pose
 from producer.testing import standins
 from producer.facts import registry
 from producer.cli import CliError, ExitCode

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from producer.facts import hardware
 from producer.sizing import memory
 from producer.modelfiles import models
-from producer import qwen, qwen_jobs
+from producer.engines.qwen import qwen, qwen_jobs
 from producer.testing import standin_loras
 from producer.files import media
 from producer.cli import ExitCode
@@ -49,7 +49,7 @@ def pics(tmp_path):
     keypoints = {"canvas_width": 64, "canvas_height": 64,
                  "people": [{"pose_keypoints_2d": [v for x, y in STANDING for v in (x, y, 1.0)]}]}
     (tmp_path / "pose.json").write_text(json.dumps(keypoints))
-    from producer import pose
+    from producer.engines.qwen import pose
 
     pose.load_pose(tmp_path / "pose.json", (64, 64)).image.save(tmp_path / "skeleton.png")
     return SimpleNamespace(a=picture(tmp_path / "a.png", (96, 64), (200, 30, 30)),

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from producer.facts import hardware
 from producer.sizing import memory
-from producer import qwen
+from producer.engines.qwen import qwen
 from producer.cli import CliError, ExitCode
 
 

@@ -188,7 +188,7 @@ def test_a_wan_clip_another_run_made_meanwhile_is_not_made_again(tmp_path, monke
 def oom_on_seed(monkeypatch, seed: int, times: int = 1) -> list:
     """The Qwen transformer runs out of memory for the job with `seed`, the first `times` times it denoises."""
     from diffusers import QwenImageTransformer2DModel
-    from producer import qwen
+    from producer.engines.qwen import qwen
 
     current, failures = {}, []
     denoise, forward = qwen.QwenSession.denoise, QwenImageTransformer2DModel.forward
@@ -225,7 +225,7 @@ def test_out_of_memory_stops_a_batch_with_the_plan_and_the_rerun_finishes_it(tmp
 
 def test_on_oom_retry_reloads_under_the_next_plan_and_runs_the_job_again(tmp_path, monkeypatch):
     from producer.sizing import memory
-    from producer import qwen_load
+    from producer.engines.qwen import qwen_load
 
     argv = qwen_batch(tmp_path)
     failures = oom_on_seed(monkeypatch, seed=1)
@@ -243,7 +243,7 @@ def test_on_oom_retry_reloads_under_the_next_plan_and_runs_the_job_again(tmp_pat
 def test_wan_batch_out_of_memory_retry_reloads_and_reencodes(tmp_path, monkeypatch):
     from diffusers import WanTransformer3DModel
     from producer.sizing import memory
-    from producer import wan
+    from producer.engines.wan import wan
 
     gradient(tmp_path / "kf.png")
     jobs = [{"start_frame": "kf.png", "prompt": "waves", "seed": 1, "output": "c0.mp4", "size": "64x64", "frames": 9}]

@@ -14,7 +14,8 @@ import pytest
 from diffusers import QwenImageTransformer2DModel
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_shift
 from PIL import Image
-from producer import qwen, qwen_jobs, wan
+from producer.engines.qwen import qwen, qwen_jobs
+from producer.engines.wan import wan
 from producer.testing import standin_models
 from producer.facts import registry
 from producer.cli import CliError
@@ -174,7 +175,7 @@ LIGHTNING_MODES = {
 
 
 def _skeleton(folder: Path) -> str:
-    from producer import pose
+    from producer.engines.qwen import pose
 
     points = [(32, 10), (32, 20), (24, 20), (20, 30), (18, 40), (40, 20), (44, 30), (46, 40), (28, 40), (28, 50),
               (28, 60), (36, 40), (36, 50), (36, 60), (30, 8), (34, 8), (28, 9), (36, 9)]
@@ -266,13 +267,13 @@ def test_wan_registry_sampling_values():
 
 @pytest.mark.parametrize("requested, expected", [(81, 81), (80, 81), (83, 85), (1, 5), (9, 9)])
 def test_wan_frames_are_4n_plus_1(requested, expected):
-    from producer import wan_settings
+    from producer.engines.wan import wan_settings
 
     assert wan_settings.snap_frames(requested).count == expected
 
 
 def test_wan_shift_5_beats_the_repo_flow_shift_in_the_recorded_settings():
-    from producer import wan_settings
+    from producer.engines.wan import wan_settings
 
     assert wan_settings.resolve_sampling(False).shift == 5.0 and wan_settings.resolve_sampling(True).shift == 5.0
 

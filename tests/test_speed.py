@@ -93,7 +93,7 @@ def test_levers_apply_to_a_transformer(tiny_wan_pipeline):
 def test_session_takes_the_levers(tiny_wan_pipeline):
     from producer.facts import hardware
     from producer.sizing import memory
-    from producer import wan
+    from producer.engines.wan import wan
 
     plan = memory.plan_memory(hardware.from_sizes(0, 16), memory.WAN_FOOTPRINT, memory.wan_workload(64, 64, 9))
     session = wan.WanSession.from_components(tiny_wan_pipeline, plan, "cpu", progress=False,
@@ -109,7 +109,7 @@ def test_fp8_matmul_is_recorded_in_both_scripts_recipes(standin_hf_home, tmp_pat
 
     from producer.makers import qwen_image
     from producer.makers import wan_video
-    from producer import qwen_jobs
+    from producer.engines.qwen import qwen_jobs
 
     frame = tmp_path / "f.png"
     Image.new("RGB", (64, 64), (90, 120, 200)).save(frame)

@@ -7,7 +7,7 @@ import pytest
 
 from producer.files import colour, review
 from producer.facts import registry
-from producer import wan_settings as ws
+from producer.engines.wan import wan_settings as ws
 from producer.cli import CliError, ExitCode
 
 H, W, N = 96, 160, 33

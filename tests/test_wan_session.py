@@ -1,4 +1,4 @@
-"""producer.wan.WanSession on the stand-ins: the distill schedule, the split between the experts, one
+"""producer.engines.wan.wan.WanSession on the stand-ins: the distill schedule, the split between the experts, one
 expert in RAM at a time, the benchmark's seam (prebuilt components), fp8 storage and decode retries."""
 
 import logging
@@ -11,10 +11,11 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
 from producer.facts import hardware, registry
-from producer import lora, wan
+from producer.engines.loras import lora
+from producer.engines.wan import wan
 from producer.testing import standin_models
 from producer.sizing import memory
-from producer.wan_install import components_snapshot, locate_files, plan_for
+from producer.engines.wan.wan_install import components_snapshot, locate_files, plan_for
 
 
 @pytest.fixture
@@ -138,7 +139,8 @@ def test_out_of_memory_at_decode_keeps_the_latents_and_retries(setup, monkeypatc
 
 
 def test_a_prompt_longer_than_the_text_encoder_reads_is_refused(tiny_wan_pipeline):
-    from producer import cli, wan
+    from producer import cli
+    from producer.engines.wan import wan
     from producer.sizing import memory
     from producer.facts import hardware, registry
 

@@ -297,7 +297,7 @@ def test_missing_model_names_the_setup_command(frames, tmp_path, capsys):
 def test_out_of_memory_names_the_plan_and_the_next_offload(standin_hf_home, frames, tmp_path, capsys, monkeypatch):
     import torch
 
-    from producer import wan
+    from producer.engines.wan import wan
 
     def no_memory(self, job):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -324,7 +324,7 @@ def test_people_get_a_short_summary_on_stdout():
 
 def test_a_plan_that_does_not_fit_is_refused_before_loading(standin_hf_home, frames, tmp_path, capsys, monkeypatch):
     from producer.facts import hardware
-    from producer import wan
+    from producer.engines.wan import wan
 
     monkeypatch.setattr(hardware, "probe", lambda *args, **kwargs: hardware.from_sizes(4, 2))
     monkeypatch.setattr(wan.WanSession, "from_files", lambda *a, **k: pytest.fail("loaded despite the plan"))

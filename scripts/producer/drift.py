@@ -4,11 +4,11 @@ frame; a drift chart per scene (a PNG for the agent to look at and show) and the
 Per keyframe that shows a character or objects (scene-breakdown.md's Character and Objects columns): its
 identity similarity to each of those assets (producer.identity). Per clip that exists: every frame's colour
 cast against its keyframes (review.casts), its motion (judge.motion), the broken-output checks of
-producer.judge (also for clips made before them or by hand), and the identity of sampled frames against the
+producer.engines.judge (also for clips made before them or by hand), and the identity of sampled frames against the
 start keyframe's assets. Each flag names its item, reason, frames, figure, threshold, what to do, and the
 chart. The charts go to .production/review/scene-NN.drift.png (tool state, never an approved file).
 
-Thresholds: producer.judge.Limits (frames), producer.identity (identity), COLOUR_DRIFT; each can be set in
+Thresholds: producer.engines.judge.Limits (frames), producer.identity (identity), COLOUR_DRIFT; each can be set in
 .production/settings.json under "judge", e.g. {"judge": {"identity_min": 0.3, "colour_drift": 6}}.
 """
 
@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from producer import identity, judge
+from producer import identity
+from producer.engines import judge
 from producer.files import layout, media, review, video
 from producer.errors import CliError
 

@@ -117,7 +117,7 @@ def _resolve(plan, job, family: str, notes: list[str]) -> tuple[estimate.Item, d
     args = parse_job(plan, job)
     batch = {"offload": args.offload, "weights": args.weights}
     if job.script == WAN:
-        from producer.wan_settings import resolve_frames
+        from producer.engines.wan.wan_settings import resolve_frames
 
         w, h = args.size or registry.WAN.presets[args.preset or "480p"]
         frames = resolve_frames(args.frames, args.duration).count
@@ -125,7 +125,7 @@ def _resolve(plan, job, family: str, notes: list[str]) -> tuple[estimate.Item, d
         base = registry.WAN.distilled if distilled else registry.WAN.full
         guidance = args.guidance if args.guidance is not None else base.guidance
         return estimate.Item("wan", w, h, args.steps or base.steps, guidance > 1, frames=frames), batch
-    from producer.qwen_jobs import PRESETS
+    from producer.engines.qwen.qwen_jobs import PRESETS
 
     pictures = len(args.reference or []) + bool(args.style_image) + bool(args.pose)
     if args.size or args.preset or args.width:

@@ -6,7 +6,7 @@ names a class this diffusers/transformers has, GGUF and LoRA files open.
 `deep` (--test-load): every weight file covers every parameter of its model with the right shape
 (producer.modelfiles.weightcheck, on the meta device), the small components (tokenizer, scheduler, processor) load,
 and every installed LoRA applies fully to the transformer(s) it is for: the same planning and report
-as the scripts' LoRA loader (producer.lora_plan), run against meta-device transformers built from the
+as the scripts' LoRA loader (producer.engines.loras.lora_plan), run against meta-device transformers built from the
 installed configs, so no base weight is read.
 """
 
@@ -242,10 +242,10 @@ def _meta_transformers(config_snap: Path) -> SimpleNamespace:
 
 def lora_checks(entry: registry.ModelEntry, config_snap: Path) -> list[Check]:
     """Plan each of the entry's LoRA files exactly as the scripts' loader would, on meta-device transformers."""
-    from producer.lora import registry_lora_specs
-    from producer.lora_files import read_lora
-    from producer.lora_plan import plan_spec, refuse_incomplete
-    from producer.lora_report import LoraReport, file_report
+    from producer.engines.loras.lora import registry_lora_specs
+    from producer.engines.loras.lora_files import read_lora
+    from producer.engines.loras.lora_plan import plan_spec, refuse_incomplete
+    from producer.engines.loras.lora_report import LoraReport, file_report
 
     family = family_of(entry)
     pipe = _meta_transformers(config_snap)

@@ -17,7 +17,7 @@ Scene-parallel (`--batch` on a machine with 2+ GPUs, or `--gpus 0,1,...` / `--wo
   again skips the finished jobs. Host RAM is shared: each worker plans for the RAM the machine has, so
   plans that keep weights in host memory (group offload) need N times that RAM.
 
-Context-parallel (`wan_video.py --context-parallel N`, one clip): see producer.context_parallel.
+Context-parallel (`wan_video.py --context-parallel N`, one clip): see producer.engines.wan.context_parallel.
 
 This module imports no torch at import time (`--help` stays instant); the coordinator imports it to count
 GPUs and host the store.
@@ -320,7 +320,7 @@ def _as_worker(run: Callable[[argparse.Namespace], dict], args: argparse.Namespa
     context = None
     try:
         if getattr(args, "context_parallel", None):
-            from producer import context_parallel
+            from producer.engines.wan import context_parallel
 
             context = context_parallel.join(args, run_dir)
         result = run(args)
@@ -424,9 +424,9 @@ def run_jobs(jobs: list, run_one: Callable, describe: Callable = lambda job: f"j
 def wan_session_class(args: argparse.Namespace):
     """The session class for wan_video.py: split over the ranks in a context-parallel worker."""
     if getattr(args, "context_parallel", None) and getattr(args, WORKER_DEST, None):
-        from producer.context_parallel import ContextParallelWanSession
+        from producer.engines.wan.context_parallel import ContextParallelWanSession
 
         return ContextParallelWanSession
-    from producer.wan import WanSession
+    from producer.engines.wan.wan import WanSession
 
     return WanSession

@@ -42,7 +42,7 @@ from producer.errors import CliError
 from producer.project import Production
 from producer.rules import cell_names
 from producer.scenes import KeyframeRow, Problem
-from producer.wan_settings import frames_for_duration
+from producer.engines.wan.wan_settings import frames_for_duration
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1]
 QWEN, WAN, ASSEMBLE = "qwen_image.py", "wan_video.py", "assemble_video.py"
@@ -288,7 +288,7 @@ def apply_settings(plan: Plan, settings: dict) -> None:
 
 def _judge_options(settings: dict) -> list[str]:
     """The broken-output thresholds of settings.json's "judge" as the scripts' --judge NAME=VALUE options."""
-    from producer.judge import Limits
+    from producer.engines.judge import Limits
 
     given = settings.get(JUDGE_SETTINGS) or {}
     return [f"{k}={v}" for k, v in given.items() if k in Limits.names()] if isinstance(given, dict) else []

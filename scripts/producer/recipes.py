@@ -33,12 +33,12 @@ def would_be_recipe(job: Job, plan: Plan) -> dict:
     args = parse_job(plan, job)
     with _quiet():
         if job.script == QWEN:
-            from producer import qwen_jobs
+            from producer.engines.qwen import qwen_jobs
 
             resolved = qwen_jobs.resolve(args)
             return make_recipe(QWEN, resolved.settings, resolved.inputs, {})
         if job.script == WAN:
-            from producer import wan_jobs
+            from producer.engines.wan import wan_jobs
 
             load = wan_jobs.resolve_load(args)
             request = wan_jobs.resolve_request(args, distilled=load.distill is not None)

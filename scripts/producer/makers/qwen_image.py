@@ -7,7 +7,9 @@ import contextlib
 import gc
 from pathlib import Path
 
-from producer import batch, cli, judge, parallel, qwen, qwen_jobs, qwen_load
+from producer import batch, cli, parallel
+from producer.engines import judge
+from producer.engines.qwen import qwen, qwen_jobs, qwen_load
 from producer.modelfiles import models
 from producer.sizing import memory
 from producer.facts import hardware

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producer import batch, cli, judge, parallel
+from producer import batch, cli, parallel
+from producer.engines import judge
 from producer.modelfiles import models
 from producer.facts import registry
 from producer.files import locks, provenance, review, video
-from producer import wan_settings as ws
+from producer.engines.wan import wan_settings as ws
 from producer.cli import (
     CliError,
     ExitCode,
@@ -28,7 +29,7 @@ from producer.cli import (
 )
 from producer.makers import script_path
 from producer.files.outputs import atomic_outputs, check_output, write_json_atomic
-from producer.wan_jobs import Load, Request, recipe_for, resolve_load, resolve_request, to_job, up_to_date
+from producer.engines.wan.wan_jobs import Load, Request, recipe_for, resolve_load, resolve_request, to_job, up_to_date
 
 SCRIPT = "wan_video.py"
 FPS = registry.WAN.fps
@@ -194,8 +195,8 @@ def run(args: argparse.Namespace) -> dict:
 @dataclass
 class Engine:
     plan: Any  # producer.sizing.memory.MemoryPlan
-    files: Any  # producer.wan_install.WanFiles
-    session: Any = None  # producer.wan.WanSession, once loaded
+    files: Any  # producer.engines.wan.wan_install.WanFiles
+    session: Any = None  # producer.engines.wan.wan.WanSession, once loaded
 
     def summary(self) -> dict:
         out = {"memory_plan": self.plan.to_dict(), "model": self.files.provenance}
@@ -210,7 +211,7 @@ def open_engine(args: argparse.Namespace, load: Load, requests: list[Request], s
     then load the text encoder and VAE (the experts come at the first clip)."""
     from producer.facts import hardware
     from producer.sizing import memory
-    from producer import wan_install
+    from producer.engines.wan import wan_install
 
     hw = hardware.probe(args.models_dir, args.device)
     workloads = [memory.wan_workload(r.width, r.height, r.frames) for r in requests]

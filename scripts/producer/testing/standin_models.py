@@ -71,7 +71,7 @@ UMT5_CONFIG = {
 }
 WAN_BOUNDARY_RATIO = 0.9
 # As the real repository ships it: flow_shift 3.0. The official I2V sampling uses 5, which the project sets
-# itself (producer.wan.make_scheduler); tests/test_standins.py checks that the clip really samples at 5.
+# itself (producer.engines.wan.wan.make_scheduler); tests/test_standins.py checks that the clip really samples at 5.
 WAN_SCHEDULER_CONFIG = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": 3.0}
 
 QWEN_TRANSFORMER_CONFIG = {

@@ -81,13 +81,13 @@ from pathlib import Path
 from typing import Iterator
 
 from producer.errors import CliError, ExitCode
-from producer.lora_files import (EXPERT_ROLES, FAMILIES, MAX_ABS_STRENGTH, MODEL_TITLES, WAN_TARGET_NAMES, WAN_TARGETS, LoraFile, LoraModule, LoraSpec, check_lora_file, read_lora, wan_dotted)
-from producer.lora_plan import ExpertPlan, SpecPlan, is_quantized_model, plan_spec, refuse_incomplete, submodule
-from producer.lora_report import LoraReport, file_report, log_lora, warn_alpha_given_as_strength
+from producer.engines.loras.lora_files import (EXPERT_ROLES, FAMILIES, MAX_ABS_STRENGTH, MODEL_TITLES, WAN_TARGET_NAMES, WAN_TARGETS, LoraFile, LoraModule, LoraSpec, check_lora_file, read_lora, wan_dotted)
+from producer.engines.loras.lora_plan import (ExpertPlan, SpecPlan, is_quantized_model, plan_spec, refuse_incomplete, submodule)
+from producer.engines.loras.lora_report import LoraReport, file_report, log_lora, warn_alpha_given_as_strength
 
 # Public names of this module that live in its parts: the skip reasons a report gives, the scripts' flag.
-from producer.lora_files import NOT_APPLICABLE, QUANTIZED, ZERO_DELTA  # noqa: E402,F401
-from producer.lora_plan import ALLOW_PARTIAL_HINT  # noqa: E402,F401
+from producer.engines.loras.lora_files import NOT_APPLICABLE, QUANTIZED, ZERO_DELTA  # noqa: E402,F401
+from producer.engines.loras.lora_plan import ALLOW_PARTIAL_HINT  # noqa: E402,F401
 
 log = logging.getLogger("producer")
 

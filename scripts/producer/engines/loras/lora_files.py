@@ -1,6 +1,6 @@
 """Reading LoRA files: key formats, what model the keys point at, and diffusers names for each key.
 
-Part of producer.lora (see its docstring for the rules); kept apart because it never touches a pipeline.
+Part of producer.engines.loras.lora (see its docstring for the rules); kept apart because it never touches a pipeline.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Planning a LoRA load: which keys fit which transformer, and refusing what would apply partly or not at all.
 
-Everything here runs before the pipeline is touched (see producer.lora).
+Everything here runs before the pipeline is touched (see producer.engines.loras.lora).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from producer.errors import CliError
-from producer.lora_files import (EXPERT_ROLES, MODEL_TITLES, NOT_APPLICABLE, QUANTIZED, WAN21_IMAGE_KEY, ZERO_DELTA, LoraDelta, LoraFile, LoraModule, LoraSpec)
+from producer.engines.loras.lora_files import (EXPERT_ROLES, MODEL_TITLES, NOT_APPLICABLE, QUANTIZED, WAN21_IMAGE_KEY, ZERO_DELTA, LoraDelta, LoraFile, LoraModule, LoraSpec)
 
 log = logging.getLogger("producer")
 

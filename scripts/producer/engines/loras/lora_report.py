@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
-from producer.lora_plan import SpecPlan, role_name
+from producer.engines.loras.lora_plan import SpecPlan, role_name
 
 log = logging.getLogger("producer")
 

@@ -6,7 +6,7 @@ Stages, in this order, so that the 17 GB text encoder and the 41 GB transformer 
 2. the transformer is loaded (bf16 repo, fp8 storage, or a GGUF file), LoRAs go in, the plan is applied;
 3. denoise each job; 4. decode each job with the VAE, tiled when the plan says so, and tiled on a retry
    when an untiled decode runs out of memory (the latents are kept, nothing is denoised twice).
-5. judge (producer.judge): NaN latents are flagged before the decode (then skipped), a black, white or flat
+5. judge (producer.engines.judge): NaN latents are flagged before the decode (then skipped), a black, white or flat
    picture after it; the flags go in `Generated.flags` for the script to refuse the picture.
 
 Text-to-image: `QwenImageEditPlusPipeline.__call__(image=None)` fails in diffusers 0.42.1 (its first line
@@ -28,7 +28,7 @@ Tiny stand-in models carry smaller areas in their marker (`models.standin_facts`
 
 `QwenSession.from_components(pipe, plan)` + `generate(job)` is the seam the benchmark uses to run
 full-size random-weight models through exactly this code, with seconds per stage. Loading from the
-Hugging Face cache (which files, which form) is producer.qwen_load.
+Hugging Face cache (which files, which form) is producer.engines.qwen.qwen_load.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from producer import judge, lora
+from producer.engines import judge
+from producer.engines.loras import lora
 from producer.modelfiles import models
 from producer.files import media  # producer.sizing.offload imports torch: imported where it is used
 from producer.cli import Stopwatch, out_of_memory_error

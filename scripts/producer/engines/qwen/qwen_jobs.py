@@ -33,7 +33,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from producer import judge, lora, qwen, qwen_load
+from producer.engines import judge
+from producer.engines.loras import lora
+from producer.engines.qwen import qwen, qwen_load
 from producer.modelfiles import models
 from producer.facts import registry
 from producer.files import media, provenance
@@ -194,7 +196,7 @@ def resolve_pose_method(args, references: int) -> str | None:
 def pose_picture(pose_input, method: str):
     """What the chosen path shows the model: AnyPose takes a pose picture as it is (a photo too); the
     native and ControlNet paths need a skeleton, so a photo goes through the OpenPose detector."""
-    from producer import pose as posemod
+    from producer.engines.qwen import pose as posemod
 
     if method == "anypose" or pose_input.is_skeleton:
         return pose_input
@@ -305,7 +307,7 @@ def resolve_loras(args, lightning: str, pose_method: str | None, strength: float
 
 def resolve(args) -> Resolved:
     """Check every input and choose every setting for one job (a CliError names the problem and the fix)."""
-    from producer import pose as posemod
+    from producer.engines.qwen import pose as posemod
 
     pictures = load_pictures(args)
     pose_method = resolve_pose_method(args, sum(1 for role, _, _ in pictures if role == "reference"))

@@ -2,7 +2,7 @@
 
 Nothing here runs a model: `model_files` locates (never downloads) the files of the weight form the
 memory plan chose, and `load_session` builds the pipeline without its denoiser, which loads after the
-prompts are encoded (see producer.qwen). A missing model is a CliError naming the setup command.
+prompts are encoded (see producer.engines.qwen.qwen). A missing model is a CliError naming the setup command.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from producer.modelfiles import models
 from producer.facts import registry
 from producer.errors import CliError, ExitCode
 from producer.sizing.memory import ComponentPlan, MemoryPlan
-from producer.qwen import QwenSession, areas_for
+from producer.engines.qwen.qwen import QwenSession, areas_for
 
 GGUF_FORMS = ("gguf-q8", "gguf-q4")
 

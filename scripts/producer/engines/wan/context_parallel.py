@@ -37,7 +37,7 @@ import torch.distributed as dist
 
 from producer.errors import CliError, ExitCode
 from producer.facts.registry import WAN_DENOISERS
-from producer.wan import ClipJob, WanSession
+from producer.engines.wan.wan import ClipJob, WanSession
 
 log = logging.getLogger("producer")
 

@@ -12,7 +12,7 @@ Stages, each timed (`Clip.seconds`):
 3. denoise to latents (`output_type="latent"`), counting steps and forward time per expert with hooks.
 4. decode ourselves: an out-of-memory error at decode keeps the latents and retries with VAE tiling,
    then on the CPU; a finished denoise is never thrown away.
-5. judge (producer.judge): NaN or infinite latents are flagged before the decode (which is then skipped:
+5. judge (producer.engines.judge): NaN or infinite latents are flagged before the decode (which is then skipped:
    it would only give black frames), black, white, flat, frozen and flickering frames after it; the flags
    go in `Clip.flags` for the script to refuse the clip.
 
@@ -35,13 +35,14 @@ import torch
 from diffusers import (FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanImageToVideoPipeline,
                        WanTransformer3DModel)
 
-from producer import judge, lora
+from producer.engines import judge
+from producer.engines.loras import lora
 from producer.modelfiles import models
 from producer.sizing import memory, offload, speed
 from producer.facts import registry
 from producer.errors import CliError
 from producer.cli import Stopwatch
-from producer.wan_install import DENOISERS, WanFiles
+from producer.engines.wan.wan_install import DENOISERS, WanFiles
 
 log = logging.getLogger("producer")
 
@@ -124,7 +125,7 @@ class Clip:
     seconds: dict[str, float]
     experts: dict[str, ExpertRun]
     decode: str  # whole | tiled | tiled on the CPU | skipped
-    flags: list[judge.Flag] = field(default_factory=list)  # broken output (producer.judge); [] when sound
+    flags: list[judge.Flag] = field(default_factory=list)  # broken output (producer.engines.judge); [] when sound
 
 
 class ExpertCounter:
@@ -205,7 +206,7 @@ class _ExpertsInMemory:
 
 
 def _lora_view(component: str, module: torch.nn.Module) -> WanImageToVideoPipeline:
-    """A pipeline holding `module` in its slot, for producer.lora, one expert at a time.
+    """A pipeline holding `module` in its slot, for producer.engines.loras.lora, one expert at a time.
 
     lora.load_loras refuses a pipeline that already holds adapters (unfused LoRAs stay on GGUF experts),
     and diffusers' Wan loader reads `pipe.transformer.config` even when loading into transformer_2; the

@@ -1,7 +1,7 @@
 """What of Wan 2.2 I2V A14B is installed here, and the memory plan for a run. No torch at import.
 
 `plan_for` plans a run (a batch: its largest clip) from the installed configs; `locate_files` finds the
-files of the weight form the plan chose. producer.wan loads them.
+files of the weight form the plan chose. producer.engines.wan.wan loads them.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One Wan clip request, resolved from a script's arguments without loading a model: the keyframes fitted to
 the size, the frames, the sampling schedule (wan_settings), the LoRAs that load with the model, and the recipe
 the clip will record. `wan_video.py` runs it; `production.py status` (producer.recipes) asks it for the recipe a
-clip would be made with now. Qwen's counterpart is producer.qwen_jobs.
+clip would be made with now. Qwen's counterpart is producer.engines.qwen.qwen_jobs.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from producer import judge, lora
+from producer.engines import judge
+from producer.engines.loras import lora
 from producer.modelfiles import models
 from producer.facts import registry
 from producer.files import media, provenance
-from producer import wan_settings as ws
+from producer.engines.wan import wan_settings as ws
 from producer.errors import CliError
 from producer.files.outputs import check_output_name
 from producer.files.style import apply_style, load_style, style_prompts
@@ -143,7 +144,7 @@ def recipe_for(req: Request, load: Load, files, fp8_matmul: bool = False) -> dic
 
 
 def to_job(req: Request):
-    from producer.wan import ClipJob  # torch and diffusers: only when a clip is made
+    from producer.engines.wan.wan import ClipJob  # torch and diffusers: only when a clip is made
 
     return ClipJob(image=req.image, last_image=req.last_image, prompt=req.prompt, negative_prompt=req.negative_prompt,
                    width=req.width, height=req.height, frames=req.frames, sampling=req.sampling, seed=req.seed,
