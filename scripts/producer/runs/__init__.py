@@ -1,0 +1,3 @@
+"""Many jobs: batch files and their runner (batch), several GPUs (parallel, parallel_merge).
+Imports engines and below.
+"""
