@@ -7,7 +7,7 @@
 
 Both print a Markdown table for docs/performance.md (and write it with --markdown). The code measured is
 the scripts' own: workers launched by torchrun claim clips from the same TCPStore queue as
-`wan_video.py --batch` (producer.parallel.run_jobs), and context parallelism is the same session
+`wan_video.py --batch` (producer.runs.parallel.run_jobs), and context parallelism is the same session
 (producer.engines.wan.context_parallel.ContextParallelWanSession) that `wan_video.py --context-parallel` runs. The
 models are the full-size architectures with random weights (bench/fullsize.py), built on each GPU; text
 encoding is bypassed with embeddings of the real shape, as in bench/benchmark.py. Loading real weights
@@ -83,7 +83,7 @@ def launch(args, n: int) -> dict:
     import shutil
     import tempfile
 
-    from producer import parallel
+    from producer.runs import parallel
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench-parallel-"))
     store = parallel.start_store()
@@ -201,7 +201,7 @@ def _timed_clip(session, job, steps: int) -> tuple[dict, object]:
 
 def scenes_child(args, rank: int) -> dict:
     """Warm up, wait for every worker, then claim clips from the shared queue until it is empty."""
-    from producer import batch, parallel
+    from producer.runs import batch, parallel
     from producer.engines.wan import wan
 
     parallel.pin_gpu()

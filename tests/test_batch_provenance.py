@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from producer import batch, cli
+from producer.runs import batch
+from producer import cli
 from producer.files import provenance
 
 

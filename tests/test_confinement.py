@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from conftest import run_json
 from PIL import Image
-from producer import batch, cli
+from producer.runs import batch
+from producer import cli
 from producer.files import paths
 from producer.cli import CliError, ExitCode
 from producer.commands import production as tool

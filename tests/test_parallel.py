@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from producer import parallel, parallel_merge
+from producer.runs import parallel, parallel_merge
 from producer.files import video
 from producer.cli import CliError, ExitCode
 from producer.makers import qwen_image, wan_video
@@ -169,7 +169,7 @@ def test_an_error_before_any_job_is_the_runs_own_error(tmp_path):
 def test_out_of_memory_on_one_worker_stops_the_batch_on_every_worker(tmp_path, monkeypatch):
     """The job queue itself, with a real TCPStore: worker 0 runs out of memory at job 1 and stops the batch;
     worker 1 then claims nothing; the merge reports the rest as not run, with the reason."""
-    from producer import batch
+    from producer.runs import batch
 
     store = parallel.start_store()
     monkeypatch.setenv(parallel.STORE_ENV, f"127.0.0.1:{store.port}")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import run_json
 from PIL import Image
-from producer import batch
+from producer.runs import batch
 from producer.engines.qwen import pose
 from producer.modelfiles import models
 from producer.files import paths

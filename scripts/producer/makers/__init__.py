@@ -14,7 +14,7 @@ NAMES = ("qwen_image", "wan_video", "assemble_video")
 
 
 def script_path(name: str) -> Path:
-    """scripts/NAME.py: what a worker process runs (producer.parallel) and what messages tell people to run."""
+    """scripts/NAME.py: what a worker process runs (producer.runs.parallel) and what messages tell people to run."""
     return SCRIPTS_DIR / f"{Path(name).stem}.py"
 
 

@@ -7,7 +7,8 @@ import contextlib
 import gc
 from pathlib import Path
 
-from producer import batch, cli, parallel
+from producer.runs import batch, parallel
+from producer import cli
 from producer.engines import judge
 from producer.engines.qwen import qwen, qwen_jobs, qwen_load
 from producer.modelfiles import models

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producer import batch, cli, parallel
+from producer.runs import batch, parallel
+from producer import cli
 from producer.engines import judge
 from producer.modelfiles import models
 from producer.facts import registry

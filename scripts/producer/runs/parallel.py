@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from producer import batch, parallel_merge
+from producer.runs import batch, parallel_merge
 from producer.cli import peak_memory
 from producer.errors import CliError, ExitCode
 from producer.files.outputs import write_json_atomic

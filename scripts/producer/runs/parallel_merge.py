@@ -1,6 +1,6 @@
 """The coordinator's report of a parallel run: every job of the batch in order (its result, or why it has
 none), or the clip rank 0 wrote, with where each part ran. Reads the run folder the workers wrote
-(producer.parallel): RUN/jobs/INDEX.json per finished job, RUN/ranks/RANK.json per worker that finished its
+(producer.runs.parallel): RUN/jobs/INDEX.json per finished job, RUN/ranks/RANK.json per worker that finished its
 share (or the error that stopped it)."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from producer import batch
+from producer.runs import batch
 from producer.errors import CliError, ExitCode
 from producer.values import load_json
 
 if TYPE_CHECKING:
-    from producer.parallel import Launch
+    from producer.runs.parallel import Launch
 
 
 def _read_json(path: Path) -> dict | None:

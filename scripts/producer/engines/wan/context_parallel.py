@@ -1,6 +1,6 @@
 """One Wan clip over several GPUs: diffusers' context parallelism (Ulysses attention), launched by torchrun.
 
-`wan_video.py --context-parallel N` launches N processes (producer.parallel). Every rank runs the same
+`wan_video.py --context-parallel N` launches N processes (producer.runs.parallel). Every rank runs the same
 script with the same arguments (the coordinator fixes the seed, so every rank draws the same noise) and
 the same session; each expert, once loaded, given its LoRAs and placed, gets diffusers'
 `enable_parallelism(ContextParallelConfig(ulysses_degree=N))` on one shared device mesh. The Wan
