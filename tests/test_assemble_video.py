@@ -15,7 +15,7 @@ from PIL import Image
 from producer.makers import assemble_video
 from producer.files import clips as clipio
 from producer.files import colour, timeline, video
-from producer import seams
+from producer.production import seams
 from producer.cli import ExitCode
 
 W, H = 64, 48

@@ -262,7 +262,7 @@ def test_a_warning_every_clip_repeats_is_shown_once_per_batch():
 
 def test_the_planner_asks_wan_for_frames_it_means():
     """A scene of 4 s is planned as 65 frames (4n+1 at 16 fps), so no clip warns "64 frames; using 65"."""
-    from producer import project
+    from producer.production import project
 
     prod = project.load_production(SAMPLE)
     plan = planner.plan_production(prod, {})

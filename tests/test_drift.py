@@ -9,9 +9,9 @@ import pytest
 from PIL import Image, ImageDraw
 from producer import drift, identity
 from producer.files import layout, video
-from producer.assets import Asset, AssetPlan
-from producer.project import Production
-from producer.scenes import KeyframeRef, KeyframeRow, Scene, SceneBreakdown
+from producer.production.assets import Asset, AssetPlan
+from producer.production.project import Production
+from producer.production.scenes import KeyframeRef, KeyframeRow, Scene, SceneBreakdown
 
 W, H, FRAMES = 160, 96, 17
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from producer import approvals, planner, rules, seeds
+from producer import approvals, planner, seeds
+from producer.production import rules
 from producer.runs import batch
 from producer.commands import production
 from producer.demo import SAMPLE

@@ -1,6 +1,6 @@
 """Prompt templates of the production planner."""
 
-from producer import prompts
+from producer.production import prompts
 
 
 def test_object_descriptions_lose_their_article_after_the():

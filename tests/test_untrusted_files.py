@@ -168,7 +168,7 @@ def test_a_batch_in_the_state_folder_belongs_to_the_production_above(production)
 
 
 def test_scene_files_name_keyframes_inside_the_production():
-    from producer.scenes import parse_scene_breakdown
+    from producer.production.scenes import parse_scene_breakdown
 
     text = ("## Scene 1\n- **Type**: landscape\n- **Duration**: 3 seconds\n"
             "- **Start Keyframe**: ../other-film/keyframes/KF-A.png\n")
@@ -177,7 +177,7 @@ def test_scene_files_name_keyframes_inside_the_production():
 
 
 def test_asset_pictures_follow_the_same_rule(production):
-    from producer.assets import load_assets
+    from producer.production.assets import load_assets
 
     def problems(image):
         (production / "assets.json").write_text(json.dumps({

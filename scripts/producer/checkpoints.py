@@ -12,7 +12,7 @@ import re
 from producer import approvals, seeds
 from producer.files import layout
 from producer.errors import CliError
-from producer.project import PHASE_FILES, PHASE_NUMBERS, PHASES
+from producer.production.project import PHASE_FILES, PHASE_NUMBERS, PHASES
 from producer.status import GOOD, ITEM_PHASES, Snapshot, shown
 
 TOOL = "production.py"

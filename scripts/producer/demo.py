@@ -147,7 +147,7 @@ def _rehearse_in(root: Path, source: Path, models_dir: str | None, quiet: bool, 
 def _copy_plan(source: Path, dest: Path) -> list[str]:
     """DIR's phase files, settings and the pictures the user provided (no recipe), into the rehearsal.
     A rehearsal folder made before is brought up to date: its outputs stay, and `next` remakes what changed."""
-    from producer.project import PHASE_FILES
+    from producer.production.project import PHASE_FILES
     from producer.files.provenance import read_recipe
 
     dest.mkdir(parents=True, exist_ok=True)

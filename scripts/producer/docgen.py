@@ -142,7 +142,7 @@ def planned_commands() -> str:
     from producer.approvals import read_takes
     from producer.demo import SAMPLE
     from producer.planner import job_argv, plan_production
-    from producer.project import load_production
+    from producer.production.project import load_production
 
     prod = load_production(SAMPLE)
     plan = plan_production(prod, read_takes(SAMPLE))

@@ -24,7 +24,7 @@ import shlex
 from producer.files import layout, paths
 from producer.files.outputs import write_json_atomic
 from producer.planner import ASSEMBLE, command, job_argv
-from producer.project import PHASE_FILES, PHASE_NUMBERS, PHASES
+from producer.production.project import PHASE_FILES, PHASE_NUMBERS, PHASES
 from producer.status import ITEM_PHASES, ItemState, Snapshot, shown
 
 TOOL = "production.py"

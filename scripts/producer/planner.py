@@ -36,12 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from producer.files import layout
-from producer import prompts, seeds
-from producer.assets import Asset
+from producer.production import prompts
+from producer import seeds
+from producer.production.assets import Asset
 from producer.errors import CliError
-from producer.project import Production
-from producer.rules import cell_names
-from producer.scenes import KeyframeRow, Problem
+from producer.production.project import Production
+from producer.production.rules import cell_names
+from producer.production.scenes import KeyframeRow, Problem
 from producer.engines.wan.wan_settings import frames_for_duration
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1]

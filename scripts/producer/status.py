@@ -27,7 +27,7 @@ from producer.files import layout
 from producer import rehearsal, seeds
 from producer.errors import CliError, ExitCode, missing
 from producer.planner import ASSEMBLE, Job, Plan, command, plan_production
-from producer.project import PHASE_NUMBERS, PHASES, Production, load_production
+from producer.production.project import PHASE_NUMBERS, PHASES, Production, load_production
 from producer.files.provenance import recipe_or_damage
 from producer.recipes import differences, film_differences, model_changes, partial_differences, would_be_recipe
 
@@ -249,7 +249,7 @@ def _problem(p) -> dict:
 
 def _seams(snap: Snapshot) -> list[dict]:
     """The seam review of the clips that exist (seams.review_seams), once two neighbours are there."""
-    from producer.seams import review_seams
+    from producer.production.seams import review_seams
 
     clips = [s for s in snap.items("clips") if s.job.output.exists()]
     if len(clips) < 2 or snap.prod.plan is None:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from producer.files import paths
 from producer.files.layout import ASSET_KINDS, ASSETS
-from producer.scenes import Problem
+from producer.production.scenes import Problem
 from producer.values import load_json, not_text
 
 IMAGE_KEYS = ("image", "ref_image", "identity_ref")  # the seed template used the last two

@@ -18,10 +18,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from producer.assets import key_line
+from producer.production.assets import key_line
 from producer.errors import CliError
 from producer.files.layout import PHILOSOPHY, STYLE
-from producer.scenes import Problem
+from producer.production.scenes import Problem
 
 SECTIONS = {
     "Visual Identity": ("Art Style", "Color Palette", "Lighting", "Composition"),

@@ -29,9 +29,9 @@ from itertools import pairwise
 from pathlib import Path
 
 from producer.facts import registry
-from producer.assets import AssetPlan
+from producer.production.assets import AssetPlan
 from producer.files.layout import ASSETS, SCENE_BREAKDOWN
-from producer.scenes import KeyframeRow, Problem, Scene, SceneBreakdown
+from producer.production.scenes import KeyframeRow, Problem, Scene, SceneBreakdown
 
 MAX_SCENE_SECONDS = registry.WAN.frames / registry.WAN.fps  # 81 / 16 = 5.0625
 SECONDS_PER_SCENE = 5  # the scene-count table's step

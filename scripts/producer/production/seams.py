@@ -38,7 +38,7 @@ from producer.files import colour, media, video
 from producer.files.clips import ClipInfo, scan_clip
 from producer.errors import CliError
 from producer.files.layout import clip_path, keyframe_path  # noqa: F401 - the layout's one home; re-exported for callers
-from producer.scenes import SceneBreakdown, load_scene_breakdown, shared_keyframe
+from producer.production.scenes import SceneBreakdown, load_scene_breakdown, shared_keyframe
 
 ANALYSIS_SIDE = 256  # seams are judged at the scale a viewer sees a jump, not VAE texture
 CAST_LIMIT = 2.5
