@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from producer import cli, docgen, nextstep, planner
+from producer import cli, docgen
+from producer.workflow import nextstep, planner
 from producer.modelfiles import needs
 from producer.commands import production
 from producer.demo import SAMPLE
-from producer.rehearsal import DEMO_TIME
+from producer.workflow.rehearsal import DEMO_TIME
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("production", "qwen_image", "wan_video", "assemble_video", "setup_diffusers", "validate_diffusers")
@@ -176,7 +177,7 @@ def test_approve_shows_pictures_and_planned_commands_carry_json(finished, tmp_pa
 
 
 def _approve_answer(root: Path, phase: str) -> dict:
-    from producer import status
+    from producer.workflow import status
 
     return nextstep._approve(status.snapshot(root), phase, flags=[])
 

@@ -1,4 +1,4 @@
-"""Identity and drift across the film (producer.identity, producer.drift) on the stand-in embedder and
+"""Identity and drift across the film (producer.workflow.identity, producer.workflow.drift) on the stand-in embedder and
 synthetic pictures and clips: a swapped character and a colour drift are flagged with their reason, frames,
 figure, threshold, fix and chart; clean material passes; thresholds come from the production's settings."""
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-from producer import drift, identity
+from producer.workflow import drift, identity
 from producer.files import layout, video
 from producer.production.assets import Asset, AssetPlan
 from producer.production.project import Production

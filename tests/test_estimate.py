@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from producer.sizing import estimate, memory
-from producer import forecast
+from producer.workflow import forecast
 from producer.facts import hardware
 from producer.commands import production, setup_diffusers
 from producer.demo import SAMPLE

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from producer import approvals, planner, seeds
+from producer.workflow import approvals, planner, seeds
 from producer.production import rules
 from producer.runs import batch
 from producer.commands import production
@@ -202,7 +202,7 @@ def test_status_of_the_finished_production(made):
     assert report["current_phase"] is None and all(p["complete"] and p["approved"] for p in report["phases"])
     assert {i["state"] for i in report["items"]} == {"ok"} and len(report["items"]) == 16
     assert len(report["seams"]) == 2 and report["style_asset"] == "storybook"
-    judging = report["judging"]  # identity, colour and motion per scene (producer.drift), a chart each
+    judging = report["judging"]  # identity, colour and motion per scene (producer.workflow.drift), a chart each
     assert [s["item"] for s in judging["scenes"]] == ["clip:scene-01", "clip:scene-02", "clip:scene-03"]
     assert all(Path(s["chart"]).is_file() for s in judging["scenes"]) and judging["notes"] == []
     assert {k["asset"] for k in judging["keyframes"]} == {"asset:characters/keeper", "asset:objects/lantern"}
@@ -269,7 +269,7 @@ def test_without_the_models_status_compares_what_it_can(demo, tmp_path):
 
 def test_a_new_model_revision_makes_outputs_stale(standin_hf_home):
     from producer.modelfiles import models
-    from producer import recipes
+    from producer.workflow import recipes
     from producer.facts import registry
 
     entry = registry.get("qwen-edit")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import use_hf_home
 from producer.files import provenance
-from producer import rehearsal
+from producer.workflow import rehearsal
 from producer.commands import production
 from producer.demo import SAMPLE
 

@@ -1,10 +1,10 @@
-"""Retakes within a budget (producer.retakes): flagged items kept as variants and moved to a new seed until
+"""Retakes within a budget (producer.workflow.retakes): flagged items kept as variants and moved to a new seed until
 their variant limit or the total budget; every variant kept with its figures, proposed best first; an
 interruption in the middle neither loses a variant nor spends the budget twice; nothing is approved."""
 
 import pytest
 from PIL import Image
-from producer import approvals, retakes
+from producer.workflow import approvals, retakes
 from producer.files import layout
 
 

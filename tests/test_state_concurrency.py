@@ -15,7 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from producer import approvals
+from producer.workflow import approvals
 from producer.files import locks
 
 ROOT = Path(__file__).resolve().parents[1]

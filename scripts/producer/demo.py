@@ -5,7 +5,7 @@ own main()), `next` again... on stand-ins (producer.testing.standins) installed 
 `.production/standins` (about 5 MB, kept, so that `status` can still compare every recipe afterwards).
 The one difference from a real production is loud: every checkpoint is approved automatically, where a
 real production shows each phase to the user and waits for a yes. Every output and the folder itself
-are marked as a rehearsal (producer.rehearsal), so none of it can pass for, or be approved as, real work.
+are marked as a rehearsal (producer.workflow.rehearsal), so none of it can pass for, or be approved as, real work.
 
 - demo: copies the sample production (examples/lighthouse) into OUTDIR and makes all of it.
 - rehearse: copies DIR's plan (phase files, the pictures the user provided, settings) into a rehearsal
@@ -30,8 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from producer.files import layout
-from producer import rehearsal
-from producer.rehearsal import DEMO_TIME  # noqa: F401  (production.py shows it in --help)
+from producer.workflow import rehearsal
+from producer.workflow.rehearsal import DEMO_TIME  # noqa: F401  (production.py shows it in --help)
 from producer.errors import CliError, ExitCode
 from producer.values import load_json, not_text
 from producer.files.outputs import write_json_atomic
@@ -104,7 +104,7 @@ def _require_models_dir(models_dir: str | None) -> None:
 def _require_a_whole_plan(source: Path) -> None:
     """A rehearsal needs the whole plan, checked: refused here, before anything is written or installed, with
     the same problems `check` reports (the real run would stop at them too)."""
-    from producer import status
+    from producer.workflow import status
 
     snap = status.snapshot(source, with_states=False)
     if snap.prod.missing:
@@ -240,7 +240,7 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
 
 
 def _step(root: Path, source: Path, quiet: bool) -> dict:
-    from producer import checkpoints, nextstep, status
+    from producer.workflow import checkpoints, nextstep, status
 
     started = time.monotonic()
     step = nextstep.next_step(status.snapshot(root, plan_seeds=True))
@@ -276,7 +276,7 @@ def _stopped(step: dict, source: Path) -> CliError:
 
 def _run_script(argv: list[str], quiet: bool) -> dict:
     """Run a generation script's main() in this process (argv as `next` printed it) and read its JSON."""
-    from producer.planner import script_module
+    from producer.workflow.planner import script_module
 
     script = Path(argv[1]).name
     args = [a for a in argv[2:] if a != "--json"] + ["--json"] + (["--quiet"] if quiet else [])

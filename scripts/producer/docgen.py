@@ -139,9 +139,9 @@ def _cell(text: str) -> str:
 
 def planned_commands() -> str:
     """Every job the planner makes for examples/lighthouse, in phase order, one command each."""
-    from producer.approvals import read_takes
+    from producer.workflow.approvals import read_takes
     from producer.demo import SAMPLE
-    from producer.planner import job_argv, plan_production
+    from producer.workflow.planner import job_argv, plan_production
     from producer.production.project import load_production
 
     prod = load_production(SAMPLE)

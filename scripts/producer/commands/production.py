@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> dict:
         from producer.demo import run_rehearsal
 
         return run_rehearsal(args.dir, args.into, args.models_dir, quiet=args.quiet)
-    from producer import checkpoints, nextstep, status
+    from producer.workflow import checkpoints, nextstep, status
 
     snap = status.snapshot(args.dir, args.allow_outside, with_states=args.command != "check",
                            plan_seeds=args.command in ("next", "retake"))
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> dict:
         return {"command": "estimate", **_estimate(snap, args.models_dir)}
     if args.command == "retake":
         return {"command": "retake", **checkpoints.retake(snap, args.item)}
-    from producer.approvals import all_or_none
+    from producer.workflow.approvals import all_or_none
 
     done = []
     with all_or_none(args.dir):  # "approve DIR a b": both or, if b is refused, neither
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _estimate(snap, models_dir: str | None) -> dict:
-    from producer import forecast
+    from producer.workflow import forecast
     from producer.modelfiles import install, models
     from producer.facts import hardware
 

@@ -219,7 +219,7 @@ def describe_download(result: dict) -> str:
 
 def check(args) -> dict:
     from producer.modelfiles import environment
-    from producer import forecast
+    from producer.workflow import forecast
     from producer.facts import hardware
 
     env = {"python": environment.python_info(), "torch": environment.torch_info(),

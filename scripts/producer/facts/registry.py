@@ -411,7 +411,7 @@ _ENTRIES = [
         revision="ed25f3a31f01632728cabb09d1542f84ab7b0056",
         files=("config.json", "model.safetensors", "preprocessor_config.json"),
         size_bytes=88_300_000,  # 22 M parameters in float32, plus two small JSON files
-        loader="transformers Dinov2Model + AutoImageProcessor (producer.identity)",
+        loader="transformers Dinov2Model + AutoImageProcessor (producer.workflow.identity)",
         license="apache-2.0",
         notes="Optional: the identity figures of production.py status (keyframes and clip frames against their "
         "character and object assets); without it those figures are skipped and said to be.",

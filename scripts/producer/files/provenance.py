@@ -45,9 +45,9 @@ def file_digest(path: str | os.PathLike) -> str:
 def make_recipe(script: str, settings: dict[str, Any], inputs: dict[str, Any], model: dict[str, Any]) -> dict:
     """inputs: role -> path or list of paths (references, frames, LoRA files, style.json).
 
-    An output made on a stand-in model is marked as such (producer.rehearsal): it must never pass for a
+    An output made on a stand-in model is marked as such (producer.workflow.rehearsal): it must never pass for a
     real one, and a real run must not skip it as up to date."""
-    from producer.rehearsal import RECIPE_MARK, made_on_standins
+    from producer.workflow.rehearsal import RECIPE_MARK, made_on_standins
 
     recipe = {
         "recipe_version": RECIPE_VERSION,

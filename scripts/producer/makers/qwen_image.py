@@ -443,7 +443,7 @@ def run_batch(args) -> dict:
 def _prediction(args, result: dict, runner: BatchRun) -> dict | None:
     """Each edit made: its predicted seconds (producer.sizing.estimate) against the measured ones (the speed model
     holds Qwen-Image-Edit figures only, so other kinds are left out)."""
-    from producer import forecast
+    from producer.workflow import forecast
 
     made = [(forecast.image_item(runner.resolved[j["job"]].job), j["seconds"]) for j in result["jobs"]
             if j["status"] == "ok" and runner.resolved[j["job"]].kind == "edit"]

@@ -408,7 +408,7 @@ def _run_batch(args: argparse.Namespace) -> dict:
 
 def _prediction(args: argparse.Namespace, result: dict, requests: dict, engine: Engine) -> dict:
     """Each clip made: its predicted seconds (producer.sizing.estimate) against the measured ones."""
-    from producer import forecast
+    from producer.workflow import forecast
     from producer.facts import hardware
 
     made = [(forecast.clip_item(requests[j["job"]]), j["seconds"]) for j in result["jobs"] if j["status"] == "ok"]

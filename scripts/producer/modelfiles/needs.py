@@ -13,7 +13,7 @@ from producer.sizing import memory
 from producer.modelfiles import models
 from producer.facts import registry
 from producer.facts.hardware import GiB, Hardware
-from producer.rehearsal import DEMO_TIME
+from producer.workflow.rehearsal import DEMO_TIME
 
 FAMILIES = ("wan", "qwen")
 SCRIPTS = {"wan": "wan_video.py", "qwen": "qwen_image.py"}

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 
-from producer import approvals, seeds
+from producer.workflow import approvals, seeds
 from producer.files import layout
 from producer.errors import CliError
 from producer.production.project import PHASE_FILES, PHASE_NUMBERS, PHASES
-from producer.status import GOOD, ITEM_PHASES, Snapshot, shown
+from producer.workflow.status import GOOD, ITEM_PHASES, Snapshot, shown
 
 TOOL = "production.py"
 

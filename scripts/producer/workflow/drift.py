@@ -2,13 +2,13 @@
 frame; a drift chart per scene (a PNG for the agent to look at and show) and the flags `status` reports.
 
 Per keyframe that shows a character or objects (scene-breakdown.md's Character and Objects columns): its
-identity similarity to each of those assets (producer.identity). Per clip that exists: every frame's colour
+identity similarity to each of those assets (producer.workflow.identity). Per clip that exists: every frame's colour
 cast against its keyframes (review.casts), its motion (judge.motion), the broken-output checks of
 producer.engines.judge (also for clips made before them or by hand), and the identity of sampled frames against the
 start keyframe's assets. Each flag names its item, reason, frames, figure, threshold, what to do, and the
 chart. The charts go to .production/review/scene-NN.drift.png (tool state, never an approved file).
 
-Thresholds: producer.engines.judge.Limits (frames), producer.identity (identity), COLOUR_DRIFT; each can be set in
+Thresholds: producer.engines.judge.Limits (frames), producer.workflow.identity (identity), COLOUR_DRIFT; each can be set in
 .production/settings.json under "judge", e.g. {"judge": {"identity_min": 0.3, "colour_drift": 6}}.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from producer import identity
+from producer.workflow import identity
 from producer.engines import judge
 from producer.files import layout, media, review, video
 from producer.errors import CliError
@@ -61,7 +61,7 @@ def limits_from(settings: dict) -> tuple[FilmLimits, list[str]]:
     frame_names = judge.Limits.names()
     identity_names = [f.name for f in fields(identity.IdentityLimits)]
     for key, value in given.items():
-        if key.startswith("_") or key in RETAKE_KEYS:  # the retake budget: producer.retakes
+        if key.startswith("_") or key in RETAKE_KEYS:  # the retake budget: producer.workflow.retakes
             continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             problems.append(f"{SETTINGS_KEY}.{key}: {value!r} must be a number >= 0")

@@ -18,7 +18,7 @@ from producer.modelfiles import models, needs
 from producer.facts import registry
 from producer.facts.hardware import GiB, Hardware
 from producer.modelfiles.install import human_bytes
-from producer.planner import WAN, parse_job
+from producer.workflow.planner import WAN, parse_job
 
 REMAINING = ("missing", "stale")
 PHASE_FAMILY = {"assets": "qwen", "keyframes": "qwen", "clips": "wan"}

@@ -23,9 +23,9 @@ import shlex
 
 from producer.files import layout, paths
 from producer.files.outputs import write_json_atomic
-from producer.planner import ASSEMBLE, command, job_argv
+from producer.workflow.planner import ASSEMBLE, command, job_argv
 from producer.production.project import PHASE_FILES, PHASE_NUMBERS, PHASES
-from producer.status import ITEM_PHASES, ItemState, Snapshot, shown
+from producer.workflow.status import ITEM_PHASES, ItemState, Snapshot, shown
 
 TOOL = "production.py"
 
@@ -63,7 +63,7 @@ def _next_step(snap: Snapshot) -> dict:
                 "message": f"write {' and '.join(missing)} (SKILL.md Phase {PHASE_NUMBERS[phase]}), then check it: "
                            f"{TOOL} check {snap.root}"}
     if snap.complete(phase):
-        flags = _flags_of(snap, phase)  # the judging of this checkpoint's keyframes or clips (producer.drift)
+        flags = _flags_of(snap, phase)  # the judging of this checkpoint's keyframes or clips (producer.workflow.drift)
         return {**base, **(_retake_flagged(snap, flags) or _approve(snap, phase, flags))}
     return {**base, **_generate(snap, phase)}
 
@@ -111,9 +111,9 @@ def _approve(snap: Snapshot, phase: str, flags: list[dict]) -> dict:
 
 
 def _retake_flagged(snap: Snapshot, flags: list[dict]) -> dict | None:
-    """Retakes within the production's budget (producer.retakes; off by default): the flagged items of this
+    """Retakes within the production's budget (producer.workflow.retakes; off by default): the flagged items of this
     checkpoint are kept as variants and moved to a new seed; None when there is nothing (more) to retake."""
-    from producer import retakes
+    from producer.workflow import retakes
 
     budget = retakes.budget_from(snap.prod.settings)
     if not (budget.on and flags):
@@ -133,7 +133,7 @@ def _retake_flagged(snap: Snapshot, flags: list[dict]) -> dict | None:
 
 
 def _variants(snap: Snapshot, phase: str, flags: list[dict]) -> dict:
-    from producer import retakes
+    from producer.workflow import retakes
 
     prefix = "keyframe:" if phase == "keyframes" else "clip:"
     current = {s.job.id: [f for f in flags if f["item"] == s.job.id] for s in snap.items(phase)}
@@ -144,7 +144,7 @@ def _flags_of(snap: Snapshot, phase: str) -> list[dict]:
     """The judging flags of this checkpoint's items (keyframes, clips); none for the other phases."""
     if phase not in ("keyframes", "clips"):
         return []
-    from producer.status import judge_film
+    from producer.workflow.status import judge_film
 
     prefix = "keyframe:" if phase == "keyframes" else "clip:"
     return [f for f in judge_film(snap)["flags"] if f["item"].startswith(prefix)]

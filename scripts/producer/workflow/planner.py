@@ -17,13 +17,13 @@ Jobs (ids in brackets; each writes one file):
   as Wan's frame count (4n+1 at 16 fps: 4 s -> 65 frames), so that no clip warns about rounding.
 - film [film]: assemble_video.py on the folder, with the seam review.
 
-Seeds are fixed per production, job and take (producer.seeds: a salt drawn once per production, the job
+Seeds are fixed per production, job and take (producer.workflow.seeds: a salt drawn once per production, the job
 id, the take), so planning twice gives the same commands and an unchanged job never goes stale, while two
 productions do not share seeds; `production.py retake` moves one job to its next take.
 
 Settings (.production/settings.json, optional): per script, extra options for every job of that
 script, e.g. {"qwen_image.py": {"preset": "720p"}, "wan_video.py": {"steps": 6, "distill": "off"}};
-"judge" holds the thresholds `status` judges the film by (producer.drift, docs/judging.md).
+"judge" holds the thresholds `status` judges the film by (producer.workflow.drift, docs/judging.md).
 Options the script takes for a whole batch only (--offload, --distill...) go on the batch command
 line. The planner's own options (prompt, output, seed, pictures) cannot be set there; a size or
 length given there replaces the planned one (--size replaces --preset, --frames replaces --duration).
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from producer.files import layout
 from producer.production import prompts
-from producer import seeds
+from producer.workflow import seeds
 from producer.production.assets import Asset
 from producer.errors import CliError
 from producer.production.project import Production
@@ -77,7 +77,7 @@ class Plan:
     jobs: list[Job]
     batch_flags: dict[str, list[str]] = field(default_factory=dict)  # script -> whole-batch options
     problems: list[Problem] = field(default_factory=list)
-    seed_salt: str = ""  # the production's (producer.seeds)
+    seed_salt: str = ""  # the production's (producer.workflow.seeds)
 
     def job(self, job_id: str) -> Job | None:
         return next((j for j in self.jobs if j.id == job_id), None)
@@ -251,7 +251,7 @@ def apply_settings(plan: Plan, settings: dict) -> None:
     where = f"{layout.STATE}/settings.json"
     known = {QWEN, WAN, ASSEMBLE}
     for script in settings:
-        if script not in known and script != JUDGE_SETTINGS:  # the thresholds of status (producer.drift)
+        if script not in known and script != JUDGE_SETTINGS:  # the thresholds of status (producer.workflow.drift)
             plan.problems.append(Problem(where, 1, f"{script!r} is not a script the plan runs",
                                          f"use one of {', '.join(sorted(known))}"))
     jobs = []

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 from producer.files import layout
 from producer.facts import registry
 from producer.errors import CliError
-from producer.planner import ASSEMBLE, QWEN, WAN, Job, Plan, parse_job
+from producer.workflow.planner import ASSEMBLE, QWEN, WAN, Job, Plan, parse_job
 from producer.files.provenance import file_digest, make_recipe
 from producer.values import log
 

@@ -55,7 +55,7 @@ def models_dir(root: Path) -> Path:
 def made_on_standins(model: dict) -> bool:
     """Whether a recipe's model part names a snapshot that is a stand-in (its marker file is there)."""
     from producer.modelfiles import models
-    from producer.recipes import model_refs
+    from producer.workflow.recipes import model_refs
 
     for repo, commit in model_refs(model):
         snap = models.repo_folder(repo) / "snapshots" / str(commit)

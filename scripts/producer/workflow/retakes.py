@@ -1,7 +1,7 @@
 """Retakes within a budget: flagged keyframes and clips retaken by `next` by itself, every variant kept.
 
 Off unless .production/settings.json says {"judge": {"retake_variants": N, "retake_budget": M}}: at the
-keyframe or clip checkpoint, each item the judging flags (producer.drift) is kept as a variant and moved to
+keyframe or clip checkpoint, each item the judging flags (producer.workflow.drift) is kept as a variant and moved to
 its next take (a new seed, as `production.py retake` does), until it has N variants (its first take
 included) or M retakes have been made in all; `next` then makes the new takes. Nothing is approved by
 itself: at the checkpoint the agent shows the user each item's variants, best first by their figures.
@@ -20,7 +20,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from producer import approvals
+from producer.workflow import approvals
 from producer.files import faults, layout, provenance, review
 from producer.errors import CliError
 from producer.files.outputs import atomic_output, write_json_atomic

@@ -22,14 +22,14 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from producer import approvals as approvals_mod
+from producer.workflow import approvals as approvals_mod
 from producer.files import layout
-from producer import rehearsal, seeds
+from producer.workflow import rehearsal, seeds
 from producer.errors import CliError, ExitCode, missing
-from producer.planner import ASSEMBLE, Job, Plan, command, plan_production
+from producer.workflow.planner import ASSEMBLE, Job, Plan, command, plan_production
 from producer.production.project import PHASE_NUMBERS, PHASES, Production, load_production
 from producer.files.provenance import recipe_or_damage
-from producer.recipes import differences, film_differences, model_changes, partial_differences, would_be_recipe
+from producer.workflow.recipes import differences, film_differences, model_changes, partial_differences, would_be_recipe
 
 GOOD = ("ok", "provided", "unchecked")
 TOOL = "production.py"
@@ -59,7 +59,7 @@ class Snapshot:
     states: dict[str, ItemState]
     approvals: dict[str, approvals_mod.Approval]
     dropped: list[approvals_mod.Dropped]
-    rehearsal: dict | None = None  # the rehearsal marker (producer.rehearsal): None for a real production
+    rehearsal: dict | None = None  # the rehearsal marker (producer.workflow.rehearsal): None for a real production
 
     @property
     def root(self) -> Path:
@@ -215,9 +215,9 @@ def status_report(snap: Snapshot, seams: bool = True, judging: bool = True) -> d
 
 
 def judge_film(snap: Snapshot) -> dict:
-    """Identity, colour and motion of every keyframe and clip that exists (producer.drift), with a drift chart
+    """Identity, colour and motion of every keyframe and clip that exists (producer.workflow.drift), with a drift chart
     per scene and each flag's figure, threshold and fix (a retake command that runs as printed)."""
-    from producer.drift import limits_from, review_film
+    from producer.workflow.drift import limits_from, review_film
 
     limits, problems = limits_from(snap.prod.settings)
 

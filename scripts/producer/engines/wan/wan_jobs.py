@@ -1,6 +1,6 @@
 """One Wan clip request, resolved from a script's arguments without loading a model: the keyframes fitted to
 the size, the frames, the sampling schedule (wan_settings), the LoRAs that load with the model, and the recipe
-the clip will record. `wan_video.py` runs it; `production.py status` (producer.recipes) asks it for the recipe a
+the clip will record. `wan_video.py` runs it; `production.py status` (producer.workflow.recipes) asks it for the recipe a
 clip would be made with now. Qwen's counterpart is producer.engines.qwen.qwen_jobs.
 """
 
