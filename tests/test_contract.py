@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from producer import cli, docgen
+from producer import cli
+from producer.commands import docgen
 from producer.workflow import nextstep, planner
 from producer.modelfiles import needs
 from producer.commands import production
-from producer.demo import SAMPLE
+from producer.commands.demo import SAMPLE
 from producer.workflow.rehearsal import DEMO_TIME
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from producer.files import media, provenance
 from producer.testing import standin_loras
 from producer.cli import CliError, ExitCode
 from producer.commands import production
-from producer.demo import SAMPLE
+from producer.commands.demo import SAMPLE
 from producer.makers import assemble_video, qwen_image, wan_video
 
 # ---------------------------------------------------------------- the damaged pictures

@@ -5,7 +5,7 @@
   in console transcripts; in code blocks, with backslash continuations, and in inline code) parses
   with that script's own parser. Parse only: nothing runs.
 - references/cli.md and the planned commands in docs/ADVANCED_KEYFRAME_PLAN.md are what
-  producer.docgen makes from the parsers and the planner now.
+  producer.commands.docgen makes from the parsers and the planner now.
 - SKILL.md has valid frontmatter and stays under 500 lines.
 - Every relative link in the docs points to a file that exists (and to a heading that exists there).
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from producer import docgen
+from producer.commands import docgen
 from producer.cli import CliError
 
 REPO = Path(__file__).resolve().parents[1]

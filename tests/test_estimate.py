@@ -16,7 +16,7 @@ from producer.sizing import estimate, memory
 from producer.workflow import forecast
 from producer.facts import hardware
 from producer.commands import production, setup_diffusers
-from producer.demo import SAMPLE
+from producer.commands.demo import SAMPLE
 from producer.makers import qwen_image, wan_video
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from producer.workflow import approvals, planner, seeds
 from producer.production import rules
 from producer.runs import batch
 from producer.commands import production
-from producer.demo import SAMPLE
+from producer.commands.demo import SAMPLE
 
 BREAKDOWN, ASSETS = "scene-breakdown.md", "assets.json"
 

@@ -13,7 +13,7 @@ from conftest import use_hf_home
 from producer.files import provenance
 from producer.workflow import rehearsal
 from producer.commands import production
-from producer.demo import SAMPLE
+from producer.commands.demo import SAMPLE
 
 
 def run(argv: list[str]) -> tuple[int, dict]:

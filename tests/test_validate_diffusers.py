@@ -8,7 +8,7 @@ import types
 import pytest
 from conftest import use_hf_home
 from producer.modelfiles import install, models, weightcheck
-from producer import installcheck, smoke
+from producer.commands import installcheck, smoke
 from producer.testing import standin_models, standins
 from producer.facts import registry
 from producer.commands import setup_diffusers, validate_diffusers

@@ -10,8 +10,8 @@
 
 Regenerate after changing a parser, the planner or the sample (tests/test_docs.py fails until then):
 
-    cd scripts && python -m producer.docgen            # rewrite both
-    cd scripts && python -m producer.docgen --check    # exit 1 naming what is out of date
+    cd scripts && python -m producer.commands.docgen            # rewrite both
+    cd scripts && python -m producer.commands.docgen --check    # exit 1 naming what is out of date
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ CLI_DOC = REPO / "references" / "cli.md"
 KEYFRAME_DOC = REPO / "docs" / "ADVANCED_KEYFRAME_PLAN.md"
 SCRIPTS = ("production.py", "qwen_image.py", "wan_video.py", "assemble_video.py", "setup_diffusers.py",
            "validate_diffusers.py")
-REGENERATE = "cd scripts && python -m producer.docgen"
+REGENERATE = "cd scripts && python -m producer.commands.docgen"
 SAMPLE_ROOT = "/tmp/lighthouse"  # where the docs say the sample was copied (the README's demo folder)
 BEGIN, END = "<!-- planned-commands -->", "<!-- /planned-commands -->"
 PHASE_TITLES = {"assets": "Phase 2.5: assets", "keyframes": "Phase 3: keyframes", "clips": "Phase 4: clips",
@@ -140,7 +140,7 @@ def _cell(text: str) -> str:
 def planned_commands() -> str:
     """Every job the planner makes for examples/lighthouse, in phase order, one command each."""
     from producer.workflow.approvals import read_takes
-    from producer.demo import SAMPLE
+    from producer.commands.demo import SAMPLE
     from producer.workflow.planner import job_argv, plan_production
     from producer.production.project import load_production
 
@@ -192,7 +192,7 @@ def outdated() -> list[tuple[Path, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m producer.docgen", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m producer.commands.docgen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only report the files that are out of date")
     args = parser.parse_args(argv)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from producer.cli import ArgumentParser, ExitCode, build_parser, run_main
-from producer.demo import DEMO_TIME
+from producer.commands.demo import DEMO_TIME
 
 DESCRIPTION = """\
 Work on a production folder (philosophy.md, style.json, scene-breakdown.md, assets.json, assets/,
@@ -120,11 +120,11 @@ def _output(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     if args.command == "demo":
-        from producer.demo import run_demo
+        from producer.commands.demo import run_demo
 
         return run_demo(args.outdir, args.models_dir, quiet=args.quiet)
     if args.command == "rehearse":
-        from producer.demo import run_rehearsal
+        from producer.commands.demo import run_rehearsal
 
         return run_rehearsal(args.dir, args.into, args.models_dir, quiet=args.quiet)
     from producer.workflow import checkpoints, nextstep, status

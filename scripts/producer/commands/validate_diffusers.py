@@ -5,7 +5,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from producer import cli, installcheck
+from producer import cli
+from producer.commands import installcheck
 from producer.modelfiles import install, models, needs
 from producer.facts import registry
 from producer.cli import ExitCode, build_parser, log, run_main
@@ -196,7 +197,7 @@ def _fix_for_check(name: str, args) -> str:
 
 
 def smoke_section(args) -> dict:
-    from producer import smoke
+    from producer.commands import smoke
 
     if args.smoke_dir:
         hf_home = Path(args.smoke_dir).expanduser().resolve()
