@@ -194,7 +194,6 @@ def environment() -> dict:
 
 def run_child(args, workload: str, config: str) -> dict:
     import torch
-
     from children import run_qwen, run_wan
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

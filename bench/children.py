@@ -5,15 +5,13 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import replace
-
 from pathlib import Path
 
+import fullsize
 import numpy as np
 import torch
-from PIL import Image
-
-import fullsize
 from benchmark import LEVERS, TINY, WORKLOADS, cap_gib, plan_machine
+from PIL import Image
 
 GiB = 1024**3
 
@@ -221,10 +219,9 @@ def _result(seconds: dict, cold: float, plan, extra: dict, steps: int, measured:
 
 def run_wan(args, workload: str, config: str, device: str) -> dict:
     from diffusers import WanImageToVideoPipeline
-
-    from producer.sizing import memory
     from producer.engines.wan import wan
     from producer.facts import registry
+    from producer.sizing import memory
 
     width, height, frames, steps, measured, cfg = _shape(args, workload)
     dtype = _dtype(args.size, device)
@@ -422,9 +419,8 @@ def run_wan_text(args, workload: str, config: str, device: str) -> dict:
 
 def run_qwen(args, workload: str, config: str, device: str) -> dict:
     from diffusers import QwenImageEditPlusPipeline
-
-    from producer.sizing import memory
     from producer.engines.qwen import qwen
+    from producer.sizing import memory
 
     width, height, refs, steps, measured, cfg = _shape(args, workload)
     dtype = _dtype(args.size, device)

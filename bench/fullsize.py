@@ -233,7 +233,6 @@ def write_gguf_expert(module: torch.nn.Module, path, form: str) -> int:
     import gguf
     import numpy as np
     from diffusers.quantizers.gguf.utils import GGUFParameter
-
     from producer.testing.standin_gguf import wan_key_to_original
 
     writer = gguf.GGUFWriter(path=None, arch="wan")

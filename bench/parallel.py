@@ -155,9 +155,9 @@ def _session(args, device: str, session_class):
     from children import _footprint, _plan
     from diffusers import WanImageToVideoPipeline
     from PIL import Image
-    from producer.sizing import memory
     from producer.engines.wan import wan
     from producer.facts import registry
+    from producer.sizing import memory
 
     _, width, height, frames, steps, cfg = WORKLOADS[args.workload]
     if args.size == "tiny":
@@ -201,8 +201,8 @@ def _timed_clip(session, job, steps: int) -> tuple[dict, object]:
 
 def scenes_child(args, rank: int) -> dict:
     """Warm up, wait for every worker, then claim clips from the shared queue until it is empty."""
-    from producer.runs import batch, parallel
     from producer.engines.wan import wan
+    from producer.runs import batch, parallel
 
     parallel.pin_gpu()
     device = "cpu" if args.device == "cpu" else "cuda:0"  # this worker's own GPU, as in wan_video.py --batch

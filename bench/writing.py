@@ -38,7 +38,6 @@ def clip_stages(width: int, height: int, frames: int, folder: Path) -> dict:
     """The steps wan_video.py runs after decoding, in its order, on one clip whose picture pans slowly."""
     import numpy as np
     from PIL import Image
-
     from producer.files import provenance, review, video
 
     wide = canvas(width + 2 * frames, height)
@@ -63,7 +62,6 @@ def clip_stages(width: int, height: int, frames: int, folder: Path) -> dict:
 
 def image_stages(width: int, height: int, folder: Path) -> dict:
     from PIL import Image
-
     from producer.files import media
 
     image = Image.fromarray(canvas(width, height))

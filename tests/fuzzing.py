@@ -39,8 +39,8 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from PIL import Image
-from producer.files import video
 from producer.cli import ExitCode
+from producer.files import video
 
 DOCUMENTED_CODES = {int(c) for c in ExitCode} - {ExitCode.INTERRUPTED, ExitCode.TERMINATED}
 CRASH_FIX = "if it persists, report it"  # cli.run_main's catch-all for an unexpected exception

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from conftest import run_json
 from PIL import Image
-from producer.runs import batch
 from producer import cli
 from producer.cli import CliError, ExitCode
 from producer.commands import production as tool
 from producer.makers import assemble_video, qwen_image, wan_video
+from producer.runs import batch
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lighthouse"

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from producer.makers import assemble_video
+from producer.cli import ExitCode
 from producer.files import clips as clipio
 from producer.files import colour, timeline, video
+from producer.makers import assemble_video
 from producer.production import seams
-from producer.cli import ExitCode
 
 W, H = 64, 48
 RED, BLUE = (200, 50, 50), (50, 50, 200)

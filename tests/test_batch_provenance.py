@@ -3,10 +3,9 @@
 import json
 
 import pytest
-
-from producer.runs import batch
 from producer import cli
 from producer.files import provenance
+from producer.runs import batch
 
 
 def _parser():

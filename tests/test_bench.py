@@ -33,10 +33,9 @@ def test_tiny_benchmark_runs_plain_and_project_side_by_side(tmp_path):
 
 def test_numerical_probe_reports_zero_for_the_same_numbers_and_the_size_of_a_change():
     sys.path[:0] = [str(BENCH.parent), str(BENCH.parents[1] / "scripts")]
-    import torch
-
     import children
     import fullsize
+    import torch
 
     parts = fullsize.wan_components("tiny", "cpu", torch.float32)
     embeds = fullsize.wan_prompt_embeds("tiny", "cpu", torch.float32)
@@ -61,10 +60,9 @@ def test_writing_benchmark_times_every_stage_after_generation(tmp_path):
 
 def test_gguf_experts_have_the_published_type_maps_and_sane_weights():
     sys.path[:0] = [str(BENCH.parent), str(BENCH.parents[1] / "scripts")]
+    import fullsize
     import torch
     from diffusers.quantizers.gguf.utils import GGUFLinear, dequantize_gguf_tensor
-
-    import fullsize
 
     parts = fullsize.wan_components("tiny", "cpu", torch.float32, wide=True)
     expert, sizes = fullsize.quantize_like_gguf(parts["transformer"], "gguf-q4", torch.float32)

@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-
 from producer import cli
 from producer.files import outputs
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 from PIL import Image
-from producer.files import colour, video
 from producer.cli import CliError
+from producer.files import colour, video
 
 
 def smooth_image(seed=0, width=96, height=64):

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from conftest import run_json
 from PIL import Image
-from producer.runs import batch
 from producer import cli
-from producer.files import paths
 from producer.cli import CliError, ExitCode
 from producer.commands import production as tool
+from producer.files import paths
 from producer.makers import qwen_image, wan_video
+from producer.runs import batch
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lighthouse"
 SCRIPTS = {"qwen": qwen_image, "wan": wan_video}

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 from producer import cli
-from producer.commands import docgen
-from producer.workflow import nextstep, planner
-from producer.modelfiles import needs
-from producer.commands import production
+from producer.commands import docgen, production
 from producer.commands.demo import SAMPLE
+from producer.modelfiles import needs
+from producer.workflow import nextstep, planner
 from producer.workflow.rehearsal import DEMO_TIME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,9 +234,7 @@ def test_a_batch_whose_every_job_misses_the_model_exits_3_in_both_scripts(tmp_pa
     """No model installed (the autouse empty cache): qwen_image.py used to say 6 "partial" where wan_video.py said
     3; both now give the reason's code when every job failed for it (SKILL.md's table)."""
     from PIL import Image
-
-    from producer.makers import qwen_image
-    from producer.makers import wan_video
+    from producer.makers import qwen_image, wan_video
 
     Image.new("RGB", (64, 64), "grey").save(tmp_path / "kf.png")
     (tmp_path / "stills.json").write_text(json.dumps([{"prompt": f"a fox {i}", "output": f"s{i}.png"} for i in range(3)]))

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from producer.files import media, provenance
-from producer.testing import standin_loras
 from producer.cli import CliError, ExitCode
 from producer.commands import production
 from producer.commands.demo import SAMPLE
+from producer.files import media, provenance
 from producer.makers import assemble_video, qwen_image, wan_video
+from producer.testing import standin_loras
 
 # ---------------------------------------------------------------- the damaged pictures
 

@@ -17,9 +17,8 @@ import shlex
 from pathlib import Path
 
 import pytest
-
-from producer.commands import docgen
 from producer.cli import CliError
+from producer.commands import docgen
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = ("SKILL.md", "SETUP.md", "README.md", "references/prompt-engineering.md", "references/troubleshooting.md",

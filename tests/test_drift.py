@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-from producer.workflow import drift, identity
 from producer.files import layout, video
 from producer.production.assets import Asset, AssetPlan
 from producer.production.project import Production
 from producer.production.scenes import KeyframeRef, KeyframeRow, Scene, SceneBreakdown
+from producer.workflow import drift, identity
 
 W, H, FRAMES = 160, 96, 17
 

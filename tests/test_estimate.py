@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from producer.sizing import estimate, memory
-from producer.workflow import forecast
-from producer.facts import hardware
 from producer.commands import production, setup_diffusers
 from producer.commands.demo import SAMPLE
+from producer.facts import hardware
 from producer.makers import qwen_image, wan_video
+from producer.sizing import estimate, memory
+from producer.workflow import forecast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))

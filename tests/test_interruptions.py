@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from producer.files import locks, provenance, video
 from producer.cli import ExitCode
+from producer.files import locks, provenance, video
 from producer.makers import wan_video
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "wan_video.py"

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from producer.engines import judge
-from producer.sizing import speed
-from producer.files import provenance
 from producer.cli import CliError, ExitCode
+from producer.engines import judge
+from producer.files import provenance
+from producer.sizing import speed
 
 # ---------------------------------------------------------------- synthetic material (the calibration cases)
 

@@ -7,11 +7,10 @@ import logging
 import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
-
-from producer.engines.loras import lora as L
-from producer.testing import standin_loras as SL
-from producer.testing import standin_gguf, standin_models, standins
 from producer.cli import CliError, ExitCode
+from producer.engines.loras import lora as L
+from producer.testing import standin_gguf, standin_models, standins
+from producer.testing import standin_loras as SL
 
 WAN_EXPERTS = ("transformer", "transformer_2")
 

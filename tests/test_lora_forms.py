@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
+from producer.cli import ExitCode
 from producer.makers import wan_video
 from producer.testing import standin_loras as SL
-from producer.cli import ExitCode
 
 WAN_FAST = ["--seed", "3", "--size", "64x64", "--frames", "5", "--quiet", "--json"]
 

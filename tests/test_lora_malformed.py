@@ -8,9 +8,9 @@ import re
 import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
+from producer.cli import CliError, ExitCode
 from producer.engines.loras import lora as L
 from producer.testing import standin_loras as SL
-from producer.cli import CliError, ExitCode
 
 
 def has_lora_layers(model) -> bool:

@@ -4,10 +4,10 @@ belong; the helpers are test_lora.py's."""
 import pytest
 import torch
 from producer import cli
-from producer.testing import standin_models
+from producer.cli import CliError, ExitCode
 from producer.engines.loras import lora as L
 from producer.testing import standin_loras as SL
-from producer.cli import CliError, ExitCode
+from producer.testing import standin_models
 from test_lora import WAN_EXPERTS, outputs, skipped, with_lora_writers
 
 

@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image, ImageCms  # noqa: E402
-from producer.files import media, video  # noqa: E402
 from producer.cli import CliError, ExitCode  # noqa: E402
+from producer.files import media, video  # noqa: E402
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 

@@ -7,9 +7,8 @@ code produces, so the page cannot drift.
 from pathlib import Path
 
 import pytest
-
-from producer.sizing import memory
 from producer.facts.hardware import GiB, from_sizes
+from producer.sizing import memory
 
 # (VRAM GB, RAM GB) -> "plan weights experts_in_ram fits". Read a row as: on this machine, this is
 # how the 832x480x81 clip / the 1024^2 one-reference edit runs.

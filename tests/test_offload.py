@@ -1,7 +1,6 @@
 """pin_in_place packs host weights into few chunks, in place, with the same values and nothing lost."""
 
 import torch
-
 from producer.sizing import offload
 
 
@@ -91,9 +90,8 @@ def test_release_hands_pinned_chunks_back(monkeypatch):
 def test_gguf_experts_are_packed_too_and_compute_the_same(standin_hf_home, monkeypatch):
     from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
     from diffusers.quantizers.gguf.utils import GGUFParameter
-
-    from producer.modelfiles import models
     from producer.facts import registry
+    from producer.modelfiles import models
 
     chunks = []
     monkeypatch.setattr(offload, "_pinned_chunk", lambda n: chunks.append(torch.empty(n, dtype=torch.uint8)) or
@@ -120,7 +118,6 @@ def test_streamed_text_encoders_offload_each_block_list_from_its_own_parent():
     """UMT5 keeps its blocks in `encoder.block`, Qwen2.5-VL in the language model and the vision tower:
     diffusers' block-level offloading finds only direct ModuleList children, so each parent is offloaded."""
     import torch
-
     from producer.sizing import offload
     from producer.testing import standin_models
     from transformers import UMT5Config, UMT5EncoderModel

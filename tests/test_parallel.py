@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from producer.runs import parallel, parallel_merge
-from producer.files import video
 from producer.cli import CliError, ExitCode
+from producer.files import video
 from producer.makers import qwen_image, wan_video
+from producer.runs import parallel, parallel_merge
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -23,13 +23,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from producer.facts import hardware, registry
 from producer.engines.loras import lora
 from producer.engines.qwen import qwen, qwen_jobs
 from producer.engines.wan import wan
-from producer.testing import standin_loras
-from producer.sizing import memory
 from producer.engines.wan.wan_install import components_snapshot, locate_files, plan_for
+from producer.facts import hardware, registry
+from producer.sizing import memory
+from producer.testing import standin_loras
 
 LORA_ATOL = 2e-6  # measured: 6.0e-7 (Wan Lightning pair), 4.8e-7 (Qwen Lightning; Lightning + AnyPose)
 EXACT = 0.0
@@ -240,8 +240,8 @@ def skeleton(folder: Path) -> str:
 
 def qwen_project(tmp_path: Path, argv):
     """The job as qwen_image.py resolves it, run through its session: (resolved, latents, picture, files, dtype)."""
-    from producer.sizing import offload
     from producer.makers import qwen_image
+    from producer.sizing import offload
 
     args = qwen_image.build().parse_args(["--prompt", "the fox from image 1 at dusk", "--size", "64x64", "--seed",
                                           "5", "--quiet", "-o", str(tmp_path / "out.png"), *map(str, argv)])

@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import use_hf_home
 from PIL import Image
-from producer.engines.qwen import pose
-from producer.testing import standins
-from producer.facts import registry
 from producer.cli import CliError, ExitCode
+from producer.engines.qwen import pose
+from producer.facts import registry
+from producer.testing import standins
 
 # A standing person, COCO-18 order, in pixels of a 64x64 canvas.
 STANDING = [(32, 10), (32, 20), (24, 20), (20, 30), (18, 40), (40, 20), (44, 30), (46, 40), (28, 40), (28, 50),

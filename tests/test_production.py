@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from producer.workflow import approvals, planner, seeds
-from producer.production import rules
-from producer.runs import batch
 from producer.commands import production
 from producer.commands.demo import SAMPLE
+from producer.production import rules
+from producer.runs import batch
+from producer.workflow import approvals, planner, seeds
 
 BREAKDOWN, ASSETS = "scene-breakdown.md", "assets.json"
 
@@ -268,9 +268,9 @@ def test_without_the_models_status_compares_what_it_can(demo, tmp_path):
 
 
 def test_a_new_model_revision_makes_outputs_stale(standin_hf_home):
+    from producer.facts import registry
     from producer.modelfiles import models
     from producer.workflow import recipes
-    from producer.facts import registry
 
     entry = registry.get("qwen-edit")
     reasons, notes = recipes.model_changes({"model": {"repo": entry.repo_id, "commit": "0" * 40, "weights": "bf16"}})

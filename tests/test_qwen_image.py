@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from producer.facts import hardware
-from producer.sizing import memory
-from producer.modelfiles import models
-from producer.engines.qwen import qwen, qwen_jobs
-from producer.testing import standin_loras
-from producer.files import media
 from producer.cli import ExitCode
+from producer.engines.qwen import qwen, qwen_jobs
+from producer.facts import hardware
+from producer.files import media
 from producer.makers import qwen_image
+from producer.modelfiles import models
+from producer.sizing import memory
+from producer.testing import standin_loras
 
 pytestmark = pytest.mark.usefixtures("standin_hf_home", "frozen_heap")
 

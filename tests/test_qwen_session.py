@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from producer.cli import CliError, ExitCode
+from producer.engines.qwen import qwen
 from producer.facts import hardware
 from producer.sizing import memory
-from producer.engines.qwen import qwen
-from producer.cli import CliError, ExitCode
 
 
 def _tiny_footprint():

@@ -7,10 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-
+from producer.facts import registry
 from producer.modelfiles import install, models
 from producer.testing import standins
-from producer.facts import registry
 
 HEX40 = re.compile(r"[0-9a-f]{40}")
 # Commits seen publicly that are not on main: refs/pr/1 of Wan-AI/Wan2.2-I2V-A14B-Diffusers (model-files.md).

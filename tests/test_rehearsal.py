@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from conftest import use_hf_home
-from producer.files import provenance
-from producer.workflow import rehearsal
 from producer.commands import production
 from producer.commands.demo import SAMPLE
+from producer.files import provenance
+from producer.workflow import rehearsal
 
 
 def run(argv: list[str]) -> tuple[int, dict]:

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from producer.files import faults, provenance, video
 from producer.cli import ExitCode
+from producer.files import faults, provenance, video
 from producer.makers import qwen_image, wan_video
 
 pytestmark = pytest.mark.usefixtures("standin_hf_home", "real_signals", "frozen_heap")
@@ -224,8 +224,8 @@ def test_out_of_memory_stops_a_batch_with_the_plan_and_the_rerun_finishes_it(tmp
 
 
 def test_on_oom_retry_reloads_under_the_next_plan_and_runs_the_job_again(tmp_path, monkeypatch):
-    from producer.sizing import memory
     from producer.engines.qwen import qwen_load
+    from producer.sizing import memory
 
     argv = qwen_batch(tmp_path)
     failures = oom_on_seed(monkeypatch, seed=1)
@@ -242,8 +242,8 @@ def test_on_oom_retry_reloads_under_the_next_plan_and_runs_the_job_again(tmp_pat
 
 def test_wan_batch_out_of_memory_retry_reloads_and_reencodes(tmp_path, monkeypatch):
     from diffusers import WanTransformer3DModel
-    from producer.sizing import memory
     from producer.engines.wan import wan
+    from producer.sizing import memory
 
     gradient(tmp_path / "kf.png")
     jobs = [{"start_frame": "kf.png", "prompt": "waves", "seed": 1, "output": "c0.mp4", "size": "64x64", "frames": 9}]

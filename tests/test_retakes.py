@@ -4,8 +4,8 @@ interruption in the middle neither loses a variant nor spends the budget twice; 
 
 import pytest
 from PIL import Image
-from producer.workflow import approvals, retakes
 from producer.files import layout
+from producer.workflow import approvals, retakes
 
 
 def flag(figure, item="keyframe:KF-A"):

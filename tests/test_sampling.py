@@ -14,12 +14,12 @@ import pytest
 from diffusers import QwenImageTransformer2DModel
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_shift
 from PIL import Image
+from producer.cli import CliError
 from producer.engines.qwen import qwen, qwen_jobs
 from producer.engines.wan import wan
-from producer.testing import standin_models
 from producer.facts import registry
-from producer.cli import CliError
 from producer.makers import qwen_image
+from producer.testing import standin_models
 
 # Qwen/Qwen-Image-Edit-2511 (and Qwen/Qwen-Image) `scheduler/scheduler_config.json`, as published.
 QWEN_REPO_SCHEDULER = {

@@ -2,9 +2,14 @@
 reported as problems with line numbers (never exceptions)."""
 
 import pytest
-
 from producer.cli import CliError
-from producer.production.scenes import (load_scene_breakdown, parse_scene_breakdown, parse_seconds, parse_transition, shared_keyframe)
+from producer.production.scenes import (
+    load_scene_breakdown,
+    parse_scene_breakdown,
+    parse_seconds,
+    parse_transition,
+    shared_keyframe,
+)
 
 GOOD = """\
 # Scene Breakdown: Lantern Walk

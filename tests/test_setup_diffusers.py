@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from localhub import LocalHub
-from producer.modelfiles import download, install, models, needs
-from producer.testing import standins
-from producer.sizing import memory
-from producer.facts import hardware, registry
 from producer.commands import setup_diffusers
+from producer.facts import hardware, registry
+from producer.modelfiles import download, install, models, needs
+from producer.sizing import memory
+from producer.testing import standins
 
 LORAS = ["wan-lightning", "qwen-lightning"]
 SMALL_MACHINE = ["wan-i2v-components", "wan-i2v-gguf-q4", "qwen-edit-components", "qwen-edit-gguf-q4"]
@@ -341,9 +341,9 @@ def test_every_command_in_the_output_example_parses():
 
 def test_an_unrecorded_entry_sharing_a_recorded_repo_is_not_installed(offline_hf_home):
     """The components' record must not make the full repo (whose patterns match the configs) look installed."""
+    from producer.facts import registry
     from producer.modelfiles import install, models
     from producer.testing import standins
-    from producer.facts import registry
 
     install.record_standins(standins.install_standins(offline_hf_home, ["wan-i2v-components"]))
     components, full = registry.get("wan-i2v-components"), registry.get("wan-i2v")

@@ -1,7 +1,6 @@
 """Speed levers: the default rule follows the measurements; levers reach the sessions; bad backends are refused."""
 
 import pytest
-
 from producer import cli
 from producer.sizing import speed
 
@@ -64,8 +63,8 @@ def test_an_attention_backend_whose_package_is_missing_is_refused_before_loading
     checks the package in set_attention_backend); the same check now runs with the arguments."""
     import json
 
-    from producer.makers import qwen_image
     from diffusers.models import attention_dispatch
+    from producer.makers import qwen_image
 
     if attention_dispatch._CAN_USE_FLASH_ATTN:
         pytest.skip("flash-attn is installed here")
@@ -91,9 +90,9 @@ def test_levers_apply_to_a_transformer(tiny_wan_pipeline):
 
 
 def test_session_takes_the_levers(tiny_wan_pipeline):
+    from producer.engines.wan import wan
     from producer.facts import hardware
     from producer.sizing import memory
-    from producer.engines.wan import wan
 
     plan = memory.plan_memory(hardware.from_sizes(0, 16), memory.WAN_FOOTPRINT, memory.wan_workload(64, 64, 9))
     session = wan.WanSession.from_components(tiny_wan_pipeline, plan, "cpu", progress=False,
@@ -106,10 +105,8 @@ def test_fp8_matmul_is_recorded_in_both_scripts_recipes(standin_hf_home, tmp_pat
     from types import SimpleNamespace
 
     from PIL import Image
-
-    from producer.makers import qwen_image
-    from producer.makers import wan_video
     from producer.engines.qwen import qwen_jobs
+    from producer.makers import qwen_image, wan_video
 
     frame = tmp_path / "f.png"
     Image.new("RGB", (64, 64), (90, 120, 200)).save(frame)
@@ -130,9 +127,7 @@ def test_the_json_report_says_which_levers_ran(standin_hf_home, tmp_path, capsys
     import json
 
     from PIL import Image
-
-    from producer.makers import qwen_image
-    from producer.makers import wan_video
+    from producer.makers import qwen_image, wan_video
 
     code = qwen_image.main(["--prompt", "a lighthouse", "-o", str(tmp_path / "a.png"), "--attention", "_native_math",
                             "--json", "--quiet"])

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from producer.makers import wan_video
 from producer.facts import registry
+from producer.makers import wan_video
 from producer.testing import standin_models
 
 

@@ -212,8 +212,7 @@ def test_q4_k_blocks_decode_with_ggml_layout(shape):
 @pytest.mark.parametrize("shape", [(2, 256), (3, 512)])
 def test_q6_k_blocks_decode_with_ggml_layout(shape):
     """Packed by hand (the gguf package cannot quantize Q6_K), decoded by the gguf package and by diffusers."""
-    from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
-    from diffusers.quantizers.gguf.utils import GGUFParameter
+    from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
     from gguf import GGMLQuantizationType, quants
 
     rng = np.random.default_rng(2)

@@ -15,8 +15,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from producer.workflow import approvals
 from producer.files import locks
+from producer.workflow import approvals
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "lighthouse"

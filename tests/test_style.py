@@ -5,9 +5,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import pytest  # noqa: E402
-
 from producer.cli import CliError  # noqa: E402
-from producer.files.style import (MAX_LIST_ITEMS, MAX_TEXT_CHARS, Style, StylePrompts, apply_style, join_negative, join_prompt, load_style, style_prompts)
+from producer.files.style import (
+    MAX_LIST_ITEMS,
+    MAX_TEXT_CHARS,
+    Style,
+    StylePrompts,
+    apply_style,
+    join_negative,
+    join_prompt,
+    load_style,
+    style_prompts,
+)
 
 FULL = {
     "project_name": "Temple Dawn",

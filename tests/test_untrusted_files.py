@@ -13,12 +13,12 @@ import pytest
 import torch
 from conftest import run_json
 from PIL import Image
-from producer.runs import batch
-from producer.engines.qwen import pose
-from producer.modelfiles import models
-from producer.files import paths
 from producer.cli import CliError, ExitCode
+from producer.engines.qwen import pose
+from producer.files import paths
 from producer.makers import qwen_image, wan_video
+from producer.modelfiles import models
+from producer.runs import batch
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -52,7 +52,7 @@ def calls(source: str, name: str) -> list[str]:
 def test_every_weight_load_asks_for_safetensors():
     """The modules that load weights (Wan, Qwen) pass use_safetensors=True to every from_pretrained; GGUF files
     go through from_single_file. (Elsewhere from_pretrained reads configs, tokenizers and schedulers only.)"""
-    loads = [call for name in ("wan.py", "qwen_load.py")
+    loads = [call for name in ("engines/wan/wan.py", "engines/qwen/qwen_load.py")
              for call in calls((SCRIPTS / "producer" / name).read_text(), ".from_pretrained")]
     assert len(loads) >= 6 and [c for c in loads if "use_safetensors=True" not in c] == []
 

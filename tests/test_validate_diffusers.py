@@ -7,11 +7,10 @@ import types
 
 import pytest
 from conftest import use_hf_home
-from producer.modelfiles import install, models, weightcheck
-from producer.commands import installcheck, smoke
-from producer.testing import standin_models, standins
+from producer.commands import installcheck, setup_diffusers, smoke, validate_diffusers
 from producer.facts import registry
-from producer.commands import setup_diffusers, validate_diffusers
+from producer.modelfiles import install, models, weightcheck
+from producer.testing import standin_models, standins
 
 NEEDED = ["wan-i2v", "qwen-edit", "wan-lightning", "qwen-lightning"]
 

@@ -4,11 +4,10 @@ import logging
 
 import numpy as np
 import pytest
-
-from producer.files import colour, review
-from producer.facts import registry
-from producer.engines.wan import wan_settings as ws
 from producer.cli import CliError, ExitCode
+from producer.engines.wan import wan_settings as ws
+from producer.facts import registry
+from producer.files import colour, review
 
 H, W, N = 96, 160, 33
 YY, XX = np.mgrid[0:H, 0:W]

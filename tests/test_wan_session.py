@@ -9,13 +9,12 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
-
-from producer.facts import hardware, registry
 from producer.engines.loras import lora
 from producer.engines.wan import wan
-from producer.testing import standin_models
-from producer.sizing import memory
 from producer.engines.wan.wan_install import components_snapshot, locate_files, plan_for
+from producer.facts import hardware, registry
+from producer.sizing import memory
+from producer.testing import standin_models
 
 
 @pytest.fixture
@@ -141,8 +140,8 @@ def test_out_of_memory_at_decode_keeps_the_latents_and_retries(setup, monkeypatc
 def test_a_prompt_longer_than_the_text_encoder_reads_is_refused(tiny_wan_pipeline):
     from producer import cli
     from producer.engines.wan import wan
-    from producer.sizing import memory
     from producer.facts import hardware, registry
+    from producer.sizing import memory
 
     plan = memory.plan_memory(hardware.from_sizes(0, 16), memory.WAN_FOOTPRINT, memory.wan_workload(64, 64, 9))
     session = wan.WanSession.from_components(tiny_wan_pipeline, plan, "cpu", progress=False)

@@ -7,12 +7,11 @@ import shlex
 import numpy as np
 import pytest
 from PIL import Image
-
-from producer.makers import wan_video
+from producer.cli import ExitCode
 from producer.files import provenance, review, video
+from producer.makers import wan_video
 from producer.testing import standin_loras as SL
 from producer.testing import standin_models
-from producer.cli import ExitCode
 
 FAST = ["--size", "64x64", "--frames", "9", "--quiet", "--json"]
 DISTILL_TIMESTEPS = {"transformer": [1000.0, 937.5], "transformer_2": [833.333, 625.0]}
@@ -296,7 +295,6 @@ def test_missing_model_names_the_setup_command(frames, tmp_path, capsys):
 
 def test_out_of_memory_names_the_plan_and_the_next_offload(standin_hf_home, frames, tmp_path, capsys, monkeypatch):
     import torch
-
     from producer.engines.wan import wan
 
     def no_memory(self, job):
@@ -323,8 +321,8 @@ def test_people_get_a_short_summary_on_stdout():
 
 
 def test_a_plan_that_does_not_fit_is_refused_before_loading(standin_hf_home, frames, tmp_path, capsys, monkeypatch):
-    from producer.facts import hardware
     from producer.engines.wan import wan
+    from producer.facts import hardware
 
     monkeypatch.setattr(hardware, "probe", lambda *args, **kwargs: hardware.from_sizes(4, 2))
     monkeypatch.setattr(wan.WanSession, "from_files", lambda *a, **k: pytest.fail("loaded despite the plan"))

@@ -29,16 +29,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from producer.errors import CliError, ExitCode
 from producer.files import layout
+from producer.files.outputs import write_json_atomic
+from producer.values import load_json, not_text
 from producer.workflow import rehearsal
 from producer.workflow.rehearsal import DEMO_TIME  # noqa: F401  (production.py shows it in --help)
-from producer.errors import CliError, ExitCode
-from producer.values import load_json, not_text
-from producer.files.outputs import write_json_atomic
 
 log = logging.getLogger("producer")
 
-SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lighthouse"
+SAMPLE = Path(__file__).resolve().parents[3] / "examples" / "lighthouse"
 MAX_STEPS = 60  # a 3-scene production needs about 15 (phases, keyframe rounds, approvals)
 PROVIDED_PATTERNS = ("keyframes/KF-*.png", "keyframes/layers/*/*.png")  # planned outputs a user may provide
 
@@ -147,8 +147,8 @@ def _rehearse_in(root: Path, source: Path, models_dir: str | None, quiet: bool, 
 def _copy_plan(source: Path, dest: Path) -> list[str]:
     """DIR's phase files, settings and the pictures the user provided (no recipe), into the rehearsal.
     A rehearsal folder made before is brought up to date: its outputs stay, and `next` remakes what changed."""
-    from producer.production.project import PHASE_FILES
     from producer.files.provenance import read_recipe
+    from producer.production.project import PHASE_FILES
 
     dest.mkdir(parents=True, exist_ok=True)
     copied = []

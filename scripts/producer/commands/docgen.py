@@ -22,7 +22,7 @@ import shlex
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SCRIPTS_DIR = REPO / "scripts"
 CLI_DOC = REPO / "references" / "cli.md"
 KEYFRAME_DOC = REPO / "docs" / "ADVANCED_KEYFRAME_PLAN.md"
@@ -139,10 +139,10 @@ def _cell(text: str) -> str:
 
 def planned_commands() -> str:
     """Every job the planner makes for examples/lighthouse, in phase order, one command each."""
-    from producer.workflow.approvals import read_takes
     from producer.commands.demo import SAMPLE
-    from producer.workflow.planner import job_argv, plan_production
     from producer.production.project import load_production
+    from producer.workflow.approvals import read_takes
+    from producer.workflow.planner import job_argv, plan_production
 
     prod = load_production(SAMPLE)
     plan = plan_production(prod, read_takes(SAMPLE))

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from producer.modelfiles import needs, weightcheck
-from producer.facts import registry
 from producer.errors import CliError
+from producer.facts import registry
+from producer.modelfiles import needs, weightcheck
 
 # The pipeline class each repository must declare: what the scripts load it with.
 EXPECTED_PIPELINES = {

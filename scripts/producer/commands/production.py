@@ -152,9 +152,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _estimate(snap, models_dir: str | None) -> dict:
-    from producer.workflow import forecast
-    from producer.modelfiles import install, models
     from producer.facts import hardware
+    from producer.modelfiles import install, models
+    from producer.workflow import forecast
 
     models.use_models_dir(models_dir)
     complete = {n for n, s in install.statuses().items() if s.complete}

@@ -6,9 +6,9 @@ import textwrap
 from dataclasses import dataclass
 
 from producer import cli
-from producer.modelfiles import install, models, needs
-from producer.facts import registry
 from producer.cli import CliError, ExitCode, build_parser, log, run_main
+from producer.facts import registry
+from producer.modelfiles import install, models, needs
 from producer.sizing.memory import WEIGHT_CHOICES
 
 DESCRIPTION = """\
@@ -156,8 +156,8 @@ def describe_info(result: dict) -> str:
 
 
 def download(args) -> dict:
-    from producer.modelfiles import download as dl
     from producer.facts import hardware
+    from producer.modelfiles import download as dl
 
     if args.quiet:
         from huggingface_hub.utils import disable_progress_bars
@@ -218,9 +218,9 @@ def describe_download(result: dict) -> str:
 
 
 def check(args) -> dict:
+    from producer.facts import hardware
     from producer.modelfiles import environment
     from producer.workflow import forecast
-    from producer.facts import hardware
 
     env = {"python": environment.python_info(), "torch": environment.torch_info(),
            "packages": environment.package_report(), "requirements": str(environment.REQUIREMENTS)}

@@ -20,10 +20,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from producer.modelfiles import install, models
-from producer.testing import standins
 from producer.cli import setup_logging
 from producer.errors import CliError, ExitCode
+from producer.modelfiles import install, models
+from producer.testing import standins
 
 SIZE = "64x64"
 FRAMES = "9"

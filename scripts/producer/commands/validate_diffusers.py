@@ -6,10 +6,10 @@ import tempfile
 from pathlib import Path
 
 from producer import cli
-from producer.commands import installcheck
-from producer.modelfiles import install, models, needs
-from producer.facts import registry
 from producer.cli import ExitCode, build_parser, log, run_main
+from producer.commands import installcheck
+from producer.facts import registry
+from producer.modelfiles import install, models, needs
 
 DESCRIPTION = """\
 Validate the setup. Without options: Python, the imports and versions the scripts need (against

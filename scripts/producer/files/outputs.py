@@ -18,8 +18,8 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from producer.files import faults
 from producer.errors import CliError, ExitCode, missing
+from producer.files import faults
 from producer.values import load_json
 
 # File systems allow 255 bytes per name. The longest name derived from an output's is a clip's recipe being

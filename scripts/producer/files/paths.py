@@ -25,8 +25,8 @@ import errno
 import os
 from pathlib import Path, PurePath
 
-from producer.files import layout
 from producer.errors import CliError
+from producer.files import layout
 from producer.files.layout import STATE
 
 ALLOW_FLAG = "--allow-outside"

@@ -36,8 +36,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from producer.files import colour, media, video
 from producer.errors import CliError
+from producer.files import colour, media, video
 from producer.values import log
 
 COLOR_MATCH_CHOICES = ("auto", "on", "off")

@@ -25,8 +25,8 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from producer.files import video
 from producer.errors import CliError
+from producer.files import video
 
 DEFAULT_SECONDS = {"cut": 0.0, "continuous": 0.0, "fade": 1.0, "dissolve": 0.5}
 CARD_SECONDS = 2.0  # long enough to read a short title at a glance, short enough not to stall the film

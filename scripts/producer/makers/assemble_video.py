@@ -6,11 +6,11 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from producer.cli import CliError, add_output_args, build_parser, log, missing, number_arg, run_main, text_arg
 from producer.files import clips as clipio
 from producer.files import locks, media, provenance, timeline, video
-from producer.production import seams
-from producer.cli import CliError, add_output_args, build_parser, log, missing, number_arg, run_main, text_arg
 from producer.files.outputs import atomic_outputs, check_output, write_json_atomic
+from producer.production import seams
 from producer.production.scenes import TRANSITIONS, SceneBreakdown, load_scene_breakdown, shared_keyframe
 
 DESCRIPTION = """\

@@ -7,14 +7,7 @@ import contextlib
 import gc
 from pathlib import Path
 
-from producer.runs import batch, parallel
 from producer import cli
-from producer.engines import judge
-from producer.engines.qwen import qwen, qwen_jobs, qwen_load
-from producer.modelfiles import models
-from producer.sizing import memory
-from producer.facts import hardware
-from producer.files import locks, media, provenance
 from producer.cli import (
     CliError,
     ExitCode,
@@ -28,8 +21,15 @@ from producer.cli import (
     seed_arg,
     text_arg,
 )
-from producer.makers import script_path
+from producer.engines import judge
+from producer.engines.qwen import qwen, qwen_jobs, qwen_load
+from producer.facts import hardware
+from producer.files import locks, media, provenance
 from producer.files.outputs import check_output
+from producer.makers import script_path
+from producer.modelfiles import models
+from producer.runs import batch, parallel
+from producer.sizing import memory
 
 DESCRIPTION = """\
 Make one still (or a --batch of them) with Qwen-Image-Edit-2511: character, background, pose, style and

@@ -9,13 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producer.runs import batch, parallel
 from producer import cli
-from producer.engines import judge
-from producer.modelfiles import models
-from producer.facts import registry
-from producer.files import locks, provenance, review, video
-from producer.engines.wan import wan_settings as ws
 from producer.cli import (
     CliError,
     ExitCode,
@@ -28,9 +22,15 @@ from producer.cli import (
     seed_arg,
     text_arg,
 )
-from producer.makers import script_path
-from producer.files.outputs import atomic_outputs, check_output, write_json_atomic
+from producer.engines import judge
+from producer.engines.wan import wan_settings as ws
 from producer.engines.wan.wan_jobs import Load, Request, recipe_for, resolve_load, resolve_request, to_job, up_to_date
+from producer.facts import registry
+from producer.files import locks, provenance, review, video
+from producer.files.outputs import atomic_outputs, check_output, write_json_atomic
+from producer.makers import script_path
+from producer.modelfiles import models
+from producer.runs import batch, parallel
 
 SCRIPT = "wan_video.py"
 FPS = registry.WAN.fps
@@ -210,9 +210,9 @@ class Engine:
 def open_engine(args: argparse.Namespace, load: Load, requests: list[Request], session: bool = True) -> Engine:
     """Plan memory for the largest request and refuse a plan that does not fit, before loading anything;
     then load the text encoder and VAE (the experts come at the first clip)."""
+    from producer.engines.wan import wan_install
     from producer.facts import hardware
     from producer.sizing import memory
-    from producer.engines.wan import wan_install
 
     hw = hardware.probe(args.models_dir, args.device)
     workloads = [memory.wan_workload(r.width, r.height, r.frames) for r in requests]
@@ -408,8 +408,8 @@ def _run_batch(args: argparse.Namespace) -> dict:
 
 def _prediction(args: argparse.Namespace, result: dict, requests: dict, engine: Engine) -> dict:
     """Each clip made: its predicted seconds (producer.sizing.estimate) against the measured ones."""
-    from producer.workflow import forecast
     from producer.facts import hardware
+    from producer.workflow import forecast
 
     made = [(forecast.clip_item(requests[j["job"]]), j["seconds"]) for j in result["jobs"] if j["status"] == "ok"]
     return forecast.batch_prediction(made, engine.plan, hardware.probe(args.models_dir, args.device),

@@ -30,9 +30,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from producer.modelfiles import install, models
-from producer.facts import registry
 from producer.errors import CliError, ExitCode
+from producer.facts import registry
+from producer.modelfiles import install, models
 
 log = logging.getLogger("producer")
 

@@ -23,9 +23,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from producer.modelfiles import models
 from producer.facts import registry
 from producer.files.outputs import write_json_atomic
+from producer.modelfiles import models
 from producer.values import load_json
 
 RECORD_FORMAT = 1

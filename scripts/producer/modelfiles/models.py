@@ -12,8 +12,8 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from producer.facts import registry
 from producer.errors import CliError, ExitCode, missing
+from producer.facts import registry
 from producer.sizing.memory import QWEN_FOOTPRINT, WAN_FOOTPRINT, ModelFootprint
 
 STANDIN_MARKER = "producer_standin.json"

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from producer.sizing import memory
-from producer.modelfiles import models
 from producer.facts import registry
 from producer.facts.hardware import GiB, Hardware
+from producer.modelfiles import models
+from producer.sizing import memory
 from producer.workflow.rehearsal import DEMO_TIME
 
 FAMILIES = ("wan", "qwen")

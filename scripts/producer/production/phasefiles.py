@@ -18,9 +18,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from producer.production.assets import key_line
 from producer.errors import CliError
 from producer.files.layout import PHILOSOPHY, STYLE
+from producer.production.assets import key_line
 from producer.production.scenes import Problem
 
 SECTIONS = {

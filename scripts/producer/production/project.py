@@ -19,15 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from producer.errors import CliError
 from producer.files import paths
+from producer.files.inputs import regular_file
+from producer.files.layout import ASSETS, PHILOSOPHY, SCENE_BREAKDOWN, STATE, STYLE
 from producer.production import rules
 from producer.production.assets import AssetPlan, load_assets
-from producer.errors import CliError
-from producer.files.inputs import regular_file
-from producer.values import load_json
-from producer.files.layout import ASSETS, PHILOSOPHY, SCENE_BREAKDOWN, STATE, STYLE
 from producer.production.phasefiles import check_philosophy, check_style
 from producer.production.scenes import Problem, SceneBreakdown, parse_scene_breakdown
+from producer.values import load_json
 
 PHASES = ("philosophy", "scenes", "assets", "keyframes", "clips", "film")
 PHASE_NUMBERS = {"philosophy": "1", "scenes": "2", "assets": "2.5", "keyframes": "3", "clips": "4", "film": "5"}

@@ -29,8 +29,8 @@ from itertools import pairwise
 from pathlib import Path
 
 from producer.facts import registry
-from producer.production.assets import AssetPlan
 from producer.files.layout import ASSETS, SCENE_BREAKDOWN
+from producer.production.assets import AssetPlan
 from producer.production.scenes import KeyframeRow, Problem, Scene, SceneBreakdown
 
 MAX_SCENE_SECONDS = registry.WAN.frames / registry.WAN.fps  # 81 / 16 = 5.0625

@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from producer.files import paths
 from producer.errors import CliError
+from producer.files import paths
 from producer.files.inputs import regular_file
 
 SCENE_TYPES = ("character", "landscape")

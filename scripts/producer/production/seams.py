@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from producer.errors import CliError
 from producer.files import colour, media, video
 from producer.files.clips import ClipInfo, scan_clip
-from producer.errors import CliError
 from producer.files.layout import clip_path, keyframe_path  # noqa: F401 - the layout's one home; re-exported for callers
 from producer.production.scenes import SceneBreakdown, load_scene_breakdown, shared_keyframe
 

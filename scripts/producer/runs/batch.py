@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from producer.files import paths
 from producer.cli import unexpected_error
 from producer.errors import CliError, ExitCode, missing
+from producer.files import paths
 from producer.files.inputs import regular_file
 from producer.files.outputs import deliver_late_signal
 from producer.values import load_json

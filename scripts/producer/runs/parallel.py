@@ -37,10 +37,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from producer.runs import batch, parallel_merge
 from producer.cli import peak_memory
 from producer.errors import CliError, ExitCode
 from producer.files.outputs import write_json_atomic
+from producer.runs import batch, parallel_merge
 from producer.values import number_arg, resolve_seed
 
 log = logging.getLogger("producer")

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from producer.runs import batch
 from producer.errors import CliError, ExitCode
+from producer.runs import batch
 from producer.values import load_json
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from producer.sizing import memory
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"  # scripts/producer/data
 SPEED_MODEL = DATA / "speed-model.json"
 GPUS = DATA / "gpus.json"
 # GB/s per lane and direction after line encoding (PCI-SIG base specifications: 2.5, 5, 8, 16, 32, 64 GT/s).

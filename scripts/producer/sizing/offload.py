@@ -20,8 +20,8 @@ import logging
 
 import torch
 
-from producer.sizing.memory import MemoryPlan
 from producer.facts.registry import WAN_DENOISERS
+from producer.sizing.memory import MemoryPlan
 
 log = logging.getLogger("producer")
 

@@ -32,7 +32,19 @@ from typing import TYPE_CHECKING
 from producer.facts import registry
 from producer.modelfiles.models import STANDIN_MARKER, matching_files, standin_facts  # noqa: F401 - one reader of the marker
 from producer.testing.standin_gguf import QWEN_TIMESTEP_MARKER, gguf_scheme_of, wan_state_dict_to_original, write_gguf
-from producer.testing.standin_models import (QWEN_CONDITION_AREA, QWEN_REFERENCE_AREA, build_dinov2, build_qwen_controlnet, build_qwen_edit_pipeline, build_qwen_edit_transformer, build_qwen_t2i_pipeline, build_wan_experts, build_wan_pipeline, component_seed, transformers4_text_encoder_config)
+from producer.testing.standin_models import (
+    QWEN_CONDITION_AREA,
+    QWEN_REFERENCE_AREA,
+    build_dinov2,
+    build_qwen_controlnet,
+    build_qwen_edit_pipeline,
+    build_qwen_edit_transformer,
+    build_qwen_t2i_pipeline,
+    build_wan_experts,
+    build_wan_pipeline,
+    component_seed,
+    transformers4_text_encoder_config,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - for annotations only; numpy is imported where it is used
     pass

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Iterator
 
 from producer.errors import CliError
-from producer.values import load_json
+from producer.files.layout import state_dir, state_file
 from producer.files.locks import state_lock
 from producer.files.outputs import atomic_output, write_json_atomic
-from producer.files.layout import state_dir, state_file
 from producer.files.provenance import file_digest
+from producer.values import load_json
 
 APPROVALS = "approvals.json"
 TAKES = "takes.json"

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 
-from producer.workflow import approvals, seeds
-from producer.files import layout
 from producer.errors import CliError
+from producer.files import layout
 from producer.production.project import PHASE_FILES, PHASE_NUMBERS, PHASES
+from producer.workflow import approvals, seeds
 from producer.workflow.status import GOOD, ITEM_PHASES, Snapshot, shown
 
 TOOL = "production.py"

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from producer.workflow import identity
 from producer.engines import judge
-from producer.files import layout, media, review, video
 from producer.errors import CliError
+from producer.files import layout, media, review, video
+from producer.workflow import identity
 
 log = logging.getLogger("producer")
 

@@ -13,11 +13,11 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from producer.sizing import estimate, memory
-from producer.modelfiles import models, needs
 from producer.facts import registry
 from producer.facts.hardware import GiB, Hardware
+from producer.modelfiles import models, needs
 from producer.modelfiles.install import human_bytes
+from producer.sizing import estimate, memory
 from producer.workflow.planner import WAN, parse_job
 
 REMAINING = ("missing", "stale")

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from producer.facts import registry
 from producer.files import media
 from producer.modelfiles import models
-from producer.facts import registry
 
 log = logging.getLogger("producer")
 

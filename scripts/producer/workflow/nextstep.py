@@ -23,8 +23,8 @@ import shlex
 
 from producer.files import layout, paths
 from producer.files.outputs import write_json_atomic
-from producer.workflow.planner import ASSEMBLE, command, job_argv
 from producer.production.project import PHASE_FILES, PHASE_NUMBERS, PHASES
+from producer.workflow.planner import ASSEMBLE, command, job_argv
 from producer.workflow.status import ITEM_PHASES, ItemState, Snapshot, shown
 
 TOOL = "production.py"

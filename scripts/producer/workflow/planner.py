@@ -35,17 +35,17 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from producer.engines.wan.wan_settings import frames_for_duration
+from producer.errors import CliError
 from producer.files import layout
 from producer.production import prompts
-from producer.workflow import seeds
 from producer.production.assets import Asset
-from producer.errors import CliError
 from producer.production.project import Production
 from producer.production.rules import cell_names
 from producer.production.scenes import KeyframeRow, Problem
-from producer.engines.wan.wan_settings import frames_for_duration
+from producer.workflow import seeds
 
-SCRIPTS_DIR = Path(__file__).resolve().parents[1]
+SCRIPTS_DIR = Path(__file__).resolve().parents[2]
 QWEN, WAN, ASSEMBLE = "qwen_image.py", "wan_video.py", "assemble_video.py"
 JUDGE_SETTINGS = "judge"  # not a script: the thresholds `status` judges the film by (docs/judging.md)
 KEYFRAME_PRESET = "480p"  # keyframes come out at the video's frame size (832x480), so clips never crop them

@@ -20,12 +20,12 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
-from producer.files import layout
-from producer.facts import registry
 from producer.errors import CliError
-from producer.workflow.planner import ASSEMBLE, QWEN, WAN, Job, Plan, parse_job
+from producer.facts import registry
+from producer.files import layout
 from producer.files.provenance import file_digest, make_recipe
 from producer.values import log
+from producer.workflow.planner import ASSEMBLE, QWEN, WAN, Job, Plan, parse_job
 
 
 def would_be_recipe(job: Job, plan: Plan) -> dict:

@@ -20,10 +20,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from producer.workflow import approvals
-from producer.files import faults, layout, provenance, review
 from producer.errors import CliError
+from producer.files import faults, layout, provenance, review
 from producer.files.outputs import atomic_output, write_json_atomic
+from producer.workflow import approvals
 
 STATE = "retakes.json"
 VARIANTS = "variants"

@@ -15,9 +15,9 @@ import secrets
 from pathlib import Path
 
 from producer.files import layout, paths
-from producer.workflow.approvals import derive_seed
 from producer.files.outputs import write_json_atomic
 from producer.values import load_json
+from producer.workflow.approvals import derive_seed
 
 SALT_FILE = "production.json"
 

@@ -22,13 +22,13 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from producer.workflow import approvals as approvals_mod
-from producer.files import layout
-from producer.workflow import rehearsal, seeds
 from producer.errors import CliError, ExitCode, missing
-from producer.workflow.planner import ASSEMBLE, Job, Plan, command, plan_production
-from producer.production.project import PHASE_NUMBERS, PHASES, Production, load_production
+from producer.files import layout
 from producer.files.provenance import recipe_or_damage
+from producer.production.project import PHASE_NUMBERS, PHASES, Production, load_production
+from producer.workflow import approvals as approvals_mod
+from producer.workflow import rehearsal, seeds
+from producer.workflow.planner import ASSEMBLE, Job, Plan, command, plan_production
 from producer.workflow.recipes import differences, film_differences, model_changes, partial_differences, would_be_recipe
 
 GOOD = ("ok", "provided", "unchecked")

@@ -80,14 +80,35 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
-from producer.errors import CliError, ExitCode
-from producer.engines.loras.lora_files import (EXPERT_ROLES, FAMILIES, MAX_ABS_STRENGTH, MODEL_TITLES, WAN_TARGET_NAMES, WAN_TARGETS, LoraFile, LoraModule, LoraSpec, check_lora_file, read_lora, wan_dotted)
-from producer.engines.loras.lora_plan import (ExpertPlan, SpecPlan, is_quantized_model, plan_spec, refuse_incomplete, submodule)
-from producer.engines.loras.lora_report import LoraReport, file_report, log_lora, warn_alpha_given_as_strength
-
 # Public names of this module that live in its parts: the skip reasons a report gives, the scripts' flag.
-from producer.engines.loras.lora_files import NOT_APPLICABLE, QUANTIZED, ZERO_DELTA  # noqa: E402,F401
-from producer.engines.loras.lora_plan import ALLOW_PARTIAL_HINT  # noqa: E402,F401
+from producer.engines.loras.lora_files import (  # noqa: E402,F401
+    EXPERT_ROLES,
+    FAMILIES,
+    MAX_ABS_STRENGTH,
+    MODEL_TITLES,
+    NOT_APPLICABLE,
+    QUANTIZED,
+    WAN_TARGET_NAMES,
+    WAN_TARGETS,
+    ZERO_DELTA,
+    LoraFile,
+    LoraModule,
+    LoraSpec,
+    check_lora_file,
+    read_lora,
+    wan_dotted,
+)
+from producer.engines.loras.lora_plan import (
+    ALLOW_PARTIAL_HINT,  # noqa: E402,F401
+    ExpertPlan,
+    SpecPlan,
+    is_quantized_model,
+    plan_spec,
+    refuse_incomplete,
+    submodule,
+)
+from producer.engines.loras.lora_report import LoraReport, file_report, log_lora, warn_alpha_given_as_strength
+from producer.errors import CliError, ExitCode
 
 log = logging.getLogger("producer")
 
@@ -165,8 +186,8 @@ def registry_lora_specs(name: str, steps: int | None = None,
     expert). qwen-lightning: `steps` 4 (default) or 8. qwen-anypose: base + helper files.
     A missing file is a CliError (exit 3) that names the setup command.
     """
-    from producer.modelfiles import models
     from producer.facts import registry
+    from producer.modelfiles import models
 
     entry = registry.get(name)
     if entry.kind != "lora":

@@ -11,8 +11,19 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from producer.engines.loras.lora_files import (
+    EXPERT_ROLES,
+    MODEL_TITLES,
+    NOT_APPLICABLE,
+    QUANTIZED,
+    WAN21_IMAGE_KEY,
+    ZERO_DELTA,
+    LoraDelta,
+    LoraFile,
+    LoraModule,
+    LoraSpec,
+)
 from producer.errors import CliError
-from producer.engines.loras.lora_files import (EXPERT_ROLES, MODEL_TITLES, NOT_APPLICABLE, QUANTIZED, WAN21_IMAGE_KEY, ZERO_DELTA, LoraDelta, LoraFile, LoraModule, LoraSpec)
 
 log = logging.getLogger("producer")
 

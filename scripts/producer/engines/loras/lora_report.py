@@ -7,7 +7,6 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-
 from producer.engines.loras.lora_plan import SpecPlan, role_name
 
 log = logging.getLogger("producer")

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from producer.files import media
 from producer.errors import CliError, missing
+from producer.files import media
 from producer.files.inputs import regular_file
 from producer.values import load_json
 
@@ -312,8 +312,8 @@ def _detector(hands: bool):
     It runs on the GPU when there is one (controlnet_aux moves inputs to its networks' device)."""
     import torch
 
-    from producer.modelfiles import models
     from producer.facts import registry
+    from producer.modelfiles import models
 
     entry = registry.get("openpose-annotators")
     paths = {role: models.locate_file(entry, role) for role in ("body", "hand", "face")}

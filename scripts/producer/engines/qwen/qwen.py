@@ -42,12 +42,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from producer.cli import Stopwatch, out_of_memory_error
 from producer.engines import judge
 from producer.engines.loras import lora
-from producer.modelfiles import models
-from producer.files import media  # producer.sizing.offload imports torch: imported where it is used
-from producer.cli import Stopwatch, out_of_memory_error
 from producer.errors import CliError, ExitCode
+from producer.files import media  # producer.sizing.offload imports torch: imported where it is used
+from producer.modelfiles import models
 from producer.sizing.memory import MemoryPlan
 
 log = logging.getLogger("producer")

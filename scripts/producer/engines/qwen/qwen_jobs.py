@@ -36,11 +36,11 @@ from PIL import Image
 from producer.engines import judge
 from producer.engines.loras import lora
 from producer.engines.qwen import qwen, qwen_load
-from producer.modelfiles import models
+from producer.errors import CliError, ExitCode
 from producer.facts import registry
 from producer.files import media, provenance
-from producer.errors import CliError, ExitCode
 from producer.files.style import apply_style, join_negative, load_style, style_prompts
+from producer.modelfiles import models
 from producer.values import log, number_arg, resolve_seed
 
 SCRIPT = "qwen_image.py"

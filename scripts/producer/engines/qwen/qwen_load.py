@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from producer.modelfiles import models
-from producer.facts import registry
-from producer.errors import CliError, ExitCode
-from producer.sizing.memory import ComponentPlan, MemoryPlan
 from producer.engines.qwen.qwen import QwenSession, areas_for
+from producer.errors import CliError, ExitCode
+from producer.facts import registry
+from producer.modelfiles import models
+from producer.sizing.memory import ComponentPlan, MemoryPlan
 
 GGUF_FORMS = ("gguf-q8", "gguf-q4")
 

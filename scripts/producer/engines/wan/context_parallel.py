@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from producer.engines.wan.wan import ClipJob, WanSession
 from producer.errors import CliError, ExitCode
 from producer.facts.registry import WAN_DENOISERS
-from producer.engines.wan.wan import ClipJob, WanSession
 
 log = logging.getLogger("producer")
 

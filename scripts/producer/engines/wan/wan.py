@@ -32,17 +32,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import (FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanImageToVideoPipeline,
-                       WanTransformer3DModel)
+from diffusers import (
+    FlowMatchEulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+    WanImageToVideoPipeline,
+    WanTransformer3DModel,
+)
 
+from producer.cli import Stopwatch
 from producer.engines import judge
 from producer.engines.loras import lora
+from producer.engines.wan.wan_install import DENOISERS, WanFiles
+from producer.errors import CliError
+from producer.facts import registry
 from producer.modelfiles import models
 from producer.sizing import memory, offload, speed
-from producer.facts import registry
-from producer.errors import CliError
-from producer.cli import Stopwatch
-from producer.engines.wan.wan_install import DENOISERS, WanFiles
 
 log = logging.getLogger("producer")
 

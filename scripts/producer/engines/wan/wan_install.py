@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from producer.sizing import memory
-from producer.modelfiles import models
-from producer.facts import registry
 from producer.errors import CliError, ExitCode
+from producer.facts import registry
+from producer.modelfiles import models
+from producer.sizing import memory
 
 DENOISERS = registry.WAN_DENOISERS
 

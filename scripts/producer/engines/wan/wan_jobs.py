@@ -13,13 +13,13 @@ from typing import Any
 
 from producer.engines import judge
 from producer.engines.loras import lora
-from producer.modelfiles import models
-from producer.facts import registry
-from producer.files import media, provenance
 from producer.engines.wan import wan_settings as ws
 from producer.errors import CliError
+from producer.facts import registry
+from producer.files import media, provenance
 from producer.files.outputs import check_output_name
 from producer.files.style import apply_style, load_style, style_prompts
+from producer.modelfiles import models
 from producer.values import log, resolve_seed
 
 SCRIPT = "wan_video.py"

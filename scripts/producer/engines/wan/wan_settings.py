@@ -23,8 +23,8 @@ import argparse
 import math
 from dataclasses import dataclass, replace
 
-from producer.facts import registry
 from producer.errors import CliError, ExitCode
+from producer.facts import registry
 from producer.values import number_arg
 
 WAN = registry.WAN
