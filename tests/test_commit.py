@@ -95,7 +95,7 @@ def test_a_signal_before_the_commit_keeps_the_old_set(tmp_path, inject):
 KILLED = """
     import sys
     from pathlib import Path
-    from producer import outputs
+    from producer.files import outputs
     folder, names = Path(sys.argv[1]), sys.argv[2:]
     with outputs.atomic_outputs(*(folder / n for n in names), output=folder / "a.mp4") as temps:
         for tmp, name in zip(temps, names):

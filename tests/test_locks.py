@@ -45,7 +45,7 @@ def test_lock_is_released_on_failure(tmp_path):
 
 HOLD = """
     import sys, time
-    from producer import locks
+    from producer.files import locks
     with locks.output_lock(sys.argv[1], command="wan_video.py -o clip.mp4"):
         print("held", flush=True)
         time.sleep(60)
@@ -74,7 +74,7 @@ def test_a_lock_whose_holder_was_killed_is_free_at_once(tmp_path):
 COUNT = """
     import sys
     from pathlib import Path
-    from producer import locks
+    from producer.files import locks
     root, rounds = Path(sys.argv[1]), int(sys.argv[2])
     sys.stdin.readline()  # every process starts counting at the same moment
     for _ in range(rounds):
@@ -134,7 +134,8 @@ def test_a_full_disk_while_taking_a_lock_names_the_output(tmp_path, monkeypatch)
 TRY_ONCE = """
     import os, sys, time
     from pathlib import Path
-    from producer import cli, locks
+    from producer import cli
+    from producer.files import locks
     out, marks = Path(sys.argv[1]), Path(sys.argv[2])
     unlink = Path.unlink
 

@@ -23,7 +23,7 @@ SAMPLE = ROOT / "examples" / "lighthouse"
 
 SLOW_COMMAND = """
     import json, sys, time
-    from producer import approvals
+    from producer.workflow import approvals
     write = approvals.write_json_atomic
 
     def slowed(*args, **kwargs):  # a busy machine: time passes between reading the state and writing it
