@@ -1,6 +1,23 @@
-"""Shared core of the AI video producer scripts (qwen_image.py, wan_video.py, setup and validation).
+"""Shared core of the AI video producer scripts, in layers; imports only point down (docs/architecture.md).
 
-Modules: registry (model facts), hardware (probe), memory (the pure memory plan), offload (applies a
-plan), cli (exit codes, --json, safe outputs), style (style.json), media (images and video files),
-standins (tiny real-class pipelines for tests and smoke runs).
+Where to start reading: the script's module, producer/makers/ (qwen_image, wan_video, assemble_video) or
+producer/commands/ (production, setup_diffusers, validate_diffusers): build() is its parser, run(args) its work.
+From there, top to bottom:
+
+    commands/    the top scripts, and demo, smoke, docgen, installcheck
+    workflow/    where a production stands and what comes next (planner, status, nextstep, approvals, ...)
+    makers/      the three scripts that make files
+    production/  a production's files and their rules (project, scenes, assets, rules, prompts, seams)
+    runs/        batches and several GPUs
+    engines/     the model sessions: wan/, qwen/, loras/, judge
+    cli.py       run_main, shared options, logging, signals, out-of-memory reports
+    testing/     tiny real-class stand-ins
+    modelfiles/  where the models are: locate, install, download, check
+    sizing/      the pure memory plan (memory), its application (offload), speed, estimate
+    facts/       registry (model facts), hardware (this machine)
+    files/       inputs, outputs, locks, provenance, images, video, colour, review, style
+    errors.py    CliError, ExitCode: what every layer may raise
+    values.py    text, numbers, seeds and JSON read safely
+
+tests/test_architecture.py keeps the direction: a module imports its own layer and those below it.
 """
