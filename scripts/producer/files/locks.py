@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from producer.errors import CliError, ExitCode, missing
-from producer.files.outputs import check_output_name, disk_full
+from producer.files.outputs import check_output_name, disk_full, pid_alive  # noqa: F401 (locks.pid_alive)
 from producer.files.paths import own_folder
 from producer.values import load_json
 
@@ -44,22 +44,6 @@ def state_lock_path(root: str | os.PathLike) -> Path:
     from producer.files.layout import state_dir
 
     return state_dir(Path(root)) / STATE_LOCK
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    if sys.platform == "win32":
-        import psutil
-
-        return psutil.pid_exists(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def read_holder(path: str | os.PathLike) -> dict:

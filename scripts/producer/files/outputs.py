@@ -169,7 +169,7 @@ def recover(final: str | os.PathLike) -> list[Path]:
     with contextlib.suppress(OSError):
         for journal in final.parent.glob(f".*{JOURNAL_MARK}*.json"):
             pid = _journal_pid(journal)
-            if pid == os.getpid() or _pid_alive(pid):
+            if pid == os.getpid() or pid_alive(pid):
                 continue  # a live run is in the middle of its commit (under the output's lock, not ours)
             entries = _read_journal(journal)
             if entries is None and journal.name.startswith(f".{final.name}{JOURNAL_MARK}"):
@@ -388,14 +388,24 @@ def _sweep_partials(final: Path) -> None:
         for mark in (PARTIAL_MARK, KEPT_MARK):
             for stale in final.parent.glob(f".{glob.escape(final.stem)}{mark}*{glob.escape(final.suffix)}"):
                 pid = stale.name[len(final.stem) + 1 + len(mark):len(stale.name) - len(final.suffix)]
-                if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
                     _remove_quietly(stale)
 
 
-def _pid_alive(pid: int) -> bool:
-    from producer.files.locks import pid_alive
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if sys.platform == "win32":
+        import psutil
 
-    return pid_alive(pid)
+        return psutil.pid_exists(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _journal_pid(journal: Path) -> int:
