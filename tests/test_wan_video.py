@@ -7,7 +7,7 @@ import shlex
 import numpy as np
 import pytest
 from PIL import Image
-from producer.cli import ExitCode
+from producer.cli import CliError, ExitCode
 from producer.files import provenance, review, video
 from producer.makers import wan_video
 from producer.testing import standin_loras as SL
@@ -328,4 +328,19 @@ def test_a_plan_that_does_not_fit_is_refused_before_loading(standin_hf_home, fra
     monkeypatch.setattr(wan.WanSession, "from_files", lambda *a, **k: pytest.fail("loaded despite the plan"))
     code, result, _ = run(capsys, "--start-frame", frames[0], "--prompt", "x", "-o", tmp_path / "o.mp4", *FAST)
     assert code == ExitCode.OUT_OF_MEMORY and "cannot run Wan 2.2 I2V at 64x64x9" in result["error"]
-    assert result["fix"] and result["memory_plan"]["fits"] is False
+    assert "--force-memory" in result["fix"] and result["memory_plan"]["fits"] is False
+
+
+def test_force_memory_tries_a_plan_that_does_not_fit(standin_hf_home, frames, tmp_path, capsys, monkeypatch):
+    """The same check as qwen_image.py's: --force-memory goes on to load (here: to the loader, which stops it)."""
+    from producer.engines.wan import wan
+    from producer.facts import hardware
+
+    def loading(*args, **kwargs):
+        raise CliError("reached the loader", "", ExitCode.FAILED)
+
+    monkeypatch.setattr(hardware, "probe", lambda *args, **kwargs: hardware.from_sizes(4, 2))
+    monkeypatch.setattr(wan.WanSession, "from_files", loading)
+    code, result, _ = run(capsys, "--start-frame", frames[0], "--prompt", "x", "-o", tmp_path / "o.mp4", "--force-memory",
+                          *FAST)
+    assert code == ExitCode.FAILED and result["error"] == "reached the loader"

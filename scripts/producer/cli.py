@@ -83,6 +83,25 @@ def add_memory_args(parser: argparse.ArgumentParser) -> None:
                         "default: PyTorch's own choice")
 
 
+def add_force_memory_arg(group) -> None:
+    """--force-memory, for both generation scripts (see refuse_unless_fits)."""
+    group.add_argument("--force-memory", action="store_true",
+                       help="run even when the memory plan says the model will not fit")
+
+
+def refuse_unless_fits(plan, force: bool, what: str) -> None:
+    """The one memory check of both generation scripts: a plan predicted not to fit is refused before any
+    weights load (exit 4, with what to change), unless --force-memory asks to try anyway."""
+    if plan.fits:
+        return
+    if force:
+        log.warning("--force-memory: trying a plan predicted not to fit (%s)", plan.reason)
+        return
+    raise CliError(f"{what}: {plan.reason}",
+                   f"{plan.advice or 'use a machine with more memory'}; or --force-memory to try anyway",
+                   ExitCode.OUT_OF_MEMORY, memory_plan=plan.to_dict())
+
+
 # ---------------------------------------------------------------- timing and memory
 
 

@@ -168,8 +168,7 @@ def build() -> argparse.ArgumentParser:
     batch.add_batch_policy_args(p.add_argument_group("batch"))
     g = p.add_argument_group("models")
     cli.add_models_dir_arg(g)
-    g.add_argument("--force-memory", action="store_true",
-                   help="run even when the memory plan says the model will not fit")
+    cli.add_force_memory_arg(g)
     parallel.add_args(p)
     add_output_args(p)
     return p
@@ -192,10 +191,7 @@ def plan_for(args, jobs: list[qwen_jobs.Resolved], kind: str):
     installed = models.installed_forms("qwen") if kind == "edit" else frozenset({"bf16", "fp8"})
     plan = memory.plan_memory(hw, models.footprint("qwen", snap), work, args.offload, args.weights, installed)
     plan = qwen_load.resolve_weights(plan, args.weights, installed)
-    if not plan.fits and not args.force_memory:
-        raise CliError(f"the model will not fit this machine: {plan.reason}",
-                       f"{plan.advice}; or --force-memory to try anyway", ExitCode.OUT_OF_MEMORY,
-                       memory_plan=plan.to_dict())
+    cli.refuse_unless_fits(plan, args.force_memory, "the model will not fit this machine")
     log.info("memory: %s", plan.summary())
     return plan, qwen_load.model_files(kind, plan.weights)
 

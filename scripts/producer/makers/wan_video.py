@@ -12,7 +12,6 @@ from typing import Any
 from producer import cli
 from producer.cli import (
     CliError,
-    ExitCode,
     Stopwatch,
     add_memory_args,
     add_output_args,
@@ -115,7 +114,7 @@ examples:
 
 PATH_OPTIONS = {"start-frame", "end-frame", "style-ref", "output"}
 BATCH_ONLY = {"batch", "distill", "distill-strength", "lora", "allow-partial-lora", "offload", "weights", "device",
-              "compile", "attention", "models-dir", "json", "quiet", "debug"} | batch.POLICY_OPTIONS
+              "compile", "attention", "models-dir", "force-memory", "json", "quiet", "debug"} | batch.POLICY_OPTIONS
 BATCH_ONLY |= parallel.BATCH_OPTIONS  # --gpus, --workers: beside --batch
 
 
@@ -157,6 +156,7 @@ def build() -> argparse.ArgumentParser:
     g = p.add_argument_group("batch and models")
     g.add_argument("--batch", type=Path, metavar="FILE.json", help="many clips, one model load (see above)")
     cli.add_models_dir_arg(g)
+    cli.add_force_memory_arg(g)
     batch.add_batch_policy_args(g)
     parallel.add_args(p, context_parallel=True)
     add_memory_args(p)
@@ -218,11 +218,9 @@ def open_engine(args: argparse.Namespace, load: Load, requests: list[Request], s
     workloads = [memory.wan_workload(r.width, r.height, r.frames) for r in requests]
     plan = wan_install.plan_for(hw, wan_install.components_snapshot(), workloads, args.offload, args.weights)
     log.info("%s", plan.summary())
-    if not plan.fits:
-        biggest = max(requests, key=lambda r: r.width * r.height * r.frames)
-        raise CliError(f"this machine cannot run Wan 2.2 I2V at {biggest.width}x{biggest.height}x{biggest.frames}: "
-                       f"{plan.reason}", plan.advice or "use a machine with more memory",
-                       ExitCode.OUT_OF_MEMORY, memory_plan=plan.to_dict())
+    biggest = max(requests, key=lambda r: r.width * r.height * r.frames)
+    cli.refuse_unless_fits(plan, args.force_memory,
+                           f"this machine cannot run Wan 2.2 I2V at {biggest.width}x{biggest.height}x{biggest.frames}")
     engine = Engine(plan, wan_install.locate_files(plan.weights))
     if session:
         with cli.naming_plan(lambda: plan):  # out of memory while loading names this plan
