@@ -320,7 +320,7 @@ def test_disk_full_stops_a_batch_keeps_the_previous_pngs_and_the_rerun_finishes(
     assert (tmp_path / "b.png").read_bytes() == before and leftovers(tmp_path) == []
     code, result, err = run(qwen_image.main, *argv)
     assert code == ExitCode.PARTIAL and [j["status"] for j in result["jobs"]] == ["skipped", "error", "ok"], err
-    assert "exists and was made with other settings" in result["jobs"][1]["error"]  # the older b.png is not ours
+    assert "exists but was made with other settings" in result["jobs"][1]["error"]  # the older b.png is not ours
 
 
 FAKE_FFMPEG = """#!/bin/sh

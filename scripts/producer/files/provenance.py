@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from producer.errors import CliError
 from producer.files.inputs import regular_file
 from producer.files.outputs import write_json_atomic
 from producer.values import load_json
@@ -131,6 +132,18 @@ def write_sidecar(output: str | os.PathLike, recipe: dict) -> Path:
     side = sidecar_path(output)
     write_json_atomic(side, recipe)
     return side
+
+
+def up_to_date(output: str | os.PathLike, recipe: dict, seed_given: bool, overwrite: bool) -> bool:
+    """The one up-to-date rule of both generation scripts' batches. True: skip it (the output exists, made
+    from the same recipe); False: make it (no output yet, or overwrite). An output that exists but was made
+    otherwise is refused (CliError) unless overwrite: making it would replace what someone else made."""
+    if overwrite or not Path(output).exists():
+        return False
+    if is_up_to_date(output, recipe, seed_given):
+        return True
+    raise CliError(f"{output} exists but was made with other settings or inputs",
+                   "pass --overwrite (or \"overwrite\": true in the job) to remake it, or choose another output")
 
 
 def is_up_to_date(output: str | os.PathLike, recipe: dict, seed_given: bool) -> bool:

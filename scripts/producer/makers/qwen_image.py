@@ -345,9 +345,6 @@ class BatchRun:
             if self._up_to_date(job.index, resolved):  # another run made it since the batch was planned
                 return {"status": "skipped", "output": str(resolved.output), "mode": resolved.mode,
                         "reason": "made meanwhile by another run, with the same recipe"}
-            if resolved.output.exists() and not resolved.overwrite:
-                raise CliError(f"{resolved.output} was made meanwhile by another run, with other settings",
-                               'add "overwrite": true to the job to replace it, or choose another output')
             return make_image(self.session, resolved, self.fuse, self.reopen, lock=False)
 
     def reopen(self, levers) -> qwen.QwenSession:
@@ -378,14 +375,13 @@ class BatchRun:
         todo = {}
         for index, resolved in group.items():
             resolved.finish_recipe(files.info)
-            if self._up_to_date(index, resolved):
-                self.skipped.add(index)
-            elif resolved.output.exists() and not resolved.overwrite:
-                self.failed[index] = CliError(
-                    f"{resolved.output} exists and was made with other settings (or not by this script)",
-                    'add "overwrite": true to the job to replace it, or choose another output')
-            else:
-                todo[index] = resolved
+            try:
+                if self._up_to_date(index, resolved):
+                    self.skipped.add(index)
+                else:
+                    todo[index] = resolved
+            except CliError as err:  # made otherwise: refused, as wan_video.py refuses it
+                self.failed[index] = err
         if not todo:
             return
         self.fuse = len({r.job.loras for r in todo.values()}) == 1
@@ -402,8 +398,7 @@ class BatchRun:
 
     @staticmethod
     def _up_to_date(_index: int, resolved: qwen_jobs.Resolved) -> bool:
-        return not resolved.overwrite and provenance.is_up_to_date(resolved.output, resolved.recipe,
-                                                                   resolved.seed_given)
+        return provenance.up_to_date(resolved.output, resolved.recipe, resolved.seed_given, resolved.overwrite)
 
     def _encode_all(self, todo: dict) -> None:
         for index, resolved in todo.items():

@@ -152,10 +152,5 @@ def to_job(req: Request):
 
 
 def up_to_date(req: Request, recipe: dict) -> bool:
-    """True: skip. An existing output made otherwise is an error unless --overwrite."""
-    if req.overwrite or not req.output.exists():
-        return False
-    if provenance.is_up_to_date(req.output, recipe, req.seed_given):
-        return True
-    raise CliError(f"{req.output} exists but was made with other settings or inputs",
-                   "pass --overwrite (or \"overwrite\": true in the job) to remake it, or choose another output")
+    """True: skip; False: make; raises for an output made otherwise (provenance.up_to_date, the rule of both)."""
+    return provenance.up_to_date(req.output, recipe, req.seed_given, req.overwrite)
