@@ -300,7 +300,7 @@ def _session_from_disk(args, pipe, plan, form: str, device: str):
     import sys
 
     from producer.engines.wan import wan
-    from producer.engines.wan.wan_install import WanFiles
+    from producer.engines.wan.wan_load import WanFiles
 
     folder = Path(args.from_disk)
     paths = _gguf_paths(folder, form, args.size)

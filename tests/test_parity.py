@@ -26,7 +26,7 @@ from PIL import Image
 from producer.engines.loras import lora
 from producer.engines.qwen import qwen, qwen_jobs
 from producer.engines.wan import wan
-from producer.engines.wan.wan_install import components_snapshot, locate_files, plan_for
+from producer.engines.wan.wan_load import components_snapshot, locate_files, plan_for
 from producer.facts import hardware, registry
 from producer.sizing import memory
 from producer.testing import standin_loras

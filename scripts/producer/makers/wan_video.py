@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> dict:
 @dataclass
 class Engine:
     plan: Any  # producer.sizing.memory.MemoryPlan
-    files: Any  # producer.engines.wan.wan_install.WanFiles
+    files: Any  # producer.engines.wan.wan_load.WanFiles
     session: Any = None  # producer.engines.wan.wan.WanSession, once loaded
 
     def summary(self) -> dict:
@@ -210,18 +210,18 @@ class Engine:
 def open_engine(args: argparse.Namespace, load: Load, requests: list[Request], session: bool = True) -> Engine:
     """Plan memory for the largest request and refuse a plan that does not fit, before loading anything;
     then load the text encoder and VAE (the experts come at the first clip)."""
-    from producer.engines.wan import wan_install
+    from producer.engines.wan import wan_load
     from producer.facts import hardware
     from producer.sizing import memory
 
     hw = hardware.probe(args.models_dir, args.device)
     workloads = [memory.wan_workload(r.width, r.height, r.frames) for r in requests]
-    plan = wan_install.plan_for(hw, wan_install.components_snapshot(), workloads, args.offload, args.weights)
+    plan = wan_load.plan_for(hw, wan_load.components_snapshot(), workloads, args.offload, args.weights)
     log.info("%s", plan.summary())
     biggest = max(requests, key=lambda r: r.width * r.height * r.frames)
     cli.refuse_unless_fits(plan, args.force_memory,
                            f"this machine cannot run Wan 2.2 I2V at {biggest.width}x{biggest.height}x{biggest.frames}")
-    engine = Engine(plan, wan_install.locate_files(plan.weights))
+    engine = Engine(plan, wan_load.locate_files(plan.weights))
     if session:
         with cli.naming_plan(lambda: plan):  # out of memory while loading names this plan
             load_session(engine, args, load)

@@ -42,7 +42,7 @@ from diffusers import (
 from producer.cli import Stopwatch
 from producer.engines import judge
 from producer.engines.loras import lora
-from producer.engines.wan.wan_install import DENOISERS, WanFiles
+from producer.engines.wan.wan_load import DENOISERS, WanFiles
 from producer.errors import CliError
 from producer.facts import registry
 from producer.modelfiles import models
