@@ -26,7 +26,6 @@ SAME_LAYER = {"errors": "values"}  # the bottom: neither imports the other, both
 DEBTS = {
     ("files.provenance", "workflow.rehearsal"): "the stand-in mark of a recipe (RECIPE_MARK, made_on_standins) "
     "belongs with provenance; rehearsal should import it from there",
-    ("modelfiles.needs", "workflow.rehearsal"): "DEMO_TIME, a quoted measurement, should live below both",
     ("files.faults", "files.outputs"): "the fault hook delivers held signals through outputs; outputs imports "
     "faults at the top",
     ("modelfiles.models", "modelfiles.install"): "locating a model asks install for its record; the record "
