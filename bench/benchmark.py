@@ -202,8 +202,11 @@ def run_child(args, workload: str, config: str) -> dict:
 
     family = WORKLOADS[workload][0]
     runner = {"wan": run_wan, "qwen": run_qwen, "wan-text": run_wan_text}[family]
-    result = runner(args, workload, config, device)
-    result.update(workload=workload, config=config, **_peaks(device))
+    from ramwatch import RamWatch
+
+    with RamWatch() as ram:
+        result = runner(args, workload, config, device)
+    result.update(workload=workload, config=config, **_peaks(device), **ram.peaks())
     return result
 
 

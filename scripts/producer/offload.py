@@ -142,29 +142,54 @@ PIN_ALIGN = 512
 def pin_in_place(module: torch.nn.Module, chunk_bytes: int = PIN_CHUNK) -> int:
     """Move the module's host weights into page-locked chunks, tensor by tensor, and return the bytes pinned.
 
-    Packing into few large chunks of exactly 2**k bytes wastes at most the end of each chunk, where pinning
-    each tensor would round each up to a power of two (~1.6x), and copying tensor by tensor keeps the peak
-    at the weights plus one chunk. Pinned weights make each streamed transfer a direct DMA. If the system
-    refuses to lock more memory, the rest stays pageable (diffusers then pins on the fly) and we say so.
+    Copying tensor by tensor keeps the peak at the weights plus one chunk. Pinned weights make each streamed
+    transfer a direct DMA. If the system refuses to lock more memory, the rest stays pageable (diffusers
+    then pins on the fly) and we say so.
     """
-    tensors = [t for t in list(module.parameters()) + list(module.buffers()) if _pinnable(t)]
-    chunk, used, pinned = None, 0, 0
+    packer, pinned = HostPacker(chunk_bytes, pinned=True), 0
     try:
-        for t in tensors:
-            size = t.data.numel() * t.data.element_size()
-            if size == 0:
-                continue
-            if chunk is None or used + size > chunk.numel():
-                chunk, used = _pinned_chunk(max(chunk_bytes, size)), 0
-            view = chunk[used:used + size].view(t.data.dtype).view(t.data.shape)
-            view.copy_(t.data)
-            t.data = view
-            used += -(-size // PIN_ALIGN) * PIN_ALIGN
-            pinned += size
+        for t in [t for t in list(module.parameters()) + list(module.buffers()) if _pinnable(t)]:
+            t.data = packer.take(t.data)
+            pinned += t.data.numel() * t.data.element_size()
     except RuntimeError as exc:  # page-locking refused (RLIMIT_MEMLOCK, container limits): stream unpinned
-        log.warning("could not page-lock more host memory after %.1f GiB (%s); the rest streams unpinned, slower",
-                    pinned / 2**30, (str(exc).splitlines() or ["no reason given"])[0])
+        warn_unpinned(pinned, exc)
     return pinned
+
+
+def warn_unpinned(pinned: int, exc: Exception) -> None:
+    log.warning("could not page-lock more host memory after %.1f GiB (%s); the rest streams unpinned, slower",
+                pinned / 2**30, (str(exc).splitlines() or ["no reason given"])[0])
+
+
+class HostPacker:
+    """Copies tensors into few large host chunks of exactly `chunk_bytes` (page-locked where CUDA is present).
+
+    Packing wastes at most the end of each chunk, where pinning each tensor would round each up to a power
+    of two (~1.6x). Without CUDA the chunks are plain memory, so the same packing runs (and is tested) on CPUs.
+    """
+
+    def __init__(self, chunk_bytes: int | None = None, pinned: bool | None = None):
+        self.chunk_bytes = chunk_bytes or PIN_CHUNK
+        self.pinned = torch.cuda.is_available() if pinned is None else pinned
+        self._chunk, self._used = None, 0
+
+    def take(self, source: torch.Tensor) -> torch.Tensor:
+        """A copy of `source` inside a chunk (raises RuntimeError where page-locking is refused)."""
+        size = source.numel() * source.element_size()
+        if size == 0:
+            return source
+        if self._chunk is None or self._used + size > self._chunk.numel():
+            nbytes = max(self.chunk_bytes, size)
+            self._chunk = _pinned_chunk(nbytes) if self.pinned else torch.empty(nbytes, dtype=torch.uint8)
+            self._used = 0
+        view = self._chunk[self._used:self._used + size].view(source.dtype).view(source.shape)
+        view.copy_(source)
+        self._used += -(-size // PIN_ALIGN) * PIN_ALIGN
+        return view
+
+
+def _pinned_chunk(nbytes: int) -> torch.Tensor:
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
 
 
 def _pinnable(t: torch.Tensor) -> bool:
@@ -172,10 +197,6 @@ def _pinnable(t: torch.Tensor) -> bool:
     torchao's tensor subclasses, whose data is several tensors."""
     plain = type(t.data) is torch.Tensor or type(t).__name__ == "GGUFParameter"
     return plain and t.device.type == "cpu" and not t.data.is_pinned()
-
-
-def _pinned_chunk(nbytes: int) -> torch.Tensor:
-    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
 
 
 def install_expert_swap(pipe, device: torch.device) -> None:
