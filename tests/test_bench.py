@@ -97,3 +97,5 @@ def test_from_disk_runs_load_gguf_files_through_the_scripts_loader_and_time_it(t
     assert run["disk_read"]["bytes"] == sum(p.stat().st_size for p in (tmp_path / "models").glob("*.gguf"))
     assert run["load_to_first_step_s"] > 0 and run["load_floor_s"] > 0 and run["weights"] == "gguf-q4"
     assert run["experts"]["transformer"]["steps"] == 2 and run["experts"]["transformer_2"]["steps"] == 2
+    # Host memory by kind: what must fit (anonymous + shared) apart from mapped file pages (page cache).
+    assert 0 < run["peak_ram_anon_gib"] <= run["peak_rss_sampled_gib"] and run["file_pages_at_anon_peak_gib"] >= 0
