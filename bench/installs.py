@@ -44,8 +44,11 @@ def entries(family: str, form: str):
 
 
 def installed(home: Path, family: str, form: str) -> bool:
-    """Both snapshots are there and were written whole (the record is written last)."""
-    return all((snapshot(home, e) / RECORD).is_file() for e in entries(family, form))
+    """Both snapshots were written whole (the record is written last) and hold this form's files (the GGUF
+    forms share a snapshot, which holds one form at a time)."""
+    components, gguf = entries(family, form)
+    files = [snapshot(home, gguf) / f for f in gguf.roles.values()]
+    return all((snapshot(home, e) / RECORD).is_file() for e in (components, gguf)) and all(f.is_file() for f in files)
 
 
 def snapshot(home: Path, entry) -> Path:
@@ -82,11 +85,13 @@ def install(home: Path, family: str, form: str, size: str, device: str) -> dict:
     removed = make_room(home, family, form, size)
     dtype = torch.float32 if size == "tiny" and device == "cpu" else torch.bfloat16
     components, gguf = entries(family, form)
-    comp_dir, gguf_dir = _fresh(snapshot(home, components)), _fresh(snapshot(home, gguf))
-    writer = _write_wan if family == "wan" else _write_qwen
-    files = writer(comp_dir, gguf_dir, gguf.roles, form, size, device, dtype)
-    for entry, folder in ((components, comp_dir), (gguf, gguf_dir)):
-        _finish(folder, entry, size, form)
+    comp_dir, gguf_dir = snapshot(home, components), snapshot(home, gguf)
+    files = {}
+    if not (comp_dir / RECORD).is_file():  # shared by both GGUF forms: written once
+        files.update(COMPONENTS[family](_fresh(comp_dir), size, device, dtype))
+        _finish(comp_dir, components, size, form)
+    files.update(DENOISERS[family](comp_dir, _fresh(gguf_dir), gguf.roles, form, size, device, dtype))
+    _finish(gguf_dir, gguf, size, form)
     return {
         "family": family,
         "form": form,
@@ -153,32 +158,42 @@ def _index(folder: Path, updates: dict) -> None:
     _json(path, {**json.loads(path.read_text()), **updates})
 
 
-def _write_wan(comp: Path, gguf_dir: Path, roles: dict, form: str, size: str, device: str, dtype) -> dict:
-    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
+def _wan_components(comp: Path, size: str, device: str, dtype) -> dict:
+    """Text encoder first and alone on the GPU (then freed), then the VAE: the experts come after."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline
     from producer import registry, standin_models
 
-    tokenizer = standin_models.build_t5_tokenizer()
-    parts = fullsize.wan_components(size, device, dtype, wide=True)
     text_encoder = fullsize.umt5_encoder(size, device, dtype)
+    text_encoder.save_pretrained(comp / "text_encoder", safe_serialization=True)
+    del text_encoder
+    _free()
+    with torch.device(device):
+        vae = AutoencoderKLWan(**(standin_models.WAN_VAE_CONFIG if size == "tiny" else {}))
+    vae.to(torch.float32 if size == "tiny" else dtype)
     pipe = WanImageToVideoPipeline(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        vae=parts.pop("vae"),
+        tokenizer=standin_models.build_t5_tokenizer(),
+        text_encoder=None,
+        vae=vae.eval(),
         scheduler=UniPCMultistepScheduler(**standin_models.WAN_SCHEDULER_CONFIG),
         transformer=None,
         transformer_2=None,
         boundary_ratio=registry.WAN.boundary_ratio,
     )
     pipe.save_pretrained(comp, safe_serialization=True)
-    del pipe, text_encoder
     _index(
         comp,
         {
+            "text_encoder": ["transformers", "UMT5EncoderModel"],
             "tokenizer": ["transformers", "T5TokenizerFast"],
             "transformer": ["diffusers", "WanTransformer3DModel"],
             "transformer_2": ["diffusers", "WanTransformer3DModel"],
         },
     )
+    return _sizes(comp)
+
+
+def _wan_denoisers(comp: Path, gguf_dir: Path, roles: dict, form: str, size: str, device: str, dtype) -> dict:
+    parts = fullsize.wan_components(size, device, dtype, wide=True)
     for seed, component in enumerate(("transformer", "transformer_2")):
         module = parts.pop(component)
         fullsize.quantize_like_gguf(module, form, dtype, seed)
@@ -186,33 +201,50 @@ def _write_wan(comp: Path, gguf_dir: Path, roles: dict, form: str, size: str, de
         fullsize.write_gguf_expert(module, gguf_dir / roles[component], form)
         del module
         _free()
-    return {**_sizes(comp), **_sizes(gguf_dir)}
+    return _sizes(gguf_dir)
 
 
-def _write_qwen(comp: Path, gguf_dir: Path, roles: dict, form: str, size: str, device: str, dtype) -> dict:
-    from diffusers import QwenImageEditPlusPipeline
+def _qwen_components(comp: Path, size: str, device: str, dtype) -> dict:
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline
     from producer import standin_models
 
     tokenizer = standin_models.build_qwen_tokenizer()
-    parts = fullsize.qwen_components(size, device, dtype, wide=True)
     text_encoder = fullsize.qwen_vl_encoder(size, tokenizer, device, dtype)
+    text_encoder.save_pretrained(comp / "text_encoder", safe_serialization=True)
+    del text_encoder
+    _free()
+    with torch.device(device):
+        vae = AutoencoderKLQwenImage(**(standin_models.QWEN_VAE_CONFIG if size == "tiny" else {}))
+    vae.to(torch.float32 if size == "tiny" else dtype)
     pipe = QwenImageEditPlusPipeline(
-        scheduler=parts["scheduler"],
-        vae=parts["vae"],
-        text_encoder=text_encoder,
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(standin_models.QWEN_SCHEDULER_CONFIG),
+        vae=vae.eval(),
+        text_encoder=None,
         tokenizer=tokenizer,
         processor=standin_models.build_qwen_processor(tokenizer),
         transformer=None,
     )
     pipe.save_pretrained(comp, safe_serialization=True)
-    del pipe, text_encoder
-    _free()
-    _index(comp, {"transformer": ["diffusers", "QwenImageTransformer2DModel"]})
-    module = parts.pop("transformer")
+    _index(
+        comp,
+        {
+            "text_encoder": ["transformers", "Qwen2_5_VLForConditionalGeneration"],
+            "transformer": ["diffusers", "QwenImageTransformer2DModel"],
+        },
+    )
+    return _sizes(comp)
+
+
+def _qwen_denoisers(comp: Path, gguf_dir: Path, roles: dict, form: str, size: str, device: str, dtype) -> dict:
+    module = fullsize.qwen_components(size, device, dtype, wide=True)["transformer"]
     fullsize.quantize_like_gguf(module, form, dtype, 0)
     module.save_config(comp / "transformer")
     fullsize.write_gguf_expert(module, gguf_dir / roles["transformer"], form, arch="qwen_image")
-    return {**_sizes(comp), **_sizes(gguf_dir)}
+    return _sizes(gguf_dir)
+
+
+COMPONENTS = {"wan": _wan_components, "qwen": _qwen_components}
+DENOISERS = {"wan": _wan_denoisers, "qwen": _qwen_denoisers}
 
 
 def _free() -> None:
