@@ -73,6 +73,9 @@ LOAD_STAGES = ("load_experts", "load_transformer", "place", "lora_load")  # the 
 def run_batches(args, workload: str, config: str, device: str) -> dict:
     if config != "project" and plan_machine(config) is None:
         raise SystemExit(f"{workload}: configs are project or planVxR (the script's own plans), not {config}")
+    from children import _apply_cap
+
+    _apply_cap(config, device)  # planVxR: the CUDA memory capped at V GiB, as the script's plan is told
     home = Path(args.from_disk) if args.from_disk else Path(tempfile.mkdtemp(prefix="bench-batch-"))
     folder = home / f"production-{workload}-{config}"
     if folder.exists():
