@@ -11,6 +11,14 @@ Text encoders are bypassed with precomputed embeddings of the real shapes (timed
     python bench/benchmark.py --size full --out results.json --markdown results.md \
         --run wan-480p-4:plain,project,cap10 --run qwen-1ref-4:plain,project
 
+The batch workloads (`wan-batch`, `qwen-batch`, `production-3`; bench/batches.py) go further: they install
+the full-size models with random weights on disk under the real repo ids (bench/installs.py) and run the
+scripts' own `--batch` through their main(), text encoders and loading included, to time each item against
+pure generation and each phase against `production.py estimate`'s prediction:
+
+    python bench/benchmark.py --size full --from-disk /tmp/models --out p.json --markdown p.md \
+        --run production-3:project
+
 `--size tiny` runs the same code with the stand-in configs on a CPU (the test suite does), so the
 benchmark cannot rot.
 """
