@@ -11,7 +11,8 @@ What runs: the models are installed once into the --from-disk folder (bench/inst
 their own at full size, so that writing them counts in no peak), then the script's own main(argv) runs in
 this process with `--batch FILE --json --models-dir DIR --weights FORM --offload X --workers 1`, as a user
 runs it. The clock is around each job (producer.batch._attempt, the GPU synchronised at its end) and around
-main().
+main(); the scripts' own stage clock is made to synchronise the GPU at each stage's start and end (see
+synced_stages), so that pure generation is all of the GPU's generating work.
 
 Per item: `wall` (the job from start to its files written), `pure` (denoise + decode from the script's own
 stage seconds, an expert swap left out), `load` (the first job's reading of the denoisers: once a batch),
@@ -234,7 +235,7 @@ def run_phase(args, phase: str, family: str, folder: Path, home: Path, choice: d
     try:
         _sync(device)
         begin = time.perf_counter()
-        with contextlib.redirect_stdout(out):
+        with contextlib.redirect_stdout(out), synced_stages(device):
             code = (wan_video if family == "wan" else qwen_image).main(argv)
         _sync(device)
         wall = time.perf_counter() - begin
@@ -264,6 +265,29 @@ def run_phase(args, phase: str, family: str, folder: Path, home: Path, choice: d
     if device == "cuda":
         torch.cuda.empty_cache()
     return result
+
+
+@contextlib.contextmanager
+def synced_stages(device: str):
+    """The scripts' stage clock (producer.cli.Stopwatch) with the GPU synchronised as each stage starts and ends.
+    Unsynchronised, work still queued at the end of Qwen's denoise stage (its pipeline returns before the GPU is
+    done) would be counted in no stage, i.e. as overhead. Wan's experts synchronise around every forward already."""
+    from producer import cli
+
+    original = cli.Stopwatch.stage
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        _sync(device)
+        with original(self, name):
+            yield
+            _sync(device)
+
+    cli.Stopwatch.stage = stage
+    try:
+        yield
+    finally:
+        cli.Stopwatch.stage = original
 
 
 def _error(predicted, measured: float) -> float | None:

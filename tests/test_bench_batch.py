@@ -89,3 +89,18 @@ def test_predict_phase_is_the_estimates_phase_load_prompts_and_items():
     assert p["plan"].weights == "gguf-q4" and len(p["items"]) == 3
     assert p["seconds"] == round(p["load_seconds"] + p["text_seconds"] + sum(i.seconds for i in p["items"]), 1)
     assert p["text_seconds"] > 0 and p["items"][0].seconds > 1
+
+
+def test_the_scripts_stage_clock_synchronises_the_gpu_at_both_ends_of_a_stage_while_measured(monkeypatch):
+    import batches
+    from producer.cli import Stopwatch
+
+    calls = []
+    monkeypatch.setattr(batches, "_sync", lambda device: calls.append(device))
+    original = Stopwatch.stage
+    with batches.synced_stages("cuda"):
+        watch = Stopwatch()
+        with watch.stage("denoise"):
+            calls.append("work")
+    assert calls == ["cuda", "work", "cuda"] and "denoise" in watch.seconds
+    assert Stopwatch.stage is original, "the scripts' clock is left as it was"
