@@ -257,6 +257,8 @@ def run_phase(args, phase: str, family: str, folder: Path, home: Path, choice: d
         **measured,
         "predicted": predicted,
         "script_prediction": report.get("prediction"),
+        # the batch's own load figures: Wan's text encoder load and prompts; Qwen's stages summed over the batch
+        "script_seconds": report.get("load_seconds") or report.get("seconds"),
     }
     result["errors"] = {k: _error(predicted.get(f"{k}_s"), measured[f"{k}_s"]) for k in ("load_text", "items", "total")}
     if "machine_plan" in choice:
@@ -313,6 +315,7 @@ def measure(jobs: list[dict], marks: dict, begin: float, wall: float) -> dict:
                 "load_s": round(load, 3),
                 "overhead_s": round(item - pure - load, 3),
                 "ratio": round((item - load) / pure, 3),
+                "stages": s,  # the script's own (wan: color_match and write are part of the overhead)
             }
         )
     before = marks[rows[0]["job"]][0] - begin  # planning, the text encoder's load, every prompt

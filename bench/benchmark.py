@@ -101,8 +101,8 @@ def parse_args(argv=None):
                         "full-size models there (bench/installs.py: Wan ~31 GB, Qwen ~30 GB; one family is removed "
                         "when the disk cannot hold both) and write their outputs there")
     p.add_argument("--batch-items", type=int, default=3,
-                   help="items a wan-batch / qwen-batch runs (production-3 has 3 scenes); --repeats does not apply: "
-                        "the items are the repeats, the first one also pays first-use costs")
+                   help="items of each batch workload's batch (production-3: its scenes; 3 by default); --repeats "
+                        "does not apply to them: the items are the repeats, the first also pays first-use costs")
     p.add_argument("--predict", action="store_true",
                    help="after the runs, print each beside what the speed model (scripts/producer/data/"
                         "speed-model.json) predicts for it on this card, with the error (full size on a GPU)")
