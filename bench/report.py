@@ -14,7 +14,7 @@ def markdown(results: dict) -> str:
     for run in results["runs"]:
         by_workload.setdefault(run["workload"], []).append(run)
     for workload, runs in by_workload.items():
-        lines += _table(workload, runs) + [""]
+        lines += (_batch_table(workload, runs) if any("phases" in r for r in runs) else _table(workload, runs)) + [""]
     return "\n".join(lines)
 
 
@@ -81,3 +81,31 @@ def _ram(run: dict) -> str:
     if "peak_ram_anon_gib" not in run:
         return str(run["peak_ram_gib"])
     return f"{run['peak_ram_anon_gib']}, {run['peak_ram_gib']}"
+
+
+def _batch_table(workload: str, runs: list[dict]) -> list[str]:
+    """The scripts' --batch (bench/batches.py): each phase's measured time against the estimate's prediction,
+    and per item the time against pure generation (denoise + decode)."""
+    out = [f"### {workload} (the scripts' own --batch, models read from disk)", "",
+           ("| config | phase | items | measured s | predicted s | error | load + prompts s (predicted) | "
+            "items s (predicted) | per item / pure generation | overhead per item s | peak VRAM GiB | plan |"),
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        if r.get("error"):
+            out.append(f"| {r['config']} | failed: {r['error'][:120]} |" + " |" * 10)
+            continue
+        for p in r["phases"]:
+            pred, err = p["predicted"], p["errors"]["total"]
+            out.append(f"| {r['config']} | {p['phase']} | {p['items']} | {p['total_s']:.1f} | {pred['total_s']} | "
+                       f"{'-' if err is None else f'{err:+.1%}'} | {p['load_text_s']:.1f} ({pred['load_text_s']}) | "
+                       f"{p['items_s']:.1f} ({pred['items_s']}) | {p['item_ratio_median']:.3f}x | "
+                       f"{p['overhead_median_s']:.2f} | {p['peak_vram_gib']} | {p['plan'][:70]} |")
+        whole = r["production"]
+        if len(r["phases"]) > 1:
+            err = whole["error"]
+            out.append(f"| {r['config']} | all | | {whole['measured_s']:.1f} | {whole['predicted_s']} | "
+                       f"{'-' if err is None else f'{err:+.1%}'} | | | | | | |")
+    out += ["", "Per item / pure generation: the median over the items after the first of (item - load) / "
+                "(denoise + decode); the first item also reads the denoisers. Weights: " +
+            next((r["weights_made"] for r in runs if "weights_made" in r), "-") + "."]
+    return out
