@@ -229,7 +229,9 @@ def compare(data: dict, model: dict, source: str = "") -> list[dict]:
             if e["family"] == "wan"
             else memory.qwen_workload(e["width"], e["height"], e["references"])
         )
-        hw = hardware.from_sizes(data["environment"].get("gpu_memory_gib", 80), 512, name=gpu.name)
+        # A planVxR run stands for that machine: its RAM decides whether both Wan experts stay in memory.
+        machine = run.get("machine_gb") or {"vram": data["environment"].get("gpu_memory_gib", 80), "ram": 512}
+        hw = hardware.from_sizes(machine["vram"], machine["ram"], name=gpu.name)
         plan = memory.plan_memory(hw, footprint, work, offload, e["weights"])
         steps = WORKLOADS[run["workload"]][4]
         item = estimate.Item(e["family"], e["width"], e["height"], steps, e["cfg"], e["frames"], e["references"])
