@@ -130,3 +130,49 @@ def test_streamed_text_encoders_offload_each_block_list_from_its_own_parent():
     lists = [[c for c in p.children() if isinstance(c, torch.nn.ModuleList)] for p in parents]
     assert len(parents) == 2 and all(len(found) == 1 for found in lists), [type(p).__name__ for p in parents]
     assert {type(p).__name__ for p in parents} == {"Qwen2_5_VLTextModel", "Qwen2_5_VisionTransformerPretrainedModel"}
+
+
+def _hooked(module: torch.nn.Module) -> bool:
+    registry = getattr(module, "_diffusers_hook", None)
+    return registry is not None and registry.get_hook("group_offloading") is not None
+
+
+def test_resident_blocks_stay_out_of_group_offloading_and_compute_the_same():
+    """Partial residency: the plan's resident blocks keep no offloading hook (they never leave the device);
+    diffusers streams the others; the block list is whole again, in order, and the output unchanged."""
+    from diffusers import WanTransformer3DModel
+
+    from producer import standin_models
+
+    torch.manual_seed(0)
+    expert = WanTransformer3DModel(**{**standin_models.WAN_TRANSFORMER_CONFIG, "num_layers": 5}).eval()
+    blocks = list(expert.blocks)
+    x = {"hidden_states": torch.randn(1, 36, 3, 8, 8), "timestep": torch.tensor([500]),
+         "encoder_hidden_states": torch.randn(1, 8, expert.config.text_dim), "return_dict": False}
+    with torch.no_grad():
+        before = expert(**x)[0]
+        offload.place_module(expert, "group_offload", torch.device("cpu"), resident_blocks=2)
+        after = expert(**x)[0]
+    assert list(expert.blocks) == blocks and offload.block_list(expert) == ("blocks", expert.blocks)
+    resident = offload.resident_indices(5, 2)
+    assert resident == [0, 2]
+    assert [_hooked(b) for b in blocks] == [i not in resident for i in range(5)]
+    assert _hooked(expert), "the weights outside the blocks still stream with the module's own group"
+    assert torch.equal(before, after)
+
+
+def test_without_resident_blocks_every_block_streams():
+    from diffusers import QwenImageTransformer2DModel
+
+    from producer import standin_models
+
+    model = QwenImageTransformer2DModel(**{**standin_models.QWEN_EDIT_TRANSFORMER_CONFIG, "num_layers": 3})
+    assert offload.block_list(model)[0] == "transformer_blocks"
+    offload.place_module(model, "group_offload", torch.device("cpu"))
+    assert all(_hooked(b) for b in model.transformer_blocks)
+
+
+def test_resident_blocks_spread_from_the_first_and_one_always_streams():
+    assert offload.resident_indices(60, 7) == [0, 8, 17, 25, 34, 42, 51]
+    assert offload.resident_indices(4, 9) == [0, 1, 2], "at least one block streams"
+    assert offload.resident_indices(40, 0) == []

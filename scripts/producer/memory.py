@@ -11,6 +11,8 @@ Vocabulary
 - weights of a denoiser: `bf16`, `fp8` (fp8 storage, bf16 compute: diffusers layerwise casting),
   `gguf-q8`, `gguf-q4` (GGUF files, dequantised per layer), `fp32` (tiny models on a CPU).
 - experts_in_ram (Wan): 2 keeps both experts in host RAM; 1 reloads each from disk at its turn.
+- resident_blocks: under group offload, how many transformer blocks of each denoiser stay on the GPU (the
+  VRAM the working memory leaves, see RESIDENT_FILL); only the others cross the host link at every forward.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ VRAM_RESERVE = int(0.8 * GiB)  # CUDA context and allocator fragmentation
 BLOCKS_IN_FLIGHT = 2  # group offload with streams holds the running block and the prefetched one
 TEXT_ENCODER_ACTIVATIONS = int(0.5 * GiB)
 LOAD_OVERHEAD = int(1.5 * GiB)  # a safetensors shard being read while loading
+# Partial residency fills the card with whole blocks up to this share of the plan's VRAM budget (card minus
+# VRAM_RESERVE), so that a working-memory estimate 10% low still fits: the issue-16 tolerance between a
+# measured peak and its prediction. Measured at 10 GiB before residency: Qwen Q8 streamed reserved 5.37 GiB
+# against 5.6 predicted, Wan Q4 streamed 6.83 GiB against 7.0 (bench/results/2026-12-06-h200, issue 16).
+RESIDENT_FILL = 0.9
 
 
 @dataclass(frozen=True)
@@ -113,11 +120,16 @@ class MemoryPlan:
     reason: str
     advice: str = ""  # what to change when it does not fit
     notes: tuple[str, ...] = field(default_factory=tuple)
+    resident_blocks: int = 0  # group offload: blocks of each denoiser kept on the GPU, the rest streamed
+    blocks: int = 0  # transformer blocks of each denoiser
+    streamed_bytes: int = 0  # weights of one denoiser that cross the host link at every forward
 
     def summary(self) -> str:
         parts = [f"plan {self.name}", f"weights {self.weights}"]
         if self.experts_in_ram == 1 and "transformer_2" in self.components:
             parts.append("one expert in RAM at a time")
+        if self.resident_blocks:
+            parts.append(f"{self.resident_blocks} of {self.blocks} blocks resident")
         parts.append("VAE tiled" if self.vae_tiling else "VAE untiled")
         parts.append(f"peak ~{self.peak_vram / GiB:.1f} GiB VRAM, ~{self.peak_ram / GiB:.1f} GiB RAM")
         return ", ".join(parts) + f": {self.reason}"
@@ -127,6 +139,7 @@ class MemoryPlan:
         d["components"] = {k: str(v) for k, v in self.components.items()}
         d["peak_vram_gib"] = round(self.peak_vram / GiB, 2)
         d["peak_ram_gib"] = round(self.peak_ram / GiB, 2)
+        d["streamed_gib_per_forward"] = round(self.streamed_bytes / GiB, 2)
         d["summary"] = self.summary()
         return d
 
@@ -157,6 +170,26 @@ def _denoise_vram(model: ModelFootprint, offload: str, weights: str, act: int) -
         return BLOCKS_IN_FLIGHT * block + one // 100 + act + vae
     # sequential: layer by layer; the largest layer is an FFN matrix (~1/6 of a block)
     return block // 6 + one // 100 + act + vae
+
+
+def block_bytes(model: ModelFootprint, weights: str) -> int:
+    """One transformer block of a denoiser in this weight form (the blocks hold ~99% of the weights)."""
+    return _bytes(model.denoiser_params, weights) // model.denoiser_blocks
+
+
+def resident_blocks(model: ModelFootprint, weights: str, working: int, vram_budget: int,
+                    limit: int | None = None) -> int:
+    """Blocks of each streamed denoiser to keep on the GPU: whole blocks in the room that the plan's working
+    memory (`working`: the larger of the streamed denoise peak and the decode) leaves under RESIDENT_FILL of the
+    budget, shared by the denoisers (Wan's two experts are placed together), at least one block still streamed.
+    Each resident block is a block's bytes that no longer cross the host link at every forward. `limit`
+    caps the count (0: stream every block)."""
+    room = int(RESIDENT_FILL * vram_budget) - working
+    if room <= 0:
+        return 0
+    per_denoiser = room // block_bytes(model, weights) // len(model.denoisers)
+    count = min(per_denoiser, model.denoiser_blocks - 1)
+    return count if limit is None else min(count, limit)
 
 
 def _text_on_gpu(model: ModelFootprint, budget: int) -> bool:
@@ -218,11 +251,13 @@ def _swap_first(offloads: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def plan_memory(hw: Hardware, model: ModelFootprint, work: Workload, offload: str = "auto",
-                weights: str = "auto", installed: frozenset[str] | None = None) -> MemoryPlan:
+                weights: str = "auto", installed: frozenset[str] | None = None,
+                max_resident_blocks: int | None = None) -> MemoryPlan:
     """Choose where every component lives and in what form. Pure: same inputs, same plan.
 
     `installed` narrows automatic weight choices to the forms present on disk (None: any form, which is
-    what `setup_diffusers.py` asks when deciding what to download).
+    what `setup_diffusers.py` asks when deciding what to download). `max_resident_blocks` caps the blocks a
+    group-offload plan keeps on the GPU (None: as many as fit, see `resident_blocks`; 0: stream them all).
     """
     if offload not in OFFLOAD_CHOICES:
         raise ValueError(f"offload must be one of {OFFLOAD_CHOICES}, not {offload!r}")
@@ -239,15 +274,15 @@ def plan_memory(hw: Hardware, model: ModelFootprint, work: Workload, offload: st
         vram_ok = _denoise_vram(model, off, form, act) <= vram_budget
         ram = _host_ram(model, off, form, experts, text_gpu)
         if vram_ok and ram <= hw.ram_total:
-            return _build_plan(hw, model, work, experts, form, off, True, True)
+            return _build_plan(hw, model, work, experts, form, off, True, True, max_resident_blocks)
         failed.append((not vram_ok, ram, rank, (experts, form, off, vram_ok, False)))
     # Nothing fits: describe the candidate that comes closest (fits the GPU, least RAM, fastest).
     experts, form, off, vram_ok, ram_ok = min(failed)[3]
     ram_ok = _host_ram(model, off, form, experts, text_gpu) <= hw.ram_total
-    return _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok)
+    return _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_resident_blocks)
 
 
-def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok) -> MemoryPlan:
+def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_resident=None) -> MemoryPlan:
     act = activation_bytes(model, work)
     vram_budget = hw.vram_total - VRAM_RESERVE
     denoise_vram = _denoise_vram(model, off, form, act)
@@ -255,6 +290,14 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok) -> MemoryP
     resident = denoise_vram - act if off == "none" else 0
     tiled = resident + decode_bytes(model, work, tiled=False) > vram_budget
     decode_vram = resident + decode_bytes(model, work, tiled)
+    kept, one = 0, _bytes(model.denoiser_params, form)
+    if off == "group" and vram_ok:
+        # Partial residency: whole blocks fill what the streamed denoise and the decode leave; they stay on
+        # the card through the decode too, so both stages grow by them.
+        kept = resident_blocks(model, form, max(denoise_vram, decode_vram), vram_budget, max_resident)
+        denoise_vram += kept * len(model.denoisers) * block_bytes(model, form)
+        decode_vram += kept * len(model.denoisers) * block_bytes(model, form)
+    streamed = {"none": 0, "model": 0}.get(off, one - kept * block_bytes(model, form))
     text = _bytes(model.text_encoder_params, "bf16")
     encode_vram = (text if text_placement == "gpu" else text // 10) + TEXT_ENCODER_ACTIVATIONS
     peak_vram = max(denoise_vram, decode_vram, encode_vram)
@@ -277,8 +320,9 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok) -> MemoryP
     return MemoryPlan(name=name, device=hw.device, dtype="bfloat16", components=components, weights=form,
                       experts_in_ram=experts, vae_tiling=tiled, text_encoder=text_placement,
                       peak_vram=int(peak_vram), peak_ram=int(peak_ram), fits=fits,
-                      reason=_reason(hw, model, name, form, act, fits, vram_ok, ram_ok),
-                      advice="" if fits else _advice(model, vram_ok, ram_ok, peak_ram), notes=tuple(notes))
+                      reason=_reason(hw, model, name, form, act, fits, vram_ok, ram_ok, streamed),
+                      advice="" if fits else _advice(model, vram_ok, ram_ok, peak_ram), notes=tuple(notes),
+                      resident_blocks=kept, blocks=model.denoiser_blocks, streamed_bytes=int(streamed))
 
 
 def _cpu_plan(hw: Hardware, model: ModelFootprint, weights: str) -> MemoryPlan:
@@ -302,14 +346,16 @@ def _cpu_plan(hw: Hardware, model: ModelFootprint, weights: str) -> MemoryPlan:
                       advice="" if fits else f"needs ~{need / GiB:.0f} GiB of RAM; use a machine with a GPU")
 
 
-def _reason(hw, model, name, form, act, fits, vram_ok, ram_ok) -> str:
+def _reason(hw, model, name, form, act, fits, vram_ok, ram_ok, streamed=0) -> str:
     card = f"{hw.vram_total / GiB:.0f} GiB GPU, {hw.ram_total / GiB:.0f} GiB RAM"
     one = _bytes(model.denoiser_params, form) / GiB
+    part = f"{streamed / GiB:.1f} of " if streamed and streamed < one * GiB else ""
     what = {
         "resident": f"all weights stay on the GPU ({len(model.denoisers)} x {one:.1f} GiB {form})",
         "expert-swap": f"one {one:.1f} GiB expert on the GPU at a time, swapped at the boundary",
         "model-offload": f"the {one:.1f} GiB transformer moves to the GPU for denoising only",
-        "group-offload": f"{one:.1f} GiB {form} weights stream block by block from RAM ({act / GiB:.1f} GiB activations)",
+        "group-offload": f"{part}{one:.1f} GiB {form} weights stream block by block from RAM "
+                         f"({act / GiB:.1f} GiB activations)",
         "sequential": "layer-by-layer offload (slow): nothing else fits",
     }[name]
     if fits:
@@ -362,11 +408,13 @@ def plan_table(family: str) -> list[tuple[int, int, MemoryPlan]]:
 
 def plan_table_markdown(family: str) -> str:
     title = TABLE_WORKLOADS[family][0]
-    rows = ["| VRAM GB | RAM GB | plan | weights | experts in RAM | text encoder | VAE | peak VRAM GiB | "
-            "peak RAM GiB | fits |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| VRAM GB | RAM GB | plan | weights | experts in RAM | blocks on GPU | streamed GiB / forward | "
+            "text encoder | VAE | peak VRAM GiB | peak RAM GiB | fits |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v, r, p in plan_table(family):
         experts = str(p.experts_in_ram) if "transformer_2" in p.components else "-"
-        rows.append(f"| {v} | {r} | {p.name} | {p.weights} | {experts} | {p.text_encoder} | "
+        on_gpu = {"resident": "all", "group-offload": f"{p.resident_blocks} / {p.blocks}"}.get(p.name, "-")
+        streamed = f"{p.streamed_bytes / GiB:.1f}" if p.streamed_bytes else "-"
+        rows.append(f"| {v} | {r} | {p.name} | {p.weights} | {experts} | {on_gpu} | {streamed} | {p.text_encoder} | "
                     f"{'tiled' if p.vae_tiling else 'whole'} | {p.peak_vram / GiB:.1f} | {p.peak_ram / GiB:.1f} | "
                     f"{'yes' if p.fits else 'no'} |")
     return f"<!-- plan-table:{family} ({title}) -->\n" + "\n".join(rows) + f"\n<!-- /plan-table:{family} -->"
