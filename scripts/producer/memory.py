@@ -124,6 +124,11 @@ class MemoryPlan:
     blocks: int = 0  # transformer blocks of each denoiser
     streamed_bytes: int = 0  # weights of one denoiser that cross the host link at every forward
 
+    @property
+    def streamed_share(self) -> float:
+        """The share of each denoiser's blocks that cross the host link at every forward (1.0 with none resident)."""
+        return 1.0 - self.resident_blocks / self.blocks if self.blocks else 1.0
+
     def summary(self) -> str:
         parts = [f"plan {self.name}", f"weights {self.weights}"]
         if self.experts_in_ram == 1 and "transformer_2" in self.components:
