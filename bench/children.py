@@ -104,7 +104,8 @@ def _machine_plan(family: str, config: str):
         return None
     footprint, work = memory.TABLE_WORKLOADS[family][1:]
     streamall = 0 if config.endswith("-streamall") else None
-    return memory.plan_memory(hardware.from_sizes(*machine), footprint, work, max_resident_blocks=streamall)
+    return memory.plan_memory(hardware.from_sizes(*machine), footprint, work, max_resident_blocks=streamall,
+                              dequantize_on_arrival=config.endswith("-dequant"))
 
 
 def _form(family: str, config: str) -> str:

@@ -88,6 +88,7 @@ def entry_of(run: dict, gpu: str, source: str) -> dict | None:
     weights = run.get("weights") or ("bf16" if config == "plain" else run["plan"].split("weights ")[1].split(",")[0])
     lever = LEVERS.get(config, {})
     levers = (["compile"] if lever.get("compile") == "on" else []) + (["fp8-matmul"] if lever.get("fp8_matmul") else [])
+    levers += ["dequantize-on-arrival"] if config.endswith("-dequant") else []  # opt-in: kept apart
     work = memory.wan_workload(width, height, n) if family == "wan" else memory.qwen_workload(width, height, n)
     whole = run.get("measured_steps", steps) == steps  # a scaled run's cold figure covers fewer steps
     share = {"streamed_share": run["streamed_share"]} if "streamed_share" in run else {}  # runs before residency: 1

@@ -110,3 +110,5 @@ def test_plan_configs_carry_the_plans_resident_blocks_and_streamall_turns_them_o
     assert benchmark.cap_gib("plan10x32-streamall") == 10
     assert children._machine_plan("qwen", "plan10x32").resident_blocks == 7  # the full-size plan on that machine
     assert children._machine_plan("qwen", "plan10x32-streamall").resident_blocks == 0
+    assert children._machine_plan("qwen", "plan10x32-dequant").dequantize_on_arrival
+    assert not children._machine_plan("qwen", "plan10x32").dequantize_on_arrival

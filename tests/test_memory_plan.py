@@ -240,3 +240,18 @@ def test_no_resident_blocks_when_the_streamed_plan_already_fills_the_margin():
     seq = memory.plan_memory(from_sizes(10, 32), memory.QWEN_FOOTPRINT, memory.qwen_workload(1024, 1024, 1),
                              offload="sequential")
     assert seq.resident_blocks == 0 and seq.streamed_bytes > 0
+
+
+def test_dequantize_on_arrival_is_asked_for_and_taken_only_where_its_vram_fits():
+    work = memory.qwen_workload(1024, 1024, 1)
+    plain = memory.plan_memory(from_sizes(10, 32), memory.QWEN_FOOTPRINT, work)
+    asked = memory.plan_memory(from_sizes(10, 32), memory.QWEN_FOOTPRINT, work, dequantize_on_arrival=True)
+    assert not plain.dequantize_on_arrival, "opt-in until measured"
+    assert asked.dequantize_on_arrival and "dequantized on arrival" in asked.summary()
+    # the bf16 form of the blocks in flight is paid for with resident blocks, never above the margin
+    assert asked.resident_blocks < plain.resident_blocks
+    assert asked.peak_vram <= memory.RESIDENT_FILL * (10 * GiB - memory.VRAM_RESERVE)
+    tight = memory.plan_memory(from_sizes(8, 32), memory.QWEN_FOOTPRINT, work, dequantize_on_arrival=True)
+    assert not tight.dequantize_on_arrival and any("on arrival" in n for n in tight.notes)
+    bf16 = memory.plan_memory(from_sizes(10, 64), memory.QWEN_FOOTPRINT, work, dequantize_on_arrival=True)
+    assert bf16.weights == "bf16" and not bf16.dequantize_on_arrival, "nothing to dequantize"

@@ -176,3 +176,69 @@ def test_resident_blocks_spread_from_the_first_and_one_always_streams():
     assert offload.resident_indices(60, 7) == [0, 8, 17, 25, 34, 42, 51]
     assert offload.resident_indices(4, 9) == [0, 1, 2], "at least one block streams"
     assert offload.resident_indices(40, 0) == []
+
+
+def _gguf_expert(standin_hf_home):
+    from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
+
+    from producer import models, registry
+
+    snapshot = models.snapshot_dir(registry.get("wan-i2v-components"))
+    gguf = next(standin_hf_home.glob("hub/**/*HighNoise-Q4_K_M.gguf"))
+    return WanTransformer3DModel.from_single_file(
+        str(gguf), quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32), config=str(snapshot),
+        subfolder="transformer", dtype=torch.float32)
+
+
+def _wan_input(expert):
+    torch.manual_seed(1)
+    return {"hidden_states": torch.randn(1, 36, 3, 8, 8), "timestep": torch.tensor([500]),
+            "encoder_hidden_states": torch.randn(1, 8, expert.config.text_dim), "return_dict": False}
+
+
+def test_dequantize_on_arrival_hands_each_block_its_weights_and_puts_the_gguf_ones_back(standin_hf_home,
+                                                                                       monkeypatch):
+    """The streamed blocks compute with weights dequantized once, the same numbers as the GGUF layers' own
+    path; the block diffusers prefetches is dequantized by the block before it, as soon as that block's
+    kernels are queued (here the prefetch chain diffusers builds on a GPU is set by hand: no streams on a CPU);
+    afterwards every layer holds its GGUF parameter again, for diffusers to offload."""
+    from diffusers.hooks import HookRegistry
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    from producer import arrival
+
+    expert = _gguf_expert(standin_hf_home)
+    x = _wan_input(expert)
+    with torch.no_grad():
+        before = expert(**x)[0]
+    events = []
+    original = arrival._dequantize
+    monkeypatch.setattr(arrival, "_dequantize", lambda w: events.append(("dequantize", w[0][0])) or original(w))
+    offload.place_module(expert, "group_offload", torch.device("cpu"), dequantize_on_arrival=True)
+    first, second = expert.blocks
+    hooks = [HookRegistry.check_if_exists_or_initialize(b).get_hook(arrival.HOOK) for b in (first, second)]
+    assert all(h is not None and h.weights for h in hooks)
+    second.register_forward_pre_hook(lambda *a: events.append(("second starts", None)))
+    with torch.no_grad():
+        alone = expert(**x)[0]
+    assert [e[0] for e in events] == ["dequantize", "second starts", "dequantize"], "no prefetch chain: inline"
+    offloading = [HookRegistry.check_if_exists_or_initialize(b).get_hook("group_offloading") for b in (first, second)]
+    offloading[0].next_group = offloading[1].group  # what diffusers' lazy prefetching sets up after a first pass
+    events.clear()
+    with torch.no_grad():
+        chained = expert(**x)[0]
+    assert [e[0] for e in events] == ["dequantize", "dequantize", "second starts"]
+    assert events[1][1] is hooks[1].weights[0][0], "the first block dequantized the second one's weights"
+    assert hooks[1].ready is None
+    assert torch.equal(before, alone) and torch.equal(before, chained)
+    quantized = [owner._parameters[name] for h in hooks for owner, name in h.weights]
+    assert all(isinstance(p, GGUFParameter) for p in quantized)
+
+
+def test_dequantize_on_arrival_leaves_plain_blocks_alone():
+    from diffusers import WanTransformer3DModel
+
+    from producer import arrival, standin_models
+
+    expert = WanTransformer3DModel(**standin_models.WAN_TRANSFORMER_CONFIG)
+    assert arrival.install(list(expert.blocks)) == 0

@@ -13,6 +13,9 @@ Vocabulary
 - experts_in_ram (Wan): 2 keeps both experts in host RAM; 1 reloads each from disk at its turn.
 - resident_blocks: under group offload, how many transformer blocks of each denoiser stay on the GPU (the
   VRAM the working memory leaves, see RESIDENT_FILL); only the others cross the host link at every forward.
+- dequantize_on_arrival (opt-in, GGUF under group offload): each streamed block is dequantized to the compute
+  dtype on the copy stream as it arrives, beside the previous block's compute, instead of inside every
+  linear layer; the blocks in flight then also hold their bf16 form.
 """
 
 from __future__ import annotations
@@ -123,6 +126,7 @@ class MemoryPlan:
     resident_blocks: int = 0  # group offload: blocks of each denoiser kept on the GPU, the rest streamed
     blocks: int = 0  # transformer blocks of each denoiser
     streamed_bytes: int = 0  # weights of one denoiser that cross the host link at every forward
+    dequantize_on_arrival: bool = False  # GGUF streamed blocks dequantized on the copy stream as they arrive
 
     @property
     def streamed_share(self) -> float:
@@ -135,6 +139,8 @@ class MemoryPlan:
             parts.append("one expert in RAM at a time")
         if self.resident_blocks:
             parts.append(f"{self.resident_blocks} of {self.blocks} blocks resident")
+        if self.dequantize_on_arrival:
+            parts.append("dequantized on arrival")
         parts.append("VAE tiled" if self.vae_tiling else "VAE untiled")
         parts.append(f"peak ~{self.peak_vram / GiB:.1f} GiB VRAM, ~{self.peak_ram / GiB:.1f} GiB RAM")
         return ", ".join(parts) + f": {self.reason}"
@@ -257,12 +263,14 @@ def _swap_first(offloads: tuple[str, ...]) -> tuple[str, ...]:
 
 def plan_memory(hw: Hardware, model: ModelFootprint, work: Workload, offload: str = "auto",
                 weights: str = "auto", installed: frozenset[str] | None = None,
-                max_resident_blocks: int | None = None) -> MemoryPlan:
+                max_resident_blocks: int | None = None, dequantize_on_arrival: bool = False) -> MemoryPlan:
     """Choose where every component lives and in what form. Pure: same inputs, same plan.
 
     `installed` narrows automatic weight choices to the forms present on disk (None: any form, which is
     what `setup_diffusers.py` asks when deciding what to download). `max_resident_blocks` caps the blocks a
     group-offload plan keeps on the GPU (None: as many as fit, see `resident_blocks`; 0: stream them all).
+    `dequantize_on_arrival` asks for that lever (GGUF weights streamed; taken only where its VRAM fits under
+    RESIDENT_FILL of the budget, before resident blocks are counted).
     """
     if offload not in OFFLOAD_CHOICES:
         raise ValueError(f"offload must be one of {OFFLOAD_CHOICES}, not {offload!r}")
@@ -279,15 +287,18 @@ def plan_memory(hw: Hardware, model: ModelFootprint, work: Workload, offload: st
         vram_ok = _denoise_vram(model, off, form, act) <= vram_budget
         ram = _host_ram(model, off, form, experts, text_gpu)
         if vram_ok and ram <= hw.ram_total:
-            return _build_plan(hw, model, work, experts, form, off, True, True, max_resident_blocks)
+            return _build_plan(hw, model, work, experts, form, off, True, True, max_resident_blocks,
+                               dequantize_on_arrival)
         failed.append((not vram_ok, ram, rank, (experts, form, off, vram_ok, False)))
     # Nothing fits: describe the candidate that comes closest (fits the GPU, least RAM, fastest).
     experts, form, off, vram_ok, ram_ok = min(failed)[3]
     ram_ok = _host_ram(model, off, form, experts, text_gpu) <= hw.ram_total
-    return _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_resident_blocks)
+    return _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_resident_blocks,
+                       dequantize_on_arrival)
 
 
-def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_resident=None) -> MemoryPlan:
+def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_resident=None,
+                dequantize=False) -> MemoryPlan:
     act = activation_bytes(model, work)
     vram_budget = hw.vram_total - VRAM_RESERVE
     denoise_vram = _denoise_vram(model, off, form, act)
@@ -296,6 +307,17 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_reside
     tiled = resident + decode_bytes(model, work, tiled=False) > vram_budget
     decode_vram = resident + decode_bytes(model, work, tiled)
     kept, one = 0, _bytes(model.denoiser_params, form)
+    notes = []
+    if dequantize and off == "group" and form.startswith("gguf"):
+        # The blocks in flight also hold their bf16 form (counted whole for both, a little cautious).
+        extra = BLOCKS_IN_FLIGHT * block_bytes(model, "bf16")
+        dequantize = denoise_vram + extra <= RESIDENT_FILL * vram_budget
+        if dequantize:
+            denoise_vram += extra
+        else:
+            notes.append("no VRAM to dequantize streamed blocks on arrival: dequantized in each layer")
+    else:
+        dequantize = False
     if off == "group" and vram_ok:
         # Partial residency: whole blocks fill what the streamed denoise and the decode leave; they stay on
         # the card through the decode too, so both stages grow by them.
@@ -309,7 +331,6 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_reside
     peak_ram = _host_ram(model, off, form, experts, text_placement == "gpu")
     fits = vram_ok and ram_ok
 
-    notes = []
     if experts == 1 and len(model.denoisers) > 1:
         notes.append("each expert is read from disk at its turn (RAM cannot hold both)")
     if form == "fp8":
@@ -327,7 +348,8 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_reside
                       peak_vram=int(peak_vram), peak_ram=int(peak_ram), fits=fits,
                       reason=_reason(hw, model, name, form, act, fits, vram_ok, ram_ok, streamed),
                       advice="" if fits else _advice(model, vram_ok, ram_ok, peak_ram), notes=tuple(notes),
-                      resident_blocks=kept, blocks=model.denoiser_blocks, streamed_bytes=int(streamed))
+                      resident_blocks=kept, blocks=model.denoiser_blocks, streamed_bytes=int(streamed),
+                      dequantize_on_arrival=dequantize)
 
 
 def _cpu_plan(hw: Hardware, model: ModelFootprint, weights: str) -> MemoryPlan:

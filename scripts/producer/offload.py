@@ -10,6 +10,7 @@
   anew at every transfer (Qwen under a 10 GiB cap: 7.7 s an image against 3.5 s).
 - partial residency: the plan's `resident_blocks` of each streamed denoiser stay on the GPU, spread evenly
   through the block list, and group offloading is applied to the other blocks only (see _group_offload).
+- dequantize on arrival (opt-in, GGUF streamed): producer.arrival's hook on each streamed block.
 - sequential: group offload at leaf level, no streams (the last resort).
 - fp8 storage: `enable_layerwise_casting(float8_e4m3fn -> bfloat16)`.
 - text encoders: on the GPU whole, or streamed block by block (see place_text_encoder); freed after encoding.
@@ -44,7 +45,7 @@ def apply_plan(pipe, plan: MemoryPlan, device: str | torch.device | None = None)
         component = plan.components[name]
         if component.weights == "fp8":
             module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
-        place_module(module, component.placement, device, plan.resident_blocks)
+        place_module(module, component.placement, device, plan.resident_blocks, plan.dequantize_on_arrival)
     if plan.components.get("transformer_2") and plan.components["transformer_2"].placement == "model_offload":
         install_expert_swap(pipe, device)
     if getattr(pipe, "vae", None) is not None:
@@ -56,12 +57,14 @@ def apply_plan(pipe, plan: MemoryPlan, device: str | torch.device | None = None)
         place_text_encoder(text_encoder, plan.text_encoder, device)
 
 
-def place_module(module: torch.nn.Module, placement: str, device: torch.device, resident_blocks: int = 0) -> None:
-    """`resident_blocks`: under group offload, how many blocks stay on the GPU (the plan's partial residency)."""
+def place_module(module: torch.nn.Module, placement: str, device: torch.device, resident_blocks: int = 0,
+                 dequantize_on_arrival: bool = False) -> None:
+    """`resident_blocks`: under group offload, how many blocks stay on the GPU (the plan's partial residency);
+    `dequantize_on_arrival`: the streamed GGUF blocks are dequantized as they arrive (producer.arrival)."""
     if placement == "gpu":
         module.to(device)
     elif placement == "group_offload":
-        _group_offload(module, device, leaf=False, resident=resident_blocks)
+        _group_offload(module, device, leaf=False, resident=resident_blocks, arrival=dequantize_on_arrival)
     elif placement == "sequential":
         _group_offload(module, device, leaf=True)
     elif placement in ("model_offload", "cpu"):
@@ -119,12 +122,14 @@ def _stream_block_lists(module: torch.nn.Module, device: torch.device) -> None:
 
 
 def _group_offload(module: torch.nn.Module, device: torch.device, leaf: bool, pinned: bool = False,
-                   resident: int = 0) -> None:
+                   resident: int = 0, arrival: bool = False) -> None:
     from diffusers.hooks import apply_group_offloading
 
     streams = device.type == "cuda" and not leaf
-    blocks = None if leaf or resident <= 0 else block_list(module)
+    blocks = None if leaf or (resident <= 0 and not arrival) else block_list(module)
     kept = resident_indices(len(blocks[1]), resident) if blocks else []
+    if blocks and arrival:
+        _dequantize_on_arrival([b for i, b in enumerate(blocks[1]) if i not in set(kept)])
     if blocks:
         for i in kept:  # on the card before pinning, so that their host copies are neither pinned nor kept
             blocks[1][i].to(device)
@@ -146,6 +151,16 @@ def _group_offload(module: torch.nn.Module, device: torch.device, leaf: bool, pi
         )
     if kept:
         log.info("%d of %d blocks stay on the GPU; the others stream", len(kept), len(blocks[1]))
+
+
+def _dequantize_on_arrival(streamed: list[torch.nn.Module]) -> None:
+    from . import arrival
+
+    if not arrival.available():
+        log.info("diffusers' GGUF CUDA kernels are in use: streamed blocks are not dequantized on arrival")
+        return
+    # Registered before group offloading, so that diffusers' hook runs around this one (see producer.arrival).
+    log.info("%d streamed blocks are dequantized on arrival", arrival.install(streamed))
 
 
 def block_list(module: torch.nn.Module) -> tuple[str, torch.nn.ModuleList] | None:
