@@ -94,7 +94,9 @@ class DequantizeOnArrival(ModelHook):
         if nxt is None or not nxt.weights:
             return
         stream = following.stream
-        with torch.cuda.stream(stream) if isinstance(stream, torch.cuda.Stream) else nullcontext():
+        if stream is not None and not isinstance(stream, torch.cuda.Stream):
+            return  # not a CUDA stream: the next block dequantizes itself when it runs
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
             nxt.ready = _dequantize(nxt.weights)
         nxt.on_copy_stream = stream is not None
 
