@@ -255,3 +255,13 @@ def test_dequantize_on_arrival_is_asked_for_and_taken_only_where_its_vram_fits()
     assert not tight.dequantize_on_arrival and any("on arrival" in n for n in tight.notes)
     bf16 = memory.plan_memory(from_sizes(10, 64), memory.QWEN_FOOTPRINT, work, dequantize_on_arrival=True)
     assert bf16.weights == "bf16" and not bf16.dequantize_on_arrival, "nothing to dequantize"
+
+
+def test_resident_blocks_leave_alone_what_other_programs_hold_on_the_card():
+    """A desktop holding 2 GiB of a 10 GB card: resident blocks fill only the free part."""
+    work = memory.qwen_workload(1024, 1024, 1)
+    idle = from_sizes(10, 32)
+    busy = replace(idle, vram_free=8 * GiB)
+    plan = memory.plan_memory(busy, memory.QWEN_FOOTPRINT, work)
+    assert 0 < plan.resident_blocks < memory.plan_memory(idle, memory.QWEN_FOOTPRINT, work).resident_blocks
+    assert plan.peak_vram <= memory.RESIDENT_FILL * 8 * GiB

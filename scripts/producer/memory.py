@@ -308,10 +308,13 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_reside
     decode_vram = resident + decode_bytes(model, work, tiled)
     kept, one = 0, _bytes(model.denoiser_params, form)
     notes = []
+    # What the optional levers may fill: the budget, or less where other programs (a desktop) already hold
+    # part of the card; what the streamed plan itself needs is checked against the card as before.
+    room_budget = min(vram_budget, hw.vram_free) if hw.vram_free else vram_budget
     if dequantize and off == "group" and form.startswith("gguf"):
         # The blocks in flight also hold their bf16 form (counted whole for both, a little cautious).
         extra = BLOCKS_IN_FLIGHT * block_bytes(model, "bf16")
-        dequantize = denoise_vram + extra <= RESIDENT_FILL * vram_budget
+        dequantize = denoise_vram + extra <= RESIDENT_FILL * room_budget
         if dequantize:
             denoise_vram += extra
         else:
@@ -321,7 +324,7 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_reside
     if off == "group" and vram_ok:
         # Partial residency: whole blocks fill what the streamed denoise and the decode leave; they stay on
         # the card through the decode too, so both stages grow by them.
-        kept = resident_blocks(model, form, max(denoise_vram, decode_vram), vram_budget, max_resident)
+        kept = resident_blocks(model, form, max(denoise_vram, decode_vram), room_budget, max_resident)
         denoise_vram += kept * len(model.denoisers) * block_bytes(model, form)
         decode_vram += kept * len(model.denoisers) * block_bytes(model, form)
     streamed = {"none": 0, "model": 0}.get(off, one - kept * block_bytes(model, form))
