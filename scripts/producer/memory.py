@@ -43,7 +43,8 @@ LOAD_OVERHEAD = int(1.5 * GiB)  # a safetensors shard being read while loading
 # Partial residency fills the card with whole blocks up to this share of the plan's VRAM budget (card minus
 # VRAM_RESERVE), so that a working-memory estimate 10% low still fits: the issue-16 tolerance between a
 # measured peak and its prediction. Measured at 10 GiB before residency: Qwen Q8 streamed reserved 5.37 GiB
-# against 5.6 predicted, Wan Q4 streamed 6.83 GiB against 7.0 (bench/results/2026-12-06-h200, issue 16).
+# against 5.6 predicted (bench/results/2026-12-06-h200/g2), a Wan Q4 clip 6.47-6.53 GiB against 7.02
+# (bench/results/2026-12-05-h100/g1, 2026-12-06-h100/g3).
 RESIDENT_FILL = 0.9
 
 
