@@ -265,3 +265,16 @@ def test_resident_blocks_leave_alone_what_other_programs_hold_on_the_card():
     plan = memory.plan_memory(busy, memory.QWEN_FOOTPRINT, work)
     assert 0 < plan.resident_blocks < memory.plan_memory(idle, memory.QWEN_FOOTPRINT, work).resident_blocks
     assert plan.peak_vram <= memory.RESIDENT_FILL * 8 * GiB
+
+
+def test_an_explicit_group_offload_streams_every_block_and_is_the_first_retry():
+    """Out of memory with resident blocks: the next step is --offload group (every block streamed), then
+    sequential."""
+    work = memory.qwen_workload(1024, 1024, 1)
+    auto = memory.plan_memory(from_sizes(10, 32), memory.QWEN_FOOTPRINT, work)
+    assert auto.resident_blocks and memory.next_offload(auto) == "group"
+    streamed = memory.plan_memory(from_sizes(10, 32), memory.QWEN_FOOTPRINT, work, offload="group")
+    assert streamed.resident_blocks == 0 and streamed.peak_vram < auto.peak_vram
+    assert memory.next_offload(streamed) == "sequential"
+    asked = memory.plan_memory(from_sizes(10, 32), memory.QWEN_FOOTPRINT, work, offload="group", max_resident_blocks=2)
+    assert asked.resident_blocks == 2

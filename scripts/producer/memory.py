@@ -269,7 +269,8 @@ def plan_memory(hw: Hardware, model: ModelFootprint, work: Workload, offload: st
 
     `installed` narrows automatic weight choices to the forms present on disk (None: any form, which is
     what `setup_diffusers.py` asks when deciding what to download). `max_resident_blocks` caps the blocks a
-    group-offload plan keeps on the GPU (None: as many as fit, see `resident_blocks`; 0: stream them all).
+    group-offload plan keeps on the GPU (None: as many as fit, see `resident_blocks`, except under an explicit
+    `offload="group"`, which streams every block: the frugal form an out-of-memory retry asks for; 0: none).
     `dequantize_on_arrival` asks for that lever (GGUF weights streamed; taken only where its VRAM fits under
     RESIDENT_FILL of the budget, before resident blocks are counted).
     """
@@ -279,6 +280,8 @@ def plan_memory(hw: Hardware, model: ModelFootprint, work: Workload, offload: st
         raise ValueError(f"weights must be one of {WEIGHT_CHOICES}, not {weights!r}")
     if not hw.has_gpu:
         return _cpu_plan(hw, model, weights)
+    if max_resident_blocks is None and offload == "group":
+        max_resident_blocks = 0
 
     act = activation_bytes(model, work)
     vram_budget = hw.vram_total - VRAM_RESERVE
@@ -410,7 +413,10 @@ FRUGALITY = ("none", "model", "group", "sequential")
 
 
 def next_offload(plan: MemoryPlan) -> str | None:
-    """The next more frugal --offload value after an out-of-memory error, or None at the end of the line."""
+    """The next more frugal --offload value after an out-of-memory error, or None at the end of the line.
+    A group-offload plan that keeps blocks on the card goes to `group` first: every block streamed."""
+    if plan.name == "group-offload" and plan.resident_blocks:
+        return "group"
     current = {"resident": "none", "expert-swap": "model", "model-offload": "model", "group-offload": "group",
                "sequential": "sequential", "cpu": "sequential"}[plan.name]
     i = FRUGALITY.index(current)
