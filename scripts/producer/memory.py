@@ -445,8 +445,9 @@ def plan_table(family: str) -> list[tuple[int, int, MemoryPlan]]:
 
 def plan_table_markdown(family: str) -> str:
     title = TABLE_WORKLOADS[family][0]
-    rows = ["| VRAM GB | RAM GB | plan | weights | experts in RAM | blocks on GPU | streamed GiB / forward | "
-            "text encoder | VAE | peak VRAM GiB | peak RAM GiB | fits |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    header = ("| VRAM GB | RAM GB | plan | weights | experts in RAM | blocks on GPU | streamed GiB / forward | "
+              "text encoder | VAE | peak VRAM GiB | peak RAM GiB | fits |")
+    rows = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v, r, p in plan_table(family):
         experts = str(p.experts_in_ram) if "transformer_2" in p.components else "-"
         on_gpu = {"resident": "all", "group-offload": f"{p.resident_blocks} / {p.blocks}"}.get(p.name, "-")
