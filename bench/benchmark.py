@@ -63,8 +63,10 @@ LEVERS = {"project": {}, "compile": {"compile": "on"}, "nocompile": {"compile": 
 CAPS = {"cap10": 10, "cap12": 12, "cap16": 16, "cap24": 24, "cap48": 48}
 # `planVxR` (e.g. plan10x32): the plan the scripts choose on a machine with V GB of VRAM and R GB of RAM, in
 # the weight form it picks (GGUF, fp8 storage or bf16), run under a V GiB cap. Host RAM cannot be capped: the
-# measured peak is reported beside R and the plan's prediction.
-PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)$")
+# measured peak is reported beside R and the plan's prediction. `planVxR-streamall`: the same plan with every
+# block streamed (no partial residency), to measure what the resident blocks save in the same run;
+# `planVxR-dequant`: the plan with its opt-in lever dequantize_on_arrival (GGUF weights).
+PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)(-streamall|-dequant)?$")
 
 
 def plan_machine(config: str) -> tuple[int, int] | None:
@@ -84,8 +86,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     p.add_argument("--run", action="append", default=[], metavar="WORKLOAD:CONFIG[,CONFIG...]",
                    help=f"workloads: {', '.join([*WORKLOADS, *BATCH_WORKLOADS])}; configs: plain, {', '.join(LEVERS)}, "
-                        f"{', '.join(CAPS)}, planVxR (the plan of a V GB VRAM / R GB RAM machine, e.g. plan10x32); "
-                        "the batch workloads take project and planVxR")
+                        f"{', '.join(CAPS)}, planVxR (the plan of a V GB VRAM / R GB RAM machine, e.g. plan10x32; "
+                        "planVxR-streamall: the same with no resident blocks; planVxR-dequant: with GGUF blocks "
+                        "dequantized on arrival); the batch workloads take project and planVxR")
     p.add_argument("--repeats", type=int, default=2, help="runs per process; the first is reported as cold")
     p.add_argument("--measure-steps", type=int, default=None,
                    help="for long schedules, run only this many steps and extrapolate the rest (stated)")
