@@ -11,6 +11,14 @@ Text encoders are bypassed with precomputed embeddings of the real shapes (timed
     python bench/benchmark.py --size full --out results.json --markdown results.md \
         --run wan-480p-4:plain,project,cap10 --run qwen-1ref-4:plain,project
 
+The batch workloads (`wan-batch`, `qwen-batch`, `production-3`; bench/batches.py) go further: they install
+the full-size models with random weights on disk under the real repo ids (bench/installs.py) and run the
+scripts' own `--batch` through their main(), text encoders and loading included, to time each item against
+pure generation and each phase against `production.py estimate`'s prediction:
+
+    python bench/benchmark.py --size full --from-disk /tmp/models --out p.json --markdown p.md \
+        --run production-3:project
+
 `--size tiny` runs the same code with the stand-in configs on a CPU (the test suite does), so the
 benchmark cannot rot.
 """
@@ -46,6 +54,8 @@ WORKLOADS = {
     "wan-encode": ("wan-text", 0, 0, 1, 0, False),
 }
 TINY = {"wan": (64, 64, 9), "qwen": (64, 64)}
+# The scripts' own --batch on models installed on disk (bench/batches.py): workload -> its phases, each one batch.
+BATCH_WORKLOADS = {"wan-batch": ("clips",), "qwen-batch": ("keyframes",), "production-3": ("keyframes", "clips")}
 # Configurations: plain diffusers, the project's default, a lever on top of it, or the default under a cap.
 LEVERS = {"project": {}, "compile": {"compile": "on"}, "nocompile": {"compile": "off"},
           "fp8": {"fp8_matmul": True}, "cudnn": {"attention": "_native_cudnn"},
@@ -53,8 +63,10 @@ LEVERS = {"project": {}, "compile": {"compile": "on"}, "nocompile": {"compile": 
 CAPS = {"cap10": 10, "cap12": 12, "cap16": 16, "cap24": 24, "cap48": 48}
 # `planVxR` (e.g. plan10x32): the plan the scripts choose on a machine with V GB of VRAM and R GB of RAM, in
 # the weight form it picks (GGUF, fp8 storage or bf16), run under a V GiB cap. Host RAM cannot be capped: the
-# measured peak is reported beside R and the plan's prediction.
-PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)$")
+# measured peak is reported beside R and the plan's prediction. `planVxR-streamall`: the same plan with every
+# block streamed (no partial residency), to measure what the resident blocks save in the same run;
+# `planVxR-dequant`: the plan with its opt-in lever dequantize_on_arrival (GGUF weights).
+PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)(-streamall|-dequant)?$")
 
 
 def plan_machine(config: str) -> tuple[int, int] | None:
@@ -73,8 +85,10 @@ def parse_args(argv=None):
     p.add_argument("--size", choices=("full", "tiny"), default="full")
     p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     p.add_argument("--run", action="append", default=[], metavar="WORKLOAD:CONFIG[,CONFIG...]",
-                   help=f"workloads: {', '.join(WORKLOADS)}; configs: plain, {', '.join(LEVERS)}, "
-                        f"{', '.join(CAPS)}, planVxR (the plan of a V GB VRAM / R GB RAM machine, e.g. plan10x32)")
+                   help=f"workloads: {', '.join([*WORKLOADS, *BATCH_WORKLOADS])}; configs: plain, {', '.join(LEVERS)}, "
+                        f"{', '.join(CAPS)}, planVxR (the plan of a V GB VRAM / R GB RAM machine, e.g. plan10x32; "
+                        "planVxR-streamall: the same with no resident blocks; planVxR-dequant: with GGUF blocks "
+                        "dequantized on arrival); the batch workloads take project and planVxR")
     p.add_argument("--repeats", type=int, default=2, help="runs per process; the first is reported as cold")
     p.add_argument("--measure-steps", type=int, default=None,
                    help="for long schedules, run only this many steps and extrapolate the rest (stated)")
@@ -86,10 +100,16 @@ def parse_args(argv=None):
     p.add_argument("--from-disk", type=Path, default=None, metavar="DIR",
                    help="planVxR Wan runs with GGUF experts read from files in DIR by the scripts' own loader "
                         "(written there once, full size ~9.4 GB an expert): measures load time and the reload "
-                        "of one-expert-in-RAM plans against the disk's read speed")
+                        "of one-expert-in-RAM plans against the disk's read speed; the batch workloads install the "
+                        "full-size models there (bench/installs.py: Wan ~31 GB, Qwen ~30 GB; one family is removed "
+                        "when the disk cannot hold both) and write their outputs there")
+    p.add_argument("--batch-items", type=int, default=3,
+                   help="items of each batch workload's batch (production-3: its scenes; 3 by default); --repeats "
+                        "does not apply to them: the items are the repeats, the first also pays first-use costs")
     p.add_argument("--predict", action="store_true",
                    help="after the runs, print each beside what the speed model (scripts/producer/data/"
                         "speed-model.json) predicts for it on this card, with the error (full size on a GPU)")
+    p.add_argument("--install", nargs=3, metavar=("FAMILY", "FORM", "DIR"), help=argparse.SUPPRESS)
     p.add_argument("--write-gguf", nargs=2, metavar=("FORM", "DIR"), help=argparse.SUPPRESS)
     p.add_argument("--child", nargs=2, metavar=("WORKLOAD", "CONFIG"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -104,6 +124,14 @@ def main(argv=None) -> int:
         from children import write_gguf_files
 
         print(json.dumps(write_gguf_files(args, *args.write_gguf)), flush=True)
+        return 0
+    if args.install:
+        import torch
+        from installs import install
+
+        family, form, home = args.install
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        print(json.dumps(install(Path(home), family, form, args.size, device)), flush=True)
         return 0
     if args.child:
         from producer.facts import hardware
@@ -143,6 +171,8 @@ def _spawn(args, workload: str, config: str) -> dict:
         cmd += ["--device", args.device]
     if args.measure_steps:
         cmd += ["--measure-steps", str(args.measure_steps)]
+    if workload in BATCH_WORKLOADS:
+        cmd += ["--batch-items", str(args.batch_items)]
     if args.from_disk:
         cmd += ["--from-disk", str(args.from_disk)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -166,6 +196,12 @@ def _spawn(args, workload: str, config: str) -> dict:
 def _print_line(r: dict) -> None:
     if r.get("error"):
         print(f"{r['workload']:14} {r['config']:12} ERROR {r['error'][:300]}", file=sys.stderr, flush=True)
+        return
+    if "phases" in r:
+        for p in r["phases"]:
+            print(f"{r['workload']:14} {r['config']:12} {p['phase']:10} {p['wall_s']:8.2f} s (predicted "
+                  f"{p['predicted']['total_s']}), per item x{p['item_ratio_median']} of pure generation, "
+                  f"overhead {p['overhead_median_s']} s  {p['plan'][:60]}", file=sys.stderr, flush=True)
         return
     print(f"{r['workload']:14} {r['config']:12} {r['seconds']['total']:8.2f} s (cold {r['cold_total']:.2f}) "
           f"VRAM {r['peak_vram_gib']} GiB RAM {r['peak_ram_gib']} GiB  {r.get('plan', '')[:80]}",
@@ -199,10 +235,19 @@ def run_child(args, workload: str, config: str) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     from children import run_wan_text
 
+    if workload in BATCH_WORKLOADS:
+        from batches import run_batches
+
+        result = run_batches(args, workload, config, device)
+        result.update(workload=workload, config=config, **_peaks(device))
+        return result
     family = WORKLOADS[workload][0]
     runner = {"wan": run_wan, "qwen": run_qwen, "wan-text": run_wan_text}[family]
-    result = runner(args, workload, config, device)
-    result.update(workload=workload, config=config, **_peaks(device))
+    from ramwatch import RamWatch
+
+    with RamWatch() as ram:
+        result = runner(args, workload, config, device)
+    result.update(workload=workload, config=config, **_peaks(device), **ram.peaks())
     return result
 
 

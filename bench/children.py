@@ -103,7 +103,9 @@ def _machine_plan(family: str, config: str):
     if machine is None:
         return None
     footprint, work = memory.TABLE_WORKLOADS[family][1:]
-    return memory.plan_memory(hardware.from_sizes(*machine), footprint, work)
+    streamall = 0 if config.endswith("-streamall") else None
+    return memory.plan_memory(hardware.from_sizes(*machine), footprint, work, max_resident_blocks=streamall,
+                              dequantize_on_arrival=config.endswith("-dequant"))
 
 
 def _form(family: str, config: str) -> str:
@@ -210,6 +212,8 @@ def _scaled_seconds(stages: dict, total: float, denoise_stages: tuple, steps: in
 
 def _result(seconds: dict, cold: float, plan, extra: dict, steps: int, measured: int) -> dict:
     seconds = {k: round(v, 3) for k, v in seconds.items()}
+    if plan is not None and plan.streamed_bytes:  # the speed model scales streamed runs by this share
+        extra = {"resident_blocks": plan.resident_blocks, "streamed_share": round(plan.streamed_share, 4), **extra}
     return {"seconds": seconds, "cold_total": round(cold, 3), "plan": plan.summary() if plan else "diffusers defaults",
             "steps": steps, "measured_steps": measured, **extra}
 

@@ -31,6 +31,14 @@ QWEN_TRANSFORMER = {
     "axes_dims_rope": [16, 56, 56], "zero_cond_t": True,
 }
 QWEN_TEXT_DIM = 3584
+# Qwen2.5-VL-7B-Instruct's config.json (the Qwen-Image text encoder): ~8.3 B parameters with the lm_head.
+QWEN_VL_TEXT = {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+                "num_key_value_heads": 4, "max_position_embeddings": 128000, "rms_norm_eps": 1e-6,
+                "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0}}
+QWEN_VL_VISION = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 3584,
+                  "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+                  "fullatt_block_indexes": [7, 15, 23, 31], "hidden_act": "silu"}
+QWEN_VL_VOCAB = 152064
 QWEN_PROMPT_TOKENS = 200  # a keyframe prompt plus the template; each reference adds its vision tokens
 
 
@@ -135,6 +143,25 @@ def umt5_encoder(size: str, device: str, dtype: torch.dtype = torch.bfloat16):
         return UMT5EncoderModel(config).eval()
 
 
+def qwen_vl_encoder(size: str, tokenizer, device: str, dtype: torch.dtype = torch.bfloat16):
+    """Qwen2.5-VL (the Qwen-Image text encoder) whose image and vision token ids are `tokenizer`'s (the stand-in
+    tokenizer: the real one cannot be downloaded here; ids only pick embedding rows, so the cost is the same)."""
+    from producer.testing import standin_models as tiny
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in tiny.QWEN_SPECIAL_TOKENS}
+    if size == "tiny":
+        text, vision, vocab = tiny.QWEN_VL_TEXT_CONFIG, tiny.QWEN_VL_VISION_CONFIG, -(-len(tokenizer) // 64) * 64
+    else:
+        text, vision, vocab = QWEN_VL_TEXT, QWEN_VL_VISION, QWEN_VL_VOCAB
+    config = Qwen2_5_VLConfig(
+        text_config={**text, "vocab_size": vocab, "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"]},
+        vision_config=dict(vision), image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    with _building(device, dtype):
+        return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
 def move_to_host(module: torch.nn.Module) -> torch.nn.Module:
     """Offloading configurations start with the weights in host RAM, as after a real load."""
     module.to("cpu")
@@ -225,27 +252,31 @@ def quantize_like_gguf(model: torch.nn.Module, form: str, compute_dtype: torch.d
     return model, sizes
 
 
-def write_gguf_expert(module: torch.nn.Module, path, form: str) -> int:
-    """Write a GGUF expert built by quantize_like_gguf as a ComfyUI-GGUF file (original Wan key names), the
-    form QuantStack publishes, so the scripts' own loader reads it; returns the file's bytes. Quantized
+def write_gguf_expert(module: torch.nn.Module, path, form: str, arch: str = "wan") -> int:
+    """Write a GGUF denoiser built by quantize_like_gguf as a ComfyUI-GGUF file, the form QuantStack (Wan,
+    original key names) and unsloth (Qwen-Image, diffusers' key names) publish, so the scripts' own loader
+    reads it; returns the file's bytes. Quantized
     blocks are written as they are; the rest as the published files keep them (F32 for 1-D tensors,
     modulation and the 5-D patch embedding, F16 otherwise)."""
     import gguf
     import numpy as np
     from diffusers.quantizers.gguf.utils import GGUFParameter
-    from producer.testing.standin_gguf import wan_key_to_original
+    from producer.testing.standin_gguf import QWEN_TIMESTEP_MARKER, wan_key_to_original
 
-    writer = gguf.GGUFWriter(path=None, arch="wan")
+    rename = wan_key_to_original if arch == "wan" else str
+    writer = gguf.GGUFWriter(path=None, arch=arch)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M if form == "gguf-q4" else gguf.LlamaFileType.MOSTLY_Q8_0)
     for key, tensor in module.state_dict().items():
-        name = wan_key_to_original(key)
+        name = rename(key)
         if isinstance(tensor, GGUFParameter):
             writer.add_tensor(name, tensor.as_tensor().cpu().numpy(), raw_dtype=tensor.quant_type)
             continue
         array = tensor.detach().float().cpu().numpy()
         keep_f32 = array.ndim < 2 or array.ndim > 4 or "modulation" in name
         writer.add_tensor(name, array if keep_f32 else array.astype(np.float16))
+    if arch != "wan":  # Comfy-Org's 2511 repacks carry this marker (producer.testing.standin_gguf); the loader drops it
+        writer.add_tensor(QWEN_TIMESTEP_MARKER, np.zeros(1, dtype=np.float32))
     path.parent.mkdir(parents=True, exist_ok=True)
     writer.write_header_to_file(path=path)
     writer.write_kv_data_to_file()

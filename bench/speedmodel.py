@@ -24,7 +24,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(HERE))
 
-from benchmark import LEVERS, WORKLOADS
+from benchmark import LEVERS, WORKLOADS, cap_gib
 from producer.sizing import estimate, memory
 
 WRITING = "bench/results/2026-11-29-writing-2core.json"  # per-item writing cost (bench/writing.py)
@@ -88,9 +88,12 @@ def entry_of(run: dict, gpu: str, source: str) -> dict | None:
     weights = run.get("weights") or ("bf16" if config == "plain" else run["plan"].split("weights ")[1].split(",")[0])
     lever = LEVERS.get(config, {})
     levers = (["compile"] if lever.get("compile") == "on" else []) + (["fp8-matmul"] if lever.get("fp8_matmul") else [])
+    levers += ["dequantize-on-arrival"] if config.endswith("-dequant") else []  # opt-in: kept apart
     work = memory.wan_workload(width, height, n) if family == "wan" else memory.qwen_workload(width, height, n)
     whole = run.get("measured_steps", steps) == steps  # a scaled run's cold figure covers fewer steps
+    share = {"streamed_share": run["streamed_share"]} if "streamed_share" in run else {}  # runs before residency: 1
     return {
+        **share,
         "family": family,
         "plan": plan,
         "weights": weights,
@@ -214,7 +217,7 @@ def compare(data: dict, model: dict, source: str = "") -> list[dict]:
     rows = []
     for run in data["runs"]:
         e = entry_of(run, data["environment"].get("gpu", "CPU"), source)
-        if e is None:
+        if e is None or e["plan"] == "cpu":  # the speed model covers GPUs only
             continue
         offload = {
             "resident": "none",
@@ -229,8 +232,14 @@ def compare(data: dict, model: dict, source: str = "") -> list[dict]:
             if e["family"] == "wan"
             else memory.qwen_workload(e["width"], e["height"], e["references"])
         )
-        hw = hardware.from_sizes(data["environment"].get("gpu_memory_gib", 80), 512, name=gpu.name)
-        plan = memory.plan_memory(hw, footprint, work, offload, e["weights"])
+        # The machine the run planned for (a capped card for capN and planVxR; a planVxR run's RAM decides
+        # whether both Wan experts stay in memory), and the resident blocks it kept (none in runs made
+        # before partial residency).
+        machine = run.get("machine_gb") or {"vram": cap_gib(run["config"]) or data["environment"].get("gpu_memory_gib", 80),
+                                            "ram": 512}
+        hw = hardware.from_sizes(machine["vram"], machine["ram"], name=gpu.name)
+        plan = memory.plan_memory(hw, footprint, work, offload, e["weights"],
+                                  max_resident_blocks=run.get("resident_blocks", 0))
         steps = WORKLOADS[run["workload"]][4]
         item = estimate.Item(e["family"], e["width"], e["height"], steps, e["cfg"], e["frames"], e["references"])
         p = estimate.predict_item(item, plan, gpu, levers=tuple(e["levers"]), model=model)

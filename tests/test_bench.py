@@ -95,3 +95,18 @@ def test_from_disk_runs_load_gguf_files_through_the_scripts_loader_and_time_it(t
     assert run["disk_read"]["bytes"] == sum(p.stat().st_size for p in (tmp_path / "models").glob("*.gguf"))
     assert run["load_to_first_step_s"] > 0 and run["load_floor_s"] > 0 and run["weights"] == "gguf-q4"
     assert run["experts"]["transformer"]["steps"] == 2 and run["experts"]["transformer_2"]["steps"] == 2
+    # Host memory by kind: what must fit (anonymous + shared) apart from mapped file pages (page cache).
+    assert 0 < run["peak_ram_anon_gib"] <= run["peak_rss_sampled_gib"] and run["file_pages_at_anon_peak_gib"] >= 0
+
+
+def test_plan_configs_carry_the_plans_resident_blocks_and_streamall_turns_them_off():
+    sys.path[:0] = [str(BENCH.parent), str(BENCH.parents[1] / "scripts")]
+    import benchmark
+    import children
+
+    assert benchmark.plan_machine("plan10x32-streamall") == (10, 32) == benchmark.plan_machine("plan10x32")
+    assert benchmark.cap_gib("plan10x32-streamall") == 10
+    assert children._machine_plan("qwen", "plan10x32").resident_blocks == 7  # the full-size plan on that machine
+    assert children._machine_plan("qwen", "plan10x32-streamall").resident_blocks == 0
+    assert children._machine_plan("qwen", "plan10x32-dequant").dequantize_on_arrival
+    assert not children._machine_plan("qwen", "plan10x32").dequantize_on_arrival

@@ -126,6 +126,27 @@ def test_a_slow_host_link_bounds_a_streaming_plan():
     assert not any("host link" in n for n in resident.notes)  # resident weights never cross the link
 
 
+
+def test_resident_blocks_count_only_the_streamed_blocks():
+    """Partial residency: the link floor counts the streamed bytes only, and the measured all-streamed forward
+    is carried block by block (resident blocks at the resident cost)."""
+    gpu, qwen = estimate.gpu_spec("NVIDIA H200"), estimate.Item("qwen", 1024, 1024, 4, False, references=1)
+    work = memory.qwen_workload(1024, 1024, 1)
+    kept = memory.plan_memory(hardware.from_sizes(16, 32), memory.QWEN_FOOTPRINT, work)
+    streamed = memory.plan_memory(hardware.from_sizes(16, 32), memory.QWEN_FOOTPRINT, work, max_resident_blocks=0)
+    assert kept.resident_blocks > 0 and streamed.resident_blocks == 0
+    with_kept, all_streamed = estimate.predict_item(qwen, kept, gpu), estimate.predict_item(qwen, streamed, gpu)
+    resident = estimate.predict_item(qwen, plan_on(H200), gpu)
+    assert resident.denoise_s < with_kept.denoise_s < all_streamed.denoise_s
+    share = kept.streamed_share
+    expected = resident.denoise_s + (all_streamed.denoise_s - resident.denoise_s) * share
+    assert with_kept.denoise_s == pytest.approx(expected, abs=0.02)
+    assert any("blocks resident" in n for n in with_kept.notes)
+    slow_kept = estimate.predict_item(qwen, kept, gpu, (3, 4))
+    slow_all = estimate.predict_item(qwen, streamed, gpu, (3, 4))  # link-bound: bytes over a PCIe 3.0 x4 link
+    assert slow_kept.denoise_s / slow_all.denoise_s == pytest.approx(kept.streamed_bytes / streamed.streamed_bytes,
+                                                                     rel=1e-2)
+
 def test_an_unknown_gpu_gets_the_stated_conservative_guess():
     guess = estimate.gpu_spec("Mystery Accelerator 9000")
     assert not guess.known and "guess" in guess.source

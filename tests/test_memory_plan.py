@@ -4,6 +4,7 @@ docs/memory-plan.md explains each row; the test also checks that the page's tabl
 code produces, so the page cannot drift.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,91 @@ def test_the_plan_line_quoted_in_the_reference_is_what_the_code_prints():
     page = (Path(__file__).resolve().parents[1] / "references" / "memory-and-speed.md").read_text()
     plan = memory.plan_memory(from_sizes(10, 32), memory.WAN_FOOTPRINT, memory.wan_workload(832, 480, 81))
     assert plan.summary() in page, "references/memory-and-speed.md quotes an out-of-date plan line"
+
+
+@pytest.mark.parametrize("family", ["wan", "qwen"])
+def test_resident_blocks_fill_the_card_only_up_to_the_margin(family):
+    """Partial residency: group-offload plans keep whole blocks on the card up to RESIDENT_FILL of the budget,
+    the predicted peak includes them, and only the other blocks count as streamed."""
+    footprint = memory.TABLE_WORKLOADS[family][1]
+    for vram, ram, plan in memory.plan_table(family):
+        if plan.name != "group-offload":
+            assert plan.resident_blocks == 0
+            continue
+        budget = vram * GiB - memory.VRAM_RESERVE
+        one = int(footprint.denoiser_params * memory.BYTES_PER_PARAM[plan.weights])
+        assert plan.streamed_bytes == one - plan.resident_blocks * memory.block_bytes(footprint, plan.weights)
+        assert plan.resident_blocks < footprint.denoiser_blocks, "at least one block streams"
+        streaming = memory.plan_memory(from_sizes(vram, ram), footprint, memory.TABLE_WORKLOADS[family][2],
+                                       max_resident_blocks=0)
+        assert streaming.resident_blocks == 0 and streaming.streamed_bytes == one
+        grown = plan.resident_blocks * len(footprint.denoisers) * memory.block_bytes(footprint, plan.weights)
+        assert streaming.peak_vram <= plan.peak_vram <= streaming.peak_vram + grown
+        assert plan.peak_vram <= max(memory.RESIDENT_FILL * budget, streaming.peak_vram), (vram, ram)
+
+def test_the_ten_gb_qwen_plan_keeps_seven_q8_blocks_on_the_card():
+    plan = memory.plan_memory(from_sizes(10, 32), memory.QWEN_FOOTPRINT, memory.qwen_workload(1024, 1024, 1))
+    assert (plan.weights, plan.resident_blocks, plan.blocks) == ("gguf-q8", 7, 60)
+    assert 7.5 * GiB < plan.peak_vram <= memory.RESIDENT_FILL * (10 * GiB - memory.VRAM_RESERVE)
+    assert "7 of 60 blocks resident" in plan.summary()
+    assert plan.to_dict()["streamed_gib_per_forward"] == round(plan.streamed_bytes / GiB, 2)
+    capped = memory.plan_memory(from_sizes(10, 32), memory.QWEN_FOOTPRINT, memory.qwen_workload(1024, 1024, 1),
+                                max_resident_blocks=3)
+    assert capped.resident_blocks == 3 and capped.peak_vram < plan.peak_vram
+
+
+def test_wan_experts_share_the_room_for_resident_blocks():
+    """Both experts are placed together, so the room left under the margin is split between them."""
+    budget, working = 16 * GiB - memory.VRAM_RESERVE, int(7 * GiB)
+    room = int(memory.RESIDENT_FILL * budget) - working
+    block = memory.block_bytes(memory.WAN_FOOTPRINT, "gguf-q4")
+    assert memory.resident_blocks(memory.WAN_FOOTPRINT, "gguf-q4", working, budget) == room // block // 2
+    one = replace(memory.WAN_FOOTPRINT, denoisers=("transformer",))
+    assert memory.resident_blocks(one, "gguf-q4", working, budget) == room // block
+    assert memory.resident_blocks(one, "gguf-q4", working, budget, limit=3) == 3
+    assert memory.resident_blocks(one, "gguf-q4", budget, budget) == 0, "no room under the margin"
+
+def test_no_resident_blocks_when_the_streamed_plan_already_fills_the_margin():
+    plan = memory.plan_memory(from_sizes(8, 32), memory.WAN_FOOTPRINT, memory.wan_workload(832, 480, 81))
+    assert plan.name == "group-offload" and plan.resident_blocks == 0
+    seq = memory.plan_memory(from_sizes(10, 32), memory.QWEN_FOOTPRINT, memory.qwen_workload(1024, 1024, 1),
+                             offload="sequential")
+    assert seq.resident_blocks == 0 and seq.streamed_bytes > 0
+
+
+def test_dequantize_on_arrival_is_asked_for_and_taken_only_where_its_vram_fits():
+    work = memory.qwen_workload(1024, 1024, 1)
+    plain = memory.plan_memory(from_sizes(10, 32), memory.QWEN_FOOTPRINT, work)
+    asked = memory.plan_memory(from_sizes(10, 32), memory.QWEN_FOOTPRINT, work, dequantize_on_arrival=True)
+    assert not plain.dequantize_on_arrival, "opt-in until measured"
+    assert asked.dequantize_on_arrival and "dequantized on arrival" in asked.summary()
+    # the bf16 form of the blocks in flight is paid for with resident blocks, never above the margin
+    assert asked.resident_blocks < plain.resident_blocks
+    assert asked.peak_vram <= memory.RESIDENT_FILL * (10 * GiB - memory.VRAM_RESERVE)
+    tight = memory.plan_memory(from_sizes(8, 32), memory.QWEN_FOOTPRINT, work, dequantize_on_arrival=True)
+    assert not tight.dequantize_on_arrival and any("on arrival" in n for n in tight.notes)
+    bf16 = memory.plan_memory(from_sizes(10, 64), memory.QWEN_FOOTPRINT, work, dequantize_on_arrival=True)
+    assert bf16.weights == "bf16" and not bf16.dequantize_on_arrival, "nothing to dequantize"
+
+
+def test_resident_blocks_leave_alone_what_other_programs_hold_on_the_card():
+    """A desktop holding 2 GiB of a 10 GB card: resident blocks fill only the free part."""
+    work = memory.qwen_workload(1024, 1024, 1)
+    idle = from_sizes(10, 32)
+    busy = replace(idle, vram_free=8 * GiB)
+    plan = memory.plan_memory(busy, memory.QWEN_FOOTPRINT, work)
+    assert 0 < plan.resident_blocks < memory.plan_memory(idle, memory.QWEN_FOOTPRINT, work).resident_blocks
+    assert plan.peak_vram <= memory.RESIDENT_FILL * 8 * GiB
+
+
+def test_an_explicit_group_offload_streams_every_block_and_is_the_first_retry():
+    """Out of memory with resident blocks: the next step is --offload group (every block streamed), then
+    sequential."""
+    work = memory.qwen_workload(1024, 1024, 1)
+    auto = memory.plan_memory(from_sizes(10, 32), memory.QWEN_FOOTPRINT, work)
+    assert auto.resident_blocks and memory.next_offload(auto) == "group"
+    streamed = memory.plan_memory(from_sizes(10, 32), memory.QWEN_FOOTPRINT, work, offload="group")
+    assert streamed.resident_blocks == 0 and streamed.peak_vram < auto.peak_vram
+    assert memory.next_offload(streamed) == "sequential"
+    asked = memory.plan_memory(from_sizes(10, 32), memory.QWEN_FOOTPRINT, work, offload="group", max_resident_blocks=2)
+    assert asked.resident_blocks == 2

@@ -129,3 +129,112 @@ def test_streamed_text_encoders_offload_each_block_list_from_its_own_parent():
     lists = [[c for c in p.children() if isinstance(c, torch.nn.ModuleList)] for p in parents]
     assert len(parents) == 2 and all(len(found) == 1 for found in lists), [type(p).__name__ for p in parents]
     assert {type(p).__name__ for p in parents} == {"Qwen2_5_VLTextModel", "Qwen2_5_VisionTransformerPretrainedModel"}
+
+
+def _hooked(module: torch.nn.Module) -> bool:
+    registry = getattr(module, "_diffusers_hook", None)
+    return registry is not None and registry.get_hook("group_offloading") is not None
+
+
+def test_resident_blocks_stay_out_of_group_offloading_and_compute_the_same():
+    """Partial residency: the plan's resident blocks keep no offloading hook (they never leave the device);
+    diffusers streams the others; the block list is whole again, in order, and the output unchanged."""
+    from diffusers import WanTransformer3DModel
+    from producer.testing import standin_models
+
+    torch.manual_seed(0)
+    expert = WanTransformer3DModel(**{**standin_models.WAN_TRANSFORMER_CONFIG, "num_layers": 5}).eval()
+    blocks = list(expert.blocks)
+    x = {"hidden_states": torch.randn(1, 36, 3, 8, 8), "timestep": torch.tensor([500]),
+         "encoder_hidden_states": torch.randn(1, 8, expert.config.text_dim), "return_dict": False}
+    with torch.no_grad():
+        before = expert(**x)[0]
+        offload.place_module(expert, "group_offload", torch.device("cpu"), resident_blocks=2)
+        after = expert(**x)[0]
+    assert list(expert.blocks) == blocks and offload.block_list(expert) == ("blocks", expert.blocks)
+    resident = offload.resident_indices(5, 2)
+    assert resident == [0, 2]
+    assert [_hooked(b) for b in blocks] == [i not in resident for i in range(5)]
+    assert _hooked(expert), "the weights outside the blocks still stream with the module's own group"
+    assert torch.equal(before, after)
+
+
+def test_without_resident_blocks_every_block_streams():
+    from diffusers import QwenImageTransformer2DModel
+    from producer.testing import standin_models
+
+    model = QwenImageTransformer2DModel(**{**standin_models.QWEN_EDIT_TRANSFORMER_CONFIG, "num_layers": 3})
+    assert offload.block_list(model)[0] == "transformer_blocks"
+    offload.place_module(model, "group_offload", torch.device("cpu"))
+    assert all(_hooked(b) for b in model.transformer_blocks)
+
+
+def test_resident_blocks_spread_from_the_first_and_one_always_streams():
+    assert offload.resident_indices(60, 7) == [0, 8, 17, 25, 34, 42, 51]
+    assert offload.resident_indices(4, 9) == [0, 1, 2], "at least one block streams"
+    assert offload.resident_indices(40, 0) == []
+
+
+def _gguf_expert(standin_hf_home):
+    from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
+    from producer.facts import registry
+    from producer.modelfiles import models
+
+    snapshot = models.snapshot_dir(registry.get("wan-i2v-components"))
+    gguf = next(standin_hf_home.glob("hub/**/*HighNoise-Q4_K_M.gguf"))
+    return WanTransformer3DModel.from_single_file(
+        str(gguf), quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32), config=str(snapshot),
+        subfolder="transformer", dtype=torch.float32)
+
+
+def _wan_input(expert):
+    torch.manual_seed(1)
+    return {"hidden_states": torch.randn(1, 36, 3, 8, 8), "timestep": torch.tensor([500]),
+            "encoder_hidden_states": torch.randn(1, 8, expert.config.text_dim), "return_dict": False}
+
+
+def test_dequantize_on_arrival_hands_each_block_its_weights_and_puts_the_gguf_ones_back(standin_hf_home,
+                                                                                       monkeypatch):
+    """The streamed blocks compute with weights dequantized once, the same numbers as the GGUF layers' own
+    path; the block diffusers prefetches is dequantized by the block before it, as soon as that block's
+    kernels are queued (here the prefetch chain diffusers builds on a GPU is set by hand: no streams on a CPU);
+    afterwards every layer holds its GGUF parameter again, for diffusers to offload."""
+    from diffusers.hooks import HookRegistry
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+    from producer.sizing import arrival
+
+    expert = _gguf_expert(standin_hf_home)
+    x = _wan_input(expert)
+    with torch.no_grad():
+        before = expert(**x)[0]
+    events = []
+    original = arrival._dequantize
+    monkeypatch.setattr(arrival, "_dequantize", lambda w: events.append(("dequantize", w[0][0])) or original(w))
+    offload.place_module(expert, "group_offload", torch.device("cpu"), dequantize_on_arrival=True)
+    first, second = expert.blocks
+    hooks = [HookRegistry.check_if_exists_or_initialize(b).get_hook(arrival.HOOK) for b in (first, second)]
+    assert all(h is not None and h.weights for h in hooks)
+    second.register_forward_pre_hook(lambda *a: events.append(("second starts", None)))
+    with torch.no_grad():
+        alone = expert(**x)[0]
+    assert [e[0] for e in events] == ["dequantize", "second starts", "dequantize"], "no prefetch chain: inline"
+    offloading = [HookRegistry.check_if_exists_or_initialize(b).get_hook("group_offloading") for b in (first, second)]
+    offloading[0].next_group = offloading[1].group  # what diffusers' lazy prefetching sets up after a first pass
+    events.clear()
+    with torch.no_grad():
+        chained = expert(**x)[0]
+    assert [e[0] for e in events] == ["dequantize", "dequantize", "second starts"]
+    assert events[1][1] is hooks[1].weights[0][0], "the first block dequantized the second one's weights"
+    assert hooks[1].ready is None
+    assert torch.equal(before, alone) and torch.equal(before, chained)
+    quantized = [owner._parameters[name] for h in hooks for owner, name in h.weights]
+    assert all(isinstance(p, GGUFParameter) for p in quantized)
+
+
+def test_dequantize_on_arrival_leaves_plain_blocks_alone():
+    from diffusers import WanTransformer3DModel
+    from producer.sizing import arrival
+    from producer.testing import standin_models
+
+    expert = WanTransformer3DModel(**standin_models.WAN_TRANSFORMER_CONFIG)
+    assert arrival.install(list(expert.blocks)) == 0

@@ -411,7 +411,12 @@ def test_a_plan_that_cannot_fit_is_refused_before_loading(pics, capsys, monkeypa
 
 
 @pytest.mark.parametrize("weights", ["gguf-q4", "fp8"])
-def test_other_weight_forms_load_as_asked_and_take_two_lora_sets(weights, pics, capsys):
+def test_other_weight_forms_load_as_asked_and_take_two_lora_sets(weights, pics, capsys, monkeypatch):
+    from producer.sizing import gguf_host
+
+    read = []  # a transformer kept in host memory (the CPU plan) is read once, into packed chunks
+    original = gguf_host.read_into_host_chunks
+    monkeypatch.setattr(gguf_host, "read_into_host_chunks", lambda path: read.append(path) or original(path))
     jobs = [{"prompt": "fox", "output": "w1.png"}, {"prompt": "fox", "lightning": "4", "output": "w2.png"}]
     (pics.dir / "w.json").write_text(json.dumps({"defaults": _job_options(FAST), "jobs": jobs}))
     code = qwen_image.main(["--batch", str(pics.dir / "w.json"), "--weights", weights, "--json"])
@@ -421,6 +426,7 @@ def test_other_weight_forms_load_as_asked_and_take_two_lora_sets(weights, pics, 
     assert result["memory_plans"]["edit"]["weights"] == weights
     assert ("transformer_file" in result["model_files"]["edit"]) == weights.startswith("gguf")
     assert ("reloading the transformer" in captured.err) == (weights == "fp8")  # fp8 casts LoRA layers too
+    assert bool(read) == weights.startswith("gguf")
 
 
 def test_help_documents_every_mode_and_its_examples_parse(capsys):

@@ -67,3 +67,24 @@ def test_denoise_out_of_memory_names_the_next_plan(tiny_qwen_edit_pipeline, monk
     with pytest.raises(CliError) as err:
         session.generate(job(refs=0))
     assert err.value.code == ExitCode.OUT_OF_MEMORY and f"--offload {memory.next_offload(plan)}" in err.value.fix
+
+
+def test_a_streamed_plan_with_resident_blocks_makes_the_same_image(tiny_qwen_edit_pipeline):
+    """The session applies a group-offload plan that keeps one of the two blocks resident (on a CPU: no streams,
+    the same hooks): the resident block is never hooked, the other streams, the image is the one of the CPU plan."""
+    from dataclasses import replace
+
+    from diffusers.hooks import HookRegistry
+
+    reference = qwen.QwenSession.from_components(tiny_qwen_edit_pipeline, cpu_plan(),
+                                                 areas=qwen.Areas(64 * 64, 32 * 32)).generate(job()).image
+    streamed = memory.plan_memory(hardware.from_sizes(10, 64), _tiny_footprint(), memory.qwen_workload(64, 64, 1),
+                                  offload="group")
+    plan = replace(streamed, device="cpu", dtype="float32", resident_blocks=1, blocks=2)
+    assert plan.components["transformer"].placement == "group_offload"
+    session = qwen.QwenSession.from_components(tiny_qwen_edit_pipeline, plan, areas=qwen.Areas(64 * 64, 32 * 32))
+    image = session.generate(job()).image
+    hooked = [HookRegistry.check_if_exists_or_initialize(b).get_hook("group_offloading") is not None
+              for b in session.pipe.transformer.transformer_blocks]
+    assert hooked == [False, True]
+    assert np.array_equal(np.asarray(image), np.asarray(reference))

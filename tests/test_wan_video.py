@@ -185,7 +185,13 @@ def test_a_lora_for_another_model_is_refused_and_nothing_is_written(standin_hf_h
 # ---------------------------------------------------------------- weights
 
 
-def test_gguf_experts_load_with_the_wan22_config_and_take_the_distill_lora(standin_hf_home, frames, tmp_path, capsys):
+def test_gguf_experts_load_with_the_wan22_config_and_take_the_distill_lora(standin_hf_home, frames, tmp_path, capsys,
+                                                                          monkeypatch):
+    from producer.sizing import gguf_host
+
+    read = []  # experts kept in host memory (the CPU plan) are read once, into packed chunks
+    original = gguf_host.read_into_host_chunks
+    monkeypatch.setattr(gguf_host, "read_into_host_chunks", lambda path: read.append(path.name) or original(path))
     code, result, err = run(capsys, "--start-frame", frames[0], "--prompt", "x", "--weights", "gguf-q4",
                             "--distill-strength", "1.0:0.5", "--negative-prompt", "blur", "-o", tmp_path / "gguf.mp4",
                             *FAST)
@@ -199,6 +205,7 @@ def test_gguf_experts_load_with_the_wan22_config_and_take_the_distill_lora(stand
     experts = [e["experts"][0] for entries in result["loras"].values() for e in entries]
     assert [e["fused"] for e in experts] == [False, False]  # quantized experts keep the LoRA as adapters
     assert video.probe_video(tmp_path / "gguf.mp4")["frames"] == 9
+    assert sorted(read) == ["Wan2.2-I2V-A14B-HighNoise-Q4_K_M.gguf", "Wan2.2-I2V-A14B-LowNoise-Q4_K_M.gguf"], read
 
 
 # ---------------------------------------------------------------- batch

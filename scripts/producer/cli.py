@@ -66,7 +66,8 @@ def add_memory_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("memory, device and speed")
     g.add_argument("--offload", choices=OFFLOAD_CHOICES, default="auto",
                    help="override the memory plan: none (all on GPU), model (one model on the GPU at a time), "
-                        "group (block-level offload with prefetch), sequential (layer by layer, slowest)")
+                        "group (block-level offload with prefetch, every block streamed; auto keeps the blocks that fit on "
+                        "the card), sequential (layer by layer, slowest)")
     g.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto",
                    help="override the weight form: bf16, fp8 (fp8 storage), gguf-q8, gguf-q4 (GGUF files)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the best available)")

@@ -14,7 +14,11 @@ data file):
 - GPU: time x ((1 - w) x TFLOP/s ratio + w x bandwidth ratio), w the bandwidth share fitted by the generator
   from the same runs on two cards of equal compute and unequal bandwidth (H100 and H200).
 - host link: a plan that streams weights each forward can go no faster than its bytes over this machine's
-  PCIe link (gen x lanes, at the efficiency measured on the link-bound run).
+  PCIe link (gen x lanes, at the efficiency measured on the link-bound run). Only the streamed blocks count:
+  a plan that keeps some blocks resident (`plan.resident_blocks`) moves `plan.streamed_bytes` a forward.
+- partial residency: a streaming plan's measured forward is carried to another share of streamed blocks
+  block by block: a resident block costs what it costs in the resident plan, a streamed one what it cost
+  streamed in the measured run (its `streamed_share`, 1.0 for runs made before residency).
 Pure: nothing here touches torch or the disk beyond reading the two data files.
 """
 
@@ -196,12 +200,13 @@ def predict_item(
         return Prediction(None, notes=tuple(notes))
     measured_on = gpu_spec(entry["gpu"])
     a = model["assumptions"]
-    scale = curve(model, item.family, item.tokens) / curve(model, item.family, entry["tokens"])
-    forward = entry["forward_s"] * scale * carry(model, "forward", measured_on, gpu)
+    forward = _forward(model, entry, item, gpu)
+    if plan.name in STREAMING and entry["plan"] in STREAMING:
+        forward = _with_resident_blocks(model, forward, entry, item, plan, gpu, notes)
     link = host_link or gpu.link
     if plan.name in STREAMING:
         one = FOOTPRINTS[item.family].denoiser_params * memory.BYTES_PER_PARAM[plan.weights]
-        floor = one / 1e9 / link_gb_s(link, a["link_efficiency"])
+        floor = (plan.streamed_bytes or one) / 1e9 / link_gb_s(link, a["link_efficiency"])
         if floor > forward:
             notes.append(f"bound by the host link (PCIe {link[0]}.0 x{link[1]}): {floor:.2f} s a forward")
             forward = floor
@@ -227,6 +232,28 @@ def predict_item(
         basis,
         tuple(notes),
     )
+
+
+def _forward(model: dict, entry: dict, item: Item, gpu: Gpu) -> float:
+    """The entry's forward carried to the item's tokens and to this GPU."""
+    scale = curve(model, item.family, item.tokens) / curve(model, item.family, entry["tokens"])
+    return entry["forward_s"] * scale * carry(model, "forward", gpu_spec(entry["gpu"]), gpu)
+
+
+def _with_resident_blocks(model: dict, forward: float, entry: dict, item: Item, plan: memory.MemoryPlan, gpu: Gpu,
+                          notes: list[str]) -> float:
+    """A streamed forward measured with one share of streamed blocks, carried to the plan's share: the
+    streamed blocks' extra over the resident forward scales with their number."""
+    measured_share = entry.get("streamed_share", 1.0)
+    if abs(plan.streamed_share - measured_share) < 1e-9:
+        return forward
+    resident_entry, _ = find_entry(model, item, "resident", plan.weights, tuple(entry["levers"]), gpu.name)
+    if resident_entry is None:
+        return forward
+    resident = _forward(model, resident_entry, item, gpu)
+    notes.append(f"{plan.resident_blocks} of {plan.blocks} blocks resident: the measured streaming extra "
+                 f"(at {measured_share:.0%} of the blocks streamed) scaled to {plan.streamed_share:.0%}")
+    return resident + max(0.0, forward - resident) * plan.streamed_share / measured_share
 
 
 def text_seconds(family: str, placement: str, gpu: Gpu, model: dict | None = None) -> float:

@@ -11,6 +11,11 @@ Vocabulary
 - weights of a denoiser: `bf16`, `fp8` (fp8 storage, bf16 compute: diffusers layerwise casting),
   `gguf-q8`, `gguf-q4` (GGUF files, dequantised per layer), `fp32` (tiny models on a CPU).
 - experts_in_ram (Wan): 2 keeps both experts in host RAM; 1 reloads each from disk at its turn.
+- resident_blocks: under group offload, how many transformer blocks of each denoiser stay on the GPU (the
+  VRAM the working memory leaves, see RESIDENT_FILL); only the others cross the host link at every forward.
+- dequantize_on_arrival (opt-in, GGUF under group offload): each streamed block is dequantized to the compute
+  dtype on the copy stream as it arrives, beside the previous block's compute, instead of inside every
+  linear layer; the blocks in flight then also hold their bf16 form.
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ VRAM_RESERVE = int(0.8 * GiB)  # CUDA context and allocator fragmentation
 BLOCKS_IN_FLIGHT = 2  # group offload with streams holds the running block and the prefetched one
 TEXT_ENCODER_ACTIVATIONS = int(0.5 * GiB)
 LOAD_OVERHEAD = int(1.5 * GiB)  # a safetensors shard being read while loading
+# Partial residency fills the card with whole blocks up to this share of the plan's VRAM budget (card minus
+# VRAM_RESERVE), so that a working-memory estimate 10% low still fits: the issue-16 tolerance between a
+# measured peak and its prediction. Measured at 10 GiB before residency: Qwen Q8 streamed reserved 5.37 GiB
+# against 5.6 predicted (bench/results/2026-12-06-h200/g2), a Wan Q4 clip 6.47-6.53 GiB against 7.02
+# (bench/results/2026-12-05-h100/g1, 2026-12-06-h100/g3).
+RESIDENT_FILL = 0.9
 
 
 @dataclass(frozen=True)
@@ -113,11 +124,24 @@ class MemoryPlan:
     reason: str
     advice: str = ""  # what to change when it does not fit
     notes: tuple[str, ...] = field(default_factory=tuple)
+    resident_blocks: int = 0  # group offload: blocks of each denoiser kept on the GPU, the rest streamed
+    blocks: int = 0  # transformer blocks of each denoiser
+    streamed_bytes: int = 0  # weights of one denoiser that cross the host link at every forward
+    dequantize_on_arrival: bool = False  # GGUF streamed blocks dequantized on the copy stream as they arrive
+
+    @property
+    def streamed_share(self) -> float:
+        """The share of each denoiser's blocks that cross the host link at every forward (1.0 with none resident)."""
+        return 1.0 - self.resident_blocks / self.blocks if self.blocks else 1.0
 
     def summary(self) -> str:
         parts = [f"plan {self.name}", f"weights {self.weights}"]
         if self.experts_in_ram == 1 and "transformer_2" in self.components:
             parts.append("one expert in RAM at a time")
+        if self.resident_blocks:
+            parts.append(f"{self.resident_blocks} of {self.blocks} blocks resident")
+        if self.dequantize_on_arrival:
+            parts.append("dequantized on arrival")
         parts.append("VAE tiled" if self.vae_tiling else "VAE untiled")
         parts.append(f"peak ~{self.peak_vram / GiB:.1f} GiB VRAM, ~{self.peak_ram / GiB:.1f} GiB RAM")
         return ", ".join(parts) + f": {self.reason}"
@@ -127,6 +151,7 @@ class MemoryPlan:
         d["components"] = {k: str(v) for k, v in self.components.items()}
         d["peak_vram_gib"] = round(self.peak_vram / GiB, 2)
         d["peak_ram_gib"] = round(self.peak_ram / GiB, 2)
+        d["streamed_gib_per_forward"] = round(self.streamed_bytes / GiB, 2)
         d["summary"] = self.summary()
         return d
 
@@ -157,6 +182,26 @@ def _denoise_vram(model: ModelFootprint, offload: str, weights: str, act: int) -
         return BLOCKS_IN_FLIGHT * block + one // 100 + act + vae
     # sequential: layer by layer; the largest layer is an FFN matrix (~1/6 of a block)
     return block // 6 + one // 100 + act + vae
+
+
+def block_bytes(model: ModelFootprint, weights: str) -> int:
+    """One transformer block of a denoiser in this weight form (the blocks hold ~99% of the weights)."""
+    return _bytes(model.denoiser_params, weights) // model.denoiser_blocks
+
+
+def resident_blocks(model: ModelFootprint, weights: str, working: int, vram_budget: int,
+                    limit: int | None = None) -> int:
+    """Blocks of each streamed denoiser to keep on the GPU: whole blocks in the room that the plan's working
+    memory (`working`: the larger of the streamed denoise peak and the decode) leaves under RESIDENT_FILL of the
+    budget, shared by the denoisers (Wan's two experts are placed together), at least one block still streamed.
+    Each resident block is a block's bytes that no longer cross the host link at every forward. `limit`
+    caps the count (0: stream every block)."""
+    room = int(RESIDENT_FILL * vram_budget) - working
+    if room <= 0:
+        return 0
+    per_denoiser = room // block_bytes(model, weights) // len(model.denoisers)
+    count = min(per_denoiser, model.denoiser_blocks - 1)
+    return count if limit is None else min(count, limit)
 
 
 def _text_on_gpu(model: ModelFootprint, budget: int) -> bool:
@@ -218,11 +263,16 @@ def _swap_first(offloads: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def plan_memory(hw: Hardware, model: ModelFootprint, work: Workload, offload: str = "auto",
-                weights: str = "auto", installed: frozenset[str] | None = None) -> MemoryPlan:
+                weights: str = "auto", installed: frozenset[str] | None = None,
+                max_resident_blocks: int | None = None, dequantize_on_arrival: bool = False) -> MemoryPlan:
     """Choose where every component lives and in what form. Pure: same inputs, same plan.
 
     `installed` narrows automatic weight choices to the forms present on disk (None: any form, which is
-    what `setup_diffusers.py` asks when deciding what to download).
+    what `setup_diffusers.py` asks when deciding what to download). `max_resident_blocks` caps the blocks a
+    group-offload plan keeps on the GPU (None: as many as fit, see `resident_blocks`, except under an explicit
+    `offload="group"`, which streams every block: the frugal form an out-of-memory retry asks for; 0: none).
+    `dequantize_on_arrival` asks for that lever (GGUF weights streamed; taken only where its VRAM fits under
+    RESIDENT_FILL of the budget, before resident blocks are counted).
     """
     if offload not in OFFLOAD_CHOICES:
         raise ValueError(f"offload must be one of {OFFLOAD_CHOICES}, not {offload!r}")
@@ -230,6 +280,8 @@ def plan_memory(hw: Hardware, model: ModelFootprint, work: Workload, offload: st
         raise ValueError(f"weights must be one of {WEIGHT_CHOICES}, not {weights!r}")
     if not hw.has_gpu:
         return _cpu_plan(hw, model, weights)
+    if max_resident_blocks is None and offload == "group":
+        max_resident_blocks = 0
 
     act = activation_bytes(model, work)
     vram_budget = hw.vram_total - VRAM_RESERVE
@@ -239,15 +291,18 @@ def plan_memory(hw: Hardware, model: ModelFootprint, work: Workload, offload: st
         vram_ok = _denoise_vram(model, off, form, act) <= vram_budget
         ram = _host_ram(model, off, form, experts, text_gpu)
         if vram_ok and ram <= hw.ram_total:
-            return _build_plan(hw, model, work, experts, form, off, True, True)
+            return _build_plan(hw, model, work, experts, form, off, True, True, max_resident_blocks,
+                               dequantize_on_arrival)
         failed.append((not vram_ok, ram, rank, (experts, form, off, vram_ok, False)))
     # Nothing fits: describe the candidate that comes closest (fits the GPU, least RAM, fastest).
     experts, form, off, vram_ok, ram_ok = min(failed)[3]
     ram_ok = _host_ram(model, off, form, experts, text_gpu) <= hw.ram_total
-    return _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok)
+    return _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_resident_blocks,
+                       dequantize_on_arrival)
 
 
-def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok) -> MemoryPlan:
+def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_resident=None,
+                dequantize=False) -> MemoryPlan:
     act = activation_bytes(model, work)
     vram_budget = hw.vram_total - VRAM_RESERVE
     denoise_vram = _denoise_vram(model, off, form, act)
@@ -255,13 +310,34 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok) -> MemoryP
     resident = denoise_vram - act if off == "none" else 0
     tiled = resident + decode_bytes(model, work, tiled=False) > vram_budget
     decode_vram = resident + decode_bytes(model, work, tiled)
+    kept, one = 0, _bytes(model.denoiser_params, form)
+    notes = []
+    # What the optional levers may fill: the budget, or less where other programs (a desktop) already hold
+    # part of the card; what the streamed plan itself needs is checked against the card as before.
+    room_budget = min(vram_budget, hw.vram_free) if hw.vram_free else vram_budget
+    if dequantize and off == "group" and form.startswith("gguf"):
+        # The blocks in flight also hold their bf16 form (counted whole for both, a little cautious).
+        extra = BLOCKS_IN_FLIGHT * block_bytes(model, "bf16")
+        dequantize = denoise_vram + extra <= RESIDENT_FILL * room_budget
+        if dequantize:
+            denoise_vram += extra
+        else:
+            notes.append("no VRAM to dequantize streamed blocks on arrival: dequantized in each layer")
+    else:
+        dequantize = False
+    if off == "group" and vram_ok:
+        # Partial residency: whole blocks fill what the streamed denoise and the decode leave; they stay on
+        # the card through the decode too, so both stages grow by them.
+        kept = resident_blocks(model, form, max(denoise_vram, decode_vram), room_budget, max_resident)
+        denoise_vram += kept * len(model.denoisers) * block_bytes(model, form)
+        decode_vram += kept * len(model.denoisers) * block_bytes(model, form)
+    streamed = {"none": 0, "model": 0}.get(off, one - kept * block_bytes(model, form))
     text = _bytes(model.text_encoder_params, "bf16")
     encode_vram = (text if text_placement == "gpu" else text // 10) + TEXT_ENCODER_ACTIVATIONS
     peak_vram = max(denoise_vram, decode_vram, encode_vram)
     peak_ram = _host_ram(model, off, form, experts, text_placement == "gpu")
     fits = vram_ok and ram_ok
 
-    notes = []
     if experts == 1 and len(model.denoisers) > 1:
         notes.append("each expert is read from disk at its turn (RAM cannot hold both)")
     if form == "fp8":
@@ -277,8 +353,10 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok) -> MemoryP
     return MemoryPlan(name=name, device=hw.device, dtype="bfloat16", components=components, weights=form,
                       experts_in_ram=experts, vae_tiling=tiled, text_encoder=text_placement,
                       peak_vram=int(peak_vram), peak_ram=int(peak_ram), fits=fits,
-                      reason=_reason(hw, model, name, form, act, fits, vram_ok, ram_ok),
-                      advice="" if fits else _advice(model, vram_ok, ram_ok, peak_ram), notes=tuple(notes))
+                      reason=_reason(hw, model, name, form, act, fits, vram_ok, ram_ok, streamed),
+                      advice="" if fits else _advice(model, vram_ok, ram_ok, peak_ram), notes=tuple(notes),
+                      resident_blocks=kept, blocks=model.denoiser_blocks, streamed_bytes=int(streamed),
+                      dequantize_on_arrival=dequantize)
 
 
 def _cpu_plan(hw: Hardware, model: ModelFootprint, weights: str) -> MemoryPlan:
@@ -302,14 +380,16 @@ def _cpu_plan(hw: Hardware, model: ModelFootprint, weights: str) -> MemoryPlan:
                       advice="" if fits else f"needs ~{need / GiB:.0f} GiB of RAM; use a machine with a GPU")
 
 
-def _reason(hw, model, name, form, act, fits, vram_ok, ram_ok) -> str:
+def _reason(hw, model, name, form, act, fits, vram_ok, ram_ok, streamed=0) -> str:
     card = f"{hw.vram_total / GiB:.0f} GiB GPU, {hw.ram_total / GiB:.0f} GiB RAM"
     one = _bytes(model.denoiser_params, form) / GiB
+    part = f"{streamed / GiB:.1f} of " if streamed and streamed < one * GiB else ""
     what = {
         "resident": f"all weights stay on the GPU ({len(model.denoisers)} x {one:.1f} GiB {form})",
         "expert-swap": f"one {one:.1f} GiB expert on the GPU at a time, swapped at the boundary",
         "model-offload": f"the {one:.1f} GiB transformer moves to the GPU for denoising only",
-        "group-offload": f"{one:.1f} GiB {form} weights stream block by block from RAM ({act / GiB:.1f} GiB activations)",
+        "group-offload": f"{part}{one:.1f} GiB {form} weights stream block by block from RAM "
+                         f"({act / GiB:.1f} GiB activations)",
         "sequential": "layer-by-layer offload (slow): nothing else fits",
     }[name]
     if fits:
@@ -333,7 +413,10 @@ FRUGALITY = ("none", "model", "group", "sequential")
 
 
 def next_offload(plan: MemoryPlan) -> str | None:
-    """The next more frugal --offload value after an out-of-memory error, or None at the end of the line."""
+    """The next more frugal --offload value after an out-of-memory error, or None at the end of the line.
+    A group-offload plan that keeps blocks on the card goes to `group` first: every block streamed."""
+    if plan.name == "group-offload" and plan.resident_blocks:
+        return "group"
     current = {"resident": "none", "expert-swap": "model", "model-offload": "model", "group-offload": "group",
                "sequential": "sequential", "cpu": "sequential"}[plan.name]
     i = FRUGALITY.index(current)
@@ -362,11 +445,14 @@ def plan_table(family: str) -> list[tuple[int, int, MemoryPlan]]:
 
 def plan_table_markdown(family: str) -> str:
     title = TABLE_WORKLOADS[family][0]
-    rows = ["| VRAM GB | RAM GB | plan | weights | experts in RAM | text encoder | VAE | peak VRAM GiB | "
-            "peak RAM GiB | fits |", "|---|---|---|---|---|---|---|---|---|---|"]
+    header = ("| VRAM GB | RAM GB | plan | weights | experts in RAM | blocks on GPU | streamed GiB / forward | "
+              "text encoder | VAE | peak VRAM GiB | peak RAM GiB | fits |")
+    rows = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v, r, p in plan_table(family):
         experts = str(p.experts_in_ram) if "transformer_2" in p.components else "-"
-        rows.append(f"| {v} | {r} | {p.name} | {p.weights} | {experts} | {p.text_encoder} | "
+        on_gpu = {"resident": "all", "group-offload": f"{p.resident_blocks} / {p.blocks}"}.get(p.name, "-")
+        streamed = f"{p.streamed_bytes / GiB:.1f}" if p.streamed_bytes else "-"
+        rows.append(f"| {v} | {r} | {p.name} | {p.weights} | {experts} | {on_gpu} | {streamed} | {p.text_encoder} | "
                     f"{'tiled' if p.vae_tiling else 'whole'} | {p.peak_vram / GiB:.1f} | {p.peak_ram / GiB:.1f} | "
                     f"{'yes' if p.fits else 'no'} |")
     return f"<!-- plan-table:{family} ({title}) -->\n" + "\n".join(rows) + f"\n<!-- /plan-table:{family} -->"

@@ -8,6 +8,9 @@
   without a copy. diffusers' default keeps a second, pinned copy of every weight rounded up to a power of
   two (99.9 GiB of host RAM for the 41 GB Qwen transformer); its low_cpu_mem_usage alone pins each group
   anew at every transfer (Qwen under a 10 GiB cap: 7.7 s an image against 3.5 s).
+- partial residency: the plan's `resident_blocks` of each streamed denoiser stay on the GPU, spread evenly
+  through the block list, and group offloading is applied to the other blocks only (see _group_offload).
+- dequantize on arrival (opt-in, GGUF streamed): producer.sizing.arrival's hook on each streamed block.
 - sequential: group offload at leaf level, no streams (the last resort).
 - fp8 storage: `enable_layerwise_casting(float8_e4m3fn -> bfloat16)`.
 - text encoders: on the GPU whole, or streamed block by block (see place_text_encoder); freed after encoding.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from contextlib import contextmanager
 
 import torch
 
@@ -42,7 +46,7 @@ def apply_plan(pipe, plan: MemoryPlan, device: str | torch.device | None = None)
         component = plan.components[name]
         if component.weights == "fp8":
             module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
-        place_module(module, component.placement, device)
+        place_module(module, component.placement, device, plan.resident_blocks, plan.dequantize_on_arrival)
     if plan.components.get("transformer_2") and plan.components["transformer_2"].placement == "model_offload":
         install_expert_swap(pipe, device)
     if getattr(pipe, "vae", None) is not None:
@@ -54,11 +58,14 @@ def apply_plan(pipe, plan: MemoryPlan, device: str | torch.device | None = None)
         place_text_encoder(text_encoder, plan.text_encoder, device)
 
 
-def place_module(module: torch.nn.Module, placement: str, device: torch.device) -> None:
+def place_module(module: torch.nn.Module, placement: str, device: torch.device, resident_blocks: int = 0,
+                 dequantize_on_arrival: bool = False) -> None:
+    """`resident_blocks`: under group offload, how many blocks stay on the GPU (the plan's partial residency);
+    `dequantize_on_arrival`: the streamed GGUF blocks are dequantized as they arrive (producer.sizing.arrival)."""
     if placement == "gpu":
         module.to(device)
     elif placement == "group_offload":
-        _group_offload(module, device, leaf=False)
+        _group_offload(module, device, leaf=False, resident=resident_blocks, arrival=dequantize_on_arrival)
     elif placement == "sequential":
         _group_offload(module, device, leaf=True)
     elif placement in ("model_offload", "cpu"):
@@ -115,57 +122,141 @@ def _stream_block_lists(module: torch.nn.Module, device: torch.device) -> None:
                 owner._buffers[name] = buf.to(device)
 
 
-def _group_offload(module: torch.nn.Module, device: torch.device, leaf: bool, pinned: bool = False) -> None:
+def _group_offload(module: torch.nn.Module, device: torch.device, leaf: bool, pinned: bool = False,
+                   resident: int = 0, arrival: bool = False) -> None:
     from diffusers.hooks import apply_group_offloading
 
     streams = device.type == "cuda" and not leaf
+    blocks = None if leaf or (resident <= 0 and not arrival) else block_list(module)
+    kept = resident_indices(len(blocks[1]), resident) if blocks else []
+    if blocks and arrival:
+        _dequantize_on_arrival([b for i, b in enumerate(blocks[1]) if i not in set(kept)])
+    if blocks:
+        for i in kept:  # on the card before pinning, which then skips them (weights read from a GGUF file
+            # already sit in pinned chunks, which keep their bytes: the plan counts every weight in RAM)
+            blocks[1][i].to(device)
     if streams and not pinned:
         pin_in_place(module)
-    apply_group_offloading(
-        module,
-        onload_device=device,
-        offload_device=torch.device("cpu"),
-        offload_type="leaf_level" if leaf else "block_level",
-        num_blocks_per_group=None if leaf else 1,
-        use_stream=streams,
-        # record_stream gave garbage images with QwenImage (diffusers issue 12673): synchronise instead.
-        record_stream=False,
-        # Never a second pinned copy of the weights: diffusers pins what is not pinned yet at each transfer,
-        # which pin_in_place has made a no-op (or, where pinning failed, still works, only slower).
-        low_cpu_mem_usage=True,
-    )
+    with _hidden(module, blocks, kept):
+        apply_group_offloading(
+            module,
+            onload_device=device,
+            offload_device=torch.device("cpu"),
+            offload_type="leaf_level" if leaf else "block_level",
+            num_blocks_per_group=None if leaf else 1,
+            use_stream=streams,
+            # record_stream gave garbage images with QwenImage (diffusers issue 12673): synchronise instead.
+            record_stream=False,
+            # Never a second pinned copy of the weights: diffusers pins what is not pinned yet at each transfer,
+            # which pin_in_place has made a no-op (or, where pinning failed, still works, only slower).
+            low_cpu_mem_usage=True,
+        )
+    if kept:
+        log.info("%d of %d blocks stay on the GPU; the others stream", len(kept), len(blocks[1]))
 
 
-PIN_CHUNK = 1 << 31  # an exact power of two: PyTorch's pinned allocator rounds every request up to one
+def _dequantize_on_arrival(streamed: list[torch.nn.Module]) -> None:
+    from producer.sizing import arrival
+
+    if not arrival.available():
+        log.info("diffusers' GGUF CUDA kernels are in use: streamed blocks are not dequantized on arrival")
+        return
+    # Registered before group offloading, so that diffusers' hook runs around this one (see producer.sizing.arrival).
+    log.info("%d streamed blocks are dequantized on arrival", arrival.install(streamed))
+
+
+def block_list(module: torch.nn.Module) -> tuple[str, torch.nn.ModuleList] | None:
+    """(name, list) of the module's transformer blocks: the direct ModuleList child with the most parameters
+    (Qwen's `transformer_blocks`, Wan's `blocks`), the list diffusers' block-level offloading streams."""
+    lists = [(name, child) for name, child in module.named_children() if isinstance(child, torch.nn.ModuleList)]
+    if not lists:
+        return None
+    return max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+
+
+def resident_indices(count: int, resident: int) -> list[int]:
+    """Which of `count` blocks stay on the GPU: `resident` of them, spread evenly from the first. A streamed
+    block's prefetch starts when the streamed block before it starts, so the resident blocks between two
+    streamed ones lend the host link their compute time too; a resident first block hides the transfer of
+    the first streamed one, which otherwise waits at the start of every forward."""
+    resident = max(0, min(resident, count - 1))
+    return [int(i * count / resident) for i in range(resident)] if resident else []
+
+
+@contextmanager
+def _hidden(module: torch.nn.Module, blocks, kept: list[int]):
+    """The block list without its resident blocks while group offloading is applied: diffusers then hooks,
+    pins and prefetches only the streamed blocks (in their order), and its group for the module's own weights
+    does not take the resident ones. The full list (same objects, same order) is put back afterwards."""
+    if not kept:
+        yield
+        return
+    name, full = blocks
+    module._modules[name] = torch.nn.ModuleList([b for i, b in enumerate(full) if i not in set(kept)])
+    try:
+        yield
+    finally:
+        module._modules[name] = full
+
+
+# An exact power of two: PyTorch's pinned allocator rounds every request up to one. 256 MiB, not the 2 GiB
+# used before: the last chunk of each packing is partly empty, and with 2 GiB chunks that left ~4 GiB more
+# than planned for two streamed Wan Q4 experts (27.3 GiB anonymous memory against 23.3, H100, g4).
+PIN_CHUNK = 1 << 28
 PIN_ALIGN = 512
 
 
-def pin_in_place(module: torch.nn.Module, chunk_bytes: int = PIN_CHUNK) -> int:
+def pin_in_place(module: torch.nn.Module, chunk_bytes: int | None = None) -> int:
     """Move the module's host weights into page-locked chunks, tensor by tensor, and return the bytes pinned.
 
-    Packing into few large chunks of exactly 2**k bytes wastes at most the end of each chunk, where pinning
-    each tensor would round each up to a power of two (~1.6x), and copying tensor by tensor keeps the peak
-    at the weights plus one chunk. Pinned weights make each streamed transfer a direct DMA. If the system
-    refuses to lock more memory, the rest stays pageable (diffusers then pins on the fly) and we say so.
+    Copying tensor by tensor keeps the peak at the weights plus one chunk. Pinned weights make each streamed
+    transfer a direct DMA. If the system refuses to lock more memory, the rest stays pageable (diffusers
+    then pins on the fly) and we say so.
     """
-    tensors = [t for t in list(module.parameters()) + list(module.buffers()) if _pinnable(t)]
-    chunk, used, pinned = None, 0, 0
+    packer, pinned = HostPacker(chunk_bytes, pinned=True), 0
     try:
-        for t in tensors:
-            size = t.data.numel() * t.data.element_size()
-            if size == 0:
-                continue
-            if chunk is None or used + size > chunk.numel():
-                chunk, used = _pinned_chunk(max(chunk_bytes, size)), 0
-            view = chunk[used:used + size].view(t.data.dtype).view(t.data.shape)
-            view.copy_(t.data)
-            t.data = view
-            used += -(-size // PIN_ALIGN) * PIN_ALIGN
-            pinned += size
+        for t in [t for t in list(module.parameters()) + list(module.buffers()) if _pinnable(t)]:
+            t.data = packer.take(t.data)
+            pinned += t.data.numel() * t.data.element_size()
     except RuntimeError as exc:  # page-locking refused (RLIMIT_MEMLOCK, container limits): stream unpinned
-        log.warning("could not page-lock more host memory after %.1f GiB (%s); the rest streams unpinned, slower",
-                    pinned / 2**30, (str(exc).splitlines() or ["no reason given"])[0])
+        warn_unpinned(pinned, exc)
     return pinned
+
+
+def warn_unpinned(pinned: int, exc: Exception) -> None:
+    log.warning("could not page-lock more host memory after %.1f GiB (%s); the rest streams unpinned, slower",
+                pinned / 2**30, (str(exc).splitlines() or ["no reason given"])[0])
+
+
+class HostPacker:
+    """Copies tensors into few large host chunks of exactly `chunk_bytes` (page-locked where CUDA is present).
+
+    Packing wastes at most the end of each chunk, where pinning each tensor would round each up to a power
+    of two (~1.6x). Without CUDA the chunks are plain memory, so the same packing runs (and is tested) on CPUs.
+    """
+
+    def __init__(self, chunk_bytes: int | None = None, pinned: bool | None = None):
+        self.chunk_bytes = chunk_bytes or PIN_CHUNK
+        self.pinned = torch.cuda.is_available() if pinned is None else pinned
+        self._chunk, self._used = None, 0
+
+    def take(self, source: torch.Tensor) -> torch.Tensor:
+        """A copy of `source` inside a chunk (raises RuntimeError where page-locking is refused)."""
+        size = source.numel() * source.element_size()
+        if size == 0:
+            return source
+        if self._chunk is None or self._used + size > self._chunk.numel():
+            nbytes = max(self.chunk_bytes, size)
+            self._chunk = _pinned_chunk(nbytes) if self.pinned else torch.empty(nbytes, dtype=torch.uint8)
+            self._used = 0
+        view = self._chunk[self._used:self._used + size].view(source.dtype).view(source.shape)
+        view.copy_(source)
+        self._used += -(-size // PIN_ALIGN) * PIN_ALIGN
+        return view
+
+
+def _pinned_chunk(nbytes: int) -> torch.Tensor:
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
 
 
 def _pinnable(t: torch.Tensor) -> bool:
@@ -175,8 +266,11 @@ def _pinnable(t: torch.Tensor) -> bool:
     return plain and t.device.type == "cpu" and not t.data.is_pinned()
 
 
-def _pinned_chunk(nbytes: int) -> torch.Tensor:
-    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+def _empty_tensors(module: torch.nn.Module) -> None:
+    """Give every parameter and buffer of `module` an empty tensor, so its storage (pinned chunks included)
+    is freed whoever still holds the module object."""
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
 
 
 def install_expert_swap(pipe, device: torch.device) -> None:
@@ -214,6 +308,9 @@ def release(pipe, name: str) -> None:
     if hasattr(module, "_diffusers_hook"):
         HookRegistry.check_if_exists_or_initialize(module).remove_hook("group_offloading", recurse=True)
     setattr(pipe, name, None)
+    # The caller may still hold the module: diffusers' Wan loop keeps `current_model` until its next step,
+    # so an expert let go at the boundary would otherwise sit in RAM beside the one read in its place.
+    _empty_tensors(module)
     del module
     gc.collect()
     if torch.cuda.is_available():

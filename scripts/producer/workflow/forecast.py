@@ -45,7 +45,7 @@ def estimate_production(snap, hw: Hardware, complete: set[str], model: dict | No
             continue
         family = PHASE_FAMILY[phase]
         resolved = [(job, *_resolve(snap.plan, job, family, notes)) for job in jobs]
-        report, made = _phase(phase, family, resolved, hw, gpu, model)
+        report, made = _phase(phase, family, resolved, hw, model)
         phases.append(report)
         items += made
         problems += _memory_problems(phase, family, resolved, hw, report["_plan"])
@@ -162,17 +162,35 @@ def _largest(family: str, items: list[estimate.Item]) -> memory.Workload:
     return memory.Workload(max(w.tokens for w in works), max(w.decode_pixels for w in works))
 
 
-def _phase(phase: str, family: str, resolved: list, hw: Hardware, gpu, model: dict) -> tuple[dict, list[dict]]:
+def predict_phase(
+    family: str, items: list[estimate.Item], hw: Hardware, batch: dict, model: dict | None = None
+) -> dict:
+    """One phase as one batch (one plan, one load): the plan, each item's Prediction, and the seconds of the
+    load (reading the weights + the first item's extra), of encoding the prompts and of the whole phase (None
+    where there is no basis). `batch`: the batch-wide {"offload", "weights"} choices. The benchmark compares
+    this with a measured batch (bench/batches.py)."""
+    model = model or estimate.speed_model()
+    gpu = estimate.gpu_spec(hw.gpu_name) if hw.has_gpu else None
+    plan = _plan(family, items, hw, batch)
+    seconds = [
+        estimate.predict_item(item, plan, gpu, hw.host_link, len(items), model=model)
+        if gpu
+        else estimate.Prediction(None, notes=(estimate.NO_GPU,))
+        for item in items
+    ]
+    known = None not in [p.seconds for p in seconds]
+    load = estimate.read_seconds(family, plan, model) + seconds[0].first_extra_s if known else None
+    text = estimate.text_seconds(family, plan.text_encoder, gpu, model) * len(items) if known and gpu else None
+    total = round(load + text + sum(p.seconds for p in seconds), 1) if known else None
+    return {"plan": plan, "items": seconds, "load_seconds": load, "text_seconds": text, "seconds": total}
+
+
+def _phase(phase: str, family: str, resolved: list, hw: Hardware, model: dict) -> tuple[dict, list[dict]]:
     items = [item for _, item, _ in resolved]
-    plan = _plan(family, items, hw, resolved[0][2])
-    made, seconds = [], []
-    for job, item, _ in resolved:
-        p = (
-            estimate.predict_item(item, plan, gpu, hw.host_link, len(items), model=model)
-            if gpu
-            else estimate.Prediction(None, notes=(estimate.NO_GPU,))
-        )
-        seconds.append(p)
+    predicted = predict_phase(family, items, hw, resolved[0][2], model)
+    plan, load, text, total = (predicted[k] for k in ("plan", "load_seconds", "text_seconds", "seconds"))
+    made = []
+    for (job, item, _), p in zip(resolved, predicted["items"]):
         made.append(
             {
                 "id": job.id,
@@ -189,11 +207,7 @@ def _phase(phase: str, family: str, resolved: list, hw: Hardware, gpu, model: di
                 "basis": p.basis,
             }
         )
-    known = None not in [p.seconds for p in seconds]
-    first = seconds[0]
-    load = estimate.read_seconds(family, plan, model) + first.first_extra_s if known else None
-    text = estimate.text_seconds(family, plan.text_encoder, gpu, model) * len(items) if known and gpu else None
-    total = round(load + text + sum(p.seconds for p in seconds), 1) if known else None
+    known = total is not None
     return {
         "phase": phase,
         "family": family,

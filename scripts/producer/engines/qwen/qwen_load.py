@@ -95,15 +95,18 @@ def load_session(files: ModelFiles, plan: MemoryPlan, device=None, **kwargs) -> 
         QwenImageTransformer2DModel,
     )
 
-    from producer.sizing import offload
+    from producer.sizing import gguf_host, offload
 
     dtype = offload.torch_dtype(plan.dtype)
     snap = files.snapshot
 
     def load_denoiser() -> dict:
         if files.gguf is not None:
+            # Streamed or kept in host memory: read once, straight into the page-locked chunks (gguf_host).
+            on_host = plan.components["transformer"].placement != "gpu"
+            source = gguf_host.read_into_host_chunks(files.gguf) if on_host else str(files.gguf)
             transformer = QwenImageTransformer2DModel.from_single_file(
-                str(files.gguf), quantization_config=GGUFQuantizationConfig(compute_dtype=dtype), config=str(snap),
+                source, quantization_config=GGUFQuantizationConfig(compute_dtype=dtype), config=str(snap),
                 subfolder="transformer", dtype=dtype)
         else:
             transformer = QwenImageTransformer2DModel.from_pretrained(snap, subfolder="transformer", dtype=dtype,

@@ -46,7 +46,7 @@ from producer.engines.wan.wan_load import DENOISERS, WanFiles
 from producer.errors import CliError
 from producer.facts import registry
 from producer.modelfiles import models
-from producer.sizing import memory, offload, speed
+from producer.sizing import gguf_host, memory, offload, speed
 
 log = logging.getLogger("producer")
 
@@ -181,13 +181,17 @@ class _ExpertsOnDisk:
     def __init__(self, files: WanFiles, dtype: torch.dtype, device: torch.device, plan: memory.MemoryPlan):
         self.files, self.dtype, self.device, self.plan = files, dtype, device, plan
 
-    def get(self, component: str) -> torch.nn.Module:
+    def get(self, component: str, on_host: bool = False) -> torch.nn.Module:
+        """`on_host`: the expert will live in host memory (streamed or swapped), so a GGUF file is read
+        straight into the page-locked chunks that transfers come from (one copy instead of three)."""
         if self.files.gguf:
             from diffusers import GGUFQuantizationConfig
 
+            path = self.files.gguf[component]
+            source = gguf_host.read_into_host_chunks(path) if on_host else str(path)
             # config= + subfolder= give diffusers the Wan 2.2 I2V config; without them it guesses Wan 2.1 I2V.
             return WanTransformer3DModel.from_single_file(
-                str(self.files.gguf[component]), quantization_config=GGUFQuantizationConfig(compute_dtype=self.dtype),
+                source, quantization_config=GGUFQuantizationConfig(compute_dtype=self.dtype),
                 config=str(self.files.snapshot), subfolder=component, dtype=self.dtype)
         kwargs = {}
         straight_to_gpu = self.plan.components[component].placement == "gpu" and self.files.weights == "bf16"
@@ -205,7 +209,7 @@ class _ExpertsInMemory:
     def __init__(self, modules: dict[str, torch.nn.Module]):
         self.modules = modules
 
-    def get(self, component: str) -> torch.nn.Module:
+    def get(self, component: str, on_host: bool = False) -> torch.nn.Module:
         return self.modules[component]
 
 
@@ -335,7 +339,8 @@ class WanSession:
     def _bring_in(self, component: str) -> None:
         if getattr(self.pipe, component) is not None:
             return
-        module = self._experts.get(component)
+        placement = self._placement(component)
+        module = self._experts.get(component, on_host=placement != "gpu")
         if not getattr(module, "_producer_prepared", False):
             self._load_loras(component, module)
             if self.plan.components[component].weights == "fp8":
@@ -343,12 +348,12 @@ class WanSession:
             self.counters[component].attach(module)
             module._producer_prepared = True
         setattr(self.pipe, component, module)
-        placement = self._placement(component)
         if placement == "gpu":
             module.to(self.device)
         elif not getattr(module, "_producer_placed", False):
             module.to("cpu")  # offloading starts from host memory (prebuilt experts may sit on the GPU)
-            offload.place_module(module, placement, self.device)
+            offload.place_module(module, placement, self.device, self.plan.resident_blocks,
+                                 self.plan.dequantize_on_arrival)
             module._producer_placed = True
         if placement == "model_offload" and all(getattr(self.pipe, c) is not None for c in DENOISERS):
             offload.install_expert_swap(self.pipe, self.device)

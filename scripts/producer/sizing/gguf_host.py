@@ -1,0 +1,51 @@
+"""Read a GGUF file into host memory once, straight into the chunks that streaming transfers from.
+
+diffusers' `load_gguf_checkpoint` copies every tensor out of the memory-mapped file (`tensor.data.copy()`),
+and `offload.pin_in_place` then copies it again into page-locked chunks: for a streamed Wan Q4 expert
+(~9.6 GB) that is the file's pages, the plain copy and the pinned copy at once, and with one expert in RAM
+it happens at every clip. Here each tensor goes from the mapped file into a `HostPacker` chunk once; the
+state dict is then handed to `from_single_file`, which keeps these tensors as they are (GGUF blocks and
+tensors already in the compute dtype). The few F16 tensors cast to the compute dtype are pinned later.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from producer.sizing import offload
+
+
+def read_into_host_chunks(path: Path | str) -> dict[str, torch.Tensor]:
+    """The file's tensors by name, as `load_gguf_checkpoint` returns them, held in packed host chunks
+    (page-locked where CUDA is present; where locking is refused, the rest is plain memory)."""
+    import gguf
+    from diffusers.quantizers.gguf.utils import SUPPORTED_GGUF_QUANT_TYPES, GGUFParameter
+
+    plain = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+    reader = gguf.GGUFReader(str(path))
+    packer, state, copied = offload.HostPacker(), {}, 0
+    for tensor in reader.tensors:
+        quantized = tensor.tensor_type not in plain
+        if quantized and tensor.tensor_type not in SUPPORTED_GGUF_QUANT_TYPES:
+            raise ValueError(f"{tensor.name} has a quantization type: {tensor.tensor_type} which is unsupported.")
+        with warnings.catch_warnings():  # the map is read-only; it is only read from
+            warnings.simplefilter("ignore", UserWarning)
+            source = torch.from_numpy(tensor.data)
+        data = _copy(packer, source, copied)
+        copied += data.numel() * data.element_size()
+        state[tensor.name] = GGUFParameter(data, quant_type=tensor.tensor_type) if quantized else data
+    del reader  # unmaps the file: its pages stay only in the page cache, which the kernel may reclaim
+    return state
+
+
+def _copy(packer: offload.HostPacker, source: torch.Tensor, copied: int) -> torch.Tensor:
+    if packer.pinned:
+        try:
+            return packer.take(source)
+        except RuntimeError as exc:  # page-locking refused: the rest is read into plain memory
+            offload.warn_unpinned(copied, exc)
+            packer.pinned = False
+    return packer.take(source)

@@ -1,0 +1,92 @@
+"""A GGUF expert that lives in host memory is read once, straight into packed chunks, and loads the same."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from producer.sizing import gguf_host, offload
+from producer.testing import standin_gguf, standin_models
+
+
+@pytest.fixture(scope="module")
+def wan_q4(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gguf") / "HighNoise-Q4_K_M.gguf"
+    expert = standin_models.build_wan_experts(seed=0)[0]
+    standin_gguf.write_gguf(path, standin_gguf.wan_state_dict_to_original(expert.state_dict()), "wan", "Q4_K_M")
+    config = tmp_path_factory.mktemp("config")
+    expert.save_config(config / "transformer")
+    return path, config
+
+
+def _storages(tensors) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in tensors}
+
+
+def test_reads_what_diffusers_reads_into_few_chunks(wan_q4):
+    from diffusers.models.model_loading_utils import load_gguf_checkpoint
+
+    path, _ = wan_q4
+    mine, theirs = gguf_host.read_into_host_chunks(path), load_gguf_checkpoint(str(path))
+    assert mine.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        assert type(mine[name]) is type(tensor) and mine[name].dtype == tensor.dtype, name
+        assert getattr(mine[name], "quant_type", None) == getattr(tensor, "quant_type", None), name
+        assert torch.equal(mine[name].view(torch.uint8), tensor.view(torch.uint8)), name
+    assert any(getattr(t, "quant_type", None) is not None for t in mine.values())
+    assert len(_storages(mine.values())) == 1  # one chunk of 2 GiB holds a stand-in whole
+
+
+def test_from_single_file_keeps_the_chunks_and_builds_the_same_model(wan_q4):
+    from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
+
+    path, config = wan_q4
+    state = gguf_host.read_into_host_chunks(path)
+    chunk = _storages(state.values())
+
+    def load(source):
+        return WanTransformer3DModel.from_single_file(
+            source, quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32), config=str(config),
+            subfolder="transformer", dtype=torch.float32)
+
+    mine, reference = load(state), load(str(path))
+    quantized = [p for p in mine.parameters() if getattr(p, "quant_type", None) is not None]
+    assert quantized and _storages(quantized) == chunk  # diffusers kept the blocks where they were read
+    theirs = reference.state_dict()
+    for name, value in mine.state_dict().items():
+        assert torch.equal(value.view(torch.uint8), theirs[name].view(torch.uint8)), name
+
+
+def test_page_locking_refused_midway_reads_the_rest_into_plain_memory(wan_q4, monkeypatch, caplog):
+    calls = []
+
+    def refuse_after_one(nbytes):
+        calls.append(nbytes)
+        if len(calls) > 1:
+            raise RuntimeError("cudaHostAlloc failed: out of memory\nmore")
+        return torch.empty(nbytes, dtype=torch.uint8)
+
+    monkeypatch.setattr(offload, "_pinned_chunk", refuse_after_one)
+    monkeypatch.setattr(offload, "PIN_CHUNK", 64 * 1024)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    path, _ = wan_q4
+    with caplog.at_level(logging.WARNING):
+        state = gguf_host.read_into_host_chunks(path)
+    assert len(calls) == 2 and "could not page-lock more host memory" in caplog.text
+    assert "cudaHostAlloc failed: out of memory" in caplog.text and "more" not in caplog.text.split("(")[-1]
+    assert len(_storages(state.values())) > 1  # the rest went on into plain chunks
+    from diffusers.models.model_loading_utils import load_gguf_checkpoint
+
+    theirs = load_gguf_checkpoint(str(path))
+    assert all(torch.equal(state[n].view(torch.uint8), t.view(torch.uint8)) for n, t in theirs.items())
+
+
+def test_packer_keeps_tensors_apart_and_aligned():
+    packer = offload.HostPacker(chunk_bytes=4096, pinned=False)
+    a, b = torch.arange(10, dtype=torch.float32), torch.arange(3, dtype=torch.int16)
+    va, vb = packer.take(a), packer.take(b)
+    assert torch.equal(va, a) and torch.equal(vb, b)
+    assert vb.data_ptr() - va.data_ptr() == offload.PIN_ALIGN
+    big = packer.take(torch.ones(2048, dtype=torch.float32))  # larger than a chunk: a chunk of its own
+    assert big.untyped_storage().nbytes() == 8192 and torch.equal(big, torch.ones(2048))
