@@ -130,10 +130,10 @@ def test_the_json_report_says_which_levers_ran(standin_hf_home, tmp_path, capsys
     from producer.makers import qwen_image, wan_video
 
     code = qwen_image.main(["--prompt", "a lighthouse", "-o", str(tmp_path / "a.png"), "--attention", "_native_math",
-                            "--json", "--quiet"])
+                            "--lightning", "off", "--cfg", "1", "--steps", "2", "--size", "64x64", "--json", "--quiet"])
     assert code == 0 and json.loads(capsys.readouterr().out)["speed"] == ["attention _native_math"]
     frame = tmp_path / "f.png"
     Image.new("RGB", (64, 64), (90, 120, 200)).save(frame)
-    code = wan_video.main(["--start-frame", str(frame), "--prompt", "waves", "--frames", "5", "-o",
+    code = wan_video.main(["--start-frame", str(frame), "--prompt", "waves", "--frames", "5", "--size", "64x64", "-o",
                            str(tmp_path / "c.mp4"), "--attention", "_native_math", "--json", "--quiet"])
     assert code == 0 and json.loads(capsys.readouterr().out)["speed"] == ["attention _native_math"]
