@@ -33,10 +33,6 @@ DEBTS = {
     ("testing.standins", "testing.standin_loras"): "standin_loras builds on standins and registers its writers "
     "back into it",
     ("runs.parallel_merge", "runs.parallel"): "a type annotation only (Launch, under TYPE_CHECKING)",
-    ("makers.wan_video", "workflow.forecast"): "a batch's measured-against-predicted report (clip_item, "
-    "batch_prediction) belongs in sizing.estimate; forecast was being edited on another branch when the move "
-    "was made, so it moves after that merge",
-    ("makers.qwen_image", "workflow.forecast"): "the same, for image_item and batch_prediction",
 }
 
 

@@ -256,11 +256,11 @@ def test_batch_prediction_reports_the_error_against_the_measured_time():
     item = wan_480p()
     predicted = estimate.predict_item(item, plan, estimate.gpu_spec(H200.gpu_name), H200.host_link).seconds
     seconds = {"denoise": predicted, "high_expert": 5.0, "low_expert": 5.0, "decode": predicted / 10}
-    r = forecast.batch_prediction([(item, seconds)], plan, H200)
+    r = estimate.batch_prediction([(item, seconds)], plan, H200)
     assert r["items"] == 1 and r["predicted_s"] == pytest.approx(predicted, abs=0.01)
     assert r["measured_s"] == pytest.approx(1.1 * predicted, abs=0.01)  # the experts are parts of denoise
     assert r["error"] == pytest.approx(0.1, abs=0.002) and r["per_item"][0]["error"] == r["error"]
-    standin = forecast.batch_prediction([(item, seconds)], plan, H200, standin=True)
+    standin = estimate.batch_prediction([(item, seconds)], plan, H200, standin=True)
     assert standin["predicted_s"] is None and "stand-in" in standin["note"]
 
 

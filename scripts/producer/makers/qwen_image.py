@@ -434,14 +434,14 @@ def run_batch(args) -> dict:
 def _prediction(args, result: dict, runner: BatchRun) -> dict | None:
     """Each edit made: its predicted seconds (producer.sizing.estimate) against the measured ones (the speed model
     holds Qwen-Image-Edit figures only, so other kinds are left out)."""
-    from producer.workflow import forecast
+    from producer.sizing import estimate
 
-    made = [(forecast.image_item(runner.resolved[j["job"]].job), j["seconds"]) for j in result["jobs"]
+    made = [(estimate.image_item(runner.resolved[j["job"]].job), j["seconds"]) for j in result["jobs"]
             if j["status"] == "ok" and runner.resolved[j["job"]].kind == "edit"]
     if "edit" not in runner.plan_of:
         return None
     standin = models.standin_facts(qwen_load.any_installed_snapshot("edit")) is not None
-    return forecast.batch_prediction(made, runner.plan_of["edit"], hardware.probe(args.models_dir, args.device), standin)
+    return estimate.batch_prediction(made, runner.plan_of["edit"], hardware.probe(args.models_dir, args.device), standin)
 
 
 def run(args) -> dict:

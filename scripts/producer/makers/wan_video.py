@@ -407,10 +407,10 @@ def _run_batch(args: argparse.Namespace) -> dict:
 def _prediction(args: argparse.Namespace, result: dict, requests: dict, engine: Engine) -> dict:
     """Each clip made: its predicted seconds (producer.sizing.estimate) against the measured ones."""
     from producer.facts import hardware
-    from producer.workflow import forecast
+    from producer.sizing import estimate
 
-    made = [(forecast.clip_item(requests[j["job"]]), j["seconds"]) for j in result["jobs"] if j["status"] == "ok"]
-    return forecast.batch_prediction(made, engine.plan, hardware.probe(args.models_dir, args.device),
+    made = [(estimate.clip_item(requests[j["job"]]), j["seconds"]) for j in result["jobs"] if j["status"] == "ok"]
+    return estimate.batch_prediction(made, engine.plan, hardware.probe(args.models_dir, args.device),
                                      models.standin_facts(engine.files.snapshot) is not None)
 
 

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from producer.facts.hardware import Hardware
 from producer.sizing import memory
 
 DATA = Path(__file__).resolve().parents[1] / "data"  # scripts/producer/data
@@ -287,4 +288,54 @@ def prediction_error(predicted: float | None, measured: float) -> dict:
         "predicted_s": round(predicted, 2),
         "measured_s": round(measured, 2),
         "error": round((measured - predicted) / predicted, 3),
+    }
+
+
+# ---------------------------------------------------------------- after a batch: predicted against measured
+
+SUBSTAGES = ("high_expert", "low_expert", "expert_swap")  # parts of "denoise", not stages beside it
+
+
+def clip_item(req) -> Item:
+    """A wan_video.py request (width, height, frames, sampling) as the speed model sees it."""
+    return Item("wan", req.width, req.height, req.sampling.steps, req.sampling.guidance > 1, frames=req.frames)
+
+
+def image_item(job) -> Item:
+    """A qwen.QwenJob as the speed model sees it."""
+    return Item("qwen", job.width, job.height, job.steps, job.true_cfg, references=len(job.references))
+
+
+def batch_prediction(
+    made: list[tuple[Item, dict]],
+    plan: memory.MemoryPlan,
+    hw: Hardware,
+    standin: bool = False,
+    model: dict | None = None,
+) -> dict:
+    """The batch JSON's `prediction`: the items made, predicted seconds against measured (each item's stages,
+    loading and prompt encoding left out), and the error (measured - predicted) / predicted."""
+    gpu = gpu_spec(hw.gpu_name) if hw.has_gpu else None
+    why = "stand-in models: the speed model is for the real ones" if standin else None if gpu else NO_GPU
+    rows = []
+    for item, seconds in made:
+        measured = sum(v for k, v in seconds.items() if k not in SUBSTAGES and isinstance(v, (int, float)))
+        p = (
+            Prediction(None)
+            if why
+            else predict_item(item, plan, gpu, hw.host_link, len(made), model=model)
+        )
+        rows.append(prediction_error(p.seconds, measured))
+    known = [r for r in rows if r["predicted_s"] is not None]
+    total = prediction_error(
+        sum(r["predicted_s"] for r in known) if known else None, sum(r["measured_s"] for r in rows)
+    )
+    return {
+        "items": len(rows),
+        **total,
+        "per_item": rows,
+        "gpu": gpu.name if gpu else None,
+        "plan": plan.name,
+        "weights": plan.weights,
+        "note": why,
     }
