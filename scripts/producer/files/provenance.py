@@ -43,13 +43,15 @@ def file_digest(path: str | os.PathLike) -> str:
     return _digest_cache[key]
 
 
-def make_recipe(script: str, settings: dict[str, Any], inputs: dict[str, Any], model: dict[str, Any]) -> dict:
-    """inputs: role -> path or list of paths (references, frames, LoRA files, style.json).
+# A recipe made on stand-in models carries this key (True): it must never pass for a real output, and a real
+# run must not skip it as up to date (producer.workflow.rehearsal reads it).
+RECIPE_MARK = "standin_models"
 
-    An output made on a stand-in model is marked as such (producer.workflow.rehearsal): it must never pass for a
-    real one, and a real run must not skip it as up to date."""
-    from producer.workflow.rehearsal import RECIPE_MARK, made_on_standins
 
+def make_recipe(script: str, settings: dict[str, Any], inputs: dict[str, Any], model: dict[str, Any],
+                standin: bool = False) -> dict:
+    """inputs: role -> path or list of paths (references, frames, LoRA files, style.json). `standin`: made on
+    stand-in models (modelfiles.models.made_on_standins(model)), marked with RECIPE_MARK."""
     recipe = {
         "recipe_version": RECIPE_VERSION,
         "script": script,
@@ -57,9 +59,24 @@ def make_recipe(script: str, settings: dict[str, Any], inputs: dict[str, Any], m
         "inputs": {role: _describe_inputs(value) for role, value in inputs.items() if value},
         "model": model,
     }
-    if made_on_standins(model):
+    if standin:
         recipe[RECIPE_MARK] = True
     return recipe
+
+
+def model_refs(model) -> list[tuple[str, str]]:
+    """Every {"repo": ..., "commit" (or "revision"): ...} pair inside a recipe's model part, however nested."""
+    found = []
+    if isinstance(model, dict):
+        commit = model.get("commit", model.get("revision"))
+        if isinstance(model.get("repo"), str) and isinstance(commit, str):
+            found.append((model["repo"], commit))
+        for value in model.values():
+            found += model_refs(value)
+    elif isinstance(model, list):
+        for value in model:
+            found += model_refs(value)
+    return list(dict.fromkeys(found))
 
 
 def _describe_inputs(value):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from producer.errors import CliError, ExitCode, missing
 from producer.facts import registry
+from producer.files.provenance import model_refs
 from producer.sizing.memory import QWEN_FOOTPRINT, WAN_FOOTPRINT, ModelFootprint
 
 STANDIN_MARKER = "producer_standin.json"
@@ -182,6 +183,15 @@ def standin_facts(snap: str | os.PathLike) -> dict | None:
 
 
 # ---------------------------------------------------------------- sizes from the installed configs
+
+
+def made_on_standins(model: dict) -> bool:
+    """Whether a recipe's model part names a snapshot that is a stand-in (its marker file is there)."""
+    for repo, commit in model_refs(model):
+        snap = repo_folder(repo) / "snapshots" / str(commit)
+        if snap.is_dir() and standin_facts(snap) is not None:
+            return True
+    return False
 
 
 def footprint(family: str, snap: Path | None) -> ModelFootprint:

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 from producer.errors import CliError
 from producer.facts import registry
 from producer.files import layout
-from producer.files.provenance import file_digest, make_recipe
+from producer.files.provenance import file_digest, make_recipe, model_refs
 from producer.values import log
 from producer.workflow.planner import ASSEMBLE, QWEN, WAN, Job, Plan, parse_job
 
@@ -140,21 +140,6 @@ def model_changes(recorded: dict) -> tuple[list[str], list[str]]:
         elif commit not in installed:
             reasons.append(f"model {repo} is now at {min(installed)[:10]} (made with {str(commit)[:10]})")
     return reasons, notes
-
-
-def model_refs(model) -> list[tuple[str, str]]:
-    """Every {"repo": ..., "commit" (or "revision"): ...} pair inside a recipe's model part, however nested."""
-    found = []
-    if isinstance(model, dict):
-        commit = model.get("commit", model.get("revision"))
-        if isinstance(model.get("repo"), str) and isinstance(commit, str):
-            found.append((model["repo"], commit))
-        for value in model.values():
-            found += model_refs(value)
-    elif isinstance(model, list):
-        for value in model:
-            found += model_refs(value)
-    return list(dict.fromkeys(found))
 
 
 # ---------------------------------------------------------------- the film

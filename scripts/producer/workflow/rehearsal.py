@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from producer.files import layout
+from producer.files.provenance import RECIPE_MARK
 from producer.modelfiles.needs import DEMO_TIME  # noqa: F401 (defined where setup's verdicts quote it)
 from producer.values import load_json
 
@@ -26,7 +27,6 @@ STANDINS = "standins"  # the stand-in cache inside the rehearsal's .production/ 
 DEFAULT_FOLDER = "rehearsal"  # DIR/.production/rehearsal
 # Every picture 96x64 and every clip 9 frames: a whole 3-scene film in about 15 s on 2 CPU cores.
 TINY_SETTINGS = {"qwen_image.py": {"size": "96x64"}, "wan_video.py": {"size": "96x64", "frames": 9}}
-RECIPE_MARK = "standin_models"
 STALE_REASON = ("made on stand-in models (a rehearsal or the demo), not the real ones: the real run makes it again")
 
 
@@ -48,18 +48,6 @@ def read_marker(root: Path) -> dict | None:
 
 def models_dir(root: Path) -> Path:
     return layout.state_dir(root) / STANDINS
-
-
-def made_on_standins(model: dict) -> bool:
-    """Whether a recipe's model part names a snapshot that is a stand-in (its marker file is there)."""
-    from producer.modelfiles import models
-    from producer.workflow.recipes import model_refs
-
-    for repo, commit in model_refs(model):
-        snap = models.repo_folder(repo) / "snapshots" / str(commit)
-        if snap.is_dir() and models.standin_facts(snap) is not None:
-            return True
-    return False
 
 
 def is_standin_recipe(recipe: dict | None) -> bool:

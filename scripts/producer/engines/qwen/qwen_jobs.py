@@ -87,7 +87,8 @@ class Resolved:
     recipe: dict | None = None
 
     def finish_recipe(self, model_info: dict) -> dict:
-        self.recipe = provenance.make_recipe(SCRIPT, self.settings, self.inputs, model_info)
+        self.recipe = provenance.make_recipe(SCRIPT, self.settings, self.inputs, model_info,
+                                             standin=models.made_on_standins(model_info))
         return self.recipe
 
     def report(self) -> dict:

@@ -134,7 +134,7 @@ def recipe_for(req: Request, load: Load, files, fp8_matmul: bool = False) -> dic
     inputs = {"start_frame": req.start, "end_frame": req.end, "style_ref": req.style_ref,
               "loras": [spec.path for spec in load.specs]}
     model = {key: files.provenance[key] for key in ("repo", "revision") if key in files.provenance}
-    recipe = provenance.make_recipe(SCRIPT, settings, inputs, model)
+    recipe = provenance.make_recipe(SCRIPT, settings, inputs, model, standin=models.made_on_standins(model))
     # The weight form (bf16, fp8, GGUF) follows each machine's memory plan: recorded, but outside the recipe's
     # key, so a batch rerun on another machine does not remake its clips (the project's status check agrees).
     weights = {key: value for key, value in files.provenance.items() if key not in model}
