@@ -30,7 +30,6 @@ DEBTS = {
     "reader should sit below both",
     ("testing.standins", "testing.standin_loras"): "standin_loras builds on standins and registers its writers "
     "back into it",
-    ("runs.parallel_merge", "runs.parallel"): "a type annotation only (Launch, under TYPE_CHECKING)",
 }
 
 

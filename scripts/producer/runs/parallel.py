@@ -34,13 +34,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from producer.cli import peak_memory
 from producer.errors import CliError, ExitCode
 from producer.files.outputs import write_json_atomic
 from producer.runs import batch, parallel_merge
+from producer.runs.launch import Launch
 from producer.values import number_arg, resolve_seed
 
 log = logging.getLogger("producer")
@@ -90,13 +90,6 @@ def gpu_list(text: str) -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------- what to launch (pure)
-
-
-@dataclass(frozen=True)
-class Launch:
-    mode: str  # "scenes" | "context"
-    workers: int
-    devices: tuple[str, ...] = ()  # CUDA_VISIBLE_DEVICES entries, one per worker; () for CPU processes
 
 
 def decide(args: argparse.Namespace, visible: list[str], jobs: int | None) -> Launch | None:

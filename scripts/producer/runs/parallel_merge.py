@@ -6,14 +6,12 @@ share (or the error that stopped it)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from producer.errors import CliError, ExitCode
 from producer.runs import batch
+from producer.runs.launch import Launch
 from producer.values import load_json
-
-if TYPE_CHECKING:
-    from producer.runs.parallel import Launch
 
 
 def _read_json(path: Path) -> dict | None:
