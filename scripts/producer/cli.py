@@ -114,9 +114,9 @@ class Stopwatch:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        from producer.files import faults, outputs
+        from producer.files import faults, held_signals
 
-        outputs.deliver_late_signal()  # a signal held over the last commit stops the run before new work
+        held_signals.deliver_late_signal()  # a signal held over the last commit stops the run before new work
         faults.at(f"stage:{name}")  # inert outside the reliability tests (see producer.files.faults)
         start = time.perf_counter()
         try:
@@ -281,7 +281,7 @@ def _run_main(parser, run, argv, describe) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     started = time.perf_counter()
     from producer.facts import hardware
-    from producer.files import outputs  # outputs builds on this module's CliError
+    from producer.files import held_signals
 
     hardware.configure_cuda_allocator()  # before anything touches CUDA
     try:
@@ -292,11 +292,11 @@ def _run_main(parser, run, argv, describe) -> int:
                 return int(exc.code or 0)
             as_json, debug = getattr(args, "json", as_json), getattr(args, "debug", debug)  # "--json" may be a value
             setup_logging(args.quiet, args.debug)
-            with outputs.one_run():
+            with held_signals.one_run():
                 try:
                     result = run(args)
                 finally:
-                    late = outputs.signal_after_commit()  # Ctrl-C or SIGTERM once the last outputs were in place
+                    late = held_signals.signal_after_commit()  # Ctrl-C or SIGTERM once the last outputs were in place
     except CliError as err:
         return _fail(err, as_json)
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ errno for the file being written at that point, as a full disk or a failing disk
 RuntimeError: a bug), or `pause`: print "fault: paused at POINT (pid N)" on stderr and wait (at most
 PAUSE_SECONDS) for a signal from outside; a test uses that line to know where the process is before it
 signals it or starts a second run. Inside a commit Ctrl-C and SIGTERM are held until the files are in
-place (outputs.signals_held): a signal sent there waits for the run's next stage or batch job, and a run
+place (held_signals.signals_held): a signal sent there waits for the run's next stage or batch job, and a run
 with nothing left to do succeeds (its outputs are complete).
 Each entry fires once. Example: PRODUCER_FAULT="rename:*.mp4=SIGTERM;commit:*.json=ENOSPC".
 """
@@ -35,6 +35,8 @@ import os
 import signal
 import sys
 import time
+
+from producer.files import held_signals
 
 ENV = "PRODUCER_FAULT"
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": getattr(signal, "SIGKILL", None)}
@@ -71,10 +73,8 @@ def _act(point: str, action: str, filename: str | os.PathLike | None) -> None:
         time.sleep(PAUSE_SECONDS)
         return
     os.kill(os.getpid(), SIGNALS[action])
-    from producer.files.outputs import signals_held
-
-    if signals_held():
-        return  # delivered at the run's next step (outputs.deliver_late_signal)
+    if held_signals.signals_held():
+        return  # delivered at the run's next step (held_signals.deliver_late_signal)
     # The signal's handler raises (KeyboardInterrupt, cli.Terminated) out of this sleep.
     time.sleep(10)
     raise RuntimeError(f"{ENV}: {action} at {point} was not delivered")
