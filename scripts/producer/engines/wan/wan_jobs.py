@@ -111,8 +111,9 @@ def resolve_load(args: argparse.Namespace) -> Load:
         raise CliError("--distill-strength is set but no step-distill LoRA is used",
                        "drop --distill-strength, or use --distill lightning / lightx2v")
     if distill is None and args.distill == "auto":
-        log.warning("no step-distill LoRA installed: running the full %d-step schedule (about 10x slower); for "
-                    "4 steps install one: %s", registry.WAN.full.steps, models.setup_command("wan-lightning"))
+        log.warning("no step-distill LoRA installed: running the full %d-step schedule with CFG (about 10x slower; "
+                    "a job's --steps sets fewer steps of the same schedule); for 4 distilled steps install one: %s",
+                    registry.WAN.full.steps, models.setup_command("wan-lightning"))
     specs = lora.registry_lora_specs(distill, strength=args.distill_strength) if distill else []
     specs += [lora.parse_lora_spec(text, "wan") for text in args.lora]
     return Load(distill, specs, args.allow_partial_lora)
