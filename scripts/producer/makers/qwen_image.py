@@ -276,14 +276,14 @@ def run_single(args) -> dict:
 # ---------------------------------------------------------------- a batch
 
 
-class BatchRun:
-    """Resolve every job, then per model: plan, load once, encode every prompt, generate each job."""
+class BatchRun(batch.Runner):
+    """qwen_image.py's --batch (batch.Runner): resolve every job, then per model: plan, load once, encode every
+    prompt, generate each job."""
+
+    up_to_date_reason = "up to date: the output exists with the same recipe"
 
     def __init__(self, args):
-        self.args = args
-        self.resolved: dict[int, qwen_jobs.Resolved] = {}
-        self.failed: dict[int, CliError] = {}  # resolved, but failed before its turn (encoding, the plan)
-        self.skipped: set[int] = set()
+        super().__init__(args)
         self.session: qwen.QwenSession | None = None
         self.session_kind: str | None = None
         self.plans: dict[str, dict] = {}
@@ -291,61 +291,49 @@ class BatchRun:
         self.model_files: dict = {}  # kind -> qwen_load's model files (to load the model again)
         self.seconds: dict[str, dict] = {}  # per model: load, text_encode (all prompts), denoise, decode...
         self.fuse = False
-        self.plan = None  # the memory plan of the model loaded now
         self.plan_of: dict[str, memory.MemoryPlan] = {}  # per model kind, for the prediction
 
-    def current_plan(self):
-        return self.plan
+    def resolve(self, job: batch.Job) -> qwen_jobs.Resolved:
+        resolved = resolve_job(job.args)
+        clash = self.clash(resolved.output)
+        if clash is not None:
+            raise CliError(f"writes the same output as job {clash} ({resolved.output})", "give each job its own output")
+        return resolved
+
+    def order(self, items: list) -> list:
+        """The run order: the refused jobs, then per model (edit, then controlnet) the jobs grouped by LoRA set."""
+        kinds = {"edit": 0, "controlnet": 1}
+        return sorted(items, key=lambda e: (0, e.details.get("job", -1), "") if isinstance(e, CliError) else (
+            1 + kinds[self.requests[e.index].kind], 0, str(self.requests[e.index].job.loras)))
+
+    def output(self, request: qwen_jobs.Resolved) -> Path:
+        return request.output
+
+    def up_to_date(self, index: int) -> bool:
+        resolved = self.requests[index]
+        return provenance.up_to_date(resolved.output, resolved.recipe, resolved.seed_given, resolved.overwrite)
+
+    def skip(self, job: batch.Job, reason: str) -> dict:
+        resolved = self.requests[job.index]
+        return {"status": "skipped", "output": str(resolved.output), "mode": resolved.mode, "reason": reason}
+
+    def start(self, job: batch.Job) -> None:
+        resolved = self.requests[job.index]
+        if self.session_kind != resolved.kind:
+            self._start(resolved.kind)
+        if self.session is None and job.index not in self.failed and job.index not in self.skipped:
+            # loading failed in an earlier job of this model, which reported why
+            raise CliError(f"the {resolved.kind} model is not loaded (an earlier job's error says why)",
+                           "fix that error and run the batch again (finished jobs are skipped)", ExitCode.FAILED)
+
+    def make(self, job: batch.Job) -> dict:
+        return make_image(self.session, self.requests[job.index], self.fuse, self.reopen, lock=False)
 
     def reload(self, offload: str) -> None:
         """After out of memory (--on-oom retry): the next job loads the model again under --offload `offload`."""
         self.args.offload = offload
         self.session, self.session_kind = None, None
         gc.collect()
-
-    def prepare(self, entries: list) -> list:
-        """Resolve each parsed job; a job that cannot be resolved becomes its error. Returns the run order."""
-        ready, outputs = [], {}
-        for entry in entries:
-            if isinstance(entry, CliError):
-                ready.append(entry)
-                continue
-            try:
-                resolved = resolve_job(entry.args)
-                key = str(resolved.output.resolve())
-                if key in outputs:
-                    raise CliError(f"writes the same output as job {outputs[key]} ({resolved.output})",
-                                   "give each job its own output")
-                outputs[key] = entry.index
-                self.resolved[entry.index] = resolved
-                ready.append(entry)
-            except CliError as err:
-                ready.append(CliError(f"job {entry.index}: {err.message}", err.fix, err.code, job=entry.index))
-        order = {"edit": 0, "controlnet": 1}
-        return sorted(ready, key=lambda e: (0, e.details.get("job", -1), "") if isinstance(e, CliError) else (
-            1 + order[self.resolved[e.index].kind], 0, str(self.resolved[e.index].job.loras)))
-
-    def run_one(self, job: batch.Job) -> dict:
-        with cli.naming_plan(self.current_plan):  # out of memory names the plan in use
-            return self._run_one(job)
-
-    def _run_one(self, job: batch.Job) -> dict:
-        resolved = self.resolved[job.index]
-        if self.session_kind != resolved.kind:
-            self._start(resolved.kind)
-        if job.index in self.failed:
-            raise self.failed[job.index]
-        if job.index in self.skipped:
-            return {"status": "skipped", "output": str(resolved.output), "mode": resolved.mode,
-                    "reason": "up to date: the output exists with the same recipe"}
-        if self.session is None:  # loading failed in an earlier job of this model, which reported why
-            raise CliError(f"the {resolved.kind} model is not loaded (an earlier job's error says why)",
-                           "fix that error and run the batch again (finished jobs are skipped)", ExitCode.FAILED)
-        with locks.output_lock(resolved.output):  # one writer per output (exit 5 while another run holds it)
-            if self._up_to_date(job.index, resolved):  # another run made it since the batch was planned
-                return {"status": "skipped", "output": str(resolved.output), "mode": resolved.mode,
-                        "reason": "made meanwhile by another run, with the same recipe"}
-            return make_image(self.session, resolved, self.fuse, self.reopen, lock=False)
 
     def reopen(self, levers) -> qwen.QwenSession:
         """A broken picture made with a suspect speed lever: the model again without it, for the jobs left
@@ -362,7 +350,7 @@ class BatchRun:
             self.session = None
             gc.collect()  # the previous model's memory goes back before the next one loads
         self.session_kind = kind
-        group = {i: r for i, r in self.resolved.items() if r.kind == kind}
+        group = {i: r for i, r in self.requests.items() if r.kind == kind}
         try:
             plan, files = plan_for(self.args, list(group.values()), kind)
         except CliError as err:
@@ -372,16 +360,9 @@ class BatchRun:
         self.plans[kind] = plan.to_dict()
         self.files[kind] = files.info
         self.model_files[kind] = files
-        todo = {}
-        for index, resolved in group.items():
+        for resolved in group.values():
             resolved.finish_recipe(files.info)
-            try:
-                if self._up_to_date(index, resolved):
-                    self.skipped.add(index)
-                else:
-                    todo[index] = resolved
-            except CliError as err:  # made otherwise: refused, as wan_video.py refuses it
-                self.failed[index] = err
+        todo = self.sort_out(group)  # one made otherwise is refused, as wan_video.py refuses it
         if not todo:
             return
         self.fuse = len({r.job.loras for r in todo.values()}) == 1
@@ -396,10 +377,6 @@ class BatchRun:
         self.seconds[kind] = self.session.timer.seconds
         self._encode_all(todo)
 
-    @staticmethod
-    def _up_to_date(_index: int, resolved: qwen_jobs.Resolved) -> bool:
-        return provenance.up_to_date(resolved.output, resolved.recipe, resolved.seed_given, resolved.overwrite)
-
     def _encode_all(self, todo: dict) -> None:
         for index, resolved in todo.items():
             try:
@@ -410,19 +387,9 @@ class BatchRun:
 
 
 def run_batch(args) -> dict:
-    batch.refuse_job_options(build(), args, BATCH_ONLY)
-    entries = batch.parse_jobs(build(), args.batch, PATH_OPTIONS, BATCH_ONLY, args.allow_outside)
-    if args.overwrite:  # --overwrite on the command line replaces every job's output
-        for entry in entries:
-            if isinstance(entry, batch.Job):
-                entry.args.overwrite = True
     runner = BatchRun(args)
-    order = runner.prepare(entries)
-    with cli.naming_plan(runner.current_plan):
-        result = parallel.run_jobs(order, runner.run_one, worker_dir=args.parallel_worker,
-                                   describe=lambda job: f"job {job.index}: {runner.resolved[job.index].output}",
-                                   retry_oom=batch.oom_retry(args.on_oom, runner.current_plan,
-                                                             runner.reload)).to_dict()
+    order = runner.order(runner.resolve_all(batch.read_jobs(build, args, PATH_OPTIONS, BATCH_ONLY)))
+    result = parallel.run_batch(runner, order)
     result["jobs"].sort(key=lambda j: j.get("job", -1))
     result["memory_plans"] = runner.plans
     result["model_files"] = runner.files
@@ -436,8 +403,8 @@ def _prediction(args, result: dict, runner: BatchRun) -> dict | None:
     holds Qwen-Image-Edit figures only, so other kinds are left out)."""
     from producer.sizing import estimate
 
-    made = [(estimate.image_item(runner.resolved[j["job"]].job), j["seconds"]) for j in result["jobs"]
-            if j["status"] == "ok" and runner.resolved[j["job"]].kind == "edit"]
+    made = [(estimate.image_item(runner.requests[j["job"]].job), j["seconds"]) for j in result["jobs"]
+            if j["status"] == "ok" and runner.requests[j["job"]].kind == "edit"]
     if "edit" not in runner.plan_of:
         return None
     standin = models.standin_facts(qwen_load.any_installed_snapshot("edit")) is not None

@@ -326,82 +326,90 @@ class _DistinctWarnings(logging.Filter):
 
 
 def _run_batch(args: argparse.Namespace) -> dict:
-    batch.refuse_job_options(build(), args, BATCH_ONLY)
-    jobs = batch.parse_jobs(build(), args.batch, PATH_OPTIONS, BATCH_ONLY, args.allow_outside)
-    load = resolve_load(args)
-    requests: dict[int, Request] = {}
-    items: list = []
-    for job in jobs:
-        try:
-            if isinstance(job, CliError):
-                raise job
-            requests[job.index] = _batch_request(job, args, load, requests)
-            items.append(job)
-        except CliError as err:
-            message = err.message if err.message.startswith("job ") else f"job {job.index}: {err.message}"
-            items.append(CliError(message, err.fix, err.code, job=getattr(job, "index", err.details.get("job"))))
-    if not requests:
+    entries = batch.read_jobs(build, args, PATH_OPTIONS, BATCH_ONLY)
+    runner = ClipBatch(args, resolve_load(args))
+    items = runner.resolve_all(entries)
+    if not runner.requests:
         return batch.run_jobs(items, lambda job: {}).to_dict()
-    engine = open_engine(args, load, list(requests.values()), session=False)
-    recipes = {i: recipe_for(req, load, engine.files, args.fp8_matmul) for i, req in requests.items()}
-    skipped, refused = set(), {}
-    for i, req in requests.items():
-        try:
-            if up_to_date(req, recipes[i]):
-                skipped.add(i)
-        except CliError as err:
-            refused[i] = CliError(f"job {i}: {err.message}", err.fix, err.code, job=i)
-    items = [refused.get(item.index, item) if isinstance(item, batch.Job) else item for item in items]
-    to_make = [to_job(req) for i, req in requests.items() if i not in skipped and i not in refused]
-    if to_make:
-        import torch
+    items = runner.prepare(items)
+    result = parallel.run_batch(runner, items)
+    return {**result, **runner.engine.summary(), "prediction": _prediction(args, result, runner.requests, runner.engine)}
 
-        with cli.naming_plan(lambda: engine.plan):  # out of memory while loading names this plan
-            load_session(engine, args, load, clips=len(to_make))
-        try:
-            engine.session.encode(to_make)
-        except torch.OutOfMemoryError:
-            raise out_of_memory(engine.plan, "encoding the prompts") from None
 
-    current, done = [engine], set()
+class ClipBatch(batch.Runner):
+    """wan_video.py's --batch (batch.Runner): one model load for every clip, every prompt encoded first."""
 
-    def run_one(job: batch.Job) -> dict:
-        req = requests[job.index]
-        if job.index in skipped:
-            log.info("  %s is up to date: skipped", req.output)
-            return {"status": "skipped", "output": str(req.output), "reason": "up to date (same recipe)"}
-        # one writer per clip: a second run on it stops (exit 5); out of memory names the plan in use
-        with locks.output_lock(req.output), cli.naming_plan(lambda: current[0].plan):
-            if up_to_date(req, recipes[job.index]):  # another run made it since the batch was planned
-                return {"status": "skipped", "output": str(req.output),
-                        "reason": "made meanwhile by another run, with the same recipe"}
-            made = produce(current[0], req, recipes[job.index], reopen)
-        done.add(job.index)
-        return {"status": "ok", **made}
+    def __init__(self, args: argparse.Namespace, load: Load):
+        super().__init__(args)
+        self.load = load
+        self.engine: Engine | None = None
+        self.recipes: dict[int, dict] = {}
 
-    def reload(offload: str) -> None:
+    def current_plan(self):
+        return self.engine.plan if self.engine is not None else None
+
+    def resolve(self, job: batch.Job) -> Request:
+        req = resolve_request(job.args, distilled=self.load.distill is not None)
+        clash = self.clash(req.output)
+        if clash is not None:
+            raise CliError(f"job {job.index} writes {req.output}, like job {clash}", "give each job its own output")
+        if not req.output.parent.is_dir():
+            check_output(req.output, True, "output")  # names the missing folder
+        review.check_review_paths(req.output, req.overwrite, SCRIPT)
+        return req
+
+    def prepare(self, items: list) -> list:
+        """Plan memory for every clip, skip the up-to-date ones, refuse the ones made otherwise; then load the
+        model and encode the prompts of the clips to make. Returns the items to run."""
+        args, load = self.args, self.load
+        self.engine = engine = open_engine(args, load, list(self.requests.values()), session=False)
+        self.recipes = {i: recipe_for(req, load, engine.files, args.fp8_matmul) for i, req in self.requests.items()}
+        to_make = [to_job(req) for req in self.sort_out(self.requests).values()]
+        items = [batch.job_error(item.index, self.failed[item.index])  # refused before the run: no job's turn
+                 if isinstance(item, batch.Job) and item.index in self.failed else item for item in items]
+        if to_make:
+            import torch
+
+            with cli.naming_plan(lambda: engine.plan):  # out of memory while loading names this plan
+                load_session(engine, args, load, clips=len(to_make))
+            try:
+                engine.session.encode(to_make)
+            except torch.OutOfMemoryError:
+                raise out_of_memory(engine.plan, "encoding the prompts") from None
+        return items
+
+    def output(self, request: Request) -> Path:
+        return request.output
+
+    def describe(self, job: batch.Job) -> str:
+        return f"{self.requests[job.index].output}"
+
+    def up_to_date(self, index: int) -> bool:
+        return up_to_date(self.requests[index], self.recipes[index])
+
+    def skip(self, job: batch.Job, reason: str) -> dict:
+        if reason == self.up_to_date_reason:
+            log.info("  %s is up to date: skipped", self.requests[job.index].output)
+        return super().skip(job, reason)
+
+    def make(self, job: batch.Job) -> dict:
+        return {"status": "ok", **produce(self.engine, self.requests[job.index], self.recipes[job.index], self.reopen)}
+
+    def reload(self, offload: str) -> None:
         """--on-oom retry: the model again under --offload `offload`, with the prompts of the clips still to make."""
-        import gc
-
-        current[0].session = None
+        self.engine.session = None
         gc.collect()  # the old model's memory goes back before the new one loads
-        args.offload = offload
-        left = [req for i, req in requests.items() if i not in skipped and i not in refused and i not in done]
-        current[0] = open_engine(args, load, left, session=False)
-        load_session(current[0], args, load, clips=len(left))
-        current[0].session.encode([to_job(req) for req in left])
+        self.args.offload = offload
+        left = self.left()
+        self.engine = open_engine(self.args, self.load, left, session=False)
+        load_session(self.engine, self.args, self.load, clips=len(left))
+        self.engine.session.encode([to_job(req) for req in left])
 
-    def reopen(levers) -> Engine:
+    def reopen(self, levers) -> Engine:
         """A broken clip made with a suspect speed lever: the model again without it, for the clips left."""
-        judge.drop_levers(args, levers)
-        reload(args.offload)
-        return current[0]
-
-    retry = batch.oom_retry(args.on_oom, lambda: current[0].plan, reload)
-    with cli.naming_plan(lambda: current[0].plan):  # reloading under --on-oom retry
-        result = parallel.run_jobs(items, run_one, lambda job: f"{requests[job.index].output}", retry,
-                                   worker_dir=args.parallel_worker).to_dict()
-    return {**result, **current[0].summary(), "prediction": _prediction(args, result, requests, current[0])}
+        judge.drop_levers(self.args, levers)
+        self.reload(self.args.offload)
+        return self.engine
 
 
 def _prediction(args: argparse.Namespace, result: dict, requests: dict, engine: Engine) -> dict:
@@ -412,18 +420,6 @@ def _prediction(args: argparse.Namespace, result: dict, requests: dict, engine: 
     made = [(estimate.clip_item(requests[j["job"]]), j["seconds"]) for j in result["jobs"] if j["status"] == "ok"]
     return estimate.batch_prediction(made, engine.plan, hardware.probe(args.models_dir, args.device),
                                      models.standin_facts(engine.files.snapshot) is not None)
-
-
-def _batch_request(job: batch.Job, args: argparse.Namespace, load: Load, earlier: dict[int, Request]) -> Request:
-    job.args.overwrite = job.args.overwrite or args.overwrite
-    req = resolve_request(job.args, distilled=load.distill is not None)
-    clash = next((i for i, other in earlier.items() if other.output.resolve() == req.output.resolve()), None)
-    if clash is not None:
-        raise CliError(f"job {job.index} writes {req.output}, like job {clash}", "give each job its own output")
-    if not req.output.parent.is_dir():
-        check_output(req.output, True, "output")  # names the missing folder
-    review.check_review_paths(req.output, req.overwrite, SCRIPT)
-    return req
 
 
 def describe(result: dict) -> str:

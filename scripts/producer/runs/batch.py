@@ -19,6 +19,11 @@ rest "not_run" (exit 4); `--on-oom retry` reloads the model under the next more 
 default because a more frugal plan can be several times slower: the user decides, and the rerun skips
 what is finished.
 
+Both generation scripts run their batch through one Runner: resolve every job, load the model, then for each
+job skip it when its output is up to date, else generate and write it under the output's lock. A script
+subclasses Runner with its family's parts (resolving a job, checking and making its output, loading and
+reloading its model).
+
 Paths in a job are confined to the batch's production folder (producer.files.paths): no '..', no absolute
 path or symlink elsewhere, unless `--allow-outside` is given beside --batch.
 """
@@ -36,9 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from producer.cli import unexpected_error
+from producer.cli import naming_plan, unexpected_error
 from producer.errors import CliError, ExitCode, missing
-from producer.files import paths
+from producer.files import locks, paths
 from producer.files.inputs import regular_file
 from producer.files.outputs import deliver_late_signal
 from producer.values import load_json
@@ -217,6 +222,24 @@ def _negations(job: dict, negatable: set[str]) -> dict:
     return out
 
 
+def read_jobs(build: Callable[[], argparse.ArgumentParser], args: argparse.Namespace, path_options: set[str],
+              batch_only: set[str]) -> list[Job | CliError]:
+    """The jobs of `args.batch`, each parsed by the script's parser (`build()`), after refusing job options
+    beside --batch; --overwrite on the command line reaches every job."""
+    refuse_job_options(build(), args, batch_only)
+    entries = parse_jobs(build(), args.batch, path_options, batch_only, args.allow_outside)
+    for entry in entries:
+        if isinstance(entry, Job):
+            entry.args.overwrite = entry.args.overwrite or args.overwrite
+    return entries
+
+
+def job_error(index: int, err: CliError) -> CliError:
+    """`err` as job `index`'s failure: its message starts with "job N", and it carries the job's number."""
+    message = err.message if err.message.startswith("job ") else f"job {index}: {err.message}"
+    return CliError(message, err.fix, err.code, job=index)
+
+
 def parse_jobs(parser: argparse.ArgumentParser, batch_path: str | Path, path_options: set[str],
                batch_only: set[str], allow_outside: bool = False) -> list[Job | CliError]:
     """Every job parsed with the script's own parser; a job that does not parse is kept as its error.
@@ -232,8 +255,7 @@ def parse_jobs(parser: argparse.ArgumentParser, batch_path: str | Path, path_opt
                                root, long_options(parser))
             parsed.append(Job(i, _parse_job(parser, argv, i), raw))
         except CliError as err:
-            message = err.message if err.message.startswith("job ") else f"job {i}: {err.message}"
-            parsed.append(CliError(message, err.fix, err.code, job=i))
+            parsed.append(job_error(i, err))
     return parsed
 
 
@@ -330,3 +352,113 @@ def oom_retry(choice: str, current_plan: Callable[[], Any], reload: Callable[[st
         return True
 
     return retry
+
+
+MADE_MEANWHILE = "made meanwhile by another run, with the same recipe"
+
+
+class Runner:
+    """One script's batch, in one shape: resolve every job (resolve_all), plan and load the model (the
+    script's own step, or `start` at a job's turn), then for each job (run_one): skip it when its output is up
+    to date, else generate and write it under the output's lock. The family's parts are the methods marked
+    "hook"; runs.parallel.run_batch runs the jobs, here or in a scene worker."""
+
+    up_to_date_reason = "up to date (same recipe)"  # a job skipped because its output was up to date when planned
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.requests: dict[int, Any] = {}  # job index -> the family's resolved request
+        self.failed: dict[int, CliError] = {}  # resolved, but failed before its turn (the plan, loading, encoding)
+        self.skipped: set[int] = set()  # up to date when the model was planned
+        self.done: set[int] = set()  # made by this run
+        self.plan = None  # the memory plan in use (producer.sizing.memory.MemoryPlan)
+
+    # ---------------------------------------------------------------- the family's parts
+
+    def resolve(self, job: Job) -> Any:
+        """Hook: the job's request, from its parsed options; a CliError refuses the job."""
+        raise NotImplementedError
+
+    def output(self, request: Any) -> Path:
+        """Hook: the file a request writes."""
+        raise NotImplementedError
+
+    def up_to_date(self, index: int) -> bool:
+        """Hook: whether job `index`'s output exists with its recipe (raises for one made otherwise)."""
+        raise NotImplementedError
+
+    def make(self, job: Job) -> dict:
+        """Hook: generate and write the job's output (its lock is held); the job's result."""
+        raise NotImplementedError
+
+    def reload(self, offload: str) -> None:
+        """Hook, for --on-oom retry: the model again under --offload `offload`, for the jobs left."""
+        raise NotImplementedError
+
+    def start(self, job: Job) -> None:
+        """Hook: at a job's turn, before anything else, load the model it needs if that is not done yet."""
+
+    def describe(self, job: Job) -> str:
+        """Hook: the job in the progress log."""
+        return f"job {job.index}: {self.output(self.requests[job.index])}"
+
+    def skip(self, job: Job, reason: str) -> dict:
+        """Hook: the result of a job whose output is up to date."""
+        return {"status": "skipped", "output": str(self.output(self.requests[job.index])), "reason": reason}
+
+    def current_plan(self) -> Any:
+        return self.plan
+
+    # ---------------------------------------------------------------- the shared shape
+
+    def resolve_all(self, entries: list[Job | CliError]) -> list[Job | CliError]:
+        """Resolve each parsed job; a job that cannot be resolved becomes its error."""
+        items: list[Job | CliError] = []
+        for entry in entries:
+            if isinstance(entry, Job):
+                try:
+                    self.requests[entry.index] = self.resolve(entry)
+                except CliError as err:
+                    entry = job_error(entry.index, err)
+            items.append(entry)
+        return items
+
+    def clash(self, output: Path) -> int | None:
+        """The job resolved so far that writes `output` too, if any."""
+        return next((i for i, r in self.requests.items() if self.output(r).resolve() == output.resolve()), None)
+
+    def sort_out(self, indices) -> dict[int, Any]:
+        """The requests among `indices` to make: an up-to-date one is skipped, one made otherwise is failed."""
+        todo = {}
+        for index in indices:
+            try:
+                if self.up_to_date(index):
+                    self.skipped.add(index)
+                else:
+                    todo[index] = self.requests[index]
+            except CliError as err:
+                self.failed[index] = err
+        return todo
+
+    def left(self) -> list:
+        """The requests still to make."""
+        return [r for i, r in self.requests.items() if i not in self.skipped and i not in self.failed
+                and i not in self.done]
+
+    def run_one(self, job: Job) -> dict:
+        with naming_plan(self.current_plan):  # out of memory names the plan in use
+            self.start(job)
+            if job.index in self.failed:
+                raise self.failed[job.index]
+            if job.index in self.skipped:
+                return self.skip(job, self.up_to_date_reason)
+            # one writer per output: a second run on it stops (exit 5)
+            with locks.output_lock(self.output(self.requests[job.index])):
+                if self.up_to_date(job.index):  # another run made it since the batch was planned
+                    return self.skip(job, MADE_MEANWHILE)
+                result = self.make(job)
+        self.done.add(job.index)
+        return result
+
+    def retry_oom(self) -> Callable[[Job], bool] | None:
+        return oom_retry(self.args.on_oom, self.current_plan, self.reload)

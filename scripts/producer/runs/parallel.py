@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from producer.cli import peak_memory
+from producer.cli import naming_plan, peak_memory
 from producer.errors import CliError, ExitCode
 from producer.files.outputs import write_json_atomic
 from producer.runs import batch, parallel_merge
@@ -423,3 +423,11 @@ def wan_session_class(args: argparse.Namespace):
     from producer.engines.wan.wan import WanSession
 
     return WanSession
+
+
+def run_batch(runner: batch.Runner, items: list) -> dict:
+    """A script's batch (batch.Runner) over `items` (its jobs in running order), here or in a scene worker
+    (the script's --parallel-worker); the report as a dict."""
+    with naming_plan(runner.current_plan):  # reloading under --on-oom retry names the plan
+        return run_jobs(items, runner.run_one, runner.describe, runner.retry_oom(),
+                        worker_dir=runner.args.parallel_worker).to_dict()
