@@ -5,9 +5,9 @@ carries the two other spellings of the same choice: the `--offload` value a user
 plan's name as printed and in JSON (`group-offload`). Code compares against the members; the strings
 appear here only, so nothing translates one spelling into another elsewhere.
 
-"Resident" means one thing throughout: the weights are whole on the GPU while the component runs (`gpu`,
-or `model_offload`, which moves a whole model onto the card for its turn). A plan named `resident` keeps
-every weight there all the time; a resident block stays on the card under group offload.
+"Resident" means one thing throughout: the weights stay on the GPU for the whole run (placement `gpu`, the
+plan named `resident`, the resident blocks a group-offload plan keeps on the card). A `model_offload` component
+is not resident: it is on the GPU whole only while it runs (`runs_whole_on_gpu`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,12 @@ class Placement(StrEnum):
 
     @property
     def resident(self) -> bool:
-        """The weights are whole on the GPU while the component runs (see the module doc)."""
+        """The weights stay on the GPU for the whole run (see the module doc)."""
+        return self is Placement.GPU
+
+    @property
+    def runs_whole_on_gpu(self) -> bool:
+        """The whole component is on the GPU while it runs: resident, or brought in whole for its turn."""
         return self in (Placement.GPU, Placement.MODEL_OFFLOAD)
 
     @property
