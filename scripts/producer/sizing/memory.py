@@ -453,7 +453,8 @@ def plan_table_markdown(family: str) -> str:
     rows = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v, r, p in plan_table(family):
         experts = str(p.experts_in_ram) if "transformer_2" in p.components else "-"
-        on_gpu = {Placement.GPU: "all", Placement.GROUP_OFFLOAD: f"{p.resident_blocks} / {p.blocks}"}.get(p.placement, "-")
+        blocks_on_gpu = {Placement.GPU: "all", Placement.GROUP_OFFLOAD: f"{p.resident_blocks} / {p.blocks}"}
+        on_gpu = blocks_on_gpu.get(p.placement, "-")
         streamed = f"{p.streamed_bytes / GiB:.1f}" if p.streamed_bytes else "-"
         rows.append(f"| {v} | {r} | {p.name} | {p.weights} | {experts} | {on_gpu} | {streamed} | {p.text_encoder} | "
                     f"{'tiled' if p.vae_tiling else 'whole'} | {p.peak_vram / GiB:.1f} | {p.peak_ram / GiB:.1f} | "
