@@ -282,7 +282,6 @@ def install_expert_swap(pipe, device: torch.device) -> None:
                 other.to("cpu", non_blocking=True)
             if _device_of(mine) != device:
                 mine.to(device)
-            return None
 
         return bring_in
 
