@@ -61,13 +61,6 @@ NEVER_REFUSE = [
     "flicker_ratio=1e9",
     "flicker_floor=1e9",
 ]
-OFFLOAD = {
-    "resident": "none",
-    "expert-swap": "model",
-    "model-offload": "model",
-    "group-offload": "group",
-    "sequential": "sequential",
-}
 LOAD_STAGES = ("load_experts", "load_transformer", "place", "lora_load")  # the first job's: the load once
 
 
@@ -116,7 +109,8 @@ def choices(family: str, config: str) -> dict:
     if plan is None:
         return {"offload": "auto", "weights": "gguf-q4"}
     form = plan.weights if plan.weights in ("gguf-q4", "gguf-q8") else "gguf-q4"
-    return {"offload": OFFLOAD.get(plan.name, "auto"), "weights": form, "machine_plan": plan.summary()}
+    offload = plan.placement.offload or "auto"  # the --offload value that asks for this plan (none asks for cpu)
+    return {"offload": offload, "weights": form, "machine_plan": plan.summary()}
 
 
 def _machine(config: str) -> dict:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from benchmark import LEVERS, TINY, WORKLOADS, cap_gib, plan_machine
 from PIL import Image
+from producer.sizing.placement import Placement
 
 GiB = 1024**3
 
@@ -150,7 +151,7 @@ def _footprint(family: str, modules: dict, size: str):
                    text_encoder_params=1_000_000, vae_params=sum(p.numel() for p in modules["vae"].parameters()))
 
 
-def _speed(config: str, device: str, placement: str):
+def _speed(config: str, device: str, placement: Placement):
     from producer.sizing import speed
 
     lever = LEVERS.get(config, {})
@@ -250,7 +251,7 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
     else:
         built = _to_form([pipe.transformer, pipe.transformer_2], form, dtype)
         for name in ("transformer", "transformer_2"):
-            if plan.components[name].placement != "gpu":
+            if plan.components[name].placement is not Placement.GPU:
                 fullsize.move_to_host(getattr(pipe, name))
     _apply_cap(config, device)
     speed_choice = _speed(config, device, plan.components["transformer"].placement)
@@ -398,7 +399,7 @@ def run_wan_text(args, workload: str, config: str, device: str) -> dict:
     dtype = _dtype(args.size, device)
     encoder = fullsize.umt5_encoder(args.size, device, dtype)
     plan = _machine_plan("wan", config)
-    placement = plan.text_encoder if plan else "gpu"
+    placement = plan.text_encoder if plan else Placement.GPU
     gen = torch.Generator("cpu").manual_seed(0)
     ids = torch.randint(0, encoder.config.vocab_size, (1, fullsize.WAN_TEXT_TOKENS), generator=gen).to(device)
 
@@ -407,7 +408,7 @@ def run_wan_text(args, workload: str, config: str, device: str) -> dict:
             return encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
 
     reference = encode().float().cpu()  # where it was built, to check that the placement changes nothing
-    if placement != "gpu":
+    if placement is not Placement.GPU:
         fullsize.move_to_host(encoder)
     _apply_cap(config, device)
     offload.place_text_encoder(encoder, placement, torch.device(device))
@@ -442,7 +443,7 @@ def run_qwen(args, workload: str, config: str, device: str) -> dict:
     plan = _plan("qwen", _footprint("qwen", parts, args.size), memory.qwen_workload(width, height, refs), config,
                  device)
     built = _to_form([pipe.transformer], form, dtype)
-    if plan.components["transformer"].placement != "gpu":
+    if plan.components["transformer"].placement is not Placement.GPU:
         fullsize.move_to_host(pipe.transformer)
     _apply_cap(config, device)
     notes = _levers([pipe.transformer], _speed(config, device, plan.components["transformer"].placement))

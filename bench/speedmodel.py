@@ -28,6 +28,7 @@ from benchmark import LEVERS, WORKLOADS, cap_gib
 from producer.sizing import estimate, memory
 
 WRITING = "bench/results/2026-11-29-writing-2core.json"  # per-item writing cost (bench/writing.py)
+RESIDENT = estimate.RESIDENT  # the plan every other one is measured against
 # Assumptions the results cannot give; each says where its number comes from.
 ASSUMPTIONS = {
     # Qwen under a 10 GiB cap on the H200 (bf16 streamed, link-bound): 0.83 s a forward for 40.9 GB of weights,
@@ -84,7 +85,7 @@ def entry_of(run: dict, gpu: str, source: str) -> dict | None:
     forwards = steps * (2 if cfg else 1)
     denoise = sec["high_expert"] + sec["low_expert"] if family == "wan" else sec["denoise"]
     config = run["config"]
-    plan = "resident" if config == "plain" else run["plan"].split(",")[0].removeprefix("plan ")
+    plan = RESIDENT if config == "plain" else run["plan"].split(",")[0].removeprefix("plan ")
     weights = run.get("weights") or ("bf16" if config == "plain" else run["plan"].split("weights ")[1].split(",")[0])
     lever = LEVERS.get(config, {})
     levers = (["compile"] if lever.get("compile") == "on" else []) + (["fp8-matmul"] if lever.get("fp8_matmul") else [])
@@ -119,7 +120,8 @@ def entry_of(run: dict, gpu: str, source: str) -> dict | None:
 def text_entry(run: dict, gpu: str, source: str) -> dict | None:
     if run.get("error") or WORKLOADS.get(run["workload"], ("",))[0] != "wan-text":
         return None
-    placement = "gpu" if run["config"] == "plain" else run.get("text_encoder", "group_offload")
+    streamed = run.get("text_encoder", memory.Placement.GROUP_OFFLOAD)
+    placement = memory.Placement.GPU if run["config"] == "plain" else streamed
     return {"placement": placement, "seconds": run["seconds"]["encode"], "gpu": gpu, "source": source}
 
 
@@ -139,7 +141,7 @@ def token_curves(entries: list[dict]) -> dict:
     for family in ("wan", "qwen"):
         by_gpu: dict[str, dict[int, float]] = {}
         for e in entries:
-            if (e["family"], e["plan"], e["weights"], e["levers"], e["cfg"]) == (family, "resident", "bf16", [], False):
+            if (e["family"], e["plan"], e["weights"], e["levers"], e["cfg"]) == (family, RESIDENT, "bf16", [], False):
                 by_gpu.setdefault(e["gpu"], {})[e["tokens"]] = e["forward_s"]
         gpu, points = max(by_gpu.items(), key=lambda kv: (len(kv[1]), kv[0]))
         if len(points) < 2:
@@ -217,15 +219,9 @@ def compare(data: dict, model: dict, source: str = "") -> list[dict]:
     rows = []
     for run in data["runs"]:
         e = entry_of(run, data["environment"].get("gpu", "CPU"), source)
-        if e is None or e["plan"] == "cpu":  # the speed model covers GPUs only
+        if e is None or e["plan"] == memory.Placement.CPU.plan:  # the speed model covers GPUs only
             continue
-        offload = {
-            "resident": "none",
-            "group-offload": "group",
-            "expert-swap": "model",
-            "model-offload": "model",
-            "sequential": "sequential",
-        }[e["plan"]]
+        offload = memory.Placement.of_plan(e["plan"]).offload
         footprint = estimate.FOOTPRINTS[e["family"]]
         work = (
             memory.wan_workload(e["width"], e["height"], e["frames"])

@@ -4,6 +4,7 @@ docs/memory-plan.md explains each row; the test also checks that the page's tabl
 code produces, so the page cannot drift.
 """
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -183,6 +184,33 @@ def test_next_offload_walks_towards_frugality():
     seq = memory.plan_memory(from_sizes(10, 32), memory.WAN_FOOTPRINT, memory.wan_workload(832, 480, 81),
                              offload="sequential")
     assert memory.next_offload(seq) is None
+
+
+@pytest.mark.parametrize("offload, placement, plan_name, json_name", [
+    ("none", "gpu", "resident", "resident"),
+    ("model", "model_offload", "model-offload", "expert-swap"),  # two experts swapped: Wan's name for it
+    ("group", "group_offload", "group-offload", "group-offload"),
+    ("sequential", "sequential", "sequential", "sequential"),
+])
+def test_one_placement_type_owns_the_three_spellings(offload, placement, plan_name, json_name):
+    member = memory.Placement.of_offload(offload)
+    assert (member, member.offload, member.plan_name(1), member.plan_name(2)) == (placement, offload, plan_name,
+                                                                                 json_name)
+    assert memory.Placement.of_plan(json_name) is member is memory.Placement(placement)
+    plan = memory.plan_memory(from_sizes(141, 128), memory.WAN_FOOTPRINT, memory.wan_workload(832, 480, 81),
+                              offload=offload)
+    assert plan.placement is member
+    # The JSON carries the same strings as before the type: plain values, never the member's repr.
+    out = json.loads(json.dumps(plan.to_dict()))
+    assert out["name"] == json_name and out["components"]["transformer"].startswith(f"{placement} (")
+    assert out["text_encoder"] == "gpu" and out["components"]["vae"] == "gpu (bf16)"
+    assert memory.OFFLOAD_CHOICES == ("auto", "none", "model", "group", "sequential")
+
+
+def test_cpu_plans_say_cpu_and_have_no_more_frugal_offload():
+    plan = memory.plan_memory(from_sizes(0, 128), memory.WAN_FOOTPRINT, memory.wan_workload(832, 480, 81))
+    assert (plan.placement, plan.name, plan.text_encoder, memory.next_offload(plan)) == ("cpu", "cpu", "cpu", None)
+    assert memory.Placement.CPU.offload is None and not memory.Placement.CPU.resident
 
 
 def test_the_plan_line_quoted_in_the_reference_is_what_the_code_prints():

@@ -2,6 +2,7 @@
 
 import torch
 from producer.sizing import offload
+from producer.sizing.placement import Placement
 
 
 def _model():
@@ -149,7 +150,7 @@ def test_resident_blocks_stay_out_of_group_offloading_and_compute_the_same():
          "encoder_hidden_states": torch.randn(1, 8, expert.config.text_dim), "return_dict": False}
     with torch.no_grad():
         before = expert(**x)[0]
-        offload.place_module(expert, "group_offload", torch.device("cpu"), resident_blocks=2)
+        offload.place_module(expert, Placement.GROUP_OFFLOAD, torch.device("cpu"), resident_blocks=2)
         after = expert(**x)[0]
     assert list(expert.blocks) == blocks and offload.block_list(expert) == ("blocks", expert.blocks)
     resident = offload.resident_indices(5, 2)
@@ -165,7 +166,7 @@ def test_without_resident_blocks_every_block_streams():
 
     model = QwenImageTransformer2DModel(**{**standin_models.QWEN_EDIT_TRANSFORMER_CONFIG, "num_layers": 3})
     assert offload.block_list(model)[0] == "transformer_blocks"
-    offload.place_module(model, "group_offload", torch.device("cpu"))
+    offload.place_module(model, Placement.GROUP_OFFLOAD, torch.device("cpu"))
     assert all(_hooked(b) for b in model.transformer_blocks)
 
 
@@ -210,7 +211,7 @@ def test_dequantize_on_arrival_hands_each_block_its_weights_and_puts_the_gguf_on
     events = []
     original = arrival._dequantize
     monkeypatch.setattr(arrival, "_dequantize", lambda w: events.append(("dequantize", w[0][0])) or original(w))
-    offload.place_module(expert, "group_offload", torch.device("cpu"), dequantize_on_arrival=True)
+    offload.place_module(expert, Placement.GROUP_OFFLOAD, torch.device("cpu"), dequantize_on_arrival=True)
     first, second = expert.blocks
     hooks = [HookRegistry.check_if_exists_or_initialize(b).get_hook(arrival.HOOK) for b in (first, second)]
     assert all(h is not None and h.weights for h in hooks)

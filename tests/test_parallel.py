@@ -203,6 +203,24 @@ def test_video_tokens_per_clip():
     assert tokens(64, 64, 9) == 3 * 4 * 4
 
 
+@pytest.mark.parametrize("offload, refused", [("none", False), ("model", False), ("group", True),
+                                              ("sequential", True)])
+def test_context_parallel_refuses_only_streamed_experts(offload, refused):
+    from producer.engines.wan import context_parallel as cp
+    from producer.facts.hardware import from_sizes
+    from producer.sizing import memory
+
+    plan = memory.plan_memory(from_sizes(141, 128), memory.WAN_FOOTPRINT, memory.wan_workload(832, 480, 81),
+                              offload=offload)
+    if not refused:
+        cp.refuse_streamed_experts(plan)
+        return
+    with pytest.raises(CliError, match=f"but plan {plan.name} streams them") as info:
+        cp.refuse_streamed_experts(plan)
+    assert info.value.code == ExitCode.OUT_OF_MEMORY
+    assert f"(transformer: {plan.components['transformer'].placement.value}, " in info.value.message
+
+
 # ---------------------------------------------------------------- real runs: CPU processes under torchrun
 
 

@@ -32,13 +32,14 @@ from pathlib import Path
 
 from producer.facts.hardware import Hardware
 from producer.sizing import memory
+from producer.sizing.placement import Placement
 
 DATA = Path(__file__).resolve().parents[1] / "data"  # scripts/producer/data
 SPEED_MODEL = DATA / "speed-model.json"
 GPUS = DATA / "gpus.json"
 # GB/s per lane and direction after line encoding (PCI-SIG base specifications: 2.5, 5, 8, 16, 32, 64 GT/s).
 PCIE_LANE_GB_S = {1: 0.25, 2: 0.5, 3: 0.985, 4: 1.969, 5: 3.938, 6: 7.877}
-STREAMING = ("group-offload", "sequential")  # plans that move the denoiser's weights at every forward
+RESIDENT = Placement.GPU.plan  # the plan every other one is measured against
 NO_GPU = "the speed model covers NVIDIA GPUs only; without one expect hours per item with the real models"
 FOOTPRINTS = {"wan": memory.WAN_FOOTPRINT, "qwen": memory.QWEN_FOOTPRINT}
 
@@ -152,7 +153,7 @@ def find_entry(
         (
             lambda e: e["plan"] == plan_name and e["weights"] == weights,
             lambda e: e["plan"] == plan_name,
-            lambda e: e["plan"] == "resident" and e["weights"] == "bf16",
+            lambda e: e["plan"] == RESIDENT and e["weights"] == "bf16",
         )
     ):
         found = [e for e in same_family if pick(e)]
@@ -202,10 +203,11 @@ def predict_item(
     measured_on = gpu_spec(entry["gpu"])
     a = model["assumptions"]
     forward = _forward(model, entry, item, gpu)
-    if plan.name in STREAMING and entry["plan"] in STREAMING:
+    streams = plan.placement.streams  # the denoiser's weights cross the host link at every forward
+    if streams and Placement.of_plan(entry["plan"]).streams:
         forward = _with_resident_blocks(model, forward, entry, item, plan, gpu, notes)
     link = host_link or gpu.link
-    if plan.name in STREAMING:
+    if streams:
         one = FOOTPRINTS[item.family].denoiser_params * memory.BYTES_PER_PARAM[plan.weights]
         floor = (plan.streamed_bytes or one) / 1e9 / link_gb_s(link, a["link_efficiency"])
         if floor > forward:
@@ -248,7 +250,7 @@ def _with_resident_blocks(model: dict, forward: float, entry: dict, item: Item, 
     measured_share = entry.get("streamed_share", 1.0)
     if abs(plan.streamed_share - measured_share) < 1e-9:
         return forward
-    resident_entry, _ = find_entry(model, item, "resident", plan.weights, tuple(entry["levers"]), gpu.name)
+    resident_entry, _ = find_entry(model, item, RESIDENT, plan.weights, tuple(entry["levers"]), gpu.name)
     if resident_entry is None:
         return forward
     resident = _forward(model, resident_entry, item, gpu)
@@ -257,12 +259,12 @@ def _with_resident_blocks(model: dict, forward: float, entry: dict, item: Item, 
     return resident + max(0.0, forward - resident) * plan.streamed_share / measured_share
 
 
-def text_seconds(family: str, placement: str, gpu: Gpu, model: dict | None = None) -> float:
+def text_seconds(family: str, placement: Placement, gpu: Gpu, model: dict | None = None) -> float:
     """One prompt through the family's text encoder, placed as the plan places it (measured for Wan's UMT5;
     Qwen's is scaled by its parameters, stated in the data's assumptions)."""
     model = model or speed_model()
     entries = [e for e in model["text"] if e["placement"] == placement] or model["text"]
-    e = min(entries, key=lambda e: e["seconds"] if placement == "gpu" else -e["seconds"])
+    e = min(entries, key=lambda e: e["seconds"] if placement == Placement.GPU else -e["seconds"])
     factor = FOOTPRINTS[family].text_encoder_params / FOOTPRINTS["wan"].text_encoder_params
     return e["seconds"] * factor * carry(model, "forward", gpu_spec(e["gpu"]), gpu)
 

@@ -5,9 +5,10 @@ docs/memory-plan.md, `setup_diffusers.py --check`) and unit-tested as a table. `
 carries a plan out on a loaded pipeline.
 
 Vocabulary
-- placement of a component: `gpu` (resident), `model_offload` (moved to the GPU whole while it runs),
-  `group_offload` (block by block, prefetched on a CUDA stream), `sequential` (layer by layer, no
-  prefetch: the last resort), `cpu` (runs on the CPU).
+- placement of a component: a `Placement` (producer.sizing.placement, which also owns the --offload values and
+  the plan names): `gpu` (resident), `model_offload` (moved to the GPU whole while it runs), `group_offload`
+  (block by block, prefetched on a CUDA stream), `sequential` (layer by layer, no prefetch: the last resort),
+  `cpu` (runs on the CPU).
 - weights of a denoiser: `bf16`, `fp8` (fp8 storage, bf16 compute: diffusers layerwise casting),
   `gguf-q8`, `gguf-q4` (GGUF files, dequantised per layer), `fp32` (tiny models on a CPU).
 - experts_in_ram (Wan): 2 keeps both experts in host RAM; 1 reloads each from disk at its turn.
@@ -24,8 +25,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 from producer.facts import registry
 from producer.facts.hardware import GiB, Hardware
+from producer.sizing.placement import AUTO, FRUGALITY, OFFLOAD_CHOICES, Placement
 
-OFFLOAD_CHOICES = ("auto", "none", "model", "group", "sequential")
+__all__ = ["OFFLOAD_CHOICES", "Placement"]  # re-exported: the --offload choices and the placement type
 WEIGHT_CHOICES = ("auto", "bf16", "fp8", "gguf-q8", "gguf-q4")
 
 # Bytes per parameter of each weight form. GGUF figures are file size / parameters of the published
@@ -101,7 +103,7 @@ def qwen_workload(width: int, height: int, references: int) -> Workload:
 
 @dataclass(frozen=True)
 class ComponentPlan:
-    placement: str
+    placement: Placement
     weights: str = "bf16"
 
     def __str__(self) -> str:
@@ -117,7 +119,7 @@ class MemoryPlan:
     weights: str  # form of the denoiser weights (bf16, fp8, gguf-q8, gguf-q4, fp32)
     experts_in_ram: int
     vae_tiling: bool
-    text_encoder: str  # where prompts are encoded: gpu | group_offload | cpu (freed once prompts are encoded)
+    text_encoder: Placement  # where prompts are encoded: gpu | group_offload | cpu (freed once they are encoded)
     peak_vram: int
     peak_ram: int
     fits: bool
@@ -128,6 +130,11 @@ class MemoryPlan:
     blocks: int = 0  # transformer blocks of each denoiser
     streamed_bytes: int = 0  # weights of one denoiser that cross the host link at every forward
     dequantize_on_arrival: bool = False  # GGUF streamed blocks dequantized on the copy stream as they arrive
+
+    @property
+    def placement(self) -> Placement:
+        """Where the denoisers live (the plan's name says the same: `Placement.of_plan`)."""
+        return next(c.placement for name, c in self.components.items() if name.startswith("transformer"))
 
     @property
     def streamed_share(self) -> float:
@@ -168,16 +175,16 @@ def decode_bytes(model: ModelFootprint, work: Workload, tiled: bool) -> int:
     return model.vae_tiled_bytes if tiled else work.decode_pixels * model.vae_bytes_per_pixel
 
 
-def _denoise_vram(model: ModelFootprint, offload: str, weights: str, act: int) -> int:
-    """VRAM held while denoising, for one offload strategy."""
+def _denoise_vram(model: ModelFootprint, place: Placement, weights: str, act: int) -> int:
+    """VRAM held while denoising, for one placement of the denoisers."""
     one = _bytes(model.denoiser_params, weights)
     vae = _bytes(model.vae_params, "bf16")
-    if offload == "none":
+    if place is Placement.GPU:
         return len(model.denoisers) * one + act + vae
-    if offload == "model":
+    if place is Placement.MODEL_OFFLOAD:
         return one + act + vae
     block = one // model.denoiser_blocks
-    if offload == "group":
+    if place is Placement.GROUP_OFFLOAD:
         # Embeddings, norms and the head stay outside the blocks: ~1% of the weights.
         return BLOCKS_IN_FLIGHT * block + one // 100 + act + vae
     # sequential: layer by layer; the largest layer is an FFN matrix (~1/6 of a block)
@@ -209,12 +216,12 @@ def _text_on_gpu(model: ModelFootprint, budget: int) -> bool:
     return _bytes(model.text_encoder_params, "bf16") + TEXT_ENCODER_ACTIVATIONS <= budget
 
 
-def _host_ram(model: ModelFootprint, offload: str, weights: str, experts_in_ram: int, text_on_gpu: bool) -> int:
+def _host_ram(model: ModelFootprint, place: Placement, weights: str, experts_in_ram: int, text_on_gpu: bool) -> int:
     """Peak host RAM: the larger of the encode stage (text encoder) and the denoise stage."""
     one = _bytes(model.denoiser_params, weights)
     # An encoder that fits the GPU loads straight onto it; one that streams from RAM is held there.
     text = LOAD_OVERHEAD if text_on_gpu else _bytes(model.text_encoder_params, "bf16")
-    if offload == "none":
+    if place is Placement.GPU:
         # Loaded straight onto the GPU; GGUF and fp8 pass through the host one denoiser at a time.
         held = 0 if weights == "bf16" else one
     else:
@@ -226,7 +233,7 @@ def _host_ram(model: ModelFootprint, offload: str, weights: str, experts_in_ram:
 
 
 def _candidates(model: ModelFootprint, offload: str, weights: str, installed: frozenset[str] | None):
-    """(experts_in_ram, form, offload) in order of preference.
+    """(experts_in_ram, form, placement of the denoisers) in order of preference.
 
     Both experts in RAM before one (a disk reload per clip is slow); then best quality first; then the
     fastest offload. Sequential offload comes only after every form failed without it.
@@ -245,21 +252,22 @@ def _candidates(model: ModelFootprint, offload: str, weights: str, installed: fr
         for experts in ((n, 1) if n > 1 else (1,)):
             for form in forms:
                 for off in (offloads if experts == n else _swap_first(offloads)):
-                    if off == "none" and experts < n:
+                    if off is Placement.GPU and experts < n:
                         continue  # resident weights are all loaded; RAM holds none of them
                     yield experts, form, off
 
 
-def _offload_tiers(offload: str, denoisers: int) -> tuple[tuple[str, ...], ...]:
-    """The offload strategies to try, fastest first, in two rounds (sequential only when all else failed)."""
-    if offload != "auto":
-        return ((offload,),)
-    return (("none", "group", "model") if denoisers > 1 else ("none", "group")), ("sequential",)
+def _offload_tiers(offload: str, denoisers: int) -> tuple[tuple[Placement, ...], ...]:
+    """The placements to try, fastest first, in two rounds (sequential only when all else failed)."""
+    if offload != AUTO:
+        return ((Placement.of_offload(offload),),)
+    gpu, model, group = Placement.GPU, Placement.MODEL_OFFLOAD, Placement.GROUP_OFFLOAD
+    return ((gpu, group, model) if denoisers > 1 else (gpu, group)), (Placement.SEQUENTIAL,)
 
 
-def _swap_first(offloads: tuple[str, ...]) -> tuple[str, ...]:
+def _swap_first(offloads: tuple[Placement, ...]) -> tuple[Placement, ...]:
     """One expert in RAM: a whole expert on the card (it is read from disk at its turn) before streaming."""
-    return tuple(sorted(offloads, key=lambda off: {"model": 0}.get(off, 1))) if "model" in offloads else offloads
+    return tuple(sorted(offloads, key=lambda off: off is not Placement.MODEL_OFFLOAD))
 
 
 def plan_memory(hw: Hardware, model: ModelFootprint, work: Workload, offload: str = "auto",
@@ -280,7 +288,7 @@ def plan_memory(hw: Hardware, model: ModelFootprint, work: Workload, offload: st
         raise ValueError(f"weights must be one of {WEIGHT_CHOICES}, not {weights!r}")
     if not hw.has_gpu:
         return _cpu_plan(hw, model, weights)
-    if max_resident_blocks is None and offload == "group":
+    if max_resident_blocks is None and offload == Placement.GROUP_OFFLOAD.offload:
         max_resident_blocks = 0
 
     act = activation_bytes(model, work)
@@ -306,8 +314,8 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_reside
     act = activation_bytes(model, work)
     vram_budget = hw.vram_total - VRAM_RESERVE
     denoise_vram = _denoise_vram(model, off, form, act)
-    text_placement = "gpu" if _text_on_gpu(model, vram_budget) else "group_offload"
-    resident = denoise_vram - act if off == "none" else 0
+    text_placement = Placement.GPU if _text_on_gpu(model, vram_budget) else Placement.GROUP_OFFLOAD
+    resident = denoise_vram - act if off is Placement.GPU else 0
     tiled = resident + decode_bytes(model, work, tiled=False) > vram_budget
     decode_vram = resident + decode_bytes(model, work, tiled)
     kept, one = 0, _bytes(model.denoiser_params, form)
@@ -315,7 +323,7 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_reside
     # What the optional levers may fill: the budget, or less where other programs (a desktop) already hold
     # part of the card; what the streamed plan itself needs is checked against the card as before.
     room_budget = min(vram_budget, hw.vram_free) if hw.vram_free else vram_budget
-    if dequantize and off == "group" and form.startswith("gguf"):
+    if dequantize and off is Placement.GROUP_OFFLOAD and form.startswith("gguf"):
         # The blocks in flight also hold their bf16 form (counted whole for both, a little cautious).
         extra = BLOCKS_IN_FLIGHT * block_bytes(model, "bf16")
         dequantize = denoise_vram + extra <= RESIDENT_FILL * room_budget
@@ -325,35 +333,31 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_reside
             notes.append("no VRAM to dequantize streamed blocks on arrival: dequantized in each layer")
     else:
         dequantize = False
-    if off == "group" and vram_ok:
+    if off is Placement.GROUP_OFFLOAD and vram_ok:
         # Partial residency: whole blocks fill what the streamed denoise and the decode leave; they stay on
         # the card through the decode too, so both stages grow by them.
         kept = resident_blocks(model, form, max(denoise_vram, decode_vram), room_budget, max_resident)
         denoise_vram += kept * len(model.denoisers) * block_bytes(model, form)
         decode_vram += kept * len(model.denoisers) * block_bytes(model, form)
-    streamed = {"none": 0, "model": 0}.get(off, one - kept * block_bytes(model, form))
+    streamed = one - kept * block_bytes(model, form) if off.streams else 0
     text = _bytes(model.text_encoder_params, "bf16")
-    encode_vram = (text if text_placement == "gpu" else text // 10) + TEXT_ENCODER_ACTIVATIONS
+    encode_vram = (text if text_placement is Placement.GPU else text // 10) + TEXT_ENCODER_ACTIVATIONS
     peak_vram = max(denoise_vram, decode_vram, encode_vram)
-    peak_ram = _host_ram(model, off, form, experts, text_placement == "gpu")
+    peak_ram = _host_ram(model, off, form, experts, text_placement is Placement.GPU)
     fits = vram_ok and ram_ok
 
     if experts == 1 and len(model.denoisers) > 1:
         notes.append("each expert is read from disk at its turn (RAM cannot hold both)")
     if form == "fp8":
         notes.append("fp8 weight storage: small numerical change against bf16")
-    name = {"none": "resident", "model": "expert-swap", "group": "group-offload", "sequential": "sequential"}[off]
-    if off == "model" and len(model.denoisers) == 1:
-        name = "model-offload"
-    components = {d: ComponentPlan("gpu" if off == "none" else {"model": "model_offload", "group": "group_offload",
-                                                                  "sequential": "sequential"}[off], form)
-                  for d in model.denoisers}
+    name = off.plan_name(len(model.denoisers))
+    components = {d: ComponentPlan(off, form) for d in model.denoisers}
     components["text_encoder"] = ComponentPlan(text_placement, "bf16")
-    components["vae"] = ComponentPlan("gpu", "bf16")
+    components["vae"] = ComponentPlan(Placement.GPU, "bf16")
     return MemoryPlan(name=name, device=hw.device, dtype="bfloat16", components=components, weights=form,
                       experts_in_ram=experts, vae_tiling=tiled, text_encoder=text_placement,
                       peak_vram=int(peak_vram), peak_ram=int(peak_ram), fits=fits,
-                      reason=_reason(hw, model, name, form, act, fits, vram_ok, ram_ok, streamed),
+                      reason=_reason(hw, model, off, form, act, fits, vram_ok, ram_ok, streamed),
                       advice="" if fits else _advice(model, vram_ok, ram_ok, peak_ram), notes=tuple(notes),
                       resident_blocks=kept, blocks=model.denoiser_blocks, streamed_bytes=int(streamed),
                       dequantize_on_arrival=dequantize)
@@ -370,28 +374,30 @@ def _cpu_plan(hw: Hardware, model: ModelFootprint, weights: str) -> MemoryPlan:
     if form == "fp32":
         need = total * 4 + RAM_RESERVE // 4
     fits = need <= hw.ram_total
-    components = {d: ComponentPlan("cpu", form) for d in model.denoisers}
-    components["text_encoder"] = ComponentPlan("cpu", "bf16" if form != "fp32" else "fp32")
-    components["vae"] = ComponentPlan("cpu", "bf16" if form != "fp32" else "fp32")
+    components = {d: ComponentPlan(Placement.CPU, form) for d in model.denoisers}
+    components["text_encoder"] = ComponentPlan(Placement.CPU, "bf16" if form != "fp32" else "fp32")
+    components["vae"] = ComponentPlan(Placement.CPU, "bf16" if form != "fp32" else "fp32")
     reason = "no GPU: everything runs on the CPU" + ("" if form == "fp32" else " (hours per item with the real models)")
-    return MemoryPlan(name="cpu", device="cpu", dtype=dtype, components=components, weights=form,
-                      experts_in_ram=len(model.denoisers), vae_tiling=False, text_encoder="cpu", peak_vram=0,
+    return MemoryPlan(name=Placement.CPU.plan, device="cpu", dtype=dtype, components=components, weights=form,
+                      experts_in_ram=len(model.denoisers), vae_tiling=False, text_encoder=Placement.CPU, peak_vram=0,
                       peak_ram=int(need), fits=fits, reason=reason,
                       advice="" if fits else f"needs ~{need / GiB:.0f} GiB of RAM; use a machine with a GPU")
 
 
-def _reason(hw, model, name, form, act, fits, vram_ok, ram_ok, streamed=0) -> str:
+def _reason(hw, model, off, form, act, fits, vram_ok, ram_ok, streamed=0) -> str:
     card = f"{hw.vram_total / GiB:.0f} GiB GPU, {hw.ram_total / GiB:.0f} GiB RAM"
     one = _bytes(model.denoiser_params, form) / GiB
     part = f"{streamed / GiB:.1f} of " if streamed and streamed < one * GiB else ""
+    name = off.plan_name(len(model.denoisers))
     what = {
-        "resident": f"all weights stay on the GPU ({len(model.denoisers)} x {one:.1f} GiB {form})",
-        "expert-swap": f"one {one:.1f} GiB expert on the GPU at a time, swapped at the boundary",
-        "model-offload": f"the {one:.1f} GiB transformer moves to the GPU for denoising only",
-        "group-offload": f"{part}{one:.1f} GiB {form} weights stream block by block from RAM "
-                         f"({act / GiB:.1f} GiB activations)",
-        "sequential": "layer-by-layer offload (slow): nothing else fits",
-    }[name]
+        Placement.GPU: f"all weights stay on the GPU ({len(model.denoisers)} x {one:.1f} GiB {form})",
+        Placement.MODEL_OFFLOAD: f"one {one:.1f} GiB expert on the GPU at a time, swapped at the boundary"
+                                 if len(model.denoisers) > 1 else
+                                 f"the {one:.1f} GiB transformer moves to the GPU for denoising only",
+        Placement.GROUP_OFFLOAD: f"{part}{one:.1f} GiB {form} weights stream block by block from RAM "
+                                 f"({act / GiB:.1f} GiB activations)",
+        Placement.SEQUENTIAL: "layer-by-layer offload (slow): nothing else fits",
+    }[off]
     if fits:
         return f"{card}: {what}"
     lacking = [x for x, ok in (("VRAM", vram_ok), ("RAM", ram_ok)) if not ok]
@@ -409,18 +415,15 @@ def _advice(model: ModelFootprint, vram_ok: bool, ram_ok: bool, peak_ram: int) -
     return "; ".join(tips)
 
 
-FRUGALITY = ("none", "model", "group", "sequential")
-
-
 def next_offload(plan: MemoryPlan) -> str | None:
-    """The next more frugal --offload value after an out-of-memory error, or None at the end of the line.
-    A group-offload plan that keeps blocks on the card goes to `group` first: every block streamed."""
-    if plan.name == "group-offload" and plan.resident_blocks:
-        return "group"
-    current = {"resident": "none", "expert-swap": "model", "model-offload": "model", "group-offload": "group",
-               "sequential": "sequential", "cpu": "sequential"}[plan.name]
-    i = FRUGALITY.index(current)
-    return FRUGALITY[i + 1] if i + 1 < len(FRUGALITY) else None
+    """The next more frugal --offload value after an out-of-memory error, or None at the end of the line (a
+    sequential plan, or one on the CPU). A group-offload plan that keeps blocks on the card goes to `group`
+    first: every block streamed."""
+    current = plan.placement
+    if current is Placement.GROUP_OFFLOAD and plan.resident_blocks:
+        return current.offload
+    i = FRUGALITY.index(current) + 1 if current in FRUGALITY else len(FRUGALITY)
+    return FRUGALITY[i].offload if i < len(FRUGALITY) else None
 
 
 def with_tiling(plan: MemoryPlan) -> MemoryPlan:
@@ -450,7 +453,8 @@ def plan_table_markdown(family: str) -> str:
     rows = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v, r, p in plan_table(family):
         experts = str(p.experts_in_ram) if "transformer_2" in p.components else "-"
-        on_gpu = {"resident": "all", "group-offload": f"{p.resident_blocks} / {p.blocks}"}.get(p.name, "-")
+        blocks_on_gpu = {Placement.GPU: "all", Placement.GROUP_OFFLOAD: f"{p.resident_blocks} / {p.blocks}"}
+        on_gpu = blocks_on_gpu.get(p.placement, "-")
         streamed = f"{p.streamed_bytes / GiB:.1f}" if p.streamed_bytes else "-"
         rows.append(f"| {v} | {r} | {p.name} | {p.weights} | {experts} | {on_gpu} | {streamed} | {p.text_encoder} | "
                     f"{'tiled' if p.vae_tiling else 'whole'} | {p.peak_vram / GiB:.1f} | {p.peak_ram / GiB:.1f} | "

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import torch
 
 from producer.facts.registry import WAN_DENOISERS
-from producer.sizing.memory import MemoryPlan
+from producer.sizing.memory import MemoryPlan, Placement
 
 log = logging.getLogger("producer")
 
@@ -47,7 +47,7 @@ def apply_plan(pipe, plan: MemoryPlan, device: str | torch.device | None = None)
         if component.weights == "fp8":
             module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
         place_module(module, component.placement, device, plan.resident_blocks, plan.dequantize_on_arrival)
-    if plan.components.get("transformer_2") and plan.components["transformer_2"].placement == "model_offload":
+    if plan.components.get("transformer_2") and plan.components["transformer_2"].placement is Placement.MODEL_OFFLOAD:
         install_expert_swap(pipe, device)
     if getattr(pipe, "vae", None) is not None:
         pipe.vae.to(device)
@@ -58,23 +58,22 @@ def apply_plan(pipe, plan: MemoryPlan, device: str | torch.device | None = None)
         place_text_encoder(text_encoder, plan.text_encoder, device)
 
 
-def place_module(module: torch.nn.Module, placement: str, device: torch.device, resident_blocks: int = 0,
+def place_module(module: torch.nn.Module, placement: Placement, device: torch.device, resident_blocks: int = 0,
                  dequantize_on_arrival: bool = False) -> None:
     """`resident_blocks`: under group offload, how many blocks stay on the GPU (the plan's partial residency);
     `dequantize_on_arrival`: the streamed GGUF blocks are dequantized as they arrive (producer.sizing.arrival)."""
-    if placement == "gpu":
+    placement = Placement(placement)  # a placement's value (`group_offload`) names it too; others raise
+    if placement is Placement.GPU:
         module.to(device)
-    elif placement == "group_offload":
+    elif placement is Placement.GROUP_OFFLOAD:
         _group_offload(module, device, leaf=False, resident=resident_blocks, arrival=dequantize_on_arrival)
-    elif placement == "sequential":
+    elif placement is Placement.SEQUENTIAL:
         _group_offload(module, device, leaf=True)
-    elif placement in ("model_offload", "cpu"):
+    else:  # model_offload (the expert swap, or the session, brings it to the GPU for its turn) and cpu
         module.to("cpu")
-    else:
-        raise ValueError(f"unknown placement {placement!r}")
 
 
-def place_text_encoder(module: torch.nn.Module, placement: str, device: torch.device) -> None:
+def place_text_encoder(module: torch.nn.Module, placement: Placement, device: torch.device) -> None:
     """The plan's placement; a streamed text encoder streams block by block from each block list's parent.
 
     diffusers 0.42.1 finds only direct ModuleList children, and reaching UMT5's or Qwen2.5-VL's block lists
@@ -83,11 +82,11 @@ def place_text_encoder(module: torch.nn.Module, placement: str, device: torch.de
     finds the blocks directly. Leaf-level offloading without streams, used before, cost 10.45 s a prompt
     for UMT5-XXL under a 10 GiB cap on an H100, against 0.04 s on the GPU (bench/results/2026-12-05-h100).
     """
-    if placement == "group_offload" and device.type == "cuda":
+    if placement == Placement.GROUP_OFFLOAD and device.type == "cuda":
         module.to("cpu")  # offloading starts from host memory (a prebuilt encoder may sit on the GPU)
         _stream_block_lists(module, device)
         return
-    if placement != "gpu":
+    if placement != Placement.GPU:
         module.to("cpu")
     place_module(module, placement, device)
 
@@ -283,7 +282,6 @@ def install_expert_swap(pipe, device: torch.device) -> None:
                 other.to("cpu", non_blocking=True)
             if _device_of(mine) != device:
                 mine.to(device)
-            return None
 
         return bring_in
 

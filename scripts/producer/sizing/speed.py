@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 
+from producer.sizing.placement import Placement
+
 log = logging.getLogger("producer")
 
 COMPILE_CHOICES = ("auto", "on", "off")
@@ -39,16 +41,16 @@ class Speed:
         return asdict(self)
 
 
-def default_speed(device_type: str, placement: str, compile_choice: str = "auto", fp8_matmul: bool = False,
+def default_speed(device_type: str, placement: Placement, compile_choice: str = "auto", fp8_matmul: bool = False,
                   attention: str | None = None, items: int = 1, family: str = "wan") -> Speed:
     """The levers for a denoiser on this device and placement, for a run of `items` clips or images.
 
-    `auto` compiles only where it was measured to pay: weights resident on a CUDA GPU (offload hooks move
-    weights between calls, which compiled blocks would re-check every step) and a run long enough to earn
-    back the compile (COMPILE_MIN_ITEMS).
+    `auto` compiles only where it was measured to pay: the whole denoiser on a CUDA GPU while it runs (offload
+    hooks move pieces of the weights between calls, which compiled blocks would re-check every step) and a run
+    long enough to earn back the compile (COMPILE_MIN_ITEMS).
     """
-    resident = placement in ("gpu", "model_offload")
-    worth_it = device_type == "cuda" and resident and items >= COMPILE_MIN_ITEMS[family]
+    whole = Placement(placement).runs_whole_on_gpu
+    worth_it = device_type == "cuda" and whole and items >= COMPILE_MIN_ITEMS[family]
     compile_on = {"on": True, "off": False}.get(compile_choice, worth_it)
     return Speed(compile=compile_on, attention=attention, fp8_matmul=fp8_matmul and device_type == "cuda")
 
@@ -62,7 +64,7 @@ def choose(args, plan, items: int, family: str) -> Speed:
                          attention=args.attention, items=items, family=family)
 
 
-def check_fp8_matmul(requested: bool, device: str, placement: str, capability: tuple[int, int] | None = None) -> None:
+def check_fp8_matmul(requested: bool, device: str, placement: Placement, capability: tuple[int, int] | None = None) -> None:
     """--fp8-matmul only where it was measured and can run: fp8 tensor cores, weights resident, torchao."""
     if not requested:
         return
@@ -78,7 +80,7 @@ def check_fp8_matmul(requested: bool, device: str, placement: str, capability: t
     if tuple(capability) < FP8_CAPABILITY:
         raise CliError(f"--fp8-matmul: this GPU (compute capability {capability[0]}.{capability[1]}) has no fp8 "
                        "tensor cores", fix="drop --fp8-matmul; --compile on is the lever that keeps the numbers")
-    if placement != "gpu":
+    if not Placement(placement).resident:
         raise CliError(f"--fp8-matmul needs the weights resident on the GPU, and this machine's plan streams them "
                        f"({placement})", fix="drop --fp8-matmul, or add --offload none on a card that holds them")
     try:

@@ -48,7 +48,7 @@ from producer.engines.loras import lora
 from producer.errors import CliError, ExitCode
 from producer.files import media  # producer.sizing.offload imports torch: imported where it is used
 from producer.modelfiles import models
-from producer.sizing.memory import MemoryPlan
+from producer.sizing.memory import MemoryPlan, Placement
 
 log = logging.getLogger("producer")
 
@@ -398,7 +398,7 @@ class QwenSession:
         denoise, then go back, so the decode has the card to itself (what the plan counts on).
         `offload.apply_plan` leaves a model-offload denoiser on the CPU: its swap hook serves Wan's two experts."""
         names = [n for n in ("transformer", "controlnet") if getattr(self.pipe, n, None) is not None]
-        moving = self.plan.components["transformer"].placement == "model_offload" and self.device.type != "cpu"
+        moving = self.plan.components["transformer"].placement is Placement.MODEL_OFFLOAD and self.device.type != "cpu"
         if moving:
             for name in names:
                 getattr(self.pipe, name).to(self.device)

@@ -14,7 +14,7 @@ from producer.engines.qwen.qwen import QwenSession, areas_for
 from producer.errors import CliError, ExitCode
 from producer.facts import registry
 from producer.modelfiles import models
-from producer.sizing.memory import ComponentPlan, MemoryPlan
+from producer.sizing.memory import ComponentPlan, MemoryPlan, Placement
 
 GGUF_FORMS = ("gguf-q8", "gguf-q4")
 
@@ -103,7 +103,7 @@ def load_session(files: ModelFiles, plan: MemoryPlan, device=None, **kwargs) -> 
     def load_denoiser() -> dict:
         if files.gguf is not None:
             # Streamed or kept in host memory: read once, straight into the page-locked chunks (gguf_host).
-            on_host = plan.components["transformer"].placement != "gpu"
+            on_host = plan.components["transformer"].placement is not Placement.GPU
             source = gguf_host.read_into_host_chunks(files.gguf) if on_host else str(files.gguf)
             transformer = QwenImageTransformer2DModel.from_single_file(
                 source, quantization_config=GGUFQuantizationConfig(compute_dtype=dtype), config=str(snap),

@@ -38,10 +38,10 @@ import torch.distributed as dist
 from producer.engines.wan.wan import ClipJob, WanSession
 from producer.errors import CliError, ExitCode
 from producer.facts.registry import WAN_DENOISERS
+from producer.sizing.memory import MemoryPlan
 
 log = logging.getLogger("producer")
 
-RESIDENT = ("gpu", "model_offload", "cpu")  # placements under which each rank holds the expert it runs
 VAE_SPATIAL, VAE_TEMPORAL = 8, 4  # Wan 2.2 VAE: 8x smaller in space, 4x in time (+ the first frame)
 PATCH = (1, 2, 2)  # the experts' patch size (frames, height, width): Wan 2.2 A14B and its stand-in alike
 
@@ -94,18 +94,22 @@ def tokens(job: ClipJob, patch: tuple[int, int, int]) -> int:
     return (frames // patch[0]) * (job.height // VAE_SPATIAL // patch[1]) * (job.width // VAE_SPATIAL // patch[2])
 
 
+def refuse_streamed_experts(plan: MemoryPlan) -> None:
+    """Each rank must hold the expert it runs (on its GPU, or brought in whole): a streamed one cannot be split."""
+    streamed = {c: p.placement for c, p in plan.components.items() if c in WAN_DENOISERS and p.placement.streams}
+    if streamed:
+        raise CliError(f"--context-parallel needs each GPU to hold the experts, but plan {plan.name} "
+                       f"streams them ({', '.join(f'{c}: {p}' for c, p in streamed.items())})",
+                       "run the clip on one GPU (or a --batch, one clip per GPU), or use GPUs with more memory",
+                       ExitCode.OUT_OF_MEMORY, memory_plan=plan.to_dict())
+
+
 class ContextParallelWanSession(WanSession):
     """WanSession whose experts run split over the ranks of the default process group (see the module doc)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        offloaded = {c: p.placement for c, p in self.plan.components.items()
-                     if c in WAN_DENOISERS and p.placement not in RESIDENT}
-        if offloaded:
-            raise CliError(f"--context-parallel needs each GPU to hold the experts, but plan {self.plan.name} "
-                           f"streams them ({', '.join(f'{c}: {p}' for c, p in offloaded.items())})",
-                           "run the clip on one GPU (or a --batch, one clip per GPU), or use GPUs with more memory",
-                           ExitCode.OUT_OF_MEMORY, memory_plan=self.plan.to_dict())
+        refuse_streamed_experts(self.plan)
         from torch.distributed.device_mesh import init_device_mesh
 
         self.degree = dist.get_world_size()

@@ -47,6 +47,7 @@ from producer.errors import CliError
 from producer.facts import registry
 from producer.modelfiles import models
 from producer.sizing import gguf_host, memory, offload, speed
+from producer.sizing.placement import Placement
 
 log = logging.getLogger("producer")
 
@@ -194,7 +195,7 @@ class _ExpertsOnDisk:
                 source, quantization_config=GGUFQuantizationConfig(compute_dtype=self.dtype),
                 config=str(self.files.snapshot), subfolder=component, dtype=self.dtype)
         kwargs = {}
-        straight_to_gpu = self.plan.components[component].placement == "gpu" and self.files.weights == "bf16"
+        straight_to_gpu = self.plan.components[component].placement is Placement.GPU and self.files.weights == "bf16"
         if straight_to_gpu and self.device.type == "cuda":
             kwargs["device_map"] = self.device  # resident weights never pass through host RAM
         return WanTransformer3DModel.from_pretrained(self.files.snapshot, subfolder=component, dtype=self.dtype,
@@ -263,7 +264,7 @@ class WanSession:
             _quiet_loading()
         watch = Stopwatch()
         with watch.stage("load_text_encoder"):
-            direct = plan.text_encoder == "gpu" and device.type == "cuda"
+            direct = plan.text_encoder is Placement.GPU and device.type == "cuda"
             models.refuse_pickled_weights(files.snapshot)  # and use_safetensors=True: a pickle is never opened
             text_encoder = UMT5EncoderModel.from_pretrained(files.snapshot, subfolder="text_encoder", dtype=dtype,
                                                             use_safetensors=True,
@@ -331,16 +332,16 @@ class WanSession:
     def one_expert_at_a_time(self) -> bool:
         return self.plan.experts_in_ram < len(DENOISERS)
 
-    def _placement(self, component: str) -> str:
+    def _placement(self, component: str) -> Placement:
         placement = self.plan.components[component].placement
         # Alone in memory, an expert that would be swapped onto the GPU simply lives there.
-        return "gpu" if placement == "model_offload" and self.one_expert_at_a_time else placement
+        return Placement.GPU if placement is Placement.MODEL_OFFLOAD and self.one_expert_at_a_time else placement
 
     def _bring_in(self, component: str) -> None:
         if getattr(self.pipe, component) is not None:
             return
         placement = self._placement(component)
-        module = self._experts.get(component, on_host=placement != "gpu")
+        module = self._experts.get(component, on_host=placement is not Placement.GPU)
         if not getattr(module, "_producer_prepared", False):
             self._load_loras(component, module)
             if self.plan.components[component].weights == "fp8":
@@ -348,14 +349,14 @@ class WanSession:
             self.counters[component].attach(module)
             module._producer_prepared = True
         setattr(self.pipe, component, module)
-        if placement == "gpu":
+        if placement is Placement.GPU:
             module.to(self.device)
         elif not getattr(module, "_producer_placed", False):
             module.to("cpu")  # offloading starts from host memory (prebuilt experts may sit on the GPU)
             offload.place_module(module, placement, self.device, self.plan.resident_blocks,
                                  self.plan.dequantize_on_arrival)
             module._producer_placed = True
-        if placement == "model_offload" and all(getattr(self.pipe, c) is not None for c in DENOISERS):
+        if placement is Placement.MODEL_OFFLOAD and all(getattr(self.pipe, c) is not None for c in DENOISERS):
             offload.install_expert_swap(self.pipe, self.device)
         if self.speed is not None and not getattr(module, "_producer_sped_up", False):
             self.speed_notes = speed.apply_speed(module, self.speed)
@@ -367,7 +368,7 @@ class WanSession:
             return
         if self._experts.keeps_modules:
             setattr(self.pipe, component, None)
-            if self._placement(component) == "gpu":
+            if self._placement(component) is Placement.GPU:
                 module.to("cpu")
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

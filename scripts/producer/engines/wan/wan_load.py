@@ -60,7 +60,7 @@ def plan_for(hw, snapshot: Path, workloads: list[memory.Workload], offload_choic
                            decode_pixels=max(w.decode_pixels for w in workloads))
     plan = memory.plan_memory(hw, models.footprint("wan", snapshot), work, offload_choice, weights,
                               models.installed_forms("wan"))
-    if plan.name == "cpu" and weights not in ("auto", plan.weights):
+    if plan.placement is memory.Placement.CPU and weights not in ("auto", plan.weights):
         # The CPU plan keeps tiny models (the stand-ins) in fp32 whatever was asked; a forced form is honoured
         # (computed in the plan's dtype) so that e.g. GGUF experts can be exercised on any machine.
         components = {k: replace(v, weights=weights) if k in DENOISERS else v for k, v in plan.components.items()}
