@@ -299,12 +299,12 @@ def write_gguf_files(args, form: str, folder: str) -> dict:
 
 
 def _session_from_disk(args, pipe, plan, form: str, device: str):
-    """A Wan session whose experts the scripts' own loader (wan._ExpertsOnDisk) reads from GGUF files: the
+    """A Wan session whose experts the scripts' own loader (experts.ExpertsOnDisk) reads from GGUF files: the
     load, and for one-expert-in-RAM plans the reload at every clip, are measured as a user meets them."""
     import subprocess
     import sys
 
-    from producer.engines.wan import wan
+    from producer.engines.wan import experts, wan
     from producer.engines.wan.wan_load import WanFiles
 
     folder = Path(args.from_disk)
@@ -318,7 +318,7 @@ def _session_from_disk(args, pipe, plan, form: str, device: str):
     disk = {"disk_read": fullsize.read_speed(paths.values())}  # warm page cache, as after a first run
     dtype = _dtype(args.size, device)
     files = WanFiles(folder / f"snapshot-{args.size}", form, paths)
-    session = wan.WanSession(pipe, plan, torch.device(device), wan._ExpertsOnDisk(files, dtype, torch.device(device),
+    session = wan.WanSession(pipe, plan, torch.device(device), experts.ExpertsOnDisk(files, dtype, torch.device(device),
                                                                                    plan), progress=False)
     with _timed(device, disk, "load_to_first_step_s"):
         session._experts_for_start()

@@ -36,17 +36,17 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     UniPCMultistepScheduler,
     WanImageToVideoPipeline,
-    WanTransformer3DModel,
 )
 
 from producer.cli import Stopwatch
 from producer.engines import judge
 from producer.engines.loras import lora
+from producer.engines.wan.experts import ExpertsInMemory, ExpertsOnDisk, lora_view
 from producer.engines.wan.wan_load import DENOISERS, WanFiles
 from producer.errors import CliError
 from producer.facts import registry
 from producer.modelfiles import models
-from producer.sizing import gguf_host, memory, offload, speed
+from producer.sizing import memory, offload, speed
 from producer.sizing.placement import Placement
 
 log = logging.getLogger("producer")
@@ -171,64 +171,6 @@ class ExpertCounter:
         return ExpertRun(len(steps), steps, self.forwards, round(self.seconds, 3))
 
 
-# ---------------------------------------------------------------- where experts come from
-
-
-class _ExpertsOnDisk:
-    """Reads an expert from the installed files each time it is needed."""
-
-    keeps_modules = False
-
-    def __init__(self, files: WanFiles, dtype: torch.dtype, device: torch.device, plan: memory.MemoryPlan):
-        self.files, self.dtype, self.device, self.plan = files, dtype, device, plan
-
-    def get(self, component: str, on_host: bool = False) -> torch.nn.Module:
-        """`on_host`: the expert will live in host memory (streamed or swapped), so a GGUF file is read
-        straight into the page-locked chunks that transfers come from (one copy instead of three)."""
-        if self.files.gguf:
-            from diffusers import GGUFQuantizationConfig
-
-            path = self.files.gguf[component]
-            source = gguf_host.read_into_host_chunks(path) if on_host else str(path)
-            # config= + subfolder= give diffusers the Wan 2.2 I2V config; without them it guesses Wan 2.1 I2V.
-            return WanTransformer3DModel.from_single_file(
-                source, quantization_config=GGUFQuantizationConfig(compute_dtype=self.dtype),
-                config=str(self.files.snapshot), subfolder=component, dtype=self.dtype)
-        kwargs = {}
-        straight_to_gpu = self.plan.components[component].placement is Placement.GPU and self.files.weights == "bf16"
-        if straight_to_gpu and self.device.type == "cuda":
-            kwargs["device_map"] = self.device  # resident weights never pass through host RAM
-        return WanTransformer3DModel.from_pretrained(self.files.snapshot, subfolder=component, dtype=self.dtype,
-                                                     use_safetensors=True, **kwargs)
-
-
-class _ExpertsInMemory:
-    """Experts handed over already built (the benchmark's full-size random-weight models, tests)."""
-
-    keeps_modules = True
-
-    def __init__(self, modules: dict[str, torch.nn.Module]):
-        self.modules = modules
-
-    def get(self, component: str, on_host: bool = False) -> torch.nn.Module:
-        return self.modules[component]
-
-
-def _lora_view(component: str, module: torch.nn.Module) -> WanImageToVideoPipeline:
-    """A pipeline holding `module` in its slot, for producer.engines.loras.lora, one expert at a time.
-
-    lora.load_loras refuses a pipeline that already holds adapters (unfused LoRAs stay on GGUF experts),
-    and diffusers' Wan loader reads `pipe.transformer.config` even when loading into transformer_2; the
-    other slot therefore holds a weightless (meta device) model of the same config.
-    """
-    with torch.device("meta"):
-        placeholder = WanTransformer3DModel.from_config(module.config)
-    slots = {name: placeholder for name in DENOISERS}
-    slots[component] = module
-    return WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None,
-                                   boundary_ratio=registry.WAN.boundary_ratio, **slots)
-
-
 # ---------------------------------------------------------------- the session
 
 
@@ -274,7 +216,7 @@ class WanSession:
             pipe = WanImageToVideoPipeline.from_pretrained(files.snapshot, text_encoder=text_encoder,
                                                            transformer=None, transformer_2=None, dtype=dtype,
                                                            use_safetensors=True)
-        session = cls(pipe, plan, device, _ExpertsOnDisk(files, dtype, device, plan), **kwargs)
+        session = cls(pipe, plan, device, ExpertsOnDisk(files, dtype, device, plan), **kwargs)
         session.seconds.update(watch.seconds)
         return session
 
@@ -289,7 +231,7 @@ class WanSession:
             setattr(pipe, c, None)
         if pipe.text_encoder is not None:
             offload.place_text_encoder(pipe.text_encoder, plan.text_encoder, device)
-        return cls(pipe, plan, device, _ExpertsInMemory(experts), **kwargs)
+        return cls(pipe, plan, device, ExpertsInMemory(experts), **kwargs)
 
     def _place_vae(self) -> None:
         self.pipe.vae.to(self.device)
@@ -382,7 +324,7 @@ class WanSession:
             return
         reloading = component in self.lora_reports  # one expert in RAM: read again for every clip
         with _log_level(logging.WARNING if reloading else None):  # the report was printed at the first load
-            report = lora.load_loras(_lora_view(component, module), specs, "wan", allow_partial=self._allow_partial,
+            report = lora.load_loras(lora_view(component, module), specs, "wan", allow_partial=self._allow_partial,
                                      fuse=True)
         self.lora_reports.setdefault(component, report.to_dict()["loras"])
 

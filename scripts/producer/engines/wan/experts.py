@@ -1,0 +1,68 @@
+"""Where a Wan session's experts come from: read from the installed files each time (bf16 or fp8 from the
+diffusers repo, or a GGUF file with the repo's config), or handed over already built (the benchmark's
+full-size random-weight models, tests); and the one-expert pipeline view that LoRA loading works on."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
+
+from producer.engines.wan.wan_load import DENOISERS, WanFiles
+from producer.facts import registry
+from producer.sizing import gguf_host, memory
+from producer.sizing.placement import Placement
+
+
+class ExpertsOnDisk:
+    """Reads an expert from the installed files each time it is needed."""
+
+    keeps_modules = False
+
+    def __init__(self, files: WanFiles, dtype: torch.dtype, device: torch.device, plan: memory.MemoryPlan):
+        self.files, self.dtype, self.device, self.plan = files, dtype, device, plan
+
+    def get(self, component: str, on_host: bool = False) -> torch.nn.Module:
+        """`on_host`: the expert will live in host memory (streamed or swapped), so a GGUF file is read
+        straight into the page-locked chunks that transfers come from (one copy instead of three)."""
+        if self.files.gguf:
+            from diffusers import GGUFQuantizationConfig
+
+            path = self.files.gguf[component]
+            source = gguf_host.read_into_host_chunks(path) if on_host else str(path)
+            # config= + subfolder= give diffusers the Wan 2.2 I2V config; without them it guesses Wan 2.1 I2V.
+            return WanTransformer3DModel.from_single_file(
+                source, quantization_config=GGUFQuantizationConfig(compute_dtype=self.dtype),
+                config=str(self.files.snapshot), subfolder=component, dtype=self.dtype)
+        kwargs = {}
+        straight_to_gpu = self.plan.components[component].placement is Placement.GPU and self.files.weights == "bf16"
+        if straight_to_gpu and self.device.type == "cuda":
+            kwargs["device_map"] = self.device  # resident weights never pass through host RAM
+        return WanTransformer3DModel.from_pretrained(self.files.snapshot, subfolder=component, dtype=self.dtype,
+                                                     use_safetensors=True, **kwargs)
+
+
+class ExpertsInMemory:
+    """Experts handed over already built (the benchmark's full-size random-weight models, tests)."""
+
+    keeps_modules = True
+
+    def __init__(self, modules: dict[str, torch.nn.Module]):
+        self.modules = modules
+
+    def get(self, component: str, on_host: bool = False) -> torch.nn.Module:
+        return self.modules[component]
+
+
+def lora_view(component: str, module: torch.nn.Module) -> WanImageToVideoPipeline:
+    """A pipeline holding `module` in its slot, for producer.engines.loras.lora, one expert at a time.
+
+    lora.load_loras refuses a pipeline that already holds adapters (unfused LoRAs stay on GGUF experts),
+    and diffusers' Wan loader reads `pipe.transformer.config` even when loading into transformer_2; the
+    other slot therefore holds a weightless (meta device) model of the same config.
+    """
+    with torch.device("meta"):
+        placeholder = WanTransformer3DModel.from_config(module.config)
+    slots = {name: placeholder for name in DENOISERS}
+    slots[component] = module
+    return WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None,
+                                   boundary_ratio=registry.WAN.boundary_ratio, **slots)
