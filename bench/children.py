@@ -250,7 +250,7 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
         built = {}
     else:
         built = _to_form([pipe.transformer, pipe.transformer_2], form, dtype)
-        for name in ("transformer", "transformer_2"):
+        for name in registry.WAN_DENOISERS:
             if plan.components[name].placement is not Placement.GPU:
                 fullsize.move_to_host(getattr(pipe, name))
     _apply_cap(config, device)
@@ -279,7 +279,9 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
 
 
 def _gguf_paths(folder: Path, form: str, size: str) -> dict:
-    return {c: folder / f"wan-{size}-{form}-{c}.gguf" for c in ("transformer", "transformer_2")}
+    from producer.facts.registry import WAN_DENOISERS
+
+    return {c: folder / f"wan-{size}-{form}-{c}.gguf" for c in WAN_DENOISERS}
 
 
 def write_gguf_files(args, form: str, folder: str) -> dict:

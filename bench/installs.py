@@ -194,8 +194,10 @@ def _wan_components(comp: Path, size: str, device: str, dtype) -> dict:
 
 
 def _wan_denoisers(comp: Path, gguf_dir: Path, roles: dict, form: str, size: str, device: str, dtype) -> dict:
+    from producer.facts.registry import WAN_DENOISERS
+
     parts = fullsize.wan_components(size, device, dtype, wide=True)
-    for seed, component in enumerate(("transformer", "transformer_2")):
+    for seed, component in enumerate(WAN_DENOISERS):
         module = parts.pop(component)
         fullsize.quantize_like_gguf(module, form, dtype, seed)
         module.save_config(comp / component)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from producer.errors import CliError, missing
+from producer.facts.registry import WAN_DENOISERS
 from producer.files.inputs import regular_file
 from producer.values import not_text
 
@@ -19,7 +20,7 @@ log = logging.getLogger("producer")
 FAMILIES = ("wan", "qwen")
 MODEL_TITLES = {"wan": "Wan 2.2", "qwen": "Qwen-Image-Edit"}
 EXPERT_ROLES = {"transformer": "high-noise expert", "transformer_2": "low-noise expert"}
-WAN_TARGETS = {"high": ("transformer",), "low": ("transformer_2",), "both": ("transformer", "transformer_2")}
+WAN_TARGETS = {"high": WAN_DENOISERS[:1], "low": WAN_DENOISERS[1:], "both": WAN_DENOISERS}
 WAN_TARGET_NAMES = {"transformer": "high", "transformer_2": "low"}
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 MAX_ABS_STRENGTH = 10.0  # beyond this a LoRA only produces noise; a typo like 08 for 0.8 is likelier
