@@ -25,7 +25,7 @@ from pathlib import Path
 
 from producer.facts import registry
 from producer.files.outputs import write_json_atomic
-from producer.modelfiles import models
+from producer.modelfiles import cache
 from producer.values import load_json
 
 RECORD_FORMAT = 1
@@ -168,10 +168,10 @@ class EntryStatus:
 
 def entry_status(entry: registry.ModelEntry, verify: bool = False) -> EntryStatus:
     """Compare the files on disk with the entry's install record. `verify` re-hashes every file."""
-    snap = models.snapshot_dir(entry)
+    snap = cache.snapshot_dir(entry)
     record = read_record(entry.name)
     if record is None:
-        present = snap is not None and models.matching_files(models.snapshot_files(snap), entry.files)
+        present = snap is not None and cache.matching_files(cache.snapshot_files(snap), entry.files)
         if not present:
             return EntryStatus(entry.name, MISSING)
         return EntryStatus(entry.name, UNRECORDED, snapshot=str(snap), problems=[
@@ -218,7 +218,7 @@ def _check_coverage(entry: registry.ModelEntry, record: dict, status: EntryStatu
     recorded = list(record["files"])
     literals = [f for f in entry.files if not any(c in f for c in "*?[")]
     missing = [f for f in literals if f not in record["files"]]
-    if missing or not models.matching_files(recorded, entry.files):
+    if missing or not cache.matching_files(recorded, entry.files):
         status.status = PARTIAL
         status.problems.append(f"not downloaded: {', '.join(missing) or 'any file of ' + ', '.join(entry.files)}")
 
@@ -265,9 +265,9 @@ def status_fix(status: EntryStatus, models_dir: str | None = None) -> str:
     if status.status == CHANGED:
         return f"python scripts/setup_diffusers.py --check --verify{suffix}  (re-hashes the files)"
     if status.status == UNPUBLISHED:
-        return models.setup_command(status.name) + suffix + (
+        return cache.setup_command(status.name) + suffix + (
             "  (fetches the published files again; if the Hub itself serves other ones, it stops and says so)")
-    return models.setup_command(status.name) + suffix + (
+    return cache.setup_command(status.name) + suffix + (
         "  (verifies what is there, fetches the rest)" if status.status == UNRECORDED else "")
 
 

@@ -15,6 +15,10 @@ from pathlib import Path
 from producer.errors import CliError, ExitCode, missing
 from producer.facts import registry
 from producer.files.provenance import model_refs
+from producer.modelfiles import install
+# Where the cache keeps a model (below this module and install, which both use it); named here too.
+from producer.modelfiles.cache import (hub_cache, matching_files, repo_folder, setup_command,  # noqa: F401
+                                       snapshot_dir, snapshot_files)
 from producer.sizing.memory import QWEN_FOOTPRINT, WAN_FOOTPRINT, ModelFootprint
 
 STANDIN_MARKER = "producer_standin.json"
@@ -64,40 +68,6 @@ def use_models_dir(models_dir: str | None) -> None:
     constants.HF_HUB_CACHE = str(home / "hub")
 
 
-def hub_cache() -> Path:
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
-def repo_folder(repo_id: str) -> Path:
-    return hub_cache() / ("models--" + repo_id.replace("/", "--"))
-
-
-def snapshot_dir(entry: registry.ModelEntry) -> Path | None:
-    """The cached snapshot folder of an entry's revision, or None."""
-    folder = repo_folder(entry.repo_id)
-    commit = entry.revision
-    if not entry.pinned:
-        ref = folder / "refs" / "main"  # no public commit: the download recorded main's (registry docstring)
-        if not ref.is_file():
-            return None
-        commit = ref.read_text().strip()
-    snap = folder / "snapshots" / commit
-    return snap if snap.is_dir() else None
-
-
-def snapshot_files(snap: Path) -> list[str]:
-    return sorted(p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file())
-
-
-def matching_files(files: list[str], patterns) -> list[str]:
-    """The files a download with these allow-patterns fetches (huggingface_hub's own matching)."""
-    from huggingface_hub.utils import filter_repo_objects
-
-    return list(filter_repo_objects(list(files), allow_patterns=list(patterns)))
-
-
 def _has_files(snap: Path, entry: registry.ModelEntry) -> bool:
     """Every literal file of the entry is there and its patterns select something.
 
@@ -114,18 +84,12 @@ def is_present(entry: registry.ModelEntry) -> bool:
     when another entry of the same repo is recorded, an unrecorded entry is not installed even if its
     patterns match some files (the components' configs match `transformer/*`). Only a repo that
     setup_diffusers.py never touched (files from another tool) is judged by its files alone."""
-    from producer.modelfiles import install  # install builds on this module
-
     if install.read_record(entry.name) is not None:
         return install.entry_status(entry).complete
     if any(install.read_record(e.name) for e in registry.entries() if e.repo_id == entry.repo_id):
         return False
     snap = snapshot_dir(entry)
     return snap is not None and _has_files(snap, entry)
-
-
-def setup_command(*names: str) -> str:
-    return "python scripts/setup_diffusers.py --download --only " + " ".join(names)
 
 
 def locate(entry: registry.ModelEntry) -> Path:
