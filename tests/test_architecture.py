@@ -2,8 +2,7 @@
 
 Reads the import graph from the source (the `ast` of every module under scripts/producer, imports inside
 functions included, `if TYPE_CHECKING:` imports too) and fails on an import that points up the layer order or
-on a cycle between modules. The few edges that still break the rule are listed in DEBTS, each with why and
-how it goes away; the test also fails when one of them is gone, so the list can only shrink.
+on a cycle between modules. There are no exceptions: the last edges that broke the rule were removed.
 """
 
 from __future__ import annotations
@@ -20,13 +19,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "scripts" / "producer"
 LAYERS = ("__init__", "errors", "values", "files", "facts", "sizing", "modelfiles", "testing", "cli", "engines",
           "runs", "production", "makers", "workflow", "commands")
 SAME_LAYER = {"errors": "values"}  # the bottom: neither imports the other, both may be imported by anything
-
-# Edges that break the rule today: (importer, imported) -> why, and the way out. Each is an import inside a
-# function (so nothing breaks at import time), but the shape is wrong; do not add to this list.
-DEBTS = {
-    ("testing.standins", "testing.standin_loras"): "standin_loras builds on standins and registers its writers "
-    "back into it",
-}
 
 
 def module_name(path: Path) -> str:
@@ -80,12 +72,11 @@ def layer(module: str) -> int:
 
 def upward(graph: dict[str, set[str]]) -> list[str]:
     return sorted(f"producer.{a} imports producer.{b}, a layer above it"
-                  for a, deps in graph.items() for b in deps if layer(b) > layer(a) and (a, b) not in DEBTS)
+                  for a, deps in graph.items() for b in deps if layer(b) > layer(a))
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components of more than one module (Tarjan), without the DEBTS edges."""
-    graph = {a: {b for b in deps if (a, b) not in DEBTS} for a, deps in graph.items()}
+    """Strongly connected components of more than one module (Tarjan)."""
     index, low, stack, on_stack, found = {}, {}, [], set(), []
 
     def visit(v: str) -> None:
@@ -126,12 +117,6 @@ def test_imports_only_point_down():
 
 def test_no_module_imports_itself_back():
     assert cycles(import_graph()) == []
-
-
-def test_every_listed_debt_is_still_there():
-    """A debt paid (the import gone) must leave DEBTS, so that the list says what is true."""
-    graph = import_graph()
-    assert [edge for edge in DEBTS if edge[1] not in graph.get(edge[0], set())] == []
 
 
 def test_the_package_never_imports_the_scripts():

@@ -6,8 +6,7 @@ import torch
 from producer import cli
 from producer.cli import CliError, ExitCode
 from producer.engines.loras import lora as L
-from producer.testing import standin_loras as SL
-from producer.testing import standin_models
+from producer.testing import standin_models, standins
 from test_lora import WAN_EXPERTS, outputs, skipped, with_lora_writers
 
 
@@ -21,7 +20,7 @@ def test_registry_lora_missing_names_the_setup_command():
 def test_wan_distill_loras_go_into_both_experts(offline_hf_home, monkeypatch, tiny_wan_pipeline):
     wan = tiny_wan_pipeline
     with_lora_writers(monkeypatch)
-    manifest = SL.install_standin_loras(offline_hf_home, ["wan-lightning", "wan21-lightx2v"])
+    manifest = standins.install_standin_loras(offline_hf_home, ["wan-lightning", "wan21-lightx2v"])
     assert manifest["wan-lightning"]["repo_id"] == "lightx2v/Wan2.2-Distill-Loras"
 
     lightning = L.registry_lora_specs("wan-lightning")
@@ -53,7 +52,7 @@ def test_wan_distill_loras_go_into_both_experts(offline_hf_home, monkeypatch, ti
 def test_qwen_lightning_and_anypose_from_the_cache(offline_hf_home, monkeypatch, tiny_qwen_edit_pipeline):
     qwen = tiny_qwen_edit_pipeline
     with_lora_writers(monkeypatch)
-    manifest = SL.install_standin_loras(offline_hf_home, ["qwen-lightning", "qwen-anypose"])
+    manifest = standins.install_standin_loras(offline_hf_home, ["qwen-lightning", "qwen-anypose"])
     entry = manifest["qwen-lightning"]
     assert entry["revision"] == "d74eba145674fd7e31b949324e148e21e7118abd"
     assert entry["snapshot"].endswith(entry["revision"])

@@ -449,7 +449,7 @@ def test_default_install_skips_annotators_and_entries_without_a_writer(monkeypat
         "openpose-annotators"}
     assert "openpose-annotators" in standins.default_entry_names(with_annotators=True)
     assert {"wan-i2v", "wan-i2v-gguf-q4", "qwen-edit-gguf-q8", "qwen-controlnet-union"} <= set(defaults)
-    monkeypatch.setattr(standins, "_lora_writers", dict)  # as before producer.testing.standin_loras is hooked in
+    monkeypatch.setattr(standins.standin_loras, "lora_writers", dict)  # as if no LoRA entry had a writer
     assert not {e.name for e in registry.entries("lora")} & set(standins.default_entry_names())
     with pytest.raises(ValueError, match="no stand-in for wan-lightning"):
         standins.install_standins("/nonexistent", ["wan-lightning"])

@@ -25,22 +25,19 @@ format; `save_lora` writes it as .safetensors. Formats, as the published files s
 - Qwen, diffusers (`qwen_diffusers_lora`): `transformer.transformer_blocks.N.attn.to_q.lora_A.weight`.
 - Another model (`other_model_lora`): Flux (kohya `lora_unet_double_blocks_...`) or SDXL key names.
 
-`lora_writers()` gives standins' installer a writer per registry LoRA entry (the hook in
-`standins._lora_writers`); `install_standin_loras` installs them into a Hugging Face cache under the
-real repo ids and file names, through standins' installer (same cache layout, marker, manifest).
+`lora_writers()` gives standins' installer a writer per registry LoRA entry; `standins.install_standin_loras`
+installs them into a Hugging Face cache under the real repo ids and file names, through that installer
+(same cache layout, marker, manifest).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
 
 from producer.facts import registry
-from producer.testing import standin_gguf, standin_models, standins
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
+from producer.testing import standin_gguf, standin_models
 
 LORA_ENTRY_NAMES = ("wan-lightning", "wan21-lightx2v", "qwen-lightning", "qwen-anypose")
 PAIR_DOWN_UP = ("lora_down", "lora_up")
@@ -311,26 +308,11 @@ def _write_qwen_anypose(folder: Path, entries: Sequence[registry.ModelEntry], se
             save_lora(sd, folder / relpath)
 
 
-def lora_writers() -> dict[str, standins.Writer]:
-    """Writers for standins' installer, one per registry LoRA entry (see standins._lora_writers)."""
+def lora_writers() -> dict[str, Callable[[Path, Sequence[registry.ModelEntry], int], None]]:
+    """Writers for standins' installer (standins.Writer), one per registry LoRA entry."""
     return {
         "wan-lightning": _write_wan_lightning,
         "wan21-lightx2v": _write_wan21_lightx2v,
         "qwen-lightning": _write_qwen_lightning,
         "qwen-anypose": _write_qwen_anypose,
     }
-
-
-def install_standin_loras(hf_home: str | os.PathLike, names: Iterable[str] | None = None, seed: int = 0) -> dict:
-    """Install the registry's LoRA entries as stand-ins into `hf_home`/hub (real repo ids, revisions and
-    file paths; `refs/main`; the registry commit as snapshot when pinned, else standins' stable fake hash).
-    Returns standins' manifest (per entry: repo_id, revision, snapshot, files, ...)."""
-    names = list(names or LORA_ENTRY_NAMES)
-    unknown = [n for n in names if n not in LORA_ENTRY_NAMES]
-    if unknown:
-        raise ValueError(f"not LoRA entries: {unknown}; LoRA entries are {', '.join(LORA_ENTRY_NAMES)}")
-    missing_hook = [n for n in names if n not in standins.writers()]
-    if missing_hook:
-        raise RuntimeError("standins' installer does not know the LoRA writers yet: "
-                           "standins._lora_writers() must return standin_loras.lora_writers()")
-    return standins.install_standins(hf_home, names, seed=seed)

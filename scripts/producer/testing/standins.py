@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from producer.facts import registry
 from producer.modelfiles.models import STANDIN_MARKER, matching_files, standin_facts  # noqa: F401 - one reader of the marker
+from producer.testing import standin_loras
 from producer.testing.standin_gguf import QWEN_TIMESTEP_MARKER, gguf_scheme_of, wan_state_dict_to_original, write_gguf
 from producer.testing.standin_models import (
     QWEN_CONDITION_AREA,
@@ -54,7 +55,7 @@ MARKER_FORMAT = 1
 
 
 
-# LoRA stand-ins are written by producer.testing.standin_loras (see _lora_writers).
+# LoRA stand-ins are written by producer.testing.standin_loras (see writers()).
 LORA_KINDS = frozenset({"lora"})
 # Built only on request: the real OpenPose networks hold ~127 M parameters (see write_openpose_annotators).
 ON_REQUEST_KINDS = frozenset({"annotator"})
@@ -170,18 +171,9 @@ _WRITERS: dict[str, Writer] = {
 }
 
 
-def _lora_writers() -> dict[str, Writer]:
-    """The one place where LoRA stand-ins join the installer: a writer per LoRA entry
-    (`wan-lightning`, `wan21-lightx2v`, `qwen-lightning`, `qwen-anypose`). Imported here because
-    standin_loras imports this module."""
-    from producer.testing import standin_loras
-
-    return standin_loras.lora_writers()
-
-
 def writers() -> dict[str, Writer]:
-    """Registry entry name -> the writer of its stand-in files."""
-    return {**_WRITERS, **_lora_writers()}
+    """Registry entry name -> the writer of its stand-in files (the LoRA entries' from standin_loras)."""
+    return {**_WRITERS, **standin_loras.lora_writers()}
 
 
 # ---------------------------------------------------------------- the Hugging Face cache
@@ -240,6 +232,17 @@ def install_standins(hf_home: str | os.PathLike, names: Iterable[str] | None = N
         for entry in entries:
             manifest[entry.name] = _entry_manifest(entry, revision, snapshot)
     return manifest
+
+
+def install_standin_loras(hf_home: str | os.PathLike, names: Iterable[str] | None = None, seed: int = 0) -> dict:
+    """Install the registry's LoRA entries as stand-ins into `hf_home`/hub (real repo ids, revisions and
+    file paths; `refs/main`; the registry commit as snapshot when pinned, else the stable fake hash).
+    Returns the manifest (per entry: repo_id, revision, snapshot, files, ...)."""
+    names = list(names or standin_loras.LORA_ENTRY_NAMES)
+    unknown = [n for n in names if n not in standin_loras.LORA_ENTRY_NAMES]
+    if unknown:
+        raise ValueError(f"not LoRA entries: {unknown}; LoRA entries are {', '.join(standin_loras.LORA_ENTRY_NAMES)}")
+    return install_standins(hf_home, names, seed=seed)
 
 
 def _install_repo(hf_home: Path, repo_id: str, revision: str, entries: list[registry.ModelEntry],
