@@ -21,3 +21,16 @@ From there, top to bottom:
 
 tests/test_architecture.py keeps the direction: a module imports its own layer and those below it.
 """
+
+import platform
+import sys
+
+# The oldest Python the package runs on (enum.StrEnum, sizing/placement.py; SETUP.md asks for the same). Checked
+# here, before any module is read, so an older Python gets this message and not a traceback from an import.
+MIN_PYTHON = (3, 11)
+
+if sys.version_info < MIN_PYTHON:
+    sys.stderr.write(f"error: these scripts need Python {'.'.join(map(str, MIN_PYTHON))} or newer; this is Python "
+                     f"{platform.python_version()} ({sys.executable})\n  fix: install Python 3.11+ (SETUP.md), make "
+                     "a virtual environment with it and install requirements.txt there\n")
+    raise SystemExit(1)

@@ -14,7 +14,8 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 
-MIN_PYTHON = (3, 10)  # diffusers 0.42 and transformers 5 need 3.10+
+from producer import MIN_PYTHON
+
 REQUIREMENTS = Path(__file__).resolve().parents[3] / "requirements.txt"
 PIP_FIX = f"pip install -r {REQUIREMENTS}" if REQUIREMENTS.is_file() else "pip install -r requirements.txt"
 TORCH_FIX = ("install a torch build for your GPU first (https://pytorch.org/get-started/locally/, e.g. "
