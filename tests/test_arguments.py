@@ -246,15 +246,15 @@ def test_a_signal_during_the_last_commit_is_a_success(tmp_path, inject, action):
 
 def test_a_signal_after_a_commit_still_stops_the_next_step(tmp_path, inject):
     """Within a run the held signal lands where new work begins (a stage, a batch job), not later."""
-    from producer.files import outputs
+    from producer.files import held_signals, outputs
 
     inject("commit:a.json", "SIGINT")
-    with outputs.one_run(), pytest.raises(KeyboardInterrupt):
+    with held_signals.one_run(), pytest.raises(KeyboardInterrupt):
         outputs.write_json_atomic(tmp_path / "a.json", {"a": 1})
         assert json.loads((tmp_path / "a.json").read_text()) == {"a": 1}  # in place before the signal lands
         with cli.Stopwatch().stage("denoise"):
             pytest.fail("the next stage started although Ctrl-C came before it")
-    assert outputs.signal_after_commit() is None
+    assert held_signals.signal_after_commit() is None
 
 
 @pytest.mark.parametrize("value", ["1e400", "-1e400", "1e308", "1e20", "NaN"])

@@ -18,9 +18,6 @@ from typing import Any, Iterator
 
 from producer.errors import CliError, ExitCode, missing
 from producer.files import faults, held_signals
-
-# A script's run and its signals (cli.run_main uses them from held_signals; kept here for library callers).
-from producer.files.held_signals import deliver_late_signal, one_run, signal_after_commit, signals_held  # noqa: F401
 from producer.values import load_json
 
 # File systems allow 255 bytes per name. The longest name derived from an output's is a clip's recipe being
@@ -80,7 +77,7 @@ def atomic_outputs(*paths: str | os.PathLike, output: str | os.PathLike | None =
     finals = [Path(p) for p in paths]
     named = Path(output) if output is not None else finals[0]
     temps = [temp_path(final) for final in finals]
-    deliver_late_signal()  # new work: a signal held since the last commit stops the run before it
+    held_signals.deliver_late_signal()  # new work: a signal held since the last commit stops the run before it
     for final in finals:
         recover(final)
     _open_sets.append(named)

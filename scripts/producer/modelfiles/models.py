@@ -16,9 +16,14 @@ from producer.errors import CliError, ExitCode, missing
 from producer.facts import registry
 from producer.files.provenance import model_refs
 from producer.modelfiles import install
-# Where the cache keeps a model (below this module and install, which both use it); named here too.
-from producer.modelfiles.cache import (hub_cache, matching_files, repo_folder, setup_command,  # noqa: F401
-                                       snapshot_dir, snapshot_files)
+from producer.modelfiles.cache import (
+    hub_cache,
+    matching_files,
+    repo_folder,
+    setup_command,
+    snapshot_dir,
+    snapshot_files,
+)
 from producer.sizing.memory import QWEN_FOOTPRINT, WAN_FOOTPRINT, ModelFootprint
 
 STANDIN_MARKER = "producer_standin.json"

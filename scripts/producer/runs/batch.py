@@ -44,8 +44,8 @@ from typing import Any, Callable
 from producer.cli import naming_plan, unexpected_error
 from producer.errors import CliError, ExitCode, missing
 from producer.files import locks, paths
+from producer.files.held_signals import deliver_late_signal
 from producer.files.inputs import regular_file
-from producer.files.outputs import deliver_late_signal
 from producer.values import load_json
 
 log = logging.getLogger("producer")
