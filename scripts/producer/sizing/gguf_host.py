@@ -18,6 +18,18 @@ import torch
 from producer.sizing import offload
 
 
+def load_gguf(model_class, path: Path | str, config: Path | str, subfolder: str, dtype: torch.dtype,
+              on_host: bool):
+    """`model_class.from_single_file` for a GGUF file, with the repo's config (config= + subfolder=: without them
+    diffusers guesses the architecture, e.g. Wan 2.1 I2V for a Wan 2.2 expert). `on_host`: the model will live
+    in host memory (streamed or swapped), so the file is read straight into page-locked chunks."""
+    from diffusers import GGUFQuantizationConfig
+
+    source = read_into_host_chunks(path) if on_host else str(path)
+    return model_class.from_single_file(source, quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+                                        config=str(config), subfolder=subfolder, dtype=dtype)
+
+
 def read_into_host_chunks(path: Path | str) -> dict[str, torch.Tensor]:
     """The file's tensors by name, as `load_gguf_checkpoint` returns them, held in packed host chunks
     (page-locked where CUDA is present; where locking is refused, the rest is plain memory)."""

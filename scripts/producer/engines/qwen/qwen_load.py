@@ -88,7 +88,6 @@ def load_session(files: ModelFiles, plan: MemoryPlan, device=None, **kwargs) -> 
     Edit: Qwen-Image-Edit-2511 (bf16 repo, fp8 storage from it, or a GGUF transformer with the repo's
     configs). ControlNet: Qwen-Image (text-to-image) + the ControlNet Union, for pose-guided text-to-image."""
     from diffusers import (
-        GGUFQuantizationConfig,
         QwenImageControlNetModel,
         QwenImageControlNetPipeline,
         QwenImageEditPlusPipeline,
@@ -102,12 +101,9 @@ def load_session(files: ModelFiles, plan: MemoryPlan, device=None, **kwargs) -> 
 
     def load_denoiser() -> dict:
         if files.gguf is not None:
-            # Streamed or kept in host memory: read once, straight into the page-locked chunks (gguf_host).
             on_host = plan.components["transformer"].placement is not Placement.GPU
-            source = gguf_host.read_into_host_chunks(files.gguf) if on_host else str(files.gguf)
-            transformer = QwenImageTransformer2DModel.from_single_file(
-                source, quantization_config=GGUFQuantizationConfig(compute_dtype=dtype), config=str(snap),
-                subfolder="transformer", dtype=dtype)
+            transformer = gguf_host.load_gguf(QwenImageTransformer2DModel, files.gguf, snap, "transformer", dtype,
+                                              on_host)
         else:
             transformer = QwenImageTransformer2DModel.from_pretrained(snap, subfolder="transformer", dtype=dtype,
                                                                       use_safetensors=True)

@@ -25,14 +25,8 @@ class ExpertsOnDisk:
         """`on_host`: the expert will live in host memory (streamed or swapped), so a GGUF file is read
         straight into the page-locked chunks that transfers come from (one copy instead of three)."""
         if self.files.gguf:
-            from diffusers import GGUFQuantizationConfig
-
-            path = self.files.gguf[component]
-            source = gguf_host.read_into_host_chunks(path) if on_host else str(path)
-            # config= + subfolder= give diffusers the Wan 2.2 I2V config; without them it guesses Wan 2.1 I2V.
-            return WanTransformer3DModel.from_single_file(
-                source, quantization_config=GGUFQuantizationConfig(compute_dtype=self.dtype),
-                config=str(self.files.snapshot), subfolder=component, dtype=self.dtype)
+            return gguf_host.load_gguf(WanTransformer3DModel, self.files.gguf[component], self.files.snapshot,
+                                       component, self.dtype, on_host)
         kwargs = {}
         straight_to_gpu = self.plan.components[component].placement is Placement.GPU and self.files.weights == "bf16"
         if straight_to_gpu and self.device.type == "cuda":
