@@ -65,8 +65,10 @@ CAPS = {"cap10": 10, "cap12": 12, "cap16": 16, "cap24": 24, "cap48": 48}
 # the weight form it picks (GGUF, fp8 storage or bf16), run under a V GiB cap. Host RAM cannot be capped: the
 # measured peak is reported beside R and the plan's prediction. `planVxR-streamall`: the same plan with every
 # block streamed (no partial residency), to measure what the resident blocks save in the same run;
-# `planVxR-dequant`: the plan with its opt-in lever dequantize_on_arrival (GGUF weights).
-PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)(-streamall|-dequant)?$")
+# `planVxR-dequant`: the plan with its opt-in lever dequantize_on_arrival (GGUF weights); `planVxR-q4`,
+# `planVxR-q8`: the plan that machine gets when told `--weights gguf-q4` / `gguf-q8` (a form against another).
+PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)(-streamall|-dequant|-q4|-q8)?$")
+FORCED_FORMS = {"-q4": "gguf-q4", "-q8": "gguf-q8"}
 
 
 def plan_machine(config: str) -> tuple[int, int] | None:
@@ -88,7 +90,8 @@ def parse_args(argv=None):
                    help=f"workloads: {', '.join([*WORKLOADS, *BATCH_WORKLOADS])}; configs: plain, {', '.join(LEVERS)}, "
                         f"{', '.join(CAPS)}, planVxR (the plan of a V GB VRAM / R GB RAM machine, e.g. plan10x32; "
                         "planVxR-streamall: the same with no resident blocks; planVxR-dequant: with GGUF blocks "
-                        "dequantized on arrival); the batch workloads take project and planVxR")
+                        "dequantized on arrival; planVxR-q4 / -q8: with that GGUF form asked for); the batch workloads "
+                        "take project and planVxR")
     p.add_argument("--repeats", type=int, default=2, help="runs per process; the first is reported as cold")
     p.add_argument("--measure-steps", type=int, default=None,
                    help="for long schedules, run only this many steps and extrapolate the rest (stated)")

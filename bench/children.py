@@ -10,7 +10,7 @@ from pathlib import Path
 import fullsize
 import numpy as np
 import torch
-from benchmark import LEVERS, TINY, WORKLOADS, cap_gib, plan_machine
+from benchmark import FORCED_FORMS, LEVERS, TINY, WORKLOADS, cap_gib, plan_machine
 from PIL import Image
 from producer.sizing.placement import Placement
 
@@ -105,8 +105,9 @@ def _machine_plan(family: str, config: str):
         return None
     footprint, work = memory.TABLE_WORKLOADS[family][1:]
     streamall = 0 if config.endswith("-streamall") else None
-    return memory.plan_memory(hardware.from_sizes(*machine), footprint, work, max_resident_blocks=streamall,
-                              dequantize_on_arrival=config.endswith("-dequant"))
+    form = next((f for suffix, f in FORCED_FORMS.items() if config.endswith(suffix)), "auto")
+    return memory.plan_memory(hardware.from_sizes(*machine), footprint, work, weights=form,
+                              max_resident_blocks=streamall, dequantize_on_arrival=config.endswith("-dequant"))
 
 
 def _form(family: str, config: str) -> str:

@@ -111,3 +111,6 @@ def test_plan_configs_carry_the_plans_resident_blocks_and_streamall_turns_them_o
     assert children._machine_plan("qwen", "plan10x32-streamall").resident_blocks == 0
     assert children._machine_plan("qwen", "plan10x32-dequant").dequantize_on_arrival
     assert not children._machine_plan("qwen", "plan10x32").dequantize_on_arrival
+    assert children._machine_plan("qwen", "plan10x32").weights == "gguf-q8"  # the form that machine gets
+    q4 = children._machine_plan("qwen", "plan10x32-q4")
+    assert q4.weights == "gguf-q4" and q4.resident_blocks > 7  # half the bytes a block: more of them stay
