@@ -3,7 +3,9 @@
 `ru_maxrss` counts every resident page, including the pages of memory-mapped model files, which are page
 cache: the kernel drops them when memory runs short, so they do not decide whether a plan fits a machine's
 RAM. What must fit is anonymous memory (plain and page-locked copies of the weights, activations) plus
-shared memory; this watch samples both, so a run reports the two peaks side by side.
+shared memory; this watch samples both, so a run reports the two peaks side by side. `mark(stage)` names
+what the run is doing now (reading an expert, denoising with it, decoding); each sample counts towards the
+stage marked at that moment, so a peak above the plan's prediction shows where it was reached.
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ from pathlib import Path
 
 STATUS = Path("/proc/self/status")
 FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
+_STAGE = ["start"]  # what the run is doing now: set by mark(), read by the sampling thread
+
+
+def mark(stage: str) -> None:
+    """From now on, samples count towards `stage` (until the next mark)."""
+    _STAGE[0] = stage
 
 
 def sample() -> dict[str, int] | None:
@@ -35,9 +43,11 @@ class RamWatch:
     def __init__(self, interval: float = 0.01):
         self.interval, self._stop = interval, threading.Event()
         self.anon = self.file_at_anon_peak = self.rss = 0
+        self.anon_by_stage: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> RamWatch:
+        mark("start")
         self._take()
         self._thread.start()
         return self
@@ -56,6 +66,8 @@ class RamWatch:
         if now is None:
             return
         anon = now["RssAnon"] + now["RssShmem"]
+        stage = _STAGE[0]
+        self.anon_by_stage[stage] = max(self.anon_by_stage.get(stage, 0), anon)
         if anon > self.anon:
             self.anon, self.file_at_anon_peak = anon, now["RssFile"]
         self.rss = max(self.rss, now["VmRSS"])
@@ -68,4 +80,5 @@ class RamWatch:
         gib = 2**30
         return {"peak_ram_anon_gib": round(self.anon / gib, 2),
                 "file_pages_at_anon_peak_gib": round(self.file_at_anon_peak / gib, 2),
-                "peak_rss_sampled_gib": round(self.rss / gib, 2)}
+                "peak_rss_sampled_gib": round(self.rss / gib, 2),
+                "peak_ram_anon_by_stage_gib": {k: round(v / gib, 2) for k, v in self.anon_by_stage.items()}}

@@ -98,6 +98,10 @@ def test_from_disk_runs_load_gguf_files_through_the_scripts_loader_and_time_it(t
     assert run["experts"]["transformer"]["steps"] == 2 and run["experts"]["transformer_2"]["steps"] == 2
     # Host memory by kind: what must fit (anonymous + shared) apart from mapped file pages (page cache).
     assert 0 < run["peak_ram_anon_gib"] <= run["peak_rss_sampled_gib"] and run["file_pages_at_anon_peak_gib"] >= 0
+    # ... and by stage: where the peak was reached (the experts' reading and use are marked by the session).
+    stages = run["peak_ram_anon_by_stage_gib"]
+    assert {"load", "denoise transformer", "denoise transformer_2", "decode"} <= set(stages)
+    assert max(stages.values()) == run["peak_ram_anon_gib"]
 
 
 def test_plan_configs_carry_the_plans_resident_blocks_and_streamall_turns_them_off():
