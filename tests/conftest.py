@@ -28,6 +28,20 @@ import pytest
 # the module constant, which is what `huggingface_hub.is_offline_mode()` reads at call time.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+
+def share_cores_between_workers() -> None:
+    """Under pytest-xdist each worker is a process of its own, and torch's default (one OpenMP thread per
+    core in each) oversubscribes the cores: two workers on two cores spent about half their time spinning.
+    Each worker, and every script it starts (they inherit the environment), gets its share of the cores.
+    Set before torch is imported, which reads it once; an OMP_NUM_THREADS given by the user wins."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // workers)))
+
+
+share_cores_between_workers()
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 if str(SCRIPTS) not in sys.path:  # pyproject's pythonpath covers pytest runs; this covers other runners
     sys.path.insert(0, str(SCRIPTS))
