@@ -8,7 +8,6 @@ output: the picture with its recipe inside, or the clip with its recipe and revi
 test_fuzz.py's: the options that make a run long or start other processes (LONG).
 """
 
-import gc
 import itertools
 import json
 from pathlib import Path
@@ -41,13 +40,6 @@ ORDINAL = itertools.count()  # a new output name for every case: a case never me
 reaches = pytest.mark.reaches
 
 
-@pytest.fixture
-def frozen_gc():
-    gc.freeze()  # each run frees its text encoder with gc.collect: skip the objects made before (same result)
-    yield
-    gc.unfreeze()
-
-
 def whole(report: dict, world: Path) -> None:
     """A success left its whole output: the recipe inside or beside it, and every review file it names."""
     jobs = report.get("jobs") or [report]
@@ -68,7 +60,7 @@ def one_run(main, argv: list[str], world: Path, name: str, suffix: str) -> None:
 
 
 @reaches(0.5, "denoise", "done")
-@pytest.mark.usefixtures("standin_hf_home", "qwen_standin_areas", "frozen_gc")
+@pytest.mark.usefixtures("standin_hf_home", "qwen_standin_areas")
 @fuzz_settings(40)
 @given(option_args(qwen_image.build(), skip=LONG, base=QWEN_BASE + QUIET, overrides=SMALL, always_base=True))
 def test_any_qwen_arguments_go_through_the_model_cleanly(in_world, stages, argv):
@@ -76,7 +68,7 @@ def test_any_qwen_arguments_go_through_the_model_cleanly(in_world, stages, argv)
 
 
 @reaches(0.5, "denoise", "done")
-@pytest.mark.usefixtures("standin_hf_home", "frozen_gc")
+@pytest.mark.usefixtures("standin_hf_home")
 @fuzz_settings(12)
 @given(option_args(wan_video.build(), skip=LONG, base=WAN_BASE + QUIET, overrides=SMALL, always_base=True))
 def test_any_wan_arguments_go_through_the_model_cleanly(in_world, stages, argv):
@@ -84,7 +76,7 @@ def test_any_wan_arguments_go_through_the_model_cleanly(in_world, stages, argv):
 
 
 @reaches(0.5, "denoise", "done", "report")
-@pytest.mark.usefixtures("standin_hf_home", "qwen_standin_areas", "frozen_gc")
+@pytest.mark.usefixtures("standin_hf_home", "qwen_standin_areas")
 @fuzz_settings(15)
 @given(st.lists(batch_jobs(qwen_image.build(), {"prompt": "a fox", "size": "64x64", "steps": 2,
                                                                "lightning": "off"}, overrides=SMALL,
@@ -103,7 +95,7 @@ def test_any_qwen_batch_goes_through_the_model_cleanly(in_world, stages, jobs):
 
 
 @reaches(0.5, "done")
-@pytest.mark.usefixtures("standin_hf_home", "frozen_gc")
+@pytest.mark.usefixtures("standin_hf_home")
 @fuzz_settings(25)
 @given(text(), text())
 def test_any_prompt_reaches_the_model_cleanly(in_world, stages, prompt, negative):

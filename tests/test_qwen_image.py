@@ -18,21 +18,12 @@ from producer.modelfiles import models
 from producer.sizing import memory
 from producer.testing import standin_loras
 
-pytestmark = pytest.mark.usefixtures("standin_hf_home", "frozen_heap")
+pytestmark = pytest.mark.usefixtures("standin_hf_home")
 
 # Lightning off, no CFG, 2 steps, 64x64: the cheapest real run (~0.3 s once warm).
 FAST = ["--lightning", "off", "--cfg", "1", "--steps", "2", "--size", "64x64", "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def frozen_heap():
-    """Freeing the text encoder runs gc.collect, which walks every object torch and diffusers created
-    (~0.4 s a run); objects made before this module are moved out of its way. Behaviour is unchanged."""
-    import gc
-
-    gc.freeze()
-    yield
-    gc.unfreeze()
 STANDING = [(32, 10), (32, 20), (24, 20), (20, 30), (18, 40), (40, 20), (44, 30), (46, 40), (28, 40), (28, 50),
             (28, 60), (36, 40), (36, 50), (36, 60), (30, 8), (34, 8), (28, 9), (36, 9)]
 

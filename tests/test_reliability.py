@@ -21,21 +21,11 @@ from producer.cli import ExitCode
 from producer.files import faults, provenance, video
 from producer.makers import qwen_image, wan_video
 
-pytestmark = pytest.mark.usefixtures("standin_hf_home", "real_signals", "frozen_heap")
+pytestmark = pytest.mark.usefixtures("standin_hf_home", "real_signals")
 
 WAN_FAST = ["--size", "64x64", "--frames", "9", "--quiet", "--json"]
 QWEN_FAST = ["--lightning", "off", "--cfg", "1", "--steps", "2", "--size", "64x64", "--quiet", "--json"]
 EXIT = {signal.SIGINT: ExitCode.INTERRUPTED, signal.SIGTERM: ExitCode.TERMINATED}
-
-
-@pytest.fixture(scope="module")
-def frozen_heap():
-    """gc.collect (run when a model is freed) then skips the objects made before this module: faster, same result."""
-    import gc
-
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 @pytest.fixture
