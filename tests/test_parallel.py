@@ -339,12 +339,13 @@ def test_one_clip_split_over_two_processes_matches_one_process(standin_hf_home, 
     assert frames_split.shape == frames_one.shape == (9, 64, 64, 3)
     # The same clip up to float rounding (split attention sums in another order); another seed or a wrong split
     # differs everywhere. The lossless review PNGs show it within a level or two; H.264 can carry a rounding
-    # difference much further at a few pixels (seen at 3, 7 and 15 levels), so the MP4 is compared on average.
+    # difference much further at a few pixels (seen at 3, 7 and 15 levels), so the MP4 is compared on average:
+    # 0.28 levels seen under xdist (one thread a worker), another seed differs by 22.
     for review in ("last.png", "contact.png"):
         a, b = (np.asarray(Image.open(tmp_path / f"{name}.{review}").convert("RGB"), dtype=int) for name in ("split", "one"))
         assert a.shape == b.shape and np.abs(a - b).max() <= 2, review
     difference = np.abs(frames_split.astype(int) - frames_one.astype(int))
-    assert difference.mean() < 0.1
+    assert difference.mean() < 1.0
     assert sorted(p.name for p in tmp_path.glob("split*")) == [
         "split.contact.png", "split.first.png", "split.last.png", "split.mp4", "split.mp4.provenance.json"]
     assert list(run_folders.iterdir()) == []  # rank 1's copy went with the run folder
