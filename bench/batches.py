@@ -245,6 +245,8 @@ def run_phase(args, phase: str, family: str, folder: Path, home: Path, choice: d
         "phase": phase,
         "family": family,
         "items": len(jobs),
+        "size": jobs[0]["size"],  # the speed model reads the items' size from here (bench/speedmodel.py)
+        **({"frames": jobs[0]["frames"]} if family == "wan" else {"references": 1}),
         "plan": plans["summary"],
         "peak_vram_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if device == "cuda" else 0.0,
         **measured,

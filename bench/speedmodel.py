@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -62,8 +63,16 @@ NOTES = [
         "link_efficiency; both benchmark cards sit on PCIe 5.0 x16."
     ),
     "Qwen's text encoder was not measured: Wan's UMT5 figure scaled by parameters (8.3 B / 5.7 B).",
-    "write_s: writing each item's outputs on a 2-core CPU (bench/writing.py), not scaled.",
-    "Loading reads the plan's weights at disk_read_gb_s (an assumption, not a measurement).",
+    (
+        "write_s: what each item costs besides generating (judging, colour match, review files, MP4/PNG, recipe) "
+        "in a production-3 run's batches on the GPU machine's CPU; without one, bench/writing.py on a 2-core CPU."
+    ),
+    (
+        "load_gb_s: per family, the bytes a batch reads (denoisers in their form, text encoder and VAE in bf16) "
+        "over the seconds a production-3 phase spent besides its items and prompts (reading, placing, setting up), "
+        "with the files in the page cache of a machine whose RAM holds them; where RAM cannot hold them beside the "
+        "plan, loading goes no faster than disk_read_gb_s (an assumption, not a measurement)."
+    ),
 ]
 
 
@@ -114,6 +123,52 @@ def entry_of(run: dict, gpu: str, source: str) -> dict | None:
         "cold_extra_s": round(max(0.0, run["cold_total"] - sec["total"]), 2) if whole else None,
         "source": source,
         "config": config,
+    }
+
+
+def production_parts(data: dict, gpu: str, source: str) -> tuple[list[dict], list[dict]]:
+    """From a production-3 run (bench/batches.py): an entry per phase (its plan, resident or not, measured in
+    a real --batch of the scripts) and the phase's load sample ({family, bytes, seconds, overhead_s})."""
+    entries, samples = [], []
+    size = "tiny" if "--size tiny" in data.get("command", "") else "full"
+    for run in data["runs"]:
+        for phase in [] if run.get("error") else run.get("phases", []):
+            entry = phase_entry(phase, gpu, source, size, run["config"])
+            entries.append(entry)
+            fixed = phase["wall_s"] - phase["items"] * (phase["pure_median_s"] + phase["overhead_median_s"])
+            text = phase["predicted"].get("text_s") or 0.0
+            samples.append({"family": entry["family"], "bytes": estimate.read_bytes(entry["family"], entry["weights"]),
+                            "seconds": fixed - entry["cold_extra_s"] - text, "overhead_s": phase["overhead_median_s"]})
+    return entries, samples
+
+
+def phase_entry(phase: dict, gpu: str, source: str, size: str, config: str) -> dict:
+    from batches import SCHEDULE, SIZES
+    from producer.sizing.speed import default_speed
+
+    family = phase["family"]
+    width, height = (int(v) for v in phase["size"].split("x")) if "size" in phase else SIZES[size][family][:2]
+    frames = phase.get("frames", SIZES[size]["wan"][2]) if family == "wan" else 1
+    plan = phase["plan"].split(",")[0].removeprefix("plan ")
+    weights = phase["plan"].split("weights ")[1].split(",")[0]
+    steady = phase["per_item"][1:] or phase["per_item"]
+    stages = [item["stages"] for item in steady]
+    denoise = [s["high_expert"] + s["low_expert"] if family == "wan" else s["denoise"] for s in stages]
+    work = memory.wan_workload(width, height, frames) if family == "wan" else memory.qwen_workload(width, height, 1)
+    placement = memory.Placement.of_plan(plan)
+    levers = ["compile"] if default_speed("cuda", placement, items=phase["items"], family=family).compile else []
+    return {
+        "family": family, "plan": plan, "weights": weights, "levers": levers, "tokens": work.tokens, "cfg": False,
+        "gpu": gpu, "width": width, "height": height, "frames": frames, "references": 0 if family == "wan" else 1,
+        "pixels": width * height * frames,
+        "forward_s": round(statistics.median(denoise) / SCHEDULE[family]["steps"], 4),
+        "decode_s": round(statistics.median(s["decode"] for s in stages), 3),
+        # the rest of the pure item (Wan: the start frame's encoding and the expert swap)
+        "other_s": round(max(0.0, phase["pure_median_s"] - statistics.median(denoise)
+                             - statistics.median(s["decode"] for s in stages)), 3),
+        "cold_extra_s": round(max(0.0, phase["per_item"][0]["pure_s"] - phase["pure_median_s"]), 2),
+        "source": source,
+        "config": f"production-3:{config}",
     }
 
 
@@ -175,9 +230,12 @@ def bandwidth_share(entries: list[dict]) -> dict:
 def build(paths: list[Path]) -> dict:
     entries: dict[tuple, dict] = {}
     text: dict[tuple, dict] = {}
+    samples: list[dict] = []
     for path in paths:
         data = json.loads(path.read_text(encoding="utf-8"))
         gpu = data["environment"].get("gpu", "CPU")
+        produced, loads = production_parts(data, gpu, _rel(path))
+        samples += loads
         for run in data["runs"]:
             e = entry_of(run, gpu, _rel(path))
             if e:  # a later file replaces an earlier figure of the same plan (the code it measured changed)
@@ -185,11 +243,22 @@ def build(paths: list[Path]) -> dict:
             t = text_entry(run, gpu, _rel(path))
             if t:
                 text[(gpu, t["placement"])] = t
+        for e in produced:
+            entries[(gpu, e["family"], e["plan"], e["weights"], tuple(e["levers"]), e["tokens"], e["cfg"])] = e
     ordered = sorted(
         entries.values(),
         key=lambda e: (e["family"], e["plan"], e["weights"], e["levers"], e["tokens"], e["cfg"], e["gpu"]),
     )
     writing = json.loads((ROOT / WRITING).read_text(encoding="utf-8"))["median_seconds"]
+    write = {"wan": writing["clip"]["every_clip"], "qwen": writing["image"]["png"]}
+    load = {}
+    for family in write:
+        mine = [x for x in samples if x["family"] == family]
+        if mine:
+            write[family] = round(statistics.median(x["overhead_s"] for x in mine), 3)
+            load[family] = round(sum(x["bytes"] for x in mine) / 1e9 / sum(x["seconds"] for x in mine), 2)
+        else:  # no production measured: loading is the disk's assumed speed
+            load[family] = ASSUMPTIONS["disk_read_gb_s"]
     return {
         "about": "Measured speeds of the generation scripts' plans (bench/speedmodel.py writes this file; "
         "producer/sizing/estimate.py reads it). Do not edit by hand: rerun the command in bench/speedmodel.py.",
@@ -197,7 +266,8 @@ def build(paths: list[Path]) -> dict:
         "notes": NOTES,
         "assumptions": {
             **ASSUMPTIONS,
-            "write_s": {"wan": writing["clip"]["every_clip"], "qwen": writing["image"]["png"]},
+            "write_s": write,
+            "load_gb_s": load,
         },
         "token_curves": token_curves(ordered),
         "bandwidth_share": bandwidth_share(ordered),

@@ -85,6 +85,31 @@ def plan_on(hw, offload="auto", weights="auto", work=None):
     return memory.plan_memory(hw, memory.WAN_FOOTPRINT, work or memory.wan_workload(832, 480, 81), offload, weights)
 
 
+def test_a_production_run_gives_its_phases_plans_overhead_and_load_speed():
+    p3a = ROOT / "bench/results/2026-12-06-h100/p3a.json"
+    data = json.loads(p3a.read_text())
+    entries, loads = speedmodel.production_parts(data, data["environment"]["gpu"], "p3a")
+    qwen, wan = entries  # the keyframes' batch, then the clips'
+    assert (qwen["plan"], qwen["weights"], qwen["tokens"]) == ("resident", "gguf-q4", memory.qwen_workload(832, 480, 1).tokens)
+    assert wan["forward_s"] == pytest.approx((7.214 + 7.245 + 7.229 + 7.256) / 2 / 4, rel=0.01)  # median of the steady clips
+    # what the phase spent besides its items: 70.27 s - 3 x (17.9 + 2.33) s - the first clip's extra
+    assert loads[1]["seconds"] == pytest.approx(9.0, abs=0.5)
+    model = estimate.speed_model()  # built from sources that include p3a
+    assert model["assumptions"]["write_s"] == {"qwen": 0.078, "wan": 2.326}
+    assert model["assumptions"]["load_gb_s"]["wan"] == pytest.approx(3.4, abs=0.1)
+
+
+def test_loading_is_no_faster_than_the_disk_where_ram_cannot_cache_the_files():
+    model = estimate.speed_model()
+    hw = hardware.from_sizes(80, 128, name="NVIDIA H100 80GB HBM3")
+    plan = forecast._plan("wan", [estimate.Item("wan", 832, 480, 4, False, frames=81)], hw, {"offload": "auto", "weights": "gguf-q4"})
+    size = estimate.read_bytes("wan", "gguf-q4") / 1e9
+    cached = estimate.read_seconds("wan", plan, model, ram_total=hw.ram_total)
+    cold = estimate.read_seconds("wan", plan, model, ram_total=plan.peak_ram + int(size * 1e9) - 1)
+    assert cached == pytest.approx(size / model["assumptions"]["load_gb_s"]["wan"], abs=0.1)
+    assert cold == pytest.approx(size / model["assumptions"]["disk_read_gb_s"], abs=0.1) and cold > cached
+
+
 def test_on_the_card_it_was_measured_on_the_prediction_is_the_measurement():
     p = estimate.predict_item(wan_480p(), plan_on(H200), estimate.gpu_spec("NVIDIA H200"), (5, 16))
     write = estimate.speed_model()["assumptions"]["write_s"]["wan"]

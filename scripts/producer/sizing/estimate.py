@@ -269,17 +269,28 @@ def text_seconds(family: str, placement: Placement, gpu: Gpu, model: dict | None
     return e["seconds"] * factor * carry(model, "forward", gpu_spec(e["gpu"]), gpu)
 
 
-def read_seconds(family: str, plan: memory.MemoryPlan, model: dict | None = None) -> float:
-    """Once per batch: reading the plan's weights from disk (at the assumed disk speed; the first item's
-    extra, Prediction.first_extra_s, comes on top)."""
+def read_seconds(family: str, plan: memory.MemoryPlan, model: dict | None = None, ram_total: int | None = None) -> float:
+    """Once per batch: loading the plan's weights (the first item's extra, Prediction.first_extra_s, comes on
+    top). Where the machine's RAM holds the files beside the plan's peak (`ram_total`), they stay in the page
+    cache between runs and load at the rate measured that way (load_gb_s, per family: reading and setting up);
+    otherwise no faster than the disk speed the data assumes."""
     model = model or speed_model()
+    a = model["assumptions"]
+    size = read_bytes(family, plan.weights)
+    rate = a["load_gb_s"][family]
+    if ram_total is None or ram_total - plan.peak_ram < size:
+        rate = min(rate, a["disk_read_gb_s"])
+    return round(size / 1e9 / rate, 1)
+
+
+def read_bytes(family: str, weights: str) -> int:
+    """What a batch reads from disk: its denoisers in their form, the text encoder and the VAE in bf16."""
     fp = FOOTPRINTS[family]
-    form = plan.weights if plan.weights in memory.BYTES_PER_PARAM else "bf16"
-    weights = (
+    form = weights if weights in memory.BYTES_PER_PARAM else "bf16"
+    return int(
         len(fp.denoisers) * fp.denoiser_params * memory.BYTES_PER_PARAM[form]
         + (fp.text_encoder_params + fp.vae_params) * memory.BYTES_PER_PARAM["bf16"]
     )
-    return round(weights / 1e9 / model["assumptions"]["disk_read_gb_s"], 1)
 
 
 def prediction_error(predicted: float | None, measured: float) -> dict:

@@ -179,7 +179,7 @@ def predict_phase(
         for item in items
     ]
     known = None not in [p.seconds for p in seconds]
-    load = estimate.read_seconds(family, plan, model) + seconds[0].first_extra_s if known else None
+    load = estimate.read_seconds(family, plan, model, hw.ram_total) + seconds[0].first_extra_s if known else None
     text = estimate.text_seconds(family, plan.text_encoder, gpu, model) * len(items) if known and gpu else None
     total = round(load + text + sum(p.seconds for p in seconds), 1) if known else None
     return {"plan": plan, "items": seconds, "load_seconds": load, "text_seconds": text, "seconds": total}
