@@ -181,12 +181,22 @@ def test_smoke_dir_runs_every_script_and_leaves_a_usable_cache(tmp_path, capsys)
     code, result, _ = run(capsys, "--smoke-dir", str(home))
     assert code == 0, result["failures"]
     steps = {s["name"]: s for s in result["smoke"]["steps"]}
-    assert all(s["ok"] for s in steps.values()) and len(steps) == 1 + len(smoke.script_steps(home, tmp_path))
+    assert all(s["ok"] for s in steps.values()) and len(steps) == 1 + len(smoke.script_steps(home, tmp_path, gpu=False))
     assert (home / "smoke-outputs" / "film.mp4").is_file() and "models" not in result
     code = setup_diffusers.main(["--check", "--models-dir", str(home), "--json", "--quiet"])
     check = json.loads(capsys.readouterr().out)
     assert code == 0 and check["ready"] and "stand-ins" in check["verdict"]
     assert all(check["models"][n]["source"] == "standin" for n in NEEDED)
+
+
+def test_on_a_gpu_the_smoke_also_runs_the_small_cards_streamed_plans(tmp_path):
+    def streamed(gpu):
+        return [argv for _, _, argv, _ in smoke.script_steps(tmp_path, tmp_path, gpu=gpu) if "--offload" in argv]
+
+    assert streamed(False) == []  # on the CPU every plan runs in one memory: nothing to check there
+    both = streamed(True)
+    assert len(both) == 2 and all(argv[argv.index("--offload") + 1] == "group" for argv in both)
+    assert {argv[argv.index("--weights") + 1] for argv in both} == {"gguf-q8", "gguf-q4"}
 
 
 def test_a_failing_script_is_reported_with_its_fix(tmp_path, monkeypatch):

@@ -88,8 +88,14 @@ def install_step(hf_home: Path) -> Step:
     return Step("install the stand-in models", True, _since(start), f"{len(manifest)} entries in {hf_home}")
 
 
-def script_steps(hf_home: Path, out: Path) -> list[tuple[str, str, list[str], list[Path]]]:
-    """(step name, the script's module, argv, outputs it must leave)."""
+def script_steps(hf_home: Path, out: Path, gpu: bool | None = None) -> list[tuple[str, str, list[str], list[Path]]]:
+    """(step name, the script's module, argv, outputs it must leave). On a GPU the small cards' plans run
+    too, weights streamed from host memory: a model placed in two memories fails only where there are two
+    (the Qwen text encoder's embedding table, left in host memory, once failed every 10 GB card's job)."""
+    if gpu is None:
+        import torch
+
+        gpu = torch.cuda.is_available()
     common = ["--models-dir", str(hf_home), "--seed", "1"]
     fox, edit, qgguf, posed = out / "fox.png", out / "fox-edit.png", out / "fox-gguf.png", out / "fox-posed.png"
     clip, cgguf, film = out / "clip.mp4", out / "clip-gguf.mp4", out / "film.mp4"
@@ -113,6 +119,20 @@ def script_steps(hf_home: Path, out: Path) -> list[tuple[str, str, list[str], li
           "--weights", "gguf-q4", *video, *common], [cgguf]),
         ("assemble_video.py", "producer.makers.assemble_video",
          ["--clips", str(clip), str(cgguf), "-o", str(film)], [film]),
+    ] + (_streamed_steps(out, fox, image, video, common) if gpu else [])
+
+
+def _streamed_steps(out: Path, fox: Path, image: list[str], video: list[str], common: list[str]) -> list[tuple]:
+    """The 10 GB card's plans: text encoders and denoisers streamed block by block (GGUF, as there)."""
+    edit, clip = out / "fox-edit-streamed.png", out / "clip-streamed.mp4"
+    streamed = ["--offload", "group"]
+    return [
+        ("qwen_image.py edit, weights streamed (the 10 GB plan)", "producer.makers.qwen_image",
+         ["-p", "the fox from image 1 at night", "-r", str(fox), "-o", str(edit), "--weights", "gguf-q8",
+          *streamed, *image, *common], [edit]),
+        ("wan_video.py image-to-video, experts streamed (the 10 GB plan)", "producer.makers.wan_video",
+         ["--start-frame", str(fox), "--prompt", "the fox sleeps", "-o", str(clip), "--weights", "gguf-q4",
+          *streamed, *video, *common], [clip]),
     ]
 
 

@@ -111,6 +111,9 @@ def _stream_block_lists(module: torch.nn.Module, device: torch.device) -> None:
     pin_in_place(module)
     for parent in parents:
         _group_offload(parent, device, leaf=False, pinned=True)
+        for table in parent.modules():
+            if isinstance(table, torch.nn.Embedding):
+                _look_up_where_the_table_is(table)
     for param in module.parameters():
         if id(param) not in inside:
             param.data = param.data.to(device)
@@ -119,6 +122,27 @@ def _stream_block_lists(module: torch.nn.Module, device: torch.device) -> None:
         if id(owner) not in streamed:
             for name, buf in list(owner.named_buffers(recurse=False)):
                 owner._buffers[name] = buf.to(device)
+
+
+def _look_up_where_the_table_is(table: torch.nn.Embedding) -> None:
+    """An embedding inside a streamed parent is brought in with the parent's own weights when the parent
+    runs, but transformers' Qwen2.5-VL looks the prompt's tokens up in `language_model.embed_tokens` itself,
+    before it calls the language model: the table is still in host memory and the tokens on the GPU
+    ("index is on cuda:0, different from other tensors on cpu", H100, production-3 at 10 GiB). Such a lookup
+    runs where the table is (a few thousand rows) and its result goes where the tokens were."""
+    def tokens_to_table(module, args):
+        ids = args[0]
+        if ids.device == module.weight.device:
+            return None
+        module._tokens_device = ids.device
+        return (ids.to(module.weight.device), *args[1:])
+
+    def rows_to_tokens(module, args, output):
+        device = module.__dict__.pop("_tokens_device", None)
+        return None if device is None else output.to(device, non_blocking=True)
+
+    table.register_forward_pre_hook(tokens_to_table)
+    table.register_forward_hook(rows_to_tokens)
 
 
 def _group_offload(module: torch.nn.Module, device: torch.device, leaf: bool, pinned: bool = False,
