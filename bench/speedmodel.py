@@ -4,7 +4,7 @@
     # regenerate the data file from the committed results (later files replace earlier figures of the same plan)
     python bench/speedmodel.py --out scripts/producer/data/speed-model.json \\
         bench/results/2026-11-29-h200.json bench/results/2026-11-29-h200-second/{a,b,c,d,e,f}.json \\
-        bench/results/2026-12-05-h100/g1.json
+        bench/results/2026-12-05-h100/g1.json bench/results/2026-12-06-h100/p3a.json
     # how well the committed model predicts a benchmark run (e.g. a fresh one on another card)
     python bench/speedmodel.py --compare results.json
 
