@@ -109,7 +109,10 @@ def choices(family: str, config: str) -> dict:
     if plan is None:
         return {"offload": "auto", "weights": "gguf-q4"}
     form = plan.weights if plan.weights in ("gguf-q4", "gguf-q8") else "gguf-q4"
-    offload = plan.placement.offload or "auto"  # the --offload value that asks for this plan (none asks for cpu)
+    # The --offload value that asks for this plan: auto for group offloading (`group` streams every block;
+    # auto under the V GiB cap keeps the blocks that fit, as on that machine), none asks for cpu.
+    streamed = plan.placement.offload == "group"
+    offload = "auto" if streamed or not plan.placement.offload else plan.placement.offload
     return {"offload": offload, "weights": form, "machine_plan": plan.summary()}
 
 
