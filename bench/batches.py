@@ -346,7 +346,8 @@ def _predicted(family: str, jobs: list[dict], home: Path, choice: dict, device: 
             if family == "wan"
             else estimate.Item("qwen", w, h, 4, False, references=1)
         )
-    p = forecast.predict_phase(family, items, hardware.probe(str(home), device), choice)
+    hw = hardware.probe(str(home), device)
+    p = forecast.predict_phase(family, items, hw, choice)
     per_item = [i.seconds for i in p["items"]]
     known = None not in per_item
     load_text = p["load_seconds"] + p["text_seconds"] if known else None
@@ -360,6 +361,9 @@ def _predicted(family: str, jobs: list[dict], home: Path, choice: dict, device: 
         "per_item_s": per_item,
         "basis": p["items"][0].basis,
         "notes": list(p["items"][0].notes),
+        # what the prediction was made for (bench/speedmodel.py --compare predicts it again from these)
+        "machine": {"vram_gib": round(hw.vram_total / 2**30, 2), "ram_gib": round(hw.ram_total / 2**30, 2),
+                    "host_link": hw.host_link},
     }
 
 

@@ -4,7 +4,7 @@
     # regenerate the data file from the committed results (later files replace earlier figures of the same plan)
     python bench/speedmodel.py --out scripts/producer/data/speed-model.json \\
         bench/results/2026-11-29-h200.json bench/results/2026-11-29-h200-second/{a,b,c,d,e,f}.json \\
-        bench/results/2026-12-05-h100/g1.json bench/results/2026-12-06-h100/p3a.json
+        bench/results/2026-12-05-h100/g1.json bench/results/2026-12-06-h100/{t10,p3a}.json
     # how well the committed model predicts a benchmark run (e.g. a fresh one on another card)
     python bench/speedmodel.py --compare results.json
 
@@ -325,9 +325,40 @@ def compare(data: dict, model: dict, source: str = "") -> list[dict]:
     return rows
 
 
+def compare_production(data: dict, model: dict) -> list[dict]:
+    """Each phase of a production-3 run beside what `production.py estimate` predicts for it (forecast.predict_phase)
+    with this model, on the machine the run had: the card (capped under planVxR), its RAM, the batch's choices."""
+    import re
+
+    from batches import SIZES, choices
+    from producer.facts import hardware
+    from producer.workflow import forecast
+
+    rows = []
+    size = "tiny" if "--size tiny" in data.get("command", "") else "full"
+    for run in data["runs"]:
+        for phase in [] if run.get("error") else run.get("phases", []):
+            family = phase["family"]
+            machine = phase["predicted"].get("machine") or dict(
+                zip(("vram_gib", "ram_gib"), map(float, re.search(r"(\d+) GiB GPU, (\d+) GiB RAM", phase["plan"]).groups()))
+            )
+            hw = hardware.from_sizes(machine["vram_gib"], machine["ram_gib"], name=data["environment"]["gpu"],
+                                     host_link=tuple(machine["host_link"]) if machine.get("host_link") else None)
+            width, height = (int(v) for v in phase["size"].split("x")) if "size" in phase else SIZES[size][family][:2]
+            frames = phase.get("frames", SIZES[size]["wan"][2])
+            item = (estimate.Item("wan", width, height, 4, False, frames=frames) if family == "wan"
+                    else estimate.Item("qwen", width, height, 4, False, references=1))
+            predicted = forecast.predict_phase(family, [item] * phase["items"], hw, choices(family, run["config"]), model)
+            rows.append({"workload": run["workload"], "config": f"{run['config']}:{phase['phase']}", "plan": family,
+                         **estimate.prediction_error(predicted["seconds"], phase["wall_s"]),
+                         "basis": predicted["items"][0].basis})
+    return rows
+
+
 def compare_lines(data: dict, model: dict | None = None, source: str = "") -> list[str]:
     lines = []
-    for r in compare(data, model or estimate.speed_model(), source):
+    model = model or estimate.speed_model()
+    for r in compare(data, model, source) + compare_production(data, model):
         err = "-" if r["error"] is None else f"{r['error']:+.1%}"
         lines.append(
             f"{r['workload']:<14} {r['config']:<12} predicted {r['predicted_s']} s, measured {r['measured_s']} s, "
