@@ -65,7 +65,9 @@ NOTES = [
     "Qwen's text encoder was not measured: Wan's UMT5 figure scaled by parameters (8.3 B / 5.7 B).",
     (
         "write_s: what each item costs besides generating (judging, colour match, review files, MP4/PNG, recipe) "
-        "in a production-3 run's batches on the GPU machine's CPU; without one, bench/writing.py on a 2-core CPU."
+        "in a production-3 run's batches on the GPU machine's CPU; without one, bench/writing.py on a 2-core CPU. "
+        "Random weights make noisy clips, which x264 encodes slowly: at 832x480x81 a noise clip took 4.2 s to "
+        "write as MP4 on the 2-core machine, smooth motion 0.87 s, so a real clip's overhead is likely lower."
     ),
     (
         "load_gb_s: per family, the bytes a batch reads (denoisers in their form, text encoder and VAE in bf16) "
