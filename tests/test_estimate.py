@@ -119,6 +119,11 @@ def test_loading_is_no_faster_than_the_disk_where_ram_cannot_cache_the_files():
     cold = estimate.read_seconds("wan", plan, model, ram_total=plan.peak_ram + int(size * 1e9) - 1)
     assert cached == pytest.approx(size / model["assumptions"]["load_gb_s"]["wan"], abs=0.1)
     assert cold == pytest.approx(size / model["assumptions"]["disk_read_gb_s"], abs=0.1) and cold > cached
+    assert "page cache" in estimate.read_rate("wan", plan, model, hw.ram_total)[1]
+    assert "assumed disk speed" in estimate.read_rate("wan", plan, model, plan.peak_ram)[1]
+    phase = forecast.predict_phase("wan", [estimate.Item("wan", 832, 480, 4, False, frames=81)], hw,
+                                   {"offload": "auto", "weights": "gguf-q4"}, model)
+    assert "page cache" in phase["load_basis"]  # what the estimate's JSON says of its loading figure
 
 
 def test_on_the_card_it_was_measured_on_the_prediction_is_the_measurement():

@@ -271,16 +271,24 @@ def text_seconds(family: str, placement: Placement, gpu: Gpu, model: dict | None
 
 def read_seconds(family: str, plan: memory.MemoryPlan, model: dict | None = None, ram_total: int | None = None) -> float:
     """Once per batch: loading the plan's weights (the first item's extra, Prediction.first_extra_s, comes on
-    top). Where the machine's RAM holds the files beside the plan's peak (`ram_total`), they stay in the page
-    cache between runs and load at the rate measured that way (load_gb_s, per family: reading and setting up);
-    otherwise no faster than the disk speed the data assumes."""
-    model = model or speed_model()
-    a = model["assumptions"]
+    top), at read_rate's speed."""
+    rate, _ = read_rate(family, plan, model, ram_total)
+    return round(read_bytes(family, plan.weights) / 1e9 / rate, 1)
+
+
+def read_rate(family: str, plan: memory.MemoryPlan, model: dict | None = None,
+              ram_total: int | None = None) -> tuple[float, str]:
+    """GB/s of loading, and why. Where the machine's RAM (`ram_total`) holds the files beside the plan's
+    peak, they stay in the page cache between runs and load at the rate measured that way (load_gb_s, per
+    family: reading and setting up); otherwise no faster than the disk speed the data assumes."""
+    a = (model or speed_model())["assumptions"]
     size = read_bytes(family, plan.weights)
-    rate = a["load_gb_s"][family]
-    if ram_total is None or ram_total - plan.peak_ram < size:
-        rate = min(rate, a["disk_read_gb_s"])
-    return round(size / 1e9 / rate, 1)
+    cached, disk = a["load_gb_s"][family], a["disk_read_gb_s"]
+    if ram_total is not None and ram_total - plan.peak_ram >= size and cached > disk:
+        return cached, (f"{size / 1e9:.0f} GB at {cached} GB/s: RAM holds the files beside the plan, so they "
+                        "stay in the page cache between runs (the first run after a reboot reads the disk)")
+    rate = min(cached, disk)
+    return rate, f"{size / 1e9:.0f} GB at {rate} GB/s (an assumed disk speed; RAM cannot cache the files)"
 
 
 def read_bytes(family: str, weights: str) -> int:

@@ -182,7 +182,9 @@ def predict_phase(
     load = estimate.read_seconds(family, plan, model, hw.ram_total) + seconds[0].first_extra_s if known else None
     text = estimate.text_seconds(family, plan.text_encoder, gpu, model) * len(items) if known and gpu else None
     total = round(load + text + sum(p.seconds for p in seconds), 1) if known else None
-    return {"plan": plan, "items": seconds, "load_seconds": load, "text_seconds": text, "seconds": total}
+    basis = estimate.read_rate(family, plan, model, hw.ram_total)[1] if known else None
+    return {"plan": plan, "items": seconds, "load_seconds": load, "load_basis": basis, "text_seconds": text,
+            "seconds": total}
 
 
 def _phase(phase: str, family: str, resolved: list, hw: Hardware, model: dict) -> tuple[dict, list[dict]]:
@@ -215,6 +217,7 @@ def _phase(phase: str, family: str, resolved: list, hw: Hardware, model: dict) -
         "plan": plan.summary(),
         "fits": plan.fits,
         "load_seconds": round(load, 1) if known else None,
+        "load_basis": predicted["load_basis"],
         "text_seconds": round(text, 1) if known else None,
         "seconds": total,
         "time": _duration(total),
