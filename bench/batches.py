@@ -61,7 +61,7 @@ NEVER_REFUSE = [
     "flicker_ratio=1e9",
     "flicker_floor=1e9",
 ]
-LOAD_STAGES = ("load_experts", "load_transformer", "place", "lora_load")  # the first job's: the load once
+LOAD_STAGES = ("load_experts", "load_transformer", "place", "lora_load", "free_text_encoder")  # the first job's: the load once
 
 
 def run_batches(args, workload: str, config: str, device: str) -> dict:

@@ -123,6 +123,7 @@ def test_prebuilt_components_run_through_the_same_code(setup):
     np.testing.assert_allclose(clip.frames, loaded.frames, atol=1e-5)  # float rounding only
     assert set(clip.seconds) >= {"load_experts", "denoise", "decode", "high_expert", "low_expert"}
     assert clip.experts["transformer"].steps == clip.experts["transformer_2"].steps == 2
+    assert {"encode", "free_text_encoder"} <= set(prebuilt.seconds)  # the session's once-a-run stages
 
 
 def test_fp8_storage_is_applied_to_each_expert_after_its_lora(setup):
