@@ -228,10 +228,12 @@ def run_phase(args, phase: str, family: str, folder: Path, home: Path, choice: d
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     batch._attempt = timed
+    from ramwatch import RamWatch
+
     try:
         _sync(device)
         begin = time.perf_counter()
-        with contextlib.redirect_stdout(out), synced_stages(device):
+        with contextlib.redirect_stdout(out), synced_stages(device), RamWatch() as ram:
             code = (wan_video if family == "wan" else qwen_image).main(argv)
         _sync(device)
         wall = time.perf_counter() - begin
@@ -252,6 +254,11 @@ def run_phase(args, phase: str, family: str, folder: Path, home: Path, choice: d
         **({"frames": jobs[0]["frames"]} if family == "wan" else {"references": 1}),
         "plan": plans["summary"],
         "peak_vram_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if device == "cuda" else 0.0,
+        # this phase's host RAM (anonymous + shared: what has to fit; the mapped model files are page cache)
+        # beside the plan's prediction: the real loading path, models read from files
+        **{k: v for k, v in ram.peaks().items() if k in ("peak_ram_anon_gib", "file_pages_at_anon_peak_gib")},
+        "predicted_ram_gib": plans.get("peak_ram_gib"),
+        "predicted_vram_gib": plans.get("peak_vram_gib"),
         **measured,
         "predicted": predicted,
         "script_prediction": report.get("prediction"),

@@ -88,23 +88,25 @@ def _batch_table(workload: str, runs: list[dict]) -> list[str]:
     and per item the time against pure generation (denoise + decode)."""
     out = [f"### {workload} (the scripts' own --batch, models read from disk)", "",
            ("| config | phase | items | measured s | predicted s | error | load + prompts s (predicted) | "
-            "items s (predicted) | per item / pure generation | overhead per item s | peak VRAM GiB | plan |"),
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "items s (predicted) | per item / pure generation | overhead per item s | peak VRAM GiB (planned) | "
+            "peak RAM GiB anonymous (planned) | plan |"),
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         if r.get("error"):
-            out.append(f"| {r['config']} | failed: {r['error'][:120]} |" + " |" * 10)
+            out.append(f"| {r['config']} | failed: {r['error'][:120]} |" + " |" * 11)
             continue
         for p in r["phases"]:
             pred, err = p["predicted"], p["errors"]["total"]
             out.append(f"| {r['config']} | {p['phase']} | {p['items']} | {p['total_s']:.1f} | {pred['total_s']} | "
                        f"{'-' if err is None else f'{err:+.1%}'} | {p['load_text_s']:.1f} ({pred['load_text_s']}) | "
                        f"{p['items_s']:.1f} ({pred['items_s']}) | {p['item_ratio_median']:.3f}x | "
-                       f"{p['overhead_median_s']:.2f} | {p['peak_vram_gib']} | {p['plan'][:70]} |")
+                       f"{p['overhead_median_s']:.2f} | {p['peak_vram_gib']} ({p.get('predicted_vram_gib', '-')}) | "
+                       f"{p.get('peak_ram_anon_gib', '-')} ({p.get('predicted_ram_gib', '-')}) | {p['plan'][:70]} |")
         whole = r["production"]
         if len(r["phases"]) > 1:
             err = whole["error"]
             out.append(f"| {r['config']} | all | | {whole['measured_s']:.1f} | {whole['predicted_s']} | "
-                       f"{'-' if err is None else f'{err:+.1%}'} | | | | | | |")
+                       f"{'-' if err is None else f'{err:+.1%}'} | | | | | | | |")
     out += ["", "Per item / pure generation: the median over the items after the first of (item - load) / "
                 "(denoise + decode); the first item also reads the denoisers. Weights: " +
             next((r["weights_made"] for r in runs if "weights_made" in r), "-") + "."]

@@ -47,6 +47,8 @@ def test_production_runs_its_phases_through_the_scripts_batch_from_installed_mod
     ]
     assert "weights gguf-q8" in keyframes["plan"] and "weights gguf-q4" in clips["plan"]
     assert clips["machine_plan"].startswith("plan group-offload")
+    for phase in (keyframes, clips):  # each phase's host RAM beside the plan's prediction (models read from files)
+        assert phase["peak_ram_anon_gib"] > 0 and phase["predicted_ram_gib"] > 0 and phase["predicted_vram_gib"] >= 0
     made = home / "production-production-3-plan10x32"
     from PIL import Image
 
