@@ -27,6 +27,8 @@ config naming a class this diffusers/transformers has; and the models this machi
 --smoke     run qwen_image.py, wan_video.py (full and GGUF weights) and assemble_video.py end to end on
             tiny stand-in models (real classes, random weights) in a cache of their own: no download, a
             few seconds a step. The quickest proof that torch, diffusers, ffmpeg and the scripts work.
+            On a GPU it also runs the 10 GB card's streamed plans (--offload group, GGUF weights),
+            whose faults show only where weights live in two memories.
 --smoke-dir DIR  like --smoke, but leave the stand-in cache in DIR (HF_HOME layout, with install records)
             and the outputs in DIR/smoke-outputs, so the scripts can be run against it by hand
             (--models-dir DIR).
