@@ -9,6 +9,7 @@ from pathlib import Path
 
 import fullsize
 import numpy as np
+import ramwatch
 import torch
 from benchmark import FORCED_FORMS, LEVERS, TINY, WORKLOADS, cap_gib, plan_machine
 from PIL import Image
@@ -270,7 +271,7 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
         session = wan.WanSession.from_components(pipe, plan, device, progress=False)
     job = wan.ClipJob(image=image, prompt="bench", width=width, height=height, frames=frames, sampling=sampling,
                       seed=0, negative_prompt="bench negative" if cfg else "")
-    _mark_stages(session, "wan")
+    ramwatch.mark_session_stages(session, "wan")
     session._embeds[job.prompt_key] = (embeds, negative)  # the text encoder is bypassed (timed on its own)
     extra["peak_vram_before_decode_gib"] = _peak_before(session, "decode", device)
     cold, total, clip = _steady_runs(lambda: session.generate(job), args.repeats, device)
@@ -332,41 +333,6 @@ def _session_from_disk(args, pipe, plan, form: str, device: str):
     # The floor: reading what was loaded (both files, or the first expert's for one-expert-in-RAM plans).
     disk["load_floor_s"] = round(disk["disk_read"]["seconds"] * (1.0 if plan.experts_in_ram == 2 else 0.5), 3)
     return session, disk
-
-
-def _mark_stages(session, family: str) -> None:
-    """Name the session's stages for the RAM watch (ramwatch.mark): reading a denoiser, denoising with each,
-    letting one go, decoding; so that a RAM peak above the plan shows which stage reached it."""
-    from ramwatch import mark
-
-    def marking(method: str, before, after=None):
-        original = getattr(session, method)
-
-        def wrapped(*a, **k):
-            mark(before(*a))
-            out = original(*a, **k)
-            if after:
-                after(*a)
-            return out
-
-        setattr(session, method, wrapped)
-
-    def denoising(*_):  # each expert's forwards mark its stage (the loop switches experts by itself)
-        for component in registry.WAN_DENOISERS:
-            module = getattr(session.pipe, component)
-            if module is not None and not getattr(module, "_bench_marks", False):
-                module.register_forward_pre_hook(lambda *_, c=component: mark(f"denoise {c}"))
-                module._bench_marks = True
-
-    from producer.facts import registry
-
-    if family == "wan":
-        marking("_experts_for_start", lambda: "load", denoising)
-        marking("_bring_in", lambda c: f"read {c}", denoising)
-        marking("_let_go", lambda c: f"release {c}")
-    else:
-        marking("denoise", lambda job: "place and denoise")
-    marking("decode", lambda *a: "decode", lambda *a: mark("after decode"))
 
 
 def _wan_probe(transformer, embeds, width: int, height: int, frames: int) -> torch.Tensor:
@@ -493,7 +459,7 @@ def run_qwen(args, workload: str, config: str, device: str) -> dict:
     job = qwen.QwenJob(prompt="bench", width=width, height=height, steps=measured, cfg=4.0 if cfg else 1.0, seed=0,
                        negative_prompt="bench negative" if cfg else None, references=references,
                        embeds=qwen.Embeds(embeds, mask, neg, neg_mask))
-    _mark_stages(session, "qwen")
+    ramwatch.mark_session_stages(session, "qwen")
     cold, total, generated = _steady_runs(lambda: session.generate(job), args.repeats, device)
     seconds = _scaled_seconds(generated.seconds, total, ("denoise",), steps, measured)
     return _result(seconds, cold, plan, {"speed": notes, **built, **_expected("qwen", config)}, steps, measured)

@@ -82,3 +82,36 @@ class RamWatch:
                 "file_pages_at_anon_peak_gib": round(self.file_at_anon_peak / gib, 2),
                 "peak_rss_sampled_gib": round(self.rss / gib, 2),
                 "peak_ram_anon_by_stage_gib": {k: round(v / gib, 2) for k, v in self.anon_by_stage.items()}}
+
+
+def mark_session_stages(session, family: str) -> None:
+    """Name the session's stages for the RAM watch (mark): reading a denoiser, denoising with each,
+    letting one go, decoding; so that a RAM peak above the plan shows which stage reached it."""
+    def marking(method: str, before, after=None):
+        original = getattr(session, method)
+
+        def wrapped(*a, **k):
+            mark(before(*a))
+            out = original(*a, **k)
+            if after:
+                after(*a)
+            return out
+
+        setattr(session, method, wrapped)
+
+    def denoising(*_):  # each expert's forwards mark its stage (the loop switches experts by itself)
+        for component in registry.WAN_DENOISERS:
+            module = getattr(session.pipe, component)
+            if module is not None and not getattr(module, "_bench_marks", False):
+                module.register_forward_pre_hook(lambda *_, c=component: mark(f"denoise {c}"))
+                module._bench_marks = True
+
+    from producer.facts import registry
+
+    if family == "wan":
+        marking("_experts_for_start", lambda: "load", denoising)
+        marking("_bring_in", lambda c: f"read {c}", denoising)
+        marking("_let_go", lambda c: f"release {c}")
+    else:
+        marking("denoise", lambda job: "place and denoise")
+    marking("decode", lambda *a: "decode", lambda *a: mark("after decode"))
