@@ -110,6 +110,18 @@ def test_a_production_the_model_was_not_built_from_is_predicted_within_20_percen
     assert all(abs(r["error"]) <= 0.20 for r in rows), rows
 
 
+def test_a_forms_resident_forward_is_fitted_from_its_streamed_shares():
+    def run(share, forward, config):
+        return {"gpu": "G", "family": "qwen", "plan": "group-offload", "weights": "gguf-q8", "levers": [],
+                "tokens": 8704, "cfg": False, "streamed_share": share, "forward_s": forward, "decode_s": 0.1,
+                "other_s": 0.0, "cold_extra_s": 5.0, "source": "r.json", "config": config}
+
+    (fit,) = speedmodel.fit_resident_forms([run(1.0, 1.0, "a"), run(0.5, 0.8, "b"), run(0.25, 0.7, "c")])
+    assert fit["plan"] == "resident" and fit["forward_s"] == pytest.approx(0.6) and "streamed_share" not in fit
+    assert speedmodel.fit_resident_forms([run(1.0, 1.0, "a"), run(0.9, 0.95, "b")]) == []  # too close to tell
+    assert speedmodel.fit_resident_forms([run(1.0, 1.0, "a")]) == []
+
+
 def test_loading_is_no_faster_than_the_disk_where_ram_cannot_cache_the_files():
     model = estimate.speed_model()
     hw = hardware.from_sizes(80, 128, name="NVIDIA H100 80GB HBM3")
@@ -170,14 +182,18 @@ def test_a_slow_host_link_bounds_a_streaming_plan():
 
 def test_resident_blocks_count_only_the_streamed_blocks():
     """Partial residency: the link floor counts the streamed bytes only, and the measured all-streamed forward
-    is carried block by block (resident blocks at the resident cost)."""
+    is carried block by block (resident blocks at the resident cost of the same weight form: for GGUF Q8 the
+    line through the measured streamed shares at 0, dearer than bf16)."""
     gpu, qwen = estimate.gpu_spec("NVIDIA H200"), estimate.Item("qwen", 1024, 1024, 4, False, references=1)
     work = memory.qwen_workload(1024, 1024, 1)
     kept = memory.plan_memory(hardware.from_sizes(16, 32), memory.QWEN_FOOTPRINT, work)
     streamed = memory.plan_memory(hardware.from_sizes(16, 32), memory.QWEN_FOOTPRINT, work, max_resident_blocks=0)
     assert kept.resident_blocks > 0 and streamed.resident_blocks == 0
     with_kept, all_streamed = estimate.predict_item(qwen, kept, gpu), estimate.predict_item(qwen, streamed, gpu)
-    resident = estimate.predict_item(qwen, plan_on(H200), gpu)
+    on_card = memory.plan_memory(H200, memory.QWEN_FOOTPRINT, work, weights=kept.weights)
+    resident = estimate.predict_item(qwen, on_card, gpu)
+    assert on_card.placement == memory.Placement.GPU and "fitted at 0 streamed" in resident.basis
+    assert estimate.predict_item(qwen, plan_on(H200), gpu).denoise_s < resident.denoise_s  # bf16 < GGUF Q8
     assert resident.denoise_s < with_kept.denoise_s < all_streamed.denoise_s
     share = kept.streamed_share
     expected = resident.denoise_s + (all_streamed.denoise_s - resident.denoise_s) * share
