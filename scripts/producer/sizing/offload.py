@@ -131,8 +131,8 @@ def _look_up_where_the_table_is(table: torch.nn.Embedding) -> None:
     ("index is on cuda:0, different from other tensors on cpu", H100, production-3 at 10 GiB). Such a lookup
     runs where the table is (a few thousand rows) and its result goes where the tokens were."""
     def tokens_to_table(module, args):
-        ids = args[0]
-        if ids.device == module.weight.device:
+        ids = args[0] if args else None  # called with input= by keyword: left as it is
+        if ids is None or ids.device == module.weight.device:
             return None
         module._tokens_device = ids.device
         return (ids.to(module.weight.device), *args[1:])
