@@ -61,7 +61,7 @@ NEVER_REFUSE = [
     "flicker_ratio=1e9",
     "flicker_floor=1e9",
 ]
-LOAD_STAGES = ("load_experts", "load_transformer", "place", "lora_load", "free_text_encoder")  # the first job's: the load once
+LOAD_STAGES = ("load_experts", "load_transformer", "place", "lora_load")  # the first job's: the load once
 
 
 def run_batches(args, workload: str, config: str, device: str) -> dict:
@@ -111,8 +111,7 @@ def choices(family: str, config: str) -> dict:
     form = plan.weights if plan.weights in ("gguf-q4", "gguf-q8") else "gguf-q4"
     # The --offload value that asks for this plan: auto for group offloading (`group` streams every block;
     # auto under the V GiB cap keeps the blocks that fit, as on that machine), none asks for cpu.
-    streamed = plan.placement.offload == "group"
-    offload = "auto" if streamed or not plan.placement.offload else plan.placement.offload
+    offload = "auto" if plan.placement.offload in (None, "group") else plan.placement.offload
     return {"offload": offload, "weights": form, "machine_plan": plan.summary()}
 
 
@@ -244,7 +243,7 @@ def run_phase(args, phase: str, family: str, folder: Path, home: Path, choice: d
         failed = [j.get("error") for j in report.get("jobs", []) if j.get("status") != "ok"]
         raise SystemExit(f"{phase}: the batch exited {code}: {report.get('error') or failed}")
     measured = measure(report["jobs"], marks, begin, wall)
-    predicted = _predicted(family, jobs, home, choice, device, args.size)
+    predicted = _predicted(family, jobs, home, choice, device)
     plans = report.get("memory_plans", {}).get("edit") or report.get("memory_plan")
     result = {
         "phase": phase,
@@ -338,21 +337,31 @@ def measure(jobs: list[dict], marks: dict, begin: float, wall: float) -> dict:
     }
 
 
-def _predicted(family: str, jobs: list[dict], home: Path, choice: dict, device: str, size: str) -> dict:
+def phase_item(family: str, size: str, frames: int | None):
+    """One job of a phase as the speed model sees it (estimate.Item): the batch's schedule, no CFG."""
+    from producer.sizing import estimate
+
+    w, h = (int(v) for v in size.split("x"))
+    steps = SCHEDULE[family]["steps"]
+    return (estimate.Item("wan", w, h, steps, False, frames=frames) if family == "wan"
+            else estimate.Item("qwen", w, h, steps, False, references=1))
+
+
+def phase_size(phase: dict, command: str) -> tuple[str, int | None]:
+    """A recorded phase's item size ("WxH") and frames (Wan); runs before they were recorded: the --size default."""
+    size = SIZES["tiny" if "--size tiny" in command else "full"][phase["family"]]
+    if "size" in phase:
+        return phase["size"], phase.get("frames")
+    return f"{size[0]}x{size[1]}", size[2] if phase["family"] == "wan" else None
+
+
+def _predicted(family: str, jobs: list[dict], home: Path, choice: dict, device: str) -> dict:
     """What `production.py estimate` predicts for this phase on this machine (producer.workflow.forecast.predict_phase)
     with the batch's choices; the models installed in `home` are the ones it sees."""
     from producer.facts import hardware
-    from producer.sizing import estimate
     from producer.workflow import forecast
 
-    items = []
-    for job in jobs:
-        w, h = (int(v) for v in job["size"].split("x"))
-        items.append(
-            estimate.Item("wan", w, h, 4, False, frames=job["frames"])
-            if family == "wan"
-            else estimate.Item("qwen", w, h, 4, False, references=1)
-        )
+    items = [phase_item(family, job["size"], job.get("frames")) for job in jobs]
     hw = hardware.probe(str(home), device)
     p = forecast.predict_phase(family, items, hw, choice)
     per_item = [i.seconds for i in p["items"]]

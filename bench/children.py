@@ -325,9 +325,7 @@ def _session_from_disk(args, pipe, plan, form: str, device: str):
     files = WanFiles(folder / f"snapshot-{args.size}", form, paths)
     session = wan.WanSession(pipe, plan, torch.device(device), experts.ExpertsOnDisk(files, dtype, torch.device(device),
                                                                                    plan), progress=False)
-    from ramwatch import mark
-
-    mark("load")
+    ramwatch.mark("load")
     with _timed(device, disk, "load_to_first_step_s"):
         session._experts_for_start()
     # The floor: reading what was loaded (both files, or the first expert's for one-expert-in-RAM plans).

@@ -72,8 +72,9 @@ NOTES = [
     (
         "write_s: what each item costs besides generating (judging, colour match, review files, MP4/PNG, recipe) "
         "in a production-3 run's batches on the GPU machine's CPU; without one, bench/writing.py on a 2-core CPU. "
-        "Random weights make noisy clips, which x264 encodes slowly: at 832x480x81 a noise clip took 4.2 s to "
-        "write as MP4 on the 2-core machine, smooth motion 0.87 s, so a real clip's overhead is likely lower."
+        "Random weights make noisy clips, which x264 encodes slowly: at 832x480x81 on the 2-core machine the MP4 "
+        "of a noise clip took 4.17 s, of a slow pan 0.61 s (bench/writing.py), so a real clip's overhead is "
+        "likely lower."
     ),
     (
         "load_gb_s: per family, the bytes a batch reads (denoisers in their form, text encoder and VAE in bf16) "
@@ -138,10 +139,9 @@ def production_parts(data: dict, gpu: str, source: str) -> tuple[list[dict], lis
     """From a production-3 run (bench/batches.py): an entry per phase (its plan, resident or not, measured in
     a real --batch of the scripts) and the phase's load sample ({family, bytes, seconds, overhead_s})."""
     entries, samples = [], []
-    size = "tiny" if "--size tiny" in data.get("command", "") else "full"
     for run in data["runs"]:
         for phase in [] if run.get("error") else run.get("phases", []):
-            entry = phase_entry(phase, gpu, source, size, run["config"])
+            entry = phase_entry(phase, gpu, source, data.get("command", ""), run["config"])
             entries.append(entry)
             fixed = phase["wall_s"] - phase["items"] * (phase["pure_median_s"] + phase["overhead_median_s"])
             text = phase["predicted"].get("text_s") or 0.0
@@ -150,26 +150,25 @@ def production_parts(data: dict, gpu: str, source: str) -> tuple[list[dict], lis
     return entries, samples
 
 
-def phase_entry(phase: dict, gpu: str, source: str, size: str, config: str) -> dict:
-    from batches import SCHEDULE, SIZES
+def phase_entry(phase: dict, gpu: str, source: str, command: str, config: str) -> dict:
+    from batches import phase_item, phase_size
     from producer.sizing.speed import default_speed
 
     family = phase["family"]
-    width, height = (int(v) for v in phase["size"].split("x")) if "size" in phase else SIZES[size][family][:2]
-    frames = phase.get("frames", SIZES[size]["wan"][2]) if family == "wan" else 1
+    item = phase_item(family, *phase_size(phase, command))
+    width, height, frames = item.width, item.height, item.frames
     plan = phase["plan"].split(",")[0].removeprefix("plan ")
     weights = phase["plan"].split("weights ")[1].split(",")[0]
     steady = phase["per_item"][1:] or phase["per_item"]
     stages = [item["stages"] for item in steady]
     denoise = [s["high_expert"] + s["low_expert"] if family == "wan" else s["denoise"] for s in stages]
-    work = memory.wan_workload(width, height, frames) if family == "wan" else memory.qwen_workload(width, height, 1)
     placement = memory.Placement.of_plan(plan)
     levers = ["compile"] if default_speed("cuda", placement, items=phase["items"], family=family).compile else []
     return {
-        "family": family, "plan": plan, "weights": weights, "levers": levers, "tokens": work.tokens, "cfg": False,
+        "family": family, "plan": plan, "weights": weights, "levers": levers, "tokens": item.tokens, "cfg": False,
         "gpu": gpu, "width": width, "height": height, "frames": frames, "references": 0 if family == "wan" else 1,
-        "pixels": width * height * frames,
-        "forward_s": round(statistics.median(denoise) / SCHEDULE[family]["steps"], 4),
+        "pixels": item.pixels,
+        "forward_s": round(statistics.median(denoise) / item.forwards, 4),
         "decode_s": round(statistics.median(s["decode"] for s in stages), 3),
         # the rest of the pure item (Wan: the start frame's encoding and the expert swap)
         "other_s": round(max(0.0, phase["pure_median_s"] - statistics.median(denoise)
@@ -247,7 +246,7 @@ def fit_resident_forms(read: list[dict]) -> list[dict]:
     groups: dict[tuple, dict[float, dict]] = {}
     for e in read:
         if e["plan"] == memory.Placement.GROUP_OFFLOAD.plan:
-            groups.setdefault(_key(e)[1:] + (e["gpu"],), {})[e.get("streamed_share", 1.0)] = e
+            groups.setdefault(_key(e), {})[e.get("streamed_share", 1.0)] = e
     fitted = []
     for by_share in groups.values():
         if len(by_share) < 2 or max(by_share) - min(by_share) < 0.3:  # too close to tell slope from noise
@@ -274,7 +273,7 @@ def build(paths: list[Path]) -> dict:
     entries: dict[tuple, dict] = {}
     text: dict[tuple, dict] = {}
     samples: list[dict] = []
-    streamed: list[dict] = []  # every entry read, for the resident forms fitted from streamed shares
+    read: list[dict] = []  # every entry read, also those replaced: the fit of resident forms uses them all
     for path in paths:
         data = json.loads(path.read_text(encoding="utf-8"))
         gpu = data["environment"].get("gpu", "CPU")
@@ -285,13 +284,13 @@ def build(paths: list[Path]) -> dict:
         runs = sorted(data["runs"], key=lambda r: r.get("streamed_share", 1.0))
         for e in [entry_of(run, gpu, _rel(path)) for run in runs] + produced:
             if e:
-                streamed.append(e)
+                read.append(e)
                 entries[_key(e)] = e
         for run in data["runs"]:
             t = text_entry(run, gpu, _rel(path))
             if t:
                 text[(gpu, t["placement"])] = t
-    for e in fit_resident_forms(streamed):
+    for e in fit_resident_forms(read):
         entries.setdefault(_key(e), e)  # a measured resident run of the form stays
     ordered = sorted(
         entries.values(),
@@ -378,12 +377,11 @@ def compare_production(data: dict, model: dict) -> list[dict]:
     with this model, on the machine the run had: the card (capped under planVxR), its RAM, the batch's choices."""
     import re
 
-    from batches import SIZES, choices
+    from batches import choices, phase_item, phase_size
     from producer.facts import hardware
     from producer.workflow import forecast
 
     rows = []
-    size = "tiny" if "--size tiny" in data.get("command", "") else "full"
     for run in data["runs"]:
         for phase in [] if run.get("error") else run.get("phases", []):
             family = phase["family"]
@@ -392,10 +390,7 @@ def compare_production(data: dict, model: dict) -> list[dict]:
             )
             hw = hardware.from_sizes(machine["vram_gib"], machine["ram_gib"], name=data["environment"]["gpu"],
                                      host_link=tuple(machine["host_link"]) if machine.get("host_link") else None)
-            width, height = (int(v) for v in phase["size"].split("x")) if "size" in phase else SIZES[size][family][:2]
-            frames = phase.get("frames", SIZES[size]["wan"][2])
-            item = (estimate.Item("wan", width, height, 4, False, frames=frames) if family == "wan"
-                    else estimate.Item("qwen", width, height, 4, False, references=1))
+            item = phase_item(family, *phase_size(phase, data.get("command", "")))
             predicted = forecast.predict_phase(family, [item] * phase["items"], hw, choices(family, run["config"]), model)
             rows.append({"workload": run["workload"], "config": f"{run['config']}:{phase['phase']}", "plan": family,
                          **estimate.prediction_error(predicted["seconds"], phase["wall_s"]),

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "benchmark.py"
 
 
@@ -55,7 +57,9 @@ def test_writing_benchmark_times_every_stage_after_generation(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     stages = json.loads(out.read_text())["median_seconds"]
     assert set(stages["clip"]) == {"continuity", "color_match_if_applied", "review_files", "mp4_and_recipe",
-                                   "every_clip"}
+                                   "mp4_if_noise", "every_clip"}
+    paid = stages["clip"]["continuity"] + stages["clip"]["review_files"] + stages["clip"]["mp4_and_recipe"]
+    assert stages["clip"]["every_clip"] == pytest.approx(paid, abs=2e-3)  # noise and colour match are extras
     assert stages["clip"]["every_clip"] > 0 and stages["image"]["png"] > 0
 
 
