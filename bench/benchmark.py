@@ -66,8 +66,10 @@ CAPS = {"cap10": 10, "cap12": 12, "cap16": 16, "cap24": 24, "cap48": 48}
 # measured peak is reported beside R and the plan's prediction. `planVxR-streamall`: the same plan with every
 # block streamed (no partial residency), to measure what the resident blocks save in the same run;
 # `planVxR-dequant`: the plan with its opt-in lever dequantize_on_arrival (GGUF weights); `planVxR-q4`,
-# `planVxR-q8`: the plan that machine gets when told `--weights gguf-q4` / `gguf-q8` (a form against another).
-PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)(-streamall|-dequant|-q4|-q8)?$")
+# `planVxR-q8`: the plan that machine gets when told `--weights gguf-q4` / `gguf-q8` (a form against another);
+# `planVxR-eagerdq`: the plan with diffusers' own GGUF dequantization at every call (`--compile off`), against
+# the compiled one the scripts use on a GPU.
+PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)(-streamall|-dequant|-q4|-q8|-eagerdq)?$")
 FORCED_FORMS = {"-q4": "gguf-q4", "-q8": "gguf-q8"}
 
 

@@ -156,17 +156,17 @@ def _footprint(family: str, modules: dict, size: str):
 def _speed(config: str, device: str, placement: Placement):
     from producer.sizing import speed
 
-    lever = LEVERS.get(config, {})
+    lever = LEVERS.get(config, {"compile": "off"} if config.endswith("-eagerdq") else {})
     return speed.default_speed(device, placement, lever.get("compile", "auto"), lever.get("fp8_matmul", False),
                                lever.get("attention"))
 
 
-def _levers(modules, speed) -> list[str]:
+def _levers(modules, speed, device: str) -> list[str]:
     from producer.sizing.speed import apply_speed
 
     notes = []
     for module in modules:
-        notes = apply_speed(module, speed)
+        notes = apply_speed(module, speed, device)
     return notes
 
 
@@ -260,12 +260,12 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
     before = None
     if speed_choice.fp8_matmul and not from_disk:
         before = _wan_probe(pipe.transformer, embeds, width, height, frames)
-    notes = [] if from_disk else _levers([pipe.transformer, pipe.transformer_2], speed_choice)
+    notes = [] if from_disk else _levers([pipe.transformer, pipe.transformer_2], speed_choice, device)
     extra = {} if before is None else {"fp8_vs_bf16": numerical_difference(
         _wan_probe(pipe.transformer, embeds, width, height, frames), before)}
     extra.update(built, **_expected("wan", config))
     if from_disk:
-        session, disk = _session_from_disk(args, pipe, plan, form, device)
+        session, disk = _session_from_disk(args, pipe, plan, form, device, speed_choice)
         extra.update(disk)
     else:
         session = wan.WanSession.from_components(pipe, plan, device, progress=False)
@@ -277,6 +277,7 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
     cold, total, clip = _steady_runs(lambda: session.generate(job), args.repeats, device)
     seconds = _scaled_seconds(clip.seconds, total, ("denoise", "high_expert", "low_expert"), steps, measured)
     experts = {k: {"steps": v.steps, "forwards": v.forwards} for k, v in clip.experts.items()}
+    notes = session.speed_notes if from_disk else notes  # the session applied them to the experts it read
     return _result(seconds, cold, plan, {"experts": experts, "decode": clip.decode, "speed": notes, **extra},
                    steps, measured)
 
@@ -303,7 +304,7 @@ def write_gguf_files(args, form: str, folder: str) -> dict:
     return written
 
 
-def _session_from_disk(args, pipe, plan, form: str, device: str):
+def _session_from_disk(args, pipe, plan, form: str, device: str, speed):
     """A Wan session whose experts the scripts' own loader (experts.ExpertsOnDisk) reads from GGUF files: the
     load, and for one-expert-in-RAM plans the reload at every clip, are measured as a user meets them."""
     import subprocess
@@ -324,7 +325,8 @@ def _session_from_disk(args, pipe, plan, form: str, device: str):
     dtype = _dtype(args.size, device)
     files = WanFiles(folder / f"snapshot-{args.size}", form, paths)
     session = wan.WanSession(pipe, plan, torch.device(device), experts.ExpertsOnDisk(files, dtype, torch.device(device),
-                                                                                   plan), progress=False)
+                                                                                   plan), progress=False,
+                              speed=speed)
     ramwatch.mark("load")
     with _timed(device, disk, "load_to_first_step_s"):
         session._experts_for_start()
@@ -452,7 +454,7 @@ def run_qwen(args, workload: str, config: str, device: str) -> dict:
     if plan.components["transformer"].placement is not Placement.GPU:
         fullsize.move_to_host(pipe.transformer)
     _apply_cap(config, device)
-    notes = _levers([pipe.transformer], _speed(config, device, plan.components["transformer"].placement))
+    notes = _levers([pipe.transformer], _speed(config, device, plan.components["transformer"].placement), device)
     session = qwen.QwenSession.from_components(pipe, plan, device, areas, quiet=True)
     job = qwen.QwenJob(prompt="bench", width=width, height=height, steps=measured, cfg=4.0 if cfg else 1.0, seed=0,
                        negative_prompt="bench negative" if cfg else None, references=references,

@@ -3,6 +3,8 @@
 - compile: regional compilation of the repeated transformer blocks (`compile_repeated_blocks`):
   identical math, a one-off compile per process (cached on disk by PyTorch for later runs).
 - attention: a diffusers attention backend by name (`set_attention_backend`), e.g. `_native_cudnn`.
+- compiled GGUF dequantization: diffusers' dequantization of each GGUF weight fused into one kernel
+  (`compiled_dequant`): the same numbers bit for bit, a few seconds of compiling per process (cached on disk).
 - fp8 matmuls: torchao's float8 dynamic quantization (per-row scales) of the linear layers on GPUs with
   fp8 tensor cores (compute capability >= 8.9). It changes the numbers slightly, so it is opt-in;
   docs/performance.md gives its measured difference against bf16.
@@ -34,6 +36,7 @@ FP8_CAPABILITY = (8, 9)  # Ada and Hopper and newer have fp8 tensor cores
 @dataclass(frozen=True)
 class Speed:
     compile: bool = False
+    compile_dequantize: bool = False
     attention: str | None = None
     fp8_matmul: bool = False
 
@@ -47,12 +50,15 @@ def default_speed(device_type: str, placement: Placement, compile_choice: str = 
 
     `auto` compiles only where it was measured to pay: the whole denoiser on a CUDA GPU while it runs (offload
     hooks move pieces of the weights between calls, which compiled blocks would re-check every step) and a run
-    long enough to earn back the compile (COMPILE_MIN_ITEMS).
+    long enough to earn back the compile (COMPILE_MIN_ITEMS). The GGUF dequantization is compiled on a CUDA GPU
+    unless compiling is off (it applies only to GGUF weights; compiled blocks take it in with them).
     """
     whole = Placement(placement).runs_whole_on_gpu
     worth_it = device_type == "cuda" and whole and items >= COMPILE_MIN_ITEMS[family]
     compile_on = {"on": True, "off": False}.get(compile_choice, worth_it)
-    return Speed(compile=compile_on, attention=attention, fp8_matmul=fp8_matmul and device_type == "cuda")
+    dequantize = compile_choice != "off" and device_type == "cuda" and not compile_on
+    return Speed(compile=compile_on, compile_dequantize=dequantize, attention=attention,
+                 fp8_matmul=fp8_matmul and device_type == "cuda")
 
 
 def choose(args, plan, items: int, family: str) -> Speed:
@@ -110,8 +116,8 @@ def check_attention_backend(name: str | None) -> None:
                        fix="install what it names, or leave --attention out (PyTorch's own attention)") from None
 
 
-def apply_speed(module, speed: Speed) -> list[str]:
-    """Apply the levers to one denoiser; returns what was applied, for the report."""
+def apply_speed(module, speed: Speed, device=None) -> list[str]:
+    """Apply the levers to one denoiser computing on `device`; returns what was applied, for the report."""
     applied = []
     if speed.attention:
         module.set_attention_backend(speed.attention)
@@ -121,6 +127,11 @@ def apply_speed(module, speed: Speed) -> list[str]:
     if speed.compile:
         module.compile_repeated_blocks(fullgraph=True)
         applied.append("compiled blocks")
+    if speed.compile_dequantize:
+        from producer.sizing import compiled_dequant
+
+        note = compiled_dequant.install(module, device or next(module.parameters()).device)
+        applied += [note] if note else []
     return applied
 
 

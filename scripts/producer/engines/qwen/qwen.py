@@ -350,7 +350,7 @@ class QwenSession:
             return
         from producer.sizing.speed import apply_speed
 
-        self.speed_notes = apply_speed(module, self.speed)
+        self.speed_notes = apply_speed(module, self.speed, self.device)
         module._producer_sped_up = True
 
     # ------------------------------------------------------------ stages 3 and 4

@@ -304,7 +304,7 @@ class WanSession:
         if placement is Placement.MODEL_OFFLOAD and all(getattr(self.pipe, c) is not None for c in DENOISERS):
             offload.install_expert_swap(self.pipe, self.device)
         if self.speed is not None and not getattr(module, "_producer_sped_up", False):
-            self.speed_notes = speed.apply_speed(module, self.speed)
+            self.speed_notes = speed.apply_speed(module, self.speed, self.device)
             module._producer_sped_up = True
 
     def _let_go(self, component: str) -> None:

@@ -1,0 +1,70 @@
+"""Compiled GGUF dequantization: the same weights as diffusers' own path, bit for bit, on the GGML types the
+published files use; hooked layers give the same outputs; where it does not apply it stays out of the way."""
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as T
+
+from producer.sizing import compiled_dequant, speed
+from producer.testing import standin_gguf
+
+
+def _raw(qtype, rows: int, width: int, seed: int) -> torch.Tensor:
+    values = np.random.default_rng(seed).normal(0, 0.05, (rows, width)).astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(standin_gguf._gguf_data(values, qtype))).view(torch.uint8)
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K, T.Q8_0])
+def test_compiled_weights_equal_diffusers_bit_for_bit(qtype):
+    """Two shapes each (the second reuses the dynamic graph), in bf16, where inductor's rounding could differ."""
+    from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
+
+    for rows, width, seed in ((4, 512, 0), (6, 256, 1)):
+        raw = _raw(qtype, rows, width, seed)
+        expected = dequantize_gguf_tensor(GGUFParameter(raw, quant_type=qtype)).to(torch.bfloat16)
+        got = compiled_dequant.compiled()(raw, qtype, torch.bfloat16)
+        assert got.shape == (rows, width) and got.dtype == torch.bfloat16
+        assert torch.equal(got.view(torch.int16), expected.view(torch.int16))
+
+
+def test_hooked_expert_gives_the_same_output_and_reports_its_compile(standin_hf_home, monkeypatch):
+    from diffusers.hooks import HookRegistry
+
+    from test_offload import _gguf_expert, _wan_input
+
+    expert = _gguf_expert(standin_hf_home)
+    x = _wan_input(expert)
+    with torch.no_grad():
+        before = expert(**x)[0]
+    layers = compiled_dequant.gguf_layers(expert)
+    types = ", ".join(sorted({T(m.weight.quant_type).name for m in layers}))
+    notes = speed.apply_speed(expert, speed.Speed(compile_dequantize=True), "cpu")
+    assert len(notes) == 1 and notes[0].startswith(f"GGUF dequantization compiled ({types}: ")
+    assert layers and all(HookRegistry.check_if_exists_or_initialize(m).get_hook(compiled_dequant.HOOK)
+                          for m in layers)
+    real, calls = compiled_dequant.compiled(), []
+    monkeypatch.setattr(compiled_dequant, "compiled", lambda: lambda *a: calls.append(a[1]) or real(*a))
+    with torch.no_grad():
+        after = expert(**x)[0]
+    assert len(calls) == len(layers), "every quantized layer went through the compiled dequantization"
+    assert torch.equal(before, after)
+
+
+def test_layers_without_a_quantized_weight_are_left_alone():
+    from diffusers.hooks import HookRegistry
+    from diffusers.quantizers.gguf.utils import GGUFLinear
+
+    layer = GGUFLinear(8, 4, bias=True, compute_dtype=torch.float32)  # an F16/F32 tensor of a GGUF file
+    assert compiled_dequant.install(layer, "cpu") is None
+    assert HookRegistry.check_if_exists_or_initialize(layer).get_hook(compiled_dequant.HOOK) is None
+    assert compiled_dequant.install(torch.nn.Linear(8, 4), "cpu") is None
+    assert speed.apply_speed(torch.nn.Linear(8, 4), speed.Speed(compile_dequantize=True), "cpu") == []
+
+
+@pytest.mark.parametrize("device,choice,expected", [
+    ("cuda", "auto", True), ("cuda", "off", False), ("cpu", "auto", False), ("cuda", "on", False)])
+def test_dequantization_is_compiled_on_a_gpu_unless_compiling_is_off(device, choice, expected):
+    """`--compile on` compiles whole blocks on a resident plan, which take the dequantization in with them."""
+    chosen = speed.default_speed(device, "gpu" if choice == "on" else "group_offload", choice, family="qwen")
+    assert chosen.compile_dequantize is expected
