@@ -68,3 +68,21 @@ def test_dequantization_is_compiled_on_a_gpu_unless_compiling_is_off(device, cho
     """`--compile on` compiles whole blocks on a resident plan, which take the dequantization in with them."""
     chosen = speed.default_speed(device, "gpu" if choice == "on" else "group_offload", choice, family="qwen")
     assert chosen.compile_dequantize is expected
+
+
+def test_a_type_whose_compiled_weights_differ_keeps_diffusers_dequantization(monkeypatch, caplog):
+    from diffusers.hooks import HookRegistry
+    from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
+
+    layer = GGUFLinear(256, 2, bias=False, compute_dtype=torch.float32)
+    layer.weight = GGUFParameter(_raw(T.Q8_0, 2, 256, seed=3), quant_type=T.Q8_0)
+    x = torch.randn(1, 256)
+    expected = layer(x)
+    real = compiled_dequant.compiled()
+    monkeypatch.setattr(compiled_dequant, "_COMPILED", {})
+    monkeypatch.setattr(compiled_dequant, "compiled", lambda: lambda *a: real(*a) + 1)  # a wrong compiler
+    note = compiled_dequant.install(layer, "cpu")
+    assert note == "Q8_0 left to diffusers (compiled weights differed)"
+    assert "differs from diffusers' own" in caplog.text
+    assert HookRegistry.check_if_exists_or_initialize(layer).get_hook(compiled_dequant.HOOK) is None
+    assert torch.equal(layer(x), expected)

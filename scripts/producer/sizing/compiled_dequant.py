@@ -32,8 +32,9 @@ from diffusers.quantizers.gguf import utils as gguf_utils
 log = logging.getLogger("producer")
 
 HOOK = "producer_compiled_dequantize"
-# Seconds each (GGML type, compute dtype) took to compile in this process: compiled once, reported each time.
-_COMPILED: dict[tuple, float] = {}
+# Seconds each (GGML type, compute dtype, device type) took to compile in this process (None: its compiled
+# weights differed from diffusers' own, so it is not used): compiled and checked once, reported each time.
+_COMPILED: dict[tuple, float | None] = {}
 
 
 def _dequantize(raw: torch.Tensor, quant_type, dtype: torch.dtype) -> torch.Tensor:
@@ -77,25 +78,54 @@ class CompiledDequantize(ModelHook):
 
 
 def install(module: torch.nn.Module, device) -> str | None:
-    """Hook every GGUF linear layer of a denoiser and compile its GGML types now on `device` (the compute
-    device: the first step then runs at full speed). Returns the note for the report, or None without GGUF
-    quantized GGUF weights (nothing to do). A type compiled earlier in the process is not compiled again; the note gives the
+    """Hook every quantized GGUF linear layer of a denoiser, once its GGML type is compiled on `device` (the
+    compute device: the first step then runs at full speed) and its compiled weights were checked equal to
+    diffusers' own on one of the layers. Returns the note for the report, or None without quantized GGUF
+    weights (nothing to do). A type compiled earlier in the process is not compiled again; the note gives the
     seconds its compile took."""
     layers = gguf_layers(module)
     if not layers:
         return None
-    kinds, where = set(), torch.device(device).type
-    for layer in layers:
-        HookRegistry.check_if_exists_or_initialize(layer).register_hook(CompiledDequantize(), HOOK)
-        kinds.add((layer.weight.quant_type, layer.compute_dtype, where))
-    for kind in sorted(kinds - _COMPILED.keys(), key=str):
-        started = time.perf_counter()
-        warm_up(*kind[:2], device)
-        _COMPILED[kind] = time.perf_counter() - started
-    seconds = sum(_COMPILED[kind] for kind in kinds)
-    names = ", ".join(sorted({gguf_utils.gguf.GGMLQuantizationType(kind[0]).name for kind in kinds}))
-    log.info("GGUF dequantization compiled for %s in %.1f s (cached on disk for later runs)", names, seconds)
-    return f"GGUF dequantization compiled ({names}: {seconds:.1f} s)"
+    where = torch.device(device).type
+    kind_of = {layer: (layer.weight.quant_type, layer.compute_dtype, where) for layer in layers}
+    for kind, sample in {kind: layer for layer, kind in kind_of.items()}.items():
+        if kind not in _COMPILED:
+            _COMPILED[kind] = _compile_and_check(kind, sample, device)
+    for layer, kind in kind_of.items():
+        if _COMPILED[kind] is not None:
+            HookRegistry.check_if_exists_or_initialize(layer).register_hook(CompiledDequantize(), HOOK)
+    return _note({kind: _COMPILED[kind] for kind in kind_of.values()})
+
+
+def _compile_and_check(kind: tuple, sample: torch.nn.Module, device) -> float | None:
+    """Compile one GGML type's dequantization; its seconds, or None when the compiled weights of `sample`
+    differ from diffusers' own on this device (that type then stays with diffusers)."""
+    quant_type, dtype, _ = kind
+    started = time.perf_counter()
+    warm_up(quant_type, dtype, device)
+    seconds = time.perf_counter() - started
+    raw = sample.weight.as_tensor().to(device)
+    expected = gguf_utils.dequantize_gguf_tensor(gguf_utils.GGUFParameter(raw, quant_type=quant_type)).to(dtype)
+    if torch.equal(compiled()(raw, quant_type, dtype).view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8)):
+        return seconds
+    log.warning("warning: the compiled GGUF dequantization of %s differs from diffusers' own on this device; "
+                "those weights keep diffusers' dequantization", _name(quant_type))
+    return None
+
+
+def _name(quant_type) -> str:
+    return gguf_utils.gguf.GGMLQuantizationType(quant_type).name
+
+
+def _note(seconds_by_kind: dict) -> str:
+    compiled_types = sorted({_name(k[0]) for k, s in seconds_by_kind.items() if s is not None})
+    kept = sorted({_name(k[0]) for k, s in seconds_by_kind.items() if s is None})
+    seconds = sum(s for s in seconds_by_kind.values() if s is not None)
+    note = f"GGUF dequantization compiled ({', '.join(compiled_types)}: {seconds:.1f} s)" if compiled_types else ""
+    if kept:
+        note += ("; " if note else "") + f"{', '.join(kept)} left to diffusers (compiled weights differed)"
+    log.info("%s; the compiled code is cached on disk for later runs", note)
+    return note
 
 
 def warm_up(quant_type, dtype: torch.dtype, device) -> None:
