@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as T
-
 from producer.sizing import compiled_dequant, speed
 from producer.testing import standin_gguf
 
@@ -30,7 +29,6 @@ def test_compiled_weights_equal_diffusers_bit_for_bit(qtype):
 
 def test_hooked_expert_gives_the_same_output_and_reports_its_compile(standin_hf_home, monkeypatch):
     from diffusers.hooks import HookRegistry
-
     from test_offload import _gguf_expert, _wan_input
 
     expert = _gguf_expert(standin_hf_home)

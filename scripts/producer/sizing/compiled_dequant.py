@@ -131,6 +131,6 @@ def _note(seconds_by_kind: dict) -> str:
 def warm_up(quant_type, dtype: torch.dtype, device) -> None:
     """Compile the dequantization of one GGML type by running it on zero bytes of two sizes (dynamic shapes:
     the real weights then reuse the graph)."""
-    block_size, type_size = gguf_utils.GGML_QUANT_SIZES[quant_type]
+    type_size = gguf_utils.GGML_QUANT_SIZES[quant_type][1]
     for rows, blocks in ((2, 2), (3, 4)):
         compiled()(torch.zeros(rows, blocks * type_size, dtype=torch.uint8, device=device), quant_type, dtype)
