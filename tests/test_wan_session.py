@@ -89,6 +89,45 @@ def test_one_expert_in_ram_gives_the_same_clip_as_both(setup, producer_log):
     assert producer_log.text.count("LoRA wan-lightning:low") == 1  # reloaded for the second clip, reported once
 
 
+def test_a_batch_made_expert_by_expert_gives_the_same_clips_with_two_reads(setup):
+    """One expert in RAM and the clips known in advance: the high-noise halves of the group run first, then
+    each clip's low-noise half; the same clips as both experts in RAM (a multistep UniPC clip with CFG among
+    them, whose scheduler history crosses the split), and each expert read once for the three clips."""
+    plan, files = setup
+    both = wan.WanSession.from_files(files, plan, progress=False)
+    one = wan.WanSession.from_files(files, replace(plan, experts_in_ram=1), progress=False)
+    full = replace(registry.WAN.full, steps=6)
+    jobs = [job(seed=11), job(full, seed=12, negative_prompt="blurry"), job(seed=13)]
+    jobs[2] = replace(jobs[2], last_image=jobs[1].image)  # first-last-frame mode too
+    both.encode(jobs)
+    one.encode(jobs)
+    reads = []
+    get = one._experts.get
+    one._experts.get = lambda component, **kw: reads.append(component) or get(component, **kw)
+    one.make_in_order(jobs)
+    clips = [one.generate(j) for j in jobs]
+    assert reads == ["transformer", "transformer_2"]
+    for j, clip in zip(jobs, clips):
+        reference = both.generate(j)
+        np.testing.assert_array_equal(clip.frames, reference.frames)
+        assert {c: (e.steps, e.forwards, e.timesteps) for c, e in clip.experts.items()} == \
+            {c: (e.steps, e.forwards, e.timesteps) for c, e in reference.experts.items()}
+    assert clips[0].seconds["ahead"] > 0 and "ahead" not in clips[1].seconds  # the later halves ran with the first
+    assert not one._halfway
+
+
+def test_a_clip_made_out_of_order_is_made_whole(setup):
+    plan, files = setup
+    one = wan.WanSession.from_files(files, replace(plan, experts_in_ram=1), progress=False)
+    jobs = [job(seed=11), job(seed=12)]
+    one.encode(jobs)
+    one.make_in_order(jobs)
+    stranger = job(seed=14)  # not announced: made on its own, as before
+    one.encode([stranger])
+    clip = one.generate(stranger)
+    assert clip.seconds["expert_swap"] > 0 and "ahead" not in clip.seconds and not one._halfway
+
+
 def test_an_expert_let_go_at_the_boundary_holds_no_memory_though_the_loop_still_holds_it(setup):
     """diffusers' Wan loop keeps `current_model` (the high-noise expert) until its next step: its weights must
     be freed at the swap all the same, or one-expert-in-RAM plans hold both experts at once (measured on an

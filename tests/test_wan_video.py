@@ -238,6 +238,35 @@ def test_batch_one_load_skips_up_to_date_and_keeps_going_after_a_failure(standin
     assert "other settings" in changed["jobs"][0]["error"] and "--overwrite" in changed["jobs"][0]["fix"]
 
 
+def test_a_batch_with_one_expert_in_ram_reads_each_expert_once(standin_hf_home, frames, tmp_path, capsys,
+                                                                 monkeypatch):
+    """A 16 GB machine's plan holds one expert: the batch announces its clips, so the session makes them
+    expert by expert (two reads for the batch, not two a clip) and writes the clips a clip-by-clip run makes."""
+    from dataclasses import replace
+
+    from producer.engines.wan import experts, wan_load
+
+    plan_for = wan_load.plan_for
+    monkeypatch.setattr(wan_load, "plan_for", lambda *a, **kw: replace(plan_for(*a, **kw), experts_in_ram=1))
+    reads = []
+    get = experts.ExpertsOnDisk.get
+    monkeypatch.setattr(experts.ExpertsOnDisk, "get", lambda self, c, **kw: reads.append(c) or get(self, c, **kw))
+    jobs = {"defaults": {"size": "64x64", "frames": 9},
+            "jobs": [{"start_frame": "kf-a.png", "prompt": "walk", "output": "b1.mp4", "seed": 1},
+                     {"start_frame": "kf-b.png", "prompt": "turn", "output": "b2.mp4", "seed": 2}]}
+    (tmp_path / "clips.json").write_text(json.dumps(jobs))
+    code, result, err = run(capsys, "--batch", tmp_path / "clips.json", "--json", "--quiet")
+    assert code == 0, err
+    assert reads == ["transformer", "transformer_2"]
+    assert result["memory_plan"]["experts_in_ram"] == 1
+    reads.clear()
+    code, _, err = run(capsys, "--start-frame", tmp_path / "kf-b.png", "--prompt", "turn", "-o",
+                       tmp_path / "alone.mp4", "--size", "64x64", "--frames", "9", "--seed", "2", "--json", "--quiet")
+    assert code == 0, err
+    assert reads == ["transformer", "transformer_2"]
+    assert np.array_equal(video.read_video(tmp_path / "alone.mp4")[0], video.read_video(tmp_path / "b2.mp4")[0])
+
+
 def test_batch_refuses_model_options_inside_a_job(tmp_path, capsys):
     batch_file = tmp_path / "b.json"
     batch_file.write_text(json.dumps([{"start_frame": "a.png", "prompt": "x", "output": "o.mp4", "lora": "l.safetensors"}]))

@@ -376,7 +376,14 @@ class ClipBatch(batch.Runner):
                 engine.session.encode(to_make)
             except torch.OutOfMemoryError:
                 raise out_of_memory(engine.plan, "encoding the prompts") from None
+            self.announce(to_make)
         return items
+
+    def announce(self, jobs: list) -> None:
+        """Tell the session the clips to come (one expert in RAM: it makes them expert by expert), unless this
+        is a scene worker, whose next clips are whichever the other workers leave."""
+        if not self.args.parallel_worker:
+            self.engine.session.make_in_order(jobs)
 
     def output(self, request: Request) -> Path:
         return request.output
@@ -403,7 +410,9 @@ class ClipBatch(batch.Runner):
         left = self.left()
         self.engine = open_engine(self.args, self.load, left, session=False)
         load_session(self.engine, self.args, self.load, clips=len(left))
-        self.engine.session.encode([to_job(req) for req in left])
+        jobs = [to_job(req) for req in left]
+        self.engine.session.encode(jobs)
+        self.announce(jobs)
 
     def reopen(self, levers) -> Engine:
         """A broken clip made with a suspect speed lever: the model again without it, for the clips left."""

@@ -1,8 +1,12 @@
 """Where a Wan session's experts come from: read from the installed files each time (bf16 or fp8 from the
 diffusers repo, or a GGUF file with the repo's config), or handed over already built (the benchmark's
-full-size random-weight models, tests); and the one-expert pipeline view that LoRA loading works on."""
+full-size random-weight models, tests); the one-expert pipeline view that LoRA loading works on; and what each
+expert ran for a clip (ExpertCounter)."""
 
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass
 
 import torch
 from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
@@ -60,3 +64,49 @@ def lora_view(component: str, module: torch.nn.Module) -> WanImageToVideoPipelin
     slots[component] = module
     return WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None,
                                    boundary_ratio=registry.WAN.boundary_ratio, **slots)
+
+
+@dataclass
+class ExpertRun:
+    steps: int
+    timesteps: list[float]
+    forwards: int  # two per step with CFG
+    seconds: float  # forward time, synchronised
+
+
+class ExpertCounter:
+    """Forward hooks on an expert: which timesteps it ran and how long its forwards took."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.timesteps: list[float] = []
+        self.forwards = 0
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def attach(self, module: torch.nn.Module) -> None:
+        module.register_forward_pre_hook(self._before, with_kwargs=True)
+        module.register_forward_hook(self._after)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _before(self, module, args, kwargs):
+        self._sync()
+        self._start = time.perf_counter()
+        t = kwargs.get("timestep")
+        if t is not None:
+            self.timesteps.append(round(float(t.flatten()[0]), 3))
+
+    def _after(self, module, args, output):
+        self._sync()
+        self.seconds += time.perf_counter() - self._start
+        self.forwards += 1
+
+    def result(self) -> ExpertRun:
+        steps = [t for i, t in enumerate(self.timesteps) if i == 0 or t != self.timesteps[i - 1]]
+        return ExpertRun(len(steps), steps, self.forwards, round(self.seconds, 3))

@@ -41,7 +41,8 @@ from diffusers import (
 from producer.cli import Stopwatch
 from producer.engines import judge
 from producer.engines.loras import lora
-from producer.engines.wan.experts import ExpertsInMemory, ExpertsOnDisk, lora_view
+from producer.engines.wan import halfway
+from producer.engines.wan.experts import ExpertCounter, ExpertRun, ExpertsInMemory, ExpertsOnDisk, lora_view
 from producer.engines.wan.wan_load import DENOISERS, WanFiles
 from producer.errors import CliError
 from producer.facts import registry
@@ -116,14 +117,6 @@ class ClipJob:
 
 
 @dataclass
-class ExpertRun:
-    steps: int
-    timesteps: list[float]
-    forwards: int  # two per step with CFG
-    seconds: float  # forward time, synchronised
-
-
-@dataclass
 class Clip:
     frames: np.ndarray | None  # N x H x W x 3 float in [0, 1]; None when the latents were broken (not decoded)
     latents: torch.Tensor
@@ -131,44 +124,6 @@ class Clip:
     experts: dict[str, ExpertRun]
     decode: str  # whole | tiled | tiled on the CPU | skipped
     flags: list[judge.Flag] = field(default_factory=list)  # broken output (producer.engines.judge); [] when sound
-
-
-class ExpertCounter:
-    """Forward hooks on an expert: which timesteps it ran and how long its forwards took."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.reset()
-
-    def reset(self) -> None:
-        self.timesteps: list[float] = []
-        self.forwards = 0
-        self.seconds = 0.0
-        self._start = 0.0
-
-    def attach(self, module: torch.nn.Module) -> None:
-        module.register_forward_pre_hook(self._before, with_kwargs=True)
-        module.register_forward_hook(self._after)
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def _before(self, module, args, kwargs):
-        self._sync()
-        self._start = time.perf_counter()
-        t = kwargs.get("timestep")
-        if t is not None:
-            self.timesteps.append(round(float(t.flatten()[0]), 3))
-
-    def _after(self, module, args, output):
-        self._sync()
-        self.seconds += time.perf_counter() - self._start
-        self.forwards += 1
-
-    def result(self) -> ExpertRun:
-        steps = [t for i, t in enumerate(self.timesteps) if i == 0 or t != self.timesteps[i - 1]]
-        return ExpertRun(len(steps), steps, self.forwards, round(self.seconds, 3))
 
 
 # ---------------------------------------------------------------- the session
@@ -189,6 +144,8 @@ class WanSession:
         self.boundary_ratio = pipe.config.boundary_ratio or registry.WAN.boundary_ratio
         self._scheduler_config = pipe.scheduler.config
         self._embeds: dict[tuple, tuple] = {}
+        self._upcoming: list[ClipJob] = []  # make_in_order
+        self._halfway: dict[tuple, halfway.Halfway] = {}
         self.seconds: dict[str, float] = {}  # load and encode, once per session
         pipe.set_progress_bar_config(disable=not progress, leave=False)
         self._place_vae()
@@ -339,8 +296,12 @@ class WanSession:
             for component in DENOISERS:
                 self._bring_in(component)
 
+    def _boundary(self) -> float:
+        """The timestep where the low-noise expert takes over (for the scheduler in use)."""
+        return self.boundary_ratio * self.pipe.scheduler.config.num_train_timesteps
+
     def _swap_at_boundary(self, watch: Stopwatch):
-        boundary = self.boundary_ratio * self.pipe.scheduler.config.num_train_timesteps
+        boundary = self._boundary()
 
         def callback(pipe, i, t, callback_kwargs):
             timesteps = pipe.scheduler.timesteps
@@ -357,25 +318,28 @@ class WanSession:
 
     # -------------------------------------------------------- generating
 
+    def make_in_order(self, jobs: list[ClipJob]) -> None:
+        """The clips this session will make, in this order. With one expert in RAM, a clip's high-noise half
+        then runs together with those of up to halfway.GROUP - 1 clips after it, while that expert is loaded."""
+        self._upcoming = list(jobs) if self.one_expert_at_a_time else []
+        self._halfway.clear()
+
     def generate(self, job: ClipJob) -> Clip:
         """Denoise one clip to latents, then decode. Prompts are encoded here if encode() did not see them."""
         self.encode([job])
-        prompt_embeds, negative_embeds = self._embeds[job.prompt_key]
         watch = Stopwatch()
-        with watch.stage("load_experts"):
-            self._experts_for_start()
-        self.pipe.scheduler = make_scheduler(job.sampling, self._scheduler_config)
         for counter in self.counters.values():
             counter.reset()
-        generator = torch.Generator("cpu").manual_seed(job.seed)  # the same noise on every device
-        callback = self._swap_at_boundary(watch) if self.one_expert_at_a_time else None
-        with watch.stage("denoise"):
-            latents = self.pipe(
-                image=job.image, last_image=job.last_image, prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_embeds if job.cfg else None, height=job.height, width=job.width,
-                num_frames=job.frames, num_inference_steps=job.sampling.steps, guidance_scale=job.sampling.guidance,
-                guidance_scale_2=job.sampling.guidance_2, generator=generator, output_type="latent",
-                callback_on_step_end=callback).frames
+        high = None
+        if any(halfway.job_key(j) == halfway.job_key(job) for j in self._upcoming):
+            latents, high = self._by_halves(job, watch)
+        else:
+            with watch.stage("load_experts"):
+                self._experts_for_start()
+            self.pipe.scheduler = make_scheduler(job.sampling, self._scheduler_config)
+            callback = self._swap_at_boundary(watch) if self.one_expert_at_a_time else None
+            with watch.stage("denoise"):
+                latents = self.pipe(**self._call(job), output_type="latent", callback_on_step_end=callback).frames
         flags = judge.check_latents(latents, video=True)
         frames, how = None, "skipped"
         if not flags:  # NaN latents decode to black frames: not worth the decode's time
@@ -383,9 +347,59 @@ class WanSession:
                 frames, how = self.decode(latents)
             flags = judge.check_frames(frames, job.limits)
         experts = {c: self.counters[c].result() for c in DENOISERS}
+        experts["transformer"] = high or experts["transformer"]
         seconds = dict(watch.seconds)
         seconds.update({EXPERT_NAMES[c]: run.seconds for c, run in experts.items()})
         return Clip(frames=frames, latents=latents, seconds=seconds, experts=experts, decode=how, flags=flags)
+
+    def _call(self, job: ClipJob) -> dict:
+        """The pipeline call for a clip (the same noise on every device: a CPU generator)."""
+        prompt_embeds, negative_embeds = self._embeds[job.prompt_key]
+        return {"image": job.image, "last_image": job.last_image, "prompt_embeds": prompt_embeds,
+                "negative_prompt_embeds": negative_embeds if job.cfg else None, "height": job.height,
+                "width": job.width, "num_frames": job.frames, "num_inference_steps": job.sampling.steps,
+                "guidance_scale": job.sampling.guidance, "guidance_scale_2": job.sampling.guidance_2,
+                "generator": torch.Generator("cpu").manual_seed(job.seed)}
+
+    def _by_halves(self, job: ClipJob, watch: Stopwatch):
+        """The clip's low-noise half from where its high-noise half stopped (run now, with those of the next
+        clips, unless an earlier clip ran it). Returns the latents and the high-noise expert's run."""
+        if halfway.job_key(job) not in self._halfway:
+            with watch.stage("load_experts"):
+                self._let_go("transformer_2")
+                self._bring_in("transformer")
+            self._first_halves(job, watch)
+        half = self._halfway.pop(halfway.job_key(job))
+        with watch.stage("expert_swap"):
+            self._let_go("transformer")
+            self._bring_in("transformer_2")
+        with watch.stage("denoise"):
+            latents = halfway.second_half(self.pipe, self._call(job), half, self.device)
+        watch.seconds["denoise"] = round(watch.seconds["denoise"] + half.seconds, 3)
+        return latents, half.high
+
+    def _first_halves(self, job: ClipJob, watch: Stopwatch) -> None:
+        """The high-noise halves of `job` and of the clips after it that wait for theirs (prompts encoded)."""
+        keys = [halfway.job_key(j) for j in self._upcoming]
+        later = self._upcoming[keys.index(halfway.job_key(job)) + 1:]
+        group = [job] + [j for j in later if halfway.job_key(j) not in self._halfway
+                         and j.prompt_key in self._embeds][:halfway.GROUP - 1]
+        for other in group:
+            self.pipe.scheduler = make_scheduler(other.sampling, self._scheduler_config)
+            self.counters["transformer"].reset()
+            started = time.perf_counter()
+            try:
+                with watch.stage("ahead" if other is not job else "first_half"):
+                    half = halfway.first_half(self.pipe, self._call(other), self._boundary())
+            except torch.OutOfMemoryError:
+                if other is job:
+                    raise
+                log.warning("out of memory running a later clip's high-noise steps ahead; it runs at its turn")
+                _free_cuda()
+                break
+            half.high, half.seconds = self.counters["transformer"].result(), time.perf_counter() - started
+            self._halfway[halfway.job_key(other)] = half
+        watch.seconds.pop("first_half", None)  # counted in this clip's denoise
 
     # -------------------------------------------------------- decoding
 
