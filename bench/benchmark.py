@@ -183,6 +183,8 @@ def _spawn(args, workload: str, config: str) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if cap_gib(config):
         env["PRODUCER_VRAM_CAP_GB"] = str(cap_gib(config))
+    if plan_machine(config):  # the scripts' own batches then plan for that machine's RAM (not capped: measured)
+        env["PRODUCER_RAM_GB"] = str(plan_machine(config)[1])
     started = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)

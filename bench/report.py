@@ -83,6 +83,11 @@ def _ram(run: dict) -> str:
     return f"{run['peak_ram_anon_gib']}, {run['peak_ram_gib']}"
 
 
+def _all_items(phase: dict) -> str:
+    """The whole batch's ratio where it is known (results before it have only the median)."""
+    return f" ({phase['items_ratio']:.3f}x all items)" if "items_ratio" in phase else ""
+
+
 def _batch_table(workload: str, runs: list[dict]) -> list[str]:
     """The scripts' --batch (bench/batches.py): each phase's measured time against the estimate's prediction,
     and per item the time against pure generation (denoise + decode)."""
@@ -99,7 +104,8 @@ def _batch_table(workload: str, runs: list[dict]) -> list[str]:
             pred, err = p["predicted"], p["errors"]["total"]
             out.append(f"| {r['config']} | {p['phase']} | {p['items']} | {p['total_s']:.1f} | {pred['total_s']} | "
                        f"{'-' if err is None else f'{err:+.1%}'} | {p['load_text_s']:.1f} ({pred['load_text_s']}) | "
-                       f"{p['items_s']:.1f} ({pred['items_s']}) | {p['item_ratio_median']:.3f}x | "
+                       f"{p['items_s']:.1f} ({pred['items_s']}) | {p['item_ratio_median']:.3f}x"
+                       f"{_all_items(p)} | "
                        f"{p['overhead_median_s']:.2f} | {p['peak_vram_gib']} ({p.get('predicted_vram_gib', '-')}) | "
                        f"{p.get('peak_ram_anon_gib', '-')} ({p.get('predicted_ram_gib', '-')}) | {p['plan'][:70]} |")
         whole = r["production"]
@@ -108,6 +114,7 @@ def _batch_table(workload: str, runs: list[dict]) -> list[str]:
             out.append(f"| {r['config']} | all | | {whole['measured_s']:.1f} | {whole['predicted_s']} | "
                        f"{'-' if err is None else f'{err:+.1%}'} | | | | | | | |")
     out += ["", "Per item / pure generation: the median over the items after the first of (item - load) / "
-                "(denoise + decode); the first item also reads the denoisers. Weights: " +
+                "(denoise + decode), and (all items) the same over the whole batch; the first item also reads the "
+                "denoisers. Weights: " +
             next((r["weights_made"] for r in runs if "weights_made" in r), "-") + "."]
     return out

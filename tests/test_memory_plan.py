@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from producer.facts import hardware
 from producer.facts.hardware import GiB, from_sizes
 from producer.sizing import memory
 
@@ -305,3 +306,13 @@ def test_an_explicit_group_offload_streams_every_block_and_is_the_first_retry():
     assert memory.next_offload(streamed) == "sequential"
     asked = memory.plan_memory(from_sizes(10, 32), memory.QWEN_FOOTPRINT, work, offload="group", max_resident_blocks=2)
     assert asked.resident_blocks == 2
+
+
+def test_the_benchmark_can_tell_the_scripts_a_smaller_machines_ram(monkeypatch):
+    """PRODUCER_RAM_GB: the plan of a machine with that much RAM (host memory itself is not limited)."""
+    real = hardware.probe(device="cpu")
+    monkeypatch.setenv("PRODUCER_RAM_GB", "2")
+    told = hardware.probe(device="cpu")
+    assert told.ram_total == min(real.ram_total, 2 * GiB) and told.ram_available <= 2 * GiB
+    monkeypatch.setenv("PRODUCER_RAM_GB", "100000")
+    assert hardware.probe(device="cpu").ram_total == real.ram_total

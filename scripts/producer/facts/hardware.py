@@ -37,10 +37,14 @@ class Hardware:
 
 
 def _ram() -> tuple[int, int]:
+    """Total and available host RAM; no more than PRODUCER_RAM_GB when set (the benchmark plans for a smaller
+    machine this way, as it caps CUDA memory for a smaller card; the process's memory itself is not limited)."""
     import psutil
 
     vm = psutil.virtual_memory()
-    return int(vm.total), int(vm.available)
+    told = os.environ.get("PRODUCER_RAM_GB")
+    limit = int(float(told) * GiB) if told else None
+    return min(int(vm.total), limit or int(vm.total)), min(int(vm.available), limit or int(vm.available))
 
 
 ALLOCATOR_SETTING = "expandable_segments:True"

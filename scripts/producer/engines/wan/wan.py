@@ -370,10 +370,10 @@ class WanSession:
                 self._bring_in("transformer")
             self._first_halves(job, watch)
         half = self._halfway.pop(halfway.job_key(job))
-        with watch.stage("expert_swap"):
-            self._let_go("transformer")
-            self._bring_in("transformer_2")
-        with watch.stage("denoise"):
+        with watch.stage("denoise"):  # the swap inside it, as in a whole clip
+            with watch.stage("expert_swap"):
+                self._let_go("transformer")
+                self._bring_in("transformer_2")
             latents = halfway.second_half(self.pipe, self._call(job), half, self.device)
         watch.seconds["denoise"] = round(watch.seconds["denoise"] + half.seconds, 3)
         return latents, half.high
