@@ -138,6 +138,21 @@ def test_loading_is_no_faster_than_the_disk_where_ram_cannot_cache_the_files():
     assert "page cache" in phase["load_basis"]  # what the estimate's JSON says of its loading figure
 
 
+def test_one_expert_in_ram_reads_both_experts_once_a_group_of_clips():
+    """A batch on a 16 GB machine makes its clips expert by expert (engines/wan/halfway.py): the two reads
+    are shared by up to memory.CLIPS_PER_EXPERT_READ clips, a single clip pays both."""
+    h100 = estimate.gpu_spec("NVIDIA H100 80GB HBM3")
+    plan = plan_on(hardware.from_sizes(10, 16, name=h100.name))
+    assert plan.experts_in_ram == 1
+    a = estimate.speed_model()["assumptions"]
+    both = 2 * memory.WAN_FOOTPRINT.denoiser_params * memory.BYTES_PER_PARAM[plan.weights] / 1e9 / a["disk_read_gb_s"]
+    other = {n: estimate.predict_item(wan_480p(), plan, h100, items_in_run=n).other_s for n in (1, 8, 9)}
+    assert other[1] - other[8] == pytest.approx(both * 7 / 8, abs=0.02)
+    assert other[9] - other[8] == pytest.approx(both * (2 / 9 - 1 / 8), abs=0.02)
+    assert "every group of up to 8 clips" in " ".join(estimate.predict_item(wan_480p(), plan, h100,
+                                                                             items_in_run=3).notes)
+
+
 def test_on_the_card_it_was_measured_on_the_prediction_is_the_measurement():
     p = estimate.predict_item(wan_480p(), plan_on(H200), estimate.gpu_spec("NVIDIA H200"), (5, 16))
     write = estimate.speed_model()["assumptions"]["write_s"]["wan"]

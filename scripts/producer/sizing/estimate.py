@@ -217,8 +217,11 @@ def predict_item(
     other = entry["other_s"] + a["write_s"][item.family]
     if plan.experts_in_ram == 1 and item.family == "wan":
         expert = FOOTPRINTS["wan"].denoiser_params * memory.BYTES_PER_PARAM[plan.weights]
-        other += 2 * expert / 1e9 / a["disk_read_gb_s"]
-        notes.append(f"both experts are read from disk for every clip (assumed {a['disk_read_gb_s']} GB/s)")
+        # a batch makes its clips expert by expert: both experts read once a group
+        reads = math.ceil(items_in_run / memory.CLIPS_PER_EXPERT_READ) / items_in_run
+        other += 2 * expert / 1e9 / a["disk_read_gb_s"] * reads
+        each = "clip" if reads == 1 else f"group of up to {memory.CLIPS_PER_EXPERT_READ} clips"
+        notes.append(f"both experts are read from disk for every {each} (assumed {a['disk_read_gb_s']} GB/s)")
     if not gpu.known:
         notes.append(f"{gpu.name}: {gpu.source}")
     denoise = forward * item.forwards

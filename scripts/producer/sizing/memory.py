@@ -40,6 +40,9 @@ QUALITY_ORDER = ("bf16", "gguf-q8", "fp8", "gguf-q4")
 RAM_RESERVE = 4 * GiB  # OS, Python, torch and CUDA host state
 VRAM_RESERVE = int(0.8 * GiB)  # CUDA context and allocator fragmentation
 BLOCKS_IN_FLIGHT = 2  # group offload with streams holds the running block and the prefetched one
+# One Wan expert in RAM: a batch makes up to this many clips expert by expert, reading each expert once for
+# them (producer.engines.wan.halfway; what waits between the halves is ~30 MB a 720p clip of host memory).
+CLIPS_PER_EXPERT_READ = 8
 TEXT_ENCODER_ACTIVATIONS = int(0.5 * GiB)
 LOAD_OVERHEAD = int(1.5 * GiB)  # a safetensors shard being read while loading
 # Partial residency fills the card with whole blocks up to this share of the plan's VRAM budget (card minus

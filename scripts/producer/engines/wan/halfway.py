@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-GROUP = 8  # clips whose first half runs together: at most 8 x ~30 MB of host memory at 720p
+from producer.sizing.memory import CLIPS_PER_EXPERT_READ as GROUP  # clips whose first halves run together
 
 
 @dataclass
