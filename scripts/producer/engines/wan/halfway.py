@@ -24,8 +24,6 @@ from typing import Any
 
 import torch
 
-from producer.sizing.memory import CLIPS_PER_EXPERT_READ as GROUP  # clips whose first halves run together
-
 
 @dataclass
 class Halfway:
