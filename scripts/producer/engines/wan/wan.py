@@ -320,7 +320,8 @@ class WanSession:
 
     def make_in_order(self, jobs: list[ClipJob]) -> None:
         """The clips this session will make, in this order. With one expert in RAM, a clip's high-noise half
-        then runs together with those of up to halfway.GROUP - 1 clips after it, while that expert is loaded."""
+        then runs together with those of the clips after it (up to memory.CLIPS_PER_EXPERT_READ in all) while
+        that expert is loaded."""
         self._upcoming = list(jobs) if self.one_expert_at_a_time else []
         self._halfway.clear()
 
@@ -383,7 +384,7 @@ class WanSession:
         keys = [halfway.job_key(j) for j in self._upcoming]
         later = self._upcoming[keys.index(halfway.job_key(job)) + 1:]
         group = [job] + [j for j in later if halfway.job_key(j) not in self._halfway
-                         and j.prompt_key in self._embeds][:halfway.GROUP - 1]
+                         and j.prompt_key in self._embeds][:memory.CLIPS_PER_EXPERT_READ - 1]
         for other in group:
             self.pipe.scheduler = make_scheduler(other.sampling, self._scheduler_config)
             self.counters["transformer"].reset()
