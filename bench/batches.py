@@ -264,6 +264,7 @@ def run_phase(args, phase: str, family: str, folder: Path, home: Path, choice: d
         "script_prediction": report.get("prediction"),
         # the batch's own load figures: Wan's text encoder load and prompts; Qwen's stages summed over the batch
         "script_seconds": report.get("load_seconds") or report.get("seconds"),
+        "speed": report.get("speed", []),  # the levers the script applied (the speed model keys entries by them)
     }
     result["errors"] = {k: _error(predicted.get(f"{k}_s"), measured[f"{k}_s"]) for k in ("load_text", "items", "total")}
     if "machine_plan" in choice:

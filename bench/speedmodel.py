@@ -92,6 +92,12 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
+def compiled_dequantization(notes) -> list[str]:
+    """The lever of a run whose GGUF dequantization was compiled (its speed notes say so; runs before that
+    lever existed, or with `--compile off`, used diffusers' own)."""
+    return ["compiled-dequantize"] if any(str(n).startswith("GGUF dequantization compiled") for n in notes or ()) else []
+
+
 def entry_of(run: dict, gpu: str, source: str) -> dict | None:
     """One measured plan from one benchmark run (None for failed runs and text-encoder runs)."""
     if run.get("error") or "seconds" not in run or run["workload"] not in WORKLOADS:
@@ -108,6 +114,7 @@ def entry_of(run: dict, gpu: str, source: str) -> dict | None:
     lever = LEVERS.get(config, {})
     levers = (["compile"] if lever.get("compile") == "on" else []) + (["fp8-matmul"] if lever.get("fp8_matmul") else [])
     levers += ["dequantize-on-arrival"] if config.endswith("-dequant") else []  # opt-in: kept apart
+    levers += compiled_dequantization(run.get("speed"))
     work = memory.wan_workload(width, height, n) if family == "wan" else memory.qwen_workload(width, height, n)
     whole = run.get("measured_steps", steps) == steps  # a scaled run's cold figure covers fewer steps
     share = {"streamed_share": run["streamed_share"]} if "streamed_share" in run else {}  # runs before residency: 1
@@ -164,6 +171,7 @@ def phase_entry(phase: dict, gpu: str, source: str, command: str, config: str) -
     denoise = [s["high_expert"] + s["low_expert"] if family == "wan" else s["denoise"] for s in stages]
     placement = memory.Placement.of_plan(plan)
     levers = ["compile"] if default_speed("cuda", placement, items=phase["items"], family=family).compile else []
+    levers += compiled_dequantization(phase.get("speed"))
     return {
         "family": family, "plan": plan, "weights": weights, "levers": levers, "tokens": item.tokens, "cfg": False,
         "gpu": gpu, "width": width, "height": height, "frames": frames, "references": 0 if family == "wan" else 1,

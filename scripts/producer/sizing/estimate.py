@@ -140,7 +140,10 @@ def _wanted_levers(plan: memory.MemoryPlan, items: int, family: str, device: str
     from producer.sizing.speed import default_speed
 
     placement = plan.components["transformer"].placement
-    return ("compile",) if default_speed(device, placement, items=items, family=family).compile else ()
+    chosen = default_speed(device, placement, items=items, family=family)
+    gguf = plan.weights.startswith("gguf")
+    return (("compile",) if chosen.compile else ()) + (("compiled-dequantize",) if chosen.compile_dequantize and gguf
+                                                       else ())
 
 
 def find_entry(
