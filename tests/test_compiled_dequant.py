@@ -9,6 +9,16 @@ from producer.sizing import compiled_dequant, speed
 from producer.testing import standin_gguf
 
 
+@pytest.fixture
+def caplog(caplog, monkeypatch):
+    """caplog for the producer logger, which a script run earlier in this process may have detached."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("producer"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="producer")
+    return caplog
+
+
 def _raw(qtype, rows: int, width: int, seed: int) -> torch.Tensor:
     values = np.random.default_rng(seed).normal(0, 0.05, (rows, width)).astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(standin_gguf._gguf_data(values, qtype))).view(torch.uint8)
@@ -80,7 +90,42 @@ def test_a_type_whose_compiled_weights_differ_keeps_diffusers_dequantization(mon
     monkeypatch.setattr(compiled_dequant, "_COMPILED", {})
     monkeypatch.setattr(compiled_dequant, "compiled", lambda: lambda *a: real(*a) + 1)  # a wrong compiler
     note = compiled_dequant.install(layer, "cpu")
-    assert note == "Q8_0 left to diffusers (compiled weights differed)"
+    assert note == "Q8_0 left to diffusers (not compiled, or different weights)"
     assert "differs from diffusers' own" in caplog.text
     assert HookRegistry.check_if_exists_or_initialize(layer).get_hook(compiled_dequant.HOOK) is None
     assert torch.equal(layer(x), expected)
+
+
+def test_a_compiler_that_fails_leaves_diffusers_dequantization_in_place(monkeypatch, caplog):
+    """No Triton or C compiler (a Windows machine without one, say): the layers keep diffusers' path."""
+    from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
+
+    layer = GGUFLinear(256, 2, bias=False, compute_dtype=torch.float32)
+    layer.weight = GGUFParameter(_raw(T.Q8_0, 2, 256, seed=4), quant_type=T.Q8_0)
+    x = torch.randn(1, 256)
+    expected = layer(x)
+
+    def no_compiler():
+        def fail(*args):
+            raise RuntimeError("Cannot find a working triton installation\nmore")
+        return fail
+
+    monkeypatch.setattr(compiled_dequant, "_COMPILED", {})
+    monkeypatch.setattr(compiled_dequant, "compiled", no_compiler)
+    assert compiled_dequant.install(layer, "cpu") == "Q8_0 left to diffusers (not compiled, or different weights)"
+    assert "could not be compiled (RuntimeError: Cannot find a working triton installation)" in caplog.text
+    assert torch.equal(layer(x), expected)
+
+
+def test_a_later_compile_that_fails_falls_back_for_the_rest_of_the_run(monkeypatch, caplog):
+    from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
+
+    layer = GGUFLinear(256, 2, bias=False, compute_dtype=torch.float32)
+    layer.weight = GGUFParameter(_raw(T.Q8_0, 2, 256, seed=5), quant_type=T.Q8_0)
+    x = torch.randn(1, 256)
+    expected = layer(x)
+    monkeypatch.setattr(compiled_dequant, "_GAVE_UP", [])
+    assert compiled_dequant.install(layer, "cpu").startswith("GGUF dequantization compiled (Q8_0: ")
+    monkeypatch.setattr(compiled_dequant, "compiled", lambda: lambda *a: (_ for _ in ()).throw(RuntimeError("x")))
+    assert torch.equal(layer(x), expected) and torch.equal(layer(x), expected)
+    assert caplog.text.count("failed (RuntimeError: x); diffusers' own is used from now on") == 1

@@ -70,9 +70,15 @@ class CompiledDequantize(ModelHook):
     def new_forward(self, module: torch.nn.Module, inputs: torch.Tensor, *args, **kwargs):
         weight = module.weight
         kernels = gguf_utils.ops is not None and weight.is_cuda and inputs.is_cuda
-        if kernels or not quantized(weight):
+        if kernels or not quantized(weight) or _GAVE_UP:
             return self.fn_ref.original_forward(inputs, *args, **kwargs)
-        dense = compiled()(weight.as_tensor(), weight.quant_type, module.compute_dtype)
+        try:
+            dense = compiled()(weight.as_tensor(), weight.quant_type, module.compute_dtype)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a later compile (a new shape) failed: diffusers' path from now on
+            _give_up(exc)
+            return self.fn_ref.original_forward(inputs, *args, **kwargs)
         bias = module.bias.to(module.compute_dtype) if module.bias is not None else None
         return torch.nn.functional.linear(inputs, dense, bias)
 
@@ -98,19 +104,38 @@ def install(module: torch.nn.Module, device) -> str | None:
 
 
 def _compile_and_check(kind: tuple, sample: torch.nn.Module, device) -> float | None:
-    """Compile one GGML type's dequantization; its seconds, or None when the compiled weights of `sample`
-    differ from diffusers' own on this device (that type then stays with diffusers)."""
+    """Compile one GGML type's dequantization; its seconds, or None when it cannot be compiled here or its
+    compiled weights of `sample` differ from diffusers' own on this device (that type then stays with
+    diffusers)."""
     quant_type, dtype, _ = kind
     started = time.perf_counter()
-    warm_up(quant_type, dtype, device)
-    seconds = time.perf_counter() - started
     raw = sample.weight.as_tensor().to(device)
     expected = gguf_utils.dequantize_gguf_tensor(gguf_utils.GGUFParameter(raw, quant_type=quant_type)).to(dtype)
-    if torch.equal(compiled()(raw, quant_type, dtype).view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8)):
+    try:
+        warm_up(quant_type, dtype, device)
+        got = compiled()(raw, quant_type, dtype)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - no compiler here (e.g. no Triton): diffusers' own path, as before
+        log.warning("warning: the GGUF dequantization could not be compiled (%s: %s); diffusers' own is used",
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return None
+    seconds = time.perf_counter() - started
+    if torch.equal(got.view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8)):
         return seconds
     log.warning("warning: the compiled GGUF dequantization of %s differs from diffusers' own on this device; "
                 "those weights keep diffusers' dequantization", _name(quant_type))
     return None
+
+
+_GAVE_UP: list[str] = []  # why the compiled path stopped in this process (then every layer uses diffusers')
+
+
+def _give_up(exc: Exception) -> None:
+    if not _GAVE_UP:
+        log.warning("warning: the compiled GGUF dequantization failed (%s: %s); diffusers' own is used from now on",
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+    _GAVE_UP.append(type(exc).__name__)
 
 
 def _name(quant_type) -> str:
@@ -123,7 +148,7 @@ def _note(seconds_by_kind: dict) -> str:
     seconds = sum(s for s in seconds_by_kind.values() if s is not None)
     note = f"GGUF dequantization compiled ({', '.join(compiled_types)}: {seconds:.1f} s)" if compiled_types else ""
     if kept:
-        note += ("; " if note else "") + f"{', '.join(kept)} left to diffusers (compiled weights differed)"
+        note += ("; " if note else "") + f"{', '.join(kept)} left to diffusers (not compiled, or different weights)"
     log.info("%s; the compiled code is cached on disk for later runs", note)
     return note
 
