@@ -156,9 +156,12 @@ def _footprint(family: str, modules: dict, size: str):
 def _speed(config: str, device: str, placement: Placement):
     from producer.sizing import speed
 
-    lever = LEVERS.get(config, {"compile": "off"} if config.endswith("-eagerdq") else {})
-    return speed.default_speed(device, placement, lever.get("compile", "auto"), lever.get("fp8_matmul", False),
-                               lever.get("attention"))
+    lever = LEVERS.get(config, {})
+    chosen = speed.default_speed(device, placement, lever.get("compile", "auto"), lever.get("fp8_matmul", False),
+                                 lever.get("attention"))
+    if plan_machine(config):  # a plan's steady state: the dequantization compiled, as in a batch long enough
+        return replace(chosen, compile_dequantize=device == "cuda" and not config.endswith("-eagerdq"))
+    return chosen
 
 
 def _levers(modules, speed, device: str) -> list[str]:

@@ -70,11 +70,19 @@ def test_layers_without_a_quantized_weight_are_left_alone():
     assert speed.apply_speed(torch.nn.Linear(8, 4), speed.Speed(compile_dequantize=True), "cpu") == []
 
 
-@pytest.mark.parametrize("device,choice,expected", [
-    ("cuda", "auto", True), ("cuda", "off", False), ("cpu", "auto", False), ("cuda", "on", False)])
-def test_dequantization_is_compiled_on_a_gpu_unless_compiling_is_off(device, choice, expected):
-    """`--compile on` compiles whole blocks on a resident plan, which take the dequantization in with them."""
-    chosen = speed.default_speed(device, "gpu" if choice == "on" else "group_offload", choice, family="qwen")
+@pytest.mark.parametrize("device,placement,choice,items,family,expected", [
+    ("cuda", "group_offload", "auto", 4, "wan", True),    # a batch long enough to earn back the compile
+    ("cuda", "group_offload", "auto", 3, "wan", False),
+    ("cuda", "group_offload", "auto", 16, "qwen", True),
+    ("cuda", "gpu", "auto", 15, "qwen", False),
+    ("cuda", "gpu", "auto", 32, "qwen", False),           # the whole blocks are compiled, dequantization with them
+    ("cuda", "group_offload", "on", 1, "qwen", True),     # asked for: blocks cannot compile under the hooks
+    ("cpu", "cpu", "on", 1, "wan", False),                # blocks compiled instead
+    ("cpu", "cpu", "auto", 100, "wan", False),
+    ("cuda", "group_offload", "off", 100, "wan", False),
+])
+def test_when_the_dequantization_is_compiled(device, placement, choice, items, family, expected):
+    chosen = speed.default_speed(device, placement, choice, items=items, family=family)
     assert chosen.compile_dequantize is expected
 
 

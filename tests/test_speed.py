@@ -14,6 +14,7 @@ from producer.sizing import speed
     ("cpu", "cpu", "auto", 50, "wan", False),
     ("cpu", "cpu", "on", 1, "qwen", True),            # asked for: always
     ("cuda", "gpu", "off", 100, "wan", False),
+    ("cuda", "group_offload", "on", 1, "wan", False),  # dynamo cannot trace the offload hooks' transfers
 ])
 def test_compile_default_rule(device, placement, choice, items, family, expected):
     assert speed.default_speed(device, placement, choice, items=items, family=family).compile is expected

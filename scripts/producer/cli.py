@@ -74,10 +74,11 @@ def add_memory_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="compile the transformer blocks (same results; measured on an H200: 11%% faster per Wan "
                         "clip after a one-off ~15 s compile, 19%% per Qwen image after ~11 s). auto: on with the "
-                        "weights on a CUDA GPU for runs of 8+ Wan clips or 32+ Qwen images; otherwise GGUF weights "
-                        "on a CUDA GPU get their dequantization compiled (the same numbers bit for bit, checked on "
-                        "the GPU; seconds once per process, cached on disk; stated under `speed` in the JSON). "
-                        "off: neither")
+                        "weights on a CUDA GPU for runs of 8+ Wan clips or 32+ Qwen images. Blocks are never "
+                        "compiled while the plan streams them; there, and in shorter runs from 4 Wan clips or 16 "
+                        "Qwen images, GGUF weights get their dequantization compiled instead (the same numbers bit "
+                        "for bit, checked on the GPU; seconds once per process, cached on disk; stated under "
+                        "`speed` in the JSON; not yet measured on a GPU). on: always one of the two. off: neither")
     g.add_argument("--fp8-matmul", action="store_true",
                    help="fp8 matrix multiplies (torchao) on GPUs with fp8 tensor cores, weights resident: on an "
                         "H200 a Wan clip took 13.08 s against 14.55 s compiled; changes the numbers slightly "

@@ -30,6 +30,10 @@ COMPILE_CHOICES = ("auto", "on", "off")
 # One-off compile cost / saving per item, measured on an H200: Wan 14.9 s / 1.87 s a clip (break-even near
 # 8 clips), Qwen ~11 s / 0.35 s an image (near 32 images).
 COMPILE_MIN_ITEMS = {"wan": 8, "qwen": 32}
+# The same for the GGUF dequantization alone (compiled_dequant), predicted, not yet measured on a GPU
+# (docs/performance.md): ~10 s of compiling on a fresh machine for two GGML types against ~1.4 s saved a Wan
+# clip and 0.1-0.35 s a Qwen edit; PyTorch's disk cache makes later processes' compile ~1-2 s.
+DEQUANTIZE_MIN_ITEMS = {"wan": 4, "qwen": 16}
 FP8_CAPABILITY = (8, 9)  # Ada and Hopper and newer have fp8 tensor cores
 
 
@@ -48,15 +52,17 @@ def default_speed(device_type: str, placement: Placement, compile_choice: str = 
                   attention: str | None = None, items: int = 1, family: str = "wan") -> Speed:
     """The levers for a denoiser on this device and placement, for a run of `items` clips or images.
 
-    `auto` compiles only where it was measured to pay: the whole denoiser on a CUDA GPU while it runs (offload
-    hooks move pieces of the weights between calls, which compiled blocks would re-check every step) and a run
-    long enough to earn back the compile (COMPILE_MIN_ITEMS). The GGUF dequantization is compiled on a CUDA GPU
-    unless compiling is off (it applies only to GGUF weights; compiled blocks take it in with them).
+    `auto` compiles the blocks only where it was measured to pay: the whole denoiser on a CUDA GPU while it runs
+    and a run long enough to earn back the compile (COMPILE_MIN_ITEMS). Blocks are never compiled where offload
+    hooks stream the weights block by block (dynamo cannot trace the hooks' transfers, even with `on`); there,
+    and for shorter runs, GGUF weights get their dequantization compiled instead (compiled_dequant: only GGUF
+    layers are touched; `auto` from DEQUANTIZE_MIN_ITEMS on a CUDA GPU, `on` always).
     """
-    whole = Placement(placement).runs_whole_on_gpu
-    worth_it = device_type == "cuda" and whole and items >= COMPILE_MIN_ITEMS[family]
-    compile_on = {"on": True, "off": False}.get(compile_choice, worth_it)
-    dequantize = compile_choice != "off" and device_type == "cuda" and not compile_on
+    hooks = Placement(placement).streams
+    worth_it = device_type == "cuda" and Placement(placement).runs_whole_on_gpu and items >= COMPILE_MIN_ITEMS[family]
+    compile_on = {"on": not hooks, "off": False}.get(compile_choice, worth_it)
+    dequantize_pays = device_type == "cuda" and items >= DEQUANTIZE_MIN_ITEMS[family]
+    dequantize = not compile_on and {"on": True, "off": False}.get(compile_choice, dequantize_pays)
     return Speed(compile=compile_on, compile_dequantize=dequantize, attention=attention,
                  fp8_matmul=fp8_matmul and device_type == "cuda")
 
