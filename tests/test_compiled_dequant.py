@@ -86,14 +86,20 @@ def test_when_the_dequantization_is_compiled(device, placement, choice, items, f
     assert chosen.compile_dequantize is expected
 
 
-def test_a_type_whose_compiled_weights_differ_keeps_diffusers_dequantization(monkeypatch, caplog):
-    from diffusers.hooks import HookRegistry
+def _q8_layer(seed: int):
+    """A Q8_0 GGUF linear layer, an input, and its output through diffusers' own dequantization."""
     from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
 
     layer = GGUFLinear(256, 2, bias=False, compute_dtype=torch.float32)
-    layer.weight = GGUFParameter(_raw(T.Q8_0, 2, 256, seed=3), quant_type=T.Q8_0)
+    layer.weight = GGUFParameter(_raw(T.Q8_0, 2, 256, seed=seed), quant_type=T.Q8_0)
     x = torch.randn(1, 256)
-    expected = layer(x)
+    return layer, x, layer(x)
+
+
+def test_a_type_whose_compiled_weights_differ_keeps_diffusers_dequantization(monkeypatch, caplog):
+    from diffusers.hooks import HookRegistry
+
+    layer, x, expected = _q8_layer(seed=3)
     real = compiled_dequant.compiled()
     monkeypatch.setattr(compiled_dequant, "_COMPILED", {})
     monkeypatch.setattr(compiled_dequant, "compiled", lambda: lambda *a: real(*a) + 1)  # a wrong compiler
@@ -106,12 +112,7 @@ def test_a_type_whose_compiled_weights_differ_keeps_diffusers_dequantization(mon
 
 def test_a_compiler_that_fails_leaves_diffusers_dequantization_in_place(monkeypatch, caplog):
     """No Triton or C compiler (a Windows machine without one, say): the layers keep diffusers' path."""
-    from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
-
-    layer = GGUFLinear(256, 2, bias=False, compute_dtype=torch.float32)
-    layer.weight = GGUFParameter(_raw(T.Q8_0, 2, 256, seed=4), quant_type=T.Q8_0)
-    x = torch.randn(1, 256)
-    expected = layer(x)
+    layer, x, expected = _q8_layer(seed=4)
 
     def no_compiler():
         def fail(*args):
@@ -126,12 +127,7 @@ def test_a_compiler_that_fails_leaves_diffusers_dequantization_in_place(monkeypa
 
 
 def test_a_later_compile_that_fails_falls_back_for_the_rest_of_the_run(monkeypatch, caplog):
-    from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
-
-    layer = GGUFLinear(256, 2, bias=False, compute_dtype=torch.float32)
-    layer.weight = GGUFParameter(_raw(T.Q8_0, 2, 256, seed=5), quant_type=T.Q8_0)
-    x = torch.randn(1, 256)
-    expected = layer(x)
+    layer, x, expected = _q8_layer(seed=5)
     monkeypatch.setattr(compiled_dequant, "_GAVE_UP", [])
     assert compiled_dequant.install(layer, "cpu").startswith("GGUF dequantization compiled (Q8_0: ")
     monkeypatch.setattr(compiled_dequant, "compiled", lambda: lambda *a: (_ for _ in ()).throw(RuntimeError("x")))

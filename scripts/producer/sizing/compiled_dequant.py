@@ -32,8 +32,8 @@ from diffusers.quantizers.gguf import utils as gguf_utils
 log = logging.getLogger("producer")
 
 HOOK = "producer_compiled_dequantize"
-# Seconds each (GGML type, compute dtype, device type) took to compile in this process (None: its compiled
-# weights differed from diffusers' own, so it is not used): compiled and checked once, reported each time.
+# Seconds each (GGML type, compute dtype, device type) took to compile in this process (None: it could not be
+# compiled, or its weights differed from diffusers' own, so it is not used): done once, reported each time.
 _COMPILED: dict[tuple, float | None] = {}
 
 
@@ -108,9 +108,9 @@ def _compile_and_check(kind: tuple, sample: torch.nn.Module, device) -> float | 
     compiled weights of `sample` differ from diffusers' own on this device (that type then stays with
     diffusers)."""
     quant_type, dtype, _ = kind
-    started = time.perf_counter()
     raw = sample.weight.as_tensor().to(device)
     expected = gguf_utils.dequantize_gguf_tensor(gguf_utils.GGUFParameter(raw, quant_type=quant_type)).to(dtype)
+    started = time.perf_counter()
     try:
         warm_up(quant_type, dtype, device)
         got = compiled()(raw, quant_type, dtype)
