@@ -197,6 +197,7 @@ def test_on_a_gpu_the_smoke_also_runs_the_small_cards_streamed_plans(tmp_path):
     both = streamed(True)
     assert len(both) == 2 and all(argv[argv.index("--offload") + 1] == "group" for argv in both)
     assert {argv[argv.index("--weights") + 1] for argv in both} == {"gguf-q8", "gguf-q4"}
+    assert all(argv[argv.index("--compile") + 1] == "on" for argv in both)  # the GGUF dequantization compiled
 
 
 def test_a_failing_script_is_reported_with_its_fix(tmp_path, monkeypatch):
