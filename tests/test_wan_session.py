@@ -116,9 +116,18 @@ def test_a_batch_made_expert_by_expert_gives_the_same_clips_with_two_reads(setup
     assert not one._halfway
 
 
-def test_a_clip_made_out_of_order_is_made_whole(setup):
+def test_a_clip_made_out_of_order_or_without_a_boundary_is_made_whole(setup):
     plan, files = setup
     one = wan.WanSession.from_files(files, replace(plan, experts_in_ram=1), progress=False)
+    single_step = job(replace(registry.WAN.distilled, steps=1), seed=13)  # high-noise steps only: no split
+    jobs = [job(seed=11), single_step, job(seed=12)]
+    one.encode(jobs)
+    one.make_in_order(jobs)
+    first = one.generate(jobs[0])
+    assert len(one._halfway) == 1  # the third clip's half ran with the first, not the single step's
+    clip = one.generate(single_step)
+    assert clip.experts["transformer"].steps == 1 and clip.experts["transformer_2"].steps == 0
+    assert first.seconds["ahead"] > 0 and "ahead" not in clip.seconds
     jobs = [job(seed=11), job(seed=12)]
     one.encode(jobs)
     one.make_in_order(jobs)

@@ -43,6 +43,13 @@ def job_key(job) -> tuple:
             job.seed)
 
 
+def crosses(scheduler, steps: int, boundary: float) -> bool:
+    """Whether a schedule has steps on both sides of the expert boundary (a 1-step clip has nothing to split)."""
+    scheduler.set_timesteps(steps)
+    timesteps = scheduler.timesteps
+    return bool(timesteps[0] >= boundary > timesteps[-1])
+
+
 def first_half(pipe, call: dict, boundary: float) -> Halfway:
     """Run `pipe(**call)` up to the expert boundary (timesteps >= `boundary` are the high-noise expert's)."""
     kept: dict[str, Any] = {}
