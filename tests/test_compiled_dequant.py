@@ -59,6 +59,25 @@ def test_hooked_expert_gives_the_same_output_and_reports_its_compile(standin_hf_
     assert torch.equal(before, after)
 
 
+def test_it_runs_inside_blocks_that_diffusers_streams(standin_hf_home):
+    """The streamed plans' case: the blocks are group-offloaded (diffusers' hooks on each block), the compiled
+    dequantization hooks sit on the layers inside them; the same output as diffusers' own path."""
+    from producer.sizing import offload
+    from producer.sizing.placement import Placement
+    from test_offload import _gguf_expert, _wan_input
+
+    expert = _gguf_expert(standin_hf_home)
+    x = _wan_input(expert)
+    with torch.no_grad():
+        before = expert(**x)[0]
+    offload.place_module(expert, Placement.GROUP_OFFLOAD, torch.device("cpu"))
+    chosen = speed.default_speed("cuda", "group_offload", "on", family="wan")
+    assert not chosen.compile and chosen.compile_dequantize  # blocks under the hooks are not compiled
+    assert speed.apply_speed(expert, chosen, "cpu")[0].startswith("GGUF dequantization compiled")
+    with torch.no_grad():
+        assert torch.equal(expert(**x)[0], before)
+
+
 def test_layers_without_a_quantized_weight_are_left_alone():
     from diffusers.hooks import HookRegistry
     from diffusers.quantizers.gguf.utils import GGUFLinear
