@@ -332,7 +332,7 @@ class WanSession:
         for counter in self.counters.values():
             counter.reset()
         high = None
-        if self._by_halves_ok(job) and any(halfway.job_key(j) == halfway.job_key(job) for j in self._upcoming):
+        if self._made_by_halves(job):
             latents, high = self._by_halves(job, watch)
         else:
             with watch.stage("load_experts"):
@@ -379,7 +379,10 @@ class WanSession:
         watch.seconds["denoise"] = round(watch.seconds["denoise"] + half.seconds, 3)
         return latents, half.high
 
-    def _by_halves_ok(self, job: ClipJob) -> bool:
+    def _made_by_halves(self, job: ClipJob) -> bool:
+        """Announced in a one-expert batch (make_in_order), with steps on both sides of the expert boundary."""
+        if not any(halfway.job_key(j) == halfway.job_key(job) for j in self._upcoming):
+            return False
         scheduler = make_scheduler(job.sampling, self._scheduler_config)
         return halfway.crosses(scheduler, job.sampling.steps, self.boundary_ratio * scheduler.config.num_train_timesteps)
 
@@ -388,7 +391,7 @@ class WanSession:
         keys = [halfway.job_key(j) for j in self._upcoming]
         later = self._upcoming[keys.index(halfway.job_key(job)) + 1:]
         group = [job] + [j for j in later if halfway.job_key(j) not in self._halfway and j.prompt_key in self._embeds
-                         and self._by_halves_ok(j)][:memory.CLIPS_PER_EXPERT_READ - 1]
+                         and self._made_by_halves(j)][:memory.CLIPS_PER_EXPERT_READ - 1]
         for other in group:
             self.pipe.scheduler = make_scheduler(other.sampling, self._scheduler_config)
             self.counters["transformer"].reset()
