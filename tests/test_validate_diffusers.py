@@ -231,3 +231,12 @@ def test_gguf_and_loras_wait_for_a_complete_config_source(recorded, monkeypatch)
     _, manifest = recorded
     checks = installcheck.deep(registry.get("wan-i2v-gguf-q4"), snap(manifest, "wan-i2v-gguf-q4"), {"wan": None})
     assert [c.skipped for c in checks] == [True] and "wan-i2v-components" in checks[0].detail
+
+
+def test_a_steps_summary_says_what_the_script_compiled():
+    """The GPU smoke's streamed steps compile the GGUF dequantization: the step says so, or that it fell back."""
+    result = {"mode": "edit", "memory_plan": {"name": "group-offload", "weights": "gguf-q8"},
+              "speed": ["GGUF dequantization compiled (Q8_0: 3.1 s)"], "seconds_total": 12.0}
+    assert smoke._summary(result) == ("mode edit; plan group-offload (gguf-q8); GGUF dequantization compiled "
+                                      "(Q8_0: 3.1 s); 12.0 s in the script")
+    assert "compiled" not in smoke._summary({"mode": "edit", "speed": []})

@@ -192,7 +192,7 @@ def _last_json(text: str) -> dict:
 
 
 def _summary(result: dict) -> str:
-    """What ran, from the script's own --json: mode, pose path, LoRAs, memory plan, time."""
+    """What ran, from the script's own --json: mode, pose path, LoRAs, memory plan, speed levers, time."""
     settings = result.get("settings") or {}
     parts = [f"mode {result.get('mode') or settings.get('mode')}"] if result.get("mode") or settings.get("mode") else []
     if settings.get("pose_method"):
@@ -203,6 +203,7 @@ def _summary(result: dict) -> str:
     plan = result.get("memory_plan") or {}
     if isinstance(plan, dict) and plan.get("name"):
         parts.append(f"plan {plan['name']} ({plan.get('weights')})")
+    parts += [str(note) for note in result.get("speed") or []]  # e.g. what was compiled here, and in how long
     if result.get("seconds_total") is not None:
         parts.append(f"{result['seconds_total']:.1f} s in the script")
     return "; ".join(parts) or "ok"
