@@ -122,7 +122,7 @@ def _skipping_class(cls: type) -> type:
 
 def _to(scheduler, device):
     """The scheduler's tensors (and lists of them: a multistep scheduler's history) moved to `device`."""
-    for name, value in vars(scheduler).items():
+    for name, value in list(vars(scheduler).items()):
         if isinstance(value, torch.Tensor):
             setattr(scheduler, name, value.to(device))
         elif isinstance(value, list) and any(isinstance(v, torch.Tensor) for v in value):
