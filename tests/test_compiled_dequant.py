@@ -78,6 +78,31 @@ def test_it_runs_inside_blocks_that_diffusers_streams(standin_hf_home):
         assert torch.equal(expert(**x)[0], before)
 
 
+def test_it_runs_under_a_lora_kept_as_an_adapter(standin_hf_home):
+    """GGUF experts keep a LoRA (the Lightning distill LoRA of the 4-step plans) as peft adapters around the GGUF
+    layers: the compiled dequantization sits on the base layers and the output is unchanged."""
+    from dataclasses import replace
+
+    from producer.engines.loras import lora
+    from producer.engines.wan.experts import lora_view
+    from test_offload import _gguf_expert, _wan_input
+
+    expert = _gguf_expert(standin_hf_home)
+    specs = [replace(s, components=("transformer",)) for s in lora.registry_lora_specs("wan-lightning")
+             if "transformer" in s.components]
+    report = lora.load_loras(lora_view("transformer", expert), specs, "wan", allow_partial=False, fuse=True)
+    from diffusers.quantizers.gguf.utils import GGUFLinear
+
+    assert report.to_dict()["loras"]
+    assert any(isinstance(getattr(m, "base_layer", None), GGUFLinear) for m in expert.modules())  # adapters
+    x = _wan_input(expert)
+    with torch.no_grad():
+        before = expert(**x)[0]
+    assert speed.apply_speed(expert, speed.Speed(compile_dequantize=True), "cpu")
+    with torch.no_grad():
+        assert torch.equal(expert(**x)[0], before)
+
+
 def test_layers_without_a_quantized_weight_are_left_alone():
     from diffusers.hooks import HookRegistry
     from diffusers.quantizers.gguf.utils import GGUFLinear
