@@ -316,3 +316,15 @@ def test_the_benchmark_can_tell_the_scripts_a_smaller_machines_ram(monkeypatch):
     assert told.ram_total == min(real.ram_total, 2 * GiB) and told.ram_available <= 2 * GiB
     monkeypatch.setenv("PRODUCER_RAM_GB", "100000")
     assert hardware.probe(device="cpu").ram_total == real.ram_total
+
+
+def test_one_expert_plans_count_the_clips_waiting_between_their_halves():
+    """A one-expert batch keeps up to 8 clips between their halves (engines/wan/halfway.py): the plan's RAM
+    counts them, more at 720p than at 480p; plans with both experts in RAM keep none."""
+    small, large = memory.wan_workload(832, 480, 81), memory.wan_workload(1280, 720, 81)
+    one = [memory.plan_memory(from_sizes(16, 16), memory.WAN_FOOTPRINT, w) for w in (small, large)]
+    assert [p.experts_in_ram for p in one] == [1, 1]
+    waiting = memory.CLIPS_PER_EXPERT_READ * memory.HALFWAY_BYTES_PER_TOKEN * (large.tokens - small.tokens)
+    assert one[1].peak_ram - one[0].peak_ram == waiting
+    both = [memory.plan_memory(from_sizes(16, 32), memory.WAN_FOOTPRINT, w) for w in (small, large)]
+    assert both[0].experts_in_ram == 2 and both[0].peak_ram == both[1].peak_ram

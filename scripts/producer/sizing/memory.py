@@ -41,8 +41,12 @@ RAM_RESERVE = 4 * GiB  # OS, Python, torch and CUDA host state
 VRAM_RESERVE = int(0.8 * GiB)  # CUDA context and allocator fragmentation
 BLOCKS_IN_FLIGHT = 2  # group offload with streams holds the running block and the prefetched one
 # One Wan expert in RAM: a batch makes up to this many clips expert by expert, reading each expert once for
-# them (producer.engines.wan.halfway; what waits between the halves is ~30 MB a 720p clip of host memory).
+# them (producer.engines.wan.halfway; what waits between the halves is counted below).
 CLIPS_PER_EXPERT_READ = 8
+# What one clip keeps in host memory between its halves, a token (float32): its latents (64 values a token:
+# 16 channels at the 1x2x2 patch), the image condition (80: 20 channels) and a multistep scheduler's history
+# (up to 3 latents more): 336 values, ~100 MB a 720p clip.
+HALFWAY_BYTES_PER_TOKEN = 336 * 4
 TEXT_ENCODER_ACTIVATIONS = int(0.5 * GiB)
 LOAD_OVERHEAD = int(1.5 * GiB)  # a safetensors shard being read while loading
 # Partial residency fills the card with whole blocks up to this share of the plan's VRAM budget (card minus
@@ -219,9 +223,12 @@ def _text_on_gpu(model: ModelFootprint, budget: int) -> bool:
     return _bytes(model.text_encoder_params, "bf16") + TEXT_ENCODER_ACTIVATIONS <= budget
 
 
-def _host_ram(model: ModelFootprint, place: Placement, weights: str, experts_in_ram: int, text_on_gpu: bool) -> int:
-    """Peak host RAM: the larger of the encode stage (text encoder) and the denoise stage."""
+def _host_ram(model: ModelFootprint, place: Placement, weights: str, experts_in_ram: int, text_on_gpu: bool,
+              work: Workload) -> int:
+    """Peak host RAM: the larger of the encode stage (text encoder) and the denoise stage. With one expert of
+    several in RAM, a batch also keeps the clips of a group between their halves (engines/wan/halfway.py)."""
     one = _bytes(model.denoiser_params, weights)
+    waiting = CLIPS_PER_EXPERT_READ * HALFWAY_BYTES_PER_TOKEN * work.tokens if experts_in_ram < len(model.denoisers) else 0
     # An encoder that fits the GPU loads straight onto it; one that streams from RAM is held there.
     text = LOAD_OVERHEAD if text_on_gpu else _bytes(model.text_encoder_params, "bf16")
     if place is Placement.GPU:
@@ -232,7 +239,7 @@ def _host_ram(model: ModelFootprint, place: Placement, weights: str, experts_in_
     if weights == "fp8":
         # fp8 storage is made from the bf16 files: one denoiser exists in bf16 while it is cast.
         held += _bytes(model.denoiser_params, "bf16") - one
-    return max(text, held + LOAD_OVERHEAD) + RAM_RESERVE
+    return max(text, held + waiting + LOAD_OVERHEAD) + RAM_RESERVE
 
 
 def _candidates(model: ModelFootprint, offload: str, weights: str, installed: frozenset[str] | None):
@@ -300,14 +307,14 @@ def plan_memory(hw: Hardware, model: ModelFootprint, work: Workload, offload: st
     failed = []
     for rank, (experts, form, off) in enumerate(_candidates(model, offload, weights, installed)):
         vram_ok = _denoise_vram(model, off, form, act) <= vram_budget
-        ram = _host_ram(model, off, form, experts, text_gpu)
+        ram = _host_ram(model, off, form, experts, text_gpu, work)
         if vram_ok and ram <= hw.ram_total:
             return _build_plan(hw, model, work, experts, form, off, True, True, max_resident_blocks,
                                dequantize_on_arrival)
         failed.append((not vram_ok, ram, rank, (experts, form, off, vram_ok, False)))
     # Nothing fits: describe the candidate that comes closest (fits the GPU, least RAM, fastest).
     experts, form, off, vram_ok, ram_ok = min(failed)[3]
-    ram_ok = _host_ram(model, off, form, experts, text_gpu) <= hw.ram_total
+    ram_ok = _host_ram(model, off, form, experts, text_gpu, work) <= hw.ram_total
     return _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_resident_blocks,
                        dequantize_on_arrival)
 
@@ -346,7 +353,7 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_reside
     text = _bytes(model.text_encoder_params, "bf16")
     encode_vram = (text if text_placement is Placement.GPU else text // 10) + TEXT_ENCODER_ACTIVATIONS
     peak_vram = max(denoise_vram, decode_vram, encode_vram)
-    peak_ram = _host_ram(model, off, form, experts, text_placement is Placement.GPU)
+    peak_ram = _host_ram(model, off, form, experts, text_placement is Placement.GPU, work)
     fits = vram_ok and ram_ok
 
     if experts == 1 and len(model.denoisers) > 1:
