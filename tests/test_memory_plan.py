@@ -316,6 +316,9 @@ def test_the_benchmark_can_tell_the_scripts_a_smaller_machines_ram(monkeypatch):
     assert told.ram_total == min(real.ram_total, 2 * GiB) and told.ram_available <= 2 * GiB
     monkeypatch.setenv("PRODUCER_RAM_GB", "100000")
     assert hardware.probe(device="cpu").ram_total == real.ram_total
+    for bad in ("lots", "-4", "nan", "inf"):  # ignored, not a traceback
+        monkeypatch.setenv("PRODUCER_RAM_GB", bad)
+        assert hardware.probe(device="cpu").ram_total == real.ram_total
 
 
 def test_one_expert_plans_count_the_clips_waiting_between_their_halves():

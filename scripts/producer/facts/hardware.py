@@ -42,9 +42,26 @@ def _ram() -> tuple[int, int]:
     import psutil
 
     vm = psutil.virtual_memory()
-    told = os.environ.get("PRODUCER_RAM_GB")
-    limit = int(float(told) * GiB) if told else None
+    limit = _gib_from_env("PRODUCER_RAM_GB")
     return min(int(vm.total), limit or int(vm.total)), min(int(vm.available), limit or int(vm.available))
+
+
+def _gib_from_env(name: str) -> int | None:
+    """Bytes from an environment variable in GB (the benchmark's machine emulation); None when unset, or not
+    a positive number (with a warning: the real machine is used)."""
+    text = os.environ.get(name)
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        import logging
+
+        logging.getLogger("producer").warning("warning: %s=%r is not a positive number of GB; ignored", name, text)
+        return None
+    return int(value * GiB)
 
 
 ALLOCATOR_SETTING = "expandable_segments:True"
@@ -69,8 +86,7 @@ def _cuda_cap_bytes() -> int | None:
 
     The benchmark emulates a small card this way; the plan must see the cap, not the card.
     """
-    cap = os.environ.get("PRODUCER_VRAM_CAP_GB")
-    return int(float(cap) * GiB) if cap else None
+    return _gib_from_env("PRODUCER_VRAM_CAP_GB")
 
 
 # Transfer rate (GT/s) of each PCIe generation, as Linux writes it in max_link_speed ("32.0 GT/s PCIe").
