@@ -95,7 +95,9 @@ def _rel(path: Path) -> str:
 def compiled_dequantization(notes) -> list[str]:
     """The lever of a run whose GGUF dequantization was compiled (its speed notes say so; runs before that
     lever existed, or with `--compile off`, used diffusers' own)."""
-    return ["compiled-dequantize"] if any(str(n).startswith("GGUF dequantization compiled") for n in notes or ()) else []
+    from producer.sizing.compiled_dequant import NOTE
+
+    return ["compiled-dequantize"] if any(str(n).startswith(NOTE) for n in notes or ()) else []
 
 
 def entry_of(run: dict, gpu: str, source: str) -> dict | None:

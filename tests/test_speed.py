@@ -84,7 +84,7 @@ def test_levers_apply_to_a_transformer(tiny_wan_pipeline):
          "encoder_hidden_states": torch.randn(1, 8, 32), "return_dict": False}
     with torch.no_grad():
         before = expert(**x)[0]
-        notes = speed.apply_speed(expert, speed.Speed(attention="_native_math"))
+        notes = speed.apply_speed(expert, speed.Speed(attention="_native_math"), "cpu")
         after = expert(**x)[0]
     assert notes == ["attention _native_math"]
     torch.testing.assert_close(before, after, rtol=1e-4, atol=1e-5)

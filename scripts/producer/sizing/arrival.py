@@ -32,12 +32,9 @@ def available() -> bool:
 
 def gguf_weights(module: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
     """(layer, "weight") of every GGUF linear layer under `module` whose weight is quantized (F16/F32 excluded)."""
-    found = []
-    for owner in module.modules():
-        weight = owner._parameters.get("weight") if isinstance(owner, gguf_utils.GGUFLinear) else None
-        if getattr(weight, "quant_type", None) in gguf_utils.dequantize_functions:
-            found.append((owner, "weight"))
-    return found
+    from producer.sizing.compiled_dequant import gguf_layers
+
+    return [(layer, "weight") for layer in gguf_layers(module)]
 
 
 def _dequantize(weights: list[tuple[torch.nn.Module, str]]) -> list[torch.Tensor]:

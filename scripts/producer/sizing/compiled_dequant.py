@@ -2,7 +2,7 @@
 
 diffusers' GGUF linear layers (without its optional CUDA kernels, which come from the Hugging Face Hub) turn
 the whole quantized weight back into the compute dtype at every call, through a chain of torch ops: a
-Q4_K weight takes about ten kernels, each reading and writing the full weight. Measured on an H100
+Q4_K weight takes about ten of them, each reading and writing the full weight. Measured on an H100
 (docs/performance.md): the GGUF Q8_0 Qwen transformer costs 1.40x bf16 even with every block on the card, and
 at Wan's block shapes the Q4_K dequantization alone was 0.27 s of a 1.27 s forward.
 
@@ -32,6 +32,7 @@ from diffusers.quantizers.gguf import utils as gguf_utils
 log = logging.getLogger("producer")
 
 HOOK = "producer_compiled_dequantize"
+NOTE = "GGUF dequantization compiled"  # how the report's `speed` says so (bench/speedmodel.py reads it)
 # Seconds each (GGML type, compute dtype, device type) took to compile in this process (None: it could not be
 # compiled, or its weights differed from diffusers' own, so it is not used): done once, reported each time.
 _COMPILED: dict[tuple, float | None] = {}
@@ -146,7 +147,7 @@ def _note(seconds_by_kind: dict) -> str:
     compiled_types = sorted({_name(k[0]) for k, s in seconds_by_kind.items() if s is not None})
     kept = sorted({_name(k[0]) for k, s in seconds_by_kind.items() if s is None})
     seconds = sum(s for s in seconds_by_kind.values() if s is not None)
-    note = f"GGUF dequantization compiled ({', '.join(compiled_types)}: {seconds:.1f} s)" if compiled_types else ""
+    note = f"{NOTE} ({', '.join(compiled_types)}: {seconds:.1f} s)" if compiled_types else ""
     if kept:
         note += ("; " if note else "") + f"{', '.join(kept)} left to diffusers (not compiled, or different weights)"
     log.info("%s; the compiled code is cached on disk for later runs", note)

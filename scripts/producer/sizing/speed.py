@@ -122,7 +122,7 @@ def check_attention_backend(name: str | None) -> None:
                        fix="install what it names, or leave --attention out (PyTorch's own attention)") from None
 
 
-def apply_speed(module, speed: Speed, device=None) -> list[str]:
+def apply_speed(module, speed: Speed, device) -> list[str]:
     """Apply the levers to one denoiser computing on `device`; returns what was applied, for the report."""
     applied = []
     if speed.attention:
@@ -136,7 +136,7 @@ def apply_speed(module, speed: Speed, device=None) -> list[str]:
     if speed.compile_dequantize:
         from producer.sizing import compiled_dequant
 
-        note = compiled_dequant.install(module, device or next(module.parameters()).device)
+        note = compiled_dequant.install(module, device)
         applied += [note] if note else []
     return applied
 

@@ -296,12 +296,12 @@ class WanSession:
             for component in DENOISERS:
                 self._bring_in(component)
 
-    def _boundary(self) -> float:
-        """The timestep where the low-noise expert takes over (for the scheduler in use)."""
-        return self.boundary_ratio * self.pipe.scheduler.config.num_train_timesteps
+    def _boundary(self, scheduler) -> float:
+        """The timestep where the low-noise expert takes over, for `scheduler`."""
+        return self.boundary_ratio * scheduler.config.num_train_timesteps
 
     def _swap_at_boundary(self, watch: Stopwatch):
-        boundary = self._boundary()
+        boundary = self._boundary(self.pipe.scheduler)
 
         def callback(pipe, i, t, callback_kwargs):
             timesteps = pipe.scheduler.timesteps
@@ -384,7 +384,7 @@ class WanSession:
         if not any(halfway.job_key(j) == halfway.job_key(job) for j in self._upcoming):
             return False
         scheduler = make_scheduler(job.sampling, self._scheduler_config)
-        return halfway.crosses(scheduler, job.sampling.steps, self.boundary_ratio * scheduler.config.num_train_timesteps)
+        return halfway.crosses(scheduler, job.sampling.steps, self._boundary(scheduler))
 
     def _first_halves(self, job: ClipJob, watch: Stopwatch) -> None:
         """The high-noise halves of `job` and of the clips after it that wait for theirs (prompts encoded)."""
@@ -396,9 +396,9 @@ class WanSession:
             self.pipe.scheduler = make_scheduler(other.sampling, self._scheduler_config)
             self.counters["transformer"].reset()
             started = time.perf_counter()
-            try:
-                with watch.stage("ahead" if other is not job else "first_half"):
-                    half = halfway.first_half(self.pipe, self._call(other), self._boundary())
+            try:  # this clip's half counts in its denoise; later clips' halves in this one's "ahead"
+                with watch.stage("ahead") if other is not job else contextlib.nullcontext():
+                    half = halfway.first_half(self.pipe, self._call(other), self._boundary(self.pipe.scheduler))
             except torch.OutOfMemoryError:
                 if other is job:
                     raise
@@ -407,7 +407,6 @@ class WanSession:
                 break
             half.high, half.seconds = self.counters["transformer"].result(), time.perf_counter() - started
             self._halfway[halfway.job_key(other)] = half
-        watch.seconds.pop("first_half", None)  # counted in this clip's denoise
 
     # -------------------------------------------------------- decoding
 
