@@ -15,7 +15,9 @@ runs it. The clock is around each job (producer.runs.batch._attempt, the GPU syn
 main(); the scripts' own stage clock is made to synchronise the GPU at each stage's start and end (see
 synced_stages), so that pure generation is all of the GPU's generating work.
 
-Per item: `wall` (the job from start to its files written), `pure` (denoise + decode from the script's own
+Per item: `wall` (from the job's start to the next job's start; the last: to its files written. A clip's
+files are finished in the background while the next clip generates and put in place after it, runs/behind.py,
+so each item's wall holds its own generation and the previous item's wait and commit), `pure` (denoise + decode from the script's own
 stage seconds, an expert swap left out), `load` (the first job's reading of the denoisers: once a batch),
 `overhead` = wall - pure - load (keyframes in, judging, colour match, review files, MP4/PNG, recipe, and
 for one-expert-in-RAM plans the re-reading of experts), `ratio` = (wall - load) / pure: issue 16's goal is
@@ -214,7 +216,7 @@ def run_phase(args, phase: str, family: str, folder: Path, home: Path, choice: d
         "--quiet",
     ] + (["--device", "cpu"] if device == "cpu" else [])
     marks: dict[int, tuple[float, float]] = {}
-    original = batch._attempt
+    original, settle = batch._attempt, batch._settle
 
     def timed(job, *rest):
         start = time.perf_counter()
@@ -224,10 +226,16 @@ def run_phase(args, phase: str, family: str, folder: Path, home: Path, choice: d
             _sync(device)
             marks[job.index] = (start, time.perf_counter())
 
+    def timed_settle(pending, *rest):  # a clip written behind: its files are in place here (runs/behind.py)
+        job = pending[-1][1] if pending else None
+        settle(pending, *rest)
+        if job is not None:
+            marks[job.index] = (marks[job.index][0], time.perf_counter())
+
     out = io.StringIO()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    batch._attempt = timed
+    batch._attempt, batch._settle = timed, timed_settle
     from ramwatch import RamWatch
 
     try:
@@ -238,7 +246,7 @@ def run_phase(args, phase: str, family: str, folder: Path, home: Path, choice: d
         _sync(device)
         wall = time.perf_counter() - begin
     finally:
-        batch._attempt = original
+        batch._attempt, batch._settle = original, settle
     report = json.loads(out.getvalue())
     if code != 0:
         failed = [j.get("error") for j in report.get("jobs", []) if j.get("status") != "ok"]
@@ -307,8 +315,11 @@ def _error(predicted, measured: float) -> float | None:
 def measure(jobs: list[dict], marks: dict, begin: float, wall: float) -> dict:
     """Per item and per phase from the batch's JSON and the clock around each job (see the module doc)."""
     rows = []
-    for j in sorted(jobs, key=lambda j: marks[j["job"]][0]):
+    ordered = sorted(jobs, key=lambda j: marks[j["job"]][0])
+    for n, j in enumerate(ordered):
         start, end = marks[j["job"]]
+        if n + 1 < len(ordered):  # to the next item's start: with write-behind that includes this one's files
+            end = marks[ordered[n + 1]["job"]][0]
         s = j["seconds"]
         pure = s["denoise"] - s.get("expert_swap", 0.0) + s["decode"]
         load = sum(s.get(k, 0.0) for k in LOAD_STAGES) if not rows else 0.0

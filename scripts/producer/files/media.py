@@ -335,12 +335,23 @@ def save_png(img: Image.Image, path: str | os.PathLike, metadata: dict | None = 
     path = Path(path)
     if not path.parent.is_dir():
         raise CliError(f"the folder for {path} {missing(path.parent)}", f"create it: mkdir -p {path.parent}")
+    with atomic_output(path) as tmp:
+        img.save(tmp, format="PNG", pnginfo=_png_info(metadata, key))
+    return path
+
+
+def png_bytes(img: Image.Image, metadata: dict | None = None, key: str = PNG_METADATA_KEY) -> bytes:
+    """The PNG that save_png writes, in memory (a background thread encodes it; the caller writes it)."""
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG", pnginfo=_png_info(metadata, key))
+    return buffer.getvalue()
+
+
+def _png_info(metadata: dict | None, key: str) -> PngImagePlugin.PngInfo:
     info = PngImagePlugin.PngInfo()
     if metadata is not None:
         info.add_itxt(key, json_text(metadata))
-    with atomic_output(path) as tmp:
-        img.save(tmp, format="PNG", pnginfo=info)
-    return path
+    return info
 
 
 def read_png_metadata(path: str | os.PathLike, key: str = PNG_METADATA_KEY) -> dict | None:

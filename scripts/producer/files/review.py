@@ -157,16 +157,26 @@ def write_review(frames: np.ndarray, output: str | Path, recipe: dict, fps: floa
                  into: dict[str, Path] | None = None) -> dict[str, str]:
     """First and last frame PNGs and a contact sheet beside `output`, each carrying the recipe. `into`: the
     temp files to write them to instead (the caller puts them in place with the clip: outputs.atomic_outputs)."""
-    from PIL import Image
-
     paths = review_paths(output)
     targets = into or paths
     meta = {**recipe, "of": Path(output).name}
-    media.save_png(Image.fromarray(video.frame_to_uint8(frames[0])), targets["first_frame"], meta)
-    media.save_png(Image.fromarray(video.frame_to_uint8(frames[-1])), targets["last_frame"], meta)
-    sheet = video.contact_sheet(frames, n=CONTACT_TILES, labels="both", fps=fps, title=title)
-    media.save_png(sheet, targets["contact_sheet"], meta)
+    for key, picture in _review_pictures(frames, fps, title).items():
+        media.save_png(picture, targets[key], meta)
     return {key: str(path) for key, path in paths.items()}
+
+
+def render_review(frames: np.ndarray, output: str | Path, recipe: dict, fps: float, title: str) -> dict[str, bytes]:
+    """write_review's PNGs as bytes, by review_paths key (made in a background thread, written by the caller)."""
+    meta = {**recipe, "of": Path(output).name}
+    return {key: media.png_bytes(picture, meta) for key, picture in _review_pictures(frames, fps, title).items()}
+
+
+def _review_pictures(frames: np.ndarray, fps: float, title: str) -> dict:
+    from PIL import Image
+
+    return {"first_frame": Image.fromarray(video.frame_to_uint8(frames[0])),
+            "last_frame": Image.fromarray(video.frame_to_uint8(frames[-1])),
+            "contact_sheet": video.contact_sheet(frames, n=CONTACT_TILES, labels="both", fps=fps, title=title)}
 
 
 def sheet_title(prompt: str, seed: int, frames: int, fps: float, limit: int = 90) -> str:

@@ -12,7 +12,7 @@ import os
 import re
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -88,6 +88,15 @@ def write_mp4(frames: Iterable[Any], path: str | os.PathLike, fps: float | Fract
     rather than through imageio_ffmpeg.write_frames, which ignores ffmpeg's exit status (a failed
     encode would look like success) and silently rescales sizes that are not multiples of 16.
     """
+    with atomic_output(path) as tmp:
+        written = encode_mp4(frames, tmp, fps, crf, preset, comment, title)
+    return replace(written, path=str(path))
+
+
+def encode_mp4(frames: Iterable[Any], path: str | os.PathLike, fps: float | Fraction = 16, crf: int = 18,
+               preset: str = "medium", comment: str | None = None, title: str | None = None) -> VideoWritten:
+    """write_mp4's encoding into `path` itself, a temp file the caller owns (no rename, no signal handling, so
+    it may run in a background thread: runs/behind.py); on any error `path` is removed."""
     if isinstance(frames, np.ndarray) and frames.ndim != 4:
         raise ValueError(f"a frame array must be N x H x W x 3, got shape {frames.shape}")
     iterator = iter(frames)
@@ -101,13 +110,17 @@ def write_mp4(frames: Iterable[Any], path: str | os.PathLike, fps: float | Fract
                        "fit the frames to an even size first (media.fit_image, e.g. to multiples of 16)")
     rate = _check_fps(fps)
     count = 0
-    with atomic_output(path) as tmp:
-        with _ffmpeg_encoder(tmp, width, height, rate, crf, preset, comment, title) as send:
+    try:
+        with _ffmpeg_encoder(Path(path), width, height, rate, crf, preset, comment, title) as send:
             send(first)
             count = 1
             for frame in iterator:
                 send(_checked_frame(frame, count, width, height))
                 count += 1
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
     return VideoWritten(str(path), count, width, height, float(rate))
 
 

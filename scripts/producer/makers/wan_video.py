@@ -25,11 +25,13 @@ from producer.engines import judge
 from producer.engines.wan import wan_settings as ws
 from producer.engines.wan.wan_jobs import Load, Request, recipe_for, resolve_load, resolve_request, to_job, up_to_date
 from producer.facts import registry
-from producer.files import locks, provenance, review, video
-from producer.files.outputs import atomic_outputs, check_output, write_json_atomic
-from producer.makers import script_path
+from producer.files import locks, review
+from producer.files.outputs import check_output, temp_path
+from producer.makers import clip_files, script_path
+from producer.makers.clip_files import write_outputs  # noqa: F401 - a clip's set, as the tests call it
 from producer.modelfiles import models
 from producer.runs import batch, parallel
+from producer.runs.behind import Deferred, WriteBehind
 
 SCRIPT = "wan_video.py"
 FPS = registry.WAN.fps
@@ -242,6 +244,34 @@ def produce(engine: Engine, req: Request, recipe: dict, reopen) -> dict:
     """Generate one clip, judge it (a broken clip is made once more without a suspect speed lever, then
     refused: nothing is written), and write it with its review files; the result for --json.
     `reopen(levers)` loads the model again with those levers and returns the engine to use."""
+    frames, recipe, made = generate(engine, req, recipe, reopen)
+    watch = Stopwatch()
+    with watch.stage("color_match"):
+        frames, matched = review.color_match(clip_files.to_uint8(frames), req.image, req.last_image, req.color_match)
+    with watch.stage("write"):
+        paths = clip_files.write_outputs(frames, req, recipe)
+    return finished(made, paths, matched, watch.seconds)
+
+
+def produce_behind(engine: Engine, req: Request, recipe: dict, reopen, behind: WriteBehind) -> Deferred:
+    """produce() for a batch: the clip's files are finished in the background while the next clip generates
+    (runs/behind.py), and put in place by the batch (the Deferred's settle())."""
+    frames, recipe, made = generate(engine, req, recipe, reopen)
+
+    def put_in_place(prepared: clip_files.Prepared) -> dict:
+        watch = Stopwatch()
+        with watch.stage("write"):
+            paths = clip_files.put_in_place(prepared, req, recipe)
+        return {"status": "ok", **finished(made, paths, prepared.matched, {**prepared.seconds, **watch.seconds}),
+                "written_behind": True}
+
+    return behind.defer(lambda: clip_files.prepare(frames, req, recipe), put_in_place,
+                        lambda: clip_files.discard(temp_path(req.output)))
+
+
+def generate(engine: Engine, req: Request, recipe: dict, reopen) -> tuple[Any, dict, dict]:
+    """The clip's frames, its recipe (with a fallback, if one was needed) and its result so far, without the
+    clip's other data (latents), which the batch need not keep while its files are written."""
     import torch
 
     current = [engine]
@@ -259,37 +289,22 @@ def produce(engine: Engine, req: Request, recipe: dict, reopen) -> dict:
     clip, fallback = judge.with_fallback(make, engine.session.speed, again, f"clip {req.output}")
     if fallback:
         recipe = {**recipe, "fallback": fallback}
-    watch = Stopwatch()
-    with watch.stage("color_match"):
-        frames = (clip.frames.clip(0, 1) * 255).round().astype("uint8")
-        frames, matched = review.color_match(frames, req.image, req.last_image, req.color_match)
-    with watch.stage("write"):
-        paths = write_outputs(frames, req, recipe)
-    experts = {c: vars(run) for c, run in clip.experts.items()}
-    return {
-        "mode": req.mode, "output": str(req.output), **paths, "frames": len(frames), "fps": FPS,
-        "duration": round(len(frames) / FPS, 3), "width": req.width, "height": req.height, "seed": req.seed,
+    made = {
+        "mode": req.mode, "output": str(req.output), "frames": len(clip.frames), "fps": FPS,
+        "duration": round(len(clip.frames) / FPS, 3), "width": req.width, "height": req.height, "seed": req.seed,
         "settings": {**recipe["settings"], "size_rule": req.size_rule,
                      "fit_rule": "cover + centre crop" if req.fit == "crop" else "fit inside + edge-colour bars"},
-        "seconds": {**clip.seconds, **watch.seconds}, "experts": experts, "decode": clip.decode,
-        "continuity": matched.get("after", matched["before"]), "color_match": matched, "notes": req.notes,
+        "seconds": dict(clip.seconds), "experts": {c: vars(run) for c, run in clip.experts.items()},
+        "decode": clip.decode, "notes": req.notes,
         "judge": {"broken": [], **({"fallback": fallback} if fallback else {})},
     }
+    return clip.frames, recipe, made
 
 
-def write_outputs(frames, req: Request, recipe: dict) -> dict:
-    """The clip's set: its review PNGs, the MP4 and its recipe, written to temp files and then put in place
-    together (outputs.atomic_outputs): a full disk, an error or Ctrl-C leaves the old set whole (or nothing),
-    never an old clip beside a new recipe or new pictures. The recipe is renamed last: it says the clip is done."""
-    sidecar = provenance.sidecar_path(req.output)
-    pictures = review.review_paths(req.output)
-    title = review.sheet_title(req.prompt, req.seed, len(frames), FPS)
-    with atomic_outputs(*pictures.values(), req.output, sidecar, output=req.output) as temps:
-        *picture_temps, clip_tmp, recipe_tmp = temps
-        review.write_review(frames, req.output, recipe, FPS, title, into=dict(zip(pictures, picture_temps)))
-        video.write_mp4(frames, clip_tmp, fps=FPS)
-        write_json_atomic(recipe_tmp, recipe)
-    return {**{key: str(path) for key, path in pictures.items()}, "provenance": str(sidecar)}
+def finished(made: dict, paths: dict, matched: dict, seconds: dict) -> dict:
+    """A made clip's result with its files' paths and colour figures."""
+    return {**made, **paths, "seconds": {**made["seconds"], **seconds},
+            "continuity": matched.get("after", matched["before"]), "color_match": matched}
 
 
 def out_of_memory(plan, where: str) -> CliError:
@@ -332,7 +347,10 @@ def _run_batch(args: argparse.Namespace) -> dict:
     if not runner.requests:
         return batch.run_jobs(items, lambda job: {}).to_dict()
     items = runner.prepare(items)
-    result = parallel.run_batch(runner, items)
+    try:
+        result = parallel.run_batch(runner, items)
+    finally:
+        runner.behind.close()
     return {**result, **runner.engine.summary(), "prediction": _prediction(args, result, runner.requests, runner.engine)}
 
 
@@ -344,6 +362,7 @@ class ClipBatch(batch.Runner):
         self.load = load
         self.engine: Engine | None = None
         self.recipes: dict[int, dict] = {}
+        self.behind = WriteBehind()  # each clip's files are finished while the next one generates
 
     def current_plan(self):
         return self.engine.plan if self.engine is not None else None
@@ -399,8 +418,8 @@ class ClipBatch(batch.Runner):
             log.info("  %s is up to date: skipped", self.requests[job.index].output)
         return super().skip(job, reason)
 
-    def make(self, job: batch.Job) -> dict:
-        return {"status": "ok", **produce(self.engine, self.requests[job.index], self.recipes[job.index], self.reopen)}
+    def make(self, job: batch.Job) -> Deferred:
+        return produce_behind(self.engine, self.requests[job.index], self.recipes[job.index], self.reopen, self.behind)
 
     def reload(self, offload: str) -> None:
         """--on-oom retry: the model again under --offload `offload`, with the prompts of the clips still to make."""

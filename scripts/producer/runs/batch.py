@@ -32,35 +32,31 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
-import errno
-import io
-import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from producer.cli import naming_plan, unexpected_error
-from producer.errors import CliError, ExitCode, missing
+from producer.errors import CliError, ExitCode
 from producer.files import locks, paths
 from producer.files.held_signals import deliver_late_signal
-from producer.files.inputs import regular_file
-from producer.values import load_json
+from producer.runs.batchfile import (  # noqa: F401 - the batch file's reading, used through this module too
+    MAX_JOBS,
+    POLICY_OPTIONS,
+    Job,
+    job_error,
+    job_to_argv,
+    long_options,
+    parse_jobs,
+    read_batch_file,
+)
+from producer.runs.behind import Deferred
 
 log = logging.getLogger("producer")
 
-MAX_JOBS = 10_000
 OOM_CHOICES = ("stop", "retry")
-# Options every batch-running script adds with add_batch_policy_args; they belong beside --batch.
-POLICY_OPTIONS = {"on-oom", "allow-outside"}
-
-
-@dataclass
-class Job:
-    index: int
-    args: argparse.Namespace
-    raw: dict
 
 
 @dataclass
@@ -119,109 +115,6 @@ def refuse_job_options(parser: argparse.ArgumentParser, args: argparse.Namespace
                        'put it in the batch file, for every job: {"defaults": {"preset": "480p", ...}, "jobs": [...]}')
 
 
-def read_batch_file(path: str | Path) -> list[dict]:
-    p = regular_file(path, "batch file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (FileNotFoundError, NotADirectoryError):
-        raise CliError(f"batch file {p} {missing(p)}", fix="check the path") from None
-    except UnicodeDecodeError as exc:
-        raise CliError(f"batch file {p} is not UTF-8 text ({exc.reason} at byte {exc.start})",
-                       fix="save it as UTF-8 JSON") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise CliError(f"batch file {p} {missing(p)}", fix="fix or remove the link") from None
-        raise CliError(f"cannot read batch file {p}: {exc.strerror}", fix="check the path and permissions") from None
-    try:
-        data = load_json(text)
-    except json.JSONDecodeError as exc:
-        raise CliError(f"batch file {p} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                       fix="fix the JSON (a list of job objects, or {\"defaults\": {...}, \"jobs\": [...]})") from None
-    defaults: dict = {}
-    if isinstance(data, dict):
-        defaults = data.get("defaults", {})
-        unknown = set(data) - {"defaults", "jobs"}
-        if unknown or not isinstance(defaults, dict) or "jobs" not in data:
-            raise CliError(f"batch file {p}: an object must have 'jobs' (and optionally 'defaults') only"
-                           + (f"; unknown key(s): {', '.join(sorted(unknown))}" if unknown else ""),
-                           fix="use a list of jobs, or {\"defaults\": {...}, \"jobs\": [...]}")
-        data = data["jobs"]
-    if not isinstance(data, list) or not data:
-        raise CliError(f"batch file {p} holds no jobs", fix="give a non-empty JSON list of job objects")
-    if len(data) > MAX_JOBS:
-        raise CliError(f"batch file {p} has {len(data)} jobs; the limit is {MAX_JOBS}", fix="split it")
-    jobs = []
-    for i, job in enumerate(data):
-        if not isinstance(job, dict):
-            raise CliError(f"batch file {p}: job {i} is a {type(job).__name__}, not an object",
-                           fix="each job is an object of option names, e.g. {\"prompt\": \"...\", \"output\": \"a.png\"}")
-        jobs.append({**defaults, **job})
-    return jobs
-
-
-def job_to_argv(job: dict, index: int, base_dir: Path, path_options: set[str], batch_only: set[str],
-                root: Path | None = None, options: set[str] | None = None) -> list[str]:
-    """Turn a job object into the argument list the script's parser understands; with `root`, every path
-    must stay inside it (producer.files.paths). With `options` (the parser's long option names), a key must be one
-    of them exactly: argparse would read "out" as --output, past the path check that knows "output"."""
-    argv: list[str] = []
-    for key, value in job.items():
-        if not isinstance(key, str) or not key or key.startswith("-"):
-            raise CliError(f"job {index}: bad option name {key!r}", fix="use option names without dashes, e.g. \"prompt\"")
-        option = key.replace("_", "-")
-        if options is not None and option not in options:
-            raise _unknown_key(key, option, index, options)
-        if option in batch_only:
-            raise CliError(f"job {index}: --{option} applies to the whole batch, not to one job",
-                           fix=f"pass --{option} on the command line next to --batch")
-        values = value if isinstance(value, list) else [value]
-        for v in values:
-            argv.extend(_option_args(option, v, index, base_dir, option in path_options, root))
-    return argv
-
-
-def long_options(parser: argparse.ArgumentParser) -> set[str]:
-    """The parser's long option names without the dashes ("output", "no-style-maintain", ...)."""
-    return {name[2:] for action in parser._actions for name in action.option_strings if name.startswith("--")}
-
-
-def _unknown_key(key: str, option: str, index: int, options: set[str]) -> CliError:
-    meant = sorted(o for o in options if o.startswith(option)) or difflib.get_close_matches(option, sorted(options))
-    return CliError(f"job {index}: {key!r} is not an option" + (f"; did you mean {' or '.join(map(repr, meant))}?"
-                                                                 if meant else ""),
-                    "a job's keys are the script's long option names, written out in full (see its --help)")
-
-
-def _option_args(option: str, value: Any, index: int, base_dir: Path, is_path: bool,
-                 root: Path | None = None) -> list[str]:
-    if isinstance(value, bool):
-        return [f"--{option}"] if value else []
-    if value is None:
-        return []
-    if isinstance(value, (dict, list)):
-        raise CliError(f"job {index}: {option} must be a string or number, not a {type(value).__name__}",
-                       fix="see the script's --help for what each option takes")
-    text = str(value)
-    if is_path and "\0" in text:  # checked here too: with --allow-outside no confinement looks at it
-        raise CliError(f"job {index}: {option} {text!r} {missing(text)}", "remove the \\0 (\\u0000) from the name")
-    if is_path and text and not Path(text).is_absolute():
-        text = str(base_dir / text)
-    if is_path and text and root is not None:
-        paths.confine(text, root, f"job {index}: {option}")
-    return [f"--{option}", text]
-
-
-def _negations(job: dict, negatable: set[str]) -> dict:
-    """`"style_maintain": false` means `--no-style-maintain` for options that have a negative form."""
-    out = {}
-    for key, value in job.items():
-        if value is False and isinstance(key, str) and key.replace("-", "_") in negatable:
-            out[f"no-{key}"] = True
-        else:
-            out[key] = value
-    return out
-
-
 def read_jobs(build: Callable[[], argparse.ArgumentParser], args: argparse.Namespace, path_options: set[str],
               batch_only: set[str]) -> list[Job | CliError]:
     """The jobs of `args.batch`, each parsed by the script's parser (`build()`), after refusing job options
@@ -234,70 +127,71 @@ def read_jobs(build: Callable[[], argparse.ArgumentParser], args: argparse.Names
     return entries
 
 
-def job_error(index: int, err: CliError) -> CliError:
-    """`err` as job `index`'s failure: its message starts with "job N", and it carries the job's number."""
-    message = err.message if err.message.startswith("job ") else f"job {index}: {err.message}"
-    return CliError(message, err.fix, err.code, job=index)
-
-
-def parse_jobs(parser: argparse.ArgumentParser, batch_path: str | Path, path_options: set[str],
-               batch_only: set[str], allow_outside: bool = False) -> list[Job | CliError]:
-    """Every job parsed with the script's own parser; a job that does not parse is kept as its error.
-    Paths must stay inside the batch's production folder (paths.batch_root) unless `allow_outside`."""
-    raw_jobs = read_batch_file(batch_path)  # first: a path that cannot be read (a link loop) is named as such
-    base_dir = Path(batch_path).resolve().parent
-    negatable = {a.dest for a in parser._actions if isinstance(a, argparse.BooleanOptionalAction)}
-    root = None if allow_outside else paths.batch_root(batch_path)
-    parsed: list[Job | CliError] = []
-    for i, raw in enumerate(raw_jobs):
-        try:
-            argv = job_to_argv(_negations(raw, negatable), i, base_dir, path_options, batch_only | POLICY_OPTIONS,
-                               root, long_options(parser))
-            parsed.append(Job(i, _parse_job(parser, argv, i), raw))
-        except CliError as err:
-            parsed.append(job_error(i, err))
-    return parsed
-
-
-def _parse_job(parser: argparse.ArgumentParser, argv: list[str], index: int) -> argparse.Namespace:
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # stdout carries the run's one JSON object, not help text
-            return parser.parse_args(argv)
-    except SystemExit:  # "help" (or an abbreviation of it) in a job: argparse printed help and exited
-        raise CliError(f"job {index}: asks for --help, which a job cannot do",
-                       "remove the \"help\" key; run the script with --help to read it") from None
-
-
-def run_jobs(jobs: list[Job | CliError], run_one: Callable[[Job], dict],
+def run_jobs(jobs: list[Job | CliError], run_one: Callable[[Job], dict | Deferred],
              describe: Callable[[Job], str] = lambda job: f"job {job.index}",
              retry_oom: Callable[[Job], bool] | None = None) -> BatchResult:
     """Run every job; one failure does not stop the others (Ctrl-C and SIGTERM still do).
 
     Out of memory or a full disk stops the batch (see the module doc): the job is reported and the jobs
     after it are "not_run". With `retry_oom` (see oom_retry), a job that ran out of memory runs once more
-    when retry_oom(job) has reloaded the model under a more frugal plan.
+    when retry_oom(job) has reloaded the model under a more frugal plan. A job whose files are finished in the
+    background (run_one returned a Deferred: runs/behind.py) has them put in place once the next job is made,
+    or as the batch ends, stops or is interrupted.
     """
     result = BatchResult()
+    pending: list[tuple[int, Job, int, Deferred]] = []  # a job made whose files are not in place yet (at most one)
     total = len(jobs)
-    for n, job in enumerate(jobs, 1):
-        if result.stopped is not None:
-            result.jobs.append({"status": "not_run", "job": _index(job), "reason": result.stopped.message})
-            continue
-        deliver_late_signal()  # Ctrl-C or SIGTERM during the last job's commit stops the batch here
-        if isinstance(job, CliError):
-            result.jobs.append(job.to_dict())
-            log.error("[%d/%d] %s", n, total, job.message)
-            continue
-        log.info("[%d/%d] %s", n, total, describe(job))
-        outcome = _attempt(job, run_one, retry_oom, result)
-        if outcome.get("status") == "error":
-            log.error("[%d/%d] job %d failed: %s", n, total, job.index, outcome["error"])
-        outcome.setdefault("job", job.index)
-        result.jobs.append(outcome)
+    try:
+        for n, job in enumerate(jobs, 1):
+            if result.stopped is not None:
+                result.jobs.append({"status": "not_run", "job": _index(job), "reason": result.stopped.message})
+                continue
+            deliver_late_signal()  # Ctrl-C or SIGTERM during the last job's commit stops the batch here
+            if isinstance(job, CliError):
+                result.jobs.append(job.to_dict())
+                log.error("[%d/%d] %s", n, total, job.message)
+                continue
+            log.info("[%d/%d] %s", n, total, describe(job))
+            outcome = _attempt(job, run_one, retry_oom, result)
+            _settle(pending, result, total)  # the previous job's files, now that this one is made
+            if isinstance(outcome, Deferred):
+                if result.stopped is None:
+                    pending.append((n, job, len(result.jobs), outcome))
+                    result.jobs.append({"status": "pending", "job": job.index})
+                    continue
+                outcome.abandon()  # the previous job's files met a full disk: this one's would too
+                outcome = {"status": "not_run", "reason": result.stopped.message}
+            _record(outcome, n, job, result, total)
+    finally:
+        _settle(pending, result, total)
     return result
 
 
-def _attempt(job: Job, run_one: Callable[[Job], dict], retry_oom, result: BatchResult) -> dict:
+def _record(outcome: dict, n: int, job: Job, result: BatchResult, total: int, slot: int | None = None) -> None:
+    if outcome.get("status") == "error":
+        log.error("[%d/%d] job %d failed: %s", n, total, job.index, outcome["error"])
+    outcome.setdefault("job", job.index)
+    if slot is None:
+        result.jobs.append(outcome)
+    else:
+        result.jobs[slot] = outcome
+
+
+def _settle(pending: list, result: BatchResult, total: int) -> None:
+    """Put the pending job's files in place (see run_jobs); its failure is recorded as the job's own."""
+    if not pending:
+        return
+    n, job, slot, deferred = pending.pop()
+    try:
+        outcome = deferred.settle()
+    except CliError as err:
+        outcome = _failed(job, err, result, None)
+    except Exception as exc:  # noqa: BLE001 - one job's failure must not lose the others
+        outcome = _failed(job, _as_cli_error(exc), result, None)
+    _record(outcome, n, job, result, total, slot)
+
+
+def _attempt(job: Job, run_one: Callable[[Job], dict | Deferred], retry_oom, result: BatchResult) -> dict | Deferred:
     for attempt in (1, 2):
         try:
             return run_one(job)
@@ -305,17 +199,22 @@ def _attempt(job: Job, run_one: Callable[[Job], dict], retry_oom, result: BatchR
             failure = err
         except Exception as exc:  # noqa: BLE001 - one job's failure must not lose the others
             failure = _as_cli_error(exc)
-        oom = failure.code == ExitCode.OUT_OF_MEMORY
-        if oom and attempt == 1 and retry_oom is not None and retry_oom(job):
+        if failure.code == ExitCode.OUT_OF_MEMORY and attempt == 1 and retry_oom is not None and retry_oom(job):
             continue
-        if oom or failure.details.get("disk_full"):
-            stop = f"the batch stopped at job {job.index}: {failure.message}"
-            fix = failure.fix + ("" if retry_oom or not oom else "; or rerun the batch with --on-oom retry")
-            result.stopped = CliError(stop, fix + " (finished jobs are skipped when the batch runs again)",
-                                      failure.code)
-            failure = CliError(failure.message, fix, failure.code, **failure.details)
-        return failure.to_dict()
+        return _failed(job, failure, result, retry_oom)
     raise AssertionError("unreachable")
+
+
+def _failed(job: Job, failure: CliError, result: BatchResult, retry_oom) -> dict:
+    """The job's failure as its result; out of memory or a full disk stops the batch (result.stopped)."""
+    oom = failure.code == ExitCode.OUT_OF_MEMORY
+    if (oom or failure.details.get("disk_full")) and result.stopped is None:
+        stop = f"the batch stopped at job {job.index}: {failure.message}"
+        fix = failure.fix + ("" if retry_oom or not oom else "; or rerun the batch with --on-oom retry")
+        result.stopped = CliError(stop, fix + " (finished jobs are skipped when the batch runs again)",
+                                  failure.code)
+        failure = CliError(failure.message, fix, failure.code, **failure.details)
+    return failure.to_dict()
 
 
 def _as_cli_error(exc: Exception) -> CliError:
@@ -387,8 +286,9 @@ class Runner:
         """Hook: whether job `index`'s output exists with its recipe (raises for one made otherwise)."""
         raise NotImplementedError
 
-    def make(self, job: Job) -> dict:
-        """Hook: generate and write the job's output (its lock is held); the job's result."""
+    def make(self, job: Job) -> dict | Deferred:
+        """Hook: generate and write the job's output (its lock is held); the job's result, or a Deferred whose
+        files are finished in the background (runs/behind.py)."""
         raise NotImplementedError
 
     def reload(self, offload: str) -> None:
@@ -445,18 +345,21 @@ class Runner:
         return [r for i, r in self.requests.items() if i not in self.skipped and i not in self.failed
                 and i not in self.done]
 
-    def run_one(self, job: Job) -> dict:
+    def run_one(self, job: Job) -> dict | Deferred:
         with naming_plan(self.current_plan):  # out of memory names the plan in use
             self.start(job)
             if job.index in self.failed:
                 raise self.failed[job.index]
             if job.index in self.skipped:
                 return self.skip(job, self.up_to_date_reason)
-            # one writer per output: a second run on it stops (exit 5)
-            with locks.output_lock(self.output(self.requests[job.index])):
+            with contextlib.ExitStack() as held:
+                # one writer per output: a second run on it stops (exit 5)
+                held.enter_context(locks.output_lock(self.output(self.requests[job.index])))
                 if self.up_to_date(job.index):  # another run made it since the batch was planned
                     return self.skip(job, MADE_MEANWHILE)
                 result = self.make(job)
+                if isinstance(result, Deferred):  # its files are finished in the background: the lock stays
+                    return result.holding(held.pop_all(), lambda: self.done.add(job.index))
         self.done.add(job.index)
         return result
 

@@ -296,7 +296,7 @@ def _judge_options(settings: dict) -> list[str]:
 
 
 def _flags(options: dict) -> list[str]:
-    from producer.runs.batch import _option_args
+    from producer.runs.batchfile import _option_args
 
     return [a for key, value in options.items() for v in _as_list(value)
             for a in _option_args(key.replace("_", "-"), v, 0, Path("."), False)]
@@ -304,7 +304,7 @@ def _flags(options: dict) -> list[str]:
 
 def job_argv(job: Job, plan: Plan, overwrite: bool = False) -> list[str]:
     """The job as the script's command-line arguments (whole-batch settings included)."""
-    from producer.runs.batch import job_to_argv
+    from producer.runs.batchfile import job_to_argv
 
     if job.script == ASSEMBLE:
         opts = {k: v for k, v in job.options.items() if k not in ("production_dir", "clips")}
