@@ -67,9 +67,9 @@ CAPS = {"cap10": 10, "cap12": 12, "cap16": 16, "cap24": 24, "cap48": 48}
 # block streamed (no partial residency), to measure what the resident blocks save in the same run;
 # `planVxR-dequant`: the plan with its opt-in lever dequantize_on_arrival (GGUF weights); `planVxR-q4`,
 # `planVxR-q8`: the plan that machine gets when told `--weights gguf-q4` / `gguf-q8` (a form against another);
-# `planVxR-eagerdq`: the plan with diffusers' own GGUF dequantization at every call (`--compile off`), against
-# the compiled one the scripts use on a GPU.
-PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)(-streamall|-dequant|-q4|-q8|-eagerdq)?$")
+# `planVxR-compdq`: the plan with its GGUF dequantization compiled (compiled_dequant, what `--compile on` does
+# where blocks stream), against the plan's own (diffusers' dequantization at every call) in the same run.
+PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)(-streamall|-dequant|-q4|-q8|-compdq)?$")
 FORCED_FORMS = {"-q4": "gguf-q4", "-q8": "gguf-q8"}
 
 
@@ -229,7 +229,27 @@ def environment() -> dict:
         env["gpu"] = torch.cuda.get_device_name(0)
         env["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / GiB, 1)
         env["gpus_visible"] = torch.cuda.device_count()
+        env["host_to_gpu_gb_s"] = host_link_gb_s()
     return env
+
+
+def host_link_gb_s(size: int = 1 << 30, repeats: int = 3) -> float:
+    """This host's pinned host-to-GPU copy rate: the streamed plans are bound by it, and it differs between
+    hosts of one GPU model (the Qwen 10 GB plan took 2.73 s on one H100 and 3.21 s on another)."""
+    import torch
+
+    host = torch.empty(size, dtype=torch.uint8).pin_memory()
+    card = torch.empty_like(host, device="cuda")
+    card.copy_(host, non_blocking=True)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        card.copy_(host, non_blocking=True)
+    torch.cuda.synchronize()
+    rate = repeats * size / (time.perf_counter() - start) / 1e9
+    del host, card
+    torch.cuda.empty_cache()  # the configurations run in processes of their own, with the card to themselves
+    return round(rate, 1)
 
 
 # ---------------------------------------------------------------- the child: one configuration

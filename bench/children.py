@@ -159,8 +159,8 @@ def _speed(config: str, device: str, placement: Placement):
     lever = LEVERS.get(config, {})
     chosen = speed.default_speed(device, placement, lever.get("compile", "auto"), lever.get("fp8_matmul", False),
                                  lever.get("attention"))
-    if plan_machine(config):  # a plan's steady state: the dequantization compiled, as in a batch long enough
-        return replace(chosen, compile_dequantize=device == "cuda" and not config.endswith("-eagerdq"))
+    if config.endswith("-compdq"):  # the plan with its GGUF dequantization compiled (`--compile on`)
+        return replace(chosen, compile_dequantize=device == "cuda")
     return chosen
 
 

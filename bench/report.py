@@ -8,7 +8,8 @@ STAGES = ("encode", "load_experts", "high_expert", "low_expert", "expert_swap", 
 def markdown(results: dict) -> str:
     env = results["environment"]
     lines = [f"Measured {env.get('date')} on {env.get('gpu', 'CPU')} ({env.get('gpu_memory_gib', '-')} GiB), "
-             f"torch {env.get('torch')}, diffusers {env.get('diffusers')}, Python {env.get('python')}.",
+             f"torch {env.get('torch')}, diffusers {env.get('diffusers')}, Python {env.get('python')}"
+             + (f", host to GPU {env['host_to_gpu_gb_s']} GB/s pinned" if "host_to_gpu_gb_s" in env else "") + ".",
              ""] + [f"Command: `{c}`" for c in results.get("commands", [results.get("command", "")])] + [""]
     by_workload: dict[str, list[dict]] = {}
     for run in results["runs"]:

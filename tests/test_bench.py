@@ -124,17 +124,17 @@ def test_plan_configs_carry_the_plans_resident_blocks_and_streamall_turns_them_o
     assert q4.weights == "gguf-q4" and q4.resident_blocks > 7  # half the bytes a block: more of them stay
 
 
-def test_plan_rows_compile_the_gguf_dequantization_on_a_gpu_and_eagerdq_keeps_diffusers():
-    """A plan row measures a batch's steady state (the dequantization compiled); `-eagerdq` is the same plan
-    with diffusers' own, for the ratio in one run."""
+def test_plan_rows_run_what_the_scripts_choose_and_compdq_compiles_the_dequantization():
+    """A plan row runs the plan as the scripts do (diffusers' dequantization: the compiled one measured no faster);
+    `-compdq` is the same plan with it compiled, for the ratio in one run."""
     sys.path[:0] = [str(BENCH.parent), str(BENCH.parents[1] / "scripts")]
     import benchmark
     import children
     from producer.sizing.placement import Placement
 
     streamed = Placement.GROUP_OFFLOAD
-    assert children._speed("plan10x32", "cuda", streamed).compile_dequantize
-    assert not children._speed("plan10x32-eagerdq", "cuda", streamed).compile_dequantize
-    assert not children._speed("plan10x32", "cpu", streamed).compile_dequantize
-    assert children._machine_plan("wan", "plan10x32-eagerdq") == children._machine_plan("wan", "plan10x32")
-    assert benchmark.plan_machine("plan10x16-eagerdq") == (10, 16)
+    assert not children._speed("plan10x32", "cuda", streamed).compile_dequantize
+    assert children._speed("plan10x32-compdq", "cuda", streamed).compile_dequantize
+    assert not children._speed("plan10x32-compdq", "cpu", streamed).compile_dequantize
+    assert children._machine_plan("wan", "plan10x32-compdq") == children._machine_plan("wan", "plan10x32")
+    assert benchmark.plan_machine("plan10x16-compdq") == (10, 16)

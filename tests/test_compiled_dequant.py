@@ -41,9 +41,22 @@ def test_compiled_weights_equal_diffusers_bit_for_bit(qtype):
     for rows, width, seed in ((4, 512, 0), (6, 256, 1)):
         raw = _raw(qtype, rows, width, seed)
         expected = dequantize_gguf_tensor(GGUFParameter(raw, quant_type=qtype)).to(torch.bfloat16)
-        got = compiled_dequant.compiled()(raw, qtype, torch.bfloat16)
+        got = compiled_dequant.dequantize(raw, qtype, torch.bfloat16)
         assert got.shape == (rows, width) and got.dtype == torch.bfloat16
         assert torch.equal(got.view(torch.int16), expected.view(torch.int16))
+
+
+@needs_compiler
+def test_every_layer_shape_of_a_type_shares_one_graph():
+    """Seen in the GPU smoke: given 2-D bytes, rows of one block (narrow layers) made a second graph per type,
+    and with three types the stand-in models ran past torch's recompile limit (8), leaving later layers to run
+    through dynamo's guards uncompiled. Flat bytes: one graph per type, whatever the layer's shape."""
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    for rows, width in ((2, 32), (3, 64), (5, 32), (7, 96), (4, 32), (9, 64), (6, 128), (8, 32), (3, 256), (11, 32)):
+        compiled_dequant.dequantize(_raw(T.Q8_0, rows, width, 0), T.Q8_0, torch.bfloat16)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
 
 
 @needs_compiler
@@ -127,9 +140,8 @@ def test_layers_without_a_quantized_weight_are_left_alone():
 
 
 @pytest.mark.parametrize("device,placement,choice,items,family,expected", [
-    ("cuda", "group_offload", "auto", 4, "wan", True),    # a batch long enough to earn back the compile
-    ("cuda", "group_offload", "auto", 3, "wan", False),
-    ("cuda", "group_offload", "auto", 16, "qwen", True),
+    ("cuda", "group_offload", "auto", 100, "wan", False),  # measured no faster on an H100: never by auto
+    ("cuda", "group_offload", "auto", 100, "qwen", False),
     ("cuda", "gpu", "auto", 15, "qwen", False),
     ("cuda", "gpu", "auto", 32, "qwen", False),           # the whole blocks are compiled, dequantization with them
     ("cuda", "group_offload", "on", 1, "qwen", True),     # asked for: blocks cannot compile under the hooks

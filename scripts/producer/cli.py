@@ -75,10 +75,11 @@ def add_memory_args(parser: argparse.ArgumentParser) -> None:
                    help="compile the transformer blocks (same results; measured on an H200: 11%% faster per Wan "
                         "clip after a one-off ~15 s compile, 19%% per Qwen image after ~11 s). auto: on with the "
                         "weights on a CUDA GPU for runs of 8+ Wan clips or 32+ Qwen images. Blocks are never "
-                        "compiled while the plan streams them; there, and in shorter runs from 4 Wan clips or 16 "
-                        "Qwen images, GGUF weights get their dequantization compiled instead (the same numbers bit "
-                        "for bit, checked on the GPU; seconds once per process, cached on disk; stated under "
-                        "`speed` in the JSON; not yet measured on a GPU). on: always one of the two. off: neither")
+                        "compiled while the plan streams them; there `on` compiles the GGUF weights' "
+                        "dequantization instead (the same numbers bit for bit, checked on the GPU; 8-10 s once "
+                        "per process, cached on disk; stated under `speed` in the JSON), which auto never does: "
+                        "on an H100 it made the 10 GB plans no faster (Wan clip 20.1 s against 19.9 s) or slower "
+                        "(Qwen edit 3.4 s against 3.2 s). off: nothing compiled")
     g.add_argument("--fp8-matmul", action="store_true",
                    help="fp8 matrix multiplies (torchao) on GPUs with fp8 tensor cores, weights resident: on an "
                         "H200 a Wan clip took 13.08 s against 14.55 s compiled; changes the numbers slightly "

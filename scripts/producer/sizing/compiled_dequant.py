@@ -38,19 +38,24 @@ NOTE = "GGUF dequantization compiled"  # how the report's `speed` says so (bench
 _COMPILED: dict[tuple, float | None] = {}
 
 
-def _dequantize(raw: torch.Tensor, quant_type, dtype: torch.dtype) -> torch.Tensor:
-    """`dequantize_gguf_tensor` of diffusers on the raw bytes of a weight, then the layer's compute dtype."""
+def _dequantize(flat: torch.Tensor, quant_type, dtype: torch.dtype) -> torch.Tensor:
+    """diffusers' dequantization of a weight's bytes, given flat (one dimension, so that every layer shape of a
+    GGML type shares one graph), then the layer's compute dtype: (blocks, values a block)."""
     block_size, type_size = gguf_utils.GGML_QUANT_SIZES[quant_type]
-    shape = gguf_utils._quant_shape_from_byte_shape(raw.shape, type_size, block_size)
-    blocks = raw.view(torch.uint8).reshape(-1, type_size)
-    weight = gguf_utils.dequantize_functions[quant_type](blocks, block_size, type_size)
-    return weight.reshape(shape).to(dtype)
+    return gguf_utils.dequantize_functions[quant_type](flat.reshape(-1, type_size), block_size, type_size).to(dtype)
 
 
 @functools.cache
 def compiled():
     """The compiled dequantization (one per process: its graphs, one per GGML type and dtype, are shared)."""
     return torch.compile(_dequantize, dynamic=True, options={"emulate_precision_casts": True})
+
+
+def dequantize(raw: torch.Tensor, quant_type, dtype: torch.dtype) -> torch.Tensor:
+    """`dequantize_gguf_tensor` of diffusers on the raw bytes of a weight, then `dtype`, compiled."""
+    block_size, type_size = gguf_utils.GGML_QUANT_SIZES[quant_type]
+    shape = gguf_utils._quant_shape_from_byte_shape(raw.shape, type_size, block_size)
+    return compiled()(raw.view(torch.uint8).reshape(-1), quant_type, dtype).reshape(shape)
 
 
 def quantized(weight) -> bool:
@@ -74,7 +79,7 @@ class CompiledDequantize(ModelHook):
         if kernels or not quantized(weight) or _GAVE_UP:
             return self.fn_ref.original_forward(inputs, *args, **kwargs)
         try:
-            dense = compiled()(weight.as_tensor(), weight.quant_type, module.compute_dtype)
+            dense = dequantize(weight.as_tensor(), weight.quant_type, module.compute_dtype)
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - a later compile (a new shape) failed: diffusers' path from now on
@@ -114,7 +119,7 @@ def _compile_and_check(kind: tuple, sample: torch.nn.Module, device) -> float | 
     started = time.perf_counter()
     try:
         warm_up(quant_type, dtype, device)
-        got = compiled()(raw, quant_type, dtype)
+        got = dequantize(raw, quant_type, dtype)
     except torch.OutOfMemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - no compiler here (e.g. no Triton): diffusers' own path, as before
@@ -158,5 +163,5 @@ def warm_up(quant_type, dtype: torch.dtype, device) -> None:
     """Compile the dequantization of one GGML type by running it on zero bytes of two sizes (dynamic shapes:
     the real weights then reuse the graph)."""
     type_size = gguf_utils.GGML_QUANT_SIZES[quant_type][1]
-    for rows, blocks in ((2, 2), (3, 4)):
-        compiled()(torch.zeros(rows, blocks * type_size, dtype=torch.uint8, device=device), quant_type, dtype)
+    for blocks in (4, 12):
+        compiled()(torch.zeros(blocks * type_size, dtype=torch.uint8, device=device), quant_type, dtype)

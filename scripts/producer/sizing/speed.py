@@ -4,7 +4,8 @@
   identical math, a one-off compile per process (cached on disk by PyTorch for later runs).
 - attention: a diffusers attention backend by name (`set_attention_backend`), e.g. `_native_cudnn`.
 - compiled GGUF dequantization: diffusers' dequantization of each GGUF weight fused into one kernel
-  (`compiled_dequant`): the same numbers bit for bit, a few seconds of compiling per process (cached on disk).
+  (`compiled_dequant`): the same numbers bit for bit, 8-10 s of compiling per process on an H100 (cached on
+  disk); only with `--compile on` where the plan streams the blocks (it measured no faster there).
 - fp8 matmuls: torchao's float8 dynamic quantization (per-row scales) of the linear layers on GPUs with
   fp8 tensor cores (compute capability >= 8.9). It changes the numbers slightly, so it is opt-in;
   docs/performance.md gives its measured difference against bf16.
@@ -30,10 +31,10 @@ COMPILE_CHOICES = ("auto", "on", "off")
 # One-off compile cost / saving per item, measured on an H200: Wan 14.9 s / 1.87 s a clip (break-even near
 # 8 clips), Qwen ~11 s / 0.35 s an image (near 32 images).
 COMPILE_MIN_ITEMS = {"wan": 8, "qwen": 32}
-# The same for the GGUF dequantization alone (compiled_dequant), predicted, not yet measured on a GPU
-# (docs/performance.md): ~10 s of compiling on a fresh machine for two GGML types against ~1.4 s saved a Wan
-# clip and 0.1-0.35 s a Qwen edit; PyTorch's disk cache makes later processes' compile ~1-2 s.
-DEQUANTIZE_MIN_ITEMS = {"wan": 4, "qwen": 16}
+# The GGUF dequantization compiled alone (compiled_dequant) is never chosen by `auto`: measured on an H100
+# (docs/performance.md, bench/results/2026-12-06-h100-night), the streamed 10 GB plans were no faster with it
+# (Wan 480p clip 20.12 s against 19.89 s) or slower (Qwen edit 3.38 against 3.21 s; 24 GB plan 3.08 against
+# 2.64 s), after 8-10 s of compiling. `--compile on` still applies it where blocks cannot be compiled.
 FP8_CAPABILITY = (8, 9)  # Ada and Hopper and newer have fp8 tensor cores
 
 
@@ -54,15 +55,14 @@ def default_speed(device_type: str, placement: Placement, compile_choice: str = 
 
     `auto` compiles the blocks only where it was measured to pay: the whole denoiser on a CUDA GPU while it runs
     and a run long enough to earn back the compile (COMPILE_MIN_ITEMS). Blocks are never compiled where offload
-    hooks stream the weights block by block (dynamo cannot trace the hooks' transfers, even with `on`); there,
-    and for shorter runs, GGUF weights get their dequantization compiled instead (compiled_dequant: only GGUF
-    layers are touched; `auto` from DEQUANTIZE_MIN_ITEMS on a CUDA GPU, `on` always).
+    hooks stream the weights block by block (dynamo cannot trace the hooks' transfers, even with `on`); there
+    `on` compiles the GGUF weights' dequantization instead (compiled_dequant), which `auto` never does (measured
+    no faster: see the constants above).
     """
     hooks = Placement(placement).streams
     worth_it = device_type == "cuda" and Placement(placement).runs_whole_on_gpu and items >= COMPILE_MIN_ITEMS[family]
     compile_on = {"on": not hooks, "off": False}.get(compile_choice, worth_it)
-    dequantize_pays = device_type == "cuda" and items >= DEQUANTIZE_MIN_ITEMS[family]
-    dequantize = not compile_on and {"on": True, "off": False}.get(compile_choice, dequantize_pays)
+    dequantize = not compile_on and compile_choice == "on"
     return Speed(compile=compile_on, compile_dequantize=dequantize, attention=attention,
                  fp8_matmul=fp8_matmul and device_type == "cuda")
 

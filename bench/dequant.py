@@ -1,0 +1,78 @@
+"""GGUF dequantization alone, at the real layer shapes: diffusers' eager ops against the compiled forms
+(producer/sizing/compiled_dequant.py), each weight's bytes the same; with the bf16 matmul the layer then does
+for scale. Why the compiled dequantization did not pay in the whole runs (docs/performance.md).
+
+    python bench/dequant.py --out dequant.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+# (GGML type, rows = out features, cols = in features, tokens of the matmul): Qwen's block linears (Q8_0,
+# 3072 wide, 12288 in the MLP, 8704 tokens for a 1-reference edit) and Wan's (Q4_K / Q6_K, 5120 wide, 13824
+# in the MLP, 32760 tokens at 480p).
+SHAPES = [("Q8_0", 3072, 3072, 8704), ("Q8_0", 12288, 3072, 8704), ("Q8_0", 3072, 12288, 8704),
+          ("Q4_K", 5120, 5120, 32760), ("Q4_K", 13824, 5120, 32760), ("Q6_K", 5120, 13824, 32760)]
+
+
+def timed(fn, repeats: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats * 1000
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    import gguf
+    from diffusers.quantizers.gguf import utils as gguf_utils
+    from fullsize import random_gguf_weight
+
+    from producer.sizing import compiled_dequant
+
+    generator = torch.Generator("cuda").manual_seed(0)
+    rows = []
+    for name, out_f, in_f, tokens in SHAPES:
+        qtype = gguf.GGMLQuantizationType[name]
+        weight = random_gguf_weight(out_f, in_f, qtype, "cuda", generator)
+        raw = weight.as_tensor()
+        x = torch.randn(tokens, in_f, device="cuda", dtype=torch.bfloat16)
+        dense = gguf_utils.dequantize_gguf_tensor(weight).to(torch.bfloat16)
+        started = time.perf_counter()
+        compiled = compiled_dequant.dequantize(raw, qtype, torch.bfloat16)
+        torch.cuda.synchronize()
+        first = time.perf_counter() - started
+        row = {
+            "type": name, "shape": [out_f, in_f], "tokens": tokens,
+            "same_bits": bool(torch.equal(compiled.view(torch.int16), dense.view(torch.int16))),
+            "eager_ms": timed(lambda: gguf_utils.dequantize_gguf_tensor(weight).to(torch.bfloat16), args.repeats),
+            "compiled_ms": timed(lambda: compiled_dequant.dequantize(raw, qtype, torch.bfloat16), args.repeats),
+            "compiled_first_call_s": round(first, 2),
+            "matmul_ms": timed(lambda: torch.nn.functional.linear(x, dense), args.repeats),
+            "bytes_read_written_mb": round((raw.numel() + dense.numel() * 2) / 1e6, 1),
+        }
+        rows.append({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
+        print(json.dumps(rows[-1]), flush=True)
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
