@@ -24,14 +24,20 @@ SHAPES = [("Q8_0", 3072, 3072, 8704), ("Q8_0", 12288, 3072, 8704), ("Q8_0", 3072
           ("Q4_K", 5120, 5120, 32760), ("Q4_K", 13824, 5120, 32760), ("Q6_K", 5120, 13824, 32760)]
 
 
-def timed(fn, repeats: int) -> float:
-    fn()
+def timed(repeats: int, fn, *args) -> float:
+    fn(*args)
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
-        fn()
+        fn(*args)
     torch.cuda.synchronize()
     return (time.perf_counter() - start) / repeats * 1000
+
+
+def eager(weight) -> torch.Tensor:
+    from diffusers.quantizers.gguf import utils as gguf_utils
+
+    return gguf_utils.dequantize_gguf_tensor(weight).to(torch.bfloat16)
 
 
 def main(argv=None) -> int:
@@ -42,7 +48,6 @@ def main(argv=None) -> int:
     import gguf
     from diffusers.quantizers.gguf import utils as gguf_utils
     from fullsize import random_gguf_weight
-
     from producer.sizing import compiled_dequant
 
     generator = torch.Generator("cuda").manual_seed(0)
@@ -60,10 +65,10 @@ def main(argv=None) -> int:
         row = {
             "type": name, "shape": [out_f, in_f], "tokens": tokens,
             "same_bits": bool(torch.equal(compiled.view(torch.int16), dense.view(torch.int16))),
-            "eager_ms": timed(lambda: gguf_utils.dequantize_gguf_tensor(weight).to(torch.bfloat16), args.repeats),
-            "compiled_ms": timed(lambda: compiled_dequant.dequantize(raw, qtype, torch.bfloat16), args.repeats),
+            "eager_ms": timed(args.repeats, eager, weight),
+            "compiled_ms": timed(args.repeats, compiled_dequant.dequantize, raw, qtype, torch.bfloat16),
             "compiled_first_call_s": round(first, 2),
-            "matmul_ms": timed(lambda: torch.nn.functional.linear(x, dense), args.repeats),
+            "matmul_ms": timed(args.repeats, torch.nn.functional.linear, x, dense),
             "bytes_read_written_mb": round((raw.numel() + dense.numel() * 2) / 1e6, 1),
         }
         rows.append({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
