@@ -77,6 +77,11 @@ NOTES = [
         "likely lower."
     ),
     (
+        "written_behind_s: in a Wan --batch each clip's colour match and files are made in the background while "
+        "the next clip generates (runs/behind.py); an item then pays what stays in the main thread (write_s less "
+        "the colour match and files, from the same runs), and the batch waits once for its last clip's files."
+    ),
+    (
         "load_gb_s: per family, the bytes a batch reads (denoisers in their form, text encoder and VAE in bf16) "
         "over the seconds a production-3 phase spent besides its items and prompts (reading, placing, setting up), "
         "with the files in the page cache of a machine whose RAM holds them; where RAM cannot hold them beside the "
@@ -155,8 +160,18 @@ def production_parts(data: dict, gpu: str, source: str) -> tuple[list[dict], lis
             fixed = phase["wall_s"] - phase["items"] * (phase["pure_median_s"] + phase["overhead_median_s"])
             text = phase["predicted"].get("text_s") or 0.0
             samples.append({"family": entry["family"], "bytes": estimate.read_bytes(entry["family"], entry["weights"]),
-                            "seconds": fixed - entry["cold_extra_s"] - text, "overhead_s": phase["overhead_median_s"]})
+                            "seconds": fixed - entry["cold_extra_s"] - text, "overhead_s": phase["overhead_median_s"],
+                            "besides_files_s": _besides_files(phase)})
     return entries, samples
+
+
+def _besides_files(phase: dict) -> float | None:
+    """A phase's median overhead an item without its colour match and files (what stays in the main thread when
+    they are written behind, runs/behind.py); None for a phase whose items were already written behind."""
+    items = phase["per_item"][1:] or phase["per_item"]
+    if any("encode" in i["stages"] for i in items) or not all("write" in i["stages"] for i in items):
+        return None
+    return statistics.median(i["overhead_s"] - i["stages"].get("color_match", 0.0) - i["stages"]["write"] for i in items)
 
 
 def phase_entry(phase: dict, gpu: str, source: str, command: str, config: str) -> dict:
@@ -308,11 +323,13 @@ def build(paths: list[Path]) -> dict:
     )
     writing = json.loads((ROOT / WRITING).read_text(encoding="utf-8"))["median_seconds"]
     write = {"wan": writing["clip"]["every_clip"], "qwen": writing["image"]["png"]}
-    load = {}
+    load, behind = {}, {}
     for family in write:
         mine = [x for x in samples if x["family"] == family]
         if mine:
             write[family] = round(statistics.median(x["overhead_s"] for x in mine), 3)
+            rest = [x["besides_files_s"] for x in mine if x["besides_files_s"] is not None]
+            behind.update({family: round(statistics.median(rest), 3)} if rest and family == "wan" else {})
             load[family] = round(sum(x["bytes"] for x in mine) / 1e9 / sum(x["seconds"] for x in mine), 2)
         else:  # no production measured: loading is the disk's assumed speed
             load[family] = ASSUMPTIONS["disk_read_gb_s"]
@@ -324,6 +341,7 @@ def build(paths: list[Path]) -> dict:
         "assumptions": {
             **ASSUMPTIONS,
             "write_s": write,
+            "written_behind_s": behind,
             "load_gb_s": load,
         },
         "token_curves": token_curves(ordered),

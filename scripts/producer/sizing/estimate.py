@@ -136,6 +136,15 @@ def carry(model: dict, stage: str, measured_on: Gpu, gpu: Gpu) -> float:
     return (1 - w) * measured_on.bf16_tflops / gpu.bf16_tflops + w * measured_on.gb_per_s / gpu.gb_per_s
 
 
+def _writing(a: dict, family: str, items_in_run: int) -> float:
+    """An item's seconds besides generating. A Wan batch writes each clip's files behind the next clip
+    (runs/behind.py): an item pays what stays in the main thread, and the batch waits once for the last one's."""
+    full, behind = a["write_s"][family], a.get("written_behind_s", {}).get(family)
+    if behind is None or items_in_run <= 1:
+        return full
+    return behind + (full - behind) / items_in_run
+
+
 def _wanted_levers(plan: memory.MemoryPlan, items: int, family: str, device: str) -> tuple[str, ...]:
     from producer.sizing.speed import default_speed
 
@@ -217,7 +226,7 @@ def predict_item(
             notes.append(f"bound by the host link (PCIe {link[0]}.0 x{link[1]}): {floor:.2f} s a forward")
             forward = floor
     decode = entry["decode_s"] * item.pixels / entry["pixels"] * carry(model, "decode", measured_on, gpu)
-    other = entry["other_s"] + a["write_s"][item.family]
+    other = entry["other_s"] + _writing(a, item.family, items_in_run)
     if plan.experts_in_ram == 1 and item.family == "wan":
         expert = FOOTPRINTS["wan"].denoiser_params * memory.BYTES_PER_PARAM[plan.weights]
         # a batch makes its clips expert by expert: both experts read once a group
