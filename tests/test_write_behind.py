@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from producer.cli import CliError, ExitCode
 from producer.files import locks, video
-from producer.makers import wan_video
 from producer.runs import batch
 from producer.runs.behind import WriteBehind
 from test_wan_video import FAST, files_in, gradient, run
