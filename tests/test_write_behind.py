@@ -162,7 +162,7 @@ def test_a_full_disk_in_a_batch_leaves_no_temp_file_and_stops(standin_hf_home, t
 
 def test_ctrl_c_in_the_next_clip_keeps_the_clip_made_before_it(standin_hf_home, tmp_path, capsys, inject):
     inject("lock:b1.mp4", "SIGINT")  # job 1 starts while job 0's files are being finished
-    code, result, err = run(capsys, "--batch", clip_batch(tmp_path), "--json", "--quiet")
+    code, _, err = run(capsys, "--batch", clip_batch(tmp_path), "--json", "--quiet")
     assert code == ExitCode.INTERRUPTED, err
     # (b1's lock file may stay where Ctrl-C came as it was taken: locks.py's locks are never stale)
     assert [n for n in files_in(tmp_path) if n != ".b1.mp4.lock"] == sorted(["clips.json", "kf-a.png", "b0.mp4", "b0.first.png", "b0.last.png",
