@@ -197,7 +197,7 @@ def test_on_a_gpu_the_smoke_also_runs_the_small_cards_streamed_plans(tmp_path):
     both = streamed(True)
     assert len(both) == 2 and all(argv[argv.index("--offload") + 1] == "group" for argv in both)
     assert {argv[argv.index("--weights") + 1] for argv in both} == {"gguf-q8", "gguf-q4"}
-    assert all(argv[argv.index("--compile") + 1] == "on" for argv in both)  # the GGUF dequantization compiled
+    assert not any("--compile" in argv for argv in both)  # the plans as users get them
 
 
 def test_a_failing_script_is_reported_with_its_fix(tmp_path, monkeypatch):
@@ -234,7 +234,7 @@ def test_gguf_and_loras_wait_for_a_complete_config_source(recorded, monkeypatch)
 
 
 def test_a_steps_summary_says_what_the_script_compiled():
-    """The GPU smoke's streamed steps compile the GGUF dequantization: the step says so, or that it fell back."""
+    """A step whose script applied a speed lever (e.g. the GGUF dequantization compiled) says so."""
     result = {"mode": "edit", "memory_plan": {"name": "group-offload", "weights": "gguf-q8"},
               "speed": ["GGUF dequantization compiled (Q8_0: 3.1 s)"], "seconds_total": 12.0}
     assert smoke._summary(result) == ("mode edit; plan group-offload (gguf-q8); GGUF dequantization compiled "
