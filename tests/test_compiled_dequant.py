@@ -203,3 +203,13 @@ def test_a_later_compile_that_fails_falls_back_for_the_rest_of_the_run(monkeypat
     monkeypatch.setattr(compiled_dequant, "compiled", lambda: lambda *a: (_ for _ in ()).throw(RuntimeError("x")))
     assert torch.equal(layer(x), expected) and torch.equal(layer(x), expected)
     assert caplog.text.count("failed (RuntimeError: x); diffusers' own is used from now on") == 1
+
+
+def test_the_note_counts_only_this_runs_compiling():
+    """In one process (the smoke runs the scripts in-process) a type compiled for an earlier model is reused:
+    its seconds are not this model's."""
+    q8, q4, q6 = ((t, torch.bfloat16, "cuda") for t in (T.Q8_0, T.Q4_K, T.Q6_K))
+    note = compiled_dequant._note({q8: 3.0, q4: 5.0, q6: None}, earlier={q4})
+    assert note == ("GGUF dequantization compiled (Q4_K, Q8_0: 3.0 s; Q4_K compiled earlier in this process); "
+                    "Q6_K left to diffusers (not compiled, or different weights)")
+    assert compiled_dequant._note({q8: 3.0}, earlier=set()) == "GGUF dequantization compiled (Q8_0: 3.0 s)"

@@ -93,20 +93,21 @@ def install(module: torch.nn.Module, device) -> str | None:
     """Hook every quantized GGUF linear layer of a denoiser, once its GGML type is compiled on `device` (the
     compute device: the first step then runs at full speed) and its compiled weights were checked equal to
     diffusers' own on one of the layers. Returns the note for the report, or None without quantized GGUF
-    weights (nothing to do). A type compiled earlier in the process is not compiled again; the note gives the
-    seconds its compile took."""
+    weights (nothing to do). A type compiled earlier in the process is not compiled again; the note's seconds
+    are this call's compiling, and it names the types compiled before."""
     layers = gguf_layers(module)
     if not layers:
         return None
     where = torch.device(device).type
     kind_of = {layer: (layer.weight.quant_type, layer.compute_dtype, where) for layer in layers}
+    earlier = set(_COMPILED)
     for kind, sample in {kind: layer for layer, kind in kind_of.items()}.items():
         if kind not in _COMPILED:
             _COMPILED[kind] = _compile_and_check(kind, sample, device)
     for layer, kind in kind_of.items():
         if _COMPILED[kind] is not None:
             HookRegistry.check_if_exists_or_initialize(layer).register_hook(CompiledDequantize(), HOOK)
-    return _note({kind: _COMPILED[kind] for kind in kind_of.values()})
+    return _note({kind: _COMPILED[kind] for kind in kind_of.values()}, earlier)
 
 
 def _compile_and_check(kind: tuple, sample: torch.nn.Module, device) -> float | None:
@@ -148,11 +149,13 @@ def _name(quant_type) -> str:
     return gguf_utils.gguf.GGMLQuantizationType(quant_type).name
 
 
-def _note(seconds_by_kind: dict) -> str:
+def _note(seconds_by_kind: dict, earlier: set) -> str:
     compiled_types = sorted({_name(k[0]) for k, s in seconds_by_kind.items() if s is not None})
     kept = sorted({_name(k[0]) for k, s in seconds_by_kind.items() if s is None})
-    seconds = sum(s for s in seconds_by_kind.values() if s is not None)
-    note = f"{NOTE} ({', '.join(compiled_types)}: {seconds:.1f} s)" if compiled_types else ""
+    seconds = sum(s for k, s in seconds_by_kind.items() if s is not None and k not in earlier)
+    before = sorted({_name(k[0]) for k, s in seconds_by_kind.items() if s is not None and k in earlier})
+    note = f"{NOTE} ({', '.join(compiled_types)}: {seconds:.1f} s" if compiled_types else ""
+    note += (f"; {', '.join(before)} compiled earlier in this process)" if before else ")") if compiled_types else ""
     if kept:
         note += ("; " if note else "") + f"{', '.join(kept)} left to diffusers (not compiled, or different weights)"
     log.info("%s; the compiled code is cached on disk for later runs", note)
