@@ -38,7 +38,8 @@ def read_into_host_chunks(path: Path | str) -> dict[str, torch.Tensor]:
 
     plain = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
     reader = gguf.GGUFReader(str(path))
-    packer, state, copied = offload.HostPacker(), {}, 0
+    total = sum(offload.aligned(int(tensor.n_bytes)) for tensor in reader.tensors)
+    packer, state, copied = offload.HostPacker(total=total), {}, 0
     for tensor in reader.tensors:
         quantized = tensor.tensor_type not in plain
         if quantized and tensor.tensor_type not in SUPPORTED_GGUF_QUANT_TYPES:
