@@ -168,3 +168,22 @@ def test_ctrl_c_in_the_next_clip_keeps_the_clip_made_before_it(standin_hf_home, 
     assert [n for n in files_in(tmp_path) if n != ".b1.mp4.lock"] == sorted(["clips.json", "kf-a.png", "b0.mp4", "b0.first.png", "b0.last.png",
                                          "b0.contact.png", "b0.mp4.provenance.json"])
     assert len(video.read_video(tmp_path / "b0.mp4")[0]) == 9
+
+
+def test_a_scene_worker_writes_behind_too_and_records_each_job_once_its_files_are_in_place(tmp_path, monkeypatch):
+    """A scene worker (runs/parallel.py) claims its jobs one at a time from the shared queue; its clips' files
+    are finished behind its next clip as well, and each job is recorded for the merge once they are in place."""
+    from producer.runs import parallel
+
+    store = parallel.start_store()
+    monkeypatch.setenv(parallel.STORE_ENV, f"127.0.0.1:{store.port}")
+    monkeypatch.setenv("RANK", "0")
+    rec = Recorder()
+    record = parallel.Share.record
+    monkeypatch.setattr(parallel.Share, "record",
+                        lambda self, index, outcome: rec.events.append(f"recorded {index}") or record(self, index, outcome))
+    result = parallel.run_jobs(jobs(3), rec.run_one, worker_dir=tmp_path)
+    assert rec.events == ["make 0", "make 1", "in place 0", "recorded 0", "make 2", "in place 1", "recorded 1",
+                          "in place 2", "recorded 2"]
+    assert [(j["job"], j["status"], j["worker"]) for j in result.jobs] == [(0, "ok", 0), (1, "ok", 0), (2, "ok", 0)]
+    assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == ["0.json", "1.json", "2.json"]

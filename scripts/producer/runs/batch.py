@@ -33,7 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ class BatchResult:
     jobs: list[dict] = field(default_factory=list)
 
     stopped: CliError | None = None  # the failure that stopped the batch (out of memory, disk full)
+    on_result: Callable[[dict, BatchResult], None] | None = field(default=None, repr=False)  # see run_jobs
 
     @property
     def failed(self) -> int:
@@ -127,31 +128,33 @@ def read_jobs(build: Callable[[], argparse.ArgumentParser], args: argparse.Names
     return entries
 
 
-def run_jobs(jobs: list[Job | CliError], run_one: Callable[[Job], dict | Deferred],
+def run_jobs(jobs: Iterable[Job | CliError], run_one: Callable[[Job], dict | Deferred],
              describe: Callable[[Job], str] = lambda job: f"job {job.index}",
-             retry_oom: Callable[[Job], bool] | None = None) -> BatchResult:
+             retry_oom: Callable[[Job], bool] | None = None,
+             on_result: Callable[[dict, BatchResult], None] | None = None) -> BatchResult:
     """Run every job; one failure does not stop the others (Ctrl-C and SIGTERM still do).
 
     Out of memory or a full disk stops the batch (see the module doc): the job is reported and the jobs
     after it are "not_run". With `retry_oom` (see oom_retry), a job that ran out of memory runs once more
     when retry_oom(job) has reloaded the model under a more frugal plan. A job whose files are finished in the
     background (run_one returned a Deferred: runs/behind.py) has them put in place once the next job is made,
-    or as the batch ends, stops or is interrupted.
+    or as the batch ends, stops or is interrupted. `on_result(outcome, result)` sees each job's final result as
+    it is known (a scene worker records it for the others); `jobs` may be claimed lazily (an iterator).
     """
-    result = BatchResult()
+    result = BatchResult(on_result=on_result)
     pending: list[tuple[int, Job, int, Deferred]] = []  # a job made whose files are not in place yet (at most one)
-    total = len(jobs)
+    total = len(jobs) if isinstance(jobs, Sized) else "?"
     try:
         for n, job in enumerate(jobs, 1):
             if result.stopped is not None:
-                result.jobs.append({"status": "not_run", "job": _index(job), "reason": result.stopped.message})
+                _final({"status": "not_run", "job": index_of(job), "reason": result.stopped.message}, result)
                 continue
             deliver_late_signal()  # Ctrl-C or SIGTERM during the last job's commit stops the batch here
             if isinstance(job, CliError):
-                result.jobs.append(job.to_dict())
-                log.error("[%d/%d] %s", n, total, job.message)
+                log.error("[%d/%s] %s", n, total, job.message)
+                _final(job.to_dict(), result)
                 continue
-            log.info("[%d/%d] %s", n, total, describe(job))
+            log.info("[%d/%s] %s", n, total, describe(job))
             outcome = _attempt(job, run_one, retry_oom, result)
             _settle(pending, result, total)  # the previous job's files, now that this one is made
             if isinstance(outcome, Deferred):
@@ -167,17 +170,24 @@ def run_jobs(jobs: list[Job | CliError], run_one: Callable[[Job], dict | Deferre
     return result
 
 
-def _record(outcome: dict, n: int, job: Job, result: BatchResult, total: int, slot: int | None = None) -> None:
+def _record(outcome: dict, n: int, job: Job, result: BatchResult, total, slot: int | None = None) -> None:
     if outcome.get("status") == "error":
-        log.error("[%d/%d] job %d failed: %s", n, total, job.index, outcome["error"])
+        log.error("[%d/%s] job %d failed: %s", n, total, job.index, outcome["error"])
     outcome.setdefault("job", job.index)
+    _final(outcome, result, slot)
+
+
+def _final(outcome: dict, result: BatchResult, slot: int | None = None) -> None:
+    """A job's final result, in its place in the report (`slot`: where it waited as "pending")."""
     if slot is None:
         result.jobs.append(outcome)
     else:
         result.jobs[slot] = outcome
+    if result.on_result is not None:
+        result.on_result(outcome, result)
 
 
-def _settle(pending: list, result: BatchResult, total: int) -> None:
+def _settle(pending: list, result: BatchResult, total) -> None:
     """Put the pending job's files in place (see run_jobs); its failure is recorded as the job's own."""
     if not pending:
         return
@@ -224,7 +234,7 @@ def _as_cli_error(exc: Exception) -> CliError:
     return err
 
 
-def _index(job: Job | CliError) -> int:
+def index_of(job: Job | CliError) -> int:
     return job.index if isinstance(job, Job) else job.details.get("job", -1)
 
 

@@ -394,24 +394,23 @@ def run_jobs(jobs: list, run_one: Callable, describe: Callable = lambda job: f"j
     if worker_dir is None:
         return batch.run_jobs(jobs, run_one, describe, *options, **named)
     share = Share.connect(Path(worker_dir))
-    result = batch.BatchResult()
-    for job in jobs:
-        index = job.index if isinstance(job, batch.Job) else job.details.get("job", -1)
-        reason = share.stopped()
-        if reason:
-            log.info("another worker stopped the batch: %s", reason)
-            break
-        if not share.claim(index):
-            continue
-        one = batch.run_jobs([job], run_one, describe, *options, **named)
-        outcome = {**one.jobs[0], "worker": share.rank}
-        share.record(index, outcome)
-        result.jobs.append(outcome)
-        if one.stopped is not None:  # out of memory or a full disk stops the whole batch, on every worker
-            share.stop(one.stopped.message)
-            result.stopped = one.stopped
-            break
-    return result
+
+    def claimed():  # the jobs this worker takes, one at a time, until a worker stops the batch
+        for job in jobs:
+            reason = share.stopped()
+            if reason:
+                log.info("the batch was stopped: %s", reason)
+                return
+            if share.claim(batch.index_of(job)):
+                yield job
+
+    def record(outcome: dict, result: batch.BatchResult) -> None:  # as soon as it is final (files in place)
+        outcome["worker"] = share.rank
+        share.record(outcome["job"], outcome)
+        if result.stopped is not None and not share.stopped():  # out of memory or a full disk: every worker
+            share.stop(result.stopped.message)
+
+    return batch.run_jobs(claimed(), run_one, describe, *options, on_result=record, **named)
 
 
 def wan_session_class(args: argparse.Namespace):
