@@ -187,3 +187,16 @@ def test_a_scene_worker_writes_behind_too_and_records_each_job_once_its_files_ar
                           "in place 2", "recorded 2"]
     assert [(j["job"], j["status"], j["worker"]) for j in result.jobs] == [(0, "ok", 0), (1, "ok", 0), (2, "ok", 0)]
     assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == ["0.json", "1.json", "2.json"]
+
+
+def test_ctrl_c_during_a_commit_stops_the_batch_with_every_made_clip_in_place(standin_hf_home, tmp_path, capsys,
+                                                                             inject):
+    """Ctrl-C while clip 0's files are renamed (after clip 1 is made): held until they are in place, it stops
+    the batch at the next job's start; clip 1, made by then, has its files put in place before the run ends."""
+    inject("commit:b0.mp4", "SIGINT")
+    code, _, err = run(capsys, "--batch", clip_batch(tmp_path), "--json", "--quiet")
+    assert code == ExitCode.INTERRUPTED, err
+    made = [f"b{i}{suffix}" for i in (0, 1) for suffix in (".mp4", ".first.png", ".last.png", ".contact.png",
+                                                           ".mp4.provenance.json")]
+    assert files_in(tmp_path) == sorted(["clips.json", "kf-a.png", *made])  # no temp file, journal or lock
+    assert all(len(video.read_video(tmp_path / f"b{i}.mp4")[0]) == 9 for i in (0, 1))
