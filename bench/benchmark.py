@@ -92,7 +92,8 @@ def parse_args(argv=None):
                    help=f"workloads: {', '.join([*WORKLOADS, *BATCH_WORKLOADS])}; configs: plain, {', '.join(LEVERS)}, "
                         f"{', '.join(CAPS)}, planVxR (the plan of a V GB VRAM / R GB RAM machine, e.g. plan10x32; "
                         "planVxR-streamall: the same with no resident blocks; planVxR-dequant: with GGUF blocks "
-                        "dequantized on arrival; planVxR-q4 / -q8: with that GGUF form asked for); the batch workloads "
+                        "dequantized on arrival; planVxR-q4 / -q8: with that GGUF form asked for; planVxR-compdq: "
+                        "with the GGUF dequantization compiled); the batch workloads "
                         "take project and planVxR")
     p.add_argument("--repeats", type=int, default=2, help="runs per process; the first is reported as cold")
     p.add_argument("--measure-steps", type=int, default=None,
