@@ -104,3 +104,19 @@ def test_seed_is_always_chosen_and_zero_is_a_seed():
     assert cli.resolve_seed(0) == 0
     seeds = {cli.resolve_seed(None) for _ in range(5)}
     assert all(0 <= s < 2**32 for s in seeds) and len(seeds) > 1
+
+
+def test_a_missing_package_names_its_install_not_a_bug_report(monkeypatch):
+    """Seen in the GPU smoke: a machine without controlnet_aux failed the pose step with "report it"."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "controlnet_aux", None)  # as if it were not installed
+    with pytest.raises(ModuleNotFoundError) as caught:
+        import controlnet_aux.open_pose  # noqa: F401
+    err = cli.unexpected_error(caught.value)
+    assert "the Python package controlnet_aux is not installed" in err.message
+    assert "pip install" in err.fix and "requirements.txt" in err.fix and "report" not in err.fix
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(ModuleNotFoundError) as caught:
+        import PIL.Image  # noqa: F401
+    assert "pip install pillow" in cli.unexpected_error(caught.value).fix  # the distribution's name, not PIL

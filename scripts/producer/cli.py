@@ -241,6 +241,14 @@ def unexpected_error(exc: BaseException) -> CliError:
     if isinstance(exc, ValueError) and "null byte" in str(exc):  # os.stat and open refuse such a name
         return CliError("a file or folder name contains a NUL character (\\0), which no file name can hold",
                         "remove the \\0 from the names you gave (in JSON it is written \\u0000)", ExitCode.USAGE)
+    if isinstance(exc, ModuleNotFoundError) and exc.name:  # a package of requirements.txt not installed here
+        from producer.modelfiles.environment import IMPORTS, PIP_FIX
+
+        module = exc.name.split(".")[0]
+        package = dict(IMPORTS).get(module, module)
+        return CliError(f"the Python package {package} is not installed for {sys.executable} (import {module})",
+                        f"{PIP_FIX}, or pip install {package}; then validate_diffusers.py checks the rest",
+                        ExitCode.FAILED)
     if isinstance(exc, OSError) and exc.filename is not None:
         if exc.errno == errno.ENOSPC:
             from producer.files.outputs import disk_full, output_for  # outputs builds on this module's CliError
