@@ -76,7 +76,7 @@ def add_memory_args(parser: argparse.ArgumentParser) -> None:
                         "clip after a one-off ~15 s compile, 19%% per Qwen image after ~11 s). auto: on with the "
                         "weights on a CUDA GPU for runs of 8+ Wan clips or 32+ Qwen images. Blocks are never "
                         "compiled while the plan streams them; there `on` compiles the GGUF weights' "
-                        "dequantization instead (the same numbers bit for bit, checked on the GPU; 8-10 s once "
+                        "dequantization instead (the same numbers bit for bit, checked on the GPU; 5-10 s once "
                         "per process, cached on disk; stated under `speed` in the JSON), which auto never does: "
                         "on an H100 it made the 10 GB plans no faster (Wan clip 20.1 s against 19.9 s) or slower "
                         "(Qwen edit 3.4 s against 3.2 s). off: nothing compiled")

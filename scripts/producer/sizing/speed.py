@@ -4,7 +4,7 @@
   identical math, a one-off compile per process (cached on disk by PyTorch for later runs).
 - attention: a diffusers attention backend by name (`set_attention_backend`), e.g. `_native_cudnn`.
 - compiled GGUF dequantization: diffusers' dequantization of each GGUF weight fused into one kernel
-  (`compiled_dequant`): the same numbers bit for bit, 8-10 s of compiling per process on an H100 (cached on
+  (`compiled_dequant`): the same numbers bit for bit, 5-10 s of compiling per process on an H100 (cached on
   disk); only with `--compile on` where the plan streams the blocks (it measured no faster there).
 - fp8 matmuls: torchao's float8 dynamic quantization (per-row scales) of the linear layers on GPUs with
   fp8 tensor cores (compute capability >= 8.9). It changes the numbers slightly, so it is opt-in;
@@ -34,7 +34,7 @@ COMPILE_MIN_ITEMS = {"wan": 8, "qwen": 32}
 # The GGUF dequantization compiled alone (compiled_dequant) is never chosen by `auto`: measured on an H100
 # (docs/performance.md, bench/results/2026-12-06-h100-night), the streamed 10 GB plans were no faster with it
 # (Wan 480p clip 20.12 s against 19.89 s) or slower (Qwen edit 3.38 against 3.21 s; 24 GB plan 3.08 against
-# 2.64 s), after 8-10 s of compiling. `--compile on` still applies it where blocks cannot be compiled.
+# 2.64 s), after 5-10 s of compiling. `--compile on` still applies it where blocks cannot be compiled.
 FP8_CAPABILITY = (8, 9)  # Ada and Hopper and newer have fp8 tensor cores
 
 
