@@ -3,6 +3,8 @@
 for scale. Why the compiled dequantization did not pay in the whole runs (docs/performance.md).
 
     python bench/dequant.py --out dequant.json
+
+`--size tiny` runs the same code on small shapes on the CPU (the test suite does), so it cannot rot.
 """
 
 from __future__ import annotations
@@ -22,15 +24,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 # in the MLP, 32760 tokens at 480p).
 SHAPES = [("Q8_0", 3072, 3072, 8704), ("Q8_0", 12288, 3072, 8704), ("Q8_0", 3072, 12288, 8704),
           ("Q4_K", 5120, 5120, 32760), ("Q4_K", 13824, 5120, 32760), ("Q6_K", 5120, 13824, 32760)]
+TINY = [("Q8_0", 64, 96, 8), ("Q4_K", 32, 256, 8), ("Q6_K", 16, 512, 8)]
 
 
-def timed(repeats: int, fn, *args) -> float:
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(device: str, repeats: int, fn, *args) -> float:
     fn(*args)
-    torch.cuda.synchronize()
+    sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
         fn(*args)
-    torch.cuda.synchronize()
+    sync(device)
     return (time.perf_counter() - start) / repeats * 1000
 
 
@@ -44,36 +52,39 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--size", choices=("full", "tiny"), default="full")
     args = parser.parse_args(argv)
+    device = "cuda" if args.size == "full" else "cpu"
     import gguf
     from diffusers.quantizers.gguf import utils as gguf_utils
     from fullsize import random_gguf_weight
     from producer.sizing import compiled_dequant
 
-    generator = torch.Generator("cuda").manual_seed(0)
+    generator = torch.Generator(device).manual_seed(0)
     rows = []
-    for name, out_f, in_f, tokens in SHAPES:
+    for name, out_f, in_f, tokens in SHAPES if args.size == "full" else TINY:
         qtype = gguf.GGMLQuantizationType[name]
-        weight = random_gguf_weight(out_f, in_f, qtype, "cuda", generator)
+        weight = random_gguf_weight(out_f, in_f, qtype, device, generator)
         raw = weight.as_tensor()
-        x = torch.randn(tokens, in_f, device="cuda", dtype=torch.bfloat16)
+        x = torch.randn(tokens, in_f, device=device, dtype=torch.bfloat16)
         dense = gguf_utils.dequantize_gguf_tensor(weight).to(torch.bfloat16)
         started = time.perf_counter()
         compiled = compiled_dequant.dequantize(raw, qtype, torch.bfloat16)
-        torch.cuda.synchronize()
+        sync(device)
         first = time.perf_counter() - started
         row = {
             "type": name, "shape": [out_f, in_f], "tokens": tokens,
             "same_bits": bool(torch.equal(compiled.view(torch.int16), dense.view(torch.int16))),
-            "eager_ms": timed(args.repeats, eager, weight),
-            "compiled_ms": timed(args.repeats, compiled_dequant.dequantize, raw, qtype, torch.bfloat16),
+            "eager_ms": timed(device, args.repeats, eager, weight),
+            "compiled_ms": timed(device, args.repeats, compiled_dequant.dequantize, raw, qtype, torch.bfloat16),
             "compiled_first_call_s": round(first, 2),
-            "matmul_ms": timed(args.repeats, torch.nn.functional.linear, x, dense),
+            "matmul_ms": timed(device, args.repeats, torch.nn.functional.linear, x, dense),
             "bytes_read_written_mb": round((raw.numel() + dense.numel() * 2) / 1e6, 1),
         }
         rows.append({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
         print(json.dumps(rows[-1]), flush=True)
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    result = {"device": name, "torch": torch.__version__, "rows": rows}
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     return 0

@@ -138,3 +138,15 @@ def test_plan_rows_run_what_the_scripts_choose_and_compdq_compiles_the_dequantiz
     assert not children._speed("plan10x32-compdq", "cpu", streamed).compile_dequantize
     assert children._machine_plan("wan", "plan10x32-compdq") == children._machine_plan("wan", "plan10x32")
     assert benchmark.plan_machine("plan10x16-compdq") == (10, 16)
+
+
+@pytest.mark.skipif(not any(__import__("shutil").which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_dequantization_benchmark_times_eager_and_compiled_on_the_same_bytes(tmp_path):
+    out = tmp_path / "dq.json"
+    proc = subprocess.run([sys.executable, str(BENCH.parent / "dequant.py"), "--size", "tiny", "--repeats", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["type"] for r in rows] == ["Q8_0", "Q4_K", "Q6_K"]
+    assert all(r["same_bits"] and r["eager_ms"] > 0 and r["compiled_ms"] > 0 and r["matmul_ms"] > 0 for r in rows)
