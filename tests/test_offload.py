@@ -251,6 +251,16 @@ def _packed_waste(sizes: list[int], total: bool, monkeypatch) -> int:
     return packer.allocated - sum(sizes)
 
 
+def _one_after_the_other_waste(sizes: list[int]) -> int:
+    """The packing before first fit, for the comparison: a tensor that does not fit starts a new chunk."""
+    chunks, used = 0, None
+    for need in map(offload.aligned, sizes):
+        if used is None or used + need > offload.PIN_CHUNK:
+            chunks, used = chunks + 1, 0
+        used += need
+    return chunks * offload.PIN_CHUNK - sum(sizes)
+
+
 def _wan_q4_expert_tensor_bytes() -> list[int]:
     """A Wan 2.2 A14B expert's block tensors in the GGUF Q4_K_M form (Q4_K, Q6_K for `v` and `ffn.2`, F32
     vectors), in module order: 40 blocks of 5120-wide attention and a 13824-wide MLP."""
@@ -271,5 +281,20 @@ def test_a_streamed_wan_expert_packs_with_little_waste(monkeypatch):
     First fit, with the last chunks sized to what is left: ~0.25 GiB."""
     sizes = _wan_q4_expert_tensor_bytes()
     assert 8.5 < sum(sizes) / 2**30 < 8.7
+    assert _one_after_the_other_waste(sizes) > 1.3 * 2**30
     assert _packed_waste(sizes, total=True, monkeypatch=monkeypatch) < 0.3 * 2**30
     assert _packed_waste(sizes, total=False, monkeypatch=monkeypatch) < 0.45 * 2**30  # the last chunk unsized
+
+
+def test_a_streamed_qwen_q8_transformer_packs_with_little_waste(monkeypatch):
+    """Qwen-Image's 60 blocks in GGUF Q8_0 (34 bytes a 32 values): 3072-wide attention for image and text
+    (q, k, v, out each), 12288-wide MLPs for both, and the two 6 x 3072 modulations; ~2.3 GiB of waste when
+    filled one chunk after the other, ~0.6 GiB first fit."""
+    def q8(rows, cols):
+        return rows * cols // 32 * 34
+    block = [q8(3072, 3072), 3072 * 4] * 8
+    block += [q8(12288, 3072), 12288 * 4, q8(3072, 12288), 3072 * 4] * 2 + [q8(18432, 3072), 18432 * 4] * 2
+    sizes = block * 60
+    assert 20.0 < sum(sizes) / 2**30 < 20.4
+    assert _one_after_the_other_waste(sizes) > 2.2 * 2**30
+    assert _packed_waste(sizes, total=True, monkeypatch=monkeypatch) < 0.7 * 2**30

@@ -43,9 +43,9 @@ def write_outputs(frames: np.ndarray, req: Request, recipe: dict) -> dict:
 
 @dataclass
 class Prepared:
-    """What prepare() made: the clip's MP4, complete in its temp file, and everything else in memory."""
+    """What prepare() made: the clip's MP4, complete in its own temp file (outputs.temp_path of the clip, the name
+    the set's commit takes it from), and everything else in memory."""
 
-    clip_temp: Path
     frames: int
     matched: dict  # review.color_match's report
     pictures: dict[str, bytes] = field(default_factory=dict)  # PNG bytes by review_paths key
@@ -59,10 +59,9 @@ def prepare(frames: np.ndarray, req: Request, recipe: dict) -> Prepared:
     frames, matched = review.color_match(to_uint8(frames), req.image, req.last_image, req.color_match)
     checked = time.perf_counter()
     pictures = review.render_review(frames, req.output, recipe, FPS, _title(req, frames))
-    clip_temp = temp_path(Path(req.output))
-    video.encode_mp4(frames, clip_temp, fps=FPS)
+    video.encode_mp4(frames, temp_path(Path(req.output)), fps=FPS)
     seconds = {"color_match": round(checked - start, 3), "encode": round(time.perf_counter() - checked, 3)}
-    return Prepared(clip_temp, len(frames), matched, pictures, seconds)
+    return Prepared(len(frames), matched, pictures, seconds)
 
 
 def put_in_place(prepared: Prepared, req: Request, recipe: dict) -> dict:
@@ -71,21 +70,20 @@ def put_in_place(prepared: Prepared, req: Request, recipe: dict) -> dict:
     pictures = review.review_paths(req.output)
     try:
         with atomic_outputs(*pictures.values(), req.output, sidecar, output=req.output) as temps:
-            *picture_temps, clip_tmp, recipe_tmp = temps
+            *picture_temps, _clip_made_by_prepare, recipe_tmp = temps
             for key, temp in zip(pictures, picture_temps):
                 temp.write_bytes(prepared.pictures[key])
-            os.replace(prepared.clip_temp, clip_tmp)  # the same name (the clip's temp file): kept for clarity
             write_json_atomic(recipe_tmp, recipe)
     except BaseException:
-        discard(prepared.clip_temp)
+        discard(req)
         raise
     return _named(req)
 
 
-def discard(clip_temp: Path) -> None:
+def discard(req: Request) -> None:
     """A prepared clip that will not be put in place (the batch stopped, or its commit failed)."""
     with contextlib.suppress(OSError):
-        os.unlink(clip_temp)
+        os.unlink(temp_path(Path(req.output)))
 
 
 def _title(req: Request, frames: np.ndarray) -> str:

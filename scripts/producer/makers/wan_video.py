@@ -26,7 +26,7 @@ from producer.engines.wan import wan_settings as ws
 from producer.engines.wan.wan_jobs import Load, Request, recipe_for, resolve_load, resolve_request, to_job, up_to_date
 from producer.facts import registry
 from producer.files import locks, review
-from producer.files.outputs import check_output, temp_path
+from producer.files.outputs import check_output
 from producer.makers import clip_files, script_path
 from producer.makers.clip_files import write_outputs  # noqa: F401 - a clip's set, as the tests call it
 from producer.modelfiles import models
@@ -265,8 +265,7 @@ def produce_behind(engine: Engine, req: Request, recipe: dict, reopen, behind: W
         return {"status": "ok", **finished(made, paths, prepared.matched, {**prepared.seconds, **watch.seconds}),
                 "written_behind": True}
 
-    return behind.defer(lambda: clip_files.prepare(frames, req, recipe), put_in_place,
-                        lambda: clip_files.discard(temp_path(req.output)))
+    return behind.defer(lambda: clip_files.prepare(frames, req, recipe), put_in_place, lambda: clip_files.discard(req))
 
 
 def generate(engine: Engine, req: Request, recipe: dict, reopen) -> tuple[Any, dict, dict]:

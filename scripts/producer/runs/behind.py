@@ -16,12 +16,9 @@ Ctrl-C during the next item still puts the finished item's files in place before
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
-
-log = logging.getLogger("producer")
 
 
 class Deferred:

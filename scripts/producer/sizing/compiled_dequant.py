@@ -154,8 +154,8 @@ def _note(seconds_by_kind: dict, earlier: set) -> str:
     kept = sorted({_name(k[0]) for k, s in seconds_by_kind.items() if s is None})
     seconds = sum(s for k, s in seconds_by_kind.items() if s is not None and k not in earlier)
     before = sorted({_name(k[0]) for k, s in seconds_by_kind.items() if s is not None and k in earlier})
-    note = f"{NOTE} ({', '.join(compiled_types)}: {seconds:.1f} s" if compiled_types else ""
-    note += (f"; {', '.join(before)} compiled earlier in this process)" if before else ")") if compiled_types else ""
+    earlier_note = f"; {', '.join(before)} compiled earlier in this process" if before else ""
+    note = f"{NOTE} ({', '.join(compiled_types)}: {seconds:.1f} s{earlier_note})" if compiled_types else ""
     if kept:
         note += ("; " if note else "") + f"{', '.join(kept)} left to diffusers (not compiled, or different weights)"
     log.info("%s; the compiled code is cached on disk for later runs", note)

@@ -149,10 +149,8 @@ def _wanted_levers(plan: memory.MemoryPlan, items: int, family: str, device: str
     from producer.sizing.speed import default_speed
 
     placement = plan.components["transformer"].placement
-    chosen = default_speed(device, placement, items=items, family=family)
-    gguf = plan.weights.startswith("gguf")
-    return (("compile",) if chosen.compile else ()) + (("compiled-dequantize",) if chosen.compile_dequantize and gguf
-                                                       else ())
+    # `auto`, as a run without --compile gets it (the compiled dequantization comes only with `on`)
+    return ("compile",) if default_speed(device, placement, items=items, family=family).compile else ()
 
 
 def find_entry(

@@ -62,7 +62,7 @@ def default_speed(device_type: str, placement: Placement, compile_choice: str = 
     hooks = Placement(placement).streams
     worth_it = device_type == "cuda" and Placement(placement).runs_whole_on_gpu and items >= COMPILE_MIN_ITEMS[family]
     compile_on = {"on": not hooks, "off": False}.get(compile_choice, worth_it)
-    dequantize = not compile_on and compile_choice == "on"
+    dequantize = compile_choice == "on" and hooks  # where `on` cannot compile the blocks
     return Speed(compile=compile_on, compile_dequantize=dequantize, attention=attention,
                  fp8_matmul=fp8_matmul and device_type == "cuda")
 
