@@ -4,7 +4,8 @@
     # regenerate the data file from the committed results (later files replace earlier figures of the same plan)
     python bench/speedmodel.py --out scripts/producer/data/speed-model.json \\
         bench/results/2026-11-29-h200.json bench/results/2026-11-29-h200-second/{a,b,c,d,e,f}.json \\
-        bench/results/2026-12-05-h100/g1.json bench/results/2026-12-06-h100/{q16,q17,t10,p3a}.json
+        bench/results/2026-12-05-h100/g1.json bench/results/2026-12-06-h100/{q16,q17,t10,p3a}.json \\
+        bench/results/2026-12-06-h100-night/w.json bench/results/2026-12-07-h100/{a,f}.json
     # how well the committed model predicts a benchmark run (e.g. a fresh one on another card)
     python bench/speedmodel.py --compare results.json
 
@@ -141,12 +142,17 @@ def entry_of(run: dict, gpu: str, source: str) -> dict | None:
         "pixels": width * height * (n if family == "wan" else 1),
         "forward_s": round(denoise / forwards, 4),
         "decode_s": round(sec["decode"], 3),
-        # a run scaled from fewer steps scaled its other stages too: their rest is left out
-        "other_s": round(max(0.0, sec["total"] - denoise - sec["decode"]), 3) if whole else 0.0,
+        # a run scaled from fewer steps scaled its other stages too: their rest is left out; reading an expert
+        # from disk (the plans with one in RAM) is the disk's time, which the estimate adds at the disk's speed
+        "other_s": round(max(0.0, sec["total"] - denoise - sec["decode"] - _disk_reads(sec)), 3) if whole else 0.0,
         "cold_extra_s": round(max(0.0, run["cold_total"] - sec["total"]), 2) if whole else None,
         "source": source,
         "config": config,
     }
+
+
+def _disk_reads(seconds: dict) -> float:
+    return seconds.get("load_experts", 0.0) + seconds.get("expert_swap", 0.0)
 
 
 def production_parts(data: dict, gpu: str, source: str) -> tuple[list[dict], list[dict]]:
@@ -355,6 +361,15 @@ def dumps(model: dict) -> str:
     return json.dumps(model, indent=1, sort_keys=True) + "\n"
 
 
+def _on_this_disk(model: dict, run: dict) -> dict:
+    """The model with the disk speed the run measured (runs reading experts from files record it): the
+    assumed 1 GB/s is a user's disk, not the benchmark machine's."""
+    measured = (run.get("disk_read") or {}).get("gb_per_s")
+    if not measured:
+        return model
+    return {**model, "assumptions": {**model["assumptions"], "disk_read_gb_s": measured}}
+
+
 def compare(data: dict, model: dict, source: str = "") -> list[dict]:
     """Each run of benchmark results beside what the speed model predicts for it on the same card (the
     measured total has no output writing, so the prediction's write_s is left out too)."""
@@ -383,7 +398,7 @@ def compare(data: dict, model: dict, source: str = "") -> list[dict]:
                                   max_resident_blocks=run.get("resident_blocks", 0))
         steps = WORKLOADS[run["workload"]][4]
         item = estimate.Item(e["family"], e["width"], e["height"], steps, e["cfg"], e["frames"], e["references"])
-        p = estimate.predict_item(item, plan, gpu, levers=tuple(e["levers"]), model=model)
+        p = estimate.predict_item(item, plan, gpu, levers=tuple(e["levers"]), model=_on_this_disk(model, run))
         measured = run["seconds"]["total"]
         rows.append(
             {
