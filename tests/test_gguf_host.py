@@ -90,3 +90,35 @@ def test_packer_keeps_tensors_apart_and_aligned():
     assert vb.data_ptr() - va.data_ptr() == offload.PIN_ALIGN
     big = packer.take(torch.ones(2048, dtype=torch.float32))  # larger than a chunk: a chunk of its own
     assert big.untyped_storage().nbytes() == 8192 and torch.equal(big, torch.ones(2048))
+
+
+def test_resident_blocks_are_read_apart_from_the_chunks_and_load_the_same(wan_q4):
+    """Blocks the plan keeps on the GPU are plain copies: in a shared chunk their host bytes would stay held
+    after placement moved them to the card."""
+    path, config = wan_q4
+    everything = gguf_host.read_into_host_chunks(path)
+    blocks = 1 + max(int(name.split(".")[1]) for name in everything if name.startswith("blocks."))
+    on_gpu = gguf_host.resident_prefixes("blocks", blocks, 1)
+    assert on_gpu == ("blocks.0.",)
+    state = gguf_host.read_into_host_chunks(path, on_gpu)
+    resident = [t for name, t in state.items() if name.startswith(on_gpu)]
+    packed = [t for name, t in state.items() if not name.startswith(on_gpu)]
+    assert resident and packed and len(_storages(packed)) == 1
+    assert _storages(resident).isdisjoint(_storages(packed))  # each its own storage, freed on its own
+    for name, tensor in everything.items():
+        assert torch.equal(state[name].view(torch.uint8), tensor.view(torch.uint8)), name
+        assert getattr(state[name], "quant_type", None) == getattr(tensor, "quant_type", None), name
+    assert gguf_host.resident_prefixes("blocks", blocks, 0) == ()
+    from diffusers import WanTransformer3DModel
+
+    model = gguf_host.load_gguf(WanTransformer3DModel, path, config, "transformer", torch.float32, True, on_gpu)
+    reference = gguf_host.load_gguf(WanTransformer3DModel, path, config, "transformer", torch.float32, False)
+    theirs = reference.state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value.view(torch.uint8), theirs[name].view(torch.uint8)), name
+
+
+def test_the_plans_resident_blocks_are_the_ones_read_apart():
+    assert gguf_host.resident_prefixes("transformer_blocks", 60, 3) == tuple(
+        f"transformer_blocks.{i}." for i in offload.resident_indices(60, 3))
+    assert gguf_host.resident_prefixes("blocks", 40, 2) == ("blocks.0.", "blocks.20.")

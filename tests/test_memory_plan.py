@@ -329,5 +329,21 @@ def test_one_expert_plans_count_the_clips_waiting_between_their_halves():
     assert [p.experts_in_ram for p in one] == [1, 1]
     waiting = memory.CLIPS_PER_EXPERT_READ * memory.HALFWAY_BYTES_PER_TOKEN * (large.tokens - small.tokens)
     assert one[1].peak_ram - one[0].peak_ram == waiting
-    both = [memory.plan_memory(from_sizes(16, 32), memory.WAN_FOOTPRINT, w) for w in (small, large)]
+    both = [memory.plan_memory(from_sizes(16, 32), memory.WAN_FOOTPRINT, w, max_resident_blocks=0)
+            for w in (small, large)]
     assert both[0].experts_in_ram == 2 and both[0].peak_ram == both[1].peak_ram
+
+
+def test_blocks_kept_on_the_card_leave_host_ram_once_placed():
+    """Each expert is placed as soon as it is read (its resident blocks then leave host RAM), so the peak
+    holds every expert's streamed blocks and the last one's resident blocks, read but not yet placed."""
+    work = memory.wan_workload(832, 480, 81)
+    kept = memory.plan_memory(from_sizes(24, 32), memory.WAN_FOOTPRINT, work)
+    streaming = memory.plan_memory(from_sizes(24, 32), memory.WAN_FOOTPRINT, work, max_resident_blocks=0)
+    assert kept.experts_in_ram == streaming.experts_in_ram == 2 and kept.resident_blocks > 20
+    resident = kept.resident_blocks * memory.block_bytes(memory.WAN_FOOTPRINT, kept.weights)
+    assert streaming.peak_ram - kept.peak_ram == resident  # the first expert's; the second's are read first
+    alone = memory.plan_memory(from_sizes(16, 16), memory.WAN_FOOTPRINT, work)  # one expert: read whole
+    assert alone.experts_in_ram == 1 and alone.resident_blocks > 0
+    assert alone.peak_ram == memory.plan_memory(from_sizes(16, 16), memory.WAN_FOOTPRINT, work,
+                                                max_resident_blocks=0).peak_ram

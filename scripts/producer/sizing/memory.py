@@ -224,9 +224,11 @@ def _text_on_gpu(model: ModelFootprint, budget: int) -> bool:
 
 
 def _host_ram(model: ModelFootprint, place: Placement, weights: str, experts_in_ram: int, text_on_gpu: bool,
-              work: Workload) -> int:
+              work: Workload, resident: int = 0) -> int:
     """Peak host RAM: the larger of the encode stage (text encoder) and the denoise stage. With one expert of
-    several in RAM, a batch also keeps the clips of a group between their halves (engines/wan/halfway.py)."""
+    several in RAM, a batch also keeps the clips of a group between their halves (engines/wan/halfway.py).
+    `resident`: bytes of each streamed denoiser's blocks kept on the GPU, which leave host RAM once placed;
+    the last denoiser read still holds them until it is placed (each is placed as soon as it is read)."""
     one = _bytes(model.denoiser_params, weights)
     waiting = CLIPS_PER_EXPERT_READ * HALFWAY_BYTES_PER_TOKEN * work.tokens if experts_in_ram < len(model.denoisers) else 0
     # An encoder that fits the GPU loads straight onto it; one that streams from RAM is held there.
@@ -235,7 +237,7 @@ def _host_ram(model: ModelFootprint, place: Placement, weights: str, experts_in_
         # Loaded straight onto the GPU; GGUF and fp8 pass through the host one denoiser at a time.
         held = 0 if weights == "bf16" else one
     else:
-        held = experts_in_ram * one
+        held = experts_in_ram * (one - resident) + resident
     if weights == "fp8":
         # fp8 storage is made from the bf16 files: one denoiser exists in bf16 while it is cast.
         held += _bytes(model.denoiser_params, "bf16") - one
@@ -353,7 +355,9 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_reside
     text = _bytes(model.text_encoder_params, "bf16")
     encode_vram = (text if text_placement is Placement.GPU else text // 10) + TEXT_ENCODER_ACTIVATIONS
     peak_vram = max(denoise_vram, decode_vram, encode_vram)
-    peak_ram = _host_ram(model, off, form, experts, text_placement is Placement.GPU, work)
+    # Chosen counting every weight in RAM; the peak then leaves out the blocks kept on the card.
+    peak_ram = _host_ram(model, off, form, experts, text_placement is Placement.GPU, work,
+                         kept * block_bytes(model, form))
     fits = vram_ok and ram_ok
 
     if experts == 1 and len(model.denoisers) > 1:

@@ -155,8 +155,8 @@ def _group_offload(module: torch.nn.Module, device: torch.device, leaf: bool, pi
     if blocks and arrival:
         _dequantize_on_arrival([b for i, b in enumerate(blocks[1]) if i not in set(kept)])
     if blocks:
-        for i in kept:  # on the card before pinning, which then skips them (weights read from a GGUF file
-            # already sit in pinned chunks, which keep their bytes: the plan counts every weight in RAM)
+        for i in kept:  # on the card before pinning, which then skips them (a GGUF file's resident blocks
+            # were read into plain memory, not the shared chunks: gguf_host.resident_prefixes), freeing host RAM
             blocks[1][i].to(device)
     if streams and not pinned:
         pin_in_place(module)

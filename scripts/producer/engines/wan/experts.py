@@ -30,13 +30,21 @@ class ExpertsOnDisk:
         straight into the page-locked chunks that transfers come from (one copy instead of three)."""
         if self.files.gguf:
             return gguf_host.load_gguf(WanTransformer3DModel, self.files.gguf[component], self.files.snapshot,
-                                       component, self.dtype, on_host)
+                                       component, self.dtype, on_host, self._resident(component))
         kwargs = {}
         straight_to_gpu = self.plan.components[component].placement is Placement.GPU and self.files.weights == "bf16"
         if straight_to_gpu and self.device.type == "cuda":
             kwargs["device_map"] = self.device  # resident weights never pass through host RAM
         return WanTransformer3DModel.from_pretrained(self.files.snapshot, subfolder=component, dtype=self.dtype,
                                                      use_safetensors=True, **kwargs)
+
+
+    def _resident(self, component: str) -> tuple[str, ...]:
+        """Key prefixes of the blocks that placement will keep on the GPU (none off CUDA or unstreamed)."""
+        streamed = self.plan.components[component].placement is Placement.GROUP_OFFLOAD
+        if not streamed or self.device.type != "cuda":
+            return ()
+        return gguf_host.resident_prefixes(registry.WAN_BLOCK_LIST, self.plan.blocks, self.plan.resident_blocks)
 
 
 class ExpertsInMemory:
