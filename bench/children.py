@@ -117,13 +117,17 @@ def _form(family: str, config: str) -> str:
 
 
 def _expected(family: str, config: str) -> dict:
-    """The full-size plan's own prediction, reported beside the measured peaks (planVxR configurations)."""
+    """The full-size plan's own prediction, reported beside the measured peaks (planVxR configurations): the
+    peaks of generating, the stages this run has (its prompts are embeddings, no text encoder runs), and the
+    plan's whole peaks, which may be the text encoder's stage."""
     plan = _machine_plan(family, config)
     if plan is None:
         return {}
     machine = plan_machine(config)
     return {"machine_gb": {"vram": machine[0], "ram": machine[1]}, "weights": plan.weights,
-            "predicted_vram_gib": round(plan.peak_vram / GiB, 2), "predicted_ram_gib": round(plan.peak_ram / GiB, 2),
+            "predicted_vram_gib": round(plan.generating_vram / GiB, 2),
+            "predicted_ram_gib": round(plan.generating_ram / GiB, 2),
+            "plan_peak_gib": {"vram": round(plan.peak_vram / GiB, 2), "ram": round(plan.peak_ram / GiB, 2)},
             "plan_fits": plan.fits}
 
 

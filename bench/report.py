@@ -57,8 +57,9 @@ def _plan_rows(runs: list[dict], plain: dict | None) -> list[str]:
     rows = [r for r in runs if "machine_gb" in r and not r.get("error")]
     if not rows:
         return []
-    out = ["", "| machine (VRAM / RAM GB) | weights | total s | vs plain | peak VRAM GiB (predicted) | "
-               "peak RAM GiB: anonymous, and all resident (predicted) | fits the machine | load to first step s (read floor s) |",
+    out = ["", "| machine (VRAM / RAM GB) | weights | total s | vs plain | peak VRAM GiB (predicted for generating; "
+               "the plan's peak) | peak RAM GiB: anonymous, and all resident (predicted for generating; the plan's peak) "
+               "| fits the machine | load to first step s (read floor s) |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         vram, ram = r["machine_gb"]["vram"], r["machine_gb"]["ram"]
@@ -73,9 +74,15 @@ def _plan_rows(runs: list[dict], plain: dict | None) -> list[str]:
         load = (f"{r['load_to_first_step_s']:.1f} ({r['load_floor_s']:.1f} at "
                 f"{r['disk_read']['gb_per_s']} GB/s)") if "load_to_first_step_s" in r else "-"
         out.append(f"| {vram} / {ram} | {r['weights']} | {r['seconds']['total']:.2f} | {ratio} | "
-                   f"{r['peak_vram_gib']} ({r['predicted_vram_gib']}) | {_ram(r)} ({r['predicted_ram_gib']}) | "
+                   f"{r['peak_vram_gib']} ({_predicted(r, 'vram')}) | {_ram(r)} ({_predicted(r, 'ram')}) | "
                    f"{'yes' if fits else 'no'} | {load} |")
     return out
+
+
+def _predicted(run: dict, what: str) -> str:
+    """The plan's prediction for the stages the run has; results from before 2026-12-07 hold the plan's peak."""
+    generating, peak = run[f"predicted_{what}_gib"], run.get("plan_peak_gib", {}).get(what)
+    return f"{generating}; {peak}" if peak is not None else str(generating)
 
 
 def _ram(run: dict) -> str:

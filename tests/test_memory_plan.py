@@ -347,3 +347,25 @@ def test_blocks_kept_on_the_card_leave_host_ram_once_placed():
     assert alone.experts_in_ram == 1 and alone.resident_blocks > 0
     assert alone.peak_ram == memory.plan_memory(from_sizes(16, 16), memory.WAN_FOOTPRINT, work,
                                                 max_resident_blocks=0).peak_ram
+
+
+@pytest.mark.parametrize("family", ["wan", "qwen"])
+def test_the_peaks_of_generating_alone_are_within_the_plans_peaks(family):
+    """A run that bypasses the text encoder (the benchmark's) is compared with the plan's peaks of generating:
+    on a 12 GB card the Wan text encoder on the GPU is the VRAM peak, on 16 GB of RAM Qwen's streamed text
+    encoder is the RAM peak."""
+    for _, _, plan in memory.plan_table(family):
+        assert plan.generating_vram <= plan.peak_vram and plan.generating_ram <= plan.peak_ram
+    work = memory.TABLE_WORKLOADS[family][2]
+    footprint = memory.TABLE_WORKLOADS[family][1]
+    text = int(footprint.text_encoder_params * memory.BYTES_PER_PARAM["bf16"])
+    if family == "wan":
+        plan = memory.plan_memory(from_sizes(12, 32), footprint, work)
+        assert plan.text_encoder is memory.Placement.GPU
+        assert plan.peak_vram == text + memory.TEXT_ENCODER_ACTIVATIONS > plan.generating_vram
+        assert plan.generating_ram == plan.peak_ram
+    else:
+        plan = memory.plan_memory(from_sizes(8, 16), footprint, work)
+        assert plan.text_encoder is memory.Placement.GROUP_OFFLOAD
+        assert plan.peak_ram == text + memory.RAM_RESERVE > plan.generating_ram
+    assert plan.to_dict()["generating_gib"]["vram"] == round(plan.generating_vram / GiB, 2)

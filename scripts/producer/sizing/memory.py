@@ -137,6 +137,10 @@ class MemoryPlan:
     blocks: int = 0  # transformer blocks of each denoiser
     streamed_bytes: int = 0  # weights of one denoiser that cross the host link at every forward
     dequantize_on_arrival: bool = False  # GGUF streamed blocks dequantized on the copy stream as they arrive
+    # The peaks of generating alone (denoise and decode, the text encoder freed): what a run that bypasses the
+    # text encoder (the benchmark's) is compared with; the peaks above may be the encode stage's.
+    generating_vram: int = 0
+    generating_ram: int = 0
 
     @property
     def placement(self) -> Placement:
@@ -165,6 +169,7 @@ class MemoryPlan:
         d["components"] = {k: str(v) for k, v in self.components.items()}
         d["peak_vram_gib"] = round(self.peak_vram / GiB, 2)
         d["peak_ram_gib"] = round(self.peak_ram / GiB, 2)
+        d["generating_gib"] = {"vram": round(self.generating_vram / GiB, 2), "ram": round(self.generating_ram / GiB, 2)}
         d["streamed_gib_per_forward"] = round(self.streamed_bytes / GiB, 2)
         d["summary"] = self.summary()
         return d
@@ -225,10 +230,16 @@ def _text_on_gpu(model: ModelFootprint, budget: int) -> bool:
 
 def _host_ram(model: ModelFootprint, place: Placement, weights: str, experts_in_ram: int, text_on_gpu: bool,
               work: Workload, resident: int = 0) -> int:
-    """Peak host RAM: the larger of the encode stage (text encoder) and the denoise stage. With one expert of
-    several in RAM, a batch also keeps the clips of a group between their halves (engines/wan/halfway.py).
-    `resident`: bytes of each streamed denoiser's blocks kept on the GPU, which leave host RAM once placed;
-    the last denoiser read still holds them until it is placed (each is placed as soon as it is read)."""
+    """Peak host RAM: the larger of the encode stage (text encoder) and the denoise stage."""
+    return max(_host_ram_stages(model, place, weights, experts_in_ram, text_on_gpu, work, resident))
+
+
+def _host_ram_stages(model: ModelFootprint, place: Placement, weights: str, experts_in_ram: int, text_on_gpu: bool,
+                     work: Workload, resident: int = 0) -> tuple[int, int]:
+    """Host RAM of (the encode stage, the denoise stage). With one expert of several in RAM, a batch also keeps
+    the clips of a group between their halves (engines/wan/halfway.py). `resident`: bytes of each streamed
+    denoiser's blocks kept on the GPU, which leave host RAM once placed; the last denoiser read still holds
+    them until it is placed (each is placed as soon as it is read)."""
     one = _bytes(model.denoiser_params, weights)
     waiting = CLIPS_PER_EXPERT_READ * HALFWAY_BYTES_PER_TOKEN * work.tokens if experts_in_ram < len(model.denoisers) else 0
     # An encoder that fits the GPU loads straight onto it; one that streams from RAM is held there.
@@ -241,7 +252,7 @@ def _host_ram(model: ModelFootprint, place: Placement, weights: str, experts_in_
     if weights == "fp8":
         # fp8 storage is made from the bf16 files: one denoiser exists in bf16 while it is cast.
         held += _bytes(model.denoiser_params, "bf16") - one
-    return max(text, held + waiting + LOAD_OVERHEAD) + RAM_RESERVE
+    return text + RAM_RESERVE, held + waiting + LOAD_OVERHEAD + RAM_RESERVE
 
 
 def _candidates(model: ModelFootprint, offload: str, weights: str, installed: frozenset[str] | None):
@@ -356,8 +367,9 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_reside
     encode_vram = (text if text_placement is Placement.GPU else text // 10) + TEXT_ENCODER_ACTIVATIONS
     peak_vram = max(denoise_vram, decode_vram, encode_vram)
     # Chosen counting every weight in RAM; the peak then leaves out the blocks kept on the card.
-    peak_ram = _host_ram(model, off, form, experts, text_placement is Placement.GPU, work,
-                         kept * block_bytes(model, form))
+    encode_ram, denoise_ram = _host_ram_stages(model, off, form, experts, text_placement is Placement.GPU, work,
+                                               kept * block_bytes(model, form))
+    peak_ram = max(encode_ram, denoise_ram)
     fits = vram_ok and ram_ok
 
     if experts == 1 and len(model.denoisers) > 1:
@@ -374,7 +386,8 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_reside
                       reason=_reason(hw, model, off, form, act, fits, vram_ok, ram_ok, streamed),
                       advice="" if fits else _advice(model, vram_ok, ram_ok, peak_ram), notes=tuple(notes),
                       resident_blocks=kept, blocks=model.denoiser_blocks, streamed_bytes=int(streamed),
-                      dequantize_on_arrival=dequantize)
+                      dequantize_on_arrival=dequantize, generating_vram=int(max(denoise_vram, decode_vram)),
+                      generating_ram=int(denoise_ram))
 
 
 def _cpu_plan(hw: Hardware, model: ModelFootprint, weights: str) -> MemoryPlan:
@@ -394,7 +407,7 @@ def _cpu_plan(hw: Hardware, model: ModelFootprint, weights: str) -> MemoryPlan:
     reason = "no GPU: everything runs on the CPU" + ("" if form == "fp32" else " (hours per item with the real models)")
     return MemoryPlan(name=Placement.CPU.plan, device="cpu", dtype=dtype, components=components, weights=form,
                       experts_in_ram=len(model.denoisers), vae_tiling=False, text_encoder=Placement.CPU, peak_vram=0,
-                      peak_ram=int(need), fits=fits, reason=reason,
+                      peak_ram=int(need), fits=fits, reason=reason, generating_ram=int(need),
                       advice="" if fits else f"needs ~{need / GiB:.0f} GiB of RAM; use a machine with a GPU")
 
 
