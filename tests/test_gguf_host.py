@@ -122,3 +122,18 @@ def test_the_plans_resident_blocks_are_the_ones_read_apart():
     assert gguf_host.resident_prefixes("transformer_blocks", 60, 3) == tuple(
         f"transformer_blocks.{i}." for i in offload.resident_indices(60, 3))
     assert gguf_host.resident_prefixes("blocks", 40, 2) == ("blocks.0.", "blocks.20.")
+
+
+def test_a_wan_expert_read_for_a_plan_with_resident_blocks_reads_them_apart_on_cuda_only():
+    from producer.engines.wan.experts import ExpertsOnDisk
+    from producer.facts.hardware import from_sizes
+    from producer.sizing import memory
+
+    work = memory.wan_workload(832, 480, 81)
+    plan = memory.plan_memory(from_sizes(24, 32), memory.WAN_FOOTPRINT, work)
+    assert plan.resident_blocks > 0
+    expected = gguf_host.resident_prefixes("blocks", plan.blocks, plan.resident_blocks)
+    assert ExpertsOnDisk(None, torch.bfloat16, torch.device("cuda"), plan)._resident("transformer") == expected
+    assert ExpertsOnDisk(None, torch.bfloat16, torch.device("cpu"), plan)._resident("transformer") == ()
+    resident = memory.plan_memory(from_sizes(80, 32), memory.WAN_FOOTPRINT, work)
+    assert ExpertsOnDisk(None, torch.bfloat16, torch.device("cuda"), resident)._resident("transformer") == ()

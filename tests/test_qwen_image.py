@@ -408,7 +408,7 @@ def test_other_weight_forms_load_as_asked_and_take_two_lora_sets(weights, pics, 
 
     read = []  # a transformer kept in host memory (the CPU plan) is read once, into packed chunks
     original = gguf_host.read_into_host_chunks
-    monkeypatch.setattr(gguf_host, "read_into_host_chunks", lambda path: read.append(path) or original(path))
+    monkeypatch.setattr(gguf_host, "read_into_host_chunks", lambda path, *rest: read.append(path) or original(path, *rest))
     jobs = [{"prompt": "fox", "output": "w1.png"}, {"prompt": "fox", "lightning": "4", "output": "w2.png"}]
     (pics.dir / "w.json").write_text(json.dumps({"defaults": _job_options(FAST), "jobs": jobs}))
     code = qwen_image.main(["--batch", str(pics.dir / "w.json"), "--weights", weights, "--json"])

@@ -191,7 +191,7 @@ def test_gguf_experts_load_with_the_wan22_config_and_take_the_distill_lora(stand
 
     read = []  # experts kept in host memory (the CPU plan) are read once, into packed chunks
     original = gguf_host.read_into_host_chunks
-    monkeypatch.setattr(gguf_host, "read_into_host_chunks", lambda path: read.append(path.name) or original(path))
+    monkeypatch.setattr(gguf_host, "read_into_host_chunks", lambda path, *rest: read.append(path.name) or original(path, *rest))
     code, result, err = run(capsys, "--start-frame", frames[0], "--prompt", "x", "--weights", "gguf-q4",
                             "--distill-strength", "1.0:0.5", "--negative-prompt", "blur", "-o", tmp_path / "gguf.mp4",
                             *FAST)
