@@ -116,17 +116,18 @@ def _form(family: str, config: str) -> str:
     return plan.weights if plan else "bf16"
 
 
-def _expected(family: str, config: str) -> dict:
+def _expected(family: str, config: str, encoding: bool = False) -> dict:
     """The full-size plan's own prediction, reported beside the measured peaks (planVxR configurations): the
-    peaks of generating, the stages this run has (its prompts are embeddings, no text encoder runs), and the
-    plan's whole peaks, which may be the text encoder's stage."""
+    peaks of generating, the stages a generation run has (its prompts are embeddings, no text encoder runs),
+    or with `encoding` (a text encoder run) the plan's whole peaks; and those whole peaks, which may be the
+    text encoder's stage."""
     plan = _machine_plan(family, config)
     if plan is None:
         return {}
     machine = plan_machine(config)
+    vram, ram = (plan.peak_vram, plan.peak_ram) if encoding else (plan.generating_vram, plan.generating_ram)
     return {"machine_gb": {"vram": machine[0], "ram": machine[1]}, "weights": plan.weights,
-            "predicted_vram_gib": round(plan.generating_vram / GiB, 2),
-            "predicted_ram_gib": round(plan.generating_ram / GiB, 2),
+            "predicted_vram_gib": round(vram / GiB, 2), "predicted_ram_gib": round(ram / GiB, 2),
             "plan_peak_gib": {"vram": round(plan.peak_vram / GiB, 2), "ram": round(plan.peak_ram / GiB, 2)},
             "plan_fits": plan.fits}
 
@@ -429,7 +430,7 @@ def run_wan_text(args, workload: str, config: str, device: str) -> dict:
     offload.place_text_encoder(encoder, placement, torch.device(device))
     cold, total, out = _steady_runs(encode, args.repeats, device)
     extra = {"text_encoder": placement, "vs_unplaced": numerical_difference(out.float().cpu(), reference),
-             **_expected("wan", config)}
+             **_expected("wan", config, encoding=True)}
     return {"seconds": {"encode": round(total, 3), "total": round(total, 3)}, "cold_total": round(cold, 3),
             "plan": plan.summary() if plan else "on the GPU", "steps": 0, "measured_steps": 0, **extra}
 
