@@ -170,6 +170,14 @@ def test_one_expert_in_ram_reads_both_experts_once_a_group_of_clips():
     assert other[9] - other[8] == pytest.approx(both * (2 / 9 - 1 / 8), abs=0.02)
     assert "every group of up to 8 clips" in " ".join(estimate.predict_item(wan_480p(), plan, h100,
                                                                              items_in_run=3).notes)
+    # ... so loading reads only the text encoder and the VAE: the experts are not counted twice
+    both_in_ram = plan_on(hardware.from_sizes(10, 32, name=h100.name))
+    assert both_in_ram.experts_in_ram == 2 and estimate.loads_denoisers(both_in_ram)
+    assert not estimate.loads_denoisers(plan)
+    rest = estimate.read_bytes("wan", plan.weights, denoisers=False)
+    assert estimate.read_bytes("wan", plan.weights) - rest == pytest.approx(both * 1e9 * a["disk_read_gb_s"], rel=1e-6)
+    assert estimate.read_seconds("wan", plan, ram_total=plan.peak_ram) == pytest.approx(
+        rest / 1e9 / a["disk_read_gb_s"], abs=0.05)
 
 
 def test_a_wan_batch_item_pays_only_what_stays_in_the_main_thread_of_its_files():

@@ -284,9 +284,15 @@ def text_seconds(family: str, placement: Placement, gpu: Gpu, model: dict | None
 
 def read_seconds(family: str, plan: memory.MemoryPlan, model: dict | None = None, ram_total: int | None = None) -> float:
     """Once per batch: loading the plan's weights (the first item's extra, Prediction.first_extra_s, comes on
-    top), at read_rate's speed."""
+    top), at read_rate's speed. With one expert in RAM the experts are read with the clips, once a group
+    (predict_item counts them), not here."""
     rate, _ = read_rate(family, plan, model, ram_total)
-    return round(read_bytes(family, plan.weights) / 1e9 / rate, 1)
+    return round(read_bytes(family, plan.weights, loads_denoisers(plan)) / 1e9 / rate, 1)
+
+
+def loads_denoisers(plan: memory.MemoryPlan) -> bool:
+    """Whether loading reads the denoisers: not with one Wan expert in RAM, where each is read at its turn."""
+    return plan.experts_in_ram >= sum(name.startswith("transformer") for name in plan.components)
 
 
 def read_rate(family: str, plan: memory.MemoryPlan, model: dict | None = None,
@@ -295,7 +301,7 @@ def read_rate(family: str, plan: memory.MemoryPlan, model: dict | None = None,
     peak, they stay in the page cache between runs and load at the rate measured that way (load_gb_s, per
     family: reading and setting up); otherwise no faster than the disk speed the data assumes."""
     a = (model or speed_model())["assumptions"]
-    size = read_bytes(family, plan.weights)
+    size = read_bytes(family, plan.weights, loads_denoisers(plan))
     cached, disk = a["load_gb_s"][family], a["disk_read_gb_s"]
     if ram_total is not None and ram_total - plan.peak_ram >= size and cached > disk:
         return cached, (f"{size / 1e9:.0f} GB at {cached} GB/s: RAM holds the files beside the plan, so they "
@@ -304,12 +310,13 @@ def read_rate(family: str, plan: memory.MemoryPlan, model: dict | None = None,
     return rate, f"{size / 1e9:.0f} GB at {rate} GB/s (an assumed disk speed; RAM cannot cache the files)"
 
 
-def read_bytes(family: str, weights: str) -> int:
-    """What a batch reads from disk: its denoisers in their form, the text encoder and the VAE in bf16."""
+def read_bytes(family: str, weights: str, denoisers: bool = True) -> int:
+    """What a batch loads from disk: its denoisers in their form (unless `denoisers` is False), the text
+    encoder and the VAE in bf16."""
     fp = FOOTPRINTS[family]
     form = weights if weights in memory.BYTES_PER_PARAM else "bf16"
     return int(
-        len(fp.denoisers) * fp.denoiser_params * memory.BYTES_PER_PARAM[form]
+        len(fp.denoisers) * fp.denoiser_params * memory.BYTES_PER_PARAM[form] * denoisers
         + (fp.text_encoder_params + fp.vae_params) * memory.BYTES_PER_PARAM["bf16"]
     )
 
