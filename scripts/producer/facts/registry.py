@@ -430,11 +430,11 @@ WAN_VAE_PARAMS = 127_000_000
 QWEN_TRANSFORMER_PARAMS = 20_430_000_000
 QWEN_TRANSFORMER_LAYERS = 60
 QWEN_TEXT_ENCODER_PARAMS = 8_300_000_000
+QWEN_VAE_PARAMS = 127_000_000
 # The denoisers' block lists: the attribute in diffusers and the key prefix in the published GGUF files
 # (Wan's keep the original names, whose block prefix is the same; Qwen-Image's use diffusers' names).
 WAN_BLOCK_LIST = "blocks"
 QWEN_BLOCK_LIST = "transformer_blocks"
-QWEN_VAE_PARAMS = 127_000_000
 
 
 class UnknownModel(KeyError):

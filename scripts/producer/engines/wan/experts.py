@@ -38,7 +38,6 @@ class ExpertsOnDisk:
         return WanTransformer3DModel.from_pretrained(self.files.snapshot, subfolder=component, dtype=self.dtype,
                                                      use_safetensors=True, **kwargs)
 
-
     def _resident(self, component: str) -> tuple[str, ...]:
         """Key prefixes of the blocks that placement will keep on the GPU (none off CUDA or unstreamed)."""
         streamed = self.plan.components[component].placement is Placement.GROUP_OFFLOAD
