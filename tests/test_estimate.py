@@ -100,7 +100,10 @@ def test_an_expert_read_from_disk_is_the_disks_time_not_the_clips():
     here = speedmodel._on_this_disk(model, run)["assumptions"]["disk_read_gb_s"]
     assert here == run["disk_read"]["gb_per_s"] != model["assumptions"]["disk_read_gb_s"]
     (row,) = [r for r in speedmodel.compare(data, model) if (r["workload"], r["config"]) == ("wan-480p-4", "plan8x16")]
-    assert abs(row["error"]) < 0.15  # at the assumed 1 GB/s it was predicted 38% high
+    assert abs(row["error"]) < 0.10
+    run.pop("disk_read")  # a run that did not measure its disk is predicted at the assumed 1 GB/s: slower here
+    (assumed,) = [r for r in speedmodel.compare(data, model) if (r["workload"], r["config"]) == ("wan-480p-4", "plan8x16")]
+    assert assumed["predicted_s"] > row["predicted_s"] + 3 and assumed["error"] < -0.10
 
 
 def test_a_production_run_gives_its_phases_plans_overhead_and_load_speed():
