@@ -159,16 +159,20 @@ def write_review(frames: np.ndarray, output: str | Path, recipe: dict, fps: floa
     temp files to write them to instead (the caller puts them in place with the clip: outputs.atomic_outputs)."""
     paths = review_paths(output)
     targets = into or paths
-    meta = {**recipe, "of": Path(output).name}
     for key, picture in _review_pictures(frames, fps, title).items():
-        media.save_png(picture, targets[key], meta)
+        media.save_png(picture, targets[key], _metadata(recipe, output))
     return {key: str(path) for key, path in paths.items()}
 
 
 def render_review(frames: np.ndarray, output: str | Path, recipe: dict, fps: float, title: str) -> dict[str, bytes]:
     """write_review's PNGs as bytes, by review_paths key (made in a background thread, written by the caller)."""
-    meta = {**recipe, "of": Path(output).name}
-    return {key: media.png_bytes(picture, meta) for key, picture in _review_pictures(frames, fps, title).items()}
+    return {key: media.png_bytes(picture, _metadata(recipe, output))
+            for key, picture in _review_pictures(frames, fps, title).items()}
+
+
+def _metadata(recipe: dict, output: str | Path) -> dict:
+    """What each review picture carries: the clip's recipe and the clip it belongs to."""
+    return {**recipe, "of": Path(output).name}
 
 
 def _review_pictures(frames: np.ndarray, fps: float, title: str) -> dict:
