@@ -349,3 +349,20 @@ def test_one_clip_split_over_two_processes_matches_one_process(standin_hf_home, 
     assert sorted(p.name for p in tmp_path.glob("split*")) == [
         "split.contact.png", "split.first.png", "split.last.png", "split.mp4", "split.mp4.provenance.json"]
     assert list(run_folders.iterdir()) == []  # rank 1's copy went with the run folder
+
+
+def test_a_worker_whose_claimed_jobs_all_failed_still_did_its_share(tmp_path, monkeypatch):
+    """Which worker claims the one bad job depends on timing: a worker left with only that job is not a failed
+    worker (its job says why), or the same batch would report a worker 'error' on one run and not another."""
+    from producer.runs import batch
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(parallel, "pin_gpu", lambda: None)
+    failed = {"status": "error", "job": 4, "exit_code": int(ExitCode.USAGE), "error": "missing.png", "fix": "x"}
+    share = batch.BatchResult([failed]).to_dict()
+    assert share["status"] == "error"  # as a single process reports a batch whose every job failed
+    args = argparse.Namespace(**{parallel.WORKER_DEST: str(tmp_path)})
+    parallel._as_worker(lambda _: share, args)
+    report = json.loads((tmp_path / "ranks" / "1.json").read_text())
+    assert report["status"] == "ok" and report["jobs"] == [failed] and "error" not in report

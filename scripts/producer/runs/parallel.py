@@ -328,8 +328,10 @@ def _as_worker(run: Callable[[argparse.Namespace], dict], args: argparse.Namespa
     finally:
         if context is not None:
             context.close()
-    report = {**result, **peak_memory(), "worker": rank, "status": result.get("status", "ok")}
-    report.pop("exit_code", None)
+    # The worker did its share. A share whose jobs all failed alike is not a failed worker (which one it is
+    # depends on how the jobs happened to be claimed): its jobs say why, and the merge judges the whole batch.
+    share = {k: v for k, v in result.items() if k not in ("status", "error", "fix", "exit_code")}
+    report = {**share, **peak_memory(), "worker": rank, "status": "ok"}
     write_json_atomic(report_path, report)
     return {**result, "exit_code": int(ExitCode.OK)}
 
