@@ -103,15 +103,19 @@ def test_it_runs_inside_blocks_that_diffusers_streams(standin_hf_home):
 
 
 @needs_compiler
-def test_it_runs_under_a_lora_kept_as_an_adapter(standin_hf_home):
-    """GGUF experts keep a LoRA (the Lightning distill LoRA of the 4-step plans) as peft adapters around the GGUF
-    layers: the compiled dequantization sits on the base layers and the output is unchanged."""
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "adapters"])
+def test_it_runs_under_a_lora(standin_hf_home, monkeypatch, fold):
+    """GGUF experts take a LoRA (the Lightning distill LoRA of the 4-step plans) folded into the weight each
+    layer dequantizes (producer.sizing.folded_lora), or, where it cannot be folded, as peft adapters around
+    the GGUF layers: the compiled dequantization sits on the GGUF layers and the output is unchanged."""
     from dataclasses import replace
 
     from producer.engines.loras import lora
     from producer.engines.wan.experts import lora_view
+    from producer.sizing import folded_lora
     from test_offload import _gguf_expert, _wan_input
 
+    monkeypatch.setattr(lora, "FOLD_GGUF", fold)
     expert = _gguf_expert(standin_hf_home)
     specs = [replace(s, components=("transformer",)) for s in lora.registry_lora_specs("wan-lightning")
              if "transformer" in s.components]
@@ -119,7 +123,9 @@ def test_it_runs_under_a_lora_kept_as_an_adapter(standin_hf_home):
     from diffusers.quantizers.gguf.utils import GGUFLinear
 
     assert report.to_dict()["loras"]
-    assert any(isinstance(getattr(m, "base_layer", None), GGUFLinear) for m in expert.modules())  # adapters
+    adapters = any(isinstance(getattr(m, "base_layer", None), GGUFLinear) for m in expert.modules())
+    assert adapters is not fold
+    assert any(folded_lora.folded(m) for m in compiled_dequant.gguf_layers(expert)) is fold
     x = _wan_input(expert)
     with torch.no_grad():
         before = expert(**x)[0]

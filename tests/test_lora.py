@@ -427,8 +427,10 @@ def gguf_wan(tmp_path, wan):
     return wan
 
 
-def test_gguf_expert_takes_the_lora_unfused_and_the_head_delta_directly(kijai, gguf_wan):
-    """In published GGUF files the head stays F16 (ComfyUI-GGUF's convert.py): head.head.diff is added to it."""
+def test_gguf_expert_takes_the_lora_folded_and_the_head_delta_directly(kijai, gguf_wan, monkeypatch):
+    """In published GGUF files the head stays F16 (ComfyUI-GGUF's convert.py): head.head.diff is added to it.
+    The pairs on GGUF layers are folded into the weight each layer dequantizes: no peft layer is left, and the
+    expert computes what peft's unfused adapters compute (to float rounding)."""
     from safetensors.torch import load_file
 
     head = gguf_wan.transformer.proj_out
@@ -436,14 +438,23 @@ def test_gguf_expert_takes_the_lora_unfused_and_the_head_delta_directly(kijai, g
     assert gguf_wan.transformer.blocks[0].attn1.to_q.weight.quant_type is not None
     head_before = head.weight.detach().float().clone()
     before = wan_out(gguf_wan.transformer)
+    monkeypatch.setattr(L, "FOLD_GGUF", False)
+    unfused_report = L.load_loras(gguf_wan, [spec(kijai, 0.5, "high")], "wan", fuse=True)
+    assert not expert(unfused_report, "transformer").fused and has_lora_layers(gguf_wan.transformer)
+    unfused = wan_out(gguf_wan.transformer)
+    L.unload_loras(gguf_wan, unfused_report)
+    monkeypatch.setattr(L, "FOLD_GGUF", True)
     report = L.load_loras(gguf_wan, [spec(kijai, 0.5, "high")], "wan", fuse=True)
     e = expert(report, "transformer")
-    assert not e.fused and not e.partial and e.deltas_applied == e.deltas - skipped(e, L.ZERO_DELTA)
-    assert not torch.allclose(wan_out(gguf_wan.transformer), before, atol=1e-4)
+    assert e.fused and not e.partial and e.deltas_applied == e.deltas - skipped(e, L.ZERO_DELTA)
+    assert not has_lora_layers(gguf_wan.transformer) and not L._present_adapters(gguf_wan)
+    folded = wan_out(gguf_wan.transformer)
+    assert not torch.allclose(folded, before, atol=1e-4)
+    assert torch.allclose(folded, unfused, atol=1e-5)
     diff = load_file(kijai)["diffusion_model.head.head.diff"].float()
-    head_weight = gguf_wan.transformer.proj_out.base_layer.weight if hasattr(gguf_wan.transformer.proj_out,
-                                                                            "base_layer") else head.weight
-    assert torch.allclose(head_weight.float(), head_before + 0.5 * diff, atol=1e-3)
+    assert torch.allclose(gguf_wan.transformer.proj_out.weight.float(), head_before + 0.5 * diff, atol=1e-3)
+    with pytest.raises(CliError, match="cannot be taken out again"):
+        L.unload_loras(gguf_wan, report)
 
 
 def test_a_weight_delta_on_a_quantized_linear_rides_as_an_identity_pair(tmp_path, gguf_wan):

@@ -29,6 +29,9 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.quantizers.gguf import utils as gguf_utils
 
+from producer.sizing import folded_lora
+from producer.sizing.folded_lora import quantized
+
 log = logging.getLogger("producer")
 
 HOOK = "producer_compiled_dequantize"
@@ -58,10 +61,6 @@ def dequantize(raw: torch.Tensor, quant_type, dtype: torch.dtype) -> torch.Tenso
     return compiled()(raw.view(torch.uint8).reshape(-1), quant_type, dtype).reshape(shape)
 
 
-def quantized(weight) -> bool:
-    return getattr(weight, "quant_type", None) in gguf_utils.dequantize_functions
-
-
 def gguf_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
     """The GGUF linear layers under `module` whose weight is quantized (F16/F32 ones are plain linears)."""
     return [layer for layer in module.modules()
@@ -86,7 +85,7 @@ class CompiledDequantize(ModelHook):
             _give_up(exc)
             return self.fn_ref.original_forward(inputs, *args, **kwargs)
         bias = module.bias.to(module.compute_dtype) if module.bias is not None else None
-        return torch.nn.functional.linear(inputs, dense, bias)
+        return torch.nn.functional.linear(inputs, folded_lora.add_delta(module, dense, fresh=True), bias)
 
 
 def install(module: torch.nn.Module, device) -> str | None:

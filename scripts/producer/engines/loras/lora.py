@@ -112,6 +112,8 @@ from producer.errors import CliError, ExitCode
 
 log = logging.getLogger("producer")
 
+FOLD_GGUF = True  # the benchmark turns it off to measure peft's unfused adapters on GGUF weights
+
 
 # ---------------------------------------------------------------- the command-line syntax
 
@@ -234,8 +236,9 @@ def load_loras(pipe, specs, family: str, allow_partial: bool = False, fuse: bool
     """Load each LoRA into its transformer(s), verify what got loaded, set per-expert strengths.
 
     Everything is checked before the pipeline is touched; a failure after that rolls back what was
-    loaded. `fuse=True` merges the LoRAs into the weights (no per-step cost) except on quantized
-    (GGUF) experts, which stay unfused. Call once per pipeline with all LoRAs; `unload_loras` undoes it.
+    loaded. `fuse=True` merges the LoRAs into the weights (no per-step cost; on GGUF weights folded into
+    each layer's dequantized weight, a small cost per step). Call once per pipeline with all LoRAs;
+    `unload_loras` undoes an unfused load.
     """
     _check_family(family)
     specs = list(specs)
@@ -424,21 +427,28 @@ def _check_scales(plan: SpecPlan, expert: ExpertPlan) -> None:
 
 
 def _fuse(pipe, plans: list[SpecPlan]) -> None:
-    """Merge each expert's adapters into its weights and drop the LoRA layers.
+    """Merge each expert's adapters into its weights and drop the LoRA layers; on GGUF weights, which cannot
+    take a delta, fold them into the weight each layer dequantizes at every call (producer.sizing.folded_lora).
 
     Per expert on purpose: WanLoraLoaderMixin.fuse_lora() fuses only `transformer` unless told otherwise.
     """
+    from producer.sizing import folded_lora
+
     components = dict.fromkeys(e.component for p in plans for e in p.experts if e.modules)
     for component in components:
         model = getattr(pipe, component)
-        if is_quantized_model(model):
-            log.warning(f"LoRAs stay unfused on the quantized {component}: a delta cannot be merged into GGUF "
-                        "weights (same images, a little slower per step)")
-            continue
         names = [p.adapter_name for p in plans if any(e.component == component and e.modules for e in p.experts)]
-        with _library_warnings_to_log():
-            model.fuse_lora(adapter_names=names)
-            model.unload_lora()
+        if is_quantized_model(model):
+            why = folded_lora.fold(model, names) if FOLD_GGUF else "folding is off"
+            if why is not None:
+                log.warning(f"LoRAs stay unfused on the quantized {component} ({why}): each step runs them on "
+                            "the activations (same images, slower per step)")
+                continue
+            log.info(f"LoRAs folded into the quantized {component}'s weights as each layer dequantizes them")
+        else:
+            with _library_warnings_to_log():
+                model.fuse_lora(adapter_names=names)
+                model.unload_lora()
         for plan in plans:
             for expert in plan.experts:
                 expert.fused = expert.fused or (expert.component == component and bool(expert.modules))
