@@ -68,8 +68,10 @@ CAPS = {"cap10": 10, "cap12": 12, "cap16": 16, "cap24": 24, "cap48": 48}
 # `planVxR-dequant`: the plan with its opt-in lever dequantize_on_arrival (GGUF weights); `planVxR-q4`,
 # `planVxR-q8`: the plan that machine gets when told `--weights gguf-q4` / `gguf-q8` (a form against another);
 # `planVxR-compdq`: the plan with its GGUF dequantization compiled (compiled_dequant, what `--compile on` does
-# where blocks stream), against the plan's own (diffusers' dequantization at every call) in the same run.
-PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)(-streamall|-dequant|-q4|-q8|-compdq)?$")
+# where blocks stream), against the plan's own (diffusers' dequantization at every call) in the same run;
+# `planVxR-lora` / `-lorapeft`: the plan with the step-distill LoRA, folded into GGUF weights / as adapters
+# (bench/loras.py).
+PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)(-streamall|-dequant|-q4|-q8|-compdq|-lora|-lorapeft)?$")
 FORCED_FORMS = {"-q4": "gguf-q4", "-q8": "gguf-q8"}
 
 
@@ -93,7 +95,8 @@ def parse_args(argv=None):
                         f"{', '.join(CAPS)}, planVxR (the plan of a V GB VRAM / R GB RAM machine, e.g. plan10x32; "
                         "planVxR-streamall: the same with no resident blocks; planVxR-dequant: with GGUF blocks "
                         "dequantized on arrival; planVxR-q4 / -q8: with that GGUF form asked for; planVxR-compdq: "
-                        "with the GGUF dequantization compiled); the batch workloads "
+                        "with the GGUF dequantization compiled; planVxR-lora / -lorapeft: with the step-distill LoRA folded into "
+                        "GGUF weights / as adapters); the batch workloads "
                         "take project and planVxR")
     p.add_argument("--repeats", type=int, default=2, help="runs per process; the first is reported as cold")
     p.add_argument("--measure-steps", type=int, default=None,
@@ -117,6 +120,7 @@ def parse_args(argv=None):
                         "speed-model.json) predicts for it on this card, with the error (full size on a GPU)")
     p.add_argument("--install", nargs=3, metavar=("FAMILY", "FORM", "DIR"), help=argparse.SUPPRESS)
     p.add_argument("--write-gguf", nargs=2, metavar=("FORM", "DIR"), help=argparse.SUPPRESS)
+    p.add_argument("--write-lora", nargs=3, metavar=("FAMILY", "WIDE", "PATH"), help=argparse.SUPPRESS)
     p.add_argument("--child", nargs=2, metavar=("WORKLOAD", "CONFIG"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -130,6 +134,12 @@ def main(argv=None) -> int:
         from children import write_gguf_files
 
         print(json.dumps(write_gguf_files(args, *args.write_gguf)), flush=True)
+        return 0
+    if args.write_lora:
+        from loras import write_lora
+
+        family, wide, path = args.write_lora
+        print(json.dumps(write_lora(family, wide == "1", path, args.size)), flush=True)
         return 0
     if args.install:
         import torch

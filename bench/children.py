@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import fullsize
+import loras
 import numpy as np
 import ramwatch
 import torch
@@ -252,6 +253,7 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
                                    boundary_ratio=registry.WAN.boundary_ratio)
     if config == "plain":
         return _wan_plain(pipe, image, embeds, negative, width, height, frames, sampling, steps, device, args.repeats)
+    lora_specs = loras.session_specs(args, "wan", config, device, wide=form in fullsize.GGUF_FORMS)
     plan = _plan("wan", _footprint("wan", parts, args.size), memory.wan_workload(width, height, frames), config,
                  device)
     from_disk = bool(args.from_disk) and form in fullsize.GGUF_FORMS
@@ -269,14 +271,14 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
     if speed_choice.fp8_matmul and not from_disk:
         before = _wan_probe(pipe.transformer, embeds, width, height, frames)
     notes = [] if from_disk else _levers([pipe.transformer, pipe.transformer_2], speed_choice, device)
-    extra = {} if before is None else {"fp8_vs_bf16": numerical_difference(
+    extra = {} if before is None else {"fp8_vs_bf16": fullsize.numerical_difference(
         _wan_probe(pipe.transformer, embeds, width, height, frames), before)}
     extra.update(built, **_expected("wan", config))
     if from_disk:
-        session, disk = _session_from_disk(args, pipe, plan, form, device, speed_choice)
+        session, disk = _session_from_disk(args, pipe, plan, form, device, speed_choice, lora_specs)
         extra.update(disk)
     else:
-        session = wan.WanSession.from_components(pipe, plan, device, progress=False)
+        session = wan.WanSession.from_components(pipe, plan, device, progress=False, lora_specs=lora_specs)
     job = wan.ClipJob(image=image, prompt="bench", width=width, height=height, frames=frames, sampling=sampling,
                       seed=0, negative_prompt="bench negative" if cfg else "")
     ramwatch.mark_session_stages(session, "wan")
@@ -286,6 +288,7 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
     seconds = _scaled_seconds(clip.seconds, total, ("denoise", "high_expert", "low_expert"), steps, measured)
     experts = {k: {"steps": v.steps, "forwards": v.forwards} for k, v in clip.experts.items()}
     notes = session.speed_notes if from_disk else notes  # the session applied them to the experts it read
+    extra.update(loras.reported(session.lora_reports))
     return _result(seconds, cold, plan, {"experts": experts, "decode": clip.decode, "speed": notes, **extra},
                    steps, measured)
 
@@ -312,7 +315,7 @@ def write_gguf_files(args, form: str, folder: str) -> dict:
     return written
 
 
-def _session_from_disk(args, pipe, plan, form: str, device: str, speed):
+def _session_from_disk(args, pipe, plan, form: str, device: str, speed, lora_specs):
     """A Wan session whose experts the scripts' own loader (experts.ExpertsOnDisk) reads from GGUF files: the
     load, and for one-expert-in-RAM plans the reload at every clip, are measured as a user meets them."""
     import subprocess
@@ -334,7 +337,7 @@ def _session_from_disk(args, pipe, plan, form: str, device: str, speed):
     files = WanFiles(folder / f"snapshot-{args.size}", form, paths)
     session = wan.WanSession(pipe, plan, torch.device(device), experts.ExpertsOnDisk(files, dtype, torch.device(device),
                                                                                    plan), progress=False,
-                              speed=speed)
+                              speed=speed, lora_specs=lora_specs)
     ramwatch.mark("load")
     with _timed(device, disk, "load_to_first_step_s"):
         session._experts_for_start()
@@ -353,15 +356,6 @@ def _wan_probe(transformer, embeds, width: int, height: int, frames: int) -> tor
     with torch.no_grad():
         return transformer(hidden_states=latents, timestep=timestep, encoder_hidden_states=embeds,
                            return_dict=False)[0].float()
-
-
-def numerical_difference(changed: torch.Tensor, reference: torch.Tensor) -> dict:
-    """Relative L2 error, largest absolute difference and cosine similarity of `changed` against `reference`."""
-    changed, reference = changed.flatten().float(), reference.flatten().float()
-    diff = changed - reference
-    return {"relative_l2": round(float(diff.norm() / reference.norm().clamp_min(1e-12)), 5),
-            "max_abs": round(float(diff.abs().max()), 5),
-            "cosine": round(float(torch.nn.functional.cosine_similarity(changed, reference, dim=0)), 6)}
 
 
 def _wan_plain(pipe, image, embeds, negative, width, height, frames, sampling, steps, device, repeats) -> dict:
@@ -429,7 +423,7 @@ def run_wan_text(args, workload: str, config: str, device: str) -> dict:
     _apply_cap(config, device)
     offload.place_text_encoder(encoder, placement, torch.device(device))
     cold, total, out = _steady_runs(encode, args.repeats, device)
-    extra = {"text_encoder": placement, "vs_unplaced": numerical_difference(out.float().cpu(), reference),
+    extra = {"text_encoder": placement, "vs_unplaced": fullsize.numerical_difference(out.float().cpu(), reference),
              **_expected("wan", config, encoding=True)}
     return {"seconds": {"encode": round(total, 3), "total": round(total, 3)}, "cold_total": round(cold, 3),
             "plan": plan.summary() if plan else "on the GPU", "steps": 0, "measured_steps": 0, **extra}
@@ -464,13 +458,15 @@ def run_qwen(args, workload: str, config: str, device: str) -> dict:
     _apply_cap(config, device)
     notes = _levers([pipe.transformer], _speed(config, device, plan.components["transformer"].placement), device)
     session = qwen.QwenSession.from_components(pipe, plan, device, areas, quiet=True)
+    session.use_loras(loras.session_specs(args, "qwen", config, device, wide=form in fullsize.GGUF_FORMS), fuse=True)
     job = qwen.QwenJob(prompt="bench", width=width, height=height, steps=measured, cfg=4.0 if cfg else 1.0, seed=0,
                        negative_prompt="bench negative" if cfg else None, references=references,
                        embeds=qwen.Embeds(embeds, mask, neg, neg_mask))
     ramwatch.mark_session_stages(session, "qwen")
     cold, total, generated = _steady_runs(lambda: session.generate(job), args.repeats, device)
     seconds = _scaled_seconds(generated.seconds, total, ("denoise",), steps, measured)
-    return _result(seconds, cold, plan, {"speed": notes, **built, **_expected("qwen", config)}, steps, measured)
+    extra = {"speed": notes, **built, **_expected("qwen", config), **loras.reported(session.lora_report)}
+    return _result(seconds, cold, plan, extra, steps, measured)
 
 
 def _qwen_plain(pipe, references, embeds, mask, neg, neg_mask, width, height, measured, steps, cfg, device,

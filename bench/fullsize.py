@@ -64,19 +64,35 @@ _TINY_WIDE = {"wan": {"attention_head_dim": 128, "ffn_dim": 512},
               "qwen": {"attention_head_dim": 128, "axes_dims_rope": [16, 56, 56]}}
 
 
+def wan_expert_config(size: str, wide: bool = False) -> dict:
+    if size != "tiny":
+        return WAN_EXPERT
+    from producer.testing import standin_models
+
+    cfg = standin_models.WAN_TRANSFORMER_CONFIG
+    return {**cfg, **_TINY_WIDE["wan"]} if wide else cfg
+
+
+def qwen_transformer_config(size: str, wide: bool = False) -> dict:
+    if size != "tiny":
+        return QWEN_TRANSFORMER
+    from producer.testing import standin_models
+
+    cfg = standin_models.QWEN_EDIT_TRANSFORMER_CONFIG
+    return {**cfg, **_TINY_WIDE["qwen"]} if wide else cfg
+
+
 def wan_components(size: str, device: str, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
                    wide: bool = False) -> dict:
     """Two experts, VAE and scheduler of Wan 2.2 I2V A14B (no text encoder: embeddings are given).
     `wide` widens the tiny stand-in to rows of 256 values, so that K-quant GGUF blocks fit it."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 
+    cfg, vae_cfg = wan_expert_config(size, wide), {}
     if size == "tiny":
         from producer.testing import standin_models
 
-        cfg, vae_cfg = standin_models.WAN_TRANSFORMER_CONFIG, standin_models.WAN_VAE_CONFIG
-        cfg = {**cfg, **_TINY_WIDE["wan"]} if wide else cfg
-    else:
-        cfg, vae_cfg = WAN_EXPERT, {}
+        vae_cfg = standin_models.WAN_VAE_CONFIG
     _seeded(seed)
     with _building(device, dtype):
         high = WanTransformer3DModel(**cfg)
@@ -98,17 +114,10 @@ def qwen_components(size: str, device: str, dtype: torch.dtype = torch.bfloat16,
                     wide: bool = False) -> dict:
     """Transformer, VAE and scheduler of Qwen-Image-Edit-2511 (no text encoder: embeddings are given)."""
     from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    from producer.testing import standin_models
 
-    if size == "tiny":
-        from producer.testing import standin_models
-
-        cfg, vae_cfg = standin_models.QWEN_EDIT_TRANSFORMER_CONFIG, standin_models.QWEN_VAE_CONFIG
-        cfg = {**cfg, **_TINY_WIDE["qwen"]} if wide else cfg
-        scheduler_cfg = standin_models.QWEN_SCHEDULER_CONFIG
-    else:
-        from producer.testing import standin_models
-
-        cfg, vae_cfg, scheduler_cfg = QWEN_TRANSFORMER, {}, standin_models.QWEN_SCHEDULER_CONFIG
+    cfg, scheduler_cfg = qwen_transformer_config(size, wide), standin_models.QWEN_SCHEDULER_CONFIG
+    vae_cfg = standin_models.QWEN_VAE_CONFIG if size == "tiny" else {}
     _seeded(seed)
     with _building(device, dtype):
         transformer = QwenImageTransformer2DModel(**cfg)
@@ -296,3 +305,12 @@ def read_speed(paths) -> dict:
                 total += len(chunk)
     seconds = time.perf_counter() - start
     return {"bytes": total, "seconds": round(seconds, 3), "gb_per_s": round(total / seconds / 1e9, 2)}
+
+
+def numerical_difference(changed: torch.Tensor, reference: torch.Tensor) -> dict:
+    """Relative L2 error, largest absolute difference and cosine similarity of `changed` against `reference`."""
+    changed, reference = changed.flatten().float(), reference.flatten().float()
+    diff = changed - reference
+    return {"relative_l2": round(float(diff.norm() / reference.norm().clamp_min(1e-12)), 5),
+            "max_abs": round(float(diff.abs().max()), 5),
+            "cosine": round(float(torch.nn.functional.cosine_similarity(changed, reference, dim=0)), 6)}

@@ -47,9 +47,9 @@ def test_numerical_probe_reports_zero_for_the_same_numbers_and_the_size_of_a_cha
     parts = fullsize.wan_components("tiny", "cpu", torch.float32)
     embeds = fullsize.wan_prompt_embeds("tiny", "cpu", torch.float32)
     first = children._wan_probe(parts["transformer"], embeds, 64, 64, 9)
-    same = children.numerical_difference(children._wan_probe(parts["transformer"], embeds, 64, 64, 9), first)
+    same = fullsize.numerical_difference(children._wan_probe(parts["transformer"], embeds, 64, 64, 9), first)
     assert same == {"relative_l2": 0.0, "max_abs": 0.0, "cosine": 1.0}
-    changed = children.numerical_difference(first * 1.01, first)
+    changed = fullsize.numerical_difference(first * 1.01, first)
     assert abs(changed["relative_l2"] - 0.01) < 1e-4 and changed["cosine"] > 0.9999
 
 
@@ -154,3 +154,23 @@ def test_dequantization_benchmark_times_eager_and_compiled_on_the_same_bytes(tmp
     rows = json.loads(out.read_text())["rows"]
     assert [r["type"] for r in rows] == ["Q8_0", "Q4_K", "Q6_K"]
     assert all(r["same_bits"] and r["eager_ms"] > 0 and r["compiled_ms"] > 0 and r["matmul_ms"] > 0 for r in rows)
+
+
+def test_lora_configs_load_the_distill_lora_folded_or_as_adapters(tmp_path):
+    """`-lora`: the step-distill LoRA (real layout and rank, written once beside the GGUF files) loaded by the
+    scripts, folded into the GGUF experts; `-lorapeft`: the same left as peft adapters (as before folding)."""
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--size", "tiny", "--device", "cpu", "--repeats", "1",
+                           "--from-disk", str(tmp_path / "models"), "--run", "wan-480p-4:plan10x32-lora,plan10x32-lorapeft",
+                           "--run", "qwen-1ref-4:plan10x32-lora", "--out", str(out)],
+                           capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = {(r["workload"], r["config"]): r for r in json.loads(out.read_text())["runs"]}
+    assert runs[("wan-480p-4", "plan10x32-lora")]["lora"] == {"rank": 64, "fused": {"transformer": True,
+                                                                                   "transformer_2": True}}
+    assert runs[("wan-480p-4", "plan10x32-lorapeft")]["lora"]["fused"] == {"transformer": False,
+                                                                          "transformer_2": False}
+    assert runs[("qwen-1ref-4", "plan10x32-lora")]["lora"]["fused"] == {"transformer": True}
+    assert runs[("wan-480p-4", "plan10x32-lora")]["weights"] == "gguf-q4"
+    assert sorted(p.name for p in (tmp_path / "models").glob("*lora*")) == [
+        "qwen-tiny-wide-lora-r64.safetensors", "wan-tiny-wide-lora-r64.safetensors"]
