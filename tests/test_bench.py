@@ -163,7 +163,7 @@ def test_lora_configs_load_the_distill_lora_folded_or_as_adapters(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH), "--size", "tiny", "--device", "cpu", "--repeats", "1",
                            "--from-disk", str(tmp_path / "models"), "--run", "wan-480p-4:plan10x32-lora,plan10x32-lorapeft",
                            "--run", "qwen-1ref-4:plan10x32-lora", "--out", str(out)],
-                           capture_output=True, text=True, timeout=400)
+                           capture_output=True, text=True, timeout=400, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = {(r["workload"], r["config"]): r for r in json.loads(out.read_text())["runs"]}
     assert runs[("wan-480p-4", "plan10x32-lora")]["lora"] == {"rank": 64, "fused": {"transformer": True,
