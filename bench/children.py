@@ -106,6 +106,7 @@ def _machine_plan(family: str, config: str):
     if machine is None:
         return None
     footprint, work = memory.TABLE_WORKLOADS[family][1:]
+    footprint = replace(footprint, adapter_params=loras.ADAPTER_PARAMS.get(family, 0))
     streamall = 0 if config.endswith("-streamall") else None
     form = next((f for suffix, f in FORCED_FORMS.items() if config.endswith(suffix)), "auto")
     return memory.plan_memory(hardware.from_sizes(*machine), footprint, work, weights=form,
@@ -450,6 +451,7 @@ def run_qwen(args, workload: str, config: str, device: str) -> dict:
     if config == "plain":
         return _qwen_plain(pipe, references, embeds, mask, neg, neg_mask, width, height, measured, steps, cfg,
                            device, args.repeats, areas)
+    lora_specs = loras.session_specs(args, "qwen", config, device, wide=form in fullsize.GGUF_FORMS)
     plan = _plan("qwen", _footprint("qwen", parts, args.size), memory.qwen_workload(width, height, refs), config,
                  device)
     built = _to_form([pipe.transformer], form, dtype)
@@ -458,7 +460,7 @@ def run_qwen(args, workload: str, config: str, device: str) -> dict:
     _apply_cap(config, device)
     notes = _levers([pipe.transformer], _speed(config, device, plan.components["transformer"].placement), device)
     session = qwen.QwenSession.from_components(pipe, plan, device, areas, quiet=True)
-    session.use_loras(loras.session_specs(args, "qwen", config, device, wide=form in fullsize.GGUF_FORMS), fuse=True)
+    session.use_loras(lora_specs, fuse=True)
     job = qwen.QwenJob(prompt="bench", width=width, height=height, steps=measured, cfg=4.0 if cfg else 1.0, seed=0,
                        negative_prompt="bench negative" if cfg else None, references=references,
                        embeds=qwen.Embeds(embeds, mask, neg, neg_mask))

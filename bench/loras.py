@@ -22,6 +22,9 @@ import torch
 
 SUFFIXES = {"-lora": True, "-lorapeft": False}  # config suffix -> the scripts fold it on GGUF weights
 RANK = 64  # lightx2v/Wan2.2-Distill-Loras and lightx2v/Qwen-Image-Edit-2511-Lightning (model-files.md)
+# The LoRA parameters a denoiser of the run keeps (set with its specs): the plan of the run counts them, as the
+# scripts' plans do (producer.engines.loras.lora_files.adapter_params).
+ADAPTER_PARAMS: dict[str, int] = {}
 UP_SCALE = 1e-3  # a delta of ~1e-4 a weight, beside the random weights' ~1e-2
 
 
@@ -72,11 +75,13 @@ def session_specs(args, family: str, config: str, device: str, wide: bool) -> li
     fold = folding(config)
     if fold is None:
         return []
-    from producer.engines.loras import lora
+    from producer.engines.loras import lora, lora_files
 
     lora.FOLD_GGUF = fold
     path = lora_file(args, family, device, wide)
-    return [lora.parse_lora_spec(f"{path}:1.0:both" if family == "wan" else f"{path}:1.0", family)]
+    specs = [lora.parse_lora_spec(f"{path}:1.0:both" if family == "wan" else f"{path}:1.0", family)]
+    ADAPTER_PARAMS[family] = lora_files.adapter_params(specs)
+    return specs
 
 
 def reported(reports) -> dict:

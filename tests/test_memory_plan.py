@@ -369,3 +369,38 @@ def test_the_peaks_of_generating_alone_are_within_the_plans_peaks(family):
         assert plan.text_encoder is memory.Placement.GROUP_OFFLOAD
         assert plan.peak_ram == text + memory.RAM_RESERVE > plan.generating_ram
     assert plan.to_dict()["generating_gib"]["vram"] == round(plan.generating_vram / GiB, 2)
+
+
+def test_the_lora_factors_that_gguf_weights_keep_are_counted():
+    """A LoRA cannot be fused into GGUF weights (producer.sizing.folded_lora keeps its factors beside them, in
+    bf16): the plan counts them in each expert's bytes; bf16 weights fuse it and hold nothing more."""
+    _, footprint, work = memory.TABLE_WORKLOADS["wan"]
+    lora = replace(footprint, adapter_params=311_246_848)  # LightX2V's rank-64 Wan 2.2 distill LoRA, one expert
+    machine = from_sizes(10, 32)
+    without, with_lora = memory.plan_memory(machine, footprint, work), memory.plan_memory(machine, lora, work)
+    assert with_lora.weights == without.weights == "gguf-q4" and with_lora.experts_in_ram == 2
+    # both experts in RAM, less the share of the blocks kept on the card
+    assert with_lora.generating_ram - without.generating_ram == pytest.approx(2 * 2 * 311_246_848, rel=0.05)
+    assert with_lora.generating_vram > without.generating_vram
+    big = from_sizes(80, 128)
+    assert memory.plan_memory(big, lora, work).weights == "bf16"
+    assert memory.plan_memory(big, lora, work).peak_ram == memory.plan_memory(big, footprint, work).peak_ram
+
+
+def test_a_lora_set_counts_its_pairs_per_expert(tmp_path):
+    """lora_files.adapter_params: the down and up matrices read from the files' headers, summed per expert, the
+    largest expert taken; a file that cannot be read counts nothing (loading then names the problem)."""
+    import torch
+    from producer.engines.loras import lora_files
+    from safetensors.torch import save_file
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file({"blocks.0.q.lora_down.weight": torch.zeros(4, 32), "blocks.0.q.lora_up.weight": torch.zeros(32, 4),
+               "blocks.0.q.alpha": torch.tensor(4.0), "blocks.0.q.diff_b": torch.zeros(32)}, a)
+    save_file({"x.lora_A.weight": torch.zeros(2, 16), "x.lora_B.weight": torch.zeros(16, 2)}, b)
+    spec = lora_files.LoraSpec
+    assert lora_files.pair_params(a) == 256 and lora_files.pair_params(b) == 64
+    assert lora_files.adapter_params([spec(a, 1.0, ("transformer", "transformer_2")),
+                                      spec(b, 1.0, ("transformer_2",))]) == 320
+    assert lora_files.adapter_params([spec(tmp_path / "missing.safetensors")]) == 0
+    assert lora_files.adapter_params([]) == 0

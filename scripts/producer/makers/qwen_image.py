@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+from dataclasses import replace
 from pathlib import Path
 
 from producer import cli
@@ -22,6 +23,7 @@ from producer.cli import (
     text_arg,
 )
 from producer.engines import judge
+from producer.engines.loras import lora_files
 from producer.engines.qwen import qwen, qwen_jobs, qwen_load
 from producer.facts import hardware
 from producer.files import locks, media, provenance
@@ -189,7 +191,10 @@ def plan_for(args, jobs: list[qwen_jobs.Resolved], kind: str):
     largest = max(jobs, key=lambda r: (r.job.width * r.job.height, len(r.job.references)))
     work = memory.qwen_workload(largest.job.width, largest.job.height, len(largest.job.references))
     installed = models.installed_forms("qwen") if kind == "edit" else frozenset({"bf16", "fp8"})
-    plan = memory.plan_memory(hw, models.footprint("qwen", snap), work, args.offload, args.weights, installed)
+    # the LoRA factors GGUF weights keep: the largest set of the jobs (a batch loads one set at a time)
+    footprint = replace(models.footprint("qwen", snap),
+                        adapter_params=max(lora_files.adapter_params(r.job.loras) for r in jobs))
+    plan = memory.plan_memory(hw, footprint, work, args.offload, args.weights, installed)
     plan = qwen_load.resolve_weights(plan, args.weights, installed)
     cli.refuse_unless_fits(plan, args.force_memory, "the model will not fit this machine")
     log.info("memory: %s", plan.summary())

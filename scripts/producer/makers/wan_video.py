@@ -212,13 +212,15 @@ class Engine:
 def open_engine(args: argparse.Namespace, load: Load, requests: list[Request], session: bool = True) -> Engine:
     """Plan memory for the largest request and refuse a plan that does not fit, before loading anything;
     then load the text encoder and VAE (the experts come at the first clip)."""
+    from producer.engines.loras import lora_files
     from producer.engines.wan import wan_load
     from producer.facts import hardware
     from producer.sizing import memory
 
     hw = hardware.probe(args.models_dir, args.device)
     workloads = [memory.wan_workload(r.width, r.height, r.frames) for r in requests]
-    plan = wan_load.plan_for(hw, wan_load.components_snapshot(), workloads, args.offload, args.weights)
+    plan = wan_load.plan_for(hw, wan_load.components_snapshot(), workloads, args.offload, args.weights,
+                             lora_files.adapter_params(load.specs))
     log.info("%s", plan.summary())
     biggest = max(requests, key=lambda r: r.width * r.height * r.frames)
     cli.refuse_unless_fits(plan, args.force_memory,

@@ -71,6 +71,7 @@ class ModelFootprint:
     vae_params: int
     vae_bytes_per_pixel: int  # untiled decode peak per output pixel (per frame for video)
     vae_tiled_bytes: int  # tiled decode peak
+    adapter_params: int = 0  # each denoiser's LoRA factors, kept beside GGUF weights (folded_lora) in bf16
 
 
 # Activation factors, fitted to the peak *reserved* VRAM measured by bench/benchmark.py on an H200
@@ -179,6 +180,11 @@ def _bytes(params: int, weights: str) -> int:
     return int(params * BYTES_PER_PARAM[weights])
 
 
+def denoiser_bytes(model: ModelFootprint, weights: str) -> int:
+    """One denoiser's weights in this form, with the LoRA factors that GGUF weights keep (bf16 ones fuse them)."""
+    return _bytes(model.denoiser_params, weights) + (2 * model.adapter_params if weights.startswith("gguf") else 0)
+
+
 def activation_bytes(model: ModelFootprint, work: Workload) -> int:
     return work.tokens * model.hidden * 2 * model.activation_factor
 
@@ -189,7 +195,7 @@ def decode_bytes(model: ModelFootprint, work: Workload, tiled: bool) -> int:
 
 def _denoise_vram(model: ModelFootprint, place: Placement, weights: str, act: int) -> int:
     """VRAM held while denoising, for one placement of the denoisers."""
-    one = _bytes(model.denoiser_params, weights)
+    one = denoiser_bytes(model, weights)
     vae = _bytes(model.vae_params, "bf16")
     if place is Placement.GPU:
         return len(model.denoisers) * one + act + vae
@@ -205,7 +211,7 @@ def _denoise_vram(model: ModelFootprint, place: Placement, weights: str, act: in
 
 def block_bytes(model: ModelFootprint, weights: str) -> int:
     """One transformer block of a denoiser in this weight form (the blocks hold ~99% of the weights)."""
-    return _bytes(model.denoiser_params, weights) // model.denoiser_blocks
+    return denoiser_bytes(model, weights) // model.denoiser_blocks
 
 
 def resident_blocks(model: ModelFootprint, weights: str, working: int, vram_budget: int,
@@ -240,7 +246,7 @@ def _host_ram_stages(model: ModelFootprint, place: Placement, weights: str, expe
     the clips of a group between their halves (engines/wan/halfway.py). `resident`: bytes of each streamed
     denoiser's blocks kept on the GPU, which leave host RAM once placed; the last denoiser read still holds
     them until it is placed (each is placed as soon as it is read)."""
-    one = _bytes(model.denoiser_params, weights)
+    one = denoiser_bytes(model, weights)
     waiting = CLIPS_PER_EXPERT_READ * HALFWAY_BYTES_PER_TOKEN * work.tokens if experts_in_ram < len(model.denoisers) else 0
     # An encoder that fits the GPU loads straight onto it; one that streams from RAM is held there.
     text = LOAD_OVERHEAD if text_on_gpu else _bytes(model.text_encoder_params, "bf16")
@@ -341,7 +347,7 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_reside
     resident = denoise_vram - act if off is Placement.GPU else 0
     tiled = resident + decode_bytes(model, work, tiled=False) > vram_budget
     decode_vram = resident + decode_bytes(model, work, tiled)
-    kept, one = 0, _bytes(model.denoiser_params, form)
+    kept, one = 0, denoiser_bytes(model, form)
     notes = []
     # What the optional levers may fill: the budget, or less where other programs (a desktop) already hold
     # part of the card; what the streamed plan itself needs is checked against the card as before.
@@ -397,7 +403,7 @@ def _cpu_plan(hw: Hardware, model: ModelFootprint, weights: str) -> MemoryPlan:
     if weights not in ("auto", "bf16") and form != "fp32":
         form = weights
     need = max(_bytes(model.text_encoder_params, "bf16"),
-               len(model.denoisers) * _bytes(model.denoiser_params, form)) + RAM_RESERVE
+               len(model.denoisers) * denoiser_bytes(model, form)) + RAM_RESERVE
     if form == "fp32":
         need = total * 4 + RAM_RESERVE // 4
     fits = need <= hw.ram_total
@@ -413,7 +419,7 @@ def _cpu_plan(hw: Hardware, model: ModelFootprint, weights: str) -> MemoryPlan:
 
 def _reason(hw, model, off, form, act, fits, vram_ok, ram_ok, streamed=0) -> str:
     card = f"{hw.vram_total / GiB:.0f} GiB GPU, {hw.ram_total / GiB:.0f} GiB RAM"
-    one = _bytes(model.denoiser_params, form) / GiB
+    one = denoiser_bytes(model, form) / GiB
     part = f"{streamed / GiB:.1f} of " if streamed and streamed < one * GiB else ""
     name = off.plan_name(len(model.denoisers))
     what = {

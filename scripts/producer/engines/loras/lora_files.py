@@ -6,6 +6,7 @@ Part of producer.engines.loras.lora (see its docstring for the rules); kept apar
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -373,3 +374,27 @@ def check_lora_file(path: Path, must_exist: bool = True) -> None:
                        fix="check the path (relative paths start in the current folder)")
     if must_exist:
         regular_file(path, "LoRA file")
+
+
+def pair_params(path: Path) -> int:
+    """Parameters of a LoRA file's down and up matrices, from its header (nothing else is read); 0 for a file
+    that cannot be read here (loading reports that with its own message)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()
+                       if k.endswith(DOWN_SUFFIXES + UP_SUFFIXES))
+    except (SafetensorError, OSError, UnicodeError):
+        return 0
+
+
+def adapter_params(specs) -> int:
+    """The LoRA parameters that one denoiser keeps beside GGUF weights (folded, or as adapters) for `specs`:
+    the largest over the denoisers they go into (producer.sizing.memory counts them in the plan)."""
+    per_component: dict[str, int] = {}
+    sizes = {spec.path: pair_params(spec.path) for spec in specs}
+    for spec in specs:
+        for component in spec.components:
+            per_component[component] = per_component.get(component, 0) + sizes[spec.path]
+    return max(per_component.values(), default=0)

@@ -54,12 +54,13 @@ def components_snapshot() -> Path:
 
 
 def plan_for(hw, snapshot: Path, workloads: list[memory.Workload], offload_choice: str,
-             weights: str) -> memory.MemoryPlan:
-    """The memory plan for the largest workload of the run (a batch is planned once)."""
+             weights: str, adapter_params: int = 0) -> memory.MemoryPlan:
+    """The memory plan for the largest workload of the run (a batch is planned once); `adapter_params`: each
+    expert's LoRA factors (lora_files.adapter_params), which GGUF experts keep."""
     work = memory.Workload(tokens=max(w.tokens for w in workloads),
                            decode_pixels=max(w.decode_pixels for w in workloads))
-    plan = memory.plan_memory(hw, models.footprint("wan", snapshot), work, offload_choice, weights,
-                              models.installed_forms("wan"))
+    footprint = replace(models.footprint("wan", snapshot), adapter_params=adapter_params)
+    plan = memory.plan_memory(hw, footprint, work, offload_choice, weights, models.installed_forms("wan"))
     if plan.placement is memory.Placement.CPU and weights not in ("auto", plan.weights):
         # The CPU plan keeps tiny models (the stand-ins) in fp32 whatever was asked; a forced form is honoured
         # (computed in the plan's dtype) so that e.g. GGUF experts can be exercised on any machine.
