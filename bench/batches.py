@@ -26,8 +26,8 @@ producer.workflow.forecast.predict_phase, what `production.py estimate` predicts
 with the same choices: issue 21's goal is within 20 %.
 
 The items have the step-distilled shape (4 steps, no CFG: the speed model's `-4` workloads) given as
---steps 4 and guidance 1, since no Lightning LoRA is installed (a LoRA on GGUF experts stays unfused and
-adds its own matmuls to each forward: not measured here). Judge thresholds are set so that random pictures
+--steps 4 and guidance 1, since no Lightning LoRA is installed (on GGUF experts the scripts fold it into the
+weights each layer dequantizes: its cost per step is what the single runs' `planVxR-lora` measure). Judge thresholds are set so that random pictures
 are never refused (the checks still run and cost what they cost): a refused item would write nothing.
 """
 
