@@ -174,3 +174,16 @@ def test_lora_configs_load_the_distill_lora_folded_or_as_adapters(tmp_path):
     assert runs[("wan-480p-4", "plan10x32-lora")]["weights"] == "gguf-q4"
     assert sorted(p.name for p in (tmp_path / "models").glob("*lora*")) == [
         "qwen-tiny-wide-lora-r64.safetensors", "wan-tiny-wide-lora-r64.safetensors"]
+
+
+def test_forward_profile_times_each_form_and_says_how_busy_the_device_was(tmp_path):
+    out = tmp_path / "f.json"
+    proc = subprocess.run([sys.executable, str(BENCH.with_name("forward_profile.py")), "--size", "tiny", "--device",
+                           "cpu", "--repeats", "1", "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"bf16", "gguf-q4", "gguf-q4+lora", "gguf-q4+lorapeft"}
+    for row in rows.values():
+        assert row["forward_s"] > 0 and row["kernel_s"] > 0 and 0 < row["busy"] and row["top"][0]["calls"] >= 1
+    assert rows["gguf-q4+lorapeft"]["launches"] > rows["gguf-q4+lora"]["launches"]  # peft's own ops on each layer
