@@ -101,3 +101,21 @@ def test_a_plain_layer_beside_the_gguf_ones_gets_peft_merge():
         expected = model.second(x)
         assert folded_lora.fold(model, ["x"]) is None
         assert type(model.second) is torch.nn.Linear and torch.allclose(model.second(x), expected, atol=1e-6)
+
+
+def test_a_second_load_folds_beside_the_first(standin_hf_home, tmp_path, monkeypatch):
+    """Loading another LoRA into an expert that already holds folded ones keeps them: the new factors are
+    stacked beside the old, one hook a layer."""
+    from diffusers.hooks import HookRegistry
+    from test_offload import _gguf_expert, _wan_input
+
+    adapters, folded = _gguf_expert(standin_hf_home), _gguf_expert(standin_hf_home)
+    first, second = _specs(tmp_path, adapters)
+    _load(adapters, [first, second], monkeypatch, fold=False)
+    _load(folded, [first], monkeypatch, fold=True)
+    _load(folded, [second], monkeypatch, fold=True)
+    x = _wan_input(folded)
+    with torch.no_grad():
+        assert torch.allclose(folded(**x)[0], adapters(**x)[0], atol=1e-5)
+    q = folded.blocks[0].attn1.to_q
+    assert q.lora_up.shape[1] == 4 + 8 and HookRegistry.check_if_exists_or_initialize(q).get_hook(folded_lora.HOOK)

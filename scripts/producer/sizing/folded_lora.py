@@ -118,9 +118,14 @@ def _fold_layer(layer, names: list[str]) -> torch.nn.Module:
     up = torch.cat([layer.lora_B[n].weight.float() * layer.scaling[n] for n in adapters], dim=1)
     down = torch.cat([layer.lora_A[n].weight.float() for n in adapters], dim=0)
     device = layer.lora_A[adapters[0]].weight.device
-    base.register_parameter(UP, torch.nn.Parameter(up.to(device, dtype), requires_grad=False))
-    base.register_parameter(DOWN, torch.nn.Parameter(down.to(device, dtype), requires_grad=False))
-    HookRegistry.check_if_exists_or_initialize(base).register_hook(FoldedLora(), HOOK)
+    up, down = up.to(device, dtype), down.to(device, dtype)
+    if folded(base):  # LoRAs folded by an earlier load stay: the new factors go beside theirs
+        up, down = torch.cat([getattr(base, UP), up], dim=1), torch.cat([getattr(base, DOWN), down], dim=0)
+    base.register_parameter(UP, torch.nn.Parameter(up, requires_grad=False))
+    base.register_parameter(DOWN, torch.nn.Parameter(down, requires_grad=False))
+    registry = HookRegistry.check_if_exists_or_initialize(base)
+    if registry.get_hook(HOOK) is None:
+        registry.register_hook(FoldedLora(), HOOK)
     return base
 
 
