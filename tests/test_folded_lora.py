@@ -119,3 +119,27 @@ def test_a_second_load_folds_beside_the_first(standin_hf_home, tmp_path, monkeyp
         assert torch.allclose(folded(**x)[0], adapters(**x)[0], atol=1e-5)
     q = folded.blocks[0].attn1.to_q
     assert q.lora_up.shape[1] == 4 + 8 and HookRegistry.check_if_exists_or_initialize(q).get_hook(folded_lora.HOOK)
+
+
+def test_folded_factors_are_packed_and_streamed_with_their_block(standin_hf_home, tmp_path, monkeypatch):
+    """Under the streamed plans the factors are weights of their block like any other: packed into the
+    page-locked chunks and offloaded block by block by diffusers, the expert computing the same."""
+    from producer.sizing import offload
+    from producer.sizing.placement import Placement
+    from test_offload import _gguf_expert, _wan_input
+
+    chunks = []
+    monkeypatch.setattr(offload, "_pinned_chunk", lambda n: chunks.append(torch.empty(n, dtype=torch.uint8)) or
+                        chunks[-1])
+    expert = _gguf_expert(standin_hf_home)
+    _load(expert, _specs(tmp_path, expert), monkeypatch, fold=True)
+    x = _wan_input(expert)
+    with torch.no_grad():
+        before = expert(**x)[0]
+        offload.pin_in_place(expert)  # what place_module does on a CUDA device first
+        offload.place_module(expert, Placement.GROUP_OFFLOAD, torch.device("cpu"), resident_blocks=0)
+        after = expert(**x)[0]
+    factors = [p for n, p in expert.named_parameters() if n.endswith((".lora_up", ".lora_down"))]
+    assert factors and all(any(c.data_ptr() <= p.data_ptr() < c.data_ptr() + c.numel() for c in chunks)
+                           for p in factors)
+    assert torch.equal(before, after)
