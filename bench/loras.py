@@ -85,10 +85,11 @@ def session_specs(args, family: str, config: str, device: str, wide: bool) -> li
 
 
 def reported(reports) -> dict:
-    """What the run's LoRA load did, for its result: per expert, whether its LoRA was fused (on GGUF weights:
-    folded) or left as peft adapters. `reports`: a Wan session's lora_reports or a Qwen session's lora_report."""
+    """What the run's LoRA load did, for its result: per expert, whether its LoRA was fused (bf16), folded (GGUF)
+    or neither (left as peft adapters). `reports`: a Wan session's lora_reports or a Qwen session's lora_report."""
     if not reports:
         return {}
     entries = reports.to_dict()["loras"] if hasattr(reports, "to_dict") else [e for v in reports.values() for e in v]
     experts = [e for entry in entries for e in entry.get("experts", [])]
-    return {"lora": {"rank": RANK, "fused": {e["component"]: e["fused"] for e in experts}}} if experts else {}
+    return {"lora": {"rank": RANK, "fused": {e["component"]: e["fused"] for e in experts},
+                     "folded": {e["component"]: e["folded"] for e in experts}}} if experts else {}

@@ -32,7 +32,7 @@ def test_two_folded_loras_compute_what_the_adapters_compute(standin_hf_home, tmp
     specs = _specs(tmp_path, adapters)
     _load(adapters, specs, monkeypatch, fold=False)
     report = _load(folded, specs, monkeypatch, fold=True)
-    assert all(e.fused for entry in report.loras for e in entry.experts)
+    assert all(e.folded and not e.fused for entry in report.loras for e in entry.experts)
     x = _wan_input(folded)
     with torch.no_grad():
         assert torch.allclose(folded(**x)[0], adapters(**x)[0], atol=1e-5)
@@ -91,16 +91,20 @@ def test_a_model_already_offloaded_block_by_block_is_not_folded(monkeypatch):
     assert hasattr(model.second, "lora_A")
 
 
-def test_a_plain_layer_beside_the_gguf_ones_gets_peft_merge():
+def test_a_plain_layer_beside_the_gguf_ones_is_folded_too_and_unfolds_exactly():
     from peft import LoraConfig, inject_adapter_in_model
 
     model = inject_adapter_in_model(LoraConfig(r=2, target_modules=["second"], init_lora_weights=False), _Small(),
                                     adapter_name="x")
     x = torch.randn(2, 8)
     with torch.no_grad():
-        expected = model.second(x)
+        expected, base = model.second(x), model.second.base_layer(x)
+        weight = model.second.base_layer.weight.clone()
         assert folded_lora.fold(model, ["x"]) is None
         assert type(model.second) is torch.nn.Linear and torch.allclose(model.second(x), expected, atol=1e-6)
+        assert torch.equal(model.second.weight, weight)  # the weight itself is never changed
+        assert folded_lora.unfold(model) == 1
+        assert torch.equal(model.second(x), base) and not folded_lora.folded(model.second)
 
 
 def test_a_second_load_folds_beside_the_first(standin_hf_home, tmp_path, monkeypatch):

@@ -427,7 +427,7 @@ def gguf_wan(tmp_path, wan):
     return wan
 
 
-def test_gguf_expert_takes_the_lora_folded_and_the_head_delta_directly(kijai, gguf_wan, monkeypatch):
+def test_gguf_expert_takes_the_lora_folded_and_the_head_delta_directly_and_gives_both_back(kijai, gguf_wan, monkeypatch):
     """In published GGUF files the head stays F16 (ComfyUI-GGUF's convert.py): head.head.diff is added to it.
     The pairs on GGUF layers are folded into the weight each layer dequantizes: no peft layer is left, and the
     expert computes what peft's unfused adapters compute (to float rounding)."""
@@ -446,15 +446,15 @@ def test_gguf_expert_takes_the_lora_folded_and_the_head_delta_directly(kijai, gg
     monkeypatch.setattr(L, "FOLD_GGUF", True)
     report = L.load_loras(gguf_wan, [spec(kijai, 0.5, "high")], "wan", fuse=True)
     e = expert(report, "transformer")
-    assert e.fused and not e.partial and e.deltas_applied == e.deltas - skipped(e, L.ZERO_DELTA)
+    assert e.folded and not e.fused and not e.partial and e.deltas_applied == e.deltas - skipped(e, L.ZERO_DELTA)
     assert not has_lora_layers(gguf_wan.transformer) and not L._present_adapters(gguf_wan)
     folded = wan_out(gguf_wan.transformer)
     assert not torch.allclose(folded, before, atol=1e-4)
     assert torch.allclose(folded, unfused, atol=1e-5)
     diff = load_file(kijai)["diffusion_model.head.head.diff"].float()
     assert torch.allclose(gguf_wan.transformer.proj_out.weight.float(), head_before + 0.5 * diff, atol=1e-3)
-    with pytest.raises(CliError, match="cannot be taken out again"):
-        L.unload_loras(gguf_wan, report)
+    L.unload_loras(gguf_wan, report)  # the GGUF weights were never changed: the folded LoRA comes out exactly
+    assert torch.equal(wan_out(gguf_wan.transformer), before) and torch.equal(head.weight.float(), head_before)
 
 
 def test_a_weight_delta_on_a_quantized_linear_rides_as_an_identity_pair(tmp_path, gguf_wan):

@@ -203,7 +203,7 @@ def test_gguf_experts_load_with_the_wan22_config_and_take_the_distill_lora(stand
     assert result["model"]["gguf"]["files"][0].startswith("HighNoise/") and result["model"]["weights"] == "gguf-q4"
     assert {c: e["steps"] for c, e in result["experts"].items()} == {"transformer": 2, "transformer_2": 2}
     experts = [e["experts"][0] for entries in result["loras"].values() for e in entries]
-    assert [e["fused"] for e in experts] == [True, True]  # folded into the weights the GGUF layers dequantize
+    assert [(e["fused"], e["folded"]) for e in experts] == [(False, True)] * 2  # into the weights GGUF dequantizes
     assert video.probe_video(tmp_path / "gguf.mp4")["frames"] == 9
     assert sorted(read) == ["Wan2.2-I2V-A14B-HighNoise-Q4_K_M.gguf", "Wan2.2-I2V-A14B-LowNoise-Q4_K_M.gguf"], read
 

@@ -12,9 +12,10 @@ delta added to the weight in the compute dtype), which is what the bf16 plans ru
 `fold` replaces each peft layer of a GGUF model by its base layer, carrying the adapters' factors as two
 parameters (`lora_up` = the B matrices times their scales side by side, `lora_down` = the A matrices
 stacked), so group offloading moves them with the block; a hook computes the layer's output from the
-dequantized weight plus the delta. Layers that are not quantized (plain linears, F16/F32 GGUF tensors) get
-peft's own merge. All or nothing: a model with an adapter this cannot fold (DoRA, a LoRA bias, a layer
-that is not a linear) keeps every adapter unfused, as before.
+dequantized weight plus the delta. The layers a GGUF file keeps unquantized (embedders, head: F16/F32) are
+folded the same way (their weight plus the delta at each call: small layers), so no weight is ever changed
+and `unfold` takes every LoRA out exactly. All or nothing: a model with an adapter this cannot fold (DoRA, a
+LoRA bias, a layer that is not a linear) keeps every adapter unfused, as before.
 """
 
 from __future__ import annotations
@@ -57,14 +58,19 @@ class FoldedLora(ModelHook):
             # diffusers' CUDA kernels multiply the quantized weight directly: the delta goes on the activations
             out = self.fn_ref.original_forward(inputs, *args, **kwargs)
             return out + torch.nn.functional.linear(torch.nn.functional.linear(inputs.to(up.dtype), down), up)
-        fresh = quantized(weight)
-        dense = gguf_utils.dequantize_gguf_tensor(weight).to(module.compute_dtype)
-        bias = module.bias.to(module.compute_dtype) if module.bias is not None else None
+        fresh, dtype = quantized(weight), _compute_dtype(module)
+        dense = gguf_utils.dequantize_gguf_tensor(weight).to(dtype)
+        bias = module.bias.to(dtype) if module.bias is not None else None
         return torch.nn.functional.linear(inputs, add_delta(module, dense, fresh), bias)
 
 
+def _compute_dtype(layer: torch.nn.Module) -> torch.dtype:
+    """A GGUF layer's compute dtype; a plain linear's (the embedders a GGUF file keeps in F16/F32) own."""
+    return getattr(layer, "compute_dtype", None) or layer.weight.dtype
+
+
 def foldable(layer: torch.nn.Module, names: list[str]) -> str | None:
-    """Why the peft layer `layer` cannot be folded or merged by `fold`, or None when it can."""
+    """Why the peft layer `layer` cannot be folded by `fold`, or None when it can."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
     if not isinstance(layer, LoraLinear):
@@ -100,7 +106,7 @@ def fold(model: torch.nn.Module, names: list[str]) -> str | None:
             return f"{name} has other active adapters"
     with torch.no_grad():
         for name, layer in layers.items():
-            base = _fold_layer(layer, names) if quantized(layer.base_layer.weight) else _merge_layer(layer, names)
+            base = _fold_layer(layer, names)
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, base)
     if hasattr(model, "peft_config"):  # what diffusers' unload_lora does once the layers are gone
@@ -114,7 +120,7 @@ def _fold_layer(layer, names: list[str]) -> torch.nn.Module:
     base, adapters = layer.base_layer, _adapters(layer, names)
     if not adapters:  # none of them active here: the layer computes as its base
         return base
-    dtype = base.compute_dtype or torch.get_default_dtype()
+    dtype = _compute_dtype(base)
     up = torch.cat([layer.lora_B[n].weight.float() * layer.scaling[n] for n in adapters], dim=1)
     down = torch.cat([layer.lora_A[n].weight.float() for n in adapters], dim=0)
     device = layer.lora_A[adapters[0]].weight.device
@@ -129,9 +135,10 @@ def _fold_layer(layer, names: list[str]) -> torch.nn.Module:
     return base
 
 
-def _merge_layer(layer, names: list[str]) -> torch.nn.Module:
-    """peft's own merge, for a layer whose weight is plain (the bf16 path's fuse_lora, one layer)."""
-    adapters = _adapters(layer, names)
-    if adapters:
-        layer.merge(adapter_names=adapters)
-    return layer.base_layer
+def unfold(model: torch.nn.Module) -> int:
+    """Take every folded LoRA out of `model` (its GGUF weights were never changed); the number of layers."""
+    layers = [m for m in model.modules() if folded(m)]
+    for layer in layers:
+        del layer._parameters[UP], layer._parameters[DOWN]
+        HookRegistry.check_if_exists_or_initialize(layer).remove_hook(HOOK, recurse=False)
+    return len(layers)

@@ -67,7 +67,8 @@ Traps in diffusers 0.42.1 this module steps around (see the tests):
   we fold alpha into lora_A first.
 
 The module's parts: lora_files (reading files, key formats and names), lora_plan (what goes where,
-refusals before loading), lora_report (the report); this module has the syntax and the loading.
+refusals before loading), lora_report (the report), lora_fold (LoRAs folded into GGUF weights); this module
+has the syntax and the loading.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ from producer.engines.loras.lora_files import (  # noqa: E402,F401
     read_lora,
     wan_dotted,
 )
+from producer.engines.loras.lora_fold import adapter_components, fold_quantized, mark, unfold_all
 from producer.engines.loras.lora_plan import (
     ALLOW_PARTIAL_HINT,  # noqa: E402,F401
     ExpertPlan,
@@ -236,9 +238,10 @@ def load_loras(pipe, specs, family: str, allow_partial: bool = False, fuse: bool
     """Load each LoRA into its transformer(s), verify what got loaded, set per-expert strengths.
 
     Everything is checked before the pipeline is touched; a failure after that rolls back what was
-    loaded. `fuse=True` merges the LoRAs into the weights (no per-step cost; on GGUF weights folded into
-    each layer's dequantized weight, a small cost per step). Call once per pipeline with all LoRAs;
-    `unload_loras` undoes an unfused load.
+    loaded. `fuse=True` merges the LoRAs into the weights (no per-step cost, for good); on GGUF weights it
+    folds them into the weight each layer dequantizes (a small cost per step, and reversible). Otherwise they
+    stay peft adapters. Call once per pipeline with all LoRAs; `unload_loras` undoes a load that was not
+    fused.
     """
     _check_family(family)
     specs = list(specs)
@@ -258,7 +261,8 @@ def load_loras(pipe, specs, family: str, allow_partial: bool = False, fuse: bool
             _load_plan(pipe, plan, report)
             refuse_incomplete(plan, family, allow_partial)  # again: now from what actually loaded
         _activate(pipe, plans)
-        if fuse:
+        if fuse:  # not for a batch that swaps LoRA sets: its transformer is offloaded by then (lora_fold)
+            fold_quantized(pipe, plans, report, enabled=FOLD_GGUF)
             _fuse(pipe, plans)
     except BaseException:
         _rollback(pipe, report)
@@ -427,34 +431,23 @@ def _check_scales(plan: SpecPlan, expert: ExpertPlan) -> None:
 
 
 def _fuse(pipe, plans: list[SpecPlan]) -> None:
-    """Merge each expert's adapters into its weights and drop the LoRA layers; on GGUF weights, which cannot
-    take a delta, fold them into the weight each layer dequantizes at every call (producer.sizing.folded_lora).
+    """Merge each expert's adapters into its weights and drop the LoRA layers (what GGUF weights did not
+    fold: those cannot take a delta and keep their adapters).
 
     Per expert on purpose: WanLoraLoaderMixin.fuse_lora() fuses only `transformer` unless told otherwise.
     """
-    from producer.sizing import folded_lora
-
-    components = dict.fromkeys(e.component for p in plans for e in p.experts if e.modules)
-    for component in components:
+    for component, names in adapter_components(plans).items():
         model = getattr(pipe, component)
-        names = [p.adapter_name for p in plans if any(e.component == component and e.modules for e in p.experts)]
         if is_quantized_model(model):
-            why = folded_lora.fold(model, names) if FOLD_GGUF else "folding is off"
-            if why is not None:
-                log.warning(f"LoRAs stay unfused on the quantized {component} ({why}): each step runs them on "
-                            "the activations (same images, slower per step)")
-                continue
-            log.info(f"LoRAs folded into the quantized {component}'s weights as each layer dequantizes them")
-        else:
-            with _library_warnings_to_log():
-                model.fuse_lora(adapter_names=names)
-                model.unload_lora()
-        for plan in plans:
-            for expert in plan.experts:
-                expert.fused = expert.fused or (expert.component == component and bool(expert.modules))
+            continue
+        with _library_warnings_to_log():
+            model.fuse_lora(adapter_names=names)
+            model.unload_lora()
+        mark(plans, component, "fused")
 
 
 def _rollback(pipe, report: LoraReport) -> None:
+    unfold_all(pipe, report)
     ours = [name for name in report._adapters if name in _present_adapters(pipe)]
     if ours:
         with _library_warnings_to_log():

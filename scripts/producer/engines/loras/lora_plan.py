@@ -45,6 +45,7 @@ class ExpertPlan:
     delta_count: int
     skipped: dict[tuple[str, bool], list[str]] = field(default_factory=lambda: defaultdict(list))
     fused: bool = False
+    folded: bool = False  # into GGUF weights (producer.sizing.folded_lora): the weights untouched, so reversible
 
     @property
     def applies_anything(self) -> bool:

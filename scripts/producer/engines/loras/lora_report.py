@@ -33,6 +33,7 @@ class ExpertReport:
     deltas_applied: int
     skipped: list[Skipped] = field(default_factory=list)
     fused: bool = False
+    folded: bool = False  # into the weights a GGUF layer dequantizes at each call; unloading takes it out
 
     @property
     def lost(self) -> int:
@@ -63,6 +64,7 @@ class LoraReport:
     # Originals of the parameters that deltas changed, to restore them exactly (not part of to_dict).
     _originals: list[tuple[Any, Any]] = field(default_factory=list, repr=False, compare=False)
     _adapters: list[str] = field(default_factory=list, repr=False, compare=False)
+    _folded: list[str] = field(default_factory=list, repr=False, compare=False)  # components with folded LoRAs
 
     @property
     def fused(self) -> bool:
@@ -85,7 +87,7 @@ def _describe_lora(lora: LoraFileReport) -> str:
     scale = _describe_scale(lora)
     lines = [f"LoRA {lora.name}: {lora.key_format}; {scale}"]
     for e in lora.experts:
-        fused = ", fused" if e.fused else ""
+        fused = ", fused" if e.fused else ", folded into the GGUF weights" if e.folded else ""
         where = e.role if e.role == e.component else f"{e.role} ({e.component})"
         lines.append(f"  {where} at strength {e.strength:g}{fused}: "
                      f"{e.lora_modules_applied}/{e.lora_modules} LoRA modules, "
@@ -118,7 +120,7 @@ def file_report(plan: SpecPlan, family: str) -> LoraFileReport:
         component=e.component, role=role_name(e.component, family), strength=e.strength,
         lora_modules=e.module_count, lora_modules_applied=sum(1 for m in e.modules if not m.from_delta),
         deltas=e.delta_count, deltas_applied=len(e.deltas) + sum(1 for m in e.modules if m.from_delta),
-        fused=e.fused,
+        fused=e.fused, folded=e.folded,
         skipped=[Skipped(reason, lost, len(keys), keys[:3]) for (reason, lost), keys in e.skipped.items()],
     ) for e in plan.experts]
     return LoraFileReport(
