@@ -84,8 +84,7 @@ class CompiledDequantize(ModelHook):
         except Exception as exc:  # noqa: BLE001 - a later compile (a new shape) failed: diffusers' path from now on
             _give_up(exc)
             return self.fn_ref.original_forward(inputs, *args, **kwargs)
-        bias = module.bias.to(module.compute_dtype) if module.bias is not None else None
-        return torch.nn.functional.linear(inputs, folded_lora.add_delta(module, dense, fresh=True), bias)
+        return folded_lora.linear(module, inputs, dense, fresh=True)
 
 
 def install(module: torch.nn.Module, device) -> str | None:

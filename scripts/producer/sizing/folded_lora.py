@@ -2,8 +2,8 @@
 
 A LoRA cannot be merged into GGUF weights once (they are quantized bytes), so peft keeps it as an adapter
 around each GGUF linear: every call then runs the adapter on the activations, `x @ A.T @ B.T * scale`, two
-thin matmuls that read and write the whole activation (at Wan's 32,760 tokens a 5120-wide layer moves about
-1 GB for them) beside the layer's own. But diffusers' GGUF layer rebuilds its full weight at every call
+thin matmuls that read and write the whole activation (at Wan's 32,760 tokens a 5120-wide layer moves ~1.7
+GB for them, counted from the shapes, not measured) beside the layer's own. But diffusers' GGUF layer rebuilds its full weight at every call
 (`dequantize_gguf_tensor`, then the compute dtype): adding `scale * B @ A` to that fresh weight costs one
 `addmm` on the weight (rank x in x out multiply-adds, no activation traffic), and the layer then makes one
 matmul, as a bf16 layer with a fused LoRA does. The result is what `fuse_lora` gives on bf16 weights (the
@@ -58,10 +58,15 @@ class FoldedLora(ModelHook):
             # diffusers' CUDA kernels multiply the quantized weight directly: the delta goes on the activations
             out = self.fn_ref.original_forward(inputs, *args, **kwargs)
             return out + torch.nn.functional.linear(torch.nn.functional.linear(inputs.to(up.dtype), down), up)
-        fresh, dtype = quantized(weight), _compute_dtype(module)
-        dense = gguf_utils.dequantize_gguf_tensor(weight).to(dtype)
-        bias = module.bias.to(dtype) if module.bias is not None else None
-        return torch.nn.functional.linear(inputs, add_delta(module, dense, fresh), bias)
+        dense = gguf_utils.dequantize_gguf_tensor(weight).to(_compute_dtype(module))
+        return linear(module, inputs, dense, fresh=quantized(weight))
+
+
+def linear(layer: torch.nn.Module, inputs: torch.Tensor, dense: torch.Tensor, fresh: bool) -> torch.Tensor:
+    """What a GGUF linear layer computes from its weight `dense` (already in the compute dtype), with its folded
+    LoRA if it has one: GGUFLinear.forward_native's matmul, shared by this hook and compiled_dequant's."""
+    bias = layer.bias.to(dense.dtype) if layer.bias is not None else None
+    return torch.nn.functional.linear(inputs, add_delta(layer, dense, fresh), bias)
 
 
 def _compute_dtype(layer: torch.nn.Module) -> torch.dtype:

@@ -40,6 +40,16 @@ def resident_prefixes(block_list: str, blocks: int, resident: int) -> tuple[str,
     return tuple(f"{block_list}.{i}." for i in offload.resident_indices(blocks, resident)) if resident else ()
 
 
+def kept_on_gpu(plan, component: str, block_list: str, device) -> tuple[str, ...]:
+    """`resident_prefixes` of the blocks `plan` keeps on the GPU for `component`: none unless its blocks stream on
+    a CUDA device (off CUDA, placement keeps nothing resident; unstreamed, everything goes one way)."""
+    from producer.sizing.placement import Placement
+
+    if plan.components[component].placement is not Placement.GROUP_OFFLOAD or torch.device(device).type != "cuda":
+        return ()
+    return resident_prefixes(block_list, plan.blocks, plan.resident_blocks)
+
+
 def read_into_host_chunks(path: Path | str, on_gpu: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """The file's tensors by name, as `load_gguf_checkpoint` returns them, held in packed host chunks
     (page-locked where CUDA is present; where locking is refused, the rest is plain memory); those whose

@@ -101,11 +101,10 @@ def load_session(files: ModelFiles, plan: MemoryPlan, device=None, **kwargs) -> 
 
     def load_denoiser() -> dict:
         if files.gguf is not None:
-            placement = plan.components["transformer"].placement
-            streamed = placement is Placement.GROUP_OFFLOAD and str(device or plan.device).startswith("cuda")
-            on_gpu = gguf_host.resident_prefixes(registry.QWEN_BLOCK_LIST, plan.blocks, plan.resident_blocks)
+            on_host = plan.components["transformer"].placement is not Placement.GPU
+            on_gpu = gguf_host.kept_on_gpu(plan, "transformer", registry.QWEN_BLOCK_LIST, device or plan.device)
             transformer = gguf_host.load_gguf(QwenImageTransformer2DModel, files.gguf, snap, "transformer", dtype,
-                                              placement is not Placement.GPU, on_gpu if streamed else ())
+                                              on_host, on_gpu)
         else:
             transformer = QwenImageTransformer2DModel.from_pretrained(snap, subfolder="transformer", dtype=dtype,
                                                                       use_safetensors=True)

@@ -40,10 +40,7 @@ class ExpertsOnDisk:
 
     def _resident(self, component: str) -> tuple[str, ...]:
         """Key prefixes of the blocks that placement will keep on the GPU (none off CUDA or unstreamed)."""
-        streamed = self.plan.components[component].placement is Placement.GROUP_OFFLOAD
-        if not streamed or self.device.type != "cuda":
-            return ()
-        return gguf_host.resident_prefixes(registry.WAN_BLOCK_LIST, self.plan.blocks, self.plan.resident_blocks)
+        return gguf_host.kept_on_gpu(self.plan, component, registry.WAN_BLOCK_LIST, self.device)
 
 
 class ExpertsInMemory:
