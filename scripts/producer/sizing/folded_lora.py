@@ -6,8 +6,8 @@ thin matmuls that read and write the whole activation (at Wan's 32,760 tokens a 
 for them, counted from the shapes, not measured) beside the layer's own. But diffusers' GGUF layer rebuilds
 its full weight at every call (`dequantize_gguf_tensor`, then the compute dtype): adding `scale * B @ A` to
 that fresh weight costs one `addmm` on the weight (rank x in x out multiply-adds, no activation traffic), and
-the layer then makes one matmul, as a bf16 layer with a fused LoRA does. The result is what `fuse_lora` gives on bf16 weights (the
-delta added to the weight in the compute dtype), which is what the bf16 plans run.
+the layer then makes one matmul, as a bf16 layer with a fused LoRA does. The result is what `fuse_lora`
+gives on bf16 weights (the delta added to the weight in the compute dtype), which is what the bf16 plans run.
 
 `fold` replaces each peft layer of a GGUF model by its base layer, carrying the adapters' factors as two
 parameters (`lora_up` = the B matrices times their scales side by side, `lora_down` = the A matrices
