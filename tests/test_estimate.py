@@ -15,6 +15,7 @@ from PIL import Image
 from producer.commands import production, setup_diffusers
 from producer.commands.demo import SAMPLE
 from producer.facts import hardware
+from producer.facts.hardware import GiB
 from producer.makers import qwen_image, wan_video
 from producer.sizing import estimate, memory
 from producer.workflow import forecast
@@ -344,6 +345,40 @@ def test_full_schedule_phases_are_told_how_much_lightning_saves(sample, monkeypa
     assert all(i["steps"] == 40 and i["cfg"] for i in r["items"] if i["family"] == "wan")
     faster = next(f for f in r["faster"] if f["phase"] == "clips")
     assert faster["seconds"] < clips["seconds"] / 5 and "wan-lightning" in faster["how"]
+
+
+def test_the_estimate_and_the_download_plan_count_the_distill_loras_factors(sample, monkeypatch):
+    """On a 10 GB / 32 GB machine the clips stream GGUF experts, which keep the step-distill LoRA's factors
+    beside them (folded, in bf16): the estimate and setup's download plan count them as the scripts do. Nothing
+    is installed, so the counts come from the registry's file sizes."""
+    from dataclasses import replace
+
+    from producer.modelfiles import models, needs
+
+    hw = hardware.from_sizes(10, 32, name="NVIDIA GeForce RTX 3080")
+    machine(monkeypatch, hw)
+    wan_factors = models.lora_adapter_params("wan-lightning")
+    assert wan_factors == 1_374_000_000 // 2 // 2  # two files in the registry's size, 2 bytes a parameter
+    work, _ = needs.workload("wan")
+    without = memory.plan_memory(hw, memory.WAN_FOOTPRINT, work)
+    counted = memory.plan_memory(hw, replace(memory.WAN_FOOTPRINT, adapter_params=wan_factors), work)
+    assert counted.weights == "gguf-q4" and counted.peak_ram - without.peak_ram >= 2 * wan_factors
+    _, r = run_production(["estimate", str(sample)])
+    clips = next(p for p in r["phases"] if p["phase"] == "clips")
+    assert f"~{counted.peak_ram / GiB:.1f} GiB RAM" in clips["plan"]
+    assert needs.family_need("wan", hw, None).plan.peak_ram == counted.peak_ram
+    qwen = needs.family_need("qwen", hw, None).plan
+    assert qwen.weights.startswith("gguf") and qwen.peak_ram > memory.plan_memory(
+        hw, memory.QWEN_FOOTPRINT, needs.workload("qwen")[0]).peak_ram
+
+
+def test_installed_loras_are_counted_from_their_headers(standin_hf_home):
+    from producer.engines.loras import lora, lora_files
+    from producer.modelfiles import models
+
+    for name in ("wan-lightning", "qwen-lightning"):
+        specs = lora.registry_lora_specs(name)
+        assert models.lora_adapter_params(name) == lora_files.adapter_params(specs) > 0
 
 
 def test_estimate_text_names_the_phases_and_the_total(sample, monkeypatch, capsys):

@@ -7,7 +7,7 @@ scripts do, narrowed to the forms already complete on disk, and reports whether 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from producer.facts import registry
 from producer.facts.hardware import GiB, Hardware
@@ -57,7 +57,9 @@ def family_need(family: str, hw: Hardware, complete: set[str] | None, weights: s
         form for form, names in models.FORMS[family].items() if set(names) <= complete)
     snap = _config_snapshot(family, complete)
     work, described = workload(family)
-    plan = memory.plan_memory(hw, models.footprint(family, snap), work, weights=weights, installed=installed)
+    # the step-distill LoRA that comes with every download; GGUF forms keep its factors (memory.denoiser_bytes)
+    model = replace(models.footprint(family, snap), adapter_params=models.lora_adapter_params(DISTILL_LORAS[family]))
+    plan = memory.plan_memory(hw, model, work, weights=weights, installed=installed)
     form = "bf16" if plan.weights == "fp32" else plan.weights  # fp32 is bf16 files computed in fp32 (CPU)
     names = tuple(e.name for e in models.entries_for_form(family, form)) + (DISTILL_LORAS[family],)
     return FamilyNeed(family, SCRIPTS[family], described, plan, form, names)

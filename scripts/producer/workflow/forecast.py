@@ -13,6 +13,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from producer.errors import CliError
 from producer.facts import registry
 from producer.facts.hardware import GiB, Hardware
 from producer.modelfiles import models, needs
@@ -115,13 +116,15 @@ def _present(family: str) -> list:
 def _resolve(plan, job, family: str, notes: list[str]) -> tuple[estimate.Item, dict]:
     """(the item, the batch-wide options: offload and weights)."""
     args = parse_job(plan, job)
-    batch = {"offload": args.offload, "weights": args.weights}
+    batch = {"offload": args.offload, "weights": args.weights, "adapter_params": _user_lora_params(args, family)}
     if job.script == WAN:
-        from producer.engines.wan.wan_settings import resolve_frames
+        from producer.engines.wan.wan_settings import DISTILL_ENTRIES, resolve_frames
 
         w, h = args.size or registry.WAN.presets[args.preset or "480p"]
         frames = resolve_frames(args.frames, args.duration).count
         distilled = args.distill != "off" and (args.distill != "auto" or _installed(DISTILL["wan"], "wan", notes))
+        if distilled:
+            batch["adapter_params"] += models.lora_adapter_params(DISTILL_ENTRIES.get(args.distill) or _wan_distill())
         base = registry.WAN.distilled if distilled else registry.WAN.full
         guidance = args.guidance if args.guidance is not None else base.guidance
         return estimate.Item("wan", w, h, args.steps or base.steps, guidance > 1, frames=frames), batch
@@ -136,9 +139,38 @@ def _resolve(plan, job, family: str, notes: list[str]) -> tuple[estimate.Item, d
     if lightning == "auto":
         fits = args.steps in (None, 4, 8) and (args.cfg is None or args.cfg <= 1)
         lightning = str(args.steps or 4) if fits and _installed(DISTILL["qwen"], "qwen", notes) else "off"
+    if lightning != "off":
+        batch["adapter_params"] += models.lora_adapter_params(DISTILL["qwen"][0], int(lightning))
+    if _anypose(args):
+        batch["adapter_params"] += models.lora_adapter_params("qwen-anypose")
     base = registry.QWEN.full if lightning == "off" else getattr(registry.QWEN, f"lightning_{lightning}")
     cfg = args.cfg if args.cfg is not None else base.cfg
     return estimate.Item("qwen", w, h, args.steps or base.steps, cfg > 1, references=pictures), batch
+
+
+def _wan_distill() -> str:
+    """The distill entry `--distill auto` loads: the first installed, else the one a download brings."""
+    return next((n for n in DISTILL["wan"] if models.is_present(registry.get(n))), DISTILL["wan"][0])
+
+
+def _anypose(args) -> bool:
+    from producer.engines.qwen.qwen_jobs import resolve_pose_method
+
+    try:
+        return resolve_pose_method(args, len(args.reference or [])) == "anypose"
+    except CliError:  # the script refuses this job with its own message
+        return False
+
+
+def _user_lora_params(args, family: str) -> int:
+    """The factors of the job's own --lora files (headers read; a missing file counts 0: the script says so)."""
+    from producer.engines.loras import lora, lora_files
+
+    try:
+        specs = [lora.parse_lora_spec(text, family, must_exist=False) for text in args.lora or []]
+    except CliError:
+        return 0
+    return lora_files.adapter_params(specs)
 
 
 # ---------------------------------------------------------------- a phase: one batch, one load
@@ -147,9 +179,8 @@ def _resolve(plan, job, family: str, notes: list[str]) -> tuple[estimate.Item, d
 def _plan(family: str, items: list[estimate.Item], hw: Hardware, batch: dict, weights: str | None = None):
     work = _largest(family, items)
     installed = models.installed_forms(family) or None
-    return memory.plan_memory(
-        hw, estimate.FOOTPRINTS[family], work, batch["offload"], weights or batch["weights"], installed
-    )
+    footprint = replace(estimate.FOOTPRINTS[family], adapter_params=batch.get("adapter_params", 0))
+    return memory.plan_memory(hw, footprint, work, batch["offload"], weights or batch["weights"], installed)
 
 
 def _largest(family: str, items: list[estimate.Item]) -> memory.Workload:
@@ -187,9 +218,14 @@ def predict_phase(
             "seconds": total}
 
 
+def _batch(resolved: list) -> dict:
+    """The batch-wide choices: the first job's offload and weights (a batch loads once), the largest LoRA set."""
+    return {**resolved[0][2], "adapter_params": max(batch["adapter_params"] for _, _, batch in resolved)}
+
+
 def _phase(phase: str, family: str, resolved: list, hw: Hardware, model: dict) -> tuple[dict, list[dict]]:
     items = [item for _, item, _ in resolved]
-    predicted = predict_phase(family, items, hw, resolved[0][2], model)
+    predicted = predict_phase(family, items, hw, _batch(resolved), model)
     plan, load, text, total = (predicted[k] for k in ("plan", "load_seconds", "text_seconds", "seconds"))
     made = []
     for (job, item, _), p in zip(resolved, predicted["items"]):
@@ -229,7 +265,7 @@ def _memory_problems(phase: str, family: str, resolved: list, hw: Hardware, plan
     if plan.fits:
         return []
     items = [item for _, item, _ in resolved]
-    batch = resolved[0][2]
+    batch = _batch(resolved)
     lacking = (
         " and ".join(
             x
