@@ -187,3 +187,18 @@ def test_forward_profile_times_each_form_and_says_how_busy_the_device_was(tmp_pa
     for row in rows.values():
         assert row["forward_s"] > 0 and row["kernel_s"] > 0 and 0 < row["busy"] and row["top"][0]["calls"] >= 1
     assert rows["gguf-q4+lorapeft"]["launches"] > rows["gguf-q4+lora"]["launches"]  # peft's own ops on each layer
+
+
+def test_disk_read_times_each_way_of_reading_a_file_whole(tmp_path):
+    model = tmp_path / "expert.gguf"
+    model.write_bytes(bytes(range(256)) * 200_000)  # 51 MB: several pieces of each way
+    out = tmp_path / "disk.json"
+    proc = subprocess.run([sys.executable, str(BENCH.with_name("disk_read.py")), str(model), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ways = json.loads(out.read_text())["ways"]
+    assert set(ways) == {"serial", "threads-4", "threads-8", "threads-16", "mmap-copy"}
+    assert all(w["bytes"] == model.stat().st_size and w["gb_per_s"] > 0 for w in ways.values())
+    missing = subprocess.run([sys.executable, str(BENCH.with_name("disk_read.py")), str(tmp_path / "none.gguf")],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
