@@ -71,7 +71,7 @@ CAPS = {"cap10": 10, "cap12": 12, "cap16": 16, "cap24": 24, "cap48": 48}
 # where blocks stream), against the plan's own (diffusers' dequantization at every call) in the same run;
 # `planVxR-lora` / `-lorapeft`: the plan with the step-distill LoRA, folded into GGUF weights / as adapters
 # (bench/loras.py).
-PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)(-streamall|-dequant|-q4|-q8|-compdq|-lora|-lorapeft)?$")
+PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)(-streamall|-dequant|-q4|-q8|-compdq)?(-lora|-lorapeft)?$")
 FORCED_FORMS = {"-q4": "gguf-q4", "-q8": "gguf-q8"}
 
 
@@ -79,6 +79,11 @@ def plan_machine(config: str) -> tuple[int, int] | None:
     """(VRAM GB, RAM GB) of a `planVxR` configuration, or None for the other configurations."""
     match = PLAN_CONFIG.match(config)
     return (int(match[1]), int(match[2])) if match else None
+
+
+def has_lever(config: str, suffix: str) -> bool:
+    """Does a `planVxR` configuration carry `suffix` (a plan lever, then possibly a LoRA: `plan10x32-dequant-lora`)?"""
+    return f"{suffix}-" in f"{config}-"
 
 
 def cap_gib(config: str) -> int | None:

@@ -12,7 +12,7 @@ import loras
 import numpy as np
 import ramwatch
 import torch
-from benchmark import FORCED_FORMS, LEVERS, TINY, WORKLOADS, cap_gib, plan_machine
+from benchmark import FORCED_FORMS, LEVERS, TINY, WORKLOADS, cap_gib, has_lever, plan_machine
 from PIL import Image
 from producer.sizing.placement import Placement
 
@@ -107,10 +107,10 @@ def _machine_plan(family: str, config: str):
         return None
     footprint, work = memory.TABLE_WORKLOADS[family][1:]
     footprint = replace(footprint, adapter_params=loras.ADAPTER_PARAMS.get(family, 0))
-    streamall = 0 if config.endswith("-streamall") else None
-    form = next((f for suffix, f in FORCED_FORMS.items() if config.endswith(suffix)), "auto")
+    streamall = 0 if has_lever(config, "-streamall") else None
+    form = next((f for suffix, f in FORCED_FORMS.items() if has_lever(config, suffix)), "auto")
     return memory.plan_memory(hardware.from_sizes(*machine), footprint, work, weights=form,
-                              max_resident_blocks=streamall, dequantize_on_arrival=config.endswith("-dequant"))
+                              max_resident_blocks=streamall, dequantize_on_arrival=has_lever(config, "-dequant"))
 
 
 def _form(family: str, config: str) -> str:
@@ -166,7 +166,7 @@ def _speed(config: str, device: str, placement: Placement):
     lever = LEVERS.get(config, {})
     chosen = speed.default_speed(device, placement, lever.get("compile", "auto"), lever.get("fp8_matmul", False),
                                  lever.get("attention"))
-    if config.endswith("-compdq"):  # the plan with its GGUF dequantization compiled (`--compile on`)
+    if has_lever(config, "-compdq"):  # the plan with its GGUF dequantization compiled (`--compile on`)
         return replace(chosen, compile_dequantize=device == "cuda")
     return chosen
 

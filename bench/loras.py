@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from benchmark import has_lever
 
 SUFFIXES = {"-lora": True, "-lorapeft": False}  # config suffix -> the scripts fold it on GGUF weights
 RANK = 64  # lightx2v/Wan2.2-Distill-Loras and lightx2v/Qwen-Image-Edit-2511-Lightning (model-files.md)
@@ -30,7 +31,7 @@ UP_SCALE = 1e-3  # a delta of ~1e-4 a weight, beside the random weights' ~1e-2
 
 def folding(config: str) -> bool | None:
     """True / False: the run loads the LoRA folded / as adapters; None: no LoRA."""
-    return next((fold for suffix, fold in SUFFIXES.items() if config.endswith(suffix)), None)
+    return next((fold for suffix, fold in SUFFIXES.items() if has_lever(config, suffix)), None)
 
 
 def lora_file(args, family: str, device: str, wide: bool) -> Path:

@@ -26,7 +26,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(HERE))
 
-from benchmark import LEVERS, WORKLOADS, cap_gib
+from benchmark import LEVERS, WORKLOADS, cap_gib, has_lever
 from producer.sizing import estimate, memory
 
 WRITING = "bench/results/2026-11-29-writing-2core.json"  # per-item writing cost (bench/writing.py)
@@ -121,7 +121,8 @@ def entry_of(run: dict, gpu: str, source: str) -> dict | None:
     weights = run.get("weights") or ("bf16" if config == "plain" else run["plan"].split("weights ")[1].split(",")[0])
     lever = LEVERS.get(config, {})
     levers = (["compile"] if lever.get("compile") == "on" else []) + (["fp8-matmul"] if lever.get("fp8_matmul") else [])
-    levers += ["dequantize-on-arrival"] if config.endswith("-dequant") else []  # opt-in: kept apart
+    levers += ["dequantize-on-arrival"] if has_lever(config, "-dequant") else []  # opt-in: kept apart
+    levers += ["lora-adapters"] if has_lever(config, "-lorapeft") else []  # what the scripts no longer do
     levers += compiled_dequantization(run.get("speed"))
     work = memory.wan_workload(width, height, n) if family == "wan" else memory.qwen_workload(width, height, n)
     whole = run.get("measured_steps", steps) == steps  # a scaled run's cold figure covers fewer steps

@@ -162,7 +162,7 @@ def test_lora_configs_load_the_distill_lora_folded_or_as_adapters(tmp_path):
     out = tmp_path / "r.json"
     proc = subprocess.run([sys.executable, str(BENCH), "--size", "tiny", "--device", "cpu", "--repeats", "1",
                            "--from-disk", str(tmp_path / "models"), "--run", "wan-480p-4:plan10x32-lora,plan10x32-lorapeft",
-                           "--run", "qwen-1ref-4:plan10x32-lora", "--out", str(out)],
+                           "--run", "qwen-1ref-4:plan10x32-lora,plan10x32-dequant-lora", "--out", str(out)],
                            capture_output=True, text=True, timeout=400, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = {(r["workload"], r["config"]): r for r in json.loads(out.read_text())["runs"]}
@@ -171,6 +171,9 @@ def test_lora_configs_load_the_distill_lora_folded_or_as_adapters(tmp_path):
                                                               "folded": dict.fromkeys(both, True)}
     assert runs[("wan-480p-4", "plan10x32-lorapeft")]["lora"]["folded"] == dict.fromkeys(both, False)
     assert runs[("qwen-1ref-4", "plan10x32-lora")]["lora"]["folded"] == {"transformer": True}
+    both_levers = runs[("qwen-1ref-4", "plan10x32-dequant-lora")]  # a plan lever, then the LoRA
+    assert both_levers["lora"]["folded"] == {"transformer": True}  # and the full-size plan dequantizes on arrival:
+    assert both_levers["predicted_vram_gib"] > runs[("qwen-1ref-4", "plan10x32-lora")]["predicted_vram_gib"]
     assert runs[("wan-480p-4", "plan10x32-lora")]["weights"] == "gguf-q4"
     assert sorted(p.name for p in (tmp_path / "models").glob("*lora*")) == [
         "qwen-tiny-wide-lora-r64.safetensors", "wan-tiny-wide-lora-r64.safetensors"]
