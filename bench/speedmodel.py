@@ -176,7 +176,8 @@ def _besides_files(phase: dict) -> float | None:
     """A phase's median overhead an item without its colour match and files (what stays in the main thread when
     they are written behind, runs/behind.py); None for a phase whose items were already written behind."""
     items = phase["per_item"][1:] or phase["per_item"]
-    if any("encode" in i["stages"] for i in items) or not all("write" in i["stages"] for i in items):
+    behind = ("video_encode", "encode")  # results before 2026-12-07 (third session) named it "encode"
+    if any(k in i["stages"] for i in items for k in behind) or not all("write" in i["stages"] for i in items):
         return None
     return statistics.median(i["overhead_s"] - i["stages"].get("color_match", 0.0) - i["stages"]["write"] for i in items)
 

@@ -137,7 +137,7 @@ def test_a_batchs_clips_are_written_behind_and_match_a_single_run(standin_hf_hom
     assert code == 0, err
     for job in result["jobs"]:
         assert job["status"] == "ok" and job["written_behind"]
-        assert {"color_match", "encode", "write", "denoise"} <= set(job["seconds"])
+        assert {"color_match", "video_encode", "write", "denoise"} <= set(job["seconds"])
         assert job["continuity"]["first_vs_start"]["ssim"] is not None
     assert files_in(tmp_path) == sorted(["clips.json", "kf-a.png"] + [
         f"b{i}{suffix}" for i in range(3) for suffix in (".mp4", ".first.png", ".last.png", ".contact.png",
