@@ -6,7 +6,11 @@ times one forward of a full-size expert held on the card (nothing streamed) in e
 torch.profiler the GPU's busy time (the sum of its kernels) against the wall time: a forward whose GPU is
 idle part of the time is bound by the CPU launching kernels, one that is busy by the kernels themselves (the
 top kernels then say which). Forms: bf16; GGUF Q4_K_M (published type map, bench/fullsize.py); the same with
-the step-distill LoRA folded into the weights (the scripts) and as peft adapters (before).
+the step-distill LoRA folded into the weights (the scripts) and as peft adapters (before); and the folded form
+streamed as the 10 GB plans stream it (`@streamed`), and with each block dequantized on arrival (`@arrival`):
+with diffusers' per-block synchronisation (no `record_stream`, offload.py says why) the host waits for every
+block, so the GPU's idle share there is what streaming costs beyond the transfers. Host-to-device copies are
+counted apart (`copy_s`), since they overlap the kernels.
 
     python bench/forward_profile.py --out forward.json
 
@@ -27,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-FORMS = ("bf16", "gguf-q4", "gguf-q4+lora", "gguf-q4+lorapeft")
+FORMS = ("bf16", "gguf-q4", "gguf-q4+lora", "gguf-q4+lorapeft", "gguf-q4+lora@streamed", "gguf-q4+lora@arrival")
 
 
 def parse_args(argv=None):
@@ -52,6 +56,22 @@ def _inputs(size: str, device: str, dtype: torch.dtype, text_dim: int) -> dict:
 
 
 def _expert(size: str, form: str, device: str, dtype: torch.dtype):
+    """The expert in `form`; `@streamed` / `@arrival`: then streamed block by block from page-locked host memory
+    as the scripts' plans stream it (offload.place_module: pinned in place, diffusers' group offloading with
+    streams, no resident block), `@arrival` with each block dequantized as it arrives (producer.sizing.arrival)."""
+    from producer.sizing import offload
+    from producer.sizing.placement import Placement
+
+    form, _, streamed = form.partition("@")
+    model, config = _held_expert(size, form, device, dtype)
+    if streamed:
+        model.to("cpu")
+        offload.place_module(model, Placement.GROUP_OFFLOAD, torch.device(device),
+                             dequantize_on_arrival=streamed == "arrival")
+    return model, config
+
+
+def _held_expert(size: str, form: str, device: str, dtype: torch.dtype):
     import fullsize
     import loras
     from producer.engines.loras import lora
@@ -102,11 +122,14 @@ def measure(model, inputs: dict, device: str, repeats: int) -> dict:
             profiled = time.perf_counter() - started
     events = [e for e in prof.key_averages() if e.device_type.name == ("CUDA" if device == "cuda" else "CPU")]
     busy = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    copies = [e for e in events if "memcpy" in e.key.lower() and "htod" in e.key.lower()]
+    events = [e for e in events if e not in copies]
     total = sum(getattr(e, busy) for e in events) / 1e6
     top = sorted(events, key=lambda e: getattr(e, busy), reverse=True)[:10]
     # kernel_s / profiled_forward_s: the share of the forward the GPU was busy (the profiler adds a little)
     return {"forward_s": round(wall, 4), "kernel_s": round(total, 4), "profiled_forward_s": round(profiled, 4),
             "busy": round(total / profiled, 3), "launches": sum(e.count for e in events),
+            "copy_s": round(sum(getattr(e, busy) for e in copies) / 1e6, 4),
             "top": [{"name": e.key[:90], "ms": round(getattr(e, busy) / 1e3, 2), "calls": e.count} for e in top]}
 
 

@@ -186,7 +186,8 @@ def test_forward_profile_times_each_form_and_says_how_busy_the_device_was(tmp_pa
                           check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert set(rows) == {"bf16", "gguf-q4", "gguf-q4+lora", "gguf-q4+lorapeft"}
+    assert set(rows) == {"bf16", "gguf-q4", "gguf-q4+lora", "gguf-q4+lorapeft", "gguf-q4+lora@streamed",
+                         "gguf-q4+lora@arrival"}
     for row in rows.values():
         assert row["forward_s"] > 0 and row["kernel_s"] > 0 and 0 < row["busy"] and row["top"][0]["calls"] >= 1
     assert rows["gguf-q4+lorapeft"]["launches"] > rows["gguf-q4+lora"]["launches"]  # peft's own ops on each layer
