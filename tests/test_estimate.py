@@ -353,11 +353,11 @@ def test_the_estimate_and_the_download_plan_count_the_distill_loras_factors(samp
     is installed, so the counts come from the registry's file sizes."""
     from dataclasses import replace
 
-    from producer.modelfiles import models, needs
+    from producer.modelfiles import lora_sizes, needs
 
     hw = hardware.from_sizes(10, 32, name="NVIDIA GeForce RTX 3080")
     machine(monkeypatch, hw)
-    wan_factors = models.lora_adapter_params("wan-lightning")
+    wan_factors = lora_sizes.entry_params("wan-lightning")
     assert wan_factors == 1_374_000_000 // 2 // 2  # two files in the registry's size, 2 bytes a parameter
     work, _ = needs.workload("wan")
     without = memory.plan_memory(hw, memory.WAN_FOOTPRINT, work)
@@ -374,11 +374,11 @@ def test_the_estimate_and_the_download_plan_count_the_distill_loras_factors(samp
 
 def test_installed_loras_are_counted_from_their_headers(standin_hf_home):
     from producer.engines.loras import lora, lora_files
-    from producer.modelfiles import models
+    from producer.modelfiles import lora_sizes
 
     for name in ("wan-lightning", "qwen-lightning"):
         specs = lora.registry_lora_specs(name)
-        assert models.lora_adapter_params(name) == lora_files.adapter_params(specs) > 0
+        assert lora_sizes.entry_params(name) == lora_files.adapter_params(specs) > 0
 
 
 def test_estimate_text_names_the_phases_and_the_total(sample, monkeypatch, capsys):

@@ -163,31 +163,6 @@ def made_on_standins(model: dict) -> bool:
     return False
 
 
-def lora_adapter_params(name: str, steps: int | None = None) -> int:
-    """The LoRA factors one denoiser keeps beside GGUF weights for a registry LoRA entry (what
-    `ModelFootprint.adapter_params` counts), the largest over the denoisers its files go into: read from the
-    files' headers where installed, else from the registry's file sizes at 2 bytes a parameter (bf16 files;
-    an upper bound, since a file also holds alphas and biases). Entries whose roles are step counts
-    (qwen-lightning) load one file: `steps`' (4 by default)."""
-    entry = registry.get(name)
-    if set(entry.roles) <= set(registry.WAN_DENOISERS):  # one file per expert
-        per_denoiser = [[filename] for filename in entry.roles.values()]
-    elif all(role.isdigit() for role in entry.roles):
-        per_denoiser = [[entry.roles[str(steps or 4)]]]
-    else:  # every file into the entry's targets
-        per_denoiser = [list(entry.roles.values())]
-    return max(sum(_lora_file_params(entry, f) for f in files) for files in per_denoiser)
-
-
-def _lora_file_params(entry: registry.ModelEntry, filename: str) -> int:
-    from producer.engines.loras.lora_files import pair_params
-
-    if is_present(entry) and (locate(entry) / filename).is_file():
-        return pair_params(locate(entry) / filename)
-    size = entry.file_sizes.get(filename) or entry.size_bytes // len(set(entry.roles.values()))
-    return size // 2
-
-
 def footprint(family: str, snap: Path | None) -> ModelFootprint:
     """Parameter counts from the installed configs (exact for the real models and the stand-ins alike);
     the registry's published counts when nothing is installed yet."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from producer.facts import registry
 from producer.facts.hardware import GiB, Hardware
-from producer.modelfiles import models
+from producer.modelfiles import lora_sizes, models
 from producer.sizing import memory
 
 # The demo's time: measured 13 s on 2 idle cores (several times that while other jobs share them).
@@ -58,7 +58,7 @@ def family_need(family: str, hw: Hardware, complete: set[str] | None, weights: s
     snap = _config_snapshot(family, complete)
     work, described = workload(family)
     # the step-distill LoRA that comes with every download; GGUF forms keep its factors (memory.denoiser_bytes)
-    model = replace(models.footprint(family, snap), adapter_params=models.lora_adapter_params(DISTILL_LORAS[family]))
+    model = replace(models.footprint(family, snap), adapter_params=lora_sizes.entry_params(DISTILL_LORAS[family]))
     plan = memory.plan_memory(hw, model, work, weights=weights, installed=installed)
     form = "bf16" if plan.weights == "fp32" else plan.weights  # fp32 is bf16 files computed in fp32 (CPU)
     names = tuple(e.name for e in models.entries_for_form(family, form)) + (DISTILL_LORAS[family],)

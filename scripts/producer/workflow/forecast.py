@@ -16,7 +16,7 @@ from pathlib import Path
 from producer.errors import CliError
 from producer.facts import registry
 from producer.facts.hardware import GiB, Hardware
-from producer.modelfiles import models, needs
+from producer.modelfiles import lora_sizes, models, needs
 from producer.modelfiles.install import human_bytes
 from producer.sizing import estimate, memory
 from producer.workflow.planner import WAN, parse_job
@@ -124,7 +124,7 @@ def _resolve(plan, job, family: str, notes: list[str]) -> tuple[estimate.Item, d
         frames = resolve_frames(args.frames, args.duration).count
         distilled = args.distill != "off" and (args.distill != "auto" or _installed(DISTILL["wan"], "wan", notes))
         if distilled:
-            batch["adapter_params"] += models.lora_adapter_params(DISTILL_ENTRIES.get(args.distill) or _wan_distill())
+            batch["adapter_params"] += lora_sizes.entry_params(DISTILL_ENTRIES.get(args.distill) or _wan_distill())
         base = registry.WAN.distilled if distilled else registry.WAN.full
         guidance = args.guidance if args.guidance is not None else base.guidance
         return estimate.Item("wan", w, h, args.steps or base.steps, guidance > 1, frames=frames), batch
@@ -140,9 +140,9 @@ def _resolve(plan, job, family: str, notes: list[str]) -> tuple[estimate.Item, d
         fits = args.steps in (None, 4, 8) and (args.cfg is None or args.cfg <= 1)
         lightning = str(args.steps or 4) if fits and _installed(DISTILL["qwen"], "qwen", notes) else "off"
     if lightning != "off":
-        batch["adapter_params"] += models.lora_adapter_params(DISTILL["qwen"][0], int(lightning))
+        batch["adapter_params"] += lora_sizes.entry_params(DISTILL["qwen"][0], int(lightning))
     if _anypose(args):
-        batch["adapter_params"] += models.lora_adapter_params("qwen-anypose")
+        batch["adapter_params"] += lora_sizes.entry_params("qwen-anypose")
     base = registry.QWEN.full if lightning == "off" else getattr(registry.QWEN, f"lightning_{lightning}")
     cfg = args.cfg if args.cfg is not None else base.cfg
     return estimate.Item("qwen", w, h, args.steps or base.steps, cfg > 1, references=pictures), batch

@@ -6,7 +6,6 @@ Part of producer.engines.loras.lora (see its docstring for the rules); kept apar
 from __future__ import annotations
 
 import logging
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 from producer.errors import CliError, missing
 from producer.facts.registry import WAN_DENOISERS
 from producer.files.inputs import regular_file
+from producer.modelfiles.lora_sizes import DOWN_SUFFIXES, UP_SUFFIXES, pair_params
 from producer.values import not_text
 
 log = logging.getLogger("producer")
@@ -27,8 +27,6 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 MAX_ABS_STRENGTH = 10.0  # beyond this a LoRA only produces noise; a typo like 08 for 0.8 is likelier
 
 # Key suffixes. `.lora_B.bias` is what diffusers-format files call a bias delta (peft's lora_bias).
-DOWN_SUFFIXES = (".lora_down.weight", ".lora_A.weight")
-UP_SUFFIXES = (".lora_up.weight", ".lora_B.weight")
 ALPHA_SUFFIX = ".alpha"
 DELTA_SUFFIXES = {".diff_b": "bias", ".diff_m": "modulation", ".diff": "weight", ".lora_B.bias": "bias"}
 MODULATION_DIFF = ".modulation.diff"  # `blocks.N.modulation.diff`, another spelling of `blocks.N.diff_m`
@@ -374,19 +372,6 @@ def check_lora_file(path: Path, must_exist: bool = True) -> None:
                        fix="check the path (relative paths start in the current folder)")
     if must_exist:
         regular_file(path, "LoRA file")
-
-
-def pair_params(path: Path) -> int:
-    """Parameters of a LoRA file's down and up matrices, from its header (nothing else is read); 0 for a file
-    that cannot be read here (loading reports that with its own message)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()  # noqa: SIM118 - a reader, not a dict
-                       if k.endswith(DOWN_SUFFIXES + UP_SUFFIXES))
-    except (SafetensorError, OSError, UnicodeError):
-        return 0
 
 
 def adapter_params(specs) -> int:
