@@ -114,7 +114,8 @@ def _present(family: str) -> list:
 
 
 def _resolve(plan, job, family: str, notes: list[str]) -> tuple[estimate.Item, dict]:
-    """(the item, the batch-wide options: offload and weights)."""
+    """(the item, the batch-wide options: offload and weights, and the LoRA factors the job keeps beside GGUF
+    weights: its step-distill LoRA and its own --lora files)."""
     args = parse_job(plan, job)
     batch = {"offload": args.offload, "weights": args.weights, "adapter_params": _user_lora_params(args, family)}
     if job.script == WAN:
