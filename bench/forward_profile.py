@@ -1,20 +1,23 @@
-"""One Wan expert forward at 480p, profiled, in the forms the plans run: where a GGUF forward's time goes.
+"""One denoiser forward, profiled, in the forms the plans run: where a GGUF forward's time goes. Wan: one expert
+at 480p; Qwen (`--family qwen`): the transformer in a 1-reference 1024x1024 edit.
 
 The whole-clip runs put the GGUF Q4 experts at ~1.22x plain's denoising whatever the residency
-(docs/performance.md), while the dequantization alone (bench/dequant.py) accounts for ~1 s of the ~3 s. This
-times one forward of a full-size expert held on the card (nothing streamed) in each form, and from
-torch.profiler the GPU's busy time (the sum of its kernels) against the wall time: a forward whose GPU is
-idle part of the time is bound by the CPU launching kernels, one that is busy by the kernels themselves (the
-top kernels then say which). Forms: bf16; GGUF Q4_K_M (published type map, bench/fullsize.py); the same with
-the step-distill LoRA folded into the weights (the scripts) and as peft adapters (before); and the folded form
-streamed as the 10 GB plans stream it (`@streamed`), and with each block dequantized on arrival (`@arrival`):
-with diffusers' per-block synchronisation (no `record_stream`, offload.py says why) the host waits for every
-block, so the GPU's idle share there is what streaming costs beyond the transfers. Host-to-device copies are
-counted apart (`copy_s`), since they overlap the kernels.
+(docs/performance.md), while the dequantization alone (bench/dequant.py) accounts for ~1 s of the ~3 s; Qwen's
+GGUF Q8 transformer costs ~1.40x plain even with every block on the card. This times one forward of the
+full-size model held on the card (nothing streamed) in each form, and from torch.profiler the GPU's busy time
+(the sum of its kernels) against the wall time: a forward whose GPU is idle part of the time is bound by the
+CPU launching kernels, one that is busy by the kernels themselves (the top kernels then say which). Forms:
+bf16; the GGUF form of the family's 10 GB plan (Wan Q4_K_M, Qwen Q8_0; published type maps,
+bench/fullsize.py); the same with the step-distill LoRA folded into the weights (the scripts) and as peft
+adapters (before); and the folded form streamed as the 10 GB plans stream it (`@streamed`), and with each
+block dequantized on arrival (`@arrival`). With diffusers' per-block synchronisation (no `record_stream`,
+offload.py says why) the host waits for every block, so the GPU's idle share there is what streaming costs
+beyond the transfers. Host-to-device copies are counted apart (`copy_s`), since they overlap the kernels.
 
     python bench/forward_profile.py --out forward.json
+    python bench/forward_profile.py --family qwen --out forward-qwen.json
 
-`--size tiny` runs the same code on the stand-in config on the CPU (the test suite does).
+`--size tiny` runs the same code on the stand-in configs on the CPU (the test suite does).
 """
 
 from __future__ import annotations
@@ -31,20 +34,48 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-FORMS = ("bf16", "gguf-q4", "gguf-q4+lora", "gguf-q4+lorapeft", "gguf-q4+lora@streamed", "gguf-q4+lora@arrival")
+# The GGUF form each family's 10 GB plans choose (docs/memory-plan.md): Wan Q4_K_M, Qwen Q8_0.
+GGUF_FORM = {"wan": "gguf-q4", "qwen": "gguf-q8"}
+VARIANTS = ("bf16", "{q}", "{q}+lora", "{q}+lorapeft", "{q}+lora@streamed", "{q}+lora@arrival")
+
+
+def forms(family: str) -> tuple[str, ...]:
+    return tuple(v.format(q=GGUF_FORM[family]) for v in VARIANTS)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--family", choices=tuple(GGUF_FORM), default="wan",
+                   help="wan: one expert at 480p; qwen: the transformer, a 1-reference edit at 1024x1024")
     p.add_argument("--size", choices=("full", "tiny"), default="full")
     p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
-    p.add_argument("--forms", default=",".join(FORMS), help=f"comma-separated, of {', '.join(FORMS)}")
+    p.add_argument("--forms", default=None, help=f"comma-separated, of {', '.join(VARIANTS)} with {{q}} the "
+                                                 "family's GGUF form (gguf-q4 for Wan, gguf-q8 for Qwen); all by default")
     p.add_argument("--repeats", type=int, default=2, help="timed forwards after a warm-up one")
     p.add_argument("--out", type=Path, default=None)
     return p.parse_args(argv)
 
 
-def _inputs(size: str, device: str, dtype: torch.dtype, text_dim: int) -> dict:
+def _inputs(family: str, size: str, device: str, dtype: torch.dtype, text_dim: int) -> dict:
+    return (_wan_inputs if family == "wan" else _qwen_inputs)(size, device, dtype, text_dim)
+
+
+def _qwen_inputs(size: str, device: str, dtype: torch.dtype, text_dim: int) -> dict:
+    """What QwenImageEditPlusPipeline hands its transformer for a 1024x1024 edit of one 1024x1024 reference: the
+    packed latents of both (64 x 64 each, 64 channels), the prompt with the reference's vision tokens, or a small
+    edit at tiny size."""
+    import fullsize
+
+    side = 64 if size == "full" else 4
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    embeds, mask = fullsize.qwen_prompt_embeds(size, 1, device, dtype)
+    return {"hidden_states": torch.randn(1, 2 * side * side, 64, generator=gen).to(device, dtype),
+            "timestep": torch.tensor([0.75], device=device, dtype=dtype), "encoder_hidden_states": embeds,
+            "encoder_hidden_states_mask": mask, "img_shapes": [[(1, side, side), (1, side, side)]],
+            "return_dict": False}
+
+
+def _wan_inputs(size: str, device: str, dtype: torch.dtype, text_dim: int) -> dict:
     """What the pipeline hands an expert at 832x480x81 (21 x 60 x 104 latents, 36 channels with the image
     condition; 512 text tokens), or a small clip at tiny size."""
     frames, height, width = (21, 60, 104) if size == "full" else (3, 8, 8)
@@ -55,15 +86,16 @@ def _inputs(size: str, device: str, dtype: torch.dtype, text_dim: int) -> dict:
             "return_dict": False}
 
 
-def _expert(size: str, form: str, device: str, dtype: torch.dtype):
-    """The expert in `form`; `@streamed` / `@arrival`: then streamed block by block from page-locked host memory
-    as the scripts' plans stream it (offload.place_module: pinned in place, diffusers' group offloading with
-    streams, no resident block), `@arrival` with each block dequantized as it arrives (producer.sizing.arrival)."""
+def _expert(family: str, size: str, form: str, device: str, dtype: torch.dtype):
+    """The expert (Wan) or transformer (Qwen) in `form`; `@streamed` / `@arrival`: then streamed block by block
+    from page-locked host memory as the scripts' plans stream it (offload.place_module: pinned in place,
+    diffusers' group offloading with streams, no resident block), `@arrival` with each block dequantized as it
+    arrives (producer.sizing.arrival)."""
     from producer.sizing import offload
     from producer.sizing.placement import Placement
 
     form, _, streamed = form.partition("@")
-    model, config = _held_expert(size, form, device, dtype)
+    model, config = _held_model(family, size, form, device, dtype)
     if streamed:
         model.to("cpu")
         offload.place_module(model, Placement.GROUP_OFFLOAD, torch.device(device),
@@ -71,29 +103,42 @@ def _expert(size: str, form: str, device: str, dtype: torch.dtype):
     return model, config
 
 
-def _held_expert(size: str, form: str, device: str, dtype: torch.dtype):
+def _held_model(family: str, size: str, form: str, device: str, dtype: torch.dtype):
     import fullsize
+    from diffusers import QwenImageTransformer2DModel, WanTransformer3DModel
+
+    weights, _, lora_form = form.partition("+")
+    wide = weights != "bf16"
+    config = fullsize.wan_expert_config(size, wide) if family == "wan" else fullsize.qwen_transformer_config(size, wide)
+    torch.manual_seed(0)
+    with fullsize._building(device, dtype):
+        model = (WanTransformer3DModel if family == "wan" else QwenImageTransformer2DModel)(**config).eval()
+    if weights != "bf16":
+        fullsize.quantize_like_gguf(model, weights, dtype)
+    if lora_form:
+        _load_lora(family, size, model, fold=lora_form == "lora")
+    return model, config
+
+
+def _load_lora(family: str, size: str, model, fold: bool) -> None:
+    """The step-distill LoRA's layout and rank (bench/loras.py), loaded by the scripts' loader: folded into the
+    GGUF weights, or left as peft adapters (`fold=False`, as before folding)."""
     import loras
+    from diffusers import QwenImageEditPlusPipeline
     from producer.engines.loras import lora
     from producer.engines.wan.experts import lora_view
 
-    config = fullsize.wan_expert_config(size, wide=form != "bf16")
-    torch.manual_seed(0)
-    with fullsize._building(device, dtype):
-        from diffusers import WanTransformer3DModel
-
-        model = WanTransformer3DModel(**config).eval()
-    if form == "bf16":
-        return model, config
-    fullsize.quantize_like_gguf(model, "gguf-q4", dtype)
-    if "+lora" in form:
-        path = Path(tempfile.gettempdir()) / f"producer-profile-{size}-lora.safetensors"
-        if not path.exists():
-            loras.write_lora("wan", size == "tiny", str(path), size)
-        lora.FOLD_GGUF = not form.endswith("lorapeft")
-        spec = lora.parse_lora_spec(f"{path}:1.0:high", "wan")
-        lora.load_loras(lora_view("transformer", model), [spec], "wan", fuse=True)
-    return model, config
+    path = Path(tempfile.gettempdir()) / f"producer-profile-{family}-{size}-lora.safetensors"
+    if not path.exists():
+        loras.write_lora(family, size == "tiny", str(path), size)
+    lora.FOLD_GGUF = fold
+    if family == "wan":
+        pipe, spec = lora_view("transformer", model), f"{path}:1.0:high"
+    else:
+        pipe = QwenImageEditPlusPipeline(scheduler=None, vae=None, text_encoder=None, tokenizer=None, processor=None,
+                                         transformer=model)
+        spec = f"{path}:1.0"
+    lora.load_loras(pipe, [lora.parse_lora_spec(spec, family)], family, fuse=True)
 
 
 def _sync(device: str) -> None:
@@ -138,18 +183,20 @@ def main(argv=None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     rows = {}
-    for form in args.forms.split(","):
-        if form not in FORMS:
-            print(f"unknown form {form!r}: use {', '.join(FORMS)}", file=sys.stderr)
+    known = forms(args.family)
+    for form in args.forms.split(",") if args.forms else known:
+        if form not in known:
+            print(f"unknown form {form!r} for {args.family}: use {', '.join(known)}", file=sys.stderr)
             return 2
-        model, config = _expert(args.size, form, device, dtype)
-        rows[form] = measure(model, _inputs(args.size, device, dtype, config["text_dim"]), device, args.repeats)
+        model, config = _expert(args.family, args.size, form, device, dtype)
+        text_dim = config["text_dim"] if args.family == "wan" else config["joint_attention_dim"]
+        rows[form] = measure(model, _inputs(args.family, args.size, device, dtype, text_dim), device, args.repeats)
         print(form, json.dumps({k: v for k, v in rows[form].items() if k != "top"}), flush=True)
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-              "size": args.size, "rows": rows}
+              "family": args.family, "size": args.size, "rows": rows}
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
     return 0

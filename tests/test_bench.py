@@ -179,18 +179,19 @@ def test_lora_configs_load_the_distill_lora_folded_or_as_adapters(tmp_path):
         "qwen-tiny-wide-lora-r64.safetensors", "wan-tiny-wide-lora-r64.safetensors"]
 
 
-def test_forward_profile_times_each_form_and_says_how_busy_the_device_was(tmp_path):
+@pytest.mark.parametrize("family, gguf", [("wan", "gguf-q4"), ("qwen", "gguf-q8")])
+def test_forward_profile_times_each_form_and_says_how_busy_the_device_was(tmp_path, family, gguf):
     out = tmp_path / "f.json"
-    proc = subprocess.run([sys.executable, str(BENCH.with_name("forward_profile.py")), "--size", "tiny", "--device",
-                           "cpu", "--repeats", "1", "--out", str(out)], capture_output=True, text=True, timeout=300,
-                          check=False)
+    proc = subprocess.run([sys.executable, str(BENCH.with_name("forward_profile.py")), "--family", family, "--size",
+                           "tiny", "--device", "cpu", "--repeats", "1", "--out", str(out)], capture_output=True,
+                          text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert set(rows) == {"bf16", "gguf-q4", "gguf-q4+lora", "gguf-q4+lorapeft", "gguf-q4+lora@streamed",
-                         "gguf-q4+lora@arrival"}
+    assert set(rows) == {"bf16", gguf, f"{gguf}+lora", f"{gguf}+lorapeft", f"{gguf}+lora@streamed",
+                         f"{gguf}+lora@arrival"}
     for row in rows.values():
         assert row["forward_s"] > 0 and row["kernel_s"] > 0 and 0 < row["busy"] and row["top"][0]["calls"] >= 1
-    assert rows["gguf-q4+lorapeft"]["launches"] > rows["gguf-q4+lora"]["launches"]  # peft's own ops on each layer
+    assert rows[f"{gguf}+lorapeft"]["launches"] > rows[f"{gguf}+lora"]["launches"]  # peft's own ops on each layer
 
 
 def test_disk_read_times_each_way_of_reading_a_file_whole(tmp_path):
