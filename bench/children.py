@@ -106,7 +106,7 @@ def _machine_plan(family: str, config: str):
     if machine is None:
         return None
     footprint, work = memory.TABLE_WORKLOADS[family][1:]
-    footprint = replace(footprint, adapter_params=loras.ADAPTER_PARAMS.get(family, 0))
+    footprint = replace(footprint, adapter_params=loras.plan_params(family, config))
     streamall = 0 if has_lever(config, "-streamall") else None
     form = next((f for suffix, f in FORCED_FORMS.items() if has_lever(config, suffix)), "auto")
     return memory.plan_memory(hardware.from_sizes(*machine), footprint, work, weights=form,
@@ -131,7 +131,7 @@ def _expected(family: str, config: str, encoding: bool = False) -> dict:
     return {"machine_gb": {"vram": machine[0], "ram": machine[1]}, "weights": plan.weights,
             "predicted_vram_gib": round(vram / GiB, 2), "predicted_ram_gib": round(ram / GiB, 2),
             "plan_peak_gib": {"vram": round(plan.peak_vram / GiB, 2), "ram": round(plan.peak_ram / GiB, 2)},
-            "plan_fits": plan.fits}
+            "plan_fits": plan.fits, "plan_dequantize_on_arrival": plan.dequantize_on_arrival}
 
 
 def _to_form(modules: list, form: str, dtype: torch.dtype) -> dict:

@@ -12,6 +12,7 @@ run's peak RAM. The plain runs have no LoRA: fused, it changes nothing in their 
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -23,9 +24,6 @@ from benchmark import has_lever
 
 SUFFIXES = {"-lora": True, "-lorapeft": False}  # config suffix -> the scripts fold it on GGUF weights
 RANK = 64  # lightx2v/Wan2.2-Distill-Loras and lightx2v/Qwen-Image-Edit-2511-Lightning (model-files.md)
-# The LoRA parameters a denoiser of the run keeps (set with its specs): the plan of the run counts them, as the
-# scripts' plans do (producer.engines.loras.lora_files.adapter_params).
-ADAPTER_PARAMS: dict[str, int] = {}
 UP_SCALE = 1e-3  # a delta of ~1e-4 a weight, beside the random weights' ~1e-2
 
 
@@ -46,8 +44,9 @@ def lora_file(args, family: str, device: str, wide: bool) -> Path:
     return path
 
 
-def write_lora(family: str, wide: bool, path: str, size: str) -> dict:
-    """(its own process) The LoRA of `family` for the benchmark's model of `size`: the real file layout."""
+def _state(family: str, wide: bool, size: str) -> dict:
+    """The LoRA's tensors in the published layout, for the benchmark's model of `size` (on the current default
+    device: under `torch.device("meta")` shapes only)."""
     import fullsize
     from producer.testing import standin_loras
 
@@ -56,19 +55,37 @@ def write_lora(family: str, wide: bool, path: str, size: str) -> dict:
 
         with torch.device("meta"):  # shapes only
             model = WanTransformer3DModel(**fullsize.wan_expert_config(size, wide))
-        state = standin_loras.wan_lightx2v_lora(model, rank=RANK, alpha=None, head="diff", dtype=torch.bfloat16)
-    else:
-        from diffusers import QwenImageTransformer2DModel
+        return standin_loras.wan_lightx2v_lora(model, rank=RANK, alpha=None, head="diff", dtype=torch.bfloat16)
+    from diffusers import QwenImageTransformer2DModel
 
-        with torch.device("meta"):
-            model = QwenImageTransformer2DModel(**fullsize.qwen_transformer_config(size, wide))
-        state = standin_loras.qwen_lightning_lora(model, rank=RANK, dtype=torch.bfloat16)
+    with torch.device("meta"):
+        model = QwenImageTransformer2DModel(**fullsize.qwen_transformer_config(size, wide))
+    return standin_loras.qwen_lightning_lora(model, rank=RANK, dtype=torch.bfloat16)
+
+
+def write_lora(family: str, wide: bool, path: str, size: str) -> dict:
+    """(its own process) The LoRA of `family` for the benchmark's model of `size`: the real file layout."""
+    from producer.testing import standin_loras
+
     state = {k: v * UP_SCALE if "lora_up" in k or k.endswith((".diff", ".diff_b", ".diff_m")) else v
-             for k, v in state.items()}
+             for k, v in _state(family, wide, size).items()}
     partial = Path(f"{path}.partial")
     standin_loras.save_lora(state, partial)
     os.replace(partial, path)
     return {"path": str(path), "bytes": Path(path).stat().st_size}
+
+
+@functools.lru_cache
+def plan_params(family: str, config: str) -> int:
+    """The factors a `-lora` / `-lorapeft` run's plan counts beside each GGUF denoiser: those of the full-size
+    LoRA (the `planVxR` plans are of the full-size model), counted on the meta device; 0 without a LoRA."""
+    if folding(config) is None:
+        return 0
+    from producer.modelfiles.lora_sizes import DOWN_SUFFIXES, UP_SUFFIXES
+
+    with torch.device("meta"):
+        state = _state(family, False, "full")
+    return sum(v.numel() for k, v in state.items() if k.endswith(DOWN_SUFFIXES + UP_SUFFIXES))
 
 
 def session_specs(args, family: str, config: str, device: str, wide: bool) -> list:
@@ -76,13 +93,11 @@ def session_specs(args, family: str, config: str, device: str, wide: bool) -> li
     fold = folding(config)
     if fold is None:
         return []
-    from producer.engines.loras import lora, lora_files
+    from producer.engines.loras import lora
 
     lora.FOLD_GGUF = fold
     path = lora_file(args, family, device, wide)
-    specs = [lora.parse_lora_spec(f"{path}:1.0:both" if family == "wan" else f"{path}:1.0", family)]
-    ADAPTER_PARAMS[family] = lora_files.adapter_params(specs)
-    return specs
+    return [lora.parse_lora_spec(f"{path}:1.0:both" if family == "wan" else f"{path}:1.0", family)]
 
 
 def reported(reports) -> dict:

@@ -172,8 +172,8 @@ def test_lora_configs_load_the_distill_lora_folded_or_as_adapters(tmp_path):
     assert runs[("wan-480p-4", "plan10x32-lorapeft")]["lora"]["folded"] == dict.fromkeys(both, False)
     assert runs[("qwen-1ref-4", "plan10x32-lora")]["lora"]["folded"] == {"transformer": True}
     both_levers = runs[("qwen-1ref-4", "plan10x32-dequant-lora")]  # a plan lever, then the LoRA
-    assert both_levers["lora"]["folded"] == {"transformer": True}  # and the full-size plan dequantizes on arrival:
-    assert both_levers["predicted_vram_gib"] > runs[("qwen-1ref-4", "plan10x32-lora")]["predicted_vram_gib"]
+    assert both_levers["lora"]["folded"] == {"transformer": True} and both_levers["plan_dequantize_on_arrival"]
+    assert not runs[("qwen-1ref-4", "plan10x32-lora")]["plan_dequantize_on_arrival"]
     assert runs[("wan-480p-4", "plan10x32-lora")]["weights"] == "gguf-q4"
     assert sorted(p.name for p in (tmp_path / "models").glob("*lora*")) == [
         "qwen-tiny-wide-lora-r64.safetensors", "wan-tiny-wide-lora-r64.safetensors"]
@@ -207,3 +207,15 @@ def test_disk_read_times_each_way_of_reading_a_file_whole(tmp_path):
     missing = subprocess.run([sys.executable, str(BENCH.with_name("disk_read.py")), str(tmp_path / "none.gguf")],
                              capture_output=True, text=True, timeout=60, check=False)
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_a_lora_runs_plan_counts_the_full_size_loras_factors():
+    """A `-lora` run's plan is the full-size model's, whatever the run's size: it counts the full-size LoRA's
+    factors, from the configuration alone (no file, no order between loading the LoRA and planning)."""
+    sys.path.insert(0, str(BENCH.parent))
+    import loras
+
+    assert loras.plan_params("wan", "plan10x32") == 0
+    wan = loras.plan_params("wan", "plan10x32-lora")
+    assert wan == loras.plan_params("wan", "plan12x32-dequant-lorapeft") == 311_246_848  # 0.58 GiB in bf16
+    assert 400e6 < loras.plan_params("qwen", "plan10x32-lora") < 450e6  # the 850 MB file's factors
