@@ -212,9 +212,8 @@ def test_a_lora_runs_plan_counts_the_full_size_loras_factors():
     factors, from the configuration alone (no file, no order between loading the LoRA and planning), and a plan
     lever may come before the LoRA."""
     sys.path.insert(0, str(BENCH.parent))
-    import loras
-
     import children
+    import loras
 
     assert loras.plan_params("wan", "plan10x32") == 0
     both = children._machine_plan("qwen", "plan10x32-dequant-lora")  # a plan lever, then the LoRA
