@@ -125,6 +125,23 @@ def test_a_second_load_folds_beside_the_first(standin_hf_home, tmp_path, monkeyp
     assert q.lora_up.shape[1] == 4 + 8 and HookRegistry.check_if_exists_or_initialize(q).get_hook(folded_lora.HOOK)
 
 
+def test_unloading_the_second_of_two_folds_leaves_the_first(standin_hf_home, tmp_path, monkeypatch):
+    """Each load's unload (or rollback) takes out only the factors it folded: the expert then computes what it
+    computed with the first LoRA alone."""
+    from test_offload import _gguf_expert, _wan_input
+
+    first_only, both = _gguf_expert(standin_hf_home), _gguf_expert(standin_hf_home)
+    first, second = _specs(tmp_path, first_only)
+    _load(first_only, [first], monkeypatch, fold=True)
+    _load(both, [first], monkeypatch, fold=True)
+    report = _load(both, [second], monkeypatch, fold=True)
+    lora.unload_loras(lora_view("transformer", both), report)
+    x = _wan_input(both)
+    with torch.no_grad():
+        assert torch.allclose(both(**x)[0], first_only(**x)[0], atol=1e-6)
+    assert both.blocks[0].attn1.to_q.lora_up.shape[1] == 4
+
+
 def test_folded_factors_are_packed_and_streamed_with_their_block(standin_hf_home, tmp_path, monkeypatch):
     """Under the streamed plans the factors are weights of their block like any other: packed into the
     page-locked chunks and offloaded block by block by diffusers, the expert computing the same."""

@@ -26,6 +26,7 @@ from diffusers.quantizers.gguf import utils as gguf_utils
 
 HOOK = "producer_folded_lora"
 UP, DOWN = "lora_up", "lora_down"
+PARTS = "_folded_parts"  # per folded layer: (the adapter names of one fold, its rank), in stacking order
 
 
 def quantized(weight) -> bool:
@@ -130,20 +131,42 @@ def _fold_layer(layer, names: list[str]) -> torch.nn.Module:
     down = torch.cat([layer.lora_A[n].weight.float() for n in adapters], dim=0)
     device = layer.lora_A[adapters[0]].weight.device
     up, down = up.to(device, dtype), down.to(device, dtype)
+    parts = [*getattr(base, PARTS, []), (tuple(names), down.shape[0])]
     if folded(base):  # LoRAs folded by an earlier load stay: the new factors go beside theirs
         up, down = torch.cat([getattr(base, UP), up], dim=1), torch.cat([getattr(base, DOWN), down], dim=0)
-    base.register_parameter(UP, torch.nn.Parameter(up, requires_grad=False))
-    base.register_parameter(DOWN, torch.nn.Parameter(down, requires_grad=False))
+    _set_factors(base, up, down, parts)
     registry = HookRegistry.check_if_exists_or_initialize(base)
     if registry.get_hook(HOOK) is None:
         registry.register_hook(FoldedLora(), HOOK)
     return base
 
 
-def unfold(model: torch.nn.Module) -> int:
-    """Take every folded LoRA out of `model` (its GGUF weights were never changed); the number of layers."""
+def _set_factors(layer: torch.nn.Module, up: torch.Tensor, down: torch.Tensor, parts: list) -> None:
+    layer.register_parameter(UP, torch.nn.Parameter(up, requires_grad=False))
+    layer.register_parameter(DOWN, torch.nn.Parameter(down, requires_grad=False))
+    setattr(layer, PARTS, parts)
+
+
+def unfold(model: torch.nn.Module, names: list[str] | None = None) -> int:
+    """Take the LoRAs folded as `names` (one `fold` call's; every folded LoRA when None) out of `model`: the
+    other folds' factors stay, and a layer left with none computes as before (its GGUF weights were never
+    changed). Returns the number of layers it changed."""
     layers = [m for m in model.modules() if folded(m)]
+    changed = 0
     for layer in layers:
-        del layer._parameters[UP], layer._parameters[DOWN]
-        HookRegistry.check_if_exists_or_initialize(layer).remove_hook(HOOK, recurse=False)
-    return len(layers)
+        parts = getattr(layer, PARTS)
+        kept = [i for i, (key, _) in enumerate(parts) if names is not None and key != tuple(names)]
+        if len(kept) == len(parts):
+            continue
+        changed += 1
+        if not kept:
+            del layer._parameters[UP], layer._parameters[DOWN]
+            delattr(layer, PARTS)
+            HookRegistry.check_if_exists_or_initialize(layer).remove_hook(HOOK, recurse=False)
+            continue
+        starts = [sum(rank for _, rank in parts[:i]) for i in range(len(parts))]
+        rows = torch.cat([torch.arange(starts[i], starts[i] + parts[i][1]) for i in kept]).to(layer.lora_down.device)
+        with torch.no_grad():
+            _set_factors(layer, layer.lora_up[:, rows].contiguous(), layer.lora_down[rows].contiguous(),
+                         [parts[i] for i in kept])
+    return changed

@@ -51,14 +51,14 @@ def fold_quantized(pipe, plans: list[SpecPlan], report: LoraReport, enabled: boo
                         "the activations (same images, slower per step)")
             continue
         log.info(f"LoRAs folded into the quantized {component}'s weights as each layer dequantizes them")
-        report._folded.append(component)
+        report._folded[component] = names
         mark(plans, component, "folded")
 
 
 def unfold_all(pipe, report: LoraReport) -> None:
-    """Take the LoRAs that `report`'s load folded out of their transformers."""
+    """Take the LoRAs that `report`'s load folded out of their transformers (those of other loads stay)."""
     from producer.sizing import folded_lora
 
-    for component in report._folded:
-        folded_lora.unfold(getattr(pipe, component))
+    for component, names in report._folded.items():
+        folded_lora.unfold(getattr(pipe, component), names)
     report._folded.clear()

@@ -64,7 +64,8 @@ class LoraReport:
     # Originals of the parameters that deltas changed, to restore them exactly (not part of to_dict).
     _originals: list[tuple[Any, Any]] = field(default_factory=list, repr=False, compare=False)
     _adapters: list[str] = field(default_factory=list, repr=False, compare=False)
-    _folded: list[str] = field(default_factory=list, repr=False, compare=False)  # components with folded LoRAs
+    # components with LoRAs this load folded, and the adapter names it folded them as
+    _folded: dict[str, list[str]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def fused(self) -> bool:
