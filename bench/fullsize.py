@@ -295,14 +295,15 @@ def write_gguf_expert(module: torch.nn.Module, path, form: str, arch: str = "wan
 
 
 def read_speed(paths) -> dict:
-    """Seconds and GB/s to read `paths` whole (warm page cache after writing them): the floor of any load."""
+    """Seconds and GB/s to read `paths` whole (warm page cache after writing them): the floor of any load. Read
+    into one buffer made once (disk_read.read_serial): a fresh 64 MiB object at every read, as before 2026-12-07
+    (third session), also timed its page faults, which made the floor slower than the disk."""
     import time
 
-    total, start = 0, time.perf_counter()
-    for path in paths:
-        with open(path, "rb", buffering=0) as f:
-            while chunk := f.read(64 << 20):
-                total += len(chunk)
+    from disk_read import read_serial
+
+    start = time.perf_counter()
+    total = sum(read_serial(path) for path in paths)
     seconds = time.perf_counter() - start
     return {"bytes": total, "seconds": round(seconds, 3), "gb_per_s": round(total / seconds / 1e9, 2)}
 
