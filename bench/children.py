@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import fullsize
+import load_stages
 import loras
 import numpy as np
 import ramwatch
@@ -340,8 +342,10 @@ def _session_from_disk(args, pipe, plan, form: str, device: str, speed, lora_spe
                                                                                    plan), progress=False,
                               speed=speed, lora_specs=lora_specs)
     ramwatch.mark("load")
-    with _timed(device, disk, "load_to_first_step_s"):
+    with load_stages.watched(device) as stages, load_stages.profiled(os.environ.get("BENCH_PROFILE_LOAD")), \
+            _timed(device, disk, "load_to_first_step_s"):
         session._experts_for_start()
+    disk["load_stages_s"] = load_stages.summary(stages, disk["load_to_first_step_s"])
     # The floor: reading what was loaded (both files, or the first expert's for one-expert-in-RAM plans).
     disk["load_floor_s"] = round(disk["disk_read"]["seconds"] * (1.0 if plan.experts_in_ram == 2 else 0.5), 3)
     return session, disk

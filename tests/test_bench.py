@@ -1,6 +1,7 @@
 """The benchmark runs at tiny size on a CPU, through the same code as on a GPU, so it cannot rot."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,9 +97,17 @@ def test_from_disk_runs_load_gguf_files_through_the_scripts_loader_and_time_it(t
     out = tmp_path / "r.json"
     proc = subprocess.run([sys.executable, str(BENCH), "--size", "tiny", "--device", "cpu", "--repeats", "1",
                            "--from-disk", str(tmp_path / "models"), "--run", "wan-480p-4:plan10x32",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+                           "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, BENCH_PROFILE_LOAD=str(tmp_path / "load.prof.txt")))
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = json.loads(out.read_text())["runs"][0]
+    # The load's seconds by stage: the file's read into host chunks is part of load_gguf; what the stages do
+    # not name is in the profile.
+    stages = run["load_stages_s"]
+    assert 0 < stages["read"] <= stages["gguf_load"] and stages["place"] > 0 and stages["build"] >= 0
+    assert stages["gguf_load"] + stages["place"] + stages["other"] == pytest.approx(run["load_to_first_step_s"],
+                                                                                     abs=0.01)
+    assert "read_into_host_chunks" in (tmp_path / "load.prof.txt").read_text()
     files = sorted(p.name for p in (tmp_path / "models").glob("*.gguf"))
     assert files == ["wan-tiny-gguf-q4-transformer.gguf", "wan-tiny-gguf-q4-transformer_2.gguf"]
     assert run["disk_read"]["bytes"] == sum(p.stat().st_size for p in (tmp_path / "models").glob("*.gguf"))

@@ -1,0 +1,87 @@
+"""Where a from-disk load's seconds go: the scripts' own loading functions, timed while a session brings in its
+experts, so that `load_to_first_step_s` against the disk's read floor can be explained stage by stage.
+
+Stages (each synchronised with the GPU at its end; a stage inside another is also counted in it):
+- `read`: the GGUF file's tensors copied from the mapped file into host chunks (gguf_host.read_into_host_chunks;
+  page-locking the chunks is part of it);
+- `gguf_load`: the whole of gguf_host.load_gguf, the read and diffusers' `from_single_file` building the model;
+- `loras`: the session's LoRA loading (folding the step-distill factors beside the GGUF weights);
+- `place`: offload.place_module (pinning what is left, group offloading, the resident blocks to the GPU).
+`build` (`gguf_load` - `read`) is added to the result, as is `other` (the whole less the outer stages).
+With BENCH_PROFILE_LOAD=FILE in the environment, the load also runs under cProfile and FILE gets the functions
+that took longest (cumulative), for what the stages do not name.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@contextmanager
+def watched(device: str):
+    """Yields a dict that fills with each stage's seconds (summed over calls) while the block runs."""
+    from producer.engines.wan import wan
+    from producer.sizing import gguf_host, offload
+
+    seconds: dict[str, float] = {}
+    targets = [(gguf_host, "read_into_host_chunks", "read"), (gguf_host, "load_gguf", "gguf_load"),
+               (wan.WanSession, "_load_loras", "loras"), (offload, "place_module", "place")]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in targets]
+
+    def timing(original, stage):
+        def timed(*a, **k):
+            start = time.perf_counter()
+            try:
+                return original(*a, **k)
+            finally:
+                _sync(device)
+                seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start
+        return timed
+
+    for (owner, name, stage), (_, _, original) in zip(targets, originals):
+        setattr(owner, name, timing(original, stage))
+    try:
+        yield seconds
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+
+
+@contextmanager
+def profiled(path: str | None):
+    """cProfile over the block when `path` is set; the top 40 functions by cumulative time are written to it."""
+    if not path:
+        yield
+        return
+    import cProfile
+    import io
+    import pstats
+
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        text = io.StringIO()
+        pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(40)
+        with open(path, "w") as f:
+            f.write(text.getvalue())
+
+
+def summary(seconds: dict[str, float], whole: float) -> dict[str, float]:
+    """The stages rounded, with `build` (model construction after the read) and `other` (the rest of `whole`)."""
+    out = dict(seconds)
+    if "gguf_load" in out:
+        out["build"] = out["gguf_load"] - out.get("read", 0.0)
+    outer = sum(out.get(k, 0.0) for k in ("gguf_load", "loras", "place"))
+    out["other"] = max(whole - outer, 0.0)
+    return {k: round(v, 3) for k, v in out.items()}
