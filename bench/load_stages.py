@@ -6,7 +6,9 @@ Stages (each synchronised with the GPU at its end; a stage inside another is als
   page-locking the chunks is part of it);
 - `gguf_load`: the whole of gguf_host.load_gguf, the read and diffusers' `from_single_file` building the model;
 - `loras`: the session's LoRA loading (folding the step-distill factors beside the GGUF weights);
-- `place`: offload.place_module (pinning what is left, group offloading, the resident blocks to the GPU).
+- `place`: offload.place_module (pinning what is left, group offloading, the resident blocks to the GPU);
+- `pinned_alloc` (CUDA only): the time PyTorch's pinned allocator spent making page-locked memory, inside the
+  stages above (torch.cuda.memory.host_memory_stats).
 `build` (`gguf_load` - `read`) is added to the result, as is `other` (the whole less the outer stages).
 With BENCH_PROFILE_LOAD=FILE in the environment, the load also runs under cProfile and FILE gets the functions
 that took longest (cumulative), for what the stages do not name.
@@ -48,11 +50,24 @@ def watched(device: str):
 
     for (owner, name, stage), (_, _, original) in zip(targets, originals):
         setattr(owner, name, timing(original, stage))
+    allocating = _host_alloc_seconds(device)
     try:
         yield seconds
     finally:
         for owner, name, original in originals:
             setattr(owner, name, original)
+        if allocating is not None:
+            seconds["pinned_alloc"] = _host_alloc_seconds(device) - allocating
+
+
+def _host_alloc_seconds(device: str) -> float | None:
+    """Seconds PyTorch's pinned allocator has spent in CUDA's allocation calls (None off CUDA, or where this
+    PyTorch does not count them)."""
+    import torch
+
+    if device != "cuda" or not hasattr(torch.cuda.memory, "host_memory_stats"):
+        return None
+    return torch.cuda.memory.host_memory_stats().get("host_alloc_time.total", 0) / 1e6
 
 
 @contextmanager

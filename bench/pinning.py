@@ -1,0 +1,105 @@
+"""What page-locked host memory costs to make: the scripts' HostPacker filling `--gib` of 256 MiB chunks from a
+source already in memory, under each of PyTorch's pinned-allocator settings (PYTORCH_CUDA_ALLOC_CONF), each in
+its own process since the setting is read when CUDA starts.
+
+A streamed expert's load reads its file into such chunks (sizing/gguf_host.py); the load-to-first-step runs
+measured 2.2-4.7x the disk's read floor (docs/performance.md), and a fresh page-locked chunk costs its
+allocation, its page faults and the locking. Ways:
+- `host-alloc`: PyTorch's default, cudaHostAlloc for each chunk;
+- `host-register-N`: `pinned_use_cuda_host_register:True,pinned_num_register_threads:N`: plain memory whose
+  pages N threads map before cudaHostRegister locks them (pytorch/pytorch#108488, "to avoid large lock wait
+  time with cudaHostAlloc");
+- `plain`: unlocked memory, for scale (what the copy costs with page faults alone).
+
+    python bench/pinning.py --gib 8 --out pinning.json
+
+Without CUDA only `plain` runs (the test suite runs it so, at `--gib 0.25`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+WAYS = {"host-alloc": "", "host-register-8": "pinned_use_cuda_host_register:True,pinned_num_register_threads:8",
+        "host-register-16": "pinned_use_cuda_host_register:True,pinned_num_register_threads:16", "plain": None}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gib", type=float, default=8.0, help="host memory to fill (a streamed Wan Q4 expert: ~9 GiB)")
+    p.add_argument("--ways", default=None, help=f"comma-separated, of {', '.join(WAYS)}; all that can run by default")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # the child process measuring one way
+    return p.parse_args(argv)
+
+
+def fill(gib: float, pinned: bool) -> dict:
+    """Seconds for HostPacker to copy `gib` of tensors the size of a Wan block's largest linears (Q4 rows of
+    13824 x 5120 values: ~40 MB) into fresh chunks; the chunks' making is timed with the copies, as a load
+    meets it."""
+    import torch
+    from producer.sizing import offload
+
+    piece = torch.ones(40 << 20, dtype=torch.uint8)  # in memory already: the file's pages in the page cache
+    count = max(int(gib * (1 << 30)) // piece.numel(), 1)
+    packer = offload.HostPacker(pinned=pinned, total=count * offload.aligned(piece.numel()))
+    start = time.perf_counter()
+    kept = [packer.take(piece) for _ in range(count)]
+    seconds = time.perf_counter() - start
+    out = {"bytes": count * piece.numel(), "seconds": round(seconds, 3),
+           "gb_per_s": round(count * piece.numel() / seconds / 1e9, 2), "pinned": packer.pinned}
+    if pinned and hasattr(torch.cuda.memory, "host_memory_stats"):
+        stats = torch.cuda.memory.host_memory_stats()
+        out["host_alloc_s"] = round(stats.get("host_alloc_time.total", 0) / 1e6, 3)
+    del kept
+    return out
+
+
+def _measure_in_child(way: str, gib: float) -> dict:
+    env = dict(os.environ)
+    if WAYS[way]:
+        env["PYTORCH_CUDA_ALLOC_CONF"] = WAYS[way]
+    else:
+        env.pop("PYTORCH_CUDA_ALLOC_CONF", None)
+    cmd = [sys.executable, __file__, "--one", way, "--gib", str(gib)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-4:])}
+    return json.loads(lines[-1])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.one:
+        print(json.dumps(fill(args.gib, pinned=WAYS[args.one] is not None)))
+        return 0
+    import torch
+
+    known = [w for w in WAYS if torch.cuda.is_available() or WAYS[w] is None]
+    ways = args.ways.split(",") if args.ways else known
+    unknown = [w for w in ways if w not in known]
+    if unknown:
+        print(f"unknown or unavailable way(s) {', '.join(unknown)}: use {', '.join(known)}", file=sys.stderr)
+        return 2
+    rows = {}
+    for way in ways:
+        rows[way] = _measure_in_child(way, args.gib)
+        print(way, json.dumps(rows[way]), flush=True)
+    result = {"torch": torch.__version__, "gib": args.gib, "ways": rows,
+              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+    return 0 if not any("error" in r for r in rows.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
