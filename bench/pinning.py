@@ -56,9 +56,6 @@ def fill(gib: float, pinned: bool) -> dict:
     seconds = time.perf_counter() - start
     out = {"bytes": count * piece.numel(), "seconds": round(seconds, 3),
            "gb_per_s": round(count * piece.numel() / seconds / 1e9, 2), "pinned": packer.pinned}
-    if pinned and hasattr(torch.cuda.memory, "host_memory_stats"):
-        stats = torch.cuda.memory.host_memory_stats()
-        out["host_alloc_s"] = round(stats.get("host_alloc_time.total", 0) / 1e6, 3)
     del kept
     return out
 

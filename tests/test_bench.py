@@ -230,3 +230,16 @@ def test_a_lora_runs_plan_counts_the_full_size_loras_factors():
     wan = loras.plan_params("wan", "plan10x32-lora")
     assert wan == loras.plan_params("wan", "plan12x32-dequant-lorapeft") == 311_246_848  # 0.58 GiB in bf16
     assert 400e6 < loras.plan_params("qwen", "plan10x32-lora") < 450e6  # the 850 MB file's factors
+
+
+def test_pinning_times_the_scripts_host_packer_per_allocator_setting(tmp_path):
+    """Off CUDA only plain memory runs (each way in its own process); a way that cannot run here is refused."""
+    out = tmp_path / "pinning.json"
+    proc = subprocess.run([sys.executable, str(BENCH.with_name("pinning.py")), "--gib", "0.25", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ways = json.loads(out.read_text())["ways"]
+    assert set(ways) == {"plain"} and ways["plain"]["bytes"] >= 0.2 * 2**30 and not ways["plain"]["pinned"]
+    refused = subprocess.run([sys.executable, str(BENCH.with_name("pinning.py")), "--ways", "host-alloc"],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2 and "use plain" in refused.stderr

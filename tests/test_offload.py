@@ -65,7 +65,9 @@ def test_the_allocator_grows_segments_unless_the_user_chose(monkeypatch):
     hardware.configure_cuda_allocator()
     import os
 
-    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == hardware.ALLOCATOR_SETTING
+    assert "expandable_segments:True" in hardware.ALLOCATOR_SETTING
+    assert "pinned_use_cuda_host_register:True" in hardware.ALLOCATOR_SETTING
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
     monkeypatch.setenv("PYTORCH_ALLOC_CONF", "max_split_size_mb:128")
     hardware.configure_cuda_allocator()
@@ -74,6 +76,22 @@ def test_the_allocator_grows_segments_unless_the_user_chose(monkeypatch):
     monkeypatch.setattr(hardware.sys, "platform", "win32")  # PyTorch has no expandable segments there
     hardware.configure_cuda_allocator()
     assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
+
+
+def test_pytorch_accepts_the_allocator_setting():
+    """PyTorch parses the whole setting (an unknown key or a thread count not a power of two is an error), in
+    a process of its own since the setting is global."""
+    import subprocess
+    import sys
+
+    from producer.facts import hardware
+
+    code = ("import sys, torch; set = getattr(torch._C, '_accelerator_setAllocatorSettings', None) "
+            "or torch.cuda.memory._set_allocator_settings; set(sys.argv[1])")
+    proc = subprocess.run([sys.executable, "-c", code, hardware.ALLOCATOR_SETTING], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    bad = subprocess.run([sys.executable, "-c", code, "pinned_num_register_threads:7"], capture_output=True)
+    assert bad.returncode != 0
 
 
 def test_release_hands_pinned_chunks_back(monkeypatch):

@@ -64,16 +64,23 @@ def _gib_from_env(name: str) -> int | None:
     return int(value * GiB)
 
 
-ALLOCATOR_SETTING = "expandable_segments:True"
+# Both settings are PyTorch's own (PYTORCH_CUDA_ALLOC_CONF, docs.pytorch.org/docs/stable/notes/cuda.html).
+ALLOCATOR_SETTING = ("expandable_segments:True,"
+                     "pinned_use_cuda_host_register:True,pinned_num_register_threads:8")
 
 
 def configure_cuda_allocator() -> None:
-    """Let PyTorch's CUDA allocator grow segments in place, unless the user chose a setting.
+    """Set PyTorch's CUDA allocators for streaming, unless the user chose a setting.
 
-    Streaming weights block by block allocates and frees the same large sizes on two streams; fixed segments
-    fragment, and the cache then holds more than the work needs: streaming Wan 480p reserved all of a 10 GiB
-    cap (9.96 GiB) and 11.3 GiB of a 16 GiB one with fixed segments, 8.26 GiB with expandable ones
-    (docs/performance.md). Read when CUDA first allocates, so scripts call this before any work.
+    - Expandable segments: streaming weights block by block allocates and frees the same large sizes on two
+      streams; fixed segments fragment, and the cache then holds more than the work needs: streaming Wan 480p
+      reserved all of a 10 GiB cap (9.96 GiB) and 11.3 GiB of a 16 GiB one with fixed segments, 8.26 GiB with
+      expandable ones (docs/performance.md).
+    - Page-locked host memory made by cudaHostRegister on plain memory whose pages 8 threads map first, not by
+      cudaHostAlloc (pytorch/pytorch#108488): a streamed expert's load reads its file into such chunks, and
+      making them was most of the load. H200, 8 GiB of 256 MiB chunks: 5.96 s -> 1.92 s; the 10 GB / 32 GB
+      plan's load to the first step 14.95 s -> 6.75 s (bench/results/2026-12-07-h200).
+    Read when CUDA first allocates, so scripts call this before any work.
     """
     if sys.platform != "linux":  # expandable segments are a Linux feature; elsewhere PyTorch only warns
         return
