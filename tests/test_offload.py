@@ -316,3 +316,37 @@ def test_a_streamed_qwen_q8_transformer_packs_with_little_waste(monkeypatch):
     assert 20.0 < sum(sizes) / 2**30 < 20.4
     assert _one_after_the_other_waste(sizes) > 2.2 * 2**30
     assert _packed_waste(sizes, total=True, monkeypatch=monkeypatch) < 0.7 * 2**30
+
+
+def test_a_streamless_group_offloads_back_onto_its_host_copies_without_copying():
+    """diffusers moves a group without a stream (the model's own weights beside its streamed blocks) back to the
+    host with Module.to: a device-to-host copy into fresh memory at every forward. The scripts point the
+    weights back at the host tensors they had instead; the model still computes the same."""
+    from diffusers import WanTransformer3DModel
+    from diffusers.hooks import HookRegistry
+    from producer.testing import standin_models
+
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(**standin_models.WAN_TRANSFORMER_CONFIG).eval()
+    reference = WanTransformer3DModel(**standin_models.WAN_TRANSFORMER_CONFIG).eval()
+    reference.load_state_dict(model.state_dict())
+    offload.place_module(model, Placement.GROUP_OFFLOAD, torch.device("cpu"))
+    group = HookRegistry.check_if_exists_or_initialize(model).get_hook("group_offloading").group
+    assert group.stream is None and group._keeps_host_copies  # the module's own weights: not the blocks'
+    own = [p for m in group.modules for p in m.parameters()] + list(group.parameters)
+    owned = [(o, n) for m in group.modules for o in m.modules() for n, b in o._buffers.items() if b is not None]
+    host = [p.data.data_ptr() for p in own]
+    buffers = [o._buffers[n] for o, n in owned]
+    assert own and owned  # Wan's rotary tables are buffers of a child module
+    for p in own:  # as an onload to a GPU leaves them: new tensors elsewhere
+        p.data = p.data.clone()
+    for o, n in owned:  # Module.to replaces a module's buffers by new objects
+        o._buffers[n] = o._buffers[n].clone()
+    group.offload_()
+    assert [p.data.data_ptr() for p in own] == host
+    assert all(o._buffers[n] is b for (o, n), b in zip(owned, buffers))
+    inputs = {"hidden_states": torch.randn(1, 36, 2, 8, 8), "timestep": torch.tensor([500]),
+              "encoder_hidden_states": torch.randn(1, 7, standin_models.WAN_TRANSFORMER_CONFIG["text_dim"]),
+              "return_dict": False}
+    with torch.no_grad():
+        assert torch.equal(model(**inputs)[0], reference(**inputs)[0])

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 import torch
 
 from producer.facts.registry import WAN_DENOISERS
+from producer.sizing.host_copies import keep_host_copies
 from producer.sizing.memory import MemoryPlan, Placement
 
 log = logging.getLogger("producer")
@@ -174,6 +175,7 @@ def _group_offload(module: torch.nn.Module, device: torch.device, leaf: bool, pi
             # which pin_in_place has made a no-op (or, where pinning failed, still works, only slower).
             low_cpu_mem_usage=True,
         )
+    keep_host_copies(module)  # no copy back to the host at every forward (producer.sizing.host_copies)
     if kept:
         log.info("%d of %d blocks stay on the GPU; the others stream", len(kept), len(blocks[1]))
 
