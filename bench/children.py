@@ -102,12 +102,12 @@ def _plan(family: str, footprint, work, config: str, device: str):
 def _machine_plan(family: str, config: str):
     """The plan the scripts choose for the full-size model on the `planVxR` machine (None otherwise)."""
     from producer.facts import hardware
-    from producer.sizing import memory
+    from producer.sizing import memory, plan_table
 
     machine = plan_machine(config)
     if machine is None:
         return None
-    footprint, work = memory.TABLE_WORKLOADS[family][1:]
+    footprint, work = plan_table.TABLE_WORKLOADS[family][1:]
     footprint = replace(footprint, adapter_params=loras.plan_params(family, config))
     streamall = 0 if has_lever(config, "-streamall") else None
     form = next((f for suffix, f in FORCED_FORMS.items() if has_lever(config, suffix)), "auto")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from producer.facts import hardware
 from producer.facts.hardware import GiB, from_sizes
-from producer.sizing import memory
+from producer.sizing import memory, plan_table
 
 # (VRAM GB, RAM GB) -> "plan weights experts_in_ram fits". Read a row as: on this machine, this is
 # how the 832x480x81 clip / the 1024^2 one-reference edit runs.
@@ -103,9 +103,9 @@ def _rows(text):
 
 @pytest.mark.parametrize("family,expected", [("wan", WAN_EXPECTED), ("qwen", QWEN_EXPECTED)])
 def test_plan_table(family, expected):
-    table = {(v, r): p for v, r, p in memory.plan_table(family)}
+    table = {(v, r): p for v, r, p in plan_table.plan_table(family)}
     rows = list(_rows(expected))
-    assert len(rows) == len(table) == len(memory.TABLE_VRAM_GB) * len(memory.TABLE_RAM_GB)
+    assert len(rows) == len(table) == len(plan_table.TABLE_VRAM_GB) * len(plan_table.TABLE_RAM_GB)
     for vram, ram, name, weights, experts, fits in rows:
         plan = table[(vram, ram)]
         got = (plan.name, plan.weights, plan.experts_in_ram, plan.fits)
@@ -114,7 +114,7 @@ def test_plan_table(family, expected):
 
 @pytest.mark.parametrize("family", ["wan", "qwen"])
 def test_plans_respect_their_budgets(family):
-    for vram, ram, plan in memory.plan_table(family):
+    for vram, ram, plan in plan_table.plan_table(family):
         if plan.fits:
             assert plan.peak_ram <= ram * GiB
             if vram:
@@ -124,7 +124,7 @@ def test_plans_respect_their_budgets(family):
 
 
 def test_ten_gb_card_never_holds_both_wan_experts():
-    for ram in memory.TABLE_RAM_GB:
+    for ram in plan_table.TABLE_RAM_GB:
         plan = memory.plan_memory(from_sizes(10, ram), memory.WAN_FOOTPRINT, memory.wan_workload(832, 480, 81))
         assert plan.components["transformer"].placement != "gpu"
         assert plan.components["transformer_2"].placement != "gpu"
@@ -133,8 +133,8 @@ def test_ten_gb_card_never_holds_both_wan_experts():
 
 def test_docs_page_shows_the_tables_the_code_produces():
     page = (Path(__file__).resolve().parents[1] / "docs" / "memory-plan.md").read_text()
-    for family in memory.TABLE_WORKLOADS:
-        assert memory.plan_table_markdown(family) in page, (
+    for family in plan_table.TABLE_WORKLOADS:
+        assert plan_table.plan_table_markdown(family) in page, (
             f"docs/memory-plan.md is out of date: regenerate with `python -m producer.sizing.memory` (family {family})")
 
 
@@ -224,8 +224,8 @@ def test_the_plan_line_quoted_in_the_reference_is_what_the_code_prints():
 def test_resident_blocks_fill_the_card_only_up_to_the_margin(family):
     """Partial residency: group-offload plans keep whole blocks on the card up to RESIDENT_FILL of the budget,
     the predicted peak includes them, and only the other blocks count as streamed."""
-    footprint = memory.TABLE_WORKLOADS[family][1]
-    for vram, ram, plan in memory.plan_table(family):
+    footprint = plan_table.TABLE_WORKLOADS[family][1]
+    for vram, ram, plan in plan_table.plan_table(family):
         if plan.name != "group-offload":
             assert plan.resident_blocks == 0
             continue
@@ -233,7 +233,7 @@ def test_resident_blocks_fill_the_card_only_up_to_the_margin(family):
         one = int(footprint.denoiser_params * memory.BYTES_PER_PARAM[plan.weights])
         assert plan.streamed_bytes == one - plan.resident_blocks * memory.block_bytes(footprint, plan.weights)
         assert plan.resident_blocks < footprint.denoiser_blocks, "at least one block streams"
-        streaming = memory.plan_memory(from_sizes(vram, ram), footprint, memory.TABLE_WORKLOADS[family][2],
+        streaming = memory.plan_memory(from_sizes(vram, ram), footprint, plan_table.TABLE_WORKLOADS[family][2],
                                        max_resident_blocks=0)
         assert streaming.resident_blocks == 0 and streaming.streamed_bytes == one
         grown = plan.resident_blocks * len(footprint.denoisers) * memory.block_bytes(footprint, plan.weights)
@@ -354,10 +354,10 @@ def test_the_peaks_of_generating_alone_are_within_the_plans_peaks(family):
     """A run that bypasses the text encoder (the benchmark's) is compared with the plan's peaks of generating:
     on a 12 GB card the Wan text encoder on the GPU is the VRAM peak, on 16 GB of RAM Qwen's streamed text
     encoder is the RAM peak."""
-    for _, _, plan in memory.plan_table(family):
+    for _, _, plan in plan_table.plan_table(family):
         assert plan.generating_vram <= plan.peak_vram and plan.generating_ram <= plan.peak_ram
-    work = memory.TABLE_WORKLOADS[family][2]
-    footprint = memory.TABLE_WORKLOADS[family][1]
+    work = plan_table.TABLE_WORKLOADS[family][2]
+    footprint = plan_table.TABLE_WORKLOADS[family][1]
     text = int(footprint.text_encoder_params * memory.BYTES_PER_PARAM["bf16"])
     if family == "wan":
         plan = memory.plan_memory(from_sizes(12, 32), footprint, work)
@@ -374,7 +374,7 @@ def test_the_peaks_of_generating_alone_are_within_the_plans_peaks(family):
 def test_the_lora_factors_that_gguf_weights_keep_are_counted():
     """A LoRA cannot be fused into GGUF weights (producer.sizing.folded_lora keeps its factors beside them, in
     bf16): the plan counts them in each expert's bytes; bf16 weights fuse it and hold nothing more."""
-    _, footprint, work = memory.TABLE_WORKLOADS["wan"]
+    _, footprint, work = plan_table.TABLE_WORKLOADS["wan"]
     lora = replace(footprint, adapter_params=311_246_848)  # LightX2V's rank-64 Wan 2.2 distill LoRA, one expert
     machine = from_sizes(10, 32)
     without, with_lora = memory.plan_memory(machine, footprint, work), memory.plan_memory(machine, lora, work)
