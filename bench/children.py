@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -109,10 +108,11 @@ def _machine_plan(family: str, config: str):
         return None
     footprint, work = plan_table.TABLE_WORKLOADS[family][1:]
     footprint = replace(footprint, adapter_params=loras.plan_params(family, config))
-    streamall = 0 if has_lever(config, "-streamall") else None
     form = next((f for suffix, f in FORCED_FORMS.items() if has_lever(config, suffix)), "auto")
     return memory.plan_memory(hardware.from_sizes(*machine), footprint, work, weights=form,
-                              max_resident_blocks=streamall, dequantize_on_arrival=has_lever(config, "-dequant"))
+                              max_resident_blocks=0 if has_lever(config, "-streamall") else None,
+                              dequantize_on_arrival=has_lever(config, "-dequant"),
+                              run_ahead=has_lever(config, "-runahead"))
 
 
 def _form(family: str, config: str) -> str:
@@ -133,7 +133,8 @@ def _expected(family: str, config: str, encoding: bool = False) -> dict:
     return {"machine_gb": {"vram": machine[0], "ram": machine[1]}, "weights": plan.weights,
             "predicted_vram_gib": round(vram / GiB, 2), "predicted_ram_gib": round(ram / GiB, 2),
             "plan_peak_gib": {"vram": round(plan.peak_vram / GiB, 2), "ram": round(plan.peak_ram / GiB, 2)},
-            "plan_fits": plan.fits, "plan_dequantize_on_arrival": plan.dequantize_on_arrival}
+            "plan_fits": plan.fits, "plan_dequantize_on_arrival": plan.dequantize_on_arrival,
+            "plan_run_ahead": plan.run_ahead}
 
 
 def _to_form(modules: list, form: str, dtype: torch.dtype) -> dict:
@@ -342,8 +343,7 @@ def _session_from_disk(args, pipe, plan, form: str, device: str, speed, lora_spe
                                                                                    plan), progress=False,
                               speed=speed, lora_specs=lora_specs)
     ramwatch.mark("load")
-    with load_stages.watched(device) as stages, load_stages.profiled(os.environ.get("BENCH_PROFILE_LOAD")), \
-            _timed(device, disk, "load_to_first_step_s"):
+    with load_stages.watched(device) as stages, _timed(device, disk, "load_to_first_step_s"):
         session._experts_for_start()
     disk["load_stages_s"] = load_stages.summary(stages, disk["load_to_first_step_s"])
     # The floor: reading what was loaded (both files, or the first expert's for one-expert-in-RAM plans).

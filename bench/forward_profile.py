@@ -10,7 +10,8 @@ CPU launching kernels, one that is busy by the kernels themselves (the top kerne
 bf16; the GGUF form of the family's 10 GB plan (Wan Q4_K_M, Qwen Q8_0; published type maps,
 bench/fullsize.py); the same with the step-distill LoRA folded into the weights (the scripts) and as peft
 adapters (before); and the folded form streamed as the 10 GB plans stream it (`@streamed`), and with each
-block dequantized on arrival (`@arrival`). With diffusers' per-block synchronisation (no `record_stream`,
+block dequantized on arrival (`@arrival`), or with the host not waiting for the GPU at every block
+(`@runahead`). With diffusers' per-block synchronisation (no `record_stream`,
 offload.py says why) the host waits for every block, so the GPU's idle share there is what streaming costs
 beyond the transfers. Host-to-device copies are counted apart (`copy_s`), since they overlap the kernels.
 
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # The GGUF form each family's 10 GB plans choose (docs/memory-plan.md): Wan Q4_K_M, Qwen Q8_0.
 GGUF_FORM = {"wan": "gguf-q4", "qwen": "gguf-q8"}
-VARIANTS = ("bf16", "{q}", "{q}+lora", "{q}+lorapeft", "{q}+lora@streamed", "{q}+lora@arrival")
+VARIANTS = ("bf16", "{q}", "{q}+lora", "{q}+lorapeft", "{q}+lora@streamed", "{q}+lora@arrival", "{q}+lora@runahead")
 
 
 def forms(family: str) -> tuple[str, ...]:
@@ -90,7 +91,7 @@ def _expert(family: str, size: str, form: str, device: str, dtype: torch.dtype):
     """The expert (Wan) or transformer (Qwen) in `form`; `@streamed` / `@arrival`: then streamed block by block
     from page-locked host memory as the scripts' plans stream it (offload.place_module: pinned in place,
     diffusers' group offloading with streams, no resident block), `@arrival` with each block dequantized as it
-    arrives (producer.sizing.arrival)."""
+    arrives (producer.sizing.arrival), `@runahead` with the host running ahead (producer.sizing.run_ahead)."""
     from producer.sizing import offload
     from producer.sizing.placement import Placement
 
@@ -99,7 +100,7 @@ def _expert(family: str, size: str, form: str, device: str, dtype: torch.dtype):
     if streamed:
         model.to("cpu")
         offload.place_module(model, Placement.GROUP_OFFLOAD, torch.device(device),
-                             dequantize_on_arrival=streamed == "arrival")
+                             dequantize_on_arrival=streamed == "arrival", run_ahead=streamed == "runahead")
     return model, config
 
 

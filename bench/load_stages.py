@@ -16,6 +16,7 @@ that took longest (cumulative), for what the stages do not name.
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 
@@ -29,7 +30,14 @@ def _sync(device: str) -> None:
 
 @contextmanager
 def watched(device: str):
-    """Yields a dict that fills with each stage's seconds (summed over calls) while the block runs."""
+    """Yields a dict that fills with each stage's seconds (summed over calls) while the block runs (profiled too
+    where BENCH_PROFILE_LOAD names a file)."""
+    with profiled(os.environ.get("BENCH_PROFILE_LOAD")), _stages(device) as seconds:
+        yield seconds
+
+
+@contextmanager
+def _stages(device: str):
     from producer.engines.wan import wan
     from producer.sizing import gguf_host, offload
 

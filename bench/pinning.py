@@ -67,7 +67,7 @@ def _measure_in_child(way: str, gib: float) -> dict:
     else:
         env.pop("PYTORCH_CUDA_ALLOC_CONF", None)
     cmd = [sys.executable, __file__, "--one", way, "--gib", str(gib)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"error": " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-4:])}

@@ -122,6 +122,7 @@ def entry_of(run: dict, gpu: str, source: str) -> dict | None:
     lever = LEVERS.get(config, {})
     levers = (["compile"] if lever.get("compile") == "on" else []) + (["fp8-matmul"] if lever.get("fp8_matmul") else [])
     levers += ["dequantize-on-arrival"] if has_lever(config, "-dequant") else []  # opt-in: kept apart
+    levers += ["run-ahead"] if has_lever(config, "-runahead") else []
     levers += ["lora-adapters"] if has_lever(config, "-lorapeft") else []  # what the scripts no longer do
     levers += compiled_dequantization(run.get("speed"))
     work = memory.wan_workload(width, height, n) if family == "wan" else memory.qwen_workload(width, height, n)

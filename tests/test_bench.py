@@ -132,6 +132,8 @@ def test_plan_configs_carry_the_plans_resident_blocks_and_streamall_turns_them_o
     assert children._machine_plan("qwen", "plan10x32-streamall").resident_blocks == 0
     assert children._machine_plan("qwen", "plan10x32-dequant").dequantize_on_arrival
     assert not children._machine_plan("qwen", "plan10x32").dequantize_on_arrival
+    assert children._machine_plan("qwen", "plan10x32-runahead").run_ahead
+    assert not children._machine_plan("qwen", "plan10x32").run_ahead
     assert children._machine_plan("qwen", "plan10x32").weights == "gguf-q8"  # the form that machine gets
     q4 = children._machine_plan("qwen", "plan10x32-q4")
     assert q4.weights == "gguf-q4" and q4.resident_blocks > 7  # half the bytes a block: more of them stay
@@ -195,7 +197,7 @@ def test_forward_profile_times_each_form_and_says_how_busy_the_device_was(tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert set(rows) == {"bf16", gguf, f"{gguf}+lora", f"{gguf}+lorapeft", f"{gguf}+lora@streamed",
-                         f"{gguf}+lora@arrival"}
+                         f"{gguf}+lora@arrival", f"{gguf}+lora@runahead"}
     for row in rows.values():
         assert row["forward_s"] > 0 and row["kernel_s"] > 0 and 0 < row["busy"] and row["top"][0]["calls"] >= 1
     assert rows[f"{gguf}+lorapeft"]["launches"] > rows[f"{gguf}+lora"]["launches"]  # peft's own ops on each layer

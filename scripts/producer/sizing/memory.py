@@ -17,6 +17,8 @@ Vocabulary
 - dequantize_on_arrival (opt-in, GGUF under group offload): each streamed block is dequantized to the compute
   dtype on the copy stream as it arrives, beside the previous block's compute, instead of inside every
   linear layer; the blocks in flight then also hold their bf16 form.
+- run_ahead (opt-in, under group offload with streams): the host no longer waits for the GPU at every streamed
+  block (producer.sizing.run_ahead); one more block is then in flight (RUN_AHEAD_BLOCKS).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ QUALITY_ORDER = ("bf16", "gguf-q8", "fp8", "gguf-q4")
 RAM_RESERVE = 4 * GiB  # OS, Python, torch and CUDA host state
 VRAM_RESERVE = int(0.8 * GiB)  # CUDA context and allocator fragmentation
 BLOCKS_IN_FLIGHT = 2  # group offload with streams holds the running block and the prefetched one
+RUN_AHEAD_BLOCKS = 1  # run_ahead: also the block before, whose kernels may not have run yet
 # One Wan expert in RAM: a batch makes up to this many clips expert by expert, reading each expert once for
 # them (producer.engines.wan.halfway; what waits between the halves is counted below).
 CLIPS_PER_EXPERT_READ = 8
@@ -138,6 +141,7 @@ class MemoryPlan:
     blocks: int = 0  # transformer blocks of each denoiser
     streamed_bytes: int = 0  # weights of one denoiser that cross the host link at every forward
     dequantize_on_arrival: bool = False  # GGUF streamed blocks dequantized on the copy stream as they arrive
+    run_ahead: bool = False  # streamed blocks without the host's wait at each (producer.sizing.run_ahead)
     # The peaks of generating alone (denoise and decode, the text encoder freed): what a run that bypasses the
     # text encoder (the benchmark's) is compared with; the peaks above may be the encode stage's.
     generating_vram: int = 0
@@ -161,6 +165,8 @@ class MemoryPlan:
             parts.append(f"{self.resident_blocks} of {self.blocks} blocks resident")
         if self.dequantize_on_arrival:
             parts.append("dequantized on arrival")
+        if self.run_ahead:
+            parts.append("host runs ahead")
         parts.append("VAE tiled" if self.vae_tiling else "VAE untiled")
         parts.append(f"peak ~{self.peak_vram / GiB:.1f} GiB VRAM, ~{self.peak_ram / GiB:.1f} GiB RAM")
         return ", ".join(parts) + f": {self.reason}"
@@ -301,7 +307,8 @@ def _swap_first(offloads: tuple[Placement, ...]) -> tuple[Placement, ...]:
 
 def plan_memory(hw: Hardware, model: ModelFootprint, work: Workload, offload: str = "auto",
                 weights: str = "auto", installed: frozenset[str] | None = None,
-                max_resident_blocks: int | None = None, dequantize_on_arrival: bool = False) -> MemoryPlan:
+                max_resident_blocks: int | None = None, dequantize_on_arrival: bool = False,
+                run_ahead: bool = False) -> MemoryPlan:
     """Choose where every component lives and in what form. Pure: same inputs, same plan.
 
     `installed` narrows automatic weight choices to the forms present on disk (None: any form, which is
@@ -309,7 +316,7 @@ def plan_memory(hw: Hardware, model: ModelFootprint, work: Workload, offload: st
     group-offload plan keeps on the GPU (None: as many as fit, see `resident_blocks`, except under an explicit
     `offload="group"`, which streams every block: the frugal form an out-of-memory retry asks for; 0: none).
     `dequantize_on_arrival` asks for that lever (GGUF weights streamed; taken only where its VRAM fits under
-    RESIDENT_FILL of the budget, before resident blocks are counted).
+    RESIDENT_FILL of the budget, before resident blocks are counted); `run_ahead` likewise (streamed on a GPU).
     """
     if offload not in OFFLOAD_CHOICES:
         raise ValueError(f"offload must be one of {OFFLOAD_CHOICES}, not {offload!r}")
@@ -329,17 +336,17 @@ def plan_memory(hw: Hardware, model: ModelFootprint, work: Workload, offload: st
         ram = _host_ram(model, off, form, experts, text_gpu, work)
         if vram_ok and ram <= hw.ram_total:
             return _build_plan(hw, model, work, experts, form, off, True, True, max_resident_blocks,
-                               dequantize_on_arrival)
+                               (dequantize_on_arrival, run_ahead))
         failed.append((not vram_ok, ram, rank, (experts, form, off, vram_ok, False)))
     # Nothing fits: describe the candidate that comes closest (fits the GPU, least RAM, fastest).
     experts, form, off, vram_ok, ram_ok = min(failed)[3]
     ram_ok = _host_ram(model, off, form, experts, text_gpu, work) <= hw.ram_total
     return _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_resident_blocks,
-                       dequantize_on_arrival)
+                       (dequantize_on_arrival, run_ahead))
 
 
 def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_resident=None,
-                dequantize=False) -> MemoryPlan:
+                levers=(False, False)) -> MemoryPlan:
     act = activation_bytes(model, work)
     vram_budget = hw.vram_total - VRAM_RESERVE
     denoise_vram = _denoise_vram(model, off, form, act)
@@ -352,16 +359,18 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_reside
     # What the optional levers may fill: the budget, or less where other programs (a desktop) already hold
     # part of the card; what the streamed plan itself needs is checked against the card as before.
     room_budget = min(vram_budget, hw.vram_free) if hw.vram_free else vram_budget
-    if dequantize and off is Placement.GROUP_OFFLOAD and form.startswith("gguf"):
-        # The blocks in flight also hold their bf16 form (counted whole for both, a little cautious).
-        extra = BLOCKS_IN_FLIGHT * block_bytes(model, "bf16")
-        dequantize = denoise_vram + extra <= RESIDENT_FILL * room_budget
-        if dequantize:
-            denoise_vram += extra
-        else:
-            notes.append("no VRAM to dequantize streamed blocks on arrival: dequantized in each layer")
-    else:
-        dequantize = False
+    # The opt-in levers, each taken only where its VRAM fits: dequantizing on arrival (the blocks in flight
+    # also hold their bf16 form, counted whole for both, a little cautious), then running ahead (one more block,
+    # in its bf16 form too when dequantized on arrival).
+    limit, streamed_plan = RESIDENT_FILL * room_budget, off is Placement.GROUP_OFFLOAD
+    extra = BLOCKS_IN_FLIGHT * block_bytes(model, "bf16")
+    dequantize = _lever(levers[0] and streamed_plan and form.startswith("gguf"), denoise_vram + extra <= limit, notes,
+                        "no VRAM to dequantize streamed blocks on arrival: dequantized in each layer")
+    denoise_vram += extra if dequantize else 0
+    extra = RUN_AHEAD_BLOCKS * (block_bytes(model, form) + (block_bytes(model, "bf16") if dequantize else 0))
+    run_ahead = _lever(levers[1] and streamed_plan, denoise_vram + extra <= limit, notes,
+                       "no VRAM for the host to run ahead of streamed blocks: it waits at each")
+    denoise_vram += extra if run_ahead else 0
     if off is Placement.GROUP_OFFLOAD and vram_ok:
         # Partial residency: whole blocks fill what the streamed denoise and the decode leave; they stay on
         # the card through the decode too, so both stages grow by them.
@@ -392,8 +401,16 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_reside
                       reason=_reason(hw, model, off, form, act, fits, vram_ok, ram_ok, streamed),
                       advice="" if fits else _advice(model, vram_ok, ram_ok, peak_ram), notes=tuple(notes),
                       resident_blocks=kept, blocks=model.denoiser_blocks, streamed_bytes=int(streamed),
-                      dequantize_on_arrival=dequantize, generating_vram=int(max(denoise_vram, decode_vram)),
+                      dequantize_on_arrival=dequantize, run_ahead=run_ahead, generating_vram=int(max(denoise_vram, decode_vram)),
                       generating_ram=int(denoise_ram))
+
+
+def _lever(asked: bool, fits: bool, notes: list, refused: str) -> bool:
+    """Whether an opt-in lever that applies to this plan is taken; `refused` goes into the notes when it does
+    not fit."""
+    if asked and not fits:
+        notes.append(refused)
+    return asked and fits
 
 
 def _cpu_plan(hw: Hardware, model: ModelFootprint, weights: str) -> MemoryPlan:

@@ -47,7 +47,8 @@ def apply_plan(pipe, plan: MemoryPlan, device: str | torch.device | None = None)
         component = plan.components[name]
         if component.weights == "fp8":
             module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
-        place_module(module, component.placement, device, plan.resident_blocks, plan.dequantize_on_arrival)
+        place_module(module, component.placement, device, plan.resident_blocks, plan.dequantize_on_arrival,
+                     plan.run_ahead)
     if plan.components.get("transformer_2") and plan.components["transformer_2"].placement is Placement.MODEL_OFFLOAD:
         install_expert_swap(pipe, device)
     if getattr(pipe, "vae", None) is not None:
@@ -60,14 +61,16 @@ def apply_plan(pipe, plan: MemoryPlan, device: str | torch.device | None = None)
 
 
 def place_module(module: torch.nn.Module, placement: Placement, device: torch.device, resident_blocks: int = 0,
-                 dequantize_on_arrival: bool = False) -> None:
+                 dequantize_on_arrival: bool = False, run_ahead: bool = False) -> None:
     """`resident_blocks`: under group offload, how many blocks stay on the GPU (the plan's partial residency);
-    `dequantize_on_arrival`: the streamed GGUF blocks are dequantized as they arrive (producer.sizing.arrival)."""
+    `dequantize_on_arrival`: the streamed GGUF blocks are dequantized as they arrive (producer.sizing.arrival);
+    `run_ahead`: the host does not wait for the GPU at every streamed block (producer.sizing.run_ahead)."""
     placement = Placement(placement)  # a placement's value (`group_offload`) names it too; others raise
     if placement is Placement.GPU:
         module.to(device)
     elif placement is Placement.GROUP_OFFLOAD:
-        _group_offload(module, device, leaf=False, resident=resident_blocks, arrival=dequantize_on_arrival)
+        _group_offload(module, device, leaf=False, resident=resident_blocks, arrival=dequantize_on_arrival,
+                       run_ahead=run_ahead)
     elif placement is Placement.SEQUENTIAL:
         _group_offload(module, device, leaf=True)
     else:  # model_offload (the expert swap, or the session, brings it to the GPU for its turn) and cpu
@@ -147,11 +150,12 @@ def _look_up_where_the_table_is(table: torch.nn.Embedding) -> None:
 
 
 def _group_offload(module: torch.nn.Module, device: torch.device, leaf: bool, pinned: bool = False,
-                   resident: int = 0, arrival: bool = False) -> None:
+                   resident: int = 0, arrival: bool = False, run_ahead: bool = False) -> None:
     from diffusers.hooks import apply_group_offloading
 
     streams = device.type == "cuda" and not leaf
-    blocks = None if leaf or (resident <= 0 and not arrival) else block_list(module)
+    run_ahead = run_ahead and streams  # without streams every transfer waits anyway
+    blocks = None if leaf or (resident <= 0 and not arrival and not run_ahead) else block_list(module)
     kept = resident_indices(len(blocks[1]), resident) if blocks else []
     if blocks and arrival:
         _dequantize_on_arrival([b for i, b in enumerate(blocks[1]) if i not in set(kept)])
@@ -169,13 +173,19 @@ def _group_offload(module: torch.nn.Module, device: torch.device, leaf: bool, pi
             offload_type="leaf_level" if leaf else "block_level",
             num_blocks_per_group=None if leaf else 1,
             use_stream=streams,
-            # record_stream gave garbage images with QwenImage (diffusers issue 12673): synchronise instead.
-            record_stream=False,
+            # record_stream gave garbage images with QwenImage (diffusers issue 12673, fixed in 0.42.1):
+            # synchronise instead, unless the plan runs ahead (producer.sizing.run_ahead bounds it).
+            record_stream=run_ahead,
             # Never a second pinned copy of the weights: diffusers pins what is not pinned yet at each transfer,
             # which pin_in_place has made a no-op (or, where pinning failed, still works, only slower).
             low_cpu_mem_usage=True,
         )
     keep_host_copies(module)  # no copy back to the host at every forward (producer.sizing.host_copies)
+    if run_ahead:
+        from producer.sizing import run_ahead as ahead
+
+        ahead.install([b for i, b in enumerate(blocks[1]) if i not in set(kept)])
+        log.info("the host runs up to %d streamed blocks ahead of the GPU", ahead.BLOCKS_AHEAD)
     if kept:
         log.info("%d of %d blocks stay on the GPU; the others stream", len(kept), len(blocks[1]))
 

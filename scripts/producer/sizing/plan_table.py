@@ -4,8 +4,7 @@ two model families' usual workloads (tests/test_memory_plan.py keeps the page eq
 from __future__ import annotations
 
 from producer.facts.hardware import GiB
-from producer.sizing.memory import (QWEN_FOOTPRINT, WAN_FOOTPRINT, MemoryPlan, plan_memory, qwen_workload,
-                                    wan_workload)
+from producer.sizing.memory import QWEN_FOOTPRINT, WAN_FOOTPRINT, MemoryPlan, plan_memory, qwen_workload, wan_workload
 from producer.sizing.placement import Placement
 
 TABLE_VRAM_GB = (0, 8, 10, 12, 16, 24, 48, 80, 141)
