@@ -147,13 +147,14 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(model, inputs: dict, device: str, repeats: int) -> dict:
+def measure(model, inputs: dict, device: str, repeats: int) -> tuple[dict, torch.Tensor]:
     """Wall seconds of a forward (mean of `repeats` after a warm-up), then one profiled forward: the GPU's
-    kernel time against its wall time, and the kernels that took most of it."""
+    kernel time against its wall time, and the kernels that took most of it; and the warm-up's output (on the
+    host), which a streamed form is checked against."""
     from torch.profiler import ProfilerActivity, profile
 
     with torch.no_grad():
-        model(**inputs)
+        output = model(**inputs)[0].float().cpu()
         _sync(device)
         started = time.perf_counter()
         for _ in range(repeats):
@@ -176,14 +177,17 @@ def measure(model, inputs: dict, device: str, repeats: int) -> dict:
     return {"forward_s": round(wall, 4), "kernel_s": round(total, 4), "profiled_forward_s": round(profiled, 4),
             "busy": round(total / profiled, 3), "launches": sum(e.count for e in events),
             "copy_s": round(sum(getattr(e, busy) for e in copies) / 1e6, 4),
-            "top": [{"name": e.key[:90], "ms": round(getattr(e, busy) / 1e3, 2), "calls": e.count} for e in top]}
+            "top": [{"name": e.key[:90], "ms": round(getattr(e, busy) / 1e3, 2), "calls": e.count} for e in top]}, \
+        output
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    rows = {}
+    import fullsize
+
+    rows, held = {}, {}  # held: the output of each form on the card, which its streamed forms must reproduce
     known = forms(args.family)
     for form in args.forms.split(",") if args.forms else known:
         if form not in known:
@@ -191,7 +195,13 @@ def main(argv=None) -> int:
             return 2
         model, config = _expert(args.family, args.size, form, device, dtype)
         text_dim = config["text_dim"] if args.family == "wan" else config["joint_attention_dim"]
-        rows[form] = measure(model, _inputs(args.family, args.size, device, dtype, text_dim), device, args.repeats)
+        rows[form], output = measure(model, _inputs(args.family, args.size, device, dtype, text_dim), device,
+                                     args.repeats)
+        base, streamed, _ = form.partition("@")
+        if not streamed:
+            held[form] = output
+        elif base in held:  # same weights, same inputs: streaming (and its levers) must not change the result
+            rows[form]["vs_held"] = fullsize.numerical_difference(output, held[base])
         print(form, json.dumps({k: v for k, v in rows[form].items() if k != "top"}), flush=True)
         del model
         if device == "cuda":

@@ -201,6 +201,9 @@ def test_forward_profile_times_each_form_and_says_how_busy_the_device_was(tmp_pa
     for row in rows.values():
         assert row["forward_s"] > 0 and row["kernel_s"] > 0 and 0 < row["busy"] and row["top"][0]["calls"] >= 1
     assert rows[f"{gguf}+lorapeft"]["launches"] > rows[f"{gguf}+lora"]["launches"]  # peft's own ops on each layer
+    # The streamed forms compute what the form held on the card computes (its output is kept when it comes first).
+    for way in ("streamed", "arrival", "runahead"):
+        assert rows[f"{gguf}+lora@{way}"]["vs_held"]["relative_l2"] < 1e-5
 
 
 def test_disk_read_times_each_way_of_reading_a_file_whole(tmp_path):
