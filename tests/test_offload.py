@@ -339,13 +339,15 @@ def test_a_streamless_group_offloads_back_onto_its_host_copies_without_copying()
     host = [p.data.data_ptr() for p in own]
     buffers = [o._buffers[n] for o, n in owned]
     assert own and owned  # Wan's rotary tables are buffers of a child module
-    for p in own:  # as an onload to a GPU leaves them: new tensors elsewhere
-        p.data = p.data.clone()
-    for o, n in owned:  # Module.to replaces a module's buffers by new objects
+    buffer_data = [b.data.data_ptr() for b in buffers]
+    for t in own + buffers:  # as diffusers' onload to a GPU leaves them: new data elsewhere
+        t.data = t.data.clone()
+    for o, n in owned[:1]:  # and as Module.to would: a new object in the module
         o._buffers[n] = o._buffers[n].clone()
     group.offload_()
     assert [p.data.data_ptr() for p in own] == host
     assert all(o._buffers[n] is b for (o, n), b in zip(owned, buffers))
+    assert [b.data.data_ptr() for b in buffers] == buffer_data
     inputs = {"hidden_states": torch.randn(1, 36, 2, 8, 8), "timestep": torch.tensor([500]),
               "encoder_hidden_states": torch.randn(1, 7, standin_models.WAN_TRANSFORMER_CONFIG["text_dim"]),
               "return_dict": False}

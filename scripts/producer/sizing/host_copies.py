@@ -55,12 +55,12 @@ def _host_tensors(group):
     tensors = [p.data for p in params] + [b.data for b in loose_buffers] + [b for _, _, b in owned_buffers]
     if not all(t.device.type == "cpu" for t in tensors):
         return None
-    host_params = [(p, p.data) for p in params + loose_buffers]
+    host = [(t, t.data) for t in params + loose_buffers + [b for _, _, b in owned_buffers]]
 
     def offload_() -> None:
-        for tensor, data in host_params:
+        for tensor, data in host:  # onload gives each tensor new data (diffusers sets `.data`)
             tensor.data = data
-        for owner, name, buf in owned_buffers:  # Module.to replaces buffers by new objects: put the first back
+        for owner, name, buf in owned_buffers:  # Module.to would have replaced buffers by new objects
             owner._buffers[name] = buf
 
     return offload_
