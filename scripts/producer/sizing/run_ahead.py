@@ -49,7 +49,9 @@ def install(blocks: list[torch.nn.Module], make_event: Callable[[], object] | No
     own forward hooks, which run outside diffusers' offloading hooks: the wait comes before a block's weights
     are brought in, the event after its offload."""
     bound = RunAhead(make_event or torch.cuda.Event)
+    # Outside any compiled region, as diffusers' own onload and offload are (compiled blocks run hooks inside).
+    before, after = torch.compiler.disable(bound.before), torch.compiler.disable(bound.after)
     for block in blocks:
-        block.register_forward_pre_hook(bound.before)
-        block.register_forward_hook(bound.after)
+        block.register_forward_pre_hook(before)
+        block.register_forward_hook(after)
     return bound
