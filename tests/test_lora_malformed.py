@@ -200,3 +200,16 @@ def test_modulation_diff_spelling_is_applied_like_diff_m(tmp_path, tiny_wan_pipe
         assert torch.equal(table, original)
     assert torch.equal(results["diff_m"], results["modulation.diff"])
     assert torch.allclose(results["diff_m"], original + delta)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.float8_e5m2])
+def test_finiteness_is_read_from_the_extremes_in_every_float_form(dtype):
+    """One NaN or infinity anywhere is found (aminmax carries NaN; fp8, which it does not take, is read in float32)."""
+    from producer.engines.loras.lora_files import _finite
+
+    clean = torch.linspace(-3, 3, 1000)
+    assert _finite(clean.to(dtype)) and _finite(torch.tensor(0.5).to(dtype))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        spoiled = clean.clone()
+        spoiled[537] = bad
+        assert not _finite(spoiled.to(dtype)), (dtype, bad)
