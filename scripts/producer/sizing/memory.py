@@ -401,8 +401,8 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_reside
                       reason=_reason(hw, model, off, form, act, fits, vram_ok, ram_ok, streamed),
                       advice="" if fits else _advice(model, vram_ok, ram_ok, peak_ram), notes=tuple(notes),
                       resident_blocks=kept, blocks=model.denoiser_blocks, streamed_bytes=int(streamed),
-                      dequantize_on_arrival=dequantize, run_ahead=run_ahead, generating_vram=int(max(denoise_vram, decode_vram)),
-                      generating_ram=int(denoise_ram))
+                      dequantize_on_arrival=dequantize, run_ahead=run_ahead,
+                      generating_vram=int(max(denoise_vram, decode_vram)), generating_ram=int(denoise_ram))
 
 
 def _lever(asked: bool, fits: bool, notes: list, refused: str) -> bool:

@@ -46,8 +46,8 @@ class RunAhead:
 
 def install(blocks: list[torch.nn.Module], make_event: Callable[[], object] | None = None) -> RunAhead:
     """Bound the host's run-ahead over `blocks` (the streamed ones, in their order). Registered as PyTorch's
-    own forward hooks, which run outside diffusers' offloading hooks: the wait comes before a block's weights
-    are brought in, the event after its offload."""
+    own forward hooks, which run outside diffusers' offloading hooks: the wait comes before the block's hook
+    starts bringing in the next block, the event after the block's kernels and its offload are queued."""
     bound = RunAhead(make_event or torch.cuda.Event)
     # Outside any compiled region, as diffusers' own onload and offload are (compiled blocks run hooks inside).
     before, after = torch.compiler.disable(bound.before), torch.compiler.disable(bound.after)
