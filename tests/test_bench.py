@@ -245,6 +245,7 @@ def test_pinning_times_the_scripts_host_packer_per_allocator_setting(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     ways = json.loads(out.read_text())["ways"]
     assert set(ways) == {"plain"} and ways["plain"]["bytes"] >= 0.2 * 2**30 and not ways["plain"]["pinned"]
+    assert ways["plain"]["overlapped_s"] > 0 and ways["plain"]["overlapped_gb_per_s"] > 0
     refused = subprocess.run([sys.executable, str(BENCH.with_name("pinning.py")), "--ways", "host-alloc"],
                              capture_output=True, text=True, timeout=60, check=False)
     assert refused.returncode == 2 and "use plain" in refused.stderr
