@@ -335,6 +335,9 @@ def prediction_error(predicted: float | None, measured: float) -> dict:
 # ---------------------------------------------------------------- after a batch: predicted against measured
 
 SUBSTAGES = ("high_expert", "low_expert", "expert_swap")  # parts of "denoise", not stages beside it
+# Later clips' work done in this clip's time: a one-expert batch runs their high-noise halves in an earlier
+# clip's "ahead" stage and counts each half in its own clip's denoise as well (engines/wan/wan.py).
+OTHERS_WORK = ("ahead",)
 
 
 def clip_item(req) -> Item:
@@ -354,13 +357,15 @@ def batch_prediction(
     standin: bool = False,
     model: dict | None = None,
 ) -> dict:
-    """The batch JSON's `prediction`: the items made, predicted seconds against measured (each item's stages,
-    loading and prompt encoding left out), and the error (measured - predicted) / predicted."""
+    """The batch JSON's `prediction`: the items made, predicted seconds against measured (each item's own stages:
+    the later clips' halves it ran ahead count in theirs, not twice), and the error (measured - predicted) /
+    predicted."""
     gpu = gpu_spec(hw.gpu_name) if hw.has_gpu else None
     why = "stand-in models: the speed model is for the real ones" if standin else None if gpu else NO_GPU
     rows = []
     for item, seconds in made:
-        measured = sum(v for k, v in seconds.items() if k not in SUBSTAGES and isinstance(v, (int, float)))
+        measured = sum(v for k, v in seconds.items()
+                       if k not in SUBSTAGES + OTHERS_WORK and isinstance(v, (int, float)))
         p = (
             Prediction(None)
             if why
