@@ -142,30 +142,26 @@ def _load_lora(family: str, size: str, model, fold: bool) -> None:
     lora.load_loras(pipe, [lora.parse_lora_spec(spec, family)], family, fuse=True)
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def measure(model, inputs: dict, device: str, repeats: int) -> tuple[dict, torch.Tensor]:
     """Wall seconds of a forward (mean of `repeats` after a warm-up), then one profiled forward: the GPU's
     kernel time against its wall time, and the kernels that took most of it; and the warm-up's output (on the
     host), which a streamed form is checked against."""
+    from dequant import sync
     from torch.profiler import ProfilerActivity, profile
 
     with torch.no_grad():
         output = model(**inputs)[0].float().cpu()
-        _sync(device)
+        sync(device)
         started = time.perf_counter()
         for _ in range(repeats):
             model(**inputs)
-        _sync(device)
+        sync(device)
         wall = (time.perf_counter() - started) / repeats
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
         with profile(activities=activities) as prof:
             started = time.perf_counter()
             model(**inputs)
-            _sync(device)
+            sync(device)
             profiled = time.perf_counter() - started
     events = [e for e in prof.key_averages() if e.device_type.name == ("CUDA" if device == "cuda" else "CPU")]
     busy = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
