@@ -129,7 +129,7 @@ def _fold_layer(layer, names: list[str]) -> torch.nn.Module:
     dtype, device = _compute_dtype(base), layer.lora_A[adapters[0]].weight.device
     if len(adapters) == 1:  # nothing to stack (the usual load): no float32 copies, the same rounding
         up, scale = layer.lora_B[adapters[0]].weight.detach(), layer.scaling[adapters[0]]
-        up = (up if scale == 1 else up * scale).to(device, dtype)  # alpha = rank (the distill LoRAs): scale 1
+        up = (up if scale == 1 else up * scale).to(device, dtype)  # no alpha (the Wan distill LoRAs): scale 1
         down = layer.lora_A[adapters[0]].weight.detach().to(device, dtype)
     else:
         up = torch.cat([layer.lora_B[n].weight.float() * layer.scaling[n] for n in adapters], dim=1)
