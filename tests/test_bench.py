@@ -249,3 +249,17 @@ def test_pinning_times_the_scripts_host_packer_per_allocator_setting(tmp_path):
     refused = subprocess.run([sys.executable, str(BENCH.with_name("pinning.py")), "--ways", "host-alloc"],
                              capture_output=True, text=True, timeout=60, check=False)
     assert refused.returncode == 2 and "use plain" in refused.stderr
+
+
+def test_lora_load_times_the_scripts_loader_on_a_gguf_expert_and_refuses_a_folder_without_scripts(tmp_path):
+    out = tmp_path / "lora.json"
+    proc = subprocess.run([sys.executable, str(BENCH.with_name("lora_load.py")), "--size", "tiny", "--blocks", "2",
+                           "--repeats", "2", "--folder", str(tmp_path / "files"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert len(result["load_loras_s"]) == 2 and result["median_s"] > 0 and result["blocks"] == 2
+    assert (tmp_path / "files" / "wan-tiny-2" / "expert.gguf").is_file()
+    refused = subprocess.run([sys.executable, str(BENCH.with_name("lora_load.py")), "--scripts", str(tmp_path)],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2 and "no producer package" in refused.stderr

@@ -126,15 +126,11 @@ def _fold_layer(layer, names: list[str]) -> torch.nn.Module:
     base, adapters = layer.base_layer, _adapters(layer, names)
     if not adapters:  # none of them active here: the layer computes as its base
         return base
-    dtype, device = _compute_dtype(base), layer.lora_A[adapters[0]].weight.device
-    if len(adapters) == 1:  # nothing to stack (the usual load): no float32 copies, the same rounding
-        up, scale = layer.lora_B[adapters[0]].weight.detach(), layer.scaling[adapters[0]]
-        up = (up if scale == 1 else up * scale).to(device, dtype)  # no alpha (the Wan distill LoRAs): scale 1
-        down = layer.lora_A[adapters[0]].weight.detach().to(device, dtype)
-    else:
-        up = torch.cat([layer.lora_B[n].weight.float() * layer.scaling[n] for n in adapters], dim=1)
-        down = torch.cat([layer.lora_A[n].weight.float() for n in adapters], dim=0)
-        up, down = up.to(device, dtype), down.to(device, dtype)
+    dtype = _compute_dtype(base)
+    up = torch.cat([layer.lora_B[n].weight.float() * layer.scaling[n] for n in adapters], dim=1)
+    down = torch.cat([layer.lora_A[n].weight.float() for n in adapters], dim=0)
+    device = layer.lora_A[adapters[0]].weight.device
+    up, down = up.to(device, dtype), down.to(device, dtype)
     parts = [*getattr(base, PARTS, []), (tuple(names), down.shape[0])]
     if folded(base):  # LoRAs folded by an earlier load stay: the new factors go beside theirs
         up, down = torch.cat([getattr(base, UP), up], dim=1), torch.cat([getattr(base, DOWN), down], dim=0)

@@ -172,8 +172,8 @@ def _tensor_problem(tensor, role: str) -> str | None:
 
 
 def _finite(tensor) -> bool:
-    """No NaN and no infinity anywhere: the extremes say so (aminmax propagates NaN), ~40x faster than
-    `isfinite().all()` on a CPU, which made a bool copy of every LoRA tensor (a fifth of a LoRA's load)."""
+    """No NaN and no infinity anywhere: the extremes say so (aminmax propagates NaN), in one pass and without
+    the bool copy of the whole tensor that `isfinite().all()` makes."""
     import torch
 
     try:

@@ -5,8 +5,6 @@ expert ran for a clip (ExpertCounter)."""
 
 from __future__ import annotations
 
-import functools
-import json
 import time
 from dataclasses import dataclass
 
@@ -64,18 +62,12 @@ def lora_view(component: str, module: torch.nn.Module) -> WanImageToVideoPipelin
     and diffusers' Wan loader reads `pipe.transformer.config` even when loading into transformer_2; the
     other slot therefore holds a weightless (meta device) model of the same config.
     """
-    slots = {name: _placeholder(json.dumps(dict(module.config), sort_keys=True, default=str)) for name in DENOISERS}
+    with torch.device("meta"):
+        placeholder = WanTransformer3DModel.from_config(module.config)
+    slots = {name: placeholder for name in DENOISERS}
     slots[component] = module
     return WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None,
                                    boundary_ratio=registry.WAN.boundary_ratio, **slots)
-
-
-@functools.lru_cache(maxsize=2)
-def _placeholder(config: str) -> WanTransformer3DModel:
-    """A weightless model of `config` (JSON), made once: building the 40 blocks, even on the meta device, took
-    ~0.2 s at every LoRA load of an expert. Nothing is ever loaded into it."""
-    with torch.device("meta"):
-        return WanTransformer3DModel.from_config(json.loads(config))
 
 
 @dataclass
