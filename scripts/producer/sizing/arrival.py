@@ -20,6 +20,7 @@ from contextlib import nullcontext
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.group_offloading import _GROUP_OFFLOADING
 from diffusers.quantizers.gguf import utils as gguf_utils
 
 HOOK = "producer_dequantize_on_arrival"
@@ -83,7 +84,7 @@ class DequantizeOnArrival(ModelHook):
 
     def _prepare_next(self, module: torch.nn.Module) -> None:
         """Dequantize the block diffusers is prefetching, on the stream its transfer was queued on."""
-        offloading = HookRegistry.check_if_exists_or_initialize(module).get_hook("group_offloading")
+        offloading = HookRegistry.check_if_exists_or_initialize(module).get_hook(_GROUP_OFFLOADING)
         following = getattr(offloading, "next_group", None)
         leader = getattr(following, "onload_leader", None)
         registry = getattr(leader, "_diffusers_hook", None)

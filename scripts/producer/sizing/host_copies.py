@@ -20,8 +20,7 @@ order.
 from __future__ import annotations
 
 import torch
-
-GROUP_HOOK = "group_offloading"  # diffusers.hooks.group_offloading._GROUP_OFFLOADING
+from diffusers.hooks.group_offloading import _GROUP_OFFLOADING
 
 
 def keep_host_copies(module: torch.nn.Module) -> int:
@@ -30,7 +29,7 @@ def keep_host_copies(module: torch.nn.Module) -> int:
     changed = 0
     for sub in module.modules():
         registry = getattr(sub, "_diffusers_hook", None)
-        hook = registry.get_hook(GROUP_HOOK) if registry is not None else None
+        hook = registry.get_hook(_GROUP_OFFLOADING) if registry is not None else None
         group = getattr(hook, "group", None)
         if group is None or group.stream is not None or group.offload_to_disk_path or group.offload_leader is not sub:
             continue

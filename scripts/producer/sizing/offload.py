@@ -47,8 +47,7 @@ def apply_plan(pipe, plan: MemoryPlan, device: str | torch.device | None = None)
         component = plan.components[name]
         if component.weights == "fp8":
             module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
-        place_module(module, component.placement, device, plan.resident_blocks, plan.dequantize_on_arrival,
-                     plan.run_ahead)
+        place_denoiser(module, component.placement, device, plan)
     if plan.components.get("transformer_2") and plan.components["transformer_2"].placement is Placement.MODEL_OFFLOAD:
         install_expert_swap(pipe, device)
     if getattr(pipe, "vae", None) is not None:
@@ -58,6 +57,12 @@ def apply_plan(pipe, plan: MemoryPlan, device: str | torch.device | None = None)
     text_encoder = getattr(pipe, "text_encoder", None)
     if text_encoder is not None:
         place_text_encoder(text_encoder, plan.text_encoder, device)
+
+
+def place_denoiser(module: torch.nn.Module, placement: Placement, device: torch.device, plan: MemoryPlan) -> None:
+    """`place_module` for a denoiser, with the plan's levers for streamed blocks (the placement is the caller's:
+    a Wan expert alone in RAM lives on the GPU where the plan would swap it)."""
+    place_module(module, placement, device, plan.resident_blocks, plan.dequantize_on_arrival, plan.run_ahead)
 
 
 def place_module(module: torch.nn.Module, placement: Placement, device: torch.device, resident_blocks: int = 0,
@@ -370,9 +375,10 @@ def release(pipe, name: str) -> None:
     if module is None:
         return
     from diffusers.hooks import HookRegistry
+    from diffusers.hooks.group_offloading import _GROUP_OFFLOADING
 
     if hasattr(module, "_diffusers_hook"):
-        HookRegistry.check_if_exists_or_initialize(module).remove_hook("group_offloading", recurse=True)
+        HookRegistry.check_if_exists_or_initialize(module).remove_hook(_GROUP_OFFLOADING, recurse=True)
     setattr(pipe, name, None)
     # The caller may still hold the module: diffusers' Wan loop keeps `current_model` until its next step,
     # so an expert let go at the boundary would otherwise sit in RAM beside the one read in its place.

@@ -255,8 +255,7 @@ class WanSession:
             module.to(self.device)
         elif not getattr(module, "_producer_placed", False):
             module.to("cpu")  # offloading starts from host memory (prebuilt experts may sit on the GPU)
-            offload.place_module(module, placement, self.device, self.plan.resident_blocks,
-                                 self.plan.dequantize_on_arrival, self.plan.run_ahead)
+            offload.place_denoiser(module, placement, self.device, self.plan)
             module._producer_placed = True
         if placement is Placement.MODEL_OFFLOAD and all(getattr(self.pipe, c) is not None for c in DENOISERS):
             offload.install_expert_swap(self.pipe, self.device)
