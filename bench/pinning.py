@@ -9,7 +9,12 @@ allocation, its page faults and the locking. Ways:
 - `host-register-N`: `pinned_use_cuda_host_register:True,pinned_num_register_threads:N`: plain memory whose
   pages N threads map before cudaHostRegister locks them (pytorch/pytorch#108488, "to avoid large lock wait
   time with cudaHostAlloc");
-- `plain`: unlocked memory, for scale (what the copy costs with page faults alone).
+- `plain`: unlocked memory, for scale (what the copy costs with page faults alone);
+- `register-later` (CUDA only): plain chunks filled first, then locked in place by cudaHostRegister, timed
+  apart (`register_s`, with 1 and 4 threads each locking whole chunks) and once more from a second thread while
+  this one runs Python (`python_rate_while_registering`: this thread's loop rate then, against its rate alone;
+  ~1 means the call lets go of the GIL). A lever for the load, not built: locking the chunks of a read file
+  while the model is built and its LoRA loaded, which this measures before it is.
 
     python bench/pinning.py --gib 8 --out pinning.json
 
@@ -26,13 +31,16 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 WAYS = {"host-alloc": "", "host-register-8": "pinned_use_cuda_host_register:True,pinned_num_register_threads:8",
-        "host-register-16": "pinned_use_cuda_host_register:True,pinned_num_register_threads:16", "plain": None}
+        "host-register-16": "pinned_use_cuda_host_register:True,pinned_num_register_threads:16", "plain": None,
+        "register-later": None}
 
 
 def parse_args(argv=None):
@@ -86,6 +94,67 @@ def fill_overlapped(piece, count: int, pinned: bool) -> float:
     return time.perf_counter() - start
 
 
+def register_later(gib: float) -> dict:
+    """Plain 256 MiB chunks filled by copies, then page-locked where they lie (cudaHostRegister), and unlocked."""
+    import torch
+
+    piece = torch.ones(40 << 20, dtype=torch.uint8)
+    chunks = [torch.empty(1 << 28, dtype=torch.uint8) for _ in range(max(int(gib * 4), 1))]
+    start = time.perf_counter()
+    for chunk in chunks:
+        for at in range(0, chunk.numel() - piece.numel() + 1, piece.numel()):
+            chunk[at:at + piece.numel()].copy_(piece)
+    out = {"bytes": len(chunks) << 28, "fill_s": round(time.perf_counter() - start, 3)}
+    for threads in (1, 4):
+        seconds = _lock_all(chunks, threads)
+        out[f"register_s_{threads}"] = round(seconds, 3)
+        out[f"register_gb_per_s_{threads}"] = round(out["bytes"] / seconds / 1e9, 2)
+    out["python_rate_while_registering"] = round(_python_rate_while(lambda: _lock_all(chunks, 1)), 3)
+    return out
+
+
+def _lock_all(chunks, threads: int) -> float:
+    """Seconds to cudaHostRegister every chunk (`threads` at a time); each is unregistered afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    cudart = torch.cuda.cudart()
+
+    def lock(chunk):
+        code = cudart.cudaHostRegister(chunk.data_ptr(), chunk.numel(), 0)
+        if int(code) != 0:
+            raise RuntimeError(f"cudaHostRegister returned {int(code)}")
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lock, chunks))
+    seconds = time.perf_counter() - start
+    for chunk in chunks:
+        cudart.cudaHostUnregister(chunk.data_ptr())
+    return seconds
+
+
+def _python_rate_while(work) -> float:
+    """This thread's rate of a plain Python loop while `work` runs in another thread, against its rate alone
+    (half a second, the same loop)."""
+    def spin(stop: threading.Event) -> float:
+        count, start = 0, time.perf_counter()
+        while not stop.is_set():
+            count += 1
+        return count / (time.perf_counter() - start)
+
+    timer_done = threading.Event()
+    threading.Timer(0.5, timer_done.set).start()
+    alone = spin(timer_done)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (work(), done.set()))
+    worker.start()
+    during = spin(done)
+    worker.join()
+    return during / alone
+
+
 def _measure_in_child(way: str, gib: float) -> dict:
     env = dict(os.environ)
     if WAYS[way]:
@@ -103,11 +172,12 @@ def _measure_in_child(way: str, gib: float) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.one:
-        print(json.dumps(fill(args.gib, pinned=WAYS[args.one] is not None)))
+        way = register_later if args.one == "register-later" else partial(fill, pinned=WAYS[args.one] is not None)
+        print(json.dumps(way(args.gib)))
         return 0
     import torch
 
-    known = [w for w in WAYS if torch.cuda.is_available() or WAYS[w] is None]
+    known = [w for w in WAYS if torch.cuda.is_available() or (WAYS[w] is None and w != "register-later")]
     ways = args.ways.split(",") if args.ways else known
     unknown = [w for w in ways if w not in known]
     if unknown:

@@ -251,6 +251,34 @@ def test_pinning_times_the_scripts_host_packer_per_allocator_setting(tmp_path):
     assert refused.returncode == 2 and "use plain" in refused.stderr
 
 
+def test_pinning_register_later_locks_each_filled_chunk_in_place_and_unlocks_it(monkeypatch):
+    """The CUDA-only way, with CUDA's calls recorded: every chunk is locked where it lies (its own pointer and
+    size), once per thread count and once more beside the Python loop, and unlocked after each round."""
+    import torch
+
+    sys.path.insert(0, str(BENCH.parent))
+    import pinning
+
+    calls = []
+
+    class Cudart:
+        def cudaHostRegister(self, ptr, size, flags):
+            calls.append(("lock", ptr, size))
+            return 0
+
+        def cudaHostUnregister(self, ptr):
+            calls.append(("unlock", ptr))
+            return 0
+
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: Cudart())
+    out = pinning.register_later(0.5)
+    assert out["bytes"] == 2 << 28 and out["fill_s"] > 0 and out["register_s_1"] > 0 and out["register_s_4"] > 0
+    assert out["python_rate_while_registering"] > 0
+    locked = [c for c in calls if c[0] == "lock"]
+    assert len(locked) == 6 and {c[2] for c in locked} == {1 << 28}  # 2 chunks x 3 rounds, whole chunks
+    assert sorted(c[1] for c in calls if c[0] == "unlock") == sorted(c[1] for c in locked)
+
+
 def test_lora_load_times_the_scripts_loader_on_a_gguf_expert_and_refuses_a_folder_without_scripts(tmp_path):
     out = tmp_path / "lora.json"
     proc = subprocess.run([sys.executable, str(BENCH.with_name("lora_load.py")), "--size", "tiny", "--blocks", "2",
