@@ -429,6 +429,29 @@ def test_a_later_clips_half_run_ahead_counts_once_in_the_batch_prediction():
     assert r["measured_s"] == pytest.approx(68.3, abs=0.01)
 
 
+def test_a_one_expert_batch_predicts_the_expert_reads_on_each_groups_first_clip():
+    """The group's first clip reads both experts (its load and its swap); the others read none. Measured on an
+    H200 (8 / 16, 3 clips): 33.4 s for the first item, ~19 s for each later one, where an even share had
+    predicted 26.75 s for each. The run's total stays what the even shares sum to."""
+    small = hardware.from_sizes(8, 16, name="NVIDIA H200", host_link=(5, 16))
+    plan, h200 = plan_on(small), estimate.gpu_spec("NVIDIA H200")
+    assert plan.experts_in_ram == 1
+    a = estimate.speed_model()["assumptions"]
+    both = 2 * memory.WAN_FOOTPRINT.denoiser_params * memory.BYTES_PER_PARAM[plan.weights] / 1e9 / a["disk_read_gb_s"]
+    n = memory.CLIPS_PER_EXPERT_READ + 2  # two groups
+    placed = [estimate.predict_item(wan_480p(), plan, h200, items_in_run=n, position=i).seconds for i in range(n)]
+    even = estimate.predict_item(wan_480p(), plan, h200, items_in_run=n).seconds
+    first, later = placed[0], placed[1]
+    assert first - later == pytest.approx(both, abs=0.02)
+    assert placed[memory.CLIPS_PER_EXPERT_READ] == first and placed[-1] == later  # the second group's first clip
+    assert sum(placed) == pytest.approx(n * even, abs=0.05)
+    item = wan_480p()
+    made = [(item, {"denoise": 20.0}), (item, {"denoise": 20.0}), (item, {"denoise": 20.0})]
+    rows = estimate.batch_prediction(made, plan, small)["per_item"]
+    assert rows[0]["predicted_s"] - rows[1]["predicted_s"] == pytest.approx(both, abs=0.02)
+    assert rows[1]["predicted_s"] == rows[2]["predicted_s"]
+
+
 def test_both_scripts_batches_report_their_prediction(standin_hf_home, tmp_path, capsys):
     Image.new("RGB", (64, 64), (90, 120, 150)).save(tmp_path / "kf.png")
     (tmp_path / "clips.json").write_text(

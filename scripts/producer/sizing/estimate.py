@@ -199,9 +199,12 @@ def predict_item(
     items_in_run: int = 1,
     levers: tuple[str, ...] | None = None,
     model: dict | None = None,
+    position: int | None = None,
 ) -> Prediction:
     """Seconds of one item under `plan` on `gpu` (steady state: the model is loaded, prompts are encoded).
-    `levers`: the speed levers on (default: what the scripts choose for a run of `items_in_run`)."""
+    `levers`: the speed levers on (default: what the scripts choose for a run of `items_in_run`). `position`:
+    the item's index in its run, where the reads that a group of items shares fall on the group's first item
+    (with one Wan expert in RAM); without it each item carries an even share of them."""
     model = model or speed_model()
     if plan.device != "cuda":
         return Prediction(None, notes=(NO_GPU,))
@@ -227,10 +230,8 @@ def predict_item(
     other = entry["other_s"] + _writing(a, item.family, items_in_run)
     if plan.experts_in_ram == 1 and item.family == "wan":
         expert = FOOTPRINTS["wan"].denoiser_params * memory.BYTES_PER_PARAM[plan.weights]
-        # a batch makes its clips expert by expert: both experts read once a group
-        reads = math.ceil(items_in_run / memory.CLIPS_PER_EXPERT_READ) / items_in_run
-        other += 2 * expert / 1e9 / a["disk_read_gb_s"] * reads
-        each = "clip" if reads == 1 else f"group of up to {memory.CLIPS_PER_EXPERT_READ} clips"
+        other += 2 * expert / 1e9 / a["disk_read_gb_s"] * expert_reads(items_in_run, position)
+        each = "clip" if items_in_run == 1 else f"group of up to {memory.CLIPS_PER_EXPERT_READ} clips"
         notes.append(f"both experts are read from disk for every {each} (assumed {a['disk_read_gb_s']} GB/s)")
     if not gpu.known:
         notes.append(f"{gpu.name}: {gpu.source}")
@@ -248,6 +249,15 @@ def predict_item(
         basis,
         tuple(notes),
     )
+
+
+def expert_reads(items_in_run: int, position: int | None = None) -> float:
+    """How many times the item reads both Wan experts, with one in RAM: a batch makes its clips expert by expert,
+    reading both once a group of up to CLIPS_PER_EXPERT_READ clips, in the group's first clip (its load and its
+    swap: wan.WanSession._by_halves). Without a `position`, the run's reads shared evenly among its items."""
+    if position is None:
+        return math.ceil(items_in_run / memory.CLIPS_PER_EXPERT_READ) / items_in_run
+    return 1.0 if position % memory.CLIPS_PER_EXPERT_READ == 0 else 0.0
 
 
 def _forward(model: dict, entry: dict, item: Item, gpu: Gpu) -> float:
@@ -363,13 +373,13 @@ def batch_prediction(
     gpu = gpu_spec(hw.gpu_name) if hw.has_gpu else None
     why = "stand-in models: the speed model is for the real ones" if standin else None if gpu else NO_GPU
     rows = []
-    for item, seconds in made:
+    for position, (item, seconds) in enumerate(made):
         measured = sum(v for k, v in seconds.items()
                        if k not in SUBSTAGES + OTHERS_WORK and isinstance(v, (int, float)))
         p = (
             Prediction(None)
             if why
-            else predict_item(item, plan, gpu, hw.host_link, len(made), model=model)
+            else predict_item(item, plan, gpu, hw.host_link, len(made), model=model, position=position)
         )
         rows.append(prediction_error(p.seconds, measured))
     known = [r for r in rows if r["predicted_s"] is not None]

@@ -205,10 +205,10 @@ def predict_phase(
     gpu = estimate.gpu_spec(hw.gpu_name) if hw.has_gpu else None
     plan = _plan(family, items, hw, batch)
     seconds = [
-        estimate.predict_item(item, plan, gpu, hw.host_link, len(items), model=model)
+        estimate.predict_item(item, plan, gpu, hw.host_link, len(items), model=model, position=i)
         if gpu
         else estimate.Prediction(None, notes=(estimate.NO_GPU,))
-        for item in items
+        for i, item in enumerate(items)
     ]
     known = None not in [p.seconds for p in seconds]
     load = estimate.read_seconds(family, plan, model, hw.ram_total) + seconds[0].first_extra_s if known else None
