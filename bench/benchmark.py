@@ -70,9 +70,11 @@ CAPS = {"cap10": 10, "cap12": 12, "cap16": 16, "cap24": 24, "cap48": 48}
 # `planVxR-q8`: the plan that machine gets when told `--weights gguf-q4` / `gguf-q8` (a form against another);
 # `planVxR-compdq`: the plan with its GGUF dequantization compiled (compiled_dequant, what `--compile on` does
 # where blocks stream), against the plan's own (diffusers' dequantization at every call) in the same run;
+# `planVxR-lockfirst` (a Wan load from disk): each streamed chunk page-locked before the read copies into it,
+# against the scripts' locking behind the load (producer.sizing.lock_behind) in the same run;
 # `planVxR-lora` / `-lorapeft`: the plan with the step-distill LoRA, folded into GGUF weights / as adapters
 # (bench/loras.py).
-PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)(-streamall|-dequant|-runahead|-q4|-q8|-compdq)?(-lora|-lorapeft)?$")
+PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)(-streamall|-dequant|-runahead|-q4|-q8|-compdq|-lockfirst)?(-lora|-lorapeft)?$")
 FORCED_FORMS = {"-q4": "gguf-q4", "-q8": "gguf-q8"}
 
 
@@ -102,7 +104,8 @@ def parse_args(argv=None):
                         "planVxR-streamall: the same with no resident blocks; planVxR-dequant: with GGUF blocks "
                         "dequantized on arrival; planVxR-runahead: with the host running ahead of streamed blocks; "
                         "planVxR-q4 / -q8: with that GGUF form asked for; planVxR-compdq: with the GGUF "
-                        "dequantization compiled; planVxR-lora / -lorapeft: with the step-distill LoRA folded into "
+                        "dequantization compiled; planVxR-lockfirst: a Wan load from disk locking each chunk before "
+                        "the read fills it; planVxR-lora / -lorapeft: with the step-distill LoRA folded into "
                         "GGUF weights / as adapters); the batch workloads take project and planVxR")
     p.add_argument("--repeats", type=int, default=2, help="runs per process; the first is reported as cold")
     p.add_argument("--measure-steps", type=int, default=None,
@@ -137,7 +140,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.write_gguf:
-        from children import write_gguf_files
+        from disk_session import write_gguf_files
 
         print(json.dumps(write_gguf_files(args, *args.write_gguf)), flush=True)
         return 0

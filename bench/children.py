@@ -7,8 +7,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import disk_session
 import fullsize
-import load_stages
 import loras
 import numpy as np
 import ramwatch
@@ -279,7 +279,8 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
         _wan_probe(pipe.transformer, embeds, width, height, frames), before)}
     extra.update(built, **_expected("wan", config))
     if from_disk:
-        session, disk = _session_from_disk(args, pipe, plan, form, device, speed_choice, lora_specs)
+        session, disk = disk_session.session_from_disk(args, pipe, plan, form, device, speed_choice, lora_specs,
+                                                       has_lever(config, "-lockfirst"))
         extra.update(disk)
     else:
         session = wan.WanSession.from_components(pipe, plan, device, progress=False, lora_specs=lora_specs)
@@ -295,60 +296,6 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
     extra.update(loras.reported(session.lora_reports))
     return _result(seconds, cold, plan, {"experts": experts, "decode": clip.decode, "speed": notes, **extra},
                    steps, measured)
-
-
-def _gguf_paths(folder: Path, form: str, size: str) -> dict:
-    from producer.facts.registry import WAN_DENOISERS
-
-    return {c: folder / f"wan-{size}-{form}-{c}.gguf" for c in WAN_DENOISERS}
-
-
-def write_gguf_files(args, form: str, folder: str) -> dict:
-    """(its own process, so that writing does not count in a run's peak RAM) Both experts of `form` as
-    ComfyUI-GGUF files, with the configs beside them that the scripts' loader needs."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = _dtype(args.size, device)
-    parts = fullsize.wan_components(args.size, device, dtype, wide=True)
-    written = {}
-    for seed, (component, path) in enumerate(_gguf_paths(Path(folder), form, args.size).items()):
-        module = parts.pop(component)
-        fullsize.quantize_like_gguf(module, form, dtype, seed)
-        module.save_config(Path(folder) / f"snapshot-{args.size}" / component)
-        written[component] = fullsize.write_gguf_expert(module, path, form)
-        del module
-    return written
-
-
-def _session_from_disk(args, pipe, plan, form: str, device: str, speed, lora_specs):
-    """A Wan session whose experts the scripts' own loader (experts.ExpertsOnDisk) reads from GGUF files: the
-    load, and for one-expert-in-RAM plans the reload at every clip, are measured as a user meets them."""
-    import subprocess
-    import sys
-
-    from producer.engines.wan import experts, wan
-    from producer.engines.wan.wan_load import WanFiles
-
-    folder = Path(args.from_disk)
-    paths = _gguf_paths(folder, form, args.size)
-    if not all(p.exists() for p in paths.values()):
-        cmd = [sys.executable, str(Path(__file__).with_name("benchmark.py")), "--write-gguf", form, str(folder),
-               "--size", args.size, "--device", device]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    disk = {"disk_read": fullsize.read_speed(paths.values())}  # warm page cache, as after a first run
-    dtype = _dtype(args.size, device)
-    files = WanFiles(folder / f"snapshot-{args.size}", form, paths)
-    session = wan.WanSession(pipe, plan, torch.device(device), experts.ExpertsOnDisk(files, dtype, torch.device(device),
-                                                                                   plan), progress=False,
-                              speed=speed, lora_specs=lora_specs)
-    ramwatch.mark("load")
-    with load_stages.watched(device) as stages, _timed(device, disk, "load_to_first_step_s"):
-        session._experts_for_start()
-    disk["load_stages_s"] = load_stages.summary(stages, disk["load_to_first_step_s"])
-    # The floor: reading what was loaded (both files, or the first expert's for one-expert-in-RAM plans).
-    disk["load_floor_s"] = round(disk["disk_read"]["seconds"] * (1.0 if plan.experts_in_ram == 2 else 0.5), 3)
-    return session, disk
 
 
 def _wan_probe(transformer, embeds, width: int, height: int, frames: int) -> torch.Tensor:

@@ -3,10 +3,12 @@ experts, so that `load_to_first_step_s` against the disk's read floor can be exp
 
 Stages (each synchronised with the GPU at its end; a stage inside another is also counted in it):
 - `read`: the GGUF file's tensors copied from the mapped file into host chunks (gguf_host.read_into_host_chunks;
-  page-locking the chunks is part of it);
+  page-locking the chunks is part of it with `-lockfirst`, and runs behind the load otherwise);
 - `gguf_load`: the whole of gguf_host.load_gguf, the read and diffusers' `from_single_file` building the model;
 - `loras`: the session's LoRA loading (folding the step-distill factors beside the GGUF weights);
-- `place`: offload.place_module (pinning what is left, group offloading, the resident blocks to the GPU);
+- `place`: offload.place_module (waiting for the chunks' page-locking, pinning what is left, group offloading,
+  the resident blocks to the GPU);
+- `lock_wait`: inside `place`, the wait for the page-locking that ran behind the load (sizing/lock_behind.py);
 - `pinned_alloc` (CUDA only): the time PyTorch's pinned allocator spent making page-locked memory, inside the
   stages above (torch.cuda.memory.host_memory_stats).
 `build` (`gguf_load` - `read`) is added to the result, as is `other` (the whole less the outer stages).
@@ -39,11 +41,12 @@ def watched(device: str):
 @contextmanager
 def _stages(device: str):
     from producer.engines.wan import wan
-    from producer.sizing import gguf_host, offload
+    from producer.sizing import gguf_host, lock_behind, offload
 
     seconds: dict[str, float] = {}
     targets = [(gguf_host, "read_into_host_chunks", "read"), (gguf_host, "load_gguf", "gguf_load"),
-               (wan.WanSession, "_load_loras", "loras"), (offload, "place_module", "place")]
+               (wan.WanSession, "_load_loras", "loras"), (offload, "place_module", "place"),
+               (lock_behind, "settle", "lock_wait")]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in targets]
 
     def timing(original, stage):

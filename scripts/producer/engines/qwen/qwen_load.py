@@ -101,10 +101,11 @@ def load_session(files: ModelFiles, plan: MemoryPlan, device=None, **kwargs) -> 
 
     def load_denoiser() -> dict:
         if files.gguf is not None:
-            on_host = plan.components["transformer"].placement is not Placement.GPU
+            placement = plan.components["transformer"].placement
             on_gpu = gguf_host.kept_on_gpu(plan, "transformer", registry.QWEN_BLOCK_LIST, device or plan.device)
             transformer = gguf_host.load_gguf(QwenImageTransformer2DModel, files.gguf, snap, "transformer", dtype,
-                                              on_host, on_gpu)
+                                              placement is not Placement.GPU, on_gpu,
+                                              streamed=placement is Placement.GROUP_OFFLOAD)
         else:
             transformer = QwenImageTransformer2DModel.from_pretrained(snap, subfolder="transformer", dtype=dtype,
                                                                       use_safetensors=True)
