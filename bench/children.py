@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 
 import disk_session
 import fullsize
