@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -264,6 +265,7 @@ def test_pinning_register_later_locks_each_filled_chunk_in_place_and_unlocks_it(
     class Cudart:
         def cudaHostRegister(self, ptr, size, flags):
             calls.append(("lock", ptr, size))
+            time.sleep(0.02)  # as the real call, it takes a while and lets go of the GIL: the loop beside it runs
             return 0
 
         def cudaHostUnregister(self, ptr):
