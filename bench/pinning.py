@@ -11,10 +11,11 @@ allocation, its page faults and the locking. Ways:
   time with cudaHostAlloc");
 - `plain`: unlocked memory, for scale (what the copy costs with page faults alone);
 - `register-later` (CUDA only): plain chunks filled first, then locked in place by cudaHostRegister, timed
-  apart (`register_s`, with 1 and 4 threads each locking whole chunks) and once more from a second thread while
-  this one runs Python (`python_rate_while_registering`: this thread's loop rate then, against its rate alone;
-  ~1 means the call lets go of the GIL). A lever for the load, not built: locking the chunks of a read file
-  while the model is built and its LoRA loaded, which this measures before it is.
+  apart (`register_s`, with 1 and 4 threads each locking whole chunks; `unregister_s`, unlocking them all from
+  one thread) and once more from a second thread while this one runs Python (`python_rate_while_registering`:
+  this thread's loop rate then, against its rate alone; ~1 means the call lets go of the GIL). What the
+  scripts' load does for a streamed GGUF model (producer.sizing.lock_behind): it locks the chunks of the read
+  file while the model is built and its LoRA loaded.
 
     python bench/pinning.py --gib 8 --out pinning.json
 
@@ -106,15 +107,17 @@ def register_later(gib: float) -> dict:
             chunk[at:at + piece.numel()].copy_(piece)
     out = {"bytes": len(chunks) << 28, "fill_s": round(time.perf_counter() - start, 3)}
     for threads in (1, 4):
-        seconds = _lock_all(chunks, threads)
+        seconds, unlock_s = _lock_all(chunks, threads)
         out[f"register_s_{threads}"] = round(seconds, 3)
         out[f"register_gb_per_s_{threads}"] = round(out["bytes"] / seconds / 1e9, 2)
+        out[f"unregister_s_{threads}"] = round(unlock_s, 3)
     out["python_rate_while_registering"] = round(_python_rate_while(lambda: _lock_all(chunks, 1)), 3)
     return out
 
 
-def _lock_all(chunks, threads: int) -> float:
-    """Seconds to cudaHostRegister every chunk (`threads` at a time); each is unregistered afterwards."""
+def _lock_all(chunks, threads: int) -> tuple[float, float]:
+    """Seconds to cudaHostRegister every chunk (`threads` at a time), and to unregister them all afterwards
+    from this thread (what freeing a locked chunk costs the thread that lets go of it)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
@@ -130,9 +133,10 @@ def _lock_all(chunks, threads: int) -> float:
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(lock, chunks))
     seconds = time.perf_counter() - start
+    start = time.perf_counter()
     for chunk in chunks:
         cudart.cudaHostUnregister(chunk.data_ptr())
-    return seconds
+    return seconds, time.perf_counter() - start
 
 
 def _python_rate_while(work) -> float:

@@ -142,3 +142,33 @@ def test_only_a_streamed_expert_on_cuda_is_locked_behind(wan_q4, cudart, monkeyp
     assert lock_behind.ATTRIBUTE not in load(WanTransformer3DModel, path, config, "transformer", torch.float32,
                                              True, streamed=True).__dict__
     assert not cudart.calls
+
+
+def test_the_resident_blocks_are_locked_in_chunks_of_their_own_freed_when_they_move(wan_q4, cudart, monkeypatch):
+    """Placement copies the blocks kept on the card from locked memory (direct DMA), and their chunks, which
+    hold nothing else, are unlocked and freed once the blocks have moved; the streamed blocks' stay locked."""
+    from diffusers import WanTransformer3DModel
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    path, config = wan_q4
+    on_gpu = gguf_host.resident_prefixes("blocks", 2, 1)
+    model = gguf_host.load_gguf(WanTransformer3DModel, path, config, "transformer", torch.float32, True,
+                                on_gpu=on_gpu, streamed=True)
+    model.__dict__[lock_behind.ATTRIBUTE].wait()
+    kept, streamed = model.blocks[0], model.blocks[1]
+    assert on_gpu == ("blocks.0.",)
+    resident = [p for p in kept.parameters() if getattr(p, "quant_type", None) is not None]
+    others = [p for p in streamed.parameters() if getattr(p, "quant_type", None) is not None]
+    assert resident and others and all(cudart.covers(p) for p in resident + others)
+
+    def chunk_of(tensor):
+        at = tensor.data_ptr()
+        return next(a for a, n in cudart.locked.items() if a <= at < a + n)
+
+    theirs = {chunk_of(p) for p in resident}
+    assert theirs.isdisjoint(chunk_of(p) for p in others)
+    del resident
+    kept.to("meta")  # as moving them to the card does: the block lets go of its host tensors
+    gc.collect()
+    assert theirs.isdisjoint(cudart.locked) and {("unlock", a) for a in theirs} <= set(cudart.calls)
+    assert all(cudart.covers(p) for p in others)

@@ -10,9 +10,10 @@ tensors already in the compute dtype). The few F16 tensors cast to the compute d
 A model that will stream block by block (`lock_behind`) is read into plain chunks that
 producer.sizing.lock_behind page-locks in the background while the load goes on; placement waits for them.
 
-The blocks the plan keeps on the GPU are read into plain memory instead, which frees itself when they move
-to the card: in a shared pinned chunk their bytes would stay held beside the streamed blocks' (a 24 GB card
-keeps 31 of each Wan expert's 40 blocks: ~13.8 GiB of host RAM for nothing).
+The blocks the plan keeps on the GPU are read into memory of their own instead, which frees itself when they
+move to the card: in a shared pinned chunk their bytes would stay held beside the streamed blocks' (a 24 GB
+card keeps 31 of each Wan expert's 40 blocks: ~13.8 GiB of host RAM for nothing). Locked behind the load, that
+memory is locked too (chunks of their own), so that moving them is direct DMA; otherwise it is plain.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ def read_into_host_chunks(path: Path | str, on_gpu: tuple[str, ...] = (),
                           locker: lock_behind.LockBehind | None = None) -> dict[str, torch.Tensor]:
     """The file's tensors by name, as `load_gguf_checkpoint` returns them, held in packed host chunks
     (page-locked where CUDA is present, or by `locker` behind the read; where locking is refused, the rest is
-    plain memory); those whose names start with one of `on_gpu` are plain copies, freed once placement moves
-    them to the card."""
+    plain memory); those whose names start with one of `on_gpu` are copies in memory of their own (locked by
+    `locker` too where there is one), freed once placement moves them to the card."""
     import gguf
     from diffusers.quantizers.gguf.utils import SUPPORTED_GGUF_QUANT_TYPES, GGUFParameter
 
@@ -77,6 +78,7 @@ def read_into_host_chunks(path: Path | str, on_gpu: tuple[str, ...] = (),
     reader = gguf.GGUFReader(str(path))
     total = sum(offload.aligned(int(t.n_bytes)) for t in reader.tensors if not t.name.startswith(on_gpu))
     packer, state, copied = offload.HostPacker(total=total, locker=locker), {}, 0
+    resident = _resident_packer(reader, on_gpu, locker)
     for tensor in reader.tensors:
         quantized = tensor.tensor_type not in plain
         if quantized and tensor.tensor_type not in SUPPORTED_GGUF_QUANT_TYPES:
@@ -85,14 +87,26 @@ def read_into_host_chunks(path: Path | str, on_gpu: tuple[str, ...] = (),
             warnings.simplefilter("ignore", UserWarning)
             source = torch.from_numpy(tensor.data)
         if tensor.name.startswith(on_gpu):
-            data = source.clone()
+            data = resident.take(source) if resident else source.clone()
         else:
             data = _copy(packer, source, copied)
             copied += data.numel() * data.element_size()
         state[tensor.name] = GGUFParameter(data, quant_type=tensor.tensor_type) if quantized else data
     packer.finish()
+    if resident:
+        resident.finish()
     del reader  # unmaps the file: its pages stay only in the page cache, which the kernel may reclaim
     return state
+
+
+def _resident_packer(reader, on_gpu: tuple[str, ...], locker) -> offload.HostPacker | None:
+    """With a `locker`, the resident blocks are read into chunks of their own that it locks too, so that
+    placement copies them to the card by direct DMA rather than from pageable memory (3.15 s for the 24 / 32
+    plan's ~13.6 GiB on an H200); their chunks are unlocked and freed once every block in them has moved."""
+    if locker is None or not on_gpu:
+        return None
+    total = sum(offload.aligned(int(t.n_bytes)) for t in reader.tensors if t.name.startswith(on_gpu))
+    return offload.HostPacker(total=total, locker=locker)
 
 
 def _copy(packer: offload.HostPacker, source: torch.Tensor, copied: int) -> torch.Tensor:
