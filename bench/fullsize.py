@@ -86,22 +86,36 @@ def wan_components(size: str, device: str, dtype: torch.dtype = torch.bfloat16, 
                    wide: bool = False) -> dict:
     """Two experts, VAE and scheduler of Wan 2.2 I2V A14B (no text encoder: embeddings are given).
     `wide` widens the tiny stand-in to rows of 256 values, so that K-quant GGUF blocks fit it."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
 
-    cfg, vae_cfg = wan_expert_config(size, wide), {}
-    if size == "tiny":
-        from producer.testing import standin_models
-
-        vae_cfg = standin_models.WAN_VAE_CONFIG
+    cfg = wan_expert_config(size, wide)
     _seeded(seed)
     with _building(device, dtype):
         high = WanTransformer3DModel(**cfg)
         low = WanTransformer3DModel(**cfg)
-        vae = AutoencoderKLWan(**vae_cfg)
-    vae.to(torch.float32 if size == "tiny" else dtype)
+    vae = wan_vae(size, device, dtype, seed=None)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
     return {"transformer": high.eval(), "transformer_2": low.eval(), "vae": vae.eval(), "scheduler": scheduler,
             "text_dim": cfg["text_dim"]}
+
+
+def wan_vae(size: str, device: str, dtype: torch.dtype = torch.bfloat16, seed: int | None = 0):
+    """Wan 2.2 I2V A14B's VAE (diffusers' default AutoencoderKLWan config; the stand-in's at tiny size, in fp32
+    there); `seed=None` goes on from the random state as it is."""
+    from diffusers import AutoencoderKLWan
+
+    vae_cfg = {}
+    if size == "tiny":
+        from producer.testing import standin_models
+
+        vae_cfg = standin_models.WAN_VAE_CONFIG
+    if seed is not None:
+        _seeded(seed)
+    with _building(device, dtype):
+        vae = AutoencoderKLWan(**vae_cfg)
+    if size == "tiny" and dtype != torch.float32:
+        vae.to(torch.float32)
+    return vae.eval()
 
 
 def wan_prompt_embeds(size: str, device: str, dtype: torch.dtype, seed: int = 1) -> torch.Tensor:

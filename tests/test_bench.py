@@ -98,7 +98,7 @@ def test_from_disk_runs_load_gguf_files_through_the_scripts_loader_and_time_it(t
     out = tmp_path / "r.json"
     proc = subprocess.run([sys.executable, str(BENCH), "--size", "tiny", "--device", "cpu", "--repeats", "1",
                            "--from-disk", str(tmp_path / "models"), "--run", "wan-480p-4:plan10x32",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300,
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, check=False,
                           env=dict(os.environ, BENCH_PROFILE_LOAD=str(tmp_path / "load.prof.txt")))
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = json.loads(out.read_text())["runs"][0]
@@ -293,3 +293,37 @@ def test_lora_load_times_the_scripts_loader_on_a_gguf_expert_and_refuses_a_folde
     refused = subprocess.run([sys.executable, str(BENCH.with_name("lora_load.py")), "--scripts", str(tmp_path)],
                              capture_output=True, text=True, timeout=60, check=False)
     assert refused.returncode == 2 and "no producer package" in refused.stderr
+
+
+def test_vae_speed_times_encode_and_decode_in_each_form_against_bf16(tmp_path):
+    """Compiling is left out here (two minutes of CPU compilation at tiny size); it runs on the GPU machine."""
+    out = tmp_path / "vae.json"
+    proc = subprocess.run([sys.executable, str(BENCH.with_name("vae_speed.py")), "--size", "tiny", "--device", "cpu",
+                           "--repeats", "1", "--forms", "bf16,channels-last,tiled", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert list(rows) == ["bf16", "channels-last", "tiled"]
+    for row in rows.values():
+        assert row["encode_s"] > 0 and row["decode_s"] > 0 and row["decode_first_s"] > 0
+    for form in ("channels-last", "tiled"):  # a layout or a tiling: the same video
+        assert rows[form]["vs_bf16"]["relative_l2"] < 1e-4
+    refused = subprocess.run([sys.executable, str(BENCH.with_name("vae_speed.py")), "--size", "tiny", "--forms",
+                              "bf16,fp4"], capture_output=True, text=True, timeout=120, check=False)
+    assert refused.returncode == 2 and "unknown form(s) fp4" in refused.stderr
+
+
+def test_the_vae_in_channels_last_has_its_3d_convolutions_so_and_nothing_else_changed():
+    import torch
+
+    sys.path.insert(0, str(BENCH.parent))
+    import vae_speed
+
+    plain = vae_speed.build_vae("tiny", "cpu", torch.float32, "bf16")
+    last = vae_speed.build_vae("tiny", "cpu", torch.float32, "channels-last")
+    convs = [m for m in last.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last_3d) for c in convs)
+    assert not all(c.weight.is_contiguous(memory_format=torch.channels_last_3d)  # (1x1x1 kernels are both)
+                   for c in plain.modules() if isinstance(c, torch.nn.Conv3d))
+    theirs = plain.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in last.state_dict().items())
