@@ -136,6 +136,19 @@ def finished_demo(tmp_path_factory: pytest.TempPathFactory, standin_install: Sta
     return root, result
 
 
+@pytest.fixture(scope="module")
+def wan_q4(tmp_path_factory) -> tuple[Path, Path]:
+    """A stand-in Wan expert written as a GGUF Q4_K_M file, and the folder of its config (`transformer/`)."""
+    from producer.testing import standin_gguf
+
+    path = tmp_path_factory.mktemp("gguf") / "HighNoise-Q4_K_M.gguf"
+    expert = standin_models.build_wan_experts(seed=0)[0]
+    standin_gguf.write_gguf(path, standin_gguf.wan_state_dict_to_original(expert.state_dict()), "wan", "Q4_K_M")
+    config = tmp_path_factory.mktemp("config")
+    expert.save_config(config / "transformer")
+    return path, config
+
+
 @pytest.fixture
 def standin_hf_home(standin_install: StandinInstall, monkeypatch: pytest.MonkeyPatch) -> Path:
     use_hf_home(monkeypatch, standin_install.hf_home)

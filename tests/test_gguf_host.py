@@ -4,20 +4,8 @@ from __future__ import annotations
 
 import logging
 
-import pytest
 import torch
 from producer.sizing import gguf_host, offload
-from producer.testing import standin_gguf, standin_models
-
-
-@pytest.fixture(scope="module")
-def wan_q4(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gguf") / "HighNoise-Q4_K_M.gguf"
-    expert = standin_models.build_wan_experts(seed=0)[0]
-    standin_gguf.write_gguf(path, standin_gguf.wan_state_dict_to_original(expert.state_dict()), "wan", "Q4_K_M")
-    config = tmp_path_factory.mktemp("config")
-    expert.save_config(config / "transformer")
-    return path, config
 
 
 def _storages(tensors) -> set[int]:

@@ -13,7 +13,6 @@ import pytest
 import torch
 from producer.sizing import gguf_host, lock_behind, offload
 from producer.sizing.placement import Placement
-from producer.testing import standin_gguf, standin_models
 
 
 class Cudart:
@@ -46,16 +45,6 @@ def cudart(monkeypatch):
     fake = Cudart()
     monkeypatch.setattr(torch.cuda, "cudart", lambda: fake)
     return fake
-
-
-@pytest.fixture(scope="module")
-def wan_q4(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gguf") / "HighNoise-Q4_K_M.gguf"
-    expert = standin_models.build_wan_experts(seed=0)[0]
-    standin_gguf.write_gguf(path, standin_gguf.wan_state_dict_to_original(expert.state_dict()), "wan", "Q4_K_M")
-    config = tmp_path_factory.mktemp("config")
-    expert.save_config(config / "transformer")
-    return path, config
 
 
 def test_each_chunk_is_locked_once_where_it_lies_when_full_and_the_rest_at_the_end(cudart):
