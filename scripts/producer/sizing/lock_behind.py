@@ -19,6 +19,7 @@ is refused (a memlock limit), the rest stays plain and placement pins what it ca
 from __future__ import annotations
 
 import mmap
+import threading
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -29,10 +30,11 @@ ATTRIBUTE = "_producer_lock_behind"  # on a model whose chunks may still be lock
 
 
 class LockBehind:
-    """Makes plain host chunks and locks each handed back (`submit`) in a background thread."""
+    """Makes plain host chunks and locks each handed back (`submit`) in background threads (`threads` of them)."""
 
-    def __init__(self):
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="producer-lock")
+    def __init__(self, threads: int = 1):
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="producer-lock")
+        self._count = threading.Lock()  # `locked` is summed from every locking thread
         self._pending: list[Future] = []
         self._states: dict[int, dict] = {}  # per chunk (by address): whether it is locked, for its finalizer
         self.locked = 0  # bytes locked so far
@@ -60,7 +62,8 @@ class LockBehind:
             self.refused = f"cudaHostRegister returned error {code}"
             return
         self._states[address]["locked"] = True
-        self.locked += nbytes
+        with self._count:
+            self.locked += nbytes
 
     def wait(self) -> int:
         """Block until every submitted chunk is locked (or locking stopped); the bytes locked."""
