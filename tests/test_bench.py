@@ -337,7 +337,7 @@ def test_the_numerical_difference_of_a_clip_sized_output_keeps_its_cosine_within
     import fullsize
 
     gen = torch.Generator().manual_seed(0)
-    reference = torch.rand(60_000_000, generator=gen) * 2 - 1
-    changed = reference + 0.03 * torch.randn(60_000_000, generator=gen)
+    reference = torch.rand(32_000_000, generator=gen) * 2 - 1
+    changed = reference + 0.03 * torch.randn(32_000_000, generator=gen)
     diff = fullsize.numerical_difference(changed.bfloat16(), reference.bfloat16())
     assert 0.99 < diff["cosine"] <= 1.0 and 0.02 < diff["relative_l2"] < 0.07
