@@ -70,8 +70,9 @@ CAPS = {"cap10": 10, "cap12": 12, "cap16": 16, "cap24": 24, "cap48": 48}
 # `planVxR-q8`: the plan that machine gets when told `--weights gguf-q4` / `gguf-q8` (a form against another);
 # `planVxR-compdq`: the plan with its GGUF dequantization compiled (compiled_dequant, what `--compile on` does
 # where blocks stream), against the plan's own (diffusers' dequantization at every call) in the same run;
-# `planVxR-lockfirst` (a Wan load from disk): each streamed chunk page-locked before the read copies into it,
-# against the scripts' locking behind the load (producer.sizing.lock_behind) in the same run;
+# `planVxR-lockfirst`: each streamed chunk page-locked before the read copies into it (a Wan load from disk) or
+# pin_in_place copies into it (every other streamed model), against the scripts' locking of filled chunks
+# (producer.sizing.lock_behind) in the same run;
 # `planVxR-lora` / `-lorapeft`: the plan with the step-distill LoRA, folded into GGUF weights / as adapters
 # (bench/loras.py).
 PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)(-streamall|-dequant|-runahead|-q4|-q8|-compdq|-lockfirst)?(-lora|-lorapeft)?$")
@@ -104,8 +105,8 @@ def parse_args(argv=None):
                         "planVxR-streamall: the same with no resident blocks; planVxR-dequant: with GGUF blocks "
                         "dequantized on arrival; planVxR-runahead: with the host running ahead of streamed blocks; "
                         "planVxR-q4 / -q8: with that GGUF form asked for; planVxR-compdq: with the GGUF "
-                        "dequantization compiled; planVxR-lockfirst: a Wan load from disk locking each chunk before "
-                        "the read fills it; planVxR-lora / -lorapeft: with the step-distill LoRA folded into "
+                        "dequantization compiled; planVxR-lockfirst: each streamed chunk locked before the read or "
+                        "pin_in_place fills it (the previous way); planVxR-lora / -lorapeft: with the step-distill LoRA folded into "
                         "GGUF weights / as adapters); the batch workloads take project and planVxR")
     p.add_argument("--repeats", type=int, default=2, help="runs per process; the first is reported as cold")
     p.add_argument("--measure-steps", type=int, default=None,

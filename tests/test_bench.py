@@ -341,3 +341,15 @@ def test_the_numerical_difference_of_a_clip_sized_output_keeps_its_cosine_within
     changed = reference + 0.03 * torch.randn(32_000_000, generator=gen)
     diff = fullsize.numerical_difference(changed.bfloat16(), reference.bfloat16())
     assert 0.99 < diff["cosine"] <= 1.0 and 0.02 < diff["relative_l2"] < 0.07
+
+
+def test_lockfirst_sets_the_previous_way_of_pinning_for_every_streamed_model(monkeypatch):
+    sys.path.insert(0, str(BENCH.parent))
+    import children
+    from producer.sizing import offload
+
+    monkeypatch.setattr(offload, "LOCK_IN_PLACE", True)
+    children._process_settings("plan10x32-lockfirst-lora", "cpu")
+    assert offload.LOCK_IN_PLACE is False
+    children._process_settings("plan10x32-lora", "cpu")
+    assert offload.LOCK_IN_PLACE is True
