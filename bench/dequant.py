@@ -2,6 +2,13 @@
 (producer/sizing/compiled_dequant.py), each weight's bytes the same; with the bf16 matmul the layer then does
 for scale. Why the compiled dequantization did not pay in the whole runs (docs/performance.md).
 
+The whole layer is timed too, three ways: diffusers' (`eager_linear_ms`: dequantize, then the matmul), with the
+compiled dequantization (`compiled_linear_ms`: what `--compile on` runs), and compiled as one graph with
+inductor's max-autotune (`fused_linear_ms`), which may pick a Triton matmul that dequantizes each tile as it
+loads it (prologue fusion), so the bf16 weight is never written. Against `matmul_ms` (bf16 weights held) this
+says what a fused GGUF linear would save; `fused_vs_eager` is its output against diffusers' layer (relative L2:
+a different matmul kernel sums in another order, so bf16 rounding differs).
+
     python bench/dequant.py --out dequant.json
 
 `--size tiny` runs the same code on small shapes on the CPU (the test suite does), so it cannot rot.
@@ -42,10 +49,32 @@ def timed(device: str, repeats: int, fn, *args) -> float:
     return (time.perf_counter() - start) / repeats * 1000
 
 
+def weight_linear(x: torch.Tensor, weight) -> torch.Tensor:
+    return torch.nn.functional.linear(x, eager(weight))
+
+
+def compiled_linear(x: torch.Tensor, raw: torch.Tensor, quant_type) -> torch.Tensor:
+    from producer.sizing import compiled_dequant
+
+    return torch.nn.functional.linear(x, compiled_dequant.dequantize(raw, quant_type, x.dtype))
+
+
 def eager(weight) -> torch.Tensor:
     from diffusers.quantizers.gguf import utils as gguf_utils
 
     return gguf_utils.dequantize_gguf_tensor(weight).to(torch.bfloat16)
+
+
+def linear(x: torch.Tensor, raw: torch.Tensor, quant_type, shape) -> torch.Tensor:
+    """A GGUF linear layer's forward as one function of its raw bytes (what `fused` compiles whole)."""
+    from producer.sizing.compiled_dequant import _dequantize
+
+    return torch.nn.functional.linear(x, _dequantize(raw, quant_type, x.dtype).reshape(shape))
+
+
+def relative_l2(got: torch.Tensor, want: torch.Tensor) -> float:
+    got, want = got.double(), want.double()
+    return float((got - want).norm() / want.norm().clamp_min(1e-30))
 
 
 def main(argv=None) -> int:
@@ -61,6 +90,9 @@ def main(argv=None) -> int:
     from producer.sizing import compiled_dequant
 
     generator = torch.Generator(device).manual_seed(0)
+    # max-autotune on the GPU (Triton matmul templates, which can take the dequantization in); inductor's default
+    # on the CPU, where the tests run this at tiny size.
+    fused = torch.compile(linear, mode="max-autotune-no-cudagraphs" if device == "cuda" else None)
     rows = []
     for name, out_f, in_f, tokens in SHAPES if args.size == "full" else TINY:
         qtype = gguf.GGMLQuantizationType[name]
@@ -80,8 +112,17 @@ def main(argv=None) -> int:
             "compiled_first_call_s": round(first, 2),
             "matmul_ms": timed(device, args.repeats, torch.nn.functional.linear, x, dense),
             "bytes_read_written_mb": round((raw.numel() + dense.numel() * 2) / 1e6, 1),
+            "eager_linear_ms": timed(device, args.repeats, weight_linear, x, weight),
+            "compiled_linear_ms": timed(device, args.repeats, compiled_linear, x, raw, qtype),
         }
-        rows.append({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
+        flat = raw.view(torch.uint8).reshape(-1)
+        started = time.perf_counter()
+        fused_out = fused(x, flat, qtype, dense.shape)
+        sync(device)
+        row["fused_first_call_s"] = round(time.perf_counter() - started, 2)
+        row["fused_linear_ms"] = timed(device, args.repeats, fused, x, flat, qtype, dense.shape)
+        row["fused_vs_eager"] = float(f"{relative_l2(fused_out, torch.nn.functional.linear(x, dense)):.3g}")
+        rows.append({k: round(v, 3) if isinstance(v, float) and k != "fused_vs_eager" else v for k, v in row.items()})
         print(json.dumps(rows[-1]), flush=True)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     result = {"device": name, "torch": torch.__version__, "rows": rows}
