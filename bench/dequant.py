@@ -5,7 +5,8 @@ for scale. Why the compiled dequantization did not pay in the whole runs (docs/p
 The whole layer is timed too, three ways: diffusers' (`eager_linear_ms`: dequantize, then the matmul), with the
 compiled dequantization (`compiled_linear_ms`: what `--compile on` runs), and compiled as one graph with
 inductor's max-autotune (`fused_linear_ms`), which may pick a Triton matmul that dequantizes each tile as it
-loads it (prologue fusion), so the bf16 weight is never written. Against `matmul_ms` (bf16 weights held) this
+loads it (prologue fusion), so the bf16 weight is never written. For Q8_0 also `split_linear_ms`: the bytes
+split once into int8 values and fp16 scales, which leaves the matmul a plain broadcast multiply to take in. Against `matmul_ms` (bf16 weights held) this
 says what a fused GGUF linear would save; `fused_vs_eager` is its output against diffusers' layer (relative L2:
 a different matmul kernel sums in another order, so bf16 rounding differs).
 
@@ -72,6 +73,32 @@ def linear(x: torch.Tensor, raw: torch.Tensor, quant_type, shape) -> torch.Tenso
     return torch.nn.functional.linear(x, _dequantize(raw, quant_type, x.dtype).reshape(shape))
 
 
+def split_q8_0(raw: torch.Tensor, shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Q8_0 weight's bytes split once into its int8 values (out, in) and fp16 scales (out, in / 32): the same
+    8.5 bits a weight, laid out so that dequantizing is one broadcast multiply a matmul can take into its loads."""
+    blocks = raw.view(torch.uint8).reshape(-1, 34)
+    scales = blocks[:, :2].contiguous().view(torch.float16).reshape(shape[0], -1)
+    return blocks[:, 2:].contiguous().view(torch.int8).reshape(shape), scales
+
+
+def split_linear(x: torch.Tensor, values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The Q8_0 linear on the split form, computing what diffusers' `dequantize_blocks_Q8_0` does (the fp16
+    scale cast to the compute dtype, times the int8 value)."""
+    out, into = values.shape
+    weight = scales.to(x.dtype)[..., None] * values.view(out, -1, 32)
+    return torch.nn.functional.linear(x, weight.reshape(out, into))
+
+
+def time_compiled(row: dict, name: str, device: str, repeats: int, want: torch.Tensor, fn, *args) -> None:
+    """`{name}_first_call_s` (compiling), `{name}_linear_ms` and `{name}_vs_eager` (relative L2 to `want`)."""
+    started = time.perf_counter()
+    got = fn(*args)
+    sync(device)
+    row[f"{name}_first_call_s"] = round(time.perf_counter() - started, 2)
+    row[f"{name}_linear_ms"] = timed(device, repeats, fn, *args)
+    row[f"{name}_vs_eager"] = float(f"{relative_l2(got, want):.3g}")
+
+
 def relative_l2(got: torch.Tensor, want: torch.Tensor) -> float:
     got, want = got.double(), want.double()
     return float((got - want).norm() / want.norm().clamp_min(1e-30))
@@ -92,7 +119,8 @@ def main(argv=None) -> int:
     generator = torch.Generator(device).manual_seed(0)
     # max-autotune on the GPU (Triton matmul templates, which can take the dequantization in); inductor's default
     # on the CPU, where the tests run this at tiny size.
-    fused = torch.compile(linear, mode="max-autotune-no-cudagraphs" if device == "cuda" else None)
+    mode = "max-autotune-no-cudagraphs" if device == "cuda" else None
+    fused, split = torch.compile(linear, mode=mode), torch.compile(split_linear, mode=mode)
     rows = []
     for name, out_f, in_f, tokens in SHAPES if args.size == "full" else TINY:
         qtype = gguf.GGMLQuantizationType[name]
@@ -115,14 +143,13 @@ def main(argv=None) -> int:
             "eager_linear_ms": timed(device, args.repeats, weight_linear, x, weight),
             "compiled_linear_ms": timed(device, args.repeats, compiled_linear, x, raw, qtype),
         }
-        flat = raw.view(torch.uint8).reshape(-1)
-        started = time.perf_counter()
-        fused_out = fused(x, flat, qtype, dense.shape)
-        sync(device)
-        row["fused_first_call_s"] = round(time.perf_counter() - started, 2)
-        row["fused_linear_ms"] = timed(device, args.repeats, fused, x, flat, qtype, dense.shape)
-        row["fused_vs_eager"] = float(f"{relative_l2(fused_out, torch.nn.functional.linear(x, dense)):.3g}")
-        rows.append({k: round(v, 3) if isinstance(v, float) and k != "fused_vs_eager" else v for k, v in row.items()})
+        want = torch.nn.functional.linear(x, dense)
+        time_compiled(row, "fused", device, args.repeats, want, fused, x, raw.view(torch.uint8).reshape(-1), qtype,
+                      dense.shape)
+        if name == "Q8_0":
+            time_compiled(row, "split", device, args.repeats, want, split, x, *split_q8_0(raw, dense.shape))
+        rows.append({k: round(v, 3) if isinstance(v, float) and not k.endswith("_vs_eager") else v
+                     for k, v in row.items()})
         print(json.dumps(rows[-1]), flush=True)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     result = {"device": name, "torch": torch.__version__, "rows": rows}

@@ -169,6 +169,7 @@ def test_dequantization_benchmark_times_eager_and_compiled_on_the_same_bytes(tmp
     # the whole layer three ways; the one compiled whole computes what diffusers' layer does, to bf16 rounding
     assert all(r["eager_linear_ms"] > 0 and r["compiled_linear_ms"] > 0 and r["fused_linear_ms"] > 0 for r in rows)
     assert all(0 <= r["fused_vs_eager"] < 0.02 for r in rows)
+    assert rows[0]["split_linear_ms"] > 0 and 0 <= rows[0]["split_vs_eager"] < 0.02  # Q8_0 split once
 
 
 def test_lora_configs_load_the_distill_lora_folded_or_as_adapters(tmp_path):
