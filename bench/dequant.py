@@ -109,6 +109,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--size", choices=("full", "tiny"), default="full")
+    parser.add_argument("--types", default="Q8_0,Q4_K,Q6_K", help="comma-separated GGML types to time")
     args = parser.parse_args(argv)
     device = "cuda" if args.size == "full" else "cpu"
     import gguf
@@ -122,7 +123,10 @@ def main(argv=None) -> int:
     mode = "max-autotune-no-cudagraphs" if device == "cuda" else None
     fused, split = torch.compile(linear, mode=mode), torch.compile(split_linear, mode=mode)
     rows = []
+    types = set(args.types.split(","))
     for name, out_f, in_f, tokens in SHAPES if args.size == "full" else TINY:
+        if name not in types:
+            continue
         qtype = gguf.GGMLQuantizationType[name]
         weight = random_gguf_weight(out_f, in_f, qtype, device, generator)
         raw = weight.as_tensor()
