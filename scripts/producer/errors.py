@@ -82,3 +82,19 @@ def missing(path: str | os.PathLike) -> str:
         if os.path.islink(text):
             return f"is a symbolic link to {os.readlink(text)}, which does not exist"
     return "does not exist"
+
+
+
+def no_folder(folder: str | os.PathLike, label: str = "") -> CliError:
+    """The error for an output's folder that is not there. `mkdir -p` is the fix only where nothing is in the
+    way: a file at that name, or on the path above it, must be moved first (mkdir would fail on it)."""
+    text = os.fspath(folder)
+    label = label or f"the folder {text}"
+    if os.path.isfile(text):
+        return CliError(f"{label} is a file, not a folder",
+                        f"move the file {text} out of the way, or write the output into another folder")
+    why = missing(text)
+    if why != "does not exist":  # a symlink loop, a dangling link, a file on the path above it, a NUL
+        return CliError(f"{label} {why}", f"check the path (ls -ld each part of {text}), or write the output "
+                        "into another folder")
+    return CliError(f"{label} {why}", f"create it: mkdir -p {text}")

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from producer.errors import CliError, ExitCode, missing
+from producer.errors import CliError, ExitCode, no_folder
 from producer.files.outputs import check_output_name, disk_full, pid_alive  # noqa: F401 (locks.pid_alive)
 from producer.files.paths import own_folder
 from producer.values import load_json
@@ -125,7 +125,7 @@ def _acquire(path: Path, guarded: str | os.PathLike, command: str | None, wait: 
             failed.append(exc)
 
     if not path.parent.is_dir():  # filelock would create the missing folders: never make folders for a typo
-        raise CliError(f"the folder {path.parent} {missing(path.parent)}", f"create it: mkdir -p {path.parent}")
+        raise no_folder(path.parent)
     lock = filelock.FileLock(path, timeout=wait, on_acquired=write_holder)
     try:
         lock.acquire()
@@ -142,7 +142,7 @@ def _acquire(path: Path, guarded: str | os.PathLike, command: str | None, wait: 
         return lock
     exc = failed[0]
     if isinstance(exc, FileNotFoundError):
-        raise CliError(f"the folder {path.parent} {missing(path.parent)}", f"create it: mkdir -p {path.parent}") from None
+        raise no_folder(path.parent) from None
     if exc.errno == errno.ENOSPC:
         raise disk_full(guarded) from None
     if exc.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):  # no flock here: never run unlocked

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageColor, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from producer.errors import CliError, missing
+from producer.errors import CliError, no_folder
 from producer.files.inputs import regular_file
 from producer.files.outputs import atomic_output, json_text
 from producer.values import load_json, log
@@ -334,7 +334,7 @@ def save_png(img: Image.Image, path: str | os.PathLike, metadata: dict | None = 
     """
     path = Path(path)
     if not path.parent.is_dir():
-        raise CliError(f"the folder for {path} {missing(path.parent)}", f"create it: mkdir -p {path.parent}")
+        raise no_folder(path.parent, f"the folder for {path}")
     with atomic_output(path) as tmp:
         img.save(tmp, format="PNG", pnginfo=_png_info(metadata, key))
     return path

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from producer.errors import CliError, ExitCode, missing
+from producer.errors import CliError, ExitCode, missing, no_folder
 from producer.files import faults, held_signals
 from producer.values import load_json
 
@@ -46,8 +46,7 @@ def check_output(path: str | os.PathLike, overwrite: bool, what: str = "output")
     if p.is_dir():
         raise CliError(f"{what} {p} is a directory", fix="give a file name, e.g. " + str(p / "out.png"))
     if not p.parent.is_dir():
-        why = missing(p.parent) if not p.parent.exists() else "is a file, not a folder"
-        raise CliError(f"the folder for {what} {p} {why}", fix=f"create it: mkdir -p {p.parent}")
+        raise no_folder(p.parent, f"the folder for {what} {p}")
     if p.exists() and not overwrite:
         raise CliError(f"{what} {p} already exists", fix="pass --overwrite to replace it, or choose another name")
     return p

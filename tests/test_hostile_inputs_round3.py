@@ -1,0 +1,41 @@
+"""Bad input found by a third hostile review: each case failed on the code before its fix (see git log)."""
+
+import numpy as np
+import pytest
+from conftest import run_json
+from PIL import Image
+from producer.cli import ExitCode
+from producer.files import video
+from producer.makers import assemble_video, qwen_image, wan_video
+
+
+def picture(path, size=(64, 48)):
+    Image.fromarray((np.random.default_rng(0).random((size[1], size[0], 3)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def clip(path, frames=9, size=(64, 48), fps=16):
+    rng = np.random.default_rng(1)
+    video.write_mp4([(rng.random((size[1], size[0], 3)) * 255).astype(np.uint8) for _ in range(frames)], path, fps=fps)
+    return path
+
+
+# ---------------------------------------------------------------- an output's folder that is a file
+
+
+@pytest.mark.parametrize("script", ["qwen", "wan", "assemble"])
+def test_an_output_folder_that_is_a_file_is_named_so_and_not_sent_to_mkdir(tmp_path, script):
+    """Was: "the folder ref.png does not exist", fix "mkdir -p ref.png", which fails on the file."""
+    ref = picture(tmp_path / "ref.png")
+    argv = {"qwen": (qwen_image.main, "-p", "x", "-o", ref / "a.png"),
+            "wan": (wan_video.main, "--prompt", "x", "--start-frame", ref, "-o", ref / "a.mp4"),
+            "assemble": (assemble_video.main, "--clips", clip(tmp_path / "a.mp4"), "-o", ref / "a.mp4")}[script]
+    code, report, err = run_json(*argv)
+    assert code == ExitCode.USAGE, report
+    assert "is a file, not a folder" in report["error"] and "does not exist" not in report["error"], report
+    assert "mkdir" not in report["fix"] and str(ref) in report["fix"], report
+    sub = ref / "sub" / "a.png"  # a file further up the path: mkdir -p would fail on it too
+    code, report, _ = run_json(qwen_image.main, "-p", "x", "-o", sub)
+    assert code == ExitCode.USAGE and "mkdir" not in report["fix"], report
+    code, report, _ = run_json(qwen_image.main, "-p", "x", "-o", tmp_path / "new" / "a.png")  # still: mkdir -p
+    assert code == ExitCode.USAGE and report["fix"] == f"create it: mkdir -p {tmp_path / 'new'}", report
