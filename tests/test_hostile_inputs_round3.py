@@ -39,3 +39,20 @@ def test_an_output_folder_that_is_a_file_is_named_so_and_not_sent_to_mkdir(tmp_p
     assert code == ExitCode.USAGE and "mkdir" not in report["fix"], report
     code, report, _ = run_json(qwen_image.main, "-p", "x", "-o", tmp_path / "new" / "a.png")  # still: mkdir -p
     assert code == ExitCode.USAGE and report["fix"] == f"create it: mkdir -p {tmp_path / 'new'}", report
+
+
+# ---------------------------------------------------------------- a clip cut short
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.97])
+def test_a_clip_cut_short_is_refused_not_assembled_without_its_last_frames(tmp_path, keep):
+    """Was: exit 0, the film made from the frames before the cut (the MP4's index is at the front)."""
+    whole = clip(tmp_path / "a.mp4", frames=17)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:int(len(data) * keep)])
+    code, report, err = run_json(assemble_video.main, "--clips", whole, cut, "-o", tmp_path / "film.mp4")
+    assert code == ExitCode.USAGE and "cut short" in report["error"] and "17 frames" in report["error"], report
+    assert "fix:" in err and not (tmp_path / "film.mp4").exists()
+    code, report, _ = run_json(assemble_video.main, "--clips", whole, whole, "-o", tmp_path / "film.mp4")
+    assert code == 0 and report["frames"] == 34, report

@@ -8,6 +8,7 @@ All of it runs the ffmpeg binary bundled by imageio-ffmpeg (no system ffmpeg, no
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -48,8 +49,24 @@ def scan_clip(path: str | Path) -> ClipInfo:
             count += 1
     if first is None:
         raise CliError(f"clip {path} has no frames", "re-render it (wan_video.py) or leave it out")
+    _refuse_cut_short(path, count, meta)
     width, height = meta["size"]
     return ClipInfo(path, count, float(meta["fps"]), width, height, first, last)
+
+
+def _refuse_cut_short(path: Path, count: int, meta: dict) -> None:
+    """A clip whose frames end before the duration its header gives is decoded once more, stopping at the first
+    damaged packet: the frame reader ends quietly there, so a file cut short (a copy or download that stopped,
+    its index at the front) would go into the film with its last frames missing."""
+    duration, fps = meta.get("duration"), float(meta.get("fps") or 0)
+    if not isinstance(duration, (int, float)) or not math.isfinite(duration) or count >= round(duration * fps):
+        return  # a clip of other streams longer than its video is whole: only the strict decode below fails
+    code, _ = decode_log(path, "0:v:0", 600, CliError(f"reading clip {path} took over 10 minutes",
+                                                       "is it a very long video? trim it first"), strict=True)
+    if code != 0:
+        raise CliError(f"clip {path} is damaged or cut short: {count} frames could be read, but its header says "
+                       f"{duration:g} s ({round(duration * fps)} frames)",
+                       "re-render it (wan_video.py --overwrite), or copy or download it again")
 
 
 def iter_clip(path: Path, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:

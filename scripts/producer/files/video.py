@@ -226,10 +226,12 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def decode_log(path: Path, stream: str, timeout_s: int, too_slow: CliError) -> tuple[int, str]:
+def decode_log(path: Path, stream: str, timeout_s: int, too_slow: CliError, strict: bool = False) -> tuple[int, str]:
     """Decode one stream of a media file to nothing (`ffmpeg -map STREAM -f null`): ffmpeg's exit code and
-    log, which name the stream and count what was decoded. The bundled ffmpeg has no ffprobe."""
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_input(path), "-map", stream, "-f", "null", "-"]
+    log, which name the stream and count what was decoded. The bundled ffmpeg has no ffprobe. `strict`: the
+    first damaged packet fails the run (-xerror), where ffmpeg would otherwise skip it and exit 0."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", *(["-xerror"] if strict else []), "-i", ffmpeg_input(path),
+           "-map", stream, "-f", "null", "-"]
     try:
         result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout_s)
     except subprocess.TimeoutExpired:
