@@ -1,5 +1,7 @@
 """Bad input found by a third hostile review: each case failed on the code before its fix (see git log)."""
 
+import subprocess
+
 import numpy as np
 import pytest
 from conftest import run_json
@@ -30,7 +32,7 @@ def test_an_output_folder_that_is_a_file_is_named_so_and_not_sent_to_mkdir(tmp_p
     argv = {"qwen": (qwen_image.main, "-p", "x", "-o", ref / "a.png"),
             "wan": (wan_video.main, "--prompt", "x", "--start-frame", ref, "-o", ref / "a.mp4"),
             "assemble": (assemble_video.main, "--clips", clip(tmp_path / "a.mp4"), "-o", ref / "a.mp4")}[script]
-    code, report, err = run_json(*argv)
+    code, report, _ = run_json(*argv)
     assert code == ExitCode.USAGE, report
     assert "is a file, not a folder" in report["error"] and "does not exist" not in report["error"], report
     assert "mkdir" not in report["fix"] and str(ref) in report["fix"], report
@@ -56,3 +58,15 @@ def test_a_clip_cut_short_is_refused_not_assembled_without_its_last_frames(tmp_p
     assert "fix:" in err and not (tmp_path / "film.mp4").exists()
     code, report, _ = run_json(assemble_video.main, "--clips", whole, whole, "-o", tmp_path / "film.mp4")
     assert code == 0 and report["frames"] == 34, report
+
+
+# ---------------------------------------------------------------- the film's name, size and inputs
+
+
+@pytest.mark.parametrize("name", ["film.png", "film.mkv", "film"])
+def test_a_film_named_other_than_mp4_is_refused(tmp_path, name):
+    """Was: exit 0, an H.264 MP4 written under a .png (or .mkv, or bare) name."""
+    code, report, _ = run_json(assemble_video.main, "--clips", clip(tmp_path / "a.mp4"), "-o", tmp_path / name)
+    assert code == ExitCode.USAGE and ".mp4" in report["error"] and "film.mp4" in report["fix"], report
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
+

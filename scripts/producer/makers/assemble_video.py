@@ -257,6 +257,8 @@ def run(args) -> dict:
         raise CliError("--upscale and --size both given", "choose one")
     if args.output is None:
         return assemble(args)
+    if args.output.suffix.lower() != ".mp4":  # the film is H.264 in MP4, whatever its name says
+        raise CliError(f"film {args.output} must be an .mp4 file", f"e.g. -o {args.output.with_suffix('.mp4')}")
     check_output(args.output, args.overwrite, "film")
     with locks.output_lock(args.output):  # one writer per film: a second run on it stops at once (exit 5)
         return assemble(args)
