@@ -70,3 +70,15 @@ def test_a_film_named_other_than_mp4_is_refused(tmp_path, name):
     assert code == ExitCode.USAGE and ".mp4" in report["error"] and "film.mp4" in report["fix"], report
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
 
+
+def test_a_first_clip_of_odd_size_names_the_size_to_give(tmp_path):
+    """Was: exit 1, "ffmpeg could not write ...: Nothing was written into output file" (yuv420p needs even sides)."""
+    odd = tmp_path / "odd.mp4"  # another tool's clip (yuv444p): write_mp4 itself refuses odd sides
+    subprocess.run([video.ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc=s=65x49:d=0.5:r=16",
+                    "-pix_fmt", "yuv444p", str(odd)], check=True)
+    code, report, _ = run_json(assemble_video.main, "--clips", odd, "-o", tmp_path / "film.mp4")
+    assert code == ExitCode.USAGE and "65x49" in report["error"] and "--size 64x48" in report["fix"], report
+    assert not (tmp_path / "film.mp4").exists()
+    code, report, _ = run_json(assemble_video.main, "--clips", odd, "-o", tmp_path / "film.mp4", "--size", "64x48")
+    assert code == 0 and (report["output_width"], report["output_height"]) == (64, 48), report
+

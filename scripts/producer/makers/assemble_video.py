@@ -272,6 +272,11 @@ def assemble(args) -> dict:
     if args.output is None:
         return review_only(inputs)
     infos, size, conformed = scan_all(inputs)
+    if (size[0] % 2 or size[1] % 2) and not (args.size or args.upscale):  # yuv420p halves both sides
+        even = f"{size[0] // 2 * 2}x{size[1] // 2 * 2}"
+        raise CliError(f"{inputs.names[0]} ({infos[0].path}) is {size[0]}x{size[1]}, and the film takes the first "
+                       "clip's size, but H.264 (yuv420p) needs an even width and height",
+                       f"add --size {even} (the clips are scaled into it), or --upscale 2")
     fps = infos[0].fps
     audio = clipio.probe_audio(args.audio) if args.audio else None
     boundaries = decide_boundaries(inputs, infos, fps, resolve_trims(args, inputs, infos))
