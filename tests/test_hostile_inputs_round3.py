@@ -82,3 +82,13 @@ def test_a_first_clip_of_odd_size_names_the_size_to_give(tmp_path):
     code, report, _ = run_json(assemble_video.main, "--clips", odd, "-o", tmp_path / "film.mp4", "--size", "64x48")
     assert code == 0 and (report["output_width"], report["output_height"]) == (64, 48), report
 
+
+@pytest.mark.parametrize("which", ["clip", "audio"])
+def test_overwrite_never_replaces_one_of_the_films_own_inputs(tmp_path, which):
+    """Was: with --overwrite, the film replaced the clip (or the audio) it was made from."""
+    a, b = clip(tmp_path / "a.mp4"), clip(tmp_path / "b.mp4")
+    before = b.read_bytes()
+    extra = ["--audio", b] if which == "audio" else []
+    code, report, _ = run_json(assemble_video.main, "--clips", a, *(extra or [b]), "-o", b, "--overwrite")
+    assert code == ExitCode.USAGE and "its own inputs" in report["error"], report
+    assert b.read_bytes() == before and not (tmp_path / "b.contact.png").exists()

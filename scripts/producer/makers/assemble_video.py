@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,6 +273,7 @@ def assemble(args) -> dict:
     inputs = resolve_inputs(args)
     if args.output is None:
         return review_only(inputs)
+    refuse_input_as_output(args.output, [*inputs.paths, args.audio])
     infos, size, conformed = scan_all(inputs)
     if (size[0] % 2 or size[1] % 2) and not (args.size or args.upscale):  # yuv420p halves both sides
         even = f"{size[0] // 2 * 2}x{size[1] // 2 * 2}"
@@ -290,6 +293,15 @@ def assemble(args) -> dict:
         result["seams_flagged"] = sum(r.status == "flagged" for r in reports)
     result.update(write_film(args, inputs, plan, sources, size, audio, result))
     return result
+
+
+def refuse_input_as_output(output: Path, paths: list) -> None:
+    """--overwrite replaces an earlier film, never a clip or the audio this film is made from."""
+    for path in filter(None, paths):
+        with contextlib.suppress(OSError):
+            if os.path.samefile(path, output):
+                raise CliError(f"the film {output} would replace {path}, one of its own inputs",
+                               "write the film to another file, e.g. final/film.mp4")
 
 
 def review_only(inputs: Inputs) -> dict:
