@@ -1,5 +1,6 @@
 """Bad input found by a third hostile review: each case failed on the code before its fix (see git log)."""
 
+import json
 import subprocess
 
 import numpy as np
@@ -92,3 +93,23 @@ def test_overwrite_never_replaces_one_of_the_films_own_inputs(tmp_path, which):
     code, report, _ = run_json(assemble_video.main, "--clips", a, *(extra or [b]), "-o", b, "--overwrite")
     assert code == ExitCode.USAGE and "its own inputs" in report["error"], report
     assert b.read_bytes() == before and not (tmp_path / "b.contact.png").exists()
+
+
+# ---------------------------------------------------------------- --smoke-dir on a cache of real models
+
+
+def test_smoke_dir_refuses_a_hub_cache_that_another_tool_filled(tmp_path):
+    """Was: exit 0, and refs/main of the user's Wan download (made by `hf download`: no install record) pointed
+    at a stand-in snapshot, so every later load of that repo from the cache got random tiny weights."""
+    from producer.commands import smoke, validate_diffusers
+    from producer.modelfiles import models
+
+    model = tmp_path / "hub" / "models--Wan-AI--Wan2.2-I2V-A14B-Diffusers"
+    (model / "snapshots" / "abc123").mkdir(parents=True)
+    (model / "refs").mkdir()
+    (model / "refs" / "main").write_text("abc123")
+    code, report, _ = run_json(validate_diffusers.main, "--smoke-dir", tmp_path)
+    assert code == ExitCode.USAGE and "Wan-AI/Wan2.2-I2V-A14B-Diffusers" in report["error"], report
+    assert (model / "refs" / "main").read_text() == "abc123" and sorted(p.name for p in tmp_path.iterdir()) == ["hub"]
+    (model / "snapshots" / "abc123" / models.STANDIN_MARKER).write_text(json.dumps({"standin": True}))
+    smoke.check_smoke_dir(tmp_path)  # a folder of stand-ins (an earlier --smoke-dir made it) is still taken

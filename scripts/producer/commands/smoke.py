@@ -45,13 +45,23 @@ class Step:
 
 
 def check_smoke_dir(folder: Path) -> None:
-    """Stand-ins never go where real models are."""
+    """Stand-ins never go where real models are: not beside this tool's downloads (their install records), nor
+    beside a snapshot another tool put in the hub cache (`hf download`, diffusers): installing a stand-in of
+    that repo would point its refs/main at the stand-in, for every program that loads it from the cache."""
+    fix = "give --smoke-dir an empty folder (or one an earlier --smoke-dir made): stand-ins never go next to real models"
     records = Path(folder) / "ai-video-producer" / "installs"
     for path in records.glob("*.json") if records.is_dir() else ():
         with contextlib.suppress(OSError, ValueError):
             if json.loads(path.read_text()).get("source") != "standin":
-                raise CliError(f"{folder} holds real downloaded models ({path.stem})",
-                               fix="give --smoke-dir an empty folder: stand-ins never go next to real models")
+                raise CliError(f"{folder} holds real downloaded models ({path.stem})", fix=fix)
+    for snapshot in sorted(Path(folder).glob("hub/models--*/snapshots/*")):
+        try:
+            real = models.standin_facts(snapshot) is None
+        except (OSError, ValueError):  # a marker that cannot be read proves nothing
+            real = True
+        if real:
+            repo = snapshot.parent.parent.name.removeprefix("models--").replace("--", "/")
+            raise CliError(f"{folder} holds models that are not stand-ins ({repo}, snapshot {snapshot.name})", fix=fix)
 
 
 @contextlib.contextmanager
