@@ -113,3 +113,15 @@ def test_smoke_dir_refuses_a_hub_cache_that_another_tool_filled(tmp_path):
     assert (model / "refs" / "main").read_text() == "abc123" and sorted(p.name for p in tmp_path.iterdir()) == ["hub"]
     (model / "snapshots" / "abc123" / models.STANDIN_MARKER).write_text(json.dumps({"standin": True}))
     smoke.check_smoke_dir(tmp_path)  # a folder of stand-ins (an earlier --smoke-dir made it) is still taken
+
+
+def test_smoke_dir_run_twice_says_what_to_remove(tmp_path):
+    """Was: exit 1 with seven failed steps, each "already exists", and "Next: pass --overwrite" (which
+    validate_diffusers.py does not take)."""
+    from producer.commands import validate_diffusers
+
+    (tmp_path / "smoke-outputs").mkdir()
+    (tmp_path / "smoke-outputs" / "fox.png").write_bytes(b"an earlier run's picture")
+    code, report, _ = run_json(validate_diffusers.main, "--smoke-dir", tmp_path)
+    assert code == ExitCode.USAGE and "earlier run" in report["error"] and "rm -r" in report["fix"], report
+    assert (tmp_path / "smoke-outputs" / "fox.png").read_bytes() == b"an earlier run's picture"

@@ -62,6 +62,11 @@ def check_smoke_dir(folder: Path) -> None:
         if real:
             repo = snapshot.parent.parent.name.removeprefix("models--").replace("--", "/")
             raise CliError(f"{folder} holds models that are not stand-ins ({repo}, snapshot {snapshot.name})", fix=fix)
+    outputs = Path(folder) / "smoke-outputs"  # the scripts refuse to replace them, and validate has no --overwrite
+    if outputs.is_dir() and any(outputs.iterdir()):
+        raise CliError(f"{outputs} holds the outputs of an earlier run",
+                       f"remove them (rm -r {outputs}) and run again: the stand-in models beside them are reused; "
+                       "or give --smoke-dir another folder")
 
 
 @contextlib.contextmanager
