@@ -125,3 +125,14 @@ def test_smoke_dir_run_twice_says_what_to_remove(tmp_path):
     code, report, _ = run_json(validate_diffusers.main, "--smoke-dir", tmp_path)
     assert code == ExitCode.USAGE and "earlier run" in report["error"] and "rm -r" in report["fix"], report
     assert (tmp_path / "smoke-outputs" / "fox.png").read_bytes() == b"an earlier run's picture"
+
+
+def test_a_missing_lora_of_a_batch_job_is_looked_for_where_the_batch_says(tmp_path, monkeypatch):
+    """Was: "relative paths start in the current folder", while a batch job's path starts in the batch's folder."""
+    batch = tmp_path / "jobs" / "batch.json"
+    batch.parent.mkdir()
+    batch.write_text(json.dumps([{"prompt": "x", "output": "a.png", "lora": "style.safetensors"}]))
+    monkeypatch.chdir(tmp_path)
+    code, report, _ = run_json(qwen_image.main, "--batch", batch)
+    assert code == ExitCode.USAGE and str(batch.parent / "style.safetensors") in report["error"], report
+    assert "batch file's folder" in report["fix"], report

@@ -381,7 +381,8 @@ def check_lora_file(path: Path, must_exist: bool = True) -> None:
                        fix="give the LoRA's .safetensors file")
     if must_exist and not path.exists() and not path.is_symlink():
         raise CliError(f"LoRA file {path} {missing(path)}",
-                       fix="check the path (relative paths start in the current folder)")
+                       fix="check the path (a relative path starts in the current folder; in a batch file, in "
+                           "the batch file's folder)")
     if must_exist:
         regular_file(path, "LoRA file")
 
