@@ -48,7 +48,8 @@ def check_smoke_dir(folder: Path) -> None:
     """Stand-ins never go where real models are: not beside this tool's downloads (their install records), nor
     beside a snapshot another tool put in the hub cache (`hf download`, diffusers): installing a stand-in of
     that repo would point its refs/main at the stand-in, for every program that loads it from the cache."""
-    fix = "give --smoke-dir an empty folder (or one an earlier --smoke-dir made): stand-ins never go next to real models"
+    fix = ("give --smoke-dir an empty folder (or one an earlier --smoke-dir made): stand-ins never go next to "
+           "real models")
     records = Path(folder) / "ai-video-producer" / "installs"
     for path in records.glob("*.json") if records.is_dir() else ():
         with contextlib.suppress(OSError, ValueError):
