@@ -121,10 +121,10 @@ def read_recipe(output: str | os.PathLike) -> dict | None:
 
 
 def recipe_or_damage(output: str | os.PathLike) -> tuple[dict | None, str | None]:
-    """(the recipe stored with an output or None, why the output picture cannot be read or None).
+    """(the recipe stored with an output or None, why the output cannot be read or None).
 
     A picture that does not decode carries no recipe, whatever its text chunks say: it is never taken
-    for a finished output."""
+    for a finished output; nor is a video whose file is no longer the one its sidecar recorded (`_as_made`)."""
     p = Path(output)
     if p.suffix.lower() == ".png" and p.is_file():
         from producer.errors import CliError
@@ -139,10 +139,45 @@ def recipe_or_damage(output: str | os.PathLike) -> tuple[dict | None, str | None
     side = sidecar_path(p)
     if side.is_file():
         try:
-            return load_json(side.read_text(encoding="utf-8")), None
+            recipe = load_json(side.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None, None
+        return _as_made(p, recipe)
     return None, None
+
+
+def with_output(recipe: dict, made: str | os.PathLike) -> dict:
+    """The recipe of a sidecar output with what the finished file was (its size and sha256), so that a later
+    look tells the file that was made from one cut short, damaged or changed since (`recipe_or_damage`)."""
+    return {**recipe, "output": {"bytes": Path(made).stat().st_size, "sha256": file_digest(made)}}
+
+
+def _as_made(p: Path, recipe) -> tuple[dict | None, str | None]:
+    """A sidecar's recipe with the output it was written for, or the damage when that output is no longer the file
+    that was made and does not decode to its end (cut short, or damaged). A whole file that changed keeps the
+    recipe, as before outputs were recorded: a clip trimmed by hand is the user's business, and a clip renamed
+    into place before its recipe (a run killed between the two) reads as stale against the plan."""
+    made = recipe.get("output") if isinstance(recipe, dict) else None
+    if not isinstance(made, dict) or not p.is_file():  # recorded before outputs were, or nothing there
+        return recipe, None
+    size = p.stat().st_size
+    if size == made.get("bytes") and file_digest(p) == made.get("sha256"):
+        return recipe, None
+    if _decodes(p):
+        return recipe, None
+    return None, (f"{p.name} is not the file that was made ({made.get('bytes')} bytes then, {size} now) and does "
+                  "not decode to its end (cut short or damaged)")
+
+
+def _decodes(p: Path) -> bool:
+    """Whether a video decodes to its end without a damaged packet (what a rename-into-place never leaves)."""
+    from producer.files import video
+
+    too_slow = CliError(f"reading {p} took over 10 minutes", "is it a very long video?")
+    try:
+        return video.decode_log(p, "0:v:0", 600, too_slow, strict=True)[0] == 0
+    except CliError:
+        return False
 
 
 def write_sidecar(output: str | os.PathLike, recipe: dict) -> Path:
@@ -159,6 +194,9 @@ def up_to_date(output: str | os.PathLike, recipe: dict, seed_given: bool, overwr
         return False
     if is_up_to_date(output, recipe, seed_given):
         return True
+    damage = recipe_or_damage(output)[1]
+    if damage:
+        raise CliError(f"{output}: {damage}", "pass --overwrite (or \"overwrite\": true in the job) to make it again")
     raise CliError(f"{output} exists but was made with other settings or inputs",
                    "pass --overwrite (or \"overwrite\": true in the job) to remake it, or choose another output")
 

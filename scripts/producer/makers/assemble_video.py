@@ -398,7 +398,7 @@ def write_film(args, inputs: Inputs, plan, sources, size, audio, result) -> dict
         clipio.encode_film(timeline.compose(plan, open_source, sheet.add), settings, tmp)
         probe = video.probe_video(tmp)
         media.save_png(sheet.render(args.output.name), sheet_tmp)
-        write_json_atomic(recipe_tmp, recipe)
+        write_json_atomic(recipe_tmp, provenance.with_output(recipe, tmp))
     conversions = result["conversions"]
     if out_fps:
         conversions["fps"] = {"from": plan.fps, "to": args.fps, "method": clipio.MINTERPOLATE.format(fps=out_fps)}

@@ -37,7 +37,7 @@ def write_outputs(frames: np.ndarray, req: Request, recipe: dict) -> dict:
         *picture_temps, clip_tmp, recipe_tmp = temps
         review.write_review(frames, req.output, recipe, FPS, _title(req, frames), into=dict(zip(pictures, picture_temps)))
         video.write_mp4(frames, clip_tmp, fps=FPS)
-        write_json_atomic(recipe_tmp, recipe)
+        write_json_atomic(recipe_tmp, provenance.with_output(recipe, clip_tmp))
     return _named(req)
 
 
@@ -71,10 +71,10 @@ def put_in_place(prepared: Prepared, req: Request, recipe: dict) -> dict:
     pictures = review.review_paths(req.output)
     try:
         with atomic_outputs(*pictures.values(), req.output, sidecar, output=req.output) as temps:
-            *picture_temps, _clip_made_by_prepare, recipe_tmp = temps
+            *picture_temps, clip_made_by_prepare, recipe_tmp = temps
             for key, temp in zip(pictures, picture_temps):
                 temp.write_bytes(prepared.pictures[key])
-            write_json_atomic(recipe_tmp, recipe)
+            write_json_atomic(recipe_tmp, provenance.with_output(recipe, clip_made_by_prepare))
     except BaseException:
         discard(req)
         raise
