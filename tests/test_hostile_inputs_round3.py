@@ -136,3 +136,12 @@ def test_a_missing_lora_of_a_batch_job_is_looked_for_where_the_batch_says(tmp_pa
     code, report, _ = run_json(qwen_image.main, "--batch", batch)
     assert code == ExitCode.USAGE and str(batch.parent / "style.safetensors") in report["error"], report
     assert "batch file's folder" in report["fix"], report
+
+
+@pytest.mark.parametrize("text", ["dissolve 1e400 s", "fade -1s", "fade x1.5s"])
+def test_a_transition_length_that_is_not_a_plain_number_of_seconds_is_refused_not_misread(text):
+    from producer.production.scenes import parse_transition
+
+    got = parse_transition(text)  # these were read as 400 s, 1 s and 1.5 s
+    assert isinstance(got, str) and "plain positive number of seconds" in got
+    assert parse_transition("dissolve (1.5 seconds)") == ("dissolve", 1.5)

@@ -67,7 +67,9 @@ _SECONDS = re.compile(r"^(\d+(?:[.,]\d+)?)\s*(s|sec|secs|second|seconds|\")?(?![
 _APPROX = re.compile(r"^(?:~|≈|about|approx\.?|approximately|around|circa|ca\.)\s*", re.I)
 _KF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*")
 _USED_IN = re.compile(r"(?:scenes?\s*)?#?(\d+)\s*(start|end|first|last|beginning|begin|ending)?", re.I)
-_SECONDS_ANYWHERE = re.compile(r"(\d+(?:[.,]\d+)?)\s*(?:s|sec|secs|seconds?)(?![\w.])")
+# a number standing alone (not the end of "1e400", "-1" or "x2") with a unit of seconds
+_SECONDS_ANYWHERE = re.compile(r"(?<![\w.,+-])(\d+(?:[.,]\d+)?)\s*(?:s|sec|secs|seconds?)(?![\w.])")
+_SECONDS_UNREAD = re.compile(r"[\w.,+-]*\d[\w.,+-]*\s*(?:s|sec|secs|seconds?)(?![\w.])")
 
 
 @dataclass(frozen=True)
@@ -446,6 +448,8 @@ def parse_transition(text: str) -> tuple[str, float | None] | str:
     seconds = float(number.group(1).replace(",", ".")) if number else None
     if number is None and re.search(r"\d+\s*(frames?|ms)\b", value):
         return f"transition {text!r}: give the duration in seconds, e.g. 'fade 0.5s'"
+    if number is None and _SECONDS_UNREAD.search(value):  # "fade -1s", "dissolve 1e400 s"
+        return f"transition {text!r}: give the duration as a plain positive number of seconds, e.g. 'fade 0.5s'"
     kinds, rest = set(), value
     for alias in sorted(TRANSITION_ALIASES, key=len, reverse=True):  # "cross-fade" before "fade"
         pattern = rf"(?<![\w-]){re.escape(alias)}(?![\w-])"
