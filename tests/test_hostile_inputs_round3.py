@@ -145,3 +145,10 @@ def test_a_transition_length_that_is_not_a_plain_number_of_seconds_is_refused_no
     got = parse_transition(text)  # these were read as 400 s, 1 s and 1.5 s
     assert isinstance(got, str) and "plain positive number of seconds" in got
     assert parse_transition("dissolve (1.5 seconds)") == ("dissolve", 1.5)
+
+
+def test_a_clip_under_ten_pixels_a_side_reports_its_size(tmp_path):
+    path = tmp_path / "tiny.mp4"
+    video.write_mp4(np.zeros((5, 6, 8, 3), "uint8"), path, fps=16)
+    info = video.probe_video(path)  # the size was read only with 2 digits or more: null here
+    assert (info["width"], info["height"]) == (8, 6)

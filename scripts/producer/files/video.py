@@ -276,7 +276,7 @@ def _parse_stream(path: Path, log_text: str) -> dict:
     description = stream.split(" Video: ", 1)[1]
     # split at commas that are not inside parentheses: "yuv420p(tv, bt709, progressive)" is one field
     fields = [f.strip() for f in re.split(r",\s*(?![^()]*\))", description)]
-    size = re.search(r"(?<![\w#])(\d{2,5})x(\d{2,5})\b", description)
+    size = re.search(r"(?<![\w#])(?!0x)(\d{1,5})x(\d{1,5})\b", description)  # not a codec tag "0x3163..."
     fps = re.search(r"([\d.]+) fps", description) or re.search(r"([\d.]+) tbr", description)
     return {
         "codec": fields[0].split(" ")[0],
