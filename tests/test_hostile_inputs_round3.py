@@ -152,3 +152,19 @@ def test_a_clip_under_ten_pixels_a_side_reports_its_size(tmp_path):
     video.write_mp4(np.zeros((5, 6, 8, 3), "uint8"), path, fps=16)
     info = video.probe_video(path)  # the size was read only with 2 digits or more: null here
     assert (info["width"], info["height"]) == (8, 6)
+
+
+def test_check_refuses_a_transition_longer_than_the_clips_it_joins(tmp_path, capsys):
+    """Found before any clip is made, not by the assembler at the end."""
+    import shutil
+    from pathlib import Path
+
+    from producer.commands import production
+
+    root = tmp_path / "film"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "lighthouse", root)
+    plan = root / "scene-breakdown.md"
+    plan.write_text(plan.read_text().replace("**Transition to Next**: cut", "**Transition to Next**: dissolve 99 s"))
+    code = production.main(["check", str(root), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code != 0 and "lasts 99 s, longer than a clip it joins" in json.dumps(report), report

@@ -74,7 +74,7 @@ def scene_problems(plan: SceneBreakdown) -> list[Problem]:
         out += _fields(scene, last=i == len(scenes) - 1, reported=reported)
     out += _counts(plan, scenes)
     for before, after in pairwise(scenes):
-        out += _boundary(before, after)
+        out += _boundary(before, after) + _transition_length(before, after)
     out += _keyframe_use(plan, scenes)
     return out
 
@@ -146,6 +146,20 @@ def _counts(plan: SceneBreakdown, scenes: list[Scene]) -> list[Problem]:
         out.append(_p(overview.lines["keyframe_count"], f"the Overview says {overview.keyframe_count} unique "
                       f"keyframes, the table has {unique}", f"write '**Number of Unique Keyframes**: {unique}'"))
     return out
+
+
+def _transition_length(before: Scene, after: Scene) -> list[Problem]:
+    """A fade or dissolve spans the end of one clip and the start of the next: no longer than either (the
+    assembler refuses it then, after every clip was made)."""
+    seconds = before.transition.seconds if before.transition else None
+    if seconds is None:
+        return []
+    shortest = min(d for d in (before.duration, after.duration, MAX_SCENE_SECONDS) if d is not None)
+    if seconds <= shortest + 1e-9:
+        return []
+    return [_p(before.line_of("transition"), f"scene {before.number}'s {before.transition.kind} into scene "
+               f"{after.number} lasts {seconds:g} s, longer than a clip it joins ({shortest:g} s)",
+               f"shorten it, e.g. '{before.transition.kind} 0.5s'")]
 
 
 def _boundary(before: Scene, after: Scene) -> list[Problem]:
