@@ -168,3 +168,14 @@ def test_check_refuses_a_transition_longer_than_the_clips_it_joins(tmp_path, cap
     code = production.main(["check", str(root), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert code != 0 and "lasts 99 s, longer than a clip it joins" in json.dumps(report), report
+
+
+def test_an_edit_never_replaces_its_own_reference(tmp_path, capsys):
+    """With --overwrite the picture edited would be gone, and the new one's recipe would name content that no
+    longer exists (stale for good); the same rule as the film's."""
+    hero = tmp_path / "hero.png"
+    Image.new("RGB", (64, 64), "red").save(hero)
+    before = hero.read_bytes()
+    code = qwen_image.main(["-r", str(hero), "-p", "red hair", "-o", str(hero), "--overwrite", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == ExitCode.USAGE and "one of its own inputs" in out["error"] and hero.read_bytes() == before

@@ -40,6 +40,16 @@ def check_output_name(path: str | os.PathLike, what: str = "output") -> Path:
     return p
 
 
+def refuse_input_as_output(output: str | os.PathLike, inputs, what: str, example: str) -> None:
+    """--overwrite replaces an earlier output, never a file the output is made from: that file would be gone,
+    and the output's recipe would name content that no longer exists (stale for good)."""
+    for path in filter(None, inputs):
+        with contextlib.suppress(OSError):
+            if os.path.samefile(path, output):
+                raise CliError(f"{what} {output} would replace {path}, one of its own inputs",
+                               f"write it to another file ({example}), and rename it afterwards if you like")
+
+
 def check_output(path: str | os.PathLike, overwrite: bool, what: str = "output") -> Path:
     """Refuse an existing output (unless --overwrite) or a missing directory, before any work starts."""
     p = check_output_name(path, what)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from producer.cli import CliError, add_output_args, build_parser, log, missing, number_arg, run_main, text_arg
 from producer.files import clips as clipio
 from producer.files import locks, media, provenance, timeline, video
-from producer.files.outputs import atomic_outputs, check_output, write_json_atomic
+from producer.files.outputs import atomic_outputs, check_output, refuse_input_as_output, write_json_atomic
 from producer.production import seams
 from producer.production.scenes import TRANSITIONS, SceneBreakdown, load_scene_breakdown, shared_keyframe
 
@@ -273,7 +271,7 @@ def assemble(args) -> dict:
     inputs = resolve_inputs(args)
     if args.output is None:
         return review_only(inputs)
-    refuse_input_as_output(args.output, [*inputs.paths, args.audio])
+    refuse_input_as_output(args.output, [*inputs.paths, args.audio], "the film", "e.g. final/film.mp4")
     infos, size, conformed = scan_all(inputs)
     if (size[0] % 2 or size[1] % 2) and not (args.size or args.upscale):  # yuv420p halves both sides
         even = f"{size[0] // 2 * 2}x{size[1] // 2 * 2}"
@@ -293,15 +291,6 @@ def assemble(args) -> dict:
         result["seams_flagged"] = sum(r.status == "flagged" for r in reports)
     result.update(write_film(args, inputs, plan, sources, size, audio, result))
     return result
-
-
-def refuse_input_as_output(output: Path, paths: list) -> None:
-    """--overwrite replaces an earlier film, never a clip or the audio this film is made from."""
-    for path in filter(None, paths):
-        with contextlib.suppress(OSError):
-            if os.path.samefile(path, output):
-                raise CliError(f"the film {output} would replace {path}, one of its own inputs",
-                               "write the film to another file, e.g. final/film.mp4")
 
 
 def review_only(inputs: Inputs) -> dict:

@@ -27,7 +27,7 @@ from producer.engines.loras import lora_files
 from producer.engines.qwen import qwen, qwen_jobs, qwen_load
 from producer.facts import hardware
 from producer.files import locks, media, provenance
-from producer.files.outputs import check_output
+from producer.files.outputs import check_output, refuse_input_as_output
 from producer.makers import script_path
 from producer.modelfiles import models
 from producer.runs import batch, parallel
@@ -222,6 +222,8 @@ def resolve_job(args) -> qwen_jobs.Resolved:
                        "name it e.g. keyframes/KF-A.png")
     if not args.prompt:
         raise CliError("no prompt", 'give --prompt "what to make or change"')
+    refuse_input_as_output(args.output, [*(args.reference or []), args.style_image, args.pose], "output",
+                           "e.g. assets/fox-v2.png")
     return qwen_jobs.resolve(args)
 
 
