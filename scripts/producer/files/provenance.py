@@ -165,7 +165,7 @@ def _as_made(p: Path, recipe) -> tuple[dict | None, str | None]:
         return recipe, None
     if _decodes(p):
         return recipe, None
-    return None, (f"{p.name} is not the file that was made ({made.get('bytes')} bytes then, {size} now) and does "
+    return None, (f"{p} is not the file that was made ({made.get('bytes')} bytes then, {size} now) and does "
                   "not decode to its end (cut short or damaged)")
 
 
@@ -194,9 +194,9 @@ def up_to_date(output: str | os.PathLike, recipe: dict, seed_given: bool, overwr
         return False
     if is_up_to_date(output, recipe, seed_given):
         return True
-    damage = recipe_or_damage(output)[1]
-    if damage:
-        raise CliError(f"{output}: {damage}", "pass --overwrite (or \"overwrite\": true in the job) to make it again")
+    damage = recipe_or_damage(output)[1] if sidecar_path(output).is_file() else None
+    if damage:  # a video whose recipe is there but whose file is no longer the one made
+        raise CliError(damage, "pass --overwrite (or \"overwrite\": true in the job) to make it again")
     raise CliError(f"{output} exists but was made with other settings or inputs",
                    "pass --overwrite (or \"overwrite\": true in the job) to remake it, or choose another output")
 
