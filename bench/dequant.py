@@ -104,6 +104,42 @@ def relative_l2(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).norm() / want.norm().clamp_min(1e-30))
 
 
+def measure(name: str, out_f: int, in_f: int, tokens: int, device: str, repeats: int, generator, forms) -> dict:
+    """One layer shape: the dequantization alone, then the whole linear each way (`forms`: the compiled
+    `linear` and `split_linear`)."""
+    import gguf
+    from diffusers.quantizers.gguf import utils as gguf_utils
+    from fullsize import random_gguf_weight
+    from producer.sizing import compiled_dequant
+
+    qtype = gguf.GGMLQuantizationType[name]
+    weight = random_gguf_weight(out_f, in_f, qtype, device, generator)
+    raw = weight.as_tensor()
+    x = torch.randn(tokens, in_f, device=device, dtype=torch.bfloat16)
+    dense = gguf_utils.dequantize_gguf_tensor(weight).to(torch.bfloat16)
+    started = time.perf_counter()
+    compiled = compiled_dequant.dequantize(raw, qtype, torch.bfloat16)
+    sync(device)
+    first = time.perf_counter() - started
+    row = {
+        "type": name, "shape": [out_f, in_f], "tokens": tokens,
+        "same_bits": bool(torch.equal(compiled.view(torch.int16), dense.view(torch.int16))),
+        "eager_ms": timed(device, repeats, eager, weight),
+        "compiled_ms": timed(device, repeats, compiled_dequant.dequantize, raw, qtype, torch.bfloat16),
+        "compiled_first_call_s": round(first, 2),
+        "matmul_ms": timed(device, repeats, torch.nn.functional.linear, x, dense),
+        "bytes_read_written_mb": round((raw.numel() + dense.numel() * 2) / 1e6, 1),
+        "eager_linear_ms": timed(device, repeats, weight_linear, x, weight),
+        "compiled_linear_ms": timed(device, repeats, compiled_linear, x, raw, qtype),
+    }
+    want = torch.nn.functional.linear(x, dense)
+    fused, split = forms
+    time_compiled(row, "fused", device, repeats, want, fused, x, raw.view(torch.uint8).reshape(-1), qtype, dense.shape)
+    if name == "Q8_0":
+        time_compiled(row, "split", device, repeats, want, split, x, *split_q8_0(raw, dense.shape))
+    return {k: round(v, 3) if isinstance(v, float) and not k.endswith("_vs_eager") else v for k, v in row.items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
@@ -112,49 +148,17 @@ def main(argv=None) -> int:
     parser.add_argument("--types", default="Q8_0,Q4_K,Q6_K", help="comma-separated GGML types to time")
     args = parser.parse_args(argv)
     device = "cuda" if args.size == "full" else "cpu"
-    import gguf
-    from diffusers.quantizers.gguf import utils as gguf_utils
-    from fullsize import random_gguf_weight
-    from producer.sizing import compiled_dequant
-
     generator = torch.Generator(device).manual_seed(0)
     # max-autotune on the GPU (Triton matmul templates, which can take the dequantization in); inductor's default
     # on the CPU, where the tests run this at tiny size.
     mode = "max-autotune-no-cudagraphs" if device == "cuda" else None
-    fused, split = torch.compile(linear, mode=mode), torch.compile(split_linear, mode=mode)
-    rows = []
+    forms = torch.compile(linear, mode=mode), torch.compile(split_linear, mode=mode)
     types = set(args.types.split(","))
+    rows = []
     for name, out_f, in_f, tokens in SHAPES if args.size == "full" else TINY:
-        if name not in types:
-            continue
-        qtype = gguf.GGMLQuantizationType[name]
-        weight = random_gguf_weight(out_f, in_f, qtype, device, generator)
-        raw = weight.as_tensor()
-        x = torch.randn(tokens, in_f, device=device, dtype=torch.bfloat16)
-        dense = gguf_utils.dequantize_gguf_tensor(weight).to(torch.bfloat16)
-        started = time.perf_counter()
-        compiled = compiled_dequant.dequantize(raw, qtype, torch.bfloat16)
-        sync(device)
-        first = time.perf_counter() - started
-        row = {
-            "type": name, "shape": [out_f, in_f], "tokens": tokens,
-            "same_bits": bool(torch.equal(compiled.view(torch.int16), dense.view(torch.int16))),
-            "eager_ms": timed(device, args.repeats, eager, weight),
-            "compiled_ms": timed(device, args.repeats, compiled_dequant.dequantize, raw, qtype, torch.bfloat16),
-            "compiled_first_call_s": round(first, 2),
-            "matmul_ms": timed(device, args.repeats, torch.nn.functional.linear, x, dense),
-            "bytes_read_written_mb": round((raw.numel() + dense.numel() * 2) / 1e6, 1),
-            "eager_linear_ms": timed(device, args.repeats, weight_linear, x, weight),
-            "compiled_linear_ms": timed(device, args.repeats, compiled_linear, x, raw, qtype),
-        }
-        want = torch.nn.functional.linear(x, dense)
-        time_compiled(row, "fused", device, args.repeats, want, fused, x, raw.view(torch.uint8).reshape(-1), qtype,
-                      dense.shape)
-        if name == "Q8_0":
-            time_compiled(row, "split", device, args.repeats, want, split, x, *split_q8_0(raw, dense.shape))
-        rows.append({k: round(v, 3) if isinstance(v, float) and not k.endswith("_vs_eager") else v
-                     for k, v in row.items()})
-        print(json.dumps(rows[-1]), flush=True)
+        if name in types:
+            rows.append(measure(name, out_f, in_f, tokens, device, args.repeats, generator, forms))
+            print(json.dumps(rows[-1]), flush=True)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     result = {"device": name, "torch": torch.__version__, "rows": rows}
     if args.out:
