@@ -84,7 +84,6 @@ def missing(path: str | os.PathLike) -> str:
     return "does not exist"
 
 
-
 def no_folder(folder: str | os.PathLike, label: str = "") -> CliError:
     """The error for an output's folder that is not there. `mkdir -p` is the fix only where nothing is in the
     way: a file at that name, or on the path above it, must be moved first (mkdir would fail on it)."""

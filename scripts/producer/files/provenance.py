@@ -170,13 +170,11 @@ def _as_made(p: Path, recipe) -> tuple[dict | None, str | None]:
 
 
 def _decodes(p: Path) -> bool:
-    """Whether a video decodes to its end without a damaged packet (what a rename-into-place never leaves)."""
     from producer.files import video
 
-    too_slow = CliError(f"reading {p} took over 10 minutes", "is it a very long video?")
     try:
-        return video.decode_log(p, "0:v:0", 600, too_slow, strict=True)[0] == 0
-    except CliError:
+        return video.decodes_to_end(p)
+    except CliError:  # too slow to tell: not the file that was made, and not known whole
         return False
 
 
@@ -192,10 +190,10 @@ def up_to_date(output: str | os.PathLike, recipe: dict, seed_given: bool, overwr
     otherwise is refused (CliError) unless overwrite: making it would replace what someone else made."""
     if overwrite or not Path(output).exists():
         return False
-    if is_up_to_date(output, recipe, seed_given):
+    existing, damage = recipe_or_damage(output) if Path(output).is_file() else (None, None)
+    if _same_recipe(existing, recipe, seed_given):
         return True
-    damage = recipe_or_damage(output)[1] if sidecar_path(output).is_file() else None
-    if damage:  # a video whose recipe is there but whose file is no longer the one made
+    if damage and sidecar_path(output).is_file():  # a video whose recipe is there but whose file is not the one made
         raise CliError(damage, "pass --overwrite (or \"overwrite\": true in the job) to make it again")
     raise CliError(f"{output} exists but was made with other settings or inputs",
                    "pass --overwrite (or \"overwrite\": true in the job) to remake it, or choose another output")
@@ -203,9 +201,9 @@ def up_to_date(output: str | os.PathLike, recipe: dict, seed_given: bool, overwr
 
 def is_up_to_date(output: str | os.PathLike, recipe: dict, seed_given: bool) -> bool:
     """The output exists and was made from the same recipe (any seed, when the job named none)."""
-    if not Path(output).is_file():
-        return False
-    existing = read_recipe(output)
-    if existing is None:
-        return False
-    return recipe_key(existing, ignore_seed=not seed_given) == recipe_key(recipe, ignore_seed=not seed_given)
+    return Path(output).is_file() and _same_recipe(read_recipe(output), recipe, seed_given)
+
+
+def _same_recipe(existing: dict | None, recipe: dict, seed_given: bool) -> bool:
+    return existing is not None and (recipe_key(existing, ignore_seed=not seed_given)
+                                     == recipe_key(recipe, ignore_seed=not seed_given))

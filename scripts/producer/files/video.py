@@ -239,6 +239,13 @@ def decode_log(path: Path, stream: str, timeout_s: int, too_slow: CliError, stri
     return result.returncode, result.stderr.decode("utf-8", "replace")
 
 
+def decodes_to_end(path: Path) -> bool:
+    """Whether a video's first video stream decodes to its end without a damaged packet (a file cut short, or
+    damaged, fails; ffmpeg's frame reader would end quietly at the damage)."""
+    too_slow = CliError(f"reading {path} took over 10 minutes", "is it a very long video? trim it first")
+    return decode_log(path, "0:v:0", 600, too_slow, strict=True)[0] == 0
+
+
 def probe_video(path: str | os.PathLike) -> dict:
     """Facts about a video's first video stream: frames (exact: counted by decoding), fps, width,
     height, duration (frames / fps), codec, pix_fmt, and the title/comment tags when present.
