@@ -12,6 +12,9 @@ a different matmul kernel sums in another order, so bf16 rounding differs).
 
     python bench/dequant.py --out dequant.json
 
+The `--out` file is rewritten after every layer shape (`"complete": false` until the last), so a run stopped by a
+timeout keeps what it measured.
+
 `--size tiny` runs the same code on small shapes on the CPU (the test suite does), so it cannot rot.
 """
 
@@ -38,6 +41,17 @@ TINY = [("Q8_0", 64, 96, 8), ("Q4_K", 32, 256, 8), ("Q6_K", 16, 512, 8)]
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def save(path: Path | None, result: dict, complete: bool) -> None:
+    """`result` as measured so far, written after every row (here and in forward_profile.py, vae_speed.py): a run
+    stopped by `timeout` keeps every row it finished. Written whole to a temp file beside `path` and renamed over
+    it (producer.files.outputs), so a run killed mid-write leaves the previous rows, never a torn file;
+    `complete` says whether the run went to its end."""
+    from producer.files.outputs import write_json_atomic
+
+    if path is not None:
+        write_json_atomic(path, {**result, "complete": complete})
 
 
 def timed(device: str, repeats: int, fn, *args) -> float:
@@ -155,14 +169,14 @@ def main(argv=None) -> int:
     forms = torch.compile(linear, mode=mode), torch.compile(split_linear, mode=mode)
     types = set(args.types.split(","))
     rows = []
+    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
+              "rows": rows}
     for name, out_f, in_f, tokens in SHAPES if args.size == "full" else TINY:
         if name in types:
             rows.append(measure(name, out_f, in_f, tokens, device, args.repeats, generator, forms))
             print(json.dumps(rows[-1]), flush=True)
-    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    result = {"device": name, "torch": torch.__version__, "rows": rows}
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+            save(args.out, result, complete=False)
+    save(args.out, result, complete=True)
     return 0
 
 

@@ -18,6 +18,9 @@ beyond the transfers. Host-to-device copies are counted apart (`copy_s`), since 
     python bench/forward_profile.py --out forward.json
     python bench/forward_profile.py --family qwen --out forward-qwen.json
 
+The `--out` file is rewritten after every form (`"complete": false` until the last), so a run stopped by a
+timeout keeps what it measured.
+
 `--size tiny` runs the same code on the stand-in configs on the CPU (the test suite does).
 """
 
@@ -182,8 +185,11 @@ def main(argv=None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     import fullsize
+    from dequant import save
 
     rows, held = {}, {}  # held: the output of each form on the card, which its streamed forms must reproduce
+    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
+              "family": args.family, "size": args.size, "rows": rows}
     known = forms(args.family)
     for form in args.forms.split(",") if args.forms else known:
         if form not in known:
@@ -199,13 +205,11 @@ def main(argv=None) -> int:
         elif base in held:  # same weights, same inputs: streaming (and its levers) must not change the result
             rows[form]["vs_held"] = fullsize.numerical_difference(output, held[base])
         print(form, json.dumps({k: v for k, v in rows[form].items() if k != "top"}), flush=True)
+        save(args.out, result, complete=False)
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
-    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-              "family": args.family, "size": args.size, "rows": rows}
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2))
+    save(args.out, result, complete=True)
     return 0
 
 

@@ -20,6 +20,9 @@ compiles should match to bf16 rounding). A form that fails reports its error and
 
     python bench/vae_speed.py --out vae.json
 
+The `--out` file is rewritten after every form (`"complete": false` until the last), so a run stopped by a
+timeout keeps what it measured.
+
 `--size tiny` runs the same code on the stand-in VAE on the CPU (the test suite does).
 """
 
@@ -135,8 +138,11 @@ def main(argv=None) -> int:
         print(f"unknown form(s) {', '.join(unknown)}: use {', '.join(FORMS)}", file=sys.stderr)
         return 2
     import fullsize
+    from dequant import save
 
     rows, reference = {}, None
+    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
+              "size": args.size, "shape": FULL if args.size == "full" else TINY, "rows": rows}
     for form in wanted:
         rows[form], decoded = run_form(form, args.size, device, dtype, args.repeats)
         if form == "bf16":
@@ -144,10 +150,8 @@ def main(argv=None) -> int:
         elif decoded is not None and reference is not None:
             rows[form]["vs_bf16"] = fullsize.numerical_difference(decoded, reference)
         print(form, json.dumps(rows[form]), flush=True)
-    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-              "size": args.size, "shape": FULL if args.size == "full" else TINY, "rows": rows}
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2))
+        save(args.out, result, complete=False)
+    save(args.out, result, complete=True)
     return 0
 
 
