@@ -163,32 +163,17 @@ def test_the_resident_blocks_are_locked_in_chunks_of_their_own_freed_when_they_m
     assert all(cudart.covers(p) for p in others)
 
 
-def test_pinning_in_place_on_cuda_locks_the_filled_chunks_and_keeps_every_value(cudart, monkeypatch):
-    """pin_in_place copies into plain chunks that threads lock once full (PyTorch's pinned allocator is not
-    asked: it made locked memory ~3x slower on an H100); every weight then lies in locked memory, unchanged,
-    and the chunks are unlocked when the model goes."""
+def test_pinning_in_place_on_cuda_copies_into_the_allocators_chunks_not_locking_in_place(cudart, monkeypatch):
+    """pin_in_place asks PyTorch's pinned allocator: locking filled chunks where they lie made the whole placement
+    2.3 s slower on an H100 (offload.py says where); every weight keeps its value."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(offload, "_pinned_chunk", lambda n: pytest.fail("the pinned allocator was asked"))
+    chunks = []
+    monkeypatch.setattr(offload, "_pinned_chunk", lambda n: chunks.append(torch.empty(n, dtype=torch.uint8))
+                        or chunks[-1])
     torch.manual_seed(0)
     model = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(6)])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    locked = offload.pin_in_place(model, chunk_bytes=8192)
-    assert locked == sum(cudart.locked.values()) >= sum(v.numel() * v.element_size() for v in before.values())
-    assert len(cudart.locked) > 1 and all(cudart.covers(p) for p in model.parameters())
+    pinned = offload.pin_in_place(model, chunk_bytes=8192)
+    assert pinned == sum(v.numel() * v.element_size() for v in before.values())
+    assert chunks and not cudart.locked and not cudart.calls  # nothing registered in place
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    del model
-    gc.collect()
-    assert not cudart.locked
-
-
-def test_pinning_in_place_says_so_when_locking_is_refused(monkeypatch, caplog):
-    fake = Cudart(allow=2)
-    monkeypatch.setattr(torch.cuda, "cudart", lambda: fake)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    model = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(6)])
-    with caplog.at_level(logging.WARNING):
-        locked = offload.pin_in_place(model, chunk_bytes=8192)
-    assert locked == sum(fake.locked.values()) and len(fake.locked) == 2
-    assert "could not page-lock more host memory" in caplog.text
-    x = torch.randn(2, 64)
-    assert model(x).shape == (2, 64)  # the rest stays in plain memory and works the same

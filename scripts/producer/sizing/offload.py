@@ -255,14 +255,10 @@ PIN_CHUNK = 1 << 28
 PIN_ALIGN = 512
 
 
-# Pin by locking plain chunks once filled (producer.sizing.lock_behind, LOCK_THREADS threads beside the copy)
-# rather than copying into chunks PyTorch's pinned allocator locked first: on an H100 8 GiB of filled pages
-# locked in 0.56 s on one thread and 0.27 s on four, where the allocator made 8 GiB of locked memory in 1.61 s
-# and a plain copy took 0.38 s (bench/results/2026-12-07-h100-afternoon). False: the allocator's way.
-LOCK_IN_PLACE = True
-LOCK_THREADS = 4
-
-
+# Chunks from PyTorch's pinned allocator, locked before the copy. Locking filled plain chunks where they lie (four
+# threads beside the copy, as producer.sizing.lock_behind does behind a load from disk) timed faster alone, 0.27 s
+# against 1.61 s per 8 GiB, yet made the whole placement 2.3-2.4 s slower: Qwen's Q8 transformer 8.4-8.6 s against
+# 6.2-6.3 s, Wan's two Q4 experts 6.45 s against 4.09 s (H100, bench/results/2026-12-07-h100-evening).
 def pin_in_place(module: torch.nn.Module, chunk_bytes: int | None = None) -> int:
     """Move the module's host weights into page-locked chunks, tensor by tensor, and return the bytes pinned.
 
@@ -272,8 +268,6 @@ def pin_in_place(module: torch.nn.Module, chunk_bytes: int | None = None) -> int
     """
     tensors = [t for t in list(module.parameters()) + list(module.buffers()) if _pinnable(t)]
     total = sum(aligned(t.data.numel() * t.data.element_size()) for t in tensors)
-    if LOCK_IN_PLACE and torch.cuda.is_available():
-        return _lock_in_place(tensors, chunk_bytes, total)
     packer, pinned = HostPacker(chunk_bytes, pinned=True, total=total), 0
     try:
         for t in tensors:
@@ -282,20 +276,6 @@ def pin_in_place(module: torch.nn.Module, chunk_bytes: int | None = None) -> int
     except RuntimeError as exc:  # page-locking refused (RLIMIT_MEMLOCK, container limits): stream unpinned
         warn_unpinned(pinned, exc)
     return pinned
-
-
-def _lock_in_place(tensors: list[torch.Tensor], chunk_bytes: int | None, total: int) -> int:
-    """`pin_in_place`'s copy into plain chunks, each locked where it lies by other threads once full; the
-    bytes locked when the last lock is done (where locking is refused, the rest stays plain, and we say so)."""
-    locker = lock_behind.LockBehind(threads=LOCK_THREADS)
-    packer = HostPacker(chunk_bytes, total=total, locker=locker)
-    for t in tensors:
-        t.data = packer.take(t.data)
-    packer.finish()
-    locked = locker.wait()
-    if locker.refused:
-        warn_unpinned(locked, RuntimeError(locker.refused))
-    return locked
 
 
 def warn_unpinned(pinned: int, exc: Exception) -> None:
