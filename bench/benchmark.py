@@ -65,17 +65,17 @@ CAPS = {"cap10": 10, "cap12": 12, "cap16": 16, "cap24": 24, "cap48": 48}
 # the weight form it picks (GGUF, fp8 storage or bf16), run under a V GiB cap. Host RAM cannot be capped: the
 # measured peak is reported beside R and the plan's prediction. `planVxR-streamall`: the same plan with every
 # block streamed (no partial residency), to measure what the resident blocks save in the same run;
-# `planVxR-dequant`: the plan with its opt-in lever dequantize_on_arrival (GGUF weights); `planVxR-runahead`:
-# with its opt-in lever run_ahead (no host wait at every streamed block, producer.sizing.run_ahead); `planVxR-q4`,
+# `planVxR-dequant`: the plan with its opt-in lever dequantize_on_arrival (GGUF weights); `planVxR-waitblocks`:
+# with the host waiting at every streamed block, as before run_ahead became the default (producer.sizing.run_ahead);
+# `planVxR-q4`,
 # `planVxR-q8`: the plan that machine gets when told `--weights gguf-q4` / `gguf-q8` (a form against another);
 # `planVxR-compdq`: the plan with its GGUF dequantization compiled (compiled_dequant, what `--compile on` does
 # where blocks stream), against the plan's own (diffusers' dequantization at every call) in the same run;
-# `planVxR-lockfirst`: each streamed chunk page-locked before the read copies into it (a Wan load from disk) or
-# pin_in_place copies into it (every other streamed model), against the scripts' locking of filled chunks
-# (producer.sizing.lock_behind) in the same run;
+# `planVxR-lockfirst`: with --from-disk, each streamed chunk page-locked before the read copies into it, against
+# the scripts' locking of filled chunks behind the load (producer.sizing.lock_behind) in the same run;
 # `planVxR-lora` / `-lorapeft`: the plan with the step-distill LoRA, folded into GGUF weights / as adapters
 # (bench/loras.py).
-PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)(-streamall|-dequant|-runahead|-q4|-q8|-compdq|-lockfirst)?(-lora|-lorapeft)?$")
+PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)(-streamall|-dequant|-waitblocks|-q4|-q8|-compdq|-lockfirst)?(-lora|-lorapeft)?$")
 FORCED_FORMS = {"-q4": "gguf-q4", "-q8": "gguf-q8"}
 
 
@@ -103,10 +103,10 @@ def parse_args(argv=None):
                    help=f"workloads: {', '.join([*WORKLOADS, *BATCH_WORKLOADS])}; configs: plain, {', '.join(LEVERS)}, "
                         f"{', '.join(CAPS)}, planVxR (the plan of a V GB VRAM / R GB RAM machine, e.g. plan10x32; "
                         "planVxR-streamall: the same with no resident blocks; planVxR-dequant: with GGUF blocks "
-                        "dequantized on arrival; planVxR-runahead: with the host running ahead of streamed blocks; "
+                        "dequantized on arrival; planVxR-waitblocks: with the host waiting at each streamed block (the previous way); "
                         "planVxR-q4 / -q8: with that GGUF form asked for; planVxR-compdq: with the GGUF "
-                        "dequantization compiled; planVxR-lockfirst: each streamed chunk locked before the read or "
-                        "pin_in_place fills it (the previous way); planVxR-lora / -lorapeft: with the step-distill LoRA folded into "
+                        "dequantization compiled; planVxR-lockfirst: with --from-disk, each streamed chunk locked "
+                        "before the read fills it (the previous way); planVxR-lora / -lorapeft: with the step-distill LoRA folded into "
                         "GGUF weights / as adapters); the batch workloads take project and planVxR")
     p.add_argument("--repeats", type=int, default=2, help="runs per process; the first is reported as cold")
     p.add_argument("--measure-steps", type=int, default=None,
@@ -132,7 +132,11 @@ def parse_args(argv=None):
     p.add_argument("--write-gguf", nargs=2, metavar=("FORM", "DIR"), help=argparse.SUPPRESS)
     p.add_argument("--write-lora", nargs=3, metavar=("FAMILY", "WIDE", "PATH"), help=argparse.SUPPRESS)
     p.add_argument("--child", nargs=2, metavar=("WORKLOAD", "CONFIG"), help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    configs = [c for spec in args.run for c in spec.partition(":")[2].split(",")]
+    if not args.from_disk and any(has_lever(c, "-lockfirst") for c in configs):
+        p.error("-lockfirst changes only a load from disk (pin_in_place always locks first): add --from-disk DIR")
+    return args
 
 
 # ---------------------------------------------------------------- the parent: one process per configuration

@@ -42,16 +42,6 @@ def _shape(args, workload: str):
     return width, height, count, steps, measured, cfg
 
 
-def _process_settings(config: str, device: str) -> None:
-    """The configuration's settings of this process: its VRAM cap, and with `-lockfirst` the previous way of
-    page-locking (chunks from PyTorch's pinned allocator, filled afterwards) for `offload.pin_in_place` too, so
-    that one run compares the two ways for every streamed model, not only a Wan load from disk."""
-    from producer.sizing import offload
-
-    offload.LOCK_IN_PLACE = not has_lever(config, "-lockfirst")
-    _apply_cap(config, device)
-
-
 def _apply_cap(config: str, device: str) -> None:
     """Emulate a smaller card: cap this process's CUDA memory (after the models were built on the GPU)."""
     if cap_gib(config) and device == "cuda":
@@ -121,7 +111,7 @@ def _machine_plan(family: str, config: str):
     return memory.plan_memory(hardware.from_sizes(*machine), footprint, work, weights=form,
                               max_resident_blocks=0 if has_lever(config, "-streamall") else None,
                               dequantize_on_arrival=has_lever(config, "-dequant"),
-                              run_ahead=has_lever(config, "-runahead"))
+                              run_ahead=not has_lever(config, "-waitblocks"))
 
 
 def _form(family: str, config: str) -> str:
@@ -278,7 +268,7 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
         for name in registry.WAN_DENOISERS:
             if plan.components[name].placement is not Placement.GPU:
                 fullsize.move_to_host(getattr(pipe, name))
-    _process_settings(config, device)
+    _apply_cap(config, device)
     speed_choice = _speed(config, device, plan.components["transformer"].placement)
     before = None
     if speed_choice.fp8_matmul and not from_disk:
@@ -381,7 +371,7 @@ def run_wan_text(args, workload: str, config: str, device: str) -> dict:
     reference = encode().float().cpu()  # where it was built, to check that the placement changes nothing
     if placement is not Placement.GPU:
         fullsize.move_to_host(encoder)
-    _process_settings(config, device)
+    _apply_cap(config, device)
     offload.place_text_encoder(encoder, placement, torch.device(device))
     cold, total, out = _steady_runs(encode, args.repeats, device)
     extra = {"text_encoder": placement, "vs_unplaced": fullsize.numerical_difference(out.float().cpu(), reference),
@@ -417,7 +407,7 @@ def run_qwen(args, workload: str, config: str, device: str) -> dict:
     built = _to_form([pipe.transformer], form, dtype)
     if plan.components["transformer"].placement is not Placement.GPU:
         fullsize.move_to_host(pipe.transformer)
-    _process_settings(config, device)
+    _apply_cap(config, device)
     notes = _levers([pipe.transformer], _speed(config, device, plan.components["transformer"].placement), device)
     session = qwen.QwenSession.from_components(pipe, plan, device, areas, quiet=True)
     session.use_loras(lora_specs, fuse=True)

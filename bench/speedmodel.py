@@ -5,7 +5,8 @@
     python bench/speedmodel.py --out scripts/producer/data/speed-model.json \\
         bench/results/2026-11-29-h200.json bench/results/2026-11-29-h200-second/{a,b,c,d,e,f}.json \\
         bench/results/2026-12-05-h100/g1.json bench/results/2026-12-06-h100/{q16,q17,t10,p3a}.json \\
-        bench/results/2026-12-06-h100-night/w.json bench/results/2026-12-07-h100/{f,a}.json
+        bench/results/2026-12-06-h100-night/w.json bench/results/2026-12-07-h100/{f,a}.json \\
+        bench/results/2026-12-07-h100-evening/qwen-runahead.json
     # how well the committed model predicts a benchmark run (e.g. a fresh one on another card)
     python bench/speedmodel.py --compare results.json
 
@@ -122,7 +123,8 @@ def entry_of(run: dict, gpu: str, source: str) -> dict | None:
     lever = LEVERS.get(config, {})
     levers = (["compile"] if lever.get("compile") == "on" else []) + (["fp8-matmul"] if lever.get("fp8_matmul") else [])
     levers += ["dequantize-on-arrival"] if has_lever(config, "-dequant") else []  # opt-in: kept apart
-    levers += ["run-ahead"] if has_lever(config, "-runahead") else []
+    # the host ran ahead of streamed blocks: recorded since it became the default, named in older configurations
+    levers += ["run-ahead"] if run.get("plan_run_ahead", has_lever(config, "-runahead")) else []
     levers += ["lora-adapters"] if has_lever(config, "-lorapeft") else []  # what the scripts no longer do
     levers += compiled_dequantization(run.get("speed"))
     work = memory.wan_workload(width, height, n) if family == "wan" else memory.qwen_workload(width, height, n)

@@ -129,12 +129,11 @@ def test_plan_configs_carry_the_plans_resident_blocks_and_streamall_turns_them_o
 
     assert benchmark.plan_machine("plan10x32-streamall") == (10, 32) == benchmark.plan_machine("plan10x32")
     assert benchmark.cap_gib("plan10x32-streamall") == 10
-    assert children._machine_plan("qwen", "plan10x32").resident_blocks == 7  # the full-size plan on that machine
+    assert children._machine_plan("qwen", "plan10x32").resident_blocks == 6  # the full-size plan on that machine
     assert children._machine_plan("qwen", "plan10x32-streamall").resident_blocks == 0
     assert children._machine_plan("qwen", "plan10x32-dequant").dequantize_on_arrival
     assert not children._machine_plan("qwen", "plan10x32").dequantize_on_arrival
-    assert children._machine_plan("qwen", "plan10x32-runahead").run_ahead
-    assert not children._machine_plan("qwen", "plan10x32").run_ahead
+    assert children._machine_plan("qwen", "plan10x32").run_ahead
     assert children._machine_plan("qwen", "plan10x32").weights == "gguf-q8"  # the form that machine gets
     q4 = children._machine_plan("qwen", "plan10x32-q4")
     assert q4.weights == "gguf-q4" and q4.resident_blocks > 7  # half the bytes a block: more of them stay
@@ -347,13 +346,19 @@ def test_the_numerical_difference_of_a_clip_sized_output_keeps_its_cosine_within
     assert 0.99 < diff["cosine"] <= 1.0 and 0.02 < diff["relative_l2"] < 0.07
 
 
-def test_lockfirst_sets_the_previous_way_of_pinning_for_every_streamed_model(monkeypatch):
+def test_lockfirst_without_a_load_from_disk_is_refused_as_it_would_change_nothing(capsys):
+    sys.path.insert(0, str(BENCH.parent))
+    import benchmark
+
+    with pytest.raises(SystemExit) as exit_:
+        benchmark.parse_args(["--run", "qwen-1ref-4:plan10x32,plan10x32-lockfirst"])
+    assert exit_.value.code == 2 and "--from-disk" in capsys.readouterr().err
+    assert benchmark.parse_args(["--from-disk", "/tmp/m", "--run", "wan-480p-4:plan10x32-lockfirst-lora"])
+
+
+def test_the_host_runs_ahead_in_the_plans_unless_the_configuration_says_waitblocks():
     sys.path.insert(0, str(BENCH.parent))
     import children
-    from producer.sizing import offload
 
-    monkeypatch.setattr(offload, "LOCK_IN_PLACE", True)
-    children._process_settings("plan10x32-lockfirst-lora", "cpu")
-    assert offload.LOCK_IN_PLACE is False
-    children._process_settings("plan10x32-lora", "cpu")
-    assert offload.LOCK_IN_PLACE is True
+    assert children._machine_plan("qwen", "plan10x32").run_ahead
+    assert not children._machine_plan("qwen", "plan10x32-waitblocks").run_ahead

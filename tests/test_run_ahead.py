@@ -41,20 +41,20 @@ def test_the_host_starts_a_block_once_the_one_two_back_has_run():
 def test_the_plan_counts_one_more_block_in_flight_and_takes_it_only_where_it_fits(family):
     _, footprint, work = plan_table.TABLE_WORKLOADS[family]
     machine = from_sizes(12, 32)
-    plain = memory.plan_memory(machine, footprint, work, max_resident_blocks=0)
-    ahead = memory.plan_memory(machine, footprint, work, max_resident_blocks=0, run_ahead=True)
+    plain = memory.plan_memory(machine, footprint, work, max_resident_blocks=0, run_ahead=False)
+    ahead = memory.plan_memory(machine, footprint, work, max_resident_blocks=0)  # the default
     assert ahead.run_ahead and not plain.run_ahead and "host runs ahead" in ahead.summary()
     assert ahead.generating_vram - plain.generating_vram == memory.block_bytes(footprint, ahead.weights)
     # With resident blocks the lever is counted first: they fill what is left.
-    assert memory.plan_memory(machine, footprint, work, run_ahead=True).resident_blocks <= \
-        memory.plan_memory(machine, footprint, work).resident_blocks
-    resident = memory.plan_memory(from_sizes(80, 64), footprint, work, run_ahead=True)
+    assert memory.plan_memory(machine, footprint, work).resident_blocks <= \
+        memory.plan_memory(machine, footprint, work, run_ahead=False).resident_blocks
+    resident = memory.plan_memory(from_sizes(80, 64), footprint, work)
     assert resident.placement is Placement.GPU and not resident.run_ahead and not resident.notes
 
 
 def test_a_card_without_room_for_it_waits_at_every_block_and_says_so():
     _, footprint, work = plan_table.TABLE_WORKLOADS["wan"]
-    plan = memory.plan_memory(from_sizes(8, 32), footprint, work, run_ahead=True)
+    plan = memory.plan_memory(from_sizes(8, 32), footprint, work)
     assert plan.placement is Placement.GROUP_OFFLOAD and not plan.run_ahead
     assert "no VRAM for the host to run ahead of streamed blocks: it waits at each" in plan.notes
 

@@ -150,7 +150,8 @@ def _wanted_levers(plan: memory.MemoryPlan, items: int, family: str, device: str
 
     placement = plan.components["transformer"].placement
     # `auto`, as a run without --compile gets it (the compiled dequantization comes only with `on`)
-    return ("compile",) if default_speed(device, placement, items=items, family=family).compile else ()
+    compiled = ("compile",) if default_speed(device, placement, items=items, family=family).compile else ()
+    return compiled + (("run-ahead",) if plan.run_ahead else ())
 
 
 def find_entry(

@@ -17,8 +17,10 @@ Vocabulary
 - dequantize_on_arrival (opt-in, GGUF under group offload): each streamed block is dequantized to the compute
   dtype on the copy stream as it arrives, beside the previous block's compute, instead of inside every
   linear layer; the blocks in flight then also hold their bf16 form.
-- run_ahead (opt-in, under group offload with streams): the host no longer waits for the GPU at every streamed
-  block (producer.sizing.run_ahead); one more block is then in flight (RUN_AHEAD_BLOCKS).
+- run_ahead (on by default under group offload with streams, where one more block fits): the host no longer
+  waits for the GPU at every streamed block (producer.sizing.run_ahead); one more block is then in flight
+  (RUN_AHEAD_BLOCKS). A streamed forward then costs 1.00x (Wan Q4) and 1.02x (Qwen Q8) of the same weights held
+  on the card, against 1.05x and 1.45x waiting, with the same output (H100, bench/results/2026-12-07-h100-evening).
 """
 
 from __future__ import annotations
@@ -308,7 +310,7 @@ def _swap_first(offloads: tuple[Placement, ...]) -> tuple[Placement, ...]:
 def plan_memory(hw: Hardware, model: ModelFootprint, work: Workload, offload: str = "auto",
                 weights: str = "auto", installed: frozenset[str] | None = None,
                 max_resident_blocks: int | None = None, dequantize_on_arrival: bool = False,
-                run_ahead: bool = False) -> MemoryPlan:
+                run_ahead: bool = True) -> MemoryPlan:
     """Choose where every component lives and in what form. Pure: same inputs, same plan.
 
     `installed` narrows automatic weight choices to the forms present on disk (None: any form, which is
@@ -316,7 +318,8 @@ def plan_memory(hw: Hardware, model: ModelFootprint, work: Workload, offload: st
     group-offload plan keeps on the GPU (None: as many as fit, see `resident_blocks`, except under an explicit
     `offload="group"`, which streams every block: the frugal form an out-of-memory retry asks for; 0: none).
     `dequantize_on_arrival` asks for that lever (GGUF weights streamed; taken only where its VRAM fits under
-    RESIDENT_FILL of the budget, before resident blocks are counted); `run_ahead` likewise (streamed on a GPU).
+    RESIDENT_FILL of the budget, before resident blocks are counted); `run_ahead` likewise (streamed on a GPU), on
+    unless the caller turns it off (the benchmark's `-waitblocks`).
     """
     if offload not in OFFLOAD_CHOICES:
         raise ValueError(f"offload must be one of {OFFLOAD_CHOICES}, not {offload!r}")
@@ -359,9 +362,9 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_reside
     # What the optional levers may fill: the budget, or less where other programs (a desktop) already hold
     # part of the card; what the streamed plan itself needs is checked against the card as before.
     room_budget = min(vram_budget, hw.vram_free) if hw.vram_free else vram_budget
-    # The opt-in levers, each taken only where its VRAM fits: dequantizing on arrival (the blocks in flight
-    # also hold their bf16 form, counted whole for both, a little cautious), then running ahead (one more block,
-    # in its bf16 form too when dequantized on arrival).
+    # The levers, each taken only where its VRAM fits: dequantizing on arrival (opt-in; the blocks in flight
+    # also hold their bf16 form, counted whole for both, a little cautious), then running ahead (the default; one
+    # more block, in its bf16 form too when dequantized on arrival).
     limit, streamed_plan = RESIDENT_FILL * room_budget, off is Placement.GROUP_OFFLOAD
     extra = BLOCKS_IN_FLIGHT * block_bytes(model, "bf16")
     dequantize = _lever(levers[0] and streamed_plan and form.startswith("gguf"), denoise_vram + extra <= limit, notes,
