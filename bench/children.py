@@ -124,6 +124,8 @@ def _expected(family: str, config: str, encoding: bool = False) -> dict:
     peaks of generating, the stages a generation run has (its prompts are embeddings, no text encoder runs),
     or with `encoding` (a text encoder run) the plan's whole peaks; and those whole peaks, which may be the
     text encoder's stage."""
+    from producer.sizing import memory
+
     plan = _machine_plan(family, config)
     if plan is None:
         return {}
@@ -131,6 +133,9 @@ def _expected(family: str, config: str, encoding: bool = False) -> dict:
     vram, ram = (plan.peak_vram, plan.peak_ram) if encoding else (plan.generating_vram, plan.generating_ram)
     return {"machine_gb": {"vram": machine[0], "ram": machine[1]}, "weights": plan.weights,
             "predicted_vram_gib": round(vram / GiB, 2), "predicted_ram_gib": round(ram / GiB, 2),
+            # what the measured process itself should hold: the plan's RAM_RESERVE is for the OS as well as the
+            # process's own base (torch, CUDA host state), which the measured peak includes
+            "predicted_ram_process_gib": round((ram - memory.RAM_RESERVE) / GiB, 2),
             "plan_peak_gib": {"vram": round(plan.peak_vram / GiB, 2), "ram": round(plan.peak_ram / GiB, 2)},
             "plan_fits": plan.fits, "plan_dequantize_on_arrival": plan.dequantize_on_arrival,
             "plan_run_ahead": plan.run_ahead}

@@ -58,7 +58,8 @@ def _plan_rows(runs: list[dict], plain: dict | None) -> list[str]:
     if not rows:
         return []
     out = ["", "| machine (VRAM / RAM GB) | weights | total s | vs plain | peak VRAM GiB (predicted for generating; "
-               "the plan's peak) | peak RAM GiB: anonymous, and all resident (predicted for generating; the plan's peak) "
+               "the plan's peak) | peak RAM GiB: anonymous, and all resident (predicted: in the process without the "
+               "OS reserve, for generating; the plan's peak) "
                "| fits the machine | load to first step s (read floor s) |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -82,7 +83,9 @@ def _plan_rows(runs: list[dict], plain: dict | None) -> list[str]:
 def _predicted(run: dict, what: str) -> str:
     """The plan's prediction for the stages the run has; results from before 2026-12-07 hold the plan's peak."""
     generating, peak = run[f"predicted_{what}_gib"], run.get("plan_peak_gib", {}).get(what)
-    return f"{generating}; {peak}" if peak is not None else str(generating)
+    process = f"{run['predicted_ram_process_gib']} in the process, " if what == "ram" and \
+        "predicted_ram_process_gib" in run else ""
+    return f"{process}{generating}; {peak}" if peak is not None else str(generating)
 
 
 def _ram(run: dict) -> str:

@@ -32,12 +32,14 @@ def test_tiny_benchmark_runs_plain_and_the_plans_side_by_side(tmp_path):
         assert planned["machine_gb"] == {"vram": 10, "ram": 32} and planned["predicted_ram_gib"] <= 32
         # no text encoder runs here: compared with the plan's peaks of generating, the whole peaks beside them
         assert planned["predicted_ram_gib"] <= planned["plan_peak_gib"]["ram"]
+        assert planned["predicted_ram_process_gib"] == round(planned["predicted_ram_gib"] - 4, 2)  # no OS reserve
         assert planned["predicted_vram_gib"] <= planned["plan_peak_gib"]["vram"]
     encode = runs[("wan-encode", "plan10x32")]
     assert encode["text_encoder"] == "group_offload" and encode["seconds"]["encode"] > 0  # UMT5 streams on 10 GB
     assert encode["predicted_ram_gib"] == encode["plan_peak_gib"]["ram"]  # the encoding is a stage of the whole
     table = md.read_text()
     assert "### wan-480p-4" in table and "vs plain" in table and "scaled to 40" in table
+    assert f"({planned['predicted_ram_process_gib']} in the process, {planned['predicted_ram_gib']}; " in table
 
 
 def test_numerical_probe_reports_zero_for_the_same_numbers_and_the_size_of_a_change():
