@@ -140,7 +140,7 @@ def script_steps(hf_home: Path, out: Path, gpu: bool | None = None) -> list[tupl
 
 def _streamed_steps(out: Path, fox: Path, image: list[str], video: list[str], common: list[str]) -> list[tuple]:
     """The 10 GB card's plans: text encoders and denoisers streamed block by block (GGUF, as there), with the
-    levers those plans get by default (the opt-in compiled dequantization measured no faster there)."""
+    levers those plans get by default (the host running ahead; not the opt-in compiled dequantization)."""
     edit, clip = out / "fox-edit-streamed.png", out / "clip-streamed.mp4"
     streamed = ["--offload", "group"]
     return [

@@ -5,7 +5,7 @@
 - attention: a diffusers attention backend by name (`set_attention_backend`), e.g. `_native_cudnn`.
 - compiled GGUF dequantization: diffusers' dequantization of each GGUF weight fused into one kernel
   (`compiled_dequant`): the same numbers bit for bit, 5-10 s of compiling per process on an H100 (cached on
-  disk); only with `--compile on` where the plan streams the blocks (it measured no faster there).
+  disk); only with `--compile on` where the plan streams the blocks (see COMPILE_MIN_ITEMS for why).
 - fp8 matmuls: torchao's float8 dynamic quantization (per-row scales) of the linear layers on GPUs with
   fp8 tensor cores (compute capability >= 8.9). It changes the numbers slightly, so it is opt-in;
   docs/performance.md gives its measured difference against bf16.
@@ -31,10 +31,12 @@ COMPILE_CHOICES = ("auto", "on", "off")
 # One-off compile cost / saving per item, measured on an H200: Wan 14.9 s / 1.87 s a clip (break-even near
 # 8 clips), Qwen ~11 s / 0.35 s an image (near 32 images).
 COMPILE_MIN_ITEMS = {"wan": 8, "qwen": 32}
-# The GGUF dequantization compiled alone (compiled_dequant) is never chosen by `auto`: measured on an H100
-# (docs/performance.md, bench/results/2026-12-06-h100-night), the streamed 10 GB plans were no faster with it
+# The GGUF dequantization compiled alone (compiled_dequant) is never chosen by `auto`. Measured on an H100 while the
+# host waited at each streamed block (bench/results/2026-12-06-h100-night), the 10 GB plans were no faster with it
 # (Wan 480p clip 20.12 s against 19.89 s) or slower (Qwen edit 3.38 against 3.21 s; 24 GB plan 3.08 against
-# 2.64 s), after 5-10 s of compiling. `--compile on` still applies it where blocks cannot be compiled.
+# 2.64 s), after 5-10 s of compiling. With the host running ahead (bench/results/2026-12-07-h100-evening), the
+# Qwen 10 GB edit took 2.28 s against 2.42 s after 6.6 s of compiling: worth it from ~28 edits in one run, but
+# one row; the others (and Wan) are to be measured before `auto` takes it. `--compile on` applies it.
 FP8_CAPABILITY = (8, 9)  # Ada and Hopper and newer have fp8 tensor cores
 
 
@@ -57,7 +59,7 @@ def default_speed(device_type: str, placement: Placement, compile_choice: str = 
     and a run long enough to earn back the compile (COMPILE_MIN_ITEMS). Blocks are never compiled where offload
     hooks stream the weights block by block (dynamo cannot trace the hooks' transfers, even with `on`); there
     `on` compiles the GGUF weights' dequantization instead (compiled_dequant), which `auto` never does (measured
-    no faster: see the constants above).
+    on one row only since the host runs ahead: see the constants above).
     """
     hooks = Placement(placement).streams
     worth_it = device_type == "cuda" and Placement(placement).runs_whole_on_gpu and items >= COMPILE_MIN_ITEMS[family]
