@@ -63,9 +63,14 @@ def _read(path: Path, what: str) -> dict:
 
 
 def read_approvals(root: Path) -> dict[str, Approval]:
-    data = _read(state_file(root, APPROVALS), "approvals")
+    path = state_file(root, APPROVALS)
+    data = _read(path, "approvals")
+    given = data.get("approvals") or {}
+    if not isinstance(given, dict):  # a hand edit: iterating it would crash every command
+        raise CliError(f"{path}: \"approvals\" is {type(given).__name__}, not an object of approvals",
+                       'fix it to {"version": 1, "approvals": {NAME: {...}}}, or delete the file and approve again')
     out = {}
-    for name, entry in (data.get("approvals") or {}).items():
+    for name, entry in given.items():
         if isinstance(entry, dict) and isinstance(entry.get("files"), dict):
             out[name] = Approval(name, str(entry.get("approved_at", "")), dict(entry["files"]))
     return out
