@@ -40,3 +40,31 @@ def test_approvals_that_are_not_an_object_are_named_not_crashed(made, approvals)
         assert code == ExitCode.USAGE, report
         assert '"approvals"' in report["error"] and "approvals.json" in report["error"], report
         assert "AttributeError" not in report["error"] and "delete" in report["fix"], report
+
+
+# ---------------------------------------------------------------- settings.json's "judge" edited by hand
+
+
+@pytest.mark.parametrize("judge, named", [
+    ({"retake_variants": "three", "retake_budget": 4}, "judge.retake_variants"),  # was: ValueError in next
+    ({"retake_variants": 3, "retake_budget": float("inf")}, "judge.retake_budget"),  # was: OverflowError in next
+    ({"identity_min": 10 ** 400}, "judge.identity_min"),  # was: OverflowError in status
+    ({"black_level": float("nan")}, "judge.black_level"),  # was: check passed, every job then refused it
+    ({"colour_drift": float("nan")}, "judge.colour_drift"),  # was: accepted, the flag silently never raised
+])
+def test_a_judge_setting_that_is_not_a_plain_number_is_a_problem_of_check(made, judge, named):
+    unapprove(made, "keyframes", "clips", "film")  # next stops at the keyframes checkpoint, where retakes are planned
+    edit_json(made / ".production" / "settings.json", lambda d: d.update(judge=judge))
+    code, report, _ = run_json(production.main, "check", made)
+    assert code == ExitCode.USAGE and any(named in p["message"] for p in report["problems"]), report
+    for command in ("status", "next"):
+        code, report, _ = run_json(production.main, command, made)
+        assert code == 0 and any(named in p["message"] for p in report["problems"]), report
+    assert report["action"] == "fix", report
+
+
+def test_a_whole_retake_budget_still_plans_retakes(made):
+    from producer.workflow import retakes
+
+    assert retakes.budget_from({"judge": {"retake_variants": 3, "retake_budget": 2}}) == retakes.Budget(3, 2)
+    assert retakes.budget_from({"judge": {"retake_variants": 2.5, "retake_budget": 2}}) == retakes.Budget(0, 2)

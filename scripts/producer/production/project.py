@@ -16,6 +16,7 @@ Phase 1 is not wrong for lacking scene-breakdown.md; one with assets.json but no
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,8 @@ PHASES = ("philosophy", "scenes", "assets", "keyframes", "clips", "film")
 PHASE_NUMBERS = {"philosophy": "1", "scenes": "2", "assets": "2.5", "keyframes": "3", "clips": "4", "film": "5"}
 PHASE_FILES = {"philosophy": (PHILOSOPHY, STYLE), "scenes": (SCENE_BREAKDOWN,), "assets": (ASSETS,)}
 SETTINGS = "settings.json"
+JUDGE = "judge"  # settings.json's thresholds of the judging (producer.workflow.drift) and the retake budget
+RETAKE_KEYS = ("retake_variants", "retake_budget")
 
 
 @dataclass
@@ -157,3 +160,32 @@ def _read_settings(prod: Production) -> None:
                                               '{"qwen_image.py": {"preset": "720p"}, "wan_video.py": {"steps": 6}}'))
         return
     prod.settings = {k: v for k, v in data.items() if not k.startswith("_")}
+    for key, value in (prod.settings.get(JUDGE) or {}).items():
+        why = judge_value_problem(key, value)
+        if why:
+            prod.settings_problems.append(Problem(where, 1, why, f'e.g. {{"{JUDGE}": {{"retake_variants": 3, '
+                                                  '"flicker_ratio": 8}}: plain numbers, no NaN or Infinity'))
+
+
+def judge_value_problem(key: str, value) -> str | None:
+    """Why a value under settings.json's "judge" cannot be used, or None. Checked here so that `check` says it:
+    a NaN threshold silently turned its flag off (every comparison with NaN is false) and reached every job's
+    --judge, and a number too large for a float, or a budget that is not a count, crashed `status` and `next`."""
+    if key.startswith("_"):
+        return None
+    if key in RETAKE_KEYS:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"{JUDGE}.{key}: {_short(value)} must be a whole number >= 0"
+        return None
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an integer of hundreds of digits
+        number = math.nan
+    if not math.isfinite(number) or number < 0:
+        return f"{JUDGE}.{key}: {_short(value)} must be a number >= 0"
+    return None
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

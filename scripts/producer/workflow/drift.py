@@ -24,12 +24,12 @@ from PIL import Image, ImageDraw
 from producer.engines import judge
 from producer.errors import CliError
 from producer.files import layout, media, review, video
+from producer.production.project import RETAKE_KEYS, judge_value_problem
 from producer.workflow import identity
 
 log = logging.getLogger("producer")
 
 SETTINGS_KEY = "judge"  # .production/settings.json: {"judge": {NAME: VALUE}}
-RETAKE_KEYS = ("retake_variants", "retake_budget")
 # A first-last-frame clip whose average colour is still this far (CIEDE2000) from the keyframes' after colour
 # matching: twice review.DRIFT_LIMIT, the drift at which auto matching steps in (its clean synthetic clip 0.5,
 # the injected drift 5.9). I2V clips are charted but not flagged: they may change colour as they move away.
@@ -63,8 +63,9 @@ def limits_from(settings: dict) -> tuple[FilmLimits, list[str]]:
     for key, value in given.items():
         if key.startswith("_") or key in RETAKE_KEYS:  # the retake budget: producer.workflow.retakes
             continue
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            problems.append(f"{SETTINGS_KEY}.{key}: {value!r} must be a number >= 0")
+        bad = judge_value_problem(key, value)
+        if bad:
+            problems.append(bad)
         elif key in frame_names:
             limits = replace(limits, frames=replace(limits.frames, **{key: float(value)}))
         elif key in identity_names:
