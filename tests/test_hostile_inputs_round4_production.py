@@ -68,3 +68,23 @@ def test_a_whole_retake_budget_still_plans_retakes(made):
 
     assert retakes.budget_from({"judge": {"retake_variants": 3, "retake_budget": 2}}) == retakes.Budget(3, 2)
     assert retakes.budget_from({"judge": {"retake_variants": 2.5, "retake_budget": 2}}) == retakes.Budget(0, 2)
+
+
+# ---------------------------------------------------------------- a seam of clips too small for SSIM
+
+
+def test_a_seam_of_tiny_clips_reports_null_not_nan_and_says_why(tmp_path, capsys):
+    """Was: "ssim": NaN in the --json report (not JSON: jq and JSON.parse refuse it), and no word of why."""
+    import numpy as np
+    from producer.files import video
+    from producer.makers import assemble_video
+
+    clips = []
+    for seed in (0, 1):
+        clips.append(tmp_path / f"{seed}.mp4")
+        video.write_mp4(np.random.default_rng(seed).integers(0, 255, (5, 8, 10, 3), dtype="uint8"), clips[-1], fps=16)
+    code = assemble_video.main(["--clips", *map(str, clips), "--review", "--transition", "continuous", "--json"])
+    out = capsys.readouterr().out
+    report = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in the JSON report"))
+    seam = report["seams"][0]
+    assert code == 0 and seam["clip_to_clip"]["ssim"] is None and "ssim is not measured" in seam["notes"][0], seam

@@ -27,6 +27,7 @@ re-encoded same picture passes, a frame of motion over 1 px does not.
 
 from __future__ import annotations
 
+import math
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ CAST_LIMIT = 2.5
 SSIM_LIMIT = 0.80
 DUPLICATE_CAST = 1.0
 DUPLICATE_SSIM = 0.95
+SSIM_MIN_SIDE = 11  # colour.ssim's Gaussian window: smaller pictures have no SSIM
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,8 @@ class Comparison:
     ssim: float
 
     def to_dict(self) -> dict:
-        return {k: round(v, 3) for k, v in asdict(self).items()}
+        # null, not NaN: NaN is not JSON, and a strict reader of --json (jq, JSON.parse) refuses the report
+        return {k: None if math.isnan(v) else round(v, 3) for k, v in asdict(self).items()}
 
 
 def _analysis(image) -> np.ndarray:
@@ -72,7 +75,7 @@ def compare(a, b) -> Comparison:
     a8 = _analysis(a)
     b8 = np.asarray(Image.fromarray(video.frame_to_uint8(b)).resize(a8.shape[1::-1], Image.Resampling.BILINEAR))
     return Comparison(colour.color_difference(a8, b8, "mean"), colour.color_difference(a8, b8, "pixel"),
-                      colour.ssim(a8, b8) if min(a8.shape[:2]) >= 11 else float("nan"))
+                      colour.ssim(a8, b8) if min(a8.shape[:2]) >= SSIM_MIN_SIDE else math.nan)
 
 
 def is_duplicate(c: Comparison) -> bool:
@@ -137,6 +140,8 @@ def review_boundary(s: SeamInput) -> SeamReport:
         _judge_start(r, s)
     if s.continuity_expected and not r.flags:  # a keyframe comparison already says which side jumped
         _judge_clips(r, s)
+    if any(c is not None and math.isnan(c.ssim) for c in (r.clip_to_clip, r.end_vs_keyframe, r.start_vs_keyframe)):
+        r.notes.append(f"the pictures are under {SSIM_MIN_SIDE} px a side: ssim is not measured (only colour is judged)")
     r.advice = list(dict.fromkeys(r.advice))
     r.status = "flagged" if r.flags else "ok"
     return r
