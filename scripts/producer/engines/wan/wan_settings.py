@@ -34,6 +34,9 @@ MAX_FRAMES = MAX_SECONDS * WAN.fps + 1
 MAX_STEPS = 200  # 5x the full schedule: more only costs time
 MAX_GUIDANCE = 20.0  # Wan runs at 3.5 (full) or 1 (distilled); far above, frames burn
 MAX_SHIFT = 100.0  # the schedules use 5 (Wan 2.2) to 12; past 100 every step sits at the noisy end
+# Below 1 the shift pulls every step after the first towards sigma 0; on the stand-ins 1e-8 made NaN latents and
+# 1e-300 an empty step in diffusers' scheduler (an IndexError), while 1e-7 still ran. 0.01 keeps far from that.
+MIN_SHIFT = 0.01
 MAX_SIDE = 4096  # pixels a side: the model is trained at 480p and 720p; 4096x4096 is 18x the 720p frame
 # argparse types for those numbers: nan, inf or out of range is refused while the arguments are read
 frames_arg = number_arg(1, MAX_FRAMES, whole=True)
@@ -142,6 +145,10 @@ def resolve_sampling(distilled: bool, steps: int | None = None, guidance: float 
     if not 0 < sampling.shift <= MAX_SHIFT:
         raise CliError(f"--shift {sampling.shift:g} is outside 0..{MAX_SHIFT:g} (above 0)",
                        f"the default is {base.shift:g}")
+    if sampling.shift < MIN_SHIFT:  # the argparse type allows anything above 0: refused here, before loading
+        raise CliError(f"--shift {sampling.shift:g} is below {MIN_SHIFT:g}: every step after the first would run at "
+                       "almost no noise, and the schedule breaks down (NaN frames or a failing scheduler)",
+                       f"use --shift {MIN_SHIFT:g} to {MAX_SHIFT:g}; the default is {base.shift:g}")
     for flag, value in (("--guidance", sampling.guidance), ("--guidance-2", sampling.guidance_2)):
         if not 0 <= value <= MAX_GUIDANCE:
             raise CliError(f"{flag} {value:g} is outside 0..{MAX_GUIDANCE:g}", f"Wan uses {WAN.full.guidance:g} (full schedule) "
