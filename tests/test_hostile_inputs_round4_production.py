@@ -88,3 +88,31 @@ def test_a_seam_of_tiny_clips_reports_null_not_nan_and_says_why(tmp_path, capsys
     report = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in the JSON report"))
     seam = report["seams"][0]
     assert code == 0 and seam["clip_to_clip"]["ssim"] is None and "ssim is not measured" in seam["notes"][0], seam
+
+
+# ---------------------------------------------------------------- where status draws its charts
+
+
+def test_a_review_folder_that_is_a_file_is_noted_not_crashed(made):
+    """Was: exit 1, "FileExistsError: ... .production/review" from `status`."""
+    review = made / ".production" / "review"
+    shutil.rmtree(review)
+    review.write_text("someone's notes")
+    code, report, _ = run_json(production.main, "status", made)
+    assert code == 0 and any("drift charts not drawn" in n and "is a file" in n for n in report["judging"]["notes"])
+    assert review.read_text() == "someone's notes" and report["judging"]["scenes"], report
+
+
+@pytest.mark.parametrize("linked", [".production/review", ".production"])
+def test_status_draws_no_chart_through_a_link_out_of_the_production(made, tmp_path, linked):
+    """Was: `status` wrote the drift charts into the folder the link led to, outside the production."""
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(made / linked, elsewhere)
+    shutil.rmtree(elsewhere / "review", ignore_errors=True)
+    before = sorted(p.name for p in elsewhere.iterdir())
+    (made / linked).symlink_to(elsewhere, target_is_directory=True)
+    code, report, _ = run_json(production.main, "status", made)
+    assert code == 0 and sorted(p.name for p in elsewhere.iterdir()) == before, report
+    assert any("drift charts not drawn" in n for n in report["judging"]["notes"]), report
+    code, report, _ = run_json(production.main, "check", made)  # the tool's own folders stay inside: a problem
+    assert code == ExitCode.USAGE and any(linked in p["message"] for p in report["problems"]), report

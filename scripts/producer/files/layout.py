@@ -38,6 +38,7 @@ KEYFRAMES = "keyframes"
 FILM = "final/film.mp4"
 STATE = ".production"
 LAYERS = ("background", "character")
+STATE_FOLDERS = ("review", "variants")  # in .production/: the drift charts of `status`, the kept retake variants
 
 
 def keyframe_path(root: Path, kf_id: str) -> Path:
@@ -82,7 +83,8 @@ def state_file(root: Path, name: str) -> Path:
 def own_folders(root: Path) -> list[Path]:
     """The folders above that exist: the ones the tools write into (and read approvals from)."""
     root = Path(root)
-    fixed = [STATE, KEYFRAMES, f"{KEYFRAMES}/layers", "final", "assets", *(f"assets/{k}" for k in ASSET_KINDS)]
+    fixed = [STATE, *(f"{STATE}/{f}" for f in STATE_FOLDERS), KEYFRAMES, f"{KEYFRAMES}/layers", "final", "assets",
+             *(f"assets/{k}" for k in ASSET_KINDS)]
     found = [root / name for name in fixed]
     found += sorted(root.glob("scene-*")) + sorted((root / KEYFRAMES / "layers").glob("*"))
     return [p for p in found if p.is_symlink() or p.is_dir()]

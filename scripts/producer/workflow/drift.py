@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from producer.engines import judge
 from producer.errors import CliError
-from producer.files import layout, media, review, video
+from producer.files import layout, media, paths, review, video
 from producer.production.project import RETAKE_KEYS, judge_value_problem
 from producer.workflow import identity
 
@@ -35,7 +35,7 @@ SETTINGS_KEY = "judge"  # .production/settings.json: {"judge": {NAME: VALUE}}
 # the injected drift 5.9). I2V clips are charted but not flagged: they may change colour as they move away.
 COLOUR_DRIFT = 2 * review.DRIFT_LIMIT
 CHART_SIZE = (720, 150)  # one panel: width x height in pixels
-REVIEW_DIR = "review"
+REVIEW_DIR = layout.STATE_FOLDERS[0]  # .production/review
 
 FIXES = {
     "identity_keyframe": "the keyframe does not look like {asset}: show it beside the asset; retake it ({retake}) "
@@ -92,6 +92,9 @@ def review_film(root: Path, prod, limits: FilmLimits, retake_command=lambda item
     if plan is None:
         return out
     embedder = _LazyEmbedder()
+    charts, why = _chart_folder(root)
+    if why:
+        out["notes"].append(f"drift charts not drawn: {why}")
     for row in plan.keyframes:
         path = layout.keyframe_path(root, row.id)
         subjects = _subjects(row, prod.assets)
@@ -115,7 +118,8 @@ def review_film(root: Path, prod, limits: FilmLimits, retake_command=lambda item
         if not clip.is_file():
             continue
         try:
-            out["scenes"].append(_review_clip(root, prod, scene, clip, limits, embedder, retake_command, out["flags"]))
+            out["scenes"].append(_review_clip(root, prod, scene, clip, limits, embedder, retake_command, out["flags"],
+                                              charts))
         except CliError as err:
             out["notes"].append(f"clip:scene-{scene.number:02d} not judged: {err.message}")
     if embedder.missing:
@@ -147,7 +151,24 @@ def _subjects(row, assets) -> list[tuple[str, Path]]:
     return [(a.id, a.path) for a in found if a is not None and a.path.is_file() and not a.hand_written]
 
 
-def _review_clip(root, prod, scene, clip, limits, embedder, retake_command, flags) -> dict:
+def _chart_folder(root: Path) -> tuple[Path | None, str | None]:
+    """Where the charts go, or why none is drawn. `status` writes nothing else, so a review folder that is a
+    file, or that leads out of the production (a link of it or of .production/), is said, never written
+    through or crashed on."""
+    folder = layout.state_dir(root) / REVIEW_DIR
+    try:
+        for own in (layout.state_dir(root), folder):
+            paths.own_folder(root, own)
+    except CliError as err:
+        return None, f"{err.message} ({err.fix})"
+    for own in (layout.state_dir(root), folder):
+        if own.exists() and not own.is_dir():
+            return None, f"{own} is a file, not a folder (move it away: the charts are written into that folder)"
+    return folder, None
+
+
+def _review_clip(root, prod, scene, clip, limits, embedder, retake_command, flags, charts) -> dict:
+    """`charts`: the folder of the drift charts, or None to draw none."""
     item = f"clip:scene-{scene.number:02d}"
     frames, _ = video.read_video(clip)
     start_id = scene.start_keyframe.id if scene.start_keyframe else None
@@ -156,7 +177,7 @@ def _review_clip(root, prod, scene, clip, limits, embedder, retake_command, flag
     end = _picture(layout.keyframe_path(root, end_id)) if end_id else None
     casts = review.casts(frames, start, end) if start is not None else []
     steps = [float(s) for s in judge.motion(frames)]
-    chart = layout.state_dir(root) / REVIEW_DIR / f"scene-{scene.number:02d}.drift.png"
+    chart = charts / f"scene-{scene.number:02d}.drift.png" if charts else None
     found: list[dict] = []
     for flag in judge.check_frames(frames, limits.frames):
         found.append({"item": item, **flag.to_dict(), "fix": f"{flag.fix} ({retake_command(item)})"})
@@ -191,15 +212,16 @@ def _review_clip(root, prod, scene, clip, limits, embedder, retake_command, flag
                     frames=", ".join(map(str, flag["frames"])), asset=asset_id, retake=retake_command(item)
                 )
                 found.append({"item": item, **flag, "asset": asset_id, "fix": fix})
-    draw_chart(
-        chart, f"scene {scene.number:02d} ({len(frames)} frames)", casts, identities, steps, limits, end is not None
-    )
+    if chart:
+        draw_chart(
+            chart, f"scene {scene.number:02d} ({len(frames)} frames)", casts, identities, steps, limits, end is not None
+        )
     for flag in found:
-        flag["chart"] = str(chart)
+        flag["chart"] = str(chart) if chart else None
     flags.extend(found)
     return {
         "item": item,
-        "chart": str(chart),
+        "chart": str(chart) if chart else None,
         "frames": len(frames),
         "colour": [round(c, 3) for c in casts],
         "motion": [round(s, 3) for s in steps],

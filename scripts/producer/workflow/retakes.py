@@ -27,7 +27,7 @@ from producer.production.project import judge_value_problem
 from producer.workflow import approvals
 
 STATE = "retakes.json"
-VARIANTS = "variants"
+VARIANTS = layout.STATE_FOLDERS[1]  # .production/variants
 
 
 @dataclass(frozen=True)
