@@ -43,3 +43,27 @@ def test_a_shift_too_small_to_sample_with_is_refused_before_loading(tmp_path, sh
     code, report, _ = run_json(wan_video.main, "--start-frame", start, "--prompt", "waves", "--shift", "0.01",
                                *WAN_FAST, "-o", tmp_path / "v.mp4")
     assert code == 0, report
+
+
+# ---------------------------------------------------------------- a clip's files over its own inputs
+
+
+def test_a_clip_never_replaces_its_own_start_frame(tmp_path):
+    """Was: exit 0, and --overwrite replaced the keyframe the clip started from: its own earlier last frame (a
+    retake that continues the clip), or a PNG named like the clip. The recipe then named content that was gone."""
+    start = picture(tmp_path / "kf.png")
+    common = ["--prompt", "waves", "--seed", "1", *WAN_FAST]
+    code, report, _ = run_json(wan_video.main, "--start-frame", start, *common, "-o", tmp_path / "v.mp4")
+    assert code == 0, report
+    last = tmp_path / "v.last.png"
+    before = {name: digest(tmp_path / name) for name in names(tmp_path)}
+    code, report, _ = run_json(wan_video.main, "--start-frame", last, *common, "-o", tmp_path / "v.mp4", "--overwrite")
+    assert code == ExitCode.USAGE and "one of its own inputs" in report["error"] and "v-2.mp4" in report["fix"], report
+    assert {name: digest(tmp_path / name) for name in names(tmp_path)} == before
+    png_named_mp4 = tmp_path / "k.mp4"
+    png_named_mp4.write_bytes(start.read_bytes())
+    code, report, _ = run_json(wan_video.main, "--start-frame", png_named_mp4, *common, "-o", png_named_mp4,
+                               "--overwrite")
+    assert code == ExitCode.USAGE and "one of its own inputs" in report["error"], report
+    assert png_named_mp4.read_bytes() == start.read_bytes()
+

@@ -18,13 +18,24 @@ import numpy as np
 from producer.engines.wan.wan_jobs import Request
 from producer.facts import registry
 from producer.files import provenance, review, video
-from producer.files.outputs import atomic_outputs, temp_path, write_json_atomic
+from producer.files.outputs import atomic_outputs, refuse_input_as_output, temp_path, write_json_atomic
 
 FPS = registry.WAN.fps
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
     return (frames.clip(0, 1) * 255).round().astype("uint8")
+
+
+def check_paths(req: Request) -> None:
+    """Before any work: no file of the clip's set may be one of the clip's own inputs: --overwrite would replace
+    the keyframe it starts from (e.g. its own earlier last frame), and the recipe would name content that no
+    longer exists (stale for good), the rule qwen_image.py and assemble_video.py follow too."""
+    others = [*review.review_paths(req.output).values(), provenance.sidecar_path(req.output)]
+    example = f"e.g. -o {req.output.with_name(req.output.stem + '-2' + req.output.suffix)}"
+    for path in (req.output, *others):
+        what = "output" if path == req.output else "the clip's file"
+        refuse_input_as_output(path, [req.start, req.end, req.style_ref], what, example)
 
 
 def write_outputs(frames: np.ndarray, req: Request, recipe: dict) -> dict:
