@@ -67,3 +67,16 @@ def test_a_clip_never_replaces_its_own_start_frame(tmp_path):
     assert code == ExitCode.USAGE and "one of its own inputs" in report["error"], report
     assert png_named_mp4.read_bytes() == start.read_bytes()
 
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+@pytest.mark.parametrize("folder", ["v.first.png", "v.mp4.provenance.json"])
+def test_a_folder_where_a_clip_file_goes_is_refused_before_loading(tmp_path, folder, overwrite):
+    """Was: exit 2 only after the whole clip was made (the rename onto the folder failed: "it is a folder, not a
+    file", fix "give a file"); without --overwrite a review folder was "not made by wan_video.py", fix: --overwrite."""
+    start = picture(tmp_path / "kf.png")
+    (tmp_path / folder).mkdir()
+    code, report, _ = run_json(wan_video.main, "--start-frame", start, "--prompt", "waves", *WAN_FAST, *overwrite,
+                               "-o", tmp_path / "v.mp4")
+    assert code == ExitCode.USAGE and "is a folder" in report["error"], report
+    assert "move the folder" in report["fix"] and "seconds" not in report, report
+    assert names(tmp_path) == sorted(["kf.png", folder])

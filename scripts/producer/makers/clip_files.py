@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from producer.engines.wan.wan_jobs import Request
+from producer.errors import CliError
 from producer.facts import registry
 from producer.files import provenance, review, video
 from producer.files.outputs import atomic_outputs, refuse_input_as_output, temp_path, write_json_atomic
@@ -28,10 +29,15 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 
 
 def check_paths(req: Request) -> None:
-    """Before any work: no file of the clip's set may be one of the clip's own inputs: --overwrite would replace
-    the keyframe it starts from (e.g. its own earlier last frame), and the recipe would name content that no
-    longer exists (stale for good), the rule qwen_image.py and assemble_video.py follow too."""
+    """Before any work: the clip's other files (review pictures, recipe) must not be folders, whose rename fails
+    only after the whole generation, and no file of the set may be one of the clip's own inputs: --overwrite would
+    replace the keyframe it starts from (e.g. its own earlier last frame), and the recipe would name content
+    that no longer exists (stale for good), the rule qwen_image.py and assemble_video.py follow too."""
     others = [*review.review_paths(req.output).values(), provenance.sidecar_path(req.output)]
+    for path in others:
+        if path.is_dir():
+            raise CliError(f"{path} is a folder, where the clip {req.output} writes one of its files",
+                           f"move the folder {path} out of the way, or choose another -o")
     example = f"e.g. -o {req.output.with_name(req.output.stem + '-2' + req.output.suffix)}"
     for path in (req.output, *others):
         what = "output" if path == req.output else "the clip's file"
