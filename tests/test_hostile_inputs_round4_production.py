@@ -116,3 +116,16 @@ def test_status_draws_no_chart_through_a_link_out_of_the_production(made, tmp_pa
     assert any("drift charts not drawn" in n for n in report["judging"]["notes"]), report
     code, report, _ = run_json(production.main, "check", made)  # the tool's own folders stay inside: a problem
     assert code == ExitCode.USAGE and any(linked in p["message"] for p in report["problems"]), report
+
+
+# ---------------------------------------------------------------- a byte-order mark from an editor
+
+
+@pytest.mark.parametrize("name", ["settings.json", "approvals.json"])
+def test_state_files_saved_with_a_bom_are_read(made, name):
+    """Was: "Unexpected UTF-8 BOM": settings.json a problem that stopped every generating phase, approvals.json
+    refused by every command with "fix or delete it" (style.json, assets.json and the .md files took the BOM)."""
+    path = made / ".production" / name
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    code, report, _ = run_json(production.main, "status", made)
+    assert code == 0 and not report["problems"] and report["current_phase"] is None, report

@@ -151,7 +151,7 @@ def _read_settings(prod: Production) -> None:
         return
     where = f"{STATE}/{SETTINGS}"
     try:
-        data = load_json(path.read_text(encoding="utf-8"))
+        data = load_json(path.read_text(encoding="utf-8-sig"))  # a BOM (Notepad) is welcome, as in style.json
     except (OSError, ValueError) as exc:
         prod.settings_problems.append(Problem(where, 1, f"cannot be read: {exc}", "fix the JSON or delete the file"))
         return

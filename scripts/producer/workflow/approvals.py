@@ -54,7 +54,7 @@ def _read(path: Path, what: str) -> dict:
     if not path.is_file():
         return {}
     try:
-        data = load_json(path.read_text(encoding="utf-8"))
+        data = load_json(path.read_text(encoding="utf-8-sig"))  # a BOM from an editor is no reason to refuse it
     except (OSError, ValueError) as exc:
         raise CliError(f"{path} cannot be read ({exc})", f"fix or delete it; it holds the production's {what}") from None
     if not isinstance(data, dict):
