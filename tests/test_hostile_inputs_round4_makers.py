@@ -80,3 +80,12 @@ def test_a_folder_where_a_clip_file_goes_is_refused_before_loading(tmp_path, fol
     assert code == ExitCode.USAGE and "is a folder" in report["error"], report
     assert "move the folder" in report["fix"] and "seconds" not in report, report
     assert names(tmp_path) == sorted(["kf.png", folder])
+
+
+def test_a_clip_output_that_is_a_folder_names_an_mp4_to_give(tmp_path):
+    """Was: fix "give a file name, e.g. v.mp4/out.png", which wan_video.py then refuses (not an .mp4)."""
+    (tmp_path / "v.mp4").mkdir()
+    code, report, _ = run_json(wan_video.main, "--start-frame", picture(tmp_path / "kf.png"), "--prompt", "waves",
+                               *WAN_FAST, "-o", tmp_path / "v.mp4")
+    assert code == ExitCode.USAGE and "is a directory" in report["error"], report
+    assert report["fix"].endswith(str(tmp_path / "v.mp4" / "out.mp4")), report

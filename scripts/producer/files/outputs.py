@@ -54,7 +54,8 @@ def check_output(path: str | os.PathLike, overwrite: bool, what: str = "output")
     """Refuse an existing output (unless --overwrite) or a missing directory, before any work starts."""
     p = check_output_name(path, what)
     if p.is_dir():
-        raise CliError(f"{what} {p} is a directory", fix="give a file name, e.g. " + str(p / "out.png"))
+        # the example keeps the output's own kind (a clip's "video.mp4" folder: video.mp4/out.mp4, not out.png)
+        raise CliError(f"{what} {p} is a directory", fix="give a file name, e.g. " + str(p / ("out" + (p.suffix or ".png"))))
     if not p.parent.is_dir():
         raise no_folder(p.parent, f"the folder for {what} {p}")
     if p.exists() and not overwrite:
