@@ -8,7 +8,7 @@ import pytest
 from conftest import run_json
 from PIL import Image
 from producer.cli import ExitCode
-from producer.makers import wan_video
+from producer.makers import qwen_image, wan_video
 
 pytestmark = pytest.mark.usefixtures("standin_hf_home")
 
@@ -89,3 +89,15 @@ def test_a_clip_output_that_is_a_folder_names_an_mp4_to_give(tmp_path):
                                *WAN_FAST, "-o", tmp_path / "v.mp4")
     assert code == ExitCode.USAGE and "is a directory" in report["error"], report
     assert report["fix"].endswith(str(tmp_path / "v.mp4" / "out.mp4")), report
+
+
+@pytest.mark.parametrize("strength", ["", "x", "0.8x"])
+def test_a_qwen_lora_strength_that_is_not_a_number_shows_qwens_own_syntax(tmp_path, strength):
+    """Was: fix "use FILE[:STRENGTH], e.g. my_lora.safetensors:0.8:high"; qwen_image.py refuses ':high' (one model)."""
+    lora = tmp_path / "ink.safetensors"
+    code, report, _ = run_json(qwen_image.main, "-p", "x", "--lora", f"{lora}:{strength}", "-o", tmp_path / "a.png")
+    assert code == ExitCode.USAGE and "my_lora.safetensors:0.8" in report["fix"], report
+    assert ":high" not in report["fix"], report
+    code, report, _ = run_json(wan_video.main, "--start-frame", picture(tmp_path / "kf.png"), "--prompt", "x",
+                               "--lora", f"{lora}:x", "-o", tmp_path / "v.mp4")
+    assert code == ExitCode.USAGE and "my_lora.safetensors:0.8:high" in report["fix"], report

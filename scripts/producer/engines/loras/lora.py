@@ -161,11 +161,16 @@ def _peel_strength(text: str, original: str, syntax: str) -> tuple[str, float]:
     except ValueError:
         what = "neither a strength nor an expert (high, low, both)" if tail.isalpha() else "not a number"
         raise CliError(f"--lora {original!r}: {tail!r} is {what}",
-                       fix=f"use {syntax}, e.g. my_lora.safetensors:0.8:high") from None
+                       fix=f"use {syntax}, e.g. {_example(syntax)}") from None
     if not math.isfinite(strength) or abs(strength) > MAX_ABS_STRENGTH:
         raise CliError(f"--lora {original!r}: strength {tail} is outside -{MAX_ABS_STRENGTH:g}..{MAX_ABS_STRENGTH:g}",
                        fix="typical strengths are 0.5-1.5 (distill LoRAs: 1.0)")
     return head, strength
+
+
+def _example(syntax: str) -> str:
+    """An example of `syntax`: an expert only where the model has two (Qwen refuses ':high')."""
+    return "my_lora.safetensors:0.8" + (":high" if "high" in syntax else "")
 
 
 def _looks_like_path_part(tail: str) -> bool:
