@@ -129,3 +129,25 @@ def test_state_files_saved_with_a_bom_are_read(made, name):
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     code, report, _ = run_json(production.main, "status", made)
     assert code == 0 and not report["problems"] and report["current_phase"] is None, report
+
+
+def test_approving_a_file_that_links_out_of_the_production_names_the_link_and_the_fix(tmp_path):
+    """A clip that is a symbolic link to a file elsewhere: the approval names the production's own path and the
+    copy that puts the file in place (it said only that the target was outside, 'approve files of this
+    production only')."""
+    from producer.errors import CliError
+    from producer.workflow import approvals
+
+    root, elsewhere = tmp_path / "prod", tmp_path / "elsewhere"
+    (root / "scene-02").mkdir(parents=True)
+    elsewhere.mkdir()
+    (elsewhere / "a.mp4").write_bytes(b"clip")
+    link = root / "scene-02" / "video.mp4"
+    link.symlink_to(elsewhere / "a.mp4")
+    with pytest.raises(CliError) as err:
+        approvals._rel(root, link)
+    assert "is a link to" in str(err.value) and str(link) in str(err.value)
+    assert "cp --remove-destination" in err.value.fix and str(elsewhere / "a.mp4") in err.value.fix
+    with pytest.raises(CliError) as other:
+        approvals._rel(root, elsewhere / "a.mp4")  # as the planner's resolved output of that clip arrives
+    assert "outside the production folder" in str(other.value) and "cp --remove-destination" in other.value.fix

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -150,11 +151,19 @@ def _changed(root: Path, approval: Approval) -> str | None:
 
 
 def _rel(root: Path, path: Path) -> str:
+    target = Path(path).resolve()
     try:
-        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+        return target.relative_to(root.resolve()).as_posix()
     except ValueError:
-        raise CliError(f"{path} is outside the production folder {root}", "approve files of this production only") \
-            from None
+        pass
+    if Path(path).absolute().parent.resolve().is_relative_to(root.resolve()):  # the production's own name for it
+        raise CliError(f"{path} is a link to {target}, outside the production folder {root}: an approval records "
+                       "the production's own files", f"put the file itself there, then approve again: "
+                       f"cp --remove-destination {shlex.quote(str(target))} {shlex.quote(str(path))}") from None
+    # the planner's outputs are resolved, so a clip that links out of the production arrives here as its target
+    raise CliError(f"{path} is outside the production folder {root}",
+                   "approve files of this production only; where one of its files is a link to this one, put the "
+                   "file itself in its place (cp --remove-destination TARGET LINK), then approve again") from None
 
 
 # ---------------------------------------------------------------- takes and seeds
