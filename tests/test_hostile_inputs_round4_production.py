@@ -151,3 +151,19 @@ def test_approving_a_file_that_links_out_of_the_production_names_the_link_and_th
     with pytest.raises(CliError) as other:
         approvals._rel(root, elsewhere / "a.mp4")  # as the planner's resolved output of that clip arrives
     assert "outside the production folder" in str(other.value) and "cp --remove-destination" in other.value.fix
+
+
+def test_an_audio_file_with_no_samples_is_named_empty_not_an_ffmpeg_progress_line(tmp_path):
+    import wave
+
+    from producer.errors import CliError
+    from producer.files import clips
+
+    empty = tmp_path / "empty.wav"
+    with wave.open(str(empty), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes(b"")
+    with pytest.raises(CliError) as err:
+        clips.probe_audio(empty)
+    assert "is empty" in str(err.value) and "time=N/A" not in str(err.value)
+    assert "sound" in err.value.fix

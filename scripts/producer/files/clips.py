@@ -153,6 +153,8 @@ def probe_audio(path: str | Path) -> AudioInfo:
                                                           "trim it to the film's length first"))
     stream = re.search(r"Stream #\S+.*?: Audio: ([^,\s]+)[^,]*(?:, (\d+) Hz)?(?:, ([^,]+))?", text)
     times = re.findall(r"time=(\d+):(\d+):(\d+(?:\.\d+)?)", text)
+    if code == 0 and stream is not None and not times and "time=N/A" in text:  # a track with no samples
+        raise CliError(f"audio {path} is empty (its audio track has no sound in it)", "give an audio file with sound in it")
     if code != 0 or stream is None or not times:
         last = [line for line in text.strip().splitlines() if line.strip()]
         reason = "it has no audio track" if "matches no streams" in text else (last[-1] if last else "no output")
