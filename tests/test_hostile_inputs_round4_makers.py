@@ -101,3 +101,37 @@ def test_a_qwen_lora_strength_that_is_not_a_number_shows_qwens_own_syntax(tmp_pa
     code, report, _ = run_json(wan_video.main, "--start-frame", picture(tmp_path / "kf.png"), "--prompt", "x",
                                "--lora", f"{lora}:x", "-o", tmp_path / "v.mp4")
     assert code == ExitCode.USAGE and "my_lora.safetensors:0.8:high" in report["fix"], report
+
+
+# ---------------------------------------------------------------- a --device this machine does not have
+
+
+@pytest.mark.parametrize("device,says", [("xyz", "is not a device"), ("cuda:x", "is not a device"),
+                                         ("meta", "is not a device"), ("", "is not a device"),
+                                         ("cuda:0", "no such accelerator"), ("CUDA", "no such accelerator"),
+                                         ("mps", "no such accelerator")])
+def test_a_device_that_is_not_here_is_refused_before_loading(tmp_path, device, says):
+    """Was (wan_video.py; no GPU here): exit 1 with torch's RuntimeError or NotImplementedError and "report it",
+    after the model files were found; qwen_image.py called "" and cpu:0 no accelerator, and on a GPU machine
+    let any name through to torch."""
+    start = picture(tmp_path / "kf.png")
+    code, report, _ = run_json(wan_video.main, "--start-frame", start, "--prompt", "waves", *WAN_FAST,
+                               "--device", device, "-o", tmp_path / "v.mp4")
+    assert code == ExitCode.USAGE and says in report["error"] and "--device" in report["fix"] + report["error"], report
+    code, report, _ = run_json(qwen_image.main, "-p", "x", "--device", device, "-o", tmp_path / "a.png")
+    assert code == ExitCode.USAGE and says in report["error"], report
+    assert names(tmp_path) == ["kf.png"]
+
+
+def test_a_gpu_index_the_machine_does_not_have_is_named_with_the_ones_it_has(monkeypatch):
+    """Was: on a machine with one GPU, --device cuda:3 went to torch.cuda.mem_get_info(3) ("invalid device
+    ordinal"): a crash. The check runs before the probe."""
+    import torch
+    from producer.cli import CliError
+    from producer.facts import hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    hardware.check_device("cuda:0")
+    with pytest.raises(CliError, match=r"cuda:3: no such accelerator here \(1 CUDA GPU\(s\): cuda:0 to cuda:0\)"):
+        hardware.check_device("cuda:3")

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 # Re-exported: the scripts and tests know them as cli.CliError, cli.number_arg, ...; modules below cli import
 # them from errors and values, so that nothing cli needs imports cli back.
 from producer.errors import EXIT_CODE_HELP, FILE_ERRORS, CliError, ExitCode, Terminated, missing  # noqa: F401
-from producer.values import load_json, not_text, number_arg, resolve_seed, seed_arg, text_arg  # noqa: F401
+from producer.values import device_arg, load_json, not_text, number_arg, resolve_seed, seed_arg, text_arg  # noqa: F401
 
 log = logging.getLogger("producer")  # the same logger as values.log
 
@@ -70,7 +70,7 @@ def add_memory_args(parser: argparse.ArgumentParser) -> None:
                         "the card), sequential (layer by layer, slowest)")
     g.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto",
                    help="override the weight form: bf16, fp8 (fp8 storage), gguf-q8, gguf-q4 (GGUF files)")
-    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the best available)")
+    g.add_argument("--device", type=device_arg, default=None, help="cpu, cuda or cuda:N (default: the best available)")
     g.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="compile the transformer blocks (same results; measured on an H200: 11%% faster per Wan "
                         "clip after a one-off ~15 s compile, 19%% per Qwen image after ~11 s). auto: on with the "

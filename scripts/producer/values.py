@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +48,16 @@ def seed_arg(value: str) -> int:
     if not 0 <= seed < 2**64:
         raise argparse.ArgumentTypeError(f"seed must be between 0 and 2^64-1, not {seed}")
     return seed
+
+
+def device_arg(value: str) -> str:
+    """argparse type for --device: cpu, cuda, cuda:N or mps, lower-cased. Anything else reached torch.device (or
+    torch.cuda with an index that is not a number) only after the model files were found: a crash, not a message."""
+    text = value.strip().lower()
+    if not re.fullmatch(r"cpu|mps|cuda(:[0-9]{1,3})?", text):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device; give cpu, cuda, cuda:N (a GPU's index, e.g. "
+                                         "cuda:1) or mps")
+    return text
 
 
 def _bound(low: float | None, high: float | None, above: bool) -> str:

@@ -120,6 +120,25 @@ def _pcie_link(props, devices: str = "/sys/bus/pci/devices") -> tuple[int, int] 
     return (gen, lanes) if gen and lanes > 0 else None
 
 
+def check_device(device: str | None) -> None:
+    """A --device (cli's device_arg forms) this machine has, checked before probe(), which would ask CUDA about an
+    index it does not have, and before a model loads onto it (torch's own error came only then: a crash)."""
+    if device in (None, "cpu"):
+        return
+    import torch
+
+    from producer.errors import CliError
+
+    if device == "mps":
+        present, here = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()), "no MPS"
+    else:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        present = int(device.partition(":")[2] or 0) < count
+        here = f"{count} CUDA GPU(s): cuda:0 to cuda:{count - 1}" if count else "no CUDA GPU"
+    if not present:
+        raise CliError(f"--device {device}: no such accelerator here ({here})", "drop --device, or use --device cpu")
+
+
 def probe(models_dir: str | None = None, device: str | None = None) -> Hardware:
     """Probe the machine. `device` forces "cpu" (or a CUDA index such as "cuda:1")."""
     import torch

@@ -184,9 +184,8 @@ def plan_for(args, jobs: list[qwen_jobs.Resolved], kind: str):
     if kind == "controlnet" and args.weights in qwen_load.GGUF_FORMS:
         raise CliError(f"--weights {args.weights}: there is no GGUF form of Qwen-Image (the ControlNet path)",
                        "use --weights bf16 or fp8 for ControlNet jobs")
+    hardware.check_device(args.device)
     hw = hardware.probe(args.models_dir, args.device)
-    if args.device not in (None, "cpu") and not hw.has_gpu:
-        raise CliError(f"--device {args.device}: no such accelerator here", "drop --device, or use --device cpu")
     snap = qwen_load.any_installed_snapshot(kind)
     largest = max(jobs, key=lambda r: (r.job.width * r.job.height, len(r.job.references)))
     work = memory.qwen_workload(largest.job.width, largest.job.height, len(largest.job.references))

@@ -218,6 +218,7 @@ def open_engine(args: argparse.Namespace, load: Load, requests: list[Request], s
     from producer.facts import hardware
     from producer.sizing import memory
 
+    hardware.check_device(args.device)  # before the probe asks CUDA about it
     hw = hardware.probe(args.models_dir, args.device)
     workloads = [memory.wan_workload(r.width, r.height, r.frames) for r in requests]
     plan = wan_load.plan_for(hw, wan_load.components_snapshot(), workloads, args.offload, args.weights,
