@@ -12,6 +12,14 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "benchmark.py"
 
 
+def completed(out: Path) -> dict:
+    """A benchmark script's --out once it ran to its end: complete, and no temp file left beside it (the file is
+    rewritten after every form: tests/test_bench_partial_results.py)."""
+    result = json.loads(out.read_text())
+    assert result["complete"] is True and [p.name for p in out.parent.iterdir()] == [out.name]
+    return result
+
+
 def test_tiny_benchmark_runs_plain_and_the_plans_side_by_side(tmp_path):
     out, md = tmp_path / "r.json", tmp_path / "r.md"
     proc = subprocess.run([sys.executable, str(BENCH), "--size", "tiny", "--device", "cpu", "--repeats", "1",
@@ -96,14 +104,33 @@ def test_gguf_experts_have_the_published_type_maps_and_sane_weights():
     assert set(q8) == {"Q8_0"} and sum(q8.values()) > sum(sizes.values()), "Q8_0 takes more bytes than Q4_K_M"
 
 
-def test_from_disk_runs_load_gguf_files_through_the_scripts_loader_and_time_it(tmp_path):
+def test_from_disk_runs_load_gguf_files_and_the_distill_lora_through_the_scripts_loader_and_time_it(tmp_path):
+    """One benchmark run over files written once (each configuration is a child process, and writing the tiny
+    files takes a process of its own): the load from GGUF files timed by stage, and `-lora`, the step-distill LoRA
+    (real layout and rank, written beside the GGUF files) loaded by the scripts and folded into the GGUF experts,
+    against `-lorapeft`, the same left as peft adapters (as before folding)."""
     out = tmp_path / "r.json"
     proc = subprocess.run([sys.executable, str(BENCH), "--size", "tiny", "--device", "cpu", "--repeats", "1",
-                           "--from-disk", str(tmp_path / "models"), "--run", "wan-480p-4:plan10x32",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300, check=False,
+                           "--from-disk", str(tmp_path / "models"),
+                           "--run", "wan-480p-4:plan10x32,plan10x32-lora,plan10x32-lorapeft",
+                           "--run", "qwen-1ref-4:plan10x32-lora", "--out", str(out)],
+                          capture_output=True, text=True, timeout=400, check=False,
                           env=dict(os.environ, BENCH_PROFILE_LOAD=str(tmp_path / "load.prof.txt")))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    run = json.loads(out.read_text())["runs"][0]
+    runs = {(r["workload"], r["config"]): r for r in json.loads(out.read_text())["runs"]}
+    _check_the_load_from_disk(runs[("wan-480p-4", "plan10x32")], tmp_path)
+    both = ("transformer", "transformer_2")
+    assert runs[("wan-480p-4", "plan10x32-lora")]["lora"] == {"rank": 64, "fused": dict.fromkeys(both, False),
+                                                              "folded": dict.fromkeys(both, True)}
+    assert runs[("wan-480p-4", "plan10x32-lorapeft")]["lora"]["folded"] == dict.fromkeys(both, False)
+    assert runs[("qwen-1ref-4", "plan10x32-lora")]["lora"]["folded"] == {"transformer": True}
+    assert not runs[("qwen-1ref-4", "plan10x32-lora")]["plan_dequantize_on_arrival"]
+    assert runs[("wan-480p-4", "plan10x32-lora")]["weights"] == "gguf-q4"
+    assert sorted(p.name for p in (tmp_path / "models").glob("*lora*")) == [
+        "qwen-tiny-wide-lora-r64.safetensors", "wan-tiny-wide-lora-r64.safetensors"]
+
+
+def _check_the_load_from_disk(run: dict, tmp_path: Path) -> None:
     # The load's seconds by stage: the file's read into host chunks is part of load_gguf; what the stages do
     # not name is in the profile.
     stages = run["load_stages_s"]
@@ -111,9 +138,9 @@ def test_from_disk_runs_load_gguf_files_through_the_scripts_loader_and_time_it(t
     assert stages["gguf_load"] + stages["place"] + stages["other"] == pytest.approx(run["load_to_first_step_s"],
                                                                                      abs=0.01)
     assert "read_into_host_chunks" in (tmp_path / "load.prof.txt").read_text()
-    files = sorted(p.name for p in (tmp_path / "models").glob("*.gguf"))
+    files = sorted(p.name for p in (tmp_path / "models").glob("wan-*.gguf"))  # beside them: Qwen's, for its LoRA run
     assert files == ["wan-tiny-gguf-q4-transformer.gguf", "wan-tiny-gguf-q4-transformer_2.gguf"]
-    assert run["disk_read"]["bytes"] == sum(p.stat().st_size for p in (tmp_path / "models").glob("*.gguf"))
+    assert run["disk_read"]["bytes"] == sum(p.stat().st_size for p in (tmp_path / "models").glob("wan-*.gguf"))
     assert run["load_to_first_step_s"] > 0 and run["load_floor_s"] > 0 and run["weights"] == "gguf-q4"
     assert run["experts"]["transformer"]["steps"] == 2 and run["experts"]["transformer_2"]["steps"] == 2
     # Host memory by kind: what must fit (anonymous + shared) apart from mapped file pages (page cache).
@@ -164,34 +191,13 @@ def test_dequantization_benchmark_times_eager_and_compiled_on_the_same_bytes(tmp
     proc = subprocess.run([sys.executable, str(BENCH.parent / "dequant.py"), "--size", "tiny", "--repeats", "1",
                            "--out", str(out)], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = json.loads(out.read_text())["rows"]
+    rows = completed(out)["rows"]
     assert [r["type"] for r in rows] == ["Q8_0", "Q4_K", "Q6_K"]
     assert all(r["same_bits"] and r["eager_ms"] > 0 and r["compiled_ms"] > 0 and r["matmul_ms"] > 0 for r in rows)
     # the whole layer three ways; the one compiled whole computes what diffusers' layer does, to bf16 rounding
     assert all(r["eager_linear_ms"] > 0 and r["compiled_linear_ms"] > 0 and r["fused_linear_ms"] > 0 for r in rows)
     assert all(0 <= r["fused_vs_eager"] < 0.02 for r in rows)
     assert rows[0]["split_linear_ms"] > 0 and 0 <= rows[0]["split_vs_eager"] < 0.02  # Q8_0 split once
-
-
-def test_lora_configs_load_the_distill_lora_folded_or_as_adapters(tmp_path):
-    """`-lora`: the step-distill LoRA (real layout and rank, written once beside the GGUF files) loaded by the
-    scripts, folded into the GGUF experts; `-lorapeft`: the same left as peft adapters (as before folding)."""
-    out = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, str(BENCH), "--size", "tiny", "--device", "cpu", "--repeats", "1",
-                           "--from-disk", str(tmp_path / "models"), "--run", "wan-480p-4:plan10x32-lora,plan10x32-lorapeft",
-                           "--run", "qwen-1ref-4:plan10x32-lora", "--out", str(out)],
-                           capture_output=True, text=True, timeout=400, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    runs = {(r["workload"], r["config"]): r for r in json.loads(out.read_text())["runs"]}
-    both = ("transformer", "transformer_2")
-    assert runs[("wan-480p-4", "plan10x32-lora")]["lora"] == {"rank": 64, "fused": dict.fromkeys(both, False),
-                                                              "folded": dict.fromkeys(both, True)}
-    assert runs[("wan-480p-4", "plan10x32-lorapeft")]["lora"]["folded"] == dict.fromkeys(both, False)
-    assert runs[("qwen-1ref-4", "plan10x32-lora")]["lora"]["folded"] == {"transformer": True}
-    assert not runs[("qwen-1ref-4", "plan10x32-lora")]["plan_dequantize_on_arrival"]
-    assert runs[("wan-480p-4", "plan10x32-lora")]["weights"] == "gguf-q4"
-    assert sorted(p.name for p in (tmp_path / "models").glob("*lora*")) == [
-        "qwen-tiny-wide-lora-r64.safetensors", "wan-tiny-wide-lora-r64.safetensors"]
 
 
 @pytest.mark.parametrize("family, gguf", [("wan", "gguf-q4"), ("qwen", "gguf-q8")])
@@ -201,7 +207,7 @@ def test_forward_profile_times_each_form_and_says_how_busy_the_device_was(tmp_pa
                            "tiny", "--device", "cpu", "--repeats", "1", "--out", str(out)], capture_output=True,
                           text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = json.loads(out.read_text())["rows"]
+    rows = completed(out)["rows"]
     assert set(rows) == {"bf16", gguf, f"{gguf}+lora", f"{gguf}+lorapeft", f"{gguf}+lora@streamed",
                          f"{gguf}+lora@arrival", f"{gguf}+lora@runahead"}
     for row in rows.values():
@@ -307,7 +313,7 @@ def test_vae_speed_times_encode_and_decode_in_each_form_against_bf16(tmp_path):
                            "--repeats", "1", "--forms", "bf16,channels-last,tiled", "--out", str(out)],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = json.loads(out.read_text())["rows"]
+    rows = completed(out)["rows"]
     assert list(rows) == ["bf16", "channels-last", "tiled"]
     for row in rows.values():
         assert row["encode_s"] > 0 and row["decode_s"] > 0 and row["decode_first_s"] > 0
