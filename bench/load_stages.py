@@ -13,7 +13,8 @@ Stages (each synchronised with the GPU at its end; a stage inside another is als
   stages above (torch.cuda.memory.host_memory_stats).
 `build` (`gguf_load` - `read`) is added to the result, as is `other` (the whole less the outer stages).
 With BENCH_PROFILE_LOAD=FILE in the environment, the load also runs under cProfile and FILE gets the functions
-that took longest (cumulative), for what the stages do not name.
+that took longest (cumulative), for what the stages do not name: each load appends its own, so a run of several
+configurations keeps them all.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def _host_alloc_seconds(device: str) -> float | None:
 
 @contextmanager
 def profiled(path: str | None):
-    """cProfile over the block when `path` is set; the top 40 functions by cumulative time are written to it."""
+    """cProfile over the block when `path` is set; the top 40 functions by cumulative time are appended to it."""
     if not path:
         yield
         return
@@ -99,8 +100,8 @@ def profiled(path: str | None):
         profile.disable()
         text = io.StringIO()
         pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(40)
-        with open(path, "w") as f:
-            f.write(text.getvalue())
+        with open(path, "a") as f:
+            f.write(text.getvalue() + "\n")
 
 
 def summary(seconds: dict[str, float], whole: float) -> dict[str, float]:
