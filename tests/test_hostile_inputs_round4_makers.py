@@ -135,3 +135,27 @@ def test_a_gpu_index_the_machine_does_not_have_is_named_with_the_ones_it_has(mon
     hardware.check_device("cuda:0")
     with pytest.raises(CliError, match=r"cuda:3: no such accelerator here \(1 CUDA GPU\(s\): cuda:0 to cuda:0\)"):
         hardware.check_device("cuda:3")
+
+
+# ---------------------------------------------------------------- prompts of invisible characters, sizes named as typed
+
+
+@pytest.mark.parametrize("prompt", ["\u200b", "\ufeff \u200d", "\u2060\n"])
+def test_a_prompt_of_invisible_characters_only_is_refused_as_empty(tmp_path, prompt):
+    """Was: a zero-width space went to the text encoder as a prompt, and the picture or clip came from nothing."""
+    start = picture(tmp_path / "kf.png")
+    code, report, _ = run_json(wan_video.main, "--start-frame", start, "--prompt", prompt, *WAN_FAST,
+                               "-o", tmp_path / "v.mp4")
+    assert code == ExitCode.USAGE and "--prompt" in report["error"], report
+    code, report, _ = run_json(qwen_image.main, "--prompt", prompt, "--size", "64x64", "-o", tmp_path / "k.png")
+    assert code == ExitCode.USAGE and "prompt is empty" in report["error"], report
+    assert names(tmp_path) == ["kf.png"]
+
+
+def test_a_qwen_size_too_small_is_named_as_given_not_as_snapped():
+    from producer.engines.qwen import qwen_jobs
+    from producer.errors import CliError
+
+    with pytest.raises(CliError) as err:
+        qwen_jobs.check_size(1, 1)
+    assert "size 1x1:" in str(err.value) and "16x16" not in str(err.value)

@@ -11,6 +11,7 @@ import logging
 import math
 import re
 import secrets
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,12 @@ def not_text(value: str) -> str | None:
     except UnicodeEncodeError as exc:
         return f"is not UTF-8 text (undecodable bytes at character {exc.start})"
     return None
+
+
+def blank(text: str) -> bool:
+    """No letter, mark, digit, punctuation or symbol in `text`: only spaces, line breaks and invisible format
+    characters (a zero-width space, a byte-order mark), which give a text encoder nothing to follow."""
+    return not any(unicodedata.category(c)[0] in "LMNPS" for c in text)
 
 
 def text_arg(value: str) -> str:

@@ -41,7 +41,7 @@ from producer.facts import registry
 from producer.files import media, provenance
 from producer.files.style import apply_style, join_negative, load_style, style_prompts
 from producer.modelfiles import models
-from producer.values import log, number_arg, resolve_seed
+from producer.values import blank, log, number_arg, resolve_seed
 
 SCRIPT = "qwen_image.py"
 MIN_SIDE = 64
@@ -138,10 +138,11 @@ def check_size(w: int, h: int, derived: str = "") -> tuple[int, int, list[str]]:
     give = "pass --size WxH (e.g. --size 1024x1024) or --preset 720p; the pictures are fitted to it (--fit crop|pad)"
     if w <= 0 or h <= 0:
         raise CliError(f"size {w}x{h} must be positive", "give a size such as 832x480 or --preset 480p")
+    asked = f"{w}x{h}"  # as given (or derived): the messages name it, not its snapped form
     snapped = media.snap_size(w, h, registry.QWEN.size_multiple)
     w, h = snapped.width, snapped.height
     if min(w, h) < MIN_SIDE:
-        raise CliError(f"{derived}size {w}x{h}: each side must be at least {MIN_SIDE}",
+        raise CliError(f"{derived}size {asked}: each side must be at least {MIN_SIDE}",
                        give if derived else "give a larger size")
     if w * h > MAX_PIXELS:
         raise CliError(f"size {w}x{h} is {w * h / 1e6:.1f} MP; the limit is {MAX_PIXELS / 1e6:.1f} MP",
@@ -252,7 +253,7 @@ def resolve_prompts(args, pose_method: str | None, pose_index: int | None, cfg: 
     """(prompt, negative or None, style path or None, notes)."""
     notes = []
     prompt = " ".join((args.prompt or "").split())
-    if not prompt:
+    if blank(prompt):  # whitespace only, or only invisible characters such as a zero-width space
         raise CliError("the prompt is empty", 'give --prompt "what to make or change"')
     if pose_method in POSE_INSTRUCTION:
         prompt = POSE_INSTRUCTION[pose_method].format(pose=pose_index) + " " + prompt

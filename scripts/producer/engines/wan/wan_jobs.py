@@ -20,7 +20,7 @@ from producer.files import media, provenance
 from producer.files.outputs import check_output_name
 from producer.files.style import apply_style, load_style, style_prompts
 from producer.modelfiles import models
-from producer.values import log, resolve_seed
+from producer.values import blank, log, resolve_seed
 
 SCRIPT = "wan_video.py"
 FPS = registry.WAN.fps
@@ -56,7 +56,8 @@ class Request:
 
 def resolve_request(args: argparse.Namespace, distilled: bool) -> Request:
     for flag, value in (("--start-frame", args.start_frame), ("--prompt", args.prompt), ("--output", args.output)):
-        if value is None or not str(value).strip() or str(value) == ".":  # -o "" parses as Path(".")
+        # -o "" parses as Path("."); a prompt of invisible characters only (a zero-width space) is none either
+        if value is None or not str(value).strip() or str(value) == "." or (flag == "--prompt" and blank(value)):
             raise CliError(f"{flag} is required", f"e.g. {SCRIPT} --start-frame kf.png --prompt \"she waves\" "
                            "-o scene-01/video.mp4 (or --batch FILE.json)")
     check_output_name(args.output, "--output")  # "/" or "..": no file name to write
