@@ -67,8 +67,8 @@ CAPS = {"cap10": 10, "cap12": 12, "cap16": 16, "cap24": 24, "cap48": 48}
 # block streamed (no partial residency), to measure what the resident blocks save in the same run;
 # `planVxR-dequant`: the plan with its opt-in lever dequantize_on_arrival (GGUF weights); `planVxR-waitblocks`:
 # with the host waiting at every streamed block, as before run_ahead became the default (producer.sizing.run_ahead);
-# `planVxR-q4`,
-# `planVxR-q8`: the plan that machine gets when told `--weights gguf-q4` / `gguf-q8` (a form against another);
+# `planVxR-q4`, `planVxR-q8`: the plan that machine gets when told `--weights gguf-q4` / `gguf-q8` (a form against
+# another);
 # `planVxR-compdq`: the plan with its GGUF dequantization compiled (compiled_dequant, what `--compile on` does
 # where blocks stream), against the plan's own (diffusers' dequantization at every call) in the same run;
 # `planVxR-lockfirst`: with --from-disk, each streamed chunk page-locked before the read copies into it, against
@@ -103,7 +103,8 @@ def parse_args(argv=None):
                    help=f"workloads: {', '.join([*WORKLOADS, *BATCH_WORKLOADS])}; configs: plain, {', '.join(LEVERS)}, "
                         f"{', '.join(CAPS)}, planVxR (the plan of a V GB VRAM / R GB RAM machine, e.g. plan10x32; "
                         "planVxR-streamall: the same with no resident blocks; planVxR-dequant: with GGUF blocks "
-                        "dequantized on arrival; planVxR-waitblocks: with the host waiting at each streamed block (the previous way); "
+                        "dequantized on arrival; planVxR-waitblocks: with the host waiting at each streamed block "
+                        "(the previous way); "
                         "planVxR-q4 / -q8: with that GGUF form asked for; planVxR-compdq: with the GGUF "
                         "dequantization compiled; planVxR-lockfirst: with --from-disk, each streamed chunk locked "
                         "before the read fills it (the previous way); planVxR-lora / -lorapeft: with the step-distill LoRA folded into "
