@@ -28,11 +28,12 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return (frames.clip(0, 1) * 255).round().astype("uint8")
 
 
-def check_paths(req: Request) -> None:
+def check_paths(req: Request, script: str) -> None:
     """Before any work: the clip's other files (review pictures, recipe) must not be folders, whose rename fails
-    only after the whole generation, and no file of the set may be one of the clip's own inputs: --overwrite would
-    replace the keyframe it starts from (e.g. its own earlier last frame), and the recipe would name content
-    that no longer exists (stale for good), the rule qwen_image.py and assemble_video.py follow too."""
+    only after the whole generation, nor review pictures another script made (unless --overwrite); and no file
+    of the set may be one of the clip's own inputs: --overwrite would replace the keyframe it starts from (e.g.
+    its own earlier last frame), and the recipe would name content that no longer exists (stale for good), the
+    rule qwen_image.py and assemble_video.py follow too."""
     others = [*review.review_paths(req.output).values(), provenance.sidecar_path(req.output)]
     for path in others:
         if path.is_dir():
@@ -42,6 +43,7 @@ def check_paths(req: Request) -> None:
     for path in (req.output, *others):
         what = "output" if path == req.output else "the clip's file"
         refuse_input_as_output(path, [req.start, req.end, req.style_ref], what, example)
+    review.check_review_paths(req.output, req.overwrite, script)
 
 
 def write_outputs(frames: np.ndarray, req: Request, recipe: dict) -> dict:

@@ -178,8 +178,7 @@ def run(args: argparse.Namespace) -> dict:
     req = resolve_request(args, distilled=load.distill is not None)
     with locks.output_lock(req.output):  # before loading: a second run on the same clip stops at once (exit 5)
         check_output(req.output, args.overwrite, "output")
-        clip_files.check_paths(req)
-        review.check_review_paths(req.output, args.overwrite, SCRIPT)
+        clip_files.check_paths(req, SCRIPT)
         engine = open_engine(args, load, [req])
         recipe = recipe_for(req, load, engine.files, args.fp8_matmul)
 
@@ -377,8 +376,7 @@ class ClipBatch(batch.Runner):
             raise CliError(f"job {job.index} writes {req.output}, like job {clash}", "give each job its own output")
         if not req.output.parent.is_dir():
             check_output(req.output, True, "output")  # names the missing folder
-        clip_files.check_paths(req)
-        review.check_review_paths(req.output, req.overwrite, SCRIPT)
+        clip_files.check_paths(req, SCRIPT)
         return req
 
     def prepare(self, items: list) -> list:

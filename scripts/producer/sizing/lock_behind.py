@@ -19,7 +19,6 @@ is refused (a memlock limit), the rest stays plain and placement pins what it ca
 from __future__ import annotations
 
 import mmap
-import threading
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -30,11 +29,10 @@ ATTRIBUTE = "_producer_lock_behind"  # on a model whose chunks may still be lock
 
 
 class LockBehind:
-    """Makes plain host chunks and locks each handed back (`submit`) in background threads (`threads` of them)."""
+    """Makes plain host chunks and locks each handed back (`submit`) in a background thread."""
 
-    def __init__(self, threads: int = 1):
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="producer-lock")
-        self._count = threading.Lock()  # `locked` is summed from every locking thread
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="producer-lock")
         self._pending: list[Future] = []
         self._states: dict[int, dict] = {}  # per chunk (by address): whether it is locked, for its finalizer
         self.locked = 0  # bytes locked so far
@@ -62,8 +60,7 @@ class LockBehind:
             self.refused = f"cudaHostRegister returned error {code}"
             return
         self._states[address]["locked"] = True
-        with self._count:
-            self.locked += nbytes
+        self.locked += nbytes  # only the locking thread adds
 
     def wait(self) -> int:
         """Block until every submitted chunk is locked (or locking stopped); the bytes locked."""

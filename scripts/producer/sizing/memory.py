@@ -20,7 +20,8 @@ Vocabulary
 - run_ahead (on by default under group offload with streams, where one more block fits): the host no longer
   waits for the GPU at every streamed block (producer.sizing.run_ahead); one more block is then in flight
   (RUN_AHEAD_BLOCKS). A streamed forward then costs 1.00x (Wan Q4) and 1.02x (Qwen Q8) of the same weights held
-  on the card, against 1.05x and 1.45x waiting, with the same output (H100, bench/results/2026-12-07-h100-evening).
+  on the card, against 1.05x and 1.45x waiting; Qwen's output equalled the held one's exactly (Wan's run-ahead
+  form was not compared) (H100, bench/results/2026-12-07-h100-evening).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ COMPILE_MIN_ITEMS = {"wan": 8, "qwen": 32}
 # host waited at each streamed block (bench/results/2026-12-06-h100-night), the 10 GB plans were no faster with it
 # (Wan 480p clip 20.12 s against 19.89 s) or slower (Qwen edit 3.38 against 3.21 s; 24 GB plan 3.08 against
 # 2.64 s), after 5-10 s of compiling. With the host running ahead (bench/results/2026-12-07-h100-evening), the
-# Qwen 10 GB edit took 2.28 s against 2.42 s after 6.6 s of compiling: worth it from ~28 edits in one run, but
+# Qwen 10 GB edit took 2.28 s against 2.42 s, its first edit 3.7 s longer: worth it from ~28 edits in one run, but
 # one row; the others (and Wan) are to be measured before `auto` takes it. `--compile on` applies it.
 FP8_CAPABILITY = (8, 9)  # Ada and Hopper and newer have fp8 tensor cores
 

@@ -142,12 +142,11 @@ def resolve_sampling(distilled: bool, steps: int | None = None, guidance: float 
     if sampling.steps < 1 or sampling.steps > MAX_STEPS:
         raise CliError(f"--steps {sampling.steps} is outside 1..{MAX_STEPS}", f"the default is {base.steps} "
                        f"({'distilled' if distilled else 'full'} schedule)")
-    if not 0 < sampling.shift <= MAX_SHIFT:
-        raise CliError(f"--shift {sampling.shift:g} is outside 0..{MAX_SHIFT:g} (above 0)",
-                       f"the default is {base.shift:g}")
-    if sampling.shift < MIN_SHIFT:  # the argparse type allows anything above 0: refused here, before loading
-        raise CliError(f"--shift {sampling.shift:g} is below {MIN_SHIFT:g}: every step after the first would run at "
-                       "almost no noise, and the schedule breaks down (NaN frames or a failing scheduler)",
+    # the argparse type allows anything above 0 (its message is older): the floor is checked here, before loading
+    if not MIN_SHIFT <= sampling.shift <= MAX_SHIFT:
+        why = ": every step after the first would run at almost no noise, and the schedule breaks down (NaN " \
+              "frames or a failing scheduler)" if sampling.shift < MIN_SHIFT else ""
+        raise CliError(f"--shift {sampling.shift:g} is outside {MIN_SHIFT:g}..{MAX_SHIFT:g}{why}",
                        f"use --shift {MIN_SHIFT:g} to {MAX_SHIFT:g}; the default is {base.shift:g}")
     for flag, value in (("--guidance", sampling.guidance), ("--guidance-2", sampling.guidance_2)):
         if not 0 <= value <= MAX_GUIDANCE:
