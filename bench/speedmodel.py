@@ -6,7 +6,7 @@
         bench/results/2026-11-29-h200.json bench/results/2026-11-29-h200-second/{a,b,c,d,e,f}.json \\
         bench/results/2026-12-05-h100/g1.json bench/results/2026-12-06-h100/{q16,q17,t10,p3a}.json \\
         bench/results/2026-12-06-h100-night/w.json bench/results/2026-12-07-h100/{f,a}.json \\
-        bench/results/2026-12-07-h100-evening/qwen-runahead.json
+        bench/results/2026-12-07-h100-evening/qwen-runahead.json bench/results/2026-12-07-h200-night/{r,s,q,cd}.json
     # how well the committed model predicts a benchmark run (e.g. a fresh one on another card)
     python bench/speedmodel.py --compare results.json
 

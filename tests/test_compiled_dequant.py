@@ -146,8 +146,11 @@ def test_layers_without_a_quantized_weight_are_left_alone():
 
 
 @pytest.mark.parametrize("device,placement,choice,items,family,expected", [
-    ("cuda", "group_offload", "auto", 100, "wan", False),  # measured no faster on an H100: never by auto
-    ("cuda", "group_offload", "auto", 100, "qwen", False),
+    ("cuda", "group_offload", "auto", 20, "wan", True),   # a run long enough to earn back its compile
+    ("cuda", "group_offload", "auto", 19, "wan", False),  # shorter: the compile costs more than it saves
+    ("cuda", "group_offload", "auto", 40, "qwen", True),
+    ("cuda", "group_offload", "auto", 39, "qwen", False),
+    ("cuda", "model_offload", "auto", 100, "wan", False),  # nothing streamed: nothing dequantized per block
     ("cuda", "gpu", "auto", 15, "qwen", False),
     ("cuda", "gpu", "auto", 32, "qwen", False),           # the whole blocks are compiled, dequantization with them
     ("cuda", "group_offload", "on", 1, "qwen", True),     # asked for: blocks cannot compile under the hooks

@@ -77,11 +77,11 @@ def add_memory_args(parser: argparse.ArgumentParser) -> None:
                         "weights on a CUDA GPU for runs of 8+ Wan clips or 32+ Qwen images. Blocks are never "
                         "compiled while the plan streams them; there `on` compiles the GGUF weights' "
                         "dequantization instead (the same numbers bit for bit, checked on the GPU; 5-10 s once "
-                        "per process, cached on disk; stated under `speed` in the JSON). On an H100, with the "
-                        "host running ahead of streamed blocks, it made the 10 GB Qwen edit 2.28 s against 2.42 s, "
-                        "its first edit 3.7 s longer, so it pays from ~28 edits in one run; auto leaves it off, "
-                        "since before running ahead it made the 10 GB plans no faster (Wan) or slower (Qwen) and "
-                        "those rows are not measured again yet. off: nothing compiled")
+                        "per process, cached on disk; stated under `speed` in the JSON), and auto does so for runs "
+                        "of 20+ Wan clips or 40+ Qwen images: with the host running ahead of streamed blocks it "
+                        "made the 10 GB Wan clip 16.92 s against 17.54 s (H200) and the 10 GB Qwen edit 2.28 s "
+                        "against 2.42 s (H100), after 10 s (Wan) or 5-7 s (Qwen) of compiling. off: nothing "
+                        "compiled")
     g.add_argument("--fp8-matmul", action="store_true",
                    help="fp8 matrix multiplies (torchao) on GPUs with fp8 tensor cores, weights resident: on an "
                         "H200 a Wan clip took 13.08 s against 14.55 s compiled; changes the numbers slightly "

@@ -140,7 +140,8 @@ def script_steps(hf_home: Path, out: Path, gpu: bool | None = None) -> list[tupl
 
 def _streamed_steps(out: Path, fox: Path, image: list[str], video: list[str], common: list[str]) -> list[tuple]:
     """The 10 GB card's plans: text encoders and denoisers streamed block by block (GGUF, as there), with the
-    levers those plans get by default (the host running ahead; not the opt-in compiled dequantization)."""
+    levers those plans get by default for one item (the host running ahead; the compiled dequantization comes only
+    with long runs)."""
     edit, clip = out / "fox-edit-streamed.png", out / "clip-streamed.mp4"
     streamed = ["--offload", "group"]
     return [

@@ -149,9 +149,10 @@ def _wanted_levers(plan: memory.MemoryPlan, items: int, family: str, device: str
     from producer.sizing.speed import default_speed
 
     placement = plan.components["transformer"].placement
-    # `auto`, as a run without --compile gets it (the compiled dequantization comes only with `on`)
-    compiled = ("compile",) if default_speed(device, placement, items=items, family=family).compile else ()
-    return compiled + (("run-ahead",) if plan.run_ahead else ())
+    chosen = default_speed(device, placement, items=items, family=family)  # `auto`, as a run without --compile
+    compiled = ("compile",) if chosen.compile else ()
+    dequantized = ("compiled-dequantize",) if chosen.compile_dequantize and plan.weights.startswith("gguf") else ()
+    return compiled + (("run-ahead",) if plan.run_ahead else ()) + dequantized  # the speed model's order
 
 
 def find_entry(

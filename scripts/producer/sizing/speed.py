@@ -5,7 +5,8 @@
 - attention: a diffusers attention backend by name (`set_attention_backend`), e.g. `_native_cudnn`.
 - compiled GGUF dequantization: diffusers' dequantization of each GGUF weight fused into one kernel
   (`compiled_dequant`): the same numbers bit for bit, 5-10 s of compiling per process on an H100 (cached on
-  disk); only with `--compile on` where the plan streams the blocks (see COMPILE_MIN_ITEMS for why).
+  disk); where the plan streams the blocks, with `--compile on` or with `auto` for long runs
+  (COMPILE_DEQUANT_MIN_ITEMS says why).
 - fp8 matmuls: torchao's float8 dynamic quantization (per-row scales) of the linear layers on GPUs with
   fp8 tensor cores (compute capability >= 8.9). It changes the numbers slightly, so it is opt-in;
   docs/performance.md gives its measured difference against bf16.
@@ -31,12 +32,14 @@ COMPILE_CHOICES = ("auto", "on", "off")
 # One-off compile cost / saving per item, measured on an H200: Wan 14.9 s / 1.87 s a clip (break-even near
 # 8 clips), Qwen ~11 s / 0.35 s an image (near 32 images).
 COMPILE_MIN_ITEMS = {"wan": 8, "qwen": 32}
-# The GGUF dequantization compiled alone (compiled_dequant) is never chosen by `auto`. Measured on an H100 while the
-# host waited at each streamed block (bench/results/2026-12-06-h100-night), the 10 GB plans were no faster with it
-# (Wan 480p clip 20.12 s against 19.89 s) or slower (Qwen edit 3.38 against 3.21 s; 24 GB plan 3.08 against
-# 2.64 s), after 5-10 s of compiling. With the host running ahead (bench/results/2026-12-07-h100-evening), the
-# Qwen 10 GB edit took 2.28 s against 2.42 s, its first edit 3.7 s longer: worth it from ~28 edits in one run, but
-# one row; the others (and Wan) are to be measured before `auto` takes it. `--compile on` applies it.
+# The GGUF dequantization compiled alone (compiled_dequant), where the plan streams the blocks. With the host running
+# ahead (bench/results/2026-12-07-h200-night/cd.json, H200) the 10 GB Wan clip took 16.92 s against 17.54 s and the
+# 24 GB Qwen edit 2.19 against 2.25 s; the 10 GB Qwen edit 2.28 against 2.42 s (H100, 2026-12-07-h100-evening).
+# Compiling costs each process 10.0 s for Wan's Q4_K and Q6_K (2026-12-06-h100-night) and 4.8-6.6 s for Q8_0,
+# so it pays from ~17 clips and ~28-40 edits (the 24 GB Qwen row, a quarter of its blocks streamed, from ~100).
+# Before the host ran ahead (2026-12-06-h100-night) it made those rows no faster or slower, so measure again
+# before lowering these.
+COMPILE_DEQUANT_MIN_ITEMS = {"wan": 20, "qwen": 40}
 FP8_CAPABILITY = (8, 9)  # Ada and Hopper and newer have fp8 tensor cores
 
 
@@ -58,13 +61,14 @@ def default_speed(device_type: str, placement: Placement, compile_choice: str = 
     `auto` compiles the blocks only where it was measured to pay: the whole denoiser on a CUDA GPU while it runs
     and a run long enough to earn back the compile (COMPILE_MIN_ITEMS). Blocks are never compiled where offload
     hooks stream the weights block by block (dynamo cannot trace the hooks' transfers, even with `on`); there
-    `on` compiles the GGUF weights' dequantization instead (compiled_dequant), which `auto` never does (measured
-    on one row only since the host runs ahead: see the constants above).
+    the GGUF weights' dequantization is compiled instead (compiled_dequant): with `on`, and with `auto` on a CUDA
+    GPU for a run long enough to earn back its compile (COMPILE_DEQUANT_MIN_ITEMS).
     """
     hooks = Placement(placement).streams
     worth_it = device_type == "cuda" and Placement(placement).runs_whole_on_gpu and items >= COMPILE_MIN_ITEMS[family]
     compile_on = {"on": not hooks, "off": False}.get(compile_choice, worth_it)
-    dequantize = compile_choice == "on" and hooks  # where `on` cannot compile the blocks
+    long_run = device_type == "cuda" and items >= COMPILE_DEQUANT_MIN_ITEMS[family]
+    dequantize = hooks and {"on": True, "off": False}.get(compile_choice, long_run)  # where blocks cannot compile
     return Speed(compile=compile_on, compile_dequantize=dequantize, attention=attention,
                  fp8_matmul=fp8_matmul and device_type == "cuda")
 
