@@ -71,11 +71,9 @@ CAPS = {"cap10": 10, "cap12": 12, "cap16": 16, "cap24": 24, "cap48": 48}
 # another);
 # `planVxR-compdq`: the plan with its GGUF dequantization compiled (compiled_dequant, what `--compile on` does
 # where blocks stream), against the plan's own (diffusers' dequantization at every call) in the same run;
-# `planVxR-lockfirst`: with --from-disk, each streamed chunk page-locked before the read copies into it, against
-# the scripts' locking of filled chunks behind the load (producer.sizing.lock_behind) in the same run;
 # `planVxR-lora` / `-lorapeft`: the plan with the step-distill LoRA, folded into GGUF weights / as adapters
 # (bench/loras.py).
-PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)(-streamall|-dequant|-waitblocks|-q4|-q8|-compdq|-lockfirst)?(-lora|-lorapeft)?$")
+PLAN_CONFIG = re.compile(r"^plan(\d+)x(\d+)(-streamall|-dequant|-waitblocks|-q4|-q8|-compdq)?(-lora|-lorapeft)?$")
 FORCED_FORMS = {"-q4": "gguf-q4", "-q8": "gguf-q8"}
 
 
@@ -106,8 +104,7 @@ def parse_args(argv=None):
                         "dequantized on arrival; planVxR-waitblocks: with the host waiting at each streamed block "
                         "(the previous way); "
                         "planVxR-q4 / -q8: with that GGUF form asked for; planVxR-compdq: with the GGUF "
-                        "dequantization compiled; planVxR-lockfirst: with --from-disk, each streamed chunk locked "
-                        "before the read fills it (the previous way); planVxR-lora / -lorapeft: with the step-distill LoRA folded into "
+                        "dequantization compiled; planVxR-lora / -lorapeft: with the step-distill LoRA folded into "
                         "GGUF weights / as adapters); the batch workloads take project and planVxR")
     p.add_argument("--repeats", type=int, default=2, help="runs per process; the first is reported as cold")
     p.add_argument("--measure-steps", type=int, default=None,
@@ -133,11 +130,7 @@ def parse_args(argv=None):
     p.add_argument("--write-gguf", nargs=2, metavar=("FORM", "DIR"), help=argparse.SUPPRESS)
     p.add_argument("--write-lora", nargs=3, metavar=("FAMILY", "WIDE", "PATH"), help=argparse.SUPPRESS)
     p.add_argument("--child", nargs=2, metavar=("WORKLOAD", "CONFIG"), help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    configs = [c for spec in args.run for c in spec.partition(":")[2].split(",")]
-    if not args.from_disk and any(has_lever(c, "-lockfirst") for c in configs):
-        p.error("-lockfirst changes only a load from disk (pin_in_place always locks first): add --from-disk DIR")
-    return args
+    return p.parse_args(argv)
 
 
 # ---------------------------------------------------------------- the parent: one process per configuration

@@ -283,8 +283,7 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
         _wan_probe(pipe.transformer, embeds, width, height, frames), before)}
     extra.update(built, **_expected("wan", config))
     if from_disk:
-        session, disk = disk_session.session_from_disk(args, pipe, plan, form, device, speed_choice, lora_specs,
-                                                       has_lever(config, "-lockfirst"))
+        session, disk = disk_session.session_from_disk(args, pipe, plan, form, device, speed_choice, lora_specs)
         extra.update(disk)
     else:
         session = wan.WanSession.from_components(pipe, plan, device, progress=False, lora_specs=lora_specs)

@@ -37,16 +37,12 @@ def write_gguf_files(args, form: str, folder: str) -> dict:
     return written
 
 
-def session_from_disk(args, pipe, plan, form: str, device: str, speed, lora_specs, lock_first: bool):
+def session_from_disk(args, pipe, plan, form: str, device: str, speed, lora_specs):
     """A Wan session whose experts the scripts' own loader (experts.ExpertsOnDisk) reads from GGUF files: the
-    load, and for one-expert-in-RAM plans the reload at every clip, are measured as a user meets them.
-    `lock_first`: streamed chunks page-locked before the read fills them (the scripts lock them behind it)."""
+    load, and for one-expert-in-RAM plans the reload at every clip, are measured as a user meets them."""
     from children import _dtype, _timed
     from producer.engines.wan import experts, wan
     from producer.engines.wan.wan_load import WanFiles
-    from producer.sizing import gguf_host
-
-    gguf_host.LOCK_BEHIND = not lock_first
     folder = Path(args.from_disk)
     paths = gguf_paths(folder, form, args.size)
     if not all(p.exists() for p in paths.values()):

@@ -3,12 +3,10 @@ experts, so that `load_to_first_step_s` against the disk's read floor can be exp
 
 Stages (each synchronised with the GPU at its end; a stage inside another is also counted in it):
 - `read`: the GGUF file's tensors copied from the mapped file into host chunks (gguf_host.read_into_host_chunks;
-  page-locking the chunks is part of it with `-lockfirst`, and runs behind the load otherwise);
+  making the page-locked chunks is part of it);
 - `gguf_load`: the whole of gguf_host.load_gguf, the read and diffusers' `from_single_file` building the model;
 - `loras`: the session's LoRA loading (folding the step-distill factors beside the GGUF weights);
-- `place`: offload.place_module (waiting for the chunks' page-locking, pinning what is left, group offloading,
-  the resident blocks to the GPU);
-- `lock_wait`: inside `place`, the wait for the page-locking that ran behind the load (sizing/lock_behind.py);
+- `place`: offload.place_module (pinning what is left, group offloading, the resident blocks to the GPU);
 - `pinned_alloc` (CUDA only): the time PyTorch's pinned allocator spent making page-locked memory, inside the
   stages above (torch.cuda.memory.host_memory_stats).
 `build` (`gguf_load` - `read`) is added to the result, as is `other` (the whole less the outer stages).
@@ -42,12 +40,11 @@ def watched(device: str):
 @contextmanager
 def _stages(device: str):
     from producer.engines.wan import wan
-    from producer.sizing import gguf_host, lock_behind, offload
+    from producer.sizing import gguf_host, offload
 
     seconds: dict[str, float] = {}
     targets = [(gguf_host, "read_into_host_chunks", "read"), (gguf_host, "load_gguf", "gguf_load"),
-               (wan.WanSession, "_load_loras", "loras"), (offload, "place_module", "place"),
-               (lock_behind, "settle", "lock_wait")]
+               (wan.WanSession, "_load_loras", "loras"), (offload, "place_module", "place")]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in targets]
 
     def timing(original, stage):

@@ -13,9 +13,9 @@ allocation, its page faults and the locking. Ways:
 - `register-later` (CUDA only): plain chunks filled first, then locked in place by cudaHostRegister, timed
   apart (`register_s`, with 1 and 4 threads each locking whole chunks; `unregister_s`, unlocking them all from
   one thread) and once more from a second thread while this one runs Python (`python_rate_while_registering`:
-  this thread's loop rate then, against its rate alone; ~1 means the call lets go of the GIL). What the
-  scripts' load does for a streamed GGUF model (producer.sizing.lock_behind): it locks the chunks of the read
-  file while the model is built and its LoRA loaded.
+  this thread's loop rate then, against its rate alone; ~1 means the call lets go of the GIL): the cost of
+  locking memory already filled, against making it locked (the scripts make it locked: locking a load's chunks
+  behind it was measured slower, sizing/gguf_host.py).
 
     python bench/pinning.py --gib 8 --out pinning.json
 

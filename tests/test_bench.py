@@ -355,16 +355,6 @@ def test_the_numerical_difference_of_a_clip_sized_output_keeps_its_cosine_within
     assert 0.99 < diff["cosine"] <= 1.0 and 0.02 < diff["relative_l2"] < 0.07
 
 
-def test_lockfirst_without_a_load_from_disk_is_refused_as_it_would_change_nothing(capsys):
-    sys.path.insert(0, str(BENCH.parent))
-    import benchmark
-
-    with pytest.raises(SystemExit) as exit_:
-        benchmark.parse_args(["--run", "qwen-1ref-4:plan10x32,plan10x32-lockfirst"])
-    assert exit_.value.code == 2 and "--from-disk" in capsys.readouterr().err
-    assert benchmark.parse_args(["--from-disk", "/tmp/m", "--run", "wan-480p-4:plan10x32-lockfirst-lora"])
-
-
 def test_the_host_runs_ahead_in_the_plans_unless_the_configuration_says_waitblocks():
     sys.path.insert(0, str(BENCH.parent))
     import children

@@ -125,3 +125,32 @@ def test_a_wan_expert_read_for_a_plan_with_resident_blocks_reads_them_apart_on_c
     assert ExpertsOnDisk(None, torch.bfloat16, torch.device("cpu"), plan)._resident("transformer") == ()
     resident = memory.plan_memory(from_sizes(80, 32), memory.WAN_FOOTPRINT, work)
     assert ExpertsOnDisk(None, torch.bfloat16, torch.device("cuda"), resident)._resident("transformer") == ()
+
+
+def test_on_cuda_the_file_is_read_into_the_allocators_chunks_and_the_resident_blocks_apart(wan_q4, monkeypatch):
+    """Where CUDA is present, a model that lives in host memory is read into chunks from PyTorch's pinned allocator
+    (locked before the read copies into them; nothing is locked where it lies, which measured slower), the blocks
+    kept on the card into plain memory of their own, and it loads the same weights."""
+    from diffusers import WanTransformer3DModel
+
+    chunks, registered = [], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(offload, "_pinned_chunk", lambda n: chunks.append(torch.empty(n, dtype=torch.uint8))
+                        or chunks[-1])
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: registered.append("cudart") or None)
+    path, config = wan_q4
+    on_gpu = gguf_host.resident_prefixes("blocks", 2, 1)
+    model = gguf_host.load_gguf(WanTransformer3DModel, path, config, "transformer", torch.float32, True, on_gpu)
+    assert chunks and not registered
+
+    def in_chunks(tensor):
+        return any(c.data_ptr() <= tensor.data_ptr() < c.data_ptr() + c.numel() for c in chunks)
+
+    resident = [p for p in model.blocks[0].parameters() if getattr(p, "quant_type", None) is not None]
+    streamed = [p for p in model.blocks[1].parameters() if getattr(p, "quant_type", None) is not None]
+    assert resident and streamed and all(map(in_chunks, streamed)) and not any(map(in_chunks, resident))
+    assert all(p.untyped_storage().nbytes() == p.numel() * p.element_size() for p in resident)  # each its own
+    reference = gguf_host.load_gguf(WanTransformer3DModel, path, config, "transformer", torch.float32, False)
+    theirs = reference.state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value.view(torch.uint8), theirs[name].view(torch.uint8)), name

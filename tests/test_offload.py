@@ -56,6 +56,22 @@ def test_a_refusal_to_lock_memory_leaves_the_rest_usable(monkeypatch, caplog):
     assert "could not page-lock" in caplog.text
 
 
+def test_pinning_in_place_on_cuda_copies_into_the_allocators_chunks_not_locking_in_place(monkeypatch):
+    """pin_in_place asks PyTorch's pinned allocator: locking filled chunks where they lie made the whole placement
+    2.3 s slower on an H100 (offload.py says where); nothing is registered with CUDA, every weight keeps its value."""
+    chunks, registered = [], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: registered.append("cudart") or None)
+    monkeypatch.setattr(offload, "_pinned_chunk", lambda n: chunks.append(torch.empty(n, dtype=torch.uint8))
+                        or chunks[-1])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(6)])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pinned = offload.pin_in_place(model, chunk_bytes=8192)
+    assert pinned == sum(v.numel() * v.element_size() for v in before.values())
+    assert chunks and not registered
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
 def test_the_allocator_grows_segments_unless_the_user_chose(monkeypatch):
     from producer.facts import hardware
 

@@ -25,7 +25,6 @@ from contextlib import contextmanager
 import torch
 
 from producer.facts.registry import WAN_DENOISERS
-from producer.sizing import lock_behind
 from producer.sizing.host_copies import keep_host_copies
 from producer.sizing.memory import MemoryPlan, Placement
 
@@ -72,7 +71,6 @@ def place_module(module: torch.nn.Module, placement: Placement, device: torch.de
     `dequantize_on_arrival`: the streamed GGUF blocks are dequantized as they arrive (producer.sizing.arrival);
     `run_ahead`: the host does not wait for the GPU at every streamed block (producer.sizing.run_ahead)."""
     placement = Placement(placement)  # a placement's value (`group_offload`) names it too; others raise
-    _settle(module)
     if placement is Placement.GPU:
         module.to(device)
     elif placement is Placement.GROUP_OFFLOAD:
@@ -82,13 +80,6 @@ def place_module(module: torch.nn.Module, placement: Placement, device: torch.de
         _group_offload(module, device, leaf=True)
     else:  # model_offload (the expert swap, or the session, brings it to the GPU for its turn) and cpu
         module.to("cpu")
-
-
-def _settle(module: torch.nn.Module) -> None:
-    """Wait for the page-locking of a GGUF model's chunks still in flight (producer.sizing.lock_behind)."""
-    locked, refused = lock_behind.settle(module)
-    if refused:
-        warn_unpinned(locked, RuntimeError(refused))
 
 
 def place_text_encoder(module: torch.nn.Module, placement: Placement, device: torch.device) -> None:
@@ -256,9 +247,9 @@ PIN_ALIGN = 512
 
 
 # Chunks from PyTorch's pinned allocator, locked before the copy. Locking filled plain chunks where they lie (four
-# threads beside the copy, as producer.sizing.lock_behind does behind a load from disk) timed faster alone, 0.27 s
-# against 1.61 s per 8 GiB, yet made the whole placement 2.3-2.4 s slower: Qwen's Q8 transformer 8.4-8.6 s against
-# 6.2-6.3 s, Wan's two Q4 experts 6.45 s against 4.09 s (H100, bench/results/2026-12-07-h100-evening).
+# threads beside the copy) timed faster alone, 0.27 s against 1.61 s per 8 GiB, yet made the whole placement
+# 2.3-2.4 s slower: Qwen's Q8 transformer 8.4-8.6 s against 6.2-6.3 s, Wan's two Q4 experts 6.45 s against 4.09 s
+# (H100, bench/results/2026-12-07-h100-evening). Locking them behind a load from disk was slower too (gguf_host).
 def pin_in_place(module: torch.nn.Module, chunk_bytes: int | None = None) -> int:
     """Move the module's host weights into page-locked chunks, tensor by tensor, and return the bytes pinned.
 
@@ -293,15 +284,12 @@ class HostPacker:
     the other wasted ~1.4 GiB (`tests/test_offload.py` packs its real tensor sizes; from its layer shapes,
     Qwen's Q8 transformer ~0.6 GiB against ~2.3), and pinning each tensor would round each up to a power of
     two (~1.6x). Without CUDA the chunks are plain memory, exact in size, so the same packing runs (and is
-    tested) on CPUs. With a `locker` (producer.sizing.lock_behind) the chunks are plain memory that it locks in
-    the background, each once it is full (the rest at `finish`).
+    tested) on CPUs.
     """
 
-    def __init__(self, chunk_bytes: int | None = None, pinned: bool | None = None, total: int | None = None,
-                 locker=None):
+    def __init__(self, chunk_bytes: int | None = None, pinned: bool | None = None, total: int | None = None):
         self.chunk_bytes = chunk_bytes or PIN_CHUNK
-        self.locker = locker
-        self.pinned = False if locker else torch.cuda.is_available() if pinned is None else pinned
+        self.pinned = torch.cuda.is_available() if pinned is None else pinned
         self.allocated = 0  # bytes of the chunks made: what the packed tensors hold in host memory
         self._open: list[list] = []  # [chunk, bytes used] of the chunks with room left
         self._left = total  # bytes still to come (aligned), or None when the caller does not know
@@ -322,26 +310,14 @@ class HostPacker:
         slot[1] += need
         if slot[1] + PIN_ALIGN > chunk.numel():
             self._open = [s for s in self._open if s is not slot]  # full: not searched again
-            if self.locker:
-                self.locker.submit(chunk)
         if self._left is not None:
             self._left = max(self._left - need, 0)
         return view
 
     def _new_chunk(self, nbytes: int) -> torch.Tensor:
-        if self.locker:
-            chunk = self.locker.chunk(nbytes)
-        else:
-            chunk = _pinned_chunk(nbytes) if self.pinned else torch.empty(nbytes, dtype=torch.uint8)
+        chunk = _pinned_chunk(nbytes) if self.pinned else torch.empty(nbytes, dtype=torch.uint8)
         self.allocated += nbytes
         return chunk
-
-    def finish(self) -> None:
-        """Hand the chunks not yet full to the locker (none without one): nothing more comes."""
-        if self.locker:
-            for chunk, _ in self._open:
-                self.locker.submit(chunk)
-        self._open = []
 
     def chunk_size(self, need: int) -> int:
         """The next chunk's bytes: `chunk_bytes`, or less where `total` says less is left; never less than the

@@ -104,8 +104,7 @@ def load_session(files: ModelFiles, plan: MemoryPlan, device=None, **kwargs) -> 
             placement = plan.components["transformer"].placement
             on_gpu = gguf_host.kept_on_gpu(plan, "transformer", registry.QWEN_BLOCK_LIST, device or plan.device)
             transformer = gguf_host.load_gguf(QwenImageTransformer2DModel, files.gguf, snap, "transformer", dtype,
-                                              placement is not Placement.GPU, on_gpu,
-                                              streamed=placement is Placement.GROUP_OFFLOAD)
+                                              placement is not Placement.GPU, on_gpu)
         else:
             transformer = QwenImageTransformer2DModel.from_pretrained(snap, subfolder="transformer", dtype=dtype,
                                                                       use_safetensors=True)

@@ -25,13 +25,12 @@ class ExpertsOnDisk:
     def __init__(self, files: WanFiles, dtype: torch.dtype, device: torch.device, plan: memory.MemoryPlan):
         self.files, self.dtype, self.device, self.plan = files, dtype, device, plan
 
-    def get(self, component: str, on_host: bool = False, streamed: bool = False) -> torch.nn.Module:
+    def get(self, component: str, on_host: bool = False) -> torch.nn.Module:
         """`on_host`: the expert will live in host memory (streamed or swapped), so a GGUF file is read
-        straight into the page-locked chunks that transfers come from (one copy instead of three); `streamed`:
-        block by block (those chunks are then locked while the load goes on: producer.sizing.lock_behind)."""
+        straight into the page-locked chunks that transfers come from (one copy instead of three)."""
         if self.files.gguf:
             return gguf_host.load_gguf(WanTransformer3DModel, self.files.gguf[component], self.files.snapshot,
-                                       component, self.dtype, on_host, self._resident(component), streamed)
+                                       component, self.dtype, on_host, self._resident(component))
         kwargs = {}
         straight_to_gpu = self.plan.components[component].placement is Placement.GPU and self.files.weights == "bf16"
         if straight_to_gpu and self.device.type == "cuda":
@@ -52,7 +51,7 @@ class ExpertsInMemory:
     def __init__(self, modules: dict[str, torch.nn.Module]):
         self.modules = modules
 
-    def get(self, component: str, on_host: bool = False, streamed: bool = False) -> torch.nn.Module:
+    def get(self, component: str, on_host: bool = False) -> torch.nn.Module:
         return self.modules[component]
 
 

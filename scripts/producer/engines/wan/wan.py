@@ -243,8 +243,7 @@ class WanSession:
         if getattr(self.pipe, component) is not None:
             return
         placement = self._placement(component)
-        module = self._experts.get(component, on_host=placement is not Placement.GPU,
-                                   streamed=placement is Placement.GROUP_OFFLOAD)
+        module = self._experts.get(component, on_host=placement is not Placement.GPU)
         if not getattr(module, "_producer_prepared", False):
             self._load_loras(component, module)
             if self.plan.components[component].weights == "fp8":
