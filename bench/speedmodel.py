@@ -89,6 +89,11 @@ NOTES = [
         "with the files in the page cache of a machine whose RAM holds them; where RAM cannot hold them beside the "
         "plan, loading goes no faster than disk_read_gb_s (an assumption, not a measurement)."
     ),
+    (
+        "expert_read_gb_s: with one Wan expert in RAM, how fast the scripts read an expert at its turn where the "
+        "disk is at least twice as fast (the files in the page cache): reading, building and placing it. An "
+        "expert read is charged at the lower of this and disk_read_gb_s."
+    ),
 ]
 
 
@@ -157,6 +162,20 @@ def entry_of(run: dict, gpu: str, source: str) -> dict | None:
 
 def _disk_reads(seconds: dict) -> float:
     return seconds.get("load_experts", 0.0) + seconds.get("expert_swap", 0.0)
+
+
+def expert_read_gb_s(runs: list[dict]) -> float | None:
+    """How fast the scripts take in a Wan expert read from disk at its turn when the disk is not what limits
+    them: the bytes of both experts over a clip's two reads (its load and its swap), in runs whose disk
+    measured at least twice that rate (reading, building the model and placing it, not the disk). None
+    without such a run."""
+    rates = []
+    for run in runs:
+        sec, disk = run.get("seconds", {}), run.get("disk_read") or {}
+        if sec.get("load_experts") and sec.get("expert_swap") and disk.get("gb_per_s"):
+            rate = disk["bytes"] / 1e9 / _disk_reads(sec)
+            rates += [rate] if disk["gb_per_s"] >= 2 * rate else []
+    return round(statistics.median(rates), 2) if rates else None
 
 
 def production_parts(data: dict, gpu: str, source: str) -> tuple[list[dict], list[dict]]:
@@ -310,8 +329,10 @@ def build(paths: list[Path]) -> dict:
     text: dict[tuple, dict] = {}
     samples: list[dict] = []
     read: list[dict] = []  # every entry read, also those replaced: the fit of resident forms uses them all
+    every_run: list[dict] = []
     for path in paths:
         data = json.loads(path.read_text(encoding="utf-8"))
+        every_run += data["runs"]
         gpu = data["environment"].get("gpu", "CPU")
         produced, loads = production_parts(data, gpu, _rel(path))
         samples += loads
@@ -354,6 +375,7 @@ def build(paths: list[Path]) -> dict:
             "write_s": write,
             "written_behind_s": behind,
             "load_gb_s": load,
+            **({"expert_read_gb_s": rate} if (rate := expert_read_gb_s(every_run)) else {}),
         },
         "token_curves": token_curves(ordered),
         "bandwidth_share": bandwidth_share(ordered),

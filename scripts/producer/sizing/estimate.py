@@ -232,9 +232,11 @@ def predict_item(
     other = entry["other_s"] + _writing(a, item.family, items_in_run)
     if plan.experts_in_ram == 1 and item.family == "wan":
         expert = FOOTPRINTS["wan"].denoiser_params * memory.BYTES_PER_PARAM[plan.weights]
-        other += 2 * expert / 1e9 / a["disk_read_gb_s"] * expert_reads(items_in_run, position)
+        rate = min(a["disk_read_gb_s"], a.get("expert_read_gb_s", math.inf))  # the disk, or what follows the read
+        other += 2 * expert / 1e9 / rate * expert_reads(items_in_run, position)
         each = "clip" if items_in_run == 1 else f"group of up to {memory.CLIPS_PER_EXPERT_READ} clips"
-        notes.append(f"both experts are read from disk for every {each} (assumed {a['disk_read_gb_s']} GB/s)")
+        why = "the disk's assumed speed" if rate == a["disk_read_gb_s"] else "measured: reading and setting up an expert"
+        notes.append(f"both experts are read from disk for every {each} ({rate} GB/s, {why})")
     if not gpu.known:
         notes.append(f"{gpu.name}: {gpu.source}")
     denoise = forward * item.forwards
