@@ -292,7 +292,10 @@ def run_wan(args, workload: str, config: str, device: str) -> dict:
     ramwatch.mark_session_stages(session, "wan")
     session._embeds[job.prompt_key] = (embeds, negative)  # the text encoder is bypassed (timed on its own)
     extra["peak_vram_before_decode_gib"] = _peak_before(session, "decode", device)
-    cold, total, clip = _steady_runs(lambda: session.generate(job), args.repeats, device)
+    with disk_session.reads_in_clips(device, plan, from_disk) as reads:
+        cold, total, clip = _steady_runs(lambda: session.generate(job), args.repeats, device)
+    if reads:  # where a clip's reads of its experts go (one expert in RAM), for the next lever
+        extra["clip_read_stages_s"] = disk_session.per_clip(reads, clip.seconds, args.repeats)
     seconds = _scaled_seconds(clip.seconds, total, ("denoise", "high_expert", "low_expert"), steps, measured)
     experts = {k: {"steps": v.steps, "forwards": v.forwards} for k, v in clip.experts.items()}
     notes = session.speed_notes if from_disk else notes  # the session applied them to the experts it read

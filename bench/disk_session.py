@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import fullsize
@@ -64,3 +65,21 @@ def session_from_disk(args, pipe, plan, form: str, device: str, speed, lora_spec
     # The floor: reading what was loaded (both files, or the first expert's for one-expert-in-RAM plans).
     disk["load_floor_s"] = round(disk["disk_read"]["seconds"] * (1.0 if plan.experts_in_ram == 2 else 0.5), 3)
     return session, disk
+
+
+@contextmanager
+def reads_in_clips(device: str, plan, watch: bool):
+    """With one expert in RAM, each clip reads its experts at their turn (`load_experts`, `expert_swap`): yields a
+    dict that fills with those reads' load stages (load_stages), summed over the runs; an empty one otherwise."""
+    if not (watch and plan.experts_in_ram == 1):
+        yield {}
+        return
+    with load_stages.watched(device) as stages:
+        yield stages
+
+
+def per_clip(stages: dict, clip_seconds: dict, runs: int) -> dict:
+    """`reads_in_clips`' stages per clip, against the last clip's own seconds of reading (its `other`: what the
+    stages do not name, e.g. freeing the expert before)."""
+    whole = clip_seconds.get("load_experts", 0.0) + clip_seconds.get("expert_swap", 0.0)
+    return load_stages.summary({k: v / runs for k, v in stages.items()}, whole)

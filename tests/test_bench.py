@@ -152,6 +152,33 @@ def _check_the_load_from_disk(run: dict, tmp_path: Path) -> None:
     assert max(stages.values()) == run["peak_ram_anon_gib"]
 
 
+def test_a_clips_reads_of_its_experts_are_timed_by_stage_only_with_one_expert_in_ram(tmp_path):
+    """The 16 GB rows read each expert at its turn inside every clip (11.9 s of a 30 s clip on the H200): the
+    benchmark times those reads by load stage, per clip, where a plan holds one expert in RAM."""
+    from types import SimpleNamespace
+
+    sys.path[:0] = [str(BENCH.parent), str(BENCH.parents[1] / "scripts")]
+    import disk_session
+    from producer.sizing import gguf_host
+
+    def read_twice():
+        for _ in range(2):
+            with pytest.raises(FileNotFoundError):
+                gguf_host.read_into_host_chunks(tmp_path / "missing.gguf")
+
+    with disk_session.reads_in_clips("cpu", SimpleNamespace(experts_in_ram=2), True) as reads:
+        read_twice()
+    assert reads == {}
+    with disk_session.reads_in_clips("cpu", SimpleNamespace(experts_in_ram=1), False) as reads:
+        read_twice()
+    assert reads == {}  # not read from disk: nothing to time
+    with disk_session.reads_in_clips("cpu", SimpleNamespace(experts_in_ram=1), True) as reads:
+        read_twice()
+    assert set(reads) == {"read"} and reads["read"] > 0
+    clip = disk_session.per_clip({"read": 0.4, "gguf_load": 1.0, "place": 0.2}, {"load_experts": 0.9, "expert_swap": 0.6}, 2)
+    assert clip == {"read": 0.2, "gguf_load": 0.5, "place": 0.1, "build": 0.3, "other": 0.9}
+
+
 def test_plan_configs_carry_the_plans_resident_blocks_and_streamall_turns_them_off():
     sys.path[:0] = [str(BENCH.parent), str(BENCH.parents[1] / "scripts")]
     import benchmark
