@@ -87,12 +87,9 @@ NOTES = [
         "load_gb_s: per family, the bytes a batch reads (denoisers in their form, text encoder and VAE in bf16) "
         "over the seconds a production-3 phase spent besides its items and prompts (reading, placing, setting up), "
         "with the files in the page cache of a machine whose RAM holds them; where RAM cannot hold them beside the "
-        "plan, loading goes no faster than disk_read_gb_s (an assumption, not a measurement)."
-    ),
-    (
-        "expert_read_gb_s: with one Wan expert in RAM, how fast the scripts read an expert at its turn where the "
-        "disk is at least twice as fast (the files in the page cache): reading, building and placing it. An "
-        "expert read is charged at the lower of this and disk_read_gb_s."
+        "plan, loading goes no faster than disk_read_gb_s (an assumption, not a measurement). expert_read_gb_s: "
+        "with one Wan expert in RAM, how fast a clip reads its experts where the disk was twice as fast (reading, "
+        "building, placing); an expert read is charged at the lower of it and disk_read_gb_s."
     ),
 ]
 
@@ -165,10 +162,8 @@ def _disk_reads(seconds: dict) -> float:
 
 
 def expert_read_gb_s(runs: list[dict]) -> float | None:
-    """How fast the scripts take in a Wan expert read from disk at its turn when the disk is not what limits
-    them: the bytes of both experts over a clip's two reads (its load and its swap), in runs whose disk
-    measured at least twice that rate (reading, building the model and placing it, not the disk). None
-    without such a run."""
+    """Both experts' bytes over a clip's reads of them (its load and its swap), in runs whose disk measured at
+    least twice that rate: the pace of reading, building and placing, not the disk's. None without such runs."""
     rates = []
     for run in runs:
         sec, disk = run.get("seconds", {}), run.get("disk_read") or {}
@@ -392,9 +387,7 @@ def _on_this_disk(model: dict, run: dict) -> dict:
     """The model with the disk speed the run measured (runs reading experts from files record it): the
     assumed 1 GB/s is a user's disk, not the benchmark machine's."""
     measured = (run.get("disk_read") or {}).get("gb_per_s")
-    if not measured:
-        return model
-    return {**model, "assumptions": {**model["assumptions"], "disk_read_gb_s": measured}}
+    return {**model, "assumptions": {**model["assumptions"], "disk_read_gb_s": measured}} if measured else model
 
 
 def compare(data: dict, model: dict, source: str = "") -> list[dict]:
