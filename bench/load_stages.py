@@ -7,6 +7,8 @@ Stages (each synchronised with the GPU at its end; a stage inside another is als
 - `gguf_load`: the whole of gguf_host.load_gguf, the read and diffusers' `from_single_file` building the model;
 - `loras`: the session's LoRA loading (folding the step-distill factors beside the GGUF weights);
 - `place`: offload.place_module (pinning what is left, group offloading, the resident blocks to the GPU);
+- `release`: offload.release (letting a model go: with one Wan expert in RAM, the other expert before each read,
+  its page-locked chunks handed back to the system);
 - `pinned_alloc` (CUDA only): the time PyTorch's pinned allocator spent making page-locked memory, inside the
   stages above (torch.cuda.memory.host_memory_stats).
 `build` (`gguf_load` - `read`) is added to the result, as is `other` (the whole less the outer stages).
@@ -44,7 +46,8 @@ def _stages(device: str):
 
     seconds: dict[str, float] = {}
     targets = [(gguf_host, "read_into_host_chunks", "read"), (gguf_host, "load_gguf", "gguf_load"),
-               (wan.WanSession, "_load_loras", "loras"), (offload, "place_module", "place")]
+               (wan.WanSession, "_load_loras", "loras"), (offload, "place_module", "place"),
+               (offload, "release", "release")]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in targets]
 
     def timing(original, stage):
@@ -106,6 +109,6 @@ def summary(seconds: dict[str, float], whole: float) -> dict[str, float]:
     out = dict(seconds)
     if "gguf_load" in out:
         out["build"] = out["gguf_load"] - out.get("read", 0.0)
-    outer = sum(out.get(k, 0.0) for k in ("gguf_load", "loras", "place"))
+    outer = sum(out.get(k, 0.0) for k in ("gguf_load", "loras", "place", "release"))
     out["other"] = max(whole - outer, 0.0)
     return {k: round(v, 3) for k, v in out.items()}

@@ -159,7 +159,8 @@ def test_a_clips_reads_of_its_experts_are_timed_by_stage_only_with_one_expert_in
 
     sys.path[:0] = [str(BENCH.parent), str(BENCH.parents[1] / "scripts")]
     import disk_session
-    from producer.sizing import gguf_host
+    import torch
+    from producer.sizing import gguf_host, offload
 
     def read_twice():
         for _ in range(2):
@@ -175,8 +176,12 @@ def test_a_clips_reads_of_its_experts_are_timed_by_stage_only_with_one_expert_in
     with disk_session.reads_in_clips("cpu", SimpleNamespace(experts_in_ram=1), True) as reads:
         read_twice()
     assert set(reads) == {"read"} and reads["read"] > 0
-    clip = disk_session.per_clip({"read": 0.4, "gguf_load": 1.0, "place": 0.2}, {"load_experts": 0.9, "expert_swap": 0.6}, 2)
-    assert clip == {"read": 0.2, "gguf_load": 0.5, "place": 0.1, "build": 0.3, "other": 0.9}
+    stages = {"read": 0.4, "gguf_load": 1.0, "place": 0.2, "release": 0.4}
+    clip = disk_session.per_clip(stages, {"load_experts": 0.9, "expert_swap": 0.6}, 2)
+    assert clip == {"read": 0.2, "gguf_load": 0.5, "place": 0.1, "release": 0.2, "build": 0.3, "other": 0.7}
+    with disk_session.reads_in_clips("cpu", SimpleNamespace(experts_in_ram=1), True) as reads:
+        offload.release(SimpleNamespace(vae=torch.nn.Linear(2, 2)), "vae")  # the expert let go before a read
+    assert reads["release"] > 0
 
 
 def test_plan_configs_carry_the_plans_resident_blocks_and_streamall_turns_them_off():
