@@ -34,7 +34,8 @@ PHASES = ("philosophy", "scenes", "assets", "keyframes", "clips", "film")
 PHASE_NUMBERS = {"philosophy": "1", "scenes": "2", "assets": "2.5", "keyframes": "3", "clips": "4", "film": "5"}
 PHASE_FILES = {"philosophy": (PHILOSOPHY, STYLE), "scenes": (SCENE_BREAKDOWN,), "assets": (ASSETS,)}
 SETTINGS = "settings.json"
-JUDGE = "judge"  # settings.json's thresholds of the judging (producer.workflow.drift) and the retake budget
+JUDGE = "judge"  # settings.json: {"judge": {NAME: VALUE}}, the thresholds of the judging (workflow.drift,
+# the scripts' --judge) and the retake budget (workflow.retakes)
 RETAKE_KEYS = ("retake_variants", "retake_budget")
 
 

@@ -24,12 +24,11 @@ from PIL import Image, ImageDraw
 from producer.engines import judge
 from producer.errors import CliError
 from producer.files import layout, media, paths, review, video
-from producer.production.project import RETAKE_KEYS, judge_value_problem
+from producer.production.project import JUDGE, RETAKE_KEYS, judge_value_problem
 from producer.workflow import identity
 
 log = logging.getLogger("producer")
 
-SETTINGS_KEY = "judge"  # .production/settings.json: {"judge": {NAME: VALUE}}
 # A first-last-frame clip whose average colour is still this far (CIEDE2000) from the keyframes' after colour
 # matching: twice review.DRIFT_LIMIT, the drift at which auto matching steps in (its clean synthetic clip 0.5,
 # the injected drift 5.9). I2V clips are charted but not flagged: they may change colour as they move away.
@@ -56,7 +55,7 @@ class FilmLimits:
 
 def limits_from(settings: dict) -> tuple[FilmLimits, list[str]]:
     """The thresholds with the production's overrides; problems name the unknown keys and bad values."""
-    given = settings.get(SETTINGS_KEY) or {}
+    given = settings.get(JUDGE) or {}
     limits, problems = FilmLimits(), []
     frame_names = judge.Limits.names()
     identity_names = [f.name for f in fields(identity.IdentityLimits)]
@@ -74,7 +73,7 @@ def limits_from(settings: dict) -> tuple[FilmLimits, list[str]]:
             limits = replace(limits, colour_drift=float(value))
         else:
             problems.append(
-                f"{SETTINGS_KEY}.{key} is not a threshold; known: "
+                f"{JUDGE}.{key} is not a threshold; known: "
                 f"{', '.join([*frame_names, *identity_names, 'colour_drift'])}"
             )
     return limits, problems

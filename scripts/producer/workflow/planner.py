@@ -40,14 +40,13 @@ from producer.errors import CliError
 from producer.files import layout
 from producer.production import prompts
 from producer.production.assets import Asset
-from producer.production.project import Production
+from producer.production.project import JUDGE, Production
 from producer.production.rules import cell_names
 from producer.production.scenes import KeyframeRow, Problem
 from producer.workflow import seeds
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[2]
 QWEN, WAN, ASSEMBLE = "qwen_image.py", "wan_video.py", "assemble_video.py"
-JUDGE_SETTINGS = "judge"  # not a script: the thresholds `status` judges the film by (docs/judging.md)
 KEYFRAME_PRESET = "480p"  # keyframes come out at the video's frame size (832x480), so clips never crop them
 ASSET_PRESETS = {"characters": "480p-portrait", "backgrounds": "480p", "poses": "480p-portrait",
                  "styles": "480p", "objects": "square"}
@@ -251,7 +250,7 @@ def apply_settings(plan: Plan, settings: dict) -> None:
     where = f"{layout.STATE}/settings.json"
     known = {QWEN, WAN, ASSEMBLE}
     for script in settings:
-        if script not in known and script != JUDGE_SETTINGS:  # the thresholds of status (producer.workflow.drift)
+        if script not in known and script != JUDGE:  # the thresholds of status (producer.workflow.drift)
             plan.problems.append(Problem(where, 1, f"{script!r} is not a script the plan runs",
                                          f"use one of {', '.join(sorted(known))}"))
     jobs = []
@@ -291,7 +290,7 @@ def _judge_options(settings: dict) -> list[str]:
     """The broken-output thresholds of settings.json's "judge" as the scripts' --judge NAME=VALUE options."""
     from producer.engines.judge import Limits
 
-    given = settings.get(JUDGE_SETTINGS) or {}
+    given = settings.get(JUDGE) or {}
     return [f"{k}={v}" for k, v in given.items() if k in Limits.names()] if isinstance(given, dict) else []
 
 

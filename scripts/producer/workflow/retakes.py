@@ -23,7 +23,7 @@ from pathlib import Path
 from producer.errors import CliError
 from producer.files import faults, layout, provenance, review
 from producer.files.outputs import atomic_output, write_json_atomic
-from producer.production.project import judge_value_problem
+from producer.production.project import JUDGE, judge_value_problem
 from producer.workflow import approvals
 
 STATE = "retakes.json"
@@ -41,7 +41,7 @@ class Budget:
 
 
 def budget_from(settings: dict) -> Budget:
-    given = settings.get("judge") or {}
+    given = settings.get(JUDGE) or {}
 
     def count(key: str) -> int:  # a value that is not a count is a problem `check` reports: retakes stay off
         return 0 if judge_value_problem(key, given.get(key, 0)) else given.get(key, 0)
