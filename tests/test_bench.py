@@ -266,6 +266,23 @@ def test_disk_read_times_each_way_of_reading_a_file_whole(tmp_path):
     assert missing.returncode == 2 and "no such file" in missing.stderr
 
 
+def test_expert_read_times_each_way_of_making_host_tensors_from_a_gguf_file(wan_q4, tmp_path):
+    path, _ = wan_q4
+    out = tmp_path / "read.json"
+    proc = subprocess.run([sys.executable, str(BENCH.with_name("expert_read.py")), str(path), "--ways",
+                           "mmap-copy,pread-1,pread-2", "--out", str(out)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert set(result["ways"]) == {"mmap-copy", "pread-1", "pread-2"}
+    sizes = {r["bytes"] for way in result["ways"].values() for r in way.values()}
+    assert all(set(way) == {"fresh", "reused"} for way in result["ways"].values())
+    assert len(sizes) == 1 and sizes.pop() > 0.9 * path.stat().st_size  # each way read the file's tensors
+    missing = subprocess.run([sys.executable, str(BENCH.with_name("expert_read.py")), str(tmp_path / "none.gguf")],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
 def test_a_lora_runs_plan_counts_the_full_size_loras_factors():
     """A `-lora` run's plan is the full-size model's, whatever the run's size: it counts the full-size LoRA's
     factors, from the configuration alone (no file, no order between loading the LoRA and planning), and a plan

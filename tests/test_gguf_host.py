@@ -154,3 +154,31 @@ def test_on_cuda_the_file_is_read_into_the_allocators_chunks_and_the_resident_bl
     theirs = reference.state_dict()
     for name, value in model.state_dict().items():
         assert torch.equal(value.view(torch.uint8), theirs[name].view(torch.uint8)), name
+
+
+def test_every_way_of_reading_gives_the_same_bytes(wan_q4, monkeypatch):
+    """One reader or several (pieces smaller than the tensors, so they split), the bytes are the file's."""
+    path, _ = wan_q4
+    monkeypatch.setattr(gguf_host, "READ_PIECE", 4096)
+    one, several = gguf_host.read_into_host_chunks(path, threads=1), gguf_host.read_into_host_chunks(path, threads=3)
+    from diffusers.models.model_loading_utils import load_gguf_checkpoint
+
+    for name, tensor in load_gguf_checkpoint(str(path)).items():
+        for mine in (one[name], several[name]):
+            assert torch.equal(mine.view(torch.uint8), tensor.view(torch.uint8)), name
+
+
+def test_a_file_that_ends_inside_a_tensor_says_so(tmp_path):
+    """(weightcheck refuses a truncated file before loading; this is for one cut while it is read.)"""
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(bytes(range(256)) * 4)
+    whole, cut = torch.empty(1000, dtype=torch.uint8), torch.empty(100, dtype=torch.uint8)
+    for threads in (1, 2):
+        gguf_host.read_at(path, [(whole, 24)], threads)
+        assert whole.tolist() == list((bytes(range(256)) * 4)[24:1024])
+        try:
+            gguf_host.read_at(path, [(cut, 1000)], threads)
+        except ValueError as exc:
+            assert "ends at byte 1024" in str(exc) and "fetch it again" in str(exc)
+        else:
+            raise AssertionError("a cut file read without complaint")

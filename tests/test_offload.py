@@ -124,6 +124,11 @@ def test_release_hands_pinned_chunks_back(monkeypatch):
     offload.release(pipe, "transformer")
     assert pipe.transformer is None and calls == ["device cache", "pinned cache"]
 
+    calls.clear()
+    pipe.transformer = torch.nn.Linear(4, 4)
+    offload.release(pipe, "transformer", keep_pinned=True)  # the next read reuses them
+    assert pipe.transformer is None and calls == ["device cache"]
+
 
 def test_gguf_experts_are_packed_too_and_compute_the_same(standin_hf_home, monkeypatch):
     from diffusers import GGUFQuantizationConfig, WanTransformer3DModel

@@ -163,6 +163,27 @@ def test_an_expert_let_go_at_the_boundary_holds_no_memory_though_the_loop_still_
     assert seen == {"high": 0}
 
 
+def test_with_one_expert_in_ram_a_released_experts_pinned_chunks_wait_for_the_other(setup, monkeypatch):
+    """The expert read next has the same chunk sizes, so PyTorch's pinned cache hands the same locked memory
+    back; the text encoder's chunks, which nothing reuses, go back to the system."""
+    from producer.sizing import offload
+
+    plan, files = setup
+    released, release = [], offload.release
+    monkeypatch.setattr(offload, "release", lambda pipe, name, keep_pinned=False: released.append(
+        (name, keep_pinned)) or release(pipe, name, keep_pinned))
+    one = wan.WanSession.from_files(files, replace(plan, experts_in_ram=1), progress=False)
+    one.generate(job())
+    one.generate(job())
+    assert all(not keep for name, keep in released if not name.startswith("transformer"))
+    experts = [keep for name, keep in released if name.startswith("transformer")]
+    assert experts and all(experts)
+    both = wan.WanSession.from_files(files, plan, progress=False)
+    released.clear()
+    both.generate(job())
+    assert all(not keep for _, keep in released)
+
+
 def test_prebuilt_components_run_through_the_same_code(setup):
     plan, files = setup
     loaded = wan.WanSession.from_files(files, plan, progress=False).generate(job())

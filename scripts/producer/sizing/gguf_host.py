@@ -3,7 +3,8 @@
 diffusers' `load_gguf_checkpoint` copies every tensor out of the memory-mapped file (`tensor.data.copy()`),
 and `offload.pin_in_place` then copies it again into page-locked chunks: for a streamed Wan Q4 expert
 (~9.6 GB) that is the file's pages, the plain copy and the pinned copy at once, and with one expert in RAM
-it happens at every clip. Here each tensor goes from the mapped file into a `HostPacker` chunk once; the
+it happens at every clip. Here the file is parsed for its tensors' names, types and offsets, and each tensor's
+bytes are read from the file straight into room in a `HostPacker` chunk, by several readers (`read_at`); the
 state dict is then handed to `from_single_file`, which keeps these tensors as they are (GGUF blocks and
 tensors already in the compute dtype). The few F16 tensors cast to the compute dtype are pinned later.
 
@@ -20,12 +21,18 @@ card keeps 31 of each Wan expert's 40 blocks: ~13.8 GiB of host RAM for nothing)
 
 from __future__ import annotations
 
-import warnings
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from producer.sizing import offload
+
+# Readers filling the host chunks from the file, each taking the next piece in file order: a page-cached file
+# is then copied by several cores, and a drive keeps several requests in flight.
+READ_THREADS = min(8, os.cpu_count() or 1)
+READ_PIECE = 16 << 20
 
 
 def load_gguf(model_class, path: Path | str, config: Path | str, subfolder: str, dtype: torch.dtype,
@@ -56,40 +63,74 @@ def kept_on_gpu(plan, component: str, block_list: str, device) -> tuple[str, ...
     return resident_prefixes(block_list, plan.blocks, plan.resident_blocks)
 
 
-def read_into_host_chunks(path: Path | str, on_gpu: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+def read_into_host_chunks(path: Path | str, on_gpu: tuple[str, ...] = (),
+                          threads: int = READ_THREADS) -> dict[str, torch.Tensor]:
     """The file's tensors by name, as `load_gguf_checkpoint` returns them, held in packed host chunks
     (page-locked where CUDA is present; where locking is refused, the rest is plain memory); those whose names
-    start with one of `on_gpu` are plain copies in memory of their own, freed once placement moves them to the
-    card."""
+    start with one of `on_gpu` are in memory of their own, freed once placement moves them to the card. The
+    file is parsed for names, types and offsets, then read straight into the tensors by `threads` readers."""
     import gguf
     from diffusers.quantizers.gguf.utils import SUPPORTED_GGUF_QUANT_TYPES, GGUFParameter
 
     plain = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
     reader = gguf.GGUFReader(str(path))
     total = sum(offload.aligned(int(t.n_bytes)) for t in reader.tensors if not t.name.startswith(on_gpu))
-    packer, state, copied = offload.HostPacker(total=total), {}, 0
+    packer, targets, reserved = offload.HostPacker(total=total), [], 0
     for tensor in reader.tensors:
         quantized = tensor.tensor_type not in plain
         if quantized and tensor.tensor_type not in SUPPORTED_GGUF_QUANT_TYPES:
             raise ValueError(f"{tensor.name} has a quantization type: {tensor.tensor_type} which is unsupported.")
-        with warnings.catch_warnings():  # the map is read-only; it is only read from
-            warnings.simplefilter("ignore", UserWarning)
-            source = torch.from_numpy(tensor.data)
+        # The parsed array only describes the bytes (a view of the map, no page of it read).
+        shape, dtype = tensor.data.shape, torch.from_numpy(tensor.data[:0].copy()).dtype
         if tensor.name.startswith(on_gpu):
-            data = source.clone()
+            data = torch.empty(shape, dtype=dtype)
         else:
-            data = _copy(packer, source, copied)
-            copied += data.numel() * data.element_size()
-        state[tensor.name] = GGUFParameter(data, quant_type=tensor.tensor_type) if quantized else data
-    del reader  # unmaps the file: its pages stay only in the page cache, which the kernel may reclaim
-    return state
+            data = _reserve(packer, shape, dtype, reserved)
+            reserved += data.numel() * data.element_size()
+        targets.append((tensor.name, tensor.tensor_type if quantized else None, data, int(tensor.data_offset)))
+    del reader  # unmaps the file
+    read_at(path, [(data, offset) for _, _, data, offset in targets], threads)
+    return {name: GGUFParameter(data, quant_type=kind) if kind is not None else data
+            for name, kind, data, _ in targets}
 
 
-def _copy(packer: offload.HostPacker, source: torch.Tensor, copied: int) -> torch.Tensor:
+def read_at(path: Path | str, targets: list[tuple[torch.Tensor, int]], threads: int = READ_THREADS) -> None:
+    """Fill each (tensor, file offset) of `targets` with the file's bytes there, in pieces of READ_PIECE taken in
+    file order by `threads` readers (os.preadv lets go of the GIL). Raises ValueError if the file ends early."""
+    pieces = []
+    for tensor, offset in targets:
+        if tensor.numel():
+            view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+            pieces += [(view[at:at + READ_PIECE], offset + at) for at in range(0, len(view), READ_PIECE)]
+    with open(path, "rb", buffering=0) as f:
+        if threads <= 1 or not hasattr(os, "preadv"):
+            for piece, offset in pieces:
+                _read_piece(f, piece, offset, positioned=False)
+            return
+        with ThreadPoolExecutor(threads) as pool:
+            for _ in pool.map(lambda job: _read_piece(f, *job, positioned=True), pieces):
+                pass
+
+
+def _read_piece(f, piece: memoryview, offset: int, positioned: bool) -> None:
+    done = 0
+    while done < len(piece):
+        if positioned:
+            got = os.preadv(f.fileno(), [piece[done:]], offset + done)
+        else:
+            f.seek(offset + done)
+            got = f.readinto(piece[done:])
+        if not got:
+            raise ValueError(f"{f.name} ends at byte {offset + done}, inside a tensor: the file is cut short "
+                             "(an interrupted download?); fetch it again")
+        done += got
+
+
+def _reserve(packer: offload.HostPacker, shape, dtype: torch.dtype, reserved: int) -> torch.Tensor:
     if packer.pinned:
         try:
-            return packer.take(source)
+            return packer.reserve(shape, dtype)
         except RuntimeError as exc:  # page-locking refused: the rest is read into plain memory
-            offload.warn_unpinned(copied, exc)
+            offload.warn_unpinned(reserved, exc)
             packer.pinned = False
-    return packer.take(source)
+    return packer.reserve(shape, dtype)

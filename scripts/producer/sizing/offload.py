@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 from contextlib import contextmanager
 
 import torch
@@ -296,17 +297,25 @@ class HostPacker:
 
     def take(self, source: torch.Tensor) -> torch.Tensor:
         """A copy of `source` inside a chunk (raises RuntimeError where page-locking is refused)."""
-        size = source.numel() * source.element_size()
-        if size == 0:
+        if source.numel() == 0:
             return source
+        view = self.reserve(source.shape, source.dtype)
+        view.copy_(source)
+        return view
+
+    def reserve(self, shape, dtype: torch.dtype) -> torch.Tensor:
+        """Room for a tensor of `shape` and `dtype` inside a chunk, not filled (for a reader that writes into it;
+        raises RuntimeError where page-locking is refused)."""
+        size = math.prod(shape) * dtype.itemsize
+        if size == 0:
+            return torch.empty(shape, dtype=dtype)
         need = aligned(size)
         slot = next((s for s in self._open if s[1] + size <= s[0].numel()), None)
         if slot is None:
             slot = [self._new_chunk(self.chunk_size(need)), 0]
             self._open.append(slot)
         chunk, used = slot
-        view = chunk[used:used + size].view(source.dtype).view(source.shape)
-        view.copy_(source)
+        view = chunk[used:used + size].view(dtype).view(shape)
         slot[1] += need
         if slot[1] + PIN_ALIGN > chunk.numel():
             self._open = [s for s in self._open if s is not slot]  # full: not searched again
@@ -376,8 +385,12 @@ def _device_of(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def release(pipe, name: str) -> None:
-    """Drop a component (e.g. the text encoder once every prompt is encoded) and give its memory back."""
+def release(pipe, name: str, keep_pinned: bool = False) -> None:
+    """Drop a component (e.g. the text encoder once every prompt is encoded) and give its memory back.
+
+    `keep_pinned`: leave its page-locked chunks in PyTorch's pinned-memory cache, for a model of the same
+    layout read next (one Wan expert in RAM: the other expert, whose chunks have the same sizes, so the
+    allocator hands the same locked memory back instead of locking ~9.7 GB afresh at every read)."""
     module = getattr(pipe, name, None)
     if module is None:
         return
@@ -394,6 +407,7 @@ def release(pipe, name: str) -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-        # pin_in_place's chunks go back to PyTorch's pinned-memory cache, which keeps them locked: hand them
-        # back, or an expert reloaded from disk (one expert in RAM) would sit beside the last one's chunks.
-        getattr(torch._C, "_host_emptyCache", lambda: None)()
+        # The chunks go back to PyTorch's pinned-memory cache, which keeps them locked: hand them back unless
+        # the next read reuses them, or they would sit in RAM beside whatever is read next.
+        if not keep_pinned:
+            getattr(torch._C, "_host_emptyCache", lambda: None)()

@@ -275,7 +275,8 @@ class WanSession:
                 torch.cuda.empty_cache()
         else:
             del module
-            offload.release(self.pipe, component)
+            # One expert in RAM: the other expert is read next, into the chunks this one leaves.
+            offload.release(self.pipe, component, keep_pinned=self.one_expert_at_a_time)
 
     def _load_loras(self, component: str, module: torch.nn.Module) -> None:
         specs = [replace(s, components=(component,)) for s in self._lora_specs if component in s.components]
