@@ -89,10 +89,10 @@ def test_an_expert_read_from_disk_is_the_disks_time_not_the_clips():
     """The 8 GB / 16 GB plan reads each expert at its turn: those seconds are left out of the clip's other
     time (the estimate adds them at the disk's speed), and a comparison predicts them at the speed the run
     measured on its own disk."""
-    data = json.loads((ROOT / "bench/results/2026-12-07-h100/f.json").read_text())
+    data = json.loads((ROOT / "bench/results/2026-12-07-h100-late/e.json").read_text())
     run = next(r for r in data["runs"] if (r["workload"], r["config"]) == ("wan-480p-4", "plan8x16"))
     sec = run["seconds"]
-    e = speedmodel.entry_of(run, data["environment"]["gpu"], "f")
+    e = speedmodel.entry_of(run, data["environment"]["gpu"], "e")
     besides = sec["total"] - sec["high_expert"] - sec["low_expert"] - sec["decode"]
     assert e["other_s"] == pytest.approx(besides - sec["load_experts"] - sec["expert_swap"], abs=1e-3)
     assert e["other_s"] < 2.0 < besides
@@ -103,51 +103,49 @@ def test_an_expert_read_from_disk_is_the_disks_time_not_the_clips():
     assert abs(row["error"]) < 0.10
     run.pop("disk_read")  # a run that did not measure its disk is predicted at the assumed 1 GB/s: slower here
     (assumed,) = [r for r in speedmodel.compare(data, model) if (r["workload"], r["config"]) == ("wan-480p-4", "plan8x16")]
-    assert assumed["predicted_s"] > row["predicted_s"] + 3 and assumed["error"] < -0.10
+    assert assumed["predicted_s"] > row["predicted_s"] + 10 and assumed["error"] < -0.30
 
 
-def test_an_expert_read_on_a_fast_disk_is_charged_at_the_rate_the_scripts_take_it_in():
-    """On the H200 (files in the page cache, 4.4 GB/s) a 16 GB plan's clip spent 11.9 s reading its two experts:
-    1.63 GB/s, not the disk's speed. The model charges the slower of the two, so that run is predicted within
-    1%, and a disk slower than that rate is still what limits the read."""
-    data = json.loads((ROOT / "bench/results/2026-12-07-h200-night/s.json").read_text())
-    assert speedmodel.expert_read_gb_s(data["runs"]) == pytest.approx(19.323 / (6.202 + 5.658), abs=0.01)
+def test_an_expert_read_is_charged_at_the_slower_of_the_disk_and_the_pace_the_scripts_read_at():
+    """With one expert in RAM a clip reads both experts. From page-cached files (a one-reader read at >= 3 GB/s)
+    those reads show the scripts' own pace: 1.63 GB/s on the H200 when each read locked its memory afresh and
+    copied from the map (2026-12-07-h200-night/s.json), 6.84 GB/s on an H100 once the chunks were kept for the
+    next expert and filled by several readers (2026-12-07-h100-late/e.json). The model keeps the last, and a disk
+    slower than it is what limits the read; a run whose drive limited the read (1.65 GB/s) gives no pace."""
+    night = json.loads((ROOT / "bench/results/2026-12-07-h200-night/s.json").read_text())["runs"]
+    assert speedmodel.expert_read_gb_s(night) == pytest.approx(19.323 / (6.202 + 5.658), abs=0.01)
+    late = json.loads((ROOT / "bench/results/2026-12-07-h100-late/e.json").read_text())
+    assert speedmodel.expert_read_gb_s(late["runs"]) == pytest.approx(19.323 / (1.34 + 1.486), abs=0.01)
     model = estimate.speed_model()
-    assert model["assumptions"]["expert_read_gb_s"] == 1.63
-    rows = [r for r in speedmodel.compare(data, model) if r["config"] in ("plan8x16", "plan10x16")]
-    assert len(rows) == 2 and all(abs(r["error"]) < 0.02 for r in rows), rows
+    assert model["assumptions"]["expert_read_gb_s"] == 6.84
     slow = json.loads((ROOT / "bench/results/2026-12-07-h100/f.json").read_text())["runs"]
-    assert speedmodel.expert_read_gb_s(slow) is None  # its disk (1.65 GB/s) limited the read: no rate to learn
-    plan = plan_on(hardware.from_sizes(8, 16, name="NVIDIA H200"))
-    h200 = estimate.gpu_spec("NVIDIA H200")
-    on_disk = [estimate.predict_item(wan_480p(), plan, h200, model={**model, "assumptions": {
-        **model["assumptions"], "disk_read_gb_s": disk}}).other_s for disk in (0.5, 1.63, 10.0)]
-    assert on_disk[0] > on_disk[1] == on_disk[2]  # above 1.63 GB/s a faster disk no longer helps
+    assert speedmodel.expert_read_gb_s(slow) is None
+    plan = plan_on(hardware.from_sizes(8, 16, name="NVIDIA H100 SXM"))
+    h100 = estimate.gpu_spec("NVIDIA H100 SXM")
+    on_disk = [estimate.predict_item(wan_480p(), plan, h100, model={**model, "assumptions": {
+        **model["assumptions"], "disk_read_gb_s": disk}}).other_s for disk in (0.5, 6.84, 10.0)]
+    assert on_disk[0] > on_disk[1] == on_disk[2]  # above 6.84 GB/s a faster disk no longer helps
 
 
-def test_a_production_run_gives_its_phases_plans_overhead_and_load_speed():
-    p3a = ROOT / "bench/results/2026-12-06-h100/p3a.json"
-    data = json.loads(p3a.read_text())
-    entries, loads = speedmodel.production_parts(data, data["environment"]["gpu"], "p3a")
-    qwen, wan = entries  # the keyframes' batch, then the clips'
-    assert (qwen["plan"], qwen["weights"], qwen["tokens"]) == ("resident", "gguf-q4", memory.qwen_workload(832, 480, 1).tokens)
-    assert wan["forward_s"] == pytest.approx((7.214 + 7.245 + 7.229 + 7.256) / 2 / 4, rel=0.01)  # median of the steady clips
-    # what the phase spent besides its items: 70.27 s - 3 x (17.9 + 2.33) s - the first clip's extra
-    assert loads[1]["seconds"] == pytest.approx(9.0, abs=0.5)
-    model = estimate.speed_model()  # built from sources that include p3a
-    assert model["assumptions"]["write_s"] == {"qwen": 0.078, "wan": 2.326}
-    assert model["assumptions"]["load_gb_s"]["wan"] == pytest.approx(3.4, abs=0.1)
+def test_a_batch_the_model_was_not_built_from_is_predicted_within_10_percent():
+    """A real --batch of 3 clips on the 8 GB / 16 GB plan (H100, experts read from disk, expert by expert) is not
+    among the data's sources: the model predicts it from the single clips, on that run's machine."""
+    batch = "bench/results/2026-12-07-h100-late/b.json"
+    model = estimate.speed_model()
+    assert batch not in model["sources"]
+    (row,) = speedmodel.compare_production(json.loads((ROOT / batch).read_text()), model)
+    assert row["config"] == "plan8x16:clips" and abs(row["error"]) <= 0.10, row
 
 
-def test_a_production_the_model_was_not_built_from_is_predicted_within_20_percent():
-    """production-3 under the 10 GB plan (H100, weights streamed) is not among the data's sources: the model
-    predicts each phase from the other runs, on that run's machine (10 GiB cap, its RAM and choices)."""
+def test_an_older_production_is_slower_than_todays_code_is_predicted():
+    """production-3 under the 10 GB plan (H100, 2026-12-06) ran before the host ran ahead of streamed blocks:
+    its Qwen phase is still predicted within 20%, its clips now take less than it measured."""
     p3b = "bench/results/2026-12-06-h100/p3b.json"
     model = estimate.speed_model()
     assert p3b not in model["sources"]
     rows = speedmodel.compare_production(json.loads((ROOT / p3b).read_text()), model)
     assert [r["config"] for r in rows] == ["plan10x32:keyframes", "plan10x32:clips"]
-    assert all(abs(r["error"]) <= 0.20 for r in rows), rows
+    assert abs(rows[0]["error"]) <= 0.20 and rows[1]["error"] > 0.10, rows
 
 
 def test_a_forms_resident_forward_is_fitted_from_its_streamed_shares():

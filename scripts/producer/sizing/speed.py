@@ -38,7 +38,9 @@ COMPILE_MIN_ITEMS = {"wan": 8, "qwen": 32}
 # Compiling costs each process 10.0 s for Wan's Q4_K and Q6_K (2026-12-06-h100-night) and 4.8-6.6 s for Q8_0,
 # so it pays from ~17 clips and ~28-40 edits (the 24 GB Qwen row, a quarter of its blocks streamed, from ~100).
 # Before the host ran ahead (2026-12-06-h100-night) it made those rows no faster or slower, so measure again
-# before lowering these.
+# before lowering these. The 10 GB Qwen edit measured again on an H100 (2026-12-07-h100-late/qc.json, 3 repeats):
+# 2.37 s against 2.42, a smaller saving (0.05 s) that would put the break-even near 100 edits; at 40 the compile
+# then costs ~3 s once, so the threshold stays until more runs settle it.
 COMPILE_DEQUANT_MIN_ITEMS = {"wan": 20, "qwen": 40}
 FP8_CAPABILITY = (8, 9)  # Ada and Hopper and newer have fp8 tensor cores
 
