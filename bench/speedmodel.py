@@ -426,18 +426,9 @@ def compare(data: dict, model: dict, source: str = "") -> list[dict]:
         item = estimate.Item(e["family"], e["width"], e["height"], steps, e["cfg"], e["frames"], e["references"])
         p = estimate.predict_item(item, plan, gpu, levers=tuple(e["levers"]), model=_on_this_disk(model, run))
         measured = run["seconds"]["total"]
-        rows.append(
-            {
-                "workload": run["workload"],
-                "config": run["config"],
-                "plan": e["plan"],
-                "weights": e["weights"],
-                **estimate.prediction_error(
-                    None if p.seconds is None else p.seconds - model["assumptions"]["write_s"][e["family"]], measured
-                ),
-                "basis": p.basis,
-            }
-        )
+        predicted = None if p.seconds is None else p.seconds - model["assumptions"]["write_s"][e["family"]]
+        rows.append({"workload": run["workload"], "config": run["config"], "plan": e["plan"], "weights": e["weights"],
+                     **estimate.prediction_error(predicted, measured), "basis": p.basis})
     return rows
 
 
