@@ -182,3 +182,25 @@ def test_a_file_that_ends_inside_a_tensor_says_so(tmp_path):
             assert "ends at byte 1024" in str(exc) and "fetch it again" in str(exc)
         else:
             raise AssertionError("a cut file read without complaint")
+
+
+def test_the_readers_fill_tensors_in_the_background_while_the_caller_goes_on(tmp_path, monkeypatch):
+    """read_into_host_chunks makes the next page-locked chunk while the last tensors are read: read_into must
+    return before its bytes arrive, and leaving the block must wait for them."""
+    import threading
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(256)) * 64)
+    gate, read_piece = threading.Event(), gguf_host._read_piece
+
+    def held(*args, **kwargs):
+        gate.wait(10)
+        return read_piece(*args, **kwargs)
+
+    monkeypatch.setattr(gguf_host, "_read_piece", held)
+    target = torch.zeros(1000, dtype=torch.uint8)
+    with gguf_host.FileReader(path, threads=2) as file:
+        file.read_into(target, 10)  # returns at once: the readers wait at the gate
+        assert not target.any()
+        gate.set()
+    assert target.tolist() == list((bytes(range(256)) * 64)[10:1010])

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Self
 
 import torch
 
@@ -68,48 +69,75 @@ def read_into_host_chunks(path: Path | str, on_gpu: tuple[str, ...] = (),
     """The file's tensors by name, as `load_gguf_checkpoint` returns them, held in packed host chunks
     (page-locked where CUDA is present; where locking is refused, the rest is plain memory); those whose names
     start with one of `on_gpu` are in memory of their own, freed once placement moves them to the card. The
-    file is parsed for names, types and offsets, then read straight into the tensors by `threads` readers."""
+    file is parsed for names, types and offsets; each tensor is then read straight into its room by `threads`
+    readers in the background while the next chunks are made (locking memory and reading overlap)."""
     import gguf
     from diffusers.quantizers.gguf.utils import SUPPORTED_GGUF_QUANT_TYPES, GGUFParameter
 
     plain = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
     reader = gguf.GGUFReader(str(path))
     total = sum(offload.aligned(int(t.n_bytes)) for t in reader.tensors if not t.name.startswith(on_gpu))
-    packer, targets, reserved = offload.HostPacker(total=total), [], 0
-    for tensor in reader.tensors:
-        quantized = tensor.tensor_type not in plain
-        if quantized and tensor.tensor_type not in SUPPORTED_GGUF_QUANT_TYPES:
-            raise ValueError(f"{tensor.name} has a quantization type: {tensor.tensor_type} which is unsupported.")
-        # The parsed array only describes the bytes (a view of the map, no page of it read).
-        shape, dtype = tensor.data.shape, torch.from_numpy(tensor.data[:0].copy()).dtype
-        if tensor.name.startswith(on_gpu):
-            data = torch.empty(shape, dtype=dtype)
-        else:
-            data = _reserve(packer, shape, dtype, reserved)
-            reserved += data.numel() * data.element_size()
-        targets.append((tensor.name, tensor.tensor_type if quantized else None, data, int(tensor.data_offset)))
+    packer, state, reserved = offload.HostPacker(total=total), {}, 0
+    with FileReader(path, threads) as file:
+        for tensor in reader.tensors:
+            quantized = tensor.tensor_type not in plain
+            if quantized and tensor.tensor_type not in SUPPORTED_GGUF_QUANT_TYPES:
+                raise ValueError(f"{tensor.name} has a quantization type: {tensor.tensor_type} which is unsupported.")
+            # The parsed array only describes the bytes (a view of the map, no page of it read).
+            shape, dtype = tensor.data.shape, torch.from_numpy(tensor.data[:0].copy()).dtype
+            if tensor.name.startswith(on_gpu):
+                data = torch.empty(shape, dtype=dtype)
+            else:
+                data = _reserve(packer, shape, dtype, reserved)
+                reserved += data.numel() * data.element_size()
+            file.read_into(data, int(tensor.data_offset))
+            state[tensor.name] = (data, tensor.tensor_type if quantized else None)
     del reader  # unmaps the file
-    read_at(path, [(data, offset) for _, _, data, offset in targets], threads)
     return {name: GGUFParameter(data, quant_type=kind) if kind is not None else data
-            for name, kind, data, _ in targets}
+            for name, (data, kind) in state.items()}
 
 
 def read_at(path: Path | str, targets: list[tuple[torch.Tensor, int]], threads: int = READ_THREADS) -> None:
-    """Fill each (tensor, file offset) of `targets` with the file's bytes there, in pieces of READ_PIECE taken in
-    file order by `threads` readers (os.preadv lets go of the GIL). Raises ValueError if the file ends early."""
-    pieces = []
-    for tensor, offset in targets:
-        if tensor.numel():
-            view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
-            pieces += [(view[at:at + READ_PIECE], offset + at) for at in range(0, len(view), READ_PIECE)]
-    with open(path, "rb", buffering=0) as f:
-        if threads <= 1 or not hasattr(os, "preadv"):
-            for piece, offset in pieces:
-                _read_piece(f, piece, offset, positioned=False)
+    """Fill each (tensor, file offset) of `targets` with the file's bytes there (FileReader). Raises ValueError if
+    the file ends early."""
+    with FileReader(path, threads) as file:
+        for tensor, offset in targets:
+            file.read_into(tensor, offset)
+
+
+class FileReader:
+    """Fills tensors with a file's bytes, in pieces of READ_PIECE taken in file order by `threads` readers in the
+    background (os.preadv lets go of the GIL), so the caller goes on meanwhile; leaving the `with` block waits
+    for every piece and raises the first error. One reader, or a system without preadv: read at once."""
+
+    def __init__(self, path: Path | str, threads: int = READ_THREADS):
+        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by __exit__)
+        self._pool = ThreadPoolExecutor(threads) if threads > 1 and hasattr(os, "preadv") else None
+        self._pending = []
+
+    def read_into(self, tensor: torch.Tensor, offset: int) -> None:
+        if not tensor.numel():
             return
-        with ThreadPoolExecutor(threads) as pool:
-            for _ in pool.map(lambda job: _read_piece(f, *job, positioned=True), pieces):
-                pass
+        view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+        for at in range(0, len(view), READ_PIECE):
+            piece = (self._file, view[at:at + READ_PIECE], offset + at)
+            if self._pool is None:
+                _read_piece(*piece, positioned=False)
+            else:
+                self._pending.append(self._pool.submit(_read_piece, *piece, positioned=True))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        try:
+            if kind is None:
+                for future in self._pending:
+                    future.result()
+        finally:  # no reader may still write into memory the caller lets go of
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+            self._file.close()
 
 
 def _read_piece(f, piece: memoryview, offset: int, positioned: bool) -> None:
