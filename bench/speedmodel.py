@@ -29,9 +29,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(HERE))
 
 from benchmark import LEVERS, WORKLOADS, cap_gib, has_lever
+from load_paces import disk_reads, expert_read_gb_s, lora_fold_mparams_s
 from producer.sizing import estimate, memory
 
 WRITING = "bench/results/2026-11-29-writing-2core.json"  # per-item writing cost (bench/writing.py)
+# The LoRA fold's pace (load_paces.lora_fold_mparams_s): a 1-step run, so none of its figures are an entry.
+LORA_FOLD = "bench/results/2026-12-07-h100-late/lora.json"
 RESIDENT = estimate.RESIDENT  # the plan every other one is measured against
 # Assumptions the results cannot give; each says where its number comes from.
 ASSUMPTIONS = {
@@ -91,7 +94,8 @@ NOTES = [
         "plan, loading goes no faster than disk_read_gb_s (an assumption, not a measurement). expert_read_gb_s: "
         "with one Wan expert in RAM, how fast a clip reads its experts from page-cached files (reading, building, "
         "placing), from the last results that measured it; an expert read is charged at the lower of it and "
-        "disk_read_gb_s."
+        "disk_read_gb_s. lora_fold_mparams_s: millions of a GGUF expert's LoRA factors folded a second (peft's "
+        "adapters, the check, the fold) in a load of both experts; with one expert in RAM each read folds again."
     ),
 ]
 
@@ -152,31 +156,11 @@ def entry_of(run: dict, gpu: str, source: str) -> dict | None:
         "decode_s": round(sec["decode"], 3),
         # a run scaled from fewer steps scaled its other stages too: their rest is left out; reading an expert
         # from disk (the plans with one in RAM) is the disk's time, which the estimate adds at the disk's speed
-        "other_s": round(max(0.0, sec["total"] - denoise - sec["decode"] - _disk_reads(sec)), 3) if whole else 0.0,
+        "other_s": round(max(0.0, sec["total"] - denoise - sec["decode"] - disk_reads(sec)), 3) if whole else 0.0,
         "cold_extra_s": round(max(0.0, run["cold_total"] - sec["total"]), 2) if whole else None,
         "source": source,
         "config": config,
     }
-
-
-def _disk_reads(seconds: dict) -> float:
-    return seconds.get("load_experts", 0.0) + seconds.get("expert_swap", 0.0)
-
-
-# A one-reader read of the run's files at least this fast came from the page cache (this machine's drive gives
-# 1.7-2.0 GB/s, bench/results/2026-12-07-h200/disk.json): the clip's reads then show the scripts' pace, not a disk's.
-PAGE_CACHED_GB_S = 3.0
-
-
-def expert_read_gb_s(runs: list[dict]) -> float | None:
-    """Both experts' bytes over a clip's reads of them (its load and its swap), in runs whose files were in the
-    page cache: the pace of reading, building and placing, not the disk's. None without such runs."""
-    rates = []
-    for run in runs:
-        sec, disk = run.get("seconds", {}), run.get("disk_read") or {}
-        if sec.get("load_experts") and sec.get("expert_swap") and disk.get("gb_per_s", 0) >= PAGE_CACHED_GB_S:
-            rates.append(disk["bytes"] / 1e9 / _disk_reads(sec))
-    return round(statistics.median(rates), 2) if rates else None
 
 
 def production_parts(data: dict, gpu: str, source: str) -> tuple[list[dict], list[dict]]:
@@ -369,7 +353,7 @@ def build(paths: list[Path]) -> dict:
     return {
         "about": "Measured speeds of the generation scripts' plans (bench/speedmodel.py writes this file; "
         "producer/sizing/estimate.py reads it). Do not edit by hand: rerun the command in bench/speedmodel.py.",
-        "sources": [_rel(p) for p in paths] + [WRITING],
+        "sources": [_rel(p) for p in paths] + [WRITING, LORA_FOLD],
         "notes": NOTES,
         "assumptions": {
             **ASSUMPTIONS,
@@ -377,6 +361,7 @@ def build(paths: list[Path]) -> dict:
             "written_behind_s": behind,
             "load_gb_s": load,
             **({"expert_read_gb_s": expert_read} if expert_read else {}),
+            "lora_fold_mparams_s": lora_fold_mparams_s(json.loads((ROOT / LORA_FOLD).read_text())["runs"]),
         },
         "token_curves": token_curves(ordered),
         "bandwidth_share": bandwidth_share(ordered),

@@ -8,6 +8,7 @@ import io
 import json
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ def machine(monkeypatch, hw: hardware.Hardware) -> None:
 def test_the_data_file_is_what_the_benchmark_results_give():
     """Regenerated from the sources it lists, the committed speed model is byte for byte the same."""
     committed = estimate.SPEED_MODEL.read_text(encoding="utf-8")
-    sources = [ROOT / s for s in json.loads(committed)["sources"] if s != speedmodel.WRITING]
+    sources = [ROOT / s for s in json.loads(committed)["sources"] if s not in (speedmodel.WRITING, speedmodel.LORA_FOLD)]
     assert speedmodel.dumps(speedmodel.build(sources)) == committed
 
 
@@ -125,6 +126,34 @@ def test_an_expert_read_is_charged_at_the_slower_of_the_disk_and_the_pace_the_sc
     on_disk = [estimate.predict_item(wan_480p(), plan, h100, model={**model, "assumptions": {
         **model["assumptions"], "disk_read_gb_s": disk}}).other_s for disk in (0.5, 6.84, 10.0)]
     assert on_disk[0] > on_disk[1] == on_disk[2]  # above 6.84 GB/s a faster disk no longer helps
+
+
+def test_with_one_expert_in_ram_each_read_folds_the_lora_again_and_the_estimate_counts_it():
+    """A GGUF expert read at its turn gets its LoRA folded again (its factors are not kept: RAM holds one expert).
+    The pace comes from a load of both experts with a full-size LoRA (H100: 3.70 s for 2 x 311 M factors)."""
+    import loras
+
+    late = json.loads((ROOT / speedmodel.LORA_FOLD).read_text())["runs"]
+    rate = speedmodel.lora_fold_mparams_s(late)
+    assert rate == pytest.approx(2 * loras.plan_params("wan", "plan10x32-lora") / 1e6 / 3.696, abs=0.1)
+    model = estimate.speed_model()
+    assert model["assumptions"]["lora_fold_mparams_s"] == rate
+    hw, h100 = hardware.from_sizes(8, 16, name="NVIDIA H100 SXM"), estimate.gpu_spec("NVIDIA H100 SXM")
+    work = memory.wan_workload(832, 480, 81)
+    bare = memory.plan_memory(hw, memory.WAN_FOOTPRINT, work, "auto", "auto")
+    lora = memory.plan_memory(hw, replace(memory.WAN_FOOTPRINT, adapter_params=343_500_000), work, "auto", "auto")
+    assert lora.experts_in_ram == 1 and lora.weights.startswith("gguf") and lora.adapter_params == 343_500_000
+    one, with_lora = (estimate.predict_item(wan_480p(), p, h100, model=model) for p in (bare, lora))
+    assert with_lora.seconds - one.seconds == pytest.approx(2 * 343.5 / rate, abs=0.02)
+    assert any("folds its LoRA again" in n for n in with_lora.notes)
+    # a batch folds once a group of clips, on the group's first clip; both experts in RAM: folded once, at the load
+    later = estimate.predict_item(wan_480p(), lora, h100, items_in_run=3, model=model, position=1)
+    assert later.seconds == pytest.approx(estimate.predict_item(wan_480p(), bare, h100, items_in_run=3, model=model,
+                                                                position=1).seconds)
+    both = memory.plan_memory(hardware.from_sizes(10, 32, name="NVIDIA H100 SXM"),
+                              replace(memory.WAN_FOOTPRINT, adapter_params=343_500_000), work, "auto", "auto")
+    assert both.experts_in_ram == 2 and not any("LoRA" in n for n in estimate.predict_item(
+        wan_480p(), both, h100, model=model).notes)
 
 
 def test_a_batch_the_model_was_not_built_from_is_predicted_within_10_percent():
@@ -370,7 +399,6 @@ def test_the_estimate_and_the_download_plan_count_the_distill_loras_factors(samp
     """On a 10 GB / 32 GB machine the clips stream GGUF experts, which keep the step-distill LoRA's factors
     beside them (folded, in bf16): the estimate and setup's download plan count them as the scripts do. Nothing
     is installed, so the counts come from the registry's file sizes."""
-    from dataclasses import replace
 
     from producer.modelfiles import lora_sizes, needs
 

@@ -145,6 +145,7 @@ class MemoryPlan:
     streamed_bytes: int = 0  # weights of one denoiser that cross the host link at every forward
     dequantize_on_arrival: bool = False  # GGUF streamed blocks dequantized on the copy stream as they arrive
     run_ahead: bool = False  # streamed blocks without the host's wait at each (producer.sizing.run_ahead)
+    adapter_params: int = 0  # each denoiser's LoRA factors the plan counts (ModelFootprint.adapter_params)
     # The peaks of generating alone (denoise and decode, the text encoder freed): what a run that bypasses the
     # text encoder (the benchmark's) is compared with; the peaks above may be the encode stage's.
     generating_vram: int = 0
@@ -405,7 +406,7 @@ def _build_plan(hw, model, work, experts, form, off, vram_ok, ram_ok, max_reside
                       reason=_reason(hw, model, off, form, act, fits, vram_ok, ram_ok, streamed),
                       advice="" if fits else _advice(model, vram_ok, ram_ok, peak_ram), notes=tuple(notes),
                       resident_blocks=kept, blocks=model.denoiser_blocks, streamed_bytes=int(streamed),
-                      dequantize_on_arrival=dequantize, run_ahead=run_ahead,
+                      dequantize_on_arrival=dequantize, run_ahead=run_ahead, adapter_params=model.adapter_params,
                       generating_vram=int(max(denoise_vram, decode_vram)), generating_ram=int(denoise_ram))
 
 
