@@ -35,3 +35,8 @@ def lora_fold_mparams_s(runs: list[dict]) -> float | None:
              if r.get("workload", "").startswith("wan") and r["config"].endswith("-lora")
              and (r.get("load_stages_s") or {}).get("loras") and "one expert in RAM" not in r.get("plan", "")]
     return round(statistics.median(rates), 1) if rates else None
+
+
+def refold_share(result: dict) -> float:
+    """bench/lora_load.py's fold again from a Refold against its whole load, medians (one machine, one run)."""
+    return round(result["refold_median_s"] / result["median_s"], 2)

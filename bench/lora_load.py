@@ -8,6 +8,8 @@ once into `--folder`. `--scripts DIR` loads another checkout's `scripts/` (an ea
     python bench/lora_load.py --blocks 8 --out lora-load.json
     git worktree add /tmp/before <commit> && python bench/lora_load.py --scripts /tmp/before/scripts --out before.json
 
+Each repeat also folds the LoRA again into another freshly read expert from the first load's Refold
+(engines/loras/lora_refold.py: what a re-read expert gets with one expert in RAM), timed as `refold_s`.
 `--size tiny` runs the same on the stand-in config (the test suite does).
 """
 
@@ -59,8 +61,10 @@ def _files(size: str, blocks: int, folder: Path) -> tuple[Path, Path, Path]:
     return expert, snapshot, lora
 
 
-def measure(expert: Path, snapshot: Path, lora_path: Path, repeats: int) -> list[float]:
-    """Seconds of each `load_loras` into a freshly read expert (the read itself not timed)."""
+def measure(expert: Path, snapshot: Path, lora_path: Path, repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds of each `load_loras` into a freshly read expert (the read itself not timed), and of each fold
+    again into another one from the first load's Refold (what a re-read expert gets with one expert in RAM;
+    none where the scripts have no lora_refold)."""
     import dataclasses
 
     import torch
@@ -70,7 +74,7 @@ def measure(expert: Path, snapshot: Path, lora_path: Path, repeats: int) -> list
     from producer.sizing import gguf_host
 
     spec = dataclasses.replace(lora.parse_lora_spec(f"{lora_path}:1.0:high", "wan"), components=("transformer",))
-    seconds = []
+    seconds, again = [], []
     for _ in range(repeats):
         model = gguf_host.load_gguf(WanTransformer3DModel, expert, snapshot, "transformer", torch.bfloat16, True)
         started = time.perf_counter()
@@ -78,7 +82,16 @@ def measure(expert: Path, snapshot: Path, lora_path: Path, repeats: int) -> list
         seconds.append(time.perf_counter() - started)
         assert report.loras[0].experts[0].lora_modules_applied > 0
         del model
-    return seconds
+        refold = getattr(report, "_refolds", {}).get("transformer")
+        if refold is not None:
+            from producer.engines.loras import lora_refold
+
+            model = gguf_host.load_gguf(WanTransformer3DModel, expert, snapshot, "transformer", torch.bfloat16, True)
+            started = time.perf_counter()
+            assert lora_refold.refold(lora_view("transformer", model), refold)
+            again.append(time.perf_counter() - started)
+            del model
+    return seconds, again
 
 
 def main(argv=None) -> int:
@@ -90,10 +103,12 @@ def main(argv=None) -> int:
     import torch
 
     expert, snapshot, lora_path = _files(args.size, args.blocks, args.folder)
-    seconds = measure(expert, snapshot, lora_path, args.repeats)
+    seconds, again = measure(expert, snapshot, lora_path, args.repeats)
     result = {"size": args.size, "blocks": args.blocks, "scripts": str(args.scripts), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "load_loras_s": [round(s, 3) for s in seconds],
               "median_s": round(statistics.median(seconds), 3)}
+    if again:
+        result.update(refold_s=[round(s, 3) for s in again], refold_median_s=round(statistics.median(again), 3))
     print(json.dumps(result))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))

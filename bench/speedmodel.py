@@ -29,12 +29,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(HERE))
 
 from benchmark import LEVERS, WORKLOADS, cap_gib, has_lever
-from load_paces import disk_reads, expert_read_gb_s, lora_fold_mparams_s
+from load_paces import disk_reads, expert_read_gb_s, lora_fold_mparams_s, refold_share
 from producer.sizing import estimate, memory
 
 WRITING = "bench/results/2026-11-29-writing-2core.json"  # per-item writing cost (bench/writing.py)
 # The LoRA fold's pace (load_paces.lora_fold_mparams_s): a 1-step run, so none of its figures are an entry.
 LORA_FOLD = "bench/results/2026-12-07-h100-late/lora.json"
+# Folding a LoRA again without peft (lora_refold) against the whole way, both timed by bench/lora_load.py.
+REFOLD = "bench/results/2026-12-07-lora-refold-2core.json"
 RESIDENT = estimate.RESIDENT  # the plan every other one is measured against
 # Assumptions the results cannot give; each says where its number comes from.
 ASSUMPTIONS = {
@@ -95,7 +97,9 @@ NOTES = [
         "with one Wan expert in RAM, how fast a clip reads its experts from page-cached files (reading, building, "
         "placing), from the last results that measured it; an expert read is charged at the lower of it and "
         "disk_read_gb_s. lora_fold_mparams_s: millions of a GGUF expert's LoRA factors folded a second (peft's "
-        "adapters, the check, the fold) in a load of both experts; with one expert in RAM each read folds again."
+        "adapters, the check, the fold) in a load of both experts; with one expert in RAM the first read of each "
+        "expert loads its LoRA so, later reads fold it again without peft in refold_share of that time (measured "
+        "on a 2-core CPU: bench/lora_load.py's refold_s against its load_loras_s)."
     ),
 ]
 
@@ -353,7 +357,7 @@ def build(paths: list[Path]) -> dict:
     return {
         "about": "Measured speeds of the generation scripts' plans (bench/speedmodel.py writes this file; "
         "producer/sizing/estimate.py reads it). Do not edit by hand: rerun the command in bench/speedmodel.py.",
-        "sources": [_rel(p) for p in paths] + [WRITING, LORA_FOLD],
+        "sources": [_rel(p) for p in paths] + [WRITING, LORA_FOLD, REFOLD],
         "notes": NOTES,
         "assumptions": {
             **ASSUMPTIONS,
@@ -362,6 +366,7 @@ def build(paths: list[Path]) -> dict:
             "load_gb_s": load,
             **({"expert_read_gb_s": expert_read} if expert_read else {}),
             "lora_fold_mparams_s": lora_fold_mparams_s(json.loads((ROOT / LORA_FOLD).read_text())["runs"]),
+            "refold_share": refold_share(json.loads((ROOT / REFOLD).read_text())),
         },
         "token_curves": token_curves(ordered),
         "bandwidth_share": bandwidth_share(ordered),

@@ -237,7 +237,8 @@ def predict_item(
         each = "clip" if items_in_run == 1 else f"group of up to {memory.CLIPS_PER_EXPERT_READ} clips"
         why = "the disk's assumed speed" if rate == a["disk_read_gb_s"] else "measured: reading and setting up an expert"
         notes.append(f"both experts are read from disk for every {each} ({rate} GB/s, {why})")
-        other += 2 * _lora_fold_s(a, plan, notes) * expert_reads(items_in_run, position)
+        again = position is not None and position >= memory.CLIPS_PER_EXPERT_READ  # a read after the first group
+        other += 2 * _lora_fold_s(a, plan, notes, again) * expert_reads(items_in_run, position)
     if not gpu.known:
         notes.append(f"{gpu.name}: {gpu.source}")
     denoise = forward * item.forwards
@@ -256,14 +257,19 @@ def predict_item(
     )
 
 
-def _lora_fold_s(a: dict, plan: memory.MemoryPlan, notes: list[str]) -> float:
-    """Seconds of folding an expert's LoRA factors into it again after each read (GGUF experts; their factors are
-    not kept, since RAM holds one expert), at the measured lora_fold_mparams_s; 0 without a LoRA."""
+def _lora_fold_s(a: dict, plan: memory.MemoryPlan, notes: list[str], again: bool = False) -> float:
+    """Seconds of folding an expert's LoRA factors into it after a read (GGUF experts; their factors are not kept,
+    since RAM holds one expert): the first read of each expert loads the LoRA the whole way (lora_fold_mparams_s),
+    later ones fold it again from the files without peft (that times refold_share, engines/loras/lora_refold.py);
+    0 without a LoRA."""
     rate = a.get("lora_fold_mparams_s")
     if not (plan.adapter_params and plan.weights.startswith("gguf") and rate):
         return 0.0
-    seconds = plan.adapter_params / 1e6 / rate
-    notes.append(f"each expert read folds its LoRA again: {seconds:.1f} s an expert ({rate} M factors/s, measured)")
+    share = a.get("refold_share", 1.0) if again else 1.0
+    seconds = plan.adapter_params / 1e6 / rate * share
+    how = "folded again without peft" if again else "loaded the whole way"
+    notes.append(f"each expert read gets its LoRA {how}: {seconds:.1f} s an expert ({rate} M factors/s measured"
+                 + (f", x{share} for folding again" if again else "") + ")")
     return seconds
 
 

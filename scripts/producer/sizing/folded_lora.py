@@ -59,7 +59,7 @@ class FoldedLora(ModelHook):
             # diffusers' CUDA kernels multiply the quantized weight directly: the delta goes on the activations
             out = self.fn_ref.original_forward(inputs, *args, **kwargs)
             return out + torch.nn.functional.linear(torch.nn.functional.linear(inputs.to(up.dtype), down), up)
-        dense = gguf_utils.dequantize_gguf_tensor(weight).to(_compute_dtype(module))
+        dense = gguf_utils.dequantize_gguf_tensor(weight).to(compute_dtype(module))
         return linear(module, inputs, dense, fresh=quantized(weight))
 
 
@@ -70,7 +70,7 @@ def linear(layer: torch.nn.Module, inputs: torch.Tensor, dense: torch.Tensor, fr
     return torch.nn.functional.linear(inputs, add_delta(layer, dense, fresh), bias)
 
 
-def _compute_dtype(layer: torch.nn.Module) -> torch.dtype:
+def compute_dtype(layer: torch.nn.Module) -> torch.dtype:
     """A GGUF layer's compute dtype; a plain linear's (the embedders a GGUF file keeps in F16/F32) own."""
     return getattr(layer, "compute_dtype", None) or layer.weight.dtype
 
@@ -126,7 +126,7 @@ def _fold_layer(layer, names: list[str]) -> torch.nn.Module:
     base, adapters = layer.base_layer, _adapters(layer, names)
     if not adapters:  # none of them active here: the layer computes as its base
         return base
-    dtype = _compute_dtype(base)
+    dtype = compute_dtype(base)
     up = torch.cat([layer.lora_B[n].weight.float() * layer.scaling[n] for n in adapters], dim=1)
     down = torch.cat([layer.lora_A[n].weight.float() for n in adapters], dim=0)
     device = layer.lora_A[adapters[0]].weight.device
@@ -134,11 +134,17 @@ def _fold_layer(layer, names: list[str]) -> torch.nn.Module:
     parts = [*getattr(base, PARTS, []), (tuple(names), down.shape[0])]
     if folded(base):  # LoRAs folded by an earlier load stay: the new factors go beside theirs
         up, down = torch.cat([getattr(base, UP), up], dim=1), torch.cat([getattr(base, DOWN), down], dim=0)
-    _set_factors(base, up, down, parts)
-    registry = HookRegistry.check_if_exists_or_initialize(base)
+    attach(base, up, down, parts)
+    return base
+
+
+def attach(layer: torch.nn.Module, up: torch.Tensor, down: torch.Tensor, parts: list) -> None:
+    """Give `layer` these folded factors and the hook that adds their delta at each call (also how
+    engines/loras/lora_refold folds a LoRA again into a fresh copy of an expert)."""
+    _set_factors(layer, up, down, parts)
+    registry = HookRegistry.check_if_exists_or_initialize(layer)
     if registry.get_hook(HOOK) is None:
         registry.register_hook(FoldedLora(), HOOK)
-    return base
 
 
 def _set_factors(layer: torch.nn.Module, up: torch.Tensor, down: torch.Tensor, parts: list) -> None:

@@ -267,7 +267,11 @@ def load_loras(pipe, specs, family: str, allow_partial: bool = False, fuse: bool
             refuse_incomplete(plan, family, allow_partial)  # again: now from what actually loaded
         _activate(pipe, plans)
         if fuse:  # not for a batch that swaps LoRA sets: its transformer is offloaded by then (lora_fold)
+            from producer.engines.loras import lora_refold  # torch: not at import (the scripts' --help)
+
+            scales = {c: lora_refold.peft_scales(getattr(pipe, c)) for c in adapter_components(plans)}
             fold_quantized(pipe, plans, report, enabled=FOLD_GGUF)
+            report._refolds = {c: lora_refold.capture(plans, c, family, scales[c]) for c in report._folded}
             _fuse(pipe, plans)
     except BaseException:
         _rollback(pipe, report)

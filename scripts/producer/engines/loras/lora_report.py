@@ -66,6 +66,8 @@ class LoraReport:
     _adapters: list[str] = field(default_factory=list, repr=False, compare=False)
     # components with LoRAs this load folded, and the adapter names it folded them as
     _folded: dict[str, list[str]] = field(default_factory=dict, repr=False, compare=False)
+    # per folded component: how to fold its LoRAs again into a fresh copy (lora_refold.Refold, or None)
+    _refolds: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def fused(self) -> bool:

@@ -40,7 +40,7 @@ from diffusers import (
 
 from producer.cli import Stopwatch
 from producer.engines import judge
-from producer.engines.loras import lora
+from producer.engines.loras import lora, lora_refold
 from producer.engines.wan import halfway
 from producer.engines.wan.experts import ExpertCounter, ExpertRun, ExpertsInMemory, ExpertsOnDisk, lora_view
 from producer.engines.wan.wan_load import DENOISERS, WanFiles
@@ -140,6 +140,7 @@ class WanSession:
         self.dtype = offload.torch_dtype(plan.dtype)
         self._lora_specs, self._allow_partial = list(lora_specs), allow_partial
         self.lora_reports: dict[str, list[dict]] = {}
+        self._refolds: dict[str, Any] = {}  # one expert in RAM: how a re-read expert gets its LoRAs (lora_refold)
         self.counters = {c: ExpertCounter(self.device) for c in DENOISERS}
         self.boundary_ratio = pipe.config.boundary_ratio or registry.WAN.boundary_ratio
         self._scheduler_config = pipe.scheduler.config
@@ -283,10 +284,14 @@ class WanSession:
         if not specs:
             return
         reloading = component in self.lora_reports  # one expert in RAM: read again for every clip
+        refold = self._refolds.get(component)
+        if reloading and refold is not None and lora_refold.refold(lora_view(component, module), refold):
+            return  # folded again from the files as the first load folded them, without peft
         with _log_level(logging.WARNING if reloading else None):  # the report was printed at the first load
             report = lora.load_loras(lora_view(component, module), specs, "wan", allow_partial=self._allow_partial,
                                      fuse=True)
         self.lora_reports.setdefault(component, report.to_dict()["loras"])
+        self._refolds[component] = report._refolds.get(component)
 
     def _experts_for_start(self) -> None:
         if self.one_expert_at_a_time:

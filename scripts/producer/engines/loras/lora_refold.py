@@ -1,0 +1,116 @@
+"""A GGUF expert's LoRAs folded again after the expert is read again, without diffusers' loader or peft.
+
+With one Wan expert in RAM (16 GB machines) every clip reads both experts from disk, and each read had its LoRA
+loaded the whole way again: diffusers' conversion, peft's adapters, the check of what loaded, `set_adapters`, the
+fold (3.70 s for both experts on an H100, bench/results/2026-12-07-h100-late/lora.json). The first load of an
+expert still goes that way, checks and reports. Before its fold, `peft_scales` notes the scale and dtypes peft
+holds each adapter at; after it, `capture` keeps a `Refold`: per folded layer, the LoRA modules in it in the fold's
+order. A later read of the same expert (`refold`) plans the files against the fresh model as the first load did,
+computes each layer's factors from the files with `folded_lora._fold_layer`'s arithmetic on the values peft held,
+attaches them, and adds the plain deltas. `capture` keeps a Refold only where its factors equal the fold's own,
+bit for bit, on sampled layers; otherwise every read takes the whole way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from producer.engines.loras.lora_files import read_lora
+from producer.engines.loras.lora_plan import SpecPlan, plan_spec
+from producer.sizing import folded_lora
+
+SAMPLED_LAYERS = 3  # layers compared at capture from each end of the folded ones
+
+
+@dataclass
+class Refold:
+    specs: list  # LoraSpec, each for this component alone, in the load's order
+    family: str
+    # per folded layer: its parts (folded_lora.PARTS) and [(spec index, scale, A dtype, B dtype)] in fold order
+    layers: dict[str, tuple[list, list[tuple[int, float, torch.dtype, torch.dtype]]]]
+
+
+def peft_scales(model: torch.nn.Module) -> dict[str, dict[str, tuple[float, torch.dtype, torch.dtype]]]:
+    """Before the fold: each peft layer's {adapter: (scaling, A's dtype, B's dtype)}, by layer name."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return {name: {a: (layer.scaling[a], layer.lora_A[a].weight.dtype, layer.lora_B[a].weight.dtype)
+                   for a in layer.lora_A}
+            for name, layer in model.named_modules() if isinstance(layer, BaseTunerLayer)}
+
+
+def capture(plans: list[SpecPlan], component: str, family: str, scales: dict) -> Refold | None:
+    """After `lora.load_loras` folded `component`'s adapters (`scales`: peft_scales before the fold): how to fold
+    them again, checked on sampled layers against the fold's factors; None where that cannot be done exactly."""
+    experts = [next((e for e in p.experts if e.component == component), None) for p in plans]
+    if not any(experts):
+        return None
+    model = next(e.model for e in experts if e is not None)
+    index = {p.adapter_name: i for i, p in enumerate(plans)}
+    verified = {(i, m.target) for i, e in enumerate(experts) if e is not None for m in e.modules}
+    layers = {}
+    for name, layer in model.named_modules():
+        if not folded_lora.folded(layer):
+            continue
+        parts = list(getattr(layer, folded_lora.PARTS))
+        order = [(index[a], *scales.get(name, {})[a]) for a in parts[0][0]
+                 if a in index and (index[a], name) in verified and a in scales.get(name, {})]
+        if len(parts) != 1 or not order:  # folded by several loads, or by nothing this load planned
+            return None
+        layers[name] = (parts, order)
+    refold = Refold([replace(p.spec, components=(component,)) for p in plans], family, layers)
+    names = list(layers)
+    sample = names[:SAMPLED_LAYERS] + names[SAMPLED_LAYERS:][-SAMPLED_LAYERS:]
+    made = factors(refold, plans, component, model, sample)
+    same = made is not None and all(
+        torch.equal(up, getattr(model.get_submodule(n), folded_lora.UP))
+        and torch.equal(down, getattr(model.get_submodule(n), folded_lora.DOWN)) for n, (up, down, _) in made.items())
+    return refold if same else None
+
+
+def factors(refold: Refold, plans: list[SpecPlan], component: str, model: torch.nn.Module,
+            names: list[str] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor, list]] | None:
+    """Each folded layer's (up, down, parts) from the planned files, as folded_lora._fold_layer makes them from
+    peft's tensors; None if a layer's module is missing from the plans (the file changed since)."""
+    modules = [{m.target: m for e in p.experts if e.component == component for m in e.modules} for p in plans]
+    out = {}
+    for name in refold.layers if names is None else names:
+        parts, order = refold.layers[name]
+        if any(name not in modules[i] for i, *_ in order):
+            return None
+        ups, downs = [], []
+        for i, scale, a_dtype, b_dtype in order:
+            module, tensors = modules[i][name], plans[i].lora.tensors
+            down, alpha_scale = tensors[module.keys["down"]], module.scale(tensors)
+            # as lora._adapter_state_dict folds alpha before diffusers loads it, then as peft stores it
+            down = down if alpha_scale == 1.0 else (down.float() * alpha_scale).to(down.dtype)
+            downs.append(down.to(a_dtype).float())
+            ups.append(tensors[module.keys["up"]].to(b_dtype).float() * scale)
+        base = model.get_submodule(name)
+        dtype, device = folded_lora.compute_dtype(base), base.weight.device
+        out[name] = (torch.cat(ups, dim=1).to(device, dtype), torch.cat(downs, dim=0).to(device, dtype), parts)
+    return out
+
+
+def refold(pipe, refold: Refold) -> bool:
+    """Fold `refold`'s LoRAs into the fresh expert in `pipe` (a lora_view): plan the files against it as the first
+    load did, attach each folded layer's factors, add the plain deltas. False, with nothing changed, where the
+    files no longer hold what the first load folded."""
+    plans = [plan_spec(pipe, spec, read_lora(spec.path, refold.family), refold.family, i)
+             for i, spec in enumerate(refold.specs)]
+    component = refold.specs[0].components[0]
+    model = getattr(pipe, component)
+    made = factors(refold, plans, component, model)
+    if made is None:
+        return False
+    with torch.no_grad():
+        for name, (up, down, parts) in made.items():
+            folded_lora.attach(model.get_submodule(name), up, down, parts)
+        for plan in plans:
+            for expert in plan.experts:
+                for delta, param in expert.deltas:  # as lora._add_deltas, with nothing to restore later
+                    change = plan.lora.tensors[delta.key].to(device=param.device, dtype=torch.float32)
+                    param.copy_((param.float() + expert.strength * change).to(param.dtype))
+    return True

@@ -1,0 +1,87 @@
+"""A GGUF expert read again (one Wan expert in RAM) gets its LoRAs folded again from the files without peft
+(producer.engines.loras.lora_refold): the same parameters, bit for bit, as the whole way gives."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from producer.engines.loras import lora, lora_refold
+from producer.engines.wan.experts import lora_view
+from test_folded_lora import _specs
+from test_offload import _gguf_expert, _wan_input
+
+
+def _state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _first_load(standin_hf_home, tmp_path):
+    expert = _gguf_expert(standin_hf_home)
+    specs = _specs(tmp_path, expert)  # two LoRAs, one with alpha and plain deltas, at 0.8 and 0.5
+    report = lora.load_loras(lora_view("transformer", expert), specs, "wan", fuse=True)
+    return expert, report
+
+
+def test_a_refold_gives_the_fresh_expert_what_the_whole_way_gave_the_first(standin_hf_home, tmp_path):
+    first, report = _first_load(standin_hf_home, tmp_path)
+    refold = report._refolds["transformer"]
+    assert refold is not None and len(refold.layers) > 10
+    fresh = _gguf_expert(standin_hf_home)
+    assert lora_refold.refold(lora_view("transformer", fresh), refold)
+    mine, theirs = _state(fresh), _state(first)
+    assert mine.keys() == theirs.keys()
+    for name, value in theirs.items():
+        assert torch.equal(mine[name].view(torch.uint8), value.view(torch.uint8)), name
+    x = _wan_input(first)
+    with torch.no_grad():
+        assert torch.equal(fresh(**x)[0], first(**x)[0])
+    assert not any(type(m).__module__.startswith("peft") for m in fresh.modules())
+
+
+def test_a_file_that_no_longer_holds_what_was_folded_is_refused_with_nothing_changed(standin_hf_home, tmp_path):
+    _, report = _first_load(standin_hf_home, tmp_path)
+    refold = report._refolds["transformer"]
+    layer = next(iter(refold.layers))
+    refold.layers["blocks.0.not_a_layer"] = refold.layers[layer]
+    fresh = _gguf_expert(standin_hf_home)
+    before = _state(fresh)
+    assert not lora_refold.refold(lora_view("transformer", fresh), refold)
+    after = _state(fresh)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_a_refold_that_would_not_give_the_folds_own_factors_is_not_kept(standin_hf_home, tmp_path, monkeypatch):
+    """capture compares its factors with the fold's on sampled layers: a scale off by a little is caught."""
+    scales = lora_refold.peft_scales
+    monkeypatch.setattr(lora_refold, "peft_scales", lambda model: {
+        name: {a: (s * 1.001, da, db) for a, (s, da, db) in adapters.items()}
+        for name, adapters in scales(model).items()})
+    _, report = _first_load(standin_hf_home, tmp_path)
+    assert report._folded and report._refolds == {"transformer": None}
+
+
+@pytest.mark.parametrize("weights", ["gguf-q4"])
+def test_with_one_expert_in_ram_each_expert_is_loaded_the_whole_way_once(standin_hf_home, monkeypatch, weights):
+    """Two clips with one expert in RAM read each expert twice; only the first read of each goes through
+    load_loras, and the second clip is the first one again."""
+    from producer.engines.wan import wan
+    from producer.engines.wan.wan_load import components_snapshot, locate_files, plan_for
+    from producer.facts import hardware
+    from producer.sizing import memory
+    from test_wan_session import distill_specs, job
+
+    plan = plan_for(hardware.probe(device="cpu"), components_snapshot(), [memory.wan_workload(64, 64, 9)], "auto",
+                    weights)
+    assert plan.weights == weights
+    whole, refolds = [], []
+    load, again = lora.load_loras, lora_refold.refold
+    monkeypatch.setattr(lora, "load_loras", lambda *a, **k: whole.append(1) or load(*a, **k))
+    monkeypatch.setattr(lora_refold, "refold", lambda *a: refolds.append(1) or again(*a))
+    one = wan.WanSession.from_files(locate_files(plan.weights), replace(plan, experts_in_ram=1),
+                                    lora_specs=distill_specs(), progress=False)
+    first, second = one.generate(job()), one.generate(job())
+    assert len(whole) == 2 and len(refolds) == 2  # each expert: the whole way once, then refolded
+    assert all(one._refolds.values()) and set(one._refolds) == {"transformer", "transformer_2"}
+    assert torch.equal(torch.as_tensor(first.frames), torch.as_tensor(second.frames))
