@@ -127,11 +127,16 @@ def main(argv=None) -> int:
         p.error(f"no such file: {', '.join(missing)}")
     result = {"files": [str(x) for x in args.paths], "cold": cold(args.paths[0]),
               "ways": {way: measure(args.paths, way) for way in args.ways.split(",")}}
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    emit(result, args.out)
     return 0
+
+
+def emit(result: dict, out: Path | None) -> None:
+    """The result as JSON on stdout, and into `out` where given."""
+    text = json.dumps(result, indent=2)
+    if out:
+        out.write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import time
 import warnings
@@ -28,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
+import disk_read
 import load_stages
 import torch
 
@@ -93,10 +93,7 @@ def main(argv=None) -> int:
         result["ways"][way] = {"fresh": measure(args.path, way, reuse=False),
                                "reused": measure(args.path, way, reuse=True)}
         print(way, result["ways"][way], file=sys.stderr, flush=True)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    disk_read.emit(result, args.out)
     return 0
 
 

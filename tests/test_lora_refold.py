@@ -85,3 +85,14 @@ def test_with_one_expert_in_ram_each_expert_is_loaded_the_whole_way_once(standin
     assert len(whole) == 2 and len(refolds) == 2  # each expert: the whole way once, then refolded
     assert all(one._refolds.values()) and set(one._refolds) == {"transformer", "transformer_2"}
     assert torch.equal(torch.as_tensor(first.frames), torch.as_tensor(second.frames))
+
+
+def test_a_layout_the_refold_does_not_know_loads_the_whole_way_and_never_fails_the_load(
+        standin_hf_home, tmp_path, monkeypatch):
+    def unknown(*args, **kwargs):
+        raise KeyError("lora_B")
+
+    monkeypatch.setattr(lora_refold, "factors", unknown)
+    _, report = _first_load(standin_hf_home, tmp_path)
+    assert report._folded and report._refolds == {"transformer": None}
+    assert all(e.folded for entry in report.loras for e in entry.experts)

@@ -13,6 +13,7 @@ bit for bit, on sampled layers; otherwise every read takes the whole way.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 
 import torch
@@ -20,6 +21,8 @@ import torch
 from producer.engines.loras.lora_files import read_lora
 from producer.engines.loras.lora_plan import SpecPlan, plan_spec
 from producer.sizing import folded_lora
+
+log = logging.getLogger("producer")
 
 SAMPLED_LAYERS = 3  # layers compared at capture from each end of the folded ones
 
@@ -43,7 +46,16 @@ def peft_scales(model: torch.nn.Module) -> dict[str, dict[str, tuple[float, torc
 
 def capture(plans: list[SpecPlan], component: str, family: str, scales: dict) -> Refold | None:
     """After `lora.load_loras` folded `component`'s adapters (`scales`: peft_scales before the fold): how to fold
-    them again, checked on sampled layers against the fold's factors; None where that cannot be done exactly."""
+    them again, checked on sampled layers against the fold's factors; None where that cannot be done exactly.
+    It only saves time, so it never fails a load: a layout it does not know gives None, and the whole way."""
+    try:
+        return _capture(plans, component, family, scales)
+    except (KeyError, IndexError, RuntimeError, ValueError) as exc:
+        log.info("LoRAs of %s will be loaded the whole way at each read (%s: %s)", component, type(exc).__name__, exc)
+        return None
+
+
+def _capture(plans: list[SpecPlan], component: str, family: str, scales: dict) -> Refold | None:
     experts = [next((e for e in p.experts if e.component == component), None) for p in plans]
     if not any(experts):
         return None
