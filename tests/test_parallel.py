@@ -140,6 +140,18 @@ def test_merge_reports_every_job_and_why_it_has_no_result(tmp_path):
     assert (result["peak_vram_gib"], result["peak_ram_gib"]) == (60.5, 3.0)
 
 
+def test_the_runs_plan_and_lora_report_come_from_a_worker_that_made_something(tmp_path):
+    """The split is dynamic: a worker that claimed no job never brought its experts in, so it has no LoRA report;
+    the merged result takes the run-wide facts from one that made a clip."""
+    write(tmp_path / "jobs" / "0.json", {"status": "ok", "job": 0, "output": "a.mp4", "worker": 1})
+    write(tmp_path / "ranks" / "0.json", {"status": "ok", "worker": 0, "jobs": [], "loras": {}})
+    write(tmp_path / "ranks" / "1.json", {"status": "ok", "worker": 1, "jobs": [{"job": 0, "status": "ok"}],
+                                          "loras": {"transformer": [{"name": "wan-lightning"}]}})
+    result = parallel_merge.merge_scenes(tmp_path, parallel.Launch("scenes", 2), 1, FakeStore(**{"owner/0": "1"}),
+                                         0, 1.0)
+    assert result["loras"] == {"transformer": [{"name": "wan-lightning"}]}
+
+
 def test_merge_a_batch_stopped_by_one_worker(tmp_path):
     write(tmp_path / "jobs" / "0.json", {"status": "error", "job": 0, "error": "out of memory", "worker": 0})
     write(tmp_path / "ranks" / "0.json", {"status": "ok", "worker": 0})

@@ -52,7 +52,10 @@ def merge_scenes(run_dir: Path, launch: Launch, jobs: int, store: Any, torchrun_
     result["exit_code"] = int(ExitCode.PARTIAL if failed else ExitCode.OK)
     if stop:
         result["stopped"] = stop
-    summary = next((r for r in ranks if r and r.get("status") != "error"), {})
+    # The run-wide facts (plan, model, LoRA reports) from a worker that made something: one that claimed no job
+    # never brought its experts in, so it has no LoRA report (the split is dynamic).
+    finished = [r for r in ranks if r and r.get("status") != "error"]
+    summary = next((r for r in finished if r.get("jobs")), finished[0] if finished else {})
     result.update({k: v for k, v in summary.items() if k not in result and k not in _PER_WORKER})
     result["parallel"] = _parallel_report(launch, ranks, merged, torchrun_code, seconds)
     result.update(_peaks(ranks))
