@@ -96,3 +96,22 @@ def test_a_layout_the_refold_does_not_know_loads_the_whole_way_and_never_fails_t
     _, report = _first_load(standin_hf_home, tmp_path)
     assert report._folded and report._refolds == {"transformer": None}
     assert all(e.folded for entry in report.loras for e in entry.experts)
+
+
+def test_a_layer_holding_a_module_the_check_did_not_count_is_not_refolded(standin_hf_home, tmp_path, monkeypatch):
+    """With allow_partial a module that failed the check keeps its adapter, which the fold folds: a refold that
+    left it out would differ on that layer, sampled or not, so there is no Refold."""
+    real = lora._loaded_problem
+    first = []
+
+    def one_fails(model, adapter, module, tensors):  # a layer in the middle: not among the sampled ones
+        if module.target == "blocks.0.ffn.net.2" and not first:
+            first.append(module.target)
+            return "loaded with other values than the file's"
+        return real(model, adapter, module, tensors)
+
+    monkeypatch.setattr(lora, "_loaded_problem", one_fails)
+    expert = _gguf_expert(standin_hf_home)
+    report = lora.load_loras(lora_view("transformer", expert), _specs(tmp_path, expert), "wan", allow_partial=True,
+                             fuse=True)
+    assert first and report._folded and report._refolds == {"transformer": None}

@@ -66,12 +66,12 @@ def _capture(plans: list[SpecPlan], component: str, family: str, scales: dict) -
     for name, layer in model.named_modules():
         if not folded_lora.folded(layer):
             continue
-        parts = list(getattr(layer, folded_lora.PARTS))
-        order = [(index[a], *scales.get(name, {})[a]) for a in parts[0][0]
-                 if a in index and (index[a], name) in verified and a in scales.get(name, {})]
-        if len(parts) != 1 or not order:  # folded by several loads, or by nothing this load planned
+        parts, held = list(getattr(layer, folded_lora.PARTS)), scales.get(name, {})
+        present = [a for a in parts[0][0] if a in held]  # what the fold folded here, in its order
+        # folded by several loads, or holding an adapter whose module the check did not count (allow_partial)
+        if len(parts) != 1 or not present or any(a not in index or (index[a], name) not in verified for a in present):
             return None
-        layers[name] = (parts, order)
+        layers[name] = (parts, [(index[a], *held[a]) for a in present])
     refold = Refold([replace(p.spec, components=(component,)) for p in plans], family, layers)
     names = list(layers)
     sample = names[:SAMPLED_LAYERS] + names[SAMPLED_LAYERS:][-SAMPLED_LAYERS:]
