@@ -67,8 +67,8 @@ Traps in diffusers 0.42.1 this module steps around (see the tests):
   we fold alpha into lora_A first.
 
 The module's parts: lora_files (reading files, key formats and names), lora_plan (what goes where,
-refusals before loading), lora_report (the report), lora_fold (LoRAs folded into GGUF weights); this module
-has the syntax and the loading.
+refusals before loading), lora_report (the report), lora_fold (LoRAs folded into GGUF weights), lora_refold
+(the same fold again, without peft, for an expert read again); this module has the syntax and the loading.
 """
 
 from __future__ import annotations
