@@ -174,10 +174,12 @@ def test_a_file_that_ends_inside_a_tensor_says_so(tmp_path):
     path.write_bytes(bytes(range(256)) * 4)
     whole, cut = torch.empty(1000, dtype=torch.uint8), torch.empty(100, dtype=torch.uint8)
     for threads in (1, 2):
-        gguf_host.read_at(path, [(whole, 24)], threads)
+        with gguf_host.FileReader(path, threads) as file:
+            file.read_into(whole, 24)
         assert whole.tolist() == list((bytes(range(256)) * 4)[24:1024])
         try:
-            gguf_host.read_at(path, [(cut, 1000)], threads)
+            with gguf_host.FileReader(path, threads) as file:
+                file.read_into(cut, 1000)
         except ValueError as exc:
             assert "ends at byte 1024" in str(exc) and "fetch it again" in str(exc)
         else:

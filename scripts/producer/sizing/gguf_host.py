@@ -4,7 +4,7 @@ diffusers' `load_gguf_checkpoint` copies every tensor out of the memory-mapped f
 and `offload.pin_in_place` then copies it again into page-locked chunks: for a streamed Wan Q4 expert
 (~9.6 GB) that is the file's pages, the plain copy and the pinned copy at once, and with one expert in RAM
 it happens at every clip. Here the file is parsed for its tensors' names, types and offsets, and each tensor's
-bytes are read from the file straight into room in a `HostPacker` chunk, by several readers (`read_at`); the
+bytes are read from the file straight into room in a `HostPacker` chunk, by several readers (`FileReader`); the
 state dict is then handed to `from_single_file`, which keeps these tensors as they are (GGUF blocks and
 tensors already in the compute dtype). The few F16 tensors cast to the compute dtype are pinned later.
 
@@ -95,14 +95,6 @@ def read_into_host_chunks(path: Path | str, on_gpu: tuple[str, ...] = (),
     del reader  # unmaps the file
     return {name: GGUFParameter(data, quant_type=kind) if kind is not None else data
             for name, (data, kind) in state.items()}
-
-
-def read_at(path: Path | str, targets: list[tuple[torch.Tensor, int]], threads: int = READ_THREADS) -> None:
-    """Fill each (tensor, file offset) of `targets` with the file's bytes there (FileReader). Raises ValueError if
-    the file ends early."""
-    with FileReader(path, threads) as file:
-        for tensor, offset in targets:
-            file.read_into(tensor, offset)
 
 
 class FileReader:
