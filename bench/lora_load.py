@@ -66,6 +66,7 @@ def measure(expert: Path, snapshot: Path, lora_path: Path, repeats: int) -> tupl
     again into another one from the first load's Refold (what a re-read expert gets with one expert in RAM;
     none where the scripts have no lora_refold)."""
     import dataclasses
+    import inspect
 
     import torch
     from diffusers import WanTransformer3DModel
@@ -74,11 +75,13 @@ def measure(expert: Path, snapshot: Path, lora_path: Path, repeats: int) -> tupl
     from producer.sizing import gguf_host
 
     spec = dataclasses.replace(lora.parse_lora_spec(f"{lora_path}:1.0:high", "wan"), components=("transformer",))
+    # as a session with one expert in RAM loads it (an older checkout, --scripts, has no refold)
+    refoldable = {"refoldable": True} if "refoldable" in inspect.signature(lora.load_loras).parameters else {}
     seconds, again = [], []
     for _ in range(repeats):
         model = gguf_host.load_gguf(WanTransformer3DModel, expert, snapshot, "transformer", torch.bfloat16, True)
         started = time.perf_counter()
-        report = lora.load_loras(lora_view("transformer", model), [spec], "wan", fuse=True)
+        report = lora.load_loras(lora_view("transformer", model), [spec], "wan", fuse=True, **refoldable)
         seconds.append(time.perf_counter() - started)
         assert report.loras[0].experts[0].lora_modules_applied > 0
         del model

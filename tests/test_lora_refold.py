@@ -20,7 +20,7 @@ def _state(model) -> dict:
 def _first_load(standin_hf_home, tmp_path):
     expert = _gguf_expert(standin_hf_home)
     specs = _specs(tmp_path, expert)  # two LoRAs, one with alpha and plain deltas, at 0.8 and 0.5
-    report = lora.load_loras(lora_view("transformer", expert), specs, "wan", fuse=True)
+    report = lora.load_loras(lora_view("transformer", expert), specs, "wan", fuse=True, refoldable=True)
     return expert, report
 
 
@@ -38,6 +38,13 @@ def test_a_refold_gives_the_fresh_expert_what_the_whole_way_gave_the_first(stand
     with torch.no_grad():
         assert torch.equal(fresh(**x)[0], first(**x)[0])
     assert not any(type(m).__module__.startswith("peft") for m in fresh.modules())
+
+
+def test_a_load_that_will_not_be_read_again_keeps_no_refold(standin_hf_home, tmp_path):
+    """Both experts in RAM, or Qwen: nothing is read again, so nothing is captured for it."""
+    expert = _gguf_expert(standin_hf_home)
+    report = lora.load_loras(lora_view("transformer", expert), _specs(tmp_path, expert), "wan", fuse=True)
+    assert report._folded and report._refolds == {}
 
 
 def test_a_file_that_no_longer_holds_what_was_folded_is_refused_with_nothing_changed(standin_hf_home, tmp_path):
@@ -113,5 +120,5 @@ def test_a_layer_holding_a_module_the_check_did_not_count_is_not_refolded(standi
     monkeypatch.setattr(lora, "_loaded_problem", one_fails)
     expert = _gguf_expert(standin_hf_home)
     report = lora.load_loras(lora_view("transformer", expert), _specs(tmp_path, expert), "wan", allow_partial=True,
-                             fuse=True)
+                             fuse=True, refoldable=True)
     assert first and report._folded and report._refolds == {"transformer": None}

@@ -239,14 +239,16 @@ def _specs_with_strength(path: Path, components: tuple[str, ...], strength, defa
     return [LoraSpec(path, values[c], (c,), f"{label}:{WAN_TARGET_NAMES.get(c, c)}") for c in components]
 
 
-def load_loras(pipe, specs, family: str, allow_partial: bool = False, fuse: bool = False) -> LoraReport:
+def load_loras(pipe, specs, family: str, allow_partial: bool = False, fuse: bool = False,
+               refoldable: bool = False) -> LoraReport:
     """Load each LoRA into its transformer(s), verify what got loaded, set per-expert strengths.
 
     Everything is checked before the pipeline is touched; a failure after that rolls back what was
     loaded. `fuse=True` merges the LoRAs into the weights (no per-step cost, for good); on GGUF weights it
     folds them into the weight each layer dequantizes (a small cost per step, and reversible). Otherwise they
     stay peft adapters. Call once per pipeline with all LoRAs; `unload_loras` undoes a load that was not
-    fused.
+    fused. `refoldable`: the caller will read the same GGUF transformer again (one Wan expert in RAM), so the
+    report keeps how to fold these LoRAs again without peft (`report._refolds`, lora_refold).
     """
     _check_family(family)
     specs = list(specs)
@@ -269,9 +271,11 @@ def load_loras(pipe, specs, family: str, allow_partial: bool = False, fuse: bool
         if fuse:  # not for a batch that swaps LoRA sets: its transformer is offloaded by then (lora_fold)
             from producer.engines.loras import lora_refold  # torch: not at import (the scripts' --help)
 
-            scales = {c: lora_refold.peft_scales(getattr(pipe, c)) for c in adapter_components(plans)}
+            scales = {c: lora_refold.peft_scales(getattr(pipe, c)) for c in adapter_components(plans)} \
+                if refoldable else {}
             fold_quantized(pipe, plans, report, enabled=FOLD_GGUF)
-            report._refolds = {c: lora_refold.capture(plans, c, family, scales[c]) for c in report._folded}
+            report._refolds = {c: lora_refold.capture(plans, c, family, scales[c]) for c in report._folded
+                               if c in scales}
             _fuse(pipe, plans)
     except BaseException:
         _rollback(pipe, report)

@@ -289,7 +289,7 @@ class WanSession:
             return  # folded again from the files as the first load folded them, without peft
         with _log_level(logging.WARNING if reloading else None):  # the report was printed at the first load
             report = lora.load_loras(lora_view(component, module), specs, "wan", allow_partial=self._allow_partial,
-                                     fuse=True)
+                                     fuse=True, refoldable=self.one_expert_at_a_time)
         self.lora_reports.setdefault(component, report.to_dict()["loras"])
         self._refolds[component] = report._refolds.get(component)
 
