@@ -318,7 +318,7 @@ def _load_plan(pipe, plan: SpecPlan, report: LoraReport) -> None:
                 state_dicts[wanted] = _adapter_state_dict(pipe, plan, expert.modules)
             _load_adapter(pipe, expert.component, state_dicts[wanted], plan.adapter_name, report)
             _keep_verified(expert, plan)
-        _add_deltas(expert, plan.lora.tensors, report)
+        add_deltas(expert, plan.lora.tensors, report)
 
 
 def _adapter_state_dict(pipe, plan: SpecPlan, modules: list[LoraModule]) -> dict:
@@ -404,12 +404,14 @@ def _loaded_problem(model, adapter: str, module: LoraModule, tensors: dict) -> s
     return None if float((loaded - expected).norm()) <= tolerance else "loaded with other values than the file's"
 
 
-def _add_deltas(expert: ExpertPlan, tensors: dict, report: LoraReport) -> None:
-    """weight += strength * delta, keeping the original to restore it exactly."""
+def add_deltas(expert: ExpertPlan, tensors: dict, report: LoraReport | None) -> None:
+    """weight += strength * delta, keeping the original in `report` to restore it exactly (None: nothing to
+    restore later, as for an expert folded again by lora_refold)."""
     import torch
 
     for delta, param in expert.deltas:
-        report._originals.append((param, param.detach().clone()))
+        if report is not None:
+            report._originals.append((param, param.detach().clone()))
         with torch.no_grad():
             change = tensors[delta.key].to(device=param.device, dtype=torch.float32)
             param.copy_((param.float() + expert.strength * change).to(param.dtype))

@@ -120,9 +120,9 @@ def refold(pipe, refold: Refold) -> bool:
     with torch.no_grad():
         for name, (up, down, parts) in made.items():
             folded_lora.attach(model.get_submodule(name), up, down, parts)
-        for plan in plans:
-            for expert in plan.experts:
-                for delta, param in expert.deltas:  # as lora._add_deltas, with nothing to restore later
-                    change = plan.lora.tensors[delta.key].to(device=param.device, dtype=torch.float32)
-                    param.copy_((param.float() + expert.strength * change).to(param.dtype))
+    from producer.engines.loras import lora  # which imports this module when it loads
+
+    for plan in plans:
+        for expert in plan.experts:
+            lora.add_deltas(expert, plan.lora.tensors, None)
     return True
