@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from producer.engines.loras import lora
 from producer.engines.loras.lora_files import read_lora
 from producer.engines.loras.lora_plan import SpecPlan, plan_spec
 from producer.sizing import folded_lora
@@ -120,8 +121,6 @@ def refold(pipe, refold: Refold) -> bool:
     with torch.no_grad():
         for name, (up, down, parts) in made.items():
             folded_lora.attach(model.get_submodule(name), up, down, parts)
-    from producer.engines.loras import lora  # which imports this module when it loads
-
     for plan in plans:
         for expert in plan.experts:
             lora.add_deltas(expert, plan.lora.tensors, None)
