@@ -318,7 +318,7 @@ def _load_plan(pipe, plan: SpecPlan, report: LoraReport) -> None:
                 state_dicts[wanted] = _adapter_state_dict(pipe, plan, expert.modules)
             _load_adapter(pipe, expert.component, state_dicts[wanted], plan.adapter_name, report)
             _keep_verified(expert, plan)
-        add_deltas(expert, plan.lora.tensors, report)
+        expert.add_deltas(plan.lora.tensors, report._originals)
 
 
 def _adapter_state_dict(pipe, plan: SpecPlan, modules: list[LoraModule]) -> dict:
@@ -402,19 +402,6 @@ def _loaded_problem(model, adapter: str, module: LoraModule, tensors: dict) -> s
     expected = up @ (down @ x) * module.scale(tensors)
     tolerance = 1e-2 * float(expected.norm()) + 1e-6  # bf16 storage rounds; a wrong load is off by ~100 %
     return None if float((loaded - expected).norm()) <= tolerance else "loaded with other values than the file's"
-
-
-def add_deltas(expert: ExpertPlan, tensors: dict, report: LoraReport | None) -> None:
-    """weight += strength * delta, keeping the original in `report` to restore it exactly (None: nothing to
-    restore later, as for an expert folded again by lora_refold)."""
-    import torch
-
-    for delta, param in expert.deltas:
-        if report is not None:
-            report._originals.append((param, param.detach().clone()))
-        with torch.no_grad():
-            change = tensors[delta.key].to(device=param.device, dtype=torch.float32)
-            param.copy_((param.float() + expert.strength * change).to(param.dtype))
 
 
 def _activate(pipe, plans: list[SpecPlan]) -> None:

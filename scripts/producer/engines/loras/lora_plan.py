@@ -54,6 +54,18 @@ class ExpertPlan:
     def lost(self) -> dict[str, list[str]]:
         return {reason: keys for (reason, lost), keys in self.skipped.items() if lost}
 
+    def add_deltas(self, tensors: dict, originals: list | None = None) -> None:
+        """weight += strength * delta for each of the deltas, keeping (parameter, original) in `originals` to
+        restore them exactly (None: nothing to restore later, as for an expert folded again by lora_refold)."""
+        import torch
+
+        for delta, param in self.deltas:
+            if originals is not None:
+                originals.append((param, param.detach().clone()))
+            with torch.no_grad():
+                change = tensors[delta.key].to(device=param.device, dtype=torch.float32)
+                param.copy_((param.float() + self.strength * change).to(param.dtype))
+
 
 @dataclass
 class SpecPlan:

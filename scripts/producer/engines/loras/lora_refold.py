@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from producer.engines.loras import lora
 from producer.engines.loras.lora_files import read_lora
 from producer.engines.loras.lora_plan import SpecPlan, plan_spec
 from producer.sizing import folded_lora
@@ -123,5 +122,5 @@ def refold(pipe, refold: Refold) -> bool:
             folded_lora.attach(model.get_submodule(name), up, down, parts)
     for plan in plans:
         for expert in plan.experts:
-            lora.add_deltas(expert, plan.lora.tensors, None)
+            expert.add_deltas(plan.lora.tensors)
     return True
