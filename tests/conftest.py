@@ -1,8 +1,8 @@
 """Shared test setup: an offline Hugging Face hub, a fresh HF_HOME per test, tiny stand-in models.
 
 Fixtures:
-- `offline_hf_home` (autouse): HF_HUB_OFFLINE=1 and HF_HOME pointed at an empty temp folder for every
-  test, undone afterwards. Nothing can reach the Hub or the real cache in ~/.cache.
+- `offline_hf_home` (autouse): HF_HUB_OFFLINE=1 and HF_HOME (and HF_ASSETS_CACHE, where kept LoRA folds go)
+  pointed at an empty temp folder for every test, undone afterwards. Nothing can reach the Hub or the real cache in ~/.cache.
 - `standin_install` (session): every stand-in built and installed once into a temp HF_HOME; its
   `.hf_home` and `.manifest` (see producer.testing.standins.install_standins). Treat it as read-only: a test
   that writes models installs its own with `install_standins(tmp_path, [...])`.
@@ -71,6 +71,8 @@ def use_hf_home(monkeypatch: pytest.MonkeyPatch, hf_home: Path) -> None:
 def offline_hf_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     hf_home = tmp_path_factory.mktemp("hf-home")  # not inside tmp_path: tests may expect that one empty
     use_hf_home(monkeypatch, hf_home)
+    # kept LoRA folds (engines/loras/lora_store) stay with the test, also under the shared stand-in install
+    monkeypatch.setenv("HF_ASSETS_CACHE", str(hf_home / "assets"))
     return hf_home
 
 

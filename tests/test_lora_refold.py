@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from producer.engines.loras import lora, lora_refold
+from producer.engines.loras import lora, lora_refold, lora_store
 from producer.engines.wan.experts import lora_view
 from test_folded_lora import _specs
 from test_offload import _gguf_expert, _wan_input
@@ -40,8 +40,10 @@ def test_a_refold_gives_the_fresh_expert_what_the_whole_way_gave_the_first(stand
     assert not any(type(m).__module__.startswith("peft") for m in fresh.modules())
 
 
-def test_a_load_that_will_not_be_read_again_keeps_no_refold(standin_hf_home, tmp_path):
-    """Both experts in RAM, or Qwen: nothing is read again, so nothing is captured for it."""
+def test_a_load_that_will_not_be_read_again_keeps_no_refold(standin_hf_home, tmp_path, monkeypatch):
+    """Both experts in RAM, or Qwen, with the store of folds off (lora_store): nothing is read again, so
+    nothing is captured for it."""
+    monkeypatch.setenv(lora_store.ENV, "0")
     expert = _gguf_expert(standin_hf_home)
     report = lora.load_loras(lora_view("transformer", expert), _specs(tmp_path, expert), "wan", fuse=True)
     assert report._folded and report._refolds == {}

@@ -68,7 +68,8 @@ Traps in diffusers 0.42.1 this module steps around (see the tests):
 
 The module's parts: lora_files (reading files, key formats and names), lora_plan (what goes where,
 refusals before loading), lora_report (the report), lora_fold (LoRAs folded into GGUF weights), lora_refold
-(the same fold again, without peft, for an expert read again); this module has the syntax and the loading.
+(the same fold again, without peft, for an expert read again), lora_store (folds kept between runs); this module
+has the syntax and the loading.
 """
 
 from __future__ import annotations
@@ -248,7 +249,9 @@ def load_loras(pipe, specs, family: str, allow_partial: bool = False, fuse: bool
     folds them into the weight each layer dequantizes (a small cost per step, and reversible). Otherwise they
     stay peft adapters. Call once per pipeline with all LoRAs; `unload_loras` undoes a load that was not
     fused. `refoldable`: the caller will read the same GGUF transformer again (one Wan expert in RAM), so the
-    report keeps how to fold these LoRAs again without peft (`report._refolds`, lora_refold).
+    report keeps how to fold these LoRAs again without peft (`report._refolds`, lora_refold). A fused load
+    whose folds were all captured is kept for later runs, which fold the same files into the same model from
+    it without peft (lora_store; PRODUCER_LORA_STORE=0 turns that off).
     """
     _check_family(family)
     specs = list(specs)
@@ -256,6 +259,13 @@ def load_loras(pipe, specs, family: str, allow_partial: bool = False, fuse: bool
     if not specs:
         return report
     _refuse_existing_adapters(pipe)
+    kept = None
+    if fuse:  # torch: not at import (the scripts' --help)
+        from producer.engines.loras import lora_store
+
+        kept = lora_store.Entry.for_load(pipe, specs, family, allow_partial)
+    if kept is not None and (recalled := kept.recall(pipe)) is not None:
+        return recalled  # folded without peft, as the whole way folded the same files into the same model before
     files: dict[Path, LoraFile] = {}
     for spec in specs:
         if spec.path not in files:
@@ -272,7 +282,7 @@ def load_loras(pipe, specs, family: str, allow_partial: bool = False, fuse: bool
             from producer.engines.loras import lora_refold  # torch: not at import (the scripts' --help)
 
             scales = {c: lora_refold.peft_scales(getattr(pipe, c)) for c in adapter_components(plans)} \
-                if refoldable else {}
+                if refoldable or kept is not None else {}
             fold_quantized(pipe, plans, report, enabled=FOLD_GGUF)
             report._refolds = {c: lora_refold.capture(plans, c, family, scales[c]) for c in report._folded
                                if c in scales}
@@ -284,6 +294,8 @@ def load_loras(pipe, specs, family: str, allow_partial: bool = False, fuse: bool
     for plan, lora in zip(plans, report.loras):
         log_lora(lora)
         warn_alpha_given_as_strength(plan)
+    if kept is not None:
+        kept.keep(report)
     return report
 
 

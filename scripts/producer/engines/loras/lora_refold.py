@@ -110,17 +110,30 @@ def refold(pipe, refold: Refold) -> bool:
     """Fold `refold`'s LoRAs into the fresh expert in `pipe` (a lora_view): plan the files against it as the first
     load did, attach each folded layer's factors, add the plain deltas. False, with nothing changed, where the
     files no longer hold what the first load folded."""
-    plans = [plan_spec(pipe, spec, read_lora(spec.path, refold.family), refold.family, i)
-             for i, spec in enumerate(refold.specs)]
-    component = refold.specs[0].components[0]
-    model = getattr(pipe, component)
-    made = factors(refold, plans, component, model)
-    if made is None:
-        return False
+    return refold_all(pipe, [refold]) is not None
+
+
+def refold_all(pipe, refolds: list[Refold]) -> list[SpecPlan] | None:
+    """`refold` for several components of `pipe` at once (a load kept by lora_store): every component's factors
+    are made before any is attached, so a file that changed leaves all of them as they were (None). Returns
+    the plans folded, for what the whole way reports from them."""
+    made, planned = [], []
+    for one in refolds:
+        plans = [plan_spec(pipe, spec, read_lora(spec.path, one.family), one.family, i)
+                 for i, spec in enumerate(one.specs)]
+        component = one.specs[0].components[0]
+        model = getattr(pipe, component)
+        factors_made = factors(one, plans, component, model)
+        if factors_made is None:
+            return None
+        made.append((model, factors_made, plans))
+        planned += plans
     with torch.no_grad():
-        for name, (up, down, parts) in made.items():
-            folded_lora.attach(model.get_submodule(name), up, down, parts)
-    for plan in plans:
-        for expert in plan.experts:
-            expert.add_deltas(plan.lora.tensors)
-    return True
+        for model, factors_made, _ in made:
+            for name, (up, down, parts) in factors_made.items():
+                folded_lora.attach(model.get_submodule(name), up, down, parts)
+    for _, _, plans in made:
+        for plan in plans:
+            for expert in plan.experts:
+                expert.add_deltas(plan.lora.tensors)
+    return planned

@@ -86,6 +86,16 @@ class LoraReport:
         return "\n".join(_describe_lora(lora) for lora in self.loras)
 
 
+def report_from_dict(data: dict) -> LoraReport:
+    """The report `LoraReport.to_dict` gave (as engines/loras/lora_store keeps it)."""
+    def expert(e: dict) -> ExpertReport:
+        fields = {k: v for k, v in e.items() if k not in ("partial", "lost", "skipped")}
+        return ExpertReport(**fields, skipped=[Skipped(**s) for s in e["skipped"]])
+
+    loras = [LoraFileReport(**{**d, "experts": [expert(e) for e in d["experts"]]}) for d in data["loras"]]
+    return LoraReport(data["family"], loras)
+
+
 def _describe_lora(lora: LoraFileReport) -> str:
     scale = _describe_scale(lora)
     lines = [f"LoRA {lora.name}: {lora.key_format}; {scale}"]
