@@ -9,7 +9,9 @@ once into `--folder`. `--scripts DIR` loads another checkout's `scripts/` (an ea
     git worktree add /tmp/before <commit> && python bench/lora_load.py --scripts /tmp/before/scripts --out before.json
 
 Each repeat also folds the LoRA again into another freshly read expert from the first load's Refold
-(engines/loras/lora_refold.py: what a re-read expert gets with one expert in RAM), timed as `refold_s`.
+(engines/loras/lora_refold.py: what a re-read expert gets with one expert in RAM), timed as `refold_s`, and
+loads it into a third one with the first load kept in the store of folds (engines/loras/lora_store.py: what a
+later run gets), timed as `stored_s`. Each repeat starts with an empty store, in `--folder`.
 `--size tiny` runs the same on the stand-in config (the test suite does).
 """
 
@@ -61,12 +63,15 @@ def _files(size: str, blocks: int, folder: Path) -> tuple[Path, Path, Path]:
     return expert, snapshot, lora
 
 
-def measure(expert: Path, snapshot: Path, lora_path: Path, repeats: int) -> tuple[list[float], list[float]]:
-    """Seconds of each `load_loras` into a freshly read expert (the read itself not timed), and of each fold
+def measure(expert: Path, snapshot: Path, lora_path: Path, repeats: int) -> dict[str, list[float]]:
+    """Seconds of each `load_loras` into a freshly read expert (the read itself not timed), of each fold
     again into another one from the first load's Refold (what a re-read expert gets with one expert in RAM;
-    none where the scripts have no lora_refold)."""
+    none where the scripts have no lora_refold), and of each load with the first one in the store of folds
+    (a later run; none where the scripts have no lora_store)."""
     import dataclasses
     import inspect
+    import os
+    import shutil
 
     import torch
     from diffusers import WanTransformer3DModel
@@ -77,24 +82,43 @@ def measure(expert: Path, snapshot: Path, lora_path: Path, repeats: int) -> tupl
     spec = dataclasses.replace(lora.parse_lora_spec(f"{lora_path}:1.0:high", "wan"), components=("transformer",))
     # as a session with one expert in RAM loads it (an older checkout, --scripts, has no refold)
     refoldable = {"refoldable": True} if "refoldable" in inspect.signature(lora.load_loras).parameters else {}
-    seconds, again = [], []
+    stored = (lora_path.parent / "assets") if (Path(lora.__file__).with_name("lora_store.py")).exists() else None
+    if stored is not None:
+        os.environ["HF_ASSETS_CACHE"] = str(stored)
+
+    def fresh():
+        return gguf_host.load_gguf(WanTransformer3DModel, expert, snapshot, "transformer", torch.bfloat16, True)
+
+    times: dict[str, list[float]] = {"load": [], "refold": [], "stored": []}
     for _ in range(repeats):
-        model = gguf_host.load_gguf(WanTransformer3DModel, expert, snapshot, "transformer", torch.bfloat16, True)
+        if stored is not None:
+            shutil.rmtree(stored, ignore_errors=True)
+        model = fresh()
         started = time.perf_counter()
         report = lora.load_loras(lora_view("transformer", model), [spec], "wan", fuse=True, **refoldable)
-        seconds.append(time.perf_counter() - started)
+        times["load"].append(time.perf_counter() - started)
         assert report.loras[0].experts[0].lora_modules_applied > 0
         del model
         refold = getattr(report, "_refolds", {}).get("transformer")
         if refold is not None:
             from producer.engines.loras import lora_refold
 
-            model = gguf_host.load_gguf(WanTransformer3DModel, expert, snapshot, "transformer", torch.bfloat16, True)
+            model = fresh()
             started = time.perf_counter()
             assert lora_refold.refold(lora_view("transformer", model), refold)
-            again.append(time.perf_counter() - started)
+            times["refold"].append(time.perf_counter() - started)
             del model
-    return seconds, again
+        if stored is not None:
+            model, peft_loads = fresh(), lora._load_plan
+            lora._load_plan = None  # a load that went through peft now fails: the store must serve it
+            started = time.perf_counter()
+            try:
+                lora.load_loras(lora_view("transformer", model), [spec], "wan", fuse=True, **refoldable)
+            finally:
+                lora._load_plan = peft_loads
+            times["stored"].append(time.perf_counter() - started)
+            del model
+    return times
 
 
 def main(argv=None) -> int:
@@ -106,12 +130,14 @@ def main(argv=None) -> int:
     import torch
 
     expert, snapshot, lora_path = _files(args.size, args.blocks, args.folder)
-    seconds, again = measure(expert, snapshot, lora_path, args.repeats)
+    times = measure(expert, snapshot, lora_path, args.repeats)
     result = {"size": args.size, "blocks": args.blocks, "scripts": str(args.scripts), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "load_loras_s": [round(s, 3) for s in seconds],
-              "median_s": round(statistics.median(seconds), 3)}
-    if again:
-        result.update(refold_s=[round(s, 3) for s in again], refold_median_s=round(statistics.median(again), 3))
+              "threads": torch.get_num_threads(), "load_loras_s": [round(s, 3) for s in times["load"]],
+              "median_s": round(statistics.median(times["load"]), 3)}
+    for name in ("refold", "stored"):
+        if times[name]:
+            result.update({f"{name}_s": [round(s, 3) for s in times[name]],
+                           f"{name}_median_s": round(statistics.median(times[name]), 3)})
     print(json.dumps(result))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))

@@ -351,6 +351,7 @@ def test_lora_load_times_the_scripts_loader_on_a_gguf_expert_and_refuses_a_folde
     result = json.loads(out.read_text())
     assert len(result["load_loras_s"]) == 2 and result["median_s"] > 0 and result["blocks"] == 2
     assert len(result["refold_s"]) == 2 and result["refold_median_s"] > 0  # folded again without peft
+    assert len(result["stored_s"]) == 2 and result["stored_median_s"] > 0  # a later run: from the store of folds
     assert (tmp_path / "files" / "wan-tiny-2" / "expert.gguf").is_file()
     refused = subprocess.run([sys.executable, str(BENCH.with_name("lora_load.py")), "--scripts", str(tmp_path)],
                              capture_output=True, text=True, timeout=60, check=False)
