@@ -146,9 +146,10 @@ def test_a_load_whose_folds_were_not_all_captured_is_not_kept(standin_hf_home, t
     assert report._refolds == {"transformer": None} and _entries() == []
 
 
-def test_a_second_session_with_one_expert_in_ram_loads_no_expert_the_whole_way(standin_hf_home, monkeypatch,
-                                                                                whole_way):
-    """Two runs of a 16 GB machine's plan: the second run's first read of each expert folds from the store."""
+@pytest.mark.parametrize("experts_in_ram", [1, 2])
+def test_a_second_session_loads_no_expert_the_whole_way(standin_hf_home, monkeypatch, whole_way, experts_in_ram):
+    """Two runs of a 16 GB machine's plan (one expert in RAM) or a 32 GB one's (both): the second run's loads
+    fold from the store."""
     from producer.engines.wan import wan
     from producer.engines.wan.wan_load import components_snapshot, locate_files, plan_for
     from producer.facts import hardware
@@ -157,12 +158,27 @@ def test_a_second_session_with_one_expert_in_ram_loads_no_expert_the_whole_way(s
 
     plan = plan_for(hardware.probe(device="cpu"), components_snapshot(), [memory.wan_workload(64, 64, 9)], "auto",
                     "gguf-q4")
-    plan = replace(plan, experts_in_ram=1)
+    plan = replace(plan, experts_in_ram=experts_in_ram)
     runs = []
     for _ in range(2):
         session = wan.WanSession.from_files(locate_files(plan.weights), plan, lora_specs=distill_specs(),
                                             progress=False)
         runs.append((session.generate(job()), session.lora_reports))
-    assert len(whole_way) == 2  # the first run: each expert once; the second run: none
+    assert len(whole_way) == 2  # the first run: each expert's LoRA once; the second run: none
+    assert len(_entries()) == 2  # the session loads each expert's LoRAs on its own: an entry each
     assert runs[0][1] == runs[1][1]
     assert torch.equal(torch.as_tensor(runs[0][0].frames), torch.as_tensor(runs[1][0].frames))
+
+
+def test_an_entry_whose_folds_name_other_files_than_its_key_is_not_used(standin_hf_home, tmp_path, whole_way):
+    first = _gguf_expert(standin_hf_home)
+    specs = _specs(tmp_path, first)
+    _load(first, specs)
+    (entry,) = _entries()
+    data = json.loads(entry.read_text())
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(specs[0].path.read_bytes())
+    data["refolds"]["transformer"]["specs"][0][0] = str(other)
+    entry.write_text(json.dumps(data))
+    _load(_gguf_expert(standin_hf_home), specs)
+    assert len(whole_way) == 4

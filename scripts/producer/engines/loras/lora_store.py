@@ -79,6 +79,8 @@ class Entry:
                 return None
             refolds = {c: _refold_from(r) for c, r in data["refolds"].items()}
             report = report_from_dict(data["report"])
+            if not all(_named(s, self.key["specs"]) for r in refolds.values() for s in r.specs):
+                raise ValueError("the entry folds other files than its key names")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.debug("LoRA store entry %s not used (%s: %s)", self.path.name, type(exc).__name__, exc)
             return None
@@ -117,12 +119,22 @@ def _key(pipe, specs: list[LoraSpec], family: str, allow_partial: bool) -> dict:
     paths = sorted({Path(s.path).resolve() for s in specs})
     return {
         "format": FORMAT, "family": family, "allow_partial": allow_partial,
-        "specs": [[str(Path(s.path).resolve()), s.strength, list(s.components), s.label] for s in specs],
+        "specs": [_spec_key(s) for s in specs],
         "files": {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in paths},
         "models": {c: fingerprint(getattr(pipe, c)) for c in sorted({c for s in specs for c in s.components})},
         "versions": [torch.__version__, diffusers.__version__, peft.__version__],
         "code": _code_digest(),
     }
+
+
+def _spec_key(spec: LoraSpec) -> list:
+    return [str(Path(spec.path).resolve()), spec.strength, list(spec.components), spec.label]
+
+
+def _named(spec: LoraSpec, keyed: list) -> bool:
+    """Is `spec` (a Refold's: one component) part of one of the key's specs?"""
+    path, strength, components, label = _spec_key(spec)
+    return any(path == p and strength == s and label == lbl and set(components) <= set(c) for p, s, c, lbl in keyed)
 
 
 def fingerprint(model: torch.nn.Module) -> str:
