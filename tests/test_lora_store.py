@@ -182,3 +182,16 @@ def test_an_entry_whose_folds_name_other_files_than_its_key_is_not_used(standin_
     entry.write_text(json.dumps(data))
     _load(_gguf_expert(standin_hf_home), specs)
     assert len(whole_way) == 4
+
+
+def test_with_folding_turned_off_a_kept_fold_is_not_used(standin_hf_home, tmp_path, whole_way, monkeypatch):
+    """`lora.FOLD_GGUF = False` keeps peft's adapters on GGUF weights (the benchmark's -lorapeft): the store, which
+    holds folds, must not answer for it."""
+    first = _gguf_expert(standin_hf_home)
+    specs = _specs(tmp_path, first)
+    _load(first, specs)
+    monkeypatch.setattr(lora, "FOLD_GGUF", False)
+    later = _gguf_expert(standin_hf_home)
+    report = _load(later, specs)
+    assert len(whole_way) == 4 and not any(e.folded for f in report.loras for e in f.experts)
+    assert any(type(m).__module__.startswith("peft") for m in later.modules())

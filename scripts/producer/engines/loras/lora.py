@@ -260,7 +260,7 @@ def load_loras(pipe, specs, family: str, allow_partial: bool = False, fuse: bool
         return report
     _refuse_existing_adapters(pipe)
     kept = None
-    if fuse:  # torch: not at import (the scripts' --help)
+    if fuse and FOLD_GGUF:  # the store holds folds only; torch: not at import (the scripts' --help)
         from producer.engines.loras import lora_store
 
         kept = lora_store.Entry.for_load(pipe, specs, family, allow_partial)
