@@ -267,7 +267,8 @@ def _lora_fold_s(a: dict, plan: memory.MemoryPlan, notes: list[str], again: bool
         return 0.0
     share = a.get("refold_share", 1.0) if again else 1.0
     seconds = plan.adapter_params / 1e6 / rate * share
-    how = "folded again without peft" if again else "loaded the whole way"
+    how = "folded again without peft" if again else \
+        "loaded the whole way (a LoRA set's first run on this machine; later runs fold it from the store without peft)"
     notes.append(f"each expert read gets its LoRA {how}: {seconds:.1f} s an expert ({rate} M factors/s measured"
                  + (f", x{share} for folding again" if again else "") + ")")
     return seconds
