@@ -98,12 +98,17 @@ def factors(refold: Refold, plans: list[SpecPlan], component: str, model: torch.
             down, alpha_scale = tensors[module.keys["down"]], module.scale(tensors)
             # as lora._adapter_state_dict folds alpha before diffusers loads it, then as peft stores it
             down = down if alpha_scale == 1.0 else (down.float() * alpha_scale).to(down.dtype)
-            downs.append(down.to(a_dtype).float())
+            # fp32 holds every half-precision value exactly, so a_dtype -> fp32 -> dtype is a_dtype -> dtype
+            downs.append(down.to(a_dtype))
             ups.append(tensors[module.keys["up"]].to(b_dtype).float() * scale)
         base = model.get_submodule(name)
         dtype, device = folded_lora.compute_dtype(base), base.weight.device
-        out[name] = (torch.cat(ups, dim=1).to(device, dtype), torch.cat(downs, dim=0).to(device, dtype), parts)
+        out[name] = (_joined(ups, 1).to(device, dtype), _joined([d.to(dtype) for d in downs], 0).to(device), parts)
     return out
+
+
+def _joined(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=dim)  # one LoRA: no copy
 
 
 def refold(pipe, refold: Refold) -> bool:
