@@ -100,7 +100,7 @@ def factors(refold: Refold, plans: list[SpecPlan], component: str, model: torch.
             down = down if alpha_scale == 1.0 else (down.float() * alpha_scale).to(down.dtype)
             # fp32 holds every half-precision value exactly, so a_dtype -> fp32 -> dtype is a_dtype -> dtype
             downs.append(down.to(a_dtype))
-            ups.append(tensors[module.keys["up"]].to(b_dtype).float() * scale)
+            ups.append(tensors[module.keys["up"]].to(b_dtype).to(torch.float32, copy=True).mul_(scale))
         base = model.get_submodule(name)
         dtype, device = folded_lora.compute_dtype(base), base.weight.device
         out[name] = (_joined(ups, 1).to(device, dtype), _joined([d.to(dtype) for d in downs], 0).to(device), parts)
