@@ -30,14 +30,19 @@ def test_a_refold_gives_the_fresh_expert_what_the_whole_way_gave_the_first(stand
     assert refold is not None and len(refold.layers) > 10
     fresh = _gguf_expert(standin_hf_home)
     assert lora_refold.refold(lora_view("transformer", fresh), refold)
-    mine, theirs = _state(fresh), _state(first)
-    assert mine.keys() == theirs.keys()
-    for name, value in theirs.items():
-        assert torch.equal(mine[name].view(torch.uint8), value.view(torch.uint8)), name
-    x = _wan_input(first)
+    assert_same_without_peft(fresh, first)
+
+
+def assert_same_without_peft(mine, theirs) -> None:
+    """`mine` holds `theirs`'s parameters bit for bit, computes the same, and holds nothing of peft."""
+    ours, reference = _state(mine), _state(theirs)
+    assert ours.keys() == reference.keys()
+    for name, value in reference.items():
+        assert torch.equal(ours[name].view(torch.uint8), value.view(torch.uint8)), name
+    x = _wan_input(theirs)
     with torch.no_grad():
-        assert torch.equal(fresh(**x)[0], first(**x)[0])
-    assert not any(type(m).__module__.startswith("peft") for m in fresh.modules())
+        assert torch.equal(mine(**x)[0], theirs(**x)[0])
+    assert not any(type(m).__module__.startswith("peft") for m in mine.modules())
 
 
 def test_a_load_that_will_not_be_read_again_keeps_no_refold(standin_hf_home, tmp_path, monkeypatch):

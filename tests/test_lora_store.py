@@ -13,8 +13,8 @@ import torch
 from producer.engines.loras import lora, lora_store
 from producer.engines.wan.experts import lora_view
 from test_folded_lora import _specs
-from test_lora_refold import _state
-from test_offload import _gguf_expert, _wan_input
+from test_lora_refold import assert_same_without_peft
+from test_offload import _gguf_expert
 
 
 @pytest.fixture
@@ -45,14 +45,7 @@ def test_a_later_run_folds_from_the_store_what_the_whole_way_folded(standin_hf_h
     assert len(whole_way) == 2, "the later load went through peft"
     assert again.to_dict() == report.to_dict() and again._folded == report._folded
     assert "folded from the store" in caplog.text and "LoRA a:" in caplog.text
-    mine, theirs = _state(later), _state(first)
-    assert mine.keys() == theirs.keys()
-    for name, value in theirs.items():
-        assert torch.equal(mine[name].view(torch.uint8), value.view(torch.uint8)), name
-    x = _wan_input(first)
-    with torch.no_grad():
-        assert torch.equal(later(**x)[0], first(**x)[0])
-    assert not any(type(m).__module__.startswith("peft") for m in later.modules())
+    assert_same_without_peft(later, first)
     assert again._refolds["transformer"] is not None  # a read again within the later process refolds too
 
 
