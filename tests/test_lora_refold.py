@@ -33,13 +33,13 @@ def test_a_refold_gives_the_fresh_expert_what_the_whole_way_gave_the_first(stand
     assert_same_without_peft(fresh, first)
 
 
-def assert_same_without_peft(mine, theirs) -> None:
+def assert_same_without_peft(mine, theirs, dtype=torch.float32) -> None:
     """`mine` holds `theirs`'s parameters bit for bit, computes the same, and holds nothing of peft."""
     ours, reference = _state(mine), _state(theirs)
     assert ours.keys() == reference.keys()
     for name, value in reference.items():
         assert torch.equal(ours[name].view(torch.uint8), value.view(torch.uint8)), name
-    x = _wan_input(theirs)
+    x = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in _wan_input(theirs).items()}
     with torch.no_grad():
         assert torch.equal(mine(**x)[0], theirs(**x)[0])
     assert not any(type(m).__module__.startswith("peft") for m in mine.modules())
@@ -129,3 +129,34 @@ def test_a_layer_holding_a_module_the_check_did_not_count_is_not_refolded(standi
     report = lora.load_loras(lora_view("transformer", expert), _specs(tmp_path, expert), "wan", allow_partial=True,
                              fuse=True, refoldable=True)
     assert first and report._folded and report._refolds == {"transformer": None}
+
+
+def test_a_bf16_expert_gets_the_same_bits_without_fp32_copies_of_the_factors(standin_hf_home, tmp_path, monkeypatch):
+    """With bf16 factors in the file and a bf16 compute dtype, B * scale is taken straight (no fp32 copy of B):
+    the same bits as the fold's fp32 product rounded to bf16."""
+    from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
+    from producer.engines.loras.lora_files import LoraSpec
+    from producer.facts import registry
+    from producer.modelfiles import models
+    from producer.testing import standin_loras
+
+    snapshot = models.snapshot_dir(registry.get("wan-i2v-components"))
+    gguf = next(standin_hf_home.glob("hub/**/*HighNoise-Q4_K_M.gguf"))
+
+    def expert():
+        return WanTransformer3DModel.from_single_file(
+            str(gguf), quantization_config=GGUFQuantizationConfig(compute_dtype=torch.bfloat16), config=str(snapshot),
+            subfolder="transformer", dtype=torch.bfloat16)
+
+    first = expert()
+    path = standin_loras.save_lora(standin_loras.wan_lightx2v_lora(first, seed=3, rank=4, dtype=torch.bfloat16),
+                                   tmp_path / "bf16.safetensors")
+    report = lora.load_loras(lora_view("transformer", first), [LoraSpec(path, 0.7, ("transformer",), "bf16")], "wan",
+                             fuse=True, refoldable=True)
+    taken, real = [], lora_refold._scaled_up
+    monkeypatch.setattr(lora_refold, "_scaled_up", lambda up, b_dtype, scale, dtype: taken.append(
+        (b_dtype, up.dtype, dtype)) or real(up, b_dtype, scale, dtype))
+    fresh = expert()
+    assert lora_refold.refold(lora_view("transformer", fresh), report._refolds["transformer"])
+    assert (torch.bfloat16, torch.bfloat16, torch.bfloat16) in taken  # the case the straight product serves
+    assert_same_without_peft(fresh, first, torch.bfloat16)
