@@ -109,8 +109,9 @@ def test_a_store_that_cannot_be_written_never_fails_a_load(standin_hf_home, tmp_
     assert blocked.is_file()
 
 
-def test_the_store_can_be_turned_off(standin_hf_home, tmp_path, whole_way, monkeypatch):
-    monkeypatch.setenv(lora_store.ENV, "0")
+@pytest.mark.parametrize("off", ["0", "false", " Off "])
+def test_the_store_can_be_turned_off(standin_hf_home, tmp_path, whole_way, monkeypatch, off):
+    monkeypatch.setenv(lora_store.ENV, off)
     expert = _gguf_expert(standin_hf_home)
     specs = _specs(tmp_path, expert)
     _load(expert, specs)

@@ -13,7 +13,7 @@ means the whole way, and a store that cannot be written is only logged.
 
 The entries live in huggingface_hub's assets folder ($HF_ASSETS_CACHE, by default $HF_HOME/assets), under
 ai-video-producer/lora-folds, one small JSON file each; the oldest beyond KEPT are removed.
-PRODUCER_LORA_STORE=0 turns the store off (every load the whole way, nothing written).
+PRODUCER_LORA_STORE=0 (or false, no, off) turns the store off (every load the whole way, nothing written).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from producer.engines.loras.lora_report import LoraReport, log_lora, report_from
 log = logging.getLogger("producer")
 
 ENV = "PRODUCER_LORA_STORE"
+OFF = {"0", "false", "no", "off"}
 FORMAT = 1
 KEPT = 32  # entries; each is a few hundred KB at most (layer names and scales, no tensors)
 _SOURCES = [Path(__file__).parent, Path(__file__).parents[2] / "sizing" / "folded_lora.py"]
@@ -59,7 +60,7 @@ class Entry:
     def for_load(cls, pipe, specs: list[LoraSpec], family: str, allow_partial: bool) -> Entry | None:
         """The entry of this load, taken before anything is loaded (a fold adds parameters); None when the store
         is off or a file cannot be looked at (the load then reports that itself)."""
-        if os.environ.get(ENV, "1") == "0":
+        if os.environ.get(ENV, "1").strip().lower() in OFF:
             return None
         if any(getattr(pipe, c, None) is None for s in specs for c in s.components):
             return None  # the whole way says which expert is missing
