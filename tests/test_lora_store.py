@@ -189,3 +189,23 @@ def test_with_folding_turned_off_a_kept_fold_is_not_used(standin_hf_home, tmp_pa
     report = _load(later, specs)
     assert len(whole_way) == 4 and not any(e.folded for f in report.loras for e in f.experts)
     assert any(type(m).__module__.startswith("peft") for m in later.modules())
+
+
+def test_an_entry_missing_a_part_or_failing_to_fold_goes_the_whole_way(standin_hf_home, tmp_path, whole_way,
+                                                                        monkeypatch):
+    first = _gguf_expert(standin_hf_home)
+    specs = _specs(tmp_path, first)
+    _load(first, specs)
+    (entry,) = _entries()
+    data = json.loads(entry.read_text())
+    del data["folded"]
+    entry.write_text(json.dumps(data))
+    _load(_gguf_expert(standin_hf_home), specs)  # the whole way writes the entry again, whole
+    from producer.engines.loras import lora_refold
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(lora_refold, "factors", broken)
+    report = _load(_gguf_expert(standin_hf_home), specs)
+    assert len(whole_way) == 6 and all(e.folded for f in report.loras for e in f.experts)

@@ -32,6 +32,7 @@ import torch
 from producer.engines.loras import lora_refold
 from producer.engines.loras.lora_files import LoraSpec
 from producer.engines.loras.lora_report import LoraReport, log_lora, report_from_dict, warn_alpha_given_as_strength
+from producer.errors import CliError
 
 log = logging.getLogger("producer")
 
@@ -79,16 +80,17 @@ class Entry:
             if data.get("key") != self.key:
                 return None
             refolds = {c: _refold_from(r) for c, r in data["refolds"].items()}
-            report = report_from_dict(data["report"])
+            report, folded = report_from_dict(data["report"]), dict(data["folded"])
             if not all(_named(s, self.key["specs"]) for r in refolds.values() for s in r.specs):
                 raise ValueError("the entry folds other files than its key names")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # refold_all changes nothing until every factor is made, so an error here leaves the model as it was
+            plans = lora_refold.refold_all(pipe, list(refolds.values()))
+        except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, RuntimeError, CliError) as exc:
             log.debug("LoRA store entry %s not used (%s: %s)", self.path.name, type(exc).__name__, exc)
-            return None
-        plans = lora_refold.refold_all(pipe, list(refolds.values()))
+            return None  # the whole way, which reports a file's problem in its own words
         if plans is None:
             return None
-        report._refolds, report._folded = refolds, data["folded"]
+        report._refolds, report._folded = refolds, folded
         for lora in report.loras:
             log_lora(lora)
         for plan in plans:
