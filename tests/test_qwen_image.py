@@ -447,3 +447,22 @@ def test_help_works_from_any_folder_without_importing_torch(tmp_path):
     probe = (f"import sys; sys.path.insert(0, {str(script.parent)!r}); from producer.makers import qwen_image; "
              "qwen_image.build(); print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_a_second_run_with_the_same_lora_on_gguf_weights_folds_it_from_the_store(pics, capsys):
+    """The first run folds the Lightning LoRA into the GGUF transformer the whole way and keeps how
+    (engines/loras/lora_store); the second folds it from there, reports the same, and makes the same image."""
+    argv = ["--prompt", "fox", "--weights", "gguf-q4", "--lightning", "4", "--cfg", "1", "--size", "64x64", "--seed", "7"]
+    reports, errs = [], []
+    for name in ("s1.png", "s2.png"):
+        code = qwen_image.main([*argv, "-o", str(pics.dir / name), "--json"])
+        captured = capsys.readouterr()
+        assert code == 0 and "Traceback" not in captured.err
+        reports.append(json.loads(captured.out.strip().splitlines()[-1]))
+        errs.append(captured.err)
+    assert "folded from the store" not in errs[0] and "folded from the store" in errs[1]
+    assert reports[0]["loras"] == reports[1]["loras"] and reports[0]["loras"]
+    from PIL import Image
+
+    first, second = (np.asarray(Image.open(pics.dir / n)) for n in ("s1.png", "s2.png"))
+    assert np.array_equal(first, second)
