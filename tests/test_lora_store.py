@@ -209,3 +209,21 @@ def test_an_entry_missing_a_part_or_failing_to_fold_goes_the_whole_way(standin_h
     monkeypatch.setattr(lora_refold, "factors", broken)
     report = _load(_gguf_expert(standin_hf_home), specs)
     assert len(whole_way) == 6 and all(e.folded for f in report.loras for e in f.experts)
+
+
+def test_a_kept_report_keeps_what_was_skipped(standin_hf_home, tmp_path, whole_way, caplog):
+    """Keys the first load skipped (here Wan 2.1 image-encoder keys, which Wan 2.2 has no target for) are in the
+    report a later run prints and returns."""
+    from producer.testing import standin_loras
+
+    first = _gguf_expert(standin_hf_home)
+    path = standin_loras.save_lora(standin_loras.wan_lightx2v_lora(first, seed=4, rank=4, wan21_image_keys=True),
+                                   tmp_path / "with-image-keys.safetensors")
+    specs = [lora.LoraSpec(path, 1.0, ("transformer",), "x")]
+    report = _load(first, specs)
+    skipped = report.to_dict()["loras"][0]["experts"][0]["skipped"]
+    assert skipped and skipped[0]["count"] > 0
+    caplog.set_level("INFO", logger="producer")
+    again = _load(_gguf_expert(standin_hf_home), specs)
+    assert len(whole_way) == 1 and again.to_dict() == report.to_dict()
+    assert "skipped:" in caplog.text
