@@ -102,6 +102,24 @@ def test_session_takes_the_levers(tiny_wan_pipeline):
     assert session.speed_notes == ["attention _native_math"]
 
 
+def test_the_report_keeps_each_experts_first_notes(tiny_wan_pipeline, monkeypatch):
+    """A compile's seconds are in the first expert's notes; the second expert, which finds the code compiled,
+    must not put them out of the report (it used to replace them)."""
+    from producer.engines.wan import wan
+    from producer.facts import hardware
+    from producer.sizing import memory
+
+    calls = []
+    monkeypatch.setattr(speed, "apply_speed", lambda module, levers, device: calls.append(1) or (
+        ["compiled (Q4_K: 9.8 s)"] if len(calls) == 1 else ["compiled (Q4_K: 0.0 s; compiled earlier)"]))
+    plan = memory.plan_memory(hardware.from_sizes(0, 16), memory.WAN_FOOTPRINT, memory.wan_workload(64, 64, 9))
+    session = wan.WanSession.from_components(tiny_wan_pipeline, plan, "cpu", progress=False,
+                                             speed=speed.Speed(compile_dequantize=True))
+    for component in ("transformer", "transformer_2"):
+        session._bring_in(component)
+    assert session.speed_notes == ["compiled (Q4_K: 9.8 s)", "compiled (Q4_K: 0.0 s; compiled earlier)"]
+
+
 def test_fp8_matmul_is_recorded_in_both_scripts_recipes(standin_hf_home, tmp_path):
     from types import SimpleNamespace
 

@@ -136,7 +136,7 @@ class WanSession:
                  lora_specs=(), allow_partial: bool = False, progress: bool = True, speed=None):
         self.pipe, self.plan, self.device, self._experts = pipe, plan, torch.device(device), experts
         self.speed = speed  # producer.sizing.speed.Speed, applied to each expert once it is placed
-        self.speed_notes: list[str] = []
+        self._speed_notes: dict[str, list[str]] = {}  # per expert, from its first placing (see speed_notes)
         self.dtype = offload.torch_dtype(plan.dtype)
         self._lora_specs, self._allow_partial = list(lora_specs), allow_partial
         self.lora_reports: dict[str, list[dict]] = {}
@@ -261,8 +261,14 @@ class WanSession:
         if placement is Placement.MODEL_OFFLOAD and all(getattr(self.pipe, c) is not None for c in DENOISERS):
             offload.install_expert_swap(self.pipe, self.device)
         if self.speed is not None and not getattr(module, "_producer_sped_up", False):
-            self.speed_notes = speed.apply_speed(module, self.speed, self.device)
+            self._speed_notes.setdefault(component, speed.apply_speed(module, self.speed, self.device))
             module._producer_sped_up = True
+
+    @property
+    def speed_notes(self) -> list[str]:
+        """What the speed levers did, for the report: each expert's notes from its first placing, where a compile's
+        seconds are (the other expert, or a read again, finds the code compiled already)."""
+        return list(dict.fromkeys(n for c in DENOISERS for n in self._speed_notes.get(c, [])))
 
     def _let_go(self, component: str) -> None:
         module = getattr(self.pipe, component)
