@@ -1,8 +1,10 @@
 """Paces the speed model's assumptions take from runs that loaded models from disk (bench/speedmodel.py): how fast
-a clip takes in its experts when RAM holds one, and how fast a LoRA folds into GGUF experts."""
+a clip takes in its experts when RAM holds one, how fast a LoRA folds into GGUF experts, and how long compiling the
+GGUF dequantization takes a process."""
 
 from __future__ import annotations
 
+import re
 import statistics
 
 
@@ -40,3 +42,22 @@ def lora_fold_mparams_s(runs: list[dict]) -> float | None:
 def refold_share(result: dict) -> float:
     """bench/lora_load.py's fold again from a Refold against its whole load, medians (one machine, one run)."""
     return round(result["refold_median_s"] / result["median_s"], 2)
+
+
+# compiled_dequant's note: "GGUF dequantization compiled (Q4_K, Q6_K: 10.0 s)"; "...: 0.0 s; ... compiled earlier in
+# this process" is a second expert's, which found the code compiled (and, before the speed report kept each
+# expert's first notes, replaced the first one's: those runs give no figure).
+DEQUANT_COMPILED = re.compile(r"GGUF dequantization compiled \([^:)]*: ([0-9.]+) s")
+
+
+def dequant_compile_s(runs: list[dict]) -> dict[str, float]:
+    """Per family, the longest a process spent compiling the GGUF dequantization in these runs (at its load,
+    outside the timed items, so no entry's cold_extra_s holds it); families without such a run are absent."""
+    out: dict[str, float] = {}
+    for run in runs:
+        family = str(run.get("workload", "")).split("-")[0]
+        for note in run.get("speed") or []:
+            match = DEQUANT_COMPILED.search(note)
+            if family in ("wan", "qwen") and match and float(match.group(1)) > 0:
+                out[family] = max(out.get(family, 0.0), float(match.group(1)))
+    return out

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(HERE))
 
 from benchmark import LEVERS, WORKLOADS, cap_gib, has_lever
-from load_paces import disk_reads, expert_read_gb_s, lora_fold_mparams_s, refold_share
+from load_paces import dequant_compile_s, disk_reads, expert_read_gb_s, lora_fold_mparams_s, refold_share
 from producer.sizing import estimate, memory
 
 WRITING = "bench/results/2026-11-29-writing-2core.json"  # per-item writing cost (bench/writing.py)
@@ -99,7 +99,10 @@ NOTES = [
         "disk_read_gb_s. lora_fold_mparams_s: millions of a GGUF expert's LoRA factors folded a second (peft's "
         "adapters, the check, the fold) in a load of both experts; with one expert in RAM the first read of each "
         "expert loads its LoRA so, later reads fold it again without peft in refold_share of that time (measured "
-        "on a 2-core CPU: bench/lora_load.py's refold_s against its load_loras_s)."
+        "on a 2-core CPU: bench/lora_load.py's refold_s against its load_loras_s). dequant_compile_s: per family, "
+        "the longest a process of the sources spent compiling the GGUF dequantization (its speed note); it happens "
+        "at the load, outside the timed items, so a run that compiles it pays it once besides cold_extra_s (a "
+        "warm inductor cache shortened it from 6.6 to 4.0 s for Qwen's Q8_0, 2026-12-07-h100-store)."
     ),
 ]
 
@@ -319,9 +322,12 @@ def build(paths: list[Path]) -> dict:
     samples: list[dict] = []
     read: list[dict] = []  # every entry read, also those replaced: the fit of resident forms uses them all
     expert_read = None  # from the last file that measured it: the reading code changed between files
+    compile_s: dict[str, float] = {}  # the longest compile of the GGUF dequantization, per family
     for path in paths:
         data = json.loads(path.read_text(encoding="utf-8"))
         expert_read = expert_read_gb_s(data["runs"]) or expert_read
+        for family, seconds in dequant_compile_s(data["runs"]).items():
+            compile_s[family] = max(compile_s.get(family, 0.0), seconds)
         gpu = data["environment"].get("gpu", "CPU")
         produced, loads = production_parts(data, gpu, _rel(path))
         samples += loads
@@ -367,6 +373,7 @@ def build(paths: list[Path]) -> dict:
             **({"expert_read_gb_s": expert_read} if expert_read else {}),
             "lora_fold_mparams_s": lora_fold_mparams_s(json.loads((ROOT / LORA_FOLD).read_text())["runs"]),
             "refold_share": refold_share(json.loads((ROOT / REFOLD).read_text())),
+            "dequant_compile_s": compile_s,
         },
         "token_curves": token_curves(ordered),
         "bandwidth_share": bandwidth_share(ordered),
