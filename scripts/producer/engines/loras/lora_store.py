@@ -7,9 +7,9 @@ experts on an H100, bench/results/2026-12-07-h100-late/lora.json). A whole-way l
 report, under a key of everything its result depends on: the family, each LoRA's path, strength and components,
 each file's size and modification time, a fingerprint of each model's parameters (names, shapes, dtypes, GGUF
 types), allow_partial, this package's source and the versions of torch, diffusers and peft. A later load under
-the same key folds from the files with the kept Refolds (lora_refold, a quarter of the time on a 2-core CPU) and
-reports what the first load reported. Nothing here ever fails a load: a missing, unreadable or different entry
-means the whole way, and a store that cannot be written is only logged.
+the same key folds from the files with the kept Refolds (lora_refold; H100: 1.0-1.3 s for both Wan experts
+against 3.70 s the whole way) and reports what the first load reported. Nothing here ever fails a load: a missing,
+unreadable or different entry means the whole way, and a store that cannot be written is only logged.
 
 The entries live in huggingface_hub's assets folder ($HF_ASSETS_CACHE, by default $HF_HOME/assets), under
 ai-video-producer/lora-folds, one small JSON file each; the oldest beyond KEPT are removed.
@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from producer.engines.loras import lora_refold
 from producer.engines.loras.lora_files import LoraSpec
 from producer.engines.loras.lora_report import LoraReport, log_lora, report_from_dict, warn_alpha_given_as_strength
 from producer.errors import CliError
+from producer.files.outputs import write_json_atomic
 
 log = logging.getLogger("producer")
 
@@ -109,9 +109,10 @@ class Entry:
         data = {"key": self.key, "report": report.to_dict(), "folded": report._folded,
                 "refolds": {c: _refold_to(report._refolds[c]) for c in components}}
         try:
-            _write(self.path, json.dumps(data))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.path, data)
             _prune(self.path.parent)
-        except OSError as exc:
+        except (OSError, CliError) as exc:  # a full disk is a CliError there
             log.info("the LoRA fold was not kept for later runs (%s); the next run loads it the whole way", exc)
 
 
@@ -180,19 +181,9 @@ def _refold_from(data: dict) -> lora_refold.Refold:
     return lora_refold.Refold(specs, data["family"], layers)
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _prune(folder: Path) -> None:
-    entries = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    """Remove the least recently used entries beyond KEPT (not another process's temp files, named '.*')."""
+    entries = sorted((p for p in folder.glob("*.json") if not p.name.startswith(".")),
+                     key=lambda p: p.stat().st_mtime_ns, reverse=True)
     for old in entries[KEPT:]:
         old.unlink(missing_ok=True)
