@@ -2,7 +2,7 @@
 experts, so that `load_to_first_step_s` against the disk's read floor can be explained stage by stage.
 
 Stages (each synchronised with the GPU at its end; a stage inside another is also counted in it):
-- `read`: the GGUF file's tensors copied from the mapped file into host chunks (gguf_host.read_into_host_chunks;
+- `read`: the GGUF file's tensors read into host chunks by the file readers (gguf_host.read_into_host_chunks;
   making the page-locked chunks is part of it);
 - `gguf_load`: the whole of gguf_host.load_gguf, the read and diffusers' `from_single_file` building the model;
 - `loras`: the session's LoRA loading (folding the step-distill factors beside the GGUF weights);
