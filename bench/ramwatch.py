@@ -3,7 +3,8 @@
 `ru_maxrss` counts every resident page, including the pages of memory-mapped model files, which are page
 cache: the kernel drops them when memory runs short, so they do not decide whether a plan fits a machine's
 RAM. What must fit is anonymous memory (plain and page-locked copies of the weights, activations) plus
-shared memory; this watch samples both, so a run reports the two peaks side by side. `mark(stage)` names
+shared memory, and the model files' pages locked where they lie (producer.sizing.locked_map: file pages the
+kernel cannot drop); this watch samples them, so a run reports the peak of what must fit beside the resident one. `mark(stage)` names
 what the run is doing now (reading an expert, denoising with it, decoding); each sample counts towards the
 stage marked at that moment, so a peak above the plan's prediction shows where it was reached.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+
+from producer.sizing import locked_map
 
 STATUS = Path("/proc/self/status")
 FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
@@ -42,7 +45,7 @@ class RamWatch:
 
     def __init__(self, interval: float = 0.01):
         self.interval, self._stop = interval, threading.Event()
-        self.anon = self.file_at_anon_peak = self.rss = 0
+        self.anon = self.file_at_anon_peak = self.locked_at_anon_peak = self.rss = 0
         self.anon_by_stage: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -65,21 +68,24 @@ class RamWatch:
         now = sample()
         if now is None:
             return
-        anon = now["RssAnon"] + now["RssShmem"]
+        locked = locked_map.locked_bytes_now()
+        anon = now["RssAnon"] + now["RssShmem"] + locked
         stage = _STAGE[0]
         self.anon_by_stage[stage] = max(self.anon_by_stage.get(stage, 0), anon)
         if anon > self.anon:
-            self.anon, self.file_at_anon_peak = anon, now["RssFile"]
+            self.anon, self.file_at_anon_peak, self.locked_at_anon_peak = anon, now["RssFile"], locked
         self.rss = max(self.rss, now["VmRSS"])
 
     def peaks(self) -> dict:
-        """GiB: the anonymous + shared peak (what must fit), the file pages mapped at that moment, and the
-        sampled resident peak; empty where /proc is missing."""
+        """GiB: the peak of what must fit (anonymous + shared + file pages locked in place; the last also apart, at
+        that moment), the file pages mapped at that moment, and the sampled resident peak; empty where /proc is
+        missing."""
         if not self.anon:
             return {}
         gib = 2**30
         return {"peak_ram_anon_gib": round(self.anon / gib, 2),
                 "file_pages_at_anon_peak_gib": round(self.file_at_anon_peak / gib, 2),
+                "locked_file_pages_at_anon_peak_gib": round(self.locked_at_anon_peak / gib, 2),
                 "peak_rss_sampled_gib": round(self.rss / gib, 2),
                 "peak_ram_anon_by_stage_gib": {k: round(v / gib, 2) for k, v in self.anon_by_stage.items()}}
 

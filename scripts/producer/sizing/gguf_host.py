@@ -21,14 +21,18 @@ card keeps 31 of each Wan expert's 40 blocks: ~13.8 GiB of host RAM for nothing)
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Self
+from typing import NamedTuple, Self
 
 import torch
 
 from producer.sizing import offload
+from producer.sizing.locked_map import LockedMap, LockRefused
+
+log = logging.getLogger(__name__)
 
 # Readers filling the host chunks from the file, each taking the next piece in file order: a page-cached file
 # is then copied by several cores, and a drive keeps several requests in flight.
@@ -37,16 +41,34 @@ READ_PIECE = 16 << 20
 
 
 def load_gguf(model_class, path: Path | str, config: Path | str, subfolder: str, dtype: torch.dtype,
-              on_host: bool, on_gpu: tuple[str, ...] = ()):
+              on_host: bool, on_gpu: tuple[str, ...] = (), in_place: bool = False):
     """`model_class.from_single_file` for a GGUF file, with the repo's config (config= + subfolder=: without them
     diffusers guesses the architecture, e.g. Wan 2.1 I2V for a Wan 2.2 expert). `on_host`: the model will live
     in host memory (streamed or swapped), so the file is read straight into page-locked chunks, except the
-    tensors whose names start with one of `on_gpu` (the resident blocks: `resident_prefixes`)."""
+    tensors whose names start with one of `on_gpu` (the resident blocks: `resident_prefixes`). `in_place` (see
+    `streams_in_place`): the streamed tensors are locked where the file's pages lie instead, where CUDA allows."""
     from diffusers import GGUFQuantizationConfig
 
-    source = read_into_host_chunks(path, on_gpu) if on_host else str(path)
-    return model_class.from_single_file(source, quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
-                                        config=str(config), subfolder=subfolder, dtype=dtype)
+    source, mapped = _map_in_place(path, on_gpu) if in_place and on_host else (None, None)
+    if mapped is None:
+        source = read_into_host_chunks(path, on_gpu) if on_host else str(path)
+    model = model_class.from_single_file(source, quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+                                         config=str(config), subfolder=subfolder, dtype=dtype)
+    if mapped is not None:
+        model._producer_locked_map = mapped  # unlocked by offload.release (or when the model goes)
+    return model
+
+
+def streams_in_place(plan, component: str, device) -> bool:
+    """Whether `component`'s GGUF file is to be locked where its pages lie (locked_map) rather than read into
+    chunks: its blocks stream from host memory on a CUDA device, and PRODUCER_LOCK_IN_PLACE is not 0/false/no/off.
+    Only a streamed model keeps its host tensors for the whole run; one moved to the GPU whole would leave the
+    locked pages behind it."""
+    from producer.sizing.placement import Placement
+
+    wanted = os.environ.get("PRODUCER_LOCK_IN_PLACE", "1").strip().lower() not in ("0", "false", "no", "off")
+    streamed = plan.components[component].placement is Placement.GROUP_OFFLOAD
+    return wanted and streamed and torch.device(device).type == "cuda" and not _lock_refused
 
 
 def resident_prefixes(block_list: str, blocks: int, resident: int) -> tuple[str, ...]:
@@ -71,28 +93,78 @@ def read_into_host_chunks(path: Path | str, on_gpu: tuple[str, ...] = (),
     start with one of `on_gpu` are in memory of their own, freed once placement moves them to the card. The
     file is parsed for names, types and offsets; each tensor is then read straight into its room by `threads`
     readers in the background while the next chunks are made (locking memory and reading overlap)."""
-    import gguf
-    from diffusers.quantizers.gguf.utils import SUPPORTED_GGUF_QUANT_TYPES, GGUFParameter
-
-    plain = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
-    reader = gguf.GGUFReader(str(path))
-    total = sum(offload.aligned(int(t.n_bytes)) for t in reader.tensors if not t.name.startswith(on_gpu))
+    tensors = _parsed(path)
+    total = sum(offload.aligned(t.nbytes) for t in tensors if not t.name.startswith(on_gpu))
     packer, state, reserved = offload.HostPacker(total=total), {}, 0
     with FileReader(path, threads) as file:
-        for tensor in reader.tensors:
-            quantized = tensor.tensor_type not in plain
-            if quantized and tensor.tensor_type not in SUPPORTED_GGUF_QUANT_TYPES:
-                raise ValueError(f"{tensor.name} has a quantization type: {tensor.tensor_type} which is unsupported.")
-            # The parsed array only describes the bytes (a view of the map, no page of it read).
-            shape, dtype = tensor.data.shape, torch.from_numpy(tensor.data[:0].copy()).dtype
-            if tensor.name.startswith(on_gpu):
-                data = torch.empty(shape, dtype=dtype)
+        for t in tensors:
+            if t.name.startswith(on_gpu):
+                data = torch.empty(t.shape, dtype=t.dtype)
             else:
-                data = _reserve(packer, shape, dtype, reserved)
-                reserved += data.numel() * data.element_size()
-            file.read_into(data, int(tensor.data_offset))
-            state[tensor.name] = (data, tensor.tensor_type if quantized else None)
+                data = _reserve(packer, t.shape, t.dtype, reserved)
+                reserved += t.nbytes
+            file.read_into(data, t.offset)
+            state[t.name] = (data, t.kind)
+    return _as_gguf_state(state)
+
+
+def map_in_place(path: Path | str, on_gpu: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], LockedMap]:
+    """The file's tensors by name as views of its read-only map, the quantized ones outside `on_gpu` page-locked
+    where they lie (locked_map; raises LockRefused, with nothing locked, where CUDA refuses). The resident blocks'
+    views are copied to the card by placement; the F16/F32 tensors are cast or pinned as read ones are."""
+    tensors, mapped = _parsed(path), LockedMap(path)
+    state = {t.name: (mapped.view(t.offset, t.shape, t.dtype), t.kind) for t in tensors}
+    mapped.lock([(t.offset, t.offset + t.nbytes) for t in tensors
+                 if t.kind is not None and not t.name.startswith(on_gpu)])
+    return _as_gguf_state(state), mapped
+
+
+def _map_in_place(path: Path | str, on_gpu: tuple[str, ...]):
+    """map_in_place, or (None, None) where CUDA refuses (said once; later loads of the process read their files)."""
+    global _lock_refused
+    try:
+        return map_in_place(path, on_gpu)
+    except LockRefused as exc:
+        _lock_refused = True
+        log.info("the model file's pages could not be locked where they lie (%s); reading it into locked memory "
+                 "instead", exc)
+        return None, None
+
+
+_lock_refused = False  # CUDA refused once: the process reads its files from then on
+
+
+class _Tensor(NamedTuple):
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    offset: int  # in the file
+    nbytes: int
+    kind: object  # the GGML quantization type, None for F16/F32 tensors
+
+
+def _parsed(path: Path | str) -> list[_Tensor]:
+    """The file's tensors, parsed for names, types and offsets (no page of their data read)."""
+    import gguf
+    from diffusers.quantizers.gguf.utils import SUPPORTED_GGUF_QUANT_TYPES
+
+    plain = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+    reader, tensors = gguf.GGUFReader(str(path)), []
+    for tensor in reader.tensors:
+        quantized = tensor.tensor_type not in plain
+        if quantized and tensor.tensor_type not in SUPPORTED_GGUF_QUANT_TYPES:
+            raise ValueError(f"{tensor.name} has a quantization type: {tensor.tensor_type} which is unsupported.")
+        # The parsed array only describes the bytes (a view of the map, no page of it read).
+        dtype = torch.from_numpy(tensor.data[:0].copy()).dtype
+        tensors.append(_Tensor(tensor.name, tuple(tensor.data.shape), dtype, int(tensor.data_offset),
+                               int(tensor.n_bytes), tensor.tensor_type if quantized else None))
     del reader  # unmaps the file
+    return tensors
+
+
+def _as_gguf_state(state: dict) -> dict[str, torch.Tensor]:
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
     return {name: GGUFParameter(data, quant_type=kind) if kind is not None else data
             for name, (data, kind) in state.items()}
 

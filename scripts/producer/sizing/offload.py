@@ -403,7 +403,10 @@ def release(pipe, name: str, keep_pinned: bool = False) -> None:
     # The caller may still hold the module: diffusers' Wan loop keeps `current_model` until its next step,
     # so an expert let go at the boundary would otherwise sit in RAM beside the one read in its place.
     _empty_tensors(module)
-    del module
+    locked = getattr(module, "_producer_locked_map", None)
+    if locked is not None:  # a GGUF file locked where its pages lie (gguf_host.map_in_place): unlock them now
+        locked.close()
+    del module, locked
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -103,8 +103,9 @@ def load_session(files: ModelFiles, plan: MemoryPlan, device=None, **kwargs) -> 
         if files.gguf is not None:
             placement = plan.components["transformer"].placement
             on_gpu = gguf_host.kept_on_gpu(plan, "transformer", registry.QWEN_BLOCK_LIST, device or plan.device)
-            transformer = gguf_host.load_gguf(QwenImageTransformer2DModel, files.gguf, snap, "transformer", dtype,
-                                              placement is not Placement.GPU, on_gpu)
+            transformer = gguf_host.load_gguf(
+                QwenImageTransformer2DModel, files.gguf, snap, "transformer", dtype, placement is not Placement.GPU,
+                on_gpu, gguf_host.streams_in_place(plan, "transformer", device or plan.device))
         else:
             transformer = QwenImageTransformer2DModel.from_pretrained(snap, subfolder="transformer", dtype=dtype,
                                                                       use_safetensors=True)

@@ -30,7 +30,8 @@ class ExpertsOnDisk:
         straight into the page-locked chunks that transfers come from (one copy instead of three)."""
         if self.files.gguf:
             return gguf_host.load_gguf(WanTransformer3DModel, self.files.gguf[component], self.files.snapshot,
-                                       component, self.dtype, on_host, self._resident(component))
+                                       component, self.dtype, on_host, self._resident(component),
+                                       gguf_host.streams_in_place(self.plan, component, self.device))
         kwargs = {}
         straight_to_gpu = self.plan.components[component].placement is Placement.GPU and self.files.weights == "bf16"
         if straight_to_gpu and self.device.type == "cuda":

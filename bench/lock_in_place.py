@@ -1,0 +1,126 @@
+"""Locking a model file's pages where they lie, against reading it into locked memory (producer.sizing.locked_map).
+
+Writes a file of random bytes (`--gib`), reads it once so the page cache holds it (as a file read before does),
+then times, in one process:
+- `register_*`: mapping it read-only and page-locking the map with cudaHostRegister (read-only flag), by one call
+  and by `THREADS` calls on slices (as locked_map locks its ranges), and the transfer rate to the GPU from it;
+- `alloc_and_read_s`: the scripts' other way, chunks from PyTorch's pinned allocator (the scripts' allocator
+  setting) with the file read into them, and the transfer rate from those.
+The error code where CUDA refuses read-only registration (801: not supported on this device) is reported as is.
+
+    python bench/lock_in_place.py --file /tmp/lock.bin --gib 8 --out lock.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--file", type=Path, required=True)
+    p.add_argument("--gib", type=int, default=8)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    from producer.facts import hardware
+
+    hardware.configure_cuda_allocator()  # the scripts' pinned-allocator setting, before CUDA starts
+    import torch
+    from producer.sizing import locked_map
+
+    n = args.gib << 30
+    _write(args.file, n)
+    start = time.perf_counter()
+    _read_all(args.file)
+    out = {"gib": args.gib, "warm_read_gb_s": round(n / (time.perf_counter() - start) / 1e9, 2),
+           "allocator": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}
+    torch.cuda.init()
+    for threads in (1, locked_map.THREADS):
+        out[f"register_{threads}_threads"] = _register(args.file, n, threads)
+    out.update(_alloc_and_read(args.file, n))
+    text = json.dumps(out, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+def _write(path: Path, n: int) -> None:
+    if path.exists() and path.stat().st_size == n:
+        return
+    block = os.urandom(64 << 20)
+    with open(path, "wb") as f:
+        f.writelines(block for _ in range(n // len(block)))
+
+
+def _read_all(path: Path) -> None:
+    buf = bytearray(64 << 20)
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+
+
+def _register(path: Path, n: int, threads: int) -> dict:
+    from producer.sizing import locked_map
+
+    mapped = locked_map.LockedMap(path)
+    step = -(-n // threads)
+    start = time.perf_counter()
+    try:
+        mapped.lock([(i, min(i + step, n)) for i in range(0, n, step)])
+    except locked_map.LockRefused as exc:
+        return {"refused": str(exc)}
+    result = {"s": round(time.perf_counter() - start, 3), "locked_gib": round(mapped.locked_bytes / 2**30, 2),
+              "is_pinned": bool(mapped._whole.is_pinned())}
+    result["h2d_gb_s"] = _h2d(mapped._whole)
+    start = time.perf_counter()
+    mapped.close()
+    result["unlock_s"] = round(time.perf_counter() - start, 3)
+    return result
+
+
+def _alloc_and_read(path: Path, n: int) -> dict:
+    import torch
+
+    start = time.perf_counter()
+    chunks = [torch.empty(256 << 20, dtype=torch.uint8, pin_memory=True) for _ in range(n // (256 << 20))]
+    made = time.perf_counter() - start
+    with open(path, "rb", buffering=0) as f:
+        for c in chunks:
+            f.readinto(memoryview(c.numpy()))
+    whole = time.perf_counter() - start
+    return {"alloc_s": round(made, 3), "alloc_and_read_s": round(whole, 3), "h2d_gb_s_chunks": _h2d_chunks(chunks)}
+
+
+def _h2d(host) -> float:
+    import torch
+
+    dst = torch.empty(host.numel(), dtype=torch.uint8, device="cuda")
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    dst.copy_(host, non_blocking=True)
+    torch.cuda.synchronize()
+    return round(host.numel() / (time.perf_counter() - start) / 1e9, 1)
+
+
+def _h2d_chunks(chunks) -> float:
+    import torch
+
+    dst = torch.empty(chunks[0].numel(), dtype=torch.uint8, device="cuda")
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for c in chunks:
+        dst.copy_(c, non_blocking=True)
+    torch.cuda.synchronize()
+    return round(sum(c.numel() for c in chunks) / (time.perf_counter() - start) / 1e9, 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

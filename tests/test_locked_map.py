@@ -1,0 +1,144 @@
+"""A streamed GGUF model's file locked where its pages lie: the same weights as the read, the streamed blocks' ranges
+locked (and only those), unlocked before the map goes, and the read where CUDA refuses."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from producer.sizing import gguf_host, locked_map, offload
+
+
+class FakeRuntime:
+    """CUDA's register calls, recorded (no CUDA here); `refuse` answers that error from the nth call on."""
+
+    def __init__(self, refuse: int = 0, after: int = 0):
+        self.locked: dict[int, int] = {}
+        self.calls, self.refuse, self.after = [], refuse, after
+
+    def cudaHostRegister(self, address, size, flags):
+        self.calls.append(("register", address, size, flags))
+        if self.refuse and len([c for c in self.calls if c[0] == "register"]) > self.after:
+            return self.refuse
+        assert not any(a < address + size and address < a + s for a, s in self.locked.items()), "a page twice"
+        self.locked[address] = size
+        return 0
+
+    def cudaHostUnregister(self, address):
+        self.calls.append(("unregister", address))
+        del self.locked[address]
+        return 0
+
+
+@pytest.fixture
+def runtime(monkeypatch):
+    fake = FakeRuntime()
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: fake)
+    return fake
+
+
+def test_page_spans_are_whole_pages_merged_where_they_touch():
+    assert locked_map.page_spans([(10, 20), (4096 * 600, 4096 * 600 + 1)], 4096, 1 << 30) == [
+        (0, 4096), (4096 * 600, 4096 * 601)]
+    assert locked_map.page_spans([(5000, 9000), (100, 200), (9000, 9000)], 4096, 1 << 30) == [(0, 12288)]
+    assert locked_map.page_spans([(0, 10)], 4096, 10) == [(0, 10)]  # never past the file's end
+
+
+def test_the_mapped_tensors_are_the_files_and_load_the_same_model(wan_q4, runtime):
+    from diffusers import WanTransformer3DModel
+    from diffusers.models.model_loading_utils import load_gguf_checkpoint
+
+    path, config = wan_q4
+    on_gpu = gguf_host.resident_prefixes("blocks", 2, 1)
+    state, mapped = gguf_host.map_in_place(path, on_gpu)
+    theirs = load_gguf_checkpoint(str(path))
+    assert state.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        assert type(state[name]) is type(tensor) and state[name].dtype == tensor.dtype, name
+        assert getattr(state[name], "quant_type", None) == getattr(tensor, "quant_type", None), name
+        assert torch.equal(state[name].view(torch.uint8), tensor.view(torch.uint8)), name
+    base = mapped._whole.data_ptr()
+    spans = [(a - base, a - base + s) for a, s in runtime.locked.items()]
+    assert all(flags == locked_map.READ_ONLY for *_, flags in runtime.calls)
+
+    def locked(t):
+        at = t.data_ptr() - base
+        return any(s <= at and at + t.numel() * t.element_size() <= e for s, e in spans)
+
+    streamed = [t for n, t in state.items() if n.startswith("blocks.1.") and getattr(t, "quant_type", None)]
+    resident = [t for n, t in state.items() if n.startswith("blocks.0.") and getattr(t, "quant_type", None)]
+    assert streamed and all(map(locked, streamed)) and resident and not any(map(locked, resident))
+    assert mapped.locked_bytes == sum(e - s for s, e in spans)
+
+    model = gguf_host.load_gguf(WanTransformer3DModel, path, config, "transformer", torch.float32, True, on_gpu, True)
+    reference = gguf_host.load_gguf(WanTransformer3DModel, path, config, "transformer", torch.float32, False)
+    quantized = [p for p in model.blocks[1].parameters() if getattr(p, "quant_type", None) is not None]
+    mine = model._producer_locked_map
+    assert quantized and all(p.untyped_storage().data_ptr() == mine._whole.data_ptr() for p in quantized)
+    theirs = reference.state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value.view(torch.uint8), theirs[name].view(torch.uint8)), name
+
+
+def test_release_unlocks_before_the_map_goes(wan_q4, runtime):
+    from diffusers import WanTransformer3DModel
+
+    path, config = wan_q4
+    model = gguf_host.load_gguf(WanTransformer3DModel, path, config, "transformer", torch.float32, True, (), True)
+    assert runtime.locked
+    holder = type("Pipe", (), {})()
+    holder.transformer = model
+    del model
+    offload.release(holder, "transformer", keep_pinned=True)
+    assert holder.transformer is None and not runtime.locked
+    assert runtime.calls[-1][0] == "unregister"
+
+
+def test_where_cuda_refuses_nothing_stays_locked_and_the_file_is_read(wan_q4, monkeypatch, caplog):
+    from diffusers import WanTransformer3DModel
+
+    fake = FakeRuntime(refuse=801, after=1)  # cudaErrorNotSupported: read-only registration unsupported
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: fake)
+    monkeypatch.setattr(locked_map, "MERGE_GAP", 0)  # several ranges, so the refusal comes after one lock
+    monkeypatch.setattr(locked_map, "PAGE", 32)
+    monkeypatch.setattr(gguf_host, "_lock_refused", False)
+    path, config = wan_q4
+    with pytest.raises(locked_map.LockRefused, match="CUDA error 801"):
+        gguf_host.map_in_place(path)
+    assert not fake.locked and any(c[0] == "unregister" for c in fake.calls)
+    with caplog.at_level(logging.INFO):
+        model = gguf_host.load_gguf(WanTransformer3DModel, path, config, "transformer", torch.float32, True, (), True)
+    assert not hasattr(model, "_producer_locked_map") and "could not be locked where they lie" in caplog.text
+    assert gguf_host._lock_refused  # the process reads its files from then on
+    from producer.facts.hardware import from_sizes
+    from producer.sizing import memory
+
+    plan = memory.plan_memory(from_sizes(10, 32), memory.WAN_FOOTPRINT, memory.wan_workload(832, 480, 81))
+    assert not gguf_host.streams_in_place(plan, "transformer", "cuda")
+
+
+def test_only_a_streamed_model_on_cuda_is_locked_in_place(monkeypatch):
+    from producer.facts.hardware import from_sizes
+    from producer.sizing import memory
+
+    monkeypatch.setattr(gguf_host, "_lock_refused", False)
+    work = memory.wan_workload(832, 480, 81)
+    streamed = memory.plan_memory(from_sizes(10, 32), memory.WAN_FOOTPRINT, work)
+    resident = memory.plan_memory(from_sizes(80, 32), memory.WAN_FOOTPRINT, work)
+    assert gguf_host.streams_in_place(streamed, "transformer", "cuda")
+    assert not gguf_host.streams_in_place(streamed, "transformer", "cpu")
+    assert not gguf_host.streams_in_place(resident, "transformer", "cuda")
+    for off in ("0", "off", "False"):
+        monkeypatch.setenv("PRODUCER_LOCK_IN_PLACE", off)
+        assert not gguf_host.streams_in_place(streamed, "transformer", "cuda")
+
+
+def test_the_map_is_read_only(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(256)) * 32)
+    mapped = locked_map.LockedMap(path)
+    view = mapped.view(256, (2, 128), torch.uint8)
+    assert view[1].tolist() == list(range(128, 256))
+    with open(path, "rb") as f:  # the bytes are the file's, unchanged by making the views
+        assert f.read() == bytes(range(256)) * 32
