@@ -107,7 +107,7 @@ def test_where_cuda_refuses_nothing_stays_locked_and_the_file_is_read(wan_q4, mo
     with pytest.raises(locked_map.LockRefused, match="CUDA error 801"):
         gguf_host.map_in_place(path)
     assert not fake.locked and any(c[0] == "unregister" for c in fake.calls)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger=gguf_host.log.name):
         model = gguf_host.load_gguf(WanTransformer3DModel, path, config, "transformer", torch.float32, True, (), True)
     assert not hasattr(model, "_producer_locked_map") and "could not be locked where they lie" in caplog.text
     assert gguf_host._lock_refused  # the process reads its files from then on
