@@ -45,6 +45,13 @@ def test_page_spans_are_whole_pages_merged_where_they_touch():
     assert locked_map.page_spans([(0, 10)], 4096, 10) == [(0, 10)]  # never past the file's end
 
 
+def test_the_spans_are_cut_so_that_every_thread_locks_a_share():
+    pieces = locked_map.split([(0, 4096 * 80), (4096 * 100, 4096 * 101)], 8, 4096)
+    assert all(e - s <= 4096 * 11 and s % 4096 == 0 for s, e in pieces) and len(pieces) == 9
+    assert sum(e - s for s, e in pieces) == 4096 * 81 and pieces[-1] == (4096 * 100, 4096 * 101)
+    assert locked_map.split([(0, 10)], 8, 4096) == [(0, 10)]
+
+
 def test_the_mapped_tensors_are_the_files_and_load_the_same_model(wan_q4, runtime):
     from diffusers import WanTransformer3DModel
     from diffusers.models.model_loading_utils import load_gguf_checkpoint
@@ -59,7 +66,12 @@ def test_the_mapped_tensors_are_the_files_and_load_the_same_model(wan_q4, runtim
         assert getattr(state[name], "quant_type", None) == getattr(tensor, "quant_type", None), name
         assert torch.equal(state[name].view(torch.uint8), tensor.view(torch.uint8)), name
     base = mapped._whole.data_ptr()
-    spans = [(a - base, a - base + s) for a, s in runtime.locked.items()]
+    spans = []  # the locked pieces, joined where they lie side by side
+    for start, end in sorted((a - base, a - base + s) for a, s in runtime.locked.items()):
+        if spans and start == spans[-1][1]:
+            spans[-1] = (spans[-1][0], end)
+        else:
+            spans.append((start, end))
     assert all(flags == locked_map.READ_ONLY for *_, flags in runtime.calls)
 
     def locked(t):

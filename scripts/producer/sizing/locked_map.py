@@ -65,7 +65,7 @@ class LockedMap:
         LockRefused, with nothing left locked, where CUDA refuses any of them."""
         runtime = runtime or torch.cuda.cudart()
         base = self._whole.data_ptr()
-        spans = page_spans(ranges, PAGE, len(self._map))
+        spans = split(page_spans(ranges, PAGE, len(self._map)), THREADS, PAGE)
         with ThreadPoolExecutor(min(THREADS, max(len(spans), 1))) as pool:
             errors = list(pool.map(lambda s: int(runtime.cudaHostRegister(base + s[0], s[1] - s[0], READ_ONLY)),
                                    spans))
@@ -106,3 +106,10 @@ def page_spans(ranges: list[tuple[int, int]], page: int, size: int) -> list[tupl
         else:
             spans.append([start, end])
     return [(s, e) for s, e in spans]
+
+
+def split(spans: list[tuple[int, int]], parts: int, page: int) -> list[tuple[int, int]]:
+    """The spans cut at page boundaries into pieces of at most about 1/`parts` of their whole, so that `parts`
+    threads share the locking however few spans there are (pieces side by side share no page)."""
+    most = max(-(-sum(e - s for s, e in spans) // parts // page) * page, page)
+    return [(at, min(at + most, end)) for start, end in spans for at in range(start, end, most)]
