@@ -123,6 +123,7 @@ def test_where_cuda_refuses_nothing_stays_locked_and_the_file_is_read(wan_q4, mo
         model = gguf_host.load_gguf(WanTransformer3DModel, path, config, "transformer", torch.float32, True, (), True)
     assert not hasattr(model, "_producer_locked_map") and "could not be locked where they lie" in caplog.text
     assert gguf_host._lock_refused  # the process reads its files from then on
+    monkeypatch.setenv("PRODUCER_LOCK_IN_PLACE", "1")
     from producer.facts.hardware import from_sizes
     from producer.sizing import memory
 
@@ -135,6 +136,7 @@ def test_only_a_streamed_model_on_cuda_is_locked_in_place(monkeypatch):
     from producer.sizing import memory
 
     monkeypatch.setattr(gguf_host, "_lock_refused", False)
+    monkeypatch.setenv("PRODUCER_LOCK_IN_PLACE", "1")
     work = memory.wan_workload(832, 480, 81)
     streamed = memory.plan_memory(from_sizes(10, 32), memory.WAN_FOOTPRINT, work)
     resident = memory.plan_memory(from_sizes(80, 32), memory.WAN_FOOTPRINT, work)
@@ -144,6 +146,10 @@ def test_only_a_streamed_model_on_cuda_is_locked_in_place(monkeypatch):
     for off in ("0", "off", "False"):
         monkeypatch.setenv("PRODUCER_LOCK_IN_PLACE", off)
         assert not gguf_host.streams_in_place(streamed, "transformer", "cuda")
+    monkeypatch.delenv("PRODUCER_LOCK_IN_PLACE")
+    for default in (False, True):
+        monkeypatch.setattr(gguf_host, "LOCK_IN_PLACE", default)
+        assert gguf_host.streams_in_place(streamed, "transformer", "cuda") is default
 
 
 def test_the_map_is_read_only(tmp_path):

@@ -64,14 +64,20 @@ def load_gguf(model_class, path: Path | str, config: Path | str, subfolder: str,
     return model
 
 
+# Locking streamed GGUF files in place is opt-in (PRODUCER_LOCK_IN_PLACE=1) until a GPU run has measured it against
+# the read: CUDA's locking of a file's pages has not run on this project's machines yet.
+LOCK_IN_PLACE = False
+
+
 def streams_in_place(plan, component: str, device) -> bool:
     """Whether `component`'s GGUF file is to be locked where its pages lie (locked_map) rather than read into
-    chunks: its blocks stream from host memory on a CUDA device, and PRODUCER_LOCK_IN_PLACE is not 0/false/no/off.
-    Only a streamed model keeps its host tensors for the whole run; one moved to the GPU whole would leave the
-    locked pages behind it."""
+    chunks: its blocks stream from host memory on a CUDA device, and PRODUCER_LOCK_IN_PLACE (1/true/yes/on or
+    0/false/no/off; LOCK_IN_PLACE where unset) asks for it. Only a streamed model keeps its host tensors for the
+    whole run; one moved to the GPU whole would leave the locked pages behind it."""
     from producer.sizing.placement import Placement
 
-    wanted = os.environ.get("PRODUCER_LOCK_IN_PLACE", "1").strip().lower() not in ("0", "false", "no", "off")
+    setting = os.environ.get("PRODUCER_LOCK_IN_PLACE", "").strip().lower()
+    wanted = setting in ("1", "true", "yes", "on") or (LOCK_IN_PLACE and setting not in ("0", "false", "no", "off"))
     streamed = plan.components[component].placement is Placement.GROUP_OFFLOAD
     return wanted and streamed and torch.device(device).type == "cuda" and not _lock_refused
 
