@@ -238,6 +238,8 @@ def environment() -> dict:
     import torch
 
     env = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "python": sys.version.split()[0]}
+    if os.environ.get("PRODUCER_LOCK_IN_PLACE"):  # streamed GGUF files locked in place or read (gguf_host)
+        env["PRODUCER_LOCK_IN_PLACE"] = os.environ["PRODUCER_LOCK_IN_PLACE"]
     try:
         import diffusers
 
