@@ -6,6 +6,7 @@ then times, in one process:
   and by 8 and 16 threads each locking a slice (locked_map locks its ranges with THREADS, 8), and the transfer rate to the GPU from it;
 - `alloc_and_read_s`: the scripts' other way, chunks from PyTorch's pinned allocator (the scripts' allocator
   setting) with the file read into them, and the transfer rate from those.
+Then both again from the drive (`cold_*`: the file's cached pages dropped first).
 The error code where CUDA refuses read-only registration (801: not supported on this device) is reported as is.
 
     python bench/lock_in_place.py --file /tmp/lock.bin --gib 8 --out lock.json
@@ -45,6 +46,13 @@ def main(argv=None) -> int:
     for threads in (1, locked_map.THREADS, 16):
         out[f"register_{threads}_threads"] = _register(args.file, n, threads)
     out.update(_alloc_and_read(args.file, n))
+    # From the drive: the file's cached pages dropped first (posix_fadvise, no root needed), as on a machine
+    # whose RAM cannot keep the files between reads (the 16 GB rows).
+    _drop_cached(args.file)
+    out["cold_register_8_threads"] = _register(args.file, n, locked_map.THREADS)
+    _drop_cached(args.file)
+    cold = {f"cold_{k}": v for k, v in _alloc_and_read(args.file, n).items() if k != "h2d_gb_s_chunks"}
+    out.update(cold)
     text = json.dumps(out, indent=1)
     print(text)
     if args.out:
@@ -58,6 +66,13 @@ def _write(path: Path, n: int) -> None:
     block = os.urandom(64 << 20)
     with open(path, "wb") as f:
         f.writelines(block for _ in range(n // len(block)))
+        f.flush()
+        os.fsync(f.fileno())  # written back, so that dropping the cached pages drops them
+
+
+def _drop_cached(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def _read_all(path: Path) -> None:
