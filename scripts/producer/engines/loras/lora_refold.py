@@ -34,6 +34,11 @@ class Refold:
     # per folded layer: its parts (folded_lora.PARTS) and [(spec index, scale, A dtype, B dtype)] in fold order
     layers: dict[str, tuple[list, list[tuple[int, float, torch.dtype, torch.dtype]]]]
 
+    @property
+    def component(self) -> str:
+        """The denoiser these LoRAs fold into (every spec is narrowed to it)."""
+        return self.specs[0].components[0]
+
 
 def peft_scales(model: torch.nn.Module) -> dict[str, dict[str, tuple[float, torch.dtype, torch.dtype]]]:
     """Before the fold: each peft layer's {adapter: (scaling, A's dtype, B's dtype)}, by layer name."""
@@ -136,9 +141,8 @@ def refold_all(pipe, refolds: list[Refold]) -> list[SpecPlan] | None:
     for one in refolds:
         plans = [plan_spec(pipe, spec, read_lora(spec.path, one.family), one.family, i)
                  for i, spec in enumerate(one.specs)]
-        component = one.specs[0].components[0]
-        model = getattr(pipe, component)
-        factors_made = factors(one, plans, component, model)
+        model = getattr(pipe, one.component)
+        factors_made = factors(one, plans, one.component, model)
         if factors_made is None:
             return None
         made.append((model, factors_made, plans))
