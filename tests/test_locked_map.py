@@ -160,3 +160,5 @@ def test_the_map_is_read_only(tmp_path):
     assert view[1].tolist() == list(range(128, 256))
     with open(path, "rb") as f:  # the bytes are the file's, unchanged by making the views
         assert f.read() == bytes(range(256)) * 32
+    with pytest.raises(ValueError, match="ends at byte 8192, inside a tensor.*fetch it again"):
+        mapped.view(8000, (200,), torch.uint8)

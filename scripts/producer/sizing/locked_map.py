@@ -48,6 +48,7 @@ class LockedMap:
     """A file mapped read-only; `view` gives tensors over its bytes, `lock` page-locks ranges of it."""
 
     def __init__(self, path: Path | str):
+        self.name = Path(path).name
         with open(path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         with warnings.catch_warnings():  # "not writable": read-only on purpose, a write would fault
@@ -58,6 +59,9 @@ class LockedMap:
 
     def view(self, offset: int, shape, dtype: torch.dtype) -> torch.Tensor:
         nbytes = int(torch.Size(shape).numel()) * dtype.itemsize
+        if offset + nbytes > len(self._map):
+            raise ValueError(f"{self.name} ends at byte {len(self._map)}, inside a tensor: the file is cut short "
+                             "(an interrupted download?); fetch it again")
         return self._whole[offset:offset + nbytes].view(dtype).view(shape)
 
     def lock(self, ranges: list[tuple[int, int]], runtime=None) -> None:
