@@ -72,7 +72,7 @@ def test_the_mapped_tensors_are_the_files_and_load_the_same_model(wan_q4, runtim
             spans[-1] = (spans[-1][0], end)
         else:
             spans.append((start, end))
-    assert all(flags == locked_map.READ_ONLY for *_, flags in runtime.calls)
+    assert all(flags == locked_map.REGISTER_FLAGS for *_, flags in runtime.calls)
 
     def locked(t):
         at = t.data_ptr() - base

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
-READ_ONLY = 0x08  # cudaHostRegisterReadOnly (CUDA runtime API, driver_types.h)
+# cudaHostRegisterReadOnly | cudaHostRegisterPortable (CUDA runtime API, driver_types.h): the device only reads the
+# pages, and they count as locked for every CUDA context of the process (several GPUs), as the allocator's do.
+REGISTER_FLAGS = 0x08 | 0x01
 THREADS = 8  # registering faults the pages in; several threads share that work
 PAGE = mmap.PAGESIZE
 MERGE_GAP = 1 << 20  # ranges this close are locked as one (the small tensors between them are locked too)
@@ -71,7 +73,7 @@ class LockedMap:
         base = self._whole.data_ptr()
         spans = split(page_spans(ranges, PAGE, len(self._map)), THREADS, PAGE)
         with ThreadPoolExecutor(min(THREADS, max(len(spans), 1))) as pool:
-            errors = list(pool.map(lambda s: int(runtime.cudaHostRegister(base + s[0], s[1] - s[0], READ_ONLY)),
+            errors = list(pool.map(lambda s: int(runtime.cudaHostRegister(base + s[0], s[1] - s[0], REGISTER_FLAGS)),
                                    spans))
         self._locked += [base + start for (start, _), error in zip(spans, errors) if error == 0]
         done = sum(end - start for (start, end), error in zip(spans, errors) if error == 0)
