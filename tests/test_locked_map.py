@@ -162,3 +162,19 @@ def test_the_map_is_read_only(tmp_path):
         assert f.read() == bytes(range(256)) * 32
     with pytest.raises(ValueError, match="ends at byte 8192, inside a tensor.*fetch it again"):
         mapped.view(8000, (200,), torch.uint8)
+
+
+def test_the_benchmarks_ram_watch_counts_locked_file_pages_as_what_must_fit(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    import ramwatch
+
+    if ramwatch.sample() is None:
+        pytest.skip("no /proc here")
+    monkeypatch.setattr(locked_map, "_locked_now", [3 << 30])
+    with ramwatch.RamWatch() as watch:
+        pass
+    peaks = watch.peaks()
+    assert peaks["locked_file_pages_at_anon_peak_gib"] == 3.0
+    assert peaks["peak_ram_anon_gib"] >= 3.0 + 0.01  # the process's own anonymous memory on top
