@@ -13,13 +13,15 @@ from producer.sizing import gguf_host, locked_map, offload
 class FakeRuntime:
     """CUDA's register calls, recorded (no CUDA here); `refuse` answers that error from the nth call on."""
 
-    def __init__(self, refuse: int = 0, after: int = 0):
+    def __init__(self, refuse: int | str = 0, after: int = 0):
         self.locked: dict[int, int] = {}
         self.calls, self.refuse, self.after = [], refuse, after
 
     def cudaHostRegister(self, address, size, flags):
         self.calls.append(("register", address, size, flags))
         if self.refuse and len([c for c in self.calls if c[0] == "register"]) > self.after:
+            if isinstance(self.refuse, str):
+                raise RuntimeError(self.refuse)
             return self.refuse
         assert not any(a < address + size and address < a + s for a, s in self.locked.items()), "a page twice"
         self.locked[address] = size
@@ -119,6 +121,12 @@ def test_where_cuda_refuses_nothing_stays_locked_and_the_file_is_read(wan_q4, mo
     with pytest.raises(locked_map.LockRefused, match="CUDA error 801"):
         gguf_host.map_in_place(path)
     assert not fake.locked and any(c[0] == "unregister" for c in fake.calls)
+    raising = FakeRuntime(refuse="CUDA error: operation not supported\nmore", after=1)  # a binding that raises
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: raising)
+    with pytest.raises(locked_map.LockRefused, match=r"ranges \(CUDA error: operation not supported\)$"):
+        gguf_host.map_in_place(path)
+    assert not raising.locked
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: fake)
     with caplog.at_level(logging.INFO, logger=gguf_host.log.name):
         model = gguf_host.load_gguf(WanTransformer3DModel, path, config, "transformer", torch.float32, True, (), True)
     assert not hasattr(model, "_producer_locked_map") and "could not be locked where they lie" in caplog.text

@@ -73,8 +73,7 @@ class LockedMap:
         base = self._whole.data_ptr()
         spans = split(page_spans(ranges, PAGE, len(self._map)), THREADS, PAGE)
         with ThreadPoolExecutor(min(THREADS, max(len(spans), 1))) as pool:
-            errors = list(pool.map(lambda s: int(runtime.cudaHostRegister(base + s[0], s[1] - s[0], REGISTER_FLAGS)),
-                                   spans))
+            errors = list(pool.map(lambda s: _register(runtime, base + s[0], s[1] - s[0]), spans))
         self._locked += [base + start for (start, _), error in zip(spans, errors) if error == 0]
         done = sum(end - start for (start, end), error in zip(spans, errors) if error == 0)
         self.locked_bytes += done
@@ -82,8 +81,8 @@ class LockedMap:
         refused = [e for e in errors if e != 0]
         if refused:
             self.close(runtime)
-            raise LockRefused(f"cudaHostRegister refused {len(refused)} of {len(spans)} ranges "
-                              f"(CUDA error {refused[0]})")
+            reason = f"CUDA error {refused[0]}" if isinstance(refused[0], int) else refused[0]
+            raise LockRefused(f"cudaHostRegister refused {len(refused)} of {len(spans)} ranges ({reason})")
 
     def close(self, runtime=None) -> None:
         """Unlock every range; the map itself goes when the last view of it does."""
@@ -99,6 +98,15 @@ class LockedMap:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter shutdown CUDA may be gone already
             self.close()
+
+
+def _register(runtime, address: int, size: int) -> int | str:
+    """0, or what CUDA said: the runtime's binding returns the error code; a build that raises instead gives its
+    first line."""
+    try:
+        return int(runtime.cudaHostRegister(address, size, REGISTER_FLAGS))
+    except RuntimeError as exc:
+        return (str(exc).splitlines() or ["an error"])[0]
 
 
 def page_spans(ranges: list[tuple[int, int]], page: int, size: int) -> list[tuple[int, int]]:
