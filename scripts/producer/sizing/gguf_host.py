@@ -14,8 +14,9 @@ disk to the first step on an H200 (Wan 10 / 32, bench/results/2026-12-07-h200-ni
 first against 7.72 s, 10.60 s against 11.93 s with the step-distill LoRA (its GGUF load, build and LoRA stages ran
 longer beside the locking thread).
 
-Where the plan streams the model's blocks on CUDA, the file is not read at all if CUDA can lock it where it lies
-(`map_in_place`, producer.sizing.locked_map): the tensors are views of the file's read-only map, and the
+Where the plan streams the model's blocks on CUDA and PRODUCER_LOCK_IN_PLACE=1 asks for it (opt-in until a GPU run
+measures it: `streams_in_place`), the file is not read at all if CUDA can lock it where it lies (`map_in_place`,
+producer.sizing.locked_map): the tensors are views of the file's read-only map, and the
 streamed ones' pages are locked in the page cache. Reading stays for a device that refuses, and for models
 moved to the GPU whole (their locked pages would stay behind them).
 
