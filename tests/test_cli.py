@@ -120,3 +120,15 @@ def test_a_missing_package_names_its_install_not_a_bug_report(monkeypatch):
     with pytest.raises(ModuleNotFoundError) as caught:
         import PIL.Image  # noqa: F401
     assert "pip install pillow" in cli.unexpected_error(caught.value).fix  # the distribution's name, not PIL
+
+
+def test_a_switch_in_the_environment_reads_the_usual_words_and_falls_back_to_its_default(monkeypatch):
+    from producer.values import env_switch
+
+    for word, default, expected in (("1", False, True), ("On", False, True), (" yes ", False, True),
+                                    ("0", True, False), ("OFF", True, False), ("no", True, False),
+                                    ("maybe", True, True), ("maybe", False, False), ("", True, True)):
+        monkeypatch.setenv("PRODUCER_SWITCH", word)
+        assert env_switch("PRODUCER_SWITCH", default) is expected, word
+    monkeypatch.delenv("PRODUCER_SWITCH")
+    assert env_switch("PRODUCER_SWITCH", True) and not env_switch("PRODUCER_SWITCH", False)

@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import re
 import secrets
 import unicodedata
@@ -16,6 +17,16 @@ from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("producer")
+
+
+ON, OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def env_switch(name: str, default: bool) -> bool:
+    """A switch set in the environment: 1/true/yes/on or 0/false/no/off (any case); `default` when unset or
+    anything else."""
+    setting = os.environ.get(name, "").strip().lower()
+    return True if setting in ON else False if setting in OFF else default
 
 
 def resolve_seed(seed: int | None) -> int:

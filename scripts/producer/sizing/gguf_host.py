@@ -37,6 +37,7 @@ import torch
 
 from producer.sizing import offload
 from producer.sizing.locked_map import LockedMap, LockRefused
+from producer.values import env_switch
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,7 @@ def streams_in_place(plan, component: str, device) -> bool:
     whole run; one moved to the GPU whole would leave the locked pages behind it."""
     from producer.sizing.placement import Placement
 
-    setting = os.environ.get("PRODUCER_LOCK_IN_PLACE", "").strip().lower()
-    wanted = setting in ("1", "true", "yes", "on") or (LOCK_IN_PLACE and setting not in ("0", "false", "no", "off"))
+    wanted = env_switch("PRODUCER_LOCK_IN_PLACE", LOCK_IN_PLACE)
     streamed = plan.components[component].placement is Placement.GROUP_OFFLOAD
     return wanted and streamed and torch.device(device).type == "cuda" and not _lock_refused
 

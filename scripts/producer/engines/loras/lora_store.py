@@ -33,11 +33,11 @@ from producer.engines.loras.lora_files import LoraSpec
 from producer.engines.loras.lora_report import LoraReport, log_lora, report_from_dict, warn_alpha_given_as_strength
 from producer.errors import CliError
 from producer.files.outputs import write_json_atomic
+from producer.values import env_switch
 
 log = logging.getLogger("producer")
 
 ENV = "PRODUCER_LORA_STORE"
-OFF = {"0", "false", "no", "off"}
 FORMAT = 1
 KEPT = 32  # entries; each is a few hundred KB at most (layer names and scales, no tensors)
 _SOURCES = [Path(__file__).parent, Path(__file__).parents[2] / "sizing" / "folded_lora.py"]
@@ -61,7 +61,7 @@ class Entry:
     def for_load(cls, pipe, specs: list[LoraSpec], family: str, allow_partial: bool) -> Entry | None:
         """The entry of this load, taken before anything is loaded (a fold adds parameters); None when the store
         is off or a file cannot be looked at (the load then reports that itself)."""
-        if os.environ.get(ENV, "1").strip().lower() in OFF:
+        if not env_switch(ENV, True):
             return None
         if any(getattr(pipe, c, None) is None for s in specs for c in s.components):
             return None  # the whole way says which expert is missing
