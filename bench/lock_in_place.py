@@ -43,13 +43,14 @@ def main(argv=None) -> int:
     out = {"gib": args.gib, "warm_read_gb_s": round(n / (time.perf_counter() - start) / 1e9, 2),
            "allocator": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}
     torch.cuda.init()
-    for threads in (1, locked_map.THREADS, 16):
-        out[f"register_{threads}_threads"] = _register(args.file, n, threads)
+    threads = locked_map.THREADS  # what the scripts lock with
+    for count in (1, threads, 16):
+        out[f"register_{count}_threads"] = _register(args.file, n, count)
     out.update(_alloc_and_read(args.file, n))
     # From the drive: the file's cached pages dropped first (posix_fadvise, no root needed), as on a machine
     # whose RAM cannot keep the files between reads (the 16 GB rows).
     _drop_cached(args.file)
-    out["cold_register_8_threads"] = _register(args.file, n, locked_map.THREADS)
+    out[f"cold_register_{threads}_threads"] = _register(args.file, n, threads)
     _drop_cached(args.file)
     cold = {f"cold_{k}": v for k, v in _alloc_and_read(args.file, n).items() if k != "h2d_gb_s_chunks"}
     out.update(cold)
@@ -85,15 +86,18 @@ def _read_all(path: Path) -> None:
 def _register(path: Path, n: int, threads: int) -> dict:
     from producer.sizing import locked_map
 
-    mapped, locked_map.THREADS = locked_map.LockedMap(path), threads  # lock cuts the range into `threads` pieces
+    mapped, scripts_threads = locked_map.LockedMap(path), locked_map.THREADS
+    locked_map.THREADS = threads  # lock cuts the range into `threads` pieces, one a thread
     start = time.perf_counter()
     try:
         mapped.lock([(0, n)])
     except locked_map.LockRefused as exc:
         return {"refused": str(exc)}
+    finally:
+        locked_map.THREADS = scripts_threads
     result = {"s": round(time.perf_counter() - start, 3), "locked_gib": round(mapped.locked_bytes / 2**30, 2),
               "is_pinned": bool(mapped._whole.is_pinned())}
-    result["h2d_gb_s"] = _h2d(mapped._whole)
+    result["h2d_gb_s"] = _h2d([mapped._whole])
     start = time.perf_counter()
     mapped.close()
     result["unlock_s"] = round(time.perf_counter() - start, 3)
@@ -103,6 +107,7 @@ def _register(path: Path, n: int, threads: int) -> dict:
 def _alloc_and_read(path: Path, n: int) -> dict:
     import torch
 
+    getattr(torch._C, "_host_emptyCache", lambda: None)()  # the chunks of an earlier call are made afresh, not taken from the allocator's cache
     start = time.perf_counter()
     chunks = [torch.empty(256 << 20, dtype=torch.uint8, pin_memory=True) for _ in range(n // (256 << 20))]
     made = time.perf_counter() - start
@@ -110,30 +115,20 @@ def _alloc_and_read(path: Path, n: int) -> dict:
         for c in chunks:
             f.readinto(memoryview(c.numpy()))
     whole = time.perf_counter() - start
-    return {"alloc_s": round(made, 3), "alloc_and_read_s": round(whole, 3), "h2d_gb_s_chunks": _h2d_chunks(chunks)}
+    return {"alloc_s": round(made, 3), "alloc_and_read_s": round(whole, 3), "h2d_gb_s_chunks": _h2d(chunks)}
 
 
-def _h2d(host) -> float:
+def _h2d(tensors) -> float:
+    """GB/s of copying the host tensors to the GPU one after the other (into one buffer of the largest's size)."""
     import torch
 
-    dst = torch.empty(host.numel(), dtype=torch.uint8, device="cuda")
+    dst = torch.empty(max(t.numel() for t in tensors), dtype=torch.uint8, device="cuda")
     torch.cuda.synchronize()
     start = time.perf_counter()
-    dst.copy_(host, non_blocking=True)
+    for t in tensors:
+        dst[:t.numel()].copy_(t, non_blocking=True)
     torch.cuda.synchronize()
-    return round(host.numel() / (time.perf_counter() - start) / 1e9, 1)
-
-
-def _h2d_chunks(chunks) -> float:
-    import torch
-
-    dst = torch.empty(chunks[0].numel(), dtype=torch.uint8, device="cuda")
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for c in chunks:
-        dst.copy_(c, non_blocking=True)
-    torch.cuda.synchronize()
-    return round(sum(c.numel() for c in chunks) / (time.perf_counter() - start) / 1e9, 1)
+    return round(sum(t.numel() for t in tensors) / (time.perf_counter() - start) / 1e9, 1)
 
 
 if __name__ == "__main__":
