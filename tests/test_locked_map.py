@@ -170,6 +170,20 @@ def test_the_map_is_read_only(tmp_path):
         assert f.read() == bytes(range(256)) * 32
     with pytest.raises(ValueError, match="ends at byte 8192, inside a tensor.*fetch it again"):
         mapped.view(8000, (200,), torch.uint8)
+    # A write into a view faults at once (the map is PROT_READ) rather than changing a page the GPU may read:
+    # in a process of its own, which it kills.
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    code = (f"import sys; sys.path.insert(0, {str(scripts)!r}); import torch; "
+            f"from producer.sizing.locked_map import LockedMap; "
+            f"LockedMap({str(path)!r}).view(0, (16,), torch.uint8).fill_(7)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, check=False)
+    assert done.returncode in (-signal.SIGSEGV, -signal.SIGBUS), done
+    assert path.read_bytes() == bytes(range(256)) * 32
 
 
 def test_the_benchmarks_ram_watch_counts_locked_file_pages_as_what_must_fit(monkeypatch):
