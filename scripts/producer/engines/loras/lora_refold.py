@@ -80,18 +80,18 @@ def _capture(plans: list[SpecPlan], component: str, family: str, scales: dict) -
     refold = Refold([replace(p.spec, components=(component,)) for p in plans], family, layers)
     names = list(layers)
     sample = names[:SAMPLED_LAYERS] + names[SAMPLED_LAYERS:][-SAMPLED_LAYERS:]
-    made = factors(refold, plans, component, model, sample)
+    made = factors(refold, plans, model, sample)
     same = made is not None and all(
         torch.equal(up, getattr(model.get_submodule(n), folded_lora.UP))
         and torch.equal(down, getattr(model.get_submodule(n), folded_lora.DOWN)) for n, (up, down, _) in made.items())
     return refold if same else None
 
 
-def factors(refold: Refold, plans: list[SpecPlan], component: str, model: torch.nn.Module,
+def factors(refold: Refold, plans: list[SpecPlan], model: torch.nn.Module,
             names: list[str] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor, list]] | None:
     """Each folded layer's (up, down, parts) from the planned files, as folded_lora._fold_layer makes them from
     peft's tensors; None if a layer's module is missing from the plans (the file changed since)."""
-    modules = [{m.target: m for e in p.experts if e.component == component for m in e.modules} for p in plans]
+    modules = [{m.target: m for e in p.experts if e.component == refold.component for m in e.modules} for p in plans]
     out = {}
     for name in refold.layers if names is None else names:
         parts, order = refold.layers[name]
@@ -142,7 +142,7 @@ def refold_all(pipe, refolds: list[Refold]) -> list[SpecPlan] | None:
         plans = [plan_spec(pipe, spec, read_lora(spec.path, one.family), one.family, i)
                  for i, spec in enumerate(one.specs)]
         model = getattr(pipe, one.component)
-        factors_made = factors(one, plans, one.component, model)
+        factors_made = factors(one, plans, model)
         if factors_made is None:
             return None
         made.append((model, factors_made, plans))
