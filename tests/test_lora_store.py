@@ -49,6 +49,23 @@ def test_a_later_run_folds_from_the_store_what_the_whole_way_folded(standin_hf_h
     assert again._refolds["transformer"] is not None  # a read again within the later process refolds too
 
 
+def test_a_later_run_from_another_folder_with_relative_paths_folds_from_the_store(
+        standin_hf_home, tmp_path, whole_way, monkeypatch):
+    first = _gguf_expert(standin_hf_home)
+    specs = _specs(tmp_path, first)
+    monkeypatch.chdir(tmp_path)
+    relative = [replace(s, path=s.path.relative_to(tmp_path)) for s in specs]
+    _load(first, relative)
+    assert len(whole_way) == 2
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    later = _gguf_expert(standin_hf_home)
+    _load(later, [replace(s, path=".." / s.path) for s in relative])  # the same files, named from there
+    assert len(whole_way) == 2, "the later load went through peft"
+    assert_same_without_peft(later, first)
+
+
 @pytest.mark.parametrize("change", ["strength", "file", "model", "allow_partial"])
 def test_anything_the_fold_depends_on_that_changed_goes_the_whole_way(standin_hf_home, tmp_path, whole_way,
                                                                        change):

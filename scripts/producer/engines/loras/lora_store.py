@@ -159,7 +159,7 @@ def _code_digest() -> str:
 
 def _refold_to(refold: lora_refold.Refold) -> dict:
     return {"family": refold.family,
-            "specs": [[str(s.path), s.strength, list(s.components), s.label] for s in refold.specs],
+            "specs": [_spec_key(s) for s in refold.specs],  # resolved: a later run may start in another folder
             "layers": {name: [[[list(names), rank] for names, rank in parts],
                               [[i, scale, str(a).removeprefix("torch."), str(b).removeprefix("torch.")]
                                for i, scale, a, b in order]]
