@@ -209,14 +209,24 @@ def _spawn(args, workload: str, config: str) -> dict:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"workload": workload, "config": config, "error": f"timed out after {args.timeout} s"}
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-8:]
-        return {"workload": workload, "config": config, "error": " | ".join(tail),
+    result = _last_result(proc.stdout) if proc.returncode == 0 else {}
+    if "seconds" not in result and "phases" not in result:  # failed, or no line of its output was the result
+        tail = proc.stderr.strip().splitlines()[-6:] + proc.stdout.strip().splitlines()[-3:]
+        return {"workload": workload, "config": config, "error": f"exit code {proc.returncode}: " + " | ".join(tail),
                 "wall_s": round(time.perf_counter() - started, 1)}
-    result = json.loads(lines[-1])
     result["wall_s"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def _last_result(stdout: str) -> dict:
+    """The child's result: the last line of its output that is a JSON object ({} if none is)."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return {}
 
 
 def _print_line(r: dict) -> None:

@@ -8,6 +8,11 @@ then times, in one process:
   setting) with the file read into them, and the transfer rate from those.
 Then both again from the drive (`cold_*`: the file's cached pages dropped first).
 The error code where CUDA refuses read-only registration (801: not supported on this device) is reported as is.
+First, `probe`: the device's registration attributes, and on the file's first GiB whether PyTorch sees a
+registered map's tensors as pinned (at a locked storage's first byte, and at a storage that starts on an unlocked
+header), and whether transfers from it work: small and whole, and across two registrations. Every transfer is
+timed in pieces of 256 MiB, as streaming moves a block's tensors; a failing step records its error and the rest go
+on.
 
     python bench/lock_in_place.py --file /tmp/lock.bin --gib 8 --out lock.json
 """
@@ -43,6 +48,7 @@ def main(argv=None) -> int:
     out = {"gib": args.gib, "warm_read_gb_s": round(n / (time.perf_counter() - start) / 1e9, 2),
            "allocator": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}
     torch.cuda.init()
+    out["probe"] = _probe(args.file)
     threads = locked_map.THREADS  # what the scripts lock with
     for count in (1, threads, 16):
         out[f"register_{count}_threads"] = _register(args.file, n, count)
@@ -86,18 +92,16 @@ def _read_all(path: Path) -> None:
 def _register(path: Path, n: int, threads: int) -> dict:
     from producer.sizing import locked_map
 
-    mapped, scripts_threads = locked_map.LockedMap(path), locked_map.THREADS
-    locked_map.THREADS = threads  # lock cuts the range into `threads` pieces, one a thread
+    mapped = locked_map.LockedMap(path)
     start = time.perf_counter()
     try:
-        mapped.lock([(0, n)])
+        with _threads(threads):  # lock cuts the range into `threads` pieces, one a thread
+            mapped.lock([(0, n)])
     except locked_map.LockRefused as exc:
         return {"refused": str(exc)}
-    finally:
-        locked_map.THREADS = scripts_threads
     result = {"s": round(time.perf_counter() - start, 3), "locked_gib": round(mapped.locked_bytes / 2**30, 2),
-              "is_pinned": bool(mapped._whole.is_pinned())}
-    result["h2d_gb_s"] = _h2d([mapped._whole])
+              "pieces": len(mapped._pieces)}
+    result["h2d_gb_s"] = _h2d([piece for _, _, piece in mapped._pieces])
     start = time.perf_counter()
     mapped.close()
     result["unlock_s"] = round(time.perf_counter() - start, 3)
@@ -118,17 +122,107 @@ def _alloc_and_read(path: Path, n: int) -> dict:
     return {"alloc_s": round(made, 3), "alloc_and_read_s": round(whole, 3), "h2d_gb_s_chunks": _h2d(chunks)}
 
 
-def _h2d(tensors) -> float:
-    """GB/s of copying the host tensors to the GPU one after the other (into one buffer of the largest's size)."""
+def _h2d(tensors) -> float | str:
+    """GB/s of copying the host tensors to the GPU one after the other, in pieces of 256 MiB (streaming moves a
+    block's tensors, each far smaller than a piece), or CUDA's error."""
     import torch
 
-    dst = torch.empty(max(t.numel() for t in tensors), dtype=torch.uint8, device="cuda")
+    piece = 256 << 20
+    dst = torch.empty(min(max(t.numel() for t in tensors), piece), dtype=torch.uint8, device="cuda")
     torch.cuda.synchronize()
     start = time.perf_counter()
-    for t in tensors:
-        dst[:t.numel()].copy_(t, non_blocking=True)
-    torch.cuda.synchronize()
+    try:
+        for t in tensors:
+            flat = t.reshape(-1)
+            for at in range(0, flat.numel(), piece):
+                part = flat[at:at + piece]
+                dst[:part.numel()].copy_(part, non_blocking=True)
+        torch.cuda.synchronize()
+    except RuntimeError as exc:
+        return _error(exc)
     return round(sum(t.numel() for t in tensors) / (time.perf_counter() - start) / 1e9, 1)
+
+
+def _error(exc: Exception) -> str:
+    return "error: " + (str(exc).splitlines() or ["?"])[0]
+
+
+def _probe(path: Path) -> dict:
+    """What CUDA does with a registered read-only map, on the file's first GiB (see the module's docstring)."""
+    import torch
+    from producer.sizing import locked_map
+
+    gib, page = 1 << 30, locked_map.PAGE
+    out = {"attributes": _attributes()}
+    mapped = locked_map.LockedMap(path)
+    try:
+        with _threads(1):  # one registration
+            mapped.lock([(page, gib)])  # the first page stays unlocked, as a GGUF header does
+    except locked_map.LockRefused as exc:
+        return {**out, "refused": str(exc)}
+    inside = mapped.view(page, (gib - page,), torch.uint8)
+    out["pinned_at_locked_storage"] = bool(inside.is_pinned())
+    out["pinned_view_of_unlocked_storage"] = bool(mapped._whole[page:gib].is_pinned())
+    for name, t in (("copy_1mib", inside[:1 << 20]), ("copy_64mib", inside[:64 << 20]), ("copy_whole", inside)):
+        out[name] = _copy(t)
+    mapped.close()
+    halves = locked_map.LockedMap(path)  # two registrations side by side; one copy across the cut between them
+    with _threads(2):
+        halves.lock([(0, gib)])
+    across = halves._whole[gib // 2 - (32 << 20):gib // 2 + (32 << 20)]
+    out["registrations"] = len(halves._locked)
+    out["copy_across_two_registrations"] = _copy(across)
+    halves.close()
+    return out
+
+
+def _copy(t) -> str:
+    """'ok GB/s' for one non-blocking copy to the GPU, or CUDA's error."""
+    import torch
+
+    dst = torch.empty(t.numel(), dtype=torch.uint8, device="cuda")
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    try:
+        dst.copy_(t, non_blocking=True)
+        torch.cuda.synchronize()
+    except RuntimeError as exc:
+        return _error(exc)
+    return f"ok {t.numel() / (time.perf_counter() - start) / 1e9:.1f} GB/s"
+
+
+class _threads:
+    """locked_map.THREADS set for a `with` block (lock cuts a range into that many pieces)."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def __enter__(self):
+        from producer.sizing import locked_map
+
+        self.kept, locked_map.THREADS = locked_map.THREADS, self.count
+
+    def __exit__(self, *exc):
+        from producer.sizing import locked_map
+
+        locked_map.THREADS = self.kept
+
+
+def _attributes() -> dict:
+    """cudaDevAttrHostRegisterSupported (99), ...PageableMemoryAccessUsesHostPageTables (100) and
+    ...HostRegisterReadOnlySupported (113) of device 0, from the CUDA runtime PyTorch loaded."""
+    import ctypes
+
+    libs = sorted({line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+                   if "libcudart" in line})
+    if not libs:
+        return {"error": "no libcudart in this process"}
+    cudart, value, out = ctypes.CDLL(libs[0]), ctypes.c_int(), {"library": Path(libs[0]).name}
+    for name, code in (("host_register", 99), ("pageable_uses_host_page_tables", 100),
+                       ("host_register_read_only", 113)):
+        error = cudart.cudaDeviceGetAttribute(ctypes.byref(value), code, 0)
+        out[name] = value.value if error == 0 else f"error {error}"
+    return out
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ locked (and only those), unlocked before the map goes, and the read where CUDA r
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import pytest
@@ -54,10 +55,12 @@ def test_the_spans_are_cut_so_that_every_thread_locks_a_share():
     assert locked_map.split([(0, 10)], 8, 4096) == [(0, 10)]
 
 
-def test_the_mapped_tensors_are_the_files_and_load_the_same_model(wan_q4, runtime):
+def test_the_mapped_tensors_are_the_files_and_load_the_same_model(wan_q4, runtime, monkeypatch):
     from diffusers import WanTransformer3DModel
     from diffusers.models.model_loading_utils import load_gguf_checkpoint
 
+    monkeypatch.setattr(locked_map, "PAGE", 64)  # the stand-in's tensors are small: a few pieces, each larger
+    monkeypatch.setattr(locked_map, "THREADS", 3)  # than any tensor (as a full-size expert's ~1.2 GB are)
     path, config = wan_q4
     on_gpu = gguf_host.resident_prefixes("blocks", 2, 1)
     state, mapped = gguf_host.map_in_place(path, on_gpu)
@@ -80,19 +83,57 @@ def test_the_mapped_tensors_are_the_files_and_load_the_same_model(wan_q4, runtim
         at = t.data_ptr() - base
         return any(s <= at and at + t.numel() * t.element_size() <= e for s, e in spans)
 
+    def pinned_where_it_lies(t):
+        # PyTorch asks CUDA about a tensor's storage's first byte: it must be where a registration begins, and the
+        # tensor inside that one registration (a transfer never reads across two)
+        first = t.untyped_storage().data_ptr()
+        return first in runtime.locked and t.data_ptr() + t.numel() * t.element_size() <= first + runtime.locked[first]
+
+    def own_memory(t):
+        return not base <= t.untyped_storage().data_ptr() < base + mapped._whole.numel()
+
     streamed = [t for n, t in state.items() if n.startswith("blocks.1.") and getattr(t, "quant_type", None)]
     resident = [t for n, t in state.items() if n.startswith("blocks.0.") and getattr(t, "quant_type", None)]
-    assert streamed and all(map(locked, streamed)) and resident and not any(map(locked, resident))
+    assert streamed and all(map(locked, streamed)) and all(map(pinned_where_it_lies, streamed))
+    assert resident and all(map(own_memory, resident))  # read: they go to the card
+    plain = [t for t in state.values() if getattr(t, "quant_type", None) is None]
+    assert plain and all(map(own_memory, plain))  # read: cast, pinned, or given a LoRA's delta in place
     assert mapped.locked_bytes == sum(e - s for s, e in spans)
 
     model = gguf_host.load_gguf(WanTransformer3DModel, path, config, "transformer", torch.float32, True, on_gpu, True)
     reference = gguf_host.load_gguf(WanTransformer3DModel, path, config, "transformer", torch.float32, False)
     quantized = [p for p in model.blocks[1].parameters() if getattr(p, "quant_type", None) is not None]
-    mine = model._producer_locked_map
-    assert quantized and all(p.untyped_storage().data_ptr() == mine._whole.data_ptr() for p in quantized)
+    assert quantized and all(map(pinned_where_it_lies, quantized))
     theirs = reference.state_dict()
     for name, value in model.state_dict().items():
         assert torch.equal(value.view(torch.uint8), theirs[name].view(torch.uint8)), name
+
+
+def test_cuts_between_pieces_fall_between_tensors_where_one_can(wan_q4, runtime, monkeypatch):
+    from gguf import GGUFReader
+
+    path, _ = wan_q4
+    ranges = [(int(t.data_offset), int(t.data_offset) + int(t.n_bytes)) for t in GGUFReader(path).tensors]
+    monkeypatch.setattr(locked_map, "PAGE", 64)  # the stand-in's tensors are small: many cuts to place
+    whole = [(min(s for s, _ in ranges) // 64 * 64, max(e for _, e in ranges))]
+    pieces = locked_map.split(whole, 8, 64, ranges)
+    assert len(pieces) > 4 and pieces[0][0] == whole[0][0] and pieces[-1][1] == whole[0][1]
+    assert all(a[1] == b[0] and a[1] % 64 == 0 for a, b in itertools.pairwise(pieces))
+    assert not any(s < cut < e for cut, _ in pieces[1:] for s, e in ranges)
+    monkeypatch.setattr(locked_map, "CUT_SEARCH", 0)  # no room to move: a tensor across a cut has no view
+    state, mapped = gguf_host.map_in_place(path)
+    base = mapped._whole.data_ptr()
+    cuts = sorted(address - base for address in runtime.locked)[1:]
+    crossing = [t for t in state.values() if any(t.data_ptr() - base < c < t.data_ptr() - base + t.nbytes
+                                                 for c in cuts)]
+    assert not crossing  # each tensor lies inside one piece, or was read into memory of its own
+    ours = [t for t in state.values() if base <= t.untyped_storage().data_ptr() < base + mapped._whole.numel()]
+    assert 0 < len(ours) < sum(1 for t in state.values() if getattr(t, "quant_type", None) is not None)
+    from diffusers.models.model_loading_utils import load_gguf_checkpoint
+
+    for name, tensor in load_gguf_checkpoint(str(path)).items():
+        assert torch.equal(state[name].view(torch.uint8), tensor.view(torch.uint8)), name
+    mapped.close()
 
 
 def test_release_unlocks_before_the_map_goes(wan_q4, runtime):
@@ -160,10 +201,12 @@ def test_only_a_streamed_model_on_cuda_is_locked_in_place(monkeypatch):
         assert gguf_host.streams_in_place(streamed, "transformer", "cuda") is default
 
 
-def test_the_map_is_read_only(tmp_path):
+def test_the_map_is_read_only(tmp_path, runtime):
     path = tmp_path / "f.bin"
     path.write_bytes(bytes(range(256)) * 32)
     mapped = locked_map.LockedMap(path)
+    assert mapped.view(256, (2, 128), torch.uint8) is None  # not locked: the caller reads it
+    mapped.lock([(256, 512)])
     view = mapped.view(256, (2, 128), torch.uint8)
     assert view[1].tolist() == list(range(128, 256))
     with open(path, "rb") as f:  # the bytes are the file's, unchanged by making the views
@@ -180,7 +223,8 @@ def test_the_map_is_read_only(tmp_path):
     scripts = Path(__file__).resolve().parents[1] / "scripts"
     code = (f"import sys; sys.path.insert(0, {str(scripts)!r}); import torch; "
             f"from producer.sizing.locked_map import LockedMap; "
-            f"LockedMap({str(path)!r}).view(0, (16,), torch.uint8).fill_(7)")
+            f"cuda = type('Cuda', (), {{'cudaHostRegister': staticmethod(lambda *a: 0)}}); "
+            f"m = LockedMap({str(path)!r}); m.lock([(0, 16)], cuda); m.view(0, (16,), torch.uint8).fill_(7)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, check=False)
     assert done.returncode in (-signal.SIGSEGV, -signal.SIGBUS), done
     assert path.read_bytes() == bytes(range(256)) * 32

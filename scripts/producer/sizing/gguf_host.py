@@ -15,9 +15,9 @@ first against 7.72 s, 10.60 s against 11.93 s with the step-distill LoRA (its GG
 longer beside the locking thread).
 
 Where the plan streams the model's blocks on CUDA and PRODUCER_LOCK_IN_PLACE=1 asks for it (opt-in until a GPU run
-measures it: `streams_in_place`), the file is not read at all if CUDA can lock it where it lies (`map_in_place`,
-producer.sizing.locked_map): the tensors are views of the file's read-only map, and the
-streamed ones' pages are locked in the page cache. Reading stays for a device that refuses, and for models
+measures it: `streams_in_place`), its streamed blocks are not read if CUDA can lock them where they lie (`map_in_place`,
+producer.sizing.locked_map): the streamed quantized tensors are views of the file's read-only map, their pages
+locked in the page cache; the few other tensors are read. Reading stays for a device that refuses, and for models
 moved to the GPU whole (their locked pages would stay behind them).
 
 The blocks the plan keeps on the GPU are read into plain memory of their own instead, which frees itself when
@@ -121,13 +121,25 @@ def read_into_host_chunks(path: Path | str, on_gpu: tuple[str, ...] = (),
 
 
 def map_in_place(path: Path | str, on_gpu: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], LockedMap]:
-    """The file's tensors by name as views of its read-only map, the quantized ones outside `on_gpu` page-locked
-    where they lie (locked_map; raises LockRefused, with nothing locked, where CUDA refuses). The resident blocks'
-    views are copied to the card by placement; the F16/F32 tensors are cast or pinned as read ones are."""
+    """The file's tensors by name: the quantized ones outside `on_gpu` as views of its read-only map, page-locked
+    where they lie (locked_map; raises LockRefused, with nothing locked, where CUDA refuses); the rest read into
+    memory of their own, as the read does: the resident blocks go to the card, the F16/F32 tensors are cast or
+    pinned, and a LoRA's deltas may be added to them (a write into the map would fault)."""
     tensors, mapped = _parsed(path), LockedMap(path)
-    state = {t.name: (mapped.view(t.offset, t.shape, t.dtype), t.kind) for t in tensors}
-    mapped.lock([(t.offset, t.offset + t.nbytes) for t in tensors
-                 if t.kind is not None and not t.name.startswith(on_gpu)])
+    streamed = {t.name for t in tensors if t.kind is not None and not t.name.startswith(on_gpu)}
+    mapped.lock([(t.offset, t.offset + t.nbytes) for t in tensors if t.name in streamed])
+    state = {}
+    try:
+        with FileReader(path) as file:
+            for t in tensors:
+                data = mapped.view(t.offset, t.shape, t.dtype) if t.name in streamed else None
+                if data is None:
+                    data = torch.empty(t.shape, dtype=t.dtype)
+                    file.read_into(data, t.offset)
+                state[t.name] = (data, t.kind)
+    except BaseException:
+        mapped.close()  # a cut file, an interrupt: nothing stays locked
+        raise
     return _as_gguf_state(state), mapped
 
 

@@ -13,10 +13,18 @@ where it does not (a B300 host reported so, vllm-project/vllm-omni#6240) or the 
 much, `lock` raises `LockRefused` having unlocked what it locked, and the caller reads the file instead.
 The map is read-only: a write into a weight would fault at once rather than change a page the GPU reads.
 Unlocking comes before unmapping (`close`, then the views' last reference unmaps), never the other way round.
+
+PyTorch (and diffusers' group offloading) asks CUDA whether a tensor is pinned at its storage's first byte. A view
+of the whole map starts at the file's header, which is never locked, so each tensor is a view of the locked piece
+that holds it, a storage that begins at a locked page (H100, 2026-12-08: with views of the whole map the
+scripts copied every streamed tensor into pinned chunks again, 3.9 s and 17 GiB more). A piece is registered on
+its own, so the cuts between pieces are put where no locked range lies across them; a range that still crosses
+one has no view (`view` gives None) and the caller reads it.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import mmap
 import warnings
@@ -31,6 +39,7 @@ REGISTER_FLAGS = 0x08 | 0x01
 THREADS = 8  # registering faults the pages in; several threads share that work
 PAGE = mmap.PAGESIZE
 MERGE_GAP = 1 << 20  # ranges this close are locked as one (the small tensors between them are locked too)
+CUT_SEARCH = 64 << 20  # how far from an even share a cut may move to fall between locked ranges
 
 
 _locked_now = [0]  # bytes locked in place by every map of the process (RAM that cannot be given back)
@@ -57,25 +66,35 @@ class LockedMap:
             warnings.simplefilter("ignore", UserWarning)
             self._whole = torch.frombuffer(self._map, dtype=torch.uint8)
         self._locked: list[int] = []  # addresses registered
+        self._pieces: list[tuple[int, int, torch.Tensor]] = []  # (start, end, its own storage) of each locked piece
         self.locked_bytes = 0
 
-    def view(self, offset: int, shape, dtype: torch.dtype) -> torch.Tensor:
+    def view(self, offset: int, shape, dtype: torch.dtype) -> torch.Tensor | None:
+        """A tensor over the file's bytes at `offset`, a view of the locked piece that holds them all; None where no
+        piece does (never locked, or across a cut): the caller reads those bytes."""
         nbytes = int(torch.Size(shape).numel()) * dtype.itemsize
         if offset + nbytes > len(self._map):
             raise ValueError(f"{self.name} ends at byte {len(self._map)}, inside a tensor: the file is cut short "
                              "(an interrupted download?); fetch it again")
-        return self._whole[offset:offset + nbytes].view(dtype).view(shape)
+        at = bisect.bisect_right(self._pieces, offset, key=lambda piece: piece[0]) - 1
+        if at < 0 or offset + nbytes > self._pieces[at][1]:
+            return None
+        start, _, piece = self._pieces[at]
+        return piece[offset - start:offset - start + nbytes].view(dtype).view(shape)
 
     def lock(self, ranges: list[tuple[int, int]], runtime=None) -> None:
         """Page-lock the byte ranges [start, end) of the file (merged and widened to whole pages); raises
         LockRefused, with nothing left locked, where CUDA refuses any of them."""
         runtime = runtime or torch.cuda.cudart()
         base = self._whole.data_ptr()
-        spans = split(page_spans(ranges, PAGE, len(self._map)), THREADS, PAGE)
+        spans = split(page_spans(ranges, PAGE, len(self._map)), THREADS, PAGE, ranges)
         with ThreadPoolExecutor(min(THREADS, max(len(spans), 1))) as pool:
             errors = list(pool.map(lambda s: _register(runtime, base + s[0], s[1] - s[0]), spans))
-        self._locked += [base + start for (start, _), error in zip(spans, errors) if error == 0]
-        done = sum(end - start for (start, end), error in zip(spans, errors) if error == 0)
+        locked = [(start, end) for (start, end), error in zip(spans, errors) if error == 0]
+        self._locked += [base + start for start, _ in locked]
+        self._pieces = sorted(self._pieces + [(start, end, self._piece(start, end)) for start, end in locked],
+                              key=lambda piece: piece[0])
+        done = sum(end - start for start, end in locked)
         self.locked_bytes += done
         _locked_now[0] += done
         refused = [e for e in errors if e != 0]
@@ -93,7 +112,13 @@ class LockedMap:
             for address in self._locked:
                 runtime.cudaHostUnregister(address)
         _locked_now[0] -= self.locked_bytes
-        self._locked, self.locked_bytes = [], 0
+        self._locked, self._pieces, self.locked_bytes = [], [], 0
+
+    def _piece(self, start: int, end: int) -> torch.Tensor:
+        """The bytes [start, end) of the map as a storage of their own, whose first byte is a locked page."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.frombuffer(self._map, dtype=torch.uint8, count=end - start, offset=start)
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter shutdown CUDA may be gone already
@@ -122,8 +147,44 @@ def page_spans(ranges: list[tuple[int, int]], page: int, size: int) -> list[tupl
     return [(s, e) for s, e in spans]
 
 
-def split(spans: list[tuple[int, int]], parts: int, page: int) -> list[tuple[int, int]]:
-    """The spans cut at page boundaries into pieces of at most about 1/`parts` of their whole, so that `parts`
-    threads share the locking however few spans there are (pieces side by side share no page)."""
+def split(spans: list[tuple[int, int]], parts: int, page: int,
+          ranges: list[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+    """The spans cut at page boundaries into pieces of at most about 1/`parts` of their whole (a little more where
+    a cut moves), so that `parts` threads share the locking however few spans there are (pieces side by side
+    share no page). Each cut moves, by at most CUT_SEARCH, to a page boundary that lies inside none of `ranges`:
+    a transfer then never reads across two registrations."""
     most = max(-(-sum(e - s for s, e in spans) // parts // page) * page, page)
-    return [(at, min(at + most, end)) for start, end in spans for at in range(start, end, most)]
+    inside = _inside(ranges)
+    pieces = []
+    for start, end in spans:
+        at = start
+        while end - at > most:
+            cut = _free_cut(at + most, at, end, page, inside)
+            pieces.append((at, cut))
+            at = cut
+        pieces.append((at, end))
+    return pieces
+
+
+def _inside(ranges: list[tuple[int, int]]):
+    """A test of whether a byte boundary lies strictly inside one of `ranges` (sorted, for bisection)."""
+    ordered = sorted(r for r in ranges if r[1] > r[0])
+    starts = [s for s, _ in ordered]
+    reach = []  # the furthest end among the ranges up to each one (ranges may nest or overlap)
+    for _, e in ordered:
+        reach.append(max(e, reach[-1]) if reach else e)
+
+    def test(point: int) -> bool:
+        at = bisect.bisect_left(starts, point) - 1  # ranges starting before the point
+        return at >= 0 and reach[at] > point
+    return test
+
+
+def _free_cut(ideal: int, low: int, high: int, page: int, inside) -> int:
+    """The page boundary nearest `ideal`, strictly between `low` and `high`, inside no range; `ideal` if none lies
+    within CUT_SEARCH."""
+    for step in range(CUT_SEARCH // page + 1):
+        for cut in (ideal + step * page, ideal - step * page):
+            if low < cut < high and not inside(cut):
+                return cut
+    return ideal
