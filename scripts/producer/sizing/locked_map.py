@@ -56,7 +56,7 @@ class LockRefused(RuntimeError):
 
 
 class LockedMap:
-    """A file mapped read-only; `view` gives tensors over its bytes, `lock` page-locks ranges of it."""
+    """A file mapped read-only; `lock` page-locks ranges of it, `view` gives tensors over the locked bytes."""
 
     def __init__(self, path: Path | str):
         self.name = Path(path).name
