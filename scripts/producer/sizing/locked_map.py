@@ -14,12 +14,13 @@ much, `lock` raises `LockRefused` having unlocked what it locked, and the caller
 The map is read-only: a write into a weight would fault at once rather than change a page the GPU reads.
 Unlocking comes before unmapping (`close`, then the views' last reference unmaps), never the other way round.
 
-PyTorch (and diffusers' group offloading) asks CUDA whether a tensor is pinned at its storage's first byte. A view
-of the whole map starts at the file's header, which is never locked, so each tensor is a view of the locked piece
-that holds it, a storage that begins at a locked page (H100, 2026-12-08: with views of the whole map the
-scripts copied every streamed tensor into pinned chunks again, 3.9 s and 17 GiB more). A piece is registered on
-its own, so the cuts between pieces are put where no locked range lies across them; a range that still crosses
-one has no view (`view` gives None) and the caller reads it.
+PyTorch (and diffusers' group offloading) asks CUDA whether a tensor is pinned at its storage's first byte
+(`is_pinned`: `isPinnedPtr(self.storage().data())`, aten/src/ATen/native/Memory.cpp). A view of the whole map
+starts at the file's header, which is never locked, so each tensor is a view of the locked piece that holds it, a
+storage that begins at a locked page (H100, 2026-12-08: with views of the whole map, the scripts copied every
+streamed tensor into pinned chunks again, 3.9 s and 17 GiB more). A piece is registered on its own, so the cuts
+between pieces are put where no locked range lies across them; a range that still crosses one has no view
+(`view` gives None) and the caller reads it.
 """
 
 from __future__ import annotations
