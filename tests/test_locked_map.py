@@ -244,3 +244,30 @@ def test_the_benchmarks_ram_watch_counts_locked_file_pages_as_what_must_fit(monk
     peaks = watch.peaks()
     assert peaks["locked_file_pages_at_anon_peak_gib"] == 3.0
     assert peaks["peak_ram_anon_gib"] >= 3.0 + 0.01  # the process's own anonymous memory on top
+
+
+def test_a_loras_deltas_reach_a_model_locked_in_place_and_the_file_is_unchanged(tiny_wan_pipeline, tmp_path, runtime):
+    """The LightX2V layout adds diffs to F32 tensors (norms, biases) with copy_: those tensors are read, not views
+    of the read-only map, so the LoRA lands as on a read model (a write into the map would kill the process)."""
+    from diffusers import WanTransformer3DModel
+    from producer.engines.loras import lora
+    from producer.testing import standin_gguf
+    from producer.testing import standin_loras as SL
+    from test_lora import spec, wan_out
+
+    pipe = tiny_wan_pipeline
+    pipe.transformer.save_config(tmp_path / "config" / "transformer")
+    path = tmp_path / "high.gguf"
+    standin_gguf.write_gguf(path, standin_gguf.wan_state_dict_to_original(pipe.transformer.state_dict()), "wan", "Q8_0")
+    written = path.read_bytes()
+    kijai = SL.save_lora(SL.wan_lightx2v_lora(pipe.transformer, rank=4, alpha=2.0, head="diff"),
+                         tmp_path / "kijai.safetensors")
+    out = {}
+    for in_place in (False, True):
+        pipe.transformer = gguf_host.load_gguf(WanTransformer3DModel, path, tmp_path / "config", "transformer",
+                                               torch.float32, True, (), in_place)
+        assert hasattr(pipe.transformer, "_producer_locked_map") is in_place
+        lora.load_loras(pipe, [spec(kijai, 0.5, "high")], "wan", fuse=True)
+        out[in_place] = wan_out(pipe.transformer)
+    assert runtime.locked and torch.equal(out[True], out[False])
+    assert path.read_bytes() == written
