@@ -5,7 +5,9 @@ Stages (each synchronised with the GPU at its end; a stage inside another is als
 - `read`: the GGUF file's tensors read into host chunks by the file readers (gguf_host.read_into_host_chunks;
   making the page-locked chunks is part of it);
 - `lock_in_place`: instead of `read`, where the plan streams from a GGUF file locked where its pages lie
-  (gguf_host.map_in_place: mapping the file and page-locking the streamed tensors' ranges);
+  (gguf_host.map_in_place: mapping the file, starting to page-lock the streamed tensors' ranges in the
+  background, reading the other tensors);
+- `lock_wait`: the locking still left once diffusers has built the model (gguf_host.finish_locking);
 - `gguf_load`: the whole of gguf_host.load_gguf, the read and diffusers' `from_single_file` building the model;
 - `loras`: the session's LoRA loading (folding the step-distill factors beside the GGUF weights);
 - `place`: offload.place_module (pinning what is left, group offloading, the resident blocks to the GPU);
@@ -13,7 +15,7 @@ Stages (each synchronised with the GPU at its end; a stage inside another is als
   its page-locked chunks handed back to the system);
 - `pinned_alloc` (CUDA only): the time PyTorch's pinned allocator spent making page-locked memory, inside the
   stages above (torch.cuda.memory.host_memory_stats).
-`build` (`gguf_load` - `read` - `lock_in_place`) is added to the result, as is `other` (the whole less the outer stages).
+`build` (`gguf_load` - `read` - `lock_in_place` - `lock_wait`) is added to the result, as is `other` (the whole less the outer stages).
 With BENCH_PROFILE_LOAD=FILE in the environment, the load also runs under cProfile and FILE gets the functions
 that took longest (cumulative), for what the stages do not name: each load appends its own, so a run of several
 configurations keeps them all.
@@ -48,7 +50,7 @@ def _stages(device: str):
 
     seconds: dict[str, float] = {}
     targets = [(gguf_host, "read_into_host_chunks", "read"), (gguf_host, "map_in_place", "lock_in_place"),
-               (gguf_host, "load_gguf", "gguf_load"),
+               (gguf_host, "finish_locking", "lock_wait"), (gguf_host, "load_gguf", "gguf_load"),
                (wan.WanSession, "_load_loras", "loras"), (offload, "place_module", "place"),
                (offload, "release", "release")]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in targets]
@@ -111,7 +113,7 @@ def summary(seconds: dict[str, float], whole: float) -> dict[str, float]:
     """The stages rounded, with `build` (model construction after the read) and `other` (the rest of `whole`)."""
     out = dict(seconds)
     if "gguf_load" in out:
-        out["build"] = out["gguf_load"] - out.get("read", 0.0) - out.get("lock_in_place", 0.0)
+        out["build"] = out["gguf_load"] - sum(out.get(k, 0.0) for k in ("read", "lock_in_place", "lock_wait"))
     outer = sum(out.get(k, 0.0) for k in ("gguf_load", "loras", "place", "release"))
     out["other"] = max(whole - outer, 0.0)
     return {k: round(v, 3) for k, v in out.items()}

@@ -64,6 +64,7 @@ def test_the_mapped_tensors_are_the_files_and_load_the_same_model(wan_q4, runtim
     path, config = wan_q4
     on_gpu = gguf_host.resident_prefixes("blocks", 2, 1)
     state, mapped = gguf_host.map_in_place(path, on_gpu)
+    mapped.finish()  # the locking ran in the background
     theirs = load_gguf_checkpoint(str(path))
     assert state.keys() == theirs.keys()
     for name, tensor in theirs.items():
@@ -122,6 +123,7 @@ def test_cuts_between_pieces_fall_between_tensors_where_one_can(wan_q4, runtime,
     assert not any(s < cut < e for cut, _ in pieces[1:] for s, e in ranges)
     monkeypatch.setattr(locked_map, "CUT_SEARCH", 0)  # no room to move: a tensor across a cut has no view
     state, mapped = gguf_host.map_in_place(path)
+    mapped.finish()
     base = mapped._whole.data_ptr()
     cuts = sorted(address - base for address in runtime.locked)[1:]
     crossing = [t for t in state.values() if any(t.data_ptr() - base < c < t.data_ptr() - base + t.nbytes
@@ -134,6 +136,31 @@ def test_cuts_between_pieces_fall_between_tensors_where_one_can(wan_q4, runtime,
     for name, tensor in load_gguf_checkpoint(str(path)).items():
         assert torch.equal(state[name].view(torch.uint8), tensor.view(torch.uint8)), name
     mapped.close()
+
+
+def test_the_pages_are_locked_while_diffusers_builds_the_model(wan_q4, monkeypatch):
+    import threading
+
+    from diffusers import WanTransformer3DModel
+
+    building = threading.Event()
+
+    class WaitsForTheBuild(FakeRuntime):
+        def cudaHostRegister(self, address, size, flags):
+            self.waited.append(building.wait(20))  # False had the load waited for the locking before building
+            return super().cudaHostRegister(address, size, flags)
+
+    fake = WaitsForTheBuild()
+    fake.waited = []
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: fake)
+    monkeypatch.setattr(gguf_host, "_lock_refused", False)
+    build = WanTransformer3DModel.from_single_file
+    monkeypatch.setattr(WanTransformer3DModel, "from_single_file",
+                        classmethod(lambda cls, *a, **k: building.set() or build(*a, **k)))
+    path, config = wan_q4
+    model = gguf_host.load_gguf(WanTransformer3DModel, path, config, "transformer", torch.float32, True, (), True)
+    assert fake.waited and all(fake.waited) and model._producer_locked_map.locked_bytes == sum(fake.locked.values())
+    model._producer_locked_map.close()
 
 
 def test_release_unlocks_before_the_map_goes(wan_q4, runtime):
@@ -150,7 +177,9 @@ def test_release_unlocks_before_the_map_goes(wan_q4, runtime):
     assert runtime.calls[-1][0] == "unregister"
 
 
-def test_where_cuda_refuses_nothing_stays_locked_and_the_file_is_read(wan_q4, monkeypatch, caplog):
+def test_where_cuda_refuses_nothing_stays_locked_and_the_model_is_the_files(wan_q4, monkeypatch, caplog):
+    """The refusal comes while the model is built from the views: they stay valid over unlocked pages, which the
+    placement copies into locked memory as it does a read file's tensors; later loads of the process read."""
     from diffusers import WanTransformer3DModel
 
     fake = FakeRuntime(refuse=801, after=1)  # cudaErrorNotSupported: read-only registration unsupported
@@ -159,18 +188,25 @@ def test_where_cuda_refuses_nothing_stays_locked_and_the_file_is_read(wan_q4, mo
     monkeypatch.setattr(locked_map, "PAGE", 32)
     monkeypatch.setattr(gguf_host, "_lock_refused", False)
     path, config = wan_q4
+    _, mapped = gguf_host.map_in_place(path)
     with pytest.raises(locked_map.LockRefused, match="CUDA error 801"):
-        gguf_host.map_in_place(path)
+        mapped.finish()
     assert not fake.locked and any(c[0] == "unregister" for c in fake.calls)
     raising = FakeRuntime(refuse="CUDA error: operation not supported\nmore", after=1)  # a binding that raises
     monkeypatch.setattr(torch.cuda, "cudart", lambda: raising)
+    _, mapped = gguf_host.map_in_place(path)
     with pytest.raises(locked_map.LockRefused, match=r"ranges \(CUDA error: operation not supported\)$"):
-        gguf_host.map_in_place(path)
+        mapped.finish()
     assert not raising.locked
+    fake = FakeRuntime(refuse=801, after=1)
     monkeypatch.setattr(torch.cuda, "cudart", lambda: fake)
     with caplog.at_level(logging.INFO, logger=gguf_host.log.name):
         model = gguf_host.load_gguf(WanTransformer3DModel, path, config, "transformer", torch.float32, True, (), True)
     assert not hasattr(model, "_producer_locked_map") and "could not be locked where they lie" in caplog.text
+    assert not fake.locked and locked_map.locked_bytes_now() == 0
+    reference = gguf_host.load_gguf(WanTransformer3DModel, path, config, "transformer", torch.float32, False)
+    theirs = reference.state_dict()
+    assert all(torch.equal(v.view(torch.uint8), theirs[k].view(torch.uint8)) for k, v in model.state_dict().items())
     assert gguf_host._lock_refused  # the process reads its files from then on
     monkeypatch.setenv("PRODUCER_LOCK_IN_PLACE", "1")
     from producer.facts.hardware import from_sizes

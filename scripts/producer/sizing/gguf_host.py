@@ -17,8 +17,9 @@ longer beside the locking thread).
 Where the plan streams the model's blocks on CUDA and PRODUCER_LOCK_IN_PLACE=1 asks for it (opt-in until a GPU run
 measures it: `streams_in_place`), its streamed blocks are not read if CUDA can lock them where they lie (`map_in_place`,
 producer.sizing.locked_map): the streamed quantized tensors are views of the file's read-only map, their pages
-locked in the page cache; the few other tensors are read. Reading stays for a device that refuses, and for models
-moved to the GPU whole (their locked pages would stay behind them).
+locked in the page cache by background threads while diffusers builds the model; the few other tensors are read.
+Where the device refuses, the placement copies the views into locked memory and later loads read their files;
+models moved to the GPU whole are read (their locked pages would stay behind them).
 
 The blocks the plan keeps on the GPU are read into plain memory of their own instead, which frees itself when
 they move to the card: in a shared pinned chunk their bytes would stay held beside the streamed blocks' (a 24 GB
@@ -56,12 +57,17 @@ def load_gguf(model_class, path: Path | str, config: Path | str, subfolder: str,
     `streams_in_place`): the streamed tensors are locked where the file's pages lie instead, where CUDA allows."""
     from diffusers import GGUFQuantizationConfig
 
-    source, mapped = _map_in_place(path, on_gpu) if in_place and on_host else (None, None)
+    source, mapped = map_in_place(path, on_gpu) if in_place and on_host else (None, None)
     if mapped is None:
         source = read_into_host_chunks(path, on_gpu) if on_host else str(path)
-    model = model_class.from_single_file(source, quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
-                                         config=str(config), subfolder=subfolder, dtype=dtype)
-    if mapped is not None:
+    try:
+        model = model_class.from_single_file(source, quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+                                             config=str(config), subfolder=subfolder, dtype=dtype)
+    except BaseException:
+        if mapped is not None:
+            mapped.close()
+        raise
+    if mapped is not None and finish_locking(mapped):
         model._producer_locked_map = mapped  # unlocked by offload.release (or when the model goes)
     return model
 
@@ -121,15 +127,16 @@ def read_into_host_chunks(path: Path | str, on_gpu: tuple[str, ...] = (),
 
 
 def map_in_place(path: Path | str, on_gpu: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], LockedMap]:
-    """The file's tensors by name: the quantized ones outside `on_gpu` as views of its read-only map, page-locked
-    where they lie (locked_map; raises LockRefused, with nothing locked, where CUDA refuses); the rest read into
-    memory of their own, as the read does: the resident blocks go to the card, the F16/F32 tensors are cast or
-    pinned, and a LoRA's deltas may be added to them (a write into the map would fault)."""
+    """The file's tensors by name: the quantized ones outside `on_gpu` as views of its read-only map, whose pages
+    are being locked where they lie in the background (locked_map; `mapped.finish()` waits, and raises LockRefused,
+    with nothing locked, where CUDA refused); the rest read into memory of their own, as the read does: the
+    resident blocks go to the card, the F16/F32 tensors are cast or pinned, and a LoRA's deltas may be added to
+    them (a write into the map would fault)."""
     tensors, mapped = _parsed(path), LockedMap(path)
     streamed = {t.name for t in tensors if t.kind is not None and not t.name.startswith(on_gpu)}
-    mapped.lock([(t.offset, t.offset + t.nbytes) for t in tensors if t.name in streamed])
     state = {}
     try:
+        mapped.start([(t.offset, t.offset + t.nbytes) for t in tensors if t.name in streamed])
         with FileReader(path) as file:
             for t in tensors:
                 data = mapped.view(t.offset, t.shape, t.dtype) if t.name in streamed else None
@@ -143,16 +150,19 @@ def map_in_place(path: Path | str, on_gpu: tuple[str, ...] = ()) -> tuple[dict[s
     return _as_gguf_state(state), mapped
 
 
-def _map_in_place(path: Path | str, on_gpu: tuple[str, ...]):
-    """map_in_place, or (None, None) where CUDA refuses (said once; later loads of the process read their files)."""
+def finish_locking(mapped: LockedMap) -> bool:
+    """Wait for the locking map_in_place began (it ran beside the model's build); False where CUDA refused, said
+    once: the placement then copies the views into locked memory, as it does a read file's tensors, and later
+    loads of the process read their files."""
     global _lock_refused
     try:
-        return map_in_place(path, on_gpu)
+        mapped.finish()
+        return True
     except LockRefused as exc:
         _lock_refused = True
-        log.info("the model file's pages could not be locked where they lie (%s); reading it into locked memory "
-                 "instead", exc)
-        return None, None
+        log.info("the model file's pages could not be locked where they lie (%s); its weights are copied into "
+                 "locked memory instead", exc)
+        return False
 
 
 _lock_refused = False  # CUDA refused once: the process reads its files from then on

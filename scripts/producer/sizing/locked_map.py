@@ -67,6 +67,8 @@ class LockedMap:
             warnings.simplefilter("ignore", UserWarning)
             self._whole = torch.frombuffer(self._map, dtype=torch.uint8)
         self._locked: list[int] = []  # addresses registered
+        self._pending: list = []  # (address, size, future) of registrations still running
+        self._runtime = None
         self._pieces: list[tuple[int, int, torch.Tensor]] = []  # (start, end, its own storage) of each locked piece
         self.locked_bytes = 0
 
@@ -86,28 +88,45 @@ class LockedMap:
     def lock(self, ranges: list[tuple[int, int]], runtime=None) -> None:
         """Page-lock the byte ranges [start, end) of the file (merged and widened to whole pages); raises
         LockRefused, with nothing left locked, where CUDA refuses any of them."""
-        runtime = runtime or torch.cuda.cudart()
+        self.start(ranges, runtime)
+        self.finish()
+
+    def start(self, ranges: list[tuple[int, int]], runtime=None) -> None:
+        """Begin locking the ranges in THREADS background threads (`finish` waits): `view` works at once, so the
+        model can be built from the views while their pages are locked."""
+        self._runtime = runtime or torch.cuda.cudart()
         base = self._whole.data_ptr()
         spans = split(page_spans(ranges, PAGE, len(self._map)), THREADS, PAGE, ranges)
-        with ThreadPoolExecutor(min(THREADS, max(len(spans), 1))) as pool:
-            errors = list(pool.map(lambda s: _register(runtime, base + s[0], s[1] - s[0]), spans))
-        locked = [(start, end) for (start, end), error in zip(spans, errors) if error == 0]
-        self._locked += [base + start for start, _ in locked]
-        self._pieces = sorted(self._pieces + [(start, end, self._piece(start, end)) for start, end in locked],
+        self._pieces = sorted(self._pieces + [(start, end, self._piece(start, end)) for start, end in spans],
                               key=lambda piece: piece[0])
-        done = sum(end - start for start, end in locked)
-        self.locked_bytes += done
-        _locked_now[0] += done
+        pool = ThreadPoolExecutor(min(THREADS, max(len(spans), 1)))
+        self._pending = [(base + start, end - start, pool.submit(_register, self._runtime, base + start, end - start))
+                         for start, end in spans]
+        pool.shutdown(wait=False)
+
+    def finish(self) -> None:
+        """Wait for the locking `start` began; raises LockRefused, with nothing left locked, where CUDA refused any
+        range (the views stay valid, over pages that are not locked)."""
+        pending, self._pending = self._pending, []
+        errors = [future.result() for _, _, future in pending]
+        done = [(address, size) for (address, size, _), error in zip(pending, errors) if error == 0]
+        self._locked += [address for address, _ in done]
+        self.locked_bytes += sum(size for _, size in done)
+        _locked_now[0] += sum(size for _, size in done)
         refused = [e for e in errors if e != 0]
         if refused:
-            self.close(runtime)
+            self.close()
             reason = f"CUDA error {refused[0]}" if isinstance(refused[0], int) else refused[0]
-            raise LockRefused(f"cudaHostRegister refused {len(refused)} of {len(spans)} ranges ({reason})")
+            raise LockRefused(f"cudaHostRegister refused {len(refused)} of {len(pending)} ranges ({reason})")
 
     def close(self, runtime=None) -> None:
-        """Unlock every range; the map itself goes when the last view of it does."""
+        """Unlock every range (after any locking still running); the map itself goes when the last view of it
+        does."""
+        if self._pending:
+            with contextlib.suppress(LockRefused):
+                self.finish()  # a refusal closes, which lands here again with nothing pending
         if self._locked:
-            runtime = runtime or torch.cuda.cudart()
+            runtime = runtime or self._runtime or torch.cuda.cudart()
             if torch.cuda.is_initialized():
                 torch.cuda.synchronize()  # no transfer may still be reading a range being unlocked
             for address in self._locked:
