@@ -163,6 +163,29 @@ def test_the_pages_are_locked_while_diffusers_builds_the_model(wan_q4, monkeypat
     model._producer_locked_map.close()
 
 
+def test_a_transfer_that_fails_from_the_locked_pages_falls_back_to_copying_them(wan_q4, runtime, monkeypatch, caplog):
+    """The load tries one transfer from the locked pages before streaming relies on them: where CUDA will not
+    copy from them, nothing stays locked and the placement copies the weights, as where it refused to lock."""
+    from diffusers import WanTransformer3DModel
+
+    path, config = wan_q4
+    _, mapped = gguf_host.map_in_place(path)
+    mapped.finish()
+    mapped.check_transfer("cpu")  # the copy there and back, compared
+    mapped.close()
+    monkeypatch.setattr(gguf_host, "_lock_refused", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+    def refuses(self, device):
+        raise RuntimeError("CUDA error: invalid argument\nmore")
+    monkeypatch.setattr(locked_map.LockedMap, "check_transfer", refuses)
+    with caplog.at_level(logging.INFO, logger=gguf_host.log.name):
+        model = gguf_host.load_gguf(WanTransformer3DModel, path, config, "transformer", torch.float32, True, (), True)
+    assert not hasattr(model, "_producer_locked_map") and not runtime.locked and gguf_host._lock_refused
+    assert "could not be locked where they lie (CUDA error: invalid argument)" in caplog.text
+
+
 def test_release_unlocks_before_the_map_goes(wan_q4, runtime):
     from diffusers import WanTransformer3DModel
 

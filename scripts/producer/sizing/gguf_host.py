@@ -151,17 +151,20 @@ def map_in_place(path: Path | str, on_gpu: tuple[str, ...] = ()) -> tuple[dict[s
 
 
 def finish_locking(mapped: LockedMap) -> bool:
-    """Wait for the locking map_in_place began (it ran beside the model's build); False where CUDA refused, said
-    once: the placement then copies the views into locked memory, as it does a read file's tensors, and later
-    loads of the process read their files."""
+    """Wait for the locking map_in_place began (it ran beside the model's build) and try one transfer from it;
+    False where CUDA refused either, said once: the placement then copies the views into locked memory, as it
+    does a read file's tensors, and later loads of the process read their files."""
     global _lock_refused
     try:
         mapped.finish()
+        if torch.cuda.is_available():
+            mapped.check_transfer(torch.cuda.current_device())
         return True
-    except LockRefused as exc:
+    except (LockRefused, RuntimeError) as exc:  # refused, or a transfer from the locked pages failed
+        mapped.close()
         _lock_refused = True
         log.info("the model file's pages could not be locked where they lie (%s); its weights are copied into "
-                 "locked memory instead", exc)
+                 "locked memory instead", (str(exc).splitlines() or ["?"])[0])
         return False
 
 

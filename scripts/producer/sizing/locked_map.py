@@ -3,14 +3,17 @@ map, the ranges they span registered with CUDA (`cudaHostRegister` with `cudaHos
 
 Reading a GGUF expert into page-locked chunks (`gguf_host.read_into_host_chunks`) makes fresh locked memory and
 copies the file into it: Wan's two Q4 experts (19.3 GB, from the page cache) took 5.29 s on an H100, 4.44 s of it
-making the locked memory beside the copy, where reading them into one plain buffer took 4.76 s. Registering the file's own pages makes no memory and copies
-nothing: the pages the page cache already holds are locked, and streaming transfers DMA from them. The weights
-then count as the process's file pages (RssFile), not anonymous memory: the same bytes, held once instead of
-twice while the read runs (page cache and copy).
+making the locked memory beside the copy, where reading them into one plain buffer took 4.76 s. Registering the
+file's own pages makes no memory and copies nothing: the pages the page cache already holds are locked (19.3 GB in
+1.11 s on an H100, 2026-12-08), and streaming transfers DMA from them. The weights then count as the process's
+file pages (RssFile), not anonymous memory: the same bytes, held once instead of twice while the read runs (page
+cache and copy). `start` locks in background threads, so the model is built from the views meanwhile; `finish`
+waits.
 
 Registering a read-only mapping needs the device to support it (`cudaDevAttrHostRegisterReadOnlySupported`);
 where it does not (a B300 host reported so, vllm-project/vllm-omni#6240) or the system refuses to lock that
-much, `lock` raises `LockRefused` having unlocked what it locked, and the caller reads the file instead.
+much, `finish` (or `lock`) raises `LockRefused` having unlocked what it locked; the views stay valid over
+pages that are not locked, and the caller copies them into locked memory or reads the file.
 The map is read-only: a write into a weight would fault at once rather than change a page the GPU reads.
 Unlocking comes before unmapping (`close`, then the views' last reference unmaps), never the other way round.
 
@@ -41,6 +44,7 @@ THREADS = 8  # registering faults the pages in; several threads share that work
 PAGE = mmap.PAGESIZE
 MERGE_GAP = 1 << 20  # ranges this close are locked as one (the small tensors between them are locked too)
 CUT_SEARCH = 64 << 20  # how far from an even share a cut may move to fall between locked ranges
+CHECK_BYTES = 64 << 20  # a transfer as large as a block's largest tensor (Wan's Q6_K ffn.2: ~58 MB)
 
 
 _locked_now = [0]  # bytes locked in place by every map of the process (RAM that cannot be given back)
@@ -118,6 +122,17 @@ class LockedMap:
             self.close()
             reason = f"CUDA error {refused[0]}" if isinstance(refused[0], int) else refused[0]
             raise LockRefused(f"cudaHostRegister refused {len(refused)} of {len(pending)} ranges ({reason})")
+
+    def check_transfer(self, device, nbytes: int = CHECK_BYTES) -> None:
+        """Copy the first `nbytes` of the first locked piece to `device` and back, as streaming will; raises
+        RuntimeError where CUDA will not (the one transfer the first benchmark made from such a range, 8 GiB at
+        once on an H100, failed with "invalid argument") or the bytes come back changed."""
+        if not self._pieces:
+            return
+        source = self._pieces[0][2][:nbytes]
+        there = source.to(device, non_blocking=True)
+        if not torch.equal(there.cpu(), source):
+            raise RuntimeError("the bytes copied from the locked file came back changed")
 
     def close(self, runtime=None) -> None:
         """Unlock every range (after any locking still running); the map itself goes when the last view of it
