@@ -218,7 +218,8 @@ def _inside(ranges: list[tuple[int, int]]):
 def _free_cut(ideal: int, low: int, high: int, page: int, inside) -> int:
     """The page boundary nearest `ideal`, strictly between `low` and `high`, inside no range; `ideal` if none lies
     within CUT_SEARCH."""
-    for step in range(CUT_SEARCH // page + 1):
+    reach = min(CUT_SEARCH, max(ideal - low, high - ideal))  # no boundary further off lies inside the span
+    for step in range(reach // page + 1):
         for cut in (ideal + step * page, ideal - step * page):
             if low < cut < high and not inside(cut):
                 return cut
