@@ -4,7 +4,8 @@ until the last row, then the same result as a whole run gives, with "complete": 
 
 The scripts run in this process at tiny size on the CPU, with a few forms each, so that a test can make the
 second form fail (as a timeout would stop it) and read what the first left behind. A finished run's file (complete,
-no temp file beside it) is checked where tests/test_bench.py runs each script whole."""
+no temp file beside it) is checked where tests/test_bench.py runs each script whole. A benchmark configuration
+whose child ends without a result is reported with the child's last lines."""
 
 import json
 import sys
@@ -82,3 +83,23 @@ def test_a_run_stopped_after_its_first_form_leaves_that_forms_result(tmp_path, m
     assert left == seen[1], "the file as it was when the second form began: nothing written since"
     assert set(left) == keys | {"complete"} and left["complete"] is False
     assert forms_in(left["rows"]) == forms[:1]
+
+
+def test_a_child_that_ends_without_a_result_is_reported_as_an_error_with_its_last_words(monkeypatch):
+    """A configuration's child that exits 0 without printing its result (an H100 run lost one so) is an error
+    that keeps the child's last lines, not a KeyError in the benchmark's own report."""
+    import argparse
+    import subprocess
+
+    import benchmark
+
+    outputs = iter([('{"note": "a log line"}\n{not json\n', "last words\n"),
+                    ('{"seconds": {"total": 1.5}, "cold_total": 2.0}\n{not json\n', "")])
+    monkeypatch.setattr(benchmark.subprocess, "run",
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, *next(outputs)))
+    args = argparse.Namespace(size="tiny", repeats=1, device="cpu", measure_steps=None, from_disk=None, timeout=5,
+                              batch_items=3)
+    lost = benchmark._spawn(args, "wan-480p-4", "plan10x32")
+    assert lost["error"].startswith("exit code 0: last words") and "a log line" in lost["error"]
+    benchmark._print_line(lost)  # reported, not a KeyError
+    assert benchmark._spawn(args, "wan-480p-4", "plan10x32")["seconds"] == {"total": 1.5}
