@@ -20,6 +20,7 @@ on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -191,21 +192,16 @@ def _copy(t) -> str:
     return f"ok {t.numel() / (time.perf_counter() - start) / 1e9:.1f} GB/s"
 
 
-class _threads:
+@contextlib.contextmanager
+def _threads(count: int):
     """locked_map.THREADS set for a `with` block (lock cuts a range into that many pieces)."""
+    from producer.sizing import locked_map
 
-    def __init__(self, count: int):
-        self.count = count
-
-    def __enter__(self):
-        from producer.sizing import locked_map
-
-        self.kept, locked_map.THREADS = locked_map.THREADS, self.count
-
-    def __exit__(self, *exc):
-        from producer.sizing import locked_map
-
-        locked_map.THREADS = self.kept
+    kept, locked_map.THREADS = locked_map.THREADS, count
+    try:
+        yield
+    finally:
+        locked_map.THREADS = kept
 
 
 def _attributes() -> dict:

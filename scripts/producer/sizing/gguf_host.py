@@ -37,7 +37,7 @@ from typing import NamedTuple, Self
 import torch
 
 from producer.sizing import offload
-from producer.sizing.locked_map import LockedMap, LockRefused
+from producer.sizing.locked_map import LockedMap
 from producer.values import env_switch
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def finish_locking(mapped: LockedMap) -> bool:
         if torch.cuda.is_available():
             mapped.check_transfer(torch.cuda.current_device())
         return True
-    except (LockRefused, RuntimeError) as exc:  # refused, or a transfer from the locked pages failed
+    except RuntimeError as exc:  # LockRefused, or a transfer from the locked pages failed
         mapped.close()
         _lock_refused = True
         log.info("the model file's pages could not be locked where they lie (%s); its weights are copied into "

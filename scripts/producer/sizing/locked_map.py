@@ -5,7 +5,8 @@ Reading a GGUF expert into page-locked chunks (`gguf_host.read_into_host_chunks`
 copies the file into it: Wan's two Q4 experts (19.3 GB, from the page cache) took 5.29 s on an H100, 4.44 s of it
 making the locked memory beside the copy, where reading them into one plain buffer took 4.76 s. Registering the
 file's own pages makes no memory and copies nothing: the pages the page cache already holds are locked (19.3 GB in
-1.11 s on an H100, 2026-12-08), and streaming transfers DMA from them. The weights then count as the process's
+1.11 s on an H100, 2026-12-08), and streaming is to transfer from them (not yet run on a GPU: the load tries
+one transfer first, `check_transfer`). The weights then count as the process's
 file pages (RssFile), not anonymous memory: the same bytes, held once instead of twice while the read runs (page
 cache and copy). `start` locks in background threads, so the model is built from the views meanwhile; `finish`
 waits.
@@ -134,18 +135,17 @@ class LockedMap:
         if not torch.equal(there.cpu(), source):
             raise RuntimeError("the bytes copied from the locked file came back changed")
 
-    def close(self, runtime=None) -> None:
+    def close(self) -> None:
         """Unlock every range (after any locking still running); the map itself goes when the last view of it
         does."""
         if self._pending:
             with contextlib.suppress(LockRefused):
                 self.finish()  # a refusal closes, which lands here again with nothing pending
         if self._locked:
-            runtime = runtime or self._runtime or torch.cuda.cudart()
             if torch.cuda.is_initialized():
                 torch.cuda.synchronize()  # no transfer may still be reading a range being unlocked
             for address in self._locked:
-                runtime.cudaHostUnregister(address)
+                self._runtime.cudaHostUnregister(address)
         _locked_now[0] -= self.locked_bytes
         self._locked, self._pieces, self.locked_bytes = [], [], 0
 
