@@ -15,7 +15,8 @@ Stages (each synchronised with the GPU at its end; a stage inside another is als
   its page-locked chunks handed back to the system);
 - `pinned_alloc` (CUDA only): the time PyTorch's pinned allocator spent making page-locked memory, inside the
   stages above (torch.cuda.memory.host_memory_stats).
-`build` (`gguf_load` - `read` - `lock_in_place` - `lock_wait`) is added to the result, as is `other` (the whole less the outer stages).
+`build` (`gguf_load` - `read` - `lock_in_place` - `lock_wait`) is added to the result, as is `other` (the whole
+less the outer stages).
 With BENCH_PROFILE_LOAD=FILE in the environment, the load also runs under cProfile and FILE gets the functions
 that took longest (cumulative), for what the stages do not name: each load appends its own, so a run of several
 configurations keeps them all.

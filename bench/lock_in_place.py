@@ -3,7 +3,8 @@
 Writes a file of random bytes (`--gib`), reads it once so the page cache holds it (as a file read before does),
 then times, in one process:
 - `register_*`: mapping it read-only and page-locking the map with cudaHostRegister (read-only flag), by one call
-  and by 8 and 16 threads each locking a slice (locked_map locks its ranges with THREADS, 8), and the transfer rate to the GPU from it;
+  and by 8 and 16 threads each locking a slice (locked_map locks its ranges with THREADS, 8), and the transfer
+  rate to the GPU from it;
 - `alloc_and_read_s`: the scripts' other way, chunks from PyTorch's pinned allocator (the scripts' allocator
   setting) with the file read into them, and the transfer rate from those.
 Then both again from the drive (`cold_*`: the file's cached pages dropped first).
@@ -112,7 +113,8 @@ def _register(path: Path, n: int, threads: int) -> dict:
 def _alloc_and_read(path: Path, n: int) -> dict:
     import torch
 
-    getattr(torch._C, "_host_emptyCache", lambda: None)()  # the chunks of an earlier call are made afresh, not taken from the allocator's cache
+    # the chunks of an earlier call are made afresh, not taken from the allocator's cache
+    getattr(torch._C, "_host_emptyCache", lambda: None)()
     start = time.perf_counter()
     chunks = [torch.empty(256 << 20, dtype=torch.uint8, pin_memory=True) for _ in range(n // (256 << 20))]
     made = time.perf_counter() - start

@@ -5,8 +5,8 @@ cache: the kernel drops them when memory runs short, so they do not decide wheth
 RAM. What must fit is anonymous memory (plain and page-locked copies of the weights, activations) plus
 shared memory, and the model files' pages locked where they lie (producer.sizing.locked_map: file pages the
 kernel cannot drop); this watch samples them, so a run reports the peak of what must fit beside the resident
-one. `mark(stage)` names what the run is doing now (reading an expert, denoising with it, decoding); each sample counts towards the
-stage marked at that moment, so a peak above the plan's prediction shows where it was reached.
+one. `mark(stage)` names what the run is doing now (reading an expert, denoising with it, decoding); each sample
+counts towards the stage marked at that moment, so a peak above the plan's prediction shows where it was reached.
 """
 
 from __future__ import annotations
